@@ -1,0 +1,1173 @@
+//! The configuration file: its data model, parsing and validation.
+//!
+//! Parsing turns YAML into [`Config`] and stops at the first value it cannot read; its error
+//! names the field path, the bad value and the YAML position. Validation then checks the parsed
+//! config as a whole and reports every problem at once, so an operator fixes a file in one pass.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use geosteer_common::{
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, MAX_BACKENDS_PER_SERVICE,
+    PROTO_TCP, PROTO_UDP,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+/// The built-in demo configuration, used when no config file is given.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
+
+/// Accepted range of `dataplane.conntrackSize`.
+pub const CONNTRACK_SIZE_RANGE: (u32, u32) = (1024, 16_777_216);
+/// Accepted range of `dataplane.maxServices`.
+pub const MAX_SERVICES_RANGE: (u32, u32) = (1, 65_536);
+/// Accepted range of `dataplane.maxBackends`.
+pub const MAX_BACKENDS_RANGE: (u32, u32) = (16, 1_048_576);
+/// Largest endpoint weight; keeps weight sums far from overflowing.
+pub const MAX_ENDPOINT_WEIGHT: u32 = 1_000_000;
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the terminating NUL).
+const MAX_INTERFACE_NAME_LEN: usize = 15;
+/// Longest DNS-1123 label, the format of Kubernetes names and namespaces.
+const MAX_DNS_LABEL_LEN: usize = 63;
+
+/// A whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub node: Node,
+    #[serde(default)]
+    pub dataplane: Dataplane,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+/// Where this agent runs; locality-aware steering compares it with each endpoint's locality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub cluster: String,
+}
+
+/// How the kernel programs are attached and sized.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Dataplane {
+    /// Interface names or globs that get the TC programs: ingress steers requests, egress
+    /// rewrites replies.
+    pub tc: Vec<String>,
+    /// Interface names or globs (uplinks) that get the XDP request path.
+    pub xdp: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub conntrack_size: u32,
+    /// Capacity of the service map; every port of every service takes one entry.
+    pub max_services: u32,
+    /// Capacity of the global backend arrays; every (endpoint, service port) takes one slot.
+    pub max_backends: u32,
+    /// bpffs directory where the maps are pinned, so state survives an agent restart.
+    pub pin_path: PathBuf,
+    /// A SYN that sees no SYN-ACK for this long counts as a connect failure. Zero disables it.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            tc: Vec::new(),
+            xdp: Vec::new(),
+            xdp_mode: XdpMode::default(),
+            conntrack_size: DEFAULT_CONNTRACK_SIZE,
+            max_services: DEFAULT_MAX_SERVICES,
+            max_backends: DEFAULT_MAX_BACKENDS,
+            pin_path: PathBuf::from("/sys/fs/bpf/geosteer"),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How the XDP program is attached to the `xdp` interfaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic mode where the driver lacks XDP support.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(deserialize_with = "deserialize_ipv4")]
+    pub vip: Ipv4Addr,
+    // Missing ports are left to validation, which explains the problem better than serde's
+    // "missing field".
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// An empty list is allowed: the data path drops the service's traffic and reports it.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "ServicePortInFile",
+    deny_unknown_fields,
+    rename_all = "camelCase"
+)]
+pub struct ServicePort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: u16,
+    pub protocol: Protocol,
+}
+
+/// A service port as written in the file, where `targetPort` may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServicePortInFile {
+    name: Option<String>,
+    port: u16,
+    target_port: Option<u16>,
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+impl From<ServicePortInFile> for ServicePort {
+    fn from(port: ServicePortInFile) -> Self {
+        ServicePort {
+            name: port.name,
+            port: port.port,
+            // Like Kubernetes: a backend listens on the service port unless told otherwise.
+            target_port: port.target_port.unwrap_or(port.port),
+            protocol: port.protocol,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number, as the data path sees it in packets.
+    pub fn number(&self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    /// Accepts any letter case: Kubernetes writes "TCP", people often type "tcp".
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        parse_text(deserializer, |text| {
+            if text.eq_ignore_ascii_case("tcp") {
+                Ok(Protocol::Tcp)
+            } else if text.eq_ignore_ascii_case("udp") {
+                Ok(Protocol::Udp)
+            } else {
+                Err("expected TCP or UDP")
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Endpoint {
+    #[serde(deserialize_with = "deserialize_ipv4")]
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub cluster: String,
+    /// Relative share of new connections; 0 drains the endpoint.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Parses a YAML string with `parse`, naming the bad value in the error: the standard
+/// implementations (e.g. for `Ipv4Addr`) only say what is wrong, not with which text.
+fn parse_text<'de, D, T, E>(
+    deserializer: D,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    E: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    parse(&text).map_err(|error| D::Error::custom(format!("invalid value {text:?}: {error}")))
+}
+
+fn deserialize_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
+    parse_text(deserializer, str::parse::<Ipv4Addr>)
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    parse_text(deserializer, humantime::parse_duration)
+}
+
+fn serialize_duration<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*duration))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or a value has the wrong type or syntax. The message names
+    /// the field path, the value and the position in the file.
+    #[error("{message}")]
+    Parse { message: String },
+    /// The file parsed but breaks the rules checked by [`validate`]; every problem is listed.
+    #[error("{}", lines(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn lines(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(FieldError::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One validation problem: where it is (e.g. `services[1].ports[0].port`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and parses a config file; see [`parse`].
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let yaml = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&yaml)
+}
+
+/// Parses and validates a config.
+pub fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(yaml);
+    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(parse_error)?;
+    let errors = validate(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+/// The built-in demo configuration.
+pub fn default_config() -> Config {
+    parse(DEFAULT_CONFIG_YAML).expect("the built-in configuration is valid")
+}
+
+fn parse_error(error: serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigError {
+    let path = error.path().to_string();
+    let mut detail = error.into_inner().to_string();
+    // serde_yaml_ng prefixes its own idea of the path, which for an unknown field stops at the
+    // enclosing map. Keep only the more precise path from serde_path_to_error.
+    if let Some((prefix, rest)) = detail.split_once(": ")
+        && is_path_prefix(prefix, &path)
+    {
+        detail = rest.to_string();
+    }
+    let message = if path == "." {
+        detail
+    } else {
+        format!("{path}: {detail}")
+    };
+    ConfigError::Parse { message }
+}
+
+/// Whether `prefix` is `path` or one of its ancestors, e.g. `services[0]` of `services[0].vip`.
+fn is_path_prefix(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// Checks the rules that span fields and services, returning every problem found.
+pub fn validate(config: &Config) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    validate_node(&config.node, &mut errors);
+    validate_dataplane(&config.dataplane, &mut errors);
+    validate_services(config, &mut errors);
+    errors
+}
+
+fn validate_node(node: &Node, errors: &mut Vec<FieldError>) {
+    if node.name.is_empty() {
+        errors.push(FieldError::new("node.name", "must not be empty"));
+    }
+    if node.region.is_empty() {
+        errors.push(FieldError::new("node.region", "must not be empty"));
+    }
+}
+
+fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
+    // The same interface may appear in both lists: XDP then takes requests and TC replies.
+    for (list, entries) in [("tc", &dataplane.tc), ("xdp", &dataplane.xdp)] {
+        for (i, entry) in entries.iter().enumerate() {
+            if let Some(message) = interface_problem(entry) {
+                errors.push(FieldError::new(format!("dataplane.{list}[{i}]"), message));
+            }
+        }
+    }
+    let ranges = [
+        (
+            "conntrackSize",
+            dataplane.conntrack_size,
+            CONNTRACK_SIZE_RANGE,
+        ),
+        ("maxServices", dataplane.max_services, MAX_SERVICES_RANGE),
+        ("maxBackends", dataplane.max_backends, MAX_BACKENDS_RANGE),
+    ];
+    for (field, value, (min, max)) in ranges {
+        if value < min {
+            errors.push(FieldError::new(
+                format!("dataplane.{field}"),
+                format!("{value} is below the minimum {min}"),
+            ));
+        } else if value > max {
+            errors.push(FieldError::new(
+                format!("dataplane.{field}"),
+                format!("{value} is above the maximum {max}"),
+            ));
+        }
+    }
+    if !dataplane.pin_path.is_absolute() {
+        errors.push(FieldError::new(
+            "dataplane.pinPath",
+            format!("{:?} is not an absolute path", dataplane.pin_path),
+        ));
+    }
+}
+
+fn interface_problem(entry: &str) -> Option<String> {
+    if entry.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    if let Err(error) = glob::Pattern::new(entry) {
+        return Some(format!(
+            "{entry:?} is not a valid pattern: {} at position {}",
+            error.msg, error.pos
+        ));
+    }
+    // A pattern may be longer than any name it matches, so only plain names are length-checked.
+    let is_pattern = entry.contains(['*', '?', '[']);
+    if !is_pattern && entry.len() > MAX_INTERFACE_NAME_LEN {
+        return Some(format!(
+            "{entry:?} is longer than {MAX_INTERFACE_NAME_LEN} bytes, \
+             the kernel's limit for interface names"
+        ));
+    }
+    None
+}
+
+fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
+    let mut names: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut frontends: HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)> = HashMap::new();
+
+    for (s, service) in config.services.iter().enumerate() {
+        let at = format!("services[{s}]");
+        for (field, value) in [("name", &service.name), ("namespace", &service.namespace)] {
+            if let Some(message) = dns_label_problem(value) {
+                errors.push(FieldError::new(format!("{at}.{field}"), message));
+            }
+        }
+        if let Some(first) = names.insert((&service.namespace, &service.name), s) {
+            names.insert((&service.namespace, &service.name), first);
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{}/{} is already defined by services[{first}]",
+                    service.namespace, service.name
+                ),
+            ));
+        }
+        if let Some(message) = address_problem(service.vip) {
+            errors.push(FieldError::new(format!("{at}.vip"), message));
+        }
+        validate_ports(config, s, &mut frontends, errors);
+        validate_endpoints(service, &at, errors);
+    }
+
+    let service_ports: usize = config.services.iter().map(|s| s.ports.len()).sum();
+    if service_ports > config.dataplane.max_services as usize {
+        errors.push(FieldError::new(
+            "services",
+            format!(
+                "{service_ports} service ports in all is above the maximum {} \
+                 (dataplane.maxServices; each port of each service takes one entry)",
+                config.dataplane.max_services
+            ),
+        ));
+    }
+    let backends: usize = config
+        .services
+        .iter()
+        .map(|s| s.ports.len() * s.endpoints.len())
+        .sum();
+    if backends > config.dataplane.max_backends as usize {
+        errors.push(FieldError::new(
+            "services",
+            format!(
+                "{backends} backends in all is above the maximum {} \
+                 (dataplane.maxBackends; each endpoint takes one backend per service port)",
+                config.dataplane.max_backends
+            ),
+        ));
+    }
+}
+
+/// Checks the ports of `config.services[s]`; `frontends` remembers which service port first
+/// claimed each VIP:port/protocol, because the data path can steer it to only one service.
+fn validate_ports(
+    config: &Config,
+    s: usize,
+    frontends: &mut HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)>,
+    errors: &mut Vec<FieldError>,
+) {
+    let service = &config.services[s];
+    if service.ports.is_empty() {
+        errors.push(FieldError::new(
+            format!("services[{s}].ports"),
+            "at least one port is required",
+        ));
+    }
+    let mut port_names: HashMap<&str, usize> = HashMap::new();
+    for (p, port) in service.ports.iter().enumerate() {
+        let at = format!("services[{s}].ports[{p}]");
+        if let Some(name) = &port.name
+            && let Some(first) = port_names.insert(name, p)
+        {
+            port_names.insert(name, first);
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("{name:?} is already used by services[{s}].ports[{first}]"),
+            ));
+        }
+        if port.port == 0 {
+            // Reported once: not again for the target port (which defaults to it), nor as a
+            // duplicate of another port 0.
+            errors.push(FieldError::new(
+                format!("{at}.port"),
+                "0 is not a valid port",
+            ));
+            continue;
+        }
+        if port.target_port == 0 {
+            errors.push(FieldError::new(
+                format!("{at}.targetPort"),
+                "0 is not a valid port",
+            ));
+        }
+        let frontend = (service.vip, port.port, port.protocol);
+        if let Some(&(first_s, first_p)) = frontends.get(&frontend) {
+            let owner = if first_s == s {
+                format!("services[{s}].ports[{first_p}]")
+            } else {
+                let first = &config.services[first_s];
+                format!("services[{first_s}] ({}/{})", first.namespace, first.name)
+            };
+            errors.push(FieldError::new(
+                at,
+                format!(
+                    "{}:{}/{} is already used by {owner}",
+                    service.vip, port.port, port.protocol
+                ),
+            ));
+        } else {
+            frontends.insert(frontend, (s, p));
+        }
+    }
+}
+
+fn validate_endpoints(service: &Service, at: &str, errors: &mut Vec<FieldError>) {
+    if service.endpoints.len() > MAX_BACKENDS_PER_SERVICE {
+        errors.push(FieldError::new(
+            format!("{at}.endpoints"),
+            format!(
+                "{} endpoints is above the maximum {MAX_BACKENDS_PER_SERVICE} per service",
+                service.endpoints.len()
+            ),
+        ));
+    }
+    let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (e, endpoint) in service.endpoints.iter().enumerate() {
+        let at = format!("{at}.endpoints[{e}]");
+        if let Some(message) = address_problem(endpoint.ip) {
+            errors.push(FieldError::new(format!("{at}.ip"), message));
+        }
+        if let Some(first) = ips.insert(endpoint.ip, e) {
+            ips.insert(endpoint.ip, first);
+            errors.push(FieldError::new(
+                format!("{at}.ip"),
+                format!("{} is already listed at endpoints[{first}]", endpoint.ip),
+            ));
+        }
+        if endpoint.weight > MAX_ENDPOINT_WEIGHT {
+            errors.push(FieldError::new(
+                format!("{at}.weight"),
+                format!(
+                    "{} is above the maximum {MAX_ENDPOINT_WEIGHT}",
+                    endpoint.weight
+                ),
+            ));
+        }
+    }
+}
+
+/// Names and namespaces follow Kubernetes (DNS-1123 labels), so services map one-to-one.
+fn dns_label_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    let allowed_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if value.len() > MAX_DNS_LABEL_LEN
+        || !allowed_chars
+        || value.starts_with('-')
+        || value.ends_with('-')
+    {
+        return Some(format!(
+            "{value:?} is not a valid DNS-1123 label (at most {MAX_DNS_LABEL_LEN} lowercase \
+             letters, digits and '-', starting and ending with a letter or digit)"
+        ));
+    }
+    None
+}
+
+/// Addresses that can never be a single host's unicast address.
+fn address_problem(ip: Ipv4Addr) -> Option<String> {
+    if ip.is_unspecified() {
+        Some(format!("{ip} is the unspecified address"))
+    } else if ip.is_broadcast() {
+        Some(format!("{ip} is the broadcast address"))
+    } else if ip.is_multicast() {
+        Some(format!("{ip} is a multicast address"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE_YAML: &str = r#"
+node: {name: node-1, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: ack-hangzhou}
+dataplane:
+  tc: [cl0, "veth*"]
+  xdp: []
+  xdpMode: auto
+  conntrackSize: 262144
+  maxServices: 1024
+  maxBackends: 65536
+  pinPath: /sys/fs/bpf/geosteer
+  connectTimeout: 1s
+services:
+  - name: reviews
+    namespace: default
+    vip: 10.96.0.10
+    ports: [{port: 80, targetPort: 9080, protocol: TCP}]
+    endpoints:
+      - {ip: 10.1.0.11, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: ack-hangzhou, weight: 1}
+"#;
+
+    /// A valid config that the bad-input cases below break one line at a time.
+    const BASE_YAML: &str = r#"
+node: {name: node-1, region: cn-hangzhou}
+dataplane:
+  tc: [cl0]
+services:
+  - name: reviews
+    vip: 10.96.0.10
+    ports: [{port: 80}]
+    endpoints:
+      - {ip: 10.1.0.11}
+      - {ip: 10.1.0.12, weight: 3}
+  - name: ratings
+    vip: 10.96.0.11
+    ports: [{port: 80}]
+    endpoints:
+      - {ip: 10.1.0.21}
+"#;
+
+    fn base_with(from: &str, to: &str) -> String {
+        assert!(BASE_YAML.contains(from), "{from:?} is not in BASE_YAML");
+        BASE_YAML.replacen(from, to, 1)
+    }
+
+    fn field_errors(yaml: &str) -> Vec<FieldError> {
+        match parse(yaml) {
+            Err(ConfigError::Invalid(errors)) => errors,
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    fn parse_message(yaml: &str) -> String {
+        match parse(yaml) {
+            Err(ConfigError::Parse { message }) => message,
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_example() {
+        let expected = Config {
+            node: Node {
+                name: "node-1".into(),
+                region: "cn-hangzhou".into(),
+                zone: "cn-hangzhou-b".into(),
+                cluster: "ack-hangzhou".into(),
+            },
+            dataplane: Dataplane {
+                tc: vec!["cl0".into(), "veth*".into()],
+                xdp: vec![],
+                xdp_mode: XdpMode::Auto,
+                conntrack_size: 262_144,
+                max_services: 1024,
+                max_backends: 65_536,
+                pin_path: "/sys/fs/bpf/geosteer".into(),
+                connect_timeout: Duration::from_secs(1),
+            },
+            services: vec![Service {
+                name: "reviews".into(),
+                namespace: "default".into(),
+                vip: Ipv4Addr::new(10, 96, 0, 10),
+                ports: vec![ServicePort {
+                    name: None,
+                    port: 80,
+                    target_port: 9080,
+                    protocol: Protocol::Tcp,
+                }],
+                endpoints: vec![Endpoint {
+                    ip: Ipv4Addr::new(10, 1, 0, 11),
+                    region: "cn-hangzhou".into(),
+                    zone: "cn-hangzhou-b".into(),
+                    cluster: "ack-hangzhou".into(),
+                    weight: 1,
+                }],
+            }],
+        };
+        assert_eq!(parse(EXAMPLE_YAML).unwrap(), expected);
+    }
+
+    #[test]
+    fn fills_in_defaults() {
+        let config = parse(
+            "node: {name: n, region: r}\n\
+             services:\n  - {name: s, vip: 10.96.0.1, ports: [{port: 53, protocol: udp}], \
+             endpoints: [{ip: 10.1.0.1}]}\n",
+        )
+        .unwrap();
+        assert_eq!(config.node.zone, "");
+        assert_eq!(config.node.cluster, "");
+        assert_eq!(config.dataplane, Dataplane::default());
+        assert_eq!(config.dataplane.pin_path, Path::new("/sys/fs/bpf/geosteer"));
+        let service = &config.services[0];
+        assert_eq!(service.namespace, "default");
+        assert_eq!(
+            service.ports[0],
+            ServicePort {
+                name: None,
+                port: 53,
+                target_port: 53,
+                protocol: Protocol::Udp
+            }
+        );
+        assert_eq!(
+            service.endpoints[0],
+            Endpoint {
+                ip: Ipv4Addr::new(10, 1, 0, 1),
+                region: String::new(),
+                zone: String::new(),
+                cluster: String::new(),
+                weight: 1
+            }
+        );
+
+        let minimal = parse("node: {name: n, region: r}").unwrap();
+        assert!(minimal.services.is_empty());
+    }
+
+    #[test]
+    fn accepts_what_the_rules_allow() {
+        let cases = [
+            ("zero endpoints", base_with("      - {ip: 10.1.0.21}\n", "")),
+            ("drained endpoint", base_with("weight: 3", "weight: 0")),
+            (
+                "same interface for tc and xdp",
+                base_with("tc: [cl0]", "tc: [cl0]\n  xdp: [cl0]"),
+            ),
+            (
+                "long glob",
+                base_with("tc: [cl0]", "tc: [\"a-very-long-interface-*\"]"),
+            ),
+            (
+                "same vip and port, other protocol",
+                base_with(
+                    "vip: 10.96.0.11\n    ports: [{port: 80}]",
+                    "vip: 10.96.0.10\n    ports: [{port: 80, protocol: UDP}]",
+                ),
+            ),
+            (
+                "disabled connect timeout",
+                base_with("tc: [cl0]", "tc: [cl0]\n  connectTimeout: 0s"),
+            ),
+            ("generic xdp", base_with("tc: [cl0]", "xdpMode: generic")),
+        ];
+        for (case, yaml) in cases {
+            if let Err(error) = parse(&yaml) {
+                panic!("{case}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        let config = default_config();
+        assert_eq!(config.node.name, "lab-node");
+        assert_eq!(config.dataplane.tc, ["cl0"]);
+        assert_eq!(config.dataplane.pin_path, Path::new("/run/geosteer/bpf"));
+        assert_eq!(config.services.len(), 1);
+        assert_eq!(config.services[0].ports[0].target_port, 8080);
+        assert_eq!(config.services[0].endpoints.len(), 4);
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_when_it_cannot() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/default-config.yaml");
+        assert_eq!(load(&path).unwrap(), default_config());
+
+        let missing = Path::new("/nonexistent/geosteer.yaml");
+        let error = load(missing).unwrap_err();
+        assert!(matches!(error, ConfigError::Io { .. }));
+        assert!(error.to_string().contains("/nonexistent/geosteer.yaml"));
+    }
+
+    #[test]
+    fn serializing_round_trips() {
+        for config in [default_config(), parse(EXAMPLE_YAML).unwrap()] {
+            let yaml = serde_yaml_ng::to_string(&config).unwrap();
+            assert_eq!(parse(&yaml).unwrap(), config, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_and_value() {
+        // (case, yaml, path the message starts with, text it must also contain)
+        let cases = [
+            (
+                "bad vip",
+                base_with("10.96.0.10", "10.96.0.999"),
+                "services[0].vip: ",
+                "invalid value \"10.96.0.999\": invalid IPv4 address syntax",
+            ),
+            (
+                "bad endpoint ip",
+                base_with("10.1.0.12", "10.1.0"),
+                "services[0].endpoints[1].ip: ",
+                "\"10.1.0\"",
+            ),
+            (
+                "port too big",
+                base_with("{port: 80}", "{port: 70000}"),
+                "services[0].ports[0].port: ",
+                "70000",
+            ),
+            (
+                "unknown top-level field",
+                base_with("services:", "servces:"),
+                "servces: ",
+                "unknown field `servces`",
+            ),
+            (
+                "misspelled weight",
+                base_with("weight: 3", "wieght: 3"),
+                "services[0].endpoints[1].wieght: ",
+                "unknown field `wieght`",
+            ),
+            (
+                "unknown port field",
+                base_with("{port: 80}", "{port: 80, nodePort: 30080}"),
+                "services[0].ports[0].nodePort: ",
+                "unknown field `nodePort`",
+            ),
+            (
+                "sctp",
+                base_with("{port: 80}", "{port: 80, protocol: SCTP}"),
+                "services[0].ports[0].protocol: ",
+                "invalid value \"SCTP\": expected TCP or UDP",
+            ),
+            (
+                "bad duration",
+                base_with("tc: [cl0]", "connectTimeout: 1 parsec"),
+                "dataplane.connectTimeout: ",
+                "invalid value \"1 parsec\"",
+            ),
+            (
+                "bad xdp mode",
+                base_with("tc: [cl0]", "xdpMode: turbo"),
+                "dataplane.xdpMode: ",
+                "turbo",
+            ),
+            (
+                "missing node name",
+                base_with("{name: node-1, region", "{region"),
+                "node: ",
+                "missing field `name`",
+            ),
+            ("not yaml", "node: {name: [".to_string(), "", "line 1"),
+        ];
+        for (case, yaml, path, contained) in cases {
+            let message = parse_message(&yaml);
+            assert!(
+                message.starts_with(path),
+                "{case}: {message:?} does not start with {path:?}"
+            );
+            assert!(
+                message.contains(contained),
+                "{case}: {message:?} does not contain {contained:?}"
+            );
+            assert!(
+                message.contains(" line "),
+                "{case}: {message:?} has no line"
+            );
+        }
+    }
+
+    #[test]
+    fn validation_errors_name_the_field_and_value() {
+        // (case, text in BASE_YAML, its replacement, path of the only error, text its message
+        // must contain)
+        let cases = [
+            (
+                "port 0",
+                "{port: 80}",
+                "{port: 0}",
+                "services[0].ports[0].port",
+                "0 is not a valid port",
+            ),
+            (
+                "target port 0",
+                "{port: 80}",
+                "{port: 80, targetPort: 0}",
+                "services[0].ports[0].targetPort",
+                "0 is not a valid port",
+            ),
+            (
+                "duplicate frontend across services",
+                "vip: 10.96.0.11",
+                "vip: 10.96.0.10",
+                "services[1].ports[0]",
+                "10.96.0.10:80/TCP is already used by services[0] (default/reviews)",
+            ),
+            (
+                "duplicate frontend within a service",
+                "{port: 80}",
+                "{port: 80}, {port: 80, targetPort: 81}",
+                "services[0].ports[1]",
+                "10.96.0.10:80/TCP is already used by services[0].ports[0]",
+            ),
+            (
+                "duplicate port name",
+                "{port: 80}",
+                "{name: web, port: 80}, {name: web, port: 81}",
+                "services[0].ports[1].name",
+                "\"web\" is already used by services[0].ports[0]",
+            ),
+            (
+                "duplicate endpoint ip",
+                "10.1.0.12",
+                "10.1.0.11",
+                "services[0].endpoints[1].ip",
+                "10.1.0.11 is already listed at endpoints[0]",
+            ),
+            (
+                "weight too big",
+                "weight: 3",
+                "weight: 5000000",
+                "services[0].endpoints[1].weight",
+                "5000000 is above the maximum 1000000",
+            ),
+            (
+                "relative pin path",
+                "tc: [cl0]",
+                "pinPath: run/bpf",
+                "dataplane.pinPath",
+                "\"run/bpf\" is not an absolute path",
+            ),
+            (
+                "conntrack too small",
+                "tc: [cl0]",
+                "conntrackSize: 10",
+                "dataplane.conntrackSize",
+                "10 is below the minimum 1024",
+            ),
+            (
+                "max services too big",
+                "tc: [cl0]",
+                "maxServices: 70000",
+                "dataplane.maxServices",
+                "70000 is above the maximum 65536",
+            ),
+            (
+                "max backends too small",
+                "tc: [cl0]",
+                "maxBackends: 15",
+                "dataplane.maxBackends",
+                "15 is below the minimum 16",
+            ),
+            (
+                "bad glob",
+                "tc: [cl0]",
+                "tc: [\"[\"]",
+                "dataplane.tc[0]",
+                "\"[\" is not a valid pattern",
+            ),
+            (
+                "empty interface",
+                "tc: [cl0]",
+                "xdp: [\"\"]",
+                "dataplane.xdp[0]",
+                "must not be empty",
+            ),
+            (
+                "interface name too long",
+                "tc: [cl0]",
+                "tc: [a-very-long-interface]",
+                "dataplane.tc[0]",
+                "\"a-very-long-interface\" is longer than 15 bytes",
+            ),
+            (
+                "empty node name",
+                "name: node-1",
+                "name: \"\"",
+                "node.name",
+                "must not be empty",
+            ),
+            (
+                "empty node region",
+                "region: cn-hangzhou",
+                "region: \"\"",
+                "node.region",
+                "must not be empty",
+            ),
+            (
+                "bad service name",
+                "name: reviews",
+                "name: Reviews",
+                "services[0].name",
+                "\"Reviews\" is not a valid DNS-1123 label",
+            ),
+            (
+                "bad namespace",
+                "name: reviews",
+                "name: reviews\n    namespace: -prod",
+                "services[0].namespace",
+                "\"-prod\"",
+            ),
+            (
+                "duplicate service",
+                "name: ratings",
+                "name: reviews",
+                "services[1].name",
+                "default/reviews is already defined by services[0]",
+            ),
+            (
+                "unspecified vip",
+                "10.96.0.10",
+                "0.0.0.0",
+                "services[0].vip",
+                "0.0.0.0 is the unspecified address",
+            ),
+            (
+                "multicast vip",
+                "10.96.0.10",
+                "224.0.0.1",
+                "services[0].vip",
+                "224.0.0.1 is a multicast address",
+            ),
+            (
+                "broadcast endpoint",
+                "10.1.0.21",
+                "255.255.255.255",
+                "services[1].endpoints[0].ip",
+                "255.255.255.255 is the broadcast address",
+            ),
+            (
+                "no ports",
+                "    ports: [{port: 80}]\n",
+                "",
+                "services[0].ports",
+                "at least one port is required",
+            ),
+            (
+                "too many service ports",
+                "tc: [cl0]",
+                "maxServices: 1",
+                "services",
+                "2 service ports in all is above the maximum 1",
+            ),
+        ];
+        for (case, from, to, path, contained) in cases {
+            let errors = field_errors(&base_with(from, to));
+            assert_eq!(errors.len(), 1, "{case}: {errors:?}");
+            assert_eq!(errors[0].path, path, "{case}");
+            assert!(
+                errors[0].message.contains(contained),
+                "{case}: {:?} does not contain {contained:?}",
+                errors[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_backends_names_the_total() {
+        // 2 + 1 endpoints, each behind 6 ports.
+        let six_ports =
+            "ports: [{port: 80}, {port: 81}, {port: 82}, {port: 83}, {port: 84}, {port: 85}]";
+        let yaml =
+            base_with("tc: [cl0]", "maxBackends: 16").replace("ports: [{port: 80}]", six_ports);
+        let errors = field_errors(&yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "services");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("18 backends in all is above the maximum 16"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn too_many_endpoints_names_the_limit() {
+        let endpoints: String = (0..=MAX_BACKENDS_PER_SERVICE)
+            .map(|i| format!("      - {{ip: 10.2.{}.{}}}\n", i / 250, i % 250 + 1))
+            .collect();
+        let yaml = base_with("      - {ip: 10.1.0.21}\n", &endpoints);
+        let errors = field_errors(&yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "services[1].endpoints");
+        assert_eq!(
+            errors[0].message,
+            "1025 endpoints is above the maximum 1024 per service"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let yaml = base_with("name: node-1", "name: \"\"")
+            .replace("tc: [cl0]", "conntrackSize: 10")
+            .replace("weight: 3", "weight: 5000000");
+        let error = parse(&yaml).unwrap_err();
+        let ConfigError::Invalid(errors) = &error else {
+            panic!("expected validation errors, got {error:?}");
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "node.name",
+                "dataplane.conntrackSize",
+                "services[0].endpoints[1].weight"
+            ]
+        );
+        assert_eq!(
+            error.to_string(),
+            "node.name: must not be empty\n\
+             dataplane.conntrackSize: 10 is below the minimum 1024\n\
+             services[0].endpoints[1].weight: 5000000 is above the maximum 1000000"
+        );
+    }
+
+    #[test]
+    fn protocol_numbers_and_names() {
+        assert_eq!(Protocol::Tcp.number(), 6);
+        assert_eq!(Protocol::Udp.number(), 17);
+        assert_eq!(Protocol::Tcp.to_string(), "TCP");
+        assert_eq!(Protocol::Udp.to_string(), "UDP");
+        for (text, expected) in [
+            ("TCP", Protocol::Tcp),
+            ("tcp", Protocol::Tcp),
+            ("UDP", Protocol::Udp),
+            ("udp", Protocol::Udp),
+        ] {
+            let port: ServicePort =
+                serde_yaml_ng::from_str(&format!("{{port: 1, protocol: {text}}}")).unwrap();
+            assert_eq!(port.protocol, expected, "{text}");
+        }
+    }
+}

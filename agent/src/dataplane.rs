@@ -1,0 +1,197 @@
+//! The map-writing edge: everything the agent writes into the kernel goes through the
+//! [`Dataplane`] trait. [`BpfMaps`] is the real implementation over the loaded (and pinned) maps.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use geosteer_common::{
+    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceTable, ServiceValue,
+    Settings, TrafficCounters, map_names,
+};
+
+/// Writes the agent makes into the data path. Each call is one map operation, so the order in
+/// which [`crate::programmer::Programmer`] calls them is the order the kernel observes.
+pub trait Dataplane {
+    fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
+    fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()>;
+    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()>;
+    /// The one update that makes a service (or its new generation) live.
+    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
+    fn remove_vip(&mut self, addr: u32) -> Result<()>;
+    fn write_settings(&mut self, settings: &Settings) -> Result<()>;
+    /// Waits until no packet that started before this call is still running a program, so a
+    /// table retired before it can be rewritten.
+    fn grace_period(&mut self) -> Result<()>;
+}
+
+/// Waits for an RCU grace period. TC and XDP programs run inside RCU read-side sections, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is documented to call `synchronize_rcu()` on SMP kernels
+/// (kernel/sched/membarrier.c); on one CPU the syscall itself is a quiescent state.
+pub fn synchronize_rcu() -> Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: plain syscall with integer arguments.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("membarrier(MEMBARRIER_CMD_GLOBAL)");
+    }
+    Ok(())
+}
+
+/// The kernel maps, taken out of the loaded object (or opened from their pins).
+pub struct BpfMaps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub vips: HashMap<MapData, u32, u32>,
+    pub tables: Array<MapData, ServiceTable>,
+    pub backends: Array<MapData, Backend>,
+    pub backend_state: Array<MapData, BackendState>,
+    pub conntrack: aya::maps::HashMap<MapData, geosteer_common::FlowKey, geosteer_common::FlowValue>,
+    pub service_stats: PerCpuArray<MapData, TrafficCounters>,
+    pub backend_stats: PerCpuArray<MapData, BackendCounters>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub settings: Array<MapData, Settings>,
+}
+
+impl BpfMaps {
+    /// Takes every map out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        let mut take = |name: &str| -> Result<Map> {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the kernel object"))
+        };
+        Ok(Self {
+            services: HashMap::try_from(take(map_names::SERVICES)?)?,
+            vips: HashMap::try_from(take(map_names::VIPS)?)?,
+            tables: Array::try_from(take(map_names::TABLES)?)?,
+            backends: Array::try_from(take(map_names::BACKENDS)?)?,
+            backend_state: Array::try_from(take(map_names::BACKEND_STATE)?)?,
+            conntrack: HashMap::try_from(take(map_names::CONNTRACK)?)?,
+            service_stats: PerCpuArray::try_from(take(map_names::SERVICE_STATS)?)?,
+            backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
+            drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
+            settings: Array::try_from(take(map_names::SETTINGS)?)?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir` by a running (or crashed) agent.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(match name {
+                map_names::CONNTRACK => Map::LruHashMap(data),
+                map_names::SERVICES | map_names::VIPS => Map::HashMap(data),
+                map_names::SERVICE_STATS | map_names::BACKEND_STATS | map_names::DROPS => {
+                    Map::PerCpuArray(data)
+                }
+                _ => Map::Array(data),
+            })
+        };
+        Ok(Self {
+            services: HashMap::try_from(open(map_names::SERVICES)?)?,
+            vips: HashMap::try_from(open(map_names::VIPS)?)?,
+            tables: Array::try_from(open(map_names::TABLES)?)?,
+            backends: Array::try_from(open(map_names::BACKENDS)?)?,
+            backend_state: Array::try_from(open(map_names::BACKEND_STATE)?)?,
+            conntrack: HashMap::try_from(open(map_names::CONNTRACK)?)?,
+            service_stats: PerCpuArray::try_from(open(map_names::SERVICE_STATS)?)?,
+            backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
+            drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
+            settings: Array::try_from(open(map_names::SETTINGS)?)?,
+        })
+    }
+
+    /// A backend's counters summed over CPUs.
+    pub fn backend_counters(&self, id: u32) -> Result<BackendCounters> {
+        let per_cpu = self.backend_stats.get(&id, 0)?;
+        Ok(sum_backend(&per_cpu))
+    }
+
+    pub fn service_counters(&self, id: u32) -> Result<TrafficCounters> {
+        let per_cpu = self.service_stats.get(&id, 0)?;
+        let mut total = TrafficCounters::default();
+        for c in per_cpu.iter() {
+            total.packets += c.packets;
+            total.bytes += c.bytes;
+            total.new_flows += c.new_flows;
+        }
+        Ok(total)
+    }
+
+    pub fn drops(&self, reason: DropReason) -> Result<u64> {
+        let per_cpu = self.drops.get(&(reason as u32), 0)?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+fn sum_backend(per_cpu: &PerCpuValues<BackendCounters>) -> BackendCounters {
+    let mut t = BackendCounters::default();
+    for c in per_cpu.iter() {
+        t.packets += c.packets;
+        t.bytes += c.bytes;
+        t.new_flows += c.new_flows;
+        t.reply_packets += c.reply_packets;
+        t.reply_bytes += c.reply_bytes;
+        for (sum, v) in t.responses.iter_mut().zip(c.responses) {
+            *sum += v;
+        }
+        t.resets += c.resets;
+        t.connect_failures += c.connect_failures;
+    }
+    t
+}
+
+impl Dataplane for BpfMaps {
+    fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing backend {id}"))
+    }
+
+    fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
+        self.backend_state
+            .set(id, state, 0)
+            .with_context(|| format!("writing backend state {id}"))
+    }
+
+    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
+        self.tables
+            .set(index, table, 0)
+            .with_context(|| format!("writing service table {index}"))
+    }
+
+    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .context("writing service entry")
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        match self.services.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing service entry"),
+        }
+    }
+
+    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+        self.vips.insert(addr, ports, 0).context("writing VIP")
+    }
+
+    fn remove_vip(&mut self, addr: u32) -> Result<()> {
+        match self.vips.remove(&addr) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).context("removing VIP"),
+        }
+    }
+
+    fn write_settings(&mut self, settings: &Settings) -> Result<()> {
+        self.settings.set(0, settings, 0).context("writing settings")
+    }
+
+    fn grace_period(&mut self) -> Result<()> {
+        synchronize_rcu()
+    }
+}

@@ -1,0 +1,9 @@
+//! geosteer agent library: configuration, policy arithmetic, and the edge that programs the
+//! kernel maps. `main.rs` only parses the command line and calls into here.
+
+pub mod agent;
+pub mod config;
+pub mod dataplane;
+pub mod loader;
+pub mod maglev;
+pub mod programmer;

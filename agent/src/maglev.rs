@@ -1,0 +1,331 @@
+//! Weighted Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software
+//! Network Load Balancer", NSDI 2016).
+//!
+//! The data path picks a backend with `table[hash(flow) % table.len()]`. Maglev fills that table
+//! so that every backend gets a share of slots proportional to its weight, and so that adding or
+//! removing one backend moves only about its own share of slots: most existing flows keep their
+//! backend even when a packet misses the connection-tracking entry.
+//!
+//! This module is pure arithmetic: no IO, no kernel maps.
+
+/// One backend as Maglev sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevBackend<'a> {
+    /// Stable identity such as `"10.1.0.11:9080"`. The slots a backend gets depend only on this
+    /// name (and the other names), never on its position in the input.
+    pub name: &'a str,
+    /// Relative share of the table. Weight 0 means drained: no slots at all.
+    pub weight: u32,
+}
+
+/// Builds a lookup table of `size` entries; each entry is an index into `backends`.
+///
+/// Backends with weight 0 get no slots. An empty input, or one where every weight is 0, gives an
+/// empty table, which the data path treats as "no backend".
+///
+/// The result depends only on the set of (name, weight) pairs, not on their order, so every node
+/// that sees the same endpoints builds the same table.
+///
+/// # Panics
+///
+/// If `size` is not prime (the permutations would not visit every slot), if `size` is not larger
+/// than the number of backends, or if there are more backends than a `u16` can index.
+pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
+    assert!(is_prime(size), "maglev table size {size} is not prime");
+    assert!(
+        backends.len() < size,
+        "maglev table size {size} must be larger than the number of backends ({})",
+        backends.len()
+    );
+    assert!(
+        backends.len() <= usize::from(u16::MAX) + 1,
+        "{} backends do not fit in a u16 index",
+        backends.len()
+    );
+
+    let max_weight = backends
+        .iter()
+        .map(|b| u64::from(b.weight))
+        .max()
+        .unwrap_or(0);
+    if max_weight == 0 {
+        return Vec::new();
+    }
+
+    // Taking turns in name order (rather than input order) makes ties between backends resolve
+    // the same way however the caller happened to list them.
+    let mut order: Vec<usize> = (0..backends.len())
+        .filter(|&i| backends[i].weight > 0)
+        .collect();
+    order.sort_by(|&a, &b| backends[a].name.cmp(backends[b].name).then(a.cmp(&b)));
+    let mut cursors: Vec<Cursor> = order
+        .into_iter()
+        .map(|index| Cursor::new(index, &backends[index], size))
+        .collect();
+
+    let mut table: Vec<Option<u16>> = vec![None; size];
+    let mut filled = 0;
+    // Every round the heaviest backends earn exactly one turn and lighter ones earn a fraction of
+    // a turn, carried over as credit. Each turn claims one slot, so slot counts end up
+    // proportional to weight. The loop ends because every round claims at least one slot.
+    loop {
+        for cursor in &mut cursors {
+            cursor.credit += cursor.weight;
+            while cursor.credit >= max_weight {
+                cursor.credit -= max_weight;
+                cursor.claim_next_free_slot(&mut table);
+                filled += 1;
+                if filled == size {
+                    return table
+                        .into_iter()
+                        .map(|slot| slot.expect("every slot is filled"))
+                        .collect();
+                }
+            }
+        }
+    }
+}
+
+/// A backend's walk through its own permutation of the table slots.
+struct Cursor {
+    /// Index into the caller's `backends`, which is what the table stores.
+    index: u16,
+    weight: u64,
+    credit: u64,
+    /// Next slot of the permutation `offset, offset + skip, offset + 2*skip, ... (mod size)`.
+    /// Because `size` is prime and `0 < skip < size`, the walk visits every slot exactly once.
+    position: usize,
+    skip: usize,
+}
+
+impl Cursor {
+    fn new(index: usize, backend: &MaglevBackend, size: usize) -> Self {
+        let size_u64 = size as u64;
+        let offset = hash(backend.name, OFFSET_SEED) % size_u64;
+        let skip = hash(backend.name, SKIP_SEED) % (size_u64 - 1) + 1;
+        Cursor {
+            index: u16::try_from(index).expect("backend count checked against u16"),
+            weight: u64::from(backend.weight),
+            credit: 0,
+            position: offset as usize,
+            skip: skip as usize,
+        }
+    }
+
+    fn claim_next_free_slot(&mut self, table: &mut [Option<u16>]) {
+        loop {
+            let slot = self.position;
+            self.position = (self.position + self.skip) % table.len();
+            if table[slot].is_none() {
+                table[slot] = Some(self.index);
+                return;
+            }
+        }
+    }
+}
+
+// Two fixed seeds give the two independent hashes Maglev needs. They are constants (not
+// `RandomState`) so that tables are identical across runs, restarts and machines.
+const OFFSET_SEED: u64 = 0x6765_6f73_7465_6572;
+const SKIP_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Seeded FNV-1a followed by the MurmurHash3 finalizer. FNV-1a alone mixes its last bytes
+/// poorly, and names like "10.1.0.11:9080" and "10.1.0.12:9080" differ only near the end.
+fn hash(name: &str, seed: u64) -> u64 {
+    const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = FNV_OFFSET_BASIS ^ seed;
+    for byte in name.bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h
+}
+
+fn is_prime(n: usize) -> bool {
+    if n < 2 {
+        return false;
+    }
+    (2..)
+        .take_while(|d| d * d <= n)
+        .all(|d| !n.is_multiple_of(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const M: usize = 16381;
+
+    fn names(count: usize) -> Vec<String> {
+        (0..count)
+            .map(|i| format!("10.1.{}.{}:9080", i / 200, i % 200 + 1))
+            .collect()
+    }
+
+    fn backends<'a>(names: &'a [String], weights: &[u32]) -> Vec<MaglevBackend<'a>> {
+        names
+            .iter()
+            .zip(weights)
+            .map(|(name, &weight)| MaglevBackend { name, weight })
+            .collect()
+    }
+
+    /// The table translated from indices to names, so tables built from different inputs can
+    /// be compared slot by slot.
+    fn named_table<'a>(backends: &[MaglevBackend<'a>], size: usize) -> Vec<&'a str> {
+        build_table(backends, size)
+            .into_iter()
+            .map(|index| backends[usize::from(index)].name)
+            .collect()
+    }
+
+    fn slot_counts<'a>(table: &[&'a str]) -> HashMap<&'a str, usize> {
+        let mut counts = HashMap::new();
+        for name in table {
+            *counts.entry(*name).or_default() += 1;
+        }
+        counts
+    }
+
+    fn changed_slots(before: &[&str], after: &[&str]) -> usize {
+        before.iter().zip(after).filter(|(a, b)| a != b).count()
+    }
+
+    #[test]
+    fn fills_every_slot_with_a_valid_index() {
+        for count in [1, 2, 3, 10, 64, 1024] {
+            let names = names(count);
+            let table = build_table(&backends(&names, &vec![1; count]), M);
+            assert_eq!(table.len(), M);
+            assert!(table.iter().all(|&index| usize::from(index) < count));
+        }
+    }
+
+    #[test]
+    fn is_deterministic() {
+        let names = names(10);
+        let input = backends(&names, &[1, 2, 3, 4, 5, 1, 2, 3, 4, 5]);
+        assert_eq!(build_table(&input, M), build_table(&input, M));
+    }
+
+    #[test]
+    fn does_not_depend_on_input_order() {
+        let names = names(10);
+        let input = backends(&names, &[1, 2, 3, 4, 5, 1, 2, 3, 4, 5]);
+        let mut reordered = input.clone();
+        reordered.reverse();
+        reordered.swap(2, 7);
+
+        let before = named_table(&input, M);
+        let after = named_table(&reordered, M);
+        assert_eq!(slot_counts(&before), slot_counts(&after));
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn respects_weights() {
+        let cases: &[(&str, Vec<u32>)] = &[
+            ("three equal", vec![1, 1, 1]),
+            ("one to four", vec![1, 2, 3, 4]),
+            ("ninety ten", vec![9, 1]),
+            ("ninety ten over four", vec![45, 45, 5, 5]),
+            ("sixty-four equal", vec![1; 64]),
+            ("twenty eighty", vec![20, 80]),
+            ("large weights", vec![1_000_000, 500_000, 250_000]),
+        ];
+        for (case, weights) in cases {
+            let names = names(weights.len());
+            let input = backends(&names, weights);
+            let counts = slot_counts(&named_table(&input, M));
+            let total_weight: u32 = weights.iter().sum();
+            for backend in &input {
+                let share = counts[backend.name] as f64 / M as f64;
+                let ideal = f64::from(backend.weight) / f64::from(total_weight);
+                assert!(
+                    (share - ideal).abs() <= 0.01,
+                    "{case}: {} has share {share:.4}, ideal {ideal:.4}",
+                    backend.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn removing_a_backend_moves_about_its_share() {
+        let names = names(10);
+        let all = backends(&names, &[1; 10]);
+        let before = named_table(&all, M);
+        for removed in 0..all.len() {
+            let mut rest = all.clone();
+            rest.remove(removed);
+            let changed = changed_slots(&before, &named_table(&rest, M));
+            assert!(
+                changed <= M * 15 / 100,
+                "removing {removed}: {changed} slots changed"
+            );
+        }
+    }
+
+    #[test]
+    fn adding_a_backend_moves_about_its_share() {
+        let names = names(11);
+        let ten = backends(&names[..10], &[1; 10]);
+        let eleven = backends(&names, &[1; 11]);
+        let changed = changed_slots(&named_table(&ten, M), &named_table(&eleven, M));
+        assert!(changed <= M * 15 / 100, "{changed} slots changed");
+    }
+
+    #[test]
+    fn doubling_one_weight_moves_a_bounded_share() {
+        let names = names(10);
+        let before = backends(&names, &[1; 10]);
+        let mut after = before.clone();
+        after[3].weight = 2;
+        let changed = changed_slots(&named_table(&before, M), &named_table(&after, M));
+        assert!(changed < M / 4, "{changed} slots changed");
+    }
+
+    #[test]
+    fn zero_weight_backend_gets_no_slot() {
+        let names = names(3);
+        let table = build_table(&backends(&names, &[1, 0, 1]), M);
+        assert!(!table.contains(&1));
+    }
+
+    #[test]
+    fn single_backend_gets_every_slot() {
+        let names = names(1);
+        assert_eq!(build_table(&backends(&names, &[7]), M), vec![0; M]);
+    }
+
+    #[test]
+    fn nothing_to_serve_gives_an_empty_table() {
+        assert!(build_table(&[], M).is_empty());
+        let names = names(2);
+        assert!(build_table(&backends(&names, &[0, 0]), M).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "not prime")]
+    fn rejects_a_size_that_is_not_prime() {
+        let names = names(2);
+        build_table(&backends(&names, &[1, 1]), 16384);
+    }
+
+    #[test]
+    fn small_primes() {
+        assert_eq!(
+            (0..30).filter(|&n| is_prime(n)).collect::<Vec<_>>(),
+            [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+        );
+        assert!(is_prime(M));
+        assert!(is_prime(65537));
+    }
+}

@@ -1,0 +1,346 @@
+//! Turns the desired services into map writes: allocates service and backend ids, builds each
+//! service's Maglev table into its idle generation and flips the generation with one update.
+//!
+//! Invariants the kernel relies on:
+//! - a table is fully written before the service entry points at it;
+//! - a table that was live is not rewritten until a grace period has passed since it was
+//!   retired, so a packet that read the old generation never sees a half-written table;
+//! - a backend id is not reused until a grace period has passed since it was retired, so a
+//!   packet or conntrack entry holding the id never reads a different backend through it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use anyhow::{Context as _, Result, bail};
+use geosteer_common::{
+    BACKEND_FLAG_ACTIVE, Backend, BackendState, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
+    ServiceKey, ServiceTable, ServiceValue,
+};
+
+use crate::{
+    dataplane::Dataplane,
+    maglev::{MaglevBackend, build_table},
+};
+
+/// A service port as the data path sees it: VIP:port/proto → weighted backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    /// Human name, e.g. `default/reviews:80/TCP` (logs and diagnostics).
+    pub name: String,
+    pub key: ServiceKey,
+    pub backends: Vec<DesiredBackend>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredBackend {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    /// Relative weight for new flows; 0 = no new flows (existing ones keep going).
+    pub weight: u32,
+}
+
+impl DesiredBackend {
+    /// The stable identity Maglev hashes: the same endpoint keeps its slots across rebuilds.
+    fn identity(&self) -> String {
+        format!(
+            "{}:{}",
+            std::net::Ipv4Addr::from(u32::from_be(self.addr)),
+            u16::from_be(self.port)
+        )
+    }
+}
+
+/// What the programmer knows about one live service.
+#[derive(Clone, Debug)]
+pub struct LiveService {
+    pub name: String,
+    pub id: u32,
+    pub generation: u32,
+    /// Flip sequence number of the last generation flip (see `Programmer::grace_seq`).
+    flipped_at: u64,
+    /// Backend ids by (addr, port), with their last desired weight.
+    pub backends: BTreeMap<(u32, u16), (u32, u32)>,
+    desired: DesiredService,
+}
+
+/// Result of one apply, for logs and measurements.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    pub grace_periods: usize,
+}
+
+pub struct Programmer {
+    max_services: u32,
+    max_backends: u32,
+    live: BTreeMap<ServiceKey, LiveService>,
+    free_service_ids: VecDeque<u32>,
+    next_service_id: u32,
+    free_backend_ids: VecDeque<u32>,
+    next_backend_id: u32,
+    /// Ids retired since the last grace period: reusable after the next one.
+    quarantined_services: Vec<u32>,
+    quarantined_backends: Vec<u32>,
+    flip_seq: u64,
+    grace_seq: u64,
+    vips: BTreeMap<u32, u32>,
+}
+
+impl Programmer {
+    pub fn new(max_services: u32, max_backends: u32) -> Self {
+        Self {
+            max_services,
+            max_backends,
+            live: BTreeMap::new(),
+            free_service_ids: VecDeque::new(),
+            next_service_id: 0,
+            free_backend_ids: VecDeque::new(),
+            next_backend_id: 0,
+            quarantined_services: Vec::new(),
+            quarantined_backends: Vec::new(),
+            flip_seq: 0,
+            grace_seq: 0,
+            vips: BTreeMap::new(),
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = &LiveService> {
+        self.live.values()
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&LiveService> {
+        self.live.get(key)
+    }
+
+    /// Makes the data path match `desired`: changed services get a new generation, removed ones
+    /// are taken out, unchanged ones are not touched.
+    pub fn apply(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &[DesiredService],
+    ) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let wanted: BTreeMap<ServiceKey, &DesiredService> =
+            desired.iter().map(|s| (s.key, s)).collect();
+        if wanted.len() != desired.len() {
+            bail!("two desired services share one VIP:port/protocol");
+        }
+        let removed: Vec<ServiceKey> = self
+            .live
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in removed {
+            self.remove(dp, &key)?;
+            report.removed += 1;
+        }
+        for service in desired {
+            match self.live.get(&service.key) {
+                Some(live) if live.desired == *service => report.unchanged += 1,
+                Some(_) => {
+                    report.grace_periods += self.upsert(dp, service)?;
+                    report.updated += 1;
+                }
+                None => {
+                    report.grace_periods += self.upsert(dp, service)?;
+                    report.added += 1;
+                }
+            }
+        }
+        self.sync_vips(dp)?;
+        Ok(report)
+    }
+
+    /// Number of grace periods waited (0 or 1).
+    fn upsert(&mut self, dp: &mut dyn Dataplane, desired: &DesiredService) -> Result<usize> {
+        if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            bail!(
+                "{}: {} backends, more than the {} a service can have",
+                desired.name,
+                desired.backends.len(),
+                MAX_BACKENDS_PER_SERVICE
+            );
+        }
+        let mut grace = 0;
+        let existing = self.live.remove(&desired.key);
+        let (id, next_generation, flipped_at, mut old_backends) = match existing {
+            Some(live) => (live.id, live.generation ^ 1, live.flipped_at, live.backends),
+            None => (self.allocate_service_id(dp, &mut grace)?, 0, 0, BTreeMap::new()),
+        };
+        // The idle generation was live until `flipped_at`: wait until no packet can still use it.
+        if flipped_at > self.grace_seq {
+            self.wait_grace(dp)?;
+            grace += 1;
+        }
+
+        let mut backends = BTreeMap::new();
+        let mut ids = Vec::with_capacity(desired.backends.len());
+        for b in &desired.backends {
+            let id_weight = match old_backends.remove(&(b.addr, b.port)) {
+                Some((backend_id, _)) => (backend_id, b.weight),
+                None => {
+                    let backend_id = self.allocate_backend_id(dp, &mut grace)?;
+                    // Fresh health state first: a reused id must not inherit counters.
+                    dp.write_backend_state(backend_id, &BackendState::default())?;
+                    dp.write_backend(
+                        backend_id,
+                        &Backend {
+                            addr: b.addr,
+                            port: b.port,
+                            proto: desired.key.proto,
+                            flags: BACKEND_FLAG_ACTIVE,
+                            service_id: id,
+                        },
+                    )?;
+                    (backend_id, b.weight)
+                }
+            };
+            ids.push(id_weight.0);
+            backends.insert((b.addr, b.port), id_weight);
+        }
+
+        let table = build_service_table(desired, &ids);
+        dp.write_table(id * 2 + next_generation, &table)?;
+        dp.write_service(
+            &desired.key,
+            &ServiceValue {
+                id,
+                generation: next_generation,
+            },
+        )
+        .with_context(|| format!("making {} live", desired.name))?;
+        self.flip_seq += 1;
+
+        // Backends no longer desired: flows pinned to them are re-steered by the kernel once
+        // the slot is inactive; the id waits out a grace period before reuse.
+        for (backend_id, _) in old_backends.into_values() {
+            dp.write_backend(backend_id, &Backend::default())?;
+            self.quarantined_backends.push(backend_id);
+        }
+        self.live.insert(
+            desired.key,
+            LiveService {
+                name: desired.name.clone(),
+                id,
+                generation: next_generation,
+                flipped_at: self.flip_seq,
+                backends,
+                desired: desired.clone(),
+            },
+        );
+        Ok(grace)
+    }
+
+    fn remove(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+        let Some(live) = self.live.remove(key) else {
+            return Ok(());
+        };
+        dp.remove_service(key)?;
+        self.flip_seq += 1;
+        for (backend_id, _) in live.backends.into_values() {
+            dp.write_backend(backend_id, &Backend::default())?;
+            self.quarantined_backends.push(backend_id);
+        }
+        self.quarantined_services.push(live.id);
+        Ok(())
+    }
+
+    fn sync_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
+        let mut wanted: BTreeMap<u32, u32> = BTreeMap::new();
+        for key in self.live.keys() {
+            *wanted.entry(key.addr).or_default() += 1;
+        }
+        for addr in self.vips.keys() {
+            if !wanted.contains_key(addr) {
+                dp.remove_vip(*addr)?;
+            }
+        }
+        for (addr, ports) in &wanted {
+            if self.vips.get(addr) != Some(ports) {
+                dp.write_vip(*addr, *ports)?;
+            }
+        }
+        self.vips = wanted;
+        Ok(())
+    }
+
+    fn wait_grace(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
+        dp.grace_period()?;
+        self.grace_seq = self.flip_seq;
+        self.free_backend_ids
+            .extend(self.quarantined_backends.drain(..));
+        self.free_service_ids
+            .extend(self.quarantined_services.drain(..));
+        Ok(())
+    }
+
+    fn allocate_service_id(&mut self, dp: &mut dyn Dataplane, grace: &mut usize) -> Result<u32> {
+        if self.next_service_id < self.max_services {
+            self.next_service_id += 1;
+            return Ok(self.next_service_id - 1);
+        }
+        if self.free_service_ids.is_empty() && !self.quarantined_services.is_empty() {
+            self.wait_grace(dp)?;
+            *grace += 1;
+        }
+        self.free_service_ids.pop_front().with_context(|| {
+            format!(
+                "no free service slot: all {} are in use (dataplane.maxServices)",
+                self.max_services
+            )
+        })
+    }
+
+    /// Fresh ids first, then the oldest retired one: reuse is as late as possible.
+    fn allocate_backend_id(&mut self, dp: &mut dyn Dataplane, grace: &mut usize) -> Result<u32> {
+        if self.next_backend_id < self.max_backends {
+            self.next_backend_id += 1;
+            return Ok(self.next_backend_id - 1);
+        }
+        if self.free_backend_ids.is_empty() && !self.quarantined_backends.is_empty() {
+            self.wait_grace(dp)?;
+            *grace += 1;
+        }
+        self.free_backend_ids.pop_front().with_context(|| {
+            format!(
+                "no free backend slot: all {} are in use (dataplane.maxBackends)",
+                self.max_backends
+            )
+        })
+    }
+}
+
+/// The kernel's view of one generation: the backend id list and the Maglev slots over it.
+pub fn build_service_table(desired: &DesiredService, ids: &[u32]) -> Box<ServiceTable> {
+    let mut table = Box::new(ServiceTable {
+        backend_count: ids.len() as u32,
+        _pad: 0,
+        backends: [0; MAX_BACKENDS_PER_SERVICE],
+        slots: [0; MAGLEV_TABLE_SIZE],
+        _pad_tail: 0,
+    });
+    table.backends[..ids.len()].copy_from_slice(ids);
+    let names: Vec<String> = desired.backends.iter().map(DesiredBackend::identity).collect();
+    let maglev: Vec<MaglevBackend> = desired
+        .backends
+        .iter()
+        .zip(&names)
+        .map(|(b, name)| MaglevBackend {
+            name,
+            weight: b.weight,
+        })
+        .collect();
+    let slots = build_table(&maglev, MAGLEV_TABLE_SIZE);
+    if slots.is_empty() {
+        // No backend may take new flows (none, or all weight 0): the kernel drops new flows.
+        table.backend_count = 0;
+    } else {
+        table.slots.copy_from_slice(&slots);
+    }
+    table
+}

@@ -1,0 +1,404 @@
+//! Lab traffic generator: reports which backend answered each request.
+//!
+//! Runs inside the client namespace and prints machine-readable JSON, so
+//! tests and demos can assert on the distribution of traffic across
+//! backends. Failed requests are reported in the JSON, not by the exit code;
+//! only bad arguments make it exit non-zero.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use geosteer_tests::http::{self, Reader};
+use serde_json::json;
+
+const USAGE: &str = "usage:
+  lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C]
+  lab-client udp --target IP:PORT --count N [--timeout-ms T]
+  lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]";
+
+const DEFAULT_TIMEOUT_MS: u64 = 2000;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("http") => parse_flags(
+            &args[1..],
+            &[
+                "--target",
+                "--connections",
+                "--requests-per-connection",
+                "--timeout-ms",
+                "--concurrency",
+            ],
+        )
+        .and_then(|f| run_http(&f)),
+        Some("udp") => parse_flags(&args[1..], &["--target", "--count", "--timeout-ms"])
+            .and_then(|f| run_udp(&f)),
+        Some("watch") => parse_flags(
+            &args[1..],
+            &["--target", "--duration-ms", "--interval-ms", "--timeout-ms"],
+        )
+        .and_then(|f| run_watch(&f)),
+        Some(other) => Err(format!("unknown subcommand {other:?}")),
+        None => Err("missing subcommand".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lab-client: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Flags(HashMap<String, String>);
+
+fn parse_flags(args: &[String], allowed: &[&str]) -> Result<Flags, String> {
+    let mut map = HashMap::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if !allowed.contains(&flag.as_str()) {
+            return Err(format!("unknown argument {flag:?}"));
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        map.insert(flag.clone(), value.clone());
+    }
+    Ok(Flags(map))
+}
+
+impl Flags {
+    fn target(&self) -> Result<SocketAddr, String> {
+        let v = self.0.get("--target").ok_or("--target is required")?;
+        v.parse()
+            .map_err(|_| format!("--target: expected IP:PORT, got {v:?}"))
+    }
+
+    /// A positive integer flag, or `default` when absent (`None` = required).
+    fn num(&self, flag: &str, default: Option<u64>) -> Result<u64, String> {
+        match (self.0.get(flag), default) {
+            (Some(v), _) => match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("{flag}: expected a positive integer, got {v:?}")),
+            },
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(format!("{flag} is required")),
+        }
+    }
+
+    fn timeout(&self) -> Result<Duration, String> {
+        Ok(Duration::from_millis(
+            self.num("--timeout-ms", Some(DEFAULT_TIMEOUT_MS))?,
+        ))
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    let mut out = io::stdout().lock();
+    // Nothing useful can be done if stdout is gone.
+    let _ = writeln!(out, "{value}").and_then(|_| out.flush());
+}
+
+// ---------------------------------------------------------------- http ---
+
+/// Tallies for a set of connections; merged across worker threads.
+#[derive(Default)]
+struct HttpTally {
+    ok: u64,
+    errors: u64,
+    status: BTreeMap<u16, u64>,
+    backends: BTreeMap<String, u64>,
+    consistent: bool,
+    connect_failures: u64,
+    first_error: Option<String>,
+}
+
+impl HttpTally {
+    fn new() -> Self {
+        HttpTally {
+            consistent: true,
+            ..Default::default()
+        }
+    }
+
+    fn error(&mut self, count: u64, msg: String) {
+        self.errors += count;
+        self.first_error.get_or_insert(msg);
+    }
+
+    fn merge(&mut self, other: HttpTally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        for (k, v) in other.status {
+            *self.status.entry(k).or_default() += v;
+        }
+        for (k, v) in other.backends {
+            *self.backends.entry(k).or_default() += v;
+        }
+        self.consistent &= other.consistent;
+        self.connect_failures += other.connect_failures;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// One parsed response.
+struct Response {
+    status: u16,
+    backend: Option<String>,
+    close: bool,
+}
+
+fn run_http(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let connections = flags.num("--connections", None)?;
+    let per_conn = flags.num("--requests-per-connection", Some(1))?;
+    let concurrency = flags.num("--concurrency", Some(1))?.min(connections);
+    let timeout = flags.timeout()?;
+    let connections = u32::try_from(connections).map_err(|_| "--connections is too large")?;
+
+    let started = Instant::now();
+    let next = AtomicU32::new(0);
+    let mut total = HttpTally::new();
+    thread::scope(|s| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut tally = HttpTally::new();
+                    // Each pass claims one connection; at most `connections` in all.
+                    while next.fetch_add(1, Ordering::Relaxed) < connections {
+                        run_connection(target, per_conn, timeout, &mut tally);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(t) => total.merge(t),
+                Err(_) => total.error(0, "worker thread panicked".into()),
+            }
+        }
+    });
+
+    let status: BTreeMap<String, u64> = total
+        .status
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    print_json(&json!({
+        "ok": total.ok,
+        "errors": total.errors,
+        "status": status,
+        "backends": total.backends,
+        "per_connection_backends_consistent": total.consistent,
+        "connect_failures": total.connect_failures,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+        "first_error": total.first_error,
+    }));
+    Ok(())
+}
+
+/// Opens one connection and sends `requests` keep-alive requests on it.
+/// Once a connection breaks, its remaining requests count as errors, so
+/// `ok + errors` always equals connections × requests.
+fn run_connection(target: SocketAddr, requests: u64, timeout: Duration, tally: &mut HttpTally) {
+    let stream = match connect(target, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            tally.connect_failures += 1;
+            tally.error(requests, format!("connect {target}: {e}"));
+            return;
+        }
+    };
+    let mut reader = Reader::new(&stream);
+    let mut seen = BTreeSet::new();
+    for i in 0..requests {
+        let last = i + 1 == requests;
+        match request(&stream, &mut reader, target, last) {
+            Ok(resp) => {
+                *tally.status.entry(resp.status).or_default() += 1;
+                if (200..300).contains(&resp.status) {
+                    tally.ok += 1;
+                } else {
+                    tally.error(1, format!("HTTP status {}", resp.status));
+                }
+                if let Some(b) = resp.backend {
+                    *tally.backends.entry(b.clone()).or_default() += 1;
+                    seen.insert(b);
+                }
+                if resp.close && !last {
+                    tally.error(
+                        requests - i - 1,
+                        "server closed a keep-alive connection early".into(),
+                    );
+                    break;
+                }
+            }
+            Err(e) => {
+                tally.error(requests - i, format!("request {i} to {target}: {e}"));
+                break;
+            }
+        }
+    }
+    if seen.len() > 1 {
+        tally.consistent = false;
+    }
+}
+
+fn connect(target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// Sends `GET /` and reads the full response. On the last request the
+/// client announces `Connection: close` so the server closes its side too.
+fn request(
+    stream: &TcpStream,
+    reader: &mut Reader<&TcpStream>,
+    target: SocketAddr,
+    last: bool,
+) -> io::Result<Response> {
+    let connection = if last { "close" } else { "keep-alive" };
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lab-client\r\nConnection: {connection}\r\n\r\n"
+    );
+    let mut w = stream;
+    w.write_all(req.as_bytes())?;
+
+    let head = reader.read_head()?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        )
+    })?;
+    let status = http::parse_status_line(&head.start_line)?;
+    let len = head.content_length()?.ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, "response has no Content-Length")
+    })?;
+    reader.discard_body(len)?;
+    Ok(Response {
+        status,
+        backend: head.header("x-backend").map(str::to_string),
+        close: head.connection_has("close"),
+    })
+}
+
+// ----------------------------------------------------------------- udp ---
+
+fn run_udp(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let count = flags.num("--count", None)?;
+    let timeout = flags.timeout()?;
+
+    let mut ok = 0u64;
+    let mut errors = 0u64;
+    let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_error: Option<String> = None;
+    for i in 0..count {
+        match udp_ping(target, i, timeout) {
+            Ok(name) => {
+                ok += 1;
+                *backends.entry(name).or_default() += 1;
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("datagram {i} to {target}: {e}"));
+            }
+        }
+    }
+    print_json(&json!({
+        "ok": ok,
+        "errors": errors,
+        "backends": backends,
+        "first_error": first_error,
+    }));
+    Ok(())
+}
+
+/// Sends `ping-<i>` from a fresh socket (so a fresh source port) and returns
+/// the backend name from the `NAME:ping-<i>` reply.
+fn udp_ping(target: SocketAddr, i: u64, timeout: Duration) -> io::Result<String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let sock = UdpSocket::bind(bind)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let payload = format!("ping-{i}");
+    sock.send_to(payload.as_bytes(), target)?;
+
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    // A reply from any other address would be dropped by a real (connected)
+    // UDP client, so it counts as a failure of the balancer.
+    if from != target {
+        return Err(io::Error::other(format!(
+            "reply came from {from}, not {target}"
+        )));
+    }
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    reply
+        .strip_suffix(&format!(":{payload}"))
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| io::Error::other(format!("unexpected reply {reply:?}")))
+}
+
+// --------------------------------------------------------------- watch ---
+
+fn run_watch(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let duration = flags.num("--duration-ms", None)?;
+    let interval = flags.num("--interval-ms", None)?;
+    let timeout = flags.timeout()?;
+
+    let started = Instant::now();
+    // Ticks are on a fixed grid; a slow request skips the ticks it overran
+    // rather than bursting to catch up. The cap is a second safety bound.
+    let max_ticks = duration / interval + 1;
+    for _ in 0..max_ticks {
+        let t_ms = started.elapsed().as_millis() as u64;
+        if t_ms >= duration {
+            break;
+        }
+        let line = match watch_request(target, timeout) {
+            Ok(resp) => json!({
+                "t_ms": t_ms,
+                "backend": resp.backend,
+                "status": resp.status,
+                "error": null,
+            }),
+            Err(e) => json!({
+                "t_ms": t_ms,
+                "backend": null,
+                "status": null,
+                "error": e.to_string(),
+            }),
+        };
+        print_json(&line);
+
+        let now = started.elapsed().as_millis() as u64;
+        let next_tick = (now / interval + 1) * interval;
+        if next_tick >= duration {
+            break;
+        }
+        thread::sleep(Duration::from_millis(next_tick - now));
+    }
+    Ok(())
+}
+
+fn watch_request(target: SocketAddr, timeout: Duration) -> io::Result<Response> {
+    let stream = connect(target, timeout)?;
+    let mut reader = Reader::new(&stream);
+    request(&stream, &mut reader, target, true)
+}

@@ -1,0 +1,1 @@
+pub fn run(_quick: bool) -> anyhow::Result<()> { anyhow::bail!("todo") }

@@ -1,0 +1,1 @@
+pub fn run(_seconds: u64) -> anyhow::Result<()> { anyhow::bail!("todo") }

@@ -1,0 +1,71 @@
+//! Project tasks: `cargo xtask test | demo | bench | install`.
+//!
+//! xtask depends on nothing that needs the eBPF toolchain, so it compiles on a fresh machine and
+//! can install that toolchain before anything else is built.
+
+mod bench;
+mod demo;
+mod install;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing needs (idempotent): rust-src, bpf-linker, apt packages.
+    Install,
+    /// Install, build, and run every test tier; ends with a summary line.
+    Test {
+        /// Only run the tests whose name contains this string (all tiers).
+        filter: Option<String>,
+    },
+    /// Build, start a throwaway lab of network namespaces, run the agent, show the live split.
+    Demo {
+        /// Seconds of traffic to show.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Measure the data path and write BENCHMARKS.md.
+    Bench {
+        /// Shorter runs (for a quick look; the checked-in numbers use the default).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Install => install::all(),
+        Command::Test { filter } => test::run(filter.as_deref()),
+        Command::Demo { seconds } => demo::run(seconds),
+        Command::Bench { quick } => bench::run(quick),
+    }
+}
+
+/// Runs a command, streaming its output; fails with the command line if it fails.
+pub fn run_cmd(cmd: &mut std::process::Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("running {cmd:?}: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
