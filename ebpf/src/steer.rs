@@ -115,6 +115,7 @@ pub fn request(flow: &Flow) -> Verdict {
     };
     // SAFETY: read-only lookup; the value is copied out.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
+        forget_superseded_nat(flow);
         return Verdict::Pass;
     };
     let now = now_ns();
@@ -190,6 +191,26 @@ pub fn request(flow: &Flow) -> Verdict {
         addr: backend.addr,
         port: backend.port,
     })
+}
+
+/// A client that opens a direct connection to a backend may reuse the source port of an earlier
+/// (finished) connection through a VIP to that same backend. The earlier flow's reply entry would
+/// then reverse-NAT the direct connection's SYN-ACK to the VIP and break it. The new SYN proves
+/// the earlier flow is over (the client reused its port), so its reply entry goes.
+fn forget_superseded_nat(flow: &Flow) {
+    if flow.proto != PROTO_TCP || flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return;
+    }
+    let reply_key = FlowKey {
+        saddr: flow.daddr,
+        daddr: flow.saddr,
+        sport: flow.dport,
+        dport: flow.sport,
+        proto: flow.proto,
+        direction: DIR_REPLY,
+        _pad: 0,
+    };
+    let _ = CONNTRACK.remove(&reply_key);
 }
 
 fn backend_still_serves(backend_id: u32, service_id: u32) -> bool {

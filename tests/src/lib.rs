@@ -11,6 +11,7 @@
 //! benchmarking space) within the lab's own namespaces. VIPs are expected in
 //! 198.19.0.0/16 and are reached through the client's default route.
 
+pub mod agent;
 mod bpf;
 pub mod http;
 

@@ -299,6 +299,15 @@ fn packets_not_for_a_vip_pass_untouched() {
     let direct_reply = Pkt::tcp(BACKENDS[0], TPORT, CLIENT, 40002, SYN | ACK).build();
     let (verdict, out) = rig.run_tc(program_names::TC_EGRESS, &direct_reply);
     assert_eq!((verdict, out), (TC_ACT_OK, direct_reply));
+
+    // The client reuses the source port of a finished VIP flow for a direct connection to the
+    // same backend: the direct connection's replies must not be reverse-NATed to the VIP.
+    let (_, out) = rig.ingress(&syn(40003));
+    let backend = verify(&out).dst;
+    let direct_syn = Pkt::tcp(CLIENT, 40003, backend, TPORT, SYN).build();
+    assert_eq!(rig.run_tc(program_names::TC_INGRESS, &direct_syn), (TC_ACT_OK, direct_syn));
+    let direct_reply = Pkt::tcp(backend, TPORT, CLIENT, 40003, SYN | ACK).build();
+    assert_eq!(rig.run_tc(program_names::TC_EGRESS, &direct_reply), (TC_ACT_OK, direct_reply));
 }
 
 #[test]

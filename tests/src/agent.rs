@@ -1,0 +1,151 @@
+//! Running `geosteer agent` inside a lab's node namespace.
+//!
+//! `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf is not mounted there; its pins
+//! go to a bpffs mounted (from outside) under /run/geosteer-lab/<prefix>, which the agent's
+//! mount namespace inherits.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{Netns, bin_path};
+
+/// A bpffs mounted for one lab; unmounted and removed on drop.
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(prefix: &str) -> Result<PinDir> {
+        let root = PathBuf::from("/run/geosteer-lab").join(prefix);
+        let bpf = root.join("bpf");
+        if bpf.exists() {
+            let _ = Command::new("umount").arg(&bpf).status();
+        }
+        std::fs::create_dir_all(&bpf).with_context(|| format!("creating {}", bpf.display()))?;
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpf)
+            .status()
+            .context("mounting bpffs")?;
+        if !status.success() {
+            bail!("mount -t bpf bpf {} failed: {status}", bpf.display());
+        }
+        Ok(PinDir { root })
+    }
+
+    /// The agent's `dataplane.pinPath`.
+    pub fn pin_path(&self) -> PathBuf {
+        self.root.join("bpf")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.pin_path()).status();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A running agent; killed (SIGKILL) on drop unless it was terminated.
+pub struct Agent {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub config_path: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config_yaml` next to the pin dir, starts the agent in `ns` and waits for "ready".
+    pub fn start(ns: &Netns, pins: &PinDir, config_yaml: &str) -> Result<Agent> {
+        let config_path = pins.root.join("config.yaml");
+        std::fs::write(&config_path, config_yaml)?;
+        let bin = bin_path("geosteer");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .arg(&bin)
+            .args(["agent", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            log,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if agent.log_contains(" ready") {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "agent exited with {status} before it was ready:\n{}",
+                    agent.log().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after 30 s:\n{}", agent.log().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then wait up to 10 s for a clean exit.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().ok_or_else(|| anyhow!("agent already stopped"))?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("agent did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

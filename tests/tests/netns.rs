@@ -1,0 +1,190 @@
+//! End to end: `geosteer agent` in a node namespace steering real HTTP and UDP traffic from a
+//! client namespace to backend namespaces running real servers.
+//!
+//! Needs root (netns, BPF); run through `cargo xtask test`.
+
+use std::collections::BTreeMap;
+
+use geosteer_tests::{
+    HttpOptions, Lab, LabSpec, http_from, require_root,
+    agent::{Agent, PinDir},
+};
+
+const VIP: &str = "198.19.0.10";
+const HTTP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+
+/// A config for `lab` with one service on VIP:80 (TCP) and VIP:53 (UDP) over the given
+/// backends (name, weight).
+fn config(lab: &Lab, pins: &PinDir, weights: &[(&str, u32)], tc: &str, xdp: &str) -> String {
+    let mut endpoints = String::new();
+    for (name, weight) in weights {
+        let b = lab.backend(name).unwrap();
+        let region = if b.ip.octets()[2] >= 20 { "cn-shanghai" } else { "cn-hangzhou" };
+        endpoints.push_str(&format!(
+            "      - {{ip: {}, region: {region}, weight: {weight}}}\n",
+            b.ip
+        ));
+    }
+    format!(
+        "node: {{name: lab-node, region: cn-hangzhou}}\n\
+         dataplane:\n  tc: [{tc}]\n  xdp: [{xdp}]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n\
+         services:\n  - name: reviews\n    vip: {VIP}\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n      - {{name: dns, port: 53, targetPort: {UDP_PORT}, protocol: UDP}}\n    endpoints:\n{endpoints}",
+        pins.pin_path().display()
+    )
+}
+
+fn lab(prefix: &str, backends: u8, uplink: bool) -> Lab {
+    require_root();
+    let mut spec = LabSpec::simple(prefix, backends);
+    spec.with_uplink = uplink;
+    let mut lab = Lab::build(&spec).expect("lab builds");
+    lab.start_backends(HTTP_PORT, Some(UDP_PORT)).expect("backends start");
+    lab
+}
+
+fn share(backends: &BTreeMap<String, u64>, name: &str) -> f64 {
+    let total: u64 = backends.values().sum();
+    *backends.get(name).unwrap_or(&0) as f64 / total as f64
+}
+
+#[test]
+fn tcp_split_follows_weights_keepalive_sticks_and_direct_access_works() {
+    let lab = lab("gsn1", 3, false);
+    let pins = PinDir::new("gsn1").unwrap();
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1), ("b3", 2)], "cl0", ""),
+    )
+    .expect("agent starts");
+
+    let report = lab.client_http(&format!("{VIP}:80"), 800, 1).unwrap();
+    assert_eq!(report.ok, 800, "every request through the VIP succeeds: {report:?}");
+    for (name, expected) in [("b1", 0.25), ("b2", 0.25), ("b3", 0.5)] {
+        let got = share(&report.backends, name);
+        assert!((got - expected).abs() < 0.06, "{name}: {got:.3} vs {expected}: {:?}", report.backends);
+    }
+
+    let keepalive = http_from(&lab.client, &format!("{VIP}:80"), &HttpOptions::new(30, 10)).unwrap();
+    assert_eq!(keepalive.ok, 300, "{keepalive:?}");
+    assert!(keepalive.per_connection_backends_consistent, "a keep-alive connection changed backend");
+
+    for b in &lab.backends {
+        let direct = lab.client_http(&format!("{}:{HTTP_PORT}", b.ip), 20, 1).unwrap();
+        assert_eq!(direct.ok, 20, "direct access to {}: {direct:?}", b.name);
+        assert_eq!(direct.backends.keys().collect::<Vec<_>>(), vec![&b.name]);
+    }
+}
+
+#[test]
+fn udp_request_response_through_the_vip() {
+    let lab = lab("gsn2", 2, false);
+    let pins = PinDir::new("gsn2").unwrap();
+    let _agent =
+        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
+            .expect("agent starts");
+    let report = lab.client_udp(&format!("{VIP}:53"), 200).unwrap();
+    assert_eq!(report.ok, 200, "{report:?}");
+    assert_eq!(report.backends.len(), 2, "both backends answer: {report:?}");
+}
+
+/// With checksum offload off on every link (TX: the sender computes full checksums; RX: the
+/// receiver verifies them instead of trusting the veth), a wrong rewrite would show as
+/// InCsumErrors and failed requests.
+#[test]
+fn receivers_verify_every_checksum() {
+    let lab = lab("gsn3", 2, false);
+    for ns in lab.namespaces() {
+        let links = ns.exec(&["ls", "/sys/class/net"]).unwrap();
+        for dev in links.split_whitespace().filter(|d| *d != "lo") {
+            ns.exec(&["ethtool", "-K", dev, "tx", "off", "rx", "off"]).unwrap();
+        }
+    }
+    let pins = PinDir::new("gsn3").unwrap();
+    let _agent =
+        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
+            .expect("agent starts");
+    let http = lab.client_http(&format!("{VIP}:80"), 200, 3).unwrap();
+    assert_eq!(http.ok, 600, "{http:?}");
+    let udp = lab.client_udp(&format!("{VIP}:53"), 100).unwrap();
+    assert_eq!(udp.ok, 100, "{udp:?}");
+    for ns in lab.namespaces() {
+        let out = ns.exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors", "IpInHdrErrors"]).unwrap();
+        for line in out.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.get(1), Some(&"0"), "{}: {line}", ns.name);
+        }
+    }
+}
+
+#[test]
+fn xdp_uplink_steers_requests() {
+    let lab = lab("gsn4", 2, true);
+    // The redirect target veths deliver XDP frames only when their peer runs NAPI (GRO on).
+    for b in &lab.backends {
+        b.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+    }
+    let pins = PinDir::new("gsn4").unwrap();
+    let agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", "up0"),
+    )
+    .expect("agent starts");
+    assert!(
+        agent.log_contains("xdp-native"),
+        "XDP attached in native mode on veth: {:?}",
+        agent.log()
+    );
+    let uplink = lab.uplink_client.as_ref().unwrap();
+    let report = http_from(uplink, &format!("{VIP}:80"), &HttpOptions::new(200, 2)).unwrap();
+    assert_eq!(report.ok, 400, "{report:?}");
+    assert_eq!(report.backends.len(), 2, "{report:?}");
+    // The TC client path still works beside it.
+    let report = lab.client_http(&format!("{VIP}:80"), 50, 1).unwrap();
+    assert_eq!(report.ok, 50, "{report:?}");
+}
+
+#[test]
+fn sigterm_detaches_and_traffic_stops_being_steered() {
+    let lab = lab("gsn5", 2, false);
+    let pins = PinDir::new("gsn5").unwrap();
+    let mut agent =
+        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
+            .expect("agent starts");
+    assert_eq!(lab.client_http(&format!("{VIP}:80"), 20, 1).unwrap().ok, 20);
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(agent.log_contains("detached"));
+    let mut opts = HttpOptions::new(5, 1);
+    opts.timeout_ms = 500;
+    let after = http_from(&lab.client, &format!("{VIP}:80"), &opts).unwrap();
+    assert_eq!(after.ok, 0, "nothing steers the VIP once the agent is gone: {after:?}");
+    // Backends remain reachable directly.
+    assert_eq!(lab.client_http(&format!("{}:{HTTP_PORT}", lab.backends[0].ip), 5, 1).unwrap().ok, 5);
+    // The maps stay pinned for the next start.
+    assert!(pins.pin_path().join("GS_CONNTRACK").exists());
+}
+
+#[test]
+fn invalid_config_is_rejected_with_the_field_path() {
+    require_root();
+    let dir = std::env::temp_dir().join("geosteer-invalid-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "node: {name: n, region: r}\nservices:\n  - name: web\n    vip: 10.96.0.999\n    ports: [{port: 80}]\n",
+    )
+    .unwrap();
+    let bin = geosteer_tests::bin_path("geosteer");
+    for args in [vec!["validate", file.to_str().unwrap()], vec!["agent", "--config", file.to_str().unwrap()]] {
+        let out = std::process::Command::new(&bin).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(stderr.contains("services[0].vip"), "{args:?}: {stderr}");
+        assert!(stderr.contains("10.96.0.999"), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
