@@ -87,7 +87,7 @@ fn count(result: &str, word: &str) -> u64 {
             let mut it = part.split_whitespace().rev();
             let w = it.next()?;
             let n = it.next()?;
-            (w == word).then(|| n.parse().ok()).flatten()
+            (w == word).then(|| n.parse::<u64>().ok()).flatten()
         })
         .sum()
 }
