@@ -65,12 +65,20 @@ impl Agent {
     pub fn start(ns: &Netns, pins: &PinDir, config_yaml: &str) -> Result<Agent> {
         let config_path = pins.root.join("config.yaml");
         std::fs::write(&config_path, config_yaml)?;
+        let path = config_path.to_string_lossy().into_owned();
+        let mut agent = Agent::start_args(ns, &["agent", "--config", &path])?;
+        agent.config_path = config_path;
+        Ok(agent)
+    }
+
+    /// Starts `geosteer <args>` in `ns` and waits for "ready".
+    pub fn start_args(ns: &Netns, args: &[&str]) -> Result<Agent> {
+        let config_path = PathBuf::new();
         let bin = bin_path("geosteer");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&bin)
-            .args(["agent", "--config"])
-            .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
