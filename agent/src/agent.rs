@@ -38,6 +38,7 @@ pub fn desired_services(config: &Config) -> Vec<DesiredService> {
                         addr: u32::from(e.ip).to_be(),
                         port: port.target_port.to_be(),
                         weight: e.weight,
+                        ..Default::default()
                     })
                     .collect(),
             });

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceTable, ServiceValue,
+    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceState, ServiceTable, ServiceValue,
     Settings, TrafficCounters, map_names,
 };
 
@@ -22,6 +22,7 @@ pub trait Dataplane {
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
     fn remove_vip(&mut self, addr: u32) -> Result<()>;
     fn write_settings(&mut self, settings: &Settings) -> Result<()>;
+    fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()>;
     /// Waits until no packet that started before this call is still running a program, so a
     /// table retired before it can be rewritten.
     fn grace_period(&mut self) -> Result<()>;
@@ -52,6 +53,7 @@ pub struct BpfMaps {
     pub backend_stats: PerCpuArray<MapData, BackendCounters>,
     pub drops: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
+    pub service_state: Array<MapData, ServiceState>,
 }
 
 impl BpfMaps {
@@ -72,6 +74,7 @@ impl BpfMaps {
             backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
+            service_state: Array::try_from(take(map_names::SERVICE_STATE)?)?,
         })
     }
 
@@ -101,6 +104,7 @@ impl BpfMaps {
             backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
+            service_state: Array::try_from(open(map_names::SERVICE_STATE)?)?,
         })
     }
 
@@ -189,6 +193,12 @@ impl Dataplane for BpfMaps {
 
     fn write_settings(&mut self, settings: &Settings) -> Result<()> {
         self.settings.set(0, settings, 0).context("writing settings")
+    }
+
+    fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()> {
+        self.service_state
+            .set(id, state, 0)
+            .with_context(|| format!("writing service state {id}"))
     }
 
     fn grace_period(&mut self) -> Result<()> {

@@ -30,7 +30,7 @@ pub struct DesiredService {
     pub backends: Vec<DesiredBackend>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredBackend {
     /// Network byte order.
     pub addr: u32,
@@ -38,6 +38,9 @@ pub struct DesiredBackend {
     pub port: u16,
     /// Relative weight for new flows; 0 = no new flows (existing ones keep going).
     pub weight: u32,
+    /// Consecutive-error limits the kernel ejects at (0 = off).
+    pub eject_after_5xx: u16,
+    pub eject_after_gateway: u16,
 }
 
 impl DesiredBackend {
@@ -59,8 +62,8 @@ pub struct LiveService {
     pub generation: u32,
     /// Flip sequence number of the last generation flip (see `Programmer::grace_seq`).
     flipped_at: u64,
-    /// Backend ids by (addr, port), with their last desired weight.
-    pub backends: BTreeMap<(u32, u16), (u32, u32)>,
+    /// Backend ids by (addr, port), with what was last written for them.
+    pub backends: BTreeMap<(u32, u16), (u32, DesiredBackend)>,
     desired: DesiredService,
 }
 
@@ -181,27 +184,25 @@ impl Programmer {
         let mut backends = BTreeMap::new();
         let mut ids = Vec::with_capacity(desired.backends.len());
         for b in &desired.backends {
-            let id_weight = match old_backends.remove(&(b.addr, b.port)) {
-                Some((backend_id, _)) => (backend_id, b.weight),
+            let backend_id = match old_backends.remove(&(b.addr, b.port)) {
+                Some((backend_id, before)) => {
+                    if (before.eject_after_5xx, before.eject_after_gateway)
+                        != (b.eject_after_5xx, b.eject_after_gateway)
+                    {
+                        dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
+                    }
+                    backend_id
+                }
                 None => {
                     let backend_id = self.allocate_backend_id(dp, &mut grace)?;
                     // Fresh health state first: a reused id must not inherit counters.
                     dp.write_backend_state(backend_id, &BackendState::default())?;
-                    dp.write_backend(
-                        backend_id,
-                        &Backend {
-                            addr: b.addr,
-                            port: b.port,
-                            proto: desired.key.proto,
-                            flags: BACKEND_FLAG_ACTIVE,
-                            service_id: id,
-                        },
-                    )?;
-                    (backend_id, b.weight)
+                    dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
+                    backend_id
                 }
             };
-            ids.push(id_weight.0);
-            backends.insert((b.addr, b.port), id_weight);
+            ids.push(backend_id);
+            backends.insert((b.addr, b.port), (backend_id, b.clone()));
         }
 
         let table = build_service_table(desired, &ids);
@@ -312,6 +313,18 @@ impl Programmer {
                 self.max_backends
             )
         })
+    }
+}
+
+fn backend_entry(service: &DesiredService, b: &DesiredBackend, service_id: u32) -> Backend {
+    Backend {
+        addr: b.addr,
+        port: b.port,
+        proto: service.key.proto,
+        flags: BACKEND_FLAG_ACTIVE,
+        service_id,
+        eject_after_5xx: b.eject_after_5xx,
+        eject_after_gateway: b.eject_after_gateway,
     }
 }
 

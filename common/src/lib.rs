@@ -21,9 +21,10 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "GS_BACKEND_STATS";
     pub const DROPS: &str = "GS_DROPS";
     pub const SETTINGS: &str = "GS_SETTINGS";
+    pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -34,6 +35,7 @@ pub mod map_names {
         BACKEND_STATS,
         DROPS,
         SETTINGS,
+        SERVICE_STATE,
     ];
 }
 
@@ -111,7 +113,7 @@ const _: () = assert!(
     core::mem::size_of::<ServiceTable>() == 8 + 4 * MAX_BACKENDS_PER_SERVICE + 2 * MAGLEV_TABLE_SIZE + 2
 );
 
-/// A backend endpoint, as the DNAT writes it (network byte order).
+/// A backend endpoint, as the DNAT writes it (network byte order), with its outlier limits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
@@ -120,10 +122,25 @@ pub struct Backend {
     pub proto: u8,
     /// `BACKEND_FLAG_*`.
     pub flags: u8,
-    /// The service this backend belongs to (counters on the reply path).
+    /// The service this backend belongs to (counters on the reply path, ejection budget).
     pub service_id: u32,
+    /// Eject when `consecutive_5xx` reaches this (0 = never): Istio `consecutive5xxErrors`.
+    pub eject_after_5xx: u16,
+    /// Eject when `consecutive_gateway` reaches this (0 = never): `consecutiveGatewayErrors`.
+    pub eject_after_gateway: u16,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 12);
+const _: () = assert!(core::mem::size_of::<Backend>() == 16);
+
+/// Per-service state the kernel reads and updates atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceState {
+    /// How many more backends the kernel may eject on its own before the agent has looked
+    /// (the agent sets it from maxEjectionPercent: floor(max% × total / 100) − ejected).
+    /// Signed: concurrent CPUs may take it below zero for an instant and give it back.
+    pub eject_budget: i64,
+}
+const _: () = assert!(core::mem::size_of::<ServiceState>() == 8);
 
 /// The backend slot holds a live backend (ids are reused only after a grace period).
 pub const BACKEND_FLAG_ACTIVE: u8 = 1;
@@ -133,7 +150,9 @@ pub const BACKEND_FLAG_ACTIVE: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendState {
-    /// Non-zero: new flows skip this backend (the agent sets it; selection honours it).
+    /// Non-zero: new flows skip this backend. Set by the kernel when a consecutive-error limit
+    /// is reached (and the service's ejection budget allows), or by the agent (active health
+    /// checks); cleared only by the agent when the ejection time is over.
     pub ejected: u32,
     pub _pad: u32,
     /// Consecutive 5xx responses (connect failures count too: Istio's rule for opaque TCP).
@@ -141,8 +160,10 @@ pub struct BackendState {
     pub consecutive_5xx: u64,
     /// Consecutive gateway errors: 502, 503, 504 and connect failures.
     pub consecutive_gateway: u64,
+    /// When the kernel ejected it (ns since boot, CLOCK_MONOTONIC); 0 if the agent did.
+    pub ejected_at_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendState>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendState>() == 32);
 
 /// Direction of a conntrack entry's key.
 pub const DIR_ORIGINAL: u8 = 0;
@@ -297,6 +318,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceTable {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for BackendState {}
+    unsafe impl aya::Pod for ServiceState {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficCounters {}

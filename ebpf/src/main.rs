@@ -15,6 +15,7 @@
 #![no_main]
 // Atomic add on shared map values (see steer::bump_consecutive).
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod steer;

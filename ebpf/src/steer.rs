@@ -4,6 +4,26 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+/// Atomic fetch-and-add on a map value, returning the old value. Written as the instruction
+/// itself because rustc builds for the `generic` BPF CPU, where LLVM refuses to use the result
+/// of an atomic add (BPF_FETCH arrived with CPU v3, kernel 5.12; this kernel has it).
+///
+/// # Safety
+/// `ptr` must point to a live, 8-byte aligned i64 in a map value.
+#[inline(always)]
+unsafe fn fetch_add(ptr: *mut i64, delta: i64) -> i64 {
+    let mut value = delta;
+    // SAFETY: per the contract above.
+    unsafe {
+        core::arch::asm!(
+            "{value} = atomic_fetch_add((u64 *)({ptr} + 0), {value})",
+            ptr = in(reg) ptr,
+            value = inout(reg) value,
+        );
+    }
+    value
+}
+
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
@@ -13,7 +33,7 @@ use geosteer_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DIR_REPLY,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DropReason,
     FLOW_FLAG_CONNECT_FAILURE_COUNTED, FlowKey, FlowValue, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    MAX_EJECTED_PROBE, PROTO_TCP, ServiceKey, ServiceTable, ServiceValue, Settings, TCP_CLOSED,
+    MAX_EJECTED_PROBE, PROTO_TCP, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED,
     TCP_ESTABLISHED, TCP_SYN_SENT, TrafficCounters, flow_hash,
     http::{STATUS_PREFIX_LEN, is_gateway_error, parse_status},
 };
@@ -44,6 +64,8 @@ static BACKEND_STATS: PerCpuArray<BackendCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map(name = "GS_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+#[map(name = "GS_SERVICE_STATE")]
+static SERVICE_STATE: Array<ServiceState> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 #[map(name = "GS_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
@@ -402,7 +424,9 @@ fn count_response(backend_id: u32, status: u16) {
 }
 
 /// Consecutive counters are shared by all CPUs: a failure increments atomically, a success
-/// resets to zero (Envoy: any non-5xx response breaks the run).
+/// resets to zero (Envoy: any non-5xx response breaks the run). Reaching a limit ejects the
+/// backend here and now, so the very next new connection avoids it; the agent follows with the
+/// ejection time and the recomputed weights.
 fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
     let Some(state) = BACKEND_STATE.get_ptr_mut(backend_id) else {
         return;
@@ -411,18 +435,51 @@ fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
     // lowers the intrinsic to the BPF atomic add instruction. Resets are plain 8-byte stores,
     // which are single instructions and so never torn.
     // SAFETY: the pointers are to live, 8-byte aligned map value fields.
-    unsafe {
+    let (run_5xx, run_gateway) = unsafe {
         let c5xx = &raw mut (*state).consecutive_5xx;
         let cgw = &raw mut (*state).consecutive_gateway;
-        if is_5xx {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(c5xx, 1);
+        let run_5xx = if is_5xx {
+            fetch_add(c5xx as *mut i64, 1) as u64 + 1
         } else {
             core::ptr::write_volatile(c5xx, 0);
-        }
-        if is_gateway {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cgw, 1);
+            0
+        };
+        let run_gateway = if is_gateway {
+            fetch_add(cgw as *mut i64, 1) as u64 + 1
         } else {
             core::ptr::write_volatile(cgw, 0);
+            0
+        };
+        (run_5xx, run_gateway)
+    };
+    if run_5xx == 0 && run_gateway == 0 {
+        return;
+    }
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return;
+    };
+    let limit_5xx = backend.eject_after_5xx as u64;
+    let limit_gateway = backend.eject_after_gateway as u64;
+    let reached = (limit_5xx != 0 && run_5xx >= limit_5xx)
+        || (limit_gateway != 0 && run_gateway >= limit_gateway);
+    // SAFETY: reading a field of a live map value.
+    if !reached || unsafe { core::ptr::read_volatile(&raw const (*state).ejected) } != 0 {
+        return;
+    }
+    // maxEjectionPercent, enforced with a budget the agent keeps current: take one unit
+    // atomically; if there was none, give it back and do not eject (Envoy's strict rule).
+    let Some(service) = SERVICE_STATE.get_ptr_mut(backend.service_id) else {
+        return;
+    };
+    // SAFETY: live, aligned map value field; i64 atomics as above.
+    unsafe {
+        let budget = &raw mut (*service).eject_budget;
+        let before = fetch_add(budget, -1);
+        if before < 1 {
+            atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(budget, 1);
+            return;
         }
+        core::ptr::write_volatile(&raw mut (*state).ejected_at_ns, now_ns());
+        core::ptr::write_volatile(&raw mut (*state).ejected, 1);
     }
 }

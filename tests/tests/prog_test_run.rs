@@ -192,7 +192,7 @@ impl Rig {
                 backends: weights
                     .iter()
                     .zip(BACKENDS)
-                    .map(|(w, ip)| DesiredBackend { addr: u32::from(ip).to_be(), port: TPORT.to_be(), weight: *w })
+                    .map(|(w, ip)| DesiredBackend { addr: u32::from(ip).to_be(), port: TPORT.to_be(), weight: *w, ..Default::default() })
                     .collect(),
             })
             .collect();
@@ -590,4 +590,65 @@ fn swaps_never_steer_outside_old_and_new_sets() {
         let allowed: Vec<Ipv4Addr> = (before.saturating_sub(1)..=after).map(set_backend).collect();
         assert!(allowed.contains(&dst), "packet between swaps {before}..{after} went to {dst}, allowed {allowed:?}");
     }
+}
+
+/// Consecutive 5xx at the limit eject the backend in the kernel, at once, within the service's
+/// ejection budget (maxEjectionPercent); beyond the budget nothing is ejected.
+#[test]
+fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
+    let mut rig = Rig::new();
+    let desired = DesiredService {
+        name: "limits".into(),
+        key: ServiceKey { addr: u32::from(VIP).to_be(), port: VPORT.to_be(), proto: PROTO_TCP, _pad: 0 },
+        backends: BACKENDS
+            .iter()
+            .map(|ip| DesiredBackend {
+                addr: u32::from(*ip).to_be(),
+                port: TPORT.to_be(),
+                weight: 1,
+                eject_after_5xx: 2,
+                eject_after_gateway: 0,
+            })
+            .collect(),
+    };
+    rig.programmer.apply(&mut rig.maps, &[desired]).unwrap();
+    let service_id = rig.programmer.service(&desired_key()).unwrap().id;
+    rig.maps
+        .write_service_state(service_id, &geosteer_common::ServiceState { eject_budget: 1 })
+        .unwrap();
+
+    // Open one flow to each backend.
+    let mut flows = std::collections::BTreeMap::new();
+    for port in 44000..44300u16 {
+        let (_, out) = rig.ingress(&syn(port));
+        flows.entry(verify(&out).dst).or_insert(port);
+    }
+    assert_eq!(flows.len(), 3);
+    let fail = |rig: &mut Rig, backend: Ipv4Addr| {
+        let port = flows[&backend];
+        rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, port, PSH_ACK).with_payload(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+    };
+    let state = |rig: &Rig, ip: Ipv4Addr| rig.maps.backend_state.get(&rig.backend_id(ip, PROTO_TCP), 0).unwrap();
+
+    fail(&mut rig, BACKENDS[0]);
+    assert_eq!(state(&rig, BACKENDS[0]).ejected, 0, "one 5xx is below the limit");
+    fail(&mut rig, BACKENDS[0]);
+    let s = state(&rig, BACKENDS[0]);
+    assert_eq!(s.ejected, 1, "second consecutive 5xx ejects");
+    assert!(s.ejected_at_ns > 0);
+    // The very next new connections avoid it.
+    for port in 45000..45100u16 {
+        let (_, out) = rig.ingress(&syn(port));
+        assert_ne!(verify(&out).dst, BACKENDS[0]);
+    }
+    // Budget used up: another failing backend stays in (strict maxEjectionPercent).
+    fail(&mut rig, BACKENDS[1]);
+    fail(&mut rig, BACKENDS[1]);
+    fail(&mut rig, BACKENDS[1]);
+    assert_eq!(state(&rig, BACKENDS[1]).ejected, 0);
+    assert_eq!(rig.maps.service_state.get(&service_id, 0).unwrap().eject_budget, 0);
+}
+
+fn desired_key() -> ServiceKey {
+    ServiceKey { addr: u32::from(VIP).to_be(), port: VPORT.to_be(), proto: PROTO_TCP, _pad: 0 }
 }
