@@ -1,90 +1,249 @@
-//! The daemon: load and pin the kernel programs, program the services, attach, and run until
-//! SIGINT/SIGTERM.
+//! The daemon: load (or re-adopt) the kernel programs and pinned maps, program the services,
+//! attach, then run the control loop until SIGINT/SIGTERM:
+//! - kernel ejection events → outlier bookkeeping and a recompute of that service;
+//! - the outlier interval sweep → un-ejections;
+//! - active probe results → health changes;
+//! - SIGHUP or a change of the config file → reload (an invalid config is reported with its
+//!   field path and the running state is kept).
 
-use std::time::Instant;
-
-use anyhow::{Context as _, Result};
-use geosteer_common::{ServiceKey, Settings};
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
-
-use crate::{
-    config::Config,
-    dataplane::{BpfMaps, Dataplane as _},
-    loader::{self, MapSizes},
-    programmer::{DesiredBackend, DesiredService, Programmer},
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
-/// The data path's view of the config: one entry per service port.
-pub fn desired_services(config: &Config) -> Vec<DesiredService> {
-    let mut out = Vec::new();
-    for service in &config.services {
-        for port in &service.ports {
-            out.push(DesiredService {
-                name: format!(
-                    "{}/{}:{}/{}",
-                    service.namespace, service.name, port.port, port.protocol
-                ),
-                key: ServiceKey {
-                    addr: u32::from(service.vip).to_be(),
-                    port: port.port.to_be(),
-                    proto: port.protocol.number(),
-                    _pad: 0,
-                },
-                backends: service
-                    .endpoints
-                    .iter()
-                    .map(|e| DesiredBackend {
-                        addr: u32::from(e.ip).to_be(),
-                        port: port.target_port.to_be(),
-                        weight: e.weight,
-                        ..Default::default()
-                    })
-                    .collect(),
-            });
-        }
-    }
-    out
+use anyhow::{Context as _, Result};
+use geosteer_common::{EjectEvent, Settings};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    config::{self, Config},
+    controller::{Controller, HealthKey},
+    dataplane::{BpfMaps, Dataplane as _},
+    loader::{self, MapSizes},
+    probe,
+    programmer::Programmer,
+};
+
+/// How often the outlier sweep runs at most (each service's own interval decides).
+const SWEEP_TICK: Duration = Duration::from_millis(100);
+/// How often the config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+
+/// The kernel's clock (bpf_ktime_get_ns): CLOCK_MONOTONIC.
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-pub async fn run(config: Config) -> Result<()> {
-    let dataplane = &config.dataplane;
-    let mut ebpf = loader::load(MapSizes::from(dataplane), Some(&dataplane.pin_path))?;
+pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
+    for warning in config::warnings(&config) {
+        warn!("{warning}");
+    }
+    let dataplane = config.dataplane.clone();
+    let mut ebpf = loader::load(MapSizes::from(&dataplane), Some(&dataplane.pin_path))?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
     maps.write_settings(&Settings {
         connect_timeout_ns: dataplane.connect_timeout.as_nanos() as u64,
     })?;
 
-    let mut programmer = Programmer::new(dataplane.max_services, dataplane.max_backends);
+    let programmer = Programmer::recover(&maps, dataplane.max_services, dataplane.max_backends)?;
+    let recovered = programmer.live_keys().len();
+    if recovered > 0 {
+        info!(services = recovered, "re-adopted state from pinned maps");
+    }
+    let mut controller = Controller::new(config, programmer);
     let started = Instant::now();
-    let desired = desired_services(&config);
-    let report = programmer.apply(&mut maps, &desired)?;
+    let changed = controller.apply_all(&mut maps)?;
     info!(
-        services = desired.len(),
-        added = report.added,
+        services = controller.services.len(),
+        changed,
         elapsed_us = started.elapsed().as_micros() as u64,
         "services programmed"
     );
 
     // Attach only after the services are in place: the first packet already finds them.
-    let attached = loader::attach(&mut ebpf, dataplane)?;
+    let attachments = loader::attach(&mut ebpf, &dataplane, &dataplane.pin_path.join("links"))?;
     info!(
-        node = %config.node.name,
-        region = %config.node.region,
-        attachments = attached.len(),
+        node = %controller.config.node.name,
+        region = %controller.config.node.region,
+        attachments = attachments.items.len(),
         pins = %dataplane.pin_path.display(),
         "ready"
     );
+    controller.event("agent ready");
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: detaching"),
-        _ = sigint.recv() => info!("SIGINT: detaching"),
-    }
-    // Dropping the object detaches every program; the pinned maps stay for the next start.
+    let result = control_loop(&mut controller, &mut maps, config_path.as_deref()).await;
+    // Clean exit: detach every program; the pinned maps stay for the next start.
+    attachments.detach_all();
     drop(maps);
     drop(ebpf);
     info!("detached");
+    result
+}
+
+async fn control_loop(
+    controller: &mut Controller,
+    maps: &mut BpfMaps,
+    config_path: Option<&Path>,
+) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let ring_fd = std::os::fd::AsFd::as_fd(&maps.events).try_clone_to_owned()?;
+    // SAFETY: the OwnedFd is a dup of the ring buffer's fd, owned by the AsyncFd for its whole
+    // life, so it stays open and refers to the same ring.
+    let events_fd =
+        unsafe { AsyncFd::register_with_interest(ring_fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the events ring: {e}"))?;
+    let mut sweep = tokio::time::interval(SWEEP_TICK);
+    let mut config_poll = tokio::time::interval(CONFIG_POLL);
+    let mut config_stamp = config_path.and_then(file_stamp);
+    let (probe_tx, mut probe_rx) = mpsc::channel::<(HealthKey, Result<(), String>)>(1024);
+    let mut probers = spawn_probers(controller, &probe_tx);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
+            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            _ = sighup.recv() => {
+                if let Some(path) = config_path {
+                    reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers);
+                    config_stamp = file_stamp(path);
+                }
+            }
+            _ = config_poll.tick() => {
+                if let Some(path) = config_path {
+                    let stamp = file_stamp(path);
+                    if stamp != config_stamp {
+                        config_stamp = stamp;
+                        reload(controller, maps, path, "file change", &probe_tx, &mut probers);
+                    }
+                }
+            }
+            guard = events_fd.readable() => {
+                let mut guard = guard?;
+                let mut events = Vec::new();
+                while let Some(item) = maps.events.next() {
+                    if item.len() >= std::mem::size_of::<EjectEvent>() {
+                        // SAFETY: the kernel wrote an EjectEvent (repr(C), plain data); the
+                        // item is at least that long; read_unaligned copes with any alignment.
+                        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const EjectEvent) });
+                    }
+                }
+                guard.clear_ready();
+                for event in events {
+                    if let Err(e) = controller.on_kernel_ejection(maps, &event, monotonic_now()) {
+                        error!(error = %format!("{e:#}"), "handling a kernel ejection");
+                    }
+                }
+            }
+            _ = sweep.tick() => {
+                if let Err(e) = controller.sweep(maps, monotonic_now()) {
+                    error!(error = %format!("{e:#}"), "outlier sweep");
+                }
+            }
+            Some((key, result)) = probe_rx.recv() => {
+                if let Err(e) = controller.on_probe(maps, key, result) {
+                    error!(error = %format!("{e:#}"), "handling a probe result");
+                }
+            }
+        }
+    }
+    for p in probers {
+        p.abort();
+    }
     Ok(())
+}
+
+/// Modification time and length: enough to notice an edited or replaced file.
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn reload(
+    controller: &mut Controller,
+    maps: &mut BpfMaps,
+    path: &Path,
+    why: &str,
+    probe_tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
+    probers: &mut Vec<JoinHandle<()>>,
+) {
+    let started = Instant::now();
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            error!(
+                trigger = why,
+                "config rejected, keeping the running state:\n{e}"
+            );
+            controller.event(format!(
+                "reload ({why}) rejected: {}",
+                one_line(&e.to_string())
+            ));
+            return;
+        }
+    };
+    if config.dataplane != controller.config.dataplane {
+        warn!("dataplane settings changed: they take effect at the next agent start");
+    }
+    for warning in config::warnings(&config) {
+        warn!("{warning}");
+    }
+    match controller.reload(maps, config) {
+        Ok(changed) => {
+            let elapsed_us = started.elapsed().as_micros() as u64;
+            info!(trigger = why, changed, elapsed_us, "config reloaded");
+            controller.event(format!(
+                "reload ({why}): {changed} services changed in {elapsed_us} µs"
+            ));
+        }
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "applying the reloaded config");
+            controller.event(format!("reload ({why}) failed to apply: {e:#}"));
+        }
+    }
+    for p in probers.drain(..) {
+        p.abort();
+    }
+    *probers = spawn_probers(controller, probe_tx);
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().collect::<Vec<_>>().join("; ")
+}
+
+fn spawn_probers(
+    controller: &Controller,
+    tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
+) -> Vec<JoinHandle<()>> {
+    controller
+        .probe_specs()
+        .into_iter()
+        .map(|(key, spec, interval)| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let result = probe::probe_once(&spec).await;
+                    if tx.send((key, result)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect()
 }

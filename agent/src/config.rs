@@ -3,9 +3,28 @@
 //! Parsing turns YAML into [`Config`] and stops at the first value it cannot read; its error
 //! names the field path, the bad value and the YAML position. Validation then checks the parsed
 //! config as a whole and reports every problem at once, so an operator fixes a file in one pass.
+//! [`warnings`] points out what is valid but probably not meant.
+//!
+//! Steering policy follows Istio's DestinationRule `trafficPolicy` (`policy.rs`), which may also
+//! come from DestinationRule files (`istio.rs`) or mesh-wide defaults; `effective.rs` decides
+//! which one applies to a service.
+
+mod effective;
+mod istio;
+mod policy;
+
+pub use effective::{EffectivePolicy, effective_traffic_policy, warnings};
+pub use istio::{DESTINATION_RULE_API_VERSIONS, LoadedDestinationRule, bound_destination_rule};
+pub use policy::{
+    DEFAULT_BASE_EJECTION_TIME, DEFAULT_CONSECUTIVE_5XX_ERRORS, DEFAULT_MAX_EJECTION_PERCENT,
+    DEFAULT_OUTLIER_INTERVAL, Defaults, DistributeRule, FailoverRule, HEALTH_CHECK_INTERVAL_RANGE,
+    HEALTH_CHECK_THRESHOLD_RANGE, HealthCheck, HealthCheckKind, LoadBalancer, LocalityLbSetting,
+    MAX_CLUSTER_WEIGHT, MAX_CONSECUTIVE_ERRORS, OUTLIER_DURATION_RANGE, OutlierDetection,
+    TrafficPolicy, format_duration, parse_duration,
+};
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -42,8 +61,17 @@ pub struct Config {
     pub node: Node,
     #[serde(default)]
     pub dataplane: Dataplane,
+    /// Policy for services that set none of their own (and no DestinationRule does).
+    #[serde(default, skip_serializing_if = "Defaults::is_empty")]
+    pub defaults: Defaults,
+    /// Files of Istio DestinationRule documents, relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<String>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// The DestinationRules read from `destination_rules` by [`load`] or [`parse`].
+    #[serde(skip)]
+    pub loaded_destination_rules: Vec<LoadedDestinationRule>,
 }
 
 /// Where this agent runs; locality-aware steering compares it with each endpoint's locality.
@@ -124,6 +152,15 @@ pub struct Service {
     /// An empty list is allowed: the data path drops the service's traffic and reports it.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Takes precedence over a DestinationRule and `defaults`; see [`effective_traffic_policy`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// ALB-style share of new connections per cluster (0..=100 each); clusters not listed get
+    /// none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_weights: Option<BTreeMap<String, u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 fn default_namespace() -> String {
@@ -271,6 +308,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A file listed in `destinationRules` cannot be read.
+    #[error("cannot read destinationRules file {}", path.display())]
+    DestinationRulesIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The file is not valid YAML or a value has the wrong type or syntax. The message names
     /// the field path, the value and the position in the file.
     #[error("{message}")]
@@ -305,19 +349,53 @@ impl FieldError {
     }
 }
 
-/// Reads and parses a config file; see [`parse`].
+/// Reads, parses and validates a config file and the DestinationRule files it lists.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let yaml = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&yaml)
+    parse_in(&yaml, path.parent().unwrap_or(Path::new("")))
 }
 
-/// Parses and validates a config.
+/// [`load`], plus the [`warnings`] about the config, for commands that show them.
+pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<FieldError>), ConfigError> {
+    let config = load(path)?;
+    let warnings = warnings(&config);
+    Ok((config, warnings))
+}
+
+/// Parses and validates a config; `destinationRules` files are read relative to the current
+/// directory.
 pub fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    parse_in(yaml, Path::new(""))
+}
+
+/// Parses and validates a config whose `destinationRules` files are relative to `base_dir`.
+pub fn parse_in(yaml: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    parse_with(yaml, &|file| {
+        let path = base_dir.join(file);
+        std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::DestinationRulesIo { path, source })
+    })
+}
+
+/// Parses and validates a config, getting the text of each `destinationRules` file from
+/// `read_rules` (tests give it files that exist only in memory).
+fn parse_with(
+    yaml: &str,
+    read_rules: &dyn Fn(&str) -> Result<String, ConfigError>,
+) -> Result<Config, ConfigError> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(yaml);
-    let config: Config = serde_path_to_error::deserialize(deserializer).map_err(parse_error)?;
+    let mut config: Config =
+        serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::Parse {
+            message: parse_error_message(error),
+        })?;
+    let mut rules = Vec::new();
+    for file in &config.destination_rules {
+        rules.extend(istio::parse_destination_rules(file, &read_rules(file)?)?);
+    }
+    config.loaded_destination_rules = rules;
     let errors = validate(&config);
     if errors.is_empty() {
         Ok(config)
@@ -331,7 +409,8 @@ pub fn default_config() -> Config {
     parse(DEFAULT_CONFIG_YAML).expect("the built-in configuration is valid")
 }
 
-fn parse_error(error: serde_path_to_error::Error<serde_yaml_ng::Error>) -> ConfigError {
+/// The message of a parse error: the field path, then serde's text (value and position).
+fn parse_error_message(error: serde_path_to_error::Error<serde_yaml_ng::Error>) -> String {
     let path = error.path().to_string();
     let mut detail = error.into_inner().to_string();
     // serde_yaml_ng prefixes its own idea of the path, which for an unknown field stops at the
@@ -341,12 +420,11 @@ fn parse_error(error: serde_path_to_error::Error<serde_yaml_ng::Error>) -> Confi
     {
         detail = rest.to_string();
     }
-    let message = if path == "." {
+    if path == "." {
         detail
     } else {
         format!("{path}: {detail}")
-    };
-    ConfigError::Parse { message }
+    }
 }
 
 /// Whether `prefix` is `path` or one of its ancestors, e.g. `services[0]` of `services[0].vip`.
@@ -355,12 +433,38 @@ fn is_path_prefix(prefix: &str, path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
-/// Checks the rules that span fields and services, returning every problem found.
+/// Checks the rules that span fields and services, returning every problem found. This
+/// includes the DestinationRules in `config.loaded_destination_rules`.
 pub fn validate(config: &Config) -> Vec<FieldError> {
     let mut errors = Vec::new();
+    let known_regions = effective::known_regions(config);
     validate_node(&config.node, &mut errors);
     validate_dataplane(&config.dataplane, &mut errors);
+    if let Some(policy) = &config.defaults.traffic_policy {
+        policy::validate_traffic_policy(
+            policy,
+            "defaults.trafficPolicy",
+            &known_regions,
+            &mut errors,
+        );
+    }
     validate_services(config, &mut errors);
+    for (s, service) in config.services.iter().enumerate() {
+        let at = format!("services[{s}]");
+        if let Some(policy) = &service.traffic_policy {
+            let at = format!("{at}.trafficPolicy");
+            policy::validate_traffic_policy(policy, &at, &known_regions, &mut errors);
+        }
+        if let Some(weights) = &service.cluster_weights {
+            let at = format!("{at}.clusterWeights");
+            policy::validate_cluster_weights(weights, service, &at, &mut errors);
+        }
+        if let Some(check) = &service.health_check {
+            policy::validate_health_check(check, &format!("{at}.healthCheck"), &mut errors);
+        }
+        effective::validate_effective(config, s, &mut errors);
+    }
+    istio::validate_destination_rules(config, &known_regions, &mut errors);
     errors
 }
 
@@ -702,6 +806,8 @@ services:
                 pin_path: "/sys/fs/bpf/geosteer".into(),
                 connect_timeout: Duration::from_secs(1),
             },
+            defaults: Defaults::default(),
+            destination_rules: vec![],
             services: vec![Service {
                 name: "reviews".into(),
                 namespace: "default".into(),
@@ -719,7 +825,11 @@ services:
                     cluster: "ack-hangzhou".into(),
                     weight: 1,
                 }],
+                traffic_policy: None,
+                cluster_weights: None,
+                health_check: None,
             }],
+            loaded_destination_rules: vec![],
         };
         assert_eq!(parse(EXAMPLE_YAML).unwrap(), expected);
     }

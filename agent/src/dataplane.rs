@@ -1,13 +1,19 @@
 //! The map-writing edge: everything the agent writes into the kernel goes through the
 //! [`Dataplane`] trait. [`BpfMaps`] is the real implementation over the loaded (and pinned) maps.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceState, ServiceTable, ServiceValue,
-    Settings, TrafficCounters, map_names,
+    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceState, ServiceTable,
+    ServiceValue, Settings, TrafficCounters, map_names,
 };
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
@@ -15,6 +21,8 @@ use geosteer_common::{
 pub trait Dataplane {
     fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()>;
+    /// Sets or clears only the ejected flag (the consecutive counters are the kernel's).
+    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()>;
     fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()>;
     /// The one update that makes a service (or its new generation) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
@@ -26,6 +34,18 @@ pub trait Dataplane {
     /// Waits until no packet that started before this call is still running a program, so a
     /// table retired before it can be rewritten.
     fn grace_period(&mut self) -> Result<()>;
+    /// Starts a grace period in the background covering everything retired up to flip `seq`,
+    /// so the next swap of a service rarely has to wait for one.
+    fn request_grace(&mut self, _seq: u64) {}
+    /// The highest flip sequence number a completed grace period covers.
+    fn grace_completed(&self) -> u64 {
+        0
+    }
+
+    // Reads, for re-adopting the state a previous agent left in pinned maps.
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>>;
+    fn read_backend(&self, id: u32) -> Result<Backend>;
 }
 
 /// Waits for an RCU grace period. TC and XDP programs run inside RCU read-side sections, and
@@ -41,6 +61,49 @@ pub fn synchronize_rcu() -> Result<()> {
     Ok(())
 }
 
+/// Background grace periods: one thread at a time runs `synchronize_rcu` for the newest
+/// requested flip sequence number and publishes what it covered.
+#[derive(Default)]
+pub struct BackgroundGrace {
+    requested: AtomicU64,
+    completed: AtomicU64,
+    running: AtomicBool,
+}
+
+impl BackgroundGrace {
+    pub fn request(self: &Arc<Self>, seq: u64) {
+        self.requested.fetch_max(seq, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let grace = self.clone();
+        std::thread::spawn(move || {
+            loop {
+                let target = grace.requested.load(Ordering::SeqCst);
+                if synchronize_rcu().is_err() {
+                    grace.running.store(false, Ordering::SeqCst);
+                    return;
+                }
+                grace.completed.fetch_max(target, Ordering::SeqCst);
+                if grace.requested.load(Ordering::SeqCst) == target {
+                    grace.running.store(false, Ordering::SeqCst);
+                    // A request that slipped in between the load and the store starts a new
+                    // round, unless another thread already took over.
+                    if grace.requested.load(Ordering::SeqCst) == target
+                        || grace.running.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::SeqCst)
+    }
+}
+
 /// The kernel maps, taken out of the loaded object (or opened from their pins).
 pub struct BpfMaps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -48,12 +111,15 @@ pub struct BpfMaps {
     pub tables: Array<MapData, ServiceTable>,
     pub backends: Array<MapData, Backend>,
     pub backend_state: Array<MapData, BackendState>,
-    pub conntrack: aya::maps::HashMap<MapData, geosteer_common::FlowKey, geosteer_common::FlowValue>,
+    pub conntrack:
+        aya::maps::HashMap<MapData, geosteer_common::FlowKey, geosteer_common::FlowValue>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, BackendCounters>,
     pub drops: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
     pub service_state: Array<MapData, ServiceState>,
+    pub events: aya::maps::RingBuf<MapData>,
+    pub grace: Arc<BackgroundGrace>,
 }
 
 impl BpfMaps {
@@ -75,6 +141,8 @@ impl BpfMaps {
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
             service_state: Array::try_from(take(map_names::SERVICE_STATE)?)?,
+            events: aya::maps::RingBuf::try_from(take(map_names::EVENTS)?)?,
+            grace: Arc::default(),
         })
     }
 
@@ -105,6 +173,11 @@ impl BpfMaps {
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
             service_state: Array::try_from(open(map_names::SERVICE_STATE)?)?,
+            events: aya::maps::RingBuf::try_from(Map::RingBuf(
+                MapData::from_pin(dir.join(map_names::EVENTS))
+                    .context("opening pinned events ring")?,
+            ))?,
+            grace: Arc::default(),
         })
     }
 
@@ -161,6 +234,21 @@ impl Dataplane for BpfMaps {
             .with_context(|| format!("writing backend state {id}"))
     }
 
+    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()> {
+        let mut state = self
+            .backend_state
+            .get(&id, 0)
+            .with_context(|| format!("reading backend state {id}"))?;
+        if (state.ejected != 0) == ejected {
+            return Ok(());
+        }
+        state.ejected = ejected as u32;
+        if !ejected {
+            state.ejected_at_ns = 0;
+        }
+        self.write_backend_state(id, &state)
+    }
+
     fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
         self.tables
             .set(index, table, 0)
@@ -192,7 +280,9 @@ impl Dataplane for BpfMaps {
     }
 
     fn write_settings(&mut self, settings: &Settings) -> Result<()> {
-        self.settings.set(0, settings, 0).context("writing settings")
+        self.settings
+            .set(0, settings, 0)
+            .context("writing settings")
     }
 
     fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()> {
@@ -203,5 +293,32 @@ impl Dataplane for BpfMaps {
 
     fn grace_period(&mut self) -> Result<()> {
         synchronize_rcu()
+    }
+
+    fn request_grace(&mut self, seq: u64) {
+        self.grace.request(seq);
+    }
+
+    fn grace_completed(&self) -> u64 {
+        self.grace.completed()
+    }
+
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.services
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the service map")
+    }
+
+    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
+        Ok(Box::new(self.tables.get(&index, 0).with_context(|| {
+            format!("reading service table {index}")
+        })?))
+    }
+
+    fn read_backend(&self, id: u32) -> Result<Backend> {
+        self.backends
+            .get(&id, 0)
+            .with_context(|| format!("reading backend {id}"))
     }
 }

@@ -3,7 +3,11 @@
 
 pub mod agent;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod loader;
 pub mod maglev;
+pub mod outlier;
+pub mod policy;
+pub mod probe;
 pub mod programmer;

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
 };
 use geosteer_common::{map_names, program_names};
 use tracing::{info, warn};
@@ -62,13 +67,13 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).context("loading the kernel object")?;
-    for name in [
-        program_names::TC_INGRESS,
-        program_names::TC_EGRESS,
-    ] {
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the kernel object")?;
+    for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
-        prog.load().with_context(|| format!("verifier rejected {name}"))?;
+        prog.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
     }
     let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP)?.try_into()?;
     xdp.load()
@@ -113,70 +118,160 @@ pub fn matching_interfaces(patterns: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Links pinned in bpffs: the programs stay attached if the agent dies (kill -9, OOM), so
+/// established flows keep being reverse-NATed and new ones steered while it restarts. A new
+/// agent re-adopts each pinned link and swaps its own program into it atomically
+/// (BPF_LINK_UPDATE), so an upgrade never leaves an interface without a program.
+pub struct Attachments {
+    pub items: Vec<Attachment>,
+    links: Vec<(PathBuf, PinnedLink)>,
+}
+
+impl Attachments {
+    /// Clean shutdown: unpin and close every link, which detaches the programs.
+    pub fn detach_all(self) {
+        for (path, link) in self.links {
+            match link.unpin() {
+                Ok(fd_link) => drop(fd_link),
+                Err(e) => warn!(path = %path.display(), error = %e, "unpinning link"),
+            }
+        }
+    }
+}
+
 /// Attaches TC ingress+egress to every `tc` interface, and XDP (plus TC egress for the replies)
-/// to every `xdp` interface. Links live as long as `ebpf`: dropping it detaches everything.
-pub fn attach(ebpf: &mut Ebpf, dataplane: &DataplaneConfig) -> Result<Vec<Attachment>> {
-    let mut attached = Vec::new();
+/// to every `xdp` interface, pinning each link under `links_dir`.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    dataplane: &DataplaneConfig,
+    links_dir: &Path,
+) -> Result<Attachments> {
+    std::fs::create_dir_all(links_dir)
+        .with_context(|| format!("creating {}", links_dir.display()))?;
+    let mut out = Attachments {
+        items: Vec::new(),
+        links: Vec::new(),
+    };
     let tc_ifaces = matching_interfaces(&dataplane.tc)?;
     let xdp_ifaces = matching_interfaces(&dataplane.xdp)?;
     for iface in &tc_ifaces {
-        attach_tc(ebpf, iface, TcAttachType::Ingress, &mut attached)?;
+        attach_tc(ebpf, iface, TcAttachType::Ingress, links_dir, &mut out)?;
     }
     for iface in tc_ifaces.iter().chain(&xdp_ifaces) {
-        if attached
+        if out
+            .items
             .iter()
-            .any(|a: &Attachment| &a.interface == iface && a.hook == "tc-egress")
+            .any(|a| &a.interface == iface && a.hook == "tc-egress")
         {
             continue;
         }
-        attach_tc(ebpf, iface, TcAttachType::Egress, &mut attached)?;
+        attach_tc(ebpf, iface, TcAttachType::Egress, links_dir, &mut out)?;
     }
     for iface in &xdp_ifaces {
-        let xdp: &mut Xdp = program(ebpf, program_names::XDP)?.try_into()?;
-        let (mode, hook) = match dataplane.xdp_mode {
-            XdpMode::Native => (AyaXdpMode::Driver, "xdp-native"),
-            XdpMode::Generic => (AyaXdpMode::Skb, "xdp-generic"),
-            XdpMode::Auto => (AyaXdpMode::Driver, "xdp-native"),
-        };
-        let result = xdp.attach(iface, mode);
-        let hook = match (result, dataplane.xdp_mode) {
-            (Ok(_), _) => hook,
-            (Err(e), XdpMode::Auto) => {
-                warn!(iface, error = %e, "native XDP unavailable, using generic mode");
-                xdp.attach(iface, AyaXdpMode::Skb)
-                    .with_context(|| format!("attaching XDP (generic) to {iface}"))?;
-                "xdp-generic"
-            }
-            (Err(e), _) => {
-                return Err(e).with_context(|| format!("attaching XDP to {iface}"));
-            }
-        };
-        info!(iface, hook, "attached");
-        attached.push(Attachment {
-            interface: iface.clone(),
-            hook,
-        });
+        attach_xdp(ebpf, iface, dataplane.xdp_mode, links_dir, &mut out)?;
     }
-    Ok(attached)
+    Ok(out)
+}
+
+// bpffs refuses names with a dot (EPERM), hence `cl0_tc-ingress`.
+fn pinned_link(path: &Path) -> Result<Option<FdLink>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let link = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening pinned link {}", path.display()))?;
+    // The pin is re-created after the update; the old one would keep a second reference.
+    let fd_link = link
+        .unpin()
+        .with_context(|| format!("unpinning {}", path.display()))?;
+    Ok(Some(fd_link))
 }
 
 fn attach_tc(
     ebpf: &mut Ebpf,
     iface: &str,
     direction: TcAttachType,
-    attached: &mut Vec<Attachment>,
+    links_dir: &Path,
+    out: &mut Attachments,
 ) -> Result<()> {
     let (name, hook) = match direction {
         TcAttachType::Egress => (program_names::TC_EGRESS, "tc-egress"),
         _ => (program_names::TC_INGRESS, "tc-ingress"),
     };
+    let path = links_dir.join(format!("{iface}_{hook}"));
     let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-    prog.attach(iface, direction)
-        .with_context(|| format!("attaching {name} to {iface} ({hook})"))?;
-    info!(iface, hook, "attached");
-    attached.push(Attachment {
+    let (link_id, how) = match pinned_link(&path)? {
+        Some(old) => {
+            let link: SchedClassifierLink = old.try_into()?;
+            let id = prog
+                .attach_to_link(link)
+                .with_context(|| format!("updating the pinned {hook} link on {iface}"))?;
+            (id, "re-adopted")
+        }
+        None => {
+            let id = prog
+                .attach(iface, direction)
+                .with_context(|| format!("attaching {name} to {iface} ({hook})"))?;
+            (id, "attached")
+        }
+    };
+    let link: FdLink = prog.take_link(link_id)?.try_into()?;
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning link {}", path.display()))?;
+    info!(iface, hook, how, "attached");
+    out.items.push(Attachment {
         interface: iface.to_string(),
         hook,
     });
+    out.links.push((path, pinned));
+    Ok(())
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpMode,
+    links_dir: &Path,
+    out: &mut Attachments,
+) -> Result<()> {
+    let path = links_dir.join(format!("{iface}_xdp"));
+    let xdp: &mut Xdp = program(ebpf, program_names::XDP)?.try_into()?;
+    let (link_id, hook, how) = match pinned_link(&path)? {
+        Some(old) => {
+            let link: XdpLink = old.try_into()?;
+            let id = xdp
+                .attach_to_link(link)
+                .with_context(|| format!("updating the pinned XDP link on {iface}"))?;
+            (id, "xdp", "re-adopted")
+        }
+        None => {
+            let (first, hook) = match mode {
+                XdpMode::Generic => (AyaXdpMode::Skb, "xdp-generic"),
+                XdpMode::Native | XdpMode::Auto => (AyaXdpMode::Driver, "xdp-native"),
+            };
+            match (xdp.attach(iface, first), mode) {
+                (Ok(id), _) => (id, hook, "attached"),
+                (Err(e), XdpMode::Auto) => {
+                    warn!(iface, error = %e, "native XDP unavailable, using generic mode");
+                    let id = xdp
+                        .attach(iface, AyaXdpMode::Skb)
+                        .with_context(|| format!("attaching XDP (generic) to {iface}"))?;
+                    (id, "xdp-generic", "attached")
+                }
+                (Err(e), _) => return Err(e).with_context(|| format!("attaching XDP to {iface}")),
+            }
+        }
+    };
+    let link: FdLink = xdp.take_link(link_id)?.try_into()?;
+    let pinned = link
+        .pin(&path)
+        .with_context(|| format!("pinning link {}", path.display()))?;
+    info!(iface, hook, how, "attached");
+    out.items.push(Attachment {
+        interface: iface.to_string(),
+        hook,
+    });
+    out.links.push((path, pinned));
     Ok(())
 }

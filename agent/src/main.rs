@@ -33,16 +33,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Agent { config } => load_config(config.as_deref()).and_then(|config| {
+        Command::Agent { config: path } => load_config(path.as_deref()).and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?
-                .block_on(geosteer::agent::run(config))
+                .block_on(geosteer::agent::run(path, config))
         }),
-        Command::Validate { file } => geosteer::config::load(&file)
-            .map(|_| println!("{}: ok", file.display()))
-            .map_err(anyhow::Error::from),
+        Command::Validate { file } => validate(&file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,4 +56,20 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<geosteer::confi
         Some(path) => geosteer::config::load(path)?,
         None => geosteer::config::default_config(),
     })
+}
+
+/// Prints every error (and warning) in a config file; fails if there is an error.
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = geosteer::config::load(file)?;
+    let warnings = geosteer::config::warnings(&config);
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    println!(
+        "{}: ok ({} services, {} warnings)",
+        file.display(),
+        config.services.len(),
+        warnings.len()
+    );
+    Ok(())
 }

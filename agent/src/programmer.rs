@@ -111,12 +111,121 @@ impl Programmer {
         }
     }
 
+    /// Rebuilds the programmer's books from what a previous agent left in the (pinned) maps, so
+    /// a restarted agent neither reuses an id that live tables or conntrack entries still point
+    /// at nor rewrites a generation a packet may be reading. Weights are not stored in the
+    /// kernel, so every recovered service differs from its desired state and gets one fresh
+    /// swap on the first apply.
+    pub fn recover(dp: &dyn Dataplane, max_services: u32, max_backends: u32) -> Result<Self> {
+        let mut p = Self::new(max_services, max_backends);
+        let services = dp.read_services()?;
+        if services.is_empty() {
+            return Ok(p);
+        }
+        let mut used_services = std::collections::BTreeSet::new();
+        let mut used_backends = std::collections::BTreeSet::new();
+        for (key, value) in services {
+            let table = dp.read_table(value.table_index())?;
+            let mut backends = BTreeMap::new();
+            let count = (table.backend_count as usize).min(MAX_BACKENDS_PER_SERVICE);
+            for &id in &table.backends[..count] {
+                let b = dp.read_backend(id)?;
+                if b.flags & BACKEND_FLAG_ACTIVE == 0 || b.service_id != value.id {
+                    continue;
+                }
+                used_backends.insert(id);
+                let desired = DesiredBackend {
+                    addr: b.addr,
+                    port: b.port,
+                    weight: 0,
+                    eject_after_5xx: b.eject_after_5xx,
+                    eject_after_gateway: b.eject_after_gateway,
+                };
+                backends.insert((b.addr, b.port), (id, desired));
+            }
+            used_services.insert(value.id);
+            let desired = DesiredService {
+                name: String::new(),
+                key,
+                backends: backends.values().map(|(_, b)| b.clone()).collect(),
+            };
+            p.live.insert(
+                key,
+                LiveService {
+                    name: String::new(),
+                    id: value.id,
+                    generation: value.generation,
+                    flipped_at: 1,
+                    backends,
+                    desired,
+                },
+            );
+            *p.vips.entry(key.addr).or_default() += 1;
+        }
+        // The previous agent may have retired tables and ids just before it died: wait one
+        // grace period before reusing anything.
+        p.flip_seq = 1;
+        p.next_service_id = used_services.last().map_or(0, |m| m + 1);
+        p.next_backend_id = used_backends.last().map_or(0, |m| m + 1);
+        p.quarantined_services = (0..p.next_service_id)
+            .filter(|id| !used_services.contains(id))
+            .collect();
+        p.quarantined_backends = (0..p.next_backend_id)
+            .filter(|id| !used_backends.contains(id))
+            .collect();
+        Ok(p)
+    }
+
     pub fn live(&self) -> impl Iterator<Item = &LiveService> {
         self.live.values()
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&LiveService> {
         self.live.get(key)
+    }
+
+    /// Applies one service's new desired state (a no-op if unchanged). Returns whether it was
+    /// written.
+    pub fn apply_one(&mut self, dp: &mut dyn Dataplane, desired: &DesiredService) -> Result<bool> {
+        if self
+            .live
+            .get(&desired.key)
+            .is_some_and(|live| live.desired == *desired)
+        {
+            return Ok(false);
+        }
+        self.upsert(dp, desired)?;
+        self.sync_vips(dp)?;
+        Ok(true)
+    }
+
+    pub fn live_keys(&self) -> Vec<ServiceKey> {
+        self.live.keys().copied().collect()
+    }
+
+    /// Takes one service out of the data path.
+    pub fn remove_one(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+        self.remove(dp, key)?;
+        self.sync_vips(dp)
+    }
+
+    /// The service and endpoint behind a kernel backend id.
+    pub fn backend_by_id(&self, backend_id: u32) -> Option<(ServiceKey, u32, u16)> {
+        self.live.iter().find_map(|(key, live)| {
+            live.backends
+                .iter()
+                .find(|(_, (id, _))| *id == backend_id)
+                .map(|((addr, port), _)| (*key, *addr, *port))
+        })
+    }
+
+    /// A live backend's kernel id.
+    pub fn backend_id(&self, key: &ServiceKey, addr: u32, port: u16) -> Option<u32> {
+        self.live
+            .get(key)?
+            .backends
+            .get(&(addr, port))
+            .map(|(id, _)| *id)
     }
 
     /// Makes the data path match `desired`: changed services get a new generation, removed ones
@@ -173,9 +282,16 @@ impl Programmer {
         let existing = self.live.remove(&desired.key);
         let (id, next_generation, flipped_at, mut old_backends) = match existing {
             Some(live) => (live.id, live.generation ^ 1, live.flipped_at, live.backends),
-            None => (self.allocate_service_id(dp, &mut grace)?, 0, 0, BTreeMap::new()),
+            None => (
+                self.allocate_service_id(dp, &mut grace)?,
+                0,
+                0,
+                BTreeMap::new(),
+            ),
         };
-        // The idle generation was live until `flipped_at`: wait until no packet can still use it.
+        // The idle generation was live until `flipped_at`: wait until no packet can still use it
+        // (usually the background grace period requested at that flip has long finished).
+        self.grace_seq = self.grace_seq.max(dp.grace_completed());
         if flipped_at > self.grace_seq {
             self.wait_grace(dp)?;
             grace += 1;
@@ -216,6 +332,7 @@ impl Programmer {
         )
         .with_context(|| format!("making {} live", desired.name))?;
         self.flip_seq += 1;
+        dp.request_grace(self.flip_seq);
 
         // Backends no longer desired: flows pinned to them are re-steered by the kernel once
         // the slot is inactive; the id waits out a grace period before reuse.
@@ -338,7 +455,11 @@ pub fn build_service_table(desired: &DesiredService, ids: &[u32]) -> Box<Service
         _pad_tail: 0,
     });
     table.backends[..ids.len()].copy_from_slice(ids);
-    let names: Vec<String> = desired.backends.iter().map(DesiredBackend::identity).collect();
+    let names: Vec<String> = desired
+        .backends
+        .iter()
+        .map(DesiredBackend::identity)
+        .collect();
     let maglev: Vec<MaglevBackend> = desired
         .backends
         .iter()

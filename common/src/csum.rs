@@ -20,11 +20,7 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 /// New checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
 #[inline(always)]
 pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check as u32)
-        + ((!old) & 0xffff)
-        + ((!old) >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = (!check as u32) + ((!old) & 0xffff) + ((!old) >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
 
@@ -54,7 +50,9 @@ mod tests {
 
     fn header(addr: [u8; 4], port: [u8; 2]) -> [u8; 20] {
         // A toy header with a checksum field at bytes 10..12.
-        let mut h = [0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 2, 0, 0, 0, 0];
+        let mut h = [
+            0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 2, 0, 0, 0, 0,
+        ];
         h[16..20].copy_from_slice(&addr);
         h[4..6].copy_from_slice(&port);
         let c = checksum(&h);

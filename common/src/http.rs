@@ -54,7 +54,12 @@ mod tests {
             (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00", None),
         ];
         for (payload, expected) in cases {
-            assert_eq!(parse_status(&prefix(payload)), expected, "{:?}", core::str::from_utf8(payload));
+            assert_eq!(
+                parse_status(&prefix(payload)),
+                expected,
+                "{:?}",
+                core::str::from_utf8(payload)
+            );
         }
     }
 

@@ -22,9 +22,10 @@ pub mod map_names {
     pub const DROPS: &str = "GS_DROPS";
     pub const SETTINGS: &str = "GS_SETTINGS";
     pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
+    pub const EVENTS: &str = "GS_EVENTS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -36,6 +37,7 @@ pub mod map_names {
         DROPS,
         SETTINGS,
         SERVICE_STATE,
+        EVENTS,
     ];
 }
 
@@ -110,7 +112,8 @@ pub struct ServiceTable {
     pub _pad_tail: u16,
 }
 const _: () = assert!(
-    core::mem::size_of::<ServiceTable>() == 8 + 4 * MAX_BACKENDS_PER_SERVICE + 2 * MAGLEV_TABLE_SIZE + 2
+    core::mem::size_of::<ServiceTable>()
+        == 8 + 4 * MAX_BACKENDS_PER_SERVICE + 2 * MAGLEV_TABLE_SIZE + 2
 );
 
 /// A backend endpoint, as the DNAT writes it (network byte order), with its outlier limits.
@@ -164,6 +167,19 @@ pub struct BackendState {
     pub ejected_at_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<BackendState>() == 32);
+
+/// Sent by the kernel through the events ring when it ejects a backend, so the agent can
+/// start the ejection clock and recompute weights without polling every backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EjectEvent {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub at_ns: u64,
+    pub consecutive_5xx: u64,
+    pub consecutive_gateway: u64,
+}
+const _: () = assert!(core::mem::size_of::<EjectEvent>() == 32);
 
 /// Direction of a conntrack entry's key.
 pub const DIR_ORIGINAL: u8 = 0;
@@ -296,7 +312,9 @@ pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u
 
 #[inline(always)]
 fn mix(h: u32) -> u32 {
-    h.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593)
+    h.wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593)
 }
 
 #[inline(always)]
@@ -319,6 +337,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for BackendState {}
     unsafe impl aya::Pod for ServiceState {}
+    unsafe impl aya::Pod for EjectEvent {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficCounters {}
@@ -335,7 +354,13 @@ mod tests {
         // 4096 consecutive source ports into 16 buckets: every bucket within 25% of the mean.
         let mut buckets = [0u32; 16];
         for port in 30000u16..34096 {
-            let h = flow_hash(0x0a00_0001, 0x0a60_000a, port.to_be(), 80u16.to_be(), PROTO_TCP);
+            let h = flow_hash(
+                0x0a00_0001,
+                0x0a60_000a,
+                port.to_be(),
+                80u16.to_be(),
+                PROTO_TCP,
+            );
             buckets[(h % 16) as usize] += 1;
         }
         for count in buckets {

@@ -47,9 +47,13 @@ enum Parsed {
     /// Not IPv4 TCP/UDP (ARP, IPv6, ICMP, …): never touched.
     Other,
     /// An IPv4 fragment: only the first carries ports, so none can be steered by 5-tuple.
-    Fragment { daddr: u32 },
+    Fragment {
+        daddr: u32,
+    },
     /// IPv4 whose L3/L4 headers are cut short.
-    Truncated { daddr: u32 },
+    Truncated {
+        daddr: u32,
+    },
     Flow(Flow),
 }
 
@@ -173,8 +177,7 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let Parsed::Flow(flow) = tc_parse(ctx) else {
         return Ok(TC_ACT_OK as i32);
     };
-    let Some(nat) = steer::reply(&flow, |off| ctx.load::<[u8; STATUS_PREFIX_LEN]>(off).ok())
-    else {
+    let Some(nat) = steer::reply(&flow, |off| ctx.load::<[u8; STATUS_PREFIX_LEN]>(off).ok()) else {
         return Ok(TC_ACT_OK as i32);
     };
     tc_rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, flow.sport, &nat, 0)?;
@@ -221,7 +224,8 @@ fn tc_rewrite(
     ctx.l3_csum_replace(IP_CHECK_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(|_| ())?;
     ctx.store(addr_off, &new_addr, 0).map_err(|_| ())?;
-    ctx.store(l4_off + port_field, &new_port, 0).map_err(|_| ())?;
+    ctx.store(l4_off + port_field, &new_port, 0)
+        .map_err(|_| ())?;
     Ok(())
 }
 
@@ -371,10 +375,7 @@ fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return xdp_action::XDP_PASS;
     }
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: bounds-checked above.

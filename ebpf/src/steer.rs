@@ -27,14 +27,14 @@ unsafe fn fetch_add(ptr: *mut i64, delta: i64) -> i64 {
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DIR_REPLY,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DropReason,
-    FLOW_FLAG_CONNECT_FAILURE_COUNTED, FlowKey, FlowValue, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    MAX_EJECTED_PROBE, PROTO_TCP, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_SYN_SENT, TrafficCounters, flow_hash,
+    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, BackendState, DEFAULT_CONNTRACK_SIZE,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY, DropReason, EjectEvent,
+    FLOW_FLAG_CONNECT_FAILURE_COUNTED, FlowKey, FlowValue, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
+    ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_SYN_SENT, TrafficCounters, flow_hash,
     http::{STATUS_PREFIX_LEN, is_gateway_error, parse_status},
 };
 
@@ -66,6 +66,9 @@ static BACKEND_STATS: PerCpuArray<BackendCounters> =
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 #[map(name = "GS_SERVICE_STATE")]
 static SERVICE_STATE: Array<ServiceState> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+/// Kernel → agent notifications (ejections).
+#[map(name = "GS_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "GS_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
@@ -295,11 +298,35 @@ fn select(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
             return BACKENDS.get(id).map(|b| (id, *b));
         }
     }
-    // Every probed slot is ejected: better an ejected backend than a dropped connection (the
-    // agent's panic threshold makes the same choice for the whole service).
+    // Every probed slot is ejected — typically a whole priority failed a moment ago and the
+    // agent has not swapped in the recomputed table yet. Any backend of the service that is not
+    // ejected beats one that is known to fail: scan the backend list from a hash-chosen start.
+    // (This may briefly pick an endpoint whose weight is 0; the recomputed table follows within
+    // milliseconds.)
+    let start = (hash as u64) % (count as u64);
+    for step in 0..FALLBACK_SCAN {
+        let index = opaque((start + step) % count as u64);
+        if step >= count as u64 || index >= MAX_BACKENDS_PER_SERVICE as u64 {
+            break;
+        }
+        let id = table.backends[index as usize];
+        let ejected = match BACKEND_STATE.get(id) {
+            Some(state) => state.ejected != 0,
+            None => true,
+        };
+        if !ejected {
+            return BACKENDS.get(id).map(|b| (id, *b));
+        }
+    }
+    // Nothing left: better an ejected backend than a dropped connection (the agent's panic
+    // threshold makes the same choice for the whole service).
     let id = fallback?;
     BACKENDS.get(id).map(|b| (id, *b))
 }
+
+/// How many entries of a service's backend list the fallback scan visits at most (bounded for
+/// the verifier and for a constant worst-case cost per new flow).
+const FALLBACK_SCAN: u64 = 256;
 
 fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {
@@ -479,7 +506,19 @@ fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
             atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(budget, 1);
             return;
         }
-        core::ptr::write_volatile(&raw mut (*state).ejected_at_ns, now_ns());
+        let at_ns = now_ns();
+        core::ptr::write_volatile(&raw mut (*state).ejected_at_ns, at_ns);
         core::ptr::write_volatile(&raw mut (*state).ejected, 1);
+        // If the ring is full the agent still finds the flag on its periodic scan.
+        let _ = EVENTS.output::<EjectEvent>(
+            EjectEvent {
+                backend_id,
+                service_id: backend.service_id,
+                at_ns,
+                consecutive_5xx: run_5xx,
+                consecutive_gateway: run_gateway,
+            },
+            0,
+        );
     }
 }

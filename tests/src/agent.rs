@@ -131,7 +131,10 @@ impl Agent {
 
     /// SIGTERM, then wait up to 10 s for a clean exit.
     pub fn terminate(&mut self) -> Result<ExitStatus> {
-        let mut child = self.child.take().ok_or_else(|| anyhow!("agent already stopped"))?;
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("agent already stopped"))?;
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);

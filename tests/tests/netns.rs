@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use geosteer_tests::{
-    HttpOptions, Lab, LabSpec, http_from, require_root,
+    HttpOptions, Lab, LabSpec,
     agent::{Agent, PinDir},
+    http_from, require_root,
 };
 
 const VIP: &str = "198.19.0.10";
@@ -20,7 +21,11 @@ fn config(lab: &Lab, pins: &PinDir, weights: &[(&str, u32)], tc: &str, xdp: &str
     let mut endpoints = String::new();
     for (name, weight) in weights {
         let b = lab.backend(name).unwrap();
-        let region = if b.ip.octets()[2] >= 20 { "cn-shanghai" } else { "cn-hangzhou" };
+        let region = if b.ip.octets()[2] >= 20 {
+            "cn-shanghai"
+        } else {
+            "cn-hangzhou"
+        };
         endpoints.push_str(&format!(
             "      - {{ip: {}, region: {region}, weight: {weight}}}\n",
             b.ip
@@ -39,7 +44,8 @@ fn lab(prefix: &str, backends: u8, uplink: bool) -> Lab {
     let mut spec = LabSpec::simple(prefix, backends);
     spec.with_uplink = uplink;
     let mut lab = Lab::build(&spec).expect("lab builds");
-    lab.start_backends(HTTP_PORT, Some(UDP_PORT)).expect("backends start");
+    lab.start_backends(HTTP_PORT, Some(UDP_PORT))
+        .expect("backends start");
     lab
 }
 
@@ -60,18 +66,31 @@ fn tcp_split_follows_weights_keepalive_sticks_and_direct_access_works() {
     .expect("agent starts");
 
     let report = lab.client_http(&format!("{VIP}:80"), 800, 1).unwrap();
-    assert_eq!(report.ok, 800, "every request through the VIP succeeds: {report:?}");
+    assert_eq!(
+        report.ok, 800,
+        "every request through the VIP succeeds: {report:?}"
+    );
     for (name, expected) in [("b1", 0.25), ("b2", 0.25), ("b3", 0.5)] {
         let got = share(&report.backends, name);
-        assert!((got - expected).abs() < 0.06, "{name}: {got:.3} vs {expected}: {:?}", report.backends);
+        assert!(
+            (got - expected).abs() < 0.06,
+            "{name}: {got:.3} vs {expected}: {:?}",
+            report.backends
+        );
     }
 
-    let keepalive = http_from(&lab.client, &format!("{VIP}:80"), &HttpOptions::new(30, 10)).unwrap();
+    let keepalive =
+        http_from(&lab.client, &format!("{VIP}:80"), &HttpOptions::new(30, 10)).unwrap();
     assert_eq!(keepalive.ok, 300, "{keepalive:?}");
-    assert!(keepalive.per_connection_backends_consistent, "a keep-alive connection changed backend");
+    assert!(
+        keepalive.per_connection_backends_consistent,
+        "a keep-alive connection changed backend"
+    );
 
     for b in &lab.backends {
-        let direct = lab.client_http(&format!("{}:{HTTP_PORT}", b.ip), 20, 1).unwrap();
+        let direct = lab
+            .client_http(&format!("{}:{HTTP_PORT}", b.ip), 20, 1)
+            .unwrap();
         assert_eq!(direct.ok, 20, "direct access to {}: {direct:?}", b.name);
         assert_eq!(direct.backends.keys().collect::<Vec<_>>(), vec![&b.name]);
     }
@@ -81,9 +100,12 @@ fn tcp_split_follows_weights_keepalive_sticks_and_direct_access_works() {
 fn udp_request_response_through_the_vip() {
     let lab = lab("gsn2", 2, false);
     let pins = PinDir::new("gsn2").unwrap();
-    let _agent =
-        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
-            .expect("agent starts");
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""),
+    )
+    .expect("agent starts");
     let report = lab.client_udp(&format!("{VIP}:53"), 200).unwrap();
     assert_eq!(report.ok, 200, "{report:?}");
     assert_eq!(report.backends.len(), 2, "both backends answer: {report:?}");
@@ -98,19 +120,31 @@ fn receivers_verify_every_checksum() {
     for ns in lab.namespaces() {
         let links = ns.exec(&["ls", "/sys/class/net"]).unwrap();
         for dev in links.split_whitespace().filter(|d| *d != "lo") {
-            ns.exec(&["ethtool", "-K", dev, "tx", "off", "rx", "off"]).unwrap();
+            ns.exec(&["ethtool", "-K", dev, "tx", "off", "rx", "off"])
+                .unwrap();
         }
     }
     let pins = PinDir::new("gsn3").unwrap();
-    let _agent =
-        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
-            .expect("agent starts");
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""),
+    )
+    .expect("agent starts");
     let http = lab.client_http(&format!("{VIP}:80"), 200, 3).unwrap();
     assert_eq!(http.ok, 600, "{http:?}");
     let udp = lab.client_udp(&format!("{VIP}:53"), 100).unwrap();
     assert_eq!(udp.ok, 100, "{udp:?}");
     for ns in lab.namespaces() {
-        let out = ns.exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors", "IpInHdrErrors"]).unwrap();
+        let out = ns
+            .exec(&[
+                "nstat",
+                "-az",
+                "TcpInCsumErrors",
+                "UdpInCsumErrors",
+                "IpInHdrErrors",
+            ])
+            .unwrap();
         for line in out.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             assert_eq!(fields.get(1), Some(&"0"), "{}: {line}", ns.name);
@@ -150,9 +184,12 @@ fn xdp_uplink_steers_requests() {
 fn sigterm_detaches_and_traffic_stops_being_steered() {
     let lab = lab("gsn5", 2, false);
     let pins = PinDir::new("gsn5").unwrap();
-    let mut agent =
-        Agent::start(&lab.node, &pins, &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""))
-            .expect("agent starts");
+    let mut agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""),
+    )
+    .expect("agent starts");
     assert_eq!(lab.client_http(&format!("{VIP}:80"), 20, 1).unwrap().ok, 20);
     let status = agent.terminate().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
@@ -160,9 +197,17 @@ fn sigterm_detaches_and_traffic_stops_being_steered() {
     let mut opts = HttpOptions::new(5, 1);
     opts.timeout_ms = 500;
     let after = http_from(&lab.client, &format!("{VIP}:80"), &opts).unwrap();
-    assert_eq!(after.ok, 0, "nothing steers the VIP once the agent is gone: {after:?}");
+    assert_eq!(
+        after.ok, 0,
+        "nothing steers the VIP once the agent is gone: {after:?}"
+    );
     // Backends remain reachable directly.
-    assert_eq!(lab.client_http(&format!("{}:{HTTP_PORT}", lab.backends[0].ip), 5, 1).unwrap().ok, 5);
+    assert_eq!(
+        lab.client_http(&format!("{}:{HTTP_PORT}", lab.backends[0].ip), 5, 1)
+            .unwrap()
+            .ok,
+        5
+    );
     // The maps stay pinned for the next start.
     assert!(pins.pin_path().join("GS_CONNTRACK").exists());
 }
@@ -179,8 +224,14 @@ fn invalid_config_is_rejected_with_the_field_path() {
     )
     .unwrap();
     let bin = geosteer_tests::bin_path("geosteer");
-    for args in [vec!["validate", file.to_str().unwrap()], vec!["agent", "--config", file.to_str().unwrap()]] {
-        let out = std::process::Command::new(&bin).args(&args).output().unwrap();
+    for args in [
+        vec!["validate", file.to_str().unwrap()],
+        vec!["agent", "--config", file.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
         assert!(stderr.contains("services[0].vip"), "{args:?}: {stderr}");

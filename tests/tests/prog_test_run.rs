@@ -147,7 +147,11 @@ struct Seen {
 /// Parses an output frame and asserts that its IPv4 and L4 checksums are correct.
 fn verify(frame: &[u8]) -> Seen {
     let (ip, rest) = Ipv4Header::from_slice(&frame[14..]).expect("ipv4 header parses");
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let payload_len = ip.payload_len().expect("ip payload length") as usize;
     let l4 = &rest[..payload_len];
     let (src, dst) = (Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination));
@@ -155,14 +159,24 @@ fn verify(frame: &[u8]) -> Seen {
         let (tcp, data) = TcpHeader::from_slice(l4).expect("tcp header parses");
         let expected = tcp.calc_checksum_ipv4(&ip, data).expect("tcp checksum");
         assert_eq!(tcp.checksum, expected, "TCP checksum");
-        Seen { src, dst, sport: tcp.source_port, dport: tcp.destination_port }
+        Seen {
+            src,
+            dst,
+            sport: tcp.source_port,
+            dport: tcp.destination_port,
+        }
     } else {
         let (udp, data) = UdpHeader::from_slice(l4).expect("udp header parses");
         if udp.checksum != 0 {
             let expected = udp.calc_checksum_ipv4(&ip, data).expect("udp checksum");
             assert_eq!(udp.checksum, expected, "UDP checksum");
         }
-        Seen { src, dst, sport: udp.source_port, dport: udp.destination_port }
+        Seen {
+            src,
+            dst,
+            sport: udp.source_port,
+            dport: udp.destination_port,
+        }
     }
 }
 
@@ -175,11 +189,22 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         require_root();
-        let sizes = MapSizes { max_services: 16, max_backends: 256, conntrack: 65536 };
+        let sizes = MapSizes {
+            max_services: 16,
+            max_backends: 256,
+            conntrack: 65536,
+        };
         let mut ebpf = loader::load(sizes, None).expect("kernel object loads and verifies");
         let maps = BpfMaps::take(&mut ebpf).expect("maps");
-        let mut rig = Self { ebpf, maps, programmer: Programmer::new(16, 256) };
-        rig.set_services(&[(VIP, VPORT, PROTO_TCP, &[1, 1, 1]), (VIP, VPORT, PROTO_UDP, &[1, 1, 1])]);
+        let mut rig = Self {
+            ebpf,
+            maps,
+            programmer: Programmer::new(16, 256),
+        };
+        rig.set_services(&[
+            (VIP, VPORT, PROTO_TCP, &[1, 1, 1]),
+            (VIP, VPORT, PROTO_UDP, &[1, 1, 1]),
+        ]);
         rig
     }
 
@@ -188,15 +213,27 @@ impl Rig {
             .iter()
             .map(|(vip, port, proto, weights)| DesiredService {
                 name: format!("{vip}:{port}/{proto}"),
-                key: ServiceKey { addr: u32::from(*vip).to_be(), port: port.to_be(), proto: *proto, _pad: 0 },
+                key: ServiceKey {
+                    addr: u32::from(*vip).to_be(),
+                    port: port.to_be(),
+                    proto: *proto,
+                    _pad: 0,
+                },
                 backends: weights
                     .iter()
                     .zip(BACKENDS)
-                    .map(|(w, ip)| DesiredBackend { addr: u32::from(ip).to_be(), port: TPORT.to_be(), weight: *w, ..Default::default() })
+                    .map(|(w, ip)| DesiredBackend {
+                        addr: u32::from(ip).to_be(),
+                        port: TPORT.to_be(),
+                        weight: *w,
+                        ..Default::default()
+                    })
                     .collect(),
             })
             .collect();
-        self.programmer.apply(&mut self.maps, &desired).expect("apply");
+        self.programmer
+            .apply(&mut self.maps, &desired)
+            .expect("apply");
     }
 
     fn run_tc(&mut self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
@@ -204,7 +241,11 @@ impl Rig {
             self.ebpf.program_mut(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; pkt.len() + 256];
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("test run");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
@@ -223,17 +264,31 @@ impl Rig {
     }
 
     fn run_xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self.ebpf.program_mut(program_names::XDP).unwrap().try_into().unwrap();
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program_names::XDP)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let mut out = vec![0u8; data.len() + 256];
         let result = prog
-            .test_run(TestRunOptions { data_in: Some(data), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("test run");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
 
     fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
-        let key = ServiceKey { addr: u32::from(VIP).to_be(), port: VPORT.to_be(), proto, _pad: 0 };
+        let key = ServiceKey {
+            addr: u32::from(VIP).to_be(),
+            port: VPORT.to_be(),
+            proto,
+            _pad: 0,
+        };
         let live = self.programmer.service(&key).expect("service live");
         live.backends[&(u32::from(ip).to_be(), TPORT.to_be())].0
     }
@@ -266,17 +321,31 @@ fn tcp_dnat_then_reverse_nat_with_valid_checksums() {
     let (verdict, out) = rig.ingress(&syn(40000));
     assert_eq!(verdict, TC_ACT_OK);
     let seen = verify(&out);
-    assert!(BACKENDS.contains(&seen.dst), "DNAT target {} is a backend", seen.dst);
+    assert!(
+        BACKENDS.contains(&seen.dst),
+        "DNAT target {} is a backend",
+        seen.dst
+    );
     assert_eq!((seen.src, seen.sport, seen.dport), (CLIENT, 40000, TPORT));
 
     let backend = seen.dst;
     let reply = Pkt::tcp(backend, TPORT, CLIENT, 40000, SYN | ACK);
     let (verdict, out) = rig.egress(&reply);
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(verify(&out), Seen { src: VIP, dst: CLIENT, sport: VPORT, dport: 40000 });
+    assert_eq!(
+        verify(&out),
+        Seen {
+            src: VIP,
+            dst: CLIENT,
+            sport: VPORT,
+            dport: 40000
+        }
+    );
 
     // The rest of the flow keeps its backend.
-    let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, 40000, VIP, VPORT, PSH_ACK).with_payload(b"GET / HTTP/1.1\r\n\r\n"));
+    let (_, out) = rig.ingress(
+        &Pkt::tcp(CLIENT, 40000, VIP, VPORT, PSH_ACK).with_payload(b"GET / HTTP/1.1\r\n\r\n"),
+    );
     assert_eq!(verify(&out).dst, backend);
 }
 
@@ -286,7 +355,10 @@ fn packets_not_for_a_vip_pass_untouched() {
     let cases = [
         ("other address", Pkt::tcp(CLIENT, 40001, OTHER, VPORT, SYN)),
         ("VIP, other port", Pkt::tcp(CLIENT, 40001, VIP, 81, SYN)),
-        ("direct to a backend", Pkt::tcp(CLIENT, 40001, BACKENDS[0], TPORT, SYN)),
+        (
+            "direct to a backend",
+            Pkt::tcp(CLIENT, 40001, BACKENDS[0], TPORT, SYN),
+        ),
         ("UDP to other port", Pkt::udp(CLIENT, 40001, VIP, 53, b"x")),
     ];
     for (name, pkt) in cases {
@@ -305,9 +377,15 @@ fn packets_not_for_a_vip_pass_untouched() {
     let (_, out) = rig.ingress(&syn(40003));
     let backend = verify(&out).dst;
     let direct_syn = Pkt::tcp(CLIENT, 40003, backend, TPORT, SYN).build();
-    assert_eq!(rig.run_tc(program_names::TC_INGRESS, &direct_syn), (TC_ACT_OK, direct_syn));
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &direct_syn),
+        (TC_ACT_OK, direct_syn)
+    );
     let direct_reply = Pkt::tcp(backend, TPORT, CLIENT, 40003, SYN | ACK).build();
-    assert_eq!(rig.run_tc(program_names::TC_EGRESS, &direct_reply), (TC_ACT_OK, direct_reply));
+    assert_eq!(
+        rig.run_tc(program_names::TC_EGRESS, &direct_reply),
+        (TC_ACT_OK, direct_reply)
+    );
 }
 
 #[test]
@@ -320,7 +398,15 @@ fn udp_dnat_and_reverse_nat_including_zero_checksum() {
     assert_eq!(seen.dport, TPORT);
     let (verdict, out) = rig.egress(&Pkt::udp(seen.dst, TPORT, CLIENT, 5353, b"pong"));
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(verify(&out), Seen { src: VIP, dst: CLIENT, sport: VPORT, dport: 5353 });
+    assert_eq!(
+        verify(&out),
+        Seen {
+            src: VIP,
+            dst: CLIENT,
+            sport: VPORT,
+            dport: 5353
+        }
+    );
 
     // UDP checksum 0 ("none") must stay 0 (RFC 768), not become a wrong checksum.
     let mut no_sum = Pkt::udp(CLIENT, 5354, VIP, VPORT, b"ping");
@@ -360,7 +446,10 @@ fn fragments_and_truncated_packets_get_documented_verdicts() {
     let mut other = frag.clone();
     other.dst = OTHER;
     let input = other.build();
-    assert_eq!(rig.run_tc(program_names::TC_INGRESS, &input), (TC_ACT_OK, input));
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &input),
+        (TC_ACT_OK, input)
+    );
 
     // TCP header cut short, to a VIP → dropped, never rewritten.
     let full = syn(40021).build();
@@ -376,7 +465,10 @@ fn fragments_and_truncated_packets_get_documented_verdicts() {
     // IHL below 5 to a VIP: malformed → dropped.
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
-    assert_eq!(rig.run_tc(program_names::TC_INGRESS, &bad_ihl).0, TC_ACT_SHOT);
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &bad_ihl).0,
+        TC_ACT_SHOT
+    );
     // Same via XDP.
     assert_eq!(rig.xdp(&frag).0, XDP_DROP);
 }
@@ -387,7 +479,8 @@ fn http_status_lines_are_counted_per_backend() {
     let (_, out) = rig.ingress(&syn(40030));
     let backend = verify(&out).dst;
     let id = rig.backend_id(backend, PROTO_TCP);
-    let reply = |payload: &[u8]| Pkt::tcp(backend, TPORT, CLIENT, 40030, PSH_ACK).with_payload(payload);
+    let reply =
+        |payload: &[u8]| Pkt::tcp(backend, TPORT, CLIENT, 40030, PSH_ACK).with_payload(payload);
     let state = |rig: &Rig| rig.maps.backend_state.get(&id, 0).unwrap();
     let counters = |rig: &Rig| rig.maps.backend_counters(id).unwrap();
 
@@ -397,9 +490,18 @@ fn http_status_lines_are_counted_per_backend() {
     assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (2, 2));
     rig.egress(&reply(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"));
     let s = state(&rig);
-    assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (3, 0), "500 is not a gateway error");
+    assert_eq!(
+        (s.consecutive_5xx, s.consecutive_gateway),
+        (3, 0),
+        "500 is not a gateway error"
+    );
     // Not status lines: no counts, no reset.
-    for payload in [&b"HTTP/1.1"[..], b"SSH-2.0-OpenSSH_9.6\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x00", b"HTTP/2 200\r\n"] {
+    for payload in [
+        &b"HTTP/1.1"[..],
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x00",
+        b"HTTP/2 200\r\n",
+    ] {
         rig.egress(&reply(payload));
     }
     assert_eq!(state(&rig).consecutive_5xx, 3);
@@ -420,7 +522,14 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 40040, RST | ACK));
     let c = rig.maps.backend_counters(id).unwrap();
     assert_eq!((c.connect_failures, c.resets), (1, 0));
-    assert_eq!(rig.maps.backend_state.get(&id, 0).unwrap().consecutive_gateway, 1);
+    assert_eq!(
+        rig.maps
+            .backend_state
+            .get(&id, 0)
+            .unwrap()
+            .consecutive_gateway,
+        1
+    );
 
     // Established then reset: a reset, not a connect failure.
     let (_, out) = rig.ingress(&syn(40041));
@@ -430,17 +539,30 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     rig.egress(&Pkt::tcp(b2, TPORT, CLIENT, 40041, SYN | ACK));
     rig.egress(&Pkt::tcp(b2, TPORT, CLIENT, 40041, RST | ACK));
     let after = rig.maps.backend_counters(id2).unwrap();
-    assert_eq!((after.resets - before.resets, after.connect_failures - before.connect_failures), (1, 0));
+    assert_eq!(
+        (
+            after.resets - before.resets,
+            after.connect_failures - before.connect_failures
+        ),
+        (1, 0)
+    );
 
     // SYN retransmitted after the connect timeout with no SYN-ACK: counted once.
-    rig.maps.write_settings(&Settings { connect_timeout_ns: 1 }).unwrap();
+    rig.maps
+        .write_settings(&Settings {
+            connect_timeout_ns: 1,
+        })
+        .unwrap();
     let (_, out) = rig.ingress(&syn(40042));
     let b3 = verify(&out).dst;
     let id3 = rig.backend_id(b3, PROTO_TCP);
     let before = rig.maps.backend_counters(id3).unwrap().connect_failures;
     rig.ingress(&syn(40042));
     rig.ingress(&syn(40042));
-    assert_eq!(rig.maps.backend_counters(id3).unwrap().connect_failures, before + 1);
+    assert_eq!(
+        rig.maps.backend_counters(id3).unwrap().connect_failures,
+        before + 1
+    );
     // Answered in time: no failure.
     let (_, out) = rig.ingress(&syn(40043));
     let b4 = verify(&out).dst;
@@ -448,7 +570,10 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     let before = rig.maps.backend_counters(id4).unwrap().connect_failures;
     rig.egress(&Pkt::tcp(b4, TPORT, CLIENT, 40043, SYN | ACK));
     rig.ingress(&syn(40043));
-    assert_eq!(rig.maps.backend_counters(id4).unwrap().connect_failures, before);
+    assert_eq!(
+        rig.maps.backend_counters(id4).unwrap().connect_failures,
+        before
+    );
 }
 
 #[test]
@@ -458,13 +583,24 @@ fn ejected_backends_get_no_new_flows_and_keep_existing_ones() {
     let pinned_backend = verify(&out).dst;
     let ejected = BACKENDS[0];
     let id = rig.backend_id(ejected, PROTO_TCP);
-    rig.maps.write_backend_state(id, &BackendState { ejected: 1, ..Default::default() }).unwrap();
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut seen = std::collections::BTreeMap::new();
     for port in 42000..42300 {
         let (_, out) = rig.ingress(&syn(port));
         *seen.entry(verify(&out).dst).or_insert(0) += 1;
     }
-    assert!(!seen.contains_key(&ejected), "ejected backend got new flows: {seen:?}");
+    assert!(
+        !seen.contains_key(&ejected),
+        "ejected backend got new flows: {seen:?}"
+    );
     assert_eq!(seen.len(), 2, "the other two share the load: {seen:?}");
     // An established flow keeps its backend even if that backend is ejected.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, 41000, VIP, VPORT, ACK));
@@ -484,15 +620,25 @@ fn weights_are_followed_and_flows_survive_table_changes() {
         *counts.entry(dst).or_insert(0u32) += 1;
     }
     let share = |ip: Ipv4Addr| counts[&ip] as f64 / 4000.0;
-    assert!((share(BACKENDS[2]) - 0.5).abs() < 0.04, "weight 2 of 4: {counts:?}");
-    assert!((share(BACKENDS[0]) - 0.25).abs() < 0.04, "weight 1 of 4: {counts:?}");
+    assert!(
+        (share(BACKENDS[2]) - 0.5).abs() < 0.04,
+        "weight 2 of 4: {counts:?}"
+    );
+    assert!(
+        (share(BACKENDS[0]) - 0.25).abs() < 0.04,
+        "weight 1 of 4: {counts:?}"
+    );
 
     // New weights: established flows (conntrack) keep their backend; new flows follow the
     // new table.
     rig.set_services(&[(VIP, VPORT, PROTO_TCP, &[1, 0, 0])]);
     for port in (20000..24000u16).step_by(97) {
         let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));
-        assert_eq!(verify(&out).dst, first[&port], "flow from port {port} moved");
+        assert_eq!(
+            verify(&out).dst,
+            first[&port],
+            "flow from port {port} moved"
+        );
     }
     for port in 30000..30100u16 {
         let (_, out) = rig.ingress(&syn(port));
@@ -545,8 +691,12 @@ fn swaps_never_steer_outside_old_and_new_sets() {
     let swaps = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     rig.set_services(&[(VIP, VPORT, PROTO_TCP, sets[0])]);
     let prog_fd = {
-        let prog: &mut SchedClassifier =
-            rig.ebpf.program_mut(program_names::TC_INGRESS).unwrap().try_into().unwrap();
+        let prog: &mut SchedClassifier = rig
+            .ebpf
+            .program_mut(program_names::TC_INGRESS)
+            .unwrap()
+            .try_into()
+            .unwrap();
         prog.fd().unwrap().try_clone().unwrap()
     };
     let swaps_reader = swaps.clone();
@@ -558,7 +708,9 @@ fn swaps_never_steer_outside_old_and_new_sets() {
         while !stop_reader.load(std::sync::atomic::Ordering::SeqCst) && i < 2_000_000 {
             i += 1;
             let port = 1024 + (i % 60000) as u16;
-            let pkt = Pkt::tcp(CLIENT, port, VIP, VPORT, SYN).with_payload(&i.to_be_bytes()).build();
+            let pkt = Pkt::tcp(CLIENT, port, VIP, VPORT, SYN)
+                .with_payload(&i.to_be_bytes())
+                .build();
             let before = swaps_reader.load(std::sync::atomic::Ordering::SeqCst);
             let mut out = vec![0u8; pkt.len() + 64];
             let r = geosteer_tests::prog_test_run(&prog_fd, &pkt, &mut out).expect("test run");
@@ -581,14 +733,26 @@ fn swaps_never_steer_outside_old_and_new_sets() {
     let results = runner.join().unwrap();
     drop(rx);
     assert_eq!(n, 60, "swaps during the run");
-    assert!(results.len() > 1000, "only {} packets ran during the swaps", results.len());
+    assert!(
+        results.len() > 1000,
+        "only {} packets ran during the swaps",
+        results.len()
+    );
     let racing = results.iter().filter(|(b, a, _)| a > b).count();
-    eprintln!("{} packets, {n} swaps, {racing} packets overlapped a swap", results.len());
+    eprintln!(
+        "{} packets, {n} swaps, {racing} packets overlapped a swap",
+        results.len()
+    );
     let set_backend = |k: u64| BACKENDS[(k % 3) as usize];
     for (before, after, dst) in results {
         // Generation k (k = swap count) serves set k % 3; swap k+1 is announced before written.
-        let allowed: Vec<Ipv4Addr> = (before.saturating_sub(1)..=after).map(set_backend).collect();
-        assert!(allowed.contains(&dst), "packet between swaps {before}..{after} went to {dst}, allowed {allowed:?}");
+        let allowed: Vec<Ipv4Addr> = (before.saturating_sub(1)..=after)
+            .map(set_backend)
+            .collect();
+        assert!(
+            allowed.contains(&dst),
+            "packet between swaps {before}..{after} went to {dst}, allowed {allowed:?}"
+        );
     }
 }
 
@@ -599,7 +763,12 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     let mut rig = Rig::new();
     let desired = DesiredService {
         name: "limits".into(),
-        key: ServiceKey { addr: u32::from(VIP).to_be(), port: VPORT.to_be(), proto: PROTO_TCP, _pad: 0 },
+        key: ServiceKey {
+            addr: u32::from(VIP).to_be(),
+            port: VPORT.to_be(),
+            proto: PROTO_TCP,
+            _pad: 0,
+        },
         backends: BACKENDS
             .iter()
             .map(|ip| DesiredBackend {
@@ -614,7 +783,10 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     rig.programmer.apply(&mut rig.maps, &[desired]).unwrap();
     let service_id = rig.programmer.service(&desired_key()).unwrap().id;
     rig.maps
-        .write_service_state(service_id, &geosteer_common::ServiceState { eject_budget: 1 })
+        .write_service_state(
+            service_id,
+            &geosteer_common::ServiceState { eject_budget: 1 },
+        )
         .unwrap();
 
     // Open one flow to each backend.
@@ -626,12 +798,24 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     assert_eq!(flows.len(), 3);
     let fail = |rig: &mut Rig, backend: Ipv4Addr| {
         let port = flows[&backend];
-        rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, port, PSH_ACK).with_payload(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"));
+        rig.egress(
+            &Pkt::tcp(backend, TPORT, CLIENT, port, PSH_ACK)
+                .with_payload(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"),
+        );
     };
-    let state = |rig: &Rig, ip: Ipv4Addr| rig.maps.backend_state.get(&rig.backend_id(ip, PROTO_TCP), 0).unwrap();
+    let state = |rig: &Rig, ip: Ipv4Addr| {
+        rig.maps
+            .backend_state
+            .get(&rig.backend_id(ip, PROTO_TCP), 0)
+            .unwrap()
+    };
 
     fail(&mut rig, BACKENDS[0]);
-    assert_eq!(state(&rig, BACKENDS[0]).ejected, 0, "one 5xx is below the limit");
+    assert_eq!(
+        state(&rig, BACKENDS[0]).ejected,
+        0,
+        "one 5xx is below the limit"
+    );
     fail(&mut rig, BACKENDS[0]);
     let s = state(&rig, BACKENDS[0]);
     assert_eq!(s.ejected, 1, "second consecutive 5xx ejects");
@@ -646,9 +830,21 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     fail(&mut rig, BACKENDS[1]);
     fail(&mut rig, BACKENDS[1]);
     assert_eq!(state(&rig, BACKENDS[1]).ejected, 0);
-    assert_eq!(rig.maps.service_state.get(&service_id, 0).unwrap().eject_budget, 0);
+    assert_eq!(
+        rig.maps
+            .service_state
+            .get(&service_id, 0)
+            .unwrap()
+            .eject_budget,
+        0
+    );
 }
 
 fn desired_key() -> ServiceKey {
-    ServiceKey { addr: u32::from(VIP).to_be(), port: VPORT.to_be(), proto: PROTO_TCP, _pad: 0 }
+    ServiceKey {
+        addr: u32::from(VIP).to_be(),
+        port: VPORT.to_be(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    }
 }

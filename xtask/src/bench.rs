@@ -1,1 +1,818 @@
-pub fn run(_quick: bool) -> anyhow::Result<()> { anyhow::bail!("todo") }
+//! `cargo xtask bench [--quick]`: measures the data path and writes BENCHMARKS.md.
+//!
+//! 1. The kernel programs' cost per packet, through BPF_PROG_TEST_RUN
+//!    (`tests/benches/datapath.rs`, which explains its two timing methods).
+//! 2. HTTP with wrk from a client namespace, in the same lab topology and the same run: through
+//!    the VIP with geosteer, straight to one backend, and through the VIP with iptables
+//!    statistic-mode DNAT (kube-proxy's method), at 4 and 64 backends, with keep-alive and with a
+//!    new connection per request.
+//!
+//! Everything it starts lives in lab namespaces that are deleted on drop (including the
+//! iptables rules, which live in the node namespace), so it leaves nothing behind.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use geosteer_tests::agent::{Agent, PinDir};
+use geosteer_tests::{Lab, LabSpec};
+use serde::Deserialize;
+
+use crate::{install, run_cmd, workspace_root};
+
+const VIP: &str = "198.19.0.10";
+const BACKEND_PORT: u16 = 8080;
+const BACKEND_COUNTS: [u8; 2] = [4, 64];
+/// wrk: two threads (one per core of the reference machine), 64 connections.
+const WRK_THREADS: &str = "2";
+const WRK_CONNECTIONS: &str = "64";
+
+pub fn run(quick: bool) -> Result<()> {
+    let started = Instant::now();
+    install::all()?;
+    let root = workspace_root();
+    // Release builds of the agent and the lab programs: the numbers are about the data path,
+    // not about debug-build user space.
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "geosteer",
+        "-p",
+        "geosteer-tests",
+        "--bins",
+    ]))?;
+    let kernel = kernel_bench(&root, quick)?;
+
+    // The lab helpers find `geosteer`, `lab-backend` and `lab-client` through this variable.
+    // SAFETY: set before this process starts any thread that could read the environment.
+    unsafe { std::env::set_var("GEOSTEER_BIN_DIR", root.join("target/release")) };
+    let seconds = if quick { 3 } else { 10 };
+    let mut http = Vec::new();
+    for backends in BACKEND_COUNTS {
+        http.push(http_bench(backends, seconds)?);
+    }
+
+    let machine = Machine::probe();
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    let text = render(
+        command,
+        &machine,
+        &kernel,
+        &http,
+        seconds,
+        started.elapsed(),
+    );
+    std::fs::write(root.join("BENCHMARKS.md"), &text).context("writing BENCHMARKS.md")?;
+    println!("{text}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ kernel programs ---
+
+#[derive(Deserialize)]
+struct KernelReport {
+    bpf_stats_enabled: String,
+    batched_repeat: u32,
+    single_calls: u32,
+    cases: Vec<KernelCase>,
+}
+
+#[derive(Deserialize)]
+struct KernelCase {
+    method: String,
+    name: String,
+    program: String,
+    reps: u32,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+    floor_ns: f64,
+    verdict: String,
+}
+
+fn kernel_bench(root: &Path, quick: bool) -> Result<KernelReport> {
+    let out = root.join("target/bench-datapath.json");
+    let _ = std::fs::remove_file(&out);
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["bench", "-p", "geosteer-tests", "--bench", "datapath"])
+            .env("GEOSTEER_BENCH_OUT", &out)
+            .env("GEOSTEER_BENCH_QUICK", if quick { "1" } else { "0" }),
+    )?;
+    let json =
+        std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
+    serde_json::from_str(&json).context("parsing the datapath bench report")
+}
+
+// ----------------------------------------------------------------------------- HTTP ---
+
+/// One wrk run's results.
+struct Wrk {
+    requests_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: u64,
+    non_2xx: u64,
+    /// connect, read, write, timeout.
+    socket_errors: [u64; 4],
+}
+
+impl Wrk {
+    fn errors(&self) -> String {
+        let [connect, read, write, timeout] = self.socket_errors;
+        if self.non_2xx == 0 && self.socket_errors == [0; 4] {
+            return "0".into();
+        }
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.non_2xx, "non-2xx"),
+            (connect, "connect"),
+            (read, "read"),
+            (write, "write"),
+            (timeout, "timeout"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Geosteer,
+    Direct,
+    Iptables,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Geosteer => "geosteer (TC, VIP)",
+            Target::Direct => "direct to one backend",
+            Target::Iptables => "iptables DNAT (VIP)",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    KeepAlive,
+    Close,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keep-alive",
+            Mode::Close => "new connection per request",
+        }
+    }
+}
+
+struct HttpRun {
+    round: usize,
+    target: Target,
+    mode: Mode,
+    wrk: Wrk,
+}
+
+/// A lab-client check before a wrk run through a VIP: requests ok, attempted, and how many
+/// backends answered.
+struct Spread {
+    target: Target,
+    round: usize,
+    ok: u64,
+    attempted: u64,
+    answered: usize,
+}
+
+struct HttpBench {
+    backends: u8,
+    runs: Vec<HttpRun>,
+    spreads: Vec<Spread>,
+}
+
+/// Every target runs once per round; the second round runs them in the opposite order, so
+/// neither a drift of the machine nor state left by one target (TIME_WAIT sockets, conntrack
+/// entries) favours one of them.
+const ROUNDS: [[Target; 3]; 2] = [
+    [Target::Geosteer, Target::Direct, Target::Iptables],
+    [Target::Iptables, Target::Direct, Target::Geosteer],
+];
+
+fn http_bench(backends: u8, seconds: u32) -> Result<HttpBench> {
+    let prefix = format!("gsb{backends}");
+    eprintln!("\n=== HTTP, {backends} backends ===");
+    let mut lab = Lab::build(&LabSpec::simple(&prefix, backends))?;
+    // The lab turns TX checksum offload off for its XDP tests; a real deployment has it on.
+    lab.set_tx_checksum_offload(true)?;
+    lab.start_backends(BACKEND_PORT, None)?;
+    // New-connection runs open tens of thousands of connections from one client address: give
+    // the client the whole port range and let it reuse ports in TIME_WAIT, as load generators
+    // are usually set up, so the client's port space is not what limits the run.
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        lab.client.exec(&["sysctl", "-q", "-w", setting])?;
+    }
+    let mut bench = HttpBench {
+        backends,
+        runs: Vec::new(),
+        spreads: Vec::new(),
+    };
+    let vip_url = format!("http://{VIP}:80/");
+    let direct_url = format!("http://{}:{BACKEND_PORT}/", lab.backends[0].ip);
+
+    for (round, order) in ROUNDS.iter().enumerate() {
+        for &target in order {
+            match target {
+                Target::Geosteer => {
+                    // A fresh pin directory: no conntrack state carried over from round 1.
+                    let pins = PinDir::new(&prefix)?;
+                    let mut agent = Agent::start(&lab.node, &pins, &agent_config(&lab, &pins))?;
+                    bench.spreads.push(spread(&lab, target, round)?);
+                    wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
+                    let status = agent.terminate()?;
+                    ensure!(status.success(), "agent exited with {status}");
+                }
+                // No program attached, no netfilter NAT; one backend.
+                Target::Direct => {
+                    wrk_both(&lab, &direct_url, target, round, seconds, &mut bench.runs)?
+                }
+                Target::Iptables => {
+                    iptables_install(&lab)?;
+                    bench.spreads.push(spread(&lab, target, round)?);
+                    wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
+                    iptables_remove(&lab)?;
+                }
+            }
+        }
+    }
+    Ok(bench)
+}
+
+/// Agent config: VIP:80 → every backend's :8080, weight 1, TC on the client-facing interface.
+fn agent_config(lab: &Lab, pins: &PinDir) -> String {
+    let mut endpoints = String::new();
+    for b in &lab.backends {
+        let _ = writeln!(
+            endpoints,
+            "      - {{ip: {}, region: cn-hangzhou, weight: 1}}",
+            b.ip
+        );
+    }
+    format!(
+        "node: {{name: bench-node, region: cn-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n\
+         services:\n  - name: bench\n    vip: {VIP}\n    ports:\n      - {{name: http, port: 80, targetPort: {BACKEND_PORT}}}\n    endpoints:\n{endpoints}",
+        pins.pin_path().display()
+    )
+}
+
+/// The kube-proxy (iptables mode) way to spread a service over N endpoints: rule i of N jumps
+/// with probability 1/(N-i), the last one always, which gives each endpoint 1/N. Loaded in one
+/// iptables-restore, as kube-proxy does. (kube-proxy DNATs in a per-endpoint chain and adds
+/// masquerade marks; neither changes the per-packet work that matters here.)
+fn iptables_install(lab: &Lab) -> Result<()> {
+    let n = lab.backends.len();
+    let mut rules = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+         :POSTROUTING ACCEPT [0:0]\n:GS-SVC - [0:0]\n",
+    );
+    let _ = writeln!(
+        rules,
+        "-A PREROUTING -d {VIP}/32 -p tcp -m tcp --dport 80 -j GS-SVC"
+    );
+    for (i, b) in lab.backends.iter().enumerate() {
+        let statistic = if i + 1 < n {
+            format!(
+                "-m statistic --mode random --probability {:.10} ",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            rules,
+            "-A GS-SVC -p tcp {statistic}-j DNAT --to-destination {}:{BACKEND_PORT}",
+            b.ip
+        );
+    }
+    rules.push_str("COMMIT\n");
+    let file = std::env::temp_dir().join(format!("geosteer-bench-{}.rules", std::process::id()));
+    std::fs::write(&file, rules)?;
+    let loaded = lab
+        .node
+        .exec(&["iptables-restore", file.to_str().context("temp path")?]);
+    let _ = std::fs::remove_file(&file);
+    loaded?;
+    let listed = lab.node.exec(&["iptables", "-t", "nat", "-S", "GS-SVC"])?;
+    ensure!(
+        listed
+            .lines()
+            .filter(|l| l.starts_with("-A GS-SVC"))
+            .count()
+            == n,
+        "iptables: expected {n} rules in GS-SVC:\n{listed}"
+    );
+    Ok(())
+}
+
+/// Removes the rules. With no NAT rule left, netfilter conntrack stops tracking in the
+/// namespace, so the targets that run afterwards do not pay for it.
+fn iptables_remove(lab: &Lab) -> Result<()> {
+    lab.node.exec(&["iptables", "-t", "nat", "-F"])?;
+    lab.node.exec(&["iptables", "-t", "nat", "-X"])?;
+    Ok(())
+}
+
+/// A short lab-client run through the VIP before wrk, to show the path works and spreads: wrk
+/// cannot tell which backend answered.
+fn spread(lab: &Lab, target: Target, round: usize) -> Result<Spread> {
+    let requests = 20 * lab.backends.len() as u32;
+    let report = lab.client_http(&format!("{VIP}:80"), requests, 1)?;
+    eprintln!(
+        "{}: {} of {requests} ok, {} backends answered",
+        target.label(),
+        report.ok,
+        report.backends.len()
+    );
+    Ok(Spread {
+        target,
+        round,
+        ok: report.ok,
+        attempted: report.ok + report.errors,
+        answered: report.backends.len(),
+    })
+}
+
+/// A short warm-up, then keep-alive and new-connection runs.
+fn wrk_both(
+    lab: &Lab,
+    url: &str,
+    target: Target,
+    round: usize,
+    seconds: u32,
+    runs: &mut Vec<HttpRun>,
+) -> Result<()> {
+    wrk(lab, url, Mode::KeepAlive, 1)?;
+    for mode in [Mode::KeepAlive, Mode::Close] {
+        let result = wrk(lab, url, mode, seconds)?;
+        eprintln!(
+            "round {} {:24} {:26} {:>9.0} req/s  p50 {:>8.0} us  p99 {:>8.0} us  errors: {}",
+            round + 1,
+            target.label(),
+            mode.label(),
+            result.requests_per_sec,
+            result.p50_us,
+            result.p99_us,
+            result.errors()
+        );
+        runs.push(HttpRun {
+            round,
+            target,
+            mode,
+            wrk: result,
+        });
+    }
+    Ok(())
+}
+
+fn wrk(lab: &Lab, url: &str, mode: Mode, seconds: u32) -> Result<Wrk> {
+    let duration = format!("{seconds}s");
+    let mut args = vec![
+        "wrk",
+        "-t",
+        WRK_THREADS,
+        "-c",
+        WRK_CONNECTIONS,
+        "-d",
+        &duration,
+        "--timeout",
+        "2s",
+        "--latency",
+    ];
+    if mode == Mode::Close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = lab.client.exec(&args)?;
+    parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))
+}
+
+fn parse_wrk(out: &str) -> Result<Wrk> {
+    let mut wrk = Wrk {
+        requests_per_sec: f64::NAN,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        requests: 0,
+        non_2xx: 0,
+        socket_errors: [0; 4],
+    };
+    for line in out.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", n] => wrk.requests_per_sec = n.parse()?,
+            ["50%", t] => wrk.p50_us = micros(t)?,
+            ["99%", t] => wrk.p99_us = micros(t)?,
+            [n, "requests", "in", ..] => wrk.requests = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => wrk.non_2xx = n.parse()?,
+            ["Socket", "errors:", rest @ ..] => {
+                // "connect 0, read 0, write 0, timeout 0"
+                for (slot, name) in ["connect", "read", "write", "timeout"].iter().enumerate() {
+                    let at = rest
+                        .iter()
+                        .position(|w| w == name)
+                        .with_context(|| format!("no {name} count"))?;
+                    wrk.socket_errors[slot] = rest[at + 1].trim_end_matches(',').parse()?;
+                }
+            }
+            _ => {}
+        }
+    }
+    ensure!(
+        wrk.requests_per_sec.is_finite() && wrk.p50_us.is_finite() && wrk.p99_us.is_finite(),
+        "missing Requests/sec or latency percentiles"
+    );
+    Ok(wrk)
+}
+
+/// wrk's latency format ("812.00us", "1.23ms", "2.00s") in microseconds.
+fn micros(t: &str) -> Result<f64> {
+    for (suffix, scale) in [("us", 1.0), ("ms", 1e3), ("s", 1e6), ("m", 60e6)] {
+        if let Some(n) = t.strip_suffix(suffix) {
+            return Ok(n.parse::<f64>()? * scale);
+        }
+    }
+    bail!("unknown latency {t:?}")
+}
+
+// ---------------------------------------------------------------------------- report ---
+
+struct Machine {
+    cpus: String,
+    cpu_model: String,
+    kernel: String,
+    date: String,
+    wrk: String,
+    iptables: String,
+}
+
+impl Machine {
+    fn probe() -> Machine {
+        let cmd = |args: &[&str]| {
+            Command::new(args[0])
+                .args(&args[1..])
+                .output()
+                .map(|o| {
+                    let text = if o.stdout.is_empty() {
+                        o.stderr
+                    } else {
+                        o.stdout
+                    };
+                    String::from_utf8_lossy(&text)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let wrk = cmd(&["wrk", "-v"]);
+        Machine {
+            cpus: cmd(&["nproc"]),
+            cpu_model,
+            kernel: cmd(&["uname", "-r"]),
+            date: cmd(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]),
+            // "wrk debian/4.1.0-3+b2 [epoll] Copyright ..." → up to the copyright.
+            wrk: wrk.split(" Copyright").next().unwrap_or(&wrk).to_string(),
+            iptables: cmd(&["iptables", "--version"]),
+        }
+    }
+}
+
+fn render(
+    command: &str,
+    m: &Machine,
+    kernel: &KernelReport,
+    http: &[HttpBench],
+    seconds: u32,
+    elapsed: Duration,
+) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `{command}` (needs root) on {}, in {:.1} minutes.\n",
+        m.date,
+        elapsed.as_secs_f64() / 60.0
+    );
+    let _ = writeln!(
+        w,
+        "Machine: {} CPUs ({}), kernel {}. Tools: {}, {}.\n",
+        m.cpus, m.cpu_model, m.kernel, m.wrk, m.iptables
+    );
+    render_kernel(w, kernel);
+    render_http(w, http, seconds);
+    s
+}
+
+fn render_kernel(w: &mut String, k: &KernelReport) {
+    let reps = |method: &str| {
+        k.cases
+            .iter()
+            .find(|c| c.method == method)
+            .map_or(0, |c| c.reps)
+    };
+    let _ = writeln!(w, "## 1. Kernel programs: cost per packet\n");
+    let _ = writeln!(
+        w,
+        "The real, verifier-loaded programs run by the kernel on synthetic packets through \
+         `BPF_PROG_TEST_RUN`, timed by the kernel (`tests/benches/datapath.rs`; the process is \
+         pinned to one CPU). The service has 64 backends (selection is one Maglev table lookup, \
+         whatever the count). A test run executes a program `repeat` times on one packet \
+         buffer and reports the mean time per execution, so two methods are used, each beside \
+         its own floor: a no-op program (`r0 = verdict; exit`, loaded with a raw \
+         `bpf(BPF_PROG_LOAD)`) run through the same syscall path. \"Over floor\" is the \
+         program's own cost.\n"
+    );
+    let _ = writeln!(
+        w,
+        "**Batched**: one call with `repeat = {}`, median of {} calls. This is only valid when \
+         the program leaves the packet as it found it, which a DNAT does not: the \
+         established-flow and reply cases use a service port whose only backend is the VIP:port \
+         itself, so the rewrite goes through the same helpers and checksum updates but yields \
+         the same bytes. The bench checks that the packet came out unchanged and that the \
+         program counted every iteration, so each took the full path. Everything is in warm \
+         caches: a lower bound.\n",
+        k.batched_repeat,
+        reps("batched")
+    );
+    kernel_table(w, k, "batched");
+    let _ = writeln!(
+        w,
+        "**One call at a time**: `repeat = 1` with a fresh packet per call, {} calls per \
+         repetition, median over {} repetitions of the mean kernel-reported time. Each new flow \
+         has its own source port; the established and reply cases then replay those flows (the \
+         \"one flow\" case replays only the first). Conntrack is emptied between repetitions, so \
+         each starts from the same state and the map never evicts. The kernel's clock reads \
+         around a single execution are inside each sample, hence the higher floor. This is the \
+         only way to give every run a new flow, and the only way to measure XDP, which \
+         decrements the TTL when it forwards. The XDP program's FIB lookup succeeds (the bench \
+         runs in a private network namespace with a route and neighbour entries for the \
+         backends), so the XDP cases include the redirect.\n",
+        k.single_calls,
+        reps("single")
+    );
+    kernel_table(w, k, "single");
+
+    let over = |method: &str, prefix: &str| {
+        k.cases
+            .iter()
+            .find(|c| c.method == method && c.name.starts_with(prefix))
+            .map_or(f64::NAN, |c| c.median_ns - c.floor_ns)
+    };
+    let _ = writeln!(
+        w,
+        "Reading it: at TC ingress, an established flow costs {:.0} ns when one packet runs back \
+         to back, {:.0} ns one call at a time on one flow, and {:.0} ns one call at a time over \
+         {} distinct flows. That is the same work with less and less of it in warm caches (a \
+         syscall and a fresh skb between executions, then also a different conntrack entry each \
+         time); a node interleaving many flows is likely nearer the last figure. A new flow \
+         (Maglev selection, two conntrack inserts) costs {:.0} ns, a packet for no VIP {:.0} ns, \
+         and a reply (reverse NAT and status-line parse) {:.0} ns batched, {:.0} ns over distinct \
+         flows. XDP does the request work before an skb exists: {:.0} ns for a new flow and \
+         {:.0} ns for an established one, FIB lookup and redirect included. These are the \
+         programs alone; the rest of the stack's per-packet work is not in them (section 2 \
+         measures the whole path). `kernel.bpf_stats_enabled` was {} during the run (1 would \
+         add timing to every program run).\n",
+        over("batched", "TC ingress: established"),
+        over("single", "TC ingress: established, one flow"),
+        over("single", "TC ingress: established flow"),
+        k.single_calls,
+        over("single", "TC ingress: new flow"),
+        over("batched", "TC ingress: not for a VIP"),
+        over("batched", "TC egress"),
+        over("single", "TC egress"),
+        over("single", "XDP: new flow"),
+        over("single", "XDP: established"),
+        k.bpf_stats_enabled
+    );
+}
+
+fn kernel_table(w: &mut String, k: &KernelReport, method: &str) {
+    let _ = writeln!(
+        w,
+        "| Case | Program | ns/packet (median) | min – max | over no-op floor | Verdict |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---:|---|");
+    for c in k.cases.iter().filter(|c| c.method == method) {
+        let over = if c.program.starts_with("noop") {
+            "—".to_string()
+        } else {
+            format!("{:.0}", c.median_ns - c.floor_ns)
+        };
+        let _ = writeln!(
+            w,
+            "| {} | `{}` | {:.1} | {:.1} – {:.1} | {} | {} |",
+            c.name, c.program, c.median_ns, c.min_ns, c.max_ns, over, c.verdict
+        );
+    }
+    let _ = writeln!(w);
+}
+
+fn render_http(w: &mut String, http: &[HttpBench], seconds: u32) {
+    let _ = writeln!(
+        w,
+        "## 2. HTTP through the VIP: geosteer vs direct vs iptables DNAT\n"
+    );
+    let _ = writeln!(
+        w,
+        "Lab of network namespaces (`tests/src/lib.rs`): a client, a node that routes, and N \
+         backends running `lab-backend` (release build, one process per backend, a thread per \
+         connection) on :{BACKEND_PORT}, each on its own veth link, TX checksum offload on. \
+         From the client namespace, `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{seconds}s \
+         --latency`, after a 1 s warm-up, against:\n"
+    );
+    let _ = writeln!(
+        w,
+        "- **geosteer**: `http://{VIP}:80/`, the agent (release build, default map sizes) \
+         attached with TC to the client-facing interface, every backend at weight 1;\n\
+         - **direct**: `http://198.18.11.2:{BACKEND_PORT}/`, one backend, nothing in the path \
+         but routing: the per-packet floor of this topology. It is not load-balanced and \
+         exercises one backend process instead of N, so with a new connection per request, \
+         where that one process's accept loop and thread creation are the bottleneck, it is no \
+         floor; compare geosteer with iptables, which do the same work;\n\
+         - **iptables**: `http://{VIP}:80/` with the agent stopped and kube-proxy's method in \
+         the node namespace: `PREROUTING -d {VIP} -p tcp --dport 80 -j GS-SVC`, and in GS-SVC \
+         one `-m statistic --mode random --probability 1/(N-i) -j DNAT` rule per backend, the \
+         last without `statistic` (netfilter conntrack keeps the per-flow state). The rules \
+         are removed afterwards, which stops netfilter conntrack, so it does not run during the \
+         other targets' runs.\n"
+    );
+    let _ = writeln!(
+        w,
+        "Each target is run with keep-alive (many requests per connection: per-packet cost) \
+         and with `-H \"Connection: close\"` (one request per connection: per-flow cost, i.e. \
+         conntrack setup and backend selection, on top of the TCP handshake). There are two \
+         rounds, the second in the opposite order (iptables, direct, geosteer); each cell shows \
+         round 1 / round 2. The client may reuse TIME_WAIT ports and has the full port range. \
+         The machine has only 2 CPUs, shared by wrk, the backends and the kernel's forwarding, \
+         so absolute numbers are CPU-bound; the comparison between rows of one table is what \
+         matters. \"Errors\" is wrk's non-2xx responses plus socket errors (connect, read, \
+         write, timeout) over both rounds, reported as measured.\n"
+    );
+    for bench in http {
+        let _ = writeln!(w, "### {} backends\n", bench.backends);
+        let _ = writeln!(
+            w,
+            "| Target | Mode | Requests/s | p50 latency | p99 latency | Errors |"
+        );
+        let _ = writeln!(w, "|---|---|---:|---:|---:|---|");
+        for target in [Target::Geosteer, Target::Direct, Target::Iptables] {
+            for mode in [Mode::KeepAlive, Mode::Close] {
+                let mut runs: Vec<&HttpRun> = bench
+                    .runs
+                    .iter()
+                    .filter(|r| r.target == target && r.mode == mode)
+                    .collect();
+                runs.sort_by_key(|r| r.round);
+                let runs: Vec<&Wrk> = runs.iter().map(|r| &r.wrk).collect();
+                let cells = |f: &dyn Fn(&Wrk) -> String| {
+                    runs.iter().map(|r| f(r)).collect::<Vec<_>>().join(" / ")
+                };
+                let errors: Vec<String> = runs.iter().map(|r| r.errors()).collect();
+                let errors = if errors.iter().all(|e| e == "0") {
+                    "0".to_string()
+                } else {
+                    errors.join(" / ")
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    target.label(),
+                    mode.label(),
+                    cells(&|r| format!("{:.0}", r.requests_per_sec)),
+                    cells(&|r| latency(r.p50_us)),
+                    cells(&|r| latency(r.p99_us)),
+                    errors
+                );
+            }
+        }
+        let _ = writeln!(w);
+        let spreads: Vec<String> = bench
+            .spreads
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} round {}: {} of {} answered, by {} of {} backends",
+                    s.target.label(),
+                    s.round + 1,
+                    s.ok,
+                    s.attempted,
+                    s.answered,
+                    bench.backends
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            w,
+            "Before each VIP run, one request per connection with `lab-client` (wrk cannot tell \
+             which backend answered): {}.\n",
+            spreads.join("; ")
+        );
+        for mode in [Mode::KeepAlive, Mode::Close] {
+            // Mean over the rounds.
+            let rps = |target: Target| {
+                let v: Vec<f64> = bench
+                    .runs
+                    .iter()
+                    .filter(|r| r.target == target && r.mode == mode)
+                    .map(|r| r.wrk.requests_per_sec)
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            let (g, d, i) = (
+                rps(Target::Geosteer),
+                rps(Target::Direct),
+                rps(Target::Iptables),
+            );
+            let _ = writeln!(
+                w,
+                "- {}, mean of the rounds: geosteer {g:.0} req/s, iptables DNAT {i:.0} req/s \
+                 (geosteer/iptables = {:.2}), direct {d:.0} req/s (geosteer/direct = {:.2}).",
+                mode.label(),
+                g / i,
+                g / d
+            );
+        }
+        let _ = writeln!(w);
+    }
+}
+
+fn latency(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{micros, parse_wrk};
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 10s test @ http://198.19.0.10:80/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   655.87us    1.20ms  30.11ms   93.12%
+    Req/Sec    52.16k     3.01k   58.63k    71.50%
+  Latency Distribution
+     50%  458.00us
+     75%  612.00us
+     90%    0.92ms
+     99%    6.19ms
+  1038019 requests in 10.01s, 118.78MB read
+  Socket errors: connect 1, read 2, write 3, timeout 4
+  Non-2xx or 3xx responses: 12
+Requests/sec: 103700.55
+Transfer/sec:     11.87MB
+";
+        let wrk = parse_wrk(out).unwrap();
+        assert_eq!(wrk.requests_per_sec, 103700.55);
+        assert_eq!(wrk.p50_us, 458.0);
+        assert_eq!(wrk.p99_us, 6190.0);
+        assert_eq!(wrk.requests, 1038019);
+        assert_eq!(wrk.non_2xx, 12);
+        assert_eq!(wrk.socket_errors, [1, 2, 3, 4]);
+        assert_eq!(
+            wrk.errors(),
+            "12 non-2xx, 1 connect, 2 read, 3 write, 4 timeout"
+        );
+        assert_eq!(micros("2.00s").unwrap(), 2e6);
+    }
+}

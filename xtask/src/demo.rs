@@ -41,15 +41,20 @@ fn backends() -> Vec<BackendSpec> {
 
 pub fn run(seconds: u64) -> Result<()> {
     install::all()?;
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(workspace_root())
-            .args(["build", "-p", "geosteer", "-p", "geosteer-tests", "--bins"]),
-    )?;
+    run_cmd(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "geosteer",
+        "-p",
+        "geosteer-tests",
+        "--bins",
+    ]))?;
     // SAFETY: installing an async-signal-safe handler that only stores an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 
-    println!("\n== building the lab: client → node (geosteer) → cn-hangzhou {{hz-1, hz-2}}, cn-shanghai {{sh-1, sh-2}}");
+    println!(
+        "\n== building the lab: client → node (geosteer) → cn-hangzhou {{hz-1, hz-2}}, cn-shanghai {{sh-1, sh-2}}"
+    );
     let mut lab = Lab::build(&LabSpec {
         prefix: "gsdemo".into(),
         backends: backends(),
@@ -61,7 +66,9 @@ pub fn run(seconds: u64) -> Result<()> {
     println!("== starting `geosteer agent` (built-in config) in the node namespace");
     let agent = Agent::start_args(&lab.node, &["agent"])?;
 
-    println!("\n== a new connection to {VIP} every 10 ms for {seconds} s; live split per second (Ctrl-C stops)\n");
+    println!(
+        "\n== a new connection to {VIP} every 10 ms for {seconds} s; live split per second (Ctrl-C stops)\n"
+    );
     let result = watch(&lab, seconds);
     println!("\n== tearing down (agent, backends, namespaces, pins)");
     drop(agent);

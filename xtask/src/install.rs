@@ -42,15 +42,31 @@ fn rust_toolchain() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("xtask: installing the nightly toolchain (kernel programs need -Z build-std)");
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     let installed = output(Command::new("rustup").args([
-        "component", "list", "--toolchain", "nightly", "--installed",
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
     ]))
     .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -60,7 +76,10 @@ fn bpf_linker() -> Result<()> {
     if version.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})", version.trim());
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})",
+        version.trim()
+    );
     run_cmd(Command::new("cargo").args([
         "install",
         &format!("bpf-linker@{BPF_LINKER_VERSION}"),
@@ -87,14 +106,19 @@ fn apt_packages() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     // The haproxy package starts a system service; the benchmarks run their own instance.
-    let _ = Command::new("systemctl").args(["disable", "--now", "haproxy"]).output();
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "haproxy"])
+        .output();
     Ok(())
 }
 
 /// bpffs at /sys/fs/bpf (pins, and the agent's default pin path's parent).
 pub fn bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         return Ok(());
     }
     let status = Command::new("mount")

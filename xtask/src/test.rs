@@ -25,17 +25,28 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     install::all()?;
     let root = workspace_root();
     // The agent binary and the lab binaries are spawned by the namespace tests.
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "-p", "geosteer", "-p", "geosteer-tests", "--bins"]),
-    )?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "geosteer",
+        "-p",
+        "geosteer-tests",
+        "--bins",
+    ]))?;
 
     let mut tally = Tally::default();
     let mut failures = Vec::new();
     let tiers: [(&str, &[&str], &[&str]); 2] = [
-        ("pure", &["-p", "geosteer-common", "-p", "geosteer", "-p", "xtask"], &[]),
-        ("privileged", &["-p", "geosteer-tests"], &["--test-threads=1"]),
+        (
+            "pure",
+            &["-p", "geosteer-common", "-p", "geosteer", "-p", "xtask"],
+            &[],
+        ),
+        (
+            "privileged",
+            &["-p", "geosteer-tests"],
+            &["--test-threads=1"],
+        ),
     ];
     for (tier, packages, harness_args) in tiers {
         eprintln!("\n=== {tier} tests ===");
@@ -98,7 +109,8 @@ mod tests {
 
     #[test]
     fn counts_cargo_result_lines() {
-        let line = "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        let line =
+            "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.01s";
         assert_eq!(count(line, "passed"), 12);
         assert_eq!(count(line, "failed"), 1);
         assert_eq!(count(line, "ignored"), 3);

@@ -1,0 +1,976 @@
+//! Which policy applies to a service, and the warnings about a valid config.
+//!
+//! Precedence, per field group: the service's own `trafficPolicy`, else the DestinationRule that
+//! selects the service, else `defaults.trafficPolicy`. `outlierDetection` and
+//! `loadBalancer.localityLbSetting` are resolved independently: the first source that sets the
+//! group wins it whole, with no merging inside a group (Istio's rule for localityLbSetting).
+//! So a DestinationRule that sets only `outlierDetection` (the ASM tutorial) combines with the
+//! mesh-wide failover set in `defaults`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    Config, FieldError,
+    istio::{bound_rule, ignored_spec_field_message},
+    policy::{
+        HealthCheck, LocalityLbSetting, OutlierDetection, TrafficPolicy, ignored_field_message,
+        service_clusters,
+    },
+};
+
+/// The policy that applies to one service, with every source resolved.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EffectivePolicy {
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `None`: no source sets one, which in Istio means the mesh default: enabled, no rules
+    /// (locality-prioritised failover when outlier detection is on). A setting with
+    /// `enabled: false` is kept as is.
+    pub locality_lb: Option<LocalityLbSetting>,
+    pub cluster_weights: Option<BTreeMap<String, u32>>,
+    /// With `port` filled in: the service's first `targetPort` when the file leaves it out.
+    pub health_check: Option<HealthCheck>,
+    /// Where each group came from, for people, e.g.
+    /// "outlierDetection from DestinationRule default/reviews (asm.yaml)".
+    pub sources: Vec<String>,
+}
+
+/// Where a trafficPolicy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `services[s].trafficPolicy`
+    Service(usize),
+    /// `loaded_destination_rules[r]`
+    Rule(usize),
+    Defaults,
+}
+
+impl Source {
+    /// The field path of the trafficPolicy, as errors and warnings name it.
+    fn path(self, config: &Config) -> String {
+        match self {
+            Source::Service(s) => format!("services[{s}].trafficPolicy"),
+            Source::Rule(r) => format!(
+                "{}: spec.trafficPolicy",
+                config.loaded_destination_rules[r].path()
+            ),
+            Source::Defaults => "defaults.trafficPolicy".to_string(),
+        }
+    }
+
+    fn describe(self, config: &Config) -> String {
+        match self {
+            Source::Rule(r) => config.loaded_destination_rules[r].describe(),
+            _ => self.path(config),
+        }
+    }
+
+    fn policy(self, config: &Config) -> Option<&TrafficPolicy> {
+        match self {
+            Source::Service(s) => config.services[s].traffic_policy.as_ref(),
+            Source::Rule(r) => config.loaded_destination_rules[r].traffic_policy.as_ref(),
+            Source::Defaults => config.defaults.traffic_policy.as_ref(),
+        }
+    }
+}
+
+/// The winning source of each field group of one service.
+struct Resolved<'a> {
+    outlier_detection: Option<(&'a OutlierDetection, Source)>,
+    locality_lb: Option<(&'a LocalityLbSetting, Source)>,
+}
+
+fn resolve(config: &Config, s: usize) -> Resolved<'_> {
+    let sources: Vec<(&TrafficPolicy, Source)> = [
+        Some(Source::Service(s)),
+        bound_rule(config, s).map(Source::Rule),
+        Some(Source::Defaults),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|source| Some((source.policy(config)?, source)))
+    .collect();
+    Resolved {
+        outlier_detection: sources
+            .iter()
+            .find_map(|&(policy, source)| Some((policy.outlier_detection.as_ref()?, source))),
+        locality_lb: sources
+            .iter()
+            .find_map(|&(policy, source)| Some((policy.locality_lb_setting()?, source))),
+    }
+}
+
+/// The policy that applies to `config.services[service_index]`; see the module docs for the
+/// precedence. Panics if there is no such service.
+pub fn effective_traffic_policy(config: &Config, service_index: usize) -> EffectivePolicy {
+    let service = &config.services[service_index];
+    let resolved = resolve(config, service_index);
+    let mut sources = Vec::new();
+    if let Some((_, source)) = resolved.outlier_detection {
+        sources.push(format!("outlierDetection from {}", source.describe(config)));
+    }
+    if let Some((_, source)) = resolved.locality_lb {
+        sources.push(format!(
+            "localityLbSetting from {}",
+            source.describe(config)
+        ));
+    }
+    let at = format!("services[{service_index}]");
+    if service.cluster_weights.is_some() {
+        sources.push(format!("clusterWeights from {at}.clusterWeights"));
+    }
+    let health_check = service.health_check.clone().map(|mut check| {
+        check.port = check
+            .port
+            .or_else(|| service.ports.first().map(|port| port.target_port));
+        sources.push(format!("healthCheck from {at}.healthCheck"));
+        check
+    });
+    EffectivePolicy {
+        outlier_detection: resolved.outlier_detection.map(|(o, _)| o.clone()),
+        locality_lb: resolved.locality_lb.map(|(l, _)| l.clone()),
+        cluster_weights: service.cluster_weights.clone(),
+        health_check,
+        sources,
+    }
+}
+
+/// Checks that need the resolved policy of `config.services[s]`.
+pub(super) fn validate_effective(config: &Config, s: usize, errors: &mut Vec<FieldError>) {
+    let service = &config.services[s];
+    let resolved = resolve(config, s);
+    // Both set each locality's (or cluster's) share of the load; there is no rule for which
+    // one wins, so the config must choose.
+    if service.cluster_weights.is_some()
+        && let Some((locality, source)) = resolved.locality_lb
+        && locality.is_enabled()
+        && !locality.distribute.is_empty()
+    {
+        errors.push(FieldError::new(
+            format!("services[{s}].clusterWeights"),
+            format!(
+                "cannot be combined with localityLbSetting.distribute (set by {}): both \
+                 split the load by weight; keep one",
+                source.describe(config)
+            ),
+        ));
+    }
+}
+
+/// The regions failover rules may name: the node's and every endpoint's.
+pub(super) fn known_regions(config: &Config) -> BTreeSet<&str> {
+    let endpoints = config.services.iter().flat_map(|s| &s.endpoints);
+    std::iter::once(config.node.region.as_str())
+        .chain(endpoints.map(|e| e.region.as_str()))
+        .filter(|region| !region.is_empty())
+        .collect()
+}
+
+/// Things in a valid config that probably do not do what the author meant.
+pub fn warnings(config: &Config) -> Vec<FieldError> {
+    let mut warnings = Vec::new();
+
+    // Fields accepted but not acted on: once per place they are written.
+    let mut sources = vec![Source::Defaults];
+    sources.extend((0..config.services.len()).map(Source::Service));
+    sources.extend((0..config.loaded_destination_rules.len()).map(Source::Rule));
+    for source in sources {
+        if let Some(policy) = source.policy(config) {
+            let at = source.path(config);
+            for field in &policy.ignored {
+                warnings.push(FieldError::new(
+                    format!("{at}.{field}"),
+                    ignored_field_message(field),
+                ));
+            }
+        }
+    }
+    for rule in &config.loaded_destination_rules {
+        let at = rule.path();
+        for field in &rule.ignored {
+            warnings.push(FieldError::new(
+                format!("{at}: spec.{field}"),
+                ignored_spec_field_message(field),
+            ));
+        }
+        if !rule.host.is_empty() && !config.services.iter().any(|s| rule.selects(s)) {
+            let why = if rule.host.contains('*') {
+                "wildcard hosts select no service here"
+            } else {
+                "selects no service in this config"
+            };
+            warnings.push(FieldError::new(
+                format!("{at}: spec.host"),
+                format!("{:?} {why}; the rule is not used", rule.host),
+            ));
+        }
+    }
+
+    for s in 0..config.services.len() {
+        service_warnings(config, s, &mut warnings);
+    }
+    warnings
+}
+
+fn service_warnings(config: &Config, s: usize, warnings: &mut Vec<FieldError>) {
+    let service = &config.services[s];
+    let resolved = resolve(config, s);
+    // Named in the message when the policy is written elsewhere (defaults, a DestinationRule).
+    let of_service = |source: Source| match source {
+        Source::Service(_) => String::new(),
+        _ => format!(" of services[{s}] ({}/{})", service.namespace, service.name),
+    };
+
+    if let Some((outlier, source)) = resolved.outlier_detection {
+        let endpoints = service.endpoints.len() as u32;
+        let detects = outlier.consecutive_5xx_errors > 0 || outlier.consecutive_gateway_errors > 0;
+        // Envoy ejects only if (ejected + 1) / total ≤ max%, so one ejection needs
+        // max% × n ≥ 100 (istio/istio#34605).
+        let max = outlier.max_ejection_percent;
+        if detects && endpoints > 0 && u64::from(max) * u64::from(endpoints) < 100 {
+            let needs = 100u32.div_ceil(endpoints);
+            warnings.push(FieldError::new(
+                format!(
+                    "{}.outlierDetection.maxEjectionPercent",
+                    source.path(config)
+                ),
+                format!(
+                    "{max} with {endpoints} endpoints{} never ejects any: needs ≥ {needs}",
+                    of_service(source)
+                ),
+            ));
+        }
+    }
+
+    if let Some((locality, source)) = resolved.locality_lb
+        && locality.is_enabled()
+        && resolved.outlier_detection.is_none()
+    {
+        let at = format!("{}.loadBalancer.localityLbSetting", source.path(config));
+        for (field, set) in [
+            ("failover", !locality.failover.is_empty()),
+            ("failoverPriority", !locality.failover_priority.is_empty()),
+        ] {
+            if set {
+                let message = match source {
+                    Source::Service(_) => {
+                        "has no effect without outlierDetection (Istio)".to_string()
+                    }
+                    _ => format!(
+                        "has no effect without outlierDetection (Istio); services[{s}] \
+                         ({}/{}) has none",
+                        service.namespace, service.name
+                    ),
+                };
+                warnings.push(FieldError::new(format!("{at}.{field}"), message));
+            }
+        }
+    }
+
+    // Like `distribute`, clusterWeights sends nothing to what it does not list.
+    if let Some(weights) = &service.cluster_weights {
+        for cluster in service_clusters(service) {
+            if !weights.contains_key(cluster) {
+                warnings.push(FieldError::new(
+                    format!("services[{s}].clusterWeights"),
+                    format!("cluster {cluster:?} has endpoints but no weight; it gets no traffic"),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::config::{ConfigError, HealthCheckKind, load, load_with_warnings, parse_with};
+
+    /// A config with one service, `reviews`, and four endpoints: two in cn-hangzhou
+    /// (ack-hangzhou), two in cn-shanghai (ack-shanghai). `top` is inserted at the top level,
+    /// `service` (indented by 4) at the end of the service, and `rules` is the content of the
+    /// one `destinationRules` file, dr.yaml.
+    fn parse_case(top: &str, service: &str, rules: &str) -> Result<Config, ConfigError> {
+        let yaml = format!(
+            "node: {{name: node-1, region: cn-hangzhou}}\n\
+             destinationRules: [dr.yaml]\n\
+             {top}\
+             services:\n\
+             \x20 - name: reviews\n\
+             \x20   vip: 10.96.0.10\n\
+             \x20   ports: [{{port: 80, targetPort: 9080}}]\n\
+             \x20   endpoints:\n\
+             \x20     - {{ip: 10.1.0.11, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+             \x20     - {{ip: 10.1.0.12, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+             \x20     - {{ip: 10.2.0.11, region: cn-shanghai, cluster: ack-shanghai}}\n\
+             \x20     - {{ip: 10.2.0.12, region: cn-shanghai, cluster: ack-shanghai}}\n\
+             {service}"
+        );
+        parse_with(&yaml, &|file| {
+            assert_eq!(file, "dr.yaml");
+            Ok(rules.to_string())
+        })
+    }
+
+    /// A DestinationRule document for `host` with `spec` fields (a YAML flow map body).
+    fn rule(name: &str, host: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{name: {name}}}\nspec: {{host: {host}, {spec}}}\n---\n"
+        )
+    }
+
+    fn valid(top: &str, service: &str, rules: &str) -> Config {
+        parse_case(top, service, rules).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn errors(top: &str, service: &str, rules: &str) -> Vec<(String, String)> {
+        match parse_case(top, service, rules) {
+            Err(ConfigError::Invalid(errors)) => {
+                errors.into_iter().map(|e| (e.path, e.message)).collect()
+            }
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_is_service_then_destination_rule_then_defaults_per_group() {
+        const OD_SERVICE: &str = "outlierDetection: {interval: 1s}";
+        const OD_RULE: &str = "outlierDetection: {interval: 2s}";
+        const OD_DEFAULTS: &str = "outlierDetection: {interval: 3s}";
+        const LB: &str = "loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, \
+                          to: cn-shanghai}]}}";
+        let by_service = "outlierDetection from services[0].trafficPolicy";
+        let by_rule = "outlierDetection from DestinationRule default/reviews (dr.yaml)";
+        let by_defaults = "outlierDetection from defaults.trafficPolicy";
+        let lb_by_service = "localityLbSetting from services[0].trafficPolicy";
+        let lb_by_rule = "localityLbSetting from DestinationRule default/reviews (dr.yaml)";
+        let lb_by_defaults = "localityLbSetting from defaults.trafficPolicy";
+
+        // (case, defaults policy, rule policy, service policy, expected interval in seconds,
+        // expected sources)
+        let cases: &[(&str, &str, &str, &str, Option<u64>, &[&str])] = &[
+            (
+                "the service wins both",
+                &format!("{OD_DEFAULTS}, {LB}"),
+                &format!("{OD_RULE}, {LB}"),
+                &format!("{OD_SERVICE}, {LB}"),
+                Some(1),
+                &[by_service, lb_by_service],
+            ),
+            (
+                "groups resolve independently",
+                &format!("{OD_DEFAULTS}, {LB}"),
+                LB,
+                OD_SERVICE,
+                Some(1),
+                &[by_service, lb_by_rule],
+            ),
+            (
+                "the ASM tutorial: rule for outliers, console for failover",
+                LB,
+                OD_RULE,
+                "",
+                Some(2),
+                &[by_rule, lb_by_defaults],
+            ),
+            (
+                "defaults fill in",
+                &format!("{OD_DEFAULTS}, {LB}"),
+                "",
+                "",
+                Some(3),
+                &[by_defaults, lb_by_defaults],
+            ),
+            (
+                "a loadBalancer without localityLbSetting does not set it",
+                LB,
+                "",
+                "loadBalancer: {simple: ROUND_ROBIN}",
+                None,
+                &[lb_by_defaults],
+            ),
+            ("nothing anywhere", "", "", "", None, &[]),
+        ];
+        for (case, defaults, rule_policy, service_policy, interval, sources) in cases {
+            let config = valid(
+                &format!("defaults: {{trafficPolicy: {{{defaults}}}}}\n"),
+                &format!("    trafficPolicy: {{{service_policy}}}\n"),
+                &rule(
+                    "reviews",
+                    "reviews",
+                    &format!("trafficPolicy: {{{rule_policy}}}"),
+                ),
+            );
+            let effective = effective_traffic_policy(&config, 0);
+            assert_eq!(effective.sources, *sources, "{case}");
+            assert_eq!(
+                effective.outlier_detection.map(|o| o.interval),
+                interval.map(Duration::from_secs),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rule_for_another_service_does_not_apply() {
+        let config = valid(
+            "defaults: {trafficPolicy: {outlierDetection: {interval: 3s}}}\n",
+            "",
+            &rule(
+                "ratings",
+                "ratings",
+                "trafficPolicy: {outlierDetection: {interval: 2s}}",
+            ),
+        );
+        assert_eq!(bound_rule(&config, 0), None);
+        let effective = effective_traffic_policy(&config, 0);
+        assert_eq!(
+            effective.sources,
+            ["outlierDetection from defaults.trafficPolicy"]
+        );
+    }
+
+    #[test]
+    fn a_disabled_setting_still_wins() {
+        let config = valid(
+            "defaults: {trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: \
+             cn-hangzhou, to: cn-shanghai}]}}}}\n",
+            "    trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: false}}}\n",
+            "",
+        );
+        let locality = effective_traffic_policy(&config, 0).locality_lb.unwrap();
+        assert!(!locality.is_enabled());
+        assert!(locality.failover.is_empty());
+    }
+
+    #[test]
+    fn health_check_and_cluster_weights_come_from_the_service() {
+        let config = valid(
+            "",
+            "    clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}\n    healthCheck: {}\n",
+            "",
+        );
+        let effective = effective_traffic_policy(&config, 0);
+        let check = effective.health_check.unwrap();
+        assert_eq!(
+            (check.kind, check.path.as_str(), check.port),
+            (HealthCheckKind::Http, "/", Some(9080))
+        );
+        assert_eq!(
+            effective.cluster_weights,
+            Some(BTreeMap::from([
+                ("ack-hangzhou".to_string(), 20),
+                ("ack-shanghai".to_string(), 80)
+            ]))
+        );
+        assert_eq!(
+            effective.sources,
+            [
+                "clusterWeights from services[0].clusterWeights",
+                "healthCheck from services[0].healthCheck"
+            ]
+        );
+
+        let explicit = valid("", "    healthCheck: {type: tcp, port: 15021}\n", "");
+        let check = effective_traffic_policy(&explicit, 0).health_check.unwrap();
+        assert_eq!(
+            (check.kind, check.port),
+            (HealthCheckKind::Tcp, Some(15021))
+        );
+    }
+
+    #[test]
+    fn rejects_conflicts_and_bad_values_across_sources() {
+        let distribute = "loadBalancer: {localityLbSetting: {distribute: [{from: \"*\", to: \
+                          {cn-hangzhou: 100}}]}}";
+        let weights = "    clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}\n";
+        // (case, top-level yaml, service yaml, dr.yaml, expected errors)
+        let cases: Vec<(&str, String, String, String, Vec<(&str, &str)>)> = vec![
+            (
+                "clusterWeights with the service's distribute",
+                String::new(),
+                format!("{weights}    trafficPolicy: {{{distribute}}}\n"),
+                String::new(),
+                vec![(
+                    "services[0].clusterWeights",
+                    "cannot be combined with localityLbSetting.distribute (set by \
+                     services[0].trafficPolicy): both split the load by weight; keep one",
+                )],
+            ),
+            (
+                "clusterWeights with a rule's distribute",
+                String::new(),
+                weights.to_string(),
+                rule(
+                    "reviews",
+                    "reviews",
+                    &format!("trafficPolicy: {{{distribute}}}"),
+                ),
+                vec![(
+                    "services[0].clusterWeights",
+                    "cannot be combined with localityLbSetting.distribute (set by \
+                     DestinationRule default/reviews (dr.yaml)): both split the load by \
+                     weight; keep one",
+                )],
+            ),
+            (
+                "clusterWeights with the defaults' distribute",
+                format!("defaults: {{trafficPolicy: {{{distribute}}}}}\n"),
+                weights.to_string(),
+                String::new(),
+                vec![(
+                    "services[0].clusterWeights",
+                    "cannot be combined with localityLbSetting.distribute (set by \
+                     defaults.trafficPolicy): both split the load by weight; keep one",
+                )],
+            ),
+            (
+                "unknown cluster and weight above 100",
+                String::new(),
+                "    clusterWeights: {ack-hangzhou: 120, ack-beijing: 10}\n".to_string(),
+                String::new(),
+                vec![
+                    (
+                        "services[0].clusterWeights.ack-beijing",
+                        "no endpoint of default/reviews is in cluster \"ack-beijing\" (known \
+                         clusters: ack-hangzhou, ack-shanghai)",
+                    ),
+                    (
+                        "services[0].clusterWeights.ack-hangzhou",
+                        "120 is above the maximum 100",
+                    ),
+                ],
+            ),
+            (
+                "all cluster weights 0",
+                String::new(),
+                "    clusterWeights: {ack-hangzhou: 0, ack-shanghai: 0}\n".to_string(),
+                String::new(),
+                vec![(
+                    "services[0].clusterWeights",
+                    "at least one cluster needs a weight above 0",
+                )],
+            ),
+            (
+                "service policy",
+                String::new(),
+                "    trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: \
+                 cn-hangzhou, to: cn-beijing}]}}}\n"
+                    .to_string(),
+                String::new(),
+                vec![(
+                    "services[0].trafficPolicy.loadBalancer.localityLbSetting.failover[0].to",
+                    "\"cn-beijing\" is not a known region (the node's or an endpoint's: \
+                     cn-hangzhou, cn-shanghai)",
+                )],
+            ),
+            (
+                "defaults policy",
+                "defaults: {trafficPolicy: {outlierDetection: {minHealthPercent: 120}}}\n"
+                    .to_string(),
+                String::new(),
+                String::new(),
+                vec![(
+                    "defaults.trafficPolicy.outlierDetection.minHealthPercent",
+                    "120 is above 100",
+                )],
+            ),
+            (
+                "health check",
+                String::new(),
+                "    healthCheck: {path: healthz, interval: 1s, timeout: 2s}\n".to_string(),
+                String::new(),
+                vec![
+                    (
+                        "services[0].healthCheck.path",
+                        "\"healthz\" does not start with '/'",
+                    ),
+                    (
+                        "services[0].healthCheck.timeout",
+                        "2s is longer than the interval 1s",
+                    ),
+                ],
+            ),
+            (
+                "rule policy",
+                String::new(),
+                String::new(),
+                rule(
+                    "reviews",
+                    "reviews",
+                    "trafficPolicy: {outlierDetection: {maxEjectionPercent: 150}}",
+                ),
+                vec![(
+                    "dr.yaml: DestinationRule default/reviews: \
+                     spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+                    "150 is above 100",
+                )],
+            ),
+            (
+                "two rules select the service",
+                String::new(),
+                String::new(),
+                rule("reviews", "reviews", "")
+                    + &rule("reviews-fqdn", "reviews.default.svc.cluster.local", ""),
+                vec![(
+                    "dr.yaml: DestinationRule default/reviews-fqdn: spec.host",
+                    "\"reviews.default.svc.cluster.local\" selects services[0] \
+                     (default/reviews), which DestinationRule default/reviews (dr.yaml) \
+                     already selects; a service takes one DestinationRule",
+                )],
+            ),
+            (
+                "rule defined twice",
+                String::new(),
+                String::new(),
+                rule("ratings", "ratings", "") + &rule("ratings", "details", ""),
+                vec![(
+                    "dr.yaml: DestinationRule default/ratings: metadata.name",
+                    "default/ratings is already defined in dr.yaml (document 1)",
+                )],
+            ),
+            (
+                "rule without name and host",
+                String::new(),
+                String::new(),
+                "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n".to_string(),
+                vec![
+                    (
+                        "dr.yaml: DestinationRule in document 1: metadata.name",
+                        "must not be empty",
+                    ),
+                    (
+                        "dr.yaml: DestinationRule in document 1: spec.host",
+                        "must not be empty",
+                    ),
+                ],
+            ),
+        ];
+        for (case, top, service, rules, expected) in cases {
+            let actual = errors(&top, &service, &rules);
+            let actual: Vec<(&str, &str)> = actual
+                .iter()
+                .map(|(path, message)| (path.as_str(), message.as_str()))
+                .collect();
+            assert_eq!(actual, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn accepts_cluster_weights_without_distribute() {
+        // The defaults' distribute does not reach a service whose own setting wins.
+        let config = valid(
+            "defaults: {trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: \
+             \"*\", to: {cn-hangzhou: 100}}]}}}}\n",
+            "    clusterWeights: {ack-hangzhou: 100, ack-shanghai: 0}\n    trafficPolicy: \
+             {loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: \
+             cn-shanghai}]}}, outlierDetection: {maxEjectionPercent: 25}}\n",
+            "",
+        );
+        assert_eq!(warnings(&config), []);
+    }
+
+    #[test]
+    fn parse_errors_in_new_fields_name_the_path() {
+        // (case, service yaml, expected message start, text it must also contain)
+        let cases = [
+            (
+                "negative percentage",
+                "    trafficPolicy: {outlierDetection: {maxEjectionPercent: -5}}\n",
+                "services[0].trafficPolicy.outlierDetection.maxEjectionPercent: ",
+                "-5",
+            ),
+            (
+                "bad interval",
+                "    trafficPolicy: {outlierDetection: {interval: 10 seconds}}\n",
+                "services[0].trafficPolicy.outlierDetection.interval: ",
+                "invalid value \"10 seconds\"",
+            ),
+            (
+                "bad health check type",
+                "    healthCheck: {type: udp}\n",
+                "services[0].healthCheck.type: ",
+                "invalid value \"udp\": expected http or tcp",
+            ),
+            (
+                "unknown health check field",
+                "    healthCheck: {intervall: 1s}\n",
+                "services[0].healthCheck.intervall: ",
+                "unknown field `intervall`",
+            ),
+            (
+                "negative cluster weight",
+                "    clusterWeights: {ack-hangzhou: -1}\n",
+                "services[0].clusterWeights.ack-hangzhou: ",
+                "-1",
+            ),
+            (
+                "unknown failover field",
+                "    trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{form: a}]}}}\n",
+                "services[0].trafficPolicy.loadBalancer.localityLbSetting.failover[0].form: ",
+                "unknown field `form`",
+            ),
+        ];
+        for (case, service, start, contained) in cases {
+            let message = match parse_case("", service, "") {
+                Err(ConfigError::Parse { message }) => message,
+                other => panic!("{case}: expected a parse error, got {other:?}"),
+            };
+            assert!(message.starts_with(start), "{case}: {message:?}");
+            assert!(message.contains(contained), "{case}: {message:?}");
+            assert!(message.contains(" line "), "{case}: {message:?}");
+        }
+    }
+
+    #[test]
+    fn warns_about_what_is_valid_but_not_meant() {
+        let failover = "loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: \
+                        cn-shanghai}]}}";
+        // (case, top-level yaml, service yaml, dr.yaml, expected warnings)
+        let cases: Vec<(&str, String, String, String, Vec<(&str, &str)>)> = vec![
+            (
+                "default maxEjectionPercent with 4 endpoints",
+                String::new(),
+                "    trafficPolicy: {outlierDetection: {}}\n".to_string(),
+                String::new(),
+                vec![(
+                    "services[0].trafficPolicy.outlierDetection.maxEjectionPercent",
+                    "10 with 4 endpoints never ejects any: needs ≥ 25",
+                )],
+            ),
+            (
+                "maxEjectionPercent from the defaults",
+                "defaults: {trafficPolicy: {outlierDetection: {maxEjectionPercent: 24}}}\n"
+                    .to_string(),
+                String::new(),
+                String::new(),
+                vec![(
+                    "defaults.trafficPolicy.outlierDetection.maxEjectionPercent",
+                    "24 with 4 endpoints of services[0] (default/reviews) never ejects any: \
+                     needs ≥ 25",
+                )],
+            ),
+            (
+                "enough to eject one, or detection off",
+                "defaults: {trafficPolicy: {outlierDetection: {maxEjectionPercent: 10, \
+                 consecutive5xxErrors: 0}}}\n"
+                    .to_string(),
+                "    trafficPolicy: {outlierDetection: {maxEjectionPercent: 25}}\n".to_string(),
+                String::new(),
+                vec![],
+            ),
+            (
+                "failover without outlier detection",
+                String::new(),
+                format!("    trafficPolicy: {{{failover}}}\n"),
+                String::new(),
+                vec![(
+                    "services[0].trafficPolicy.loadBalancer.localityLbSetting.failover",
+                    "has no effect without outlierDetection (Istio)",
+                )],
+            ),
+            (
+                "mesh-wide failoverPriority without outlier detection",
+                "defaults: {trafficPolicy: {loadBalancer: {localityLbSetting: \
+                 {failoverPriority: [topology.kubernetes.io/region]}}}}\n"
+                    .to_string(),
+                String::new(),
+                String::new(),
+                vec![(
+                    "defaults.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
+                    "has no effect without outlierDetection (Istio); services[0] \
+                     (default/reviews) has none",
+                )],
+            ),
+            (
+                "disabled failover",
+                String::new(),
+                "    trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: false, \
+                 failover: [{from: cn-hangzhou, to: cn-shanghai}]}}}\n"
+                    .to_string(),
+                String::new(),
+                vec![],
+            ),
+            (
+                "ignored fields, once per place",
+                "defaults: {trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}\n".to_string(),
+                "    trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}, \
+                 loadBalancer: {simple: LEAST_REQUEST}, outlierDetection: \
+                 {maxEjectionPercent: 50, splitExternalLocalOriginErrors: true}, \
+                 outlierDetecton: {}}\n"
+                    .to_string(),
+                rule(
+                    "reviews",
+                    "reviews",
+                    "workloadSelector: {matchLabels: {app: productpage}}, trafficPolicy: \
+                     {portLevelSettings: []}, subsets: [{name: v1, trafficPolicy: {}}]",
+                ),
+                vec![
+                    (
+                        "defaults.trafficPolicy.tls",
+                        "accepted but not acted on (geosteer steers at L4)",
+                    ),
+                    (
+                        "services[0].trafficPolicy.connectionPool",
+                        "accepted but not acted on (geosteer steers at L4)",
+                    ),
+                    (
+                        "services[0].trafficPolicy.loadBalancer.simple",
+                        "accepted but not acted on (geosteer picks endpoints by weighted \
+                         consistent hashing)",
+                    ),
+                    (
+                        "services[0].trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
+                        "accepted but not acted on (geosteer counts connect failures as 5xx, \
+                         Istio's rule for TCP)",
+                    ),
+                    (
+                        "services[0].trafficPolicy.outlierDetecton",
+                        "not an Istio trafficPolicy field; ignored",
+                    ),
+                    (
+                        "dr.yaml: DestinationRule default/reviews: \
+                         spec.trafficPolicy.portLevelSettings",
+                        "accepted but not acted on (geosteer applies one policy to every port)",
+                    ),
+                    (
+                        "dr.yaml: DestinationRule default/reviews: spec.workloadSelector",
+                        "accepted but not acted on (geosteer applies the rule to every client \
+                         on the node)",
+                    ),
+                    (
+                        "dr.yaml: DestinationRule default/reviews: spec.subsets[0].trafficPolicy",
+                        "accepted but not acted on (geosteer has no subsets)",
+                    ),
+                ],
+            ),
+            (
+                "unused rules",
+                String::new(),
+                String::new(),
+                rule("ratings", "ratings", "")
+                    + &rule("all", "\"*.default.svc.cluster.local\"", ""),
+                vec![
+                    (
+                        "dr.yaml: DestinationRule default/ratings: spec.host",
+                        "\"ratings\" selects no service in this config; the rule is not used",
+                    ),
+                    (
+                        "dr.yaml: DestinationRule default/all: spec.host",
+                        "\"*.default.svc.cluster.local\" wildcard hosts select no service \
+                         here; the rule is not used",
+                    ),
+                ],
+            ),
+            (
+                "a cluster without weight",
+                String::new(),
+                "    clusterWeights: {ack-hangzhou: 100}\n".to_string(),
+                String::new(),
+                vec![(
+                    "services[0].clusterWeights",
+                    "cluster \"ack-shanghai\" has endpoints but no weight; it gets no traffic",
+                )],
+            ),
+        ];
+        for (case, top, service, rules, expected) in cases {
+            let config = valid(&top, &service, &rules);
+            let actual = warnings(&config);
+            let actual: Vec<(&str, &str)> = actual
+                .iter()
+                .map(|w| (w.path.as_str(), w.message.as_str()))
+                .collect();
+            assert_eq!(actual, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_asm_tutorial_loads_verbatim() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/asm-config.yaml");
+        let (config, warnings) = load_with_warnings(&path).unwrap();
+        assert_eq!(config.loaded_destination_rules.len(), 4);
+
+        let effective = effective_traffic_policy(&config, 0);
+        assert_eq!(
+            effective.outlier_detection,
+            Some(OutlierDetection {
+                consecutive_5xx_errors: 1,
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(60),
+                ..OutlierDetection::default()
+            })
+        );
+        let locality = effective.locality_lb.unwrap();
+        assert_eq!(
+            locality
+                .failover
+                .iter()
+                .map(|f| (f.from.as_str(), f.to.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("cn-hangzhou", "cn-shanghai"),
+                ("cn-shanghai", "cn-hangzhou")
+            ]
+        );
+        assert_eq!(
+            effective.sources,
+            [
+                "outlierDetection from DestinationRule default/reviews (asm.yaml)",
+                "localityLbSetting from defaults.trafficPolicy"
+            ]
+        );
+
+        let warnings: Vec<String> = warnings.iter().map(FieldError::to_string).collect();
+        assert_eq!(
+            warnings,
+            [
+                "asm.yaml: DestinationRule default/reviews: spec.trafficPolicy.connectionPool: \
+                 accepted but not acted on (geosteer steers at L4)",
+                "asm.yaml: DestinationRule default/productpage: spec.host: \"productpage\" \
+                 selects no service in this config; the rule is not used",
+                "asm.yaml: DestinationRule default/ratings: spec.host: \"ratings\" selects no \
+                 service in this config; the rule is not used",
+                "asm.yaml: DestinationRule default/details: spec.host: \"details\" selects no \
+                 service in this config; the rule is not used",
+                "asm.yaml: DestinationRule default/reviews: \
+                 spec.trafficPolicy.outlierDetection.maxEjectionPercent: 10 with 4 endpoints \
+                 of services[0] (default/reviews) never ejects any: needs ≥ 25",
+            ]
+        );
+        assert_eq!(load(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn a_missing_rules_file_is_named() {
+        let yaml = "node: {name: n, region: r}\ndestinationRules: [missing.yaml]\n";
+        let error = crate::config::parse_in(yaml, Path::new("/nonexistent/dir")).unwrap_err();
+        assert!(
+            matches!(error, ConfigError::DestinationRulesIo { .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "cannot read destinationRules file /nonexistent/dir/missing.yaml"
+        );
+    }
+
+    #[test]
+    fn new_fields_round_trip_through_yaml() {
+        let config = valid(
+            "defaults: {trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: \
+             \"cn-hangzhou/*\", to: {\"cn-hangzhou/*\": 90, \"cn-shanghai/*\": 10}}]}}}}\n",
+            "    clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}\n    healthCheck: {type: \
+             tcp, port: 9080, interval: 1500ms, timeout: 1s, healthyThreshold: 1}\n    \
+             trafficPolicy: {outlierDetection: {consecutiveGatewayErrors: 3, interval: 1m30s, \
+             baseEjectionTime: 1m, maxEjectionPercent: 50, minHealthPercent: 30}, \
+             loadBalancer: {localityLbSetting: {enabled: true, failover: [{from: cn-hangzhou, \
+             to: cn-shanghai}], failoverPriority: [topology.istio.io/cluster]}}}\n",
+            "",
+        );
+        let yaml = serde_yaml_ng::to_string(&config).unwrap();
+        let mut reparsed = parse_with(&yaml, &|_| Ok(String::new())).unwrap();
+        reparsed.destination_rules = config.destination_rules.clone();
+        assert_eq!(reparsed, config, "{yaml}");
+    }
+}

@@ -1,0 +1,526 @@
+//! Istio DestinationRule documents, read from the files listed in `destinationRules`, so a
+//! mesh's own YAML (e.g. the `asm.yaml` of Alibaba ASM's tutorials) steers geosteer unchanged.
+//!
+//! Other kinds in the same files (Gateway, VirtualService, ...) are skipped. A DestinationRule
+//! is read leniently: fields geosteer does not act on are accepted and reported as warnings.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{
+    Deserialize,
+    de::{IgnoredAny, MapAccess},
+};
+
+use super::{
+    Config, ConfigError, FieldError, Service, dns_label_problem, parse_error_message,
+    policy::{Lenient, LenientFields, TrafficPolicy, validate_traffic_policy},
+};
+
+/// The apiVersions under which Istio serves DestinationRule (all the same schema).
+pub const DESTINATION_RULE_API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1alpha3",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1",
+];
+
+/// The cluster DNS domain in fully qualified service names.
+const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// A DestinationRule read from one of the `destinationRules` files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedDestinationRule {
+    /// The file as listed in `destinationRules`.
+    pub file: String,
+    /// Position of the document in the file, counting from 1.
+    pub document: usize,
+    pub name: String,
+    /// `metadata.namespace`, "default" when absent (as `kubectl apply` would do).
+    pub namespace: String,
+    /// `spec.host`.
+    pub host: String,
+    pub traffic_policy: Option<TrafficPolicy>,
+    /// Fields of `spec` that geosteer does not act on, as paths below `spec` (e.g.
+    /// `workloadSelector`, `subsets[1].trafficPolicy`).
+    pub ignored: Vec<String>,
+}
+
+impl LoadedDestinationRule {
+    /// Whether `spec.host` names `service`. Accepted: the short name (taken in the rule's own
+    /// namespace, as Istio does), `name.namespace`, `name.namespace.svc` and the FQDN
+    /// `name.namespace.svc.cluster.local`. Istio itself takes a host with dots literally; the
+    /// middle two forms are what Kubernetes DNS search paths resolve, so they are accepted too.
+    /// Wildcard hosts select nothing.
+    pub fn selects(&self, service: &Service) -> bool {
+        let (name, namespace) = (service.name.as_str(), service.namespace.as_str());
+        if self.host == name {
+            return self.namespace == namespace;
+        }
+        let Some(rest) = self
+            .host
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_prefix(namespace))
+        else {
+            return false;
+        };
+        rest.is_empty() || rest == ".svc" || rest == format!(".svc.{CLUSTER_DOMAIN}")
+    }
+
+    /// How errors and warnings name this rule, e.g. `asm.yaml: DestinationRule default/reviews`.
+    pub fn path(&self) -> String {
+        format!("{}: {}", self.file, self.label())
+    }
+
+    /// The rule in words, e.g. `DestinationRule default/reviews (asm.yaml)`.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.label(), self.file)
+    }
+
+    fn label(&self) -> String {
+        if self.name.is_empty() {
+            format!("DestinationRule in document {}", self.document)
+        } else {
+            format!("DestinationRule {}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// Enough of any Kubernetes object to tell whether it is a DestinationRule.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// A DestinationRule document; unknown top-level fields (`status`, ...) are skipped.
+#[derive(Deserialize)]
+struct DestinationRuleInFile {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: Option<Lenient<Spec>>,
+}
+
+#[derive(Default, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Default)]
+struct Spec {
+    host: String,
+    traffic_policy: Option<TrafficPolicy>,
+}
+
+/// Why a DestinationRule `spec` field is accepted but not acted on.
+const SPEC_NOT_ACTED_ON: &[(&str, &str)] = &[
+    (
+        "workloadSelector",
+        "geosteer applies the rule to every client on the node",
+    ),
+    ("subsets", "geosteer has no subsets"),
+];
+
+impl LenientFields for Spec {
+    const EXPECTING: &'static str = "a DestinationRule spec map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "host" => self.host = map.next_value()?,
+            "trafficPolicy" => self.traffic_policy = map.next_value()?,
+            // Subsets only matter to routes that name them; a subset's own policy is the one
+            // thing in them that would change steering, so only that is reported.
+            "subsets" => {
+                let subsets: Option<Vec<Subset>> = map.next_value()?;
+                for (i, subset) in subsets.unwrap_or_default().iter().enumerate() {
+                    if subset.traffic_policy.is_some() {
+                        ignored.push(format!("subsets[{i}].trafficPolicy"));
+                    }
+                }
+            }
+            // Visibility across namespaces; one config file is one mesh view.
+            "exportTo" => {
+                map.next_value::<IgnoredAny>()?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Subset {
+    traffic_policy: Option<IgnoredAny>,
+}
+
+/// The warning for a field listed in [`LoadedDestinationRule::ignored`].
+pub(super) fn ignored_spec_field_message(field: &str) -> String {
+    let top = field.split(['.', '[']).next().unwrap_or(field);
+    match SPEC_NOT_ACTED_ON.iter().find(|(known, _)| *known == top) {
+        Some((_, why)) => format!("accepted but not acted on ({why})"),
+        None => "not a DestinationRule spec field; ignored".to_string(),
+    }
+}
+
+/// Reads the DestinationRules of one multi-document YAML file; `file` names it in errors.
+pub(super) fn parse_destination_rules(
+    file: &str,
+    yaml: &str,
+) -> Result<Vec<LoadedDestinationRule>, ConfigError> {
+    let error = |document: usize, message: String| ConfigError::Parse {
+        message: format!("{file}: document {document}: {message}"),
+    };
+
+    // First only the kind of each document, so that other kinds never have to parse as one.
+    let mut wanted = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let meta: Option<TypeMeta> = serde_path_to_error::deserialize(document)
+            .map_err(|e| error(index + 1, parse_error_message(e)))?;
+        let Some(meta) = meta else {
+            continue; // an empty document, e.g. after a trailing `---`
+        };
+        if meta.kind != "DestinationRule" {
+            continue;
+        }
+        if !DESTINATION_RULE_API_VERSIONS.contains(&meta.api_version.as_str()) {
+            return Err(error(
+                index + 1,
+                format!(
+                    "DestinationRule has apiVersion {:?}; expected one of {}",
+                    meta.api_version,
+                    DESTINATION_RULE_API_VERSIONS.join(", ")
+                ),
+            ));
+        }
+        wanted.push(index);
+    }
+
+    let mut rules = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        if !wanted.contains(&index) {
+            continue;
+        }
+        let rule: DestinationRuleInFile = serde_path_to_error::deserialize(document)
+            .map_err(|e| error(index + 1, parse_error_message(e)))?;
+        let (spec, ignored) = match rule.spec {
+            Some(spec) => (spec.value, spec.ignored),
+            None => (Spec::default(), Vec::new()),
+        };
+        rules.push(LoadedDestinationRule {
+            file: file.to_string(),
+            document: index + 1,
+            name: rule.metadata.name,
+            namespace: rule
+                .metadata
+                .namespace
+                .unwrap_or_else(super::default_namespace),
+            host: spec.host,
+            traffic_policy: spec.traffic_policy,
+            ignored,
+        });
+    }
+    Ok(rules)
+}
+
+/// The index of the DestinationRule that applies to `config.services[s]`: the first one that
+/// selects it (validation rejects a second).
+pub(super) fn bound_rule(config: &Config, s: usize) -> Option<usize> {
+    let service = &config.services[s];
+    config
+        .loaded_destination_rules
+        .iter()
+        .position(|rule| rule.selects(service))
+}
+
+/// The DestinationRule that applies to `config.services[service_index]`, if any.
+pub fn bound_destination_rule(
+    config: &Config,
+    service_index: usize,
+) -> Option<&LoadedDestinationRule> {
+    bound_rule(config, service_index).map(|r| &config.loaded_destination_rules[r])
+}
+
+/// Checks every loaded DestinationRule, and that no service is selected by two.
+pub(super) fn validate_destination_rules(
+    config: &Config,
+    known_regions: &BTreeSet<&str>,
+    errors: &mut Vec<FieldError>,
+) {
+    let mut names: HashMap<(&str, &str), usize> = HashMap::new();
+    for (r, rule) in config.loaded_destination_rules.iter().enumerate() {
+        let at = rule.path();
+        if rule.name.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}: metadata.name"),
+                "must not be empty",
+            ));
+        } else if let Some(&first) = names.get(&(&rule.namespace, &rule.name)) {
+            let first = &config.loaded_destination_rules[first];
+            errors.push(FieldError::new(
+                format!("{at}: metadata.name"),
+                format!(
+                    "{}/{} is already defined in {} (document {})",
+                    rule.namespace, rule.name, first.file, first.document
+                ),
+            ));
+        } else {
+            names.insert((&rule.namespace, &rule.name), r);
+        }
+        if let Some(message) = dns_label_problem(&rule.namespace) {
+            errors.push(FieldError::new(
+                format!("{at}: metadata.namespace"),
+                message,
+            ));
+        }
+        if rule.host.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}: spec.host"),
+                "must not be empty",
+            ));
+        }
+        if let Some(policy) = &rule.traffic_policy {
+            let at = format!("{at}: spec.trafficPolicy");
+            validate_traffic_policy(policy, &at, known_regions, errors);
+        }
+    }
+
+    for (s, service) in config.services.iter().enumerate() {
+        let mut selecting = config
+            .loaded_destination_rules
+            .iter()
+            .filter(|rule| rule.selects(service));
+        let Some(first) = selecting.next() else {
+            continue;
+        };
+        for other in selecting {
+            errors.push(FieldError::new(
+                format!("{}: spec.host", other.path()),
+                format!(
+                    "{:?} selects services[{s}] ({}/{}), which {} already selects; \
+                     a service takes one DestinationRule",
+                    other.host,
+                    service.namespace,
+                    service.name,
+                    first.describe()
+                ),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::OutlierDetection;
+
+    fn rule(namespace: &str, host: &str) -> LoadedDestinationRule {
+        LoadedDestinationRule {
+            file: "dr.yaml".into(),
+            document: 1,
+            name: "r".into(),
+            namespace: namespace.into(),
+            host: host.into(),
+            traffic_policy: None,
+            ignored: Vec::new(),
+        }
+    }
+
+    fn service(namespace: &str, name: &str) -> Service {
+        let yaml = format!("{{name: {name}, namespace: {namespace}, vip: 10.96.0.1}}");
+        serde_yaml_ng::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn host_binding() {
+        // (rule namespace, host, service namespace, selects)
+        let cases = [
+            ("default", "reviews", "default", true),
+            ("prod", "reviews", "default", false),
+            ("prod", "reviews.default", "default", true),
+            ("prod", "reviews.default.svc", "default", true),
+            ("prod", "reviews.default.svc.cluster.local", "default", true),
+            (
+                "default",
+                "reviews.prod.svc.cluster.local",
+                "default",
+                false,
+            ),
+            ("default", "reviews.default.svc.cluster", "default", false),
+            (
+                "default",
+                "reviews.default.svc.cluster.local.",
+                "default",
+                false,
+            ),
+            ("default", "reviewsx", "default", false),
+            ("default", "reviews.defaultx", "default", false),
+            ("default", "*.default.svc.cluster.local", "default", false),
+            ("default", "*", "default", false),
+        ];
+        for (rule_namespace, host, service_namespace, expected) in cases {
+            assert_eq!(
+                rule(rule_namespace, host).selects(&service(service_namespace, "reviews")),
+                expected,
+                "{host} from {rule_namespace}"
+            );
+        }
+    }
+
+    #[test]
+    fn reads_destination_rules_and_skips_other_kinds() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: bookinfo}
+spec: {hosts: ["*"], http: [{route: [{destination: {host: productpage}}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: prod, labels: {app: reviews}}
+spec:
+  host: reviews
+  exportTo: ["."]
+  workloadSelector: {matchLabels: {app: productpage}}
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2}
+  subsets:
+    - {name: v1, labels: {version: v1}}
+    - {name: v2, labels: {version: v2}, trafficPolicy: {connectionPool: {}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: ratings}
+spec: {host: ratings, subsetz: []}
+status: {}
+---
+"#;
+        let rules = parse_destination_rules("dr.yaml", yaml).unwrap();
+        assert_eq!(
+            rules,
+            [
+                LoadedDestinationRule {
+                    file: "dr.yaml".into(),
+                    document: 2,
+                    name: "reviews".into(),
+                    namespace: "prod".into(),
+                    host: "reviews".into(),
+                    traffic_policy: Some(TrafficPolicy {
+                        outlier_detection: Some(OutlierDetection {
+                            consecutive_5xx_errors: 2,
+                            ..OutlierDetection::default()
+                        }),
+                        ..TrafficPolicy::default()
+                    }),
+                    ignored: vec!["workloadSelector".into(), "subsets[1].trafficPolicy".into()],
+                },
+                LoadedDestinationRule {
+                    file: "dr.yaml".into(),
+                    document: 3,
+                    name: "ratings".into(),
+                    namespace: "default".into(),
+                    host: "ratings".into(),
+                    traffic_policy: None,
+                    ignored: vec!["subsetz".into()],
+                },
+            ]
+        );
+        assert_eq!(
+            ignored_spec_field_message("subsets[1].trafficPolicy"),
+            "accepted but not acted on (geosteer has no subsets)"
+        );
+        assert_eq!(
+            ignored_spec_field_message("subsetz"),
+            "not a DestinationRule spec field; ignored"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_document() {
+        // (case, yaml, expected message start, text it must also contain)
+        let cases = [
+            (
+                "unknown apiVersion",
+                "kind: Gateway\n---\napiVersion: networking.istio.io/v2\nkind: DestinationRule\n",
+                "dr.yaml: document 2: DestinationRule has apiVersion \
+                 \"networking.istio.io/v2\"; expected one of networking.istio.io/v1alpha3, \
+                 networking.istio.io/v1beta1, networking.istio.io/v1",
+                "",
+            ),
+            (
+                "negative percentage",
+                "kind: Gateway\n---\napiVersion: networking.istio.io/v1\n\
+                 kind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: r\n  \
+                 trafficPolicy:\n    outlierDetection: {maxEjectionPercent: -1}\n",
+                "dr.yaml: document 2: \
+                 spec.trafficPolicy.outlierDetection.maxEjectionPercent: ",
+                "line 9",
+            ),
+            (
+                "bad duration",
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                 spec: {trafficPolicy: {outlierDetection: {interval: 1 second}}}\n",
+                "dr.yaml: document 1: spec.trafficPolicy.outlierDetection.interval: ",
+                "invalid value \"1 second\"",
+            ),
+            (
+                "duplicate key",
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                 spec: {trafficPolicy: {tls: {}, tls: {}}}\n",
+                "dr.yaml: document 1: spec.trafficPolicy",
+                "duplicate",
+            ),
+            ("not yaml", "kind: [", "dr.yaml: document 1: ", "line 1"),
+        ];
+        for (case, yaml, start, contained) in cases {
+            let message = match parse_destination_rules("dr.yaml", yaml) {
+                Err(ConfigError::Parse { message }) => message,
+                other => panic!("{case}: expected a parse error, got {other:?}"),
+            };
+            assert!(message.starts_with(start), "{case}: {message:?}");
+            assert!(message.contains(contained), "{case}: {message:?}");
+        }
+    }
+
+    #[test]
+    fn reads_the_seeds_asm_yaml() {
+        let yaml = include_str!("../../testdata/asm.yaml");
+        let rules = parse_destination_rules("asm.yaml", yaml).unwrap();
+        let names: Vec<(&str, &str, &str)> = rules
+            .iter()
+            .map(|r| (r.namespace.as_str(), r.name.as_str(), r.host.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("default", "productpage", "productpage"),
+                ("default", "reviews", "reviews"),
+                ("default", "ratings", "ratings"),
+                ("default", "details", "details"),
+            ]
+        );
+        let reviews = rules[1].traffic_policy.as_ref().unwrap();
+        assert_eq!(
+            reviews.outlier_detection,
+            Some(OutlierDetection {
+                consecutive_5xx_errors: 1,
+                interval: Duration::from_secs(1),
+                base_ejection_time: Duration::from_secs(60),
+                ..OutlierDetection::default()
+            })
+        );
+        assert_eq!(reviews.ignored, ["connectionPool"]);
+        assert!(rules.iter().all(|r| r.ignored.is_empty()));
+    }
+}

@@ -1,0 +1,1434 @@
+//! The steering policy of a service: Istio's `trafficPolicy` (the parts geosteer acts on), active
+//! health checks and ALB-style per-cluster weights. Data model, parsing and the checks that need
+//! only one policy; precedence between policies is in `effective.rs`.
+//!
+//! A `trafficPolicy` is read leniently: DestinationRules copied from a mesh carry fields that
+//! make no sense at L4 (connection pools, TLS, ...), and rejecting them would make users edit
+//! files they share with Istio. Unknown keys are kept by name in [`TrafficPolicy::ignored`] and
+//! reported as warnings instead.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    fmt,
+    marker::PhantomData,
+    time::Duration,
+};
+
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{Error as _, IgnoredAny, MapAccess, Visitor},
+};
+
+use super::{FieldError, Service, parse_text};
+
+/// Istio's default `outlierDetection.consecutive5xxErrors`.
+pub const DEFAULT_CONSECUTIVE_5XX_ERRORS: u32 = 5;
+/// Istio's default `outlierDetection.interval`.
+pub const DEFAULT_OUTLIER_INTERVAL: Duration = Duration::from_secs(10);
+/// Istio's default `outlierDetection.baseEjectionTime`.
+pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// Envoy's default `max_ejection_percent`, which Istio leaves in place.
+pub const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+/// Largest consecutive-error count accepted; far above any useful value, it only catches typos.
+pub const MAX_CONSECUTIVE_ERRORS: u32 = 10_000;
+/// Accepted range of the outlier `interval` and `baseEjectionTime` (Istio: "MUST BE >=1ms").
+pub const OUTLIER_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+/// Accepted range of `healthCheck.interval`.
+pub const HEALTH_CHECK_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// Accepted range of the health-check thresholds.
+pub const HEALTH_CHECK_THRESHOLD_RANGE: (u32, u32) = (1, 100);
+/// Largest per-cluster weight, as in ALB's `cluster-weight` annotation.
+pub const MAX_CLUSTER_WEIGHT: u32 = 100;
+
+/// The mesh-wide policy for services that set none of their own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Defaults {
+    /// What ASM sets on its console ("Geolocation-based Load Balancing") for the whole mesh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+impl Defaults {
+    pub(super) fn is_empty(&self) -> bool {
+        self.traffic_policy.is_none()
+    }
+}
+
+/// Istio DestinationRule `spec.trafficPolicy`, reduced to what geosteer acts on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Fields present in the file that geosteer does not act on, as paths below
+    /// `trafficPolicy` (e.g. `connectionPool`, `loadBalancer.simple`). Not serialized: only
+    /// their names are kept, for the warnings.
+    #[serde(skip)]
+    pub ignored: Vec<String>,
+}
+
+impl TrafficPolicy {
+    /// `loadBalancer.localityLbSetting`, if set.
+    pub fn locality_lb_setting(&self) -> Option<&LocalityLbSetting> {
+        self.load_balancer.as_ref()?.locality_lb_setting.as_ref()
+    }
+}
+
+/// `trafficPolicy.loadBalancer`. `simple` and `consistentHash` are accepted but not acted on:
+/// geosteer always picks endpoints by weighted consistent hashing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+}
+
+/// `loadBalancer.localityLbSetting`: how load spreads over localities.
+///
+/// Like Istio, a setting replaces a less specific one in its entirety (no merging).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    /// Unset means enabled (Istio's `BoolValue` default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<FailoverRule>,
+    /// Label keys (or `key=value`), most significant first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover_priority: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<DistributeRule>,
+}
+
+impl LocalityLbSetting {
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// Clients in region `from` fail over to region `to` before any other region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FailoverRule {
+    pub from: String,
+    pub to: String,
+}
+
+/// Clients in locality `from` send `to[locality]` percent of their load to each listed locality;
+/// localities not listed get none. Patterns are `region[/zone[/subzone]]`, the last segment may
+/// be `*`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributeRule {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
+}
+
+/// `trafficPolicy.outlierDetection`, with Istio's defaults for absent fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Eject an endpoint at this many consecutive 5xx (connect failures count over TCP); 0 = off.
+    #[serde(rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: u32,
+    /// Same for gateway errors (502/503/504, connect failures); 0 = off, the default.
+    pub consecutive_gateway_errors: u32,
+    #[serde(serialize_with = "serialize_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "serialize_duration")]
+    pub base_ejection_time: Duration,
+    /// Pinned to Istio: a 0 in the file means the default 10, because Istio's proto3 `int32`
+    /// cannot tell 0 from unset and it only passes values above 0 to Envoy.
+    pub max_ejection_percent: u32,
+    /// Panic threshold; 0 = panic off (Istio's default, Envoy's own is 50).
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx_errors: DEFAULT_CONSECUTIVE_5XX_ERRORS,
+            consecutive_gateway_errors: 0,
+            interval: DEFAULT_OUTLIER_INTERVAL,
+            base_ejection_time: DEFAULT_BASE_EJECTION_TIME,
+            max_ejection_percent: DEFAULT_MAX_EJECTION_PERCENT,
+            min_health_percent: 0,
+        }
+    }
+}
+
+/// Active probes sent by the agent to every endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Request path of http checks.
+    pub path: String,
+    /// Unset: the service's first `targetPort` (filled in by `effective_traffic_policy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub interval: Duration,
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy endpoint healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            kind: HealthCheckKind::Http,
+            path: "/".to_string(),
+            port: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HealthCheckKind {
+    /// `GET path`; any 2xx or 3xx status passes.
+    #[default]
+    Http,
+    /// A completed TCP handshake passes.
+    Tcp,
+}
+
+impl fmt::Display for HealthCheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthCheckKind::Http => "http",
+            HealthCheckKind::Tcp => "tcp",
+        })
+    }
+}
+
+impl Serialize for HealthCheckKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HealthCheckKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        parse_text(deserializer, |text| {
+            if text.eq_ignore_ascii_case("http") {
+                Ok(HealthCheckKind::Http)
+            } else if text.eq_ignore_ascii_case("tcp") {
+                Ok(HealthCheckKind::Tcp)
+            } else {
+                Err("expected http or tcp")
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+
+/// Parses a duration as Istio and Kubernetes write them (Go's `time.ParseDuration`): a sequence
+/// of decimal numbers, each with an optional fraction and a unit, e.g. `10s`, `1m`, `100ms`,
+/// `1h30m`, `1.5s`. Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`. A bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: [(&str, u128); 8] = [
+        ("ns", 1),
+        ("us", 1_000),
+        ("µs", 1_000),
+        ("μs", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+    ];
+    let expected = "expected a duration like 10s, 1m, 100ms or 1h30m";
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if text.starts_with('-') {
+        return Err("must not be negative".to_string());
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    if rest.is_empty() {
+        return Err(expected.to_string());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_len);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return Err(expected.to_string());
+        }
+        // Longest unit first, so "ms" is not read as "m".
+        let Some((unit, size)) = UNITS
+            .iter()
+            .filter(|(unit, _)| after.starts_with(unit))
+            .max_by_key(|(unit, _)| unit.len())
+        else {
+            return Err(format!("{expected} (missing or unknown unit)"));
+        };
+        let too_long = || "is too long".to_string();
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_long())?
+        };
+        let mut part = whole.checked_mul(*size).ok_or_else(too_long)?;
+        // Digits beyond nanosecond precision are dropped, as Go does.
+        let mut scale = *size;
+        for digit in fraction.bytes().take(30) {
+            scale /= 10;
+            part += u128::from(digit - b'0') * scale;
+        }
+        nanos = nanos.checked_add(part).ok_or_else(too_long)?;
+        rest = &after[unit.len()..];
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| "is too long".to_string())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// Writes a duration so that [`parse_duration`] reads it back exactly: the largest unit that
+/// divides it, e.g. `1m`, `90s`, `1500ms`.
+pub fn format_duration(duration: Duration) -> String {
+    const UNITS: [(&str, u128); 6] = [
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let nanos = duration.as_nanos();
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    let (unit, size) = UNITS
+        .iter()
+        .find(|(_, size)| nanos % size == 0)
+        .expect("every duration is a whole number of nanoseconds");
+    format!("{}{unit}", nanos / size)
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    parse_text(deserializer, parse_duration)
+}
+
+fn serialize_duration<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*duration))
+}
+
+/// A duration field read through [`MapAccess::next_value`].
+struct IstioDuration(Duration);
+
+impl<'de> Deserialize<'de> for IstioDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_duration(deserializer).map(IstioDuration)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lenient parsing
+
+/// A map type that reads the keys it acts on and leaves the others to [`Lenient`].
+pub(super) trait LenientFields: Default {
+    const EXPECTING: &'static str;
+
+    /// Reads the value of `key` if this type acts on it; `false` leaves the value unread, to be
+    /// skipped and recorded as ignored. Nested lenient maps add their ignored keys, prefixed
+    /// with `key.`, to `ignored`.
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error>;
+}
+
+/// A value read from a YAML map whose unknown keys were skipped; `ignored` names them.
+///
+/// Reading key by key (rather than with `#[serde(flatten)]`, which buffers the map) keeps the
+/// field path and line number in error messages.
+pub(super) struct Lenient<T> {
+    pub value: T,
+    pub ignored: Vec<String>,
+}
+
+impl<'de, T: LenientFields> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LenientVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: LenientFields> Visitor<'de> for LenientVisitor<T> {
+            type Value = Lenient<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(T::EXPECTING)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient<T>, A::Error> {
+                let mut value = T::default();
+                let mut ignored = Vec::new();
+                let mut seen = HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(A::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    if !value.read(&key, &mut map, &mut ignored)? {
+                        map.next_value::<IgnoredAny>()?;
+                        ignored.push(key);
+                    }
+                }
+                Ok(Lenient { value, ignored })
+            }
+        }
+
+        deserializer.deserialize_map(LenientVisitor(PhantomData))
+    }
+}
+
+/// Reads the value of `key` as a nested lenient map (null counts as absent).
+pub(super) fn read_nested<'de, T: LenientFields, A: MapAccess<'de>>(
+    key: &str,
+    map: &mut A,
+    ignored: &mut Vec<String>,
+) -> Result<Option<T>, A::Error> {
+    let nested: Option<Lenient<T>> = map.next_value()?;
+    Ok(nested.map(|nested| {
+        ignored.extend(
+            nested
+                .ignored
+                .into_iter()
+                .map(|field| format!("{key}.{field}")),
+        );
+        nested.value
+    }))
+}
+
+impl<'de> Deserialize<'de> for TrafficPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Lenient { mut value, ignored } = Lenient::<TrafficPolicy>::deserialize(deserializer)?;
+        value.ignored = ignored;
+        Ok(value)
+    }
+}
+
+impl LenientFields for TrafficPolicy {
+    const EXPECTING: &'static str = "a trafficPolicy map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "loadBalancer" => self.load_balancer = read_nested(key, map, ignored)?,
+            "outlierDetection" => self.outlier_detection = read_nested(key, map, ignored)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl LenientFields for LoadBalancer {
+    const EXPECTING: &'static str = "a loadBalancer map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "localityLbSetting" => self.locality_lb_setting = read_nested(key, map, ignored)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl LenientFields for LocalityLbSetting {
+    const EXPECTING: &'static str = "a localityLbSetting map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        _ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        // A key written with no value (`failover:`) reads as null; take it as empty.
+        match key {
+            "enabled" => self.enabled = map.next_value()?,
+            "failover" => self.failover = map.next_value::<Option<_>>()?.unwrap_or_default(),
+            "failoverPriority" => {
+                self.failover_priority = map.next_value::<Option<_>>()?.unwrap_or_default()
+            }
+            "distribute" => self.distribute = map.next_value::<Option<_>>()?.unwrap_or_default(),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl LenientFields for OutlierDetection {
+    const EXPECTING: &'static str = "an outlierDetection map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        _ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "consecutive5xxErrors" => self.consecutive_5xx_errors = map.next_value()?,
+            "consecutiveGatewayErrors" => self.consecutive_gateway_errors = map.next_value()?,
+            "interval" => self.interval = map.next_value::<IstioDuration>()?.0,
+            "baseEjectionTime" => self.base_ejection_time = map.next_value::<IstioDuration>()?.0,
+            "maxEjectionPercent" => {
+                self.max_ejection_percent = match map.next_value()? {
+                    0 => DEFAULT_MAX_EJECTION_PERCENT,
+                    percent => percent,
+                }
+            }
+            "minHealthPercent" => self.min_health_percent = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Istio trafficPolicy fields that geosteer accepts but does not act on, and why.
+const NOT_ACTED_ON: &[(&str, &str)] = &[
+    ("connectionPool", "geosteer steers at L4"),
+    ("tls", "geosteer steers at L4"),
+    ("tunnel", "geosteer steers at L4"),
+    ("proxyProtocol", "geosteer steers at L4"),
+    ("retryBudget", "geosteer steers at L4"),
+    (
+        "portLevelSettings",
+        "geosteer applies one policy to every port",
+    ),
+    (
+        "loadBalancer.simple",
+        "geosteer picks endpoints by weighted consistent hashing",
+    ),
+    (
+        "loadBalancer.consistentHash",
+        "geosteer picks endpoints by weighted consistent hashing",
+    ),
+    ("loadBalancer.warmup", "geosteer has no slow start"),
+    (
+        "loadBalancer.warmupDurationSecs",
+        "geosteer has no slow start",
+    ),
+    (
+        "outlierDetection.consecutiveErrors",
+        "deprecated, Istio ignores it too; use consecutive5xxErrors",
+    ),
+    (
+        "outlierDetection.splitExternalLocalOriginErrors",
+        "geosteer counts connect failures as 5xx, Istio's rule for TCP",
+    ),
+    (
+        "outlierDetection.consecutiveLocalOriginFailures",
+        "geosteer counts connect failures as 5xx, Istio's rule for TCP",
+    ),
+];
+
+/// The warning for a field listed in [`TrafficPolicy::ignored`].
+pub(super) fn ignored_field_message(field: &str) -> String {
+    match NOT_ACTED_ON.iter().find(|(known, _)| *known == field) {
+        Some((_, why)) => format!("accepted but not acted on ({why})"),
+        None => "not an Istio trafficPolicy field; ignored".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation of one policy
+
+/// Checks one trafficPolicy found at `at` (e.g. `services[0].trafficPolicy`). `known_regions`
+/// are the regions failover rules may name.
+pub(super) fn validate_traffic_policy(
+    policy: &TrafficPolicy,
+    at: &str,
+    known_regions: &BTreeSet<&str>,
+    errors: &mut Vec<FieldError>,
+) {
+    if let Some(locality) = policy.locality_lb_setting() {
+        let at = format!("{at}.loadBalancer.localityLbSetting");
+        validate_locality_lb_setting(locality, &at, known_regions, errors);
+    }
+    if let Some(outlier) = &policy.outlier_detection {
+        validate_outlier_detection(outlier, &format!("{at}.outlierDetection"), errors);
+    }
+}
+
+fn validate_locality_lb_setting(
+    setting: &LocalityLbSetting,
+    at: &str,
+    known_regions: &BTreeSet<&str>,
+    errors: &mut Vec<FieldError>,
+) {
+    // ASM: "Failover and traffic distribution are mutually exclusive"; Istio's validation too.
+    if !setting.distribute.is_empty() {
+        let mut with = Vec::new();
+        if !setting.failover.is_empty() {
+            with.push("failover");
+        }
+        if !setting.failover_priority.is_empty() {
+            with.push("failoverPriority");
+        }
+        if !with.is_empty() {
+            errors.push(FieldError::new(
+                at,
+                format!(
+                    "{} and distribute are mutually exclusive (one orders localities by \
+                     priority, the other splits load by weight); keep one",
+                    with.join(", ")
+                ),
+            ));
+        }
+    }
+
+    let known = list_or_none(known_regions);
+    for (i, rule) in setting.failover.iter().enumerate() {
+        let at = format!("{at}.failover[{i}]");
+        for (field, region) in [("from", &rule.from), ("to", &rule.to)] {
+            if region.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{at}.{field}"),
+                    "must not be empty",
+                ));
+            } else if !known_regions.contains(region.as_str()) {
+                errors.push(FieldError::new(
+                    format!("{at}.{field}"),
+                    format!(
+                        "{region:?} is not a known region (the node's or an endpoint's: {known})"
+                    ),
+                ));
+            }
+        }
+        if !rule.from.is_empty() && rule.from == rule.to {
+            errors.push(FieldError::new(
+                at,
+                format!("from and to are both {:?}; they must differ", rule.from),
+            ));
+        }
+    }
+
+    for (i, label) in setting.failover_priority.iter().enumerate() {
+        if label.is_empty() {
+            errors.push(FieldError::new(
+                format!("{at}.failoverPriority[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
+
+    let mut froms: Vec<(usize, Vec<&str>)> = Vec::new();
+    for (i, rule) in setting.distribute.iter().enumerate() {
+        let at = format!("{at}.distribute[{i}]");
+        match locality_pattern(&rule.from) {
+            Err(message) => errors.push(FieldError::new(format!("{at}.from"), message)),
+            Ok(pattern) => {
+                if let Some((first, _)) = froms.iter().find(|(_, other)| overlap(other, &pattern)) {
+                    errors.push(FieldError::new(
+                        format!("{at}.from"),
+                        format!(
+                            "{:?} overlaps distribute[{first}].from {:?}; a client locality \
+                             must match one rule",
+                            rule.from, setting.distribute[*first].from
+                        ),
+                    ));
+                } else {
+                    froms.push((i, pattern));
+                }
+            }
+        }
+        validate_distribute_targets(&rule.to, &at, errors);
+    }
+}
+
+fn validate_distribute_targets(to: &BTreeMap<String, u32>, at: &str, errors: &mut Vec<FieldError>) {
+    if to.is_empty() {
+        errors.push(FieldError::new(format!("{at}.to"), "must not be empty"));
+        return;
+    }
+    let mut targets: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (locality, &weight) in to {
+        let at = format!("{at}.to[{locality:?}]");
+        match locality_pattern(locality) {
+            Err(message) => errors.push(FieldError::new(&at, message)),
+            Ok(pattern) => {
+                if let Some((other, _)) = targets.iter().find(|(_, p)| overlap(p, &pattern)) {
+                    errors.push(FieldError::new(
+                        &at,
+                        format!("overlaps {other:?}; each locality may get one weight"),
+                    ));
+                } else {
+                    targets.push((locality, pattern));
+                }
+            }
+        }
+        // Istio accepts 1..=100 only; a locality that should get nothing is left out.
+        if weight == 0 {
+            errors.push(FieldError::new(
+                &at,
+                "0 is not allowed; leave the locality out to send it nothing",
+            ));
+        } else if weight > 100 {
+            errors.push(FieldError::new(&at, format!("{weight} is above 100")));
+        }
+    }
+    let sum: u64 = to.values().map(|&w| u64::from(w)).sum();
+    if sum != 100 {
+        errors.push(FieldError::new(
+            format!("{at}.to"),
+            format!("weights sum to {sum}, not 100"),
+        ));
+    }
+}
+
+/// The fixed segments of a locality pattern: `region[/zone[/subzone]]` where the last segment
+/// may be `*`. As in Istio, a pattern matches every locality it is a prefix of, so `r` and
+/// `r/*` both mean "region r"; `*` alone matches everything.
+fn locality_pattern(text: &str) -> Result<Vec<&str>, String> {
+    if text.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    let segments: Vec<&str> = text.split('/').collect();
+    let last = segments.len() - 1;
+    let valid = segments.len() <= 3
+        && segments
+            .iter()
+            .enumerate()
+            .all(|(i, s)| !s.is_empty() && (!s.contains('*') || (*s == "*" && i == last)));
+    if !valid {
+        return Err(format!(
+            "{text:?} is not a locality: expected region[/zone[/subzone]], \
+             with '*' allowed as the last segment"
+        ));
+    }
+    Ok(segments.into_iter().filter(|s| *s != "*").collect())
+}
+
+/// Whether two locality patterns match a common locality: one is a prefix of the other.
+fn overlap(a: &[&str], b: &[&str]) -> bool {
+    a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+fn validate_outlier_detection(outlier: &OutlierDetection, at: &str, errors: &mut Vec<FieldError>) {
+    for (field, percent) in [
+        ("maxEjectionPercent", outlier.max_ejection_percent),
+        ("minHealthPercent", outlier.min_health_percent),
+    ] {
+        if percent > 100 {
+            errors.push(FieldError::new(
+                format!("{at}.{field}"),
+                format!("{percent} is above 100"),
+            ));
+        }
+    }
+    for (field, count) in [
+        ("consecutive5xxErrors", outlier.consecutive_5xx_errors),
+        (
+            "consecutiveGatewayErrors",
+            outlier.consecutive_gateway_errors,
+        ),
+    ] {
+        if count > MAX_CONSECUTIVE_ERRORS {
+            errors.push(FieldError::new(
+                format!("{at}.{field}"),
+                format!("{count} is above the maximum {MAX_CONSECUTIVE_ERRORS}"),
+            ));
+        }
+    }
+    for (field, duration) in [
+        ("interval", outlier.interval),
+        ("baseEjectionTime", outlier.base_ejection_time),
+    ] {
+        if let Some(message) = duration_range_problem(duration, OUTLIER_DURATION_RANGE) {
+            errors.push(FieldError::new(format!("{at}.{field}"), message));
+        }
+    }
+}
+
+fn duration_range_problem(duration: Duration, (min, max): (Duration, Duration)) -> Option<String> {
+    if duration < min {
+        Some(format!(
+            "{} is below the minimum {}",
+            format_duration(duration),
+            format_duration(min)
+        ))
+    } else if duration > max {
+        Some(format!(
+            "{} is above the maximum {}",
+            format_duration(duration),
+            format_duration(max)
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks `services[s].healthCheck`, found at `at`.
+pub(super) fn validate_health_check(check: &HealthCheck, at: &str, errors: &mut Vec<FieldError>) {
+    if check.kind == HealthCheckKind::Http && !check.path.starts_with('/') {
+        errors.push(FieldError::new(
+            format!("{at}.path"),
+            format!("{:?} does not start with '/'", check.path),
+        ));
+    }
+    if check.port == Some(0) {
+        errors.push(FieldError::new(
+            format!("{at}.port"),
+            "0 is not a valid port",
+        ));
+    }
+    if let Some(message) = duration_range_problem(check.interval, HEALTH_CHECK_INTERVAL_RANGE) {
+        errors.push(FieldError::new(format!("{at}.interval"), message));
+    }
+    if check.timeout.is_zero() {
+        errors.push(FieldError::new(
+            format!("{at}.timeout"),
+            "0s is not a valid timeout",
+        ));
+    } else if check.timeout > check.interval {
+        // A probe must finish before the next one starts, or probes pile up on a slow endpoint.
+        errors.push(FieldError::new(
+            format!("{at}.timeout"),
+            format!(
+                "{} is longer than the interval {}",
+                format_duration(check.timeout),
+                format_duration(check.interval)
+            ),
+        ));
+    }
+    let (min, max) = HEALTH_CHECK_THRESHOLD_RANGE;
+    for (field, threshold) in [
+        ("healthyThreshold", check.healthy_threshold),
+        ("unhealthyThreshold", check.unhealthy_threshold),
+    ] {
+        if threshold < min {
+            errors.push(FieldError::new(
+                format!("{at}.{field}"),
+                format!("{threshold} is below the minimum {min}"),
+            ));
+        } else if threshold > max {
+            errors.push(FieldError::new(
+                format!("{at}.{field}"),
+                format!("{threshold} is above the maximum {max}"),
+            ));
+        }
+    }
+}
+
+/// Checks `service.clusterWeights`, found at `at`, on its own; the conflict with `distribute`
+/// needs the effective policy and is checked in `effective.rs`.
+pub(super) fn validate_cluster_weights(
+    weights: &BTreeMap<String, u32>,
+    service: &Service,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let clusters = service_clusters(service);
+    let known = list_or_none(&clusters);
+    for (cluster, &weight) in weights {
+        let at = format!("{at}.{cluster}");
+        if !clusters.contains(cluster.as_str()) {
+            errors.push(FieldError::new(
+                &at,
+                format!(
+                    "no endpoint of {}/{} is in cluster {cluster:?} (known clusters: {known})",
+                    service.namespace, service.name
+                ),
+            ));
+        }
+        if weight > MAX_CLUSTER_WEIGHT {
+            errors.push(FieldError::new(
+                &at,
+                format!("{weight} is above the maximum {MAX_CLUSTER_WEIGHT}"),
+            ));
+        }
+    }
+    if weights.values().all(|&weight| weight == 0) {
+        errors.push(FieldError::new(
+            at,
+            "at least one cluster needs a weight above 0",
+        ));
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn list_or_none(names: &BTreeSet<&str>) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.iter().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The clusters the endpoints of `service` come from.
+pub(super) fn service_clusters(service: &Service) -> BTreeSet<&str> {
+    service
+        .endpoints
+        .iter()
+        .map(|endpoint| endpoint.cluster.as_str())
+        .filter(|cluster| !cluster.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> TrafficPolicy {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|error| panic!("{yaml}: {error}"))
+    }
+
+    #[test]
+    fn parses_istio_durations() {
+        let cases = [
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("1s", Duration::from_secs(1)),
+            ("100ms", Duration::from_millis(100)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1.5s", Duration::from_millis(1500)),
+            (".5s", Duration::from_millis(500)),
+            ("250us", Duration::from_micros(250)),
+            ("250µs", Duration::from_micros(250)),
+            ("7ns", Duration::from_nanos(7)),
+            ("2m3s4ms", Duration::from_millis(123_004)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+            assert_eq!(
+                parse_duration(&format_duration(expected)),
+                Ok(expected),
+                "{text} round trip"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_durations() {
+        let cases = [
+            ("", "expected a duration"),
+            ("10", "missing or unknown unit"),
+            ("1 s", "missing or unknown unit"),
+            ("1d", "missing or unknown unit"),
+            ("s", "expected a duration"),
+            ("1.2.3s", "expected a duration"),
+            ("-1s", "must not be negative"),
+            ("99999999999999999999999h", "is too long"),
+        ];
+        for (text, contained) in cases {
+            let error = parse_duration(text).unwrap_err();
+            assert!(error.contains(contained), "{text}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn formats_durations_with_the_largest_exact_unit() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_nanos(1), "1ns"),
+        ];
+        for (duration, expected) in cases {
+            assert_eq!(format_duration(duration), expected);
+        }
+    }
+
+    #[test]
+    fn outlier_detection_takes_istio_defaults() {
+        // (yaml, expected)
+        let cases = [
+            ("{}", OutlierDetection::default()),
+            (
+                "{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m}",
+                OutlierDetection {
+                    consecutive_5xx_errors: 1,
+                    interval: Duration::from_secs(1),
+                    base_ejection_time: Duration::from_secs(60),
+                    ..OutlierDetection::default()
+                },
+            ),
+            (
+                "{consecutiveGatewayErrors: 3, consecutive5xxErrors: 0, maxEjectionPercent: 50, \
+                 minHealthPercent: 20}",
+                OutlierDetection {
+                    consecutive_5xx_errors: 0,
+                    consecutive_gateway_errors: 3,
+                    max_ejection_percent: 50,
+                    min_health_percent: 20,
+                    ..OutlierDetection::default()
+                },
+            ),
+            // Istio cannot tell 0 from unset and keeps Envoy's 10.
+            ("{maxEjectionPercent: 0}", OutlierDetection::default()),
+        ];
+        assert_eq!(
+            OutlierDetection::default(),
+            OutlierDetection {
+                consecutive_5xx_errors: 5,
+                consecutive_gateway_errors: 0,
+                interval: Duration::from_secs(10),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 10,
+                min_health_percent: 0,
+            }
+        );
+        for (yaml, expected) in cases {
+            let parsed = policy(&format!("{{outlierDetection: {yaml}}}"));
+            assert_eq!(parsed.outlier_detection, Some(expected), "{yaml}");
+        }
+    }
+
+    #[test]
+    fn health_check_defaults() {
+        let check: HealthCheck = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(
+            check,
+            HealthCheck {
+                kind: HealthCheckKind::Http,
+                path: "/".into(),
+                port: None,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 2,
+                unhealthy_threshold: 3,
+            }
+        );
+        let tcp: HealthCheck = serde_yaml_ng::from_str("{type: TCP, port: 9080}").unwrap();
+        assert_eq!((tcp.kind, tcp.port), (HealthCheckKind::Tcp, Some(9080)));
+    }
+
+    #[test]
+    fn records_fields_it_does_not_act_on() {
+        // (yaml, ignored fields in order)
+        let cases = [
+            ("{}", vec![]),
+            (
+                "{connectionPool: {http: {maxRequestsPerConnection: 1}}, tls: {mode: ISTIO_MUTUAL}}",
+                vec!["connectionPool", "tls"],
+            ),
+            (
+                "{loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}",
+                vec!["loadBalancer.simple"],
+            ),
+            (
+                "{loadBalancer: {consistentHash: {useSourceIp: true}}}",
+                vec!["loadBalancer.consistentHash"],
+            ),
+            (
+                "{outlierDetection: {splitExternalLocalOriginErrors: true, \
+                 consecutiveLocalOriginFailures: 3}}",
+                vec![
+                    "outlierDetection.splitExternalLocalOriginErrors",
+                    "outlierDetection.consecutiveLocalOriginFailures",
+                ],
+            ),
+            (
+                "{portLevelSettings: [{port: {number: 80}}], tunnel: {targetHost: x, \
+                 targetPort: 1}, proxyProtocol: {version: V2}}",
+                vec!["portLevelSettings", "tunnel", "proxyProtocol"],
+            ),
+            (
+                "{loadBalancer: {localityLbSetting: {failovr: []}}}",
+                vec!["loadBalancer.localityLbSetting.failovr"],
+            ),
+        ];
+        for (yaml, expected) in cases {
+            assert_eq!(policy(yaml).ignored, expected, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn ignored_field_messages() {
+        let cases = [
+            (
+                "connectionPool",
+                "accepted but not acted on (geosteer steers at L4)",
+            ),
+            (
+                "loadBalancer.simple",
+                "accepted but not acted on (geosteer picks endpoints by weighted consistent \
+                 hashing)",
+            ),
+            ("conectionPool", "not an Istio trafficPolicy field; ignored"),
+        ];
+        for (field, expected) in cases {
+            assert_eq!(ignored_field_message(field), expected, "{field}");
+        }
+    }
+
+    #[test]
+    fn locality_lb_setting_fields() {
+        let parsed = policy(
+            r#"
+loadBalancer:
+  localityLbSetting:
+    enabled: false
+    failover: [{from: cn-hangzhou, to: cn-shanghai}]
+    failoverPriority: [topology.kubernetes.io/region]
+    distribute: [{from: "cn-hangzhou/*", to: {"cn-hangzhou/*": 90, "cn-shanghai/*": 10}}]
+"#,
+        );
+        let setting = parsed.locality_lb_setting().unwrap();
+        assert!(!setting.is_enabled());
+        assert_eq!(
+            setting.failover,
+            [FailoverRule {
+                from: "cn-hangzhou".into(),
+                to: "cn-shanghai".into()
+            }]
+        );
+        assert_eq!(setting.failover_priority, ["topology.kubernetes.io/region"]);
+        assert_eq!(setting.distribute[0].to["cn-shanghai/*"], 10);
+
+        let empty = policy("{loadBalancer: {localityLbSetting: {failover: }}}");
+        assert!(empty.locality_lb_setting().unwrap().is_enabled());
+        assert!(empty.locality_lb_setting().unwrap().failover.is_empty());
+    }
+
+    #[test]
+    fn locality_patterns() {
+        // (text, fixed segments or None when rejected)
+        let cases: [(&str, Option<&[&str]>); 11] = [
+            ("*", Some(&[])),
+            ("r", Some(&["r"])),
+            ("r/*", Some(&["r"])),
+            ("r/z", Some(&["r", "z"])),
+            ("r/z/*", Some(&["r", "z"])),
+            ("r/z/s", Some(&["r", "z", "s"])),
+            ("", None),
+            ("r//s", None),
+            ("*/z", None),
+            ("r/z*", None),
+            ("r/z/s/x", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(locality_pattern(text).ok().as_deref(), expected, "{text}");
+        }
+        assert!(overlap(&["r"], &["r", "z"]));
+        assert!(overlap(&[], &["r"]));
+        assert!(!overlap(&["r", "a"], &["r", "b"]));
+    }
+
+    #[test]
+    fn rejects_bad_policies() {
+        let regions = BTreeSet::from(["cn-hangzhou", "cn-shanghai"]);
+        // (case, yaml of a trafficPolicy, expected errors: (path below "tp", message))
+        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+            (
+                "failover with distribute",
+                r#"{loadBalancer: {localityLbSetting: {
+                    failover: [{from: cn-hangzhou, to: cn-shanghai}],
+                    distribute: [{from: "*", to: {"cn-hangzhou": 100}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting",
+                    "failover and distribute are mutually exclusive (one orders localities by \
+                     priority, the other splits load by weight); keep one",
+                )],
+            ),
+            (
+                "failoverPriority with distribute",
+                r#"{loadBalancer: {localityLbSetting: {
+                    failoverPriority: [topology.kubernetes.io/region],
+                    distribute: [{from: "*", to: {"cn-hangzhou": 100}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting",
+                    "failoverPriority and distribute are mutually exclusive (one orders \
+                     localities by priority, the other splits load by weight); keep one",
+                )],
+            ),
+            (
+                "unknown failover region",
+                "{loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: \
+                 cn-beijing}]}}}",
+                &[(
+                    "tp.loadBalancer.localityLbSetting.failover[0].to",
+                    "\"cn-beijing\" is not a known region (the node's or an endpoint's: \
+                     cn-hangzhou, cn-shanghai)",
+                )],
+            ),
+            (
+                "empty failover region",
+                "{loadBalancer: {localityLbSetting: {failover: [{to: cn-shanghai}]}}}",
+                &[(
+                    "tp.loadBalancer.localityLbSetting.failover[0].from",
+                    "must not be empty",
+                )],
+            ),
+            (
+                "failover to itself",
+                "{loadBalancer: {localityLbSetting: {failover: [{from: cn-shanghai, to: \
+                 cn-shanghai}]}}}",
+                &[(
+                    "tp.loadBalancer.localityLbSetting.failover[0]",
+                    "from and to are both \"cn-shanghai\"; they must differ",
+                )],
+            ),
+            (
+                "empty failoverPriority label",
+                "{loadBalancer: {localityLbSetting: {failoverPriority: [\"\"]}}}",
+                &[(
+                    "tp.loadBalancer.localityLbSetting.failoverPriority[0]",
+                    "must not be empty",
+                )],
+            ),
+            (
+                "distribute weights do not sum to 100",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "cn-hangzhou/*", to: {"cn-hangzhou/*": 80, "cn-shanghai/*": 10}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[0].to",
+                    "weights sum to 90, not 100",
+                )],
+            ),
+            (
+                "distribute weight 0",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "*", to: {"cn-hangzhou": 100, "cn-shanghai": 0}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[0].to[\"cn-shanghai\"]",
+                    "0 is not allowed; leave the locality out to send it nothing",
+                )],
+            ),
+            (
+                "distribute weight above 100",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "*", to: {"cn-hangzhou": 150}}]}}}"#,
+                &[
+                    (
+                        "tp.loadBalancer.localityLbSetting.distribute[0].to[\"cn-hangzhou\"]",
+                        "150 is above 100",
+                    ),
+                    (
+                        "tp.loadBalancer.localityLbSetting.distribute[0].to",
+                        "weights sum to 150, not 100",
+                    ),
+                ],
+            ),
+            (
+                "bad distribute from",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "*/b", to: {"cn-hangzhou": 100}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[0].from",
+                    "\"*/b\" is not a locality: expected region[/zone[/subzone]], with '*' \
+                     allowed as the last segment",
+                )],
+            ),
+            (
+                "empty distribute from and to",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [{from: ""}]}}}"#,
+                &[
+                    (
+                        "tp.loadBalancer.localityLbSetting.distribute[0].from",
+                        "must not be empty",
+                    ),
+                    (
+                        "tp.loadBalancer.localityLbSetting.distribute[0].to",
+                        "must not be empty",
+                    ),
+                ],
+            ),
+            (
+                "bad distribute target",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "*", to: {"cn-hangzhou//a": 100}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[0].to[\"cn-hangzhou//a\"]",
+                    "\"cn-hangzhou//a\" is not a locality: expected region[/zone[/subzone]], \
+                     with '*' allowed as the last segment",
+                )],
+            ),
+            (
+                "overlapping distribute sources",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "cn-hangzhou/*", to: {"cn-hangzhou": 100}},
+                    {from: "cn-hangzhou/cn-hangzhou-b", to: {"cn-hangzhou": 100}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[1].from",
+                    "\"cn-hangzhou/cn-hangzhou-b\" overlaps distribute[0].from \
+                     \"cn-hangzhou/*\"; a client locality must match one rule",
+                )],
+            ),
+            (
+                "overlapping distribute targets",
+                r#"{loadBalancer: {localityLbSetting: {distribute: [
+                    {from: "*", to: {"cn-hangzhou": 50, "cn-hangzhou/b": 50}}]}}}"#,
+                &[(
+                    "tp.loadBalancer.localityLbSetting.distribute[0].to[\"cn-hangzhou/b\"]",
+                    "overlaps \"cn-hangzhou\"; each locality may get one weight",
+                )],
+            ),
+            (
+                "max ejection percent",
+                "{outlierDetection: {maxEjectionPercent: 150}}",
+                &[("tp.outlierDetection.maxEjectionPercent", "150 is above 100")],
+            ),
+            (
+                "min health percent",
+                "{outlierDetection: {minHealthPercent: 101}}",
+                &[("tp.outlierDetection.minHealthPercent", "101 is above 100")],
+            ),
+            (
+                "consecutive 5xx",
+                "{outlierDetection: {consecutive5xxErrors: 10001}}",
+                &[(
+                    "tp.outlierDetection.consecutive5xxErrors",
+                    "10001 is above the maximum 10000",
+                )],
+            ),
+            (
+                "consecutive gateway errors",
+                "{outlierDetection: {consecutiveGatewayErrors: 20000}}",
+                &[(
+                    "tp.outlierDetection.consecutiveGatewayErrors",
+                    "20000 is above the maximum 10000",
+                )],
+            ),
+            (
+                "zero interval",
+                "{outlierDetection: {interval: 0s}}",
+                &[(
+                    "tp.outlierDetection.interval",
+                    "0s is below the minimum 1ms",
+                )],
+            ),
+            (
+                "long base ejection time",
+                "{outlierDetection: {baseEjectionTime: 25h}}",
+                &[(
+                    "tp.outlierDetection.baseEjectionTime",
+                    "25h is above the maximum 24h",
+                )],
+            ),
+        ];
+        for (case, yaml, expected) in cases {
+            let mut errors = Vec::new();
+            validate_traffic_policy(&policy(yaml), "tp", &regions, &mut errors);
+            let actual: Vec<(&str, &str)> = errors
+                .iter()
+                .map(|e| (e.path.as_str(), e.message.as_str()))
+                .collect();
+            assert_eq!(actual, *expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn accepts_good_policies() {
+        let regions = BTreeSet::from(["cn-hangzhou", "cn-shanghai"]);
+        let cases = [
+            "{}",
+            "{loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: \
+             cn-shanghai}, {from: cn-shanghai, to: cn-hangzhou}]}}}",
+            r#"{loadBalancer: {localityLbSetting: {distribute: [
+                {from: "cn-hangzhou/*", to: {"cn-hangzhou/*": 90, "cn-shanghai/*": 10}},
+                {from: "cn-shanghai/*", to: {"*": 100}}]}}}"#,
+            "{loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: \
+             cn-shanghai}], failoverPriority: [topology.istio.io/cluster]}}}",
+            "{outlierDetection: {maxEjectionPercent: 100, minHealthPercent: 100, \
+             consecutive5xxErrors: 10000, interval: 1ms, baseEjectionTime: 24h}}",
+        ];
+        for yaml in cases {
+            let mut errors = Vec::new();
+            validate_traffic_policy(&policy(yaml), "tp", &regions, &mut errors);
+            assert_eq!(errors, [], "{yaml}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_health_checks() {
+        // (case, yaml, path below "hc", message)
+        let cases = [
+            (
+                "relative path",
+                "{path: healthz}",
+                "hc.path",
+                "\"healthz\" does not start with '/'",
+            ),
+            ("port 0", "{port: 0}", "hc.port", "0 is not a valid port"),
+            (
+                "short interval",
+                "{interval: 50ms, timeout: 10ms}",
+                "hc.interval",
+                "50ms is below the minimum 100ms",
+            ),
+            (
+                "long interval",
+                "{interval: 2h}",
+                "hc.interval",
+                "2h is above the maximum 1h",
+            ),
+            (
+                "zero timeout",
+                "{timeout: 0s}",
+                "hc.timeout",
+                "0s is not a valid timeout",
+            ),
+            (
+                "timeout above interval",
+                "{interval: 1s, timeout: 2s}",
+                "hc.timeout",
+                "2s is longer than the interval 1s",
+            ),
+            (
+                "healthy threshold 0",
+                "{healthyThreshold: 0}",
+                "hc.healthyThreshold",
+                "0 is below the minimum 1",
+            ),
+            (
+                "unhealthy threshold 101",
+                "{unhealthyThreshold: 101}",
+                "hc.unhealthyThreshold",
+                "101 is above the maximum 100",
+            ),
+        ];
+        for (case, yaml, path, message) in cases {
+            let check: HealthCheck = serde_yaml_ng::from_str(yaml).unwrap();
+            let mut errors = Vec::new();
+            validate_health_check(&check, "hc", &mut errors);
+            assert_eq!(errors, [FieldError::new(path, message)], "{case}");
+        }
+
+        // A tcp check has no path to get wrong.
+        let tcp: HealthCheck = serde_yaml_ng::from_str("{type: tcp, path: x}").unwrap();
+        let mut errors = Vec::new();
+        validate_health_check(&tcp, "hc", &mut errors);
+        assert_eq!(errors, []);
+    }
+}

@@ -1,0 +1,875 @@
+//! Per-packet cost of the kernel programs, measured with BPF_PROG_TEST_RUN: the real,
+//! verifier-loaded programs run by the kernel on synthetic packets and timed by the kernel.
+//!
+//! Run by `cargo xtask bench` (needs root, CAP_BPF + CAP_NET_ADMIN). Results go, as JSON, to the
+//! file named by `GEOSTEER_BENCH_OUT`; `GEOSTEER_BENCH_QUICK=1` makes the runs shorter.
+//!
+//! A test run executes the program `repeat` times on one packet buffer and reports the mean time
+//! per execution, measured inside the kernel around the loop. Two ways of using it:
+//!
+//! - **batched**: one call with a large `repeat`. The per-call overhead is amortised away, but
+//!   every iteration sees the packet as the previous one left it. That only measures what we
+//!   want when the program leaves the packet as it found it: a passthrough, or a flow whose
+//!   NAT target equals its original address (see [`SELF_PORT`]).
+//! - **single**: `repeat = 1` per call with a fresh packet each time, many calls, averaging the
+//!   kernel-reported times. This is the only way to give every run a new flow (a new source
+//!   port), and it is what the XDP cases use (XDP decrements the TTL when it forwards, so it
+//!   never leaves a packet unchanged). The kernel's clock reads around a single execution are
+//!   part of each sample, so this method has a higher floor.
+//!
+//! Each method runs a no-op program (`r0 = verdict; exit`, loaded with a raw `bpf(BPF_PROG_LOAD)`)
+//! through the same syscall path, interleaved with the real cases: that floor is the cost of
+//! the test-run harness itself, and "over floor" is what geosteer adds to it.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::Ebpf;
+use geosteer::{
+    dataplane::BpfMaps,
+    loader::{self, MapSizes},
+    programmer::{DesiredBackend, DesiredService, Programmer},
+};
+use geosteer_common::{FlowKey, PROTO_TCP, ServiceKey, program_names};
+use serde::Serialize;
+
+const TC_ACT_OK: u32 = 0;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 9);
+/// The service port whose backends are real addresses.
+const VPORT: u16 = 80;
+const TPORT: u16 = 8080;
+/// A second service port whose only backend is VIP:SELF_PORT itself. Its DNAT rewrites a packet
+/// into the same bytes (through the same helpers and checksum updates as any other rewrite), so
+/// a batched run takes the full established-flow path on every iteration. With a real backend,
+/// iteration 2 onwards would see a packet addressed to the backend, i.e. a passthrough.
+const SELF_PORT: u16 = 81;
+/// Backends of the VPORT service; selection is a Maglev table lookup, whose cost does not
+/// depend on how many backends there are.
+const BACKENDS: u8 = 64;
+const CLIENT_PORT: u16 = 40000;
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const PSH_ACK: u8 = 0x18;
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 198.19.0.10\r\nUser-Agent: wrk\r\n\r\n";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nb1\n";
+
+/// One measured case, as written to the JSON report.
+#[derive(Serialize)]
+struct Case {
+    /// "batched" or "single" (see the module docs).
+    method: &'static str,
+    name: String,
+    program: &'static str,
+    /// Executions per test-run call.
+    repeat: u32,
+    /// Test-run calls per repetition.
+    calls: u32,
+    /// Repetitions; the statistics are over their per-repetition means.
+    reps: u32,
+    median_ns: f64,
+    min_ns: f64,
+    max_ns: f64,
+    /// The same method's no-op program median (of the same program type).
+    floor_ns: f64,
+    /// What the program answered, e.g. "TC_ACT_OK".
+    verdict: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    kernel: String,
+    bpf_stats_enabled: String,
+    batched_repeat: u32,
+    single_calls: u32,
+    cases: Vec<Case>,
+}
+
+fn main() -> Result<()> {
+    geosteer_tests::require_root();
+    let out_path = std::env::var_os("GEOSTEER_BENCH_OUT").context(
+        "GEOSTEER_BENCH_OUT must name the output file (run through `cargo xtask bench`)",
+    )?;
+    let quick = std::env::var("GEOSTEER_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let (batched_repeat, batched_reps) = if quick { (200_000, 3) } else { (1_000_000, 7) };
+    let (single_calls, single_reps) = if quick { (5_000, 3) } else { (20_000, 5) };
+
+    private_network()?;
+    pin_to_one_cpu()?;
+    let mut rig = Rig::new()?;
+    let noop_tc = load_noop(BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK)?;
+    let noop_xdp = load_noop(BPF_PROG_TYPE_XDP, XDP_PASS)?;
+
+    let mut cases = batched(&rig, &noop_tc, &noop_xdp, batched_repeat, batched_reps)?;
+    cases.extend(single(
+        &mut rig,
+        &noop_tc,
+        &noop_xdp,
+        single_calls,
+        single_reps,
+    )?);
+
+    let report = Report {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")?
+            .trim()
+            .to_string(),
+        bpf_stats_enabled: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        batched_repeat,
+        single_calls,
+        cases,
+    };
+    for c in &report.cases {
+        eprintln!(
+            "{:8} {:55} {:>8.1} ns (min {:.1}, max {:.1}, floor {:.1}) {}",
+            c.method, c.name, c.median_ns, c.min_ns, c.max_ns, c.floor_ns, c.verdict
+        );
+    }
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out_path.to_string_lossy()))?;
+    Ok(())
+}
+
+/// Moves this process into a network namespace of its own, with a route and neighbour entries
+/// for the backends, so that the XDP program's FIB lookup succeeds (and it redirects, as on a
+/// real uplink) whatever the host's routing looks like. The namespace goes away with the
+/// process. Test runs send nothing: the packets only exist in the kernel's test buffer.
+fn private_network() -> Result<()> {
+    // SAFETY: plain syscall; the process is single-threaded here.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    // Children inherit the namespace. Both veth ends stay here; the kernel has no dummy driver.
+    let mut cmds: Vec<Vec<String>> = [
+        "ip link set lo up",
+        "ip link add gsb0 type veth peer name gsb1",
+        "ip link set gsb0 up",
+        "ip link set gsb1 up",
+        "ip addr add 198.18.0.1/16 dev gsb0",
+        // The test run's packets arrive on lo; bpf_fib_lookup wants forwarding on there.
+        "sysctl -q -w net.ipv4.conf.all.forwarding=1",
+    ]
+    .iter()
+    .map(|c| c.split(' ').map(str::to_string).collect())
+    .collect();
+    for i in 1..=BACKENDS {
+        cmds.push(
+            format!(
+                "ip neigh replace {} lladdr 02:00:00:00:00:{i:02x} dev gsb0 nud permanent",
+                backend_ip(i)
+            )
+            .split(' ')
+            .map(str::to_string)
+            .collect(),
+        );
+    }
+    for cmd in cmds {
+        let status = Command::new(&cmd[0]).args(&cmd[1..]).status()?;
+        ensure!(status.success(), "`{}` failed: {status}", cmd.join(" "));
+    }
+    Ok(())
+}
+
+/// Keeps every run on one CPU: the per-CPU counters and the LRU map's per-CPU free lists then
+/// behave the same in every call, and no migration lands inside a measurement.
+fn pin_to_one_cpu() -> Result<()> {
+    // SAFETY: sysconf and sched_setaffinity on our own process, with a zeroed cpu_set_t.
+    unsafe {
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpus - 1, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+fn backend_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 10 + i, 2)
+}
+
+// ------------------------------------------------------------------------- programs ---
+
+struct Rig {
+    /// Owns the programs (and so their fds) for the whole run.
+    _ebpf: Ebpf,
+    maps: BpfMaps,
+    programmer: Programmer,
+    tc_ingress: RawFd,
+    tc_egress: RawFd,
+    xdp: RawFd,
+}
+
+impl Rig {
+    fn new() -> Result<Rig> {
+        let sizes = MapSizes {
+            max_services: 16,
+            max_backends: 256,
+            // Room for every flow of a repetition (two entries each) without LRU eviction.
+            conntrack: 262_144,
+        };
+        let mut ebpf = loader::load(sizes, None)?;
+        let maps = BpfMaps::take(&mut ebpf)?;
+        let fd = |name: &str| -> Result<RawFd> {
+            let prog = ebpf
+                .program(name)
+                .with_context(|| format!("no program {name}"))?;
+            Ok(prog.fd()?.as_fd().as_raw_fd())
+        };
+        let (tc_ingress, tc_egress, xdp) = (
+            fd(program_names::TC_INGRESS)?,
+            fd(program_names::TC_EGRESS)?,
+            fd(program_names::XDP)?,
+        );
+        let mut rig = Rig {
+            _ebpf: ebpf,
+            maps,
+            programmer: Programmer::new(16, 256),
+            tc_ingress,
+            tc_egress,
+            xdp,
+        };
+        let real = (1..=BACKENDS).map(|i| (backend_ip(i), TPORT)).collect();
+        rig.programmer.apply(
+            &mut rig.maps,
+            &[
+                service(VPORT, real),
+                service(SELF_PORT, vec![(VIP, SELF_PORT)]),
+            ],
+        )?;
+        Ok(rig)
+    }
+
+    fn service_id(&self, port: u16) -> u32 {
+        self.programmer
+            .service(&service_key(port))
+            .expect("service is live")
+            .id
+    }
+
+    /// Packets the program counted for the service (every DNATed request is counted).
+    fn service_packets(&self, port: u16) -> Result<u64> {
+        Ok(self.maps.service_counters(self.service_id(port))?.packets)
+    }
+
+    /// Replies the program counted for the self-NAT service's one backend.
+    fn self_nat_replies(&self) -> Result<u64> {
+        let live = self
+            .programmer
+            .service(&service_key(SELF_PORT))
+            .expect("service is live");
+        let id = live.backends[&(u32::from(VIP).to_be(), SELF_PORT.to_be())].0;
+        Ok(self.maps.backend_counters(id)?.reply_packets)
+    }
+
+    /// Empties conntrack, so every repetition of the new-flow cases starts from the same state.
+    fn clear_conntrack(&mut self) -> Result<()> {
+        let keys: Vec<FlowKey> = self.maps.conntrack.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.maps.conntrack.remove(&key)?;
+        }
+        Ok(())
+    }
+}
+
+fn service_key(port: u16) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from(VIP).to_be(),
+        port: port.to_be(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    }
+}
+
+fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
+    DesiredService {
+        name: format!("bench:{port}"),
+        key: service_key(port),
+        backends: backends
+            .into_iter()
+            .map(|(ip, port)| DesiredBackend {
+                addr: u32::from(ip).to_be(),
+                port: port.to_be(),
+                weight: 1,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+
+/// The `BPF_PROG_LOAD` member of `union bpf_attr` (include/uapi/linux/bpf.h), up to the
+/// fields used here; the kernel treats a shorter attr as zero-filled.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// `struct bpf_insn`: opcode, dst/src registers, offset, immediate.
+#[repr(C)]
+struct Insn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+/// A program that only returns `verdict` (`r0 = verdict; exit`): the test-run floor.
+fn load_noop(prog_type: u32, verdict: u32) -> Result<std::os::fd::OwnedFd> {
+    const ALU64_MOV_K: u8 = 0xb7;
+    const JMP_EXIT: u8 = 0x95;
+    let insns = [
+        Insn {
+            code: ALU64_MOV_K,
+            regs: 0,
+            off: 0,
+            imm: verdict as i32,
+        },
+        Insn {
+            code: JMP_EXIT,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..7].copy_from_slice(b"gs_noop");
+    // SAFETY: attr is a valid bpf_attr prefix; insns and license outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &mut attr as *mut ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_LOAD of the no-op program");
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The `test` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+struct Run {
+    retval: u32,
+    /// Mean ns per execution, as the kernel measured it.
+    duration_ns: u32,
+    out: Vec<u8>,
+}
+
+/// One BPF_PROG_TEST_RUN call. Every program, geosteer's and the no-op, goes through here.
+fn test_run(fd: RawFd, data: &[u8], repeat: u32) -> Result<Run> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: fd as u32,
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix; both buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok(Run {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+        out,
+    })
+}
+
+// -------------------------------------------------------------------------- packets ---
+
+/// Ethernet + IPv4 + TCP with valid checksums.
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(sport.to_be_bytes());
+    l4.extend(dport.to_be_bytes());
+    l4.extend(1000u32.to_be_bytes()); // seq
+    l4.extend(if flags & ACK != 0 { 2000u32 } else { 0 }.to_be_bytes());
+    l4.extend([5 << 4, flags]);
+    l4.extend(64240u16.to_be_bytes());
+    l4.extend([0, 0, 0, 0]); // checksum, urgent pointer
+    l4.extend(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend([0, PROTO_TCP]);
+    pseudo.extend((l4.len() as u16).to_be_bytes());
+    pseudo.extend(&l4);
+    let check = geosteer_common::csum::checksum(&pseudo);
+    l4[16..18].copy_from_slice(&check.to_ne_bytes());
+
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend([0x12, 0x34, 0x40, 0x00, 64, PROTO_TCP, 0, 0]); // id, DF, TTL, proto, checksum
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let check = geosteer_common::csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_ne_bytes());
+
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(l4);
+    frame
+}
+
+fn dst_of(frame: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])
+}
+
+fn tc_verdict(v: u32) -> String {
+    match v {
+        0 => "TC_ACT_OK".into(),
+        2 => "TC_ACT_SHOT".into(),
+        v => format!("TC {v}"),
+    }
+}
+
+fn xdp_verdict(v: u32) -> String {
+    match v {
+        1 => "XDP_DROP".into(),
+        2 => "XDP_PASS".into(),
+        4 => "XDP_REDIRECT".into(),
+        v => format!("XDP {v}"),
+    }
+}
+
+// --------------------------------------------------------------------------- batched ---
+
+/// Median, min and max.
+fn stats(samples: &[f64]) -> (f64, f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mid = s.len() / 2;
+    let median = if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        (s[mid - 1] + s[mid]) / 2.0
+    };
+    (median, s[0], s[s.len() - 1])
+}
+
+/// A case of the batched method: a program, a packet the program must leave unchanged, the
+/// verdict it must give, and which of the program's own counters must grow by one per
+/// iteration (proof that every iteration took the intended path).
+struct Batched {
+    name: &'static str,
+    program: &'static str,
+    fd: RawFd,
+    xdp: bool,
+    packet: Vec<u8>,
+    verdict: u32,
+    counted: Counted,
+}
+
+#[derive(Clone, Copy)]
+enum Counted {
+    Nothing,
+    /// Requests of the self-NAT service.
+    Requests,
+    /// Replies of the self-NAT service's backend.
+    Replies,
+}
+
+impl Counted {
+    fn read(self, rig: &Rig) -> Result<Option<u64>> {
+        Ok(match self {
+            Counted::Nothing => None,
+            Counted::Requests => Some(rig.service_packets(SELF_PORT)?),
+            Counted::Replies => Some(rig.self_nat_replies()?),
+        })
+    }
+}
+
+fn batched(
+    rig: &Rig,
+    noop_tc: &impl std::os::fd::AsRawFd,
+    noop_xdp: &impl std::os::fd::AsRawFd,
+    repeat: u32,
+    reps: u32,
+) -> Result<Vec<Case>> {
+    // The self-NAT flow's SYN creates its conntrack entries (original and reply).
+    let syn = tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, SYN, &[]);
+    let first = test_run(rig.tc_ingress, &syn, 1)?;
+    ensure!(
+        first.retval == TC_ACT_OK && first.out == syn,
+        "self-NAT SYN was not steered to itself"
+    );
+
+    let specs = [
+        Batched {
+            name: "no-op TC program (floor)",
+            program: "noop (SCHED_CLS)",
+            fd: noop_tc.as_raw_fd(),
+            packet: tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Nothing,
+        },
+        Batched {
+            name: "TC ingress: established flow (conntrack hit, DNAT)",
+            program: program_names::TC_INGRESS,
+            fd: rig.tc_ingress,
+            packet: tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Requests,
+        },
+        Batched {
+            name: "TC ingress: not for a VIP (passthrough)",
+            program: program_names::TC_INGRESS,
+            fd: rig.tc_ingress,
+            packet: tcp(CLIENT, CLIENT_PORT, OTHER, VPORT, PSH_ACK, REQUEST),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Nothing,
+        },
+        Batched {
+            name: "TC egress: reply (reverse NAT, HTTP status parse)",
+            program: program_names::TC_EGRESS,
+            fd: rig.tc_egress,
+            packet: tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Replies,
+        },
+        Batched {
+            name: "no-op XDP program (floor)",
+            program: "noop (XDP)",
+            fd: noop_xdp.as_raw_fd(),
+            packet: tcp(CLIENT, CLIENT_PORT, OTHER, VPORT, PSH_ACK, REQUEST),
+            verdict: XDP_PASS,
+            xdp: true,
+            counted: Counted::Nothing,
+        },
+        Batched {
+            name: "XDP: not for a VIP (passthrough)",
+            program: program_names::XDP,
+            fd: rig.xdp,
+            packet: tcp(CLIENT, CLIENT_PORT, OTHER, VPORT, PSH_ACK, REQUEST),
+            verdict: XDP_PASS,
+            xdp: true,
+            counted: Counted::Nothing,
+        },
+    ];
+
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); specs.len()];
+    // Repetitions go round the cases, so a slow moment of the machine is spread over all.
+    for _ in 0..reps {
+        for (spec, samples) in specs.iter().zip(&mut samples) {
+            let before = spec.counted.read(rig)?;
+            let run = test_run(spec.fd, &spec.packet, repeat)?;
+            ensure!(
+                run.retval == spec.verdict && run.out == spec.packet,
+                "{}: verdict {} or a changed packet: the iterations did not all take one path",
+                spec.name,
+                run.retval
+            );
+            if let (Some(before), Some(after)) = (before, spec.counted.read(rig)?) {
+                let counted = after - before;
+                ensure!(
+                    counted == u64::from(repeat),
+                    "{}: the program counted {counted} of {repeat} iterations",
+                    spec.name
+                );
+            }
+            samples.push(f64::from(run.duration_ns));
+        }
+    }
+
+    let floor = |name: &str| {
+        let i = specs
+            .iter()
+            .position(|s| s.name == name)
+            .expect("floor case");
+        stats(&samples[i]).0
+    };
+    let (tc_floor, xdp_floor) = (
+        floor("no-op TC program (floor)"),
+        floor("no-op XDP program (floor)"),
+    );
+    Ok(specs
+        .iter()
+        .zip(&samples)
+        .map(|(spec, s)| {
+            let (median_ns, min_ns, max_ns) = stats(s);
+            Case {
+                method: "batched",
+                name: spec.name.to_string(),
+                program: spec.program,
+                repeat,
+                calls: 1,
+                reps,
+                median_ns,
+                min_ns,
+                max_ns,
+                floor_ns: if spec.xdp { xdp_floor } else { tc_floor },
+                verdict: if spec.xdp {
+                    xdp_verdict(spec.verdict)
+                } else {
+                    tc_verdict(spec.verdict)
+                },
+            }
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------- single ---
+
+/// Means per repetition of one single-call case.
+#[derive(Default)]
+struct Series {
+    means: Vec<f64>,
+    verdict: Option<u32>,
+}
+
+impl Series {
+    /// Adds one repetition's durations; every call must have given the same verdict.
+    fn add(&mut self, (durations, verdicts, _): &Calls, name: &str) -> Result<()> {
+        let first = verdicts[0];
+        if verdicts.iter().any(|&v| v != first) {
+            bail!("{name}: the verdict changed between calls");
+        }
+        self.verdict = Some(first);
+        let sum: u64 = durations.iter().map(|&d| u64::from(d)).sum();
+        self.means.push(sum as f64 / durations.len() as f64);
+        Ok(())
+    }
+}
+
+/// Durations, verdicts and output packets of a series of single calls.
+type Calls = (Vec<u32>, Vec<u32>, Vec<Vec<u8>>);
+
+// The single-call cases, by index.
+const NOOP_TC: usize = 0;
+const TC_NEW: usize = 1;
+const TC_EST: usize = 2;
+const TC_EST_ONE: usize = 3;
+const TC_REPLY: usize = 4;
+const NOOP_XDP: usize = 5;
+const XDP_NEW: usize = 6;
+const XDP_EST: usize = 7;
+
+fn single(
+    rig: &mut Rig,
+    noop_tc: &impl std::os::fd::AsRawFd,
+    noop_xdp: &impl std::os::fd::AsRawFd,
+    calls: u32,
+    reps: u32,
+) -> Result<Vec<Case>> {
+    let ports: Vec<u16> = (0..calls as u16).map(|i| 10_000 + i).collect();
+    let backends: Vec<Ipv4Addr> = (1..=BACKENDS).map(backend_ip).collect();
+    let names = [
+        ("no-op TC program (floor)", "noop (SCHED_CLS)"),
+        (
+            "TC ingress: new flow (SYN: Maglev, conntrack insert, DNAT)",
+            program_names::TC_INGRESS,
+        ),
+        (
+            "TC ingress: established flow (conntrack hit, DNAT)",
+            program_names::TC_INGRESS,
+        ),
+        (
+            "TC ingress: established, one flow (same packet every call)",
+            program_names::TC_INGRESS,
+        ),
+        (
+            "TC egress: reply (reverse NAT, HTTP status parse)",
+            program_names::TC_EGRESS,
+        ),
+        ("no-op XDP program (floor)", "noop (XDP)"),
+        (
+            "XDP: new flow (SYN: Maglev, conntrack insert, DNAT, FIB, redirect)",
+            program_names::XDP,
+        ),
+        (
+            "XDP: established flow (conntrack hit, DNAT, FIB, redirect)",
+            program_names::XDP,
+        ),
+    ];
+    let mut series: Vec<Series> = names.iter().map(|_| Series::default()).collect();
+
+    // Runs `packet(port)` through `fd` once per port, one call each.
+    let run_all = |fd: RawFd, packet: &dyn Fn(u16) -> Vec<u8>| -> Result<Calls> {
+        let (mut d, mut v, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        for &port in &ports {
+            let run = test_run(fd, &packet(port), 1)?;
+            d.push(run.duration_ns);
+            v.push(run.retval);
+            o.push(run.out);
+        }
+        Ok((d, v, o))
+    };
+    let syn = |p| tcp(CLIENT, p, VIP, VPORT, SYN, &[]);
+    let request = |p| tcp(CLIENT, p, VIP, VPORT, PSH_ACK, REQUEST);
+
+    for _ in 0..reps {
+        // TC: new flows, then the same flows established, then their replies.
+        rig.clear_conntrack()?;
+        series[NOOP_TC].add(&run_all(noop_tc.as_raw_fd(), &syn)?, names[NOOP_TC].0)?;
+
+        let new = run_all(rig.tc_ingress, &syn)?;
+        let chosen: Vec<Ipv4Addr> = new.2.iter().map(|o| dst_of(o)).collect();
+        ensure!(
+            chosen.iter().all(|b| backends.contains(b)),
+            "a new flow was not DNATed to a backend"
+        );
+        series[TC_NEW].add(&new, names[TC_NEW].0)?;
+
+        let est = run_all(rig.tc_ingress, &request)?;
+        ensure!(
+            est.2.iter().zip(&chosen).all(|(o, b)| dst_of(o) == *b),
+            "an established flow changed backend"
+        );
+        series[TC_EST].add(&est, names[TC_EST].0)?;
+
+        // The same calls on one flow: what remains of the difference to the batched method is
+        // the harness; what this adds over it is touching a different flow every time.
+        let one = run_all(rig.tc_ingress, &|_| request(ports[0]))?;
+        ensure!(
+            one.2.iter().all(|o| dst_of(o) == chosen[0]),
+            "the one established flow changed backend"
+        );
+        series[TC_EST_ONE].add(&one, names[TC_EST_ONE].0)?;
+
+        let reply_to = |p: u16| {
+            let backend = chosen[usize::from(p - ports[0])];
+            tcp(backend, TPORT, CLIENT, p, PSH_ACK, RESPONSE)
+        };
+        let replies = run_all(rig.tc_egress, &reply_to)?;
+        ensure!(
+            replies
+                .2
+                .iter()
+                .all(|o| Ipv4Addr::new(o[26], o[27], o[28], o[29]) == VIP),
+            "a reply was not reverse-NATed to the VIP"
+        );
+        series[TC_REPLY].add(&replies, names[TC_REPLY].0)?;
+
+        // XDP, from an empty conntrack again.
+        rig.clear_conntrack()?;
+        series[NOOP_XDP].add(&run_all(noop_xdp.as_raw_fd(), &syn)?, names[NOOP_XDP].0)?;
+        let new = run_all(rig.xdp, &syn)?;
+        ensure!(
+            new.2.iter().all(|o| backends.contains(&dst_of(o))),
+            "an XDP new flow was not DNATed to a backend"
+        );
+        series[XDP_NEW].add(&new, names[XDP_NEW].0)?;
+        series[XDP_EST].add(&run_all(rig.xdp, &request)?, names[XDP_EST].0)?;
+    }
+    rig.clear_conntrack()?;
+
+    for (i, expected) in [
+        (TC_NEW, TC_ACT_OK),
+        (TC_EST, TC_ACT_OK),
+        (TC_EST_ONE, TC_ACT_OK),
+        (TC_REPLY, TC_ACT_OK),
+        (XDP_NEW, XDP_REDIRECT),
+        (XDP_EST, XDP_REDIRECT),
+    ] {
+        ensure!(
+            series[i].verdict == Some(expected),
+            "{}: verdict {:?}, expected {expected}",
+            names[i].0,
+            series[i].verdict
+        );
+    }
+    let (tc_floor, xdp_floor) = (
+        stats(&series[NOOP_TC].means).0,
+        stats(&series[NOOP_XDP].means).0,
+    );
+    Ok(names
+        .iter()
+        .zip(&series)
+        .enumerate()
+        .map(|(i, ((name, program), s))| {
+            let (median_ns, min_ns, max_ns) = stats(&s.means);
+            let xdp = i >= NOOP_XDP;
+            let verdict = s.verdict.unwrap_or_default();
+            Case {
+                method: "single",
+                name: name.to_string(),
+                program,
+                repeat: 1,
+                calls,
+                reps,
+                median_ns,
+                min_ns,
+                max_ns,
+                floor_ns: if xdp { xdp_floor } else { tc_floor },
+                verdict: if xdp {
+                    xdp_verdict(verdict)
+                } else {
+                    tc_verdict(verdict)
+                },
+            }
+        })
+        .collect())
+}

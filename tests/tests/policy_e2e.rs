@@ -1,0 +1,357 @@
+//! Locality policy and 5xx-driven health end to end: the agent in a node namespace, real HTTP
+//! backends in two regions whose status is switched to 503 live, real connections from a
+//! client namespace.
+//!
+//! Needs root (netns, BPF); run through `cargo xtask test`.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use geosteer_tests::{
+    BackendSpec, HttpOptions, HttpReport, Lab, LabSpec,
+    agent::{Agent, PinDir},
+    http_from, require_root,
+};
+
+const VIP: &str = "198.19.0.10:80";
+
+/// hz1, hz2 in cn-hangzhou (cluster ack-hangzhou); sh1, sh2 in cn-shanghai (ack-shanghai).
+fn two_region_lab(prefix: &str) -> Lab {
+    require_root();
+    let backends = [("hz1", 11), ("hz2", 12), ("sh1", 21), ("sh2", 22)]
+        .into_iter()
+        .map(|(name, subnet_index)| BackendSpec {
+            name: name.into(),
+            subnet_index,
+        })
+        .collect();
+    let mut lab = Lab::build(&LabSpec {
+        prefix: prefix.into(),
+        backends,
+        with_uplink: false,
+    })
+    .expect("lab builds");
+    lab.start_backends(8080, None).expect("backends start");
+    lab
+}
+
+/// Config with the four endpoints, the node in cn-hangzhou, and `policy` (YAML lines indented
+/// for the service level) appended to the service.
+fn config(pins: &PinDir, endpoints: &[&str], policy: &str) -> String {
+    let mut eps = String::new();
+    for name in endpoints {
+        let (ip, region, zone, cluster) = match *name {
+            "hz1" => (
+                "198.18.11.2",
+                "cn-hangzhou",
+                "cn-hangzhou-b",
+                "ack-hangzhou",
+            ),
+            "hz2" => (
+                "198.18.12.2",
+                "cn-hangzhou",
+                "cn-hangzhou-b",
+                "ack-hangzhou",
+            ),
+            "sh1" => (
+                "198.18.21.2",
+                "cn-shanghai",
+                "cn-shanghai-a",
+                "ack-shanghai",
+            ),
+            "sh2" => (
+                "198.18.22.2",
+                "cn-shanghai",
+                "cn-shanghai-a",
+                "ack-shanghai",
+            ),
+            other => panic!("unknown endpoint {other}"),
+        };
+        eps.push_str(&format!(
+            "      - {{ip: {ip}, region: {region}, zone: {zone}, cluster: {cluster}}}\n"
+        ));
+    }
+    format!(
+        "node: {{name: lab-node, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: ack-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n\
+         services:\n  - name: reviews\n    vip: 198.19.0.10\n    ports: [{{name: http, port: 80, targetPort: 8080}}]\n    endpoints:\n{eps}{policy}",
+        pins.pin_path().display()
+    )
+}
+
+const FAILOVER: &str = "    trafficPolicy:
+      loadBalancer:
+        localityLbSetting:
+          failover: [{from: cn-hangzhou, to: cn-shanghai}]
+      outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3s, maxEjectionPercent: 100}
+";
+
+/// One new connection at a time (so the errors before an ejection are exactly countable).
+fn sequential(lab: &Lab, connections: u32) -> HttpReport {
+    let mut opts = HttpOptions::new(connections, 1);
+    opts.concurrency = 1;
+    http_from(&lab.client, VIP, &opts).expect("client runs")
+}
+
+fn parallel(lab: &Lab, connections: u32) -> HttpReport {
+    lab.client_http(VIP, connections, 1).expect("client runs")
+}
+
+fn region_share(report: &HttpReport, prefix: &str) -> f64 {
+    let total: u64 = report.backends.values().sum();
+    let region: u64 = report
+        .backends
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum();
+    region as f64 / total.max(1) as f64
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+#[test]
+fn seed_failover_on_503_and_recovery_after_base_ejection_time() {
+    let lab = two_region_lab("gsp1");
+    let pins = PinDir::new("gsp1").unwrap();
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], FAILOVER),
+    )
+    .expect("agent starts");
+
+    let before = parallel(&lab, 200);
+    assert_eq!(before.ok, 200, "{before:?}");
+    assert_eq!(
+        region_share(&before, "hz"),
+        1.0,
+        "all traffic stays local: {:?}",
+        before.backends
+    );
+
+    // The local region starts failing.
+    let failing_at = Instant::now();
+    lab.set_status("hz1", 503).unwrap();
+    lab.set_status("hz2", 503).unwrap();
+    let during = sequential(&lab, 100);
+    let errors = during.status.get("503").copied().unwrap_or(0);
+    // consecutive5xxErrors = 1: at most one 5xx per local backend before it is ejected.
+    assert!(
+        errors <= 2,
+        "{errors} client-visible 503s (≤ 1 per backend allowed): {during:?}"
+    );
+    assert_eq!(during.ok + errors, 100, "{during:?}");
+    let after = parallel(&lab, 200);
+    assert_eq!(after.ok, 200, "{after:?}");
+    assert_eq!(
+        region_share(&after, "sh"),
+        1.0,
+        "everything failed over: {:?}",
+        after.backends
+    );
+
+    // Healthy again: back after baseEjectionTime (3 s) and the next sweep (interval 1 s).
+    lab.set_status("hz1", 200).unwrap();
+    lab.set_status("hz2", 200).unwrap();
+    wait_until(
+        "traffic back in cn-hangzhou",
+        Duration::from_secs(15),
+        || region_share(&parallel(&lab, 20), "hz") == 1.0,
+    );
+    assert!(
+        failing_at.elapsed() >= Duration::from_secs(3),
+        "came back before baseEjectionTime"
+    );
+}
+
+#[test]
+fn distribute_90_10_over_a_thousand_connections() {
+    let lab = two_region_lab("gsp2");
+    let pins = PinDir::new("gsp2").unwrap();
+    let policy = "    trafficPolicy:
+      loadBalancer:
+        localityLbSetting:
+          distribute:
+            - from: cn-hangzhou/*
+              to: {\"cn-hangzhou/*\": 90, \"cn-shanghai/*\": 10}
+";
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], policy),
+    )
+    .expect("agent starts");
+    let report = parallel(&lab, 1200);
+    assert_eq!(report.ok, 1200, "{report:?}");
+    let hz = region_share(&report, "hz");
+    assert!(
+        (hz - 0.90).abs() <= 0.03,
+        "cn-hangzhou share {hz:.3}: {:?}",
+        report.backends
+    );
+}
+
+#[test]
+fn half_the_local_region_failing_spills_about_30_percent() {
+    let lab = two_region_lab("gsp3");
+    let pins = PinDir::new("gsp3").unwrap();
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], FAILOVER),
+    )
+    .expect("agent starts");
+    lab.set_status("hz1", 503).unwrap();
+    let probe = sequential(&lab, 20);
+    assert!(
+        probe.status.get("503").copied().unwrap_or(0) <= 1,
+        "{probe:?}"
+    );
+    // P0 50% healthy → health 70 → 70% local, 30% to the failover region (Envoy, factor 1.4).
+    let report = parallel(&lab, 1200);
+    assert_eq!(report.ok, 1200, "{report:?}");
+    let hz = region_share(&report, "hz");
+    assert!(
+        (hz - 0.70).abs() <= 0.04,
+        "local share {hz:.3}: {:?}",
+        report.backends
+    );
+    assert_eq!(
+        report.backends.get("hz1"),
+        None,
+        "the ejected backend gets nothing"
+    );
+}
+
+#[test]
+fn cluster_weights_20_80_and_the_shift_when_a_cluster_fails() {
+    let lab = two_region_lab("gsp4");
+    let pins = PinDir::new("gsp4").unwrap();
+    let policy = "    clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}
+    trafficPolicy:
+      outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}
+";
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], policy),
+    )
+    .expect("agent starts");
+    let report = parallel(&lab, 1200);
+    assert_eq!(report.ok, 1200, "{report:?}");
+    let hz = region_share(&report, "hz");
+    assert!(
+        (hz - 0.20).abs() <= 0.03,
+        "ack-hangzhou share {hz:.3}: {:?}",
+        report.backends
+    );
+
+    lab.set_status("sh1", 503).unwrap();
+    lab.set_status("sh2", 503).unwrap();
+    let during = sequential(&lab, 60);
+    assert!(
+        during.status.get("503").copied().unwrap_or(0) <= 2,
+        "{during:?}"
+    );
+    let after = parallel(&lab, 300);
+    assert_eq!(after.ok, 300, "{after:?}");
+    assert_eq!(
+        region_share(&after, "hz"),
+        1.0,
+        "ack-shanghai's share moved: {:?}",
+        after.backends
+    );
+}
+
+#[test]
+fn removing_a_regions_endpoints_fails_over_and_a_bad_reload_keeps_serving() {
+    let lab = two_region_lab("gsp5");
+    let pins = PinDir::new("gsp5").unwrap();
+    let agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], FAILOVER),
+    )
+    .expect("agent starts");
+    assert_eq!(region_share(&parallel(&lab, 100), "hz"), 1.0);
+
+    // The local region's endpoints disappear from the config (file change → reload).
+    std::fs::write(&agent.config_path, config(&pins, &["sh1", "sh2"], FAILOVER)).unwrap();
+    wait_until("traffic in cn-shanghai", Duration::from_secs(10), || {
+        let r = parallel(&lab, 20);
+        r.ok == 20 && region_share(&r, "sh") == 1.0
+    });
+
+    // An invalid config under traffic: rejected with the field path, traffic unaffected.
+    let traffic = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| parallel(&lab, 600));
+        std::thread::sleep(Duration::from_millis(200));
+        let bad = config(&pins, &["sh1", "sh2"], FAILOVER)
+            .replace("maxEjectionPercent: 100", "maxEjectionPercent: 150");
+        std::fs::write(&agent.config_path, bad).unwrap();
+        runner.join().unwrap()
+    });
+    assert_eq!(traffic.ok, 600, "{traffic:?}");
+    wait_until(
+        "the rejection in the agent log",
+        Duration::from_secs(5),
+        || agent.log_contains("maxEjectionPercent") && agent.log_contains("150"),
+    );
+    assert!(agent.log_contains("keeping the running state"));
+    let after = parallel(&lab, 100);
+    assert_eq!(
+        (after.ok, region_share(&after, "sh")),
+        (100, 1.0),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn kill_9_and_restart_under_load_loses_no_request() {
+    let lab = two_region_lab("gsp6");
+    let pins = PinDir::new("gsp6").unwrap();
+    let yaml = config(&pins, &["hz1", "hz2", "sh1", "sh2"], "");
+    let agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
+    let report = std::thread::scope(|scope| {
+        // Keep-alive and new connections through the VIP the whole time.
+        let runner = scope.spawn(|| {
+            let mut opts = HttpOptions::new(1500, 3);
+            opts.concurrency = 4;
+            http_from(&lab.client, VIP, &opts).expect("client runs")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = agent.pid().unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        drop(agent);
+        std::thread::sleep(Duration::from_millis(300));
+        let restarted = Agent::start(&lab.node, &pins, &yaml).expect("agent restarts");
+        assert!(
+            restarted.log_contains("re-adopted"),
+            "{:?}",
+            restarted.log()
+        );
+        let report = runner.join().unwrap();
+        drop(restarted);
+        report
+    });
+    assert_eq!(
+        report.errors, 0,
+        "requests failed across the restart: {report:?}"
+    );
+    assert_eq!(report.ok, 4500);
+    let per_backend: BTreeMap<_, _> = report.backends.clone();
+    assert_eq!(per_backend.len(), 4, "{per_backend:?}");
+}
