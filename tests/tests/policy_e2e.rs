@@ -355,3 +355,45 @@ fn kill_9_and_restart_under_load_loses_no_request() {
     let per_backend: BTreeMap<_, _> = report.backends.clone();
     assert_eq!(per_backend.len(), 4, "{per_backend:?}");
 }
+
+#[test]
+fn active_health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
+    let mut lab = two_region_lab("gsp7");
+    let pins = PinDir::new("gsp7").unwrap();
+    let policy = "    healthCheck: {type: http, path: /healthz, interval: 200ms, timeout: 200ms, healthyThreshold: 2, unhealthyThreshold: 2}
+";
+    let agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&pins, &["hz1", "hz2", "sh1", "sh2"], policy),
+    )
+    .expect("agent starts");
+    let before = parallel(&lab, 200);
+    assert_eq!(before.backends.len(), 4, "{before:?}");
+
+    lab.stop_backend("hz1").unwrap();
+    wait_until(
+        "hz1 failing its active checks",
+        Duration::from_secs(10),
+        || agent.log_contains("198.18.11.2:8080 fails active checks"),
+    );
+    let during = parallel(&lab, 400);
+    assert_eq!(
+        during.ok, 400,
+        "no connection goes to the dead endpoint: {during:?}"
+    );
+    assert_eq!(during.backends.get("hz1"), None);
+
+    lab.start_backend("hz1").unwrap();
+    wait_until(
+        "hz1 passing its active checks again",
+        Duration::from_secs(10),
+        || agent.log_contains("198.18.11.2:8080 passes active checks"),
+    );
+    let after = parallel(&lab, 400);
+    assert_eq!(after.ok, 400, "{after:?}");
+    assert!(
+        after.backends.get("hz1").copied().unwrap_or(0) > 40,
+        "{after:?}"
+    );
+}

@@ -574,8 +574,9 @@ fn render_kernel(w: &mut String, k: &KernelReport) {
     let _ = writeln!(
         w,
         "**One call at a time**: `repeat = 1` with a fresh packet per call, {} calls per \
-         repetition, median over {} repetitions of the mean kernel-reported time. Each new flow \
-         has its own source port; the established and reply cases then replay those flows (the \
+         repetition, median over {} repetitions of the mean kernel-reported time, after one \
+         unrecorded repetition (a conntrack map that has never held entries hands them out in \
+         memory order, which is faster than a used map). Each new flow has its own source port; the established and reply cases then replay those flows (the \
          \"one flow\" case replays only the first). Conntrack is emptied between repetitions, so \
          each starts from the same state and the map never evicts. The kernel's clock reads \
          around a single execution are inside each sample, hence the higher floor. This is the \

@@ -10,7 +10,6 @@ use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
-    time::Instant,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -63,55 +62,94 @@ pub fn run(seconds: u64) -> Result<()> {
     lab.start_backends(8080, None)?;
     let _pins = BpffsMount::new(PIN_PATH)?;
 
-    println!("== starting `geosteer agent` (built-in config) in the node namespace");
+    println!(
+        "== starting `geosteer agent` (built-in config: distribute 90/10, outlierDetection consecutive5xxErrors 1, baseEjectionTime 10s)"
+    );
     let agent = Agent::start_args(&lab.node, &["agent"])?;
 
+    let phase = seconds.max(2) * 1000 / 2;
+    let plan = Plan {
+        fail_at_ms: phase,
+        heal_at_ms: 2 * phase,
+        // Recovery takes baseEjectionTime (10 s) after the ejection, plus one sweep.
+        end_ms: 2 * phase + 13_000,
+    };
     println!(
-        "\n== a new connection to {VIP} every 10 ms for {seconds} s; live split per second (Ctrl-C stops)\n"
+        "\n== a new connection to {VIP} every 10 ms; live split per second (Ctrl-C stops)\n   \
+         at {:.1} s cn-hangzhou starts answering 503; at {:.1} s it is healthy again\n",
+        plan.fail_at_ms as f64 / 1000.0,
+        plan.heal_at_ms as f64 / 1000.0
     );
-    let result = watch(&lab, seconds);
+    let result = watch(&lab, &plan);
+    println!("\n== what the agent recorded");
+    for line in agent.log().iter().filter(|l| l.contains("event=")) {
+        println!("   {}", line.split("event=").nth(1).unwrap_or(line));
+    }
     println!("\n== tearing down (agent, backends, namespaces, pins)");
     drop(agent);
     drop(lab);
     result
 }
 
-fn watch(lab: &Lab, seconds: u64) -> Result<()> {
+struct Plan {
+    fail_at_ms: u64,
+    heal_at_ms: u64,
+    end_ms: u64,
+}
+
+const NAMES: [&str; 4] = ["hz-1", "hz-2", "sh-1", "sh-2"];
+
+fn print_row(label: &str, counts: &BTreeMap<String, u64>, errors: u64) {
+    let sum: u64 = counts.values().sum::<u64>().max(1);
+    let cells: String = NAMES
+        .iter()
+        .map(|n| {
+            let c = counts.get(*n).copied().unwrap_or(0);
+            format!("{:>5} ({:>3.0}%)", c, 100.0 * c as f64 / sum as f64)
+        })
+        .collect();
+    let hz: u64 = counts
+        .iter()
+        .filter(|(k, _)| k.starts_with("hz"))
+        .map(|(_, v)| v)
+        .sum();
+    println!(
+        "{label:>5}  {cells}  {:>4.0}% / {:>3.0}%  {errors:>6}",
+        100.0 * hz as f64 / sum as f64,
+        100.0 * (sum.min(counts.values().sum()) - hz) as f64 / sum as f64
+    );
+}
+
+fn watch(lab: &Lab, plan: &Plan) -> Result<()> {
     let client = bin_path("lab-client");
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.client.name])
         .arg(&client)
         .args(["watch", "--target", VIP, "--duration-ms"])
-        .arg((seconds * 1000).to_string())
+        .arg(plan.end_ms.to_string())
         .args(["--interval-ms", "10"])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting lab-client watch")?;
     let stdout = child.stdout.take().expect("piped");
-    let names: Vec<&str> = vec!["hz-1", "hz-2", "sh-1", "sh-2"];
     println!(
-        "{:>4}  {}  {:>6}",
+        "{:>5}  {}  {:>13}  {:>6}",
         "t(s)",
-        names.iter().map(|n| format!("{n:>12}")).collect::<String>(),
+        NAMES.iter().map(|n| format!("{n:>12}")).collect::<String>(),
+        "hz / sh",
         "errors"
     );
     let mut second: BTreeMap<String, u64> = BTreeMap::new();
-    let mut total: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors = 0u64;
-    let mut total_errors = 0u64;
     let mut next_tick = 1000u64;
-    let start = Instant::now();
-    let print_row = |t: u64, counts: &BTreeMap<String, u64>, errors: u64| {
-        let sum: u64 = counts.values().sum::<u64>().max(1);
-        let cells: String = names
-            .iter()
-            .map(|n| {
-                let c = counts.get(*n).copied().unwrap_or(0);
-                format!("{:>5} ({:>3.0}%)", c, 100.0 * c as f64 / sum as f64)
-            })
-            .collect();
-        println!("{t:>4}  {cells}  {errors:>6}");
-    };
+    let mut failed_at: Option<u64> = None;
+    let mut healed_at: Option<u64> = None;
+    let mut first_error: Option<u64> = None;
+    let mut last_error: Option<u64> = None;
+    let mut client_errors = 0u64;
+    let mut last_hz_while_failing: Option<u64> = None;
+    let mut back_at: Option<u64> = None;
+    let mut answered = 0u64;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -122,31 +160,81 @@ fn watch(lab: &Lab, seconds: u64) -> Result<()> {
         };
         let t = event["t_ms"].as_u64().unwrap_or(0);
         while t >= next_tick {
-            print_row(next_tick / 1000, &second, errors);
+            print_row(&format!("{}", next_tick / 1000), &second, errors);
             second.clear();
             errors = 0;
             next_tick += 1000;
         }
-        match event["backend"].as_str() {
-            Some(b) if event["error"].is_null() => {
-                *second.entry(b.to_string()).or_default() += 1;
-                *total.entry(b.to_string()).or_default() += 1;
+        if failed_at.is_none() && t >= plan.fail_at_ms {
+            lab.set_status("hz-1", 503)?;
+            lab.set_status("hz-2", 503)?;
+            failed_at = Some(t);
+            println!(
+                "  --- {:.3} s: hz-1 and hz-2 now answer 503",
+                t as f64 / 1000.0
+            );
+        }
+        if healed_at.is_none() && t >= plan.heal_at_ms {
+            lab.set_status("hz-1", 200)?;
+            lab.set_status("hz-2", 200)?;
+            healed_at = Some(t);
+            println!(
+                "  --- {:.3} s: hz-1 and hz-2 healthy again (ejected until baseEjectionTime is over)",
+                t as f64 / 1000.0
+            );
+        }
+        let backend = event["backend"].as_str();
+        let ok = event["error"].is_null() && event["status"].as_u64() == Some(200);
+        if let Some(b) = backend {
+            *second.entry(b.to_string()).or_default() += 1;
+            answered += 1;
+            if b.starts_with("hz") {
+                if failed_at.is_some() && healed_at.is_none() {
+                    last_hz_while_failing = Some(t);
+                }
+                if healed_at.is_some() && back_at.is_none() {
+                    back_at = Some(t);
+                }
             }
-            _ => {
-                errors += 1;
-                total_errors += 1;
+        }
+        if !ok {
+            if std::env::var_os("GEOSTEER_DEMO_DEBUG").is_some() {
+                println!("  ! {line}");
+            }
+            errors += 1;
+            if failed_at.is_some() {
+                client_errors += 1;
+                first_error.get_or_insert(t);
+                last_error = Some(t);
             }
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    println!("\ntotal over {:.1} s:", start.elapsed().as_secs_f64());
-    print_row(next_tick / 1000, &total, total_errors);
-    println!("(the built-in config gives the four endpoints equal weight: ~25% each)");
+    println!("\ntimeline (client view, one new connection every 10 ms):");
+    let ms =
+        |t: Option<u64>| t.map_or("—".to_string(), |t| format!("{:.3} s", t as f64 / 1000.0));
+    println!("  region cn-hangzhou starts failing  {}", ms(failed_at));
+    println!("  first client-visible error         {}", ms(first_error));
+    println!(
+        "  last connection served by hz-*     {}",
+        ms(last_hz_while_failing)
+    );
+    println!("  last client-visible error          {}", ms(last_error));
+    if let (Some(f), Some(l)) = (failed_at, last_hz_while_failing.or(last_error)) {
+        println!(
+            "  traffic moved to cn-shanghai after {} ms",
+            l.saturating_sub(f)
+        );
+    }
+    println!(
+        "  client-visible errors              {client_errors} of {answered} answered connections"
+    );
+    println!("  back in cn-hangzhou                {}", ms(back_at));
     if INTERRUPTED.load(Ordering::SeqCst) {
         println!("interrupted");
     }
-    if total.is_empty() {
+    if answered == 0 {
         bail!("no request reached a backend");
     }
     Ok(())

@@ -29,8 +29,8 @@ enum Command {
     },
     /// Build, start a throwaway lab of network namespaces, run the agent, show the live split.
     Demo {
-        /// Seconds of traffic to show.
-        #[arg(long, default_value_t = 20)]
+        /// Seconds for the 90/10 and failing phases together (recovery adds ~13 s).
+        #[arg(long, default_value_t = 12)]
         seconds: u64,
     },
     /// Measure the data path and write BENCHMARKS.md.
