@@ -161,6 +161,10 @@ pub struct Service {
     pub cluster_weights: Option<BTreeMap<String, u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Reset the flows pinned to a backend when it is ejected, so keep-alive clients reconnect
+    /// to a healthy one (their next packet is steered anew; the new backend answers with a RST).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset_on_eject: bool,
 }
 
 fn default_namespace() -> String {
@@ -828,6 +832,7 @@ services:
                 traffic_policy: None,
                 cluster_weights: None,
                 health_check: None,
+                reset_on_eject: false,
             }],
             loaded_destination_rules: vec![],
         };

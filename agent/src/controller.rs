@@ -29,6 +29,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct ServiceModel {
     pub name: String,
+    pub reset_on_eject: bool,
     pub key: ServiceKey,
     pub endpoints: Vec<EndpointModel>,
     pub policy: config::EffectivePolicy,
@@ -104,6 +105,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     "{}/{}:{}/{}",
                     service.namespace, service.name, port.port, port.protocol
                 ),
+                reset_on_eject: service.reset_on_eject,
                 key: ServiceKey {
                     addr: u32::from(service.vip).to_be(),
                     port: port.port.to_be(),
@@ -400,7 +402,15 @@ impl Controller {
             "{}: ejected {endpoint} ({reason}) for {:?}",
             service.name, length
         ));
+        // New table first, so the reset flows find a healthy backend.
         self.refresh(dp, &key)?;
+        if service.reset_on_eject {
+            let flows = dp.forget_flows(event.backend_id)?;
+            self.event(format!(
+                "{}: reset {flows} flows pinned to {endpoint}",
+                service.name
+            ));
+        }
         Ok(())
     }
 

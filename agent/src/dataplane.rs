@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DropReason, ServiceKey, ServiceState, ServiceTable,
-    ServiceValue, Settings, TrafficCounters, map_names,
+    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey, ServiceKey,
+    ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
 };
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
@@ -41,6 +41,10 @@ pub trait Dataplane {
     fn grace_completed(&self) -> u64 {
         0
     }
+
+    /// Deletes every conntrack entry (both directions) of flows pinned to `backend_id`; their
+    /// next packet is steered anew. Returns the number of flows.
+    fn forget_flows(&mut self, backend_id: u32) -> Result<usize>;
 
     // Reads, for re-adopting the state a previous agent left in pinned maps.
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
@@ -301,6 +305,24 @@ impl Dataplane for BpfMaps {
 
     fn grace_completed(&self) -> u64 {
         self.grace.completed()
+    }
+
+    fn forget_flows(&mut self, backend_id: u32) -> Result<usize> {
+        // A full walk: ejections are rare and the walk runs off the packet path.
+        let doomed: Vec<(FlowKey, u8)> = self
+            .conntrack
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, value)| value.backend_id == backend_id)
+            .map(|(key, _)| (key, key.direction))
+            .collect();
+        let mut flows = 0;
+        for (key, direction) in doomed {
+            if self.conntrack.remove(&key).is_ok() && direction == DIR_ORIGINAL {
+                flows += 1;
+            }
+        }
+        Ok(flows)
     }
 
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {

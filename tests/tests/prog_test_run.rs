@@ -848,3 +848,45 @@ fn desired_key() -> ServiceKey {
         _pad: 0,
     }
 }
+
+/// resetOnEject: the agent forgets an ejected backend's flows; their next packet is steered
+/// anew (to a healthy backend, whose RST makes keep-alive clients reconnect).
+#[test]
+fn forgetting_an_ejected_backends_flows_re_steers_them() {
+    let mut rig = Rig::new();
+    let mut pinned = Vec::new();
+    for port in 46000..46300u16 {
+        let (_, out) = rig.ingress(&syn(port));
+        if verify(&out).dst == BACKENDS[0] {
+            pinned.push(port);
+        }
+    }
+    assert!(
+        pinned.len() > 50,
+        "{} flows on the first backend",
+        pinned.len()
+    );
+    let id = rig.backend_id(BACKENDS[0], PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Without forgetting, established flows stay put.
+    let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, pinned[0], VIP, VPORT, ACK));
+    assert_eq!(verify(&out).dst, BACKENDS[0]);
+    let forgotten = rig.maps.forget_flows(id).unwrap();
+    assert_eq!(forgotten, pinned.len());
+    for port in pinned {
+        let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));
+        assert_ne!(
+            verify(&out).dst,
+            BACKENDS[0],
+            "flow from port {port} still pinned"
+        );
+    }
+}
