@@ -5,10 +5,14 @@
 //! - active probe results → health changes;
 //! - SIGHUP or a change of the config file → reload (an invalid config is reported with its
 //!   field path and the running state is kept).
+//!
+//! After every change it publishes a fresh [`AgentState`] to the admin socket and the metrics
+//! endpoint (see `admin` and `metrics`), which serve the last one without waiting for the loop.
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -16,18 +20,20 @@ use geosteer_common::{EjectEvent, Settings};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinHandle,
 };
 use tracing::{error, info, warn};
 
 use crate::{
+    admin,
     config::{self, Config},
-    controller::{Controller, HealthKey},
+    controller::{Controller, EventKind, HealthKey},
     dataplane::{BpfMaps, Dataplane as _},
     loader::{self, MapSizes},
-    probe,
+    metrics, probe,
     programmer::Programmer,
+    state::{self, AgentState, AttachmentInfo, ReloadInfo, ReloadResult, Runtime},
 };
 
 /// How often the outlier sweep runs at most (each service's own interval decides).
@@ -46,12 +52,60 @@ pub fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The published state and what goes into it besides the controller.
+struct Publisher {
+    runtime: Runtime,
+    tx: watch::Sender<Arc<AgentState>>,
+    published_revision: Option<u64>,
+}
+
+impl Publisher {
+    /// Publishes a new snapshot if anything changed since the last one.
+    fn publish(&mut self, controller: &Controller) {
+        if self.published_revision == Some(controller.revision) {
+            return;
+        }
+        self.force(controller);
+    }
+
+    fn force(&mut self, controller: &Controller) {
+        let snapshot = state::snapshot(controller, &self.runtime, monotonic_now());
+        self.tx.send_replace(Arc::new(snapshot));
+        self.published_revision = Some(controller.revision);
+    }
+}
+
 pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     for warning in config::warnings(&config) {
         warn!("{warning}");
     }
     let dataplane = config.dataplane.clone();
+    let admin_config = config.admin.clone();
+    let (tx, rx) = watch::channel(Arc::new(AgentState::default()));
+    let mut publisher = Publisher {
+        runtime: Runtime {
+            started_at: Some(SystemTime::now()),
+            config_path: config_path.as_ref().map(|p| p.display().to_string()),
+            pin_path: dataplane.pin_path.display().to_string(),
+            generation: 1,
+            ..Default::default()
+        },
+        tx,
+        published_revision: None,
+    };
+    // Up before the programs: /healthz answers and /readyz says "not yet" while loading.
+    let _admin_socket = admin::serve(&admin_config.socket, rx.clone())?;
+    let _metrics = match admin_config.metrics_address() {
+        Some(address) => {
+            let server = metrics::serve(address, rx, dataplane.pin_path.clone()).await?;
+            info!(address = %server.address, "serving /metrics, /healthz, /readyz");
+            Some(server)
+        }
+        None => None,
+    };
+
     let mut ebpf = loader::load(MapSizes::from(&dataplane), Some(&dataplane.pin_path))?;
+    loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
     maps.write_settings(&Settings {
         connect_timeout_ns: dataplane.connect_timeout.as_nanos() as u64,
@@ -74,6 +128,21 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
 
     // Attach only after the services are in place: the first packet already finds them.
     let attachments = loader::attach(&mut ebpf, &dataplane, &dataplane.pin_path.join("links"))?;
+    publisher.runtime.attachments = attachments
+        .items
+        .iter()
+        .map(|a| AttachmentInfo {
+            interface: a.interface.clone(),
+            hook: a.hook.to_string(),
+        })
+        .collect();
+    publisher.runtime.ready = true;
+    controller.event(
+        EventKind::Agent,
+        "agent started: programs attached, config applied",
+    );
+    // Published before the log line, so whoever waits for "ready" finds it on the socket.
+    publisher.force(&controller);
     info!(
         node = %controller.config.node.name,
         region = %controller.config.node.region,
@@ -81,11 +150,17 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         pins = %dataplane.pin_path.display(),
         "ready"
     );
-    controller.event("agent ready");
 
-    let result = control_loop(&mut controller, &mut maps, config_path.as_deref()).await;
+    let result = control_loop(
+        &mut controller,
+        &mut maps,
+        config_path.as_deref(),
+        &mut publisher,
+    )
+    .await;
     // Clean exit: detach every program; the pinned maps stay for the next start.
     attachments.detach_all();
+    loader::unpin_programs(&dataplane.pin_path);
     drop(maps);
     drop(ebpf);
     info!("detached");
@@ -96,6 +171,7 @@ async fn control_loop(
     controller: &mut Controller,
     maps: &mut BpfMaps,
     config_path: Option<&Path>,
+    publisher: &mut Publisher,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -113,12 +189,14 @@ async fn control_loop(
     let mut probers = spawn_probers(controller, &probe_tx);
 
     loop {
+        publisher.publish(controller);
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sighup.recv() => {
                 if let Some(path) = config_path {
-                    reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers);
+                    let outcome = reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers);
+                    publisher.runtime.record_reload(outcome);
                     config_stamp = file_stamp(path);
                 }
             }
@@ -127,7 +205,9 @@ async fn control_loop(
                     let stamp = file_stamp(path);
                     if stamp != config_stamp {
                         config_stamp = stamp;
-                        reload(controller, maps, path, "file change", &probe_tx, &mut probers);
+                        let outcome =
+                            reload(controller, maps, path, "file change", &probe_tx, &mut probers);
+                        publisher.runtime.record_reload(outcome);
                     }
                 }
             }
@@ -172,6 +252,15 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+impl Runtime {
+    fn record_reload(&mut self, outcome: ReloadInfo) {
+        if outcome.result == ReloadResult::Applied {
+            self.generation += 1;
+        }
+        self.last_reload = Some(outcome);
+    }
+}
+
 fn reload(
     controller: &mut Controller,
     maps: &mut BpfMaps,
@@ -179,8 +268,14 @@ fn reload(
     why: &str,
     probe_tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
     probers: &mut Vec<JoinHandle<()>>,
-) {
+) -> ReloadInfo {
     let started = Instant::now();
+    let outcome = |result, message: String| ReloadInfo {
+        at: state::timestamp(SystemTime::now()),
+        trigger: why.to_string(),
+        result,
+        message,
+    };
     let config = match config::load(path) {
         Ok(config) => config,
         Err(e) => {
@@ -188,36 +283,43 @@ fn reload(
                 trigger = why,
                 "config rejected, keeping the running state:\n{e}"
             );
-            controller.event(format!(
-                "reload ({why}) rejected: {}",
-                one_line(&e.to_string())
-            ));
-            return;
+            let message = one_line(&e.to_string());
+            controller.event(
+                EventKind::Reload,
+                format!("reload ({why}) rejected: {message}"),
+            );
+            return outcome(ReloadResult::Rejected, message);
         }
     };
-    if config.dataplane != controller.config.dataplane {
-        warn!("dataplane settings changed: they take effect at the next agent start");
+    if config.dataplane != controller.config.dataplane || config.admin != controller.config.admin {
+        warn!("dataplane or admin settings changed: they take effect at the next agent start");
     }
     for warning in config::warnings(&config) {
         warn!("{warning}");
     }
-    match controller.reload(maps, config) {
+    let result = match controller.reload(maps, config) {
         Ok(changed) => {
             let elapsed_us = started.elapsed().as_micros() as u64;
             info!(trigger = why, changed, elapsed_us, "config reloaded");
-            controller.event(format!(
-                "reload ({why}): {changed} services changed in {elapsed_us} µs"
-            ));
+            let message = format!("{changed} services changed in {elapsed_us} µs");
+            controller.event(EventKind::Reload, format!("reload ({why}): {message}"));
+            outcome(ReloadResult::Applied, message)
         }
         Err(e) => {
             error!(error = %format!("{e:#}"), "applying the reloaded config");
-            controller.event(format!("reload ({why}) failed to apply: {e:#}"));
+            let message = format!("{e:#}");
+            controller.event(
+                EventKind::Reload,
+                format!("reload ({why}) failed to apply: {message}"),
+            );
+            outcome(ReloadResult::Failed, message)
         }
-    }
+    };
     for p in probers.drain(..) {
         p.abort();
     }
     *probers = spawn_probers(controller, probe_tx);
+    result
 }
 
 fn one_line(s: &str) -> String {

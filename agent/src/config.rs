@@ -61,6 +61,8 @@ pub struct Config {
     pub node: Node,
     #[serde(default)]
     pub dataplane: Dataplane,
+    #[serde(default)]
+    pub admin: Admin,
     /// Policy for services that set none of their own (and no DestinationRule does).
     #[serde(default, skip_serializing_if = "Defaults::is_empty")]
     pub defaults: Defaults,
@@ -122,6 +124,44 @@ impl Default for Dataplane {
             max_backends: DEFAULT_MAX_BACKENDS,
             pin_path: PathBuf::from("/sys/fs/bpf/geosteer"),
             connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where the agent answers operators: the admin socket (policy state for the `geosteer` CLI)
+/// and the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Admin {
+    /// `IP:PORT` of the HTTP endpoint; empty disables it. The default stays on loopback: the
+    /// metrics name every backend, which is not for the whole network to read.
+    pub metrics: String,
+    /// Unix socket (mode 0600) the CLI asks for policy state.
+    pub socket: PathBuf,
+}
+
+/// Default `admin.metrics`.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9595";
+/// Default `admin.socket`.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/geosteer/admin.sock";
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            metrics: DEFAULT_METRICS_ADDRESS.to_string(),
+            socket: PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        }
+    }
+}
+
+impl Admin {
+    /// The HTTP address, or `None` when `metrics` is empty (disabled). Validation has checked
+    /// that it parses.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        if self.metrics.is_empty() {
+            None
+        } else {
+            self.metrics.parse().ok()
         }
     }
 }
@@ -444,6 +484,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     let known_regions = effective::known_regions(config);
     validate_node(&config.node, &mut errors);
     validate_dataplane(&config.dataplane, &mut errors);
+    validate_admin(&config.admin, &mut errors);
     if let Some(policy) = &config.defaults.traffic_policy {
         policy::validate_traffic_policy(
             policy,
@@ -516,6 +557,26 @@ fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
         errors.push(FieldError::new(
             "dataplane.pinPath",
             format!("{:?} is not an absolute path", dataplane.pin_path),
+        ));
+    }
+}
+
+fn validate_admin(admin: &Admin, errors: &mut Vec<FieldError>) {
+    if !admin.metrics.is_empty()
+        && let Err(error) = admin.metrics.parse::<std::net::SocketAddr>()
+    {
+        errors.push(FieldError::new(
+            "admin.metrics",
+            format!(
+                "{:?} is not an IP:PORT address ({error}); use \"\" to disable",
+                admin.metrics
+            ),
+        ));
+    }
+    if !admin.socket.is_absolute() {
+        errors.push(FieldError::new(
+            "admin.socket",
+            format!("{:?} is not an absolute path", admin.socket),
         ));
     }
 }
@@ -810,6 +871,7 @@ services:
                 pin_path: "/sys/fs/bpf/geosteer".into(),
                 connect_timeout: Duration::from_secs(1),
             },
+            admin: Admin::default(),
             defaults: Defaults::default(),
             destination_rules: vec![],
             services: vec![Service {
@@ -850,6 +912,12 @@ services:
         assert_eq!(config.node.zone, "");
         assert_eq!(config.node.cluster, "");
         assert_eq!(config.dataplane, Dataplane::default());
+        assert_eq!(config.admin.metrics, "127.0.0.1:9595");
+        assert_eq!(config.admin.socket, Path::new("/run/geosteer/admin.sock"));
+        assert_eq!(
+            config.admin.metrics_address(),
+            Some("127.0.0.1:9595".parse().unwrap())
+        );
         assert_eq!(config.dataplane.pin_path, Path::new("/sys/fs/bpf/geosteer"));
         let service = &config.services[0];
         assert_eq!(service.namespace, "default");
@@ -902,6 +970,17 @@ services:
                 base_with("tc: [cl0]", "tc: [cl0]\n  connectTimeout: 0s"),
             ),
             ("generic xdp", base_with("tc: [cl0]", "xdpMode: generic")),
+            (
+                "admin endpoints",
+                base_with(
+                    "dataplane:",
+                    "admin: {metrics: \"[::1]:9100\", socket: /tmp/gs.sock}\ndataplane:",
+                ),
+            ),
+            (
+                "metrics disabled",
+                base_with("dataplane:", "admin: {metrics: \"\"}\ndataplane:"),
+            ),
         ];
         for (case, yaml) in cases {
             if let Err(error) = parse(&yaml) {
@@ -973,6 +1052,12 @@ services:
                 base_with("weight: 3", "wieght: 3"),
                 "services[0].endpoints[1].wieght: ",
                 "unknown field `wieght`",
+            ),
+            (
+                "unknown admin field",
+                base_with("dataplane:", "admin: {metricz: \"\"}\ndataplane:"),
+                "admin.metricz: ",
+                "unknown field `metricz`",
             ),
             (
                 "unknown port field",
@@ -1188,6 +1273,27 @@ services:
                 "",
                 "services[0].ports",
                 "at least one port is required",
+            ),
+            (
+                "metrics not an address",
+                "dataplane:",
+                "admin: {metrics: localhost:9595}\ndataplane:",
+                "admin.metrics",
+                "\"localhost:9595\" is not an IP:PORT address",
+            ),
+            (
+                "metrics without port",
+                "dataplane:",
+                "admin: {metrics: 127.0.0.1}\ndataplane:",
+                "admin.metrics",
+                "\"127.0.0.1\" is not an IP:PORT address",
+            ),
+            (
+                "relative admin socket",
+                "dataplane:",
+                "admin: {socket: run/admin.sock}\ndataplane:",
+                "admin.socket",
+                "\"run/admin.sock\" is not an absolute path",
             ),
             (
                 "too many service ports",

@@ -68,11 +68,63 @@ impl BackendHealth {
     }
 }
 
+/// What kind of thing happened, for filtering a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The agent started or became ready.
+    Agent,
+    /// A backend was ejected by outlier detection.
+    Ejection,
+    /// A backend's ejection time was over.
+    Unejection,
+    /// Flows pinned to an ejected backend were reset (`resetOnEject`).
+    Reset,
+    /// An active health check changed a backend's state.
+    Health,
+    /// New flows moved between priorities (failover and back), or into or out of panic.
+    Failover,
+    /// A configuration reload, applied or rejected.
+    Reload,
+}
+
 /// Something an operator wants to see in a timeline.
 #[derive(Clone, Debug)]
 pub struct Event {
+    /// Increases by one per event: `events --follow` asks for what came after the last it saw.
+    pub seq: u64,
     pub at: SystemTime,
+    pub kind: EventKind,
     pub what: String,
+}
+
+/// Buckets (upper bounds, seconds) of the swap latency histogram: a swap is a table write
+/// (tens of µs) plus, rarely, a grace period (ms).
+pub const SWAP_LATENCY_BUCKETS: [f64; 10] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25,
+];
+
+/// Swaps (applies that changed a service in the kernel) and how long each took.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SwapStats {
+    pub count: u64,
+    pub seconds_sum: f64,
+    /// Cumulative counts for [`SWAP_LATENCY_BUCKETS`] (same order).
+    pub buckets: Vec<u64>,
+}
+
+impl SwapStats {
+    pub fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.count += 1;
+        self.seconds_sum += seconds;
+        self.buckets.resize(SWAP_LATENCY_BUCKETS.len(), 0);
+        for (count, bound) in self.buckets.iter_mut().zip(SWAP_LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *count += 1;
+            }
+        }
+    }
 }
 
 /// What the last policy computation said about a service (for logs and diagnostics).
@@ -89,6 +141,11 @@ pub struct Controller {
     pub health: BTreeMap<HealthKey, BackendHealth>,
     pub views: BTreeMap<ServiceKey, ServiceView>,
     pub events: VecDeque<Event>,
+    pub swaps: SwapStats,
+    /// Bumped by every change an operator could see (a recompute, an event), so the agent
+    /// republishes its state only when something moved.
+    pub revision: u64,
+    next_event_seq: u64,
     last_sweep: BTreeMap<ServiceKey, Duration>,
 }
 
@@ -197,20 +254,27 @@ impl Controller {
             health: BTreeMap::new(),
             views: BTreeMap::new(),
             events: VecDeque::new(),
+            swaps: SwapStats::default(),
+            revision: 0,
+            next_event_seq: 1,
             last_sweep: BTreeMap::new(),
         }
     }
 
-    pub fn event(&mut self, what: impl Into<String>) {
+    pub fn event(&mut self, kind: EventKind, what: impl Into<String>) {
         let what = what.into();
         info!(event = %what);
         if self.events.len() == MAX_EVENTS {
             self.events.pop_front();
         }
         self.events.push_back(Event {
+            seq: self.next_event_seq,
             at: SystemTime::now(),
+            kind,
             what,
         });
+        self.next_event_seq += 1;
+        self.revision += 1;
     }
 
     fn model(&self, key: &ServiceKey) -> Option<&ServiceModel> {
@@ -282,11 +346,19 @@ impl Controller {
         let output = self.compute(&service);
         let previous_mode = self.views.get(key).map(|v| describe_load(&v.output));
         let desired = self.desired(&service, &output);
+        let started = Instant::now();
         let changed = self.programmer.apply_one(dp, &desired)?;
+        if changed {
+            self.swaps.observe(started.elapsed());
+        }
         self.sync_kernel_health(dp, &service, output.panic)?;
+        self.revision += 1;
         let now_mode = describe_load(&output);
         if previous_mode.as_deref() != Some(now_mode.as_str()) && previous_mode.is_some() {
-            self.event(format!("{}: traffic now {now_mode}", service.name));
+            self.event(
+                EventKind::Failover,
+                format!("{}: traffic now {now_mode}", service.name),
+            );
         }
         self.views.insert(
             *key,
@@ -398,18 +470,21 @@ impl Controller {
         } else {
             format!("{} consecutive gateway errors", event.consecutive_gateway)
         };
-        self.event(format!(
-            "{}: ejected {endpoint} ({reason}) for {:?}",
-            service.name, length
-        ));
+        self.event(
+            EventKind::Ejection,
+            format!(
+                "{}: ejected {endpoint} ({reason}) for {:?}",
+                service.name, length
+            ),
+        );
         // New table first, so the reset flows find a healthy backend.
         self.refresh(dp, &key)?;
         if service.reset_on_eject {
             let flows = dp.forget_flows(event.backend_id)?;
-            self.event(format!(
-                "{}: reset {flows} flows pinned to {endpoint}",
-                service.name
-            ));
+            self.event(
+                EventKind::Reset,
+                format!("{}: reset {flows} flows pinned to {endpoint}", service.name),
+            );
         }
         Ok(())
     }
@@ -447,9 +522,10 @@ impl Controller {
                 let name = self.model(&key).map(|s| s.name.clone()).unwrap_or_default();
                 let endpoint =
                     SocketAddrV4::new(Ipv4Addr::from(u32::from_be(*addr)), u16::from_be(*port));
-                self.event(format!(
-                    "{name}: un-ejected {endpoint} (ejection time over)"
-                ));
+                self.event(
+                    EventKind::Unejection,
+                    format!("{name}: un-ejected {endpoint} (ejection time over)"),
+                );
             }
             self.refresh(dp, &key)?;
         }
@@ -479,11 +555,14 @@ impl Controller {
         };
         let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(key.1)), u16::from_be(key.2));
         match (healthy, result) {
-            (true, _) => self.event(format!("{}: {endpoint} passes active checks", service.name)),
-            (false, Err(why)) => self.event(format!(
-                "{}: {endpoint} fails active checks ({why})",
-                service.name
-            )),
+            (true, _) => self.event(
+                EventKind::Health,
+                format!("{}: {endpoint} passes active checks", service.name),
+            ),
+            (false, Err(why)) => self.event(
+                EventKind::Health,
+                format!("{}: {endpoint} fails active checks ({why})", service.name),
+            ),
             (false, Ok(())) => {}
         }
         self.refresh(dp, &key.0)?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
     Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey, ServiceKey,
     ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
@@ -206,6 +206,45 @@ impl BpfMaps {
         let per_cpu = self.drops.get(&(reason as u32), 0)?;
         Ok(per_cpu.iter().sum())
     }
+
+    /// How many entries the resizable maps were created with.
+    pub fn capacities(&self) -> Result<Capacities> {
+        let max_entries = |data: &MapData, name: &str| -> Result<u32> {
+            Ok(data
+                .info()
+                .with_context(|| format!("reading the info of map {name}"))?
+                .max_entries())
+        };
+        Ok(Capacities {
+            services: max_entries(self.services.map(), map_names::SERVICES)?,
+            backends: max_entries(self.backends.map(), map_names::BACKENDS)?,
+            conntrack: max_entries(self.conntrack.map(), map_names::CONNTRACK)?,
+        })
+    }
+
+    /// Conntrack entries in use (both directions). A walk of the keys: fine for a scrape or a
+    /// CLI call, not for the packet path. Bounded by the capacity, since a walk of a map that
+    /// changes underneath may revisit keys.
+    pub fn conntrack_entries(&self) -> usize {
+        let capacity = self
+            .conntrack
+            .map()
+            .info()
+            .map_or(usize::MAX, |info| info.max_entries() as usize);
+        self.conntrack
+            .keys()
+            .take(capacity)
+            .filter(|key| key.is_ok())
+            .count()
+    }
+}
+
+/// Sizes of the maps an operator watches fill up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacities {
+    pub services: u32,
+    pub backends: u32,
+    pub conntrack: u32,
 }
 
 fn sum_backend(per_cpu: &PerCpuValues<BackendCounters>) -> BackendCounters {

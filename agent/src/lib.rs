@@ -1,13 +1,19 @@
-//! geosteer agent library: configuration, policy arithmetic, and the edge that programs the
-//! kernel maps. `main.rs` only parses the command line and calls into here.
+//! geosteer agent library: configuration, policy arithmetic, the edge that programs the kernel
+//! maps, and the node diagnostics (admin socket, metrics, CLI commands). `main.rs` only parses
+//! the command line and calls into here.
 
+pub mod admin;
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod kube;
 pub mod loader;
 pub mod maglev;
+pub mod metrics;
 pub mod outlier;
 pub mod policy;
 pub mod probe;
 pub mod programmer;
+pub mod state;

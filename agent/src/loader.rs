@@ -81,6 +81,57 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Where [`pin_programs`] pins each program: `<pinPath>/progs/<program name>`.
+pub fn program_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("progs").join(name)
+}
+
+/// Pins the loaded programs, so `geosteer explain` can run the very programs that steer
+/// traffic (BPF_PROG_TEST_RUN) from another process. A pin of an earlier run is replaced:
+/// removing it does not detach anything (links hold their own reference).
+pub fn pin_programs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<()> {
+    let dir = pin_dir.join("progs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for name in [
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+        program_names::XDP,
+    ] {
+        let path = program_pin(pin_dir, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing old pin {}", path.display()));
+            }
+        }
+        let pinned = match program(ebpf, name)? {
+            aya::programs::Program::SchedClassifier(p) => p.pin(&path),
+            aya::programs::Program::Xdp(p) => p.pin(&path),
+            _ => bail!("program {name} has an unexpected type"),
+        };
+        pinned.with_context(|| format!("pinning program {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the program pins (clean shutdown: nothing steers any more, so nothing should be
+/// left to explain with).
+pub fn unpin_programs(pin_dir: &Path) {
+    for name in [
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+        program_names::XDP,
+    ] {
+        let path = program_pin(pin_dir, name);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "unpinning program");
+        }
+    }
+}
+
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the kernel object"))

@@ -1,6 +1,15 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
+use geosteer::cli::{
+    self, Target,
+    explain::{ExplainArgs, Proto, parse_source},
+};
 
 /// geosteer: eBPF traffic steering for multi-region Kubernetes services.
 #[derive(Parser)]
@@ -20,6 +29,72 @@ enum Command {
     },
     /// Check a configuration file; prints every problem and exits non-zero if there is one.
     Validate { file: PathBuf },
+    /// Is the agent up, where are the programs attached, how full are the maps.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Services: frontends, policy mode, priority loads, locality weights, healthy/total.
+    Services {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Backends of every service, or of SERVICE: locality, weights, health, counters.
+    Backends {
+        /// namespace/name, name, or VIP:port.
+        service: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Flows in conntrack.
+    Flows {
+        /// Only flows of this service (namespace/name, name, or VIP:port).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only flows to this backend (IP or IP:PORT).
+        #[arg(long)]
+        backend: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The backend a new connection would get, and why.
+    ///
+    /// One synthetic first packet goes through the live TC ingress program
+    /// (BPF_PROG_TEST_RUN) against the live maps; the conntrack entries it creates are removed
+    /// again, so the only lasting trace is one packet and one new flow counted on that backend.
+    Explain {
+        /// Client address, IP or IP:PORT (without a port, a random ephemeral one is used and
+        /// printed).
+        #[arg(long, value_parser = parse_source)]
+        src: (Ipv4Addr, Option<u16>),
+        /// Service frontend, VIP:PORT.
+        #[arg(long)]
+        dst: SocketAddrV4,
+        /// The frontend's protocol.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ejections, un-ejections, reloads and failovers, with timestamps.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Live per-backend rates (new flows, packets, bytes, 5xx).
+    Top {
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +116,34 @@ fn main() -> ExitCode {
                 .block_on(geosteer::agent::run(path, config))
         }),
         Command::Validate { file } => validate(&file),
+        Command::Status { target } => cli::status(&target),
+        Command::Services { target } => cli::services(&target),
+        Command::Backends { service, target } => cli::backends(&target, service.as_deref()),
+        Command::Flows {
+            service,
+            backend,
+            target,
+        } => cli::flows(&target, service.as_deref(), backend.as_deref()),
+        Command::Explain {
+            src: (src, sport),
+            dst,
+            proto,
+            target,
+        } => cli::explain(
+            &target,
+            &ExplainArgs {
+                src,
+                sport,
+                dst,
+                proto,
+            },
+        ),
+        Command::Events { follow, target } => cli::events(&target, follow),
+        Command::Top {
+            interval,
+            count,
+            target,
+        } => cli::top(&target, interval, count),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,9 @@
 //! `ip netns exec` gives the agent a fresh /sys, so /sys/fs/bpf is not mounted there; its pins
 //! go to a bpffs mounted (from outside) under /run/geosteer-lab/<prefix>, which the agent's
 //! mount namespace inherits.
+//!
+//! Each agent gets its own admin socket next to its pins, so labs never share one; its metrics
+//! endpoint is on the node namespace's own loopback ([`METRICS_ADDRESS`]).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -15,6 +18,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{Netns, bin_path};
+
+/// `admin.metrics` of every lab agent: inside the node namespace, so reach it from there
+/// (e.g. `ip netns exec <node> curl`).
+pub const METRICS_ADDRESS: &str = "127.0.0.1:9595";
 
 /// A bpffs mounted for one lab; unmounted and removed on drop.
 pub struct PinDir {
@@ -44,6 +51,11 @@ impl PinDir {
     pub fn pin_path(&self) -> PathBuf {
         self.root.join("bpf")
     }
+
+    /// The agent's `admin.socket`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
 }
 
 impl Drop for PinDir {
@@ -62,9 +74,11 @@ pub struct Agent {
 
 impl Agent {
     /// Writes `config_yaml` next to the pin dir, starts the agent in `ns` and waits for "ready".
+    /// A config without an `admin:` section gets one: the socket next to the pins
+    /// ([`PinDir::socket_path`]) and metrics on [`METRICS_ADDRESS`].
     pub fn start(ns: &Netns, pins: &PinDir, config_yaml: &str) -> Result<Agent> {
         let config_path = pins.root.join("config.yaml");
-        std::fs::write(&config_path, config_yaml)?;
+        std::fs::write(&config_path, with_admin(config_yaml, pins))?;
         let path = config_path.to_string_lossy().into_owned();
         let mut agent = Agent::start_args(ns, &["agent", "--config", &path])?;
         agent.config_path = config_path;
@@ -150,6 +164,19 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `config_yaml` with an `admin:` section added at the end unless it has one.
+pub fn with_admin(config_yaml: &str, pins: &PinDir) -> String {
+    if config_yaml.starts_with("admin:") || config_yaml.contains("\nadmin:") {
+        return config_yaml.to_string();
+    }
+    let mut yaml = config_yaml.trim_end().to_string();
+    yaml.push_str(&format!(
+        "\nadmin: {{metrics: \"{METRICS_ADDRESS}\", socket: {}}}\n",
+        pins.socket_path().display()
+    ));
+    yaml
 }
 
 impl Drop for Agent {

@@ -341,6 +341,8 @@ pub struct HttpOptions {
     pub requests_per_connection: u32,
     pub concurrency: u32,
     pub timeout_ms: u64,
+    /// Connect from this source port (needs `connections == 1`).
+    pub source_port: Option<u16>,
 }
 
 impl HttpOptions {
@@ -352,6 +354,7 @@ impl HttpOptions {
             // times out, without changing which source ports are used.
             concurrency: connections.clamp(1, 4),
             timeout_ms: 2000,
+            source_port: None,
         }
     }
 }
@@ -359,20 +362,29 @@ impl HttpOptions {
 /// Runs `lab-client http` inside `ns` against `target` (`IP:PORT`).
 pub fn http_from(ns: &Netns, target: &str, opts: &HttpOptions) -> Result<HttpReport> {
     let client = bin_arg("lab-client")?;
-    let out = ns.exec(&[
-        &client,
+    let connections = opts.connections.to_string();
+    let requests = opts.requests_per_connection.to_string();
+    let concurrency = opts.concurrency.to_string();
+    let timeout = opts.timeout_ms.to_string();
+    let mut args = vec![
+        client.as_str(),
         "http",
         "--target",
         target,
         "--connections",
-        &opts.connections.to_string(),
+        &connections,
         "--requests-per-connection",
-        &opts.requests_per_connection.to_string(),
+        &requests,
         "--concurrency",
-        &opts.concurrency.to_string(),
+        &concurrency,
         "--timeout-ms",
-        &opts.timeout_ms.to_string(),
-    ])?;
+        &timeout,
+    ];
+    let source_port = opts.source_port.map(|p| p.to_string());
+    if let Some(port) = &source_port {
+        args.extend(["--source-port", port.as_str()]);
+    }
+    let out = ns.exec(&args)?;
     serde_json::from_str(out.trim()).with_context(|| format!("parsing lab-client output {out:?}"))
 }
 

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "/usr/bin/tcpdump"),
     ("curl", "/usr/bin/curl"),
     ("iputils-ping", "/usr/bin/ping"),
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 pub fn all() -> Result<()> {

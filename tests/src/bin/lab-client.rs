@@ -17,7 +17,7 @@ use geosteer_tests::http::{self, Reader};
 use serde_json::json;
 
 const USAGE: &str = "usage:
-  lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C]
+  lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C] [--source-port P]
   lab-client udp --target IP:PORT --count N [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]";
 
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 "--requests-per-connection",
                 "--timeout-ms",
                 "--concurrency",
+                "--source-port",
             ],
         )
         .and_then(|f| run_http(&f)),
@@ -88,6 +89,29 @@ impl Flags {
             (None, Some(d)) => Ok(d),
             (None, None) => Err(format!("{flag} is required")),
         }
+    }
+
+    /// `--source-port`: connect from this port (a fixed 5-tuple, e.g. to compare with
+    /// `geosteer explain`). Only for a single connection: a second one from the same port
+    /// would meet the first one's TIME_WAIT.
+    fn source_port(&self, connections: u64) -> Result<Option<u16>, String> {
+        let Some(v) = self.0.get("--source-port") else {
+            return Ok(None);
+        };
+        let port = match v.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                return Err(format!(
+                    "--source-port: expected a port 1..65535, got {v:?}"
+                ));
+            }
+        };
+        if connections != 1 {
+            return Err(format!(
+                "--source-port needs --connections 1, got {connections}"
+            ));
+        }
+        Ok(Some(port))
     }
 
     fn timeout(&self) -> Result<Duration, String> {
@@ -160,6 +184,7 @@ fn run_http(flags: &Flags) -> Result<(), String> {
     let per_conn = flags.num("--requests-per-connection", Some(1))?;
     let concurrency = flags.num("--concurrency", Some(1))?.min(connections);
     let timeout = flags.timeout()?;
+    let source_port = flags.source_port(connections)?;
     let connections = u32::try_from(connections).map_err(|_| "--connections is too large")?;
 
     let started = Instant::now();
@@ -172,7 +197,7 @@ fn run_http(flags: &Flags) -> Result<(), String> {
                     let mut tally = HttpTally::new();
                     // Each pass claims one connection; at most `connections` in all.
                     while next.fetch_add(1, Ordering::Relaxed) < connections {
-                        run_connection(target, per_conn, timeout, &mut tally);
+                        run_connection(target, source_port, per_conn, timeout, &mut tally);
                     }
                     tally
                 })
@@ -207,8 +232,18 @@ fn run_http(flags: &Flags) -> Result<(), String> {
 /// Opens one connection and sends `requests` keep-alive requests on it.
 /// Once a connection breaks, its remaining requests count as errors, so
 /// `ok + errors` always equals connections × requests.
-fn run_connection(target: SocketAddr, requests: u64, timeout: Duration, tally: &mut HttpTally) {
-    let stream = match connect(target, timeout) {
+fn run_connection(
+    target: SocketAddr,
+    source_port: Option<u16>,
+    requests: u64,
+    timeout: Duration,
+    tally: &mut HttpTally,
+) {
+    let connected = match source_port {
+        Some(port) => connect_from(port, target, timeout),
+        None => connect(target, timeout),
+    };
+    let stream = match connected {
         Ok(s) => s,
         Err(e) => {
             tally.connect_failures += 1;
@@ -253,6 +288,32 @@ fn run_connection(target: SocketAddr, requests: u64, timeout: Duration, tally: &
 
 fn connect(target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&target, timeout)?;
+    configure(stream, timeout)
+}
+
+/// Like [`connect`], from a chosen source port.
+fn connect_from(port: u16, target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // A port left in TIME_WAIT by an earlier run may be reused for a new connection.
+    socket.set_reuse_address(true)?;
+    let local: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+    };
+    socket
+        .bind(&local.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("bind port {port}: {e}")))?;
+    socket.connect_timeout(&target.into(), timeout)?;
+    configure(socket.into(), timeout)
+}
+
+fn configure(stream: TcpStream, timeout: Duration) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

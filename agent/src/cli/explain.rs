@@ -1,0 +1,384 @@
+//! `geosteer explain`: which backend a new connection would get, and why.
+//!
+//! The verdict comes from the live data path, not from a model of it: a synthetic first packet
+//! (TCP SYN or a UDP datagram) goes through the pinned `geosteer_tc_ingress` program with
+//! BPF_PROG_TEST_RUN, against the same maps real packets use, and the backend is read from the
+//! rewritten destination. The run creates the flow's two conntrack entries; explain deletes them
+//! right away, so what remains is one counted packet and new flow on that backend.
+//!
+//! The why is then read beside it: the flow hash and its Maglev slot in the service's live
+//! table (and how many ejected backends selection probed past), and from the agent's policy
+//! state the backend's priority level and its load, its locality weight, health and panic.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    TestRunOptions,
+    programs::{SchedClassifier, TestRun as _},
+};
+use geosteer_common::{
+    DIR_ORIGINAL, DIR_REPLY, FlowKey, MAGLEV_TABLE_SIZE, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP,
+    ServiceKey, csum, flow_hash, program_names,
+};
+
+use super::{
+    Context,
+    gather::{endpoint, frontend, open_maps, protocol_name},
+    report::{ExplainReport, ExplainVerdict},
+};
+use crate::{dataplane::Dataplane as _, loader};
+
+/// TC verdict of a dropped packet (`TC_ACT_SHOT`).
+const TC_ACT_SHOT: u32 = 2;
+/// Linux's default ephemeral port range (net.ipv4.ip_local_port_range), where a real client's
+/// source port would come from.
+const EPHEMERAL_PORTS: (u16, u16) = (32768, 60999);
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainArgs {
+    pub src: Ipv4Addr,
+    /// None: a random ephemeral port (printed in the report).
+    pub sport: Option<u16>,
+    pub dst: SocketAddrV4,
+    pub proto: Proto,
+}
+
+/// Parses `IP` or `IP:PORT`.
+pub fn parse_source(text: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    if let Ok(addr) = text.parse::<SocketAddrV4>() {
+        if addr.port() == 0 {
+            return Err(format!("--src {text:?}: port 0 is not a source port"));
+        }
+        return Ok((*addr.ip(), Some(addr.port())));
+    }
+    text.parse::<Ipv4Addr>()
+        .map(|ip| (ip, None))
+        .map_err(|e| format!("--src {text:?}: expected IPv4 or IPv4:PORT ({e})"))
+}
+
+fn random_ephemeral_port() -> Result<u16> {
+    let mut bytes = [0u8; 2];
+    // SAFETY: writes at most 2 bytes into a 2-byte buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), 2, 0) };
+    if n != 2 {
+        return Err(std::io::Error::last_os_error()).context("getrandom");
+    }
+    let span = u32::from(EPHEMERAL_PORTS.1 - EPHEMERAL_PORTS.0) + 1;
+    Ok(EPHEMERAL_PORTS.0 + (u32::from(u16::from_ne_bytes(bytes)) % span) as u16)
+}
+
+/// Ethernet + IPv4 + TCP SYN (or UDP with a short payload), checksums filled in.
+pub fn synthetic_packet(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(src.port().to_be_bytes());
+    l4.extend(dst.port().to_be_bytes());
+    let check_at = if proto == PROTO_TCP {
+        l4.extend(1u32.to_be_bytes()); // seq
+        l4.extend(0u32.to_be_bytes()); // ack
+        l4.push(5 << 4); // data offset: 20 bytes
+        l4.push(0x02); // SYN
+        l4.extend(64240u16.to_be_bytes()); // window
+        l4.extend([0, 0, 0, 0]); // checksum, urgent pointer
+        16
+    } else {
+        let payload = b"geosteer-explain";
+        l4.extend(((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend([0, 0]);
+        l4.extend(payload);
+        6
+    };
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.ip().octets());
+    pseudo.extend(dst.ip().octets());
+    pseudo.extend([0, proto]);
+    pseudo.extend((l4.len() as u16).to_be_bytes());
+    pseudo.extend(&l4);
+    let mut check = csum::checksum(&pseudo);
+    if proto == PROTO_UDP && check == 0 {
+        check = 0xffff;
+    }
+    l4[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
+
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + l4.len()) as u16).to_be_bytes());
+    ip.extend([0, 0, 0x40, 0, 64, proto, 0, 0]); // id, DF, ttl, protocol, checksum
+    ip.extend(src.ip().octets());
+    ip.extend(dst.ip().octets());
+    let check = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&check.to_ne_bytes());
+
+    // Locally administered MACs; the program does not look at them.
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(l4);
+    frame
+}
+
+/// The destination of an output frame (after DNAT, if any).
+pub fn destination(frame: &[u8]) -> Option<SocketAddrV4> {
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    let daddr = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
+    let dport = u16::from_be_bytes([*ip.get(ihl + 2)?, *ip.get(ihl + 3)?]);
+    Some(SocketAddrV4::new(daddr, dport))
+}
+
+pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
+    let mut maps = open_maps(ctx)?;
+    let proto = args.proto.number();
+    let key = ServiceKey {
+        addr: u32::from(*args.dst.ip()).to_be(),
+        port: args.dst.port().to_be(),
+        proto,
+        _pad: 0,
+    };
+    let flow_key = |sport: u16| FlowKey {
+        saddr: u32::from(args.src).to_be(),
+        daddr: key.addr,
+        sport: sport.to_be(),
+        dport: key.port,
+        proto,
+        direction: DIR_ORIGINAL,
+        _pad: 0,
+    };
+    let (sport, random) = match args.sport {
+        Some(port) => (port, false),
+        // A port no flow from this client to this frontend uses, as a new connection's would
+        // be (a few tries; a busy client may have most of the range in conntrack).
+        None => {
+            let mut port = random_ephemeral_port()?;
+            for _ in 0..64 {
+                if maps.conntrack.get(&flow_key(port), 0).is_err() {
+                    break;
+                }
+                port = random_ephemeral_port()?;
+            }
+            (port, true)
+        }
+    };
+    let source = SocketAddrV4::new(args.src, sport);
+    let status = ctx.state().and_then(|state| {
+        state.services.iter().find(|s| {
+            (s.vip, s.port, s.protocol.as_str())
+                == (*args.dst.ip(), args.dst.port(), protocol_name(proto))
+        })
+    });
+    let mut report = ExplainReport {
+        agent: ctx.agent_line(),
+        source: source.to_string(),
+        source_port_random: random,
+        frontend: frontend(&key),
+        service: status.map(|s| s.name.clone()),
+        table_size: MAGLEV_TABLE_SIZE as u32,
+        ..Default::default()
+    };
+    // The program's own first step: a packet to no service is passed on untouched. Running it
+    // anyway could only have side effects (a SYN to a backend forgets a stale reverse NAT).
+    let Ok(service) = maps.services.get(&key, 0) else {
+        report.verdict = ExplainVerdict::NotAService;
+        return Ok(report);
+    };
+    let original_key = flow_key(sport);
+    // A live flow on this 5-tuple keeps its backend; running the program would only touch
+    // (and explain's cleanup would then delete) that flow's entries.
+    if let Ok(existing) = maps.conntrack.get(&original_key, 0) {
+        report.verdict = ExplainVerdict::ExistingFlow;
+        report.backend = Some(endpoint(existing.nat_addr, existing.nat_port));
+        report.backend_id = Some(existing.backend_id);
+        return Ok(report);
+    }
+
+    let pin = loader::program_pin(&ctx.pin_path, program_names::TC_INGRESS);
+    let program = SchedClassifier::from_pin(&pin).with_context(|| {
+        format!(
+            "opening the pinned program {} (the agent pins it while it runs; after a clean \
+             stop nothing is attached, so there is nothing to explain)",
+            pin.display()
+        )
+    })?;
+    let packet = synthetic_packet(source, args.dst, proto);
+    let mut out = vec![0u8; packet.len() + 256];
+    let run = program
+        .test_run(TestRunOptions {
+            data_in: Some(&packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN of the pinned program")?;
+    out.truncate(run.data_size_out as usize);
+    report.program = Some(program_names::TC_INGRESS.to_string());
+    report.return_code = Some(run.return_value);
+
+    // Undo the run's conntrack entries before anything else can fail.
+    let created = maps.conntrack.get(&original_key, 0).ok();
+    if let Some(created) = created {
+        if maps.conntrack.remove(&original_key).is_ok() {
+            report.conntrack_entries_removed += 1;
+        }
+        let reply_key = FlowKey {
+            saddr: created.nat_addr,
+            daddr: original_key.saddr,
+            sport: created.nat_port,
+            dport: original_key.sport,
+            proto,
+            direction: DIR_REPLY,
+            _pad: 0,
+        };
+        // Only the entry this run wrote (same backend, same creation time).
+        if let Ok(reply) = maps.conntrack.get(&reply_key, 0)
+            && reply.backend_id == created.backend_id
+            && reply.created_ns == created.created_ns
+            && maps.conntrack.remove(&reply_key).is_ok()
+        {
+            report.conntrack_entries_removed += 1;
+        }
+    }
+
+    if run.return_value == TC_ACT_SHOT {
+        report.verdict = ExplainVerdict::Dropped;
+    } else {
+        let Some(target) = destination(&out) else {
+            bail!(
+                "the program returned a frame too short to read ({} bytes)",
+                out.len()
+            );
+        };
+        if target == args.dst {
+            bail!(
+                "the program left a packet to service {} unchanged (return code {})",
+                report.frontend,
+                run.return_value
+            );
+        }
+        report.verdict = ExplainVerdict::Backend;
+        report.backend = Some(target.to_string());
+        report.backend_id = created.map(|c| c.backend_id);
+    }
+
+    // Where the hash landed in the live table, and what selection went past.
+    let hash = flow_hash(
+        original_key.saddr,
+        original_key.daddr,
+        original_key.sport,
+        original_key.dport,
+        proto,
+    );
+    let slot = hash % MAGLEV_TABLE_SIZE as u32;
+    report.flow_hash = Some(hash);
+    report.slot = Some(slot);
+    let table = maps.read_table(service.table_index())?;
+    let count = table.backend_count as usize;
+    let id_at = |slot: usize| -> Option<u32> {
+        let index = table.slots[slot] as usize;
+        (index < count && index < table.backends.len()).then(|| table.backends[index])
+    };
+    if count > 0 {
+        if let Some(id) = id_at(slot as usize) {
+            let b = maps.read_backend(id)?;
+            report.slot_backend = Some(endpoint(b.addr, b.port));
+        }
+        if let Some(chosen) = report.backend_id {
+            let probes = (0..MAX_EJECTED_PROBE)
+                .find(|&p| id_at((slot + p) as usize % MAGLEV_TABLE_SIZE) == Some(chosen));
+            report.probed_past_ejected = probes;
+            report.fallback_scan = probes.is_none();
+            report.kernel_ejected = maps
+                .backend_state
+                .get(&chosen, 0)
+                .ok()
+                .map(|s| s.ejected != 0);
+        }
+    }
+
+    // The policy behind the backend's share, from the agent.
+    if let Some(status) = status {
+        report.mode = Some(status.mode.clone());
+        report.locality_weighted = Some(status.locality_weighted);
+        report.panic = Some(status.panic);
+        // By kernel id, else by address.
+        let backend = status.backends.iter().find(|b| {
+            (b.backend_id.is_some() && b.backend_id == report.backend_id)
+                || Some(&b.address) == report.backend.as_ref()
+        });
+        if let Some(b) = backend {
+            report.priority = b
+                .priority
+                .and_then(|level| status.priorities.iter().find(|p| p.level == level))
+                .cloned();
+            report.locality = status
+                .localities
+                .iter()
+                .find(|l| {
+                    Some(l.priority) == b.priority && (l.name == b.locality || l.name == b.cluster)
+                })
+                .cloned();
+            report.backend_status = Some(b.clone());
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sources() {
+        let ip = Ipv4Addr::new(198, 18, 0, 2);
+        let cases = [
+            ("198.18.0.2", Ok((ip, None))),
+            ("198.18.0.2:40000", Ok((ip, Some(40000)))),
+            (
+                "198.18.0.2:0",
+                Err("--src \"198.18.0.2:0\": port 0 is not a source port".to_string()),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_source(text), expected, "{text}");
+        }
+        for bad in ["client", "198.18.0.2:http", "::1"] {
+            let error = parse_source(bad).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn synthetic_packets_parse_back() {
+        let src = "198.18.0.2:40000".parse().unwrap();
+        let dst: SocketAddrV4 = "198.19.0.10:80".parse().unwrap();
+        for (proto, len) in [(PROTO_TCP, 14 + 20 + 20), (PROTO_UDP, 14 + 20 + 8 + 16)] {
+            let frame = synthetic_packet(src, dst, proto);
+            assert_eq!(frame.len(), len);
+            assert_eq!(destination(&frame), Some(dst));
+            assert_eq!(frame[14 + 9], proto);
+            // A correct IPv4 header checksum sums to zero.
+            assert_eq!(csum::checksum(&frame[14..34]), 0);
+        }
+        assert_eq!(destination(&[0; 20]), None);
+    }
+
+    #[test]
+    fn random_ports_are_ephemeral() {
+        for _ in 0..1000 {
+            let port = random_ephemeral_port().unwrap();
+            assert!((EPHEMERAL_PORTS.0..=EPHEMERAL_PORTS.1).contains(&port));
+        }
+    }
+}

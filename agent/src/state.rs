@@ -1,0 +1,404 @@
+//! What the agent tells operators: a snapshot of its policy and health state, published after
+//! every change and served on the admin socket (JSON) and to the metrics endpoint.
+//!
+//! The serialized field names are an interface: the `geosteer` CLI of another version may read
+//! them, so fields are only ever added.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    controller::{self, Controller, EventKind, SwapStats},
+    policy,
+};
+
+/// Everything the admin socket serves.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    pub agent: AgentInfo,
+    pub attachments: Vec<AttachmentInfo>,
+    pub services: Vec<ServiceStatus>,
+    pub events: Vec<EventInfo>,
+    pub swaps: SwapStats,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub pid: u32,
+    pub node: String,
+    pub region: String,
+    pub zone: String,
+    pub cluster: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Programs attached and the first config applied (what `/readyz` says).
+    pub ready: bool,
+    /// None: the built-in configuration.
+    pub config_path: Option<String>,
+    pub pin_path: String,
+    /// 1 for the config the agent started with, +1 per applied reload.
+    pub generation: u64,
+    pub last_reload: Option<ReloadInfo>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadResult {
+    /// Applied: the running state follows the new file.
+    Applied,
+    /// The file is invalid; the running state was kept.
+    Rejected,
+    /// The file is valid but writing it into the kernel failed.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    pub at: String,
+    /// "SIGHUP" or "file change".
+    pub trigger: String,
+    pub result: ReloadResult,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub interface: String,
+    /// `tc-ingress`, `tc-egress`, `xdp-native`, `xdp-generic`, or `xdp` (re-adopted link, mode
+    /// as before).
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `namespace/name:port/PROTOCOL`.
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    /// Index of the service in the kernel maps (counters); None if not programmed.
+    pub service_id: Option<u32>,
+    /// Which rule shaped the shares: plain, failover, failover-priority, distribute,
+    /// cluster-weights.
+    pub mode: String,
+    pub locality_weighted: bool,
+    pub panic: bool,
+    /// Where new flows go, e.g. "P0 70.0%, P1 30.0%".
+    pub load: String,
+    pub priorities: Vec<PriorityStatus>,
+    /// Locality (or cluster) groups when locality weighting is on.
+    pub localities: Vec<LocalityStatus>,
+    pub backends: Vec<BackendStatus>,
+    /// Where each part of the policy comes from.
+    pub sources: Vec<String>,
+}
+
+impl Default for ServiceStatus {
+    fn default() -> Self {
+        ServiceStatus {
+            name: String::new(),
+            vip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            protocol: String::new(),
+            service_id: None,
+            mode: String::new(),
+            locality_weighted: false,
+            panic: false,
+            load: String::new(),
+            priorities: Vec::new(),
+            localities: Vec::new(),
+            backends: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PriorityStatus {
+    pub level: usize,
+    pub healthy: usize,
+    pub total: usize,
+    pub health_percent: f64,
+    pub load_percent: f64,
+    pub panic: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalityStatus {
+    pub priority: usize,
+    pub name: String,
+    pub configured_weight: f64,
+    pub effective_weight_percent: f64,
+    pub healthy: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// `ip:port` (the DNAT target).
+    pub address: String,
+    /// Kernel backend id (counters); None if not programmed.
+    pub backend_id: Option<u32>,
+    /// `region/zone/subzone`.
+    pub locality: String,
+    pub cluster: String,
+    /// Configured endpoint weight.
+    pub weight: u32,
+    /// Share of the service's new flows this backend gets now, in percent.
+    pub share_percent: f64,
+    /// Priority level; None when the endpoint is in no priority (weight 0, or dropped by a
+    /// distribute / cluster-weight rule).
+    pub priority: Option<usize>,
+    pub ejected: bool,
+    /// RFC 3339, while ejected.
+    pub ejected_until: Option<String>,
+    pub ejections_total: u64,
+    /// Active health check verdict; None without a health check.
+    pub active_healthy: Option<bool>,
+    /// Not ejected and not failing active checks.
+    pub routable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventInfo {
+    pub seq: u64,
+    pub at: String,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+/// What the agent knows beyond the controller: how it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    pub started_at: Option<SystemTime>,
+    pub ready: bool,
+    pub config_path: Option<String>,
+    pub pin_path: String,
+    pub generation: u64,
+    pub last_reload: Option<ReloadInfo>,
+    pub attachments: Vec<AttachmentInfo>,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+pub fn mode_name(mode: policy::Mode) -> &'static str {
+    match mode {
+        policy::Mode::Plain => "plain",
+        policy::Mode::Failover => "failover",
+        policy::Mode::FailoverPriority => "failover-priority",
+        policy::Mode::Distribute => "distribute",
+        policy::Mode::ClusterWeights => "cluster-weights",
+    }
+}
+
+/// Rounded to 0.001: enough for percentages, and stable to read in JSON.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Builds the snapshot. `monotonic_now` converts ejection deadlines (CLOCK_MONOTONIC) to wall
+/// clock time.
+pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Duration) -> AgentState {
+    let wall_now = SystemTime::now();
+    let config = &controller.config;
+    let agent = AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        node: config.node.name.clone(),
+        region: config.node.region.clone(),
+        zone: config.node.zone.clone(),
+        cluster: config.node.cluster.clone(),
+        started_at: runtime.started_at.map(timestamp).unwrap_or_default(),
+        ready: runtime.ready,
+        config_path: runtime.config_path.clone(),
+        pin_path: runtime.pin_path.clone(),
+        generation: runtime.generation,
+        last_reload: runtime.last_reload.clone(),
+    };
+    let services = controller
+        .services
+        .iter()
+        .map(|service| service_status(controller, service, wall_now, monotonic_now))
+        .collect();
+    let events = controller
+        .events
+        .iter()
+        .map(|e| EventInfo {
+            seq: e.seq,
+            at: timestamp(e.at),
+            kind: e.kind,
+            message: e.what.clone(),
+        })
+        .collect();
+    AgentState {
+        agent,
+        attachments: runtime.attachments.clone(),
+        services,
+        events,
+        swaps: controller.swaps.clone(),
+    }
+}
+
+fn service_status(
+    controller: &Controller,
+    service: &controller::ServiceModel,
+    wall_now: SystemTime,
+    monotonic_now: Duration,
+) -> ServiceStatus {
+    let key = service.key;
+    let view = controller.views.get(&key);
+    let output = view.map(|v| &v.output);
+    let live = controller.programmer.service(&key);
+    let priority_of = |index: usize| {
+        output?
+            .priorities
+            .iter()
+            .find(|p| p.endpoints.contains(&index))
+            .map(|p| p.level)
+    };
+    let backends = service
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let addr = u32::from(e.ip).to_be();
+            let port = e.port.to_be();
+            let health = controller.health.get(&(key, addr, port));
+            let ejected_until = health
+                .and_then(|h| h.outlier.ejected_until)
+                .map(|until| wall_now + until.saturating_sub(monotonic_now));
+            BackendStatus {
+                address: SocketAddrV4::new(e.ip, e.port).to_string(),
+                backend_id: controller.programmer.backend_id(&key, addr, port),
+                locality: e.locality.label(),
+                cluster: e.locality.cluster.clone(),
+                weight: e.weight,
+                share_percent: round3(
+                    output
+                        .and_then(|o| o.shares.get(index))
+                        .copied()
+                        .unwrap_or(0.0)
+                        * 100.0,
+                ),
+                priority: priority_of(index),
+                ejected: ejected_until.is_some(),
+                ejected_until: ejected_until.map(timestamp),
+                ejections_total: health.map_or(0, |h| h.outlier.ejections_total),
+                active_healthy: service
+                    .policy
+                    .health_check
+                    .as_ref()
+                    .map(|_| health.is_none_or(|h| h.active.healthy)),
+                routable: health.is_none_or(|h| h.routable()),
+            }
+        })
+        .collect();
+    ServiceStatus {
+        name: service.name.clone(),
+        vip: Ipv4Addr::from(u32::from_be(key.addr)),
+        port: u16::from_be(key.port),
+        protocol: match key.proto {
+            geosteer_common::PROTO_UDP => "UDP".to_string(),
+            _ => "TCP".to_string(),
+        },
+        service_id: live.map(|l| l.id),
+        mode: output.map_or("plain", |o| mode_name(o.mode)).to_string(),
+        locality_weighted: output.is_some_and(|o| o.locality_weighted),
+        panic: output.is_some_and(|o| o.panic),
+        load: output.map(controller::describe_load).unwrap_or_default(),
+        priorities: output
+            .map(|o| {
+                o.priorities
+                    .iter()
+                    .map(|p| PriorityStatus {
+                        level: p.level,
+                        healthy: p.healthy,
+                        total: p.total,
+                        health_percent: round3(p.health_percent),
+                        load_percent: round3(p.load_percent),
+                        panic: p.panic,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        localities: output
+            .map(|o| {
+                o.localities
+                    .iter()
+                    .map(|l| LocalityStatus {
+                        priority: l.priority,
+                        name: l.name.clone(),
+                        configured_weight: round3(l.configured_weight),
+                        effective_weight_percent: round3(l.effective_weight_percent),
+                        healthy: l.healthy,
+                        total: l.total,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        backends,
+        sources: service.policy.sources.clone(),
+    }
+}
+
+impl ServiceStatus {
+    /// Whether an operator's `SERVICE` argument names this service: the full name
+    /// (`default/reviews:80/TCP`), `namespace/name`, `name`, or `VIP:port`.
+    pub fn matches(&self, query: &str) -> bool {
+        let base = self.name.split(':').next().unwrap_or_default();
+        let short = base.rsplit('/').next().unwrap_or_default();
+        query == self.name
+            || query == base
+            || query == short
+            || query == format!("{}:{}", self.vip, self.port)
+            || query == format!("{}:{}/{}", self.vip, self.port, self.protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_queries() {
+        let service = ServiceStatus {
+            name: "default/reviews:80/TCP".into(),
+            vip: Ipv4Addr::new(198, 19, 0, 10),
+            port: 80,
+            protocol: "TCP".into(),
+            ..Default::default()
+        };
+        let cases = [
+            ("default/reviews:80/TCP", true),
+            ("default/reviews", true),
+            ("reviews", true),
+            ("198.19.0.10:80", true),
+            ("198.19.0.10:80/TCP", true),
+            ("ratings", false),
+            ("198.19.0.10:81", false),
+            ("other/reviews", false),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(service.matches(query), expected, "{query}");
+        }
+    }
+
+    #[test]
+    fn swap_histogram_is_cumulative() {
+        let mut swaps = SwapStats::default();
+        for micros in [30, 80, 3000, 400_000] {
+            swaps.observe(Duration::from_micros(micros));
+        }
+        assert_eq!(swaps.count, 4);
+        assert_eq!(swaps.buckets, [1, 2, 2, 2, 2, 2, 3, 3, 3, 3]);
+        assert!((swaps.seconds_sum - 0.40311).abs() < 1e-9);
+    }
+}
