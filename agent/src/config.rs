@@ -71,6 +71,9 @@ pub struct Config {
     pub destination_rules: Vec<String>,
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Desired state from Kubernetes (this cluster and remote ones), merged with this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeSettings>,
     /// The DestinationRules read from `destination_rules` by [`load`] or [`parse`].
     #[serde(skip)]
     pub loaded_destination_rules: Vec<LoadedDestinationRule>,
@@ -209,6 +212,75 @@ pub struct Service {
 
 fn default_namespace() -> String {
     "default".to_string()
+}
+
+/// Default `kubernetes.snapshotPath`: on the node's disk (a hostPath), so it outlives the pod and
+/// a reboot of the node, unlike `/run`.
+pub const DEFAULT_SNAPSHOT_PATH: &str = "/var/lib/geosteer/snapshot.yaml";
+
+/// The `kubernetes` section: desired state from this cluster's Services, EndpointSlices, Nodes,
+/// TrafficPolicies and Istio DestinationRules, plus the endpoints of remote clusters. It is
+/// merged with the rest of this file: `node.cluster` names this cluster, and `dataplane`,
+/// `defaults` and any `services` listed here stay as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeSettings {
+    pub enabled: bool,
+    /// Environment variable with this node's name (the downward API's `spec.nodeName`). It
+    /// replaces `node.name`; that Node's region and zone labels replace `node.region`/`zone`.
+    pub node_name_env: String,
+    /// Remote clusters whose endpoints merge with this cluster's, by namespace/name.
+    pub clusters: Vec<RemoteCluster>,
+    /// Drop a remote cluster's endpoints once its API server has not answered for this long.
+    /// Zero (the default) keeps them until it answers again.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub stale_ttl: Duration,
+    /// Last-known-good desired state: written on every change, read at boot when no API server
+    /// answers within `startupTimeout`.
+    pub snapshot_path: PathBuf,
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub startup_timeout: Duration,
+}
+
+impl Default for KubeSettings {
+    fn default() -> Self {
+        KubeSettings {
+            enabled: true,
+            node_name_env: "NODE_NAME".to_string(),
+            clusters: Vec::new(),
+            stale_ttl: Duration::ZERO,
+            snapshot_path: PathBuf::from(DEFAULT_SNAPSHOT_PATH),
+            startup_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A remote cluster, reached with a kubeconfig from a file or from a Secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RemoteCluster {
+    /// Cluster id: its endpoints carry it, cluster weights name it.
+    pub name: String,
+    /// A kubeconfig file, e.g. a mounted Secret (kubelet refreshes it when the Secret changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Or a Secret in the agent's namespace ($POD_NAMESPACE) holding the kubeconfig under the
+    /// key `kubeconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret: Option<String>,
+    /// Context to use; default: the kubeconfig's current context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Region of the cluster's endpoints whose Node has no region label. Failover rules may name
+    /// it even while the cluster has no endpoints (e.g. during its outage).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -415,6 +487,15 @@ pub fn parse(yaml: &str) -> Result<Config, ConfigError> {
     parse_in(yaml, Path::new(""))
 }
 
+/// Reads the DestinationRules of a YAML text that is not a file (the Kubernetes source hands
+/// over each object it watches); `source` names it in errors and in the rules' `file`.
+pub fn parse_destination_rules(
+    source: &str,
+    yaml: &str,
+) -> Result<Vec<LoadedDestinationRule>, ConfigError> {
+    istio::parse_destination_rules(source, yaml)
+}
+
 /// Parses and validates a config whose `destinationRules` files are relative to `base_dir`.
 pub fn parse_in(yaml: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     parse_with(yaml, &|file| {
@@ -484,6 +565,9 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     let known_regions = effective::known_regions(config);
     validate_node(&config.node, &mut errors);
     validate_dataplane(&config.dataplane, &mut errors);
+    if let Some(kubernetes) = &config.kubernetes {
+        validate_kubernetes(kubernetes, &config.node, &mut errors);
+    }
     validate_admin(&config.admin, &mut errors);
     if let Some(policy) = &config.defaults.traffic_policy {
         policy::validate_traffic_policy(
@@ -520,6 +604,96 @@ fn validate_node(node: &Node, errors: &mut Vec<FieldError>) {
     if node.region.is_empty() {
         errors.push(FieldError::new("node.region", "must not be empty"));
     }
+}
+
+fn validate_kubernetes(settings: &KubeSettings, node: &Node, errors: &mut Vec<FieldError>) {
+    if settings.node_name_env.is_empty() {
+        errors.push(FieldError::new(
+            "kubernetes.nodeNameEnv",
+            "must not be empty",
+        ));
+    }
+    if !settings.snapshot_path.is_absolute() {
+        errors.push(FieldError::new(
+            "kubernetes.snapshotPath",
+            format!("{:?} is not an absolute path", settings.snapshot_path),
+        ));
+    }
+    if settings.startup_timeout.is_zero() {
+        errors.push(FieldError::new(
+            "kubernetes.startupTimeout",
+            "0s is not a valid timeout",
+        ));
+    }
+    if node.cluster.is_empty() {
+        if !settings.clusters.is_empty() {
+            errors.push(FieldError::new(
+                "node.cluster",
+                "must be set when kubernetes.clusters lists remote clusters: it tags this \
+                 cluster's endpoints",
+            ));
+        }
+    } else if let Some(message) = cluster_name_problem(&node.cluster) {
+        errors.push(FieldError::new("node.cluster", message));
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, cluster) in settings.clusters.iter().enumerate() {
+        let at = format!("kubernetes.clusters[{i}]");
+        if let Some(message) = cluster_name_problem(&cluster.name) {
+            errors.push(FieldError::new(format!("{at}.name"), message));
+        } else if cluster.name == node.cluster {
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!("{:?} is this cluster (node.cluster)", cluster.name),
+            ));
+        } else if let Some(first) = names.insert(&cluster.name, i) {
+            names.insert(&cluster.name, first);
+            errors.push(FieldError::new(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is already used by kubernetes.clusters[{first}]",
+                    cluster.name
+                ),
+            ));
+        }
+        match (&cluster.kubeconfig, &cluster.kubeconfig_secret) {
+            (Some(_), Some(_)) | (None, None) => errors.push(FieldError::new(
+                at,
+                "set exactly one of kubeconfig and kubeconfigSecret",
+            )),
+            (Some(path), None) if !path.is_absolute() => errors.push(FieldError::new(
+                format!("{at}.kubeconfig"),
+                format!("{path:?} is not an absolute path"),
+            )),
+            (None, Some(secret)) => {
+                if let Some(message) = dns_label_problem(secret) {
+                    errors.push(FieldError::new(format!("{at}.kubeconfigSecret"), message));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Cluster ids end up in annotation keys (`geosteer.io/cluster-weight.<id>`), whose name part
+/// is at most 63 characters of letters, digits, '-', '_' and '.'.
+fn cluster_name_problem(name: &str) -> Option<String> {
+    const MAX_LEN: usize = MAX_DNS_LABEL_LEN - "cluster-weight.".len();
+    if name.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    let allowed = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let alphanumeric_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.len() > MAX_LEN || !allowed || !alphanumeric_ends {
+        return Some(format!(
+            "{name:?} is not a valid cluster id (at most {MAX_LEN} letters, digits, '-', '_' \
+             and '.', starting and ending with a letter or digit)"
+        ));
+    }
+    None
 }
 
 fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
@@ -896,6 +1070,7 @@ services:
                 health_check: None,
                 reset_on_eject: false,
             }],
+            kubernetes: None,
             loaded_destination_rules: vec![],
         };
         assert_eq!(parse(EXAMPLE_YAML).unwrap(), expected);

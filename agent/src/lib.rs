@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod kube;
+pub mod links;
 pub mod loader;
 pub mod maglev;
 pub mod metrics;

@@ -29,6 +29,7 @@ pub fn all() -> Result<()> {
     bpf_linker()?;
     apt_packages()?;
     bpffs()?;
+    crate::kubeval::install()?;
     Ok(())
 }
 

@@ -1,11 +1,13 @@
-//! Project tasks: `cargo xtask test | demo | bench | install`.
+//! Project tasks: `cargo xtask test | demo | bench | install | crdgen`.
 //!
 //! xtask depends on nothing that needs the eBPF toolchain, so it compiles on a fresh machine and
 //! can install that toolchain before anything else is built.
 
 mod bench;
+mod crdgen;
 mod demo;
 mod install;
+mod kubeval;
 mod test;
 
 use anyhow::Result;
@@ -20,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing needs (idempotent): rust-src, bpf-linker, apt packages.
+    /// Install what building and testing needs (idempotent): rust-src, bpf-linker, apt packages,
+    /// kubernetes-validate.
     Install,
     /// Install, build, and run every test tier; ends with a summary line.
     Test {
@@ -33,6 +36,8 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         seconds: u64,
     },
+    /// Write deploy/crds/ from the TrafficPolicy types (agent/src/kube/crd.rs).
+    Crdgen,
     /// Measure the data path and write BENCHMARKS.md.
     Bench {
         /// Shorter runs (for a quick look; the checked-in numbers use the default).
@@ -48,6 +53,7 @@ fn main() -> Result<()> {
         Command::Test { filter } => test::run(filter.as_deref()),
         Command::Demo { seconds } => demo::run(seconds),
         Command::Bench { quick } => bench::run(quick),
+        Command::Crdgen => crdgen::run(),
     }
 }
 

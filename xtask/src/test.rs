@@ -3,7 +3,8 @@
 //! Tiers: pure unit tests (common, agent, xtask), then the privileged tier (tests/): kernel
 //! programs through BPF_PROG_TEST_RUN and end-to-end runs in network namespaces. The privileged
 //! tier runs on one thread (namespaces and interface names are shared resources) and needs
-//! root: without it, its tests fail — they never pass by skipping.
+//! root: without it, its tests fail — they never pass by skipping. Last, the manifests tier
+//! validates `deploy/` offline against the Kubernetes schemas (`kubeval.rs`).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -60,6 +61,14 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         if !ok {
             failures.push(tier);
         }
+    }
+    eprintln!("\n=== manifests ===");
+    let manifests = crate::kubeval::run(filter)?;
+    tally.passed += manifests.passed;
+    tally.failed += manifests.failed;
+    tally.ignored += manifests.skipped;
+    if manifests.failed > 0 {
+        failures.push("manifests");
     }
     println!(
         "\nsummary: {} passed, {} failed, {} skipped",

@@ -156,11 +156,14 @@ pub(super) fn validate_effective(config: &Config, s: usize, errors: &mut Vec<Fie
     }
 }
 
-/// The regions failover rules may name: the node's and every endpoint's.
+/// The regions failover rules may name: the node's, every endpoint's and those declared for
+/// remote clusters (which stay nameable while a cluster is down).
 pub(super) fn known_regions(config: &Config) -> BTreeSet<&str> {
     let endpoints = config.services.iter().flat_map(|s| &s.endpoints);
+    let remote_clusters = config.kubernetes.iter().flat_map(|k| &k.clusters);
     std::iter::once(config.node.region.as_str())
         .chain(endpoints.map(|e| e.region.as_str()))
+        .chain(remote_clusters.map(|c| c.region.as_str()))
         .filter(|region| !region.is_empty())
         .collect()
 }

@@ -19,7 +19,8 @@ use serde_json::json;
 const USAGE: &str = "usage:
   lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C] [--source-port P]
   lab-client udp --target IP:PORT --count N [--timeout-ms T]
-  lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]";
+  lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
+  lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
@@ -45,6 +46,16 @@ fn main() -> ExitCode {
             &["--target", "--duration-ms", "--interval-ms", "--timeout-ms"],
         )
         .and_then(|f| run_watch(&f)),
+        Some("failover-probe") => parse_flags(
+            &args[1..],
+            &[
+                "--target",
+                "--duration-ms",
+                "--max-connections",
+                "--timeout-ms",
+            ],
+        )
+        .and_then(|f| run_failover_probe(&f)),
         Some(other) => Err(format!("unknown subcommand {other:?}")),
         None => Err("missing subcommand".into()),
     };
@@ -462,4 +473,52 @@ fn watch_request(target: SocketAddr, timeout: Duration) -> io::Result<Response> 
     let stream = connect(target, timeout)?;
     let mut reader = Reader::new(&stream);
     request(&stream, &mut reader, target, true)
+}
+
+// ------------------------------------------------------- failover-probe ---
+
+/// Safety bound on the connections of one `failover-probe` run, whatever its duration.
+const DEFAULT_MAX_PROBE_CONNECTIONS: u64 = 200_000;
+
+/// Opens new connections back to back, one request each, for `--duration-ms`, and prints one
+/// JSON line per connection: when it was opened (`t_us`) and when its answer or error arrived
+/// (`done_us`), both in µs since the start, with the backend, status and error. A benchmark
+/// switches backends to failing while this runs and reads from the log how quickly new
+/// connections stopped reaching them.
+fn run_failover_probe(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let duration = Duration::from_millis(flags.num("--duration-ms", None)?);
+    let max_connections = flags.num("--max-connections", Some(DEFAULT_MAX_PROBE_CONNECTIONS))?;
+    let timeout = flags.timeout()?;
+
+    // Lines go through a buffer: a write per connection would slow the loop being measured.
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let started = Instant::now();
+    let micros = |at: Instant| at.duration_since(started).as_micros() as u64;
+    for _ in 0..max_connections {
+        let opened = Instant::now();
+        if opened.duration_since(started) >= duration {
+            break;
+        }
+        let result = watch_request(target, timeout);
+        let done = Instant::now();
+        let line = match result {
+            Ok(resp) => json!({
+                "t_us": micros(opened),
+                "done_us": micros(done),
+                "backend": resp.backend,
+                "status": resp.status,
+                "error": null,
+            }),
+            Err(e) => json!({
+                "t_us": micros(opened),
+                "done_us": micros(done),
+                "backend": null,
+                "status": null,
+                "error": e.to_string(),
+            }),
+        };
+        writeln!(out, "{line}").map_err(|e| format!("writing stdout: {e}"))?;
+    }
+    out.flush().map_err(|e| format!("writing stdout: {e}"))
 }

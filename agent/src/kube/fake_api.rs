@@ -1,0 +1,353 @@
+//! A fake API server behind kube's `Client`, on a `tower_test` mock service: enough of list,
+//! watch, discovery, `/version` and status patches for the source's tests. Objects are JSON,
+//! as the real server sends them; it can be made unreachable and reachable again.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+};
+
+use ::kube::{Client, client::Body};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The collections the source watches, by the kind in an object's `kind` field.
+const COLLECTIONS: [(&str, &str); 5] = [
+    ("Service", "/api/v1/services"),
+    ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"),
+    ("Node", "/api/v1/nodes"),
+    (
+        "TrafficPolicy",
+        "/apis/geosteer.io/v1alpha1/trafficpolicies",
+    ),
+    (
+        "DestinationRule",
+        "/apis/networking.istio.io/v1/destinationrules",
+    ),
+];
+
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    reachable: bool,
+    resource_version: u64,
+    /// Collection path → objects by namespace/name.
+    objects: BTreeMap<&'static str, BTreeMap<(String, String), Value>>,
+    /// Collection path → (resourceVersion, watch event) in order, for watches that start
+    /// from an older list.
+    history: BTreeMap<&'static str, Vec<(u64, Value)>>,
+    watchers: BTreeMap<&'static str, Vec<mpsc::UnboundedSender<Value>>>,
+    /// Group versions served beyond the built-in ones, e.g. `geosteer.io/v1alpha1`.
+    served: BTreeSet<String>,
+    /// Status patches received: (namespace/name, body).
+    patches: Vec<(String, Value)>,
+}
+
+impl FakeApi {
+    /// A reachable server that serves the TrafficPolicy and DestinationRule CRDs.
+    pub fn new() -> (FakeApi, Client) {
+        let fake = FakeApi {
+            state: Arc::new(Mutex::new(State {
+                reachable: true,
+                served: ["geosteer.io/v1alpha1", "networking.istio.io/v1"]
+                    .map(String::from)
+                    .into(),
+                ..State::default()
+            })),
+        };
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
+        let server = fake.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let server = server.clone();
+                tokio::spawn(async move {
+                    match server.answer(request).await {
+                        Some(response) => respond.send_response(response),
+                        None => respond.send_error(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionRefused,
+                            "fake API server unreachable",
+                        )),
+                    }
+                });
+            }
+        });
+        (fake, Client::new(service, "default"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Stops serving the group version (its CRD is not installed).
+    pub fn unserve(&self, group_version: &str) {
+        self.lock().served.remove(group_version);
+    }
+
+    pub fn set_reachable(&self, reachable: bool) {
+        let mut state = self.lock();
+        state.reachable = reachable;
+        if !reachable {
+            // Open watches end, as connections do when the server goes away.
+            state.watchers.clear();
+        }
+    }
+
+    /// Creates or replaces an object and tells the watchers.
+    pub fn apply(&self, object: Value) {
+        let collection = collection_of(&object);
+        let key = object_key(&object);
+        let mut state = self.lock();
+        let existed = state
+            .objects
+            .get(collection)
+            .is_some_and(|o| o.contains_key(&key));
+        let kind = if existed { "MODIFIED" } else { "ADDED" };
+        state.store(collection, key, object, kind);
+    }
+
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let collection = COLLECTIONS.iter().find(|(k, _)| *k == kind).unwrap().1;
+        let mut state = self.lock();
+        let key = (namespace.to_string(), name.to_string());
+        let Some(mut object) = state
+            .objects
+            .get_mut(collection)
+            .and_then(|o| o.remove(&key))
+        else {
+            return;
+        };
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
+        let event = json!({"type": "DELETED", "object": object});
+        state.notify(collection, event);
+    }
+
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let collection = COLLECTIONS.iter().find(|(k, _)| *k == kind).unwrap().1;
+        self.lock()
+            .objects
+            .get(collection)?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn patch_count(&self) -> usize {
+        self.lock().patches.len()
+    }
+
+    async fn answer(&self, request: Request<Body>) -> Option<Response<ResponseBody>> {
+        if !self.lock().reachable {
+            return None;
+        }
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let method = request.method().clone();
+        if method == http::Method::PATCH {
+            let body = request.into_body().collect_bytes().await.ok()?;
+            let patch: Value = serde_json::from_slice(&body).ok()?;
+            return Some(self.patch_status(&path, patch));
+        }
+        if path == "/version" {
+            return Some(json_response(
+                StatusCode::OK,
+                json!({
+                    "major": "1", "minor": "33", "gitVersion": "v1.33.0", "gitCommit": "fake",
+                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
+                }),
+            ));
+        }
+        if let Some(group_version) = path.strip_prefix("/apis/")
+            && group_version.matches('/').count() == 1
+        {
+            return Some(self.discovery(group_version));
+        }
+        let collection = COLLECTIONS.iter().find(|(_, p)| *p == path)?.1;
+        if !self.serves(collection) {
+            return Some(not_found(&path));
+        }
+        if query.split('&').any(|q| q == "watch=true") {
+            let since = query
+                .split('&')
+                .find_map(|q| q.strip_prefix("resourceVersion="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return Some(self.watch(collection, since));
+        }
+        let state = self.lock();
+        let items: Vec<Value> = state
+            .objects
+            .get(collection)
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default();
+        Some(json_response(
+            StatusCode::OK,
+            json!({
+                "apiVersion": "v1",
+                "kind": "List",
+                "metadata": {"resourceVersion": state.resource_version.to_string()},
+                "items": items,
+            }),
+        ))
+    }
+
+    fn serves(&self, collection: &str) -> bool {
+        let group_version = collection
+            .strip_prefix("/apis/")
+            .and_then(|rest| rest.rsplit_once('/'))
+            .map(|(gv, _)| gv);
+        match group_version {
+            Some(gv @ ("geosteer.io/v1alpha1" | "networking.istio.io/v1")) => {
+                self.lock().served.contains(gv)
+            }
+            _ => true,
+        }
+    }
+
+    fn discovery(&self, group_version: &str) -> Response<ResponseBody> {
+        let resources = match group_version {
+            "geosteer.io/v1alpha1" => json!([
+                {"name": "trafficpolicies", "singularName": "trafficpolicy", "namespaced": true,
+                 "kind": "TrafficPolicy", "verbs": ["get", "list", "watch", "patch"]},
+                {"name": "trafficpolicies/status", "singularName": "", "namespaced": true,
+                 "kind": "TrafficPolicy", "verbs": ["get", "patch"]},
+            ]),
+            "networking.istio.io/v1" => json!([
+                {"name": "destinationrules", "singularName": "destinationrule",
+                 "namespaced": true, "kind": "DestinationRule",
+                 "verbs": ["get", "list", "watch"]},
+            ]),
+            _ => return not_found(group_version),
+        };
+        if !self.lock().served.contains(group_version) {
+            return not_found(group_version);
+        }
+        json_response(
+            StatusCode::OK,
+            json!({
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": group_version,
+                "resources": resources,
+            }),
+        )
+    }
+
+    fn watch(&self, collection: &'static str, since: u64) -> Response<ResponseBody> {
+        let (tx, rx) = mpsc::unbounded_channel::<Value>();
+        let mut state = self.lock();
+        for (version, event) in state.history.get(collection).into_iter().flatten() {
+            if *version > since {
+                let _ = tx.send(event.clone());
+            }
+        }
+        state.watchers.entry(collection).or_default().push(tx);
+        let lines = futures::stream::unfold(rx, |mut rx| async move {
+            let event = rx.recv().await?;
+            let mut line = serde_json::to_vec(&event).unwrap();
+            line.push(b'\n');
+            Some((Ok::<_, BoxError>(Frame::data(Bytes::from(line))), rx))
+        });
+        Response::new(StreamBody::new(lines).boxed_unsync())
+    }
+
+    fn patch_status(&self, path: &str, patch: Value) -> Response<ResponseBody> {
+        // /apis/geosteer.io/v1alpha1/namespaces/NS/trafficpolicies/NAME/status
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let [_, _, _, _, namespace, "trafficpolicies", name, "status"] = parts[..] else {
+            return not_found(path);
+        };
+        let collection = "/apis/geosteer.io/v1alpha1/trafficpolicies";
+        let key = (namespace.to_string(), name.to_string());
+        let mut state = self.lock();
+        state
+            .patches
+            .push((format!("{namespace}/{name}"), patch.clone()));
+        let Some(mut object) = state
+            .objects
+            .get(collection)
+            .and_then(|o| o.get(&key))
+            .cloned()
+        else {
+            return not_found(path);
+        };
+        object["status"] = patch["status"].clone();
+        state.store(collection, key, object.clone(), "MODIFIED");
+        json_response(StatusCode::OK, object)
+    }
+}
+
+impl State {
+    fn store(
+        &mut self,
+        collection: &'static str,
+        key: (String, String),
+        mut object: Value,
+        kind: &str,
+    ) {
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.objects
+            .entry(collection)
+            .or_default()
+            .insert(key, object.clone());
+        self.notify(collection, json!({"type": kind, "object": object}));
+    }
+
+    fn notify(&mut self, collection: &'static str, event: Value) {
+        let version = self.resource_version;
+        self.history
+            .entry(collection)
+            .or_default()
+            .push((version, event.clone()));
+        if let Some(watchers) = self.watchers.get_mut(collection) {
+            watchers.retain(|watcher| watcher.send(event.clone()).is_ok());
+        }
+    }
+}
+
+fn collection_of(object: &Value) -> &'static str {
+    let kind = object["kind"].as_str().expect("objects carry their kind");
+    COLLECTIONS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .unwrap_or_else(|| panic!("no collection for kind {kind}"))
+        .1
+}
+
+fn object_key(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("").to_string(),
+        meta["name"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
+    let bytes = Bytes::from(serde_json::to_vec(&body).unwrap());
+    let mut response = Response::new(Full::new(bytes).map_err(|e| match e {}).boxed_unsync());
+    *response.status_mut() = status;
+    response
+}
+
+fn not_found(what: &str) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{what} not found"), "reason": "NotFound", "code": 404,
+        }),
+    )
+}

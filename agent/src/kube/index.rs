@@ -1,0 +1,2339 @@
+//! The pure in-memory index: what the watchers saw, per cluster, turned into the same [`Config`]
+//! the file feeds.
+//!
+//! Watch events go into [`Store`]s, one per kind and cluster. [`Index::desired`] reads them and
+//! builds the services (VIP and ports from this cluster's Services, endpoints from every
+//! cluster's EndpointSlices, locality from Node labels), the DestinationRules and this node's
+//! locality, merges them with the file and validates the result. A source that would make the
+//! config invalid is left out on its own (a TrafficPolicy, a DestinationRule, cluster-weight
+//! annotations, as a last resort the service), so one bad object never holds back the others;
+//! every TrafficPolicy gets a [`Verdict`] for its status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ::kube::{
+    Resource, ResourceExt as _,
+    api::{DynamicObject, PartialObjectMeta},
+    runtime::watcher,
+};
+use geosteer_common::MAX_BACKENDS_PER_SERVICE;
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service as K8sService},
+        discovery::v1::{EndpointConditions, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString},
+};
+
+use super::crd::{ServicePolicy, TrafficPolicy};
+use crate::config::{
+    self, Config, Endpoint, FieldError, LoadedDestinationRule, Node as ConfigNode, Protocol,
+    Service, ServicePort,
+};
+
+/// Namespace and name; the namespace is empty for cluster-scoped objects (Nodes).
+pub type ObjectKey = (String, String);
+
+/// Node labels that give a locality (the well-known ones, then their deprecated forms).
+const REGION_LABELS: [&str; 2] = [
+    "topology.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/region",
+];
+const ZONE_LABELS: [&str; 2] = [
+    "topology.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/zone",
+];
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Per-cluster weight annotations on a Service; the first prefix wins when both name a cluster.
+pub const CLUSTER_WEIGHT_ANNOTATIONS: [&str; 2] = [
+    "geosteer.io/cluster-weight.",
+    "alb.ingress.kubernetes.io/cluster-weight.",
+];
+/// The `file` of DestinationRules read from the cluster, as errors and warnings name them:
+/// `kubernetes: DestinationRule default/reviews`.
+pub const CLUSTER_RULES_SOURCE: &str = "kubernetes";
+
+/// One kind of object from one cluster, as its watcher reported it.
+#[derive(Debug, Clone)]
+pub struct Store<K> {
+    objects: BTreeMap<ObjectKey, K>,
+    /// Objects of a relist in progress; they replace `objects` at its end, so a relist never
+    /// shows a half-empty store.
+    relist: Option<BTreeMap<ObjectKey, K>>,
+    synced: bool,
+}
+
+impl<K> Default for Store<K> {
+    fn default() -> Self {
+        Store {
+            objects: BTreeMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+impl<K: Resource> Store<K> {
+    /// Applies one watch event; returns whether the visible objects changed.
+    pub fn apply(&mut self, event: watcher::Event<K>) -> bool {
+        match event {
+            watcher::Event::Apply(object) => {
+                self.objects.insert(key(&object), object);
+                true
+            }
+            watcher::Event::Delete(object) => self.objects.remove(&key(&object)).is_some(),
+            watcher::Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                false
+            }
+            watcher::Event::InitApply(object) => {
+                self.relist
+                    .get_or_insert_default()
+                    .insert(key(&object), object);
+                false
+            }
+            watcher::Event::InitDone => {
+                self.objects = self.relist.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+        }
+    }
+
+    /// A complete list, as a finished relist leaves the store (for tests and tools that have
+    /// the objects without a watch).
+    pub fn replace(&mut self, objects: Vec<K>) {
+        self.objects = objects.into_iter().map(|o| (key(&o), o)).collect();
+        self.relist = None;
+        self.synced = true;
+    }
+
+    /// For a kind the API server does not serve (its CRD is not installed): known to be empty.
+    pub fn set_absent(&mut self) -> bool {
+        let changed = !self.objects.is_empty();
+        self.objects.clear();
+        self.relist = None;
+        self.synced = true;
+        changed
+    }
+
+    /// Whether a full list has been seen.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&K> {
+        self.objects.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// In namespace/name order.
+    pub fn values(&self) -> impl Iterator<Item = &K> {
+        self.objects.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+}
+
+fn key<K: Resource>(object: &K) -> ObjectKey {
+    let meta = object.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Oldest first, then by namespace/name: who wins when two objects claim the same Service.
+fn age_order<K: Resource>(object: &K) -> (Option<Time>, ObjectKey) {
+    (object.meta().creation_timestamp.clone(), key(object))
+}
+
+/// Everything watched in one cluster. Remote clusters fill only `slices` and `nodes`.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// The cluster id endpoints are tagged with.
+    pub name: String,
+    /// Region of endpoints whose Node has no region label.
+    pub region: String,
+    pub services: Store<K8sService>,
+    pub slices: Store<EndpointSlice>,
+    pub nodes: Store<PartialObjectMeta<Node>>,
+    pub policies: Store<TrafficPolicy>,
+    pub rules: Store<DynamicObject>,
+    /// The API server has been unreachable for longer than `staleTtl`: its endpoints are left
+    /// out until it answers and relists.
+    pub expired: bool,
+}
+
+impl ClusterState {
+    pub fn new(name: &str, region: &str) -> Self {
+        ClusterState {
+            name: name.to_string(),
+            region: region.to_string(),
+            ..ClusterState::default()
+        }
+    }
+
+    /// Region and zone labels of a Node of this cluster.
+    fn node_locality(&self, node_name: &str) -> (Option<&str>, Option<&str>) {
+        let Some(node) = self.nodes.get("", node_name) else {
+            return (None, None);
+        };
+        let label = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|key| node.labels().get(*key))
+                .map(String::as_str)
+                .filter(|value| !value.is_empty())
+        };
+        (label(&REGION_LABELS), label(&ZONE_LABELS))
+    }
+
+    /// IPv4 EndpointSlices of Service `namespace/name`, in name order.
+    fn slices_of<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
+        self.slices.values().filter(move |slice| {
+            slice.metadata.namespace.as_deref() == Some(namespace)
+                && slice.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+                && slice.address_type == "IPv4"
+        })
+    }
+}
+
+/// All clusters' stores, plus what the last snapshot said about clusters not heard from yet.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// This node's Node name.
+    pub node_name: String,
+    /// `clusters[0]` is this cluster, then the remote clusters in `kubernetes.clusters` order.
+    pub clusters: Vec<ClusterState>,
+    /// Services from the snapshot. A cluster whose EndpointSlices have not been listed yet
+    /// (its API server has not answered since the agent started) keeps the endpoints the
+    /// snapshot has for it.
+    pub seed: BTreeMap<ObjectKey, Service>,
+    /// The version of each TrafficPolicy last in effect ([`Desired::in_effect`]): an update
+    /// that is rejected leaves it in place, as a rejected config file leaves the running one.
+    pub last_accepted: BTreeMap<ObjectKey, ServicePolicy>,
+}
+
+/// Whether a TrafficPolicy is in effect, for its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub accepted: bool,
+    /// `Accepted`, `Invalid`, `TargetNotFound` or `Conflicted`.
+    pub reason: &'static str,
+    pub message: String,
+    pub generation: Option<i64>,
+}
+
+/// What [`Index::desired`] builds.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Valid: [`config::validate`] reports nothing.
+    pub config: Config,
+    /// How many of `config.services` come from the file (they come first).
+    pub file_services: usize,
+    /// One per TrafficPolicy of this cluster.
+    pub verdicts: BTreeMap<ObjectKey, Verdict>,
+    /// The TrafficPolicies in effect, each in the version used: for [`Index::last_accepted`].
+    pub in_effect: BTreeMap<ObjectKey, ServicePolicy>,
+    /// What was left out or ignored, and why.
+    pub warnings: Vec<String>,
+}
+
+/// A Service of this cluster as built from the stores, with the policy sources that may yet be
+/// left out.
+struct Built {
+    service: Service,
+    /// The TrafficPolicy targeting it (the oldest valid one).
+    policy: Option<(ObjectKey, ServicePolicy)>,
+    /// From the Service's cluster-weight annotations; a TrafficPolicy's weights win.
+    annotation_weights: Option<BTreeMap<String, u32>>,
+    /// The TrafficPolicy's spec sets `clusterWeights`.
+    policy_sets_weights: bool,
+    /// Notes for the policy's status (weights that had to be set aside).
+    notes: Vec<String>,
+    /// Why the policy's current version is rejected, when `policy` is its last accepted one.
+    rejected_update: Option<String>,
+    included: bool,
+}
+
+impl Built {
+    /// The weights in effect: the TrafficPolicy's if it sets any (even when all of them had to
+    /// be set aside), else the annotations'.
+    fn weights(&self) -> Option<(WeightsFrom, &BTreeMap<String, u32>)> {
+        match &self.policy {
+            Some((_, policy)) if self.policy_sets_weights => policy
+                .cluster_weights
+                .as_ref()
+                .map(|weights| (WeightsFrom::Policy, weights)),
+            _ => self
+                .annotation_weights
+                .as_ref()
+                .map(|weights| (WeightsFrom::Annotations, weights)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightsFrom {
+    Policy,
+    Annotations,
+}
+
+/// An endpoint before deduplication, with what topology-aware routing needs.
+struct Candidate {
+    endpoint: Endpoint,
+    /// From this cluster's EndpointSlices.
+    local: bool,
+    /// `hints.forZones`, when set and not empty.
+    zone_hints: Option<Vec<String>>,
+}
+
+impl Index {
+    /// An empty index for the clusters in `file.kubernetes`.
+    pub fn new(file: &Config, node_name: &str) -> Index {
+        let mut clusters = vec![ClusterState::new(&file.node.cluster, &file.node.region)];
+        if let Some(settings) = &file.kubernetes {
+            clusters.extend(
+                settings
+                    .clusters
+                    .iter()
+                    .map(|c| ClusterState::new(&c.name, &c.region)),
+            );
+        }
+        Index {
+            node_name: node_name.to_string(),
+            clusters,
+            seed: BTreeMap::new(),
+            last_accepted: BTreeMap::new(),
+        }
+    }
+
+    pub fn local(&self) -> &ClusterState {
+        &self.clusters[0]
+    }
+
+    /// Whether this cluster has been listed in full: before that, a desired state would be
+    /// missing services (and the agent would withdraw them).
+    pub fn local_synced(&self) -> bool {
+        let local = self.local();
+        local.services.is_synced()
+            && local.slices.is_synced()
+            && local.nodes.is_synced()
+            && local.policies.is_synced()
+            && local.rules.is_synced()
+    }
+
+    /// This node as the config describes it: name from the environment, region and zone from
+    /// its Node's labels (the file's values where a label is missing).
+    pub fn node(&self, file: &ConfigNode) -> ConfigNode {
+        let (region, zone) = self.local().node_locality(&self.node_name);
+        ConfigNode {
+            name: self.node_name.clone(),
+            region: region.unwrap_or(&file.region).to_string(),
+            zone: zone.unwrap_or(&file.zone).to_string(),
+            cluster: file.cluster.clone(),
+        }
+    }
+
+    /// The desired state: `file` (node, dataplane, defaults, its own services and
+    /// DestinationRules) merged with what the clusters say. Fails only when the file's own
+    /// parts are invalid with this node's locality.
+    pub fn desired(&self, file: &Config) -> Result<Desired, Vec<FieldError>> {
+        let mut warnings = Vec::new();
+        let node = self.node(&file.node);
+        let local = self.local();
+
+        let mut built: Vec<Built> = Vec::new();
+        for k8s in local.services.values() {
+            if let Some(service) = self.build_service(k8s, &node, &mut warnings) {
+                let annotation_weights = annotation_weights(k8s, &mut warnings);
+                built.push(Built {
+                    service,
+                    policy: None,
+                    annotation_weights,
+                    policy_sets_weights: false,
+                    notes: Vec::new(),
+                    rejected_update: None,
+                    included: true,
+                });
+            }
+        }
+        let position: BTreeMap<ObjectKey, usize> = built
+            .iter()
+            .enumerate()
+            .map(|(b, built)| {
+                let s = &built.service;
+                ((s.namespace.clone(), s.name.clone()), b)
+            })
+            .collect();
+
+        let mut verdicts = BTreeMap::new();
+        let mut policies: Vec<&TrafficPolicy> = local.policies.values().collect();
+        policies.sort_by_key(|p| age_order(*p));
+        for policy in policies {
+            let key = key(policy);
+            let target = (key.0.clone(), policy.spec.target_ref.name.clone());
+            let Some(&b) = position.get(&target) else {
+                verdicts.insert(
+                    key,
+                    rejected(
+                        "TargetNotFound",
+                        format!(
+                            "Service {}/{} does not exist or has no IPv4 cluster IP",
+                            target.0, target.1
+                        ),
+                    ),
+                );
+                continue;
+            };
+            let mut rejected_update = None;
+            let converted = match policy.spec.to_service_policy() {
+                Ok(converted) => converted,
+                Err(message) => match self.last_accepted.get(&key) {
+                    Some(last) => {
+                        rejected_update = Some(message);
+                        last.clone()
+                    }
+                    None => {
+                        verdicts.insert(key, rejected("Invalid", message));
+                        continue;
+                    }
+                },
+            };
+            if let Some((winner, _)) = &built[b].policy {
+                let message = format!(
+                    "Service {}/{} already has TrafficPolicy {}/{}, which is older",
+                    target.0, target.1, winner.0, winner.1
+                );
+                verdicts.insert(key, rejected("Conflicted", message));
+                continue;
+            }
+            built[b].policy_sets_weights = converted.cluster_weights.is_some();
+            built[b].policy = Some((key, converted));
+            built[b].rejected_update = rejected_update;
+        }
+
+        let known_clusters: BTreeSet<&str> = self
+            .clusters
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|name| !name.is_empty())
+            .collect();
+        for b in &mut built {
+            set_aside_idle_weights(b, &known_clusters);
+        }
+
+        let mut rules = self.cluster_rules(file, &built, &mut warnings);
+        trim_to_capacity(file, &mut built, &mut warnings);
+
+        // Leave out whatever validation blames, one source at a time, until the config is valid.
+        let config = loop {
+            let (config, owners) = assemble(file, &node, &built, &rules);
+            let errors = config::validate(&config);
+            if errors.is_empty() {
+                break config;
+            }
+            let Some(blamed) = errors
+                .iter()
+                .find_map(|error| blame(error, &owners, &built, &rules))
+            else {
+                return Err(errors);
+            };
+            let mut left_out = LeftOut {
+                built: &mut built,
+                rules: &mut rules,
+                verdicts: &mut verdicts,
+                warnings: &mut warnings,
+            };
+            left_out.leave_out(blamed, &errors, &owners, self, &known_clusters);
+        };
+
+        let mut in_effect = BTreeMap::new();
+        for b in &built {
+            let Some((key, policy)) = &b.policy else {
+                continue;
+            };
+            if b.included {
+                in_effect.insert(key.clone(), policy.clone());
+            }
+            let verdict = if let (true, Some(why)) = (b.included, &b.rejected_update) {
+                rejected(
+                    "Invalid",
+                    format!("{why}; the last accepted version stays in effect"),
+                )
+            } else if b.included {
+                Verdict {
+                    accepted: true,
+                    reason: "Accepted",
+                    message: b.notes.join("; "),
+                    generation: None,
+                }
+            } else {
+                rejected(
+                    "TargetNotFound",
+                    format!(
+                        "Service {}/{} is not steered (see the agent's log)",
+                        b.service.namespace, b.service.name
+                    ),
+                )
+            };
+            verdicts.insert(key.clone(), verdict);
+        }
+        for ((namespace, name), verdict) in &mut verdicts {
+            verdict.generation = local
+                .policies
+                .get(namespace, name)
+                .and_then(|p| p.metadata.generation);
+        }
+
+        Ok(Desired {
+            config,
+            file_services: file.services.len(),
+            verdicts,
+            in_effect,
+            warnings,
+        })
+    }
+
+    /// A config Service for a Service of this cluster with an IPv4 cluster IP, or `None` for
+    /// those geosteer cannot steer (headless, ExternalName, IPv6-only, no TCP/UDP port).
+    fn build_service(
+        &self,
+        k8s: &K8sService,
+        node: &ConfigNode,
+        warnings: &mut Vec<String>,
+    ) -> Option<Service> {
+        let namespace = k8s.metadata.namespace.clone().unwrap_or_default();
+        let name = k8s.metadata.name.clone().unwrap_or_default();
+        let spec = k8s.spec.as_ref()?;
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let vip = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
+        let seed = self.seed.get(&(namespace.clone(), name.clone()));
+
+        // (name, port, protocol, targetPort) of the TCP and UDP ports.
+        let mut ports = Vec::new();
+        for port in spec.ports.iter().flatten() {
+            let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                _ => continue,
+            };
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            ports.push((
+                port.name.clone(),
+                number,
+                protocol,
+                port.target_port.clone(),
+            ));
+        }
+        if ports.is_empty() {
+            return None;
+        }
+
+        // EndpointSlices name their ports after the Service's and carry the resolved number;
+        // the first slice (this cluster first) that has a port decides its target port.
+        let slices: Vec<(&ClusterState, &EndpointSlice)> = self
+            .clusters
+            .iter()
+            .filter(|cluster| !cluster.expired)
+            .flat_map(|cluster| {
+                cluster
+                    .slices_of(&namespace, &name)
+                    .map(move |slice| (cluster, slice))
+            })
+            .collect();
+        let service_ports: Vec<ServicePort> = ports
+            .iter()
+            .map(|(port_name, port, protocol, target)| {
+                let from_slices = slices
+                    .iter()
+                    .find_map(|(_, slice)| slice_port(slice, port_name.as_deref(), *protocol));
+                let from_seed = seed.and_then(|seed| {
+                    seed.ports
+                        .iter()
+                        .find(|p| p.port == *port && p.protocol == *protocol)
+                        .map(|p| p.target_port)
+                });
+                let from_spec = match target {
+                    Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|n| *n != 0),
+                    _ => None,
+                };
+                ServicePort {
+                    name: port_name.clone(),
+                    port: *port,
+                    target_port: from_slices.or(from_seed).or(from_spec).unwrap_or(*port),
+                    protocol: *protocol,
+                }
+            })
+            .collect();
+
+        let mut candidates = Vec::new();
+        for (c, cluster) in self.clusters.iter().enumerate() {
+            if cluster.expired {
+                continue;
+            }
+            if !cluster.slices.is_synced() {
+                // Not heard from since the agent started: what the snapshot knew.
+                let seeded = seed.iter().flat_map(|seed| &seed.endpoints);
+                candidates.extend(
+                    seeded
+                        .filter(|e| e.cluster == cluster.name && c > 0)
+                        .map(|e| Candidate {
+                            endpoint: e.clone(),
+                            local: false,
+                            zone_hints: None,
+                        }),
+                );
+                continue;
+            }
+            for slice in cluster.slices_of(&namespace, &name) {
+                if let Some(problem) = port_mismatch(slice, &service_ports) {
+                    warnings.push(format!(
+                        "EndpointSlice {namespace}/{} (cluster {:?}): {problem}; its endpoints \
+                         are left out (a service port has one target port in every cluster)",
+                        slice.metadata.name.as_deref().unwrap_or_default(),
+                        cluster.name
+                    ));
+                    continue;
+                }
+                candidates.extend(slice_candidates(cluster, slice, c == 0));
+            }
+        }
+        apply_zone_hints(&mut candidates, &node.zone);
+
+        let mut seen = BTreeSet::new();
+        let mut endpoints = Vec::new();
+        for candidate in candidates {
+            if seen.insert(candidate.endpoint.ip) {
+                endpoints.push(candidate.endpoint);
+            }
+        }
+        if endpoints.len() > MAX_BACKENDS_PER_SERVICE {
+            warnings.push(format!(
+                "Service {namespace}/{name}: {} endpoints, only the first \
+                 {MAX_BACKENDS_PER_SERVICE} (this cluster's first) are used",
+                endpoints.len()
+            ));
+            endpoints.truncate(MAX_BACKENDS_PER_SERVICE);
+        }
+
+        Some(Service {
+            name,
+            namespace,
+            vip,
+            ports: service_ports,
+            endpoints,
+            traffic_policy: None,
+            cluster_weights: None,
+            health_check: None,
+            reset_on_eject: false,
+        })
+    }
+
+    /// This cluster's DestinationRules, after the file's: oldest first; a rule that cannot be
+    /// read, or that selects a Service another rule already selects, is left out.
+    fn cluster_rules(
+        &self,
+        file: &Config,
+        built: &[Built],
+        warnings: &mut Vec<String>,
+    ) -> Vec<LoadedDestinationRule> {
+        let mut objects: Vec<&DynamicObject> = self.local().rules.values().collect();
+        objects.sort_by_key(|o| age_order(*o));
+        let mut rules: Vec<LoadedDestinationRule> = Vec::new();
+        for object in objects {
+            let rule = match destination_rule(object) {
+                Ok(rule) => rule,
+                Err(message) => {
+                    warnings.push(message);
+                    continue;
+                }
+            };
+            let taken = built.iter().map(|b| &b.service).find_map(|service| {
+                if !rule.selects(service) {
+                    return None;
+                }
+                file.loaded_destination_rules
+                    .iter()
+                    .chain(&rules)
+                    .find(|other| other.selects(service))
+                    .map(|other| (service, other))
+            });
+            if let Some((service, other)) = taken {
+                warnings.push(format!(
+                    "{}: left out: Service {}/{} is already selected by {} (a service takes \
+                     one DestinationRule, the oldest)",
+                    rule.path(),
+                    service.namespace,
+                    service.name,
+                    other.describe()
+                ));
+                continue;
+            }
+            rules.push(rule);
+        }
+        rules
+    }
+}
+
+/// The port number a slice has for the Service port `name`/`protocol`.
+fn slice_port(slice: &EndpointSlice, name: Option<&str>, protocol: Protocol) -> Option<u16> {
+    slice.ports.iter().flatten().find_map(|port| {
+        let same_name = port.name.as_deref().unwrap_or("") == name.unwrap_or("");
+        let same_protocol = port
+            .protocol
+            .as_deref()
+            .unwrap_or("TCP")
+            .eq_ignore_ascii_case(&protocol.to_string());
+        if same_name && same_protocol {
+            port.port.and_then(|n| u16::try_from(n).ok())
+        } else {
+            None
+        }
+    })
+}
+
+/// Why a slice's ports disagree with the chosen target ports, if they do.
+fn port_mismatch(slice: &EndpointSlice, ports: &[ServicePort]) -> Option<String> {
+    ports.iter().find_map(|port| {
+        let number = slice_port(slice, port.name.as_deref(), port.protocol)?;
+        (number != port.target_port).then(|| {
+            format!(
+                "port {:?} is {number}, other endpoints use {}",
+                port.name.as_deref().unwrap_or(""),
+                port.target_port
+            )
+        })
+    })
+}
+
+/// Endpoints that take traffic, as kube-proxy decides: ready, or serving and not terminating.
+/// An unset condition reads as the API documents it: `ready` and `serving` as true,
+/// `terminating` as false.
+pub fn takes_traffic(conditions: Option<&EndpointConditions>) -> bool {
+    let Some(conditions) = conditions else {
+        return true;
+    };
+    let ready = conditions.ready.unwrap_or(true);
+    let serving = conditions.serving.unwrap_or(ready);
+    let terminating = conditions.terminating.unwrap_or(false);
+    ready || (serving && !terminating)
+}
+
+fn slice_candidates<'a>(
+    cluster: &'a ClusterState,
+    slice: &'a EndpointSlice,
+    local: bool,
+) -> impl Iterator<Item = Candidate> + 'a {
+    slice
+        .endpoints
+        .iter()
+        .filter(|e| takes_traffic(e.conditions.as_ref()))
+        .flat_map(move |e| {
+            let (node_region, node_zone) = e
+                .node_name
+                .as_deref()
+                .map(|node| cluster.node_locality(node))
+                .unwrap_or_default();
+            let region = node_region.unwrap_or(&cluster.region).to_string();
+            let zone = e.zone.as_deref().or(node_zone).unwrap_or("").to_string();
+            let zone_hints: Option<Vec<String>> = e
+                .hints
+                .as_ref()
+                .and_then(|hints| hints.for_zones.as_ref())
+                .filter(|zones| !zones.is_empty())
+                .map(|zones| zones.iter().map(|z| z.name.clone()).collect());
+            e.addresses.iter().filter_map(move |address| {
+                Some(Candidate {
+                    endpoint: Endpoint {
+                        ip: address.parse().ok()?,
+                        region: region.clone(),
+                        zone: zone.clone(),
+                        cluster: cluster.name.clone(),
+                        weight: 1,
+                    },
+                    local,
+                    zone_hints: zone_hints.clone(),
+                })
+            })
+        })
+}
+
+/// Topology-aware routing, as kube-proxy applies it: when every endpoint of this cluster has
+/// zone hints and some are for this node's zone, this cluster's other endpoints are not used.
+/// Remote clusters' endpoints stay (their hints are about their own zones).
+fn apply_zone_hints(candidates: &mut Vec<Candidate>, node_zone: &str) {
+    let for_this_zone = |c: &Candidate| {
+        c.zone_hints
+            .as_ref()
+            .is_some_and(|zones| zones.iter().any(|z| z == node_zone))
+    };
+    let mut local = candidates.iter().filter(|c| c.local).peekable();
+    if node_zone.is_empty() || local.peek().is_none() {
+        return;
+    }
+    if !candidates
+        .iter()
+        .filter(|c| c.local)
+        .all(|c| c.zone_hints.is_some())
+        || !candidates.iter().any(|c| c.local && for_this_zone(c))
+    {
+        return;
+    }
+    candidates.retain(|c| !c.local || for_this_zone(c));
+}
+
+/// Weights from the Service's `cluster-weight.<id>` annotations. A value that is not a number
+/// makes the whole set unusable: a partial set would send a cluster's share elsewhere.
+fn annotation_weights(
+    k8s: &K8sService,
+    warnings: &mut Vec<String>,
+) -> Option<BTreeMap<String, u32>> {
+    let mut weights = BTreeMap::new();
+    for prefix in CLUSTER_WEIGHT_ANNOTATIONS.iter().rev() {
+        for (key, value) in k8s.annotations() {
+            let Some(cluster) = key.strip_prefix(prefix) else {
+                continue;
+            };
+            match value.trim().parse::<u32>() {
+                Ok(weight) => {
+                    weights.insert(cluster.to_string(), weight);
+                }
+                Err(_) => {
+                    warnings.push(format!(
+                        "Service {}/{}: metadata.annotations[{key:?}]: invalid value {value:?}: \
+                         expected a whole number 0-100; the cluster-weight annotations are \
+                         ignored",
+                        k8s.metadata.namespace.as_deref().unwrap_or_default(),
+                        k8s.metadata.name.as_deref().unwrap_or_default()
+                    ));
+                    return None;
+                }
+            }
+        }
+    }
+    (!weights.is_empty()).then_some(weights)
+}
+
+/// Weights for a known cluster that has no endpoints of the service right now (it is down, or
+/// scaled to zero) change nothing: that cluster gets no traffic either way. They are set aside
+/// so that validation, which rejects weights for clusters without endpoints, keeps the rest of
+/// the policy. Weights for unknown clusters stay, for validation to report.
+fn set_aside_idle_weights(built: &mut Built, known_clusters: &BTreeSet<&str>) {
+    let present: BTreeSet<String> = built
+        .service
+        .endpoints
+        .iter()
+        .map(|e| e.cluster.clone())
+        .collect();
+    let set_aside = |weights: &mut Option<BTreeMap<String, u32>>| -> Vec<String> {
+        let Some(map) = weights else {
+            return Vec::new();
+        };
+        let idle: Vec<String> = map
+            .keys()
+            .filter(|c| known_clusters.contains(c.as_str()) && !present.contains(*c))
+            .cloned()
+            .collect();
+        for cluster in &idle {
+            map.remove(cluster);
+        }
+        if !idle.is_empty() && map.values().all(|&w| w == 0) {
+            *weights = None;
+        }
+        idle
+    };
+    set_aside(&mut built.annotation_weights);
+    if let Some((_, policy)) = &mut built.policy {
+        let idle = set_aside(&mut policy.cluster_weights);
+        if !idle.is_empty() {
+            built.notes.push(format!(
+                "clusterWeights for {} unused: no endpoints there now",
+                idle.join(", ")
+            ));
+        }
+        if built.policy_sets_weights && policy.cluster_weights.is_none() {
+            built
+                .notes
+                .push("clusterWeights unused: no weighted cluster has endpoints".to_string());
+        }
+    }
+}
+
+/// Keeps the service ports and backends within the data path's capacity, leaving out services
+/// from the end (namespace/name order) so that the same ones are left out every time.
+fn trim_to_capacity(file: &Config, built: &mut [Built], warnings: &mut Vec<String>) {
+    let load = |s: &Service| (s.ports.len(), s.ports.len() * s.endpoints.len());
+    let (mut ports, mut backends) = file
+        .services
+        .iter()
+        .map(load)
+        .fold((0, 0), |(p, b), (sp, sb)| (p + sp, b + sb));
+    for b in built.iter().filter(|b| b.included) {
+        let (p, e) = load(&b.service);
+        ports += p;
+        backends += e;
+    }
+    let max_ports = file.dataplane.max_services as usize;
+    let max_backends = file.dataplane.max_backends as usize;
+    for b in built.iter_mut().rev() {
+        if ports <= max_ports && backends <= max_backends {
+            break;
+        }
+        let (p, e) = load(&b.service);
+        ports -= p;
+        backends -= e;
+        b.included = false;
+        warnings.push(format!(
+            "Service {}/{}: left out: over dataplane.maxServices ({max_ports} ports) or \
+             dataplane.maxBackends ({max_backends})",
+            b.service.namespace, b.service.name
+        ));
+    }
+}
+
+/// The config for the current choice of sources; `owners[i]` is the position in `built` of
+/// `config.services[i]` (`None` for the file's services).
+fn assemble(
+    file: &Config,
+    node: &ConfigNode,
+    built: &[Built],
+    rules: &[LoadedDestinationRule],
+) -> (Config, Vec<Option<usize>>) {
+    let mut config = file.clone();
+    config.node = node.clone();
+    config
+        .loaded_destination_rules
+        .extend(rules.iter().cloned());
+    let mut owners = vec![None; config.services.len()];
+    for (b, built) in built.iter().enumerate().filter(|(_, b)| b.included) {
+        let mut service = built.service.clone();
+        if let Some((_, policy)) = &built.policy {
+            policy.apply_to(&mut service);
+        }
+        service.cluster_weights = built.weights().map(|(_, w)| w.clone());
+        config.services.push(service);
+        owners.push(Some(b));
+    }
+    (config, owners)
+}
+
+/// What a validation error is blamed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// The TrafficPolicy of `built[b]`.
+    Policy(usize),
+    /// The cluster-weight annotations of `built[b]`.
+    Annotations(usize),
+    /// `built[b]` itself.
+    Service(usize),
+    /// The last included service (the config is over a capacity limit).
+    LastService,
+    /// `rules[r]`.
+    Rule(usize),
+}
+
+/// The source `error` is about, if it is one the cluster contributed.
+fn blame(
+    error: &FieldError,
+    owners: &[Option<usize>],
+    built: &[Built],
+    rules: &[LoadedDestinationRule],
+) -> Option<Blame> {
+    if let Some((s, field)) = service_field(&error.path) {
+        // `None`: one of the file's services, not ours to leave out.
+        let b = owners.get(s).copied().flatten()?;
+        let weights_from = built[b].weights().map(|(from, _)| from);
+        let has_policy = built[b].policy.is_some();
+        return Some(match policy_group(field) {
+            Some("clusterWeights") if weights_from == Some(WeightsFrom::Annotations) => {
+                Blame::Annotations(b)
+            }
+            Some(_) if has_policy => Blame::Policy(b),
+            _ => Blame::Service(b),
+        });
+    }
+    if error.path == "services" {
+        return Some(Blame::LastService);
+    }
+    rules
+        .iter()
+        .position(|rule| error.path.starts_with(&format!("{}:", rule.path())))
+        .map(Blame::Rule)
+}
+
+/// What [`Index::desired`] may leave out.
+struct LeftOut<'a> {
+    built: &'a mut [Built],
+    rules: &'a mut Vec<LoadedDestinationRule>,
+    verdicts: &'a mut BTreeMap<ObjectKey, Verdict>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl LeftOut<'_> {
+    /// Leaves out what `blame` names; `errors` are all of this round's, for the messages.
+    fn leave_out(
+        &mut self,
+        blame: Blame,
+        errors: &[FieldError],
+        owners: &[Option<usize>],
+        index: &Index,
+        known_clusters: &BTreeSet<&str>,
+    ) {
+        let about = |b: usize| {
+            errors.iter().filter_map(move |error| {
+                let (s, field) = service_field(&error.path)?;
+                (owners.get(s).copied().flatten() == Some(b)).then_some((field, error))
+            })
+        };
+        let built = &mut *self.built;
+        match blame {
+            Blame::Policy(b) => {
+                let message = about(b)
+                    .filter(|(field, _)| policy_group(field).is_some())
+                    .map(|(field, error)| format!("spec.{field}: {}", error.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let built = &mut built[b];
+                let (key, current) = built.policy.take().expect("blamed policy exists");
+                built.notes.clear();
+                let last = index
+                    .last_accepted
+                    .get(&key)
+                    .filter(|last| **last != current);
+                match (built.rejected_update.take(), last) {
+                    // The current version fails: the last accepted one stays, if it still fits.
+                    (None, Some(last)) => {
+                        built.policy_sets_weights = last.cluster_weights.is_some();
+                        built.policy = Some((key, last.clone()));
+                        built.rejected_update = Some(message);
+                        set_aside_idle_weights(built, known_clusters);
+                    }
+                    (Some(first), _) => {
+                        let message =
+                            format!("{first}; the last accepted version no longer fits: {message}");
+                        self.verdicts.insert(key, rejected("Invalid", message));
+                    }
+                    (None, None) => {
+                        self.verdicts.insert(key, rejected("Invalid", message));
+                    }
+                }
+            }
+            Blame::Annotations(b) => {
+                built[b].annotation_weights = None;
+                for (field, error) in
+                    about(b).filter(|(f, _)| policy_group(f) == Some("clusterWeights"))
+                {
+                    self.warnings.push(format!(
+                        "Service {}/{}: cluster-weight annotations ignored: {field}: {}",
+                        built[b].service.namespace, built[b].service.name, error.message
+                    ));
+                }
+            }
+            Blame::Service(b) => {
+                built[b].included = false;
+                for (field, error) in about(b) {
+                    self.warnings.push(format!(
+                        "Service {}/{}: left out: {field}: {}",
+                        built[b].service.namespace, built[b].service.name, error.message
+                    ));
+                }
+            }
+            Blame::LastService => {
+                if let Some(last) = built.iter_mut().rev().find(|b| b.included) {
+                    last.included = false;
+                    self.warnings.push(format!(
+                        "Service {}/{}: left out: over a dataplane capacity limit",
+                        last.service.namespace, last.service.name
+                    ));
+                }
+            }
+            Blame::Rule(r) => {
+                let rule = self.rules.remove(r);
+                let at = format!("{}:", rule.path());
+                for error in errors.iter().filter(|e| e.path.starts_with(&at)) {
+                    self.warnings
+                        .push(format!("{}: left out: {error}", rule.describe()));
+                }
+            }
+        }
+    }
+}
+
+/// `services[3].trafficPolicy.x` → `(3, "trafficPolicy.x")`.
+fn service_field(path: &str) -> Option<(usize, &str)> {
+    let rest = path.strip_prefix("services[")?;
+    let (index, rest) = rest.split_once(']')?;
+    Some((index.parse().ok()?, rest.trim_start_matches('.')))
+}
+
+/// The policy field group a service field belongs to, if any.
+fn policy_group(field: &str) -> Option<&'static str> {
+    ["trafficPolicy", "healthCheck", "clusterWeights"]
+        .into_iter()
+        .find(|group| {
+            field
+                .strip_prefix(group)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+}
+
+fn rejected(reason: &'static str, message: String) -> Verdict {
+    Verdict {
+        accepted: false,
+        reason,
+        message,
+        generation: None,
+    }
+}
+
+/// Reads a DestinationRule object with the config file's DestinationRule parser.
+pub fn destination_rule(object: &DynamicObject) -> Result<LoadedDestinationRule, String> {
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let api_version = object
+        .types
+        .as_ref()
+        .map(|t| t.api_version.clone())
+        .unwrap_or_else(|| config::DESTINATION_RULE_API_VERSIONS[2].to_string());
+    let document = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": object.data.get("spec"),
+    });
+    let yaml = serde_yaml_ng::to_string(&document)
+        .map_err(|e| format!("DestinationRule {namespace}/{name}: {e}"))?;
+    let mut rules = config::parse_destination_rules(CLUSTER_RULES_SOURCE, &yaml)
+        .map_err(|e| format!("DestinationRule {namespace}/{name}: left out: {e}"))?;
+    rules
+        .pop()
+        .ok_or_else(|| format!("DestinationRule {namespace}/{name}: not a DestinationRule"))
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Small builders for the objects the index reads, in the shape the API server sends.
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// The file a cluster-driven agent runs with: this cluster is ack-hangzhou, one remote.
+    pub const FILE: &str = r#"
+node: {name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}
+dataplane: {tc: ["veth*"]}
+kubernetes:
+  clusters:
+    - {name: ack-shanghai, kubeconfig: /etc/geosteer/clusters/ack-shanghai, region: cn-shanghai}
+"#;
+
+    pub fn file() -> Config {
+        config::parse(FILE).unwrap()
+    }
+
+    /// Fills a store as a completed initial list does.
+    pub fn load<K: Resource>(store: &mut Store<K>, objects: Vec<K>) {
+        store.apply(watcher::Event::Init);
+        for object in objects {
+            store.apply(watcher::Event::InitApply(object));
+        }
+        store.apply(watcher::Event::InitDone);
+    }
+
+    /// An index on node `hz-node-1` (cn-hangzhou-b) with every store of both clusters listed
+    /// and empty.
+    pub fn index() -> Index {
+        let mut index = Index::new(&file(), "hz-node-1");
+        for cluster in &mut index.clusters {
+            load(&mut cluster.services, vec![]);
+            load(&mut cluster.slices, vec![]);
+            load(&mut cluster.nodes, vec![]);
+            load(&mut cluster.policies, vec![]);
+            load(&mut cluster.rules, vec![]);
+        }
+        load(
+            &mut index.clusters[0].nodes,
+            vec![
+                node("hz-node-1", "cn-hangzhou", "cn-hangzhou-b"),
+                node("hz-node-2", "cn-hangzhou", "cn-hangzhou-h"),
+            ],
+        );
+        load(
+            &mut index.clusters[1].nodes,
+            vec![node("sh-node-1", "cn-shanghai", "cn-shanghai-a")],
+        );
+        index
+    }
+
+    pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    pub fn node(name: &str, region: &str, zone: &str) -> PartialObjectMeta<Node> {
+        from_json(json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "labels": {
+                "topology.kubernetes.io/region": region,
+                "topology.kubernetes.io/zone": zone,
+            }},
+        }))
+    }
+
+    /// A ClusterIP Service `default/NAME` with one TCP port `http` 80 → targetPort `http`.
+    pub fn service(name: &str, vip: &str) -> K8sService {
+        from_json(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "clusterIP": vip,
+                "clusterIPs": [vip],
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }))
+    }
+
+    pub fn with_annotations(mut service: K8sService, annotations: &[(&str, &str)]) -> K8sService {
+        service.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        service
+    }
+
+    /// An endpoint: address, node, ready.
+    pub type Ep<'a> = (&'a str, &'a str, bool);
+
+    /// EndpointSlice `default/SLICE` of Service `service`, port `http` = `port`.
+    pub fn slice(service: &str, slice: &str, port: u16, endpoints: &[Ep]) -> EndpointSlice {
+        let endpoints: Vec<serde_json::Value> = endpoints
+            .iter()
+            .map(|(ip, node, ready)| {
+                json!({
+                    "addresses": [ip],
+                    "nodeName": node,
+                    "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                })
+            })
+            .collect();
+        from_json(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": slice,
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+    }
+
+    /// TrafficPolicy `default/NAME`, created at `created` (seconds), with `spec` (YAML).
+    pub fn policy(name: &str, created: u32, spec: &str) -> TrafficPolicy {
+        let spec: serde_json::Value = serde_yaml_ng::from_str(spec).unwrap();
+        from_json(json!({
+            "apiVersion": "geosteer.io/v1alpha1",
+            "kind": "TrafficPolicy",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "generation": 3,
+                "creationTimestamp": format!("2026-01-01T00:00:{created:02}Z"),
+            },
+            "spec": spec,
+        }))
+    }
+
+    /// DestinationRule `NAMESPACE/NAME` created at `created` (seconds), with `spec` (YAML).
+    pub fn rule(namespace: &str, name: &str, created: u32, spec: &str) -> DynamicObject {
+        let spec: serde_json::Value = serde_yaml_ng::from_str(spec).unwrap();
+        from_json(json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "creationTimestamp": format!("2026-01-01T00:00:{created:02}Z"),
+            },
+            "spec": spec,
+        }))
+    }
+
+    /// The reviews service in both clusters: two ready pods in Hangzhou, one in Shanghai.
+    pub fn reviews_in_two_clusters() -> Index {
+        let mut index = index();
+        load(
+            &mut index.clusters[0].services,
+            vec![service("reviews", "172.16.0.10")],
+        );
+        load(
+            &mut index.clusters[0].slices,
+            vec![slice(
+                "reviews",
+                "reviews-hz",
+                9080,
+                &[
+                    ("10.0.0.11", "hz-node-1", true),
+                    ("10.0.0.12", "hz-node-2", true),
+                ],
+            )],
+        );
+        load(
+            &mut index.clusters[1].slices,
+            vec![slice(
+                "reviews",
+                "reviews-sh",
+                9080,
+                &[("10.1.0.11", "sh-node-1", true)],
+            )],
+        );
+        index
+    }
+
+    /// Builds the desired state and checks the promise that it validates.
+    pub fn desired(index: &Index) -> Desired {
+        let desired = index.desired(&file()).expect("a desired state");
+        assert_eq!(config::validate(&desired.config), vec![]);
+        desired
+    }
+
+    /// `ip@cluster/region/zone` of each endpoint of the only service.
+    pub fn endpoints(desired: &Desired) -> Vec<String> {
+        desired.config.services[0]
+            .endpoints
+            .iter()
+            .map(|e| format!("{}@{}/{}/{}", e.ip, e.cluster, e.region, e.zone))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::{fixtures::*, *};
+    use crate::config::OutlierDetection;
+
+    #[test]
+    fn endpoint_conditions() {
+        // (ready, serving, terminating, takes traffic)
+        let cases = [
+            (None, None, None, true),
+            (Some(true), None, None, true),
+            (Some(false), None, None, false),
+            (Some(false), Some(true), Some(false), true),
+            (Some(false), Some(true), Some(true), false),
+            (Some(false), Some(false), Some(false), false),
+            (Some(true), Some(true), Some(true), true),
+        ];
+        for (ready, serving, terminating, expected) in cases {
+            let conditions = EndpointConditions {
+                ready,
+                serving,
+                terminating,
+            };
+            assert_eq!(takes_traffic(Some(&conditions)), expected, "{conditions:?}");
+        }
+        assert!(takes_traffic(None));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_store_at_its_end() {
+        let mut store = Store::default();
+        load(&mut store, vec![service("a", "172.16.0.1")]);
+        assert!(store.is_synced());
+        store.apply(watcher::Event::Init);
+        store.apply(watcher::Event::InitApply(service("b", "172.16.0.2")));
+        assert!(
+            store.get("default", "a").is_some(),
+            "old objects stay during a relist"
+        );
+        assert!(store.apply(watcher::Event::InitDone));
+        assert!(store.get("default", "a").is_none());
+        assert!(store.get("default", "b").is_some());
+        assert!(store.apply(watcher::Event::Delete(service("b", "172.16.0.2"))));
+        assert!(!store.apply(watcher::Event::Delete(service("b", "172.16.0.2"))));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn builds_the_config_from_services_slices_and_nodes() {
+        let desired = desired(&reviews_in_two_clusters());
+        let config = &desired.config;
+        assert_eq!(
+            config.node,
+            ConfigNode {
+                name: "hz-node-1".into(),
+                region: "cn-hangzhou".into(),
+                zone: "cn-hangzhou-b".into(),
+                cluster: "ack-hangzhou".into(),
+            }
+        );
+        assert_eq!(config.dataplane.tc, ["veth*"], "the file's parts stay");
+        let service = &config.services[0];
+        assert_eq!(
+            (service.namespace.as_str(), service.name.as_str()),
+            ("default", "reviews")
+        );
+        assert_eq!(service.vip, Ipv4Addr::new(172, 16, 0, 10));
+        assert_eq!(
+            service.ports,
+            [ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: 9080,
+                protocol: Protocol::Tcp,
+            }]
+        );
+        assert_eq!(
+            endpoints(&desired),
+            [
+                "10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b",
+                "10.0.0.12@ack-hangzhou/cn-hangzhou/cn-hangzhou-h",
+                "10.1.0.11@ack-shanghai/cn-shanghai/cn-shanghai-a",
+            ]
+        );
+        assert!(desired.warnings.is_empty(), "{:?}", desired.warnings);
+    }
+
+    #[test]
+    fn endpoint_locality_and_readiness() {
+        // (case, endpoint json, expected endpoints)
+        let cases = [
+            (
+                "zone field wins over the node label",
+                json!({"addresses": ["10.0.0.21"], "nodeName": "hz-node-1", "zone": "cn-hangzhou-k"}),
+                vec!["10.0.0.21@ack-hangzhou/cn-hangzhou/cn-hangzhou-k"],
+            ),
+            (
+                "unknown node: the cluster's region",
+                json!({"addresses": ["10.0.0.22"], "nodeName": "gone"}),
+                vec!["10.0.0.22@ack-hangzhou/cn-hangzhou/"],
+            ),
+            (
+                "every address",
+                json!({"addresses": ["10.0.0.23", "10.0.0.24"]}),
+                vec![
+                    "10.0.0.23@ack-hangzhou/cn-hangzhou/",
+                    "10.0.0.24@ack-hangzhou/cn-hangzhou/",
+                ],
+            ),
+            (
+                "not ready",
+                json!({"addresses": ["10.0.0.25"], "conditions": {"ready": false}}),
+                vec![],
+            ),
+            (
+                "terminating",
+                json!({"addresses": ["10.0.0.26"],
+                       "conditions": {"ready": false, "serving": true, "terminating": true}}),
+                vec![],
+            ),
+        ];
+        for (case, endpoint, expected) in cases {
+            let mut index = index();
+            load(
+                &mut index.clusters[0].services,
+                vec![service("reviews", "172.16.0.10")],
+            );
+            let mut slice = slice("reviews", "reviews-1", 9080, &[]);
+            slice.endpoints = vec![from_json(endpoint)];
+            load(&mut index.clusters[0].slices, vec![slice]);
+            assert_eq!(endpoints(&desired(&index)), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn services_it_cannot_steer_are_skipped() {
+        // (case, service spec)
+        let cases = [
+            (
+                "headless",
+                json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            ),
+            (
+                "external name",
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+            ),
+            (
+                "IPv6 only",
+                json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10"], "ports": [{"port": 80}]}),
+            ),
+            (
+                "SCTP only",
+                json!({"clusterIP": "172.16.0.10", "ports": [{"port": 80, "protocol": "SCTP"}]}),
+            ),
+        ];
+        for (case, spec) in cases {
+            let mut index = index();
+            let service: K8sService = from_json(json!({
+                "metadata": {"name": "s", "namespace": "default"},
+                "spec": spec,
+            }));
+            load(&mut index.clusters[0].services, vec![service]);
+            assert!(desired(&index).config.services.is_empty(), "{case}");
+        }
+    }
+
+    #[test]
+    fn ports_map_by_name_and_dual_stack_takes_the_ipv4_address() {
+        let mut index = index();
+        let service: K8sService = from_json(json!({
+            "metadata": {"name": "multi", "namespace": "default"},
+            "spec": {
+                "clusterIP": "fd00::10",
+                "clusterIPs": ["fd00::10", "172.16.0.20"],
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "web"},
+                    {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
+                    {"name": "grpc", "port": 81, "targetPort": 9090},
+                ],
+            },
+        }));
+        let slice: EndpointSlice = from_json(json!({
+            "metadata": {"name": "multi-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "multi"}},
+            "addressType": "IPv4",
+            "ports": [
+                {"name": "dns", "port": 5353, "protocol": "UDP"},
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+            ],
+            "endpoints": [{"addresses": ["10.0.0.31"]}],
+        }));
+        load(&mut index.clusters[0].services, vec![service]);
+        load(&mut index.clusters[0].slices, vec![slice]);
+        let desired = desired(&index);
+        let service = &desired.config.services[0];
+        assert_eq!(service.vip, Ipv4Addr::new(172, 16, 0, 20));
+        let ports: Vec<(u16, u16, Protocol)> = service
+            .ports
+            .iter()
+            .map(|p| (p.port, p.target_port, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (80, 8080, Protocol::Tcp),
+                (53, 5353, Protocol::Udp),
+                (81, 9090, Protocol::Tcp),
+            ]
+        );
+    }
+
+    #[test]
+    fn slices_that_disagree_on_a_port_or_repeat_an_address() {
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[1].slices,
+            vec![
+                slice(
+                    "reviews",
+                    "reviews-sh",
+                    9080,
+                    &[("10.1.0.11", "sh-node-1", true)],
+                ),
+                slice(
+                    "reviews",
+                    "reviews-sh-old",
+                    9081,
+                    &[("10.1.0.12", "sh-node-1", true)],
+                ),
+                // The same pod in a second slice while the controller moves it.
+                slice(
+                    "reviews",
+                    "reviews-sh-x",
+                    9080,
+                    &[("10.1.0.11", "sh-node-1", true)],
+                ),
+            ],
+        );
+        let desired = desired(&index);
+        assert_eq!(
+            endpoints(&desired),
+            [
+                "10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b",
+                "10.0.0.12@ack-hangzhou/cn-hangzhou/cn-hangzhou-h",
+                "10.1.0.11@ack-shanghai/cn-shanghai/cn-shanghai-a",
+            ]
+        );
+        assert_eq!(desired.warnings.len(), 1, "{:?}", desired.warnings);
+        assert!(
+            desired.warnings[0].starts_with(
+                "EndpointSlice default/reviews-sh-old (cluster \"ack-shanghai\"): port \"http\" \
+                 is 9081, other endpoints use 9080"
+            ),
+            "{:?}",
+            desired.warnings
+        );
+    }
+
+    #[test]
+    fn a_service_only_in_a_remote_cluster_has_no_vip_here() {
+        let mut index = index();
+        load(
+            &mut index.clusters[1].slices,
+            vec![slice(
+                "ratings",
+                "ratings-sh",
+                9080,
+                &[("10.1.0.21", "sh-node-1", true)],
+            )],
+        );
+        assert!(desired(&index).config.services.is_empty());
+    }
+
+    #[test]
+    fn zone_hints_as_kube_proxy_applies_them() {
+        // (case, hints of 10.0.0.11 and 10.0.0.12, expected addresses)
+        let cases = [
+            (
+                "no hints",
+                [None, None],
+                vec!["10.0.0.11", "10.0.0.12", "10.1.0.11"],
+            ),
+            (
+                "hinted for our zone",
+                [Some("cn-hangzhou-b"), Some("cn-hangzhou-h")],
+                vec!["10.0.0.11", "10.1.0.11"],
+            ),
+            (
+                "one endpoint without hints",
+                [Some("cn-hangzhou-b"), None],
+                vec!["10.0.0.11", "10.0.0.12", "10.1.0.11"],
+            ),
+            (
+                "none for our zone",
+                [Some("cn-hangzhou-h"), Some("cn-hangzhou-h")],
+                vec!["10.0.0.11", "10.0.0.12", "10.1.0.11"],
+            ),
+        ];
+        for (case, hints, expected) in cases {
+            let mut index = reviews_in_two_clusters();
+            let mut slice = slice(
+                "reviews",
+                "reviews-hz",
+                9080,
+                &[
+                    ("10.0.0.11", "hz-node-1", true),
+                    ("10.0.0.12", "hz-node-2", true),
+                ],
+            );
+            for (endpoint, zone) in slice.endpoints.iter_mut().zip(hints) {
+                endpoint.hints = zone.map(|zone| from_json(json!({"forZones": [{"name": zone}]})));
+            }
+            load(&mut index.clusters[0].slices, vec![slice]);
+            let desired = desired(&index);
+            let addresses: Vec<String> = desired.config.services[0]
+                .endpoints
+                .iter()
+                .map(|e| e.ip.to_string())
+                .collect();
+            assert_eq!(addresses, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn cluster_weight_annotations() {
+        let geosteer = "geosteer.io/cluster-weight.";
+        let alb = "alb.ingress.kubernetes.io/cluster-weight.";
+        // (case, annotations, expected weights, warning it must contain)
+        type Case<'a> = (
+            &'a str,
+            Vec<(String, &'a str)>,
+            Option<Vec<(&'a str, u32)>>,
+            &'a str,
+        );
+        let cases: [Case; 6] = [
+            (
+                "geosteer form",
+                vec![
+                    (format!("{geosteer}ack-hangzhou"), "20"),
+                    (format!("{geosteer}ack-shanghai"), "80"),
+                ],
+                Some(vec![("ack-hangzhou", 20), ("ack-shanghai", 80)]),
+                "",
+            ),
+            (
+                "ALB form, read the same way",
+                vec![
+                    (format!("{alb}ack-hangzhou"), "20"),
+                    (format!("{alb}ack-shanghai"), " 80 "),
+                ],
+                Some(vec![("ack-hangzhou", 20), ("ack-shanghai", 80)]),
+                "",
+            ),
+            (
+                "geosteer form wins",
+                vec![
+                    (format!("{alb}ack-hangzhou"), "50"),
+                    (format!("{geosteer}ack-hangzhou"), "20"),
+                    (format!("{alb}ack-shanghai"), "80"),
+                ],
+                Some(vec![("ack-hangzhou", 20), ("ack-shanghai", 80)]),
+                "",
+            ),
+            (
+                "not a number",
+                vec![
+                    (format!("{geosteer}ack-hangzhou"), "twenty"),
+                    (format!("{geosteer}ack-shanghai"), "80"),
+                ],
+                None,
+                "metadata.annotations[\"geosteer.io/cluster-weight.ack-hangzhou\"]: invalid \
+                 value \"twenty\"",
+            ),
+            (
+                "unknown cluster",
+                vec![(format!("{geosteer}ack-beijing"), "100")],
+                None,
+                "cluster-weight annotations ignored: clusterWeights.ack-beijing: no endpoint",
+            ),
+            (
+                "above 100",
+                vec![(format!("{geosteer}ack-hangzhou"), "120")],
+                None,
+                "clusterWeights.ack-hangzhou: 120 is above the maximum 100",
+            ),
+        ];
+        for (case, annotations, expected, warning) in cases {
+            let mut index = reviews_in_two_clusters();
+            let annotations: Vec<(&str, &str)> =
+                annotations.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            load(
+                &mut index.clusters[0].services,
+                vec![with_annotations(
+                    service("reviews", "172.16.0.10"),
+                    &annotations,
+                )],
+            );
+            let desired = desired(&index);
+            let expected = expected.map(|weights| {
+                weights
+                    .into_iter()
+                    .map(|(c, w)| (c.to_string(), w))
+                    .collect::<BTreeMap<_, _>>()
+            });
+            assert_eq!(
+                desired.config.services[0].cluster_weights, expected,
+                "{case}"
+            );
+            if warning.is_empty() {
+                assert!(
+                    desired.warnings.is_empty(),
+                    "{case}: {:?}",
+                    desired.warnings
+                );
+            } else {
+                assert!(
+                    desired.warnings.iter().any(|w| w.contains(warning)),
+                    "{case}: {:?}",
+                    desired.warnings
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_of_a_cluster_without_endpoints_are_set_aside() {
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[0].services,
+            vec![with_annotations(
+                service("reviews", "172.16.0.10"),
+                &[
+                    ("geosteer.io/cluster-weight.ack-hangzhou", "20"),
+                    ("geosteer.io/cluster-weight.ack-shanghai", "80"),
+                ],
+            )],
+        );
+        load(&mut index.clusters[1].slices, vec![]);
+        let desired = desired(&index);
+        assert_eq!(
+            desired.config.services[0].cluster_weights,
+            Some([("ack-hangzhou".to_string(), 20)].into())
+        );
+
+        // From a TrafficPolicy, the status says so.
+        load(
+            &mut index.clusters[0].policies,
+            vec![policy(
+                "p",
+                1,
+                "targetRef: {name: reviews}\nclusterWeights: {ack-hangzhou: 0, ack-shanghai: 100}",
+            )],
+        );
+        let desired = fixtures::desired(&index);
+        assert_eq!(desired.config.services[0].cluster_weights, None);
+        let verdict = &desired.verdicts[&("default".into(), "p".into())];
+        assert_eq!(verdict.reason, "Accepted");
+        assert_eq!(
+            verdict.message,
+            "clusterWeights for ack-shanghai unused: no endpoints there now; \
+             clusterWeights unused: no weighted cluster has endpoints"
+        );
+    }
+
+    const OUTLIER_RULE: &str = "host: reviews\n\
+        trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1, interval: 1s}}";
+
+    #[test]
+    fn traffic_policy_verdicts() {
+        // (case, policies (name, created, spec), expected verdicts (name, reason, message
+        // contains), outlier 5xx limit in effect)
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, u32, &'a str)>,
+            Vec<(&'a str, &'a str, &'a str)>,
+            u32,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "accepted",
+                vec![(
+                    "p",
+                    1,
+                    "targetRef: {name: reviews}\n\
+                     trafficPolicy: {outlierDetection: {consecutive5xxErrors: 7}}",
+                )],
+                vec![("p", "Accepted", "")],
+                7,
+            ),
+            (
+                "target not found",
+                vec![("p", 1, "targetRef: {name: nope}")],
+                vec![("p", "TargetNotFound", "Service default/nope does not exist")],
+                1,
+            ),
+            (
+                "spec that does not parse",
+                vec![(
+                    "p",
+                    1,
+                    "targetRef: {name: reviews}\nhealthCheck: {interval: 5 s}",
+                )],
+                vec![(
+                    "p",
+                    "Invalid",
+                    "spec.healthCheck.interval: invalid value \"5 s\"",
+                )],
+                1,
+            ),
+            (
+                "rejected by validation: the DestinationRule still applies",
+                vec![(
+                    "p",
+                    1,
+                    "targetRef: {name: reviews}\n\
+                     trafficPolicy: {outlierDetection: {consecutive5xxErrors: 7}}\n\
+                     healthCheck: {interval: 1s, timeout: 2s}",
+                )],
+                vec![(
+                    "p",
+                    "Invalid",
+                    "spec.healthCheck.timeout: 2s is longer than the interval 1s",
+                )],
+                1,
+            ),
+            (
+                "failover to an unknown region",
+                vec![(
+                    "p",
+                    1,
+                    "targetRef: {name: reviews}\n\
+                     trafficPolicy: {loadBalancer: {localityLbSetting: \
+                     {failover: [{from: cn-hangzhou, to: cn-beijing}]}}}",
+                )],
+                vec![(
+                    "p",
+                    "Invalid",
+                    "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to: \
+                     \"cn-beijing\" is not a known region",
+                )],
+                1,
+            ),
+            (
+                "two policies: the older wins",
+                vec![
+                    ("young", 9, "targetRef: {name: reviews}"),
+                    (
+                        "old",
+                        1,
+                        "targetRef: {name: reviews}\n\
+                         trafficPolicy: {outlierDetection: {consecutive5xxErrors: 4}}",
+                    ),
+                ],
+                vec![
+                    ("old", "Accepted", ""),
+                    (
+                        "young",
+                        "Conflicted",
+                        "Service default/reviews already has TrafficPolicy default/old",
+                    ),
+                ],
+                4,
+            ),
+            (
+                "cluster weights",
+                vec![(
+                    "p",
+                    1,
+                    "targetRef: {name: reviews}\nclusterWeights: {ack-hangzhou: 100, ack-shanghai: 0}",
+                )],
+                vec![("p", "Accepted", "")],
+                1,
+            ),
+        ];
+        for (case, policies, expected, limit) in cases {
+            let mut index = reviews_in_two_clusters();
+            load(
+                &mut index.clusters[0].policies,
+                policies
+                    .iter()
+                    .map(|(name, created, spec)| policy(name, *created, spec))
+                    .collect(),
+            );
+            load(
+                &mut index.clusters[0].rules,
+                vec![rule("default", "reviews", 1, OUTLIER_RULE)],
+            );
+            let desired = desired(&index);
+            let got: Vec<(&str, &str, &str)> = desired
+                .verdicts
+                .iter()
+                .map(|((_, name), v)| (name.as_str(), v.reason, v.message.as_str()))
+                .collect();
+            assert_eq!(got.len(), expected.len(), "{case}: {got:?}");
+            for ((name, reason, message), (e_name, e_reason, e_message)) in
+                got.iter().zip(&expected)
+            {
+                assert_eq!((*name, *reason), (*e_name, *e_reason), "{case}: {got:?}");
+                assert!(message.contains(e_message), "{case}: {message:?}");
+            }
+            for verdict in desired.verdicts.values() {
+                assert_eq!(verdict.accepted, verdict.reason == "Accepted", "{case}");
+                assert_eq!(verdict.generation, Some(3), "{case}");
+            }
+            let effective = crate::config::effective_traffic_policy(&desired.config, 0);
+            assert_eq!(
+                effective
+                    .outlier_detection
+                    .map(|o| o.consecutive_5xx_errors),
+                Some(limit),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_last_accepted_version() {
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[0].rules,
+            vec![rule("default", "reviews", 1, OUTLIER_RULE)],
+        );
+        let good = "targetRef: {name: reviews}\n\
+                    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 7}}";
+        load(&mut index.clusters[0].policies, vec![policy("p", 1, good)]);
+        let first = desired(&index);
+        index.last_accepted = first.in_effect.clone();
+        let limit = |desired: &Desired| {
+            crate::config::effective_traffic_policy(&desired.config, 0)
+                .outlier_detection
+                .map(|o| o.consecutive_5xx_errors)
+        };
+        assert_eq!(limit(&first), Some(7));
+
+        // (case, updated spec, message start)
+        let cases = [
+            (
+                "fails validation",
+                "targetRef: {name: reviews}\nhealthCheck: {interval: 1s, timeout: 2s}",
+                "spec.healthCheck.timeout: 2s is longer than the interval 1s",
+            ),
+            (
+                "does not parse",
+                "targetRef: {name: reviews}\nhealthCheck: {interval: 5 s}",
+                "spec.healthCheck.interval: invalid value \"5 s\"",
+            ),
+        ];
+        for (case, spec, message) in cases {
+            load(&mut index.clusters[0].policies, vec![policy("p", 1, spec)]);
+            let desired = desired(&index);
+            assert_eq!(
+                desired.config, first.config,
+                "{case}: traffic is not disturbed"
+            );
+            let verdict = &desired.verdicts[&("default".into(), "p".into())];
+            assert_eq!(verdict.reason, "Invalid", "{case}");
+            assert!(verdict.message.starts_with(message), "{case}: {verdict:?}");
+            assert!(
+                verdict
+                    .message
+                    .ends_with("; the last accepted version stays in effect"),
+                "{case}: {verdict:?}"
+            );
+            assert_eq!(desired.in_effect, first.in_effect, "{case}");
+        }
+
+        // Deleted: the service runs with its other sources.
+        load(&mut index.clusters[0].policies, vec![]);
+        let desired = desired(&index);
+        assert_eq!(limit(&desired), Some(1));
+        assert!(desired.in_effect.is_empty());
+    }
+
+    #[test]
+    fn policy_sets_the_service_fields() {
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[0].policies,
+            vec![policy(
+                "reviews",
+                1,
+                "targetRef: {name: reviews}\n\
+                 clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}\n\
+                 healthCheck: {type: tcp}\n\
+                 resetOnEject: true",
+            )],
+        );
+        // Annotations lose to the policy's weights.
+        load(
+            &mut index.clusters[0].services,
+            vec![with_annotations(
+                service("reviews", "172.16.0.10"),
+                &[("geosteer.io/cluster-weight.ack-hangzhou", "100")],
+            )],
+        );
+        let desired = desired(&index);
+        let service = &desired.config.services[0];
+        assert_eq!(
+            service.cluster_weights,
+            Some([("ack-hangzhou".into(), 20), ("ack-shanghai".into(), 80)].into())
+        );
+        assert_eq!(
+            service.health_check.as_ref().map(|h| h.kind),
+            Some(crate::config::HealthCheckKind::Tcp)
+        );
+        assert!(service.reset_on_eject);
+        assert!(desired.verdicts.values().all(|v| v.accepted));
+    }
+
+    #[test]
+    fn policy_weights_that_conflict_with_distribute_are_rejected() {
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[0].policies,
+            vec![policy(
+                "p",
+                1,
+                "targetRef: {name: reviews}\nclusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}",
+            )],
+        );
+        load(
+            &mut index.clusters[0].rules,
+            vec![rule(
+                "default",
+                "reviews",
+                1,
+                "host: reviews\ntrafficPolicy: {loadBalancer: {localityLbSetting: {distribute: \
+                 [{from: cn-hangzhou/*, to: {cn-hangzhou/*: 90, cn-shanghai/*: 10}}]}}}",
+            )],
+        );
+        let desired = desired(&index);
+        let verdict = &desired.verdicts[&("default".into(), "p".into())];
+        assert_eq!(verdict.reason, "Invalid");
+        assert!(
+            verdict.message.starts_with(
+                "spec.clusterWeights: cannot be combined with localityLbSetting.distribute"
+            ),
+            "{verdict:?}"
+        );
+        assert_eq!(desired.config.services[0].cluster_weights, None);
+        let effective = crate::config::effective_traffic_policy(&desired.config, 0);
+        assert!(
+            effective.locality_lb.is_some(),
+            "the rule's distribute stays"
+        );
+    }
+
+    #[test]
+    fn destination_rules_bind_by_host() {
+        // (case, rules (namespace, name, created, spec), rule in effect, warning it contains)
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str, u32, &'a str)>,
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "short host in the service's namespace",
+                vec![("default", "reviews", 1, OUTLIER_RULE)],
+                Some("kubernetes: DestinationRule default/reviews"),
+                "",
+            ),
+            (
+                "FQDN from another namespace",
+                vec![(
+                    "istio-system",
+                    "reviews-global",
+                    1,
+                    "host: reviews.default.svc.cluster.local\n\
+                     trafficPolicy: {outlierDetection: {}}",
+                )],
+                Some("kubernetes: DestinationRule istio-system/reviews-global"),
+                "",
+            ),
+            (
+                "short host from another namespace selects nothing",
+                vec![("prod", "reviews", 1, OUTLIER_RULE)],
+                None,
+                "",
+            ),
+            (
+                "two rules for one host: the older wins",
+                vec![
+                    ("default", "b-young", 5, OUTLIER_RULE),
+                    ("default", "a-old", 2, OUTLIER_RULE),
+                ],
+                Some("kubernetes: DestinationRule default/a-old"),
+                "kubernetes: DestinationRule default/b-young: left out: Service default/reviews \
+                 is already selected by DestinationRule default/a-old",
+            ),
+            (
+                "failover to an unknown region",
+                vec![(
+                    "default",
+                    "reviews",
+                    1,
+                    "host: reviews\ntrafficPolicy: {loadBalancer: {localityLbSetting: \
+                     {failover: [{from: cn-hangzhou, to: mars-1}]}}}",
+                )],
+                None,
+                "DestinationRule default/reviews (kubernetes): left out: kubernetes: \
+                 DestinationRule default/reviews: spec.trafficPolicy.loadBalancer.\
+                 localityLbSetting.failover[0].to: \"mars-1\" is not a known region",
+            ),
+            (
+                "spec that does not parse",
+                vec![(
+                    "default",
+                    "reviews",
+                    1,
+                    "host: reviews\ntrafficPolicy: {outlierDetection: {interval: soon}}",
+                )],
+                None,
+                "DestinationRule default/reviews: left out: kubernetes: document 1: \
+                 spec.trafficPolicy.outlierDetection.interval: invalid value \"soon\"",
+            ),
+        ];
+        for (case, rules, bound, warning) in cases {
+            let mut index = reviews_in_two_clusters();
+            load(
+                &mut index.clusters[0].rules,
+                rules
+                    .iter()
+                    .map(|(namespace, name, created, spec)| rule(namespace, name, *created, spec))
+                    .collect(),
+            );
+            let desired = desired(&index);
+            let got = crate::config::bound_destination_rule(&desired.config, 0).map(|r| r.path());
+            assert_eq!(got.as_deref(), bound, "{case}");
+            if warning.is_empty() {
+                assert!(
+                    desired.warnings.is_empty(),
+                    "{case}: {:?}",
+                    desired.warnings
+                );
+            } else {
+                assert!(
+                    desired.warnings.iter().any(|w| w.starts_with(warning)),
+                    "{case}: {:?}",
+                    desired.warnings
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_destination_rule_keeps_its_service() {
+        let mut file = file();
+        file.loaded_destination_rules = crate::config::parse_destination_rules(
+            "dr.yaml",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {name: reviews-file}\nspec: {host: reviews}\n",
+        )
+        .unwrap();
+        let mut index = reviews_in_two_clusters();
+        load(
+            &mut index.clusters[0].rules,
+            vec![rule("default", "reviews", 1, OUTLIER_RULE)],
+        );
+        let desired = index.desired(&file).unwrap();
+        assert_eq!(
+            crate::config::bound_destination_rule(&desired.config, 0).map(|r| r.path()),
+            Some("dr.yaml: DestinationRule default/reviews-file".to_string())
+        );
+    }
+
+    #[test]
+    fn the_files_services_come_first_and_win_a_clash() {
+        let yaml = format!(
+            "{FILE}services:\n  - {{name: legacy, vip: 172.16.0.10, ports: [{{port: 80}}], \
+             endpoints: [{{ip: 192.168.0.1}}]}}\n"
+        );
+        let file = crate::config::parse(&yaml).unwrap();
+        let desired = reviews_in_two_clusters().desired(&file).unwrap();
+        let names: Vec<&str> = desired
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["legacy"]);
+        assert_eq!(desired.file_services, 1);
+        assert!(
+            desired.warnings[0].starts_with(
+                "Service default/reviews: left out: ports[0]: 172.16.0.10:80/TCP is already \
+                 used by services[0] (default/legacy)"
+            ),
+            "{:?}",
+            desired.warnings
+        );
+    }
+
+    #[test]
+    fn capacity_limits_leave_out_the_last_services() {
+        let file = crate::config::parse(&FILE.replace(
+            "dataplane: {tc: [\"veth*\"]}",
+            "dataplane: {tc: [\"veth*\"], maxServices: 2}",
+        ))
+        .unwrap();
+        let mut index = index();
+        load(
+            &mut index.clusters[0].services,
+            ["a", "b", "c"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| service(name, &format!("172.16.0.{}", i + 1)))
+                .collect(),
+        );
+        let desired = index.desired(&file).unwrap();
+        let names: Vec<&str> = desired
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(desired.warnings[0].starts_with("Service default/c: left out: over"));
+    }
+
+    #[test]
+    fn remote_clusters_expire_and_seed() {
+        // An expired cluster's endpoints are left out.
+        let mut index = reviews_in_two_clusters();
+        index.clusters[1].expired = true;
+        assert_eq!(
+            endpoints(&desired(&index)),
+            [
+                "10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b",
+                "10.0.0.12@ack-hangzhou/cn-hangzhou/cn-hangzhou-h",
+            ]
+        );
+
+        // A remote cluster not listed yet keeps what the snapshot knew of it (and only it).
+        let mut index = reviews_in_two_clusters();
+        index.clusters[1].slices = Store::default();
+        let mut seeded = desired(&reviews_in_two_clusters()).config.services[0].clone();
+        seeded.endpoints[0].ip = Ipv4Addr::new(10, 0, 9, 9); // a Hangzhou pod that has gone
+        seeded.endpoints[2].ip = Ipv4Addr::new(10, 1, 9, 9);
+        index
+            .seed
+            .insert(("default".into(), "reviews".into()), seeded);
+        assert_eq!(
+            endpoints(&desired(&index)),
+            [
+                "10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b",
+                "10.0.0.12@ack-hangzhou/cn-hangzhou/cn-hangzhou-h",
+                "10.1.9.9@ack-shanghai/cn-shanghai/cn-shanghai-a",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failover_region_of_a_remote_cluster_stays_known_while_it_is_down() {
+        let mut index = reviews_in_two_clusters();
+        index.clusters[1].expired = true;
+        load(
+            &mut index.clusters[0].rules,
+            vec![rule(
+                "default",
+                "reviews",
+                1,
+                "host: reviews\ntrafficPolicy:\n  outlierDetection: {interval: 1s}\n  \
+                 loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: cn-shanghai}]}}",
+            )],
+        );
+        let desired = desired(&index);
+        let effective = crate::config::effective_traffic_policy(&desired.config, 0);
+        assert_eq!(
+            effective.outlier_detection,
+            Some(OutlierDetection {
+                interval: Duration::from_secs(1),
+                ..OutlierDetection::default()
+            })
+        );
+        assert!(desired.warnings.is_empty(), "{:?}", desired.warnings);
+    }
+
+    #[test]
+    fn local_sync_needs_every_kind() {
+        let mut index = Index::new(&file(), "hz-node-1");
+        assert!(!index.local_synced());
+        let local = &mut index.clusters[0];
+        load(&mut local.services, vec![]);
+        load(&mut local.slices, vec![]);
+        load(&mut local.nodes, vec![]);
+        load(&mut local.policies, vec![]);
+        assert!(!index.local_synced());
+        index.clusters[0].rules.set_absent();
+        assert!(index.local_synced(), "an absent kind counts as listed");
+        // Without its Node, this node keeps the file's locality.
+        let node = index.node(&file().node);
+        assert_eq!(
+            (node.name.as_str(), node.region.as_str()),
+            ("hz-node-1", "cn-hangzhou")
+        );
+    }
+}

@@ -1,0 +1,1021 @@
+//! The edge to the API servers: one task per cluster runs the watchers and a liveness probe and
+//! forwards every event to one loop, which owns the [`Index`], sends a fresh [`Config`] when it
+//! changes (debounced), writes the snapshot, and writes TrafficPolicy statuses.
+//!
+//! Static stability: nothing here ever withdraws state because an API server is unreachable.
+//! A cluster that stops answering keeps its last objects (and is reported stale); only a remote
+//! cluster past `staleTtl` loses its endpoints. At boot, the snapshot stands in until this
+//! cluster has been listed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    hash::{Hash as _, Hasher as _},
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use ::kube::{
+    Api, Client,
+    api::{DynamicObject, GroupVersionKind, PartialObjectMeta, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    discovery,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use anyhow::{Context as _, Result, bail};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::{
+    core::v1::{Node, Secret, Service as K8sService},
+    discovery::v1::EndpointSlice,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::{Instant, sleep, sleep_until},
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    crd::{ACCEPTED, PolicyCondition, TrafficPolicy, TrafficPolicyStatus},
+    index::{Index, ObjectKey, Verdict},
+    snapshot::{self, Snapshot, rfc3339},
+    status::{ClusterStatus, Origin, SourceStatus},
+};
+use crate::config::{Config, KubeSettings};
+
+/// Where the agent's own namespace is found (downward API), for `kubeconfigSecret`.
+const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+const DEFAULT_NAMESPACE: &str = "geosteer-system";
+/// The key of the kubeconfig in a `kubeconfigSecret`.
+const KUBECONFIG_SECRET_KEY: &str = "kubeconfig";
+/// Istio serves DestinationRule under these versions (same schema); the first served is used.
+const DESTINATION_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+/// How long a TCP connect to an API server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the contact times in the snapshot are refreshed when nothing else changes.
+const SNAPSHOT_REFRESH: Duration = Duration::from_secs(60);
+
+/// Timings; the defaults suit a real cluster, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Quiet time after the last event before a new desired state is built.
+    pub debounce: Duration,
+    /// Longest a change waits while events keep coming.
+    pub max_delay: Duration,
+    /// How often each API server is probed (`GET /version`).
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    /// How often a kind whose CRD is not installed is looked for again.
+    pub rediscover_interval: Duration,
+    /// Status writes wait up to this long (a per-node share of it), so that of the agents that
+    /// compute the same status, usually one writes it and the others see it already there.
+    pub status_spread: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            debounce: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+            rediscover_interval: Duration::from_secs(60),
+            status_spread: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How to reach a cluster's API server.
+#[derive(Clone)]
+pub enum Connect {
+    /// A client made by the caller (tests: a mock API server).
+    Client(Client),
+    /// A kubeconfig file.
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// A Secret in this cluster holding a kubeconfig under the key `kubeconfig`.
+    Secret {
+        namespace: String,
+        name: String,
+        context: Option<String>,
+    },
+}
+
+/// The Kubernetes source of desired state. Make it with [`KubeSource::connect`] (or
+/// [`KubeSource::with_clients`]), take [`KubeSource::status`] if wanted, then [`KubeSource::run`].
+pub struct KubeSource {
+    file: Config,
+    settings: KubeSettings,
+    node_name: String,
+    local: Client,
+    remotes: Vec<(String, Connect)>,
+    options: Options,
+    status: watch::Sender<SourceStatus>,
+    file_updates: Option<watch::Receiver<Config>>,
+}
+
+/// What the cluster tasks report to the loop.
+enum Update {
+    Services(watcher::Event<K8sService>),
+    Slices(usize, watcher::Event<EndpointSlice>),
+    Nodes(usize, watcher::Event<PartialObjectMeta<Node>>),
+    Policies(watcher::Event<TrafficPolicy>),
+    Rules(watcher::Event<DynamicObject>),
+    /// The TrafficPolicy CRD is not installed.
+    PoliciesAbsent,
+    /// Istio's DestinationRule CRD is not installed.
+    RulesAbsent,
+    /// Whether cluster `.0`'s API server answered a probe.
+    Contact(usize, bool),
+}
+
+impl KubeSource {
+    /// This cluster through the pod's service account (or `$KUBECONFIG` outside a cluster),
+    /// the remote clusters as `file.kubernetes.clusters` says; this node's name from the
+    /// environment variable `kubernetes.nodeNameEnv`.
+    pub async fn connect(file: Config) -> Result<KubeSource> {
+        let settings = settings(&file)?;
+        let node_name = std::env::var(&settings.node_name_env).with_context(|| {
+            format!(
+                "kubernetes.nodeNameEnv: environment variable {} (this node's name, from the \
+                 downward API's spec.nodeName) is not set",
+                settings.node_name_env
+            )
+        })?;
+        let mut local_config = ::kube::Config::infer().await.context(
+            "no Kubernetes API configuration (in-cluster service account or $KUBECONFIG)",
+        )?;
+        local_config.connect_timeout = Some(CONNECT_TIMEOUT);
+        let local = Client::try_from(local_config).context("building the Kubernetes client")?;
+        let namespace =
+            std::env::var(POD_NAMESPACE_ENV).unwrap_or_else(|_| DEFAULT_NAMESPACE.to_string());
+        let remotes = settings
+            .clusters
+            .iter()
+            .enumerate()
+            .map(|(i, cluster)| {
+                let context = cluster.context.clone();
+                let connect = match (&cluster.kubeconfig, &cluster.kubeconfig_secret) {
+                    (Some(path), None) => Connect::Kubeconfig {
+                        path: path.clone(),
+                        context,
+                    },
+                    (None, Some(secret)) => Connect::Secret {
+                        namespace: namespace.clone(),
+                        name: secret.clone(),
+                        context,
+                    },
+                    _ => bail!(
+                        "kubernetes.clusters[{i}]: set exactly one of kubeconfig and \
+                         kubeconfigSecret"
+                    ),
+                };
+                Ok((cluster.name.clone(), connect))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self::with_clients(
+            file,
+            &node_name,
+            local,
+            remotes,
+            Options::default(),
+        ))
+    }
+
+    /// With the clients given: `remotes` are (name, how to connect), in the order of
+    /// `file.kubernetes.clusters`.
+    pub fn with_clients(
+        file: Config,
+        node_name: &str,
+        local: Client,
+        remotes: Vec<(String, Connect)>,
+        options: Options,
+    ) -> KubeSource {
+        let settings = file.kubernetes.clone().unwrap_or_default();
+        KubeSource {
+            file,
+            settings,
+            node_name: node_name.to_string(),
+            local,
+            remotes,
+            options,
+            status: watch::Sender::new(SourceStatus::default()),
+            file_updates: None,
+        }
+    }
+
+    /// The source's state, updated as it changes (for `geosteer status` and `/metrics`).
+    pub fn status(&self) -> watch::Receiver<SourceStatus> {
+        self.status.subscribe()
+    }
+
+    /// A reloaded config file replaces the file's parts of the desired state (node fallback,
+    /// dataplane, defaults, its own services). A change of the `kubernetes` section itself needs
+    /// a restart.
+    pub fn with_file_updates(mut self, updates: watch::Receiver<Config>) -> Self {
+        self.file_updates = Some(updates);
+        self
+    }
+
+    /// Runs until `tx` is closed. The first config is sent once this cluster has been listed,
+    /// or after `kubernetes.startupTimeout` without an answer: then the snapshot's (or, without
+    /// a snapshot, the file's alone). After that, one config per change of the desired state.
+    pub async fn run(self, tx: mpsc::Sender<Config>) -> Result<()> {
+        let KubeSource {
+            file,
+            settings,
+            node_name,
+            local,
+            remotes,
+            options,
+            status,
+            file_updates,
+        } = self;
+        let (updates_tx, updates) = mpsc::channel(1024);
+        let mut tasks = Vec::new();
+        let clusters = std::iter::once((file.node.cluster.clone(), Connect::Client(local.clone())))
+            .chain(remotes);
+        for (i, (name, connect)) in clusters.enumerate() {
+            let task = ClusterTask {
+                i,
+                name,
+                connect,
+                local: local.clone(),
+                updates: updates_tx.clone(),
+                options: options.clone(),
+            };
+            tasks.push(AbortOnDrop(tokio::spawn(task.run())));
+        }
+        drop(updates_tx);
+        let mut state = Loop::new(file, settings, node_name, local, options, status, tx);
+        let result = state.run(updates, file_updates).await;
+        drop(tasks);
+        result
+    }
+}
+
+/// `file.kubernetes`, enabled.
+fn settings(file: &Config) -> Result<KubeSettings> {
+    match &file.kubernetes {
+        Some(settings) if settings.enabled => Ok(settings.clone()),
+        _ => bail!("the config file does not enable the kubernetes section"),
+    }
+}
+
+/// Aborts a task when dropped, so the cluster tasks end with the loop.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Per-cluster connectivity, as the loop tracks it.
+#[derive(Debug, Clone, Default)]
+struct Contact {
+    connected: bool,
+    /// Whether a probe has answered or failed yet (for logging the first failure).
+    probed: bool,
+    last: Option<SystemTime>,
+}
+
+/// The loop's state.
+struct Loop {
+    file: Config,
+    settings: KubeSettings,
+    index: Index,
+    local: Client,
+    options: Options,
+    status: watch::Sender<SourceStatus>,
+    tx: mpsc::Sender<Config>,
+    started: SystemTime,
+    contacts: Vec<Contact>,
+    origin: Origin,
+    /// The last config sent, and when.
+    sent: Option<(Config, SystemTime)>,
+    /// How many of the sent config's services are the file's (for the snapshot).
+    sent_file_services: usize,
+    snapshot_written: Option<SystemTime>,
+    /// The verdicts of the last build, for the status writer.
+    verdicts: BTreeMap<ObjectKey, Verdict>,
+    warnings: BTreeSet<String>,
+    last_error: Option<String>,
+    /// Set when something changed: (first change, last change).
+    dirty: Option<(Instant, Instant)>,
+    status_due: Option<Instant>,
+    status_writer: Option<JoinHandle<()>>,
+    snapshot_config: Option<Config>,
+}
+
+impl Loop {
+    fn new(
+        file: Config,
+        settings: KubeSettings,
+        node_name: String,
+        local: Client,
+        options: Options,
+        status: watch::Sender<SourceStatus>,
+        tx: mpsc::Sender<Config>,
+    ) -> Loop {
+        let mut index = Index::new(&file, &node_name);
+        let mut contacts = vec![Contact::default(); index.clusters.len()];
+        // The snapshot seeds remote clusters not heard from yet and stands in for this one at
+        // boot if its API server does not answer.
+        let mut snapshot_config = None;
+        match snapshot::read(&settings.snapshot_path) {
+            Ok(None) => info!(path = %settings.snapshot_path.display(), "no snapshot yet"),
+            Ok(Some(snapshot)) => match snapshot.config(&file, &node_name) {
+                Ok(config) => {
+                    index.seed = snapshot.seed();
+                    let last = snapshot.last_contact();
+                    for (cluster, contact) in index.clusters.iter().zip(&mut contacts) {
+                        contact.last = last.get(&cluster.name).copied();
+                    }
+                    info!(
+                        path = %settings.snapshot_path.display(),
+                        written = %snapshot.written_at,
+                        services = snapshot.services.len(),
+                        "read the snapshot"
+                    );
+                    snapshot_config = Some(config);
+                }
+                Err(e) => warn!("ignoring the snapshot: {e:#}"),
+            },
+            Err(e) => warn!("ignoring the snapshot: {e:#}"),
+        }
+        Loop {
+            file,
+            settings,
+            index,
+            local,
+            options,
+            status,
+            tx,
+            started: SystemTime::now(),
+            contacts,
+            origin: Origin::Waiting,
+            sent: None,
+            sent_file_services: 0,
+            snapshot_written: None,
+            verdicts: BTreeMap::new(),
+            warnings: BTreeSet::new(),
+            last_error: None,
+            dirty: None,
+            status_due: None,
+            status_writer: None,
+            snapshot_config,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        mut updates: mpsc::Receiver<Update>,
+        mut file_updates: Option<watch::Receiver<Config>>,
+    ) -> Result<()> {
+        let startup = sleep(self.settings.startup_timeout);
+        tokio::pin!(startup);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let far = || Instant::now() + Duration::from_secs(3600);
+        loop {
+            let build_at = self
+                .dirty
+                .map(|(first, last)| {
+                    (last + self.options.debounce).min(first + self.options.max_delay)
+                })
+                .unwrap_or_else(far);
+            let status_at = self.status_due.unwrap_or_else(far);
+            tokio::select! {
+                update = updates.recv() => {
+                    let Some(update) = update else { bail!("every cluster task ended") };
+                    self.apply(update);
+                }
+                Some(config) = next_file(&mut file_updates) => {
+                    if config.kubernetes != self.file.kubernetes {
+                        warn!("the kubernetes section changed: it takes effect at the next agent start");
+                    }
+                    self.file = config;
+                    self.touch();
+                }
+                () = sleep_until(build_at), if self.dirty.is_some() => {
+                    self.dirty = None;
+                    if !self.build().await {
+                        return Ok(());
+                    }
+                }
+                () = &mut startup, if self.origin == Origin::Waiting => {
+                    if !self.boot_without_api_server().await {
+                        return Ok(());
+                    }
+                }
+                () = sleep_until(status_at), if self.status_due.is_some() => {
+                    self.status_due = None;
+                    self.write_statuses();
+                }
+                _ = tick.tick() => self.expire_stale_clusters(),
+                () = self.tx.closed() => return Ok(()),
+            }
+            self.publish_status();
+        }
+    }
+
+    fn touch(&mut self) {
+        let now = Instant::now();
+        self.dirty = Some(match self.dirty {
+            Some((first, _)) => (first, now),
+            None => (now, now),
+        });
+    }
+
+    fn apply(&mut self, update: Update) {
+        let clusters = &mut self.index.clusters;
+        let changed = match update {
+            Update::Services(event) => clusters[0].services.apply(event),
+            Update::Slices(i, event) => {
+                let relisted = matches!(event, watcher::Event::InitDone);
+                let changed = clusters[i].slices.apply(event);
+                if relisted && clusters[i].expired {
+                    info!(cluster = %clusters[i].name, "listed again: its endpoints are back");
+                    clusters[i].expired = false;
+                }
+                changed
+            }
+            Update::Nodes(i, event) => clusters[i].nodes.apply(event),
+            Update::Policies(event) => clusters[0].policies.apply(event),
+            Update::Rules(event) => clusters[0].rules.apply(event),
+            Update::PoliciesAbsent => clusters[0].policies.set_absent(),
+            Update::RulesAbsent => clusters[0].rules.set_absent(),
+            Update::Contact(i, ok) => {
+                let contact = &mut self.contacts[i];
+                if ok {
+                    if !contact.connected {
+                        info!(cluster = %clusters[i].name, "API server answers");
+                    }
+                    contact.last = Some(SystemTime::now());
+                } else if contact.connected || !contact.probed {
+                    warn!(
+                        cluster = %clusters[i].name,
+                        last_answer = %contact.last.map(rfc3339).unwrap_or_else(|| "never".into()),
+                        "API server unreachable: keeping its last known state"
+                    );
+                }
+                contact.connected = ok;
+                contact.probed = true;
+                false
+            }
+        };
+        if changed {
+            self.touch();
+        }
+    }
+
+    /// A remote cluster unreachable for longer than `staleTtl` loses its endpoints.
+    fn expire_stale_clusters(&mut self) {
+        let ttl = self.settings.stale_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut changed = false;
+        for (cluster, contact) in self.index.clusters.iter_mut().zip(&self.contacts).skip(1) {
+            let stale_for = now
+                .duration_since(contact.last.unwrap_or(self.started))
+                .unwrap_or_default();
+            if !contact.connected && !cluster.expired && stale_for > ttl {
+                warn!(
+                    cluster = %cluster.name,
+                    stale_s = stale_for.as_secs(),
+                    "unreachable for longer than staleTtl: dropping its endpoints"
+                );
+                cluster.expired = true;
+                changed = true;
+            }
+        }
+        if changed {
+            self.touch();
+        }
+        if self.origin == Origin::Cluster
+            && self
+                .snapshot_written
+                .is_none_or(|at| now.duration_since(at).unwrap_or_default() > SNAPSHOT_REFRESH)
+        {
+            self.write_snapshot();
+        }
+    }
+
+    /// Builds the desired state and sends it if it changed; `false` once the receiver is gone.
+    async fn build(&mut self) -> bool {
+        if !self.index.local_synced() {
+            return true;
+        }
+        let desired = match self.index.desired(&self.file) {
+            Ok(desired) => desired,
+            Err(errors) => {
+                let message: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                let message = message.join("\n");
+                if self.last_error.as_ref() != Some(&message) {
+                    error!(
+                        "the config file's own parts are invalid with this cluster's state; \
+                         keeping the running state:\n{message}"
+                    );
+                    self.last_error = Some(message);
+                }
+                return true;
+            }
+        };
+        self.last_error = None;
+        let warnings: BTreeSet<String> = desired.warnings.iter().cloned().collect();
+        for warning in warnings.difference(&self.warnings) {
+            warn!("{warning}");
+        }
+        self.warnings = warnings;
+        if desired.verdicts != self.verdicts || self.status_due.is_none() {
+            self.status_due = Some(Instant::now() + self.status_delay());
+        }
+        self.verdicts = desired.verdicts;
+        self.index.last_accepted = desired.in_effect;
+
+        let unchanged = self
+            .sent
+            .as_ref()
+            .is_some_and(|(sent, _)| *sent == desired.config);
+        if unchanged && self.origin == Origin::Cluster {
+            return true;
+        }
+        let services = desired.config.services.len();
+        if self.tx.send(desired.config.clone()).await.is_err() {
+            return false;
+        }
+        info!(services, "desired state from Kubernetes sent");
+        self.origin = Origin::Cluster;
+        self.sent = Some((desired.config, SystemTime::now()));
+        self.sent_file_services = desired.file_services;
+        self.write_snapshot();
+        true
+    }
+
+    /// Called when this cluster has not been listed within the startup timeout.
+    async fn boot_without_api_server(&mut self) -> bool {
+        let (config, origin) = match self.snapshot_config.take() {
+            Some(config) => (config, Origin::Snapshot),
+            None => {
+                let mut config = self.file.clone();
+                config.node.name = self.index.node_name.clone();
+                (config, Origin::File)
+            }
+        };
+        warn!(
+            timeout = %humantime::format_duration(self.settings.startup_timeout),
+            origin = origin.name(),
+            services = config.services.len(),
+            "this cluster's API server has not answered: booting from the last known state"
+        );
+        if self.tx.send(config.clone()).await.is_err() {
+            return false;
+        }
+        self.origin = origin;
+        self.sent = Some((config, SystemTime::now()));
+        true
+    }
+
+    fn write_snapshot(&mut self) {
+        let Some((config, _)) = &self.sent else {
+            return;
+        };
+        let now = SystemTime::now();
+        let contact: BTreeMap<String, SystemTime> = self
+            .index
+            .clusters
+            .iter()
+            .zip(&self.contacts)
+            .filter_map(|(cluster, contact)| Some((cluster.name.clone(), contact.last?)))
+            .collect();
+        let snapshot = Snapshot::of(config, self.sent_file_services, &contact, now);
+        match snapshot::write(&self.settings.snapshot_path, &snapshot) {
+            Ok(()) => debug!(path = %self.settings.snapshot_path.display(), "snapshot written"),
+            Err(e) => warn!("writing the snapshot: {e:#}"),
+        }
+        self.snapshot_written = Some(now);
+    }
+
+    /// This node's share of `status_spread`, the same on every run.
+    fn status_delay(&self) -> Duration {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.index.node_name.hash(&mut hasher);
+        let spread = self.options.status_spread.as_millis().max(1) as u64;
+        Duration::from_millis(hasher.finish() % spread)
+    }
+
+    /// Writes the statuses that differ from what the TrafficPolicies show, in the background.
+    fn write_statuses(&mut self) {
+        if self
+            .status_writer
+            .as_ref()
+            .is_some_and(|writer| !writer.is_finished())
+        {
+            self.status_due = Some(Instant::now() + self.options.debounce);
+            return;
+        }
+        let now = SystemTime::now();
+        let mut patches = Vec::new();
+        for ((namespace, name), verdict) in &self.verdicts {
+            let Some(policy) = self.index.local().policies.get(namespace, name) else {
+                continue;
+            };
+            let status = policy_status(verdict, policy.status.as_ref(), now);
+            if !same_status(policy.status.as_ref(), &status) {
+                patches.push((namespace.clone(), name.clone(), status));
+            }
+        }
+        if patches.is_empty() {
+            return;
+        }
+        let client = self.local.clone();
+        self.status_writer = Some(tokio::spawn(async move {
+            for (namespace, name, status) in patches {
+                let api: Api<TrafficPolicy> = Api::namespaced(client.clone(), &namespace);
+                let patch = Patch::Merge(serde_json::json!({ "status": status }));
+                match api
+                    .patch_status(&name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    Ok(_) => debug!(%namespace, %name, "TrafficPolicy status written"),
+                    Err(e) => warn!(%namespace, %name, error = %e, "writing TrafficPolicy status"),
+                }
+            }
+        }));
+    }
+
+    fn publish_status(&self) {
+        let endpoints = |name: &str| {
+            self.sent.as_ref().map_or(0, |(config, _)| {
+                config
+                    .services
+                    .iter()
+                    .flat_map(|s| &s.endpoints)
+                    .filter(|e| e.cluster == name)
+                    .count()
+            })
+        };
+        let now = SystemTime::now();
+        let status = SourceStatus {
+            origin: self.origin,
+            last_change: self.sent.as_ref().map(|(_, at)| rfc3339(*at)),
+            clusters: self
+                .index
+                .clusters
+                .iter()
+                .zip(&self.contacts)
+                .map(|(cluster, contact)| ClusterStatus {
+                    name: cluster.name.clone(),
+                    connected: contact.connected,
+                    last_contact: contact.last.map(rfc3339),
+                    stale_seconds: if contact.connected {
+                        0
+                    } else {
+                        let since = contact.last.unwrap_or(self.started);
+                        now.duration_since(since).unwrap_or_default().as_secs()
+                    },
+                    synced: cluster.slices.is_synced(),
+                    expired: cluster.expired,
+                    endpoints: endpoints(&cluster.name),
+                })
+                .collect(),
+            policies_accepted: self.verdicts.values().filter(|v| v.accepted).count(),
+            policies_rejected: self.verdicts.values().filter(|v| !v.accepted).count(),
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+}
+
+async fn next_file(updates: &mut Option<watch::Receiver<Config>>) -> Option<Config> {
+    match updates {
+        Some(updates) => match updates.changed().await {
+            Ok(()) => Some(updates.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The status a verdict asks for; the transition time moves only when `status` flips.
+pub fn policy_status(
+    verdict: &Verdict,
+    current: Option<&TrafficPolicyStatus>,
+    now: SystemTime,
+) -> TrafficPolicyStatus {
+    let status = if verdict.accepted { "True" } else { "False" };
+    let previous = current.and_then(|s| s.conditions.iter().find(|c| c.kind == ACCEPTED));
+    let last_transition_time = match previous {
+        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+        _ => Some(rfc3339(now)),
+    };
+    TrafficPolicyStatus {
+        observed_generation: verdict.generation,
+        conditions: vec![PolicyCondition {
+            kind: ACCEPTED.to_string(),
+            status: status.to_string(),
+            reason: verdict.reason.to_string(),
+            message: verdict.message.clone(),
+            observed_generation: verdict.generation,
+            last_transition_time,
+        }],
+    }
+}
+
+/// Equal but for transition times (each agent has its own clock).
+fn same_status(current: Option<&TrafficPolicyStatus>, wanted: &TrafficPolicyStatus) -> bool {
+    let strip = |status: &TrafficPolicyStatus| {
+        let mut status = status.clone();
+        for condition in &mut status.conditions {
+            condition.last_transition_time = None;
+        }
+        status
+    };
+    current.is_some_and(|current| strip(current) == strip(wanted))
+}
+
+/// One cluster's watchers and liveness probe.
+struct ClusterTask {
+    i: usize,
+    name: String,
+    connect: Connect,
+    /// This cluster's client, to read `kubeconfigSecret`s.
+    local: Client,
+    updates: mpsc::Sender<Update>,
+    options: Options,
+}
+
+impl ClusterTask {
+    async fn run(self) {
+        let mut last_error = String::new();
+        loop {
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    if message != last_error {
+                        warn!(cluster = %self.name, "cannot reach the API server: {message}");
+                        last_error = message;
+                    }
+                    if self
+                        .updates
+                        .send(Update::Contact(self.i, false))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sleep(self.options.probe_interval).await;
+                    continue;
+                }
+            };
+            let watchers = self.spawn_watchers(&client);
+            let mut answered = true;
+            let mut probe = tokio::time::interval(self.options.probe_interval);
+            loop {
+                probe.tick().await;
+                let ok =
+                    tokio::time::timeout(self.options.probe_timeout, client.apiserver_version())
+                        .await
+                        .is_ok_and(|answer| answer.is_ok());
+                if self
+                    .updates
+                    .send(Update::Contact(self.i, ok))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if ok && !answered {
+                    // Back after an outage: watch again from a fresh list, with a fresh client
+                    // (its credentials may have been rotated meanwhile).
+                    break;
+                }
+                answered = ok;
+            }
+            drop(watchers);
+        }
+    }
+
+    async fn client(&self) -> Result<Client> {
+        let (kubeconfig, context) = match &self.connect {
+            Connect::Client(client) => return Ok(client.clone()),
+            Connect::Kubeconfig { path, context } => (
+                Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?,
+                context,
+            ),
+            Connect::Secret {
+                namespace,
+                name,
+                context,
+            } => {
+                let secret = Api::<Secret>::namespaced(self.local.clone(), namespace)
+                    .get(name)
+                    .await
+                    .with_context(|| format!("reading Secret {namespace}/{name}"))?;
+                let bytes = secret
+                    .data
+                    .as_ref()
+                    .and_then(|data| data.get(KUBECONFIG_SECRET_KEY))
+                    .with_context(|| {
+                        format!("Secret {namespace}/{name} has no key {KUBECONFIG_SECRET_KEY:?}")
+                    })?;
+                let text = std::str::from_utf8(&bytes.0).with_context(|| {
+                    format!("Secret {namespace}/{name}: kubeconfig is not UTF-8")
+                })?;
+                (
+                    Kubeconfig::from_yaml(text).with_context(|| {
+                        format!("Secret {namespace}/{name}: reading kubeconfig")
+                    })?,
+                    context,
+                )
+            }
+        };
+        let options = KubeConfigOptions {
+            context: context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = ::kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .context("kubeconfig")?;
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        Client::try_from(config).context("building the client")
+    }
+
+    fn spawn_watchers(&self, client: &Client) -> Vec<AbortOnDrop> {
+        let i = self.i;
+        let updates = &self.updates;
+        let name = &self.name;
+        let mut tasks = vec![
+            spawn_forward(
+                watcher(
+                    Api::<EndpointSlice>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+                move |e| Update::Slices(i, e),
+                updates,
+                format!("{name}: EndpointSlices"),
+            ),
+            spawn_forward(
+                // Only the labels matter: metadata-only requests keep Node status off the wire.
+                watcher(
+                    Api::<PartialObjectMeta<Node>>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+                move |e| Update::Nodes(i, e),
+                updates,
+                format!("{name}: Nodes"),
+            ),
+        ];
+        // Services, policies and DestinationRules count only in this cluster: remote clusters
+        // contribute endpoints.
+        if i == 0 {
+            tasks.push(spawn_forward(
+                watcher(
+                    Api::<K8sService>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+                Update::Services,
+                updates,
+                format!("{name}: Services"),
+            ));
+            tasks.push(AbortOnDrop(tokio::spawn(watch_policies(
+                client.clone(),
+                updates.clone(),
+                self.options.clone(),
+            ))));
+            tasks.push(AbortOnDrop(tokio::spawn(watch_destination_rules(
+                client.clone(),
+                updates.clone(),
+                self.options.clone(),
+            ))));
+        }
+        tasks
+    }
+}
+
+/// Forwards a watcher's events to the loop, retrying with kube's backoff; an error is logged
+/// when it differs from the previous one (an outage would otherwise log every retry).
+fn spawn_forward<K, S>(
+    stream: S,
+    wrap: impl Fn(watcher::Event<K>) -> Update + Send + 'static,
+    updates: &mpsc::Sender<Update>,
+    what: String,
+) -> AbortOnDrop
+where
+    K: Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let updates = updates.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        forward(stream, wrap, &updates, &what).await;
+    }))
+}
+
+async fn forward<K, S>(
+    stream: S,
+    wrap: impl Fn(watcher::Event<K>) -> Update,
+    updates: &mpsc::Sender<Update>,
+    what: &str,
+) where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let stream = stream.default_backoff();
+    futures::pin_mut!(stream);
+    let mut last_error = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                last_error.clear();
+                if updates.send(wrap(event)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if message != last_error {
+                    warn!("watching {what}: {message}");
+                    last_error = message;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a discovery error means "this kind is not served" rather than "no answer".
+fn not_served(error: &::kube::Error) -> bool {
+    match error {
+        ::kube::Error::Api(status) => status.is_not_found(),
+        ::kube::Error::Discovery(_) => true,
+        _ => false,
+    }
+}
+
+/// Watches TrafficPolicies once their CRD is installed; until then the loop counts them as none.
+async fn watch_policies(client: Client, updates: mpsc::Sender<Update>, options: Options) {
+    let gvk = GroupVersionKind::gvk("geosteer.io", "v1alpha1", "TrafficPolicy");
+    loop {
+        match discovery::pinned_kind(&client, &gvk).await {
+            Ok(_) => break,
+            Err(e) if not_served(&e) => {
+                warn!("the TrafficPolicy CRD is not installed (deploy/crds/); looking again later");
+                if updates.send(Update::PoliciesAbsent).await.is_err() {
+                    return;
+                }
+                sleep(options.rediscover_interval).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "looking for the TrafficPolicy CRD");
+                sleep(options.probe_interval).await;
+            }
+        }
+    }
+    let stream = watcher(
+        Api::<TrafficPolicy>::all(client),
+        watcher::Config::default(),
+    );
+    forward(stream, Update::Policies, &updates, "TrafficPolicies").await;
+}
+
+/// Watches Istio DestinationRules under the newest version served, once the CRD exists.
+async fn watch_destination_rules(client: Client, updates: mpsc::Sender<Update>, options: Options) {
+    let resource = 'found: loop {
+        let mut answered = true;
+        for version in DESTINATION_RULE_VERSIONS {
+            let gvk = GroupVersionKind::gvk("networking.istio.io", version, "DestinationRule");
+            match discovery::pinned_kind(&client, &gvk).await {
+                Ok((resource, _)) => break 'found resource,
+                Err(e) if not_served(&e) => {}
+                Err(e) => {
+                    debug!(error = %e, "looking for Istio's DestinationRule CRD");
+                    answered = false;
+                }
+            }
+        }
+        if answered {
+            debug!("Istio's DestinationRule CRD is not installed; looking again later");
+            if updates.send(Update::RulesAbsent).await.is_err() {
+                return;
+            }
+            sleep(options.rediscover_interval).await;
+        } else {
+            sleep(options.probe_interval).await;
+        }
+    };
+    info!(version = %resource.version, "watching Istio DestinationRules");
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    forward(
+        watcher(api, watcher::Config::default()),
+        Update::Rules,
+        &updates,
+        "DestinationRules",
+    )
+    .await;
+}

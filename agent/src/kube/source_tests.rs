@@ -1,0 +1,479 @@
+//! The source end to end against fake API servers (kube's mock-service pattern): watch events
+//! in, `Config`s out; remote-cluster outage and staleTtl; status writes; boot from the
+//! snapshot when no API server answers.
+
+use std::time::Duration;
+
+use ::kube::Client;
+use serde_json::{Value, json};
+use tokio::{
+    sync::{mpsc, watch},
+    time::timeout,
+};
+
+use super::{
+    KubeSource, Options, Origin, SourceStatus,
+    fake_api::FakeApi,
+    index::fixtures::{policy, rule, service, slice},
+    snapshot,
+    source::Connect,
+};
+use crate::config::{self, Config};
+
+/// Generous: a loaded CI machine may be slow, and every wait ends as soon as it can.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn options() -> Options {
+    Options {
+        debounce: Duration::from_millis(20),
+        max_delay: Duration::from_millis(200),
+        probe_interval: Duration::from_millis(100),
+        probe_timeout: Duration::from_millis(200),
+        rediscover_interval: Duration::from_millis(200),
+        status_spread: Duration::from_millis(1),
+    }
+}
+
+fn file(dir: &std::path::Path, extra: &str) -> Config {
+    config::parse(&format!(
+        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+         dataplane: {{tc: [\"veth*\"]}}\n\
+         kubernetes:\n  \
+           startupTimeout: 500ms\n  \
+           snapshotPath: {}/snapshot.yaml\n  \
+           clusters: [{{name: ack-shanghai, kubeconfig: /unused, region: cn-shanghai}}]\n{extra}",
+        dir.display()
+    ))
+    .unwrap()
+}
+
+fn to_json(object: impl serde::Serialize) -> Value {
+    serde_json::to_value(object).unwrap()
+}
+
+fn node(name: &str, region: &str, zone: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "topology.kubernetes.io/region": region,
+            "topology.kubernetes.io/zone": zone,
+        }},
+    })
+}
+
+/// Two clusters with the reviews service: two pods in Hangzhou (this cluster), one in Shanghai.
+struct World {
+    local: FakeApi,
+    local_client: Client,
+    remote: FakeApi,
+    remote_client: Client,
+    dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let (local, local_client) = FakeApi::new();
+    let (remote, remote_client) = FakeApi::new();
+    local.apply(node("hz-node-1", "cn-hangzhou", "cn-hangzhou-b"));
+    local.apply(node("hz-node-2", "cn-hangzhou", "cn-hangzhou-h"));
+    local.apply(to_json(service("reviews", "172.16.0.10")));
+    local.apply(to_json(slice(
+        "reviews",
+        "reviews-hz",
+        9080,
+        &[
+            ("10.0.0.11", "hz-node-1", true),
+            ("10.0.0.12", "hz-node-2", true),
+        ],
+    )));
+    remote.apply(node("sh-node-1", "cn-shanghai", "cn-shanghai-a"));
+    remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[("10.1.0.11", "sh-node-1", true)],
+    )));
+    World {
+        local,
+        local_client,
+        remote,
+        remote_client,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+struct Running {
+    configs: mpsc::Receiver<Config>,
+    status: watch::Receiver<SourceStatus>,
+    _task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(world: &World, file: Config) -> Running {
+    // The source's log, shown for a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("geosteer=debug")
+        .try_init();
+    let source = KubeSource::with_clients(
+        file,
+        "hz-node-1",
+        world.local_client.clone(),
+        vec![(
+            "ack-shanghai".to_string(),
+            Connect::Client(world.remote_client.clone()),
+        )],
+        options(),
+    );
+    let status = source.status();
+    let (tx, configs) = mpsc::channel(16);
+    Running {
+        configs,
+        status,
+        _task: tokio::spawn(source.run(tx)),
+    }
+}
+
+impl Running {
+    async fn next(&mut self) -> Config {
+        timeout(WAIT, self.configs.recv())
+            .await
+            .expect("a config within the wait")
+            .expect("the source runs")
+    }
+
+    /// Nothing is sent for `quiet`.
+    async fn none_for(&mut self, quiet: Duration) {
+        if let Ok(config) = timeout(quiet, self.configs.recv()).await {
+            panic!("unexpected config: {config:?}");
+        }
+    }
+
+    async fn status_until(&mut self, what: &str, ok: impl Fn(&SourceStatus) -> bool) {
+        let waited = timeout(WAIT, self.status.wait_for(|s| ok(s))).await.is_ok();
+        assert!(waited, "{what}: status stays {:?}", *self.status.borrow());
+    }
+}
+
+fn addresses(config: &Config) -> Vec<String> {
+    config.services[0]
+        .endpoints
+        .iter()
+        .map(|e| format!("{}@{}", e.ip, e.cluster))
+        .collect()
+}
+
+async fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn watch_events_become_the_desired_state() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), ""));
+
+    let config = running.next().await;
+    assert_eq!(config.node.name, "hz-node-1");
+    assert_eq!(
+        config.node.zone, "cn-hangzhou-b",
+        "this node's locality from its Node"
+    );
+    assert_eq!(config.services[0].vip.to_string(), "172.16.0.10");
+    assert_eq!(config.services[0].ports[0].target_port, 9080);
+    assert_eq!(
+        addresses(&config),
+        [
+            "10.0.0.11@ack-hangzhou",
+            "10.0.0.12@ack-hangzhou",
+            "10.1.0.11@ack-shanghai"
+        ]
+    );
+    assert_eq!(config::validate(&config), vec![]);
+
+    // A pod goes away in the remote cluster, one is added here.
+    world
+        .remote
+        .delete("EndpointSlice", "default", "reviews-sh");
+    assert_eq!(
+        addresses(&running.next().await),
+        ["10.0.0.11@ack-hangzhou", "10.0.0.12@ack-hangzhou"]
+    );
+    world.local.apply(to_json(slice(
+        "reviews",
+        "reviews-hz",
+        9080,
+        &[
+            ("10.0.0.11", "hz-node-1", true),
+            ("10.0.0.12", "hz-node-2", true),
+            ("10.0.0.13", "hz-node-2", true),
+        ],
+    )));
+    let config = running.next().await;
+    assert_eq!(config.services[0].endpoints.len(), 3);
+
+    // An event that changes nothing sends nothing.
+    world
+        .local
+        .apply(node("hz-node-3", "cn-hangzhou", "cn-hangzhou-h"));
+    running.none_for(Duration::from_millis(400)).await;
+
+    // Every change is on the node's disk.
+    let path = world.dir.path().join("snapshot.yaml");
+    let snapshot = snapshot::read(&path).unwrap().expect("a snapshot");
+    assert_eq!(
+        snapshot
+            .config(&file(world.dir.path(), ""), "hz-node-1")
+            .unwrap(),
+        config
+    );
+    running
+        .status_until("both clusters connected", |s| {
+            s.origin == Origin::Cluster && s.clusters.iter().all(|c| c.connected)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn destination_rules_and_traffic_policies_with_their_status() {
+    let world = world();
+    world.local.apply(to_json(rule(
+        "default",
+        "reviews",
+        1,
+        "host: reviews\ntrafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}",
+    )));
+    let mut running = start(&world, file(world.dir.path(), ""));
+    let limit = |config: &Config| {
+        config::effective_traffic_policy(config, 0)
+            .outlier_detection
+            .map(|o| o.consecutive_5xx_errors)
+    };
+    let config = running.next().await;
+    assert_eq!(limit(&config), Some(1), "the DestinationRule binds by host");
+
+    world.local.apply(to_json(policy(
+        "reviews",
+        2,
+        "targetRef: {name: reviews}\n\
+         trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}\n\
+         clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}",
+    )));
+    let config = running.next().await;
+    assert_eq!(limit(&config), Some(3));
+    assert_eq!(
+        config.services[0].cluster_weights,
+        Some([("ack-hangzhou".into(), 20), ("ack-shanghai".into(), 80)].into())
+    );
+    let condition = |local: &FakeApi| {
+        local
+            .object("TrafficPolicy", "default", "reviews")
+            .map(|p| p["status"]["conditions"][0].clone())
+            .unwrap_or_default()
+    };
+    eventually("the policy is marked accepted", || {
+        condition(&world.local)["status"] == "True"
+    })
+    .await;
+    assert_eq!(condition(&world.local)["reason"], "Accepted");
+    assert_eq!(
+        world
+            .local
+            .object("TrafficPolicy", "default", "reviews")
+            .unwrap()["status"]["observedGeneration"],
+        3
+    );
+
+    // A bad update is reported and changes nothing on the data path.
+    world.local.apply(to_json(policy(
+        "reviews",
+        2,
+        "targetRef: {name: reviews}\nhealthCheck: {interval: 1s, timeout: 5s}",
+    )));
+    eventually("the update is marked rejected", || {
+        condition(&world.local)["status"] == "False"
+    })
+    .await;
+    let rejected = condition(&world.local);
+    assert_eq!(rejected["reason"], "Invalid");
+    assert_eq!(
+        rejected["message"],
+        "spec.healthCheck.timeout: 5s is longer than the interval 1s; the last accepted version \
+         stays in effect"
+    );
+    running.none_for(Duration::from_millis(300)).await;
+
+    // Once written, agents that agree do not write it again.
+    let patches = world.local.patch_count();
+    world
+        .local
+        .apply(node("hz-node-3", "cn-hangzhou", "cn-hangzhou-h"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.local.patch_count(), patches);
+}
+
+#[tokio::test]
+async fn a_remote_outage_keeps_its_endpoints_and_says_so() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), ""));
+    assert_eq!(running.next().await.services[0].endpoints.len(), 3);
+
+    world.remote.set_reachable(false);
+    running
+        .status_until("the remote cluster is reported unreachable", |s| {
+            !s.clusters[1].connected && s.clusters[0].connected
+        })
+        .await;
+    running.none_for(Duration::from_millis(500)).await;
+    running
+        .status_until("the staleness is counted", |s| {
+            s.clusters[1].stale_seconds >= 1
+        })
+        .await;
+    let status = running.status.borrow().clone();
+    assert_eq!(status.clusters[1].endpoints, 1, "its endpoints stay");
+    assert!(
+        status
+            .metrics()
+            .contains("geosteer_kube_cluster_connected{cluster=\"ack-shanghai\"} 0\n")
+    );
+    assert!(
+        status.describe()[2].starts_with("cluster ack-shanghai (remote): UNREACHABLE, stale for"),
+        "{:?}",
+        status.describe()
+    );
+
+    // Changes elsewhere still flow, with the remote cluster's last known endpoints.
+    world.local.delete("EndpointSlice", "default", "reviews-hz");
+    assert_eq!(addresses(&running.next().await), ["10.1.0.11@ack-shanghai"]);
+
+    // Back: it is listed again, and what changed meanwhile shows.
+    world
+        .remote
+        .delete("EndpointSlice", "default", "reviews-sh");
+    world.remote.set_reachable(true);
+    let config = running.next().await;
+    assert!(config.services[0].endpoints.is_empty(), "{config:?}");
+    running
+        .status_until("connected again", |s| s.clusters[1].connected)
+        .await;
+}
+
+#[tokio::test]
+async fn stale_ttl_drops_a_remote_clusters_endpoints() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), "  staleTtl: 1s\n"));
+    assert_eq!(running.next().await.services[0].endpoints.len(), 3);
+
+    world.remote.set_reachable(false);
+    let config = running.next().await;
+    assert_eq!(
+        addresses(&config),
+        ["10.0.0.11@ack-hangzhou", "10.0.0.12@ack-hangzhou"]
+    );
+    running
+        .status_until("expired", |s| s.clusters[1].expired)
+        .await;
+
+    world.remote.set_reachable(true);
+    assert_eq!(running.next().await.services[0].endpoints.len(), 3);
+}
+
+#[tokio::test]
+async fn boots_from_the_snapshot_when_no_api_server_answers() {
+    let world = world();
+    let file = file(world.dir.path(), "");
+
+    // A first run writes the snapshot.
+    let mut first = start(&world, file.clone());
+    let before = first.next().await;
+    drop(first);
+
+    // Both API servers are down at the next boot.
+    world.local.set_reachable(false);
+    world.remote.set_reachable(false);
+    let mut running = start(&world, file.clone());
+    let booted = running.next().await;
+    assert_eq!(booted, before, "the same desired state, from the snapshot");
+    assert_eq!(running.status.borrow().origin, Origin::Snapshot);
+    running.none_for(Duration::from_millis(300)).await;
+
+    // This cluster answers again (the other does not): its state, with the remote cluster's
+    // endpoints as the snapshot knew them.
+    world.local.delete("EndpointSlice", "default", "reviews-hz");
+    world.local.set_reachable(true);
+    let config = running.next().await;
+    assert_eq!(addresses(&config), ["10.1.0.11@ack-shanghai"]);
+    assert_eq!(running.status.borrow().origin, Origin::Cluster);
+}
+
+#[tokio::test]
+async fn without_a_snapshot_the_file_alone_is_sent() {
+    let world = world();
+    world.local.set_reachable(false);
+    let mut running = start(&world, file(world.dir.path(), ""));
+    let config = running.next().await;
+    assert!(config.services.is_empty());
+    assert_eq!(config.node.name, "hz-node-1");
+    assert_eq!(running.status.borrow().origin, Origin::File);
+}
+
+#[tokio::test]
+async fn runs_without_the_optional_crds() {
+    let world = world();
+    world.local.unserve("geosteer.io/v1alpha1");
+    world.local.unserve("networking.istio.io/v1");
+    let mut running = start(&world, file(world.dir.path(), ""));
+    let config = running.next().await;
+    assert_eq!(config.services[0].endpoints.len(), 3);
+    assert!(config.loaded_destination_rules.is_empty());
+}
+
+#[tokio::test]
+async fn a_remote_cluster_from_a_kubeconfig_file_that_does_not_answer() {
+    let world = world();
+    // A real TLS client from a kubeconfig, towards a port where nothing listens.
+    let kubeconfig = world.dir.path().join("ack-shanghai");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\n\
+         clusters: [{name: sh, cluster: {server: \"https://127.0.0.1:1\", \
+         insecure-skip-tls-verify: true}}]\n\
+         users: [{name: reader, user: {token: t}}]\n\
+         contexts: [{name: sh, context: {cluster: sh, user: reader}}]\n\
+         current-context: sh\n",
+    )
+    .unwrap();
+    let source = KubeSource::with_clients(
+        file(world.dir.path(), ""),
+        "hz-node-1",
+        world.local_client.clone(),
+        vec![(
+            "ack-shanghai".to_string(),
+            Connect::Kubeconfig {
+                path: kubeconfig,
+                context: None,
+            },
+        )],
+        options(),
+    );
+    let mut status = source.status();
+    let (tx, mut configs) = mpsc::channel(16);
+    let _task = tokio::spawn(source.run(tx));
+    let config = timeout(WAIT, configs.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        addresses(&config),
+        ["10.0.0.11@ack-hangzhou", "10.0.0.12@ack-hangzhou"],
+        "this cluster does not wait for the other"
+    );
+    let reported = timeout(
+        WAIT,
+        status.wait_for(|s| s.clusters.len() == 2 && s.clusters[1].stale_seconds >= 1),
+    )
+    .await
+    .is_ok();
+    assert!(reported, "{:?}", *status.borrow());
+    assert!(!status.borrow().clusters[1].connected);
+}
