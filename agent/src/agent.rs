@@ -75,7 +75,50 @@ impl Publisher {
     }
 }
 
+/// The Kubernetes source, when `kubernetes.enabled`: desired state arrives on `configs`; a
+/// reloaded config file goes to the source (which merges it) instead of being applied.
+struct KubeWiring {
+    configs: mpsc::Receiver<Config>,
+    file_updates: watch::Sender<Config>,
+}
+
+/// Starts the Kubernetes source and waits for its first desired state (live, or the snapshot
+/// when no API server answers): programming the file's placeholder state first would overwrite
+/// what a restarted agent re-adopted from its pins.
+async fn start_kubernetes(file_config: &Config) -> Result<(Config, KubeWiring)> {
+    let source = crate::kube::KubeSource::connect(file_config.clone()).await?;
+    let (file_updates, file_rx) = watch::channel(file_config.clone());
+    let source = source.with_file_updates(file_rx);
+    let (tx, mut configs) = mpsc::channel(16);
+    tokio::spawn(async move {
+        if let Err(e) = source.run(tx).await {
+            error!(error = %format!("{e:#}"), "kubernetes source stopped");
+        }
+    });
+    let first = configs
+        .recv()
+        .await
+        .context("the kubernetes source ended before its first desired state")?;
+    info!(
+        services = first.services.len(),
+        "desired state from kubernetes"
+    );
+    Ok((
+        first,
+        KubeWiring {
+            configs,
+            file_updates,
+        },
+    ))
+}
+
 pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
+    let (config, kube) = if config.kubernetes.as_ref().is_some_and(|k| k.enabled) {
+        let (config, wiring) = start_kubernetes(&config).await?;
+        (config, Some(wiring))
+    } else {
+        (config, None)
+    };
     for warning in config::warnings(&config) {
         warn!("{warning}");
     }
@@ -127,7 +170,8 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     );
 
     // Attach only after the services are in place: the first packet already finds them.
-    let attachments = loader::attach(&mut ebpf, &dataplane, &dataplane.pin_path.join("links"))?;
+    let links_dir = dataplane.pin_path.join("links");
+    let mut attachments = loader::attach(&mut ebpf, &dataplane, &links_dir)?;
     publisher.runtime.attachments = attachments
         .items
         .iter()
@@ -151,14 +195,34 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         "ready"
     );
 
+    // Interfaces that appear later (pods starting) are attached as they come.
+    let (link_tx, link_rx) = mpsc::channel(256);
+    let patterns: Vec<String> = dataplane.tc.iter().chain(&dataplane.xdp).cloned().collect();
+    let link_watcher = tokio::spawn(async move {
+        if let Err(e) = crate::links::watch(patterns, link_tx).await {
+            error!(error = %format!("{e:#}"), "link watcher stopped");
+        }
+    });
+    let mut links = LinkWiring {
+        ebpf: &mut ebpf,
+        attachments: &mut attachments,
+        dataplane: &dataplane,
+        links_dir: &links_dir,
+        events: link_rx,
+    };
+
     let result = control_loop(
         &mut controller,
         &mut maps,
         config_path.as_deref(),
         &mut publisher,
+        &mut links,
+        kube,
     )
     .await;
+    link_watcher.abort();
     // Clean exit: detach every program; the pinned maps stay for the next start.
+    drop(links);
     attachments.detach_all();
     loader::unpin_programs(&dataplane.pin_path);
     drop(maps);
@@ -167,11 +231,53 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     result
 }
 
+/// What the control loop needs to attach and detach programs as interfaces come and go.
+struct LinkWiring<'a> {
+    ebpf: &'a mut aya::Ebpf,
+    attachments: &'a mut loader::Attachments,
+    dataplane: &'a config::Dataplane,
+    links_dir: &'a Path,
+    events: mpsc::Receiver<crate::links::LinkEvent>,
+}
+
+impl LinkWiring<'_> {
+    fn on_event(&mut self, event: crate::links::LinkEvent, publisher: &mut Publisher) {
+        match event {
+            crate::links::LinkEvent::Added(name, _) => {
+                if let Err(e) = self.attachments.attach_interface(
+                    self.ebpf,
+                    self.dataplane,
+                    &name,
+                    self.links_dir,
+                ) {
+                    error!(iface = %name, error = %format!("{e:#}"), "attaching to a new interface");
+                }
+            }
+            crate::links::LinkEvent::Removed(name, _) => {
+                self.attachments.forget_interface(&name);
+                info!(iface = %name, "interface gone, detached");
+            }
+        }
+        publisher.runtime.attachments = self
+            .attachments
+            .items
+            .iter()
+            .map(|a| AttachmentInfo {
+                interface: a.interface.clone(),
+                hook: a.hook.to_string(),
+            })
+            .collect();
+        publisher.published_revision = None;
+    }
+}
+
 async fn control_loop(
     controller: &mut Controller,
     maps: &mut BpfMaps,
     config_path: Option<&Path>,
     publisher: &mut Publisher,
+    links: &mut LinkWiring<'_>,
+    mut kube: Option<KubeWiring>,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -195,7 +301,10 @@ async fn control_loop(
             _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
             _ = sighup.recv() => {
                 if let Some(path) = config_path {
-                    let outcome = reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers);
+                    let outcome = match &kube {
+                        Some(k) => forward_file(controller, path, "SIGHUP", &k.file_updates),
+                        None => reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers),
+                    };
                     publisher.runtime.record_reload(outcome);
                     config_stamp = file_stamp(path);
                 }
@@ -205,11 +314,20 @@ async fn control_loop(
                     let stamp = file_stamp(path);
                     if stamp != config_stamp {
                         config_stamp = stamp;
-                        let outcome =
-                            reload(controller, maps, path, "file change", &probe_tx, &mut probers);
+                        let outcome = match &kube {
+                            Some(k) => forward_file(controller, path, "file change", &k.file_updates),
+                            None => reload(controller, maps, path, "file change", &probe_tx, &mut probers),
+                        };
                         publisher.runtime.record_reload(outcome);
                     }
                 }
+            }
+            Some(config) = recv_kube(&mut kube) => {
+                let outcome = apply_config(controller, maps, config, "kubernetes", Instant::now(), &probe_tx, &mut probers);
+                publisher.runtime.record_reload(outcome);
+            }
+            Some(event) = links.events.recv() => {
+                links.on_event(event, publisher);
             }
             guard = events_fd.readable() => {
                 let mut guard = guard?;
@@ -261,6 +379,31 @@ impl Runtime {
     }
 }
 
+fn reload_outcome(why: &str, result: ReloadResult, message: String) -> ReloadInfo {
+    ReloadInfo {
+        at: state::timestamp(SystemTime::now()),
+        trigger: why.to_string(),
+        result,
+        message,
+    }
+}
+
+/// Reads and validates the config file; an invalid one is reported and nothing changes.
+fn load_file(controller: &mut Controller, path: &Path, why: &str) -> Result<Config, ReloadInfo> {
+    config::load(path).map_err(|e| {
+        error!(
+            trigger = why,
+            "config rejected, keeping the running state:\n{e}"
+        );
+        let message = one_line(&e.to_string());
+        controller.event(
+            EventKind::Reload,
+            format!("reload ({why}) rejected: {message}"),
+        );
+        reload_outcome(why, ReloadResult::Rejected, message)
+    })
+}
+
 fn reload(
     controller: &mut Controller,
     maps: &mut BpfMaps,
@@ -270,27 +413,49 @@ fn reload(
     probers: &mut Vec<JoinHandle<()>>,
 ) -> ReloadInfo {
     let started = Instant::now();
-    let outcome = |result, message: String| ReloadInfo {
-        at: state::timestamp(SystemTime::now()),
-        trigger: why.to_string(),
-        result,
-        message,
-    };
-    let config = match config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            error!(
-                trigger = why,
-                "config rejected, keeping the running state:\n{e}"
-            );
-            let message = one_line(&e.to_string());
-            controller.event(
-                EventKind::Reload,
-                format!("reload ({why}) rejected: {message}"),
-            );
-            return outcome(ReloadResult::Rejected, message);
+    match load_file(controller, path, why) {
+        Ok(config) => apply_config(controller, maps, config, why, started, probe_tx, probers),
+        Err(outcome) => outcome,
+    }
+}
+
+/// With the Kubernetes source, the file is one input of the desired state: a valid file goes to
+/// the source, whose merged result comes back through the `kubernetes` branch.
+fn forward_file(
+    controller: &mut Controller,
+    path: &Path,
+    why: &str,
+    file_updates: &watch::Sender<Config>,
+) -> ReloadInfo {
+    match load_file(controller, path, why) {
+        Ok(config) => {
+            file_updates.send_replace(config);
+            reload_outcome(
+                why,
+                ReloadResult::Applied,
+                "passed to the kubernetes source".into(),
+            )
         }
-    };
+        Err(outcome) => outcome,
+    }
+}
+
+async fn recv_kube(kube: &mut Option<KubeWiring>) -> Option<Config> {
+    match kube {
+        Some(k) => k.configs.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn apply_config(
+    controller: &mut Controller,
+    maps: &mut BpfMaps,
+    config: Config,
+    why: &str,
+    started: Instant,
+    probe_tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
+    probers: &mut Vec<JoinHandle<()>>,
+) -> ReloadInfo {
     if config.dataplane != controller.config.dataplane || config.admin != controller.config.admin {
         warn!("dataplane or admin settings changed: they take effect at the next agent start");
     }
@@ -303,7 +468,7 @@ fn reload(
             info!(trigger = why, changed, elapsed_us, "config reloaded");
             let message = format!("{changed} services changed in {elapsed_us} µs");
             controller.event(EventKind::Reload, format!("reload ({why}): {message}"));
-            outcome(ReloadResult::Applied, message)
+            reload_outcome(why, ReloadResult::Applied, message)
         }
         Err(e) => {
             error!(error = %format!("{e:#}"), "applying the reloaded config");
@@ -312,7 +477,7 @@ fn reload(
                 EventKind::Reload,
                 format!("reload ({why}) failed to apply: {message}"),
             );
-            outcome(ReloadResult::Failed, message)
+            reload_outcome(why, ReloadResult::Failed, message)
         }
     };
     for p in probers.drain(..) {

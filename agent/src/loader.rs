@@ -203,25 +203,74 @@ pub fn attach(
         items: Vec::new(),
         links: Vec::new(),
     };
-    let tc_ifaces = matching_interfaces(&dataplane.tc)?;
-    let xdp_ifaces = matching_interfaces(&dataplane.xdp)?;
-    for iface in &tc_ifaces {
-        attach_tc(ebpf, iface, TcAttachType::Ingress, links_dir, &mut out)?;
-    }
-    for iface in tc_ifaces.iter().chain(&xdp_ifaces) {
-        if out
-            .items
-            .iter()
-            .any(|a| &a.interface == iface && a.hook == "tc-egress")
-        {
-            continue;
+    let mut ifaces = matching_interfaces(&dataplane.tc)?;
+    for iface in matching_interfaces(&dataplane.xdp)? {
+        if !ifaces.contains(&iface) {
+            ifaces.push(iface);
         }
-        attach_tc(ebpf, iface, TcAttachType::Egress, links_dir, &mut out)?;
     }
-    for iface in &xdp_ifaces {
-        attach_xdp(ebpf, iface, dataplane.xdp_mode, links_dir, &mut out)?;
+    for iface in &ifaces {
+        out.attach_interface(ebpf, dataplane, iface, links_dir)?;
     }
     Ok(out)
+}
+
+fn matches_any(patterns: &[String], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
+}
+
+impl Attachments {
+    /// Attaches whatever the config wants on `iface` that is not attached yet: TC ingress for
+    /// `tc` names, XDP for `xdp` names, TC egress (replies) for both. Idempotent, so the link
+    /// watcher may report an interface that is already attached.
+    pub fn attach_interface(
+        &mut self,
+        ebpf: &mut Ebpf,
+        dataplane: &DataplaneConfig,
+        iface: &str,
+        links_dir: &Path,
+    ) -> Result<()> {
+        let tc = matches_any(&dataplane.tc, iface);
+        let xdp = matches_any(&dataplane.xdp, iface);
+        let has = |out: &Attachments, hook: &str| {
+            out.items
+                .iter()
+                .any(|a| a.interface == iface && a.hook.starts_with(hook))
+        };
+        if tc && !has(self, "tc-ingress") {
+            attach_tc(ebpf, iface, TcAttachType::Ingress, links_dir, self)?;
+        }
+        if (tc || xdp) && !has(self, "tc-egress") {
+            attach_tc(ebpf, iface, TcAttachType::Egress, links_dir, self)?;
+        }
+        if xdp && !has(self, "xdp") {
+            attach_xdp(ebpf, iface, dataplane.xdp_mode, links_dir, self)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets an interface that went away: the kernel detached its links with it; their pins
+    /// go too, so a later interface of the same name is attached afresh, not "re-adopted" into
+    /// a dead link.
+    pub fn forget_interface(&mut self, iface: &str) {
+        self.items.retain(|a| a.interface != iface);
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.links)
+                .into_iter()
+                .partition(|(path, _)| {
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.rsplit_once('_').is_some_and(|(name, _)| name == iface))
+                });
+        self.links = kept;
+        for (path, link) in gone {
+            if let Err(e) = link.unpin() {
+                warn!(path = %path.display(), error = %e, "unpinning link");
+            }
+        }
+    }
 }
 
 // bpffs refuses names with a dot (EPERM), hence `cl0_tc-ingress`.
