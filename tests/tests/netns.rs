@@ -239,3 +239,60 @@ fn invalid_config_is_rejected_with_the_field_path() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A pod interface that appears after the agent started (matching a `dataplane.tc` glob) is
+/// attached within a second; its clients reach the VIP. When it goes away, so does the link.
+#[test]
+fn new_interfaces_matching_the_globs_are_attached_as_they_appear() {
+    let lab = lab("gsn6", 2, false);
+    let pins = PinDir::new("gsn6").unwrap();
+    let agent = Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0, \"pod*\"", ""),
+    )
+    .expect("agent starts");
+    let pod = geosteer_tests::Netns::new("gsn6-pod").unwrap();
+    geosteer_tests::veth(
+        &pod,
+        "eth0",
+        "198.18.5.2/24",
+        &lab.node,
+        "pod5",
+        "198.18.5.1/24",
+    )
+    .unwrap();
+    pod.exec(&["ip", "route", "add", "default", "via", "198.18.5.1"])
+        .unwrap();
+    for dev in ["eth0"] {
+        pod.exec(&["ethtool", "-K", dev, "tx", "off"]).unwrap();
+    }
+    let created = std::time::Instant::now();
+    let deadline = created + std::time::Duration::from_secs(1);
+    while !agent.log_contains("iface=\"pod5\"") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        agent.log_contains("iface=\"pod5\" hook=\"tc-ingress\""),
+        "not attached within 1 s: {:?}",
+        agent.log()
+    );
+    let mut opts = HttpOptions::new(40, 1);
+    opts.timeout_ms = 1000;
+    let report = http_from(&pod, &format!("{VIP}:80"), &opts).unwrap();
+    assert_eq!(report.ok, 40, "{report:?}");
+    assert!(pins.pin_path().join("links/pod5_tc-ingress").exists());
+
+    lab.node.exec(&["ip", "link", "del", "pod5"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while pins.pin_path().join("links/pod5_tc-ingress").exists()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !pins.pin_path().join("links/pod5_tc-ingress").exists(),
+        "pin of a removed interface stays"
+    );
+    assert!(agent.log_contains("interface gone"));
+}
