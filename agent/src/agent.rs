@@ -172,14 +172,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     // Attach only after the services are in place: the first packet already finds them.
     let links_dir = dataplane.pin_path.join("links");
     let mut attachments = loader::attach(&mut ebpf, &dataplane, &links_dir)?;
-    publisher.runtime.attachments = attachments
-        .items
-        .iter()
-        .map(|a| AttachmentInfo {
-            interface: a.interface.clone(),
-            hook: a.hook.to_string(),
-        })
-        .collect();
+    publisher.runtime.attachments = attachment_infos(&attachments);
     publisher.runtime.ready = true;
     controller.event(
         EventKind::Agent,
@@ -258,17 +251,20 @@ impl LinkWiring<'_> {
                 info!(iface = %name, "interface gone, detached");
             }
         }
-        publisher.runtime.attachments = self
-            .attachments
-            .items
-            .iter()
-            .map(|a| AttachmentInfo {
-                interface: a.interface.clone(),
-                hook: a.hook.to_string(),
-            })
-            .collect();
+        publisher.runtime.attachments = attachment_infos(self.attachments);
         publisher.published_revision = None;
     }
+}
+
+fn attachment_infos(attachments: &loader::Attachments) -> Vec<AttachmentInfo> {
+    attachments
+        .items
+        .iter()
+        .map(|a| AttachmentInfo {
+            interface: a.interface.clone(),
+            hook: a.hook.to_string(),
+        })
+        .collect()
 }
 
 async fn control_loop(
