@@ -137,6 +137,8 @@ pub struct ServiceView {
 pub struct Controller {
     pub config: Config,
     pub services: Vec<ServiceModel>,
+    /// Position of each service in `services`: lookups by key stay O(log n) at 10k services.
+    by_key: BTreeMap<ServiceKey, usize>,
     pub programmer: Programmer,
     pub health: BTreeMap<HealthKey, BackendHealth>,
     pub views: BTreeMap<ServiceKey, ServiceView>,
@@ -244,10 +246,19 @@ fn to_policy_locality_lb(s: &config::LocalityLbSetting) -> policy::LocalityLb {
     }
 }
 
+fn index_by_key(services: &[ServiceModel]) -> BTreeMap<ServiceKey, usize> {
+    services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.key, i))
+        .collect()
+}
+
 impl Controller {
     pub fn new(config: Config, programmer: Programmer) -> Self {
         let services = service_models(&config);
         Self {
+            by_key: index_by_key(&services),
             config,
             services,
             programmer,
@@ -278,7 +289,7 @@ impl Controller {
     }
 
     fn model(&self, key: &ServiceKey) -> Option<&ServiceModel> {
-        self.services.iter().find(|s| s.key == *key)
+        self.by_key.get(key).map(|&i| &self.services[i])
     }
 
     /// Policy output for one service given the current health.
@@ -373,17 +384,18 @@ impl Controller {
     /// Full apply: every service (used at start and on reload).
     pub fn apply_all(&mut self, dp: &mut dyn Dataplane) -> Result<usize> {
         let wanted: Vec<ServiceKey> = self.services.iter().map(|s| s.key).collect();
+        let wanted_set: std::collections::BTreeSet<ServiceKey> = wanted.iter().copied().collect();
         let stale: Vec<ServiceKey> = self
             .programmer
             .live_keys()
             .into_iter()
-            .filter(|k| !wanted.contains(k))
+            .filter(|k| !wanted_set.contains(k))
             .collect();
         for key in &stale {
             self.programmer.remove_one(dp, key)?;
             self.views.remove(key);
         }
-        self.health.retain(|(k, _, _), _| wanted.contains(k));
+        self.health.retain(|(k, _, _), _| wanted_set.contains(k));
         let mut changed = 0;
         for key in wanted {
             changed += self.refresh(dp, &key)? as usize;
@@ -600,6 +612,7 @@ impl Controller {
     /// Replaces the desired state; health of endpoints that stay is kept.
     pub fn reload(&mut self, dp: &mut dyn Dataplane, config: Config) -> Result<usize> {
         self.services = service_models(&config);
+        self.by_key = index_by_key(&self.services);
         self.config = config;
         let changed = self.apply_all(dp)?;
         if changed > 0 {

@@ -194,8 +194,14 @@ impl Programmer {
         {
             return Ok(false);
         }
+        let added = !self.live.contains_key(&desired.key);
         self.upsert(dp, desired)?;
-        self.sync_vips(dp)?;
+        // Only a new service changes the port count of its VIP.
+        if added {
+            let ports = self.vips.entry(desired.key.addr).or_default();
+            *ports += 1;
+            dp.write_vip(desired.key.addr, *ports)?;
+        }
         Ok(true)
     }
 
@@ -205,8 +211,20 @@ impl Programmer {
 
     /// Takes one service out of the data path.
     pub fn remove_one(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+        if !self.live.contains_key(key) {
+            return Ok(());
+        }
         self.remove(dp, key)?;
-        self.sync_vips(dp)
+        match self.vips.get_mut(&key.addr) {
+            Some(ports) if *ports > 1 => {
+                *ports -= 1;
+                dp.write_vip(key.addr, *ports)
+            }
+            _ => {
+                self.vips.remove(&key.addr);
+                dp.remove_vip(key.addr)
+            }
+        }
     }
 
     /// The service and endpoint behind a kernel backend id.

@@ -156,7 +156,9 @@ pub fn request(flow: &Flow) -> Verdict {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
         // SAFETY: LRU map values stay valid during the program run; fields are plain data.
         let entry = unsafe { &mut *entry };
-        if backend_still_serves(entry.backend_id, entry.service_id) {
+        if backend_still_serves(entry.backend_id, entry.service_id)
+            && !starts_a_new_connection(flow, entry)
+        {
             entry.last_seen_ns = now;
             if flow.proto == PROTO_TCP {
                 check_syn_retransmit(flow, entry, now);
@@ -167,7 +169,19 @@ pub fn request(flow: &Flow) -> Verdict {
                 port: entry.nat_port,
             });
         }
-        // The backend was removed from the service: the flow is re-steered below.
+        // The backend was removed from the service, or this SYN opens a new connection on the
+        // 5-tuple of a finished one: steer it anew. The old reply entry goes, so a late packet
+        // from the previous backend is not reverse-NATed into the new connection.
+        let old_reply = FlowKey {
+            saddr: entry.nat_addr,
+            daddr: flow.saddr,
+            sport: entry.nat_port,
+            dport: flow.sport,
+            proto: flow.proto,
+            direction: DIR_REPLY,
+            _pad: 0,
+        };
+        let _ = CONNTRACK.remove(&old_reply);
     }
     let Some((backend_id, backend)) = select(&service, flow) else {
         return Verdict::Drop(DropReason::NoBackend);
@@ -241,6 +255,26 @@ fn forget_superseded_nat(flow: &Flow) {
 fn backend_still_serves(backend_id: u32, service_id: u32) -> bool {
     match BACKENDS.get(backend_id) {
         Some(b) => b.flags & BACKEND_FLAG_ACTIVE != 0 && b.service_id == service_id,
+        None => false,
+    }
+}
+
+/// Whether this packet opens a new connection on an existing entry's 5-tuple, which must be
+/// steered by the current table (and ejections), not pinned to the previous connection's
+/// backend: clients reuse source ports all the time (Linux walks its ephemeral range and reuses
+/// a port once the previous connection to the same destination is closed).
+/// - a SYN on a flow past the handshake (established or reset) is a new connection;
+/// - a SYN retransmitted while still waiting for the SYN-ACK stays, unless its backend has been
+///   ejected since: nothing is established there yet, so moving it is free.
+fn starts_a_new_connection(flow: &Flow, entry: &FlowValue) -> bool {
+    if flow.proto != PROTO_TCP || flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return false;
+    }
+    if entry.tcp_state != TCP_SYN_SENT {
+        return true;
+    }
+    match BACKEND_STATE.get(entry.backend_id) {
+        Some(state) => state.ejected != 0,
         None => false,
     }
 }

@@ -890,3 +890,59 @@ fn forgetting_an_ejected_backends_flows_re_steers_them() {
         );
     }
 }
+
+/// Clients reuse source ports: a SYN on the 5-tuple of a finished connection is a new
+/// connection and follows the current table and ejections, not the old flow's backend; the old
+/// backend's late packets are no longer reverse-NATed into it.
+#[test]
+fn a_reused_source_port_is_a_new_connection() {
+    let mut rig = Rig::new();
+    let port = 47000;
+    let (_, out) = rig.ingress(&syn(port));
+    let first = verify(&out).dst;
+    rig.egress(&Pkt::tcp(first, TPORT, CLIENT, port, SYN | ACK));
+    let id = rig.backend_id(first, PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Mid-connection packets stay with the (now ejected) backend.
+    let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));
+    assert_eq!(verify(&out).dst, first);
+    // The next connection from the same port does not.
+    let (_, out) = rig.ingress(&syn(port));
+    let second = verify(&out).dst;
+    assert_ne!(
+        second, first,
+        "a new connection went to the ejected backend"
+    );
+    let late = Pkt::tcp(first, TPORT, CLIENT, port, ACK).build();
+    assert_eq!(
+        rig.run_tc(program_names::TC_EGRESS, &late),
+        (TC_ACT_OK, late),
+        "old backend's packet rewritten"
+    );
+    let (_, out) = rig.egress(&Pkt::tcp(second, TPORT, CLIENT, port, SYN | ACK));
+    assert_eq!(
+        verify(&out),
+        Seen {
+            src: VIP,
+            dst: CLIENT,
+            sport: VPORT,
+            dport: port
+        }
+    );
+
+    // Not ejected: a reused port still follows the table (same Maglev slot, same backend), and
+    // a retransmitted SYN keeps its backend.
+    let port = 47001;
+    let (_, out) = rig.ingress(&syn(port));
+    let b = verify(&out).dst;
+    let (_, out) = rig.ingress(&syn(port));
+    assert_eq!(verify(&out).dst, b);
+}

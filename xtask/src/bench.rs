@@ -69,6 +69,7 @@ pub fn run(quick: bool) -> Result<()> {
         seconds,
         started.elapsed(),
     );
+    let text = text + &crate::bench_policy::run(quick)?;
     std::fs::write(root.join("BENCHMARKS.md"), &text).context("writing BENCHMARKS.md")?;
     println!("{text}");
     Ok(())

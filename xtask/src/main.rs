@@ -4,6 +4,7 @@
 //! can install that toolchain before anything else is built.
 
 mod bench;
+mod bench_policy;
 mod crdgen;
 mod demo;
 mod install;

@@ -20,7 +20,7 @@ const USAGE: &str = "usage:
   lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C] [--source-port P]
   lab-client udp --target IP:PORT --count N [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
-  lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T]";
+  lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
@@ -53,6 +53,7 @@ fn main() -> ExitCode {
                 "--duration-ms",
                 "--max-connections",
                 "--timeout-ms",
+                "--first-source-port",
             ],
         )
         .and_then(|f| run_failover_probe(&f)),
@@ -482,30 +483,50 @@ const DEFAULT_MAX_PROBE_CONNECTIONS: u64 = 200_000;
 
 /// Opens new connections back to back, one request each, for `--duration-ms`, and prints one
 /// JSON line per connection: when it was opened (`t_us`) and when its answer or error arrived
-/// (`done_us`), both in µs since the start, with the backend, status and error. A benchmark
-/// switches backends to failing while this runs and reads from the log how quickly new
-/// connections stopped reaching them.
+/// (`done_us`), both in µs since the start, with the source port, backend, status and error.
+/// A benchmark switches backends to failing while this runs and reads from the log how
+/// quickly new connections stopped reaching them.
+///
+/// By default the kernel picks each source port, as for any client, so a port comes back
+/// once it is free again. With `--first-source-port P`, connection i uses port P + i instead,
+/// so no two connections of a run share a 5-tuple (the run ends when the ports do).
 fn run_failover_probe(flags: &Flags) -> Result<(), String> {
     let target = flags.target()?;
     let duration = Duration::from_millis(flags.num("--duration-ms", None)?);
-    let max_connections = flags.num("--max-connections", Some(DEFAULT_MAX_PROBE_CONNECTIONS))?;
+    let mut max_connections =
+        flags.num("--max-connections", Some(DEFAULT_MAX_PROBE_CONNECTIONS))?;
     let timeout = flags.timeout()?;
+    let first_port = match flags.0.get("--first-source-port") {
+        None => None,
+        Some(_) => {
+            let port = flags.num("--first-source-port", None)?;
+            if !(1024..=65535).contains(&port) {
+                return Err(format!(
+                    "--first-source-port: expected 1024..65535, got {port}"
+                ));
+            }
+            max_connections = max_connections.min(65536 - port);
+            Some(port as u16)
+        }
+    };
 
     // Lines go through a buffer: a write per connection would slow the loop being measured.
     let mut out = io::BufWriter::new(io::stdout().lock());
     let started = Instant::now();
     let micros = |at: Instant| at.duration_since(started).as_micros() as u64;
-    for _ in 0..max_connections {
+    for i in 0..max_connections {
         let opened = Instant::now();
         if opened.duration_since(started) >= duration {
             break;
         }
-        let result = watch_request(target, timeout);
+        let port = first_port.map(|p| p + i as u16);
+        let (port, result) = probe_connection(target, port, timeout);
         let done = Instant::now();
         let line = match result {
             Ok(resp) => json!({
                 "t_us": micros(opened),
                 "done_us": micros(done),
+                "port": port,
                 "backend": resp.backend,
                 "status": resp.status,
                 "error": null,
@@ -513,6 +534,7 @@ fn run_failover_probe(flags: &Flags) -> Result<(), String> {
             Err(e) => json!({
                 "t_us": micros(opened),
                 "done_us": micros(done),
+                "port": port,
                 "backend": null,
                 "status": null,
                 "error": e.to_string(),
@@ -521,4 +543,23 @@ fn run_failover_probe(flags: &Flags) -> Result<(), String> {
         writeln!(out, "{line}").map_err(|e| format!("writing stdout: {e}"))?;
     }
     out.flush().map_err(|e| format!("writing stdout: {e}"))
+}
+
+/// One connection with one request; returns the source port it used (if it got one).
+fn probe_connection(
+    target: SocketAddr,
+    port: Option<u16>,
+    timeout: Duration,
+) -> (Option<u16>, io::Result<Response>) {
+    let connected = match port {
+        Some(p) => connect_from(p, target, timeout),
+        None => connect(target, timeout),
+    };
+    let stream = match connected {
+        Ok(s) => s,
+        Err(e) => return (port, Err(e)),
+    };
+    let port = stream.local_addr().ok().map(|a| a.port());
+    let mut reader = Reader::new(&stream);
+    (port, request(&stream, &mut reader, target, true))
 }

@@ -1,0 +1,450 @@
+//! Policy apply latency at 100, 1 000 and 10 000 services: how long the agent takes to put
+//! services into the kernel maps, and to swap one service while all the others are live.
+//!
+//! Run by `cargo xtask bench` (needs root, CAP_BPF). Results go, as JSON, to the file named by
+//! `GEOSTEER_BENCH_OUT`; `GEOSTEER_BENCH_QUICK=1` makes the runs shorter.
+//!
+//! Everything runs in this process against the real kernel object, loaded (not attached) with
+//! maps sized for N services of 4 backends, exactly as the agent sizes them from its config:
+//!
+//! - **initial apply**: `Programmer::apply` of all N services into empty maps;
+//! - **one service changed**: `Programmer::apply_one` with new weights for one service while N
+//!   are live, which is what the controller calls on every health or policy change. Timed from
+//!   the call to its return: the Maglev table build, the table write into the idle
+//!   generation, the one update that makes it live, and any grace period it had to wait for;
+//! - **one backend ejected**: `Controller::on_kernel_ejection`, the agent's handling of a kernel
+//!   ejection event: outlier bookkeeping, the policy recompute of that service (locality
+//!   failover), the swap, and the kernel health flags.
+//!
+//! Grace periods: a generation that was live is only rewritten once no packet can still be
+//! reading it. The programmer asks for that grace period in the background at every swap and
+//! waits for it synchronously only if the next swap of the same service comes first. A
+//! counting wrapper around the maps records every synchronous wait.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use geosteer::{
+    agent::monotonic_now,
+    config,
+    controller::Controller,
+    dataplane::{BpfMaps, Dataplane},
+    loader::{self, MapSizes},
+    programmer::{DesiredBackend, DesiredService, Programmer, build_service_table},
+};
+use geosteer_common::{
+    Backend, BackendState, EjectEvent, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
+    ServiceValue, Settings,
+};
+use serde::Serialize;
+
+const SERVICE_COUNTS: [u32; 3] = [100, 1_000, 10_000];
+const BACKENDS_PER_SERVICE: u32 = 4;
+/// The smallest conntrack the agent accepts: flows play no part here.
+const CONNTRACK_SIZE: u32 = 1024;
+const VPORT: u16 = 80;
+const TPORT: u16 = 8080;
+/// Steps through the services so that consecutive changes touch services far apart (and
+/// every service once per N changes); coprime with every N above.
+const STRIDE: u32 = 7_919;
+
+#[derive(Serialize)]
+struct Report {
+    kernel: String,
+    changes: usize,
+    results: Vec<Scale>,
+}
+
+/// Everything measured at one service count.
+#[derive(Serialize)]
+struct Scale {
+    services: u32,
+    backends: u32,
+    /// Loading the object with maps of this size (the kernel allocates and zeroes them).
+    load_ms: f64,
+    /// Kernel memory charged for every map of the object (`memlock` in /proc/self/fdinfo).
+    map_bytes: u64,
+    /// Of which the Maglev tables (two generations per service).
+    table_bytes: u64,
+    initial_apply_ms: f64,
+    initial_apply_grace_waits: usize,
+    /// `Programmer::apply` again with nothing changed (a reload that changes nothing).
+    unchanged_apply_ms: f64,
+    /// New weights for a different service each time.
+    spread: Latency,
+    /// Of which building the Maglev table (median, no map access).
+    maglev_build_us: f64,
+    /// New weights for the same service each time, back to back.
+    same_service: Latency,
+    /// `Controller::apply_all` into fresh maps (policy computed for every service).
+    controller_initial_ms: f64,
+    ejection: Latency,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    count: usize,
+    median_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    /// Changes that waited for a grace period synchronously.
+    grace_waits: usize,
+}
+
+/// The Maglev part of a swap alone (no map access), median over the changes.
+fn maglev_build_us(changes: usize) -> f64 {
+    let desired = service(0);
+    let ids: Vec<u32> = (0..BACKENDS_PER_SERVICE).collect();
+    let times = (0..changes)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(build_service_table(&desired, &ids));
+            started.elapsed()
+        })
+        .collect();
+    latency(times, 0).median_us
+}
+
+fn main() -> Result<()> {
+    geosteer_tests::require_root();
+    let out_path = std::env::var_os("GEOSTEER_BENCH_OUT").context(
+        "GEOSTEER_BENCH_OUT must name the output file (run through `cargo xtask bench`)",
+    )?;
+    let quick = std::env::var("GEOSTEER_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let changes = if quick { 50 } else { 200 };
+
+    let mut results = Vec::new();
+    for services in SERVICE_COUNTS {
+        eprintln!("apply bench: {services} services");
+        let scale = measure(services, changes)?;
+        eprintln!(
+            "  load {:.0} ms, maps {:.0} MiB, initial apply {:.1} ms, one service changed: \
+             median {:.0} us p99 {:.0} us, ejection: median {:.0} us p99 {:.0} us",
+            scale.load_ms,
+            scale.map_bytes as f64 / (1 << 20) as f64,
+            scale.initial_apply_ms,
+            scale.spread.median_us,
+            scale.spread.p99_us,
+            scale.ejection.median_us,
+            scale.ejection.p99_us
+        );
+        results.push(scale);
+    }
+    let report = Report {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        changes,
+        results,
+    };
+    std::fs::write(&out_path, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", out_path.to_string_lossy()))?;
+    Ok(())
+}
+
+fn measure(services: u32, changes: usize) -> Result<Scale> {
+    let backends = services * BACKENDS_PER_SERVICE;
+    let sizes = MapSizes {
+        max_services: services,
+        max_backends: backends,
+        conntrack: CONNTRACK_SIZE,
+    };
+
+    // Programmer: the initial apply and single-service swaps.
+    let started = Instant::now();
+    let mut ebpf = loader::load(sizes, None).context("loading the kernel object")?;
+    let load_ms = ms(started.elapsed());
+    let (map_bytes, table_bytes) = map_memory()?;
+    let mut maps = Counting::new(BpfMaps::take(&mut ebpf)?);
+    let mut programmer = Programmer::new(services, backends);
+    let mut desired: Vec<DesiredService> = (0..services).map(service).collect();
+
+    let started = Instant::now();
+    let report = programmer.apply(&mut maps, &desired)?;
+    let initial_apply_ms = ms(started.elapsed());
+    ensure!(report.added == services as usize, "{report:?}");
+    let initial_apply_grace_waits = maps.take_waits();
+
+    let started = Instant::now();
+    let report = programmer.apply(&mut maps, &desired)?;
+    let unchanged_apply_ms = ms(started.elapsed());
+    ensure!(report.unchanged == services as usize, "{report:?}");
+
+    // Alternate each service between two weight sets, so every change is a real one.
+    let mut flip = |programmer: &mut Programmer, maps: &mut Counting, index: u32| {
+        let s = &mut desired[index as usize];
+        s.backends[0].weight = if s.backends[0].weight == 1 { 3 } else { 1 };
+        let started = Instant::now();
+        let changed = programmer.apply_one(maps, s)?;
+        let took = started.elapsed();
+        ensure!(changed, "the weight change was not applied");
+        Ok::<Duration, anyhow::Error>(took)
+    };
+    let mut times = Vec::new();
+    for i in 0..changes {
+        let index = (i as u64 * STRIDE as u64 % services as u64) as u32;
+        times.push(flip(&mut programmer, &mut maps, index)?);
+    }
+    let spread = latency(times, maps.take_waits());
+    let mut times = Vec::new();
+    for _ in 0..changes {
+        times.push(flip(&mut programmer, &mut maps, 0)?);
+    }
+    let same_service = latency(times, maps.take_waits());
+    drop(programmer);
+    drop(maps);
+    drop(ebpf);
+
+    // Controller: the same services with a locality failover policy, then ejections.
+    let config = config::parse(&config_yaml(services)).context("bench config")?;
+    let mut ebpf = loader::load(sizes, None).context("loading the kernel object")?;
+    let mut maps = Counting::new(BpfMaps::take(&mut ebpf)?);
+    let mut controller = Controller::new(config, Programmer::new(services, backends));
+    let started = Instant::now();
+    let applied = controller.apply_all(&mut maps)?;
+    let controller_initial_ms = ms(started.elapsed());
+    ensure!(applied == services as usize, "{applied} services applied");
+    maps.take_waits();
+
+    let mut times = Vec::new();
+    for i in 0..changes {
+        // The first pass over the services ejects their first cn-hangzhou endpoint (the rest
+        // of the region takes 70%, cn-shanghai 30%), the second pass the other one (everything
+        // fails over to cn-shanghai).
+        let index = (i as u64 * STRIDE as u64 % services as u64) as u32;
+        let endpoint = (i / services as usize) % 2;
+        let key = service_key(index);
+        let addr = u32::from(backend_ip(index, endpoint as u32)).to_be();
+        let backend_id = controller
+            .programmer
+            .backend_id(&key, addr, TPORT.to_be())
+            .context("backend id")?;
+        let service_id = controller.programmer.service(&key).context("service")?.id;
+        let now = monotonic_now();
+        let event = EjectEvent {
+            backend_id,
+            service_id,
+            at_ns: now.as_nanos() as u64,
+            consecutive_5xx: 1,
+            consecutive_gateway: 1,
+        };
+        let before = controller.swaps.count;
+        let started = Instant::now();
+        controller.on_kernel_ejection(&mut maps, &event, now)?;
+        times.push(started.elapsed());
+        ensure!(
+            controller.swaps.count == before + 1,
+            "the ejection did not swap the service's table"
+        );
+    }
+    let ejection = latency(times, maps.take_waits());
+
+    Ok(Scale {
+        services,
+        backends,
+        load_ms,
+        map_bytes,
+        table_bytes,
+        initial_apply_ms,
+        initial_apply_grace_waits,
+        unchanged_apply_ms,
+        spread,
+        maglev_build_us: maglev_build_us(changes),
+        same_service,
+        controller_initial_ms,
+        ejection,
+    })
+}
+
+/// Service `i`: VIP 198.19.0.0 + i, port 80, four backends at weight 1.
+fn service(i: u32) -> DesiredService {
+    DesiredService {
+        name: format!("bench/svc-{i}:80/TCP"),
+        key: service_key(i),
+        backends: (0..BACKENDS_PER_SERVICE)
+            .map(|b| DesiredBackend {
+                addr: u32::from(backend_ip(i, b)).to_be(),
+                port: TPORT.to_be(),
+                weight: 1,
+                eject_after_5xx: 1,
+                eject_after_gateway: 0,
+            })
+            .collect(),
+    }
+}
+
+fn vip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i)
+}
+
+/// Distinct backend addresses for every service (198.18.0.0/16 holds 16 384 services' worth).
+fn backend_ip(service: u32, backend: u32) -> Ipv4Addr {
+    Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(198, 18, 0, 0)) + service * BACKENDS_PER_SERVICE + backend,
+    )
+}
+
+fn service_key(i: u32) -> ServiceKey {
+    ServiceKey {
+        addr: u32::from(vip(i)).to_be(),
+        port: VPORT.to_be(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// The same services as [`service`] as an agent config: two endpoints in cn-hangzhou (the
+/// node's region) and two in cn-shanghai, failover between them, and outlier detection.
+fn config_yaml(services: u32) -> String {
+    let mut yaml = format!(
+        "node: {{name: bench, region: cn-hangzhou, zone: cn-hangzhou-b}}\n\
+         dataplane: {{maxServices: {services}, maxBackends: {}, conntrackSize: {CONNTRACK_SIZE}}}\n\
+         services:\n",
+        services * BACKENDS_PER_SERVICE
+    );
+    for i in 0..services {
+        yaml.push_str(&format!(
+            "  - name: svc-{i}\n    vip: {}\n    ports: [{{port: {VPORT}, targetPort: {TPORT}}}]\n    endpoints:\n",
+            vip(i)
+        ));
+        for b in 0..BACKENDS_PER_SERVICE {
+            let (region, zone) = if b < 2 {
+                ("cn-hangzhou", "cn-hangzhou-b")
+            } else {
+                ("cn-shanghai", "cn-shanghai-a")
+            };
+            yaml.push_str(&format!(
+                "      - {{ip: {}, region: {region}, zone: {zone}}}\n",
+                backend_ip(i, b)
+            ));
+        }
+        yaml.push_str(
+            "    trafficPolicy:\n      loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, to: cn-shanghai}]}}\n      outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n",
+        );
+    }
+    yaml
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn latency(mut times: Vec<Duration>, grace_waits: usize) -> Latency {
+    times.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let at = |q: f64| us(times[((times.len() - 1) as f64 * q).round() as usize]);
+    Latency {
+        count: times.len(),
+        median_us: at(0.5),
+        p99_us: at(0.99),
+        max_us: at(1.0),
+        grace_waits,
+    }
+}
+
+/// Kernel memory of every BPF map this process holds (only the object loaded here), and of
+/// the Maglev tables among them, from the `memlock` line of each map's fdinfo.
+fn map_memory() -> Result<(u64, u64)> {
+    let mut total = 0;
+    let mut tables = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let is_map = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:bpf-map");
+        if !is_map {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let memlock = field("memlock:").context("no memlock in a map's fdinfo")?;
+        total += memlock;
+        // The tables map is the only one whose values are whole service tables.
+        if field("value_size:") == Some(std::mem::size_of::<ServiceTable>() as u64) {
+            tables += memlock;
+        }
+    }
+    ensure!(total > 0, "no BPF map found among this process's files");
+    Ok((total, tables))
+}
+
+/// The real maps, counting the grace periods waited synchronously.
+struct Counting {
+    maps: BpfMaps,
+    waits: usize,
+}
+
+impl Counting {
+    fn new(maps: BpfMaps) -> Self {
+        Self { maps, waits: 0 }
+    }
+
+    fn take_waits(&mut self) -> usize {
+        std::mem::take(&mut self.waits)
+    }
+}
+
+impl Dataplane for Counting {
+    fn grace_period(&mut self) -> Result<()> {
+        self.waits += 1;
+        self.maps.grace_period()
+    }
+
+    // Everything else goes straight to the maps.
+    fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.maps.write_backend(id, backend)
+    }
+    fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
+        self.maps.write_backend_state(id, state)
+    }
+    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()> {
+        self.maps.set_ejected(id, ejected)
+    }
+    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
+        self.maps.write_table(index, table)
+    }
+    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.maps.write_service(key, value)
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.maps.remove_service(key)
+    }
+    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+        self.maps.write_vip(addr, ports)
+    }
+    fn remove_vip(&mut self, addr: u32) -> Result<()> {
+        self.maps.remove_vip(addr)
+    }
+    fn write_settings(&mut self, settings: &Settings) -> Result<()> {
+        self.maps.write_settings(settings)
+    }
+    fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()> {
+        self.maps.write_service_state(id, state)
+    }
+    fn request_grace(&mut self, seq: u64) {
+        self.maps.request_grace(seq)
+    }
+    fn grace_completed(&self) -> u64 {
+        self.maps.grace_completed()
+    }
+    fn forget_flows(&mut self, backend_id: u32) -> Result<usize> {
+        self.maps.forget_flows(backend_id)
+    }
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.maps.read_services()
+    }
+    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
+        self.maps.read_table(index)
+    }
+    fn read_backend(&self, id: u32) -> Result<Backend> {
+        self.maps.read_backend(id)
+    }
+}
