@@ -905,50 +905,43 @@ fn interpret_failover(w: &mut String, failover: &[Failover]) {
         lines.join("; ")
     );
 
-    // New connections that follow a finished connection's conntrack entry to its backend.
-    let stuck: Vec<&Run> = failover
-        .iter()
-        .filter(|f| f.target == Target::Geosteer)
-        .flat_map(|f| &f.runs)
-        .filter(|r| r.backends.iter().any(|b| b.later_on_reused_port > 0))
-        .collect();
-    if stuck.is_empty() {
-        return;
+    // A failing backend that got more connections after its first 5xx than its error limit
+    // explains is a defect; the runs where that happened, with how many of those connections
+    // reused the 5-tuple of an earlier connection to the same backend.
+    for target in [Target::Geosteer, Target::GeosteerFreshPorts] {
+        let runs: Vec<&Failover> = failover.iter().filter(|f| f.target == target).collect();
+        let total: usize = runs.iter().map(|f| f.runs.len()).sum();
+        let over: Vec<&Run> = runs
+            .iter()
+            .flat_map(|f| {
+                f.runs.iter().filter(|r| {
+                    r.backends
+                        .iter()
+                        .any(|b| b.later + 1 > f.error_limit as usize)
+                })
+            })
+            .collect();
+        if over.is_empty() {
+            continue;
+        }
+        let backends = || over.iter().flat_map(|r| &r.backends);
+        let later: usize = backends().map(|b| b.later).sum();
+        let reused: usize = backends().map(|b| b.later_on_reused_port).sum();
+        let after: usize = over.iter().map(|r| r.after_first).sum();
+        let _ = writeln!(
+            w,
+            "**Defect: connections to ejected backends.** In {} of {total} runs of \
+             *{}*, a failing backend got more connections after its first 5xx than its \
+             error limit explains: {later} of the {after} connections opened after the first \
+             5xx in those runs ({:.0}%) went to hz1 or hz2. {reused} of these {later} used a \
+             source port whose previous connection in the run had gone to that same backend: \
+             the 5-tuple of a finished connection, whose SYN must be steered as a new \
+             connection (`request()` in `ebpf/src/steer.rs`).\n",
+            over.len(),
+            target.label(),
+            100.0 * later as f64 / after.max(1) as f64,
+        );
     }
-    let geosteer_runs = failover
-        .iter()
-        .filter(|f| f.target == Target::Geosteer)
-        .map(|f| f.runs.len())
-        .sum::<usize>();
-    let later: usize = stuck
-        .iter()
-        .flat_map(|r| &r.backends)
-        .map(|b| b.later)
-        .sum();
-    let reused: usize = stuck
-        .iter()
-        .flat_map(|r| &r.backends)
-        .map(|b| b.later_on_reused_port)
-        .sum();
-    let after: usize = stuck.iter().map(|r| r.after_first).sum();
-    let _ = writeln!(
-        w,
-        "**Source-port reuse defeats the ejection.** With the client's kernel choosing the \
-         source ports, {} of {geosteer_runs} geosteer runs kept sending new connections to the \
-         ejected backends to the end of the run: {later} of the {after} connections opened \
-         after the first 5xx in those runs ({:.0}%) went to hz1 or hz2 and got a 503. {reused} \
-         of these {later} used a source port whose previous connection in the run had gone to \
-         that same backend. The TC program looks a packet's 5-tuple up in conntrack before \
-         anything else (`request()` in `ebpf/src/steer.rs`), and an entry outlives its \
-         connection, so a SYN that reuses the 5-tuple of a finished connection is sent to that \
-         connection's backend, ejected or not, whatever the current table says; only a \
-         backend removed from the service is re-steered. With a fresh 5-tuple for every \
-         connection the ejection works as designed (the *fresh source port* rows). HAProxy \
-         chooses a server for every new client connection, so port reuse does not matter to \
-         it.\n",
-        stuck.len(),
-        100.0 * later as f64 / after.max(1) as f64,
-    );
 }
 
 fn render_apply(w: &mut String, a: &ApplyReport) {
@@ -1022,35 +1015,23 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
         return;
     };
     let growth = large.spread.median_us / small.spread.median_us;
-    let full_apply = format!(
-        "{} at {} services, {} at {}, against {} for `Programmer::apply` of the same services, \
-         which recounts the VIPs once",
-        duration_us(small.controller_initial_ms * 1e3),
-        small.services,
-        duration_us(large.controller_initial_ms * 1e3),
-        large.services,
-        duration_us(large.initial_apply_ms * 1e3),
-    );
-    let scaling = if growth > 2.0 {
-        format!(
-            "Besides the table, `Programmer::apply_one` ends with `sync_vips`, which walks every \
-             live service to recount the ports of each VIP, and the controller finds a \
-             service's model with a linear search: each change does work proportional to the \
-             number of services, so the controller's full apply, one change per service, grows \
-             with its square ({full_apply})."
-        )
+    let scaling = if growth > 1.25 {
+        "part of each change grows with the number of live services"
     } else {
-        format!("The controller's full apply takes {full_apply}.")
+        "a change costs about the same whatever the number of live services"
     };
     let _ = writeln!(
         w,
         "Reading it: the Maglev tables are {} of the {} of kernel memory at {} services (two \
          generations of a 16381-slot table per service, preallocated by the array map whatever \
          is in use; loading the object with them takes {:.1} s). Building one service's table \
-         takes {} of the {} a change costs at {} services. At {} services a change costs {} \
-         (median), {growth:.1}× as much, and an ejection {}. {scaling} A second change of the \
-         same service before the grace period of the first is over waits for the rest of it: \
-         {} (median) per change, {} of {} changes waited.\n",
+         over its 4 backends takes {} of the {} a change costs at {} services. At {} services \
+         a change costs {} (median), {growth:.1}× as much: {scaling}. An ejection costs {} at \
+         {} services and {} at {}. The controller's full apply takes {} at {} services and {} \
+         at {}; its services have two of their four endpoints, cn-shanghai's, at weight 0 \
+         while cn-hangzhou is healthy, so its tables are built over two backends. A second \
+         change of the same service before the grace period of the first is over waits for \
+         the rest of it: {} (median) per change, {} of {} changes waited.\n",
         mib(large.table_bytes),
         mib(large.map_bytes),
         large.services,
@@ -1060,7 +1041,14 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
         small.services,
         large.services,
         duration_us(large.spread.median_us),
+        duration_us(small.ejection.median_us),
+        small.services,
         duration_us(large.ejection.median_us),
+        large.services,
+        duration_us(small.controller_initial_ms * 1e3),
+        small.services,
+        duration_us(large.controller_initial_ms * 1e3),
+        large.services,
         duration_us(large.same_service.median_us),
         large.same_service.grace_waits,
         large.same_service.count,
