@@ -310,7 +310,6 @@ fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
@@ -383,28 +382,6 @@ fn load_noop(prog_type: u32, verdict: u32) -> Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
 }
 
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 struct Run {
     retval: u32,
     /// Mean ns per execution, as the kernel measured it.
@@ -415,31 +392,14 @@ struct Run {
 /// One BPF_PROG_TEST_RUN call. Every program, geosteer's and the no-op, goes through here.
 fn test_run(fd: RawFd, data: &[u8], repeat: u32) -> Result<Run> {
     let mut out = vec![0u8; data.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: fd as u32,
-        data_size_in: data.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: data.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid bpf_attr prefix; both buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    out.truncate(attr.data_size_out as usize);
+    // SAFETY: `fd` is an open program fd owned by the caller for the duration of the call.
+    let prog = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let outcome = geosteer_tests::prog_test_run_repeat(&prog, data, &mut out, repeat)
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(outcome.out_len);
     Ok(Run {
-        retval: attr.retval,
-        duration_ns: attr.duration,
+        retval: outcome.retval,
+        duration_ns: outcome.duration_ns,
         out,
     })
 }

@@ -27,15 +27,34 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+/// What one BPF_PROG_TEST_RUN call reports.
+pub struct TestRunOutcome {
+    pub retval: u32,
+    /// Mean ns per execution, as the kernel measured it.
+    pub duration_ns: u32,
+    /// Bytes written into the output buffer.
+    pub out_len: usize,
+}
+
 /// Runs the program once on `data`; returns the output length written into `out`.
 pub fn prog_test_run(prog: &impl AsFd, data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    prog_test_run_repeat(prog, data, out, 1).map(|o| o.out_len)
+}
+
+/// Runs the program `repeat` times on `data` (BPF_PROG_TEST_RUN).
+pub fn prog_test_run_repeat(
+    prog: &impl AsFd,
+    data: &[u8],
+    out: &mut [u8],
+    repeat: u32,
+) -> std::io::Result<TestRunOutcome> {
     let mut attr = TestRunAttr {
         prog_fd: prog.as_fd().as_raw_fd() as u32,
         data_size_in: data.len() as u32,
         data_size_out: out.len() as u32,
         data_in: data.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ..Default::default()
     };
     // SAFETY: attr points to a properly laid out bpf_attr prefix; the buffers outlive the call.
@@ -50,5 +69,9 @@ pub fn prog_test_run(prog: &impl AsFd, data: &[u8], out: &mut [u8]) -> std::io::
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(attr.data_size_out as usize)
+    Ok(TestRunOutcome {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+        out_len: attr.data_size_out as usize,
+    })
 }

@@ -15,7 +15,7 @@ pub mod agent;
 mod bpf;
 pub mod http;
 
-pub use bpf::prog_test_run;
+pub use bpf::{TestRunOutcome, prog_test_run, prog_test_run_repeat};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
