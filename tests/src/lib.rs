@@ -441,6 +441,22 @@ impl LabSpec {
             with_uplink: false,
         }
     }
+
+    /// The two-region lab of the policy tests: hz1, hz2 (cn-hangzhou, subnets 11 and 12) and
+    /// sh1, sh2 (cn-shanghai, subnets 21 and 22).
+    pub fn two_regions(prefix: &str) -> LabSpec {
+        LabSpec {
+            prefix: prefix.to_string(),
+            backends: [("hz1", 11), ("hz2", 12), ("sh1", 21), ("sh2", 22)]
+                .into_iter()
+                .map(|(name, subnet_index)| BackendSpec {
+                    name: name.into(),
+                    subnet_index,
+                })
+                .collect(),
+            with_uplink: false,
+        }
+    }
 }
 
 pub struct LabBackend {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use geosteer_tests::{
-    BackendSpec, HttpOptions, Lab, LabSpec,
+    HttpOptions, Lab, LabSpec,
     agent::{Agent, METRICS_ADDRESS, PinDir},
     bin_path, http_from, require_root,
 };
@@ -25,19 +25,7 @@ const CLIENT: &str = "198.18.0.2";
 /// hz1, hz2 in cn-hangzhou; sh1, sh2 in cn-shanghai; HTTP on 8080, UDP on 5353.
 fn two_region_lab(prefix: &str) -> Lab {
     require_root();
-    let backends = [("hz1", 11), ("hz2", 12), ("sh1", 21), ("sh2", 22)]
-        .into_iter()
-        .map(|(name, subnet_index)| BackendSpec {
-            name: name.into(),
-            subnet_index,
-        })
-        .collect();
-    let mut lab = Lab::build(&LabSpec {
-        prefix: prefix.into(),
-        backends,
-        with_uplink: false,
-    })
-    .expect("lab builds");
+    let mut lab = Lab::build(&LabSpec::two_regions(prefix)).expect("lab builds");
     lab.start_backends(8080, Some(5353))
         .expect("backends start");
     lab

@@ -10,7 +10,7 @@ use std::{
 };
 
 use geosteer_tests::{
-    BackendSpec, HttpOptions, HttpReport, Lab, LabSpec,
+    HttpOptions, HttpReport, Lab, LabSpec,
     agent::{Agent, PinDir},
     http_from, require_root,
 };
@@ -20,19 +20,7 @@ const VIP: &str = "198.19.0.10:80";
 /// hz1, hz2 in cn-hangzhou (cluster ack-hangzhou); sh1, sh2 in cn-shanghai (ack-shanghai).
 fn two_region_lab(prefix: &str) -> Lab {
     require_root();
-    let backends = [("hz1", 11), ("hz2", 12), ("sh1", 21), ("sh2", 22)]
-        .into_iter()
-        .map(|(name, subnet_index)| BackendSpec {
-            name: name.into(),
-            subnet_index,
-        })
-        .collect();
-    let mut lab = Lab::build(&LabSpec {
-        prefix: prefix.into(),
-        backends,
-        with_uplink: false,
-    })
-    .expect("lab builds");
+    let mut lab = Lab::build(&LabSpec::two_regions(prefix)).expect("lab builds");
     lab.start_backends(8080, None).expect("backends start");
     lab
 }
