@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use geosteer_common::{EjectEvent, Settings};
+use geosteer_common::EjectEvent;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -150,9 +150,14 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let mut ebpf = loader::load(MapSizes::from(&dataplane), Some(&dataplane.pin_path))?;
     loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
-    maps.write_settings(&Settings {
-        connect_timeout_ns: dataplane.connect_timeout.as_nanos() as u64,
-    })?;
+    let kept = maps.read_settings()?;
+    let settings = crate::dataplane::node_settings(&kept, &dataplane)?;
+    if kept.hash_seed == 0 {
+        info!("created this node's flow-hash key (kept in the pinned settings map)");
+    } else {
+        info!("kept this node's flow-hash key from the pinned settings map");
+    }
+    maps.write_settings(&settings)?;
 
     let programmer = Programmer::recover(&maps, dataplane.max_services, dataplane.max_backends)?;
     let recovered = programmer.live_keys().len();

@@ -12,11 +12,13 @@
 mod effective;
 mod istio;
 mod policy;
+mod protocol;
 
 pub use effective::{EffectivePolicy, effective_traffic_policy, warnings};
 pub use istio::{DESTINATION_RULE_API_VERSIONS, LoadedDestinationRule, bound_destination_rule};
+pub use protocol::{AppProtocol, ProtocolChoice, app_protocol};
 pub use policy::{
-    DEFAULT_BASE_EJECTION_TIME, DEFAULT_CONSECUTIVE_5XX_ERRORS, DEFAULT_MAX_EJECTION_PERCENT,
+    ConnectionPool, DEFAULT_BASE_EJECTION_TIME, TcpSettings, DEFAULT_CONSECUTIVE_5XX_ERRORS, DEFAULT_MAX_EJECTION_PERCENT,
     DEFAULT_OUTLIER_INTERVAL, Defaults, DistributeRule, FailoverRule, HEALTH_CHECK_INTERVAL_RANGE,
     HEALTH_CHECK_THRESHOLD_RANGE, HealthCheck, HealthCheckKind, LoadBalancer, LocalityLbSetting,
     MAX_CLUSTER_WEIGHT, MAX_CONSECUTIVE_ERRORS, OUTLIER_DURATION_RANGE, OutlierDetection,
@@ -108,12 +110,40 @@ pub struct Dataplane {
     pub max_backends: u32,
     /// bpffs directory where the maps are pinned, so state survives an agent restart.
     pub pin_path: PathBuf,
-    /// A SYN that sees no SYN-ACK for this long counts as a connect failure. Zero disables it.
+    /// Node-wide default of Istio's `connectionPool.tcp.connectTimeout` (MeshConfig
+    /// `connectTimeout`, 10 s): a SYN still unanswered this long after the first is a connect
+    /// timeout. A service's own `connectionPool.tcp.connectTimeout` wins. Zero disables it.
     #[serde(
         serialize_with = "serialize_duration",
         deserialize_with = "deserialize_duration"
     )]
     pub connect_timeout: Duration,
+    pub conntrack: ConntrackTimeouts,
+}
+
+/// Default `dataplane.connectTimeout` (Istio MeshConfig `connectTimeout`).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `dataplane.conntrack.udpTimeout` (Envoy udp_proxy `idle_timeout`).
+pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long flows live in conntrack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConntrackTimeouts {
+    /// A UDP flow idle this long is over: its next datagram is steered anew. Zero: never.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub udp_timeout: Duration,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            udp_timeout: DEFAULT_UDP_TIMEOUT,
+        }
+    }
 }
 
 impl Default for Dataplane {
@@ -126,7 +156,8 @@ impl Default for Dataplane {
             max_services: DEFAULT_MAX_SERVICES,
             max_backends: DEFAULT_MAX_BACKENDS,
             pin_path: PathBuf::from("/sys/fs/bpf/geosteer"),
-            connect_timeout: Duration::from_secs(1),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            conntrack: ConntrackTimeouts::default(),
         }
     }
 }
@@ -292,6 +323,10 @@ pub struct RemoteCluster {
 pub struct ServicePort {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Kubernetes `appProtocol` (e.g. `http`, `kubernetes.io/h2c`): with `name`, decides how the
+    /// health signals read the port (see `protocol.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
     pub port: u16,
     pub target_port: u16,
     pub protocol: Protocol,
@@ -302,6 +337,7 @@ pub struct ServicePort {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ServicePortInFile {
     name: Option<String>,
+    app_protocol: Option<String>,
     port: u16,
     target_port: Option<u16>,
     #[serde(default)]
@@ -312,6 +348,7 @@ impl From<ServicePortInFile> for ServicePort {
     fn from(port: ServicePortInFile) -> Self {
         ServicePort {
             name: port.name,
+            app_protocol: port.app_protocol,
             port: port.port,
             // Like Kubernetes: a backend listens on the service port unless told otherwise.
             target_port: port.target_port.unwrap_or(port.port),
@@ -1044,6 +1081,7 @@ services:
                 max_backends: 65_536,
                 pin_path: "/sys/fs/bpf/geosteer".into(),
                 connect_timeout: Duration::from_secs(1),
+                conntrack: ConntrackTimeouts::default(),
             },
             admin: Admin::default(),
             defaults: Defaults::default(),
@@ -1054,6 +1092,7 @@ services:
                 vip: Ipv4Addr::new(10, 96, 0, 10),
                 ports: vec![ServicePort {
                     name: None,
+                    app_protocol: None,
                     port: 80,
                     target_port: 9080,
                     protocol: Protocol::Tcp,
@@ -1100,6 +1139,7 @@ services:
             service.ports[0],
             ServicePort {
                 name: None,
+                app_protocol: None,
                 port: 53,
                 target_port: 53,
                 protocol: Protocol::Udp

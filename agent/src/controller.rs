@@ -3,9 +3,11 @@
 //! per-backend weights the data path gets. Every change recomputes only the services it touches
 //! and applies each with one atomic swap (see `programmer`).
 //!
-//! The kernel ejected flag of a backend is kept equal to "not routable": passively ejected or
-//! actively unhealthy — except while the service is in panic (below minHealthPercent), where
-//! Envoy ignores health, so the flags are cleared.
+//! One ejection truth: the kernel makes every passive ejection (atomically, within the
+//! service's maxEjectionPercent) and the agent runs its clock; the agent's own routing decision
+//! (active health, panic) lives in the backend entry's flags, which only the agent writes. Each
+//! outlier interval a reconcile pass compares the kernel's flags with the agent's clocks and
+//! repairs either side (a lost ring-buffer event, a restart), logging and counting each repair.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -14,7 +16,7 @@ use std::{
 };
 
 use anyhow::Result;
-use geosteer_common::{BackendState, EjectEvent, ServiceKey, ServiceState};
+use geosteer_common::{BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ServiceKey};
 use tracing::{info, warn};
 
 use crate::{
@@ -22,7 +24,7 @@ use crate::{
     dataplane::Dataplane,
     outlier, policy,
     probe::{ActiveHealth, ProbeKind, ProbeSpec},
-    programmer::{DesiredBackend, DesiredService, Programmer},
+    programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
 };
 
 /// One service port as the controller sees it.
@@ -33,6 +35,10 @@ pub struct ServiceModel {
     pub key: ServiceKey,
     pub endpoints: Vec<EndpointModel>,
     pub policy: config::EffectivePolicy,
+    /// How the kernel reads the port's flows (Istio protocol selection).
+    pub protocol: config::ProtocolChoice,
+    /// The service's connectTimeout, or the node's default.
+    pub connect_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -56,10 +62,6 @@ pub type HealthKey = (ServiceKey, u32, u16);
 pub struct BackendHealth {
     pub outlier: outlier::Host,
     pub active: ActiveHealth,
-    /// The ejected flag this agent last wrote. The kernel may set the flag on its own at any
-    /// time; the agent only writes on a change of its own decision, so it never clears an
-    /// ejection whose event it has not processed yet.
-    pub flag_written: Option<bool>,
 }
 
 impl BackendHealth {
@@ -149,6 +151,9 @@ pub struct Controller {
     pub revision: u64,
     next_event_seq: u64,
     last_sweep: BTreeMap<ServiceKey, Duration>,
+    /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
+    /// the reconcile pass repaired.
+    pub reconcile_repairs: u64,
 }
 
 const MAX_EVENTS: usize = 1000;
@@ -171,6 +176,10 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     proto: port.protocol.number(),
                     _pad: 0,
                 },
+                protocol: config::app_protocol(port),
+                connect_timeout: policy
+                    .connect_timeout
+                    .unwrap_or(config.dataplane.connect_timeout),
                 endpoints: service
                     .endpoints
                     .iter()
@@ -269,6 +278,7 @@ impl Controller {
             revision: 0,
             next_event_seq: 1,
             last_sweep: BTreeMap::new(),
+            reconcile_repairs: 0,
         }
     }
 
@@ -330,6 +340,25 @@ impl Controller {
         let weights = policy::maglev_weights(&output.shares);
         let od = service.policy.outlier_detection.as_ref();
         let limit = |n: u32| n.min(u16::MAX as u32) as u16;
+        // Envoy's host set is what this node can route to: `distribute` has already dropped
+        // the localities it does not list, so they are not in any priority.
+        let host_set: usize = output.priorities.iter().map(|p| p.total).sum();
+        let max_ejected = od.map_or(0, |od| {
+            outlier::ejection_budget(host_set, 0, od.max_ejection_percent) as u32
+        });
+        let flags = |e: &EndpointModel| {
+            if output.panic {
+                BACKEND_FLAG_PANIC
+            } else if self
+                .health
+                .get(&e.health_key(&service.key))
+                .is_some_and(|h| !h.routable())
+            {
+                BACKEND_FLAG_UNROUTABLE
+            } else {
+                0
+            }
+        };
         DesiredService {
             name: service.name.clone(),
             key: service.key,
@@ -343,8 +372,15 @@ impl Controller {
                     weight,
                     eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
                     eject_after_gateway: od.map_or(0, |od| limit(od.consecutive_gateway_errors)),
+                    flags: flags(e),
                 })
                 .collect(),
+            settings: ServiceSettings {
+                app_protocol: service.protocol.protocol.kernel_value(),
+                connect_timeout_ns: service.connect_timeout.as_nanos().min(u64::MAX as u128)
+                    as u64,
+                max_ejected,
+            },
         }
     }
 
@@ -362,7 +398,9 @@ impl Controller {
         if changed {
             self.swaps.observe(started.elapsed());
         }
-        self.sync_kernel_health(dp, &service, output.panic)?;
+        for e in &service.endpoints {
+            self.health.entry(e.health_key(key)).or_default();
+        }
         self.revision += 1;
         let now_mode = describe_load(&output);
         if previous_mode.as_deref() != Some(now_mode.as_str()) && previous_mode.is_some() {
@@ -395,52 +433,19 @@ impl Controller {
             self.programmer.remove_one(dp, key)?;
             self.views.remove(key);
         }
-        self.health.retain(|(k, _, _), _| wanted_set.contains(k));
+        // An endpoint that left is forgotten: if it comes back it is a new host (Envoy), with no
+        // inherited ejection or backoff.
+        let wanted_endpoints: std::collections::BTreeSet<HealthKey> = self
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(|e| e.health_key(&s.key)))
+            .collect();
+        self.health.retain(|key, _| wanted_endpoints.contains(key));
         let mut changed = 0;
         for key in wanted {
             changed += self.refresh(dp, &key)? as usize;
         }
         Ok(changed)
-    }
-
-    /// Writes each backend's ejected flag and the service's ejection budget.
-    fn sync_kernel_health(
-        &mut self,
-        dp: &mut dyn Dataplane,
-        service: &ServiceModel,
-        panic: bool,
-    ) -> Result<()> {
-        let mut passive_ejected = 0;
-        for e in &service.endpoints {
-            let key = e.health_key(&service.key);
-            let health = self.health.entry(key).or_default();
-            passive_ejected += health.outlier.is_ejected() as usize;
-            let Some(id) = self.programmer.backend_id(&service.key, key.1, key.2) else {
-                continue;
-            };
-            let flag = !panic && !health.routable();
-            if health.flag_written != Some(flag) {
-                dp.set_ejected(id, flag)?;
-                health.flag_written = Some(flag);
-            }
-        }
-        let budget = match &service.policy.outlier_detection {
-            Some(od) => outlier::ejection_budget(
-                service.endpoints.len(),
-                passive_ejected,
-                od.max_ejection_percent,
-            ),
-            None => 0,
-        };
-        if let Some(live) = self.programmer.service(&service.key) {
-            dp.write_service_state(
-                live.id,
-                &ServiceState {
-                    eject_budget: budget as i64,
-                },
-            )?;
-        }
-        Ok(())
     }
 
     /// The kernel ejected a backend (consecutive errors reached the limit).
@@ -463,17 +468,8 @@ impl Controller {
         if health.outlier.is_ejected() {
             return Ok(());
         }
+        // The kernel has already reset the consecutive counters (Envoy does on ejection).
         let length = health.outlier.eject(now, &outlier_settings(&od));
-        health.flag_written = Some(true);
-        // Envoy resets the consecutive counters on ejection.
-        dp.write_backend_state(
-            event.backend_id,
-            &BackendState {
-                ejected: 1,
-                ejected_at_ns: event.at_ns,
-                ..Default::default()
-            },
-        )?;
         let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
         let reason = if event.consecutive_5xx >= od.consecutive_5xx_errors as u64
             && od.consecutive_5xx_errors != 0
@@ -501,7 +497,8 @@ impl Controller {
         Ok(())
     }
 
-    /// The outlier `interval` timer of every service that is due: un-eject and decay.
+    /// The outlier `interval` timer of every service that is due: reconcile the kernel's books
+    /// with the agent's, then un-eject and decay.
     pub fn sweep(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
         let due: Vec<(ServiceKey, config::OutlierDetection)> = self
             .services
@@ -513,22 +510,25 @@ impl Controller {
                     .is_none_or(|last| now >= *last + od.interval)
             })
             .collect();
-        for (key, _) in due {
+        for (key, od) in due {
             self.last_sweep.insert(key, now);
+            let repaired = self.reconcile(dp, &key, &od, now)?;
             let mut unejected = Vec::new();
             for ((k, addr, port), health) in self.health.iter_mut() {
                 if *k == key && health.outlier.sweep(now) == outlier::SweepResult::Unejected {
                     unejected.push((*addr, *port));
                 }
             }
-            if unejected.is_empty() {
+            if unejected.is_empty() && !repaired {
                 continue;
             }
             for (addr, port) in &unejected {
                 if let Some(id) = self.programmer.backend_id(&key, *addr, *port) {
-                    dp.write_backend_state(id, &BackendState::default())?;
-                    if let Some(h) = self.health.get_mut(&(key, *addr, *port)) {
-                        h.flag_written = Some(false);
+                    // The kernel ignores an ejected host's signals, so nothing races this write;
+                    // counters start from zero (Envoy).
+                    if dp.read_backend_state(id)?.ejected != 0 {
+                        dp.write_backend_state(id, &BackendState::default())?;
+                        self.programmer.release_ejections(dp, &key, 1)?;
                     }
                 }
                 let name = self.model(&key).map(|s| s.name.clone()).unwrap_or_default();
@@ -542,6 +542,79 @@ impl Controller {
             self.refresh(dp, &key)?;
         }
         Ok(())
+    }
+
+    /// Compares the kernel's ejection flags and count with the agent's clocks for one service
+    /// and repairs the difference: a kernel ejection the agent never heard of (a lost ring
+    /// event, an agent restart) gets a clock; an ejection the agent is timing but the kernel
+    /// lost gets its flag back; the kernel's count of current ejections is set to the number
+    /// of flags. Returns whether anything was repaired.
+    pub fn reconcile(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        key: &ServiceKey,
+        od: &config::OutlierDetection,
+        now: Duration,
+    ) -> Result<bool> {
+        let Some(service) = self.model(key).cloned() else {
+            return Ok(false);
+        };
+        let Some(live) = self.programmer.service(key) else {
+            return Ok(false);
+        };
+        let service_id = live.id;
+        let released = live.ejections_released;
+        // Read before the flags: an ejection the kernel makes in between then shows in the flags
+        // but not in this count, which errs on the side of ejecting less until the next pass.
+        let ejections = dp.read_service_state(service_id)?.ejections;
+        let mut repairs = Vec::new();
+        let mut flagged = 0i64;
+        for e in &service.endpoints {
+            let health_key = e.health_key(key);
+            let Some(id) = self.programmer.backend_id(key, health_key.1, health_key.2) else {
+                continue;
+            };
+            let state = dp.read_backend_state(id)?;
+            let health = self.health.entry(health_key).or_default();
+            let endpoint = SocketAddrV4::new(e.ip, e.port);
+            match (state.ejected != 0, health.outlier.is_ejected()) {
+                (true, false) => {
+                    let length = health.outlier.eject(now, &outlier_settings(od));
+                    repairs.push(format!(
+                        "kernel had ejected {endpoint} unknown to the agent: ejected for {length:?}"
+                    ));
+                }
+                (false, true) => {
+                    dp.write_backend_state(
+                        id,
+                        &BackendState {
+                            ejected: 1,
+                            ..BackendState::default()
+                        },
+                    )?;
+                    repairs.push(format!(
+                        "kernel had lost the ejection of {endpoint}: flag restored"
+                    ));
+                }
+                _ => {}
+            }
+            flagged += (state.ejected != 0 || health.outlier.is_ejected()) as i64;
+        }
+        if ejections - released != flagged {
+            self.programmer
+                .set_ejections_released(dp, key, ejections - flagged)?;
+            repairs.push(format!(
+                "kernel counted {} current ejections, {flagged} hosts are ejected: books repaired",
+                ejections - released
+            ));
+        }
+        let repaired = !repairs.is_empty();
+        for repair in repairs {
+            warn!(service = %service.name, "reconcile: {repair}");
+            self.reconcile_repairs += 1;
+            self.event(EventKind::Ejection, format!("{}: reconcile: {repair}", service.name));
+        }
+        Ok(repaired)
     }
 
     /// An active probe result.

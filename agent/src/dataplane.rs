@@ -12,17 +12,17 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey, ServiceKey,
-    ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
+    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey, ServiceConfig,
+    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
 };
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
 /// which [`crate::programmer::Programmer`] calls them is the order the kernel observes.
 pub trait Dataplane {
     fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
+    /// Writes a backend's outlier state whole. Only safe while the kernel leaves it alone: a
+    /// fresh backend id, or ending an ejection (the kernel ignores an ejected host's signals).
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()>;
-    /// Sets or clears only the ejected flag (the consecutive counters are the kernel's).
-    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()>;
     fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()>;
     /// The one update that makes a service (or its new generation) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
@@ -30,7 +30,9 @@ pub trait Dataplane {
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
     fn remove_vip(&mut self, addr: u32) -> Result<()>;
     fn write_settings(&mut self, settings: &Settings) -> Result<()>;
+    /// Kernel-owned: written only to zero a newly allocated service id.
     fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()>;
+    fn write_service_config(&mut self, id: u32, config: &ServiceConfig) -> Result<()>;
     /// Waits until no packet that started before this call is still running a program, so a
     /// table retired before it can be rewritten.
     fn grace_period(&mut self) -> Result<()>;
@@ -50,6 +52,9 @@ pub trait Dataplane {
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
     fn read_table(&self, index: u32) -> Result<Box<ServiceTable>>;
     fn read_backend(&self, id: u32) -> Result<Backend>;
+    fn read_backend_state(&self, id: u32) -> Result<BackendState>;
+    fn read_service_state(&self, id: u32) -> Result<ServiceState>;
+    fn read_service_config(&self, id: u32) -> Result<ServiceConfig>;
 }
 
 /// Waits for an RCU grace period. TC and XDP programs run inside RCU read-side sections, and
@@ -122,6 +127,7 @@ pub struct BpfMaps {
     pub drops: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
     pub service_state: Array<MapData, ServiceState>,
+    pub service_config: Array<MapData, ServiceConfig>,
     pub events: aya::maps::RingBuf<MapData>,
     pub grace: Arc<BackgroundGrace>,
 }
@@ -145,6 +151,7 @@ impl BpfMaps {
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
             service_state: Array::try_from(take(map_names::SERVICE_STATE)?)?,
+            service_config: Array::try_from(take(map_names::SERVICE_CONFIG)?)?,
             events: aya::maps::RingBuf::try_from(take(map_names::EVENTS)?)?,
             grace: Arc::default(),
         })
@@ -177,6 +184,7 @@ impl BpfMaps {
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
             service_state: Array::try_from(open(map_names::SERVICE_STATE)?)?,
+            service_config: Array::try_from(open(map_names::SERVICE_CONFIG)?)?,
             events: aya::maps::RingBuf::try_from(Map::RingBuf(
                 MapData::from_pin(dir.join(map_names::EVENTS))
                     .context("opening pinned events ring")?,
@@ -205,6 +213,10 @@ impl BpfMaps {
     pub fn drops(&self, reason: DropReason) -> Result<u64> {
         let per_cpu = self.drops.get(&(reason as u32), 0)?;
         Ok(per_cpu.iter().sum())
+    }
+
+    pub fn read_settings(&self) -> Result<Settings> {
+        self.settings.get(&0, 0).context("reading settings")
     }
 
     /// How many entries the resizable maps were created with.
@@ -239,6 +251,35 @@ impl BpfMaps {
     }
 }
 
+/// The node-wide kernel settings from the config, keeping the flow-hash key already in the
+/// (pinned) map, or making one from the kernel's random source on the first start.
+pub fn node_settings(kept: &Settings, dataplane: &crate::config::Dataplane) -> Result<Settings> {
+    let hash_seed = if kept.hash_seed != 0 {
+        kept.hash_seed
+    } else {
+        random_nonzero_u64()?
+    };
+    Ok(Settings {
+        hash_seed,
+        udp_timeout_ns: dataplane.conntrack.udp_timeout.as_nanos().min(u64::MAX as u128) as u64,
+    })
+}
+
+fn random_nonzero_u64() -> Result<u64> {
+    loop {
+        let mut bytes = [0u8; 8];
+        // SAFETY: the buffer is valid for 8 bytes.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != bytes.len() as isize {
+            return Err(std::io::Error::last_os_error()).context("getrandom for the flow-hash key");
+        }
+        let seed = u64::from_ne_bytes(bytes);
+        if seed != 0 {
+            return Ok(seed);
+        }
+    }
+}
+
 /// Sizes of the maps an operator watches fill up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capacities {
@@ -260,6 +301,8 @@ fn sum_backend(per_cpu: &PerCpuValues<BackendCounters>) -> BackendCounters {
         }
         t.resets += c.resets;
         t.connect_failures += c.connect_failures;
+        t.http_skipped += c.http_skipped;
+        t.ignored_while_ejected += c.ignored_while_ejected;
     }
     t
 }
@@ -275,21 +318,6 @@ impl Dataplane for BpfMaps {
         self.backend_state
             .set(id, state, 0)
             .with_context(|| format!("writing backend state {id}"))
-    }
-
-    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()> {
-        let mut state = self
-            .backend_state
-            .get(&id, 0)
-            .with_context(|| format!("reading backend state {id}"))?;
-        if (state.ejected != 0) == ejected {
-            return Ok(());
-        }
-        state.ejected = ejected as u32;
-        if !ejected {
-            state.ejected_at_ns = 0;
-        }
-        self.write_backend_state(id, &state)
     }
 
     fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
@@ -332,6 +360,12 @@ impl Dataplane for BpfMaps {
         self.service_state
             .set(id, state, 0)
             .with_context(|| format!("writing service state {id}"))
+    }
+
+    fn write_service_config(&mut self, id: u32, config: &ServiceConfig) -> Result<()> {
+        self.service_config
+            .set(id, config, 0)
+            .with_context(|| format!("writing service config {id}"))
     }
 
     fn grace_period(&mut self) -> Result<()> {
@@ -381,5 +415,23 @@ impl Dataplane for BpfMaps {
         self.backends
             .get(&id, 0)
             .with_context(|| format!("reading backend {id}"))
+    }
+
+    fn read_backend_state(&self, id: u32) -> Result<BackendState> {
+        self.backend_state
+            .get(&id, 0)
+            .with_context(|| format!("reading backend state {id}"))
+    }
+
+    fn read_service_state(&self, id: u32) -> Result<ServiceState> {
+        self.service_state
+            .get(&id, 0)
+            .with_context(|| format!("reading service state {id}"))
+    }
+
+    fn read_service_config(&self, id: u32) -> Result<ServiceConfig> {
+        self.service_config
+            .get(&id, 0)
+            .with_context(|| format!("reading service config {id}"))
     }
 }

@@ -52,6 +52,7 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
         .map_max_entries(map_names::TABLES, sizes.max_services * 2)
         .map_max_entries(map_names::SERVICE_STATS, sizes.max_services)
         .map_max_entries(map_names::SERVICE_STATE, sizes.max_services)
+        .map_max_entries(map_names::SERVICE_CONFIG, sizes.max_services)
         .map_max_entries(map_names::BACKENDS, sizes.max_backends)
         .map_max_entries(map_names::BACKEND_STATE, sizes.max_backends)
         .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)

@@ -47,9 +47,16 @@ impl Host {
         self.ejected_until.is_some()
     }
 
-    /// Records an ejection at `now`; returns how long it lasts.
+    /// Records an ejection at `now`; returns how long it lasts. The multiplier grows only while
+    /// base × n < max + base (Envoy `ejectHost`), so a host that keeps failing is not held
+    /// for ever longer after it recovers: the decay needs at most a few intervals.
     pub fn eject(&mut self, now: Duration, settings: &Settings) -> Duration {
-        self.backoff += 1;
+        let cap = max_ejection_time(settings.base_ejection_time);
+        if settings.base_ejection_time.saturating_mul(self.backoff)
+            < cap + settings.base_ejection_time
+        {
+            self.backoff += 1;
+        }
         self.ejections_total += 1;
         let length = ejection_time(settings.base_ejection_time, self.backoff);
         self.ejected_until = Some(now + length);
@@ -73,10 +80,15 @@ impl Host {
     }
 }
 
+/// Envoy's `max_ejection_time` where Istio leaves it unset: max(300 s, base).
+fn max_ejection_time(base: Duration) -> Duration {
+    base.max(MAX_EJECTION_TIME_FLOOR)
+}
+
 /// base × n, capped at max(300 s, base).
 pub fn ejection_time(base: Duration, backoff: u32) -> Duration {
-    let cap = base.max(MAX_EJECTION_TIME_FLOOR);
-    base.saturating_mul(backoff.max(1)).min(cap)
+    base.saturating_mul(backoff.max(1))
+        .min(max_ejection_time(base))
 }
 
 /// How many more hosts may be ejected now: the largest k with (ejected + k) / total ≤ max%.
@@ -103,6 +115,24 @@ mod tests {
             base_ejection_time: Duration::from_secs(base_secs),
             max_ejection_percent: 10,
         }
+    }
+
+    /// Envoy grows the multiplier only while base × n < max + base: with base 30 s and max
+    /// 300 s it stops at 11, so a recovered host needs at most 11 intervals of decay, not one
+    /// per ejection it ever had.
+    #[test]
+    fn multiplier_stops_growing_at_the_cap() {
+        let settings = s(30);
+        let mut host = Host::default();
+        for i in 0..50 {
+            host.eject(Duration::from_secs(i * 1000), &settings);
+        }
+        assert_eq!(host.backoff, 11);
+        assert_eq!(host.ejections_total, 50);
+        assert_eq!(
+            host.eject(Duration::from_secs(60_000), &settings),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

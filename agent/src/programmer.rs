@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendState, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    ServiceKey, ServiceTable, ServiceValue,
+    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
 };
 
 use crate::{
@@ -22,12 +22,25 @@ use crate::{
 };
 
 /// A service port as the data path sees it: VIP:port/proto → weighted backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredService {
     /// Human name, e.g. `default/reviews:80/TCP` (logs and diagnostics).
     pub name: String,
     pub key: ServiceKey,
     pub backends: Vec<DesiredBackend>,
+    pub settings: ServiceSettings,
+}
+
+/// The per-service settings the kernel reads ([`ServiceConfig`] without the agent's runtime
+/// bookkeeping).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// `APP_PROTOCOL_*`.
+    pub app_protocol: u8,
+    /// 0 disables the connect timeout.
+    pub connect_timeout_ns: u64,
+    /// maxEjectionPercent of the host set, as a count (0: the kernel never ejects).
+    pub max_ejected: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,6 +54,8 @@ pub struct DesiredBackend {
     /// Consecutive-error limits the kernel ejects at (0 = off).
     pub eject_after_5xx: u16,
     pub eject_after_gateway: u16,
+    /// `BACKEND_FLAG_UNROUTABLE` and `BACKEND_FLAG_PANIC` (ACTIVE is the programmer's).
+    pub flags: u8,
 }
 
 impl DesiredBackend {
@@ -64,7 +79,26 @@ pub struct LiveService {
     flipped_at: u64,
     /// Backend ids by (addr, port), with what was last written for them.
     pub backends: BTreeMap<(u32, u16), (u32, DesiredBackend)>,
+    /// Outlier ejections of this service id that the agent has ended (the kernel counts the
+    /// ones it made; the difference is how many are ejected now).
+    pub ejections_released: i64,
     desired: DesiredService,
+}
+
+impl LiveService {
+    fn kernel_config(&self) -> ServiceConfig {
+        config_entry(&self.desired.settings, self.ejections_released)
+    }
+}
+
+fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceConfig {
+    ServiceConfig {
+        connect_timeout_ns: settings.connect_timeout_ns,
+        ejections_released,
+        max_ejected: settings.max_ejected,
+        app_protocol: settings.app_protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Result of one apply, for logs and measurements.
@@ -140,14 +174,21 @@ impl Programmer {
                     weight: 0,
                     eject_after_5xx: b.eject_after_5xx,
                     eject_after_gateway: b.eject_after_gateway,
+                    flags: b.flags & !BACKEND_FLAG_ACTIVE,
                 };
                 backends.insert((b.addr, b.port), (id, desired));
             }
             used_services.insert(value.id);
+            let config = dp.read_service_config(value.id)?;
             let desired = DesiredService {
                 name: String::new(),
                 key,
                 backends: backends.values().map(|(_, b)| b.clone()).collect(),
+                settings: ServiceSettings {
+                    app_protocol: config.app_protocol,
+                    connect_timeout_ns: config.connect_timeout_ns,
+                    max_ejected: config.max_ejected,
+                },
             };
             p.live.insert(
                 key,
@@ -157,6 +198,7 @@ impl Programmer {
                     generation: value.generation,
                     flipped_at: 1,
                     backends,
+                    ejections_released: config.ejections_released,
                     desired,
                 },
             );
@@ -225,6 +267,35 @@ impl Programmer {
                 dp.remove_vip(key.addr)
             }
         }
+    }
+
+    /// Ends `count` of the service's outlier ejections on the kernel's books (ejection time
+    /// over), so maxEjectionPercent lets that many more hosts go.
+    pub fn release_ejections(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        key: &ServiceKey,
+        count: i64,
+    ) -> Result<()> {
+        let Some(live) = self.live.get_mut(key) else {
+            return Ok(());
+        };
+        live.ejections_released += count;
+        dp.write_service_config(live.id, &live.kernel_config())
+    }
+
+    /// Sets the released count outright (the reconcile pass repairs the books with it).
+    pub fn set_ejections_released(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        key: &ServiceKey,
+        released: i64,
+    ) -> Result<()> {
+        let Some(live) = self.live.get_mut(key) else {
+            return Ok(());
+        };
+        live.ejections_released = released;
+        dp.write_service_config(live.id, &live.kernel_config())
     }
 
     /// The service and endpoint behind a kernel backend id.
@@ -298,15 +369,26 @@ impl Programmer {
         }
         let mut grace = 0;
         let existing = self.live.remove(&desired.key);
-        let (id, next_generation, flipped_at, mut old_backends) = match existing {
-            Some(live) => (live.id, live.generation ^ 1, live.flipped_at, live.backends),
-            None => (
-                self.allocate_service_id(dp, &mut grace)?,
-                0,
-                0,
-                BTreeMap::new(),
-            ),
-        };
+        let previous_settings = existing.as_ref().map(|live| live.desired.settings);
+        let (id, next_generation, flipped_at, mut old_backends, mut ejections_released) =
+            match existing {
+                Some(live) => (
+                    live.id,
+                    live.generation ^ 1,
+                    live.flipped_at,
+                    live.backends,
+                    live.ejections_released,
+                ),
+                None => {
+                    let id = self.allocate_service_id(dp, &mut grace)?;
+                    // A reused id starts with no ejections on its books.
+                    dp.write_service_state(id, &ServiceState::default())?;
+                    (id, 0, 0, BTreeMap::new(), 0)
+                }
+            };
+        if previous_settings != Some(desired.settings) {
+            dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
+        }
         // The idle generation was live until `flipped_at`: wait until no packet can still use it
         // (usually the background grace period requested at that flip has long finished).
         self.grace_seq = self.grace_seq.max(dp.grace_completed());
@@ -320,8 +402,8 @@ impl Programmer {
         for b in &desired.backends {
             let backend_id = match old_backends.remove(&(b.addr, b.port)) {
                 Some((backend_id, before)) => {
-                    if (before.eject_after_5xx, before.eject_after_gateway)
-                        != (b.eject_after_5xx, b.eject_after_gateway)
+                    if (before.eject_after_5xx, before.eject_after_gateway, before.flags)
+                        != (b.eject_after_5xx, b.eject_after_gateway, b.flags)
                     {
                         dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
                     }
@@ -353,10 +435,19 @@ impl Programmer {
         dp.request_grace(self.flip_seq);
 
         // Backends no longer desired: flows pinned to them are re-steered by the kernel once
-        // the slot is inactive; the id waits out a grace period before reuse.
+        // the slot is inactive; the id waits out a grace period before reuse. An ejection of a
+        // removed backend is over: it no longer counts against maxEjectionPercent, and the
+        // endpoint, if it comes back, is a new host with a new id.
+        let released_before = ejections_released;
         for (backend_id, _) in old_backends.into_values() {
             dp.write_backend(backend_id, &Backend::default())?;
+            if dp.read_backend_state(backend_id)?.ejected != 0 {
+                ejections_released += 1;
+            }
             self.quarantined_backends.push(backend_id);
+        }
+        if ejections_released != released_before {
+            dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
         }
         self.live.insert(
             desired.key,
@@ -366,6 +457,7 @@ impl Programmer {
                 generation: next_generation,
                 flipped_at: self.flip_seq,
                 backends,
+                ejections_released,
                 desired: desired.clone(),
             },
         );
@@ -456,7 +548,7 @@ fn backend_entry(service: &DesiredService, b: &DesiredBackend, service_id: u32) 
         addr: b.addr,
         port: b.port,
         proto: service.key.proto,
-        flags: BACKEND_FLAG_ACTIVE,
+        flags: BACKEND_FLAG_ACTIVE | b.flags,
         service_id,
         eject_after_5xx: b.eject_after_5xx,
         eject_after_gateway: b.eject_after_gateway,

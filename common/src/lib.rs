@@ -23,9 +23,10 @@ pub mod map_names {
     pub const SETTINGS: &str = "GS_SETTINGS";
     pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
     pub const EVENTS: &str = "GS_EVENTS";
+    pub const SERVICE_CONFIG: &str = "GS_SERVICE_CONFIG";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -38,6 +39,7 @@ pub mod map_names {
         SETTINGS,
         SERVICE_STATE,
         EVENTS,
+        SERVICE_CONFIG,
     ];
 }
 
@@ -134,30 +136,66 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 16);
 
-/// Per-service state the kernel reads and updates atomically.
+/// Per-service state owned by the kernel: only the kernel writes it (with atomic adds), so the
+/// agent can never overwrite it with a stale value. The agent writes zeros once, when it
+/// allocates the service id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceState {
-    /// How many more backends the kernel may eject on its own before the agent has looked
-    /// (the agent sets it from maxEjectionPercent: floor(max% × total / 100) − ejected).
-    /// Signed: concurrent CPUs may take it below zero for an instant and give it back.
-    pub eject_budget: i64,
+    /// Ejections the kernel has made for this service id, ever. The number of backends
+    /// currently ejected is `ejections − ServiceConfig::ejections_released`. Concurrent CPUs
+    /// may take it one above the limit for an instant and give it back.
+    pub ejections: i64,
 }
 const _: () = assert!(core::mem::size_of::<ServiceState>() == 8);
 
+/// How a service port's bytes are read for health signals (Istio protocol selection).
+pub const APP_PROTOCOL_DETECT: u8 = 0;
+/// HTTP/1.x: one final status per request, parsed at the response start (Envoy router).
+pub const APP_PROTOCOL_HTTP1: u8 = 1;
+/// Anything else (TCP, TLS, HTTP/2, gRPC, databases): connect results only (Envoy tcp_proxy).
+pub const APP_PROTOCOL_OPAQUE: u8 = 2;
+
+/// Per-service settings owned by the agent, indexed by service id. The kernel only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceConfig {
+    /// A SYN retransmitted this long after the first with no SYN-ACK seen is a connect timeout
+    /// (Istio `connectionPool.tcp.connectTimeout`, default 10 s). 0 disables the check.
+    pub connect_timeout_ns: u64,
+    /// Ejections of this service that the agent has ended (ejection time over, endpoint gone).
+    /// Only the agent writes it; see [`ServiceState::ejections`].
+    pub ejections_released: i64,
+    /// Most backends outlier detection may have ejected at once (maxEjectionPercent of the host
+    /// set, Envoy's strict rule). 0: the kernel never ejects.
+    pub max_ejected: u32,
+    /// `APP_PROTOCOL_*` of the port.
+    pub app_protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceConfig>() == 24);
+
 /// The backend slot holds a live backend (ids are reused only after a grace period).
 pub const BACKEND_FLAG_ACTIVE: u8 = 1;
+/// The agent takes the backend out of new flows (failing active checks, or an outlier ejection
+/// the agent tracks), whatever the kernel's outlier flag says.
+pub const BACKEND_FLAG_UNROUTABLE: u8 = 2;
+/// The service is in panic (below minHealthPercent): route to the backend even while it is
+/// outlier-ejected (Envoy ignores health in panic; outlier detection itself carries on).
+pub const BACKEND_FLAG_PANIC: u8 = 4;
 
-/// Mutable per-backend health state shared by kernel and agent (not per-CPU: the consecutive
-/// counters must see every CPU's responses in order, so they are updated atomically).
+/// Per-backend outlier state (not per-CPU: the consecutive counters must see every CPU's
+/// responses in order, so they are updated atomically). The kernel writes it with atomics; the
+/// agent writes it whole only when nothing else can (a fresh backend id, or ending an ejection,
+/// while the kernel ignores the backend's signals).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendState {
-    /// Non-zero: new flows skip this backend. Set by the kernel when a consecutive-error limit
-    /// is reached (and the service's ejection budget allows), or by the agent (active health
-    /// checks); cleared only by the agent when the ejection time is over.
-    pub ejected: u32,
-    pub _pad: u32,
+    /// Non-zero while outlier detection has the backend ejected: new flows skip it (unless the
+    /// service is in panic) and its errors and successes are ignored (Envoy). Set by the kernel
+    /// with an atomic exchange when a consecutive-error limit is reached within the service's
+    /// maxEjectionPercent; cleared by the agent when the ejection time is over.
+    pub ejected: u64,
     /// Consecutive 5xx responses (connect failures count too: Istio's rule for opaque TCP).
     /// 64-bit because the BPF target's atomic add is 64-bit only.
     pub consecutive_5xx: u64,
@@ -202,16 +240,63 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
-/// TCP connection state as far as the signals need it.
+impl FlowKey {
+    /// The key of a tuple as seen on the wire (network byte order), in `direction`.
+    #[inline(always)]
+    pub const fn new(
+        saddr: u32,
+        daddr: u32,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        direction: u8,
+    ) -> Self {
+        FlowKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            direction,
+            _pad: 0,
+        }
+    }
+}
+
+/// TCP connection state of a flow (original entry), as far as signals and re-steering need it.
+/// Only a pure SYN (no ACK, FIN or RST) starts `SYN_SENT`.
 pub const TCP_SYN_SENT: u8 = 1;
+/// The backend answered the SYN with a SYN-ACK. A SYN on this tuple is not a new connection.
 pub const TCP_ESTABLISHED: u8 = 2;
+/// RST seen, or FIN seen in both directions: the tuple may be reused by a new connection.
 pub const TCP_CLOSED: u8 = 3;
+/// First seen mid-stream (no pure SYN: an evicted entry, a restart without pins, a packet with
+/// odd flags). No connect timer runs; a pure SYN on it is a new connection.
+pub const TCP_MIDSTREAM: u8 = 4;
 
 /// `FlowValue::flags`: a connect failure has been counted for this flow already.
 pub const FLOW_FLAG_CONNECT_FAILURE_COUNTED: u8 = 1;
+/// A FIN from the client was seen.
+pub const FLOW_FLAG_FIN_CLIENT: u8 = 2;
+/// A FIN from the backend was seen.
+pub const FLOW_FLAG_FIN_BACKEND: u8 = 4;
+/// The connect succeeded while the protocol was still being detected: counted as a success once
+/// the flow turns out to be opaque TCP (an HTTP flow's successes are its responses).
+pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;
+
+/// `FlowValue::http_state` (reply entry of an HTTP/1.x flow): where the next response starts.
+/// No request seen yet, or the last response's status was read: nothing to parse.
+pub const HTTP_IDLE: u8 = 0;
+/// A request was sent while the backend had nothing in flight: the reply byte at `resp_seq`
+/// starts its response.
+pub const HTTP_AWAITING: u8 = 1;
 
 /// Conntrack value. For the original entry `nat_addr:nat_port` is the backend (DNAT target);
 /// for the reply entry it is the VIP:port (SNAT source restored on replies).
+///
+/// The original entry carries the TCP state (the request path reads it for every SYN); the
+/// reply entry carries the response tracking (the reply path reads it for every packet), so
+/// each direction's common case is one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
@@ -219,13 +304,30 @@ pub struct FlowValue {
     pub service_id: u32,
     pub nat_addr: u32,
     pub nat_port: u16,
+    /// `TCP_*` (original entry).
     pub tcp_state: u8,
+    /// `FLOW_FLAG_*`.
     pub flags: u8,
-    /// When the flow's first SYN was seen (ns, CLOCK_MONOTONIC/boot).
+    /// When the flow's first SYN (or first packet) was seen (ns, CLOCK_MONOTONIC/boot).
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// Reply entry: backend sequence number (host order) where the awaited response starts.
+    pub resp_seq: u32,
+    /// Reply entry: the backend's next sequence number (host order): one past the highest byte
+    /// it has sent; valid when `reply_nxt_known` is 1 (from the SYN-ACK on).
+    pub reply_nxt: u32,
+    /// `APP_PROTOCOL_*`: the service's, then the detected one once the first payload is seen.
+    pub app_protocol: u8,
+    /// Reply entry: `HTTP_*`.
+    pub http_state: u8,
+    /// Reply entry: `reply_nxt` is valid.
+    pub reply_nxt_known: u8,
+    pub _pad: u8,
+    /// Reply entry: client sequence number of the request segment that armed `resp_seq`, so a
+    /// retransmission of it is recognised.
+    pub req_seq: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
 
 /// Per-CPU traffic counters (services and backends).
 #[repr(C)]
@@ -252,8 +354,13 @@ pub struct BackendCounters {
     pub resets: u64,
     /// Connects that failed: RST in reply to a SYN (refused) or no SYN-ACK within the timeout.
     pub connect_failures: u64,
+    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, data
+    /// still in flight, a status line split across segments): not parsed, never guessed.
+    pub http_skipped: u64,
+    /// Signals that arrived while the backend was ejected and were ignored (Envoy).
+    pub ignored_while_ejected: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendCounters>() == 96);
+const _: () = assert!(core::mem::size_of::<BackendCounters>() == 112);
 
 /// Why a packet was dropped (index into the per-CPU drop counters).
 #[repr(u32)]
@@ -292,21 +399,27 @@ impl DropReason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
-    /// A SYN retransmitted this long after the first, with no SYN-ACK seen, is a connect
-    /// failure. 0 disables the check.
-    pub connect_timeout_ns: u64,
+    /// The node's secret flow-hash key: random, made on the first start and kept in the pinned
+    /// map, so restarts keep flow placement and no client can choose source ports that land on
+    /// one backend (Cilium seeds its Maglev hash the same way).
+    pub hash_seed: u64,
+    /// A UDP flow idle this long is over: its next datagram is steered anew (Envoy udp_proxy
+    /// `idle_timeout`, 60 s). 0: never.
+    pub udp_timeout_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 
 /// The flow hash both selection (kernel) and diagnostics use. Inputs in network byte order, as
-/// read from the packet. A finaliser-mixed combination (murmur3 fmix32) so that neighbouring
-/// source ports land on unrelated slots.
+/// read from the packet; `seed` is [`Settings::hash_seed`]. A finaliser-mixed combination
+/// (murmur3 fmix32) so that neighbouring source ports land on unrelated slots; the seed enters
+/// first and last, so without it the slot of a tuple cannot be computed.
 #[inline(always)]
-pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
-    let mut h = 0x9e37_79b9u32 ^ (proto as u32);
+pub fn flow_hash(seed: u64, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = 0x9e37_79b9u32 ^ (seed as u32) ^ (proto as u32);
     h = mix(h ^ saddr);
     h = mix(h ^ daddr);
     h = mix(h ^ (((sport as u32) << 16) | dport as u32));
+    h = mix(h ^ ((seed >> 32) as u32));
     fmix32(h)
 }
 
@@ -343,6 +456,7 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ServiceConfig {}
 }
 
 #[cfg(test)]
@@ -355,6 +469,7 @@ mod tests {
         let mut buckets = [0u32; 16];
         for port in 30000u16..34096 {
             let h = flow_hash(
+                0x1234_5678_9abc_def0,
                 0x0a00_0001,
                 0x0a60_000a,
                 port.to_be(),
@@ -370,11 +485,24 @@ mod tests {
 
     #[test]
     fn flow_hash_depends_on_every_field() {
-        let base = flow_hash(1, 2, 3, 4, 6);
-        assert_ne!(base, flow_hash(9, 2, 3, 4, 6));
-        assert_ne!(base, flow_hash(1, 9, 3, 4, 6));
-        assert_ne!(base, flow_hash(1, 2, 9, 4, 6));
-        assert_ne!(base, flow_hash(1, 2, 3, 9, 6));
-        assert_ne!(base, flow_hash(1, 2, 3, 4, 17));
+        let base = flow_hash(7, 1, 2, 3, 4, 6);
+        assert_ne!(base, flow_hash(7, 9, 2, 3, 4, 6));
+        assert_ne!(base, flow_hash(7, 1, 9, 3, 4, 6));
+        assert_ne!(base, flow_hash(7, 1, 2, 9, 4, 6));
+        assert_ne!(base, flow_hash(7, 1, 2, 3, 9, 6));
+        assert_ne!(base, flow_hash(7, 1, 2, 3, 4, 17));
+        assert_ne!(base, flow_hash(8, 1, 2, 3, 4, 6));
+        assert_ne!(base, flow_hash(7 | (1 << 40), 1, 2, 3, 4, 6));
+    }
+
+    /// Ports a client picked to land on one slot under one seed scatter under another.
+    #[test]
+    fn flow_hash_aiming_does_not_survive_another_seed() {
+        let slot = |seed: u64, port: u16| {
+            flow_hash(seed, 0x0a00_0001, 0x0a60_000a, port.to_be(), 80u16.to_be(), 6) % 16
+        };
+        let aimed: Vec<u16> = (1024u16..60000).filter(|p| slot(1, *p) == 0).take(200).collect();
+        let still = aimed.iter().filter(|p| slot(0xdead_beef_0bad_f00d, **p) == 0).count();
+        assert!(still < 30, "{still} of 200 aimed ports still on slot 0");
     }
 }

@@ -25,13 +25,13 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
         bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use geosteer_common::{DropReason, PROTO_TCP, PROTO_UDP, csum, http::STATUS_PREFIX_LEN};
+use geosteer_common::{DropReason, PROTO_TCP, PROTO_UDP, csum};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use steer::{Flow, Nat, Verdict};
+use steer::{Flow, Nat, PacketBytes, Verdict};
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const ETH_HLEN: usize = EthHdr::LEN;
@@ -120,29 +120,16 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
         return Parsed::Fragment { daddr };
     }
     let l4_off = ETH_HLEN + ihl;
-    let mut flow = Flow {
-        saddr: u32::from_ne_bytes(ip.src_addr),
-        daddr,
-        sport: 0,
-        dport: 0,
-        proto: ip.proto,
-        tcp_flags: 0,
-        l4_off: l4_off as u32,
-        payload_off: 0,
-        len: ctx.len(),
-    };
+    let mut flow = new_flow(&ip, daddr, l4_off, ctx.len());
     if ip.proto == PROTO_TCP {
         let Ok(tcp) = ctx.load::<TcpHdr>(l4_off) else {
             return Parsed::Truncated { daddr };
         };
-        flow.sport = u16::from_ne_bytes(tcp.source);
-        flow.dport = u16::from_ne_bytes(tcp.dest);
         // Byte 13 of the TCP header holds the flags (CWR..FIN); byte 12's high nibble is doff.
         let Ok(flag_bytes) = ctx.load::<[u8; 2]>(l4_off + 12) else {
             return Parsed::Truncated { daddr };
         };
-        flow.tcp_flags = flag_bytes[1];
-        flow.payload_off = (l4_off + ((flag_bytes[0] >> 4) as usize) * 4) as u32;
+        set_tcp(&mut flow, &ip, &tcp, flag_bytes);
     } else {
         let Ok(udp) = ctx.load::<UdpHdr>(l4_off) else {
             return Parsed::Truncated { daddr };
@@ -153,6 +140,67 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
     Parsed::Flow(flow)
 }
 
+fn new_flow(ip: &Ipv4Hdr, daddr: u32, l4_off: usize, len: u32) -> Flow {
+    Flow {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: ip.proto,
+        tcp_flags: 0,
+        l4_off: l4_off as u32,
+        payload_off: 0,
+        payload_len: 0,
+        seq: 0,
+        ack: 0,
+        len,
+    }
+}
+
+/// Fills in the TCP fields; `flag_bytes` are header bytes 12 and 13 (data offset, flags).
+fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &TcpHdr, flag_bytes: [u8; 2]) {
+    flow.sport = u16::from_ne_bytes(tcp.source);
+    flow.dport = u16::from_ne_bytes(tcp.dest);
+    flow.seq = u32::from_be_bytes(tcp.seq);
+    flow.ack = u32::from_be_bytes(tcp.ack_seq);
+    flow.tcp_flags = flag_bytes[1];
+    let header_len = ((flag_bytes[0] >> 4) as u32) * 4;
+    let ip_header_len = flow.l4_off - ETH_HLEN as u32;
+    flow.payload_off = flow.l4_off + header_len;
+    // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
+    flow.payload_len = (u16::from_be_bytes(ip.tot_len) as u32)
+        .saturating_sub(ip_header_len + header_len);
+}
+
+/// Packet bytes through bpf_skb_load_bytes (non-linear skbs included).
+struct TcBytes<'a>(&'a TcContext);
+
+impl PacketBytes for TcBytes<'_> {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        self.0.load::<T>(offset).ok()
+    }
+}
+
+/// Packet bytes through bpf_xdp_load_bytes (multi-buffer frames included).
+struct XdpBytes<'a>(&'a XdpContext);
+
+impl PacketBytes for XdpBytes<'_> {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let mut value = core::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: the helper writes exactly size_of::<T>() bytes into `value` or fails.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                value.as_mut_ptr() as *mut _,
+                core::mem::size_of::<T>() as u32,
+            )
+        };
+        // SAFETY: initialised by the successful helper call.
+        (rc == 0).then(|| unsafe { value.assume_init() })
+    }
+}
+
 fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let flow = match tc_parse(ctx) {
         Parsed::Other => return Ok(TC_ACT_OK as i32),
@@ -160,7 +208,7 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
         Parsed::Truncated { daddr } => return Ok(drop_if_vip(daddr, DropReason::Truncated)),
         Parsed::Flow(flow) => flow,
     };
-    match steer::request(&flow) {
+    match steer::request(&flow, &TcBytes(ctx)) {
         Verdict::Pass => Ok(TC_ACT_OK as i32),
         Verdict::Drop(reason) => {
             steer::count_drop(reason);
@@ -177,7 +225,7 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let Parsed::Flow(flow) = tc_parse(ctx) else {
         return Ok(TC_ACT_OK as i32);
     };
-    let Some(nat) = steer::reply(&flow, |off| ctx.load::<[u8; STATUS_PREFIX_LEN]>(off).ok()) else {
+    let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
         return Ok(TC_ACT_OK as i32);
     };
     tc_rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, flow.sport, &nat, 0)?;
@@ -270,29 +318,18 @@ fn xdp_parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Fragment { daddr };
     }
     let l4_off = ETH_HLEN + ihl;
-    let mut flow = Flow {
-        saddr: u32::from_ne_bytes(ip.src_addr),
-        daddr,
-        sport: 0,
-        dport: 0,
-        proto: ip.proto,
-        tcp_flags: 0,
-        l4_off: l4_off as u32,
-        payload_off: 0,
-        len: (ctx.data_end() - ctx.data()) as u32,
-    };
+    let mut flow = new_flow(ip, daddr, l4_off, (ctx.data_end() - ctx.data()) as u32);
     if ip.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
             return Parsed::Truncated { daddr };
         };
-        // Flags are byte 13 of the header, read through the pointer that was bounds-checked
-        // (a second check on a recomputed pointer gets merged away by LLVM, and the verifier
-        // then rejects the access).
+        // Data offset and flags are bytes 12 and 13 of the header, read through the pointer
+        // that was bounds-checked (a second check on a recomputed pointer gets merged away by
+        // LLVM, and the verifier then rejects the access).
         // SAFETY: as above; 13 < size_of::<TcpHdr>().
         unsafe {
-            flow.sport = u16::from_ne_bytes((*tcp).source);
-            flow.dport = u16::from_ne_bytes((*tcp).dest);
-            flow.tcp_flags = *(tcp as *const u8).add(13);
+            let flag_bytes = [*(tcp as *const u8).add(12), *(tcp as *const u8).add(13)];
+            set_tcp(&mut flow, ip, &*tcp, flag_bytes);
         }
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
@@ -313,7 +350,7 @@ fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
         Parsed::Truncated { daddr } => return Ok(xdp_drop_if_vip(daddr, DropReason::Truncated)),
         Parsed::Flow(flow) => flow,
     };
-    let nat = match steer::request(&flow) {
+    let nat = match steer::request(&flow, &XdpBytes(ctx)) {
         Verdict::Pass => return Ok(xdp_action::XDP_PASS),
         Verdict::Drop(reason) => {
             steer::count_drop(reason);

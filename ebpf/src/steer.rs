@@ -1,6 +1,15 @@
 //! Map declarations and the steering logic shared by the TC and XDP programs: service lookup,
-//! conntrack, Maglev selection with the ejected-backend probe, reverse-NAT lookup, counters and
-//! reply-path health signals.
+//! conntrack with per-flow TCP state, Maglev selection with the ejected-backend probe,
+//! reverse-NAT lookup, counters and the reply-path health signals.
+//!
+//! What counts as a signal (SEMANTICS.md, "What counts as an error"):
+//! - only a pure SYN starts a connection and its connect timer; a SYN on an open tuple is not a
+//!   new connection;
+//! - HTTP/1.x statuses are read only where a response starts: the reply byte the client's
+//!   request acknowledged, armed only when the backend had nothing else in flight, read once;
+//! - opaque TCP: a completed connect is a success (Envoy tcp_proxy), a refused or timed-out
+//!   connect is a gateway error;
+//! - nothing is counted while the backend is ejected.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -24,18 +33,42 @@ unsafe fn fetch_add(ptr: *mut i64, delta: i64) -> i64 {
     value
 }
 
+/// Atomic exchange on a map value, returning the old value (BPF_XCHG, CPU v3, as above).
+///
+/// # Safety
+/// `ptr` must point to a live, 8-byte aligned u64 in a map value.
+#[inline(always)]
+unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
+    let mut value = new;
+    // SAFETY: per the contract above.
+    unsafe {
+        core::arch::asm!(
+            "{value} = xchg_64({ptr} + 0, {value})",
+            ptr = in(reg) ptr,
+            value = inout(reg) value,
+        );
+    }
+    value
+}
+
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendCounters, BackendState, DEFAULT_CONNTRACK_SIZE,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY, DropReason, EjectEvent,
-    FLOW_FLAG_CONNECT_FAILURE_COUNTED, FlowKey, FlowValue, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
-    ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_SYN_SENT, TrafficCounters, flow_hash,
-    http::{STATUS_PREFIX_LEN, is_gateway_error, parse_status},
+    APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BACKEND_FLAG_ACTIVE,
+    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendCounters, BackendState,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
+    DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
+    FLOW_FLAG_FIN_BACKEND, FLOW_FLAG_FIN_CLIENT, FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP,
+    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED,
+    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
+    http::{
+        METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
+        parse_status,
+    },
 };
 
 // Sizes here are defaults; the agent resizes the large maps at load time from its config.
@@ -64,8 +97,12 @@ static BACKEND_STATS: PerCpuArray<BackendCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map(name = "GS_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+/// Kernel-owned, by service id (ejection count).
 #[map(name = "GS_SERVICE_STATE")]
 static SERVICE_STATE: Array<ServiceState> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+/// Agent-owned, by service id (protocol, connect timeout, ejection limit).
+#[map(name = "GS_SERVICE_CONFIG")]
+static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Kernel → agent notifications (ejections).
 #[map(name = "GS_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
@@ -77,7 +114,8 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order.
+/// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
+/// host order.
 pub struct Flow {
     pub saddr: u32,
     pub daddr: u32,
@@ -88,7 +126,17 @@ pub struct Flow {
     pub l4_off: u32,
     /// Start of the TCP payload (0 for UDP).
     pub payload_off: u32,
+    /// TCP payload bytes (from the IP total length, so Ethernet padding is not counted).
+    pub payload_len: u32,
+    pub seq: u32,
+    pub ack: u32,
     pub len: u32,
+}
+
+/// Reads bytes of the packet at an offset (TC: bpf_skb_load_bytes; XDP: bpf_xdp_load_bytes),
+/// so the steering logic works on either without knowing the context.
+pub trait PacketBytes {
+    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 }
 
 /// The address and port to write (destination on requests, source on replies).
@@ -130,8 +178,38 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or_default()
+}
+
+/// `a` is after `b` in sequence space (RFC 1982 arithmetic, as TCP compares).
+#[inline(always)]
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+#[inline(always)]
+fn is_pure_syn(flags: u8) -> bool {
+    flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
+}
+
+/// The key of the packet's own tuple in `direction`.
+#[inline(always)]
+fn packet_key(flow: &Flow, direction: u8) -> FlowKey {
+    FlowKey::new(
+        flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, direction,
+    )
+}
+
+/// The reply-direction key of a flow from `client:client_port` translated to
+/// `backend:backend_port`.
+#[inline(always)]
+fn reply_key(backend: u32, backend_port: u16, client: u32, client_port: u16, proto: u8) -> FlowKey {
+    FlowKey::new(backend, client, backend_port, client_port, proto, DIR_REPLY)
+}
+
 /// Request direction: client → VIP:port.
-pub fn request(flow: &Flow) -> Verdict {
+pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     let key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
@@ -144,24 +222,14 @@ pub fn request(flow: &Flow) -> Verdict {
         return Verdict::Pass;
     };
     let now = now_ns();
-    let ct_key = FlowKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        direction: DIR_ORIGINAL,
-        _pad: 0,
-    };
+    let ct_key = packet_key(flow, DIR_ORIGINAL);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
         // SAFETY: LRU map values stay valid during the program run; fields are plain data.
         let entry = unsafe { &mut *entry };
-        if backend_still_serves(entry.backend_id, entry.service_id)
-            && !starts_a_new_connection(flow, entry)
-        {
+        if !must_resteer(flow, entry, now) {
             entry.last_seen_ns = now;
             if flow.proto == PROTO_TCP {
-                check_syn_retransmit(flow, entry, now);
+                track_request(flow, entry, bytes, now);
             }
             count_request(service.id, entry.backend_id, flow.len, false);
             return Verdict::Nat(Nat {
@@ -169,31 +237,37 @@ pub fn request(flow: &Flow) -> Verdict {
                 port: entry.nat_port,
             });
         }
-        // The backend was removed from the service, or this SYN opens a new connection on the
-        // 5-tuple of a finished one: steer it anew. The old reply entry goes, so a late packet
-        // from the previous backend is not reverse-NATed into the new connection.
-        let old_reply = FlowKey {
-            saddr: entry.nat_addr,
-            daddr: flow.saddr,
-            sport: entry.nat_port,
-            dport: flow.sport,
-            proto: flow.proto,
-            direction: DIR_REPLY,
-            _pad: 0,
-        };
-        let _ = CONNTRACK.remove(&old_reply);
+        // The backend was removed (or, for a new connection or a UDP flow, is out of
+        // rotation), or this SYN opens a new connection on the tuple of a finished one: steer
+        // it anew. The old reply entry goes, so a late packet from the previous backend is not
+        // reverse-NATed into the new flow.
+        let _ = CONNTRACK.remove(&reply_key(
+            entry.nat_addr,
+            entry.nat_port,
+            flow.saddr,
+            flow.sport,
+            flow.proto,
+        ));
     }
-    let Some((backend_id, backend)) = select(&service, flow) else {
+    let seed = settings().hash_seed;
+    let Some((backend_id, backend)) = select(&service, flow, seed) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
+    let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let tcp_state = if flow.proto != PROTO_TCP {
         0
-    } else if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    } else if is_pure_syn(flow.tcp_flags) {
         TCP_SYN_SENT
     } else {
-        // Mid-stream without conntrack (evicted entry, restart without pins): Maglev gives the
-        // same backend as before if the table did not change.
-        TCP_ESTABLISHED
+        // Mid-stream without conntrack (evicted entry, restart without pins) or odd flags
+        // (SYN|FIN is no connection attempt): Maglev gives the same backend as before if the
+        // table did not change; no connect timer runs.
+        TCP_MIDSTREAM
+    };
+    let app_protocol = if flow.proto == PROTO_TCP {
+        config.app_protocol
+    } else {
+        APP_PROTOCOL_OPAQUE
     };
     let original = FlowValue {
         backend_id,
@@ -201,18 +275,10 @@ pub fn request(flow: &Flow) -> Verdict {
         nat_addr: backend.addr,
         nat_port: backend.port,
         tcp_state,
-        flags: 0,
         created_ns: now,
         last_seen_ns: now,
-    };
-    let reply_key = FlowKey {
-        saddr: backend.addr,
-        daddr: flow.saddr,
-        sport: backend.port,
-        dport: flow.sport,
-        proto: flow.proto,
-        direction: DIR_REPLY,
-        _pad: 0,
+        app_protocol,
+        ..FlowValue::default()
     };
     let reply = FlowValue {
         nat_addr: flow.daddr,
@@ -220,9 +286,12 @@ pub fn request(flow: &Flow) -> Verdict {
         ..original
     };
     // Reply entry first: a reply can never arrive before the request is forwarded.
-    if CONNTRACK.insert(&reply_key, &reply, 0).is_err()
-        || CONNTRACK.insert(&ct_key, &original, 0).is_err()
-    {
+    let reply_key = reply_key(backend.addr, backend.port, flow.saddr, flow.sport, flow.proto);
+    if CONNTRACK.insert(&reply_key, &reply, 0).is_err() {
+        return Verdict::Drop(DropReason::Internal);
+    }
+    if CONNTRACK.insert(&ct_key, &original, 0).is_err() {
+        let _ = CONNTRACK.remove(&reply_key);
         return Verdict::Drop(DropReason::Internal);
     }
     count_request(service.id, backend_id, flow.len, true);
@@ -237,59 +306,95 @@ pub fn request(flow: &Flow) -> Verdict {
 /// then reverse-NAT the direct connection's SYN-ACK to the VIP and break it. The new SYN proves
 /// the earlier flow is over (the client reused its port), so its reply entry goes.
 fn forget_superseded_nat(flow: &Flow) {
-    if flow.proto != PROTO_TCP || flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    if flow.proto != PROTO_TCP || !is_pure_syn(flow.tcp_flags) {
         return;
     }
-    let reply_key = FlowKey {
-        saddr: flow.daddr,
-        daddr: flow.saddr,
-        sport: flow.dport,
-        dport: flow.sport,
-        proto: flow.proto,
-        direction: DIR_REPLY,
-        _pad: 0,
-    };
-    let _ = CONNTRACK.remove(&reply_key);
+    let key = reply_key(flow.daddr, flow.dport, flow.saddr, flow.sport, flow.proto);
+    let _ = CONNTRACK.remove(&key);
 }
 
-fn backend_still_serves(backend_id: u32, service_id: u32) -> bool {
-    match BACKENDS.get(backend_id) {
-        Some(b) => b.flags & BACKEND_FLAG_ACTIVE != 0 && b.service_id == service_id,
-        None => false,
-    }
-}
-
-/// Whether this packet opens a new connection on an existing entry's 5-tuple, which must be
-/// steered by the current table (and ejections), not pinned to the previous connection's
-/// backend: clients reuse source ports all the time (Linux walks its ephemeral range and reuses
-/// a port once the previous connection to the same destination is closed).
-/// - a SYN on a flow past the handshake (established or reset) is a new connection;
-/// - a SYN retransmitted while still waiting for the SYN-ACK stays, unless its backend has been
-///   ejected since: nothing is established there yet, so moving it is free.
-fn starts_a_new_connection(flow: &Flow, entry: &FlowValue) -> bool {
-    if flow.proto != PROTO_TCP || flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
-        return false;
-    }
-    if entry.tcp_state != TCP_SYN_SENT {
+/// Whether new flows avoid this backend: the agent took it out, or outlier detection ejected it
+/// (unless the service is in panic).
+fn out_of_rotation(backend_id: u32, backend: &Backend) -> bool {
+    if backend.flags & BACKEND_FLAG_UNROUTABLE != 0 {
         return true;
     }
-    match BACKEND_STATE.get(entry.backend_id) {
+    if backend.flags & BACKEND_FLAG_PANIC != 0 {
+        return false;
+    }
+    match BACKEND_STATE.get(backend_id) {
         Some(state) => state.ejected != 0,
         None => false,
     }
 }
 
-/// A SYN seen again for a flow still waiting for its SYN-ACK, longer than the connect timeout
-/// after the first: the backend did not answer in time. Counted once per flow.
-fn check_syn_retransmit(flow: &Flow, entry: &mut FlowValue, now: u64) {
-    if flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN
-        || entry.tcp_state != TCP_SYN_SENT
-        || entry.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED != 0
-    {
+/// Whether this packet must be steered anew instead of following its conntrack entry.
+/// - The entry's backend was removed from the service.
+/// - UDP: the backend is out of rotation, or the flow was idle past the UDP timeout (Envoy
+///   udp_proxy: a session ends at its idle timeout; a datagram to an unhealthy host moves).
+/// - TCP, only for a pure SYN: on a closed tuple or one first seen mid-stream it opens a new
+///   connection (clients reuse ports all the time); a SYN retransmitted while the SYN-ACK is
+///   awaited moves only if its backend left rotation since (nothing is established there);
+///   a SYN on an established tuple is not a new connection (the backend answers it with a
+///   challenge ACK), so it can neither move nor reset the flow.
+fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
+    let Some(backend) = BACKENDS.get(entry.backend_id) else {
+        return true;
+    };
+    if backend.flags & BACKEND_FLAG_ACTIVE == 0 || backend.service_id != entry.service_id {
+        return true;
+    }
+    if flow.proto == PROTO_UDP {
+        let timeout = settings().udp_timeout_ns;
+        return out_of_rotation(entry.backend_id, backend)
+            || (timeout != 0 && now.saturating_sub(entry.last_seen_ns) >= timeout);
+    }
+    if !is_pure_syn(flow.tcp_flags) {
+        return false;
+    }
+    match entry.tcp_state {
+        TCP_SYN_SENT => out_of_rotation(entry.backend_id, backend),
+        TCP_ESTABLISHED => false,
+        _ => true,
+    }
+}
+
+/// Request-direction TCP bookkeeping of a tracked flow: close flags, connect timer, and the
+/// request starts that tell the reply path where a response begins.
+fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, now: u64) {
+    let flags = flow.tcp_flags;
+    if flags & TCP_RST != 0 {
+        entry.tcp_state = TCP_CLOSED;
         return;
     }
-    let timeout = match SETTINGS.get(0) {
-        Some(s) if s.connect_timeout_ns != 0 => s.connect_timeout_ns,
+    if flags & TCP_FIN != 0 {
+        entry.flags |= FLOW_FLAG_FIN_CLIENT;
+        if entry.flags & FLOW_FLAG_FIN_BACKEND != 0 {
+            entry.tcp_state = TCP_CLOSED;
+        }
+    }
+    if is_pure_syn(flags) && entry.tcp_state == TCP_SYN_SENT {
+        check_syn_retransmit(entry, now);
+        return;
+    }
+    if flow.payload_len != 0
+        && entry.tcp_state == TCP_ESTABLISHED
+        && entry.app_protocol != APP_PROTOCOL_OPAQUE
+    {
+        request_payload(flow, entry, bytes);
+    }
+}
+
+/// A SYN seen again for a flow still waiting for its SYN-ACK, at least the service's connect
+/// timeout after the first: the backend did not answer in time (a gateway error, as Envoy's
+/// connect timeout). A retransmission before the timeout is no failure: networks lose SYNs and
+/// a busy backend drops them from a full accept queue. Counted once per flow.
+fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
+    if entry.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED != 0 {
+        return;
+    }
+    let timeout = match SERVICE_CONFIG.get(entry.service_id) {
+        Some(c) if c.connect_timeout_ns != 0 => c.connect_timeout_ns,
         _ => return,
     };
     if now.saturating_sub(entry.created_ns) >= timeout {
@@ -298,15 +403,99 @@ fn check_syn_retransmit(flow: &Flow, entry: &mut FlowValue, now: u64) {
     }
 }
 
-/// Maglev lookup. An ejected backend's slot falls through to the next slots (bounded), so the
-/// agent can take a backend out at once, before it rebuilds the table without it.
-fn select(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
+/// Client payload on an established HTTP/1.x (or not yet detected) flow.
+fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes) {
+    // Shorter than a method and its space: neither a request start nor a verdict on the
+    // protocol (Istio's sniffer also waits for more bytes).
+    if flow.payload_len < METHOD_PREFIX_LEN as u32 {
+        return;
+    }
+    let Some(prefix) = bytes.read::<[u8; METHOD_PREFIX_LEN]>(flow.payload_off as usize) else {
+        return;
+    };
+    let starts_request = is_request_start(&prefix);
+    if entry.app_protocol == APP_PROTOCOL_HTTP1 && !starts_request {
+        return; // a request body, or a request line's continuation
+    }
+    let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key(
+        entry.nat_addr,
+        entry.nat_port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    )) else {
+        return;
+    };
+    // SAFETY: LRU map value valid for this run; plain data.
+    let reply = unsafe { &mut *reply };
+    if entry.app_protocol == APP_PROTOCOL_DETECT {
+        if reply.app_protocol == APP_PROTOCOL_DETECT {
+            // Istio's sniffing: the client's first bytes decide.
+            let detected = if starts_request {
+                APP_PROTOCOL_HTTP1
+            } else {
+                APP_PROTOCOL_OPAQUE
+            };
+            reply.app_protocol = detected;
+            if reply.flags & FLOW_FLAG_CONNECT_OK_PENDING != 0 {
+                reply.flags &= !FLOW_FLAG_CONNECT_OK_PENDING;
+                if detected == APP_PROTOCOL_OPAQUE {
+                    connect_success(entry.backend_id);
+                }
+            }
+        }
+        // The reply path may have decided first (a server-first protocol).
+        entry.app_protocol = reply.app_protocol;
+        if entry.app_protocol != APP_PROTOCOL_HTTP1 {
+            return;
+        }
+    }
+    arm_response(flow, reply);
+}
+
+/// A request starts: its response begins at the reply byte this segment acknowledges — if the
+/// backend has nothing else in flight. Otherwise (pipelining, a response still arriving) the
+/// boundary is unknown: skipped and counted, never guessed.
+fn arm_response(flow: &Flow, reply: &mut FlowValue) {
+    if flow.seq == reply.req_seq && flow.ack == reply.resp_seq {
+        return; // a retransmission of the request that armed the awaited (or read) response
+    }
+    if reply.reply_nxt_known == 0 {
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    if reply.http_state == HTTP_AWAITING {
+        // Pipelined: the awaited response stays armed; this request's response start will not
+        // be known.
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    if reply.reply_nxt != flow.ack {
+        reply.http_state = HTTP_IDLE;
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    reply.resp_seq = flow.ack;
+    reply.req_seq = flow.seq;
+    reply.http_state = HTTP_AWAITING;
+}
+
+/// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
+/// so the kernel can take a backend out at once, before the agent rebuilds the table without it.
+fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backend)> {
     let table = TABLES.get(service.table_index())?;
     let count = table.backend_count;
     if count == 0 {
         return None;
     }
-    let hash = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
+    let hash = flow_hash(
+        seed,
+        flow.saddr,
+        flow.daddr,
+        flow.sport,
+        flow.dport,
+        flow.proto,
+    );
     let first = (hash % MAGLEV_TABLE_SIZE as u32) as u64;
     let mut fallback: Option<u32> = None;
     for probe in 0..MAX_EJECTED_PROBE as u64 {
@@ -324,18 +513,17 @@ fn select(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
         if fallback.is_none() {
             fallback = Some(id);
         }
-        let ejected = match BACKEND_STATE.get(id) {
-            Some(state) => state.ejected != 0,
-            None => false,
+        let Some(backend) = BACKENDS.get(id) else {
+            continue;
         };
-        if !ejected {
-            return BACKENDS.get(id).map(|b| (id, *b));
+        if !out_of_rotation(id, backend) {
+            return Some((id, *backend));
         }
     }
-    // Every probed slot is ejected — typically a whole priority failed a moment ago and the
-    // agent has not swapped in the recomputed table yet. Any backend of the service that is not
-    // ejected beats one that is known to fail: scan the backend list from a hash-chosen start.
-    // (This may briefly pick an endpoint whose weight is 0; the recomputed table follows within
+    // Every probed slot is out — typically a whole priority failed a moment ago and the agent
+    // has not swapped in the recomputed table yet. Any backend of the service in rotation beats
+    // one that is known to fail: scan the backend list from a hash-chosen start. (This may
+    // briefly pick an endpoint whose weight is 0; the recomputed table follows within
     // milliseconds.)
     let start = (hash as u64) % (count as u64);
     for step in 0..FALLBACK_SCAN {
@@ -344,12 +532,11 @@ fn select(service: &ServiceValue, flow: &Flow) -> Option<(u32, Backend)> {
             break;
         }
         let id = table.backends[index as usize];
-        let ejected = match BACKEND_STATE.get(id) {
-            Some(state) => state.ejected != 0,
-            None => true,
+        let Some(backend) = BACKENDS.get(id) else {
+            continue;
         };
-        if !ejected {
-            return BACKENDS.get(id).map(|b| (id, *b));
+        if !out_of_rotation(id, backend) {
+            return Some((id, *backend));
         }
     }
     // Nothing left: better an ejected backend than a dropped connection (the agent's panic
@@ -382,22 +569,15 @@ fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
 }
 
 /// Reply direction: backend → client. Returns the VIP:port to restore as the source, after
-/// counting the reply's health signals. `load_status` reads the first payload bytes.
-pub fn reply(
-    flow: &Flow,
-    load_status: impl Fn(usize) -> Option<[u8; STATUS_PREFIX_LEN]>,
-) -> Option<Nat> {
-    let key = FlowKey {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        sport: flow.sport,
-        dport: flow.dport,
-        proto: flow.proto,
-        direction: DIR_REPLY,
-        _pad: 0,
-    };
-    // SAFETY: read-only lookup, copied out.
-    let entry = (unsafe { CONNTRACK.get(&key) }).copied()?;
+/// counting the reply's health signals.
+///
+/// The common case — an ACK or a data segment of a flow with no response awaited — costs one
+/// conntrack lookup and no payload read.
+pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
+    let key = packet_key(flow, DIR_REPLY);
+    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    // SAFETY: LRU map value valid for this run; plain data.
+    let entry = unsafe { &mut *entry };
     let backend_id = entry.backend_id;
     if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.
@@ -407,13 +587,11 @@ pub fn reply(
         }
     }
     if flow.proto == PROTO_TCP {
-        tcp_reply_signals(flow, &entry);
-        if flow.payload_off != 0
-            && flow.len >= flow.payload_off + STATUS_PREFIX_LEN as u32
-            && let Some(prefix) = load_status(flow.payload_off as usize)
-            && let Some(status) = parse_status(&prefix)
-        {
-            count_response(backend_id, status);
+        if flow.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) != 0 {
+            reply_control(flow, entry);
+        }
+        if flow.payload_len != 0 {
+            reply_data(flow, entry, bytes);
         }
     }
     Some(Nat {
@@ -422,41 +600,139 @@ pub fn reply(
     })
 }
 
-fn tcp_reply_signals(flow: &Flow, entry: &FlowValue) {
-    let flags = flow.tcp_flags;
-    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == 0 {
-        return;
-    }
-    let original_key = FlowKey {
-        saddr: flow.daddr,
-        daddr: entry.nat_addr,
-        sport: flow.dport,
-        dport: entry.nat_port,
-        proto: flow.proto,
-        direction: DIR_ORIGINAL,
-        _pad: 0,
-    };
+/// SYN-ACK, RST and FIN from the backend: the connection's state and its connect result.
+fn reply_control(flow: &Flow, reply: &mut FlowValue) {
+    let original_key = FlowKey::new(
+        flow.daddr,
+        reply.nat_addr,
+        flow.dport,
+        reply.nat_port,
+        flow.proto,
+        DIR_ORIGINAL,
+    );
     let Some(original) = CONNTRACK.get_ptr_mut(&original_key) else {
         return;
     };
     // SAFETY: LRU value valid for this run; plain data.
     let original = unsafe { &mut *original };
+    let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
         if original.tcp_state == TCP_SYN_SENT {
             // Refused: the backend answered the SYN with a RST.
             if original.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED == 0 {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
-                connect_failure(entry.backend_id);
+                connect_failure(reply.backend_id);
             }
         } else if original.tcp_state == TCP_ESTABLISHED
-            && let Some(c) = BACKEND_STATS.get_ptr_mut(entry.backend_id)
+            && let Some(c) = BACKEND_STATS.get_ptr_mut(reply.backend_id)
         {
             // SAFETY: per-CPU slot.
             unsafe { (*c).resets += 1 };
         }
         original.tcp_state = TCP_CLOSED;
-    } else if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
+        reply.http_state = HTTP_IDLE;
+        return;
+    }
+    if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
+        if original.tcp_state != TCP_SYN_SENT {
+            return; // a retransmitted SYN-ACK, or one for a tuple we did not see open
+        }
         original.tcp_state = TCP_ESTABLISHED;
+        reply.reply_nxt = flow.seq.wrapping_add(1);
+        reply.reply_nxt_known = 1;
+        match reply.app_protocol {
+            // tcp_proxy: a completed connect is a success and resets the consecutive counters.
+            APP_PROTOCOL_OPAQUE => connect_success(reply.backend_id),
+            // Known once the first payload is seen.
+            APP_PROTOCOL_DETECT => reply.flags |= FLOW_FLAG_CONNECT_OK_PENDING,
+            // The HTTP router's connect success is no result of its own (Envoy
+            // `LocalOriginConnectSuccess` maps to no code): the response decides.
+            _ => {}
+        }
+        return;
+    }
+    if flags & TCP_FIN != 0 {
+        original.flags |= FLOW_FLAG_FIN_BACKEND;
+        if original.flags & FLOW_FLAG_FIN_CLIENT != 0 {
+            original.tcp_state = TCP_CLOSED;
+        }
+    }
+}
+
+/// Backend payload: track the backend's next sequence number, and read the status line if this
+/// segment holds the awaited response start.
+fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
+    let end = flow.seq.wrapping_add(flow.payload_len);
+    if reply.reply_nxt_known != 0 && seq_after(end, reply.reply_nxt) {
+        reply.reply_nxt = end;
+    }
+    if reply.app_protocol == APP_PROTOCOL_DETECT {
+        // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
+        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+        if reply.flags & FLOW_FLAG_CONNECT_OK_PENDING != 0 {
+            reply.flags &= !FLOW_FLAG_CONNECT_OK_PENDING;
+            connect_success(reply.backend_id);
+        }
+        return;
+    }
+    if reply.app_protocol != APP_PROTOCOL_HTTP1 || reply.http_state != HTTP_AWAITING {
+        return;
+    }
+    let offset = reply.resp_seq.wrapping_sub(flow.seq) as i32;
+    if offset < 0 {
+        // The segment starts past the awaited start: that byte went by unseen.
+        reply.http_state = HTTP_IDLE;
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    let offset = offset as u32;
+    if offset >= flow.payload_len {
+        return; // older bytes (a retransmission of the previous response)
+    }
+    if flow.payload_len - offset < STATUS_PREFIX_LEN as u32 {
+        // The status line is split across segments.
+        reply.http_state = HTTP_IDLE;
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    // Bounded for the verifier; a real offset is at most a few segments' worth.
+    let at = (flow.payload_off + offset) as usize & 0xffff;
+    let status = bytes
+        .read::<[u8; STATUS_PREFIX_LEN]>(at)
+        .and_then(|prefix| parse_status(&prefix));
+    let Some(status) = status else {
+        // Not a status line where one must begin: not HTTP/1.x after all. Stop reading.
+        reply.http_state = HTTP_IDLE;
+        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+        count_http_skipped(reply.backend_id);
+        return;
+    };
+    count_status_class(reply.backend_id, status);
+    if !is_final(status) {
+        // An interim response (100 Continue, 103 Early Hints): the final one follows its blank
+        // line. Known only if this segment ends right there.
+        let tail_at = (flow.payload_off + flow.payload_len - 4) as usize & 0xffff;
+        if bytes.read::<[u8; 4]>(tail_at) == Some(*b"\r\n\r\n") {
+            reply.resp_seq = end;
+        } else {
+            reply.http_state = HTTP_IDLE;
+            count_http_skipped(reply.backend_id);
+        }
+        return;
+    }
+    reply.http_state = HTTP_IDLE;
+    if status == 101 {
+        // Switching Protocols: what follows is not HTTP/1.x.
+        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+    }
+    let class_5xx = status / 100 == 5;
+    bump_consecutive(reply.backend_id, class_5xx, is_gateway_error(status));
+}
+
+fn count_http_skipped(backend_id: u32) {
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*c).http_skipped += 1 };
     }
 }
 
@@ -465,12 +741,18 @@ fn connect_failure(backend_id: u32) {
         // SAFETY: per-CPU slot.
         unsafe { (*c).connect_failures += 1 };
     }
-    // Envoy maps a local-origin connect failure to a 503 when external and local-origin errors
-    // are not split (Istio's setting): it counts toward both consecutive counters.
+    // Envoy maps a local-origin connect failure to a 503 (refused) or 504 (timeout) when
+    // external and local-origin errors are not split (Istio's setting): a gateway error that
+    // counts toward both consecutive counters.
     bump_consecutive(backend_id, true, true);
 }
 
-fn count_response(backend_id: u32, status: u16) {
+/// Envoy tcp_proxy reports `LocalOriginConnectSuccessFinal`, which maps to a 200.
+fn connect_success(backend_id: u32) {
+    bump_consecutive(backend_id, false, false);
+}
+
+fn count_status_class(backend_id: u32, status: u16) {
     let class = status / 100;
     // The verifier cannot see that parse_status only returns 100..=599 (LLVM can, and would drop
     // a plain range check), so the index goes through `opaque` before its bounds check.
@@ -481,22 +763,31 @@ fn count_response(backend_id: u32, status: u16) {
         // SAFETY: per-CPU slot; index checked above.
         unsafe { (*c).responses[index as usize] += 1 };
     }
-    bump_consecutive(backend_id, class == 5, is_gateway_error(status));
 }
 
 /// Consecutive counters are shared by all CPUs: a failure increments atomically, a success
-/// resets to zero (Envoy: any non-5xx response breaks the run). Reaching a limit ejects the
+/// resets to zero (Envoy: any non-5xx result breaks the run). Reaching a limit ejects the
 /// backend here and now, so the very next new connection avoids it; the agent follows with the
 /// ejection time and the recomputed weights.
+///
+/// Envoy's bookkeeping (outlier_detection_impl.cc): results from an ejected host are ignored;
+/// an ejection refused by maxEjectionPercent still resets the counter; counters restart at zero
+/// after an ejection.
 fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
     let Some(state) = BACKEND_STATE.get_ptr_mut(backend_id) else {
         return;
     };
-    // The BPF target has no `AtomicU64::fetch_add` (no compare-and-swap in its core), but LLVM
-    // lowers the intrinsic to the BPF atomic add instruction. Resets are plain 8-byte stores,
-    // which are single instructions and so never torn.
-    // SAFETY: the pointers are to live, 8-byte aligned map value fields.
-    let (run_5xx, run_gateway) = unsafe {
+    // SAFETY: the pointers are to live, 8-byte aligned map value fields. The BPF target has no
+    // `AtomicU64::fetch_add` (no compare-and-swap in its core), but LLVM lowers the intrinsic to
+    // the BPF atomic add instruction. Resets are plain 8-byte stores, single instructions that
+    // are never torn.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*state).ejected) != 0 {
+            if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
+                (*c).ignored_while_ejected += 1;
+            }
+            return;
+        }
         let c5xx = &raw mut (*state).consecutive_5xx;
         let cgw = &raw mut (*state).consecutive_gateway;
         let run_5xx = if is_5xx {
@@ -511,39 +802,46 @@ fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
             core::ptr::write_volatile(cgw, 0);
             0
         };
-        (run_5xx, run_gateway)
-    };
-    if run_5xx == 0 && run_gateway == 0 {
-        return;
-    }
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return;
-    };
-    let limit_5xx = backend.eject_after_5xx as u64;
-    let limit_gateway = backend.eject_after_gateway as u64;
-    let reached = (limit_5xx != 0 && run_5xx >= limit_5xx)
-        || (limit_gateway != 0 && run_gateway >= limit_gateway);
-    // SAFETY: reading a field of a live map value.
-    if !reached || unsafe { core::ptr::read_volatile(&raw const (*state).ejected) } != 0 {
-        return;
-    }
-    // maxEjectionPercent, enforced with a budget the agent keeps current: take one unit
-    // atomically; if there was none, give it back and do not eject (Envoy's strict rule).
-    let Some(service) = SERVICE_STATE.get_ptr_mut(backend.service_id) else {
-        return;
-    };
-    // SAFETY: live, aligned map value field; i64 atomics as above.
-    unsafe {
-        let budget = &raw mut (*service).eject_budget;
-        let before = fetch_add(budget, -1);
-        if before < 1 {
-            atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(budget, 1);
+        if run_5xx == 0 && run_gateway == 0 {
+            return;
+        }
+        let Some(backend) = BACKENDS.get(backend_id) else {
+            return;
+        };
+        let limit_5xx = backend.eject_after_5xx as u64;
+        let limit_gateway = backend.eject_after_gateway as u64;
+        let reached = (limit_5xx != 0 && run_5xx >= limit_5xx)
+            || (limit_gateway != 0 && run_gateway >= limit_gateway);
+        if !reached {
+            return;
+        }
+        let (Some(config), Some(service)) = (
+            SERVICE_CONFIG.get(backend.service_id),
+            SERVICE_STATE.get_ptr_mut(backend.service_id),
+        ) else {
+            return;
+        };
+        // maxEjectionPercent (Envoy's strict rule): take a slot atomically; if that goes past
+        // the limit, give it back and do not eject.
+        let ejections = &raw mut (*service).ejections;
+        let before = fetch_add(ejections, 1);
+        if before - config.ejections_released >= config.max_ejected as i64 {
+            atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(ejections, -1);
+            core::ptr::write_volatile(c5xx, 0);
+            core::ptr::write_volatile(cgw, 0);
+            return;
+        }
+        // Two CPUs can reach the limit together: one exchange wins, the other gives its slot
+        // back.
+        if exchange(&raw mut (*state).ejected, 1) != 0 {
+            atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(ejections, -1);
             return;
         }
         let at_ns = now_ns();
         core::ptr::write_volatile(&raw mut (*state).ejected_at_ns, at_ns);
-        core::ptr::write_volatile(&raw mut (*state).ejected, 1);
-        // If the ring is full the agent still finds the flag on its periodic scan.
+        core::ptr::write_volatile(c5xx, 0);
+        core::ptr::write_volatile(cgw, 0);
+        // If the ring is full the agent finds the flag at its next reconcile pass.
         let _ = EVENTS.output::<EjectEvent>(
             EjectEvent {
                 backend_id,

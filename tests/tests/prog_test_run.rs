@@ -4,316 +4,20 @@
 //!
 //! Needs root (CAP_BPF); run through `cargo xtask test`.
 
+mod packets;
+
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun as _, Xdp};
-use aya::{Ebpf, TestRunOptions};
-use etherparse::{Ipv4Header, TcpHeader, UdpHeader};
+use aya::programs::SchedClassifier;
+use etherparse::{Ipv4Header, UdpHeader};
 use geosteer::{
-    dataplane::{BpfMaps, Dataplane as _},
-    loader::{self, MapSizes},
-    programmer::{DesiredBackend, DesiredService, Programmer},
+    dataplane::Dataplane as _,
+    programmer::{DesiredBackend, DesiredService, ServiceSettings},
 };
 use geosteer_common::{
-    BackendState, DIR_ORIGINAL, DropReason, FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey, Settings,
-    program_names,
+    APP_PROTOCOL_HTTP1, BackendState, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, program_names,
 };
-use geosteer_tests::require_root;
-
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 9);
-const BACKENDS: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(198, 18, 11, 2),
-    Ipv4Addr::new(198, 18, 12, 2),
-    Ipv4Addr::new(198, 18, 21, 2),
-];
-const VPORT: u16 = 80;
-const TPORT: u16 = 8080;
-
-const SYN: u8 = 0x02;
-const ACK: u8 = 0x10;
-const RST: u8 = 0x04;
-const PSH_ACK: u8 = 0x18;
-
-/// A hand-built Ethernet + IPv4 + TCP/UDP packet. Inputs are built here; outputs are checked
-/// with etherparse, so a checksum bug cannot hide by being the same on both sides.
-#[derive(Clone)]
-struct Pkt {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    tcp_flags: u8,
-    payload: Vec<u8>,
-    ip_options: Vec<u8>,
-    /// Raw flags+offset field (0x2000 = more fragments).
-    frag: u16,
-    udp_no_checksum: bool,
-}
-
-impl Pkt {
-    fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
-        Self {
-            src,
-            dst,
-            sport,
-            dport,
-            proto: PROTO_TCP,
-            tcp_flags: flags,
-            payload: Vec::new(),
-            ip_options: Vec::new(),
-            frag: 0,
-            udp_no_checksum: false,
-        }
-    }
-
-    fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Self {
-        Self {
-            proto: PROTO_UDP,
-            payload: payload.to_vec(),
-            ..Self::tcp(src, sport, dst, dport, 0)
-        }
-    }
-
-    fn with_payload(mut self, payload: &[u8]) -> Self {
-        self.payload = payload.to_vec();
-        self
-    }
-
-    fn build(&self) -> Vec<u8> {
-        let mut l4 = Vec::new();
-        l4.extend(self.sport.to_be_bytes());
-        l4.extend(self.dport.to_be_bytes());
-        if self.proto == PROTO_TCP {
-            l4.extend(1000u32.to_be_bytes()); // seq
-            l4.extend(0u32.to_be_bytes()); // ack
-            l4.push(5 << 4);
-            l4.push(self.tcp_flags);
-            l4.extend(64240u16.to_be_bytes());
-            l4.extend([0, 0, 0, 0]); // checksum, urgent
-        } else {
-            l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
-            l4.extend([0, 0]);
-        }
-        l4.extend(&self.payload);
-        let check_at = if self.proto == PROTO_TCP { 16 } else { 6 };
-        if !(self.proto == PROTO_UDP && self.udp_no_checksum) {
-            let mut pseudo = Vec::new();
-            pseudo.extend(self.src.octets());
-            pseudo.extend(self.dst.octets());
-            pseudo.extend([0, self.proto]);
-            pseudo.extend((l4.len() as u16).to_be_bytes());
-            pseudo.extend(&l4);
-            let mut c = geosteer_common::csum::checksum(&pseudo);
-            if self.proto == PROTO_UDP && c == 0 {
-                c = 0xffff;
-            }
-            l4[check_at..check_at + 2].copy_from_slice(&c.to_ne_bytes());
-        }
-        let ihl = 5 + self.ip_options.len() / 4;
-        let mut ip = vec![(4 << 4) | ihl as u8, 0];
-        ip.extend(((ihl * 4 + l4.len()) as u16).to_be_bytes());
-        ip.extend([0x12, 0x34]);
-        ip.extend(self.frag.to_be_bytes());
-        ip.extend([64, self.proto, 0, 0]);
-        ip.extend(self.src.octets());
-        ip.extend(self.dst.octets());
-        ip.extend(&self.ip_options);
-        let c = geosteer_common::csum::checksum(&ip);
-        ip[10..12].copy_from_slice(&c.to_ne_bytes());
-        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-        frame.extend(ip);
-        frame.extend(l4);
-        frame
-    }
-}
-
-/// What an output packet says, after checksum verification.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-}
-
-/// Parses an output frame and asserts that its IPv4 and L4 checksums are correct.
-fn verify(frame: &[u8]) -> Seen {
-    let (ip, rest) = Ipv4Header::from_slice(&frame[14..]).expect("ipv4 header parses");
-    assert_eq!(
-        ip.header_checksum,
-        ip.calc_header_checksum(),
-        "IPv4 header checksum"
-    );
-    let payload_len = ip.payload_len().expect("ip payload length") as usize;
-    let l4 = &rest[..payload_len];
-    let (src, dst) = (Ipv4Addr::from(ip.source), Ipv4Addr::from(ip.destination));
-    if ip.protocol == etherparse::IpNumber::TCP {
-        let (tcp, data) = TcpHeader::from_slice(l4).expect("tcp header parses");
-        let expected = tcp.calc_checksum_ipv4(&ip, data).expect("tcp checksum");
-        assert_eq!(tcp.checksum, expected, "TCP checksum");
-        Seen {
-            src,
-            dst,
-            sport: tcp.source_port,
-            dport: tcp.destination_port,
-        }
-    } else {
-        let (udp, data) = UdpHeader::from_slice(l4).expect("udp header parses");
-        if udp.checksum != 0 {
-            let expected = udp.calc_checksum_ipv4(&ip, data).expect("udp checksum");
-            assert_eq!(udp.checksum, expected, "UDP checksum");
-        }
-        Seen {
-            src,
-            dst,
-            sport: udp.source_port,
-            dport: udp.destination_port,
-        }
-    }
-}
-
-struct Rig {
-    ebpf: Ebpf,
-    maps: BpfMaps,
-    programmer: Programmer,
-}
-
-impl Rig {
-    fn new() -> Self {
-        require_root();
-        let sizes = MapSizes {
-            max_services: 16,
-            max_backends: 256,
-            conntrack: 65536,
-        };
-        let mut ebpf = loader::load(sizes, None).expect("kernel object loads and verifies");
-        let maps = BpfMaps::take(&mut ebpf).expect("maps");
-        let mut rig = Self {
-            ebpf,
-            maps,
-            programmer: Programmer::new(16, 256),
-        };
-        rig.set_services(&[
-            (VIP, VPORT, PROTO_TCP, &[1, 1, 1]),
-            (VIP, VPORT, PROTO_UDP, &[1, 1, 1]),
-        ]);
-        rig
-    }
-
-    fn set_services(&mut self, services: &[(Ipv4Addr, u16, u8, &[u32])]) {
-        let desired: Vec<DesiredService> = services
-            .iter()
-            .map(|(vip, port, proto, weights)| DesiredService {
-                name: format!("{vip}:{port}/{proto}"),
-                key: ServiceKey {
-                    addr: u32::from(*vip).to_be(),
-                    port: port.to_be(),
-                    proto: *proto,
-                    _pad: 0,
-                },
-                backends: weights
-                    .iter()
-                    .zip(BACKENDS)
-                    .map(|(w, ip)| DesiredBackend {
-                        addr: u32::from(ip).to_be(),
-                        port: TPORT.to_be(),
-                        weight: *w,
-                        ..Default::default()
-                    })
-                    .collect(),
-            })
-            .collect();
-        self.programmer
-            .apply(&mut self.maps, &desired)
-            .expect("apply");
-    }
-
-    fn run_tc(&mut self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut SchedClassifier =
-            self.ebpf.program_mut(program).unwrap().try_into().unwrap();
-        let mut out = vec![0u8; pkt.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("test run");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn ingress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
-        self.run_tc(program_names::TC_INGRESS, &pkt.build())
-    }
-
-    fn egress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
-        self.run_tc(program_names::TC_EGRESS, &pkt.build())
-    }
-
-    fn xdp(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
-        self.run_xdp(&pkt.build())
-    }
-
-    fn run_xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(program_names::XDP)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let mut out = vec![0u8; data.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(data),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("test run");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
-    }
-
-    fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
-        let key = ServiceKey {
-            addr: u32::from(VIP).to_be(),
-            port: VPORT.to_be(),
-            proto,
-            _pad: 0,
-        };
-        let live = self.programmer.service(&key).expect("service live");
-        live.backends[&(u32::from(ip).to_be(), TPORT.to_be())].0
-    }
-
-    fn drops(&self, reason: DropReason) -> u64 {
-        self.maps.drops(reason).unwrap()
-    }
-
-    fn forget_flow(&mut self, pkt: &Pkt) {
-        let key = FlowKey {
-            saddr: u32::from(pkt.src).to_be(),
-            daddr: u32::from(pkt.dst).to_be(),
-            sport: pkt.sport.to_be(),
-            dport: pkt.dport.to_be(),
-            proto: pkt.proto,
-            direction: DIR_ORIGINAL,
-            _pad: 0,
-        };
-        let _ = self.maps.conntrack.remove(&key);
-    }
-}
-
-fn syn(sport: u16) -> Pkt {
-    Pkt::tcp(CLIENT, sport, VIP, VPORT, SYN)
-}
+use packets::*;
 
 #[test]
 fn tcp_dnat_then_reverse_nat_with_valid_checksums() {
@@ -475,41 +179,31 @@ fn fragments_and_truncated_packets_get_documented_verdicts() {
 
 #[test]
 fn http_status_lines_are_counted_per_backend() {
-    let mut rig = Rig::new();
-    let (_, out) = rig.ingress(&syn(40030));
-    let backend = verify(&out).dst;
-    let id = rig.backend_id(backend, PROTO_TCP);
-    let reply =
-        |payload: &[u8]| Pkt::tcp(backend, TPORT, CLIENT, 40030, PSH_ACK).with_payload(payload);
-    let state = |rig: &Rig| rig.maps.backend_state.get(&id, 0).unwrap();
-    let counters = |rig: &Rig| rig.maps.backend_counters(id).unwrap();
+    let mut rig = Rig::with_settings(ServiceSettings {
+        app_protocol: APP_PROTOCOL_HTTP1,
+        ..Default::default()
+    });
+    let mut conn = Conn::open(&mut rig, 40030);
+    let backend = conn.backend;
+    let state = |rig: &Rig| rig.state(backend);
 
-    rig.egress(&reply(b"HTTP/1.0 503 Service Unavailable\r\n\r\n"));
-    rig.egress(&reply(b"HTTP/1.1 502 Bad Gateway\r\n\r\n"));
+    conn.exchange(&mut rig, b"HTTP/1.0 503 Service Unavailable\r\n\r\n");
+    conn.exchange(&mut rig, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
     let s = state(&rig);
     assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (2, 2));
-    rig.egress(&reply(b"HTTP/1.1 500 Internal Server Error\r\n\r\n"));
+    conn.exchange(&mut rig, b"HTTP/1.1 500 Internal Server Error\r\n\r\n");
     let s = state(&rig);
     assert_eq!(
         (s.consecutive_5xx, s.consecutive_gateway),
         (3, 0),
         "500 is not a gateway error"
     );
-    // Not status lines: no counts, no reset.
-    for payload in [
-        &b"HTTP/1.1"[..],
-        b"SSH-2.0-OpenSSH_9.6\r\n",
-        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\x00",
-        b"HTTP/2 200\r\n",
-    ] {
-        rig.egress(&reply(payload));
-    }
-    assert_eq!(state(&rig).consecutive_5xx, 3);
-    rig.egress(&reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    conn.exchange(&mut rig, OK_200);
     assert_eq!(state(&rig).consecutive_5xx, 0, "a success ends the run");
-    rig.egress(&reply(b"HTTP/1.1 404 Not Found\r\n\r\n"));
-    let c = counters(&rig);
+    conn.exchange(&mut rig, b"HTTP/1.1 404 Not Found\r\n\r\n");
+    let c = rig.counters(backend);
     assert_eq!(c.responses, [0, 1, 0, 1, 3], "1xx..5xx");
+    assert_eq!(c.http_skipped, 0);
 }
 
 #[test]
@@ -548,11 +242,11 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     );
 
     // SYN retransmitted after the connect timeout with no SYN-ACK: counted once.
-    rig.maps
-        .write_settings(&Settings {
-            connect_timeout_ns: 1,
-        })
-        .unwrap();
+    rig.settings.connect_timeout_ns = 1;
+    rig.set_services(&[
+        (VIP, VPORT, PROTO_TCP, &[1, 1, 1]),
+        (VIP, VPORT, PROTO_UDP, &[1, 1, 1]),
+    ]);
     let (_, out) = rig.ingress(&syn(40042));
     let b3 = verify(&out).dst;
     let id3 = rig.backend_id(b3, PROTO_TCP);
@@ -777,31 +471,30 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
                 weight: 1,
                 eject_after_5xx: 2,
                 eject_after_gateway: 0,
+                flags: 0,
             })
             .collect(),
+        settings: ServiceSettings {
+            app_protocol: APP_PROTOCOL_HTTP1,
+            max_ejected: 1,
+            ..Default::default()
+        },
     };
     rig.programmer.apply(&mut rig.maps, &[desired]).unwrap();
     let service_id = rig.programmer.service(&desired_key()).unwrap().id;
-    rig.maps
-        .write_service_state(
-            service_id,
-            &geosteer_common::ServiceState { eject_budget: 1 },
-        )
-        .unwrap();
 
-    // Open one flow to each backend.
-    let mut flows = std::collections::BTreeMap::new();
+    // Open one connection to each backend.
+    let mut conns = std::collections::BTreeMap::new();
     for port in 44000..44300u16 {
-        let (_, out) = rig.ingress(&syn(port));
-        flows.entry(verify(&out).dst).or_insert(port);
+        let conn = Conn::open(&mut rig, port);
+        conns.entry(conn.backend).or_insert(conn);
     }
-    assert_eq!(flows.len(), 3);
-    let fail = |rig: &mut Rig, backend: Ipv4Addr| {
-        let port = flows[&backend];
-        rig.egress(
-            &Pkt::tcp(backend, TPORT, CLIENT, port, PSH_ACK)
-                .with_payload(b"HTTP/1.1 503 Service Unavailable\r\n\r\n"),
-        );
+    assert_eq!(conns.len(), 3);
+    let mut fail = |rig: &mut Rig, backend: Ipv4Addr| {
+        conns
+            .get_mut(&backend)
+            .unwrap()
+            .exchange(rig, UNAVAILABLE_503);
     };
     let state = |rig: &Rig, ip: Ipv4Addr| {
         rig.maps
@@ -831,12 +524,16 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     fail(&mut rig, BACKENDS[1]);
     assert_eq!(state(&rig, BACKENDS[1]).ejected, 0);
     assert_eq!(
-        rig.maps
-            .service_state
-            .get(&service_id, 0)
-            .unwrap()
-            .eject_budget,
-        0
+        rig.maps.service_state.get(&service_id, 0).unwrap().ejections,
+        1,
+        "one ejection on the books"
+    );
+    // A refused ejection resets the counter (Envoy), so the run starts over.
+    let s = state(&rig, BACKENDS[1]);
+    assert!(
+        s.consecutive_5xx < 2,
+        "counter after refused ejections: {}",
+        s.consecutive_5xx
     );
 }
 
@@ -911,10 +608,15 @@ fn a_reused_source_port_is_a_new_connection() {
             },
         )
         .unwrap();
-    // Mid-connection packets stay with the (now ejected) backend.
+    // Mid-connection packets stay with the (now ejected) backend, and so does a SYN on the
+    // open tuple: it is no new connection while the flow is open.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));
     assert_eq!(verify(&out).dst, first);
-    // The next connection from the same port does not.
+    let (_, out) = rig.ingress(&syn(port));
+    assert_eq!(verify(&out).dst, first, "a SYN on an open tuple moved it");
+    // The connection closes (FIN both ways); the next connection from the same port is new.
+    rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, FIN | ACK));
+    rig.egress(&Pkt::tcp(first, TPORT, CLIENT, port, FIN | ACK));
     let (_, out) = rig.ingress(&syn(port));
     let second = verify(&out).dst;
     assert_ne!(

@@ -273,7 +273,9 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     }
 
     // Where the hash landed in the live table, and what selection went past.
+    let seed = maps.read_settings()?.hash_seed;
     let hash = flow_hash(
+        seed,
         original_key.saddr,
         original_key.daddr,
         original_key.sport,

@@ -247,6 +247,8 @@ fn counters(new_flows: u64, fives: u64) -> BackendCounters {
         responses: [0, new_flows - fives, 0, 0, fives],
         resets: 0,
         connect_failures: 0,
+        http_skipped: 0,
+        ignored_while_ejected: 0,
     }
 }
 
@@ -259,7 +261,7 @@ fn kernel(id: u32, addr: [u8; 4], port: u16, ejected: bool, c: BackendCounters) 
             ..Default::default()
         },
         state: BackendState {
-            ejected: ejected as u32,
+            ejected: ejected as u64,
             consecutive_5xx: ejected as u64,
             ..Default::default()
         },

@@ -7,7 +7,10 @@
 //! So a DestinationRule that sets only `outlierDetection` (the ASM tutorial) combines with the
 //! mesh-wide failover set in `defaults`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use super::{
     Config, FieldError,
@@ -29,6 +32,8 @@ pub struct EffectivePolicy {
     pub cluster_weights: Option<BTreeMap<String, u32>>,
     /// With `port` filled in: the service's first `targetPort` when the file leaves it out.
     pub health_check: Option<HealthCheck>,
+    /// `connectionPool.tcp.connectTimeout`; `None`: the node's `dataplane.connectTimeout`.
+    pub connect_timeout: Option<Duration>,
     /// Where each group came from, for people, e.g.
     /// "outlierDetection from DestinationRule default/reviews (asm.yaml)".
     pub sources: Vec<String>,
@@ -77,6 +82,7 @@ impl Source {
 struct Resolved<'a> {
     outlier_detection: Option<(&'a OutlierDetection, Source)>,
     locality_lb: Option<(&'a LocalityLbSetting, Source)>,
+    connect_timeout: Option<(Duration, Source)>,
 }
 
 fn resolve(config: &Config, s: usize) -> Resolved<'_> {
@@ -96,6 +102,9 @@ fn resolve(config: &Config, s: usize) -> Resolved<'_> {
         locality_lb: sources
             .iter()
             .find_map(|&(policy, source)| Some((policy.locality_lb_setting()?, source))),
+        connect_timeout: sources.iter().find_map(|&(policy, source)| {
+            Some((policy.connection_pool.as_ref()?.connect_timeout()?, source))
+        }),
     }
 }
 
@@ -111,6 +120,12 @@ pub fn effective_traffic_policy(config: &Config, service_index: usize) -> Effect
     if let Some((_, source)) = resolved.locality_lb {
         sources.push(format!(
             "localityLbSetting from {}",
+            source.describe(config)
+        ));
+    }
+    if let Some((_, source)) = resolved.connect_timeout {
+        sources.push(format!(
+            "connectionPool.tcp.connectTimeout from {}",
             source.describe(config)
         ));
     }
@@ -130,6 +145,7 @@ pub fn effective_traffic_policy(config: &Config, service_index: usize) -> Effect
         locality_lb: resolved.locality_lb.map(|(l, _)| l.clone()),
         cluster_weights: service.cluster_weights.clone(),
         health_check,
+        connect_timeout: resolved.connect_timeout.map(|(t, _)| t),
         sources,
     }
 }

@@ -65,6 +65,9 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Only `tcp.connectTimeout` is acted on; the rest is reported as ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
     /// Fields present in the file that geosteer does not act on, as paths below
     /// `trafficPolicy` (e.g. `connectionPool`, `loadBalancer.simple`). Not serialized: only
     /// their names are kept, for the warnings.
@@ -78,6 +81,38 @@ impl TrafficPolicy {
         self.load_balancer.as_ref()?.locality_lb_setting.as_ref()
     }
 }
+
+/// `trafficPolicy.connectionPool`, reduced to what an L4 data path can honour.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpSettings>,
+}
+
+impl ConnectionPool {
+    /// `tcp.connectTimeout`, if set.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.tcp.as_ref()?.connect_timeout
+    }
+}
+
+/// `connectionPool.tcp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSettings {
+    /// A connect that sees no SYN-ACK this long is a gateway error (Istio's default is the mesh
+    /// `connectTimeout`, 10 s).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_optional_duration"
+    )]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Accepted range of `connectionPool.tcp.connectTimeout` (Istio: "MUST BE >=1ms").
+pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
 
 /// `trafficPolicy.loadBalancer`. `simple` and `consistentHash` are accepted but not acted on:
 /// geosteer always picks endpoints by weighted consistent hashing.
@@ -341,6 +376,16 @@ fn serialize_duration<S: Serializer>(
     serializer.serialize_str(&format_duration(*duration))
 }
 
+fn serialize_optional_duration<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => serialize_duration(d, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// A duration field read through [`MapAccess::next_value`].
 struct IstioDuration(Duration);
 
@@ -447,6 +492,43 @@ impl LenientFields for TrafficPolicy {
         match key {
             "loadBalancer" => self.load_balancer = read_nested(key, map, ignored)?,
             "outlierDetection" => self.outlier_detection = read_nested(key, map, ignored)?,
+            "connectionPool" => self.connection_pool = read_nested(key, map, ignored)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl LenientFields for ConnectionPool {
+    const EXPECTING: &'static str = "a connectionPool map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "tcp" => self.tcp = read_nested(key, map, ignored)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+impl LenientFields for TcpSettings {
+    const EXPECTING: &'static str = "a connectionPool.tcp map";
+
+    fn read<'de, A: MapAccess<'de>>(
+        &mut self,
+        key: &str,
+        map: &mut A,
+        _ignored: &mut Vec<String>,
+    ) -> Result<bool, A::Error> {
+        match key {
+            "connectTimeout" => {
+                self.connect_timeout = map.next_value::<Option<IstioDuration>>()?.map(|d| d.0)
+            }
             _ => return Ok(false),
         }
         Ok(true)
@@ -522,7 +604,6 @@ impl LenientFields for OutlierDetection {
 
 /// Istio trafficPolicy fields that geosteer accepts but does not act on, and why.
 const NOT_ACTED_ON: &[(&str, &str)] = &[
-    ("connectionPool", "geosteer steers at L4"),
     ("tls", "geosteer steers at L4"),
     ("tunnel", "geosteer steers at L4"),
     ("proxyProtocol", "geosteer steers at L4"),
@@ -560,6 +641,11 @@ const NOT_ACTED_ON: &[(&str, &str)] = &[
 
 /// The warning for a field listed in [`TrafficPolicy::ignored`].
 pub(super) fn ignored_field_message(field: &str) -> String {
+    if field == "connectionPool" || field.starts_with("connectionPool.") {
+        return "accepted but not acted on (geosteer steers at L4; of connectionPool only \
+                tcp.connectTimeout applies)"
+            .to_string();
+    }
     match NOT_ACTED_ON.iter().find(|(known, _)| *known == field) {
         Some((_, why)) => format!("accepted but not acted on ({why})"),
         None => "not an Istio trafficPolicy field; ignored".to_string(),
@@ -583,6 +669,24 @@ pub(super) fn validate_traffic_policy(
     }
     if let Some(outlier) = &policy.outlier_detection {
         validate_outlier_detection(outlier, &format!("{at}.outlierDetection"), errors);
+    }
+    if let Some(timeout) = policy
+        .connection_pool
+        .as_ref()
+        .and_then(ConnectionPool::connect_timeout)
+    {
+        let (min, max) = CONNECT_TIMEOUT_RANGE;
+        if timeout < min || timeout > max {
+            errors.push(FieldError::new(
+                format!("{at}.connectionPool.tcp.connectTimeout"),
+                format!(
+                    "{} is out of range ({} to {})",
+                    format_duration(timeout),
+                    format_duration(min),
+                    format_duration(max)
+                ),
+            ));
+        }
     }
 }
 

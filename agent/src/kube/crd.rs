@@ -341,6 +341,7 @@ resetOnEject: true
                     max_ejection_percent: 100,
                     min_health_percent: 50,
                 }),
+                connection_pool: None,
                 ignored: vec![],
             }),
             cluster_weights: Some(

@@ -543,6 +543,7 @@ impl Index {
             };
             ports.push((
                 port.name.clone(),
+                port.app_protocol.clone(),
                 number,
                 protocol,
                 port.target_port.clone(),
@@ -566,7 +567,7 @@ impl Index {
             .collect();
         let service_ports: Vec<ServicePort> = ports
             .iter()
-            .map(|(port_name, port, protocol, target)| {
+            .map(|(port_name, app_protocol, port, protocol, target)| {
                 let from_slices = slices
                     .iter()
                     .find_map(|(_, slice)| slice_port(slice, port_name.as_deref(), *protocol));
@@ -582,6 +583,7 @@ impl Index {
                 };
                 ServicePort {
                     name: port_name.clone(),
+                    app_protocol: app_protocol.clone(),
                     port: *port,
                     target_port: from_slices.or(from_seed).or(from_spec).unwrap_or(*port),
                     protocol: *protocol,
@@ -1410,6 +1412,7 @@ mod tests {
             service.ports,
             [ServicePort {
                 name: Some("http".into()),
+                app_protocol: None,
                 port: 80,
                 target_port: 9080,
                 protocol: Protocol::Tcp,
