@@ -34,7 +34,7 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, Programmer, build_service_table},
 };
 use geosteer_common::{
-    Backend, BackendState, EjectEvent, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
+    Backend, BackendState, EjectEvent, ServiceConfig, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
     ServiceValue, Settings,
 };
 use serde::Serialize;
@@ -270,8 +270,10 @@ fn service(i: u32) -> DesiredService {
                 weight: 1,
                 eject_after_5xx: 1,
                 eject_after_gateway: 0,
+                flags: 0,
             })
             .collect(),
+        settings: Default::default(),
     }
 }
 
@@ -405,9 +407,6 @@ impl Dataplane for Counting {
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
         self.maps.write_backend_state(id, state)
     }
-    fn set_ejected(&mut self, id: u32, ejected: bool) -> Result<()> {
-        self.maps.set_ejected(id, ejected)
-    }
     fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
         self.maps.write_table(index, table)
     }
@@ -446,5 +445,17 @@ impl Dataplane for Counting {
     }
     fn read_backend(&self, id: u32) -> Result<Backend> {
         self.maps.read_backend(id)
+    }
+    fn write_service_config(&mut self, id: u32, config: &ServiceConfig) -> Result<()> {
+        self.maps.write_service_config(id, config)
+    }
+    fn read_backend_state(&self, id: u32) -> Result<BackendState> {
+        self.maps.read_backend_state(id)
+    }
+    fn read_service_state(&self, id: u32) -> Result<ServiceState> {
+        self.maps.read_service_state(id)
+    }
+    fn read_service_config(&self, id: u32) -> Result<ServiceConfig> {
+        self.maps.read_service_config(id)
     }
 }

@@ -306,6 +306,7 @@ fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
                 ..Default::default()
             })
             .collect(),
+        settings: Default::default(),
     }
 }
 

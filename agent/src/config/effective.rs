@@ -831,8 +831,9 @@ mod tests {
                         "accepted but not acted on (geosteer steers at L4)",
                     ),
                     (
-                        "services[0].trafficPolicy.connectionPool",
-                        "accepted but not acted on (geosteer steers at L4)",
+                        "services[0].trafficPolicy.connectionPool.tcp.maxConnections",
+                        "accepted but not acted on (geosteer steers at L4; of connectionPool \
+                         only tcp.connectTimeout applies)",
                     ),
                     (
                         "services[0].trafficPolicy.loadBalancer.simple",
@@ -944,8 +945,9 @@ mod tests {
         assert_eq!(
             warnings,
             [
-                "asm.yaml: DestinationRule default/reviews: spec.trafficPolicy.connectionPool: \
-                 accepted but not acted on (geosteer steers at L4)",
+                "asm.yaml: DestinationRule default/reviews: spec.trafficPolicy.connectionPool.http: \
+                 accepted but not acted on (geosteer steers at L4; of connectionPool only \
+                 tcp.connectTimeout applies)",
                 "asm.yaml: DestinationRule default/productpage: spec.host: \"productpage\" \
                  selects no service in this config; the rule is not used",
                 "asm.yaml: DestinationRule default/ratings: spec.host: \"ratings\" selects no \

@@ -520,7 +520,7 @@ status: {}
                 ..OutlierDetection::default()
             })
         );
-        assert_eq!(reviews.ignored, ["connectionPool"]);
+        assert_eq!(reviews.ignored, ["connectionPool.http"]);
         assert!(rules.iter().all(|r| r.ignored.is_empty()));
     }
 }

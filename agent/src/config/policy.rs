@@ -1144,7 +1144,7 @@ mod tests {
             ("{}", vec![]),
             (
                 "{connectionPool: {http: {maxRequestsPerConnection: 1}}, tls: {mode: ISTIO_MUTUAL}}",
-                vec!["connectionPool", "tls"],
+                vec!["connectionPool.http", "tls"],
             ),
             (
                 "{loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}",
@@ -1181,8 +1181,9 @@ mod tests {
     fn ignored_field_messages() {
         let cases = [
             (
-                "connectionPool",
-                "accepted but not acted on (geosteer steers at L4)",
+                "connectionPool.http",
+                "accepted but not acted on (geosteer steers at L4; of connectionPool only \
+                 tcp.connectTimeout applies)",
             ),
             (
                 "loadBalancer.simple",

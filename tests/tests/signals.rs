@@ -1,0 +1,415 @@
+//! The health signals on adversarial packets, through the real programs (BPF_PROG_TEST_RUN):
+//! benign traffic must not trip them and a client must not forge them (SEMANTICS.md, "What
+//! counts as an error"). Each case is one rule.
+//!
+//! Needs root (CAP_BPF); run through `cargo xtask test`.
+
+mod packets;
+
+use std::net::Ipv4Addr;
+
+use geosteer::{dataplane::Dataplane as _, programmer::ServiceSettings};
+use geosteer_common::{
+    APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BackendState, PROTO_TCP,
+    PROTO_UDP, Settings,
+};
+use packets::*;
+
+const SECOND: u64 = 1_000_000_000;
+
+fn http() -> ServiceSettings {
+    ServiceSettings {
+        app_protocol: APP_PROTOCOL_HTTP1,
+        connect_timeout_ns: 10 * SECOND,
+        max_ejected: 3,
+    }
+}
+
+fn runs(rig: &Rig, backend: Ipv4Addr) -> (u64, u64) {
+    let s = rig.state(backend);
+    (s.consecutive_5xx, s.consecutive_gateway)
+}
+
+#[test]
+fn a_body_segment_that_looks_like_a_503_is_not_a_status() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50000);
+    conn.send(&mut rig, b"GET /capture.txt HTTP/1.1\r\n\r\n");
+    conn.reply(
+        &mut rig,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\nfirst part of the body",
+    );
+    // The next body segment happens to start like a status line.
+    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n(captured)");
+    conn.reply(&mut rig, b"HTTP/1.0 502 Bad Gateway\r\n");
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    let c = rig.counters(conn.backend);
+    assert_eq!(c.responses, [0, 1, 0, 0, 0], "one response, a 200");
+}
+
+#[test]
+fn a_retransmitted_response_start_counts_once() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50010);
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    let start = conn.backend_seq;
+    conn.reply(&mut rig, UNAVAILABLE_503);
+    conn.reply_at(&mut rig, start, UNAVAILABLE_503);
+    conn.reply_at(&mut rig, start, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    // The client retransmits its request: it re-arms nothing.
+    conn.client_seq -= 18;
+    conn.send_acking(&mut rig, b"GET / HTTP/1.1\r\n\r\n", start);
+    conn.reply_at(&mut rig, start, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    assert_eq!(rig.counters(conn.backend).responses[4], 1);
+}
+
+#[test]
+fn keep_alive_requests_each_read_their_own_status() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50020);
+    for _ in 0..3 {
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+    }
+    assert_eq!(runs(&rig, conn.backend), (3, 3));
+    // A response in two segments, then the next request.
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 500 Int"); // body bytes
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+}
+
+#[test]
+fn interim_responses_are_not_final() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50030);
+    conn.send(
+        &mut rig,
+        b"POST /upload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n",
+    );
+    conn.reply(&mut rig, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.send(&mut rig, b"body data"); // not a request start
+    conn.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1), "the final 503 counts");
+    let c = rig.counters(conn.backend);
+    assert_eq!((c.responses[0], c.responses[4]), (1, 1));
+}
+
+#[test]
+fn unknown_boundaries_are_skipped_and_counted() {
+    let mut rig = Rig::with_settings(http());
+
+    // Pipelining: the second request goes out before the first response.
+    let mut conn = Conn::open(&mut rig, 50040);
+    conn.send(&mut rig, b"GET /a HTTP/1.1\r\n\r\n");
+    conn.send(&mut rig, b"GET /b HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, OK_200);
+    conn.reply(&mut rig, UNAVAILABLE_503); // the second response: its start was not known
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, 1);
+
+    // A request sent while the backend still had bytes in flight (the client acknowledges
+    // less than the backend sent).
+    let mut conn = Conn::open(&mut rig, 50041);
+    conn.exchange(&mut rig, OK_200);
+    conn.reply(&mut rig, b"unsolicited bytes");
+    let acked = conn.backend_seq - 17;
+    let before = rig.counters(conn.backend).http_skipped;
+    conn.send_acking(&mut rig, b"GET / HTTP/1.1\r\n\r\n", acked);
+    conn.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, before + 1);
+
+    // A status line split across segments.
+    let mut conn = Conn::open(&mut rig, 50042);
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    let before = rig.counters(conn.backend).http_skipped;
+    conn.reply(&mut rig, b"HTTP/1.1 5");
+    conn.reply(&mut rig, b"03 Service Unavailable\r\n\r\n");
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, before + 1);
+
+    // The awaited start never passed (the segment starts past it).
+    let mut conn = Conn::open(&mut rig, 50043);
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    let before = rig.counters(conn.backend).http_skipped;
+    conn.reply_at(&mut rig, conn.backend_seq + 100, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, before + 1);
+}
+
+#[test]
+fn a_response_start_inside_a_segment_is_found() {
+    // A retransmission may carry old bytes and the awaited start together.
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50050);
+    conn.exchange(&mut rig, OK_200);
+    let old = conn.backend_seq - 8;
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    let mut segment = OK_200[OK_200.len() - 8..].to_vec();
+    segment.extend_from_slice(UNAVAILABLE_503);
+    conn.reply_at(&mut rig, old, &segment);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+}
+
+#[test]
+fn a_lost_syn_is_no_connect_failure() {
+    let mut rig = Rig::with_settings(http());
+    let (_, out) = rig.ingress(&syn(50100));
+    let backend = verify(&out).dst;
+    // Retransmitted after 1 s, 3 s (Linux), well inside the 10 s connect timeout.
+    rig.ingress(&syn(50100));
+    rig.ingress(&syn(50100));
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    assert_eq!(runs(&rig, backend), (0, 0));
+}
+
+#[test]
+fn syn_with_other_flags_is_no_connection_attempt() {
+    // A 1 ns connect timeout: any retransmitted SYN of a real attempt would count.
+    let mut rig = Rig::with_settings(ServiceSettings {
+        connect_timeout_ns: 1,
+        ..http()
+    });
+    for (i, flags) in [SYN | FIN, SYN | RST, SYN | ACK, SYN | FIN | ACK]
+        .into_iter()
+        .enumerate()
+    {
+        let port = 50200 + i as u16;
+        let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, flags));
+        let backend = verify(&out).dst;
+        // The real SYN that follows is the first of its connection, not a retransmission.
+        rig.ingress(&syn(port));
+        assert_eq!(
+            rig.counters(backend).connect_failures,
+            0,
+            "flags {flags:#04x} then SYN counted a connect failure"
+        );
+    }
+    for b in BACKENDS {
+        assert_eq!(runs(&rig, b), (0, 0));
+    }
+}
+
+#[test]
+fn a_syn_on_an_established_tuple_neither_moves_nor_resets_it() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50300);
+    let id = rig.backend_id(conn.backend, PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, out) = rig.ingress(&syn(50300));
+    assert_eq!(verify(&out).dst, conn.backend);
+    rig.maps
+        .write_backend_state(id, &BackendState::default())
+        .unwrap();
+    // The flow's state survived: its next request is still tracked.
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+}
+
+#[test]
+fn refused_and_timed_out_connects_are_gateway_errors_that_count_once() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        connect_timeout_ns: 1,
+        ..http()
+    });
+    let (_, out) = rig.ingress(&syn(50400));
+    let refused = verify(&out).dst;
+    rig.egress(&Pkt::tcp(refused, TPORT, CLIENT, 50400, RST | ACK));
+    rig.egress(&Pkt::tcp(refused, TPORT, CLIENT, 50400, RST | ACK));
+    assert_eq!(runs(&rig, refused), (1, 1));
+    assert_eq!(rig.counters(refused).connect_failures, 1);
+
+    // Timed out: a SYN retransmitted past the timeout (1 ns here), counted once.
+    let port = (50401..50500)
+        .find(|&p| {
+            let (_, out) = rig.ingress(&syn(p));
+            verify(&out).dst != refused
+        })
+        .unwrap();
+    let (_, out) = rig.ingress(&syn(port));
+    let timed_out = verify(&out).dst;
+    rig.ingress(&syn(port));
+    assert_eq!(rig.counters(timed_out).connect_failures, 1);
+}
+
+#[test]
+fn opaque_tcp_connect_success_resets_both_counters() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        app_protocol: APP_PROTOCOL_OPAQUE,
+        ..http()
+    });
+    let (_, out) = rig.ingress(&syn(50500));
+    let backend = verify(&out).dst;
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 50500, RST | ACK));
+    assert_eq!(runs(&rig, backend), (1, 1));
+    let port = (50501..50700)
+        .find(|&p| {
+            let (_, out) = rig.ingress(&syn(p));
+            verify(&out).dst == backend
+        })
+        .unwrap();
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, port, SYN | ACK));
+    assert_eq!(runs(&rig, backend), (0, 0), "tcp_proxy: a connect is a success");
+
+    // HTTP/1.x: the router's connect success is no result; responses decide.
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50600);
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    let b = conn.backend;
+    let port = (50601..50800)
+        .find(|&p| {
+            let (_, out) = rig.ingress(&syn(p));
+            verify(&out).dst == b
+        })
+        .unwrap();
+    rig.egress(&Pkt::tcp(b, TPORT, CLIENT, port, SYN | ACK));
+    assert_eq!(runs(&rig, b), (1, 1));
+}
+
+#[test]
+fn undeclared_ports_detect_the_protocol_per_flow() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        app_protocol: APP_PROTOCOL_DETECT,
+        ..http()
+    });
+    // HTTP/1.x from the first request bytes: the status counts, the connect does not.
+    let mut web = Conn::open(&mut rig, 50700);
+    web.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, web.backend), (1, 1));
+
+    // A TLS ClientHello: opaque, so the pending connect success resets the counters, and a
+    // later payload that looks like a 503 is never read.
+    let mut tls = (50701..50790)
+        .map(|port| Conn::open(&mut rig, port))
+        .find(|conn| conn.backend == web.backend)
+        .unwrap();
+    assert_eq!(runs(&rig, web.backend), (1, 1), "not decided yet");
+    tls.send(&mut rig, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+    assert_eq!(runs(&rig, web.backend), (0, 0));
+    tls.reply(&mut rig, UNAVAILABLE_503);
+    tls.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    tls.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, web.backend), (0, 0));
+
+    // A server-first protocol (the backend speaks first): opaque.
+    let mut banner = Conn::open(&mut rig, 50790);
+    let before = rig.counters(banner.backend).responses;
+    banner.reply(&mut rig, b"220 smtp.example ESMTP\r\n");
+    banner.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    banner.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(rig.counters(banner.backend).responses, before);
+}
+
+#[test]
+fn errors_from_an_ejected_backend_are_ignored() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 50800);
+    let id = rig.backend_id(conn.backend, PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).ignored_while_ejected, 2);
+}
+
+#[test]
+fn the_flow_hash_is_keyed_by_the_node_seed() {
+    let mut rig = Rig::new();
+    let placement = |rig: &mut Rig| -> Vec<Ipv4Addr> {
+        (51000..51200u16)
+            .map(|port| {
+                let (_, out) = rig.ingress(&syn(port));
+                let dst = verify(&out).dst;
+                rig.forget_flow(&syn(port));
+                dst
+            })
+            .collect()
+    };
+    let set_seed = |rig: &mut Rig, seed: u64| {
+        rig.maps
+            .write_settings(&Settings {
+                hash_seed: seed,
+                ..Default::default()
+            })
+            .unwrap();
+    };
+    set_seed(&mut rig, 0x0123_4567_89ab_cdef);
+    let a = placement(&mut rig);
+    assert_eq!(a, placement(&mut rig), "the same seed keeps placement");
+    set_seed(&mut rig, 0xfedc_ba98_7654_3210);
+    let b = placement(&mut rig);
+    let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+    // Three equal backends: about a third agree by chance.
+    assert!(same < 110, "{same} of 200 flows kept their backend under another seed");
+}
+
+#[test]
+fn udp_flows_move_off_an_ejected_backend_and_idle_out() {
+    let mut rig = Rig::new();
+    let datagram = |port| Pkt::udp(CLIENT, port, VIP, VPORT, b"query");
+    let (_, out) = rig.ingress(&datagram(52000));
+    let first = verify(&out).dst;
+    let id = rig.backend_id(first, PROTO_UDP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, out) = rig.ingress(&datagram(52000));
+    let second = verify(&out).dst;
+    assert_ne!(second, first, "the next datagram left the ejected backend");
+    // Replies from the old backend are no longer rewritten into the flow.
+    let late = Pkt::udp(first, TPORT, CLIENT, 52000, b"late");
+    let (_, out) = rig.egress(&late);
+    assert_eq!(verify(&out).src, first);
+
+    // Idle timeout: with 1 ns every datagram finds its flow expired and is steered anew (by
+    // the table, so to the same backend; the flow's creation time is new).
+    rig.maps
+        .write_backend_state(id, &BackendState::default())
+        .unwrap();
+    rig.maps
+        .write_settings(&Settings {
+            udp_timeout_ns: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let new_flows = |rig: &Rig| -> u64 {
+        BACKENDS
+            .iter()
+            .map(|b| {
+                let id = rig.backend_id(*b, PROTO_UDP);
+                rig.maps.backend_counters(id).unwrap().new_flows
+            })
+            .sum()
+    };
+    let before = new_flows(&rig);
+    rig.ingress(&datagram(52000));
+    rig.ingress(&datagram(52000));
+    let after = new_flows(&rig);
+    assert_eq!(after - before, 2, "each datagram after the idle timeout is a new flow");
+}
