@@ -16,14 +16,15 @@ mod protocol;
 
 pub use effective::{EffectivePolicy, effective_traffic_policy, warnings};
 pub use istio::{DESTINATION_RULE_API_VERSIONS, LoadedDestinationRule, bound_destination_rule};
-pub use protocol::{AppProtocol, ProtocolChoice, app_protocol};
 pub use policy::{
-    ConnectionPool, DEFAULT_BASE_EJECTION_TIME, TcpSettings, DEFAULT_CONSECUTIVE_5XX_ERRORS, DEFAULT_MAX_EJECTION_PERCENT,
-    DEFAULT_OUTLIER_INTERVAL, Defaults, DistributeRule, FailoverRule, HEALTH_CHECK_INTERVAL_RANGE,
-    HEALTH_CHECK_THRESHOLD_RANGE, HealthCheck, HealthCheckKind, LoadBalancer, LocalityLbSetting,
-    MAX_CLUSTER_WEIGHT, MAX_CONSECUTIVE_ERRORS, OUTLIER_DURATION_RANGE, OutlierDetection,
-    TrafficPolicy, format_duration, parse_duration,
+    ConnectionPool, DEFAULT_BASE_EJECTION_TIME, DEFAULT_CONSECUTIVE_5XX_ERRORS,
+    DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Defaults, DistributeRule, FailoverRule,
+    HEALTH_CHECK_INTERVAL_RANGE, HEALTH_CHECK_THRESHOLD_RANGE, HealthCheck, HealthCheckKind,
+    LoadBalancer, LocalityLbSetting, MAX_CLUSTER_WEIGHT, MAX_CONSECUTIVE_ERRORS,
+    OUTLIER_DURATION_RANGE, OutlierDetection, TcpSettings, TrafficPolicy, format_duration,
+    parse_duration,
 };
+pub use protocol::{AppProtocol, ProtocolChoice, app_protocol};
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -16,7 +16,9 @@ use std::{
 };
 
 use anyhow::Result;
-use geosteer_common::{BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ServiceKey};
+use geosteer_common::{
+    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ServiceKey,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -377,8 +379,7 @@ impl Controller {
                 .collect(),
             settings: ServiceSettings {
                 app_protocol: service.protocol.protocol.kernel_value(),
-                connect_timeout_ns: service.connect_timeout.as_nanos().min(u64::MAX as u128)
-                    as u64,
+                connect_timeout_ns: service.connect_timeout.as_nanos().min(u64::MAX as u128) as u64,
                 max_ejected,
             },
         }
@@ -612,7 +613,10 @@ impl Controller {
         for repair in repairs {
             warn!(service = %service.name, "reconcile: {repair}");
             self.reconcile_repairs += 1;
-            self.event(EventKind::Ejection, format!("{}: reconcile: {repair}", service.name));
+            self.event(
+                EventKind::Ejection,
+                format!("{}: reconcile: {repair}", service.name),
+            );
         }
         Ok(repaired)
     }

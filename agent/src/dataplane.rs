@@ -261,7 +261,11 @@ pub fn node_settings(kept: &Settings, dataplane: &crate::config::Dataplane) -> R
     };
     Ok(Settings {
         hash_seed,
-        udp_timeout_ns: dataplane.conntrack.udp_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        udp_timeout_ns: dataplane
+            .conntrack
+            .udp_timeout
+            .as_nanos()
+            .min(u64::MAX as u128) as u64,
     })
 }
 

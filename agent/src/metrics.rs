@@ -235,6 +235,17 @@ impl Exposition {
             "Connects to a backend that were refused or timed out",
             COUNTER,
         );
+        let mut http_skipped = Family::new(
+            "geosteer_backend_http_unparsed_responses",
+            "HTTP/1.x responses whose start could not be located exactly (pipelining, data in \
+             flight, a split status line): not read, never guessed",
+            COUNTER,
+        );
+        let mut ignored = Family::new(
+            "geosteer_backend_signals_ignored_while_ejected",
+            "Results from a backend while it was ejected, ignored as Envoy does",
+            COUNTER,
+        );
         let mut ejections = Family::new(
             "geosteer_backend_ejections",
             "Outlier detection ejections of a backend",
@@ -318,6 +329,8 @@ impl Exposition {
                 }
                 resets.add(labels(), c.resets as f64);
                 connect_failures.add(labels(), c.connect_failures as f64);
+                http_skipped.add(labels(), c.http_skipped as f64);
+                ignored.add(labels(), c.ignored_while_ejected as f64);
                 let sum = by_locality.entry(&b.locality).or_default();
                 sum.packets += c.packets;
                 sum.bytes += c.bytes;
@@ -337,6 +350,12 @@ impl Exposition {
             COUNTER,
         );
         swaps.add(vec![], state.swaps.count as f64);
+        let mut repairs = Family::new(
+            "geosteer_reconcile_repairs",
+            "Ejection flags or books the reconcile pass found out of step and repaired",
+            COUNTER,
+        );
+        repairs.add(vec![], state.reconcile_repairs as f64);
         let mut conntrack = Family::new(
             "geosteer_conntrack_entries",
             "Conntrack entries in use (two per flow)",
@@ -378,6 +397,8 @@ impl Exposition {
             responses,
             resets,
             connect_failures,
+            http_skipped,
+            ignored,
             ejections,
             ejected,
             share,
@@ -387,6 +408,7 @@ impl Exposition {
             priority_load,
             panic,
             swaps,
+            repairs,
             conntrack,
             conntrack_capacity,
             drops,

@@ -402,8 +402,11 @@ impl Programmer {
         for b in &desired.backends {
             let backend_id = match old_backends.remove(&(b.addr, b.port)) {
                 Some((backend_id, before)) => {
-                    if (before.eject_after_5xx, before.eject_after_gateway, before.flags)
-                        != (b.eject_after_5xx, b.eject_after_gateway, b.flags)
+                    if (
+                        before.eject_after_5xx,
+                        before.eject_after_gateway,
+                        before.flags,
+                    ) != (b.eject_after_5xx, b.eject_after_gateway, b.flags)
                     {
                         dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
                     }

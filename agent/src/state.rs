@@ -24,6 +24,10 @@ pub struct AgentState {
     pub services: Vec<ServiceStatus>,
     pub events: Vec<EventInfo>,
     pub swaps: SwapStats,
+    /// Disagreements between the kernel's ejection books and the agent's that the reconcile
+    /// pass repaired (a lost ring event, an agent restart).
+    #[serde(default)]
+    pub reconcile_repairs: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -96,6 +100,15 @@ pub struct ServiceStatus {
     pub backends: Vec<BackendStatus>,
     /// Where each part of the policy comes from.
     pub sources: Vec<String>,
+    /// How the kernel reads the port's flows for health signals: `http/1.x`, `opaque` or
+    /// `detect`, and the rule that chose it.
+    #[serde(default)]
+    pub signals: String,
+    #[serde(default)]
+    pub signals_reason: String,
+    /// Connect timeout in force (Istio `connectionPool.tcp.connectTimeout`), e.g. `10s`.
+    #[serde(default)]
+    pub connect_timeout: String,
 }
 
 impl Default for ServiceStatus {
@@ -114,6 +127,9 @@ impl Default for ServiceStatus {
             localities: Vec::new(),
             backends: Vec::new(),
             sources: Vec::new(),
+            signals: String::new(),
+            signals_reason: String::new(),
+            connect_timeout: String::new(),
         }
     }
 }
@@ -244,6 +260,7 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         services,
         events,
         swaps: controller.swaps.clone(),
+        reconcile_repairs: controller.reconcile_repairs,
     }
 }
 
@@ -346,6 +363,15 @@ fn service_status(
             .unwrap_or_default(),
         backends,
         sources: service.policy.sources.clone(),
+        signals: service.protocol.protocol.to_string(),
+        signals_reason: service.protocol.reason.clone(),
+        connect_timeout: if key.proto == geosteer_common::PROTO_UDP {
+            String::new()
+        } else if service.connect_timeout.is_zero() {
+            "off".to_string()
+        } else {
+            crate::config::format_duration(service.connect_timeout)
+        },
     }
 }
 

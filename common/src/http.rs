@@ -38,16 +38,30 @@ pub fn is_request_start(p: &[u8; METHOD_PREFIX_LEN]) -> bool {
                 || (p[1] == b'A' && p[2] == b'T' && p[3] == b'C' && p[4] == b'H' && p[5] == b' ')
         }
         b'D' => {
-            p[1] == b'E' && p[2] == b'L' && p[3] == b'E' && p[4] == b'T' && p[5] == b'E'
+            p[1] == b'E'
+                && p[2] == b'L'
+                && p[3] == b'E'
+                && p[4] == b'T'
+                && p[5] == b'E'
                 && p[6] == b' '
         }
         b'O' => {
-            p[1] == b'P' && p[2] == b'T' && p[3] == b'I' && p[4] == b'O' && p[5] == b'N'
-                && p[6] == b'S' && p[7] == b' '
+            p[1] == b'P'
+                && p[2] == b'T'
+                && p[3] == b'I'
+                && p[4] == b'O'
+                && p[5] == b'N'
+                && p[6] == b'S'
+                && p[7] == b' '
         }
         b'C' => {
-            p[1] == b'O' && p[2] == b'N' && p[3] == b'N' && p[4] == b'E' && p[5] == b'C'
-                && p[6] == b'T' && p[7] == b' '
+            p[1] == b'O'
+                && p[2] == b'N'
+                && p[3] == b'N'
+                && p[4] == b'E'
+                && p[5] == b'C'
+                && p[6] == b'T'
+                && p[7] == b' '
         }
         b'T' => p[1] == b'R' && p[2] == b'A' && p[3] == b'C' && p[4] == b'E' && p[5] == b' ',
         _ => false,
@@ -133,7 +147,11 @@ mod tests {
             p
         };
         for s in yes {
-            assert!(is_request_start(&prefix(s)), "{:?}", core::str::from_utf8(s));
+            assert!(
+                is_request_start(&prefix(s)),
+                "{:?}",
+                core::str::from_utf8(s)
+            );
         }
         for s in no {
             assert!(!is_request_start(&prefix(s)), "{s:?}");

@@ -499,10 +499,19 @@ mod tests {
     #[test]
     fn flow_hash_aiming_does_not_survive_another_seed() {
         let slot = |seed: u64, port: u16| {
-            flow_hash(seed, 0x0a00_0001, 0x0a60_000a, port.to_be(), 80u16.to_be(), 6) % 16
+            flow_hash(
+                seed,
+                0x0a00_0001,
+                0x0a60_000a,
+                port.to_be(),
+                80u16.to_be(),
+                6,
+            ) % 16
         };
         let aimed = (1024u16..60000).filter(|p| slot(1, *p) == 0).take(200);
-        let still = aimed.filter(|p| slot(0xdead_beef_0bad_f00d, *p) == 0).count();
+        let still = aimed
+            .filter(|p| slot(0xdead_beef_0bad_f00d, *p) == 0)
+            .count();
         assert!(still < 30, "{still} of 200 aimed ports still on slot 0");
     }
 }

@@ -168,8 +168,8 @@ fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &TcpHdr, flag_bytes: [u8; 2]) {
     let ip_header_len = flow.l4_off - ETH_HLEN as u32;
     flow.payload_off = flow.l4_off + header_len;
     // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
-    flow.payload_len = (u16::from_be_bytes(ip.tot_len) as u32)
-        .saturating_sub(ip_header_len + header_len);
+    flow.payload_len =
+        (u16::from_be_bytes(ip.tot_len) as u32).saturating_sub(ip_header_len + header_len);
 }
 
 /// Packet bytes through bpf_skb_load_bytes (non-linear skbs included).

@@ -286,7 +286,13 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         ..original
     };
     // Reply entry first: a reply can never arrive before the request is forwarded.
-    let reply_key = reply_key(backend.addr, backend.port, flow.saddr, flow.sport, flow.proto);
+    let reply_key = reply_key(
+        backend.addr,
+        backend.port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    );
     if CONNTRACK.insert(&reply_key, &reply, 0).is_err() {
         return Verdict::Drop(DropReason::Internal);
     }
@@ -489,12 +495,7 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
         return None;
     }
     let hash = flow_hash(
-        seed,
-        flow.saddr,
-        flow.daddr,
-        flow.sport,
-        flow.dport,
-        flow.proto,
+        seed, flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto,
     );
     let first = (hash % MAGLEV_TABLE_SIZE as u32) as u64;
     let mut fallback: Option<u32> = None;

@@ -34,8 +34,8 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, Programmer, build_service_table},
 };
 use geosteer_common::{
-    Backend, BackendState, EjectEvent, ServiceConfig, PROTO_TCP, ServiceKey, ServiceState, ServiceTable,
-    ServiceValue, Settings,
+    Backend, BackendState, EjectEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
+    ServiceTable, ServiceValue, Settings,
 };
 use serde::Serialize;
 

@@ -524,7 +524,11 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     fail(&mut rig, BACKENDS[1]);
     assert_eq!(state(&rig, BACKENDS[1]).ejected, 0);
     assert_eq!(
-        rig.maps.service_state.get(&service_id, 0).unwrap().ejections,
+        rig.maps
+            .service_state
+            .get(&service_id, 0)
+            .unwrap()
+            .ejections,
         1,
         "one ejection on the books"
     );

@@ -40,7 +40,10 @@ fn a_body_segment_that_looks_like_a_503_is_not_a_status() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\nfirst part of the body",
     );
     // The next body segment happens to start like a status line.
-    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n(captured)");
+    conn.reply(
+        &mut rig,
+        b"HTTP/1.1 503 Service Unavailable\r\n\r\n(captured)",
+    );
     conn.reply(&mut rig, b"HTTP/1.0 502 Bad Gateway\r\n");
     assert_eq!(runs(&rig, conn.backend), (0, 0));
     let c = rig.counters(conn.backend);
@@ -261,7 +264,11 @@ fn opaque_tcp_connect_success_resets_both_counters() {
         })
         .unwrap();
     rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, port, SYN | ACK));
-    assert_eq!(runs(&rig, backend), (0, 0), "tcp_proxy: a connect is a success");
+    assert_eq!(
+        runs(&rig, backend),
+        (0, 0),
+        "tcp_proxy: a connect is a success"
+    );
 
     // HTTP/1.x: the router's connect success is no result; responses decide.
     let mut rig = Rig::with_settings(http());
@@ -360,7 +367,10 @@ fn the_flow_hash_is_keyed_by_the_node_seed() {
     let b = placement(&mut rig);
     let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
     // Three equal backends: about a third agree by chance.
-    assert!(same < 110, "{same} of 200 flows kept their backend under another seed");
+    assert!(
+        same < 110,
+        "{same} of 200 flows kept their backend under another seed"
+    );
 }
 
 #[test]
@@ -411,5 +421,9 @@ fn udp_flows_move_off_an_ejected_backend_and_idle_out() {
     rig.ingress(&datagram(52000));
     rig.ingress(&datagram(52000));
     let after = new_flows(&rig);
-    assert_eq!(after - before, 2, "each datagram after the idle timeout is a new flow");
+    assert_eq!(
+        after - before,
+        2,
+        "each datagram after the idle timeout is a new flow"
+    );
 }

@@ -312,6 +312,12 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     // The policy behind the backend's share, from the agent.
     if let Some(status) = status {
         report.mode = Some(status.mode.clone());
+        if !status.signals.is_empty() {
+            report.signals = Some(format!(
+                "{} ({}); connect timeout {}",
+                status.signals, status.signals_reason, status.connect_timeout
+            ));
+        }
         report.locality_weighted = Some(status.locality_weighted);
         report.panic = Some(status.panic);
         // By kernel id, else by address.

@@ -332,6 +332,9 @@ pub fn service_row(s: &ServiceStatus, counters: Option<TrafficRow>) -> ServiceRo
             .collect()
     };
     ServiceRow {
+        signals: Some(s.signals.clone()).filter(|v| !v.is_empty()),
+        signals_reason: Some(s.signals_reason.clone()).filter(|v| !v.is_empty()),
+        connect_timeout: Some(s.connect_timeout.clone()).filter(|v| !v.is_empty()),
         name: Some(s.name.clone()),
         frontend: format!("{}:{}/{}", s.vip, s.port, s.protocol),
         service_id: s.service_id,

@@ -118,6 +118,9 @@ fn agent_state() -> AgentState {
             backend("198.18.22.2:8080", 3, SH, "ack-shanghai", 6.849, None),
         ],
         sources: vec!["localityLbSetting from services[0].trafficPolicy".into()],
+        signals: "http/1.x".into(),
+        signals_reason: "port name \"http\"".into(),
+        connect_timeout: "10s".into(),
     };
     let dns = ServiceStatus {
         name: "kube-system/dns:53/UDP".into(),
@@ -161,6 +164,8 @@ fn agent_state() -> AgentState {
                 ..backend("198.18.21.2:5353", 6, SH, "ack-shanghai", 30.0, None)
             },
         ],
+        signals: "opaque".into(),
+        signals_reason: "UDP port".into(),
         ..Default::default()
     };
     AgentState {
@@ -225,6 +230,7 @@ fn agent_state() -> AgentState {
             seconds_sum: 0.000_42,
             buckets: vec![0, 1, 2, 3, 3, 3, 3, 3, 3, 3],
         },
+        reconcile_repairs: 1,
     }
 }
 
@@ -494,6 +500,7 @@ fn explain_backend() -> ExplainReport {
         locality: Some(reviews.localities[0].clone()),
         backend_status: Some(reviews.backends[1].clone()),
         kernel_ejected: Some(false),
+        signals: Some("http/1.x (port name \"http\"); connect timeout 10s".into()),
     }
 }
 

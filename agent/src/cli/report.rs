@@ -267,6 +267,11 @@ pub struct ServiceRow {
     pub priorities: Vec<PriorityStatus>,
     pub localities: Vec<LocalityRow>,
     pub counters: Option<TrafficRow>,
+    /// How the kernel reads the flows (`http/1.x`, `opaque`, `detect`) and why; None with the
+    /// agent down.
+    pub signals: Option<String>,
+    pub signals_reason: Option<String>,
+    pub connect_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -302,6 +307,7 @@ impl Render for ServicesReport {
                 vec![
                     or_dash(&s.name),
                     s.frontend.clone(),
+                    or_dash(&s.signals),
                     or_dash(&s.mode),
                     or_dash(&s.load),
                     format!("{}/{}", s.healthy, s.total),
@@ -315,6 +321,7 @@ impl Render for ServicesReport {
             &[
                 "SERVICE",
                 "FRONTEND",
+                "SIGNALS",
                 "MODE",
                 "LOAD",
                 "HEALTHY",
@@ -338,6 +345,12 @@ impl Render for ServicesReport {
                     ""
                 }
             ));
+            if let (Some(signals), Some(reason)) = (&s.signals, &s.signals_reason) {
+                out.push_str(&format!(
+                    "  signals: {signals} ({reason}); connect timeout {}\n",
+                    or_dash(&s.connect_timeout)
+                ));
+            }
             let rows: Vec<Vec<String>> = s
                 .priorities
                 .iter()
@@ -634,6 +647,8 @@ pub struct ExplainReport {
     pub locality: Option<LocalityStatus>,
     pub backend_status: Option<BackendStatus>,
     pub kernel_ejected: Option<bool>,
+    /// How the kernel reads this service's flows for health signals, and why.
+    pub signals: Option<String>,
 }
 
 impl Render for ExplainReport {
@@ -743,6 +758,9 @@ impl Render for ExplainReport {
                 or_dash(&self.mode)
             )),
             _ => {}
+        }
+        if let Some(signals) = &self.signals {
+            out.push_str(&format!("  signals: {signals}\n"));
         }
         if let Some(b) = &self.backend_status {
             out.push_str(&format!(

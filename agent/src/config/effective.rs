@@ -240,6 +240,20 @@ fn service_warnings(config: &Config, s: usize, warnings: &mut Vec<FieldError>) {
     };
 
     if let Some((outlier, source)) = resolved.outlier_detection {
+        // Envoy's udp_proxy feeds outlier detection nothing; neither can the kernel.
+        for (i, port) in service.ports.iter().enumerate() {
+            if port.protocol == super::Protocol::Udp {
+                warnings.push(FieldError::new(
+                    format!("services[{s}].ports[{i}]"),
+                    format!(
+                        "UDP port {}: outlierDetection (from {}) has no passive signal on UDP \
+                         and ejects nothing here; a healthCheck takes failing endpoints out",
+                        port.port,
+                        source.describe(config)
+                    ),
+                ));
+            }
+        }
         let endpoints = service.endpoints.len() as u32;
         let detects = outlier.consecutive_5xx_errors > 0 || outlier.consecutive_gateway_errors > 0;
         // Envoy ejects only if (ejected + 1) / total ≤ max%, so one ejection needs
@@ -960,6 +974,58 @@ mod tests {
             ]
         );
         assert_eq!(load(&path).unwrap(), config);
+    }
+
+    #[test]
+    fn connect_timeout_follows_the_policy_precedence_and_udp_outlier_detection_warns() {
+        let yaml = "node: {name: n, region: r1}\n\
+             defaults: {trafficPolicy: {connectionPool: {tcp: {connectTimeout: 3s}}, \
+             outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}}}\n\
+             services:\n\
+             \x20 - name: web\n\
+             \x20   vip: 10.96.0.10\n\
+             \x20   ports: [{port: 80, name: http}]\n\
+             \x20   trafficPolicy: {connectionPool: {tcp: {connectTimeout: 250ms, maxConnections: 9}}}\n\
+             \x20   endpoints: [{ip: 10.1.0.1, region: r1}]\n\
+             \x20 - name: dns\n\
+             \x20   vip: 10.96.0.53\n\
+             \x20   ports: [{port: 53, protocol: UDP}]\n\
+             \x20   endpoints: [{ip: 10.1.0.2, region: r1}]\n";
+        let config = parse_with(yaml, &|_| unreachable!()).unwrap();
+        let web = effective_traffic_policy(&config, 0);
+        assert_eq!(web.connect_timeout, Some(Duration::from_millis(250)));
+        assert!(
+            web.sources.contains(
+                &"connectionPool.tcp.connectTimeout from services[0].trafficPolicy".into()
+            )
+        );
+        let dns = effective_traffic_policy(&config, 1);
+        assert_eq!(dns.connect_timeout, Some(Duration::from_secs(3)));
+        let warnings: Vec<String> = warnings(&config).iter().map(|w| w.to_string()).collect();
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "services[1].ports[0]: UDP port 53: \
+                 outlierDetection (from defaults.trafficPolicy) has no passive signal"
+            )),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.starts_with(
+                "services[0].trafficPolicy.connectionPool.tcp.maxConnections: accepted but not"
+            )),
+            "{warnings:#?}"
+        );
+
+        let bad = yaml.replace("250ms", "0s");
+        let error = parse_with(&bad, &|_| unreachable!())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(
+                "services[0].trafficPolicy.connectionPool.tcp.connectTimeout: 0s is out of range"
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub fn app_protocol(port: &ServicePort) -> ProtocolChoice {
         protocol: AppProtocol::Detect,
         reason: match (&port.app_protocol, &port.name) {
             (Some(value), _) => format!("appProtocol {value:?} unknown: detected per flow"),
-            (None, Some(name)) => format!("port name {name:?} names no protocol: detected per flow"),
+            (None, Some(name)) => {
+                format!("port name {name:?} names no protocol: detected per flow")
+            }
             (None, None) => "not declared: detected per flow".to_string(),
         },
     }
@@ -148,7 +150,10 @@ mod tests {
         ];
         for (name, app, expected) in cases {
             let choice = app_protocol(&port(name, app, Protocol::Tcp));
-            assert_eq!(choice.protocol, expected, "name {name:?} appProtocol {app:?}");
+            assert_eq!(
+                choice.protocol, expected,
+                "name {name:?} appProtocol {app:?}"
+            );
         }
     }
 
@@ -161,6 +166,9 @@ mod tests {
         let choice = app_protocol(&port(None, None, Protocol::Tcp));
         assert_eq!(choice.reason, "not declared: detected per flow");
         let choice = app_protocol(&port(Some("http"), None, Protocol::Udp));
-        assert_eq!((choice.protocol, choice.reason.as_str()), (AppProtocol::Opaque, "UDP port"));
+        assert_eq!(
+            (choice.protocol, choice.reason.as_str()),
+            (AppProtocol::Opaque, "UDP port")
+        );
     }
 }

@@ -354,7 +354,6 @@ pub fn syn(sport: u16) -> Pkt {
     Pkt::tcp(CLIENT, sport, VIP, VPORT, SYN)
 }
 
-
 /// One TCP connection through the VIP, driven packet by packet with real sequence numbers: the
 /// client's next byte, the backend's next byte, and what each side has acknowledged.
 pub struct Conn {
@@ -372,9 +371,7 @@ impl Conn {
         let (_, out) = rig.ingress(&syn(port).with_seq(7_000, 0));
         let backend = verify(&out).dst;
         let backend_isn = 0xfffe_0000; // close to wrapping: sequence arithmetic must cope
-        rig.egress(
-            &Pkt::tcp(backend, TPORT, CLIENT, port, SYN | ACK).with_seq(backend_isn, 7_001),
-        );
+        rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, port, SYN | ACK).with_seq(backend_isn, 7_001));
         Conn {
             port,
             backend,
