@@ -187,3 +187,47 @@ impl Drop for Agent {
         }
     }
 }
+
+/// Config with the four endpoints, the node in cn-hangzhou, and `policy` (YAML lines indented
+/// for the service level) appended to the service.
+pub fn two_region_config(pins: &PinDir, endpoints: &[&str], policy: &str) -> String {
+    let mut eps = String::new();
+    for name in endpoints {
+        let (ip, region, zone, cluster) = match *name {
+            "hz1" => (
+                "198.18.11.2",
+                "cn-hangzhou",
+                "cn-hangzhou-b",
+                "ack-hangzhou",
+            ),
+            "hz2" => (
+                "198.18.12.2",
+                "cn-hangzhou",
+                "cn-hangzhou-b",
+                "ack-hangzhou",
+            ),
+            "sh1" => (
+                "198.18.21.2",
+                "cn-shanghai",
+                "cn-shanghai-a",
+                "ack-shanghai",
+            ),
+            "sh2" => (
+                "198.18.22.2",
+                "cn-shanghai",
+                "cn-shanghai-a",
+                "ack-shanghai",
+            ),
+            other => panic!("unknown endpoint {other}"),
+        };
+        eps.push_str(&format!(
+            "      - {{ip: {ip}, region: {region}, zone: {zone}, cluster: {cluster}}}\n"
+        ));
+    }
+    format!(
+        "node: {{name: lab-node, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: ack-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n\
+         services:\n  - name: reviews\n    vip: 198.19.0.10\n    ports: [{{name: http, port: 80, targetPort: 8080}}]\n    endpoints:\n{eps}{policy}",
+        pins.pin_path().display()
+    )
+}

@@ -286,6 +286,15 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 /// [`bin_path`] as a string, with an error that says how to fix it.
+/// Runs `lab-client ARGS` in `ns` and parses the JSON it prints.
+pub fn lab_client_json(ns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
+    let client = bin_arg("lab-client")?;
+    let mut all = vec![client.as_str()];
+    all.extend_from_slice(args);
+    let out = ns.exec(&all)?;
+    serde_json::from_str(out.trim()).with_context(|| format!("lab-client printed {out:?}"))
+}
+
 fn bin_arg(name: &str) -> Result<String> {
     let path = bin_path(name);
     if path.components().count() > 1 && !path.is_file() {

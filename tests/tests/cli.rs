@@ -320,7 +320,8 @@ fn every_command_describes_the_running_agent() {
             flow["client"].as_str().unwrap().split(':').next(),
             Some(CLIENT)
         );
-        assert_eq!(flow["state"], "established");
+        // Each request closed its connection: FIN both ways.
+        assert_eq!(flow["state"], "closed");
     }
     let flows_table = run(&pins, &["flows", "--backend", "198.18.21.2:8080"]);
     assert!(flows_table.ends_with(&format!(

@@ -10,8 +10,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, PROTO_TCP, PROTO_UDP,
-    ServiceKey, ServiceValue, TCP_CLOSED, TCP_ESTABLISHED, TCP_SYN_SENT, program_names,
+    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FLOW_FLAG_FIN_BACKEND,
+    FLOW_FLAG_FIN_CLIENT, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, TCP_CLOSED,
+    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, program_names,
 };
 
 use super::{
@@ -491,8 +492,14 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
             backend_id: value.backend_id,
             state: match (key.proto, value.tcp_state) {
                 (PROTO_TCP, TCP_SYN_SENT) => "syn-sent",
+                (PROTO_TCP, TCP_ESTABLISHED)
+                    if value.flags & (FLOW_FLAG_FIN_CLIENT | FLOW_FLAG_FIN_BACKEND) != 0 =>
+                {
+                    "closing"
+                }
                 (PROTO_TCP, TCP_ESTABLISHED) => "established",
                 (PROTO_TCP, TCP_CLOSED) => "closed",
+                (PROTO_TCP, TCP_MIDSTREAM) => "mid-stream",
                 _ => "-",
             }
             .to_string(),

@@ -216,6 +216,14 @@ fn handle_connection(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
         } else {
             !head.connection_has("close")
         };
+        if line.target == CAPTURE_PATH {
+            serve_capture(&mut writer, cfg, version_of(http10))?;
+            if !keep_alive {
+                let _ = stream.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            continue;
+        }
         let status = current_status(cfg);
         let connection = match (http10, keep_alive) {
             (true, true) => "Connection: keep-alive\r\n",
@@ -241,6 +249,35 @@ fn handle_connection(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// A download of a captured HTTP exchange: a healthy 200 whose body segments begin like
+/// error status lines. Each part is its own write, a pause apart, so each leaves as its own
+/// segment (TCP_NODELAY) and a body segment starts with `HTTP/1.1 503`.
+const CAPTURE_PATH: &str = "/capture";
+
+fn version_of(http10: bool) -> &'static str {
+    if http10 { "HTTP/1.0" } else { "HTTP/1.1" }
+}
+
+fn serve_capture(writer: &mut &TcpStream, cfg: &Config, version: &str) -> io::Result<()> {
+    let parts = [
+        format!("{}\n", cfg.name),
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_string(),
+        "HTTP/1.0 502 Bad Gateway\r\n\r\n".to_string(),
+        "HTTP/1.1 504 Gateway Timeout\r\n\r\n".to_string(),
+    ];
+    let length: usize = parts.iter().map(String::len).sum();
+    let head = format!(
+        "{version} 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {length}\r\nX-Backend: {}\r\n\r\n",
+        cfg.name
+    );
+    writer.write_all(head.as_bytes())?;
+    for part in parts {
+        thread::sleep(Duration::from_millis(15));
+        writer.write_all(part.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Answers a malformed request and closes, since the byte stream can no

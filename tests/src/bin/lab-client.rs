@@ -20,7 +20,8 @@ const USAGE: &str = "usage:
   lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C] [--source-port P]
   lab-client udp --target IP:PORT --count N [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
-  lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]";
+  lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
+  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
@@ -57,6 +58,11 @@ fn main() -> ExitCode {
             ],
         )
         .and_then(|f| run_failover_probe(&f)),
+        Some("adversary") => parse_flags(
+            &args[1..],
+            &["--target", "--attack", "--source-port", "--requests"],
+        )
+        .and_then(|f| run_adversary(&f)),
         Some(other) => Err(format!("unknown subcommand {other:?}")),
         None => Err("missing subcommand".into()),
     };
@@ -267,7 +273,7 @@ fn run_connection(
     let mut seen = BTreeSet::new();
     for i in 0..requests {
         let last = i + 1 == requests;
-        match request(&stream, &mut reader, target, last) {
+        match request(&stream, &mut reader, target, "/", last) {
             Ok(resp) => {
                 *tally.status.entry(resp.status).or_default() += 1;
                 if (200..300).contains(&resp.status) {
@@ -338,11 +344,12 @@ fn request(
     stream: &TcpStream,
     reader: &mut Reader<&TcpStream>,
     target: SocketAddr,
+    path: &str,
     last: bool,
 ) -> io::Result<Response> {
     let connection = if last { "close" } else { "keep-alive" };
     let req = format!(
-        "GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lab-client\r\nConnection: {connection}\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: lab-client\r\nConnection: {connection}\r\n\r\n"
     );
     let mut w = stream;
     w.write_all(req.as_bytes())?;
@@ -473,7 +480,7 @@ fn run_watch(flags: &Flags) -> Result<(), String> {
 fn watch_request(target: SocketAddr, timeout: Duration) -> io::Result<Response> {
     let stream = connect(target, timeout)?;
     let mut reader = Reader::new(&stream);
-    request(&stream, &mut reader, target, true)
+    request(&stream, &mut reader, target, "/", true)
 }
 
 // ------------------------------------------------------- failover-probe ---
@@ -561,5 +568,123 @@ fn probe_connection(
     };
     let port = stream.local_addr().ok().map(|a| a.port());
     let mut reader = Reader::new(&stream);
-    (port, request(&stream, &mut reader, target, true))
+    (port, request(&stream, &mut reader, target, "/", true))
+}
+
+// ----------------------------------------------------------- adversary ---
+
+/// Weird-but-legal and hostile clients, each reporting what it saw as JSON: the status and
+/// backend of every request it made.
+fn run_adversary(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let attack = flags.0.get("--attack").ok_or("--attack is required")?;
+    let timeout = Duration::from_secs(5);
+    let port = || -> Result<u16, String> {
+        let v = flags
+            .0
+            .get("--source-port")
+            .ok_or("--source-port is required")?;
+        v.parse()
+            .map_err(|_| format!("--source-port: expected a port, got {v:?}"))
+    };
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let mut record = |result: io::Result<Response>| {
+        seen.push(match result {
+            Ok(r) => json!({"status": r.status, "backend": r.backend}),
+            Err(e) => json!({"error": e.to_string()}),
+        });
+    };
+    match attack.as_str() {
+        // Keep-alive downloads whose body segments begin like error status lines.
+        "capture" => {
+            let requests = flags.num("--requests", Some(5))?;
+            let stream = connect(target, timeout).map_err(|e| format!("connect: {e}"))?;
+            let mut reader = Reader::new(&stream);
+            for i in 0..requests {
+                record(request(
+                    &stream,
+                    &mut reader,
+                    target,
+                    "/capture",
+                    i + 1 == requests,
+                ));
+            }
+        }
+        // A SYN|FIN (no connection attempt: Linux drops it), then a real SYN from the same
+        // port 1.2 s later.
+        "synfin-then-syn" => {
+            let port = port()?;
+            raw_tcp(target, port, TCP_SYN | TCP_FIN).map_err(|e| format!("raw SYN|FIN: {e}"))?;
+            thread::sleep(Duration::from_millis(1200));
+            let stream =
+                connect_from(port, target, timeout).map_err(|e| format!("connect: {e}"))?;
+            let mut reader = Reader::new(&stream);
+            record(request(&stream, &mut reader, target, "/", true));
+        }
+        // A SYN injected on the tuple of an open keep-alive connection, which then goes on.
+        "syn-on-open" => {
+            let port = port()?;
+            let stream =
+                connect_from(port, target, timeout).map_err(|e| format!("connect: {e}"))?;
+            let mut reader = Reader::new(&stream);
+            record(request(&stream, &mut reader, target, "/", false));
+            raw_tcp(target, port, TCP_SYN).map_err(|e| format!("raw SYN: {e}"))?;
+            thread::sleep(Duration::from_millis(300));
+            record(request(&stream, &mut reader, target, "/", true));
+        }
+        other => return Err(format!("--attack: unknown attack {other:?}")),
+    }
+    print_json(&json!({ "responses": seen }));
+    Ok(())
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+
+/// Sends one hand-made TCP segment (no payload) from this host's address and `source_port`
+/// to `target`, through a raw socket: the kernel adds the IP header.
+fn raw_tcp(target: SocketAddr, source_port: u16, flags: u8) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let SocketAddr::V4(target4) = target else {
+        return Err(io::Error::other("raw segments are IPv4 only"));
+    };
+    // The source address the kernel will use toward the target.
+    let probe = UdpSocket::bind("0.0.0.0:0")?;
+    probe.connect(target)?;
+    let SocketAddr::V4(local) = probe.local_addr()? else {
+        return Err(io::Error::other("no IPv4 source address"));
+    };
+    let mut segment = Vec::with_capacity(20);
+    segment.extend(source_port.to_be_bytes());
+    segment.extend(target4.port().to_be_bytes());
+    segment.extend(0x1234_5678u32.to_be_bytes()); // sequence number
+    segment.extend(0u32.to_be_bytes()); // acknowledgement
+    segment.push(5 << 4); // data offset: 5 words
+    segment.push(flags);
+    segment.extend(64240u16.to_be_bytes()); // window
+    segment.extend([0, 0, 0, 0]); // checksum (below), urgent pointer
+    let mut pseudo = Vec::with_capacity(12 + segment.len());
+    pseudo.extend(local.ip().octets());
+    pseudo.extend(target4.ip().octets());
+    pseudo.extend([0, 6]);
+    pseudo.extend((segment.len() as u16).to_be_bytes());
+    pseudo.extend(&segment);
+    let checksum = internet_checksum(&pseudo);
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+    socket.send_to(&segment, &target.into())?;
+    Ok(())
+}
+
+/// RFC 1071.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in bytes.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
