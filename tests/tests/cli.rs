@@ -250,10 +250,11 @@ fn every_command_describes_the_running_agent() {
         .unwrap_or_else(|| panic!("{services}"));
     let cells: Vec<&str> = tcp_row.split_whitespace().collect();
     assert_eq!(
-        &cells[..6],
+        &cells[..7],
         [
             "default/reviews:80/TCP",
             "198.19.0.10:80/TCP",
+            "http/1.x",
             "distribute",
             "P0",
             "100.0%",
