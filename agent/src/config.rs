@@ -236,10 +236,39 @@ pub struct Service {
     pub cluster_weights: Option<BTreeMap<String, u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
-    /// Reset the flows pinned to a backend when it is ejected, so keep-alive clients reconnect
-    /// to a healthy one (their next packet is steered anew; the new backend answers with a RST).
+    /// Older spelling of `onEject: reset`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset_on_eject: bool,
+    /// What happens to the open flows of a backend that is ejected, fails its active checks
+    /// or is removed. Unset: HTTP/1.x flows drain, other flows are reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_eject: Option<OnEject>,
+}
+
+/// `services[].onEject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEject {
+    /// HTTP/1.x flows end at their next request: the response in progress completes, then the
+    /// client's next request meets a RST and it reconnects to a healthy backend. Opaque flows
+    /// have no such boundary and are kept.
+    Drain,
+    /// Every flow is reset at once: its next packet meets a RST.
+    Reset,
+    /// Open flows stay on their backend; only new flows avoid it.
+    Keep,
+}
+
+impl Service {
+    /// The kernel's `ON_EJECT_*` for this service (`resetOnEject: true` is `reset`).
+    pub fn on_eject_value(&self) -> u8 {
+        match (self.on_eject, self.reset_on_eject) {
+            (Some(OnEject::Drain), _) => geosteer_common::ON_EJECT_DRAIN,
+            (Some(OnEject::Reset), _) | (None, true) => geosteer_common::ON_EJECT_RESET,
+            (Some(OnEject::Keep), _) => geosteer_common::ON_EJECT_KEEP,
+            (None, false) => geosteer_common::ON_EJECT_AUTO,
+        }
+    }
 }
 
 fn default_namespace() -> String {
@@ -840,6 +869,19 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
         }
         validate_ports(config, s, &mut frontends, errors);
         validate_endpoints(service, &at, errors);
+        if service.reset_on_eject
+            && let Some(on_eject) = service.on_eject
+            && on_eject != OnEject::Reset
+        {
+            errors.push(FieldError::new(
+                format!("{at}.onEject"),
+                format!(
+                    "{on_eject:?} contradicts resetOnEject: true (which means onEject: reset); \
+                     keep one"
+                )
+                .to_lowercase(),
+            ));
+        }
     }
 
     let service_ports: usize = config.services.iter().map(|s| s.ports.len()).sum();
@@ -1109,6 +1151,7 @@ services:
                 cluster_weights: None,
                 health_check: None,
                 reset_on_eject: false,
+                on_eject: None,
             }],
             kubernetes: None,
             loaded_destination_rules: vec![],

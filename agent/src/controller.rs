@@ -17,7 +17,8 @@ use std::{
 
 use anyhow::Result;
 use geosteer_common::{
-    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ServiceKey,
+    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ON_EJECT_AUTO,
+    ON_EJECT_RESET, ServiceKey,
 };
 use tracing::{info, warn};
 
@@ -33,7 +34,8 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct ServiceModel {
     pub name: String,
-    pub reset_on_eject: bool,
+    /// `ON_EJECT_*`.
+    pub on_eject: u8,
     pub key: ServiceKey,
     pub endpoints: Vec<EndpointModel>,
     pub policy: config::EffectivePolicy,
@@ -171,7 +173,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     "{}/{}:{}/{}",
                     service.namespace, service.name, port.port, port.protocol
                 ),
-                reset_on_eject: service.reset_on_eject,
+                on_eject: service.on_eject_value(),
                 key: ServiceKey {
                     addr: u32::from(service.vip).to_be(),
                     port: port.port.to_be(),
@@ -381,6 +383,7 @@ impl Controller {
                 app_protocol: service.protocol.protocol.kernel_value(),
                 connect_timeout_ns: service.connect_timeout.as_nanos().min(u64::MAX as u128) as u64,
                 max_ejected,
+                on_eject: service.on_eject,
             },
         }
     }
@@ -488,11 +491,34 @@ impl Controller {
         );
         // New table first, so the reset flows find a healthy backend.
         self.refresh(dp, &key)?;
-        if service.reset_on_eject {
-            let flows = dp.forget_flows(event.backend_id)?;
+        self.end_flows(dp, &service, event.backend_id, endpoint)
+    }
+
+    /// The open flows of a backend that left rotation, per the service's `onEject`: `reset`
+    /// forgets them all (their next packet is steered anew and meets a RST), the default
+    /// forgets all but HTTP/1.x flows (which the kernel drains at their next request),
+    /// `drain` and `keep` leave them to the kernel.
+    fn end_flows(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        service: &ServiceModel,
+        backend_id: u32,
+        endpoint: SocketAddrV4,
+    ) -> Result<()> {
+        let keep_http = match service.on_eject {
+            ON_EJECT_RESET => false,
+            ON_EJECT_AUTO => true,
+            _ => return Ok(()),
+        };
+        let flows = dp.forget_flows(backend_id, keep_http)?;
+        if flows > 0 {
             self.event(
                 EventKind::Reset,
-                format!("{}: reset {flows} flows pinned to {endpoint}", service.name),
+                format!(
+                    "{}: reset {flows} {}flows pinned to {endpoint}",
+                    service.name,
+                    if keep_http { "non-HTTP " } else { "" }
+                ),
             );
         }
         Ok(())
@@ -655,6 +681,9 @@ impl Controller {
             (false, Ok(())) => {}
         }
         self.refresh(dp, &key.0)?;
+        if !healthy && let Some(id) = self.programmer.backend_id(&key.0, key.1, key.2) {
+            self.end_flows(dp, &service, id, endpoint)?;
+        }
         Ok(())
     }
 

@@ -12,8 +12,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey, ServiceConfig,
-    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
+    APP_PROTOCOL_HTTP1, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey,
+    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters,
+    map_names,
 };
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
@@ -44,9 +45,10 @@ pub trait Dataplane {
         0
     }
 
-    /// Deletes every conntrack entry (both directions) of flows pinned to `backend_id`; their
-    /// next packet is steered anew. Returns the number of flows.
-    fn forget_flows(&mut self, backend_id: u32) -> Result<usize>;
+    /// Deletes every conntrack entry (both directions) of flows pinned to `backend_id` (with
+    /// `keep_http`, all but HTTP/1.x flows); their next packet is steered anew. Returns the
+    /// number of flows.
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize>;
 
     // Reads, for re-adopting the state a previous agent left in pinned maps.
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
@@ -384,13 +386,14 @@ impl Dataplane for BpfMaps {
         self.grace.completed()
     }
 
-    fn forget_flows(&mut self, backend_id: u32) -> Result<usize> {
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
         // A full walk: ejections are rare and the walk runs off the packet path.
         let doomed: Vec<(FlowKey, u8)> = self
             .conntrack
             .iter()
             .filter_map(|entry| entry.ok())
             .filter(|(_, value)| value.backend_id == backend_id)
+            .filter(|(_, value)| !(keep_http && value.app_protocol == APP_PROTOCOL_HTTP1))
             .map(|(key, _)| (key, key.direction))
             .collect();
         let mut flows = 0;

@@ -41,6 +41,8 @@ pub struct ServiceSettings {
     pub connect_timeout_ns: u64,
     /// maxEjectionPercent of the host set, as a count (0: the kernel never ejects).
     pub max_ejected: u32,
+    /// `ON_EJECT_*`.
+    pub on_eject: u8,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -97,7 +99,8 @@ fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceC
         ejections_released,
         max_ejected: settings.max_ejected,
         app_protocol: settings.app_protocol,
-        _pad: [0; 3],
+        on_eject: settings.on_eject,
+        _pad: [0; 2],
     }
 }
 
@@ -188,6 +191,7 @@ impl Programmer {
                     app_protocol: config.app_protocol,
                     connect_timeout_ns: config.connect_timeout_ns,
                     max_ejected: config.max_ejected,
+                    on_eject: config.on_eject,
                 },
             };
             p.live.insert(

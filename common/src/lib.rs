@@ -171,9 +171,23 @@ pub struct ServiceConfig {
     pub max_ejected: u32,
     /// `APP_PROTOCOL_*` of the port.
     pub app_protocol: u8,
-    pub _pad: [u8; 3],
+    /// `ON_EJECT_*`: what happens to a flow whose backend left rotation.
+    pub on_eject: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<ServiceConfig>() == 24);
+
+/// What happens to the open flows of a backend that was ejected, failed its active checks or
+/// was removed. Default: HTTP/1.x flows drain, other flows are reset (by the agent).
+pub const ON_EJECT_AUTO: u8 = 0;
+/// HTTP/1.x flows end at the next request: the response in progress completes, the next
+/// request on the connection is steered anew and the healthy backend's RST makes the client
+/// reconnect. Opaque flows are kept.
+pub const ON_EJECT_DRAIN: u8 = 1;
+/// Every flow is reset at once (the agent forgets them; their next packet meets a RST).
+pub const ON_EJECT_RESET: u8 = 2;
+/// Open flows stay on their backend (only new flows avoid it).
+pub const ON_EJECT_KEEP: u8 = 3;
 
 /// The backend slot holds a live backend (ids are reused only after a grace period).
 pub const BACKEND_FLAG_ACTIVE: u8 = 1;

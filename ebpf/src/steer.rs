@@ -62,9 +62,9 @@ use geosteer_common::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
     DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
     FLOW_FLAG_FIN_BACKEND, FLOW_FLAG_FIN_CLIENT, FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP,
-    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN,
+    PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -228,19 +228,21 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         let entry = unsafe { &mut *entry };
         if !must_resteer(flow, entry, now) {
             entry.last_seen_ns = now;
-            if flow.proto == PROTO_TCP {
-                track_request(flow, entry, bytes, now);
+            let drained = flow.proto == PROTO_TCP && track_request(flow, entry, bytes, now);
+            if !drained {
+                count_request(service.id, entry.backend_id, flow.len, false);
+                return Verdict::Nat(Nat {
+                    addr: entry.nat_addr,
+                    port: entry.nat_port,
+                });
             }
-            count_request(service.id, entry.backend_id, flow.len, false);
-            return Verdict::Nat(Nat {
-                addr: entry.nat_addr,
-                port: entry.nat_port,
-            });
         }
-        // The backend was removed (or, for a new connection or a UDP flow, is out of
-        // rotation), or this SYN opens a new connection on the tuple of a finished one: steer
-        // it anew. The old reply entry goes, so a late packet from the previous backend is not
-        // reverse-NATed into the new flow.
+        // The backend was removed (or, for a new connection, a drained HTTP/1.x connection's
+        // next request or a UDP flow, is out of rotation), or this SYN opens a new connection
+        // on the tuple of a finished one: steer it anew. (A mid-stream packet steered anew
+        // meets a RST from its new backend, which makes the client reconnect.) The old reply
+        // entry goes, so a late packet from the previous backend is not reverse-NATed into
+        // the new flow.
         let _ = CONNTRACK.remove(&reply_key(
             entry.nat_addr,
             entry.nat_port,
@@ -366,12 +368,14 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
 }
 
 /// Request-direction TCP bookkeeping of a tracked flow: close flags, connect timer, and the
-/// request starts that tell the reply path where a response begins.
-fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, now: u64) {
+/// request starts that tell the reply path where a response begins. Returns true when this
+/// packet starts a request on an HTTP/1.x flow that must drain (its backend left rotation):
+/// the previous response is complete, so the connection ends here.
+fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, now: u64) -> bool {
     let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
         entry.tcp_state = TCP_CLOSED;
-        return;
+        return false;
     }
     if flags & TCP_FIN != 0 {
         entry.flags |= FLOW_FLAG_FIN_CLIENT;
@@ -381,14 +385,30 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
     }
     if is_pure_syn(flags) && entry.tcp_state == TCP_SYN_SENT {
         check_syn_retransmit(entry, now);
-        return;
+        return false;
     }
     if flow.payload_len != 0
         && entry.tcp_state == TCP_ESTABLISHED
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
-        request_payload(flow, entry, bytes);
+        return request_payload(flow, entry, bytes);
     }
+    false
+}
+
+/// Whether a request start on this HTTP/1.x flow ends it: its backend left rotation and the
+/// service drains (the default for HTTP/1.x).
+fn drains(entry: &FlowValue) -> bool {
+    let Some(backend) = BACKENDS.get(entry.backend_id) else {
+        return false;
+    };
+    if !out_of_rotation(entry.backend_id, backend) {
+        return false;
+    }
+    matches!(
+        SERVICE_CONFIG.get(entry.service_id).map(|c| c.on_eject),
+        Some(ON_EJECT_AUTO | ON_EJECT_DRAIN)
+    )
 }
 
 /// A SYN seen again for a flow still waiting for its SYN-ACK, at least the service's connect
@@ -409,19 +429,23 @@ fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
     }
 }
 
-/// Client payload on an established HTTP/1.x (or not yet detected) flow.
-fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes) {
+/// Client payload on an established HTTP/1.x (or not yet detected) flow. Returns whether the
+/// flow drains here (see [`track_request`]).
+fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes) -> bool {
     // Shorter than a method and its space: neither a request start nor a verdict on the
     // protocol (Istio's sniffer also waits for more bytes).
     if flow.payload_len < METHOD_PREFIX_LEN as u32 {
-        return;
+        return false;
     }
     let Some(prefix) = bytes.read::<[u8; METHOD_PREFIX_LEN]>(flow.payload_off as usize) else {
-        return;
+        return false;
     };
     let starts_request = is_request_start(&prefix);
     if entry.app_protocol == APP_PROTOCOL_HTTP1 && !starts_request {
-        return; // a request body, or a request line's continuation
+        return false; // a request body, or a request line's continuation
+    }
+    if starts_request && entry.app_protocol == APP_PROTOCOL_HTTP1 && drains(entry) {
+        return true;
     }
     let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key(
         entry.nat_addr,
@@ -430,7 +454,7 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
         flow.sport,
         flow.proto,
     )) else {
-        return;
+        return false;
     };
     // SAFETY: LRU map value valid for this run; plain data.
     let reply = unsafe { &mut *reply };
@@ -453,10 +477,14 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
         // The reply path may have decided first (a server-first protocol).
         entry.app_protocol = reply.app_protocol;
         if entry.app_protocol != APP_PROTOCOL_HTTP1 {
-            return;
+            return false;
+        }
+        if drains(entry) {
+            return true;
         }
     }
     arm_response(flow, reply);
+    false
 }
 
 /// A request starts: its response begins at the reply byte this segment acknowledges — if the

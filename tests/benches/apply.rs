@@ -434,8 +434,8 @@ impl Dataplane for Counting {
     fn grace_completed(&self) -> u64 {
         self.maps.grace_completed()
     }
-    fn forget_flows(&mut self, backend_id: u32) -> Result<usize> {
-        self.maps.forget_flows(backend_id)
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
+        self.maps.forget_flows(backend_id, keep_http)
     }
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         self.maps.read_services()

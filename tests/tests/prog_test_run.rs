@@ -580,7 +580,7 @@ fn forgetting_an_ejected_backends_flows_re_steers_them() {
     // Without forgetting, established flows stay put.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, pinned[0], VIP, VPORT, ACK));
     assert_eq!(verify(&out).dst, BACKENDS[0]);
-    let forgotten = rig.maps.forget_flows(id).unwrap();
+    let forgotten = rig.maps.forget_flows(id, false).unwrap();
     assert_eq!(forgotten, pinned.len());
     for port in pinned {
         let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));

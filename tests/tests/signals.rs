@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use geosteer::{dataplane::Dataplane as _, programmer::ServiceSettings};
 use geosteer_common::{
-    APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BackendState, PROTO_TCP,
-    PROTO_UDP, Settings,
+    APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BackendState, ON_EJECT_AUTO,
+    ON_EJECT_KEEP, PROTO_TCP, PROTO_UDP, Settings,
 };
 use packets::*;
 
@@ -22,6 +22,7 @@ fn http() -> ServiceSettings {
         app_protocol: APP_PROTOCOL_HTTP1,
         connect_timeout_ns: 10 * SECOND,
         max_ejected: 3,
+        on_eject: ON_EJECT_AUTO,
     }
 }
 
@@ -426,4 +427,42 @@ fn udp_flows_move_off_an_ejected_backend_and_idle_out() {
         2,
         "each datagram after the idle timeout is a new flow"
     );
+}
+
+#[test]
+fn an_http_flow_of_an_ejected_backend_drains_at_its_next_request() {
+    for (on_eject, moves) in [(ON_EJECT_AUTO, true), (ON_EJECT_KEEP, false)] {
+        let mut rig = Rig::with_settings(ServiceSettings { on_eject, ..http() });
+        let mut conn = Conn::open(&mut rig, 53000);
+        conn.send(&mut rig, b"GET /big HTTP/1.1\r\n\r\n");
+        conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        let id = rig.backend_id(conn.backend, PROTO_TCP);
+        rig.maps
+            .write_backend_state(
+                id,
+                &BackendState {
+                    ejected: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        // The response in progress completes: the rest of the body still comes back through
+        // the VIP, and the client's ACKs still reach the backend.
+        let (_, out) = conn.reply(&mut rig, b"0123456789");
+        assert_eq!(verify(&out).src, VIP);
+        let (_, out) = rig.ingress(
+            &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, ACK)
+                .with_seq(conn.client_seq, conn.backend_seq),
+        );
+        assert_eq!(verify(&out).dst, conn.backend);
+        // The next request ends the connection (steered anew, where a RST awaits) — or, with
+        // onEject keep, stays.
+        let (_, out) = conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            verify(&out).dst != conn.backend,
+            moves,
+            "on_eject {on_eject}: the next request went to {}",
+            verify(&out).dst
+        );
+    }
 }

@@ -339,3 +339,80 @@ fn source_ports_cannot_be_aimed_at_one_backend() {
     let maps = BpfMaps::open_pinned(&pins.pin_path()).expect("pinned maps");
     assert_eq!(maps.read_settings().unwrap().hash_seed, seed);
 }
+
+/// A client with a pool of 4 keep-alive connections (how Go and Java clients talk) through a
+/// regional failure, with the default `onEject`: at most N errors per failing backend plus one
+/// per pooled connection, then only the remote region. (Before HTTP/1.x flows drained, such a
+/// client kept its connections on the ejected backends and saw 503s for the whole run.)
+#[test]
+fn pooled_keep_alive_clients_fail_over_with_one_error_per_connection() {
+    let lab = lab("gse4");
+    let pins = PinDir::new("gse4").unwrap();
+    let all = ["hz1", "hz2", "sh1", "sh2"];
+    let _agent = Agent::start(
+        &lab.node,
+        &pins,
+        &two_region_config(&pins, &all, SEED_POLICY),
+    )
+    .expect("agent starts");
+
+    let report = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            lab_client_json(
+                &lab.client,
+                &[
+                    "pool",
+                    "--target",
+                    VIP,
+                    "--connections",
+                    "4",
+                    "--duration-ms",
+                    "4000",
+                    "--interval-ms",
+                    "10",
+                ],
+            )
+            .expect("pool client runs")
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        lab.set_status("hz1", 503).unwrap();
+        lab.set_status("hz2", 503).unwrap();
+        client.join().unwrap()
+    });
+    let timeline = report["timeline"].as_array().unwrap();
+    let failed = |r: &serde_json::Value| {
+        r.get("error").is_some() || r["status"].as_u64().is_some_and(|s| s >= 500)
+    };
+    let errors = timeline.iter().filter(|r| failed(r)).count();
+    eprintln!(
+        "pooled keep-alive client through the failover: {errors} failed of {} requests",
+        timeline.len()
+    );
+    assert!(timeline.len() > 150, "{} requests", timeline.len());
+    // consecutive5xxErrors 1 × 2 failing backends + 4 pooled connections.
+    assert!(
+        errors <= 6,
+        "{errors} of {} requests failed: {:?}",
+        timeline.len(),
+        timeline.iter().filter(|r| failed(r)).collect::<Vec<_>>()
+    );
+    let before: Vec<_> = timeline
+        .iter()
+        .filter(|r| r["ms"].as_u64() < Some(900))
+        .collect();
+    assert!(
+        before
+            .iter()
+            .all(|r| r["backend"].as_str().is_some_and(|b| b.starts_with("hz")))
+    );
+    let late: Vec<_> = timeline
+        .iter()
+        .filter(|r| r["ms"].as_u64() > Some(2500))
+        .collect();
+    assert!(!late.is_empty());
+    assert!(
+        late.iter()
+            .all(|r| !failed(r) && r["backend"].as_str().is_some_and(|b| b.starts_with("sh"))),
+        "after the failover: {late:?}"
+    );
+}

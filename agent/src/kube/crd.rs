@@ -51,9 +51,14 @@ pub struct TrafficPolicySpec {
     /// Active probes sent by every agent to every endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
-    /// Reset the flows pinned to a backend when it is ejected.
+    /// Reset the flows pinned to a backend when it is ejected (older spelling of
+    /// `onEject: reset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_on_eject: Option<bool>,
+    /// What happens to the open flows of a backend that leaves rotation: drain (HTTP/1.x flows
+    /// end at their next request), reset or keep. Unset: drain HTTP/1.x, reset the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_eject: Option<config::OnEject>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -225,6 +230,7 @@ pub struct ServicePolicy {
     pub cluster_weights: Option<BTreeMap<String, u32>>,
     pub health_check: Option<config::HealthCheck>,
     pub reset_on_eject: bool,
+    pub on_eject: Option<config::OnEject>,
 }
 
 impl TrafficPolicySpec {
@@ -258,6 +264,7 @@ impl TrafficPolicySpec {
                 .map(|h| convert("spec.healthCheck", h))
                 .transpose()?,
             reset_on_eject: self.reset_on_eject.unwrap_or(false),
+            on_eject: self.on_eject,
         })
     }
 }
@@ -271,6 +278,7 @@ impl ServicePolicy {
         }
         service.health_check = self.health_check.clone();
         service.reset_on_eject = self.reset_on_eject;
+        service.on_eject = self.on_eject;
     }
 }
 
@@ -357,6 +365,7 @@ resetOnEject: true
                 unhealthy_threshold: 2,
             }),
             reset_on_eject: true,
+            on_eject: None,
         };
         assert_eq!(policy, expected);
     }

@@ -651,6 +651,7 @@ impl Index {
             cluster_weights: None,
             health_check: None,
             reset_on_eject: false,
+            on_eject: None,
         })
     }
 

@@ -21,7 +21,8 @@ const USAGE: &str = "usage:
   lab-client udp --target IP:PORT --count N [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
   lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
-  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]";
+  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]
+  lab-client pool --target IP:PORT --connections K --duration-ms D [--interval-ms I] [--timeout-ms T]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
@@ -58,6 +59,17 @@ fn main() -> ExitCode {
             ],
         )
         .and_then(|f| run_failover_probe(&f)),
+        Some("pool") => parse_flags(
+            &args[1..],
+            &[
+                "--target",
+                "--connections",
+                "--duration-ms",
+                "--interval-ms",
+                "--timeout-ms",
+            ],
+        )
+        .and_then(|f| run_pool(&f)),
         Some("adversary") => parse_flags(
             &args[1..],
             &["--target", "--attack", "--source-port", "--requests"],
@@ -687,4 +699,54 @@ fn internet_checksum(bytes: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+// ---------------------------------------------------------------- pool ---
+
+/// A service client as Go's and Java's HTTP clients are: a pool of keep-alive connections used
+/// in turn. A request that fails on a connection (reset, closed) is an error and the connection
+/// is replaced; a response of any status keeps it. Reports every request's outcome with its
+/// time, so a test can see what clients saw through a failover and where they ended up.
+fn run_pool(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let size = flags.num("--connections", None)? as usize;
+    let duration = Duration::from_millis(flags.num("--duration-ms", None)?);
+    let interval = Duration::from_millis(flags.num("--interval-ms", Some(10))?);
+    let timeout = flags.timeout()?;
+    let mut pool: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
+    let mut timeline = Vec::new();
+    let started = Instant::now();
+    let mut turn = 0;
+    while started.elapsed() < duration {
+        let slot = &mut pool[turn % size];
+        turn += 1;
+        if slot.is_none() {
+            match connect(target, timeout) {
+                Ok(s) => *slot = Some(s),
+                Err(e) => {
+                    timeline.push(json!({"ms": started.elapsed().as_millis() as u64, "error": format!("connect: {e}")}));
+                    thread::sleep(interval);
+                    continue;
+                }
+            }
+        }
+        let stream = slot.as_ref().expect("connected above");
+        let mut reader = Reader::new(stream);
+        let at = started.elapsed().as_millis() as u64;
+        match request(stream, &mut reader, target, "/", false) {
+            Ok(r) => {
+                timeline.push(json!({"ms": at, "status": r.status, "backend": r.backend}));
+                if r.close {
+                    *slot = None;
+                }
+            }
+            Err(e) => {
+                timeline.push(json!({"ms": at, "error": e.to_string()}));
+                *slot = None;
+            }
+        }
+        thread::sleep(interval);
+    }
+    print_json(&json!({ "timeline": timeline }));
+    Ok(())
 }
