@@ -876,10 +876,13 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(
                 format!("{at}.onEject"),
                 format!(
-                    "{on_eject:?} contradicts resetOnEject: true (which means onEject: reset); \
-                     keep one"
-                )
-                .to_lowercase(),
+                    "{} contradicts resetOnEject: true (which means onEject: reset); keep one",
+                    match on_eject {
+                        OnEject::Drain => "drain",
+                        OnEject::Reset => "reset",
+                        OnEject::Keep => "keep",
+                    }
+                ),
             ));
         }
     }
@@ -1202,6 +1205,37 @@ services:
 
         let minimal = parse("node: {name: n, region: r}").unwrap();
         assert!(minimal.services.is_empty());
+    }
+
+    #[test]
+    fn on_eject_values_and_the_older_spelling() {
+        let with =
+            |fields: &str| base_with("    endpoints:", &format!("    {fields}\n    endpoints:"));
+        let value = |yaml: &str| parse(yaml).unwrap().services[0].on_eject_value();
+        assert_eq!(value(BASE_YAML), geosteer_common::ON_EJECT_AUTO);
+        assert_eq!(
+            value(&with("onEject: drain")),
+            geosteer_common::ON_EJECT_DRAIN
+        );
+        assert_eq!(
+            value(&with("onEject: keep")),
+            geosteer_common::ON_EJECT_KEEP
+        );
+        assert_eq!(
+            value(&with("resetOnEject: true")),
+            geosteer_common::ON_EJECT_RESET
+        );
+        let errors = field_errors(&with("resetOnEject: true\n    onEject: keep"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "services[0].onEject");
+        assert!(
+            errors[0]
+                .message
+                .contains("keep contradicts resetOnEject: true"),
+            "{errors:?}"
+        );
+        let message = parse_message(&with("onEject: later"));
+        assert!(message.contains("services[0].onEject"), "{message}");
     }
 
     #[test]

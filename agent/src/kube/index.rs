@@ -1520,7 +1520,7 @@ mod tests {
                 "ports": [
                     {"name": "http", "port": 80, "targetPort": "web"},
                     {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
-                    {"name": "grpc", "port": 81, "targetPort": 9090},
+                    {"name": "grpc", "port": 81, "targetPort": 9090, "appProtocol": "kubernetes.io/h2c"},
                 ],
             },
         }));
@@ -1551,6 +1551,18 @@ mod tests {
                 (53, 5353, Protocol::Udp),
                 (81, 9090, Protocol::Tcp),
             ]
+        );
+        // appProtocol and the port name decide how health signals read the port (Istio).
+        let protocols: Vec<crate::config::AppProtocol> = service
+            .ports
+            .iter()
+            .map(|p| crate::config::app_protocol(p).protocol)
+            .collect();
+        use crate::config::AppProtocol::{Http1, Opaque};
+        assert_eq!(protocols, [Http1, Opaque, Opaque]);
+        assert_eq!(
+            service.ports[2].app_protocol.as_deref(),
+            Some("kubernetes.io/h2c")
         );
     }
 
