@@ -537,6 +537,40 @@ impl Controller {
                     .is_none_or(|last| now >= *last + od.interval)
             })
             .collect();
+        // A service that lost its outlierDetection (a reload) keeps no ejection.
+        let orphaned: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|s| s.policy.outlier_detection.is_none())
+            .filter(|s| {
+                s.endpoints.iter().any(|e| {
+                    self.health
+                        .get(&e.health_key(&s.key))
+                        .is_some_and(|h| h.outlier.is_ejected())
+                })
+            })
+            .map(|s| s.key)
+            .collect();
+        for key in orphaned {
+            let ejected: Vec<HealthKey> = self
+                .health
+                .iter()
+                .filter(|((k, _, _), h)| *k == key && h.outlier.is_ejected())
+                .map(|(k, _)| *k)
+                .collect();
+            for health_key in ejected {
+                if let Some(h) = self.health.get_mut(&health_key) {
+                    h.outlier.ejected_until = None;
+                }
+                if let Some(id) = self.programmer.backend_id(&key, health_key.1, health_key.2)
+                    && dp.read_backend_state(id)?.ejected != 0
+                {
+                    dp.write_backend_state(id, &BackendState::default())?;
+                    self.programmer.release_ejections(dp, &key, 1)?;
+                }
+            }
+            self.refresh(dp, &key)?;
+        }
         for (key, od) in due {
             self.last_sweep.insert(key, now);
             let repaired = self.reconcile(dp, &key, &od, now)?;
@@ -595,6 +629,7 @@ impl Controller {
         // but not in this count, which errs on the side of ejecting less until the next pass.
         let ejections = dp.read_service_state(service_id)?.ejections;
         let mut repairs = Vec::new();
+        let mut adopted = Vec::new();
         let mut flagged = 0i64;
         for e in &service.endpoints {
             let health_key = e.health_key(key);
@@ -610,6 +645,7 @@ impl Controller {
                     repairs.push(format!(
                         "kernel had ejected {endpoint} unknown to the agent: ejected for {length:?}"
                     ));
+                    adopted.push((id, endpoint));
                 }
                 (false, true) => {
                     dp.write_backend_state(
@@ -627,7 +663,10 @@ impl Controller {
             }
             flagged += (state.ejected != 0 || health.outlier.is_ejected()) as i64;
         }
-        if ejections - released != flagged {
+        // A count that moved while the flags were read was caught mid-change (an ejection, or a
+        // refused attempt's slot given back): repair nothing on it; the next pass looks again.
+        let settled = dp.read_service_state(service_id)?.ejections == ejections;
+        if settled && ejections - released != flagged {
             self.programmer
                 .set_ejections_released(dp, key, ejections - flagged)?;
             repairs.push(format!(
@@ -643,6 +682,13 @@ impl Controller {
                 EventKind::Ejection,
                 format!("{}: reconcile: {repair}", service.name),
             );
+        }
+        // An adopted ejection gets what a reported one gets: the new table, then its flows end.
+        if !adopted.is_empty() {
+            self.refresh(dp, key)?;
+            for (id, endpoint) in adopted {
+                self.end_flows(dp, &service, id, endpoint)?;
+            }
         }
         Ok(repaired)
     }

@@ -12,9 +12,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    APP_PROTOCOL_HTTP1, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKey,
-    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters,
-    map_names,
+    APP_PROTOCOL_HTTP1, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DIR_REPLY,
+    DropReason, FlowKey, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    Settings, TrafficCounters, map_names,
 };
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
@@ -387,18 +387,30 @@ impl Dataplane for BpfMaps {
     }
 
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
-        // A full walk: ejections are rare and the walk runs off the packet path.
-        let doomed: Vec<(FlowKey, u8)> = self
+        // A full walk: ejections are rare and the walk runs off the packet path. Flows are
+        // decided by their original entry and go with both entries, so no half is left behind.
+        let doomed: Vec<(FlowKey, FlowKey)> = self
             .conntrack
             .iter()
             .filter_map(|entry| entry.ok())
-            .filter(|(_, value)| value.backend_id == backend_id)
+            .filter(|(key, value)| key.direction == DIR_ORIGINAL && value.backend_id == backend_id)
             .filter(|(_, value)| !(keep_http && value.app_protocol == APP_PROTOCOL_HTTP1))
-            .map(|(key, _)| (key, key.direction))
+            .map(|(key, value)| {
+                let reply = FlowKey::new(
+                    value.nat_addr,
+                    key.saddr,
+                    value.nat_port,
+                    key.sport,
+                    key.proto,
+                    DIR_REPLY,
+                );
+                (key, reply)
+            })
             .collect();
         let mut flows = 0;
-        for (key, direction) in doomed {
-            if self.conntrack.remove(&key).is_ok() && direction == DIR_ORIGINAL {
+        for (original, reply) in doomed {
+            let _ = self.conntrack.remove(&reply);
+            if self.conntrack.remove(&original).is_ok() {
                 flows += 1;
             }
         }

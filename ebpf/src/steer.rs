@@ -253,6 +253,9 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     }
     let seed = settings().hash_seed;
     let Some((backend_id, backend)) = select(&service, flow, seed) else {
+        // Nowhere to go: a flow being moved must not stay behind on its old backend with its
+        // replies no longer reverse-NATed.
+        let _ = CONNTRACK.remove(&ct_key);
         return Verdict::Drop(DropReason::NoBackend);
     };
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
@@ -280,11 +283,15 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         created_ns: now,
         last_seen_ns: now,
         app_protocol,
+        // Original entry: the client's initial sequence number (a RST that answers this SYN
+        // acknowledges it; a retransmission repeats it).
+        req_seq: flow.seq,
         ..FlowValue::default()
     };
     let reply = FlowValue {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
+        req_seq: 0,
         ..original
     };
     // Reply entry first: a reply can never arrive before the request is forwarded.
@@ -349,7 +356,13 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
     let Some(backend) = BACKENDS.get(entry.backend_id) else {
         return true;
     };
-    if backend.flags & BACKEND_FLAG_ACTIVE == 0 || backend.service_id != entry.service_id {
+    // The backend id may have been reused for another endpoint since (ids outlive nothing but
+    // a grace period; conntrack entries live for hours).
+    if backend.flags & BACKEND_FLAG_ACTIVE == 0
+        || backend.service_id != entry.service_id
+        || backend.addr != entry.nat_addr
+        || backend.port != entry.nat_port
+    {
         return true;
     }
     if flow.proto == PROTO_UDP {
@@ -384,11 +397,14 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
         }
     }
     if is_pure_syn(flags) && entry.tcp_state == TCP_SYN_SENT {
-        check_syn_retransmit(entry, now);
+        // A retransmission repeats the ISN; a SYN with another one is some other packet.
+        if flow.seq == entry.req_seq {
+            check_syn_retransmit(entry, now);
+        }
         return false;
     }
     if flow.payload_len != 0
-        && entry.tcp_state == TCP_ESTABLISHED
+        && (entry.tcp_state == TCP_ESTABLISHED || entry.tcp_state == TCP_MIDSTREAM)
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
         return request_payload(flow, entry, bytes);
@@ -444,9 +460,6 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
     if entry.app_protocol == APP_PROTOCOL_HTTP1 && !starts_request {
         return false; // a request body, or a request line's continuation
     }
-    if starts_request && entry.app_protocol == APP_PROTOCOL_HTTP1 && drains(entry) {
-        return true;
-    }
     let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key(
         entry.nat_addr,
         entry.nat_port,
@@ -479,9 +492,18 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
         if entry.app_protocol != APP_PROTOCOL_HTTP1 {
             return false;
         }
-        if drains(entry) {
-            return true;
-        }
+    }
+    // Drain only where a new exchange begins: the previous response is complete (nothing in
+    // flight from the backend, nothing awaited) and this is not a retransmission of the last
+    // request, which the backend may already be executing.
+    if starts_request
+        && reply.http_state == HTTP_IDLE
+        && reply.reply_nxt_known != 0
+        && reply.reply_nxt == flow.ack
+        && flow.seq != reply.req_seq
+        && drains(entry)
+    {
+        return true;
     }
     arm_response(flow, reply);
     false
@@ -646,8 +668,14 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
     let original = unsafe { &mut *original };
     let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
+        // Refused: the backend's RST answers the SYN itself (RST|ACK acknowledging the ISN). A
+        // RST to anything else (a bare ACK sent on a tuple whose SYN the backend never saw)
+        // proves nothing about the backend.
+        let answers_syn = flags & TCP_ACK != 0 && flow.ack == original.req_seq.wrapping_add(1);
+        if original.tcp_state == TCP_SYN_SENT && !answers_syn {
+            return; // not acceptable in SYN-SENT (RFC 9293 3.10.7.3): the attempt goes on
+        }
         if original.tcp_state == TCP_SYN_SENT {
-            // Refused: the backend answered the SYN with a RST.
             if original.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED == 0 {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
                 connect_failure(reply.backend_id);
@@ -692,12 +720,17 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 /// segment holds the awaited response start.
 fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
-    if reply.reply_nxt_known != 0 && seq_after(end, reply.reply_nxt) {
+    if reply.reply_nxt_known == 0 {
+        // A flow first seen mid-stream: every reply byte passes here, so the highest seen from
+        // now on is the backend's next sequence number.
+        reply.reply_nxt = end;
+        reply.reply_nxt_known = 1;
+    } else if seq_after(end, reply.reply_nxt) {
         reply.reply_nxt = end;
     }
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
-        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+        set_opaque(flow, reply);
         if reply.flags & FLOW_FLAG_CONNECT_OK_PENDING != 0 {
             reply.flags &= !FLOW_FLAG_CONNECT_OK_PENDING;
             connect_success(reply.backend_id);
@@ -732,16 +765,19 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let Some(status) = status else {
         // Not a status line where one must begin: not HTTP/1.x after all. Stop reading.
         reply.http_state = HTTP_IDLE;
-        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+        set_opaque(flow, reply);
         count_http_skipped(reply.backend_id);
         return;
     };
     count_status_class(reply.backend_id, status);
     if !is_final(status) {
-        // An interim response (100 Continue, 103 Early Hints): the final one follows its blank
-        // line. Known only if this segment ends right there.
+        // An interim response (100 Continue): the final one follows its blank line. Known only
+        // if this segment holds the interim response and nothing else: it ends with the blank
+        // line and is too short for a second header block (two take at least 34 bytes), so a
+        // final response's headers cannot hide in it and make its body look like a start.
+        let rest = flow.payload_len - offset;
         let tail_at = (flow.payload_off + flow.payload_len - 4) as usize & 0xffff;
-        if bytes.read::<[u8; 4]>(tail_at) == Some(*b"\r\n\r\n") {
+        if rest <= MAX_LONE_INTERIM && bytes.read::<[u8; 4]>(tail_at) == Some(*b"\r\n\r\n") {
             reply.resp_seq = end;
         } else {
             reply.http_state = HTTP_IDLE;
@@ -752,10 +788,31 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     reply.http_state = HTTP_IDLE;
     if status == 101 {
         // Switching Protocols: what follows is not HTTP/1.x.
-        reply.app_protocol = APP_PROTOCOL_OPAQUE;
+        set_opaque(flow, reply);
     }
     let class_5xx = status / 100 == 5;
     bump_consecutive(reply.backend_id, class_5xx, is_gateway_error(status));
+}
+
+/// Longest segment read as a lone interim response (`HTTP/1.1 100 Continue\r\n\r\n` is 25).
+const MAX_LONE_INTERIM: u32 = 33;
+
+/// The flow turns out not to be (or no longer be) HTTP/1.x: both entries say so, so the
+/// request path stops looking for requests and the agent treats the flow as one.
+fn set_opaque(flow: &Flow, reply: &mut FlowValue) {
+    reply.app_protocol = APP_PROTOCOL_OPAQUE;
+    let original_key = FlowKey::new(
+        flow.daddr,
+        reply.nat_addr,
+        flow.dport,
+        reply.nat_port,
+        flow.proto,
+        DIR_ORIGINAL,
+    );
+    if let Some(original) = CONNTRACK.get_ptr_mut(&original_key) {
+        // SAFETY: LRU value valid for this run; plain data.
+        unsafe { (*original).app_protocol = APP_PROTOCOL_OPAQUE };
+    }
 }
 
 fn count_http_skipped(backend_id: u32) {

@@ -213,7 +213,7 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     let (_, out) = rig.ingress(&syn(40040));
     let backend = verify(&out).dst;
     let id = rig.backend_id(backend, PROTO_TCP);
-    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 40040, RST | ACK));
+    rig.egress(&refusal(backend, 40040));
     let c = rig.maps.backend_counters(id).unwrap();
     assert_eq!((c.connect_failures, c.resets), (1, 0));
     assert_eq!(

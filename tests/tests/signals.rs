@@ -230,8 +230,8 @@ fn refused_and_timed_out_connects_are_gateway_errors_that_count_once() {
     });
     let (_, out) = rig.ingress(&syn(50400));
     let refused = verify(&out).dst;
-    rig.egress(&Pkt::tcp(refused, TPORT, CLIENT, 50400, RST | ACK));
-    rig.egress(&Pkt::tcp(refused, TPORT, CLIENT, 50400, RST | ACK));
+    rig.egress(&refusal(refused, 50400));
+    rig.egress(&refusal(refused, 50400));
     assert_eq!(runs(&rig, refused), (1, 1));
     assert_eq!(rig.counters(refused).connect_failures, 1);
 
@@ -256,7 +256,7 @@ fn opaque_tcp_connect_success_resets_both_counters() {
     });
     let (_, out) = rig.ingress(&syn(50500));
     let backend = verify(&out).dst;
-    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 50500, RST | ACK));
+    rig.egress(&refusal(backend, 50500));
     assert_eq!(runs(&rig, backend), (1, 1));
     let port = (50501..50700)
         .find(|&p| {
@@ -322,7 +322,11 @@ fn undeclared_ports_detect_the_protocol_per_flow() {
 
 #[test]
 fn errors_from_an_ejected_backend_are_ignored() {
-    let mut rig = Rig::with_settings(http());
+    // onEject keep: the connection stays on the ejected backend, whose answers are ignored.
+    let mut rig = Rig::with_settings(ServiceSettings {
+        on_eject: ON_EJECT_KEEP,
+        ..http()
+    });
     let mut conn = Conn::open(&mut rig, 50800);
     let id = rig.backend_id(conn.backend, PROTO_TCP);
     rig.maps
@@ -465,4 +469,146 @@ fn an_http_flow_of_an_ejected_backend_drains_at_its_next_request() {
             verify(&out).dst
         );
     }
+}
+
+/// Review findings: a RST that does not answer the SYN, and a "retransmission" with another
+/// ISN, prove nothing about the backend.
+#[test]
+fn only_a_rst_answering_the_syn_is_a_refusal_and_only_the_same_isn_retransmits() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        connect_timeout_ns: 1,
+        ..http()
+    });
+    // SYN (never answered), then a bare ACK whose RST from the backend acks nothing of ours.
+    let (_, out) = rig.ingress(&syn(54000));
+    let backend = verify(&out).dst;
+    rig.ingress(&Pkt::tcp(CLIENT, 54000, VIP, VPORT, ACK).with_seq(1001, 5555));
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 54000, RST).with_seq(5555, 0));
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 54000, RST | ACK).with_seq(0, 9999));
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    // A SYN with another ISN on the waiting tuple is no retransmission.
+    rig.ingress(&syn(54000).with_seq(424242, 0));
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    // The real retransmission (same ISN) past the timeout counts.
+    rig.ingress(&syn(54000));
+    assert_eq!(rig.counters(backend).connect_failures, 1);
+}
+
+#[test]
+fn an_interim_response_sharing_a_segment_with_the_final_headers_arms_nothing() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 54100);
+    conn.send(
+        &mut rig,
+        b"POST /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    );
+    // 100 Continue and the final response's headers in one segment, then a body that reflects
+    // something looking like a status line.
+    conn.reply(
+        &mut rig,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n",
+    );
+    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n....");
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, 1);
+}
+
+#[test]
+fn draining_never_cuts_a_request_in_progress() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 54200);
+    let request = b"GET / HTTP/1.1\r\n\r\n";
+    let request_seq = conn.client_seq;
+    conn.send(&mut rig, request);
+    let id = rig.backend_id(conn.backend, PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // The request is retransmitted (its ACK was lost): the backend may be executing it.
+    let (_, out) = rig.ingress(
+        &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+            .with_payload(request)
+            .with_seq(request_seq, conn.backend_seq),
+    );
+    assert_eq!(verify(&out).dst, conn.backend);
+    // Its response completes; the next request drains the flow.
+    conn.reply(&mut rig, OK_200);
+    let (_, out) = conn.send(&mut rig, request);
+    assert_ne!(verify(&out).dst, conn.backend);
+}
+
+#[test]
+fn upgraded_connections_leave_http_on_both_entries_and_go_whole() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 54300);
+    conn.send(&mut rig, b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+    // WebSocket frames that happen to read like requests and statuses are not HTTP.
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    // onEject's default resets non-HTTP flows: both entries go.
+    let id = rig.backend_id(conn.backend, PROTO_TCP);
+    assert_eq!(rig.maps.forget_flows(id, true).unwrap(), 1);
+    let late = Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, ACK).build();
+    assert_eq!(
+        rig.run_tc(geosteer_common::program_names::TC_EGRESS, &late),
+        (TC_ACT_OK, late),
+        "a half of the flow stayed behind"
+    );
+}
+
+#[test]
+fn a_flow_pinned_to_a_reused_backend_id_is_steered_anew() {
+    let mut rig = Rig::with_settings(http());
+    let conn = Conn::open(&mut rig, 54400);
+    let id = rig.backend_id(conn.backend, PROTO_TCP);
+    let mut backend = rig.maps.read_backend(id).unwrap();
+    backend.addr = u32::from(Ipv4Addr::new(198, 18, 99, 99)).to_be();
+    rig.maps.write_backend(id, &backend).unwrap();
+    let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, conn.port, VIP, VPORT, ACK));
+    assert_ne!(
+        verify(&out).dst,
+        conn.backend,
+        "the stale entry still steered"
+    );
+}
+
+#[test]
+fn a_flow_first_seen_mid_stream_drains_too() {
+    let mut rig = Rig::with_settings(http());
+    // No SYN seen (an evicted entry): the first packet is mid-stream data.
+    let (_, out) = rig.ingress(
+        &Pkt::tcp(CLIENT, 54500, VIP, VPORT, PSH_ACK)
+            .with_payload(b"GET /a HTTP/1.1\r\n\r\n")
+            .with_seq(100, 5000),
+    );
+    let backend = verify(&out).dst;
+    rig.egress(
+        &Pkt::tcp(backend, TPORT, CLIENT, 54500, PSH_ACK)
+            .with_payload(OK_200)
+            .with_seq(5000, 119),
+    );
+    let id = rig.backend_id(backend, PROTO_TCP);
+    rig.maps
+        .write_backend_state(
+            id,
+            &BackendState {
+                ejected: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, out) = rig.ingress(
+        &Pkt::tcp(CLIENT, 54500, VIP, VPORT, PSH_ACK)
+            .with_payload(b"GET /b HTTP/1.1\r\n\r\n")
+            .with_seq(119, 5000 + OK_200.len() as u32),
+    );
+    assert_ne!(verify(&out).dst, backend);
 }

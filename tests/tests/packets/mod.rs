@@ -350,6 +350,11 @@ impl Rig {
     }
 }
 
+/// The backend's RST refusing a SYN sent by [`syn`] (RST|ACK acknowledging its ISN).
+pub fn refusal(backend: Ipv4Addr, sport: u16) -> Pkt {
+    Pkt::tcp(backend, TPORT, CLIENT, sport, RST | ACK).with_seq(0, 1001)
+}
+
 pub fn syn(sport: u16) -> Pkt {
     Pkt::tcp(CLIENT, sport, VIP, VPORT, SYN)
 }
