@@ -553,7 +553,7 @@ fn batched(
             counted: Counted::Nothing,
         },
         Batched {
-            name: "TC egress: reply (reverse NAT, HTTP status parse)",
+            name: "TC egress: reply data (reverse NAT; no response start awaited)",
             program: program_names::TC_EGRESS,
             fd: rig.tc_egress,
             packet: tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE),
@@ -702,7 +702,7 @@ fn single(
             program_names::TC_INGRESS,
         ),
         (
-            "TC egress: reply (reverse NAT, HTTP status parse)",
+            "TC egress: reply data (reverse NAT; no response start awaited)",
             program_names::TC_EGRESS,
         ),
         ("no-op XDP program (floor)", "noop (XDP)"),
