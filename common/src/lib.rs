@@ -282,7 +282,8 @@ impl FlowKey {
 pub const TCP_SYN_SENT: u8 = 1;
 /// The backend answered the SYN with a SYN-ACK. A SYN on this tuple is not a new connection.
 pub const TCP_ESTABLISHED: u8 = 2;
-/// RST seen, or FIN seen in both directions: the tuple may be reused by a new connection.
+/// RST seen: the tuple may be reused by a new connection (so may one with a FIN seen in both
+/// directions: `FlowValue::fin_seen` of both entries).
 pub const TCP_CLOSED: u8 = 3;
 /// First seen mid-stream (no pure SYN: an evicted entry, a restart without pins, a packet with
 /// odd flags). No connect timer runs; a pure SYN on it is a new connection.
@@ -290,10 +291,6 @@ pub const TCP_MIDSTREAM: u8 = 4;
 
 /// `FlowValue::flags`: a connect failure has been counted for this flow already.
 pub const FLOW_FLAG_CONNECT_FAILURE_COUNTED: u8 = 1;
-/// A FIN from the client was seen.
-pub const FLOW_FLAG_FIN_CLIENT: u8 = 2;
-/// A FIN from the backend was seen.
-pub const FLOW_FLAG_FIN_BACKEND: u8 = 4;
 /// The connect succeeded while the protocol was still being detected: counted as a success once
 /// the flow turns out to be opaque TCP (an HTTP flow's successes are its responses).
 pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;
@@ -336,7 +333,10 @@ pub struct FlowValue {
     pub http_state: u8,
     /// Reply entry: `reply_nxt` is valid.
     pub reply_nxt_known: u8,
-    pub _pad: u8,
+    /// A FIN was seen in this entry's direction. Each direction's program writes only its own
+    /// entry's byte: the two FINs of a close often cross on two CPUs, and a shared flags byte
+    /// would lose one of them to the other's read-modify-write.
+    pub fin_seen: u8,
     /// Reply entry: client sequence number of the request segment that armed `resp_seq`, so a
     /// retransmission of it is recognised.
     pub req_seq: u32,

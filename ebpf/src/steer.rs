@@ -61,10 +61,10 @@ use geosteer_common::{
     BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendCounters, BackendState,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
     DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FLOW_FLAG_FIN_BACKEND, FLOW_FLAG_FIN_CLIENT, FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN,
-    PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
-    Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
+    FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
+    MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig,
+    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED,
+    TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -347,7 +347,8 @@ fn out_of_rotation(backend_id: u32, backend: &Backend) -> bool {
 /// - The entry's backend was removed from the service.
 /// - UDP: the backend is out of rotation, or the flow was idle past the UDP timeout (Envoy
 ///   udp_proxy: a session ends at its idle timeout; a datagram to an unhealthy host moves).
-/// - TCP, only for a pure SYN: on a closed tuple or one first seen mid-stream it opens a new
+/// - TCP, only for a pure SYN: on a closed tuple (RST, or FIN both ways) or one first seen
+///   mid-stream it opens a new
 ///   connection (clients reuse ports all the time); a SYN retransmitted while the SYN-ACK is
 ///   awaited moves only if its backend left rotation since (nothing is established there);
 ///   a SYN on an established tuple is not a new connection (the backend answers it with a
@@ -375,9 +376,25 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
     }
     match entry.tcp_state {
         TCP_SYN_SENT => out_of_rotation(entry.backend_id, backend),
-        TCP_ESTABLISHED => false,
+        TCP_ESTABLISHED => closed_both_ways(flow, entry),
         _ => true,
     }
+}
+
+/// Both directions sent their FIN: the connection is over and its tuple free for reuse.
+fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
+    if entry.fin_seen == 0 {
+        return false;
+    }
+    let key = reply_key(
+        entry.nat_addr,
+        entry.nat_port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    );
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { CONNTRACK.get(&key) }.is_some_and(|reply| reply.fin_seen != 0)
 }
 
 /// Request-direction TCP bookkeeping of a tracked flow: close flags, connect timer, and the
@@ -391,10 +408,7 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
         return false;
     }
     if flags & TCP_FIN != 0 {
-        entry.flags |= FLOW_FLAG_FIN_CLIENT;
-        if entry.flags & FLOW_FLAG_FIN_BACKEND != 0 {
-            entry.tcp_state = TCP_CLOSED;
-        }
+        entry.fin_seen = 1;
     }
     if is_pure_syn(flags) && entry.tcp_state == TCP_SYN_SENT {
         // A retransmission repeats the ISN; a SYN with another one is some other packet.
@@ -709,10 +723,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         return;
     }
     if flags & TCP_FIN != 0 {
-        original.flags |= FLOW_FLAG_FIN_BACKEND;
-        if original.flags & FLOW_FLAG_FIN_CLIENT != 0 {
-            original.tcp_state = TCP_CLOSED;
-        }
+        reply.fin_seen = 1;
     }
 }
 

@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FLOW_FLAG_FIN_BACKEND,
-    FLOW_FLAG_FIN_CLIENT, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, program_names,
+    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, PROTO_TCP, PROTO_UDP,
+    ServiceKey, ServiceValue, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    program_names,
 };
 
 use super::{
@@ -478,6 +478,19 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
             }
         }
         let target = endpoint(value.nat_addr, value.nat_port);
+        // The backend's FIN is recorded on the reply entry.
+        let backend_fin = || {
+            let reply = geosteer_common::FlowKey::new(
+                value.nat_addr,
+                key.saddr,
+                value.nat_port,
+                key.sport,
+                key.proto,
+                geosteer_common::DIR_REPLY,
+            );
+            maps.conntrack.get(&reply, 0).is_ok_and(|r| r.fin_seen != 0)
+        };
+        let closed_both_ways = value.fin_seen != 0 && backend_fin();
         if let Some(b) = backend
             && target != b
             && target.split(':').next() != Some(b)
@@ -492,11 +505,8 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
             backend_id: value.backend_id,
             state: match (key.proto, value.tcp_state) {
                 (PROTO_TCP, TCP_SYN_SENT) => "syn-sent",
-                (PROTO_TCP, TCP_ESTABLISHED)
-                    if value.flags & (FLOW_FLAG_FIN_CLIENT | FLOW_FLAG_FIN_BACKEND) != 0 =>
-                {
-                    "closing"
-                }
+                (PROTO_TCP, TCP_ESTABLISHED) if closed_both_ways => "closed",
+                (PROTO_TCP, TCP_ESTABLISHED) if value.fin_seen != 0 => "closing",
                 (PROTO_TCP, TCP_ESTABLISHED) => "established",
                 (PROTO_TCP, TCP_CLOSED) => "closed",
                 (PROTO_TCP, TCP_MIDSTREAM) => "mid-stream",
