@@ -507,6 +507,12 @@ impl Controller {
     ) -> Result<()> {
         let keep_http = match service.on_eject {
             ON_EJECT_RESET => false,
+            // A port declared HTTP/1.x has only HTTP/1.x flows to speak of (the kernel drains
+            // them), so the walk over conntrack is skipped; a connection upgraded off HTTP
+            // (WebSocket) stays, as it does through Envoy.
+            ON_EJECT_AUTO if service.protocol.protocol == config::AppProtocol::Http1 => {
+                return Ok(());
+            }
             ON_EJECT_AUTO => true,
             _ => return Ok(()),
         };

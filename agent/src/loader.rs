@@ -66,6 +66,7 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
         None => Vec::new(),
     };
     for (name, path) in &pins {
+        drop_incompatible_pin(name, path);
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader
@@ -80,6 +81,56 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
     xdp.load()
         .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
     Ok(ebpf)
+}
+
+/// Key and value sizes each map has in this build (0 for the ring buffer, which has neither).
+fn expected_layout(name: &str) -> Option<(u32, u32)> {
+    use geosteer_common::*;
+    use std::mem::size_of;
+    let layout = |k: usize, v: usize| Some((k as u32, v as u32));
+    match name {
+        map_names::SERVICES => layout(size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        map_names::VIPS => layout(4, 4),
+        map_names::TABLES => layout(4, size_of::<ServiceTable>()),
+        map_names::BACKENDS => layout(4, size_of::<Backend>()),
+        map_names::BACKEND_STATE => layout(4, size_of::<BackendState>()),
+        map_names::CONNTRACK => layout(size_of::<FlowKey>(), size_of::<FlowValue>()),
+        map_names::SERVICE_STATS => layout(4, size_of::<TrafficCounters>()),
+        map_names::BACKEND_STATS => layout(4, size_of::<BackendCounters>()),
+        map_names::DROPS => layout(4, 8),
+        map_names::SETTINGS => layout(4, size_of::<Settings>()),
+        map_names::SERVICE_STATE => layout(4, size_of::<ServiceState>()),
+        map_names::SERVICE_CONFIG => layout(4, size_of::<ServiceConfig>()),
+        _ => None,
+    }
+}
+
+/// A map pinned by an agent whose layout differs from this build's (an upgrade that changed a
+/// key or value) cannot be shared with the new programs: the verifier would reject them and the
+/// agent would never start. Such a pin is removed, so the map is created afresh; what it held
+/// (flows, counters) is lost, and the log says so. Migrating the state instead is future work.
+fn drop_incompatible_pin(name: &str, path: &Path) {
+    let Some((key_size, value_size)) = expected_layout(name) else {
+        return;
+    };
+    let Ok(map) = aya::maps::MapData::from_pin(path) else {
+        return; // no pin (first start), or not a map: the loader reports the latter
+    };
+    let Ok(info) = map.info() else {
+        return;
+    };
+    if (info.key_size(), info.value_size()) != (key_size, value_size) {
+        warn!(
+            map = name,
+            pinned = format!("{}/{}", info.key_size(), info.value_size()),
+            expected = format!("{key_size}/{value_size}"),
+            "pinned map has another layout (an upgrade): rebuilding it empty"
+        );
+        drop(map);
+        if let Err(e) = std::fs::remove_file(path) {
+            warn!(path = %path.display(), error = %e, "could not remove the incompatible pin");
+        }
+    }
 }
 
 /// Where [`pin_programs`] pins each program: `<pinPath>/progs/<program name>`.
@@ -375,4 +426,27 @@ fn attach_xdp(
     });
     out.links.push((path, pinned));
     Ok(())
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::expected_layout;
+    use geosteer_common::map_names;
+
+    /// Every map but the ring buffer is checked against its pinned predecessor on load.
+    #[test]
+    fn every_map_has_an_expected_layout() {
+        for name in map_names::ALL {
+            assert_eq!(
+                expected_layout(name).is_some(),
+                name != map_names::EVENTS,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            expected_layout(map_names::CONNTRACK),
+            Some((16, 48)),
+            "conntrack key/value"
+        );
+    }
 }
