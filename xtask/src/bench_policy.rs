@@ -889,8 +889,9 @@ fn interpret_failover(w: &mut String, failover: &[Failover]) {
         w,
         "Reading it: {}.\n\n\
          Both take the backend out on the response that reaches the limit. In geosteer that is \
-         the kernel: the TC program parses the status line of each response on its way to the \
-         client and sets the backend's ejected flag before the client has read the response, \
+         the kernel: the TC program reads the status line where each response starts (the \
+         reply byte its request acknowledged) on its way to the client and sets the backend's \
+         ejected flag before the client has read the response, \
          so a new connection opened after it is steered elsewhere (at 1 error, \"to \
          avoidance\" is one connection's round trip). Until the agent has recomputed the \
          weights, the Maglev lookup skips ejected backends, and with the whole region ejected \
