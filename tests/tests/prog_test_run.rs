@@ -276,16 +276,7 @@ fn ejected_backends_get_no_new_flows_and_keep_existing_ones() {
     let (_, out) = rig.ingress(&syn(41000));
     let pinned_backend = verify(&out).dst;
     let ejected = BACKENDS[0];
-    let id = rig.backend_id(ejected, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(ejected, PROTO_TCP);
     let mut seen = std::collections::BTreeMap::new();
     for port in 42000..42300 {
         let (_, out) = rig.ingress(&syn(port));
@@ -602,16 +593,7 @@ fn a_reused_source_port_is_a_new_connection() {
     let (_, out) = rig.ingress(&syn(port));
     let first = verify(&out).dst;
     rig.egress(&Pkt::tcp(first, TPORT, CLIENT, port, SYN | ACK));
-    let id = rig.backend_id(first, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(first, PROTO_TCP);
     // Mid-connection packets stay with the (now ejected) backend, and so does a SYN on the
     // open tuple: it is no new connection while the flow is open.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));

@@ -203,15 +203,7 @@ fn a_syn_on_an_established_tuple_neither_moves_nor_resets_it() {
     let mut rig = Rig::with_settings(http());
     let mut conn = Conn::open(&mut rig, 50300);
     let id = rig.backend_id(conn.backend, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(conn.backend, PROTO_TCP);
     let (_, out) = rig.ingress(&syn(50300));
     assert_eq!(verify(&out).dst, conn.backend);
     rig.maps
@@ -328,16 +320,7 @@ fn errors_from_an_ejected_backend_are_ignored() {
         ..http()
     });
     let mut conn = Conn::open(&mut rig, 50800);
-    let id = rig.backend_id(conn.backend, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(conn.backend, PROTO_TCP);
     conn.exchange(&mut rig, UNAVAILABLE_503);
     conn.exchange(&mut rig, UNAVAILABLE_503);
     assert_eq!(runs(&rig, conn.backend), (0, 0));
@@ -385,15 +368,7 @@ fn udp_flows_move_off_an_ejected_backend_and_idle_out() {
     let (_, out) = rig.ingress(&datagram(52000));
     let first = verify(&out).dst;
     let id = rig.backend_id(first, PROTO_UDP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(first, PROTO_UDP);
     let (_, out) = rig.ingress(&datagram(52000));
     let second = verify(&out).dst;
     assert_ne!(second, first, "the next datagram left the ejected backend");
@@ -520,16 +495,7 @@ fn draining_never_cuts_a_request_in_progress() {
     let request = b"GET / HTTP/1.1\r\n\r\n";
     let request_seq = conn.client_seq;
     conn.send(&mut rig, request);
-    let id = rig.backend_id(conn.backend, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(conn.backend, PROTO_TCP);
     // The request is retransmitted (its ACK was lost): the backend may be executing it.
     let (_, out) = rig.ingress(
         &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
@@ -595,16 +561,7 @@ fn a_flow_first_seen_mid_stream_drains_too() {
             .with_payload(OK_200)
             .with_seq(5000, 119),
     );
-    let id = rig.backend_id(backend, PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(backend, PROTO_TCP);
     let (_, out) = rig.ingress(
         &Pkt::tcp(CLIENT, 54500, VIP, VPORT, PSH_ACK)
             .with_payload(b"GET /b HTTP/1.1\r\n\r\n")

@@ -9,7 +9,7 @@ use aya::programs::{SchedClassifier, TestRun as _, Xdp};
 use aya::{Ebpf, TestRunOptions};
 use etherparse::{Ipv4Header, TcpHeader, UdpHeader};
 use geosteer::{
-    dataplane::BpfMaps,
+    dataplane::{BpfMaps, Dataplane as _},
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
 };
@@ -259,6 +259,20 @@ impl Rig {
             (VIP, VPORT, PROTO_UDP, &[1, 1, 1]),
         ]);
         rig
+    }
+
+    /// Marks a backend outlier-ejected, as the kernel does at its consecutive-error limit.
+    pub fn eject(&mut self, ip: Ipv4Addr, proto: u8) {
+        let id = self.backend_id(ip, proto);
+        self.maps
+            .write_backend_state(
+                id,
+                &BackendState {
+                    ejected: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
     }
 
     /// The kernel's outlier state of a backend.
