@@ -217,8 +217,12 @@ pub struct BackendState {
     pub consecutive_gateway: u64,
     /// When the kernel ejected it (ns since boot, CLOCK_MONOTONIC); 0 if the agent did.
     pub ejected_at_ns: u64,
+    /// When the backend last accepted a connection (its SYN-ACK passed; ns, CLOCK_MONOTONIC).
+    /// A SYN that went unanswered while the backend accepted others was lost on the way (or
+    /// never meant to be answered), not refused by a dead backend: no connect timeout.
+    pub last_accept_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<BackendState>() == 32);
+const _: () = assert!(core::mem::size_of::<BackendState>() == 40);
 
 /// Sent by the kernel through the events ring when it ejects a backend, so the agent can
 /// start the ejection clock and recompute weights without polling every backend.

@@ -453,10 +453,21 @@ fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
         Some(c) if c.connect_timeout_ns != 0 => c.connect_timeout_ns,
         _ => return,
     };
-    if now.saturating_sub(entry.created_ns) >= timeout {
-        entry.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
-        connect_failure(entry.backend_id);
+    if now.saturating_sub(entry.created_ns) < timeout {
+        return;
     }
+    // The backend accepted connections after this SYN was first sent: it is alive and
+    // answering, and this SYN was lost before reaching it (a lossy network, a full accept
+    // queue, a SYN crafted to be dropped). Envoy counts every connect timeout; here only those
+    // of a backend that answers nobody, so no client can fake one on a backend in use.
+    if BACKEND_STATE
+        .get(entry.backend_id)
+        .is_some_and(|state| state.last_accept_ns > entry.created_ns)
+    {
+        return;
+    }
+    entry.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
+    connect_failure(entry.backend_id);
 }
 
 /// Client payload on an established HTTP/1.x (or not yet detected) flow. Returns whether the
@@ -709,6 +720,10 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             return; // a retransmitted SYN-ACK, or one for a tuple we did not see open
         }
         original.tcp_state = TCP_ESTABLISHED;
+        if let Some(state) = BACKEND_STATE.get_ptr_mut(reply.backend_id) {
+            // SAFETY: an aligned 8-byte field of a live map value: a single store.
+            unsafe { core::ptr::write_volatile(&raw mut (*state).last_accept_ns, now_ns()) };
+        }
         reply.reply_nxt = flow.seq.wrapping_add(1);
         reply.reply_nxt_known = 1;
         match reply.app_protocol {

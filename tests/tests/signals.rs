@@ -569,3 +569,33 @@ fn a_flow_first_seen_mid_stream_drains_too() {
     );
     assert_ne!(verify(&out).dst, backend);
 }
+
+/// A SYN crafted to be dropped (or lost) while its backend keeps accepting other connections
+/// is no connect timeout: only a backend that answers nobody times out.
+#[test]
+fn a_syn_unanswered_while_the_backend_accepts_others_is_no_timeout() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        connect_timeout_ns: 1,
+        ..http()
+    });
+    let (_, out) = rig.ingress(&syn(55000));
+    let backend = verify(&out).dst;
+    let other = (55001..55300)
+        .find(|&p| {
+            let (_, out) = rig.ingress(&syn(p));
+            verify(&out).dst == backend
+        })
+        .unwrap();
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, other, SYN | ACK).with_seq(0, 1001));
+    rig.ingress(&syn(55000)); // retransmitted past the (1 ns) timeout
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    // A SYN sent after that acceptance, and unanswered, does time out.
+    let late = (55300..55600)
+        .find(|&p| {
+            let (_, out) = rig.ingress(&syn(p));
+            verify(&out).dst == backend
+        })
+        .unwrap();
+    rig.ingress(&syn(late));
+    assert_eq!(rig.counters(backend).connect_failures, 1);
+}
