@@ -663,7 +663,10 @@ pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
         }
     }
     if flow.proto == PROTO_TCP {
-        if flow.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) != 0 {
+        if flow.tcp_flags & TCP_FIN != 0 {
+            entry.fin_seen = 1;
+        }
+        if flow.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
             reply_control(flow, entry);
         }
         if flow.payload_len != 0 {
@@ -676,7 +679,8 @@ pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
     })
 }
 
-/// SYN-ACK, RST and FIN from the backend: the connection's state and its connect result.
+/// SYN-ACK and RST from the backend: the connection's state and its connect result. (A FIN
+/// only marks the reply entry, which the caller holds.)
 fn reply_control(flow: &Flow, reply: &mut FlowValue) {
     let original_key = FlowKey::new(
         flow.daddr,
@@ -735,10 +739,6 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             // `LocalOriginConnectSuccess` maps to no code): the response decides.
             _ => {}
         }
-        return;
-    }
-    if flags & TCP_FIN != 0 {
-        reply.fin_seen = 1;
     }
 }
 

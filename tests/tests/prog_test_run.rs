@@ -15,7 +15,7 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, ServiceSettings},
 };
 use geosteer_common::{
-    APP_PROTOCOL_HTTP1, BackendState, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, program_names,
+    APP_PROTOCOL_HTTP1, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, program_names,
 };
 use packets::*;
 
@@ -559,15 +559,7 @@ fn forgetting_an_ejected_backends_flows_re_steers_them() {
         pinned.len()
     );
     let id = rig.backend_id(BACKENDS[0], PROTO_TCP);
-    rig.maps
-        .write_backend_state(
-            id,
-            &BackendState {
-                ejected: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    rig.eject(BACKENDS[0], PROTO_TCP);
     // Without forgetting, established flows stay put.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, pinned[0], VIP, VPORT, ACK));
     assert_eq!(verify(&out).dst, BACKENDS[0]);

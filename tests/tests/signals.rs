@@ -415,16 +415,7 @@ fn an_http_flow_of_an_ejected_backend_drains_at_its_next_request() {
         let mut conn = Conn::open(&mut rig, 53000);
         conn.send(&mut rig, b"GET /big HTTP/1.1\r\n\r\n");
         conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
-        let id = rig.backend_id(conn.backend, PROTO_TCP);
-        rig.maps
-            .write_backend_state(
-                id,
-                &BackendState {
-                    ejected: 1,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        rig.eject(conn.backend, PROTO_TCP);
         // The response in progress completes: the rest of the body still comes back through
         // the VIP, and the client's ACKs still reach the backend.
         let (_, out) = conn.reply(&mut rig, b"0123456789");
