@@ -395,8 +395,12 @@ fn run_udp(flags: &Flags) -> Result<(), String> {
     let mut errors = 0u64;
     let mut backends: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_error: Option<String> = None;
+    // Every socket stays open until the end, so no two datagrams share a source port (the
+    // kernel picks ephemeral UDP ports at random and would reuse a closed one's port now and
+    // then, which the balancer rightly sees as the same flow).
+    let mut open = Vec::new();
     for i in 0..count {
-        match udp_ping(target, i, timeout) {
+        match udp_ping(target, i, timeout, &mut open) {
             Ok(name) => {
                 ok += 1;
                 *backends.entry(name).or_default() += 1;
@@ -416,9 +420,14 @@ fn run_udp(flags: &Flags) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends `ping-<i>` from a fresh socket (so a fresh source port) and returns
+/// Sends `ping-<i>` from a fresh socket (kept in `open`, so a fresh source port) and returns
 /// the backend name from the `NAME:ping-<i>` reply.
-fn udp_ping(target: SocketAddr, i: u64, timeout: Duration) -> io::Result<String> {
+fn udp_ping(
+    target: SocketAddr,
+    i: u64,
+    timeout: Duration,
+    open: &mut Vec<UdpSocket>,
+) -> io::Result<String> {
     let bind: SocketAddr = if target.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
@@ -430,7 +439,9 @@ fn udp_ping(target: SocketAddr, i: u64, timeout: Duration) -> io::Result<String>
     sock.send_to(payload.as_bytes(), target)?;
 
     let mut buf = [0u8; 2048];
-    let (n, from) = sock.recv_from(&mut buf)?;
+    let received = sock.recv_from(&mut buf);
+    open.push(sock);
+    let (n, from) = received?;
     // A reply from any other address would be dropped by a real (connected)
     // UDP client, so it counts as a failure of the balancer.
     if from != target {
