@@ -389,9 +389,17 @@ fn pooled_keep_alive_clients_fail_over_with_one_error_per_connection() {
         timeline.len()
     );
     assert!(timeline.len() > 150, "{} requests", timeline.len());
-    // consecutive5xxErrors 1 × 2 failing backends + 4 pooled connections.
+    // consecutive5xxErrors 1 × 2 failing backends: at most 2 responses with a 5xx.
+    let statuses_5xx = timeline
+        .iter()
+        .filter(|r| r["status"].as_u64().is_some_and(|s| s >= 500))
+        .count();
+    assert!(statuses_5xx <= 2, "{statuses_5xx} 5xx responses");
+    // Plus one reset per pooled connection: the 4 it started with, and at most one
+    // replacement that reconnected to the second failing region backend before that backend's
+    // own first 503 ejected it (the first ejection moves load there: 70/30).
     assert!(
-        errors <= 6,
+        errors <= 2 + 4 + 1,
         "{errors} of {} requests failed: {:?}",
         timeline.len(),
         timeline.iter().filter(|r| failed(r)).collect::<Vec<_>>()
