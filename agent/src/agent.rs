@@ -1,5 +1,6 @@
 //! The daemon: load (or re-adopt) the kernel programs and pinned maps, program the services,
-//! attach, then run the control loop until SIGINT/SIGTERM:
+//! attach, then run the control loop until SIGINT/SIGTERM (which leave the programs attached:
+//! see [`run`]):
 //! - kernel ejection events → outlier bookkeeping and a recompute of that service;
 //! - the outlier interval sweep → un-ejections;
 //! - active probe results → health changes;
@@ -219,13 +220,18 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     )
     .await;
     link_watcher.abort();
-    // Clean exit: detach every program; the pinned maps stay for the next start.
+    // A stop is not an uninstall: SIGTERM is what every rolling update, `kubectl rollout
+    // restart` and node drain sends, and the node's traffic must not notice. The links,
+    // programs and maps stay pinned and keep steering (as after kill -9) until the next agent
+    // re-adopts them; only `geosteer uninstall` removes them.
     drop(links);
-    attachments.detach_all();
-    loader::unpin_programs(&dataplane.pin_path);
+    drop(attachments);
     drop(maps);
     drop(ebpf);
-    info!("detached");
+    info!(
+        pins = %dataplane.pin_path.display(),
+        "stopped; the programs stay attached and keep steering (`geosteer uninstall` removes them)"
+    );
     result
 }
 
@@ -298,8 +304,8 @@ async fn control_loop(
     loop {
         publisher.publish(controller);
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: detaching"); break; }
-            _ = sigint.recv() => { info!("SIGINT: detaching"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 if let Some(path) = config_path {
                     let outcome = match &kube {

@@ -167,21 +167,80 @@ pub fn pin_programs(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes the program pins (clean shutdown: nothing steers any more, so nothing should be
-/// left to explain with).
-pub fn unpin_programs(pin_dir: &Path) {
-    for name in [
-        program_names::TC_INGRESS,
-        program_names::TC_EGRESS,
-        program_names::XDP,
-    ] {
-        let path = program_pin(pin_dir, name);
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(path = %path.display(), error = %e, "unpinning program");
+/// What [`uninstall`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Uninstalled {
+    /// Pinned links (each one a program attached to an interface hook).
+    pub links: Vec<String>,
+    pub programs: usize,
+    pub maps: usize,
+}
+
+/// Removes the data path an agent left under `pin_dir`: unpinning each link detaches its
+/// program (no agent may be running: its own link handles would keep them attached), then the
+/// program and map pins go, and with them conntrack, counters and the flow-hash key.
+pub fn uninstall(pin_dir: &Path) -> Result<Uninstalled> {
+    let mut out = Uninstalled::default();
+    let links_dir = pin_dir.join("links");
+    for path in pins_in(&links_dir)? {
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
+        let fd_link = link
+            .unpin()
+            .with_context(|| format!("unpinning {}", path.display()))?;
+        drop(fd_link);
+        out.links.push(file_name(&path));
+    }
+    for path in pins_in(&pin_dir.join("progs"))? {
+        remove_pin(&path)?;
+        out.programs += 1;
+    }
+    // Only the maps this build pins: a bpffs root also holds the kernel's own files
+    // (maps.debug, progs.debug), which nobody may remove.
+    for path in pins_in(pin_dir)? {
+        if map_names::ALL.iter().any(|name| path.ends_with(name)) {
+            remove_pin(&path)?;
+            out.maps += 1;
         }
     }
+    for dir in [links_dir, pin_dir.join("progs"), pin_dir.to_path_buf()] {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // A bpffs mount point (the directory itself) cannot be removed: harmless.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
+    Ok(out)
+}
+
+/// The files (pins) directly in `dir`, sorted; none when it does not exist.
+fn pins_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if entry.file_type().is_ok_and(|t| !t.is_dir()) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("removing pin {}", path.display()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
@@ -221,8 +280,9 @@ pub fn matching_interfaces(patterns: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Links pinned in bpffs: the programs stay attached if the agent dies (kill -9, OOM), so
-/// established flows keep being reverse-NATed and new ones steered while it restarts. A new
+/// Links pinned in bpffs: the programs stay attached when the agent stops (SIGTERM on a rolling
+/// update, kill -9, OOM), so established flows keep being reverse-NATed and new ones steered
+/// while no agent runs; only [`uninstall`] removes them. A new
 /// agent re-adopts each pinned link and swaps its own program into it atomically
 /// (BPF_LINK_UPDATE), so an upgrade never leaves an interface without a program.
 pub struct Attachments {
@@ -230,17 +290,6 @@ pub struct Attachments {
     links: Vec<(PathBuf, PinnedLink)>,
 }
 
-impl Attachments {
-    /// Clean shutdown: unpin and close every link, which detaches the programs.
-    pub fn detach_all(self) {
-        for (path, link) in self.links {
-            match link.unpin() {
-                Ok(fd_link) => drop(fd_link),
-                Err(e) => warn!(path = %path.display(), error = %e, "unpinning link"),
-            }
-        }
-    }
-}
 
 /// Attaches TC ingress+egress to every `tc` interface, and XDP (plus TC egress for the replies)
 /// to every `xdp` interface, pinning each link under `links_dir`.

@@ -76,6 +76,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Remove the data path from this node: detach the programs, delete the pinned programs
+    /// and maps. Stopping the agent (SIGTERM) leaves them steering; this is the only way to
+    /// remove them. Refused while an agent runs.
+    Uninstall {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Ejections, un-ejections, reloads and failovers, with timestamps.
     Events {
         /// Keep printing new events as they happen.
@@ -138,6 +145,7 @@ fn main() -> ExitCode {
                 proto,
             },
         ),
+        Command::Uninstall { target } => cli::uninstall(&target),
         Command::Events { follow, target } => cli::events(&target, follow),
         Command::Top {
             interval,

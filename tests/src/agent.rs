@@ -166,6 +166,30 @@ impl Agent {
     }
 }
 
+/// `geosteer uninstall` for the agent of `pins` (run in `ns`, where its interfaces are): what a
+/// lab's teardown, or a bench round that hands the node to a peer, runs once the agent stopped.
+/// Returns its report line.
+pub fn uninstall(ns: &Netns, pins: &PinDir) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(bin_path("geosteer"))
+        .arg("uninstall")
+        .arg("--pin-path")
+        .arg(pins.pin_path())
+        .arg("--socket")
+        .arg(pins.socket_path())
+        .output()
+        .context("running geosteer uninstall")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "geosteer uninstall failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
 /// `config_yaml` with an `admin:` section added at the end unless it has one.
 pub fn with_admin(config_yaml: &str, pins: &PinDir) -> String {
     if config_yaml.starts_with("admin:") || config_yaml.contains("\nadmin:") {

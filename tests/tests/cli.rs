@@ -699,17 +699,23 @@ fn commands_read_the_pinned_maps_while_the_agent_is_down() {
     let (ok, _, stderr) = geosteer(&pins, &["events"]);
     assert!(!ok && stderr.contains("agent: down"), "{stderr}");
 
-    // A clean stop detaches and unpins the programs: explain has nothing left to run.
+    // A clean stop (SIGTERM) leaves the data path as kill -9 does; `uninstall` removes it,
+    // and explain has nothing left to run.
     let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent restarts");
     assert!(run(&pins, &["status"]).starts_with("agent:        up"));
     assert!(agent.terminate().unwrap().success());
-    let status = run(&pins, &["status"]);
-    assert!(status.contains("programs pinned: no"), "{status}");
-    assert!(status.contains("attachments: none"), "{status}");
     assert!(
         !pins.socket_path().exists(),
         "the socket is removed on exit"
     );
+    let status = run(&pins, &["status"]);
+    assert!(status.contains("programs pinned: yes"), "{status}");
+    assert!(status.contains("cl0        tc-ingress  tcx"), "{status}");
+    let removed = run(&pins, &["uninstall"]);
+    assert!(removed.contains("detached 2"), "{removed}");
+    let status = run(&pins, &["status"]);
+    assert!(status.contains("programs pinned: no"), "{status}");
+    assert!(status.contains("attachments: none"), "{status}");
     let (ok, _, stderr) = geosteer(
         &pins,
         &[
@@ -720,5 +726,8 @@ fn commands_read_the_pinned_maps_while_the_agent_is_down() {
             &format!("{VIP}:80"),
         ],
     );
-    assert!(!ok && stderr.contains("nothing to explain"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("reading the pinned maps"),
+        "{stderr}"
+    );
 }

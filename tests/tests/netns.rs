@@ -180,26 +180,40 @@ fn xdp_uplink_steers_requests() {
     assert_eq!(report.ok, 50, "{report:?}");
 }
 
+/// SIGTERM (every rolling update sends it) stops the agent, not the data path: the VIP keeps
+/// being steered with no agent running. `geosteer uninstall` is what removes it — refused while
+/// an agent runs — and afterwards nothing steers, the backends answer directly, no pin is left.
 #[test]
-fn sigterm_detaches_and_traffic_stops_being_steered() {
+fn sigterm_keeps_steering_and_only_uninstall_removes_the_data_path() {
     let lab = lab("gsn5", 2, false);
     let pins = PinDir::new("gsn5").unwrap();
-    let mut agent = Agent::start(
-        &lab.node,
-        &pins,
-        &config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", ""),
-    )
-    .expect("agent starts");
+    let yaml = config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", "");
+    let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
     assert_eq!(lab.client_http(&format!("{VIP}:80"), 20, 1).unwrap().ok, 20);
+
+    let refused = geosteer_tests::agent::uninstall(&lab.node, &pins).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("an agent is running"),
+        "{refused:#}"
+    );
     let status = agent.terminate().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(agent.log_contains("detached"));
+    assert!(agent.log_contains("programs stay attached"));
+    let during = lab.client_http(&format!("{VIP}:80"), 20, 1).unwrap();
+    assert_eq!(during.ok, 20, "steered with no agent running: {during:?}");
+    assert_eq!(during.backends.len(), 2, "{during:?}");
+
+    let report = geosteer_tests::agent::uninstall(&lab.node, &pins).unwrap();
+    assert!(
+        report.contains("detached 2 (cl0_tc-egress, cl0_tc-ingress)"),
+        "{report}"
+    );
     let mut opts = HttpOptions::new(5, 1);
     opts.timeout_ms = 500;
     let after = http_from(&lab.client, &format!("{VIP}:80"), &opts).unwrap();
     assert_eq!(
         after.ok, 0,
-        "nothing steers the VIP once the agent is gone: {after:?}"
+        "nothing steers the VIP once uninstalled: {after:?}"
     );
     // Backends remain reachable directly.
     assert_eq!(
@@ -208,8 +222,15 @@ fn sigterm_detaches_and_traffic_stops_being_steered() {
             .ok,
         5
     );
-    // The maps stay pinned for the next start.
-    assert!(pins.pin_path().join("GS_CONNTRACK").exists());
+    let left: Vec<_> = std::fs::read_dir(pins.pin_path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| !name.ends_with(".debug")) // the kernel's own (bpf_preload)
+        .collect();
+    assert!(left.is_empty(), "pins left behind: {left:?}");
+    // Uninstalling twice is harmless.
+    let again = geosteer_tests::agent::uninstall(&lab.node, &pins).unwrap();
+    assert!(again.contains("detached 0 (nothing was attached)"), "{again}");
 }
 
 #[test]

@@ -300,6 +300,102 @@ fn kill_9_and_restart_under_load_loses_no_request() {
     assert_eq!(per_backend.len(), 4, "{per_backend:?}");
 }
 
+/// A DaemonSet rolling update: SIGTERM to the agent, its successor 2 s later, under load —
+/// new connections (several requests each) and a pool of keep-alive connections opened before
+/// the stop that must carry requests through it. Nothing may fail: the programs keep steering
+/// with no agent running, and the new agent adopts them and the conntrack they filled.
+#[test]
+fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
+    let lab = two_region_lab("gsp8");
+    let pins = PinDir::new("gsp8").unwrap();
+    let yaml = config(&pins, &["hz1", "hz2", "sh1", "sh2"], "");
+    let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
+    let started = Instant::now();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (rounds, pool, restarted_at) = std::thread::scope(|scope| {
+        // Rounds of 200 new connections (3 requests each) until 1 s after the new agent is up.
+        let runner = scope.spawn(|| {
+            let mut rounds = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut opts = HttpOptions::new(200, 3);
+                opts.concurrency = 4;
+                rounds.push(http_from(&lab.client, VIP, &opts).expect("client runs"));
+            }
+            rounds
+        });
+        let pool = scope.spawn(|| {
+            geosteer_tests::lab_client_json(
+                &lab.client,
+                &[
+                    "pool",
+                    "--target",
+                    VIP,
+                    "--connections",
+                    "2",
+                    "--duration-ms",
+                    "8000",
+                    "--interval-ms",
+                    "20",
+                ],
+            )
+            .expect("pool client runs")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let status = agent.terminate().expect("agent stops");
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+        std::thread::sleep(Duration::from_secs(2));
+        let restarted = Agent::start(&lab.node, &pins, &yaml).expect("agent restarts");
+        let restarted_at = started.elapsed();
+        assert!(
+            restarted.log_contains("re-adopted"),
+            "{:?}",
+            restarted.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        // (The pool runs on until its 8 s are over.)
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (runner.join().unwrap(), pool.join().unwrap(), restarted_at)
+    });
+    let requests: u64 = rounds.iter().map(|r| r.ok + r.errors).sum();
+    let failed: Vec<_> = rounds.iter().filter(|r| r.errors > 0).collect();
+    eprintln!(
+        "rollout: {requests} requests on new connections in {} rounds, {} failed",
+        rounds.len(),
+        failed.iter().map(|r| r.errors).sum::<u64>()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed across the rollout: {failed:?}"
+    );
+    assert!(rounds.len() >= 5, "{} rounds", rounds.len());
+    let per_backend: BTreeMap<String, u64> = rounds
+        .iter()
+        .flat_map(|r| r.backends.clone())
+        .fold(BTreeMap::new(), |mut all, (b, n)| {
+            *all.entry(b).or_default() += n;
+            all
+        });
+    assert_eq!(per_backend.len(), 4, "{per_backend:?}");
+    let timeline = pool["timeline"].as_array().unwrap();
+    let failed: Vec<_> = timeline
+        .iter()
+        .filter(|r| r.get("error").is_some() || r["status"].as_u64() != Some(200))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "keep-alive requests failed across the rollout: {failed:?}"
+    );
+    let after = timeline
+        .iter()
+        .filter(|r| r["ms"].as_u64().is_some_and(|ms| ms > restarted_at.as_millis() as u64))
+        .count();
+    assert!(
+        timeline.len() > 100 && after > 10,
+        "{} pooled requests, {after} after the new agent was ready",
+        timeline.len()
+    );
+}
+
 #[test]
 fn active_health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     let mut lab = two_region_lab("gsp7");

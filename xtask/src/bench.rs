@@ -246,6 +246,8 @@ fn http_bench(backends: u8, seconds: u32) -> Result<HttpBench> {
                     wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
                     let status = agent.terminate()?;
                     ensure!(status.success(), "agent exited with {status}");
+                    // A stop leaves the data path steering; the next round's peer needs the node clean.
+                    geosteer_tests::agent::uninstall(&lab.node, &pins)?;
                 }
                 // No program attached, no netfilter NAT; one backend.
                 Target::Direct => {

@@ -294,6 +294,8 @@ fn failover_run(lab: &Lab, target: Target, error_limit: u32, log: &Path) -> Resu
             let text = probe(lab, target == Target::GeosteerFreshPorts)?;
             let status = agent.terminate()?;
             ensure!(status.success(), "agent exited with {status}");
+            // A stop leaves the data path steering; the next round's peer needs the node clean.
+            geosteer_tests::agent::uninstall(&lab.node, &pins)?;
             let ejected = FAILING.iter().all(|name| {
                 let ip = backend_ip(name);
                 agent.log_contains(&format!("ejected {ip}:{BACKEND_PORT}"))

@@ -85,7 +85,14 @@ pub fn run(seconds: u64) -> Result<()> {
     for line in agent.log().iter().filter(|l| l.contains("event=")) {
         println!("   {}", line.split("event=").nth(1).unwrap_or(line));
     }
-    println!("\n== tearing down (agent, backends, namespaces, pins)");
+    println!("\n== tearing down (agent, data path, backends, namespaces, pins)");
+    let mut agent = agent;
+    agent.terminate()?;
+    // Stopping the agent leaves the programs steering (as on a rolling update); this removes them.
+    let uninstall = std::process::Command::new(bin_path("geosteer"))
+        .args(["uninstall", "--pin-path", PIN_PATH])
+        .output()?;
+    print!("   {}", String::from_utf8_lossy(&uninstall.stdout));
     drop(agent);
     drop(lab);
     result

@@ -175,6 +175,34 @@ pub fn status(target: &Target) -> Result<()> {
     print(&gather::status(&ctx), target.output)
 }
 
+/// Removes the data path (links, programs, maps) the agents of this node left pinned. Refused
+/// while an agent answers: its link handles would keep the programs attached.
+pub fn uninstall(target: &Target) -> Result<()> {
+    let ctx = Context::connect(target)?;
+    if let Some(state) = ctx.state() {
+        anyhow::bail!(
+            "an agent is running (pid {}, admin socket {}): stop it first (delete the DaemonSet), \
+             then uninstall",
+            state.agent.pid,
+            ctx.socket.display()
+        );
+    }
+    let removed = crate::loader::uninstall(&ctx.pin_path)?;
+    println!(
+        "{}: detached {} ({}), removed {} program and {} map pins",
+        ctx.pin_path.display(),
+        removed.links.len(),
+        if removed.links.is_empty() {
+            "nothing was attached".to_string()
+        } else {
+            removed.links.join(", ")
+        },
+        removed.programs,
+        removed.maps
+    );
+    Ok(())
+}
+
 pub fn services(target: &Target) -> Result<()> {
     let ctx = Context::connect(target)?;
     print(&gather::services(&ctx)?, target.output)
