@@ -41,6 +41,10 @@ use crate::{
 const SWEEP_TICK: Duration = Duration::from_millis(100);
 /// How often the config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
+/// Time the conntrack sweep may take per tick: a pass over a large table is many ticks, so the
+/// loop never waits long on it. More while flows are to be ended (an ejection).
+const FLOW_SWEEP_BUDGET: Duration = Duration::from_millis(3);
+const FLOW_SWEEP_BUDGET_BUSY: Duration = Duration::from_millis(20);
 
 /// The kernel's clock (bpf_ktime_get_ns): CLOCK_MONOTONIC.
 pub fn monotonic_now() -> Duration {
@@ -126,6 +130,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let dataplane = config.dataplane.clone();
     let admin_config = config.admin.clone();
     let (tx, rx) = watch::channel(Arc::new(AgentState::default()));
+    let heartbeat = Arc::new(state::Heartbeat::default());
     let mut publisher = Publisher {
         runtime: Runtime {
             started_at: Some(SystemTime::now()),
@@ -141,7 +146,8 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let _admin_socket = admin::serve(&admin_config.socket, rx.clone())?;
     let _metrics = match admin_config.metrics_address() {
         Some(address) => {
-            let server = metrics::serve(address, rx, dataplane.pin_path.clone()).await?;
+            let server =
+                metrics::serve(address, rx, dataplane.pin_path.clone(), heartbeat.clone()).await?;
             info!(address = %server.address, "serving /metrics, /healthz, /readyz");
             Some(server)
         }
@@ -151,6 +157,11 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let mut ebpf = loader::load(MapSizes::from(&dataplane), Some(&dataplane.pin_path))?;
     loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
+    maps.sweeper = crate::conntrack::Sweeper::new(
+        crate::conntrack::Timeouts::from(&dataplane.conntrack),
+        dataplane.conntrack.gc_interval,
+    );
+    publisher.runtime.conntrack.gc_interval_s = dataplane.conntrack.gc_interval.as_secs_f64();
     let kept = maps.read_settings()?;
     let settings = crate::dataplane::node_settings(&kept, &dataplane)?;
     if kept.hash_seed == 0 {
@@ -217,6 +228,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         &mut publisher,
         &mut links,
         kube,
+        &heartbeat,
     )
     .await;
     link_watcher.abort();
@@ -285,6 +297,7 @@ async fn control_loop(
     publisher: &mut Publisher,
     links: &mut LinkWiring<'_>,
     mut kube: Option<KubeWiring>,
+    heartbeat: &state::Heartbeat,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -302,6 +315,7 @@ async fn control_loop(
     let mut probers = spawn_probers(controller, &probe_tx);
 
     loop {
+        heartbeat.beat(monotonic_now());
         publisher.publish(controller);
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -357,6 +371,7 @@ async fn control_loop(
                 if let Err(e) = controller.sweep(maps, monotonic_now()) {
                     error!(error = %format!("{e:#}"), "outlier sweep");
                 }
+                sweep_flows(controller, maps, publisher);
             }
             Some((key, result)) = probe_rx.recv() => {
                 if let Err(e) = controller.on_probe(maps, key, result) {
@@ -369,6 +384,55 @@ async fn control_loop(
         p.abort();
     }
     Ok(())
+}
+
+/// One bounded step of the conntrack GC; a completed pass is logged and published.
+fn sweep_flows(controller: &mut Controller, maps: &mut BpfMaps, publisher: &mut Publisher) {
+    let budget = if maps.sweeper.busy() {
+        FLOW_SWEEP_BUDGET_BUSY
+    } else {
+        FLOW_SWEEP_BUDGET
+    };
+    let report = match maps.sweep_flows(monotonic_now().as_nanos() as u64, budget) {
+        Ok(Some(report)) => report,
+        Ok(None) => return,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "conntrack sweep");
+            return;
+        }
+    };
+    for forget in &report.forgotten {
+        controller.event(
+            EventKind::Reset,
+            format!(
+                "ended {} {}flows of backend id {}",
+                forget.flows,
+                if forget.keep_http { "non-HTTP " } else { "" },
+                forget.backend_id
+            ),
+        );
+    }
+    if report.expired + report.orphans > 0 || !report.forgotten.is_empty() {
+        info!(
+            entries = report.entries,
+            expired = report.expired,
+            orphans = report.orphans,
+            ended = report.forgotten.iter().map(|f| f.flows).sum::<usize>(),
+            took_ms = report.took.as_millis() as u64,
+            "conntrack pass"
+        );
+    }
+    let totals = maps.sweeper.totals;
+    let info = &mut publisher.runtime.conntrack;
+    info.last_pass_at = Some(state::timestamp(SystemTime::now()));
+    info.last_pass_ms = report.took.as_secs_f64() * 1000.0;
+    info.entries = report.entries as u64;
+    info.flows = report.flows as u64;
+    info.passes = totals.passes;
+    info.expired = totals.expired;
+    info.orphans = totals.orphans;
+    info.ended = totals.forgotten;
+    publisher.published_revision = None;
 }
 
 /// Modification time and length: enough to notice an edited or replaced file.

@@ -127,22 +127,56 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `dataplane.conntrack.udpTimeout` (Envoy udp_proxy `idle_timeout`).
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long flows live in conntrack.
+/// Default `dataplane.conntrack.gcInterval`.
+pub const DEFAULT_CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long flows live in conntrack after their last packet (either direction), by state, and
+/// how often the agent's GC looks (Cilium's defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConntrackTimeouts {
-    /// A UDP flow idle this long is over: its next datagram is steered anew. Zero: never.
+    /// A UDP flow idle this long is over: its next datagram is steered anew (and the GC removes
+    /// it). Zero: never re-steered; the GC then uses `tcpEstablishedTimeout`.
     #[serde(
         serialize_with = "serialize_duration",
         deserialize_with = "deserialize_duration"
     )]
     pub udp_timeout: Duration,
+    /// A connection attempt (SYN sent, no SYN-ACK), and a half of a flow whose other half is
+    /// gone.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub tcp_syn_timeout: Duration,
+    /// An established connection (also half-closed, or picked up mid-stream).
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub tcp_established_timeout: Duration,
+    /// A connection closed by a RST or by a FIN each way.
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub tcp_closing_timeout: Duration,
+    /// How often a GC pass starts (each pass works in steps of a few milliseconds).
+    #[serde(
+        serialize_with = "serialize_duration",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub gc_interval: Duration,
 }
 
 impl Default for ConntrackTimeouts {
     fn default() -> Self {
         ConntrackTimeouts {
             udp_timeout: DEFAULT_UDP_TIMEOUT,
+            tcp_syn_timeout: Duration::from_secs(60),
+            tcp_established_timeout: Duration::from_secs(6 * 3600),
+            tcp_closing_timeout: Duration::from_secs(10),
+            gc_interval: DEFAULT_CONNTRACK_GC_INTERVAL,
         }
     }
 }
@@ -791,6 +825,23 @@ fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(
                 format!("dataplane.{field}"),
                 format!("{value} is above the maximum {max}"),
+            ));
+        }
+    }
+    let ct = &dataplane.conntrack;
+    for (field, value) in [
+        ("tcpSynTimeout", ct.tcp_syn_timeout),
+        ("tcpEstablishedTimeout", ct.tcp_established_timeout),
+        ("tcpClosingTimeout", ct.tcp_closing_timeout),
+        ("gcInterval", ct.gc_interval),
+    ] {
+        if value < Duration::from_secs(1) {
+            errors.push(FieldError::new(
+                format!("dataplane.conntrack.{field}"),
+                format!(
+                    "{} is below the minimum 1s",
+                    humantime::format_duration(value)
+                ),
             ));
         }
     }

@@ -516,17 +516,17 @@ impl Controller {
             ON_EJECT_AUTO => true,
             _ => return Ok(()),
         };
-        let flows = dp.forget_flows(backend_id, keep_http)?;
-        if flows > 0 {
-            self.event(
-                EventKind::Reset,
-                format!(
-                    "{}: reset {flows} {}flows pinned to {endpoint}",
-                    service.name,
-                    if keep_http { "non-HTTP " } else { "" }
-                ),
-            );
-        }
+        // Queued: the conntrack sweep ends them within a few control-loop ticks, in bounded
+        // steps, and reports how many went.
+        dp.forget_flows(backend_id, keep_http)?;
+        self.event(
+            EventKind::Reset,
+            format!(
+                "{}: ending the {}flows pinned to {endpoint}",
+                service.name,
+                if keep_http { "non-HTTP " } else { "" }
+            ),
+        );
         Ok(())
     }
 

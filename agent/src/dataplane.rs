@@ -2,6 +2,7 @@
 //! [`Dataplane`] trait. [`BpfMaps`] is the real implementation over the loaded (and pinned) maps.
 
 use std::{
+    os::fd::AsFd as _,
     path::Path,
     sync::{
         Arc,
@@ -12,10 +13,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
 use geosteer_common::{
-    APP_PROTOCOL_HTTP1, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DIR_REPLY,
-    DropReason, FlowKey, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
-    Settings, TrafficCounters, map_names,
+    Backend, BackendCounters, BackendState, DropReason, FlowKey, FlowValue, ServiceConfig,
+    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
 };
+
+use crate::conntrack::{Batch, FlowTable, Sweeper};
 
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
 /// which [`crate::programmer::Programmer`] calls them is the order the kernel observes.
@@ -45,10 +47,18 @@ pub trait Dataplane {
         0
     }
 
-    /// Deletes every conntrack entry (both directions) of flows pinned to `backend_id` (with
-    /// `keep_http`, all but HTTP/1.x flows); their next packet is steered anew. Returns the
-    /// number of flows.
-    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize>;
+    /// Ends the flows pinned to `backend_id` (with `keep_http`, all but HTTP/1.x flows): both
+    /// conntrack entries of each go, so its next packet is steered anew. Queued: the next
+    /// conntrack passes of [`Dataplane::sweep_flows`] do it.
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()>;
+
+    /// One bounded step of the conntrack GC (and of queued [`Dataplane::forget_flows`]); the
+    /// report of a pass it completed.
+    fn sweep_flows(
+        &mut self,
+        now_ns: u64,
+        budget: std::time::Duration,
+    ) -> Result<Option<crate::conntrack::PassReport>>;
 
     // Reads, for re-adopting the state a previous agent left in pinned maps.
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
@@ -127,11 +137,31 @@ pub struct BpfMaps {
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, BackendCounters>,
     pub drops: PerCpuArray<MapData, u64>,
+    pub ct_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
     pub service_state: Array<MapData, ServiceState>,
     pub service_config: Array<MapData, ServiceConfig>,
     pub events: aya::maps::RingBuf<MapData>,
     pub grace: Arc<BackgroundGrace>,
+    /// The conntrack GC (its timeouts are set from the config after loading).
+    pub sweeper: Sweeper,
+}
+
+/// The conntrack map as the GC reads it.
+struct ConntrackTable<'a>(&'a mut HashMap<MapData, FlowKey, FlowValue>);
+
+impl FlowTable for ConntrackTable<'_> {
+    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch> {
+        crate::conntrack::lookup_batch(self.0.map().fd().as_fd(), cursor, max)
+    }
+
+    fn get(&self, key: &FlowKey) -> Option<FlowValue> {
+        self.0.get(key, 0).ok()
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> bool {
+        self.0.remove(key).is_ok()
+    }
 }
 
 impl BpfMaps {
@@ -151,11 +181,13 @@ impl BpfMaps {
             service_stats: PerCpuArray::try_from(take(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
+            ct_stats: PerCpuArray::try_from(take(map_names::CT_STATS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
             service_state: Array::try_from(take(map_names::SERVICE_STATE)?)?,
             service_config: Array::try_from(take(map_names::SERVICE_CONFIG)?)?,
             events: aya::maps::RingBuf::try_from(take(map_names::EVENTS)?)?,
             grace: Arc::default(),
+            sweeper: Sweeper::default(),
         })
     }
 
@@ -168,9 +200,10 @@ impl BpfMaps {
             Ok(match name {
                 map_names::CONNTRACK => Map::LruHashMap(data),
                 map_names::SERVICES | map_names::VIPS => Map::HashMap(data),
-                map_names::SERVICE_STATS | map_names::BACKEND_STATS | map_names::DROPS => {
-                    Map::PerCpuArray(data)
-                }
+                map_names::SERVICE_STATS
+                | map_names::BACKEND_STATS
+                | map_names::DROPS
+                | map_names::CT_STATS => Map::PerCpuArray(data),
                 _ => Map::Array(data),
             })
         };
@@ -184,6 +217,7 @@ impl BpfMaps {
             service_stats: PerCpuArray::try_from(open(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
+            ct_stats: PerCpuArray::try_from(open(map_names::CT_STATS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
             service_state: Array::try_from(open(map_names::SERVICE_STATE)?)?,
             service_config: Array::try_from(open(map_names::SERVICE_CONFIG)?)?,
@@ -192,6 +226,7 @@ impl BpfMaps {
                     .context("opening pinned events ring")?,
             ))?,
             grace: Arc::default(),
+            sweeper: Sweeper::default(),
         })
     }
 
@@ -217,6 +252,23 @@ impl BpfMaps {
         Ok(per_cpu.iter().sum())
     }
 
+    /// Ends the flows of `backend_id` now, in complete passes (tests and tools; the agent
+    /// queues with [`Dataplane::forget_flows`]). The number of flows ended.
+    pub fn forget_flows_now(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
+        self.sweeper.forget(backend_id, keep_http);
+        let now = crate::agent::monotonic_now().as_nanos() as u64;
+        let served = self
+            .sweeper
+            .run_forget(&mut ConntrackTable(&mut self.conntrack), now)?;
+        Ok(served.iter().map(|f| f.flows).sum())
+    }
+
+    /// A `ct_stats::*` counter summed over CPUs.
+    pub fn ct_stat(&self, index: u32) -> Result<u64> {
+        let per_cpu = self.ct_stats.get(&index, 0)?;
+        Ok(per_cpu.iter().sum())
+    }
+
     pub fn read_settings(&self) -> Result<Settings> {
         self.settings.get(&0, 0).context("reading settings")
     }
@@ -236,20 +288,24 @@ impl BpfMaps {
         })
     }
 
-    /// Conntrack entries in use (both directions). A walk of the keys: fine for a scrape or a
-    /// CLI call, not for the packet path. Bounded by the capacity, since a walk of a map that
-    /// changes underneath may revisit keys.
+    /// Conntrack entries in use (both directions): a batched walk (a few syscalls per
+    /// thousand entries), which neither restarts nor loops when entries come and go meanwhile.
     pub fn conntrack_entries(&self) -> usize {
-        let capacity = self
-            .conntrack
-            .map()
-            .info()
-            .map_or(usize::MAX, |info| info.max_entries() as usize);
-        self.conntrack
-            .keys()
-            .take(capacity)
-            .filter(|key| key.is_ok())
-            .count()
+        let fd = self.conntrack.map().fd().as_fd();
+        let mut cursor = None;
+        let mut entries = 0;
+        loop {
+            match crate::conntrack::lookup_batch(fd, cursor, 1024) {
+                Ok((batch, next)) => {
+                    entries += batch.len();
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => return entries,
+                    }
+                }
+                Err(_) => return entries,
+            }
+        }
     }
 }
 
@@ -386,35 +442,18 @@ impl Dataplane for BpfMaps {
         self.grace.completed()
     }
 
-    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
-        // A full walk: ejections are rare and the walk runs off the packet path. Flows are
-        // decided by their original entry and go with both entries, so no half is left behind.
-        let doomed: Vec<(FlowKey, FlowKey)> = self
-            .conntrack
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter(|(key, value)| key.direction == DIR_ORIGINAL && value.backend_id == backend_id)
-            .filter(|(_, value)| !(keep_http && value.app_protocol == APP_PROTOCOL_HTTP1))
-            .map(|(key, value)| {
-                let reply = FlowKey::new(
-                    value.nat_addr,
-                    key.saddr,
-                    value.nat_port,
-                    key.sport,
-                    key.proto,
-                    DIR_REPLY,
-                );
-                (key, reply)
-            })
-            .collect();
-        let mut flows = 0;
-        for (original, reply) in doomed {
-            let _ = self.conntrack.remove(&reply);
-            if self.conntrack.remove(&original).is_ok() {
-                flows += 1;
-            }
-        }
-        Ok(flows)
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
+        self.sweeper.forget(backend_id, keep_http);
+        Ok(())
+    }
+
+    fn sweep_flows(
+        &mut self,
+        now_ns: u64,
+        budget: std::time::Duration,
+    ) -> Result<Option<crate::conntrack::PassReport>> {
+        self.sweeper
+            .step(&mut ConntrackTable(&mut self.conntrack), now_ns, budget)
     }
 
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {

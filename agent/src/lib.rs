@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
 pub mod kube;

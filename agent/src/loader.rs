@@ -97,7 +97,7 @@ fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::CONNTRACK => layout(size_of::<FlowKey>(), size_of::<FlowValue>()),
         map_names::SERVICE_STATS => layout(4, size_of::<TrafficCounters>()),
         map_names::BACKEND_STATS => layout(4, size_of::<BackendCounters>()),
-        map_names::DROPS => layout(4, 8),
+        map_names::DROPS | map_names::CT_STATS => layout(4, 8),
         map_names::SETTINGS => layout(4, size_of::<Settings>()),
         map_names::SERVICE_STATE => layout(4, size_of::<ServiceState>()),
         map_names::SERVICE_CONFIG => layout(4, size_of::<ServiceConfig>()),
@@ -289,7 +289,6 @@ pub struct Attachments {
     pub items: Vec<Attachment>,
     links: Vec<(PathBuf, PinnedLink)>,
 }
-
 
 /// Attaches TC ingress+egress to every `tc` interface, and XDP (plus TC egress for the replies)
 /// to every `xdp` interface, pinning each link under `links_dir`.

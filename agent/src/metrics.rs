@@ -49,6 +49,8 @@ pub struct Readings {
     /// None when the maps could not be read.
     pub conntrack_entries: Option<u64>,
     pub conntrack_capacity: Option<u64>,
+    /// `ct_stats` counters by name.
+    pub ct_events: Vec<(&'static str, u64)>,
 }
 
 /// Reads the counters of every programmed service and backend in `state`.
@@ -70,6 +72,16 @@ pub fn read_maps(pin_path: &Path, state: &AgentState) -> Result<Readings> {
     }
     readings.conntrack_entries = Some(maps.conntrack_entries() as u64);
     readings.conntrack_capacity = Some(maps.capacities()?.conntrack as u64);
+    readings.ct_events = vec![
+        (
+            "partner_restored",
+            maps.ct_stat(geosteer_common::ct_stats::PARTNER_RESTORED)?,
+        ),
+        (
+            "midstream",
+            maps.ct_stat(geosteer_common::ct_stats::MIDSTREAM)?,
+        ),
+    ];
     Ok(readings)
 }
 
@@ -380,6 +392,36 @@ impl Exposition {
         for (reason, count) in &readings.drops {
             drops.add(vec![("reason", reason.name().to_string())], *count as f64);
         }
+        let ct = &state.conntrack;
+        let mut gc_removed = Family::new(
+            "geosteer_conntrack_gc_removed",
+            "Flows the conntrack GC removed: expired (idle past their timeout), orphan (a half \
+             whose partner was gone), ended (onEject)",
+            COUNTER,
+        );
+        for (why, count) in [
+            ("expired", ct.expired),
+            ("orphan", ct.orphans),
+            ("ended", ct.ended),
+        ] {
+            gc_removed.add(vec![("reason", why.to_string())], count as f64);
+        }
+        let mut gc_passes = Family::new(
+            "geosteer_conntrack_gc_passes",
+            "Complete conntrack GC passes",
+            COUNTER,
+        );
+        gc_passes.add(vec![], ct.passes as f64);
+        let mut ct_events = Family::new(
+            "geosteer_conntrack_events",
+            "Kernel conntrack events: partner_restored (a flow's half was evicted, e.g. by a \
+             full table, and rebuilt from the other), midstream (a TCP segment without a SYN \
+             found no entry and was steered anew)",
+            COUNTER,
+        );
+        for (what, count) in &readings.ct_events {
+            ct_events.add(vec![("event", what.to_string())], *count as f64);
+        }
 
         vec![
             ready,
@@ -412,6 +454,9 @@ impl Exposition {
             conntrack,
             conntrack_capacity,
             drops,
+            gc_removed,
+            gc_passes,
+            ct_events,
         ]
     }
 
@@ -460,6 +505,7 @@ pub async fn serve(
     address: SocketAddr,
     state: watch::Receiver<Arc<AgentState>>,
     pin_path: PathBuf,
+    heartbeat: Arc<crate::state::Heartbeat>,
 ) -> Result<MetricsServer> {
     let listener = TcpListener::bind(address)
         .await
@@ -477,9 +523,11 @@ pub async fn serve(
             };
             let state = state.clone();
             let pin_path = pin_path.clone();
+            let heartbeat = heartbeat.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    respond(request, state.borrow().clone(), pin_path.clone())
+                    let stalled = heartbeat.age(crate::agent::monotonic_now());
+                    respond(request, state.borrow().clone(), pin_path.clone(), stalled)
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -494,6 +542,7 @@ async fn respond(
     request: Request<Incoming>,
     state: Arc<AgentState>,
     pin_path: PathBuf,
+    loop_idle: Option<Duration>,
 ) -> Result<Response<http_body_util::Full<Bytes>>, Infallible> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
@@ -533,23 +582,34 @@ async fn respond(
             }
         }
         path => {
-            let (status, body) = probe(path, &state);
-            text(status, body.to_string())
+            let (status, body) = probe(path, &state, loop_idle);
+            text(status, body)
         }
     })
 }
 
-/// The answers that need no maps: liveness, readiness, and everything unknown.
-pub fn probe(path: &str, state: &AgentState) -> (StatusCode, &'static str) {
+/// A control loop that has not turned for this long is stuck (it turns at least every 100 ms).
+pub const LOOP_STALL: Duration = Duration::from_secs(5);
+
+/// The answers that need no maps: liveness, readiness, and everything unknown. `loop_idle`:
+/// how long since the control loop last turned.
+pub fn probe(path: &str, state: &AgentState, loop_idle: Option<Duration>) -> (StatusCode, String) {
     match path {
         // The process answers: alive.
-        "/healthz" => (StatusCode::OK, "ok\n"),
-        "/readyz" if state.agent.ready => (StatusCode::OK, "ready\n"),
-        "/readyz" => (
+        "/healthz" => (StatusCode::OK, "ok\n".into()),
+        "/readyz" if !state.agent.ready => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: programs not attached or first config not applied yet\n",
+            "not ready: programs not attached or first config not applied yet\n".into(),
         ),
-        _ => (StatusCode::NOT_FOUND, "not found\n"),
+        "/readyz" if loop_idle.is_some_and(|idle| idle > LOOP_STALL) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the control loop has not run for {:.1}s (stuck)\n",
+                loop_idle.unwrap_or_default().as_secs_f64()
+            ),
+        ),
+        "/readyz" => (StatusCode::OK, "ready\n".into()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
 
@@ -560,19 +620,30 @@ mod tests {
     #[test]
     fn health_and_readiness() {
         let mut state = AgentState::default();
-        // (path, ready, status)
+        // (path, ready, control loop idle, status)
+        let turning = Some(Duration::from_millis(80));
+        let stuck = Some(Duration::from_secs(6));
         let cases = [
-            ("/healthz", false, StatusCode::OK),
-            ("/healthz", true, StatusCode::OK),
-            ("/readyz", false, StatusCode::SERVICE_UNAVAILABLE),
-            ("/readyz", true, StatusCode::OK),
-            ("/", true, StatusCode::NOT_FOUND),
-            ("/metricz", true, StatusCode::NOT_FOUND),
+            ("/healthz", false, None, StatusCode::OK),
+            ("/healthz", true, stuck, StatusCode::OK),
+            ("/readyz", false, turning, StatusCode::SERVICE_UNAVAILABLE),
+            ("/readyz", true, turning, StatusCode::OK),
+            ("/readyz", true, stuck, StatusCode::SERVICE_UNAVAILABLE),
+            ("/", true, None, StatusCode::NOT_FOUND),
+            ("/metricz", true, None, StatusCode::NOT_FOUND),
         ];
-        for (path, ready, expected) in cases {
+        for (path, ready, idle, expected) in cases {
             state.agent.ready = ready;
-            assert_eq!(probe(path, &state).0, expected, "{path} ready={ready}");
+            assert_eq!(
+                probe(path, &state, idle).0,
+                expected,
+                "{path} ready={ready} idle={idle:?}"
+            );
         }
+        assert_eq!(
+            probe("/readyz", &state, stuck).1,
+            "not ready: the control loop has not run for 6.0s (stuck)\n"
+        );
     }
 
     #[test]

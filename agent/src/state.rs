@@ -28,6 +28,47 @@ pub struct AgentState {
     /// pass repaired (a lost ring event, an agent restart).
     #[serde(default)]
     pub reconcile_repairs: u64,
+    #[serde(default)]
+    pub conntrack: ConntrackInfo,
+}
+
+/// The conntrack GC as the agent last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackInfo {
+    /// Seconds between GC passes.
+    pub gc_interval_s: f64,
+    /// The last complete pass: when (RFC 3339), what it saw and removed.
+    pub last_pass_at: Option<String>,
+    pub last_pass_ms: f64,
+    /// Entries (both halves) and flows the last pass saw.
+    pub entries: u64,
+    pub flows: u64,
+    pub passes: u64,
+    pub expired: u64,
+    pub orphans: u64,
+    /// Flows ended for `onEject`.
+    pub ended: u64,
+}
+
+/// When the control loop last ran: `/readyz` turns red when it stops (a blocked loop applies no
+/// config and ejects no one, while the kernel keeps steering on stale state).
+#[derive(Debug, Default)]
+pub struct Heartbeat(std::sync::atomic::AtomicU64);
+
+impl Heartbeat {
+    /// Records a turn of the loop at `now` (CLOCK_MONOTONIC).
+    pub fn beat(&self, now: std::time::Duration) {
+        self.0
+            .store(now.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last turn (None before the first).
+    pub fn age(&self, now: std::time::Duration) -> Option<std::time::Duration> {
+        let last = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (last != 0).then(|| {
+            std::time::Duration::from_millis((now.as_millis() as u64).saturating_sub(last))
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -198,6 +239,7 @@ pub struct Runtime {
     pub generation: u64,
     pub last_reload: Option<ReloadInfo>,
     pub attachments: Vec<AttachmentInfo>,
+    pub conntrack: ConntrackInfo,
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -261,6 +303,7 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         events,
         swaps: controller.swaps.clone(),
         reconcile_repairs: controller.reconcile_repairs,
+        conntrack: runtime.conntrack.clone(),
     }
 }
 

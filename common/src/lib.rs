@@ -24,9 +24,10 @@ pub mod map_names {
     pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
     pub const EVENTS: &str = "GS_EVENTS";
     pub const SERVICE_CONFIG: &str = "GS_SERVICE_CONFIG";
+    pub const CT_STATS: &str = "GS_CT_STATS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -40,6 +41,7 @@ pub mod map_names {
         SERVICE_STATE,
         EVENTS,
         SERVICE_CONFIG,
+        CT_STATS,
     ];
 }
 
@@ -411,6 +413,17 @@ impl DropReason {
             DropReason::Internal => "internal",
         }
     }
+}
+
+/// Per-CPU conntrack event counters (`GS_CT_STATS`), by index.
+pub mod ct_stats {
+    /// A packet found its flow's entry but not the other direction's (the LRU evicted it, or a
+    /// flood displaced it): the missing half was rebuilt from the one present.
+    pub const PARTNER_RESTORED: u32 = 0;
+    /// A TCP packet that opens no connection (no SYN) had no entry: the flow was steered anew
+    /// mid-stream (an entry lost to eviction or expiry, or a stray segment).
+    pub const MIDSTREAM: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Global settings written by the agent (single-entry array).

@@ -64,7 +64,7 @@ use geosteer_common::{
     FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
     MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig,
     ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED,
-    TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, flow_hash,
+    TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -108,6 +108,9 @@ static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(DEFAULT_MA
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "GS_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// `ct_stats::*` event counters.
+#[map(name = "GS_CT_STATS")]
+static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -159,6 +162,13 @@ pub fn is_vip(addr: u32) -> bool {
 
 pub fn count_drop(reason: DropReason) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+fn count_ct(index: u32) {
+    if let Some(counter) = CT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
     }
@@ -230,6 +240,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
             entry.last_seen_ns = now;
             let drained = flow.proto == PROTO_TCP && track_request(flow, entry, bytes, now);
             if !drained {
+                restore_reply_half(flow, entry, now);
                 count_request(service.id, entry.backend_id, flow.len, false);
                 return Verdict::Nat(Nat {
                     addr: entry.nat_addr,
@@ -267,6 +278,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         // Mid-stream without conntrack (evicted entry, restart without pins) or odd flags
         // (SYN|FIN is no connection attempt): Maglev gives the same backend as before if the
         // table did not change; no connect timer runs.
+        count_ct(ct_stats::MIDSTREAM);
         TCP_MIDSTREAM
     };
     let app_protocol = if flow.proto == PROTO_TCP {
@@ -314,6 +326,76 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         addr: backend.addr,
         port: backend.port,
     })
+}
+
+/// The two halves of a flow are separate LRU entries, and the LRU may evict one alone (a
+/// flood of new flows, a full table). A packet that finds its half rebuilds the other from it,
+/// so an established flow never loses its reverse NAT (replies leaving with the backend's
+/// address) nor its backend (re-steered mid-stream). The rebuilt reply half starts with no
+/// response awaited: the next request arms it again.
+#[inline(always)]
+fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
+    let key = reply_key(
+        original.nat_addr,
+        original.nat_port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    );
+    // SAFETY: read-only lookup.
+    if unsafe { CONNTRACK.get(&key) }.is_some() {
+        return;
+    }
+    let reply = FlowValue {
+        backend_id: original.backend_id,
+        service_id: original.service_id,
+        nat_addr: flow.daddr,
+        nat_port: flow.dport,
+        tcp_state: original.tcp_state,
+        created_ns: original.created_ns,
+        last_seen_ns: now,
+        app_protocol: original.app_protocol,
+        ..FlowValue::default()
+    };
+    if CONNTRACK.insert(&key, &reply, 0).is_ok() {
+        count_ct(ct_stats::PARTNER_RESTORED);
+    }
+}
+
+/// The reply half's counterpart of [`restore_reply_half`]: the original half is rebuilt in the
+/// mid-stream state (its TCP state went with it), pinned to the backend that answered.
+#[inline(always)]
+fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
+    let key = FlowKey::new(
+        flow.daddr,
+        reply.nat_addr,
+        flow.dport,
+        reply.nat_port,
+        flow.proto,
+        DIR_ORIGINAL,
+    );
+    // SAFETY: read-only lookup.
+    if unsafe { CONNTRACK.get(&key) }.is_some() {
+        return;
+    }
+    let original = FlowValue {
+        backend_id: reply.backend_id,
+        service_id: reply.service_id,
+        nat_addr: flow.saddr,
+        nat_port: flow.sport,
+        tcp_state: if flow.proto == PROTO_TCP {
+            TCP_MIDSTREAM
+        } else {
+            0
+        },
+        created_ns: reply.created_ns,
+        last_seen_ns: now,
+        app_protocol: reply.app_protocol,
+        ..FlowValue::default()
+    };
+    if CONNTRACK.insert(&key, &original, 0).is_ok() {
+        count_ct(ct_stats::PARTNER_RESTORED);
+    }
 }
 
 /// A client that opens a direct connection to a backend may reuse the source port of an earlier
@@ -654,6 +736,11 @@ pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
     let entry = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: LRU map value valid for this run; plain data.
     let entry = unsafe { &mut *entry };
+    // Both halves' activity decides when the agent's GC may end the flow: a server that
+    // streams to a silent client keeps it alive.
+    let now = now_ns();
+    entry.last_seen_ns = now;
+    restore_original_half(flow, entry, now);
     let backend_id = entry.backend_id;
     if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU slot.

@@ -434,8 +434,15 @@ impl Dataplane for Counting {
     fn grace_completed(&self) -> u64 {
         self.maps.grace_completed()
     }
-    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
         self.maps.forget_flows(backend_id, keep_http)
+    }
+    fn sweep_flows(
+        &mut self,
+        now_ns: u64,
+        budget: std::time::Duration,
+    ) -> Result<Option<geosteer::conntrack::PassReport>> {
+        self.maps.sweep_flows(now_ns, budget)
     }
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         self.maps.read_services()

@@ -731,3 +731,70 @@ fn commands_read_the_pinned_maps_while_the_agent_is_down() {
         "{stderr}"
     );
 }
+
+/// Conntrack through the real agent: closed connections leave the table within the closing
+/// timeout (both halves), live ones stay, and `status` and `/metrics` account for it.
+#[test]
+fn closed_flows_leave_conntrack_within_the_closing_timeout() {
+    let lab = two_region_lab("gsc5");
+    let pins = PinDir::new("gsc5").unwrap();
+    let yaml = config(&pins, "").replace(
+        "  conntrackSize: 65536\n",
+        "  conntrackSize: 65536\n  conntrack: {tcpClosingTimeout: 1s, gcInterval: 1s}\n",
+    );
+    let _agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
+    let report = lab.client_http(&format!("{VIP}:80"), 100, 1).unwrap();
+    assert_eq!(report.ok, 100, "{report:?}");
+    assert_eq!(
+        json(&pins, &["flows"])["flows"].as_array().unwrap().len(),
+        100,
+        "the closed flows are still there right after"
+    );
+    wait_until(
+        "the closed flows are collected",
+        Duration::from_secs(6),
+        || {
+            json(&pins, &["flows"])["flows"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    let status = json(&pins, &["status"]);
+    let gc = &status["conntrack_gc"];
+    assert!(gc["expired"].as_u64().unwrap() >= 100, "{gc}");
+    assert_eq!(gc["orphans"], 0, "{gc}");
+    assert_eq!(
+        status["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["map"] == "conntrack")
+            .unwrap()["used"],
+        0,
+        "no half left behind: {status}"
+    );
+    let metrics = lab
+        .node
+        .exec(&[
+            "curl",
+            "-s",
+            &format!("http://{}/metrics", geosteer_tests::agent::METRICS_ADDRESS),
+        ])
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("geosteer_conntrack_gc_removed_total{reason=\"expired\"}")
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let ready = lab
+        .node
+        .exec(&[
+            "curl",
+            "-s",
+            &format!("http://{}/readyz", geosteer_tests::agent::METRICS_ADDRESS),
+        ])
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+}

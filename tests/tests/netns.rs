@@ -230,7 +230,10 @@ fn sigterm_keeps_steering_and_only_uninstall_removes_the_data_path() {
     assert!(left.is_empty(), "pins left behind: {left:?}");
     // Uninstalling twice is harmless.
     let again = geosteer_tests::agent::uninstall(&lab.node, &pins).unwrap();
-    assert!(again.contains("detached 0 (nothing was attached)"), "{again}");
+    assert!(
+        again.contains("detached 0 (nothing was attached)"),
+        "{again}"
+    );
 }
 
 #[test]

@@ -368,13 +368,14 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
         "requests failed across the rollout: {failed:?}"
     );
     assert!(rounds.len() >= 5, "{} rounds", rounds.len());
-    let per_backend: BTreeMap<String, u64> = rounds
-        .iter()
-        .flat_map(|r| r.backends.clone())
-        .fold(BTreeMap::new(), |mut all, (b, n)| {
-            *all.entry(b).or_default() += n;
-            all
-        });
+    let per_backend: BTreeMap<String, u64> =
+        rounds
+            .iter()
+            .flat_map(|r| r.backends.clone())
+            .fold(BTreeMap::new(), |mut all, (b, n)| {
+                *all.entry(b).or_default() += n;
+                all
+            });
     assert_eq!(per_backend.len(), 4, "{per_backend:?}");
     let timeline = pool["timeline"].as_array().unwrap();
     let failed: Vec<_> = timeline
@@ -387,7 +388,11 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
     );
     let after = timeline
         .iter()
-        .filter(|r| r["ms"].as_u64().is_some_and(|ms| ms > restarted_at.as_millis() as u64))
+        .filter(|r| {
+            r["ms"]
+                .as_u64()
+                .is_some_and(|ms| ms > restarted_at.as_millis() as u64)
+        })
         .count();
     assert!(
         timeline.len() > 100 && after > 10,

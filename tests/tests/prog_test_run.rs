@@ -10,10 +10,7 @@ use std::net::Ipv4Addr;
 
 use aya::programs::SchedClassifier;
 use etherparse::{Ipv4Header, UdpHeader};
-use geosteer::{
-    dataplane::Dataplane as _,
-    programmer::{DesiredBackend, DesiredService, ServiceSettings},
-};
+use geosteer::programmer::{DesiredBackend, DesiredService, ServiceSettings};
 use geosteer_common::{
     APP_PROTOCOL_HTTP1, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, program_names,
 };
@@ -563,7 +560,7 @@ fn forgetting_an_ejected_backends_flows_re_steers_them() {
     // Without forgetting, established flows stay put.
     let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, pinned[0], VIP, VPORT, ACK));
     assert_eq!(verify(&out).dst, BACKENDS[0]);
-    let forgotten = rig.maps.forget_flows(id, false).unwrap();
+    let forgotten = rig.maps.forget_flows_now(id, false).unwrap();
     assert_eq!(forgotten, pinned.len());
     for port in pinned {
         let (_, out) = rig.ingress(&Pkt::tcp(CLIENT, port, VIP, VPORT, ACK));

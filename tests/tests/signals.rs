@@ -512,7 +512,7 @@ fn upgraded_connections_leave_http_on_both_entries_and_go_whole() {
     assert_eq!(runs(&rig, conn.backend), (0, 0));
     // onEject's default resets non-HTTP flows: both entries go.
     let id = rig.backend_id(conn.backend, PROTO_TCP);
-    assert_eq!(rig.maps.forget_flows(id, true).unwrap(), 1);
+    assert_eq!(rig.maps.forget_flows_now(id, true).unwrap(), 1);
     let late = Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, ACK).build();
     assert_eq!(
         rig.run_tc(geosteer_common::program_names::TC_EGRESS, &late),

@@ -160,6 +160,7 @@ pub fn status(ctx: &Context) -> StatusReport {
                 (s.swaps.seconds_sum / s.swaps.count as f64 * 1e6).round()
             },
         }),
+        conntrack_gc: state.map(|s| s.conntrack.clone()),
         ..Default::default()
     };
     // The agent knows the XDP mode; a link only says "xdp".
@@ -175,16 +176,19 @@ pub fn status(ctx: &Context) -> StatusReport {
         }
     }
     match map_fill(ctx) {
-        Ok((maps, drops)) => {
+        Ok((maps, drops, events)) => {
             report.maps = maps;
             report.drops = drops;
+            report.conntrack_events = events;
         }
         Err(e) => report.maps_error = Some(format!("{e:#}")),
     }
     report
 }
 
-fn map_fill(ctx: &Context) -> Result<(Vec<MapFill>, BTreeMap<String, u64>)> {
+type Fill = (Vec<MapFill>, BTreeMap<String, u64>, BTreeMap<String, u64>);
+
+fn map_fill(ctx: &Context) -> Result<Fill> {
     let maps = open_maps(ctx)?;
     let capacities = maps.capacities()?;
     let services = kernel_services(&maps)?;
@@ -210,7 +214,17 @@ fn map_fill(ctx: &Context) -> Result<(Vec<MapFill>, BTreeMap<String, u64>)> {
     for reason in DropReason::ALL {
         drops.insert(reason.name().to_string(), maps.drops(reason)?);
     }
-    Ok((fill, drops))
+    let events = BTreeMap::from([
+        (
+            "partner_restored".to_string(),
+            maps.ct_stat(geosteer_common::ct_stats::PARTNER_RESTORED)?,
+        ),
+        (
+            "midstream".to_string(),
+            maps.ct_stat(geosteer_common::ct_stats::MIDSTREAM)?,
+        ),
+    ]);
+    Ok((fill, drops, events))
 }
 
 /// The links pinned under `dir` (`<iface>_<hook>`), with what the kernel says about each.

@@ -19,8 +19,8 @@ use crate::{
     controller::{EventKind, SwapStats},
     metrics::{Readings, encode},
     state::{
-        AgentInfo, AgentState, AttachmentInfo, BackendStatus, EventInfo, LocalityStatus,
-        PriorityStatus, ReloadInfo, ReloadResult, ServiceStatus,
+        AgentInfo, AgentState, AttachmentInfo, BackendStatus, ConntrackInfo, EventInfo,
+        LocalityStatus, PriorityStatus, ReloadInfo, ReloadResult, ServiceStatus,
     },
 };
 
@@ -231,6 +231,17 @@ fn agent_state() -> AgentState {
             buckets: vec![0, 1, 2, 3, 3, 3, 3, 3, 3, 3],
         },
         reconcile_repairs: 1,
+        conntrack: ConntrackInfo {
+            gc_interval_s: 30.0,
+            last_pass_at: Some("2025-06-01T12:00:45.000Z".into()),
+            last_pass_ms: 1.4,
+            entries: 340,
+            flows: 170,
+            passes: 3,
+            expired: 12,
+            orphans: 1,
+            ended: 4,
+        },
     }
 }
 
@@ -345,6 +356,11 @@ fn status_up() -> StatusReport {
             count: 3,
             mean_microseconds: 140.0,
         }),
+        conntrack_gc: Some(state.conntrack.clone()),
+        conntrack_events: BTreeMap::from([
+            ("midstream".to_string(), 5),
+            ("partner_restored".to_string(), 2),
+        ]),
         maps_error: None,
     }
 }
@@ -608,6 +624,7 @@ fn metrics() -> String {
         drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
         conntrack_entries: Some(340),
         conntrack_capacity: Some(262_144),
+        ct_events: vec![("partner_restored", 2), ("midstream", 5)],
     };
     encode(&agent_state(), &readings)
 }

@@ -74,6 +74,10 @@ pub struct StatusReport {
     pub maps: Vec<MapFill>,
     pub drops: BTreeMap<String, u64>,
     pub swaps: Option<SwapSummary>,
+    /// The agent's conntrack GC.
+    pub conntrack_gc: Option<crate::state::ConntrackInfo>,
+    /// Kernel conntrack events (`partner_restored`, `midstream`).
+    pub conntrack_events: BTreeMap<String, u64>,
     /// Why the maps could not be read, if so.
     pub maps_error: Option<String>,
 }
@@ -175,6 +179,30 @@ impl Render for StatusReport {
                 "swaps",
                 format!("{}, mean {:.0} µs", swaps.count, swaps.mean_microseconds),
             ));
+        }
+        // One line (the labels above set the column width).
+        let mut conntrack = Vec::new();
+        if let Some(gc) = &self.conntrack_gc {
+            conntrack.push(match &gc.last_pass_at {
+                Some(at) => format!(
+                    "GC every {}s, last pass {at} ({:.1} ms, {} entries); removed since start: \
+                     {} expired, {} orphans, {} ended",
+                    gc.gc_interval_s, gc.last_pass_ms, gc.entries, gc.expired, gc.orphans, gc.ended
+                ),
+                None => format!("GC every {}s, no pass yet", gc.gc_interval_s),
+            });
+        }
+        if !self.conntrack_events.is_empty() {
+            conntrack.push(
+                self.conntrack_events
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        if !conntrack.is_empty() {
+            fields.push(("conntrack", conntrack.join("; ")));
         }
         let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
         let mut out: String = fields

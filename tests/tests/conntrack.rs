@@ -1,0 +1,110 @@
+//! Conntrack lifecycle on the real programs and the real map (BPF_PROG_TEST_RUN): a flow's two
+//! halves are rebuilt from each other when the LRU evicts one, and the agent's GC removes both
+//! halves of a flow idle past its state's timeout, over the batched walk.
+//!
+//! Needs root (BPF); run through `cargo xtask test`.
+
+mod packets;
+
+use std::time::Duration;
+
+use geosteer::conntrack::{Sweeper, Timeouts};
+use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, FlowKey, ct_stats};
+use packets::*;
+
+fn entries(rig: &Rig) -> Vec<(FlowKey, geosteer_common::FlowValue)> {
+    rig.maps.conntrack.iter().map(|e| e.unwrap()).collect()
+}
+
+fn half(rig: &Rig, direction: u8, client_port: u16) -> Option<FlowKey> {
+    entries(rig).into_iter().map(|(k, _)| k).find(|k| {
+        k.direction == direction
+            && if direction == DIR_ORIGINAL {
+                u16::from_be(k.sport) == client_port
+            } else {
+                u16::from_be(k.dport) == client_port
+            }
+    })
+}
+
+#[test]
+fn an_evicted_reply_half_is_rebuilt_by_the_next_client_packet() {
+    let mut rig = Rig::new();
+    let mut conn = Conn::open(&mut rig, 41000);
+    let reply = half(&rig, DIR_REPLY, 41000).expect("reply half");
+    rig.maps.conntrack.remove(&reply).unwrap();
+    conn.send(&mut rig, b"hello");
+    assert!(half(&rig, DIR_REPLY, 41000).is_some(), "rebuilt");
+    assert_eq!(rig.maps.ct_stat(ct_stats::PARTNER_RESTORED).unwrap(), 1);
+    // The backend's answer leaves with the VIP's address, not its own.
+    let (_, out) = conn.reply(&mut rig, b"world");
+    let seen = verify(&out);
+    assert_eq!((seen.src, seen.sport), (VIP, VPORT));
+}
+
+#[test]
+fn an_evicted_original_half_is_rebuilt_by_a_reply_and_keeps_its_backend() {
+    let mut rig = Rig::new();
+    let mut conn = Conn::open(&mut rig, 41100);
+    let original = half(&rig, DIR_ORIGINAL, 41100).expect("original half");
+    rig.maps.conntrack.remove(&original).unwrap();
+    conn.reply(&mut rig, b"server speaks first");
+    assert!(half(&rig, DIR_ORIGINAL, 41100).is_some(), "rebuilt");
+    assert_eq!(rig.maps.ct_stat(ct_stats::PARTNER_RESTORED).unwrap(), 1);
+    // The client's next segment goes to the same backend, without a mid-stream re-steer.
+    for port in 0..3 {
+        let (_, out) = conn.send(&mut rig, format!("more {port}").as_bytes());
+        assert_eq!(verify(&out).dst, conn.backend);
+    }
+    assert_eq!(rig.maps.ct_stat(ct_stats::MIDSTREAM).unwrap(), 0);
+}
+
+#[test]
+fn the_gc_removes_both_halves_of_closed_and_idle_flows_and_keeps_live_ones() {
+    let mut rig = Rig::new();
+    // Three flows: one closed by a FIN each way, one reset, one established.
+    let mut closed = Conn::open(&mut rig, 41200);
+    closed.send(&mut rig, b"x");
+    rig.ingress(
+        &Pkt::tcp(CLIENT, 41200, VIP, VPORT, FIN | ACK)
+            .with_seq(closed.client_seq, closed.backend_seq),
+    );
+    rig.egress(
+        &Pkt::tcp(closed.backend, TPORT, CLIENT, 41200, FIN | ACK)
+            .with_seq(closed.backend_seq, closed.client_seq + 1),
+    );
+    let reset = Conn::open(&mut rig, 41201);
+    rig.ingress(&Pkt::tcp(CLIENT, 41201, VIP, VPORT, RST).with_seq(reset.client_seq, 0));
+    let _live = Conn::open(&mut rig, 41202);
+    assert_eq!(entries(&rig).len(), 6);
+
+    // Timeouts short enough for a test: closing 50 ms, established 1 h.
+    let timeouts = Timeouts {
+        tcp_closing: Duration::from_millis(50),
+        tcp_established: Duration::from_secs(3600),
+        ..Timeouts::default()
+    };
+    rig.maps.sweeper = Sweeper::new(timeouts, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(100));
+    let now = geosteer::agent::monotonic_now().as_nanos() as u64;
+    let report =
+        geosteer::dataplane::Dataplane::sweep_flows(&mut rig.maps, now, Duration::from_secs(1))
+            .unwrap()
+            .expect("one step covers a small table");
+    assert_eq!((report.entries, report.flows, report.expired), (6, 3, 2));
+    let left: Vec<u16> = entries(&rig)
+        .iter()
+        .map(|(k, _)| {
+            if k.direction == DIR_ORIGINAL {
+                u16::from_be(k.sport)
+            } else {
+                u16::from_be(k.dport)
+            }
+        })
+        .collect();
+    assert_eq!(left, [41202, 41202], "only the live flow's two halves");
+    assert_eq!(rig.maps.conntrack_entries(), 2);
+    // A SYN on the closed tuple is a new connection, steered as any other.
+    let (_, out) = rig.ingress(&syn(41200).with_seq(9_000, 0));
+    assert!(BACKENDS.contains(&verify(&out).dst));
+}
