@@ -11,10 +11,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DropReason, FlowKey, FlowValue, ServiceConfig,
-    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters, map_names,
+    Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey,
+    FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
+    TrafficCounters, map_names,
 };
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
@@ -135,7 +136,8 @@ pub struct BpfMaps {
     pub conntrack:
         aya::maps::HashMap<MapData, geosteer_common::FlowKey, geosteer_common::FlowValue>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
-    pub backend_stats: PerCpuArray<MapData, BackendCounters>,
+    pub backend_stats: PerCpuArray<MapData, BackendTraffic>,
+    pub backend_signals: Array<MapData, BackendSignals>,
     pub drops: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
@@ -180,6 +182,7 @@ impl BpfMaps {
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?)?,
             service_stats: PerCpuArray::try_from(take(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
+            backend_signals: Array::try_from(take(map_names::BACKEND_SIGNALS)?)?,
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
             ct_stats: PerCpuArray::try_from(take(map_names::CT_STATS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
@@ -216,6 +219,7 @@ impl BpfMaps {
             conntrack: HashMap::try_from(open(map_names::CONNTRACK)?)?,
             service_stats: PerCpuArray::try_from(open(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
+            backend_signals: Array::try_from(open(map_names::BACKEND_SIGNALS)?)?,
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
             ct_stats: PerCpuArray::try_from(open(map_names::CT_STATS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
@@ -230,10 +234,14 @@ impl BpfMaps {
         })
     }
 
-    /// A backend's counters summed over CPUs.
+    /// A backend's counters: its per-CPU traffic summed, and its shared signal counters.
     pub fn backend_counters(&self, id: u32) -> Result<BackendCounters> {
-        let per_cpu = self.backend_stats.get(&id, 0)?;
-        Ok(sum_backend(&per_cpu))
+        let mut counters = BackendCounters::default();
+        for traffic in self.backend_stats.get(&id, 0)?.iter() {
+            counters.add_traffic(traffic);
+        }
+        counters.set_signals(&self.backend_signals.get(&id, 0)?);
+        Ok(counters)
     }
 
     pub fn service_counters(&self, id: u32) -> Result<TrafficCounters> {
@@ -348,25 +356,6 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub conntrack: u32,
-}
-
-fn sum_backend(per_cpu: &PerCpuValues<BackendCounters>) -> BackendCounters {
-    let mut t = BackendCounters::default();
-    for c in per_cpu.iter() {
-        t.packets += c.packets;
-        t.bytes += c.bytes;
-        t.new_flows += c.new_flows;
-        t.reply_packets += c.reply_packets;
-        t.reply_bytes += c.reply_bytes;
-        for (sum, v) in t.responses.iter_mut().zip(c.responses) {
-            *sum += v;
-        }
-        t.resets += c.resets;
-        t.connect_failures += c.connect_failures;
-        t.http_skipped += c.http_skipped;
-        t.ignored_while_ejected += c.ignored_while_ejected;
-    }
-    t
 }
 
 impl Dataplane for BpfMaps {

@@ -56,6 +56,7 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
         .map_max_entries(map_names::BACKENDS, sizes.max_backends)
         .map_max_entries(map_names::BACKEND_STATE, sizes.max_backends)
         .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
+        .map_max_entries(map_names::BACKEND_SIGNALS, sizes.max_backends)
         .map_max_entries(map_names::CONNTRACK, sizes.conntrack);
     let pins: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
@@ -96,7 +97,8 @@ fn expected_layout(name: &str) -> Option<(u32, u32)> {
         map_names::BACKEND_STATE => layout(4, size_of::<BackendState>()),
         map_names::CONNTRACK => layout(size_of::<FlowKey>(), size_of::<FlowValue>()),
         map_names::SERVICE_STATS => layout(4, size_of::<TrafficCounters>()),
-        map_names::BACKEND_STATS => layout(4, size_of::<BackendCounters>()),
+        map_names::BACKEND_STATS => layout(4, size_of::<BackendTraffic>()),
+        map_names::BACKEND_SIGNALS => layout(4, size_of::<BackendSignals>()),
         map_names::DROPS | map_names::CT_STATS => layout(4, 8),
         map_names::SETTINGS => layout(4, size_of::<Settings>()),
         map_names::SERVICE_STATE => layout(4, size_of::<ServiceState>()),

@@ -19,6 +19,7 @@ pub mod map_names {
     pub const CONNTRACK: &str = "GS_CONNTRACK";
     pub const SERVICE_STATS: &str = "GS_SERVICE_STATS";
     pub const BACKEND_STATS: &str = "GS_BACKEND_STATS";
+    pub const BACKEND_SIGNALS: &str = "GS_BACKEND_SIGNALS";
     pub const DROPS: &str = "GS_DROPS";
     pub const SETTINGS: &str = "GS_SETTINGS";
     pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
@@ -27,7 +28,7 @@ pub mod map_names {
     pub const CT_STATS: &str = "GS_CT_STATS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -42,6 +43,7 @@ pub mod map_names {
         EVENTS,
         SERVICE_CONFIG,
         CT_STATS,
+        BACKEND_SIGNALS,
     ];
 }
 
@@ -359,7 +361,41 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
-/// Per-CPU backend counters: request direction traffic plus the reply-path signals.
+/// Per-CPU backend traffic (`GS_BACKEND_STATS`): counted on every packet, so each CPU has its
+/// own copy and no cache line bounces between CPUs. Kept small, since it is paid once per
+/// possible CPU: 40 B × `maxBackends` × CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendTraffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendTraffic>() == 40);
+
+/// Backend signal counters (`GS_BACKEND_SIGNALS`), one copy shared by all CPUs (atomic adds):
+/// they count responses and connection events, far rarer than packets, so one copy costs
+/// nothing measurable and saves 72 B × `maxBackends` per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendSignals {
+    /// Responses by status class: index 0 = 1xx … 4 = 5xx.
+    pub responses: [u64; 5],
+    /// TCP RST from the backend on an established flow.
+    pub resets: u64,
+    /// Connects that failed: RST in reply to a SYN (refused) or no SYN-ACK within the timeout.
+    pub connect_failures: u64,
+    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, data
+    /// still in flight, a status line split across segments): not parsed, never guessed.
+    pub http_skipped: u64,
+    /// Signals that arrived while the backend was ejected and were ignored (Envoy).
+    pub ignored_while_ejected: u64,
+}
+const _: () = assert!(core::mem::size_of::<BackendSignals>() == 72);
+
+/// A backend's counters as the agent reads them: the per-CPU traffic summed, plus the signals.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendCounters {
@@ -381,6 +417,25 @@ pub struct BackendCounters {
     pub ignored_while_ejected: u64,
 }
 const _: () = assert!(core::mem::size_of::<BackendCounters>() == 112);
+
+impl BackendCounters {
+    /// Adds one CPU's traffic.
+    pub fn add_traffic(&mut self, t: &BackendTraffic) {
+        self.packets += t.packets;
+        self.bytes += t.bytes;
+        self.new_flows += t.new_flows;
+        self.reply_packets += t.reply_packets;
+        self.reply_bytes += t.reply_bytes;
+    }
+
+    pub fn set_signals(&mut self, s: &BackendSignals) {
+        self.responses = s.responses;
+        self.resets = s.resets;
+        self.connect_failures = s.connect_failures;
+        self.http_skipped = s.http_skipped;
+        self.ignored_while_ejected = s.ignored_while_ejected;
+    }
+}
 
 /// Why a packet was dropped (index into the per-CPU drop counters).
 #[repr(u32)]
@@ -486,6 +541,8 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for BackendCounters {}
+    unsafe impl aya::Pod for BackendTraffic {}
+    unsafe impl aya::Pod for BackendSignals {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ServiceConfig {}
 }

@@ -13,6 +13,16 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+/// Adds one to a backend's shared signal counter `$field` (see [`BackendSignals`]).
+macro_rules! count_signal {
+    ($backend_id:expr, $field:ident) => {
+        if let Some(signals) = BACKEND_SIGNALS.get_ptr_mut($backend_id) {
+            // SAFETY: an 8-byte aligned u64 inside a live map value.
+            unsafe { fetch_add(&raw mut (*signals).$field as *mut i64, 1) };
+        }
+    };
+}
+
 /// Atomic fetch-and-add on a map value, returning the old value. Written as the instruction
 /// itself because rustc builds for the `generic` BPF CPU, where LLVM refuses to use the result
 /// of an atomic add (BPF_FETCH arrived with CPU v3, kernel 5.12; this kernel has it).
@@ -58,13 +68,13 @@ use aya_ebpf::{
 };
 use geosteer_common::{
     APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BACKEND_FLAG_ACTIVE,
-    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendCounters, BackendState,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
-    DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig,
-    ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED,
-    TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, ct_stats, flow_hash,
+    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState,
+    BackendTraffic, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    DIR_ORIGINAL, DIR_REPLY, DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
+    FLOW_FLAG_CONNECT_OK_PENDING, FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
+    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
+    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -93,8 +103,11 @@ static CONNTRACK: LruHashMap<FlowKey, FlowValue> =
 static SERVICE_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 #[map(name = "GS_BACKEND_STATS")]
-static BACKEND_STATS: PerCpuArray<BackendCounters> =
+static BACKEND_STATS: PerCpuArray<BackendTraffic> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+/// Shared by all CPUs: responses and connection events (atomic adds).
+#[map(name = "GS_BACKEND_SIGNALS")]
+static BACKEND_SIGNALS: Array<BackendSignals> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map(name = "GS_DROPS")]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
 /// Kernel-owned, by service id (ejection count).
@@ -796,11 +809,8 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
                 connect_failure(reply.backend_id);
             }
-        } else if original.tcp_state == TCP_ESTABLISHED
-            && let Some(c) = BACKEND_STATS.get_ptr_mut(reply.backend_id)
-        {
-            // SAFETY: per-CPU slot.
-            unsafe { (*c).resets += 1 };
+        } else if original.tcp_state == TCP_ESTABLISHED {
+            count_signal!(reply.backend_id, resets);
         }
         original.tcp_state = TCP_CLOSED;
         reply.http_state = HTTP_IDLE;
@@ -929,17 +939,11 @@ fn set_opaque(flow: &Flow, reply: &mut FlowValue) {
 }
 
 fn count_http_skipped(backend_id: u32) {
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot.
-        unsafe { (*c).http_skipped += 1 };
-    }
+    count_signal!(backend_id, http_skipped);
 }
 
 fn connect_failure(backend_id: u32) {
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
-        // SAFETY: per-CPU slot.
-        unsafe { (*c).connect_failures += 1 };
-    }
+    count_signal!(backend_id, connect_failures);
     // Envoy maps a local-origin connect failure to a 503 (refused) or 504 (timeout) when
     // external and local-origin errors are not split (Istio's setting): a gateway error that
     // counts toward both consecutive counters.
@@ -956,11 +960,16 @@ fn count_status_class(backend_id: u32, status: u16) {
     // The verifier cannot see that parse_status only returns 100..=599 (LLVM can, and would drop
     // a plain range check), so the index goes through `opaque` before its bounds check.
     let index = opaque(class.wrapping_sub(1) as u64);
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id)
+    if let Some(signals) = BACKEND_SIGNALS.get_ptr_mut(backend_id)
         && index < 5
     {
-        // SAFETY: per-CPU slot; index checked above.
-        unsafe { (*c).responses[index as usize] += 1 };
+        // SAFETY: live map value; index checked above.
+        unsafe {
+            let slot = (&raw mut (*signals).responses)
+                .cast::<u64>()
+                .add(index as usize);
+            fetch_add(slot as *mut i64, 1);
+        }
     }
 }
 
@@ -982,8 +991,8 @@ fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
     // are never torn.
     unsafe {
         if core::ptr::read_volatile(&raw const (*state).ejected) != 0 {
-            if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_id) {
-                (*c).ignored_while_ejected += 1;
+            if let Some(signals) = BACKEND_SIGNALS.get_ptr_mut(backend_id) {
+                fetch_add(&raw mut (*signals).ignored_while_ejected as *mut i64, 1);
             }
             return;
         }
