@@ -154,7 +154,21 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         None => None,
     };
 
-    let mut ebpf = loader::load(MapSizes::from(&dataplane), Some(&dataplane.pin_path))?;
+    // Before any map exists: a node whose maps would outgrow the limit gets a clear error, not
+    // an OOM kill half-way through loading.
+    let sizes = MapSizes::from(&dataplane);
+    let mut memory = crate::memory::plan(&sizes, crate::memory::possible_cpus()?);
+    crate::memory::check(&mut memory, dataplane.memory_limit, &sizes)?;
+    info!(
+        total = %crate::memory::mib(memory.total),
+        per_cpu_maps = %crate::memory::mib(memory.per_cpu),
+        possible_cpus = memory.possible_cpus,
+        limit = %memory.limit.map_or("none".to_string(), crate::memory::mib),
+        limit_source = %memory.limit_source,
+        "kernel memory of the maps"
+    );
+    publisher.runtime.memory = memory;
+    let mut ebpf = loader::load(sizes, Some(&dataplane.pin_path))?;
     loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
     maps.sweeper = crate::conntrack::Sweeper::new(

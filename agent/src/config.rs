@@ -120,6 +120,32 @@ pub struct Dataplane {
     )]
     pub connect_timeout: Duration,
     pub conntrack: ConntrackTimeouts,
+    /// Kernel memory the maps may take (a Kubernetes quantity: `400Mi`), plus a reserve for the
+    /// agent itself; the agent refuses to start past it. Unset: the limit of the agent's memory
+    /// cgroup (the pod's `resources.limits.memory`), if any.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_quantity",
+        deserialize_with = "deserialize_quantity"
+    )]
+    pub memory_limit: Option<u64>,
+}
+
+fn deserialize_quantity<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    parse_text(deserializer, crate::memory::parse_quantity).map(Some)
+}
+
+fn serialize_quantity<S: Serializer>(
+    bytes: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(bytes) => serializer.serialize_u64(*bytes),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// Default `dataplane.connectTimeout` (Istio MeshConfig `connectTimeout`).
@@ -193,6 +219,7 @@ impl Default for Dataplane {
             pin_path: PathBuf::from("/sys/fs/bpf/geosteer"),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             conntrack: ConntrackTimeouts::default(),
+            memory_limit: None,
         }
     }
 }
@@ -1113,6 +1140,7 @@ dataplane:
   maxBackends: 65536
   pinPath: /sys/fs/bpf/geosteer
   connectTimeout: 1s
+  memoryLimit: 400Mi
 services:
   - name: reviews
     namespace: default
@@ -1179,6 +1207,7 @@ services:
                 pin_path: "/sys/fs/bpf/geosteer".into(),
                 connect_timeout: Duration::from_secs(1),
                 conntrack: ConntrackTimeouts::default(),
+                memory_limit: Some(400 << 20),
             },
             admin: Admin::default(),
             defaults: Defaults::default(),

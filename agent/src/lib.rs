@@ -13,6 +13,7 @@ pub mod kube;
 pub mod links;
 pub mod loader;
 pub mod maglev;
+pub mod memory;
 pub mod metrics;
 pub mod outlier;
 pub mod policy;

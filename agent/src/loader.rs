@@ -46,18 +46,9 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
         bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
     }
     let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries(map_names::SERVICES, sizes.max_services)
-        .map_max_entries(map_names::VIPS, sizes.max_services)
-        .map_max_entries(map_names::TABLES, sizes.max_services * 2)
-        .map_max_entries(map_names::SERVICE_STATS, sizes.max_services)
-        .map_max_entries(map_names::SERVICE_STATE, sizes.max_services)
-        .map_max_entries(map_names::SERVICE_CONFIG, sizes.max_services)
-        .map_max_entries(map_names::BACKENDS, sizes.max_backends)
-        .map_max_entries(map_names::BACKEND_STATE, sizes.max_backends)
-        .map_max_entries(map_names::BACKEND_STATS, sizes.max_backends)
-        .map_max_entries(map_names::BACKEND_SIGNALS, sizes.max_backends)
-        .map_max_entries(map_names::CONNTRACK, sizes.conntrack);
+    for spec in crate::memory::maps(&sizes).iter().filter(|s| s.resizable) {
+        loader.map_max_entries(spec.name, spec.max_entries);
+    }
     let pins: Vec<(&str, PathBuf)> = match pin_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)

@@ -392,6 +392,23 @@ impl Exposition {
         for (reason, count) in &readings.drops {
             drops.add(vec![("reason", reason.name().to_string())], *count as f64);
         }
+        let mut map_memory = Family::new(
+            "geosteer_map_memory_bytes",
+            "Kernel memory of each map on this node (per-CPU maps: for every possible CPU)",
+            GAUGE,
+        );
+        for (map, bytes) in &state.memory.maps {
+            map_memory.add(vec![("map", map.clone())], *bytes as f64);
+        }
+        let mut memory_limit = Family::new(
+            "geosteer_map_memory_limit_bytes",
+            "The limit the maps were checked against at start (dataplane.memoryLimit, else the \
+             memory cgroup's)",
+            GAUGE,
+        );
+        if let Some(limit) = state.memory.limit {
+            memory_limit.add(vec![], limit as f64);
+        }
         let ct = &state.conntrack;
         let mut gc_removed = Family::new(
             "geosteer_conntrack_gc_removed",
@@ -457,6 +474,8 @@ impl Exposition {
             gc_removed,
             gc_passes,
             ct_events,
+            map_memory,
+            memory_limit,
         ]
     }
 

@@ -30,6 +30,9 @@ pub struct AgentState {
     pub reconcile_repairs: u64,
     #[serde(default)]
     pub conntrack: ConntrackInfo,
+    /// Kernel memory of the maps on this node, and the limit it was checked against.
+    #[serde(default)]
+    pub memory: crate::memory::MemoryPlan,
 }
 
 /// The conntrack GC as the agent last saw it.
@@ -240,6 +243,7 @@ pub struct Runtime {
     pub last_reload: Option<ReloadInfo>,
     pub attachments: Vec<AttachmentInfo>,
     pub conntrack: ConntrackInfo,
+    pub memory: crate::memory::MemoryPlan,
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -304,6 +308,7 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         swaps: controller.swaps.clone(),
         reconcile_repairs: controller.reconcile_repairs,
         conntrack: runtime.conntrack.clone(),
+        memory: runtime.memory.clone(),
     }
 }
 

@@ -63,7 +63,7 @@ pub const MAX_BACKENDS_PER_SERVICE: usize = 1024;
 /// Default capacity of the service map; the agent may override it at load time.
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 /// Default capacity of the global backend arrays (backend ids are indexes into them).
-pub const DEFAULT_MAX_BACKENDS: u32 = 65536;
+pub const DEFAULT_MAX_BACKENDS: u32 = 16384;
 /// Default conntrack capacity (LRU, two entries per flow: original and reply direction).
 pub const DEFAULT_CONNTRACK_SIZE: u32 = 262144;
 /// How many following slots selection tries when a slot's backend is ejected. Bounded so the

@@ -264,6 +264,41 @@ fn invalid_config_is_rejected_with_the_field_path() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Maps that would outgrow the memory limit stop the agent before it creates any, with the
+/// numbers and the fields to change; nothing is left pinned.
+#[test]
+fn maps_over_the_memory_limit_are_refused_before_loading() {
+    require_root();
+    let dir = std::env::temp_dir().join("geosteer-memory-limit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "node: {{name: n, region: r}}\ndataplane: {{maxBackends: 1048576, memoryLimit: 256Mi, pinPath: {}}}\nadmin: {{metrics: \"\", socket: {}}}\nservices: []\n",
+            dir.join("pins").display(),
+            dir.join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(geosteer_tests::bin_path("geosteer"))
+        .args(["agent", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in [
+        "over the limit of 256.0 MiB (dataplane.memoryLimit)",
+        "GS_BACKEND_STATS",
+        "Lower dataplane.maxBackends (1048576",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    assert!(!dir.join("pins").exists(), "nothing was created");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A pod interface that appears after the agent started (matching a `dataplane.tc` glob) is
 /// attached within a second; its clients reach the VIP. When it goes away, so does the link.
 #[test]

@@ -161,6 +161,7 @@ pub fn status(ctx: &Context) -> StatusReport {
             },
         }),
         conntrack_gc: state.map(|s| s.conntrack.clone()),
+        memory: state.map(|s| s.memory.clone()),
         ..Default::default()
     };
     // The agent knows the XDP mode; a link only says "xdp".

@@ -231,6 +231,17 @@ fn agent_state() -> AgentState {
             buckets: vec![0, 1, 2, 3, 3, 3, 3, 3, 3, 3],
         },
         reconcile_repairs: 1,
+        memory: crate::memory::MemoryPlan {
+            possible_cpus: 2,
+            maps: vec![
+                ("GS_TABLES".into(), 134_193_664),
+                ("GS_CONNTRACK".into(), 33_558_528),
+            ],
+            total: 167_752_192,
+            per_cpu: 1_400_000,
+            limit: Some(512 << 20),
+            limit_source: "cgroup /sys/fs/cgroup/memory.max".into(),
+        },
         conntrack: ConntrackInfo {
             gc_interval_s: 30.0,
             last_pass_at: Some("2025-06-01T12:00:45.000Z".into()),
@@ -357,6 +368,7 @@ fn status_up() -> StatusReport {
             mean_microseconds: 140.0,
         }),
         conntrack_gc: Some(state.conntrack.clone()),
+        memory: Some(state.memory.clone()),
         conntrack_events: BTreeMap::from([
             ("midstream".to_string(), 5),
             ("partner_restored".to_string(), 2),

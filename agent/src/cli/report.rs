@@ -76,6 +76,8 @@ pub struct StatusReport {
     pub swaps: Option<SwapSummary>,
     /// The agent's conntrack GC.
     pub conntrack_gc: Option<crate::state::ConntrackInfo>,
+    /// Kernel memory of the maps, as the agent planned and checked it.
+    pub memory: Option<crate::memory::MemoryPlan>,
     /// Kernel conntrack events (`partner_restored`, `midstream`).
     pub conntrack_events: BTreeMap<String, u64>,
     /// Why the maps could not be read, if so.
@@ -178,6 +180,24 @@ impl Render for StatusReport {
             fields.push((
                 "swaps",
                 format!("{}, mean {:.0} µs", swaps.count, swaps.mean_microseconds),
+            ));
+        }
+        if let Some(memory) = &self.memory
+            && memory.possible_cpus > 0
+        {
+            fields.push((
+                "map memory",
+                format!(
+                    "{} on {} possible CPUs (per-CPU maps {}); limit {}",
+                    crate::memory::mib(memory.total),
+                    memory.possible_cpus,
+                    crate::memory::mib(memory.per_cpu),
+                    match memory.limit {
+                        Some(limit) =>
+                            format!("{} ({})", crate::memory::mib(limit), memory.limit_source),
+                        None => memory.limit_source.clone(),
+                    }
+                ),
             ));
         }
         // One line (the labels above set the column width).
