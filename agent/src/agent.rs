@@ -168,7 +168,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         "kernel memory of the maps"
     );
     publisher.runtime.memory = memory;
-    let mut ebpf = loader::load(sizes, Some(&dataplane.pin_path))?;
+    let (mut ebpf, migrations) = loader::load_migrating(sizes, Some(&dataplane.pin_path))?;
     loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
     maps.sweeper = crate::conntrack::Sweeper::new(
@@ -203,6 +203,9 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     // Attach only after the services are in place: the first packet already finds them.
     let links_dir = dataplane.pin_path.join("links");
     let mut attachments = loader::attach(&mut ebpf, &dataplane, &links_dir)?;
+    // The previous agent's programs ran on the previous maps until the line above: what they
+    // added since the first copy is copied now, then the old maps go.
+    loader::finish_migrations(migrations, &dataplane.pin_path)?;
     publisher.runtime.attachments = attachment_infos(&attachments);
     publisher.runtime.ready = true;
     controller.event(

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod maglev;
 pub mod memory;
 pub mod metrics;
+pub mod migrate;
 pub mod outlier;
 pub mod policy;
 pub mod probe;

@@ -16,7 +16,10 @@ use aya::{
 use geosteer_common::{map_names, program_names};
 use tracing::{info, warn};
 
-use crate::config::{Dataplane as DataplaneConfig, XdpMode};
+use crate::{
+    config::{Dataplane as DataplaneConfig, XdpMode},
+    migrate::{self, Migration},
+};
 
 /// The kernel object built from `ebpf/` (see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/geosteer"));
@@ -40,8 +43,32 @@ impl From<&DataplaneConfig> for MapSizes {
 }
 
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps already pinned there
-/// (by an earlier run) are reused — conntrack survives an agent restart.
+/// (by an earlier run) are reused — conntrack survives an agent restart. A pinned map of an
+/// older layout is migrated into its replacement right away (for tools and tests; the agent
+/// uses [`load_migrating`] to finish the migration after its programs attach).
 pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
+    let (ebpf, migrations) = load_migrating(sizes, pin_dir)?;
+    if let Some(dir) = pin_dir {
+        finish_migrations(migrations, dir)?;
+    }
+    Ok(ebpf)
+}
+
+/// Copies what the old maps gained since the first copy (the old programs kept running until
+/// now) and removes them. Call once the new programs are attached.
+pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<()> {
+    for mut migration in migrations {
+        let new = aya::maps::MapData::from_pin(pin_dir.join(migration.name))
+            .with_context(|| format!("opening the new {}", migration.name))?;
+        migration.copy(&new, true)?;
+        migration.finish();
+    }
+    Ok(())
+}
+
+/// [`load`], returning the migrations of maps whose pinned layout was older, after their
+/// first copy.
+pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, Vec<Migration>)> {
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
     }
@@ -57,8 +84,22 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
         }
         None => Vec::new(),
     };
+    let mut migrations = Vec::new();
+    for spec in crate::memory::maps(&sizes) {
+        if let Some((_, path)) = pins.iter().find(|(name, _)| *name == spec.name) {
+            let special = matches!(
+                spec.kind,
+                crate::memory::Kind::PerCpuArray | crate::memory::Kind::RingBuf
+            );
+            if spec.kind != crate::memory::Kind::RingBuf
+                && let Some(migration) =
+                    migrate::prepare(spec.name, path, (spec.key_size, spec.value_size), special)?
+            {
+                migrations.push(migration);
+            }
+        }
+    }
     for (name, path) in &pins {
-        drop_incompatible_pin(name, path);
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader
@@ -72,58 +113,20 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
     let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP)?.try_into()?;
     xdp.load()
         .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
-    Ok(ebpf)
-}
-
-/// Key and value sizes each map has in this build (0 for the ring buffer, which has neither).
-fn expected_layout(name: &str) -> Option<(u32, u32)> {
-    use geosteer_common::*;
-    use std::mem::size_of;
-    let layout = |k: usize, v: usize| Some((k as u32, v as u32));
-    match name {
-        map_names::SERVICES => layout(size_of::<ServiceKey>(), size_of::<ServiceValue>()),
-        map_names::VIPS => layout(4, 4),
-        map_names::TABLES => layout(4, size_of::<ServiceTable>()),
-        map_names::BACKENDS => layout(4, size_of::<Backend>()),
-        map_names::BACKEND_STATE => layout(4, size_of::<BackendState>()),
-        map_names::CONNTRACK => layout(size_of::<FlowKey>(), size_of::<FlowValue>()),
-        map_names::SERVICE_STATS => layout(4, size_of::<TrafficCounters>()),
-        map_names::BACKEND_STATS => layout(4, size_of::<BackendTraffic>()),
-        map_names::BACKEND_SIGNALS => layout(4, size_of::<BackendSignals>()),
-        map_names::DROPS | map_names::CT_STATS => layout(4, 8),
-        map_names::SETTINGS => layout(4, size_of::<Settings>()),
-        map_names::SERVICE_STATE => layout(4, size_of::<ServiceState>()),
-        map_names::SERVICE_CONFIG => layout(4, size_of::<ServiceConfig>()),
-        _ => None,
-    }
-}
-
-/// A map pinned by an agent whose layout differs from this build's (an upgrade that changed a
-/// key or value) cannot be shared with the new programs: the verifier would reject them and the
-/// agent would never start. Such a pin is removed, so the map is created afresh; what it held
-/// (flows, counters) is lost, and the log says so. Migrating the state instead is future work.
-fn drop_incompatible_pin(name: &str, path: &Path) {
-    let Some((key_size, value_size)) = expected_layout(name) else {
-        return;
-    };
-    let Ok(map) = aya::maps::MapData::from_pin(path) else {
-        return; // no pin (first start), or not a map: the loader reports the latter
-    };
-    let Ok(info) = map.info() else {
-        return;
-    };
-    if (info.key_size(), info.value_size()) != (key_size, value_size) {
-        warn!(
-            map = name,
-            pinned = format!("{}/{}", info.key_size(), info.value_size()),
-            expected = format!("{key_size}/{value_size}"),
-            "pinned map has another layout (an upgrade): rebuilding it empty"
-        );
-        drop(map);
-        if let Err(e) = std::fs::remove_file(path) {
-            warn!(path = %path.display(), error = %e, "could not remove the incompatible pin");
+    // The first copy, before any new program runs on the new maps.
+    if let Some(dir) = pin_dir {
+        for migration in &mut migrations {
+            let new = aya::maps::MapData::from_pin(dir.join(migration.name))
+                .with_context(|| format!("opening the new {}", migration.name))?;
+            let copied = migration.copy(&new, false)?;
+            info!(
+                map = migration.name,
+                entries = copied,
+                "copied into the new layout"
+            );
         }
     }
+    Ok((ebpf, migrations))
 }
 
 /// Where [`pin_programs`] pins each program: `<pinPath>/progs/<program name>`.
@@ -191,7 +194,9 @@ pub fn uninstall(pin_dir: &Path) -> Result<Uninstalled> {
     // Only the maps this build pins: a bpffs root also holds the kernel's own files
     // (maps.debug, progs.debug), which nobody may remove.
     for path in pins_in(pin_dir)? {
-        if map_names::ALL.iter().any(|name| path.ends_with(name)) {
+        let name = file_name(&path);
+        let name = name.strip_suffix("_previous").unwrap_or(&name);
+        if map_names::ALL.contains(&name) {
             remove_pin(&path)?;
             out.maps += 1;
         }
@@ -467,27 +472,4 @@ fn attach_xdp(
     });
     out.links.push((path, pinned));
     Ok(())
-}
-
-#[cfg(test)]
-mod layout_tests {
-    use super::expected_layout;
-    use geosteer_common::map_names;
-
-    /// Every map but the ring buffer is checked against its pinned predecessor on load.
-    #[test]
-    fn every_map_has_an_expected_layout() {
-        for name in map_names::ALL {
-            assert_eq!(
-                expected_layout(name).is_some(),
-                name != map_names::EVENTS,
-                "{name}"
-            );
-        }
-        assert_eq!(
-            expected_layout(map_names::CONNTRACK),
-            Some((16, 48)),
-            "conntrack key/value"
-        );
-    }
 }

@@ -313,6 +313,10 @@ pub const HTTP_AWAITING: u8 = 1;
 /// Conntrack value. For the original entry `nat_addr:nat_port` is the backend (DNAT target);
 /// for the reply entry it is the VIP:port (SNAT source restored on replies).
 ///
+/// Layout rule for this and every other map value: fields are only ever appended (and their
+/// zero means "nothing known yet"), so an upgrade can migrate pinned entries by copying them
+/// into the longer value (`agent/src/migrate.rs`).
+///
 /// The original entry carries the TCP state (the request path reads it for every SYN); the
 /// reply entry carries the response tracking (the reply path reads it for every packet), so
 /// each direction's common case is one lookup.

@@ -255,3 +255,22 @@ pub fn two_region_config(pins: &PinDir, endpoints: &[&str], policy: &str) -> Str
         pins.pin_path().display()
     )
 }
+
+/// `geosteer ARGS -o json` for the agent of `pins`, run in `ns`.
+pub fn geosteer_json(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<serde_json::Value> {
+    let bin = bin_path("geosteer");
+    let pin_path = pins.pin_path();
+    let socket = pins.socket_path();
+    let mut all: Vec<&str> = vec![bin.to_str().context("binary path")?];
+    all.extend_from_slice(args);
+    all.extend([
+        "-o",
+        "json",
+        "--pin-path",
+        pin_path.to_str().context("pin path")?,
+        "--socket",
+        socket.to_str().context("socket path")?,
+    ]);
+    let out = ns.exec(&all)?;
+    serde_json::from_str(out.trim()).with_context(|| format!("geosteer printed {out:?}"))
+}

@@ -108,3 +108,17 @@ fn the_gc_removes_both_halves_of_closed_and_idle_flows_and_keeps_live_ones() {
     let (_, out) = rig.ingress(&syn(41200).with_seq(9_000, 0));
     assert!(BACKENDS.contains(&verify(&out).dst));
 }
+
+#[test]
+fn a_flow_that_lost_both_halves_is_picked_up_mid_stream_on_its_backend() {
+    let mut rig = Rig::new();
+    let mut conn = Conn::open(&mut rig, 41300);
+    for (key, _) in entries(&rig) {
+        rig.maps.conntrack.remove(&key).unwrap();
+    }
+    let (_, out) = conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(verify(&out).dst, conn.backend, "Maglev: the same backend");
+    assert_eq!(rig.maps.ct_stat(ct_stats::MIDSTREAM).unwrap(), 1);
+    let (_, out) = conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\n\r\n");
+    assert_eq!(verify(&out).src, VIP);
+}

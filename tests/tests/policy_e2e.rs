@@ -401,6 +401,97 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
     );
 }
 
+/// An upgrade whose conntrack layout changed (the pinned map is replaced by one in an older,
+/// shorter layout while no agent runs): the new agent migrates the entries instead of starting
+/// empty. The keep-alive connections opened before keep their entries — same age, established —
+/// and carry requests all through; new connections before and after the upgrade all succeed.
+///
+/// New connections pause while the stand-in old map is pinned: in a real upgrade the old
+/// programs write to the very map that is pinned (and the migration's catch-up copies what they
+/// added), but here they keep writing to the map they were loaded with, which the stand-in does
+/// not follow — an artifact of the simulation, not of the upgrade.
+#[test]
+fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
+    let lab = two_region_lab("gsp9");
+    let pins = PinDir::new("gsp9").unwrap();
+    let yaml = config(&pins, &["hz1", "hz2", "sh1", "sh2"], "");
+    let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let paused = std::sync::atomic::AtomicBool::new(false);
+    let (rounds, pool, flows) = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| {
+            let mut rounds = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                rounds.push(
+                    http_from(&lab.client, VIP, &HttpOptions::new(20, 2)).expect("client runs"),
+                );
+            }
+            rounds
+        });
+        let pool = scope.spawn(|| {
+            geosteer_tests::lab_client_json(
+                &lab.client,
+                &[
+                    "pool",
+                    "--target",
+                    VIP,
+                    "--connections",
+                    "2",
+                    "--duration-ms",
+                    "6000",
+                    "--interval-ms",
+                    "20",
+                ],
+            )
+            .expect("pool client runs")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300)); // the round in flight ends
+        assert!(agent.terminate().expect("agent stops").success());
+        let copied = pin_in_older_layout(&pins, "GS_CONNTRACK", 40).expect("older layout pinned");
+        assert!(copied >= 4, "{copied} entries");
+        std::thread::sleep(Duration::from_millis(500));
+        let upgraded = Agent::start(&lab.node, &pins, &yaml).expect("new agent starts");
+        assert!(
+            upgraded.log_contains("older layout: migrating") && upgraded.log_contains("migrated"),
+            "{:?}",
+            upgraded.log()
+        );
+        let flows =
+            geosteer_tests::agent::geosteer_json(&lab.node, &pins, &["flows"]).expect("flows");
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (runner.join().unwrap(), pool.join().unwrap(), flows)
+    });
+    let failed: Vec<_> = rounds.iter().filter(|r| r.errors > 0).collect();
+    assert!(
+        failed.is_empty(),
+        "requests failed across the upgrade: {failed:?}"
+    );
+    let timeline = pool["timeline"].as_array().unwrap();
+    let pool_failed: Vec<_> = timeline
+        .iter()
+        .filter(|r| r.get("error").is_some() || r["status"].as_u64() != Some(200))
+        .collect();
+    assert!(
+        pool_failed.is_empty(),
+        "keep-alive requests failed: {pool_failed:?}"
+    );
+    // The pooled connections' entries came through: established, as old as the connections.
+    let kept: Vec<_> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == "established" && f["age_seconds"].as_f64().unwrap() >= 0.9)
+        .collect();
+    assert!(kept.len() >= 2, "{flows}");
+}
+
 #[test]
 fn active_health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
     let mut lab = two_region_lab("gsp7");
@@ -441,4 +532,54 @@ fn active_health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
         after.backends.get("hz1").copied().unwrap_or(0) > 40,
         "{after:?}"
     );
+}
+
+/// Replaces the pinned map `name` under `pins` by a copy in an older layout whose values are
+/// `value_size` bytes (each entry's first bytes): what an agent of a release before the value
+/// grew left pinned. The programs attached meanwhile keep the map they hold. Returns how many
+/// entries the copy has.
+fn pin_in_older_layout(pins: &PinDir, name: &str, value_size: u32) -> anyhow::Result<usize> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let path = pins.pin_path().join(name);
+    let current = aya::maps::MapData::from_pin(&path)?;
+    let info = current.info()?;
+    #[repr(C)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = CreateAttr {
+        map_type: info.map_type()? as u32,
+        key_size: info.key_size(),
+        value_size,
+        max_entries: info.max_entries(),
+        map_flags: 0,
+    };
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    // SAFETY: a valid attr prefix for BPF_MAP_CREATE; the kernel zero-extends the rest.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const CreateAttr,
+            std::mem::size_of::<CreateAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .map_err(|e| anyhow::anyhow!("BPF_MAP_CREATE: {e}"));
+    }
+    // SAFETY: a new fd the kernel just returned to us.
+    let older = aya::maps::MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
+    let entries = geosteer::migrate::read_all(&current, (info.key_size(), info.value_size()))?;
+    for (key, value) in &entries {
+        geosteer::migrate::update(&older, key, &value[..value_size as usize], false)?;
+    }
+    drop(current);
+    std::fs::remove_file(&path)?;
+    older.pin(&path)?;
+    Ok(entries.len())
 }

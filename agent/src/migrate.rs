@@ -1,0 +1,277 @@
+//! Upgrades that change a map's layout, without losing what the map holds.
+//!
+//! The programs of the previous agent keep running, on the previous maps, until the new agent
+//! swaps its programs into the pinned links. So an incompatible pin is not removed: it is moved
+//! aside (`<name>_previous`), the new map is created in its place, and the entries are copied
+//! over converted — once before the new programs attach, and once more right after (entries the
+//! old programs created in between; existing ones are not overwritten). Only then does the old
+//! map go. A connection through the VIP keeps its conntrack entries, so its backend and reverse
+//! NAT, across an upgrade that changed `FlowValue`.
+//!
+//! The rule that makes this possible, for every map value shared with the kernel
+//! (`common/src/lib.rs`): **fields are only ever appended.** A value that grew is copied with
+//! its new tail zeroed (every field's zero means "nothing known yet"). A key that changed, a
+//! value that shrank, a per-CPU map (counters) or the ring buffer cannot be converted: such a
+//! map is rebuilt empty, and the log says so.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::maps::MapData;
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use tracing::{info, warn};
+
+/// A pinned map moved aside for its replacement.
+pub struct Migration {
+    pub name: &'static str,
+    old: MapData,
+    old_path: PathBuf,
+    old_layout: (u32, u32),
+    /// Entries copied so far.
+    pub copied: usize,
+}
+
+/// Whether the layout `old` of a map can be converted into `new` (see the module comment).
+pub fn convertible(old: (u32, u32), new: (u32, u32), per_cpu_or_ring: bool) -> bool {
+    !per_cpu_or_ring && old.0 == new.0 && old.1 <= new.1 && old.1 > 0
+}
+
+/// `value` (of the old layout) in a new layout of `new_size` bytes: the old bytes, then zeros.
+pub fn convert(value: &[u8], new_size: usize) -> Vec<u8> {
+    let mut out = vec![0; new_size];
+    out[..value.len()].copy_from_slice(value);
+    out
+}
+
+/// Moves the pin at `path` aside when its layout differs from `expected`: into a migration when
+/// the layout can be converted, else (the pin removed) to be rebuilt empty. A leftover
+/// `<name>_previous` from an interrupted upgrade is picked up again.
+pub fn prepare(
+    name: &'static str,
+    path: &Path,
+    expected: (u32, u32),
+    per_cpu_or_ring: bool,
+) -> Result<Option<Migration>> {
+    let old_path = previous_path(path);
+    if let Ok(old) = MapData::from_pin(&old_path) {
+        let layout = layout(&old)?;
+        info!(map = name, "resuming an interrupted migration");
+        return Ok(Some(Migration {
+            name,
+            old,
+            old_path,
+            old_layout: layout,
+            copied: 0,
+        }));
+    }
+    let Ok(old) = MapData::from_pin(path) else {
+        return Ok(None); // no pin (a first start), or not a map: the loader reports the latter
+    };
+    let old_layout = layout(&old)?;
+    if old_layout == expected {
+        return Ok(None);
+    }
+    let shown = |(k, v): (u32, u32)| format!("{k}/{v}");
+    if !convertible(old_layout, expected, per_cpu_or_ring) {
+        warn!(
+            map = name,
+            pinned = shown(old_layout),
+            expected = shown(expected),
+            "pinned map has another layout that cannot be converted: rebuilding it empty"
+        );
+        drop(old);
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the incompatible pin {}", path.display()))?;
+        return Ok(None);
+    }
+    old.pin(&old_path)
+        .with_context(|| format!("pinning {} aside", old_path.display()))?;
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    info!(
+        map = name,
+        pinned = shown(old_layout),
+        expected = shown(expected),
+        "pinned map has an older layout: migrating its entries (new fields zero)"
+    );
+    Ok(Some(Migration {
+        name,
+        old,
+        old_path,
+        old_layout,
+        copied: 0,
+    }))
+}
+
+/// `<name>_previous` (bpffs refuses dots in names).
+fn previous_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("_previous");
+    path.with_file_name(name)
+}
+
+pub fn layout(map: &MapData) -> Result<(u32, u32)> {
+    let info = map.info().context("reading a pinned map's info")?;
+    Ok((info.key_size(), info.value_size()))
+}
+
+impl Migration {
+    /// Copies the old map's entries into `new` (converted). `only_missing`: leave entries the
+    /// new map already has (the catch-up after the new programs attached).
+    pub fn copy(&mut self, new: &MapData, only_missing: bool) -> Result<usize> {
+        let new_layout = layout(new)?;
+        let entries = read_all(&self.old, self.old_layout)?;
+        let mut copied = 0;
+        for (key, value) in entries {
+            let value = convert(&value, new_layout.1 as usize);
+            if update(new, &key, &value, only_missing)? {
+                copied += 1;
+            }
+        }
+        self.copied += copied;
+        Ok(copied)
+    }
+
+    /// The old map is no longer needed (the new programs are attached): its pin goes.
+    pub fn finish(self) {
+        info!(map = self.name, entries = self.copied, "migrated");
+        if let Err(e) = std::fs::remove_file(&self.old_path) {
+            warn!(path = %self.old_path.display(), error = %e, "removing the migrated map's pin");
+        }
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+
+/// Every entry of a (non-per-CPU) hash or array map, as bytes.
+pub fn read_all(
+    map: &MapData,
+    (key_size, value_size): (u32, u32),
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    #[repr(C)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BATCH: usize = 1024;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let (key_size, value_size) = (key_size as usize, value_size as usize);
+    let mut out = Vec::new();
+    // Big enough for any batch token (hash: a bucket index; array: an index).
+    let mut in_batch = [0u8; 8];
+    let mut first = true;
+    loop {
+        let mut out_batch = [0u8; 8];
+        let mut keys = vec![0u8; key_size * BATCH];
+        let mut values = vec![0u8; value_size * BATCH];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { in_batch.as_ptr() as u64 },
+            out_batch: out_batch.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: buffers of BATCH keys and values of the map's sizes and two batch tokens,
+        // alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let done = if rc < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error).context("BPF_MAP_LOOKUP_BATCH");
+            }
+            true
+        } else {
+            false
+        };
+        for i in 0..(attr.count as usize).min(BATCH) {
+            out.push((
+                keys[i * key_size..(i + 1) * key_size].to_vec(),
+                values[i * value_size..(i + 1) * value_size].to_vec(),
+            ));
+        }
+        if done {
+            return Ok(out);
+        }
+        in_batch = out_batch;
+        first = false;
+    }
+}
+
+/// Writes one entry; false when `only_missing` and the key exists.
+pub fn update(map: &MapData, key: &[u8], value: &[u8], only_missing: bool) -> Result<bool> {
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags: if only_missing { BPF_NOEXIST } else { BPF_ANY },
+    };
+    // SAFETY: key and value buffers of the map's sizes, alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        let error = std::io::Error::last_os_error();
+        if only_missing && error.raw_os_error() == Some(libc::EEXIST) {
+            return Ok(false);
+        }
+        return Err(error).context("BPF_MAP_UPDATE_ELEM");
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_appended_fields_convert() {
+        // (old, new, per-CPU or ring, convertible)
+        let cases = [
+            ((16, 40), (16, 48), false, true),
+            ((16, 48), (16, 48), false, true),
+            ((16, 48), (16, 40), false, false),
+            ((8, 48), (16, 48), false, false),
+            ((4, 40), (4, 112), true, false),
+        ];
+        for (old, new, special, expected) in cases {
+            assert_eq!(
+                convertible(old, new, special),
+                expected,
+                "{old:?} → {new:?}"
+            );
+        }
+        assert_eq!(convert(&[1, 2, 3], 5), [1, 2, 3, 0, 0]);
+    }
+}
