@@ -92,8 +92,12 @@ pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, 
                 crate::memory::Kind::PerCpuArray | crate::memory::Kind::RingBuf
             );
             if spec.kind != crate::memory::Kind::RingBuf
-                && let Some(migration) =
-                    migrate::prepare(spec.name, path, (spec.key_size, spec.value_size), special)?
+                && let Some(migration) = migrate::prepare(
+                    spec.name,
+                    path,
+                    (spec.key_size, spec.value_size, spec.max_entries),
+                    special,
+                )?
             {
                 migrations.push(migration);
             }

@@ -72,16 +72,9 @@ pub fn read_maps(pin_path: &Path, state: &AgentState) -> Result<Readings> {
     }
     readings.conntrack_entries = Some(maps.conntrack_entries() as u64);
     readings.conntrack_capacity = Some(maps.capacities()?.conntrack as u64);
-    readings.ct_events = vec![
-        (
-            "partner_restored",
-            maps.ct_stat(geosteer_common::ct_stats::PARTNER_RESTORED)?,
-        ),
-        (
-            "midstream",
-            maps.ct_stat(geosteer_common::ct_stats::MIDSTREAM)?,
-        ),
-    ];
+    for (index, name) in geosteer_common::ct_stats::NAMES {
+        readings.ct_events.push((name, maps.ct_stat(index)?));
+    }
     Ok(readings)
 }
 
@@ -433,7 +426,9 @@ impl Exposition {
             "geosteer_conntrack_events",
             "Kernel conntrack events: partner_restored (a flow's half was evicted, e.g. by a \
              full table, and rebuilt from the other), midstream (a TCP segment without a SYN \
-             found no entry and was steered anew)",
+             found no entry and was steered anew), icmp_translated (an ICMP error about a \
+             steered flow), fragment_translated / fragment_unknown (later fragments of a \
+             steered datagram, or of one whose first fragment was not seen)",
             COUNTER,
         );
         for (what, count) in &readings.ct_events {

@@ -8,6 +8,10 @@
 //! map go. A connection through the VIP keeps its conntrack entries, so its backend and reverse
 //! NAT, across an upgrade that changed `FlowValue`.
 //!
+//! A map whose capacity changed (`conntrackSize`, `maxBackends`, … in the config, or a fixed
+//! map that grew in a new build) is migrated the same way: a pinned map keeps the capacity it was
+//! created with, so reusing it would silently ignore the new size.
+//!
 //! The rule that makes this possible, for every map value shared with the kernel
 //! (`common/src/lib.rs`): **fields are only ever appended.** A value that grew is copied with
 //! its new tail zeroed (every field's zero means "nothing known yet"). A key that changed, a
@@ -26,13 +30,16 @@ pub struct Migration {
     pub name: &'static str,
     old: MapData,
     old_path: PathBuf,
-    old_layout: (u32, u32),
+    old_layout: Layout,
     /// Entries copied so far.
     pub copied: usize,
 }
 
-/// Whether the layout `old` of a map can be converted into `new` (see the module comment).
-pub fn convertible(old: (u32, u32), new: (u32, u32), per_cpu_or_ring: bool) -> bool {
+/// Key size, value size, capacity.
+pub type Layout = (u32, u32, u32);
+
+/// Whether a map of layout `old` can be converted into `new` (see the module comment).
+pub fn convertible(old: Layout, new: Layout, per_cpu_or_ring: bool) -> bool {
     !per_cpu_or_ring && old.0 == new.0 && old.1 <= new.1 && old.1 > 0
 }
 
@@ -49,7 +56,7 @@ pub fn convert(value: &[u8], new_size: usize) -> Vec<u8> {
 pub fn prepare(
     name: &'static str,
     path: &Path,
-    expected: (u32, u32),
+    expected: Layout,
     per_cpu_or_ring: bool,
 ) -> Result<Option<Migration>> {
     let old_path = previous_path(path);
@@ -71,7 +78,7 @@ pub fn prepare(
     if old_layout == expected {
         return Ok(None);
     }
-    let shown = |(k, v): (u32, u32)| format!("{k}/{v}");
+    let shown = |(k, v, n): Layout| format!("key {k} B, value {v} B, {n} entries");
     if !convertible(old_layout, expected, per_cpu_or_ring) {
         warn!(
             map = name,
@@ -109,9 +116,9 @@ fn previous_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-pub fn layout(map: &MapData) -> Result<(u32, u32)> {
+pub fn layout(map: &MapData) -> Result<Layout> {
     let info = map.info().context("reading a pinned map's info")?;
-    Ok((info.key_size(), info.value_size()))
+    Ok((info.key_size(), info.value_size(), info.max_entries()))
 }
 
 impl Migration {
@@ -119,12 +126,17 @@ impl Migration {
     /// new map already has (the catch-up after the new programs attached).
     pub fn copy(&mut self, new: &MapData, only_missing: bool) -> Result<usize> {
         let new_layout = layout(new)?;
-        let entries = read_all(&self.old, self.old_layout)?;
+        let entries = read_all(&self.old, (self.old_layout.0, self.old_layout.1))?;
         let mut copied = 0;
         for (key, value) in entries {
             let value = convert(&value, new_layout.1 as usize);
-            if update(new, &key, &value, only_missing)? {
-                copied += 1;
+            match update(new, &key, &value, only_missing) {
+                Ok(true) => copied += 1,
+                Ok(false) => {}
+                // A smaller map (an array index past its end, a full hash): what does not fit
+                // is left behind, as a smaller map must.
+                Err(e) if is_capacity_error(&e) => {}
+                Err(e) => return Err(e),
             }
         }
         self.copied += copied;
@@ -138,6 +150,12 @@ impl Migration {
             warn!(path = %self.old_path.display(), error = %e, "removing the migrated map's pin");
         }
     }
+}
+
+fn is_capacity_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|code| code == libc::E2BIG || code == libc::ENOSPC)
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -259,11 +277,12 @@ mod tests {
     fn only_appended_fields_convert() {
         // (old, new, per-CPU or ring, convertible)
         let cases = [
-            ((16, 40), (16, 48), false, true),
-            ((16, 48), (16, 48), false, true),
-            ((16, 48), (16, 40), false, false),
-            ((8, 48), (16, 48), false, false),
-            ((4, 40), (4, 112), true, false),
+            ((16, 40, 100), (16, 48, 100), false, true),
+            ((16, 48, 100), (16, 48, 200), false, true),
+            ((16, 48, 200), (16, 48, 100), false, true),
+            ((16, 48, 100), (16, 40, 100), false, false),
+            ((8, 48, 100), (16, 48, 100), false, false),
+            ((4, 40, 100), (4, 112, 100), true, false),
         ];
         for (old, new, special, expected) in cases {
             assert_eq!(

@@ -26,9 +26,10 @@ pub mod map_names {
     pub const EVENTS: &str = "GS_EVENTS";
     pub const SERVICE_CONFIG: &str = "GS_SERVICE_CONFIG";
     pub const CT_STATS: &str = "GS_CT_STATS";
+    pub const FRAGMENTS: &str = "GS_FRAGMENTS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -44,6 +45,7 @@ pub mod map_names {
         SERVICE_CONFIG,
         CT_STATS,
         BACKEND_SIGNALS,
+        FRAGMENTS,
     ];
 }
 
@@ -474,6 +476,38 @@ impl DropReason {
     }
 }
 
+/// A datagram being fragmented: only its first fragment carries the ports, so the first one's
+/// translation is remembered for the rest (Cilium's `IPV4_FRAG_DATAGRAMS` map), keyed as on the
+/// wire (network byte order) with the direction of the flow they belong to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub direction: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragmentKey>() == 12);
+
+/// The address a datagram's later fragments get (the VIP as source for replies, the backend as
+/// destination for requests), and when the first fragment was seen: a fragment arriving later
+/// than [`FRAGMENT_TIMEOUT_NS`] after it (the kernel's reassembly timeout) is not trusted to be
+/// the same datagram, since IP ids repeat.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentValue {
+    pub addr: u32,
+    pub _pad: u32,
+    pub first_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragmentValue>() == 16);
+
+/// Linux's `ipfrag_time` default.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Datagrams being fragmented at once (an LRU map).
+pub const FRAGMENTS_SIZE: u32 = 8192;
+
 /// Per-CPU conntrack event counters (`GS_CT_STATS`), by index.
 pub mod ct_stats {
     /// A packet found its flow's entry but not the other direction's (the LRU evicted it, or a
@@ -482,7 +516,24 @@ pub mod ct_stats {
     /// A TCP packet that opens no connection (no SYN) had no entry: the flow was steered anew
     /// mid-stream (an entry lost to eviction or expiry, or a stray segment).
     pub const MIDSTREAM: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// An ICMP error about a steered flow was translated (its quoted packet and, when the
+    /// backend or the VIP sent or receives it, its outer address).
+    pub const ICMP_TRANSLATED: u32 = 2;
+    /// A fragment of a steered datagram (not the first) was translated through the fragment
+    /// map.
+    pub const FRAGMENT_TRANSLATED: u32 = 3;
+    /// A fragment (not the first) came for which no first fragment had been seen: passed
+    /// untranslated (replies) or dropped (requests to a VIP).
+    pub const FRAGMENT_UNKNOWN: u32 = 4;
+    pub const COUNT: u32 = 5;
+    /// Every counter with its name (metrics label, `geosteer status`).
+    pub const NAMES: [(u32, &str); COUNT as usize] = [
+        (PARTNER_RESTORED, "partner_restored"),
+        (MIDSTREAM, "midstream"),
+        (ICMP_TRANSLATED, "icmp_translated"),
+        (FRAGMENT_TRANSLATED, "fragment_translated"),
+        (FRAGMENT_UNKNOWN, "fragment_unknown"),
+    ];
 }
 
 /// Global settings written by the agent (single-entry array).
@@ -547,6 +598,8 @@ mod pod {
     unsafe impl aya::Pod for BackendCounters {}
     unsafe impl aya::Pod for BackendTraffic {}
     unsafe impl aya::Pod for BackendSignals {}
+    unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for FragmentValue {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ServiceConfig {}
 }

@@ -22,16 +22,16 @@ mod steer;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup, xdp_action,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use geosteer_common::{DropReason, PROTO_TCP, PROTO_UDP, csum};
+use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use steer::{Flow, Nat, PacketBytes, Verdict};
+use steer::{Flow, Nat, PacketBytes, Quoted, Verdict};
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 const ETH_HLEN: usize = EthHdr::LEN;
@@ -41,15 +41,30 @@ const IP_DST_OFF: usize = ETH_HLEN + 16;
 const TCP_CHECK_OFF: usize = 16;
 const UDP_CHECK_OFF: usize = 6;
 const AF_INET: u8 = 2;
+const PROTO_ICMP: u8 = 1;
+/// ICMP errors that quote the packet that caused them: destination unreachable (incl.
+/// fragmentation needed), time exceeded, parameter problem.
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// What the parser found in the first headers of a packet.
 enum Parsed {
-    /// Not IPv4 TCP/UDP (ARP, IPv6, ICMP, …): never touched.
+    /// Not IPv4 TCP/UDP or an ICMP error (ARP, IPv6, echo, …): never touched.
     Other,
-    /// An IPv4 fragment: only the first carries ports, so none can be steered by 5-tuple.
+    /// An IPv4 fragment other than the first: no ports; it follows its first fragment's
+    /// translation (the fragment map).
     Fragment {
+        saddr: u32,
         daddr: u32,
+        id: u16,
+        proto: u8,
     },
+    /// The first fragment of a datagram: ports, so steered like any packet, and remembered for
+    /// the fragments that follow.
+    FirstFragment(Flow, u16),
+    /// An ICMP error and the packet it quotes.
+    IcmpError(IcmpError),
     /// IPv4 whose L3/L4 headers are cut short.
     Truncated {
         daddr: u32,
@@ -97,6 +112,22 @@ pub fn geosteer_xdp(ctx: XdpContext) -> u32 {
 // bpf_skb_store_bytes + the kernel's checksum helpers, which also handle CHECKSUM_PARTIAL skbs
 // (locally generated packets whose L4 checksum is finished by the device).
 
+/// An ICMP error: where its parts are, and the packet it quotes.
+struct IcmpError {
+    outer_saddr: u32,
+    outer_daddr: u32,
+    icmp_off: usize,
+    inner_ip_off: usize,
+    inner_l4_off: usize,
+    quoted: Quoted,
+}
+
+/// The fragment fields of an IPv4 header: (offset, more fragments).
+fn fragment_bits(ip: &Ipv4Hdr) -> (u16, bool) {
+    let frags = u16::from_be_bytes(ip.frags);
+    (frags & 0x1fff, frags & 0x2000 != 0)
+}
+
 fn tc_parse(ctx: &TcContext) -> Parsed {
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return Parsed::Other;
@@ -112,12 +143,23 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Parsed::Truncated { daddr };
     }
+    let (fragment_offset, more_fragments) = fragment_bits(&ip);
+    if ip.proto == PROTO_ICMP {
+        if fragment_offset != 0 || more_fragments {
+            return Parsed::Other;
+        }
+        return tc_parse_icmp(ctx, &ip, ETH_HLEN + ihl);
+    }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Parsed::Other;
     }
-    // More-fragments flag or a non-zero offset.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-        return Parsed::Fragment { daddr };
+    if fragment_offset != 0 {
+        return Parsed::Fragment {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr,
+            id: u16::from_ne_bytes(ip.id),
+            proto: ip.proto,
+        };
     }
     let l4_off = ETH_HLEN + ihl;
     let mut flow = new_flow(&ip, daddr, l4_off, ctx.len());
@@ -137,7 +179,52 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
         flow.sport = u16::from_ne_bytes(udp.src);
         flow.dport = u16::from_ne_bytes(udp.dst);
     }
+    if more_fragments {
+        return Parsed::FirstFragment(flow, u16::from_ne_bytes(ip.id));
+    }
     Parsed::Flow(flow)
+}
+
+/// An ICMP error quoting an IPv4 TCP or UDP packet; anything else is `Other`.
+fn tc_parse_icmp(ctx: &TcContext, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed {
+    let Ok([icmp_type, _code]) = ctx.load::<[u8; 2]>(icmp_off) else {
+        return Parsed::Other;
+    };
+    if !matches!(
+        icmp_type,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
+        return Parsed::Other;
+    }
+    let inner_ip_off = icmp_off + 8;
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(inner_ip_off) else {
+        return Parsed::Other;
+    };
+    let inner_ihl = ((inner.vihl & 0x0f) as usize) * 4;
+    if inner.vihl >> 4 != 4
+        || inner_ihl < Ipv4Hdr::LEN
+        || (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP)
+    {
+        return Parsed::Other;
+    }
+    let inner_l4_off = inner_ip_off + inner_ihl;
+    let Ok(ports) = ctx.load::<[u8; 4]>(inner_l4_off) else {
+        return Parsed::Other;
+    };
+    Parsed::IcmpError(IcmpError {
+        outer_saddr: u32::from_ne_bytes(ip.src_addr),
+        outer_daddr: u32::from_ne_bytes(ip.dst_addr),
+        icmp_off,
+        inner_ip_off,
+        inner_l4_off,
+        quoted: Quoted {
+            saddr: u32::from_ne_bytes(inner.src_addr),
+            daddr: u32::from_ne_bytes(inner.dst_addr),
+            sport: u16::from_ne_bytes([ports[0], ports[1]]),
+            dport: u16::from_ne_bytes([ports[2], ports[3]]),
+            proto: inner.proto,
+        },
+    })
 }
 
 fn new_flow(ip: &Ipv4Hdr, daddr: u32, l4_off: usize, len: u32) -> Flow {
@@ -202,11 +289,32 @@ impl PacketBytes for XdpBytes<'_> {
 }
 
 fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
-    let flow = match tc_parse(ctx) {
+    let (flow, fragment_id) = match tc_parse(ctx) {
         Parsed::Other => return Ok(TC_ACT_OK as i32),
-        Parsed::Fragment { daddr } => return Ok(drop_if_vip(daddr, DropReason::Fragment)),
+        Parsed::Fragment {
+            saddr,
+            daddr,
+            id,
+            proto,
+        } => {
+            if !steer::is_vip(daddr) {
+                return Ok(TC_ACT_OK as i32);
+            }
+            return match steer::fragment_translation(saddr, daddr, id, proto, DIR_ORIGINAL) {
+                Some(backend) => {
+                    tc_rewrite_addr(ctx, IP_DST_OFF, daddr, backend)?;
+                    Ok(TC_ACT_OK as i32)
+                }
+                None => Ok(drop_if_vip(daddr, DropReason::Fragment)),
+            };
+        }
         Parsed::Truncated { daddr } => return Ok(drop_if_vip(daddr, DropReason::Truncated)),
-        Parsed::Flow(flow) => flow,
+        Parsed::IcmpError(error) => {
+            tc_icmp_toward_backend(ctx, &error)?;
+            return Ok(TC_ACT_OK as i32);
+        }
+        Parsed::FirstFragment(flow, id) => (flow, Some(id)),
+        Parsed::Flow(flow) => (flow, None),
     };
     match steer::request(&flow, &TcBytes(ctx)) {
         Verdict::Pass => Ok(TC_ACT_OK as i32),
@@ -216,20 +324,136 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
         }
         Verdict::Nat(nat) => {
             tc_rewrite(ctx, &flow, IP_DST_OFF, flow.daddr, flow.dport, &nat, 2)?;
+            if let Some(id) = fragment_id {
+                steer::remember_fragment(
+                    flow.saddr,
+                    flow.daddr,
+                    id,
+                    flow.proto,
+                    DIR_ORIGINAL,
+                    nat.addr,
+                );
+            }
             Ok(TC_ACT_OK as i32)
         }
     }
 }
 
 fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
-    let Parsed::Flow(flow) = tc_parse(ctx) else {
-        return Ok(TC_ACT_OK as i32);
+    let (flow, fragment_id) = match tc_parse(ctx) {
+        Parsed::Flow(flow) => (flow, None),
+        Parsed::FirstFragment(flow, id) => (flow, Some(id)),
+        Parsed::Fragment {
+            saddr,
+            daddr,
+            id,
+            proto,
+        } => {
+            if let Some(vip) = steer::fragment_translation(saddr, daddr, id, proto, DIR_REPLY) {
+                tc_rewrite_addr(ctx, IP_SRC_OFF, saddr, vip)?;
+            }
+            return Ok(TC_ACT_OK as i32);
+        }
+        Parsed::IcmpError(error) => {
+            tc_icmp_toward_client(ctx, &error)?;
+            return Ok(TC_ACT_OK as i32);
+        }
+        Parsed::Other | Parsed::Truncated { .. } => return Ok(TC_ACT_OK as i32),
     };
     let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
         return Ok(TC_ACT_OK as i32);
     };
     tc_rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, flow.sport, &nat, 0)?;
+    if let Some(id) = fragment_id {
+        steer::remember_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY, nat.addr);
+    }
     Ok(TC_ACT_OK as i32)
+}
+
+/// Rewrites the outer IPv4 source or destination address alone (later fragments, ICMP errors:
+/// no L4 pseudo-header to fix).
+fn tc_rewrite_addr(ctx: &TcContext, addr_off: usize, old: u32, new: u32) -> Result<(), ()> {
+    ctx.l3_csum_replace(IP_CHECK_OFF, old as u64, new as u64, 4)
+        .map_err(|_| ())?;
+    ctx.store(addr_off, &new, 0).map_err(|_| ())
+}
+
+/// Reply direction: the quoted request went client → backend; the client sent it to the VIP.
+/// The quoted destination becomes VIP:port again, and an error the backend itself sent comes
+/// from the VIP.
+fn tc_icmp_toward_client(ctx: &TcContext, error: &IcmpError) -> Result<(), ()> {
+    let Some(nat) = steer::icmp_toward_client(&error.quoted) else {
+        return Ok(());
+    };
+    let q = &error.quoted;
+    tc_rewrite_quoted(ctx, error, QUOTED_DST, q.daddr, q.dport, &nat)?;
+    if error.outer_saddr == q.daddr {
+        tc_rewrite_addr(ctx, IP_SRC_OFF, error.outer_saddr, nat.addr)?;
+    }
+    Ok(())
+}
+
+/// Request direction: the quoted reply went VIP → client; the backend sent it. The quoted
+/// source becomes the backend again, and an error addressed to the VIP goes to the backend.
+fn tc_icmp_toward_backend(ctx: &TcContext, error: &IcmpError) -> Result<(), ()> {
+    let Some(nat) = steer::icmp_toward_backend(&error.quoted) else {
+        return Ok(());
+    };
+    let q = &error.quoted;
+    tc_rewrite_quoted(ctx, error, QUOTED_SRC, q.saddr, q.sport, &nat)?;
+    if error.outer_daddr == q.saddr {
+        tc_rewrite_addr(ctx, IP_DST_OFF, error.outer_daddr, nat.addr)?;
+    }
+    Ok(())
+}
+
+/// Which end of the quoted packet is rewritten: (address offset in its IP header, port offset
+/// in its L4 header).
+const QUOTED_SRC: (usize, usize) = (12, 0);
+const QUOTED_DST: (usize, usize) = (16, 2);
+
+/// Rewrites one end of the packet quoted in an ICMP error: its address, port, IP checksum and
+/// (when quoted) L4 checksum, and the ICMP checksum over all of them. ICMP errors are whole
+/// packets with complete checksums, so each is updated incrementally; the stores keep a
+/// CHECKSUM_COMPLETE skb's sum in step. (Inlined: BPF calls take at most five arguments.)
+#[inline(always)]
+fn tc_rewrite_quoted(
+    ctx: &TcContext,
+    error: &IcmpError,
+    (addr_field, port_field): (usize, usize),
+    old_addr: u32,
+    old_port: u16,
+    nat: &Nat,
+) -> Result<(), ()> {
+    let flags = BPF_F_RECOMPUTE_CSUM as u64;
+    let icmp_check_off = error.icmp_off + 2;
+    let mut icmp_check: u16 = ctx.load(icmp_check_off).map_err(|_| ())?;
+    // The quoted L4 checksum covers the addresses (pseudo-header) and the port; it is there
+    // when the error quotes enough of the packet (Linux quotes up to 576 bytes).
+    let udp = error.quoted.proto == PROTO_UDP;
+    let l4_check_off = error.inner_l4_off + if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    if let Ok(old) = ctx.load::<u16>(l4_check_off)
+        && !(udp && old == 0)
+    {
+        let new = csum::replace16(csum::replace32(old, old_addr, nat.addr), old_port, nat.port);
+        let new = if udp { csum::udp_mangled(new) } else { new };
+        ctx.store(l4_check_off, &new, flags).map_err(|_| ())?;
+        icmp_check = csum::replace16(icmp_check, old, new);
+    }
+    let ip_check_off = error.inner_ip_off + 10;
+    let old_ip_check: u16 = ctx.load(ip_check_off).map_err(|_| ())?;
+    let new_ip_check = csum::replace32(old_ip_check, old_addr, nat.addr);
+    ctx.store(ip_check_off, &new_ip_check, flags)
+        .map_err(|_| ())?;
+    icmp_check = csum::replace16(icmp_check, old_ip_check, new_ip_check);
+    ctx.store(error.inner_ip_off + addr_field, &nat.addr, flags)
+        .map_err(|_| ())?;
+    icmp_check = csum::replace32(icmp_check, old_addr, nat.addr);
+    ctx.store(error.inner_l4_off + port_field, &nat.port, flags)
+        .map_err(|_| ())?;
+    icmp_check = csum::replace16(icmp_check, old_port, nat.port);
+    ctx.store(icmp_check_off, &icmp_check, flags)
+        .map_err(|_| ())
 }
 
 fn drop_if_vip(daddr: u32, reason: DropReason) -> i32 {
@@ -314,8 +538,14 @@ fn xdp_parse(ctx: &XdpContext) -> Parsed {
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Parsed::Other;
     }
+    // XDP leaves fragments to the stack's path (TC), whole: see xdp_request.
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-        return Parsed::Fragment { daddr };
+        return Parsed::Fragment {
+            saddr: u32::from_ne_bytes(ip.src_addr),
+            daddr,
+            id: u16::from_ne_bytes(ip.id),
+            proto: ip.proto,
+        };
     }
     let l4_off = ETH_HLEN + ihl;
     let mut flow = new_flow(ip, daddr, l4_off, (ctx.data_end() - ctx.data()) as u32);
@@ -345,8 +575,12 @@ fn xdp_parse(ctx: &XdpContext) -> Parsed {
 
 fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
     let flow = match xdp_parse(ctx) {
-        Parsed::Other => return Ok(xdp_action::XDP_PASS),
-        Parsed::Fragment { daddr } => return Ok(xdp_drop_if_vip(daddr, DropReason::Fragment)),
+        Parsed::Other | Parsed::IcmpError(_) | Parsed::FirstFragment(..) => {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Parsed::Fragment { daddr, .. } => {
+            return Ok(xdp_drop_if_vip(daddr, DropReason::Fragment));
+        }
         Parsed::Truncated { daddr } => return Ok(xdp_drop_if_vip(daddr, DropReason::Truncated)),
         Parsed::Flow(flow) => flow,
     };

@@ -71,7 +71,8 @@ use geosteer_common::{
     BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState,
     BackendTraffic, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
     DIR_ORIGINAL, DIR_REPLY, DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
-    FLOW_FLAG_CONNECT_OK_PENDING, FlowKey, FlowValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE,
+    FLOW_FLAG_CONNECT_OK_PENDING, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue,
+    FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
     PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
     TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, ct_stats, flow_hash,
@@ -121,6 +122,10 @@ static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(DEFAULT_MA
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "GS_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// The translation of datagrams being fragmented, from their first fragment.
+#[map(name = "GS_FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
+    LruHashMap::with_max_entries(FRAGMENTS_SIZE, 0);
 /// `ct_stats::*` event counters.
 #[map(name = "GS_CT_STATS")]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
@@ -338,6 +343,109 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     Verdict::Nat(Nat {
         addr: backend.addr,
         port: backend.port,
+    })
+}
+
+/// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
+/// other fragments (which carry no ports) get the same. `saddr`, `daddr` as the first fragment
+/// arrived.
+pub fn remember_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8, to: u32) {
+    let key = FragmentKey {
+        saddr,
+        daddr,
+        id,
+        proto,
+        direction,
+    };
+    let value = FragmentValue {
+        addr: to,
+        _pad: 0,
+        first_seen_ns: now_ns(),
+    };
+    let _ = FRAGMENTS.insert(&key, &value, 0);
+}
+
+/// The address a later fragment gets, if its datagram's first fragment was translated (within
+/// the reassembly timeout: IP ids repeat).
+pub fn fragment_translation(
+    saddr: u32,
+    daddr: u32,
+    id: u16,
+    proto: u8,
+    direction: u8,
+) -> Option<u32> {
+    let key = FragmentKey {
+        saddr,
+        daddr,
+        id,
+        proto,
+        direction,
+    };
+    // SAFETY: read-only lookup; the value is copied out.
+    let Some(value) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
+        if direction == DIR_ORIGINAL {
+            count_ct(ct_stats::FRAGMENT_UNKNOWN);
+        }
+        return None;
+    };
+    if now_ns().saturating_sub(value.first_seen_ns) > FRAGMENT_TIMEOUT_NS {
+        count_ct(ct_stats::FRAGMENT_UNKNOWN);
+        return None;
+    }
+    count_ct(ct_stats::FRAGMENT_TRANSLATED);
+    Some(value.addr)
+}
+
+/// The packet quoted inside an ICMP error (RFC 792: its IP header and at least 8 bytes of its
+/// L4 header), as it was sent. Addresses and ports in network byte order.
+pub struct Quoted {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// Reply direction: an ICMP error about a request that was steered (the quoted packet went
+/// client → backend after DNAT), sent by the backend or a router on the way, on its way to the
+/// client. The client knows that packet as client → VIP: returns the VIP:port to put back.
+pub fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
+    let key = FlowKey::new(
+        quoted.daddr,
+        quoted.saddr,
+        quoted.dport,
+        quoted.sport,
+        quoted.proto,
+        DIR_REPLY,
+    );
+    // SAFETY: read-only lookup; the value is copied out.
+    let entry = unsafe { CONNTRACK.get(&key) }?;
+    count_ct(ct_stats::ICMP_TRANSLATED);
+    Some(Nat {
+        addr: entry.nat_addr,
+        port: entry.nat_port,
+    })
+}
+
+/// Request direction: an ICMP error about a reply that was reverse-NATed (the quoted packet went
+/// VIP → client), sent by the client or a router on its side (e.g. fragmentation needed: path
+/// MTU discovery), addressed to the VIP. The backend that sent the reply must get it: returns
+/// the backend's address and port.
+pub fn icmp_toward_backend(quoted: &Quoted) -> Option<Nat> {
+    let key = FlowKey::new(
+        quoted.daddr,
+        quoted.saddr,
+        quoted.dport,
+        quoted.sport,
+        quoted.proto,
+        DIR_ORIGINAL,
+    );
+    // SAFETY: read-only lookup; the value is copied out.
+    let entry = unsafe { CONNTRACK.get(&key) }?;
+    count_ct(ct_stats::ICMP_TRANSLATED);
+    Some(Nat {
+        addr: entry.nat_addr,
+        port: entry.nat_port,
     })
 }
 

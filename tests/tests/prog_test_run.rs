@@ -134,15 +134,28 @@ fn ip_options_shift_the_l4_header_and_are_handled() {
 #[test]
 fn fragments_and_truncated_packets_get_documented_verdicts() {
     let mut rig = Rig::new();
-    // A fragment to a VIP: no ports to steer by → dropped and counted.
+    // The first fragment of a datagram to a VIP carries the ports: steered like any packet;
+    // a later fragment (no ports) follows it (icmp.rs has the details).
     let mut frag = syn(40020);
     frag.frag = 0x2000; // more fragments
-    let before = rig.drops(DropReason::Fragment);
-    assert_eq!(rig.ingress(&frag).0, TC_ACT_SHOT);
-    assert_eq!(rig.drops(DropReason::Fragment), before + 1);
+    let (verdict, out) = rig.ingress(&frag);
+    assert_eq!(verdict, TC_ACT_OK);
+    let backend = verify(&out).dst;
+    assert!(BACKENDS.contains(&backend));
     let mut later = frag.clone();
-    later.frag = 0x0010; // offset 128, last fragment
-    assert_eq!(rig.ingress(&later).0, TC_ACT_SHOT);
+    later.frag = 0x0010; // offset 128, last fragment (its "TCP header" is payload to the kernel)
+    let (verdict, out) = rig.ingress(&later);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        Ipv4Header::from_slice(&out[14..]).unwrap().0.destination,
+        backend.octets()
+    );
+    // A later fragment whose first was never seen: no ports, no translation → dropped, counted.
+    let mut stray = later.clone();
+    stray.src = OTHER;
+    let before = rig.drops(DropReason::Fragment);
+    assert_eq!(rig.ingress(&stray).0, TC_ACT_SHOT);
+    assert_eq!(rig.drops(DropReason::Fragment), before + 1);
     // A fragment to another address is not ours.
     let mut other = frag.clone();
     other.dst = OTHER;

@@ -215,16 +215,10 @@ fn map_fill(ctx: &Context) -> Result<Fill> {
     for reason in DropReason::ALL {
         drops.insert(reason.name().to_string(), maps.drops(reason)?);
     }
-    let events = BTreeMap::from([
-        (
-            "partner_restored".to_string(),
-            maps.ct_stat(geosteer_common::ct_stats::PARTNER_RESTORED)?,
-        ),
-        (
-            "midstream".to_string(),
-            maps.ct_stat(geosteer_common::ct_stats::MIDSTREAM)?,
-        ),
-    ]);
+    let mut events = BTreeMap::new();
+    for (index, name) in geosteer_common::ct_stats::NAMES {
+        events.insert(name.to_string(), maps.ct_stat(index)?);
+    }
     Ok((fill, drops, events))
 }
 

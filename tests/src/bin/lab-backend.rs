@@ -216,6 +216,21 @@ fn handle_connection(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
         } else {
             !head.connection_has("close")
         };
+        if let Some(size) = line.target.strip_prefix(BYTES_PATH) {
+            let size: usize = size.parse().unwrap_or(0).min(64 << 20);
+            let head = format!(
+                "{} 200 OK\r\nContent-Length: {size}\r\nX-Backend: {}\r\n\r\n",
+                version_of(http10),
+                cfg.name
+            );
+            writer.write_all(head.as_bytes())?;
+            writer.write_all(&vec![b'x'; size])?;
+            if !keep_alive {
+                let _ = stream.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            continue;
+        }
         if line.target == CAPTURE_PATH {
             serve_capture(&mut writer, cfg, version_of(http10))?;
             if !keep_alive {
@@ -250,6 +265,9 @@ fn handle_connection(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
         }
     }
 }
+
+/// `/bytes/N`: a 200 with an N-byte body (large responses: full-size segments).
+const BYTES_PATH: &str = "/bytes/";
 
 /// A download of a captured HTTP exchange: a healthy 200 whose body segments begin like
 /// error status lines. Each part is its own write, a pause apart, so each leaves as its own

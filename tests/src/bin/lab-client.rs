@@ -18,7 +18,9 @@ use serde_json::json;
 
 const USAGE: &str = "usage:
   lab-client http --target IP:PORT --connections N [--requests-per-connection K] [--timeout-ms T] [--concurrency C] [--source-port P]
-  lab-client udp --target IP:PORT --count N [--timeout-ms T]
+  lab-client udp --target IP:PORT --count N [--size BYTES] [--timeout-ms T]
+  lab-client udp-connected --target IP:PORT [--timeout-ms T]
+  lab-client fetch --target IP:PORT --path PATH [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
   lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
   lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]
@@ -41,8 +43,15 @@ fn main() -> ExitCode {
             ],
         )
         .and_then(|f| run_http(&f)),
-        Some("udp") => parse_flags(&args[1..], &["--target", "--count", "--timeout-ms"])
-            .and_then(|f| run_udp(&f)),
+        Some("udp-connected") => parse_flags(&args[1..], &["--target", "--timeout-ms"])
+            .and_then(|f| run_udp_connected(&f)),
+        Some("fetch") => parse_flags(&args[1..], &["--target", "--path", "--timeout-ms"])
+            .and_then(|f| run_fetch(&f)),
+        Some("udp") => parse_flags(
+            &args[1..],
+            &["--target", "--count", "--size", "--timeout-ms"],
+        )
+        .and_then(|f| run_udp(&f)),
         Some("watch") => parse_flags(
             &args[1..],
             &["--target", "--duration-ms", "--interval-ms", "--timeout-ms"],
@@ -389,6 +398,7 @@ fn request(
 fn run_udp(flags: &Flags) -> Result<(), String> {
     let target = flags.target()?;
     let count = flags.num("--count", None)?;
+    let size = flags.num("--size", Some(0))? as usize;
     let timeout = flags.timeout()?;
 
     let mut ok = 0u64;
@@ -400,7 +410,7 @@ fn run_udp(flags: &Flags) -> Result<(), String> {
     // then, which the balancer rightly sees as the same flow).
     let mut open = Vec::new();
     for i in 0..count {
-        match udp_ping(target, i, timeout, &mut open) {
+        match udp_ping(target, i, size, timeout, &mut open) {
             Ok(name) => {
                 ok += 1;
                 *backends.entry(name).or_default() += 1;
@@ -425,6 +435,7 @@ fn run_udp(flags: &Flags) -> Result<(), String> {
 fn udp_ping(
     target: SocketAddr,
     i: u64,
+    size: usize,
     timeout: Duration,
     open: &mut Vec<UdpSocket>,
 ) -> io::Result<String> {
@@ -435,10 +446,15 @@ fn udp_ping(
     };
     let sock = UdpSocket::bind(bind)?;
     sock.set_read_timeout(Some(timeout))?;
-    let payload = format!("ping-{i}");
+    // `--size`: padded (a large datagram leaves in fragments, and so does its echo).
+    let mut payload = format!("ping-{i}");
+    if payload.len() < size {
+        payload.push(':');
+        payload.extend(std::iter::repeat_n('x', size - payload.len()));
+    }
     sock.send_to(payload.as_bytes(), target)?;
 
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     let received = sock.recv_from(&mut buf);
     open.push(sock);
     let (n, from) = received?;
@@ -455,6 +471,70 @@ fn udp_ping(
         .filter(|name| !name.is_empty())
         .map(str::to_string)
         .ok_or_else(|| io::Error::other(format!("unexpected reply {reply:?}")))
+}
+
+// ------------------------------------------------------- udp-connected ---
+
+/// One datagram from a connected UDP socket: what the application sees — a reply, the
+/// kernel's ECONNREFUSED (an ICMP port unreachable that matched the socket), or nothing.
+fn run_udp_connected(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let timeout = flags.timeout()?;
+    let outcome = (|| -> io::Result<String> {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(target)?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.send(b"anyone there?")?;
+        let mut buf = [0u8; 2048];
+        Ok(match sock.recv(&mut buf) {
+            Ok(_) => "reply".into(),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => "refused".into(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                "timeout".into()
+            }
+            Err(e) => format!("error: {e}"),
+        })
+    })()
+    .map_err(|e| e.to_string())?;
+    print_json(&json!({ "outcome": outcome }));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- fetch ---
+
+/// One GET of `--path` on a fresh connection: status, body bytes, time.
+fn run_fetch(flags: &Flags) -> Result<(), String> {
+    let target = flags.target()?;
+    let path = flags.0.get("--path").cloned().ok_or("--path is required")?;
+    let timeout = flags.timeout()?;
+    let started = Instant::now();
+    let result = (|| -> io::Result<(u16, u64)> {
+        let stream = connect(target, timeout)?;
+        let mut w = &stream;
+        w.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut reader = Reader::new(&stream);
+        let head = reader.read_head()?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "closed before a response")
+        })?;
+        let status = http::parse_status_line(&head.start_line)?;
+        let len = head.content_length()?.unwrap_or(0);
+        reader.discard_body(len)?;
+        Ok((status, len as u64))
+    })();
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok((status, bytes)) => print_json(&json!({ "status": status, "bytes": bytes, "ms": ms })),
+        Err(e) => print_json(&json!({ "error": e.to_string(), "ms": ms })),
+    }
+    Ok(())
 }
 
 // --------------------------------------------------------------- watch ---
