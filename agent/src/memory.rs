@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    Backend, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey, FlowValue,
-    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters,
-    ct_stats, map_names,
+    Backend, BackendSignals, BackendState, BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey,
+    FlowValue, FragmentKey, FragmentValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable,
+    ServiceValue, Settings, TrafficCounters, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +142,14 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             size_of::<FlowValue>(),
             sizes.conntrack,
             true,
+        ),
+        spec(
+            map_names::FRAGMENTS,
+            LruHash,
+            size_of::<FragmentKey>(),
+            size_of::<FragmentValue>(),
+            FRAGMENTS_SIZE,
+            false,
         ),
         spec(
             map_names::DROPS,
