@@ -203,6 +203,9 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     // Attach only after the services are in place: the first packet already finds them.
     let links_dir = dataplane.pin_path.join("links");
     let mut attachments = loader::attach(&mut ebpf, &dataplane, &links_dir)?;
+    for iface in loader::matching_interfaces(&dataplane.xdp_redirect_to)? {
+        vouch_xdp_target(&mut maps, &iface, loader::ifindex(&iface)?, true);
+    }
     // The previous agent's programs ran on the previous maps until the line above: what they
     // added since the first copy is copied now, then the old maps go.
     loader::finish_migrations(migrations, &dataplane.pin_path)?;
@@ -224,7 +227,13 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
 
     // Interfaces that appear later (pods starting) are attached as they come.
     let (link_tx, link_rx) = mpsc::channel(256);
-    let patterns: Vec<String> = dataplane.tc.iter().chain(&dataplane.xdp).cloned().collect();
+    let patterns: Vec<String> = dataplane
+        .tc
+        .iter()
+        .chain(&dataplane.xdp)
+        .chain(&dataplane.xdp_redirect_to)
+        .cloned()
+        .collect();
     let link_watcher = tokio::spawn(async move {
         if let Err(e) = crate::links::watch(patterns, link_tx).await {
             error!(error = %format!("{e:#}"), "link watcher stopped");
@@ -273,8 +282,52 @@ struct LinkWiring<'a> {
     events: mpsc::Receiver<crate::links::LinkEvent>,
 }
 
+/// Lets XDP redirect to `iface` (or no longer), logging what it did.
+fn vouch_xdp_target(maps: &mut BpfMaps, iface: &str, ifindex: u32, vouched: bool) {
+    match maps.set_xdp_target(ifindex, vouched) {
+        Ok(()) if vouched => info!(iface, ifindex, "XDP may redirect to this interface"),
+        Ok(()) => {}
+        Err(e) => error!(iface, error = %format!("{e:#}"), "updating the XDP targets"),
+    }
+}
+
 impl LinkWiring<'_> {
-    fn on_event(&mut self, event: crate::links::LinkEvent, publisher: &mut Publisher) {
+    fn on_event(
+        &mut self,
+        event: crate::links::LinkEvent,
+        publisher: &mut Publisher,
+        maps: &mut BpfMaps,
+    ) {
+        let redirect_target = |name: &str| {
+            self.dataplane
+                .xdp_redirect_to
+                .iter()
+                .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
+        };
+        let attached = |name: &str| {
+            self.dataplane
+                .tc
+                .iter()
+                .chain(&self.dataplane.xdp)
+                .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
+        };
+        match &event {
+            crate::links::LinkEvent::Added(name, ifindex) if redirect_target(name) => {
+                vouch_xdp_target(maps, name, *ifindex, true);
+            }
+            crate::links::LinkEvent::Removed(name, ifindex) if redirect_target(name) => {
+                vouch_xdp_target(maps, name, *ifindex, false);
+            }
+            _ => {}
+        }
+        let name = match &event {
+            crate::links::LinkEvent::Added(name, _) | crate::links::LinkEvent::Removed(name, _) => {
+                name.clone()
+            }
+        };
+        if !attached(&name) {
+            return;
+        }
         match event {
             crate::links::LinkEvent::Added(name, _) => {
                 if let Err(e) = self.attachments.attach_interface(
@@ -365,7 +418,7 @@ async fn control_loop(
                 publisher.runtime.record_reload(outcome);
             }
             Some(event) = links.events.recv() => {
-                links.on_event(event, publisher);
+                links.on_event(event, publisher, maps);
             }
             guard = events_fd.readable() => {
                 let mut guard = guard?;

@@ -103,6 +103,11 @@ pub struct Dataplane {
     pub tc: Vec<String>,
     /// Interface names or globs (uplinks) that get the XDP request path.
     pub xdp: Vec<String>,
+    /// Interface names or globs XDP may redirect translated requests to: devices that accept
+    /// XDP frames (a NIC whose driver implements XDP transmit; a veth whose peer runs GRO or an
+    /// XDP program). Requests to any other next hop are translated in XDP and handed to the
+    /// stack to forward. Empty (the default): XDP never redirects.
+    pub xdp_redirect_to: Vec<String>,
     pub xdp_mode: XdpMode,
     pub conntrack_size: u32,
     /// Capacity of the service map; every port of every service takes one entry.
@@ -212,6 +217,7 @@ impl Default for Dataplane {
         Dataplane {
             tc: Vec::new(),
             xdp: Vec::new(),
+            xdp_redirect_to: Vec::new(),
             xdp_mode: XdpMode::default(),
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             max_services: DEFAULT_MAX_SERVICES,
@@ -266,7 +272,8 @@ impl Admin {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic mode where the driver lacks XDP support.
+    /// Per device: a NIC gets native (driver) mode, falling back to generic mode where the
+    /// driver lacks XDP support; a virtual device (veth) gets TC ingress instead.
     #[default]
     Auto,
     Native,
@@ -826,7 +833,11 @@ fn cluster_name_problem(name: &str) -> Option<String> {
 
 fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
     // The same interface may appear in both lists: XDP then takes requests and TC replies.
-    for (list, entries) in [("tc", &dataplane.tc), ("xdp", &dataplane.xdp)] {
+    for (list, entries) in [
+        ("tc", &dataplane.tc),
+        ("xdp", &dataplane.xdp),
+        ("xdpRedirectTo", &dataplane.xdp_redirect_to),
+    ] {
         for (i, entry) in entries.iter().enumerate() {
             if let Some(message) = interface_problem(entry) {
                 errors.push(FieldError::new(format!("dataplane.{list}[{i}]"), message));
@@ -1200,6 +1211,7 @@ services:
             dataplane: Dataplane {
                 tc: vec!["cl0".into(), "veth*".into()],
                 xdp: vec![],
+                xdp_redirect_to: vec![],
                 xdp_mode: XdpMode::Auto,
                 conntrack_size: 262_144,
                 max_services: 1024,

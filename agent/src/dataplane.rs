@@ -48,6 +48,9 @@ pub trait Dataplane {
         0
     }
 
+    /// Whether XDP may redirect to the interface `ifindex` (`dataplane.xdpRedirectTo`).
+    fn set_xdp_target(&mut self, ifindex: u32, vouched: bool) -> Result<()>;
+
     /// Ends the flows pinned to `backend_id` (with `keep_http`, all but HTTP/1.x flows): both
     /// conntrack entries of each go, so its next packet is steered anew. Queued: the next
     /// conntrack passes of [`Dataplane::sweep_flows`] do it.
@@ -138,6 +141,7 @@ pub struct BpfMaps {
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, BackendTraffic>,
     pub backend_signals: Array<MapData, BackendSignals>,
+    pub xdp_targets: aya::maps::DevMapHash<MapData>,
     pub drops: PerCpuArray<MapData, u64>,
     pub ct_stats: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
@@ -183,6 +187,7 @@ impl BpfMaps {
             service_stats: PerCpuArray::try_from(take(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
             backend_signals: Array::try_from(take(map_names::BACKEND_SIGNALS)?)?,
+            xdp_targets: aya::maps::DevMapHash::try_from(take(map_names::XDP_TARGETS)?)?,
             drops: PerCpuArray::try_from(take(map_names::DROPS)?)?,
             ct_stats: PerCpuArray::try_from(take(map_names::CT_STATS)?)?,
             settings: Array::try_from(take(map_names::SETTINGS)?)?,
@@ -202,6 +207,7 @@ impl BpfMaps {
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             Ok(match name {
                 map_names::CONNTRACK | map_names::FRAGMENTS => Map::LruHashMap(data),
+                map_names::XDP_TARGETS => Map::DevMapHash(data),
                 map_names::SERVICES | map_names::VIPS => Map::HashMap(data),
                 map_names::SERVICE_STATS
                 | map_names::BACKEND_STATS
@@ -220,6 +226,7 @@ impl BpfMaps {
             service_stats: PerCpuArray::try_from(open(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
             backend_signals: Array::try_from(open(map_names::BACKEND_SIGNALS)?)?,
+            xdp_targets: aya::maps::DevMapHash::try_from(open(map_names::XDP_TARGETS)?)?,
             drops: PerCpuArray::try_from(open(map_names::DROPS)?)?,
             ct_stats: PerCpuArray::try_from(open(map_names::CT_STATS)?)?,
             settings: Array::try_from(open(map_names::SETTINGS)?)?,
@@ -429,6 +436,19 @@ impl Dataplane for BpfMaps {
 
     fn grace_completed(&self) -> u64 {
         self.grace.completed()
+    }
+
+    fn set_xdp_target(&mut self, ifindex: u32, vouched: bool) -> Result<()> {
+        if vouched {
+            self.xdp_targets
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("adding interface {ifindex} to the XDP targets"))
+        } else {
+            match self.xdp_targets.remove(ifindex) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing XDP target {ifindex}")),
+            }
+        }
     }
 
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {

@@ -87,9 +87,12 @@ pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, 
     let mut migrations = Vec::new();
     for spec in crate::memory::maps(&sizes) {
         if let Some((_, path)) = pins.iter().find(|(name, _)| *name == spec.name) {
+            // Counters, the ring and the device map (the agent fills it) are rebuilt.
             let special = matches!(
                 spec.kind,
-                crate::memory::Kind::PerCpuArray | crate::memory::Kind::RingBuf
+                crate::memory::Kind::PerCpuArray
+                    | crate::memory::Kind::RingBuf
+                    | crate::memory::Kind::DevMapHash
             );
             if spec.kind != crate::memory::Kind::RingBuf
                 && let Some(migration) = migrate::prepare(
@@ -323,10 +326,70 @@ fn matches_any(patterns: &[String], name: &str) -> bool {
         .any(|p| glob::Pattern::new(p).is_ok_and(|g| g.matches(name)))
 }
 
+/// The interface's index in this network namespace (asked of the kernel: a sysfs mounted for
+/// another namespace would answer for that one).
+pub fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("no interface {iface} in this network namespace"));
+    }
+    Ok(index)
+}
+
+/// What an interface is, as far as attaching goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A NIC (a driver behind it).
+    PhysicalEthernet,
+    /// veth, bridge, bond, macvlan…: Ethernet frames, no hardware.
+    VirtualEthernet,
+    /// No Ethernet header (tun, WireGuard, IPIP, GRE, loopback): `ARPHRD_*` type and name.
+    NotEthernet(u32, &'static str),
+}
+
+/// Reads the link type from sysfs (`type` is the `ARPHRD_*` value; physical devices have a
+/// `device` link).
+pub fn link_kind(iface: &str) -> Result<LinkKind> {
+    let dir = Path::new("/sys/class/net").join(iface);
+    let text = std::fs::read_to_string(dir.join("type"))
+        .with_context(|| format!("reading the link type of {iface}"))?;
+    let arphrd: u32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("link type of {iface}: {text:?}"))?;
+    Ok(classify(arphrd, dir.join("device").exists()))
+}
+
+pub fn classify(arphrd: u32, has_device: bool) -> LinkKind {
+    const ARPHRD_ETHER: u32 = 1;
+    let name = match arphrd {
+        ARPHRD_ETHER if has_device => return LinkKind::PhysicalEthernet,
+        ARPHRD_ETHER => return LinkKind::VirtualEthernet,
+        512 => "PPP",
+        768 => "IPIP tunnel",
+        769 => "IPv6-in-IPv6 tunnel",
+        772 => "loopback",
+        776 => "SIT tunnel",
+        778 => "GRE tunnel",
+        823 => "IPv6 GRE tunnel",
+        65534 => "none: tun, WireGuard",
+        _ => "not Ethernet",
+    };
+    LinkKind::NotEthernet(arphrd, name)
+}
+
 impl Attachments {
     /// Attaches whatever the config wants on `iface` that is not attached yet: TC ingress for
     /// `tc` names, XDP for `xdp` names, TC egress (replies) for both. Idempotent, so the link
     /// watcher may report an interface that is already attached.
+    ///
+    /// Refuses interfaces without an Ethernet header (the programs parse Ethernet frames), and
+    /// with `xdpMode: auto` steers a virtual device's requests with TC ingress instead of XDP:
+    /// XDP on a veth cannot fix the partial checksums its peer's TX offload leaves, and frames
+    /// it redirects into a veth whose peer runs neither GRO nor XDP are dropped.
     pub fn attach_interface(
         &mut self,
         ebpf: &mut Ebpf,
@@ -334,8 +397,26 @@ impl Attachments {
         iface: &str,
         links_dir: &Path,
     ) -> Result<()> {
-        let tc = matches_any(&dataplane.tc, iface);
-        let xdp = matches_any(&dataplane.xdp, iface);
+        let kind = link_kind(iface)?;
+        if let LinkKind::NotEthernet(arphrd, name) = kind {
+            bail!(
+                "{iface} is not an Ethernet device (link type {arphrd}, {name}): geosteer's \
+                 programs read Ethernet frames; attach them to the pods' Ethernet (veth) \
+                 interfaces instead"
+            );
+        }
+        let xdp_wanted = matches_any(&dataplane.xdp, iface);
+        let xdp = xdp_wanted
+            && !(dataplane.xdp_mode == XdpMode::Auto && kind == LinkKind::VirtualEthernet);
+        if xdp_wanted && !xdp && !self.items.iter().any(|a| a.interface == iface) {
+            info!(
+                iface,
+                "xdpMode auto: a virtual device, so TC ingress steers its requests (XDP here \
+                 cannot fix a peer's partial checksums, and its redirects need GRO on every \
+                 peer)"
+            );
+        }
+        let tc = matches_any(&dataplane.tc, iface) || (xdp_wanted && !xdp);
         let has = |out: &Attachments, hook: &str| {
             out.items
                 .iter()
@@ -349,6 +430,16 @@ impl Attachments {
         }
         if xdp && !has(self, "xdp") {
             attach_xdp(ebpf, iface, dataplane.xdp_mode, links_dir, self)?;
+        }
+        // A hook a previous agent (or config) attached that this one does not want goes.
+        for (hook, wanted) in [("tc-ingress", tc), ("xdp", xdp)] {
+            let path = links_dir.join(format!("{iface}_{hook}"));
+            if !wanted && path.exists() {
+                if let Some(link) = pinned_link(&path)? {
+                    drop(link);
+                }
+                info!(iface, hook, "detached (no longer configured)");
+            }
         }
         Ok(())
     }
@@ -452,6 +543,15 @@ fn attach_xdp(
                 XdpMode::Generic => (AyaXdpMode::Skb, "xdp-generic"),
                 XdpMode::Native | XdpMode::Auto => (AyaXdpMode::Driver, "xdp-native"),
             };
+            if mode != XdpMode::Auto && link_kind(iface)? == LinkKind::VirtualEthernet {
+                warn!(
+                    iface,
+                    "XDP on a virtual device: frames from a peer with TX checksum offload carry \
+                     partial checksums XDP cannot fix (turn the offload off on the peer), and \
+                     only dataplane.xdpRedirectTo devices get redirects; xdpMode: auto steers \
+                     such devices with TC"
+                );
+            }
             match (xdp.attach(iface, first), mode) {
                 (Ok(id), _) => (id, hook, "attached"),
                 (Err(e), XdpMode::Auto) => {
@@ -476,4 +576,23 @@ fn attach_xdp(
     });
     out.links.push((path, pinned));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ethernet_devices_are_attachable_and_nics_are_told_from_virtual_ones() {
+        assert_eq!(classify(1, true), LinkKind::PhysicalEthernet);
+        assert_eq!(classify(1, false), LinkKind::VirtualEthernet);
+        for (arphrd, name) in [
+            (65534, "none: tun, WireGuard"),
+            (768, "IPIP tunnel"),
+            (772, "loopback"),
+            (778, "GRE tunnel"),
+        ] {
+            assert_eq!(classify(arphrd, false), LinkKind::NotEthernet(arphrd, name));
+        }
+    }
 }

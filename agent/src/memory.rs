@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
     Backend, BackendSignals, BackendState, BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey,
     FlowValue, FragmentKey, FragmentValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable,
-    ServiceValue, Settings, TrafficCounters, ct_stats, map_names,
+    ServiceValue, Settings, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,7 @@ pub enum Kind {
     Hash,
     LruHash,
     RingBuf,
+    DevMapHash,
 }
 
 /// One map as created.
@@ -152,6 +153,14 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             false,
         ),
         spec(
+            map_names::XDP_TARGETS,
+            DevMapHash,
+            4,
+            8,
+            XDP_TARGETS_SIZE,
+            false,
+        ),
+        spec(
             map_names::DROPS,
             PerCpuArray,
             4,
@@ -224,6 +233,8 @@ pub fn bytes(spec: &MapSpec, cpus: u32) -> u64 {
             }
             usage
         }
+        // Buckets; an element (~64 B) only per interface present.
+        Kind::DevMapHash => MAP_HEADER + 8 * entries.next_power_of_two(),
         Kind::RingBuf => {
             // The data pages, the consumer/producer/header pages, and a page pointer per page
             // (the data is mapped twice).

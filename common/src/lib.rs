@@ -27,9 +27,10 @@ pub mod map_names {
     pub const SERVICE_CONFIG: &str = "GS_SERVICE_CONFIG";
     pub const CT_STATS: &str = "GS_CT_STATS";
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
+    pub const XDP_TARGETS: &str = "GS_XDP_TARGETS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -46,6 +47,7 @@ pub mod map_names {
         CT_STATS,
         BACKEND_SIGNALS,
         FRAGMENTS,
+        XDP_TARGETS,
     ];
 }
 
@@ -507,6 +509,8 @@ const _: () = assert!(core::mem::size_of::<FragmentValue>() == 16);
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Datagrams being fragmented at once (an LRU map).
 pub const FRAGMENTS_SIZE: u32 = 8192;
+/// Interfaces XDP may redirect to (`dataplane.xdpRedirectTo`).
+pub const XDP_TARGETS_SIZE: u32 = 256;
 
 /// Per-CPU conntrack event counters (`GS_CT_STATS`), by index.
 pub mod ct_stats {
@@ -525,7 +529,13 @@ pub mod ct_stats {
     /// A fragment (not the first) came for which no first fragment had been seen: passed
     /// untranslated (replies) or dropped (requests to a VIP).
     pub const FRAGMENT_UNKNOWN: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A VLAN-tagged frame (its tag in the packet, not taken off by the device) to a VIP: the
+    /// programs read untagged Ethernet, so it passed unsteered.
+    pub const VLAN_BYPASSED: u32 = 5;
+    /// XDP translated a request whose next hop is not a vouched redirect target
+    /// (`dataplane.xdpRedirectTo`): handed to the stack to forward instead of redirected.
+    pub const XDP_PASSED_TO_STACK: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Every counter with its name (metrics label, `geosteer status`).
     pub const NAMES: [(u32, &str); COUNT as usize] = [
         (PARTNER_RESTORED, "partner_restored"),
@@ -533,6 +543,8 @@ pub mod ct_stats {
         (ICMP_TRANSLATED, "icmp_translated"),
         (FRAGMENT_TRANSLATED, "fragment_translated"),
         (FRAGMENT_UNKNOWN, "fragment_unknown"),
+        (VLAN_BYPASSED, "vlan_bypassed"),
+        (XDP_PASSED_TO_STACK, "xdp_passed_to_stack"),
     ];
 }
 

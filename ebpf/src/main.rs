@@ -25,11 +25,11 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_load_bytes},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum};
+use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use steer::{Flow, Nat, PacketBytes, Quoted, Verdict};
 
@@ -128,11 +128,28 @@ fn fragment_bits(ip: &Ipv4Hdr) -> (u16, bool) {
     (frags & 0x1fff, frags & 0x2000 != 0)
 }
 
+/// 802.1Q and 802.1ad tags.
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+const ETH_P_8021AD_BE: u16 = 0x88a8u16.to_be();
+/// Where the IPv4 destination of a frame with one VLAN tag is.
+const VLAN_IP_DST_OFF: usize = ETH_HLEN + 4 + 16;
+
+/// A tagged frame to a VIP is counted, never silently ignored: the programs read untagged
+/// Ethernet (devices usually take the tag off into metadata before TC and XDP see the frame).
+fn count_vlan_bypass(ether_type: u16, inner_daddr: Option<u32>) {
+    if (ether_type == ETH_P_8021Q_BE || ether_type == ETH_P_8021AD_BE)
+        && inner_daddr.is_some_and(steer::is_vip)
+    {
+        steer::count_ct(ct_stats::VLAN_BYPASSED);
+    }
+}
+
 fn tc_parse(ctx: &TcContext) -> Parsed {
     let Ok(eth) = ctx.load::<EthHdr>(0) else {
         return Parsed::Other;
     };
     if eth.ether_type != ETH_P_IP_BE {
+        count_vlan_bypass(eth.ether_type, ctx.load::<u32>(VLAN_IP_DST_OFF).ok());
         return Parsed::Other;
     }
     let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
@@ -522,7 +539,11 @@ fn xdp_parse(ctx: &XdpContext) -> Parsed {
         return Parsed::Other;
     };
     // SAFETY: ptr_at checked the header lies inside the packet.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type != ETH_P_IP_BE {
+        // SAFETY: ptr_at checked the bytes lie inside the packet.
+        let inner = ptr_at::<u32>(ctx, VLAN_IP_DST_OFF).map(|p| unsafe { p.read_unaligned() });
+        count_vlan_bypass(ether_type, inner);
         return Parsed::Other;
     }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
@@ -646,6 +667,12 @@ fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return xdp_action::XDP_PASS;
     }
+    // Only to a device vouched for: the packet is translated either way, and the stack
+    // forwards what XDP does not.
+    if steer::XDP_TARGETS.get(params.ifindex).is_none() {
+        steer::count_ct(ct_stats::XDP_PASSED_TO_STACK);
+        return xdp_action::XDP_PASS;
+    }
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
         return xdp_action::XDP_PASS;
     };
@@ -662,8 +689,10 @@ fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
         (*ip).check = csum::replace16(check, old, new).to_ne_bytes();
         (*eth).dst_addr = params.dmac;
         (*eth).src_addr = params.smac;
-        bpf_redirect(params.ifindex, 0) as u32
     }
+    steer::XDP_TARGETS
+        .redirect(params.ifindex, 0)
+        .unwrap_or(xdp_action::XDP_DROP)
 }
 
 fn xdp_drop_if_vip(daddr: u32, reason: DropReason) -> u32 {

@@ -64,7 +64,7 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
     APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BACKEND_FLAG_ACTIVE,
@@ -75,7 +75,8 @@ use geosteer_common::{
     FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
     PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, ct_stats, flow_hash,
+    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, XDP_TARGETS_SIZE,
+    ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -126,6 +127,11 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map(name = "GS_FRAGMENTS")]
 static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
     LruHashMap::with_max_entries(FRAGMENTS_SIZE, 0);
+/// Interfaces XDP may redirect to (the agent writes the ones `dataplane.xdpRedirectTo` names):
+/// a redirect to any other device could be dropped on the far side (a veth whose peer runs
+/// neither GRO nor an XDP program drops XDP frames).
+#[map(name = "GS_XDP_TARGETS")]
+pub static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TARGETS_SIZE, 0);
 /// `ct_stats::*` event counters.
 #[map(name = "GS_CT_STATS")]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
@@ -185,7 +191,7 @@ pub fn count_drop(reason: DropReason) {
     }
 }
 
-fn count_ct(index: u32) {
+pub fn count_ct(index: u32) {
     if let Some(counter) = CT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };

@@ -434,6 +434,9 @@ impl Dataplane for Counting {
     fn grace_completed(&self) -> u64 {
         self.maps.grace_completed()
     }
+    fn set_xdp_target(&mut self, ifindex: u32, vouched: bool) -> Result<()> {
+        self.maps.set_xdp_target(ifindex, vouched)
+    }
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
         self.maps.forget_flows(backend_id, keep_http)
     }

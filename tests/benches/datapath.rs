@@ -241,6 +241,10 @@ impl Rig {
             tc_egress,
             xdp,
         };
+        // The uplink XDP redirects to (private_network's veth), vouched for as
+        // dataplane.xdpRedirectTo does.
+        let target = geosteer::loader::ifindex("gsb0")?;
+        geosteer::dataplane::Dataplane::set_xdp_target(&mut rig.maps, target, true)?;
         let real = (1..=BACKENDS).map(|i| (backend_ip(i), TPORT)).collect();
         rig.programmer.apply(
             &mut rig.maps,

@@ -152,13 +152,14 @@ fn receivers_verify_every_checksum() {
     }
 }
 
+/// `xdp: [up0]` with the default `xdpMode: auto` on a veth whose peer keeps its default TX
+/// checksum offload, and backends' veths with default GRO (off): native XDP there would corrupt
+/// partial checksums and have its redirects dropped. Auto steers the veth with TC ingress, says
+/// so, and every connection works.
 #[test]
-fn xdp_uplink_steers_requests() {
+fn xdp_auto_on_a_veth_with_default_offloads_steers_every_connection_with_tc() {
     let lab = lab("gsn4", 2, true);
-    // The redirect target veths deliver XDP frames only when their peer runs NAPI (GRO on).
-    for b in &lab.backends {
-        b.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
-    }
+    lab.set_tx_checksum_offload(true).unwrap(); // the kernel's defaults
     let pins = PinDir::new("gsn4").unwrap();
     let agent = Agent::start(
         &lab.node,
@@ -167,17 +168,86 @@ fn xdp_uplink_steers_requests() {
     )
     .expect("agent starts");
     assert!(
-        agent.log_contains("xdp-native"),
-        "XDP attached in native mode on veth: {:?}",
+        agent.log_contains("xdpMode auto: a virtual device"),
+        "{:?}",
         agent.log()
     );
+    assert!(!agent.log_contains("xdp-native"), "{:?}", agent.log());
     let uplink = lab.uplink_client.as_ref().unwrap();
     let report = http_from(uplink, &format!("{VIP}:80"), &HttpOptions::new(200, 2)).unwrap();
     assert_eq!(report.ok, 400, "{report:?}");
     assert_eq!(report.backends.len(), 2, "{report:?}");
-    // The TC client path still works beside it.
-    let report = lab.client_http(&format!("{VIP}:80"), 50, 1).unwrap();
-    assert_eq!(report.ok, 50, "{report:?}");
+}
+
+/// Native XDP (asked for explicitly) redirects only to interfaces vouched for in
+/// `dataplane.xdpRedirectTo`; without them it translates and hands requests to the stack, so a
+/// veth whose peer drops XDP frames (GRO off, the default) never blackholes a connection.
+#[test]
+fn xdp_native_redirects_only_to_vouched_targets_and_never_blackholes() {
+    let lab = lab("gsn7", 2, true);
+    let pins = PinDir::new("gsn7").unwrap();
+    let uplink = lab.uplink_client.as_ref().unwrap();
+    let native = config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", "up0")
+        .replace("  xdp: [up0]\n", "  xdp: [up0]\n  xdpMode: native\n");
+    let passed = |pins: &PinDir| {
+        let status = geosteer_tests::agent::geosteer_json(&lab.node, pins, &["status"]).unwrap();
+        status["conntrack_events"]["xdp_passed_to_stack"]
+            .as_u64()
+            .unwrap()
+    };
+
+    // No target vouched for, backends' GRO off: translated in XDP, forwarded by the stack.
+    let mut agent = Agent::start(&lab.node, &pins, &native).expect("agent starts");
+    assert!(agent.log_contains("xdp-native"), "{:?}", agent.log());
+    let report = http_from(uplink, &format!("{VIP}:80"), &HttpOptions::new(100, 2)).unwrap();
+    assert_eq!(report.ok, 200, "{report:?}");
+    let handed_over = passed(&pins);
+    assert!(handed_over >= 100, "{handed_over}");
+    assert!(agent.terminate().unwrap().success());
+
+    // The backends' veths can take XDP frames (GRO on their peers) and are vouched for:
+    // redirected, none handed to the stack.
+    for b in &lab.backends {
+        b.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+    }
+    let vouched = native.replace(
+        "  xdpMode: native\n",
+        "  xdpMode: native\n  xdpRedirectTo: [\"bk*\"]\n",
+    );
+    let agent = Agent::start(&lab.node, &pins, &vouched).expect("agent starts");
+    assert!(
+        agent.log_contains("XDP may redirect to this interface"),
+        "{:?}",
+        agent.log()
+    );
+    let report = http_from(uplink, &format!("{VIP}:80"), &HttpOptions::new(100, 2)).unwrap();
+    assert_eq!(report.ok, 200, "{report:?}");
+    assert_eq!(report.backends.len(), 2, "{report:?}");
+    assert_eq!(passed(&pins), handed_over, "every request redirected");
+}
+
+/// An interface without an Ethernet header (a tun device: WireGuard, most VPNs) is refused with
+/// a clear error, not attached and misparsed.
+#[test]
+fn an_l3_device_is_refused_with_a_clear_error() {
+    let lab = lab("gsn8", 1, false);
+    lab.node
+        .exec(&["ip", "tuntap", "add", "dev", "tun7", "mode", "tun"])
+        .unwrap();
+    lab.node.exec(&["ip", "link", "set", "tun7", "up"]).unwrap();
+    let pins = PinDir::new("gsn8").unwrap();
+    let error = match Agent::start(
+        &lab.node,
+        &pins,
+        &config(&lab, &pins, &[("b1", 1)], "cl0, tun7", ""),
+    ) {
+        Ok(agent) => panic!("started: {:?}", agent.log()),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("tun7 is not an Ethernet device (link type 65534, none: tun, WireGuard)"),
+        "{error}"
+    );
 }
 
 /// SIGTERM (every rolling update sends it) stops the agent, not the data path: the VIP keeps
