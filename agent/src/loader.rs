@@ -295,7 +295,8 @@ pub struct Attachments {
     links: Vec<(PathBuf, PinnedLink)>,
 }
 
-/// Attaches TC ingress+egress to every `tc` interface, and XDP (plus TC egress for the replies)
+/// Attaches TC ingress+egress to every `tc` interface, and XDP (plus TC ingress for what XDP
+/// passes on and TC egress for the replies)
 /// to every `xdp` interface, pinning each link under `links_dir`.
 pub fn attach(
     ebpf: &mut Ebpf,
@@ -329,7 +330,8 @@ fn matches_any(patterns: &[String], name: &str) -> bool {
 /// The interface's index in this network namespace (asked of the kernel: a sysfs mounted for
 /// another namespace would answer for that one).
 pub fn ifindex(iface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    let name =
+        std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
     // SAFETY: a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
@@ -416,7 +418,9 @@ impl Attachments {
                  peer)"
             );
         }
-        let tc = matches_any(&dataplane.tc, iface) || (xdp_wanted && !xdp);
+        // XDP interfaces get TC ingress too: XDP hands ICMP errors and fragments to the stack,
+        // where TC translates them (it sees only what XDP passed, never what it redirected).
+        let tc = matches_any(&dataplane.tc, iface) || xdp_wanted;
         let has = |out: &Attachments, hook: &str| {
             out.items
                 .iter()

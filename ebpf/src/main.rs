@@ -559,7 +559,7 @@ fn xdp_parse(ctx: &XdpContext) -> Parsed {
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Parsed::Other;
     }
-    // XDP leaves fragments to the stack's path (TC), whole: see xdp_request.
+    // XDP leaves fragments to TC ingress: see xdp_request.
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
         return Parsed::Fragment {
             saddr: u32::from_ne_bytes(ip.src_addr),
@@ -599,9 +599,8 @@ fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
         Parsed::Other | Parsed::IcmpError(_) | Parsed::FirstFragment(..) => {
             return Ok(xdp_action::XDP_PASS);
         }
-        Parsed::Fragment { daddr, .. } => {
-            return Ok(xdp_drop_if_vip(daddr, DropReason::Fragment));
-        }
+        // Fragments follow their first fragment through the fragment map, in TC.
+        Parsed::Fragment { .. } => return Ok(xdp_action::XDP_PASS),
         Parsed::Truncated { daddr } => return Ok(xdp_drop_if_vip(daddr, DropReason::Truncated)),
         Parsed::Flow(flow) => flow,
     };

@@ -528,13 +528,32 @@ fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
 /// A client that opens a direct connection to a backend may reuse the source port of an earlier
 /// (finished) connection through a VIP to that same backend. The earlier flow's reply entry would
 /// then reverse-NAT the direct connection's SYN-ACK to the VIP and break it. The new SYN proves
-/// the earlier flow is over (the client reused its port), so its reply entry goes.
+/// the earlier flow is over (the client reused its port), so its reply entry goes — unless this
+/// SYN *is* that flow's, already translated by XDP on its way here (same initial sequence
+/// number as the flow's own SYN).
 fn forget_superseded_nat(flow: &Flow) {
     if flow.proto != PROTO_TCP || !is_pure_syn(flow.tcp_flags) {
         return;
     }
     let key = reply_key(flow.daddr, flow.dport, flow.saddr, flow.sport, flow.proto);
-    let _ = CONNTRACK.remove(&key);
+    // SAFETY: read-only lookups; values copied out.
+    let Some(reply) = (unsafe { CONNTRACK.get(&key) }).copied() else {
+        return;
+    };
+    let original_key = FlowKey::new(
+        flow.saddr,
+        reply.nat_addr,
+        flow.sport,
+        reply.nat_port,
+        flow.proto,
+        DIR_ORIGINAL,
+    );
+    // SAFETY: as above.
+    let translated_here = unsafe { CONNTRACK.get(&original_key) }
+        .is_some_and(|o| o.tcp_state == TCP_SYN_SENT && o.req_seq == flow.seq);
+    if !translated_here {
+        let _ = CONNTRACK.remove(&key);
+    }
 }
 
 /// Whether new flows avoid this backend: the agent took it out, or outlier detection ejected it
