@@ -10,32 +10,10 @@ mod packets;
 
 use std::net::Ipv4Addr;
 
-use geosteer_common::{DropReason, PROTO_UDP, csum, ct_stats};
+use geosteer_common::{DropReason, csum, ct_stats};
 use packets::*;
 
 const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-
-/// An Ethernet frame with an ICMP error from `src` to `dst` quoting `quoted` (an Ethernet frame
-/// as built by [`Pkt::build`]; its IP packet is quoted whole).
-fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![kind, code, 0, 0];
-    // Unused, or (fragmentation needed) the next hop's MTU.
-    icmp.extend([0, 0, 0x05, 0x00]);
-    icmp.extend(&quoted[14..]);
-    let c = csum::checksum(&icmp);
-    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
-    let mut ip = vec![0x45, 0];
-    ip.extend(((20 + icmp.len()) as u16).to_be_bytes());
-    ip.extend([0xab, 0xcd, 0, 0, 64, 1, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_ne_bytes());
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    frame.extend(ip);
-    frame.extend(icmp);
-    frame
-}
 
 /// What a translated ICMP error says, after every checksum was verified: (outer src, outer
 /// dst, quoted src:port, quoted dst:port).
@@ -153,23 +131,6 @@ fn errors_about_other_traffic_are_untouched() {
         (TC_ACT_OK, echo.clone())
     );
     assert_eq!(rig.maps.ct_stat(ct_stats::ICMP_TRANSLATED).unwrap(), 0);
-}
-
-/// A datagram's fragment after the first: the IP header alone (offset in 8-byte units).
-fn later_fragment(src: Ipv4Addr, dst: Ipv4Addr, offset_units: u16, payload: &[u8]) -> Vec<u8> {
-    let mut ip = vec![0x45, 0];
-    ip.extend(((20 + payload.len()) as u16).to_be_bytes());
-    ip.extend([0x12, 0x34]); // the id Pkt::build uses
-    ip.extend(offset_units.to_be_bytes());
-    ip.extend([64, PROTO_UDP, 0, 0]);
-    ip.extend(src.octets());
-    ip.extend(dst.octets());
-    let c = csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_ne_bytes());
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    frame.extend(ip);
-    frame.extend(payload);
-    frame
 }
 
 fn ip_addrs(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr) {

@@ -39,6 +39,15 @@ enum Command {
     },
     /// Write deploy/crds/ from the TrafficPolicy types (agent/src/kube/crd.rs).
     Crdgen,
+    /// The differential packet fuzzer (tests/tests/fuzz.rs), optimised, at scale.
+    Fuzz {
+        /// Packets to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Seed (default: random; printed, and printed again with any mismatch).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Measure the data path and write BENCHMARKS.md.
     Bench {
         /// Shorter runs (for a quick look; the checked-in numbers use the default).
@@ -55,7 +64,29 @@ fn main() -> Result<()> {
         Command::Demo { seconds } => demo::run(seconds),
         Command::Bench { quick } => bench::run(quick),
         Command::Crdgen => crdgen::run(),
+        Command::Fuzz { packets, seed } => fuzz(packets, seed),
     }
+}
+
+fn fuzz(packets: u64, seed: Option<u64>) -> Result<()> {
+    install::all()?;
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "geosteer-tests",
+            "--test",
+            "fuzz",
+            "--",
+            "--nocapture",
+        ])
+        .env("GEOSTEER_FUZZ_PACKETS", packets.to_string());
+    if let Some(seed) = seed {
+        cmd.env("GEOSTEER_FUZZ_SEED", seed.to_string());
+    }
+    run_cmd(&mut cmd)
 }
 
 /// Runs a command, streaming its output; fails with the command line if it fails.

@@ -13,6 +13,7 @@ use geosteer::{
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
 };
+use geosteer_common::csum;
 use geosteer_common::{
     BackendState, DIR_ORIGINAL, DropReason, FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey,
     program_names,
@@ -290,18 +291,26 @@ impl Rig {
     }
 
     pub fn run_tc(&mut self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run_tc(program, pkt).expect("test run")
+    }
+
+    /// Like [`Rig::run_tc`], but an error of the test run itself (the kernel refuses an IPv4
+    /// frame too short to hold an IP header, an IPv6 one without its fixed header) is returned.
+    pub fn try_run_tc(
+        &mut self,
+        program: &str,
+        pkt: &[u8],
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
         let prog: &mut SchedClassifier =
             self.ebpf.program_mut(program).unwrap().try_into().unwrap();
         let mut out = vec![0u8; pkt.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("test run");
+        let result = prog.test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
         out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        Ok((result.return_value, out))
     }
 
     pub fn ingress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
@@ -442,3 +451,42 @@ impl Conn {
 
 pub const OK_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 pub const UNAVAILABLE_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+
+/// An Ethernet frame with an ICMP error from `src` to `dst` quoting `quoted` (an Ethernet frame
+/// as built by [`Pkt::build`]; its IP packet is quoted whole).
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    // Unused, or (fragmentation needed) the next hop's MTU.
+    icmp.extend([0, 0, 0x05, 0x00]);
+    icmp.extend(&quoted[14..]);
+    let c = csum::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend([0xab, 0xcd, 0, 0, 64, 1, 0, 0]);
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
+/// A datagram's fragment after the first: the IP header alone (offset in 8-byte units).
+pub fn later_fragment(src: Ipv4Addr, dst: Ipv4Addr, offset_units: u16, payload: &[u8]) -> Vec<u8> {
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + payload.len()) as u16).to_be_bytes());
+    ip.extend([0x12, 0x34]); // the id Pkt::build uses
+    ip.extend(offset_units.to_be_bytes());
+    ip.extend([64, PROTO_UDP, 0, 0]); // (the protocol of the datagram: UDP here)
+    ip.extend(src.octets());
+    ip.extend(dst.octets());
+    let c = csum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_ne_bytes());
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(payload);
+    frame
+}
