@@ -285,12 +285,13 @@ impl Model {
             (Path::TcIngress | Path::Xdp, Expect::Unchanged)
                 if ip.proto == PROTO_TCP
                     && ip.offset == 0
-                    && !ip.more
+                    && !(path == Path::Xdp && ip.more)
                     && frame.len() >= l4 + 20
                     && frame[l4 + 13] & 0x17 == SYN =>
             {
                 // A pure SYN straight to a backend from a steered flow's port: a new direct
-                // connection; the flow's reverse NAT from that backend ends.
+                // connection; the flow's reverse NAT from that backend ends. (A first fragment
+                // has the flags too; XDP hands fragments on without looking.)
                 let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
                 if let Some((backend, reply)) = self.flows.get_mut(&(PROTO_TCP, ip.src, sport))
                     && *backend == ip.dst
@@ -807,6 +808,10 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
         rng: fastrand::Rng::with_seed(seed),
     };
     let mut by_expect: HashMap<&'static str, u64> = HashMap::new();
+    // Debugging a mismatch: every packet that carries this port (either end) is printed.
+    let trace_port: Option<u16> = std::env::var("GEOSTEER_FUZZ_TRACE_PORT")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for index in 0..packets {
         let path = match generator.rng.u8(..8) {
             0..=3 => Path::TcIngress,
@@ -839,6 +844,15 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
         if let Err(why) = check(path, &expect, &frame, verdict, &out) {
             panic!(
                 "packet {index} (seed {seed}) through {path:?}: {why}\n  expected {expect:?}\n  in  {}\n  out {}",
+                hex(&frame),
+                hex(&out)
+            );
+        }
+        if let Some(port) = trace_port
+            && frame.windows(2).any(|w| w == port.to_be_bytes())
+        {
+            eprintln!(
+                "trace {index} {path:?} {expect:?} verdict {verdict}\n  in  {}\n  out {}",
                 hex(&frame),
                 hex(&out)
             );
