@@ -311,6 +311,10 @@ pub struct Service {
     /// or is removed. Unset: HTTP/1.x flows drain, other flows are reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_eject: Option<OnEject>,
+    /// Set by the Kubernetes source: why this Service is kept to this cluster's endpoints
+    /// (never merged with remote clusters' same-named Services), e.g. kube-system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_local: Option<String>,
 }
 
 /// `services[].onEject`.
@@ -375,6 +379,25 @@ pub struct KubeSettings {
         deserialize_with = "deserialize_duration"
     )]
     pub startup_timeout: Duration,
+    /// Which Services stay cluster-local (Istio MeshConfig `serviceSettings`): entries mark
+    /// hosts (`*.ns.svc.cluster.local`, `name.ns.svc.cluster.local`, `*`) cluster-local or not;
+    /// the most specific host wins. Without a match, Istio's default applies: kube-system is
+    /// cluster-local. `kubernetes.default` is always cluster-local.
+    pub service_settings: Vec<ServiceSettingsEntry>,
+}
+
+/// `kubernetes.serviceSettings[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSettingsEntry {
+    pub settings: ServiceSettingsFlags,
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSettingsFlags {
+    pub cluster_local: bool,
 }
 
 impl Default for KubeSettings {
@@ -386,6 +409,7 @@ impl Default for KubeSettings {
             stale_ttl: Duration::ZERO,
             snapshot_path: PathBuf::from(DEFAULT_SNAPSHOT_PATH),
             startup_timeout: Duration::from_secs(10),
+            service_settings: Vec::new(),
         }
     }
 }
@@ -742,6 +766,22 @@ fn validate_node(node: &Node, errors: &mut Vec<FieldError>) {
 }
 
 fn validate_kubernetes(settings: &KubeSettings, node: &Node, errors: &mut Vec<FieldError>) {
+    for (i, entry) in settings.service_settings.iter().enumerate() {
+        if entry.hosts.is_empty() {
+            errors.push(FieldError::new(
+                format!("kubernetes.serviceSettings[{i}].hosts"),
+                "must name at least one host",
+            ));
+        }
+        for (h, host) in entry.hosts.iter().enumerate() {
+            if let Some(problem) = crate::kube::cluster_local::host_problem(host) {
+                errors.push(FieldError::new(
+                    format!("kubernetes.serviceSettings[{i}].hosts[{h}]"),
+                    problem,
+                ));
+            }
+        }
+    }
     if settings.node_name_env.is_empty() {
         errors.push(FieldError::new(
             "kubernetes.nodeNameEnv",
@@ -1246,6 +1286,7 @@ services:
                 cluster_weights: None,
                 health_check: None,
                 reset_on_eject: false,
+                cluster_local: None,
                 on_eject: None,
             }],
             kubernetes: None,

@@ -43,6 +43,8 @@ pub struct ServiceModel {
     pub protocol: config::ProtocolChoice,
     /// The service's connectTimeout, or the node's default.
     pub connect_timeout: Duration,
+    /// Why the service takes this cluster's endpoints only (Kubernetes), if it does.
+    pub cluster_local: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +183,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     _pad: 0,
                 },
                 protocol: config::app_protocol(port),
+                cluster_local: service.cluster_local.clone(),
                 connect_timeout: policy
                     .connect_timeout
                     .unwrap_or(config.dataplane.connect_timeout),

@@ -153,6 +153,12 @@ pub struct ServiceStatus {
     /// Connect timeout in force (Istio `connectionPool.tcp.connectTimeout`), e.g. `10s`.
     #[serde(default)]
     pub connect_timeout: String,
+    /// The clusters the endpoints come from (this one first when it has any).
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// Why the service is kept to this cluster (not merged with remote clusters), if it is.
+    #[serde(default)]
+    pub cluster_local: Option<String>,
 }
 
 impl Default for ServiceStatus {
@@ -174,6 +180,8 @@ impl Default for ServiceStatus {
             signals: String::new(),
             signals_reason: String::new(),
             connect_timeout: String::new(),
+            clusters: Vec::new(),
+            cluster_local: None,
         }
     }
 }
@@ -413,6 +421,16 @@ fn service_status(
         sources: service.policy.sources.clone(),
         signals: service.protocol.protocol.to_string(),
         signals_reason: service.protocol.reason.clone(),
+        clusters: {
+            let mut clusters: Vec<String> = Vec::new();
+            for e in &service.endpoints {
+                if !e.locality.cluster.is_empty() && !clusters.contains(&e.locality.cluster) {
+                    clusters.push(e.locality.cluster.clone());
+                }
+            }
+            clusters
+        },
+        cluster_local: service.cluster_local.clone(),
         connect_timeout: if key.proto == geosteer_common::PROTO_UDP {
             String::new()
         } else if service.connect_timeout.is_zero() {

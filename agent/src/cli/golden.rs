@@ -121,6 +121,8 @@ fn agent_state() -> AgentState {
         signals: "http/1.x".into(),
         signals_reason: "port name \"http\"".into(),
         connect_timeout: "10s".into(),
+        clusters: vec!["ack-hangzhou".into(), "ack-shanghai".into()],
+        cluster_local: None,
     };
     let dns = ServiceStatus {
         name: "kube-system/dns:53/UDP".into(),
@@ -166,6 +168,10 @@ fn agent_state() -> AgentState {
         ],
         signals: "opaque".into(),
         signals_reason: "UDP port".into(),
+        clusters: vec!["ack-hangzhou".into()],
+        cluster_local: Some(
+            "Istio's default: \"*.kube-system.svc.cluster.local\" is cluster-local".into(),
+        ),
         ..Default::default()
     };
     AgentState {

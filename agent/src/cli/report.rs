@@ -319,6 +319,12 @@ pub struct ServiceRow {
     /// agent down.
     pub signals: Option<String>,
     pub signals_reason: Option<String>,
+    /// The clusters the endpoints come from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// Why the service is kept to this cluster, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_local: Option<String>,
     pub connect_timeout: Option<String>,
 }
 
@@ -398,6 +404,17 @@ impl Render for ServicesReport {
                     "  signals: {signals} ({reason}); connect timeout {}\n",
                     or_dash(&s.connect_timeout)
                 ));
+            }
+            match (&s.cluster_local, s.clusters.len()) {
+                (Some(why), _) => out.push_str(&format!(
+                    "  clusters: {} only: cluster-local ({why})\n",
+                    or_dash(&s.clusters.first())
+                )),
+                (None, 2..) => out.push_str(&format!(
+                    "  clusters: {} (merged by namespace/name)\n",
+                    s.clusters.join(", ")
+                )),
+                _ => {}
             }
             let rows: Vec<Vec<String>> = s
                 .priorities

@@ -356,9 +356,13 @@ impl Index {
         let node = self.node(&file.node);
         let local = self.local();
 
+        let service_settings = file
+            .kubernetes
+            .as_ref()
+            .map_or(&[][..], |k| &k.service_settings[..]);
         let mut built: Vec<Built> = Vec::new();
         for k8s in local.services.values() {
-            if let Some(service) = self.build_service(k8s, &node, &mut warnings) {
+            if let Some(service) = self.build_service(k8s, &node, service_settings, &mut warnings) {
                 let annotation_weights = annotation_weights(k8s, &mut warnings);
                 built.push(Built {
                     service,
@@ -514,6 +518,7 @@ impl Index {
         &self,
         k8s: &K8sService,
         node: &ConfigNode,
+        service_settings: &[crate::config::ServiceSettingsEntry],
         warnings: &mut Vec<String>,
     ) -> Option<Service> {
         let namespace = k8s.metadata.namespace.clone().unwrap_or_default();
@@ -529,6 +534,22 @@ impl Index {
             .chain(spec.cluster_ip.iter())
             .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
         let seed = self.seed.get(&(namespace.clone(), name.clone()));
+        let scope = super::cluster_local::scope(
+            &namespace,
+            &name,
+            k8s.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(super::cluster_local::ANNOTATION))
+                .map(String::as_str),
+            service_settings,
+        );
+        // A cluster-local Service takes this cluster's endpoints only (index 0).
+        let clusters = if scope.cluster_local {
+            &self.clusters[..1]
+        } else {
+            &self.clusters[..]
+        };
 
         // (name, port, protocol, targetPort) of the TCP and UDP ports.
         let mut ports = Vec::new();
@@ -555,8 +576,7 @@ impl Index {
 
         // EndpointSlices name their ports after the Service's and carry the resolved number;
         // the first slice (this cluster first) that has a port decides its target port.
-        let slices: Vec<(&ClusterState, &EndpointSlice)> = self
-            .clusters
+        let slices: Vec<(&ClusterState, &EndpointSlice)> = clusters
             .iter()
             .filter(|cluster| !cluster.expired)
             .flat_map(|cluster| {
@@ -592,7 +612,7 @@ impl Index {
             .collect();
 
         let mut candidates = Vec::new();
-        for (c, cluster) in self.clusters.iter().enumerate() {
+        for (c, cluster) in clusters.iter().enumerate() {
             if cluster.expired {
                 continue;
             }
@@ -652,6 +672,7 @@ impl Index {
             health_check: None,
             reset_on_eject: false,
             on_eject: None,
+            cluster_local: scope.cluster_local.then_some(scope.why),
         })
     }
 
@@ -1346,6 +1367,83 @@ mod tests {
 
     use super::{fixtures::*, *};
     use crate::config::OutlierDetection;
+
+    /// A Service `namespace/name` with one endpoint in each cluster, as a test needs it.
+    fn in_both_clusters(namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Index {
+        let mut index = index();
+        let mut k8s = with_annotations(service(name, "172.16.0.53"), annotations);
+        k8s.metadata.namespace = Some(namespace.into());
+        load(&mut index.clusters[0].services, vec![k8s]);
+        for (c, ip, node) in [(0, "10.0.0.53", "hz-node-1"), (1, "10.1.0.53", "sh-node-1")] {
+            let mut slice = slice(name, &format!("{name}-{c}"), 53, &[(ip, node, true)]);
+            slice.metadata.namespace = Some(namespace.into());
+            load(&mut index.clusters[c].slices, vec![slice]);
+        }
+        index
+    }
+
+    #[test]
+    fn kube_system_and_the_api_server_stay_in_their_cluster_by_default() {
+        let local = ["10.0.0.53@ack-hangzhou/cn-hangzhou/cn-hangzhou-b"];
+        let merged = [
+            "10.0.0.53@ack-hangzhou/cn-hangzhou/cn-hangzhou-b",
+            "10.1.0.53@ack-shanghai/cn-shanghai/cn-shanghai-a",
+        ];
+        // (case, namespace, name, annotations, file serviceSettings, endpoints)
+        let cases: [(&str, &str, &str, &[(&str, &str)], &str, &[&str]); 6] = [
+            ("kube-dns", "kube-system", "kube-dns", &[], "", &local),
+            ("the API server", "default", "kubernetes", &[], "", &local),
+            ("an application", "default", "reviews", &[], "", &merged),
+            (
+                "kube-system merged on request",
+                "kube-system",
+                "kube-dns",
+                &[],
+                "  serviceSettings: [{settings: {clusterLocal: false}, hosts: [\"*.kube-system.svc.cluster.local\"]}]\n",
+                &merged,
+            ),
+            (
+                "the API server, even then",
+                "default",
+                "kubernetes",
+                &[],
+                "  serviceSettings: [{settings: {clusterLocal: false}, hosts: [\"*\"]}]\n",
+                &local,
+            ),
+            (
+                "a Service that asks",
+                "default",
+                "reviews",
+                &[("geosteer.io/cluster-local", "true")],
+                "",
+                &local,
+            ),
+        ];
+        for (case, namespace, name, annotations, settings, expected) in cases {
+            let index = in_both_clusters(namespace, name, annotations);
+            let file = config::parse(&format!("{FILE}{settings}")).unwrap();
+            let desired = index.desired(&file).expect("a desired state");
+            assert_eq!(endpoints(&desired), expected, "{case}");
+            assert_eq!(
+                desired.config.services[0].cluster_local.is_some(),
+                expected.len() == 1,
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_settings_hosts_are_validated() {
+        let file = format!(
+            "{FILE}  serviceSettings: [{{settings: {{clusterLocal: true}}, hosts: [\"kube-*.svc\"]}}]\n"
+        );
+        let error = config::parse(&file).unwrap_err().to_string();
+        assert!(
+            error.contains("kubernetes.serviceSettings[0].hosts[0]")
+                && error.contains("kube-*.svc"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn endpoint_conditions() {

@@ -9,6 +9,7 @@
 //! Entry points: [`run`] (or [`KubeSource`] for its status and file reloads), and
 //! [`crd_yaml`] for `cargo xtask crdgen`.
 
+pub mod cluster_local;
 pub mod crd;
 pub mod index;
 pub mod snapshot;
