@@ -77,22 +77,37 @@ impl Agent {
     /// A config without an `admin:` section gets one: the socket next to the pins
     /// ([`PinDir::socket_path`]) and metrics on [`METRICS_ADDRESS`].
     pub fn start(ns: &Netns, pins: &PinDir, config_yaml: &str) -> Result<Agent> {
+        Agent::start_with_env(ns, pins, config_yaml, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (`NODE_NAME`, `KUBECONFIG`, …).
+    pub fn start_with_env(
+        ns: &Netns,
+        pins: &PinDir,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let config_path = pins.root.join("config.yaml");
         std::fs::write(&config_path, with_admin(config_yaml, pins))?;
         let path = config_path.to_string_lossy().into_owned();
-        let mut agent = Agent::start_args(ns, &["agent", "--config", &path])?;
+        let mut agent = Agent::spawn(ns, &["agent", "--config", &path], env)?;
         agent.config_path = config_path;
         Ok(agent)
     }
 
     /// Starts `geosteer <args>` in `ns` and waits for "ready".
     pub fn start_args(ns: &Netns, args: &[&str]) -> Result<Agent> {
+        Agent::spawn(ns, args, &[])
+    }
+
+    fn spawn(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Result<Agent> {
         let config_path = PathBuf::new();
         let bin = bin_path("geosteer");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(&bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -34,6 +34,16 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         "geosteer-tests",
         "--bins",
     ]))?;
+    // The stand-in API server the Kubernetes end-to-end tests run the agent against.
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "geosteer",
+        "--bin",
+        "geosteer-fake-apiserver",
+        "--features",
+        "fake-api",
+    ]))?;
 
     let mut tally = Tally::default();
     let mut failures = Vec::new();

@@ -1,12 +1,15 @@
-//! A fake API server behind kube's `Client`, on a `tower_test` mock service: enough of list,
-//! watch, discovery, `/version` and status patches for the source's tests. Objects are JSON,
-//! as the real server sends them; it can be made unreachable and reachable again.
+//! A fake API server: enough of list, watch, discovery, `/version` and status patches for the
+//! Kubernetes source. Objects are JSON, as the real server sends them; it can be made
+//! unreachable and reachable again. Two faces: behind kube's `Client` on a `tower_test` mock
+//! service (the source's unit tests), and over HTTP as a process (`geosteer-fake-apiserver`,
+//! the stand-in API server the end-to-end tests run the real agent against).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
 };
 
+#[cfg(test)]
 use ::kube::{Client, client::Body};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -55,9 +58,10 @@ struct State {
 }
 
 impl FakeApi {
-    /// A reachable server that serves the TrafficPolicy and DestinationRule CRDs.
-    pub fn new() -> (FakeApi, Client) {
-        let fake = FakeApi {
+    /// A reachable server that serves the TrafficPolicy and DestinationRule CRDs, with nothing
+    /// in it yet.
+    pub fn standalone() -> FakeApi {
+        FakeApi {
             state: Arc::new(Mutex::new(State {
                 reachable: true,
                 served: ["geosteer.io/v1alpha1", "networking.istio.io/v1"]
@@ -65,7 +69,13 @@ impl FakeApi {
                     .into(),
                 ..State::default()
             })),
-        };
+        }
+    }
+
+    /// [`FakeApi::standalone`] and a kube `Client` talking to it in process.
+    #[cfg(test)]
+    pub fn new() -> (FakeApi, Client) {
+        let fake = FakeApi::standalone();
         let (service, mut handle) =
             tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
         let server = fake.clone();
@@ -147,16 +157,33 @@ impl FakeApi {
         self.lock().patches.len()
     }
 
+    #[cfg(test)]
     async fn answer(&self, request: Request<Body>) -> Option<Response<ResponseBody>> {
-        if !self.lock().reachable {
-            return None;
-        }
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();
+        let body = if method == http::Method::PATCH {
+            request.into_body().collect_bytes().await.ok()?
+        } else {
+            Bytes::new()
+        };
+        self.respond(&method, &path, &query, &body)
+    }
+
+    /// The answer to one request (None: unreachable).
+    fn respond(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: &str,
+        body: &[u8],
+    ) -> Option<Response<ResponseBody>> {
+        if !self.lock().reachable {
+            return None;
+        }
+        let path = path.to_string();
         if method == http::Method::PATCH {
-            let body = request.into_body().collect_bytes().await.ok()?;
-            let patch: Value = serde_json::from_slice(&body).ok()?;
+            let patch: Value = serde_json::from_slice(body).ok()?;
             return Some(self.patch_status(&path, patch));
         }
         if path == "/version" {
@@ -286,6 +313,75 @@ impl FakeApi {
         object["status"] = patch["status"].clone();
         state.store(collection, key, object.clone(), "MODIFIED");
         json_response(StatusCode::OK, object)
+    }
+}
+
+/// The process: the API plus a control surface for the test driving it, under `/_fake/`:
+/// `POST /_fake/apply` (one object, JSON), `POST /_fake/delete/KIND/NAMESPACE/NAME`,
+/// `POST /_fake/reachable/true|false`, `GET /_fake/patches` (how many status patches).
+impl FakeApi {
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let api = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let api = api.clone();
+                    async move { Ok::<_, std::convert::Infallible>(api.http(request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn http(&self, request: Request<hyper::body::Incoming>) -> Response<ResponseBody> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().unwrap_or("").to_string();
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
+            }
+        };
+        if let Some(control) = path.strip_prefix("/_fake/") {
+            return self.control(control, &body);
+        }
+        self.respond(&method, &path, &query, &body).unwrap_or_else(|| {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"kind": "Status", "status": "Failure", "message": "unreachable", "code": 503}),
+            )
+        })
+    }
+
+    fn control(&self, what: &str, body: &[u8]) -> Response<ResponseBody> {
+        let parts: Vec<&str> = what.split('/').collect();
+        match parts[..] {
+            ["apply"] => match serde_json::from_slice::<Value>(body) {
+                Ok(object) if COLLECTIONS.iter().any(|(k, _)| object["kind"] == *k) => {
+                    self.apply(object);
+                    json_response(StatusCode::OK, json!({"applied": true}))
+                }
+                Ok(object) => json_response(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": format!("no collection for kind {}", object["kind"])}),
+                ),
+                Err(e) => json_response(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
+            },
+            ["delete", kind, namespace, name] if COLLECTIONS.iter().any(|(k, _)| *k == kind) => {
+                self.delete(kind, namespace, name);
+                json_response(StatusCode::OK, json!({"deleted": true}))
+            }
+            ["reachable", on] => {
+                self.set_reachable(on == "true");
+                json_response(StatusCode::OK, json!({"reachable": on == "true"}))
+            }
+            ["patches"] => json_response(StatusCode::OK, json!({"patches": self.patch_count()})),
+            _ => not_found(what),
+        }
     }
 }
 

@@ -16,8 +16,8 @@ pub mod snapshot;
 mod source;
 pub mod status;
 
-#[cfg(test)]
-mod fake_api;
+#[cfg(any(test, feature = "fake-api"))]
+pub mod fake_api;
 #[cfg(test)]
 mod source_tests;
 
