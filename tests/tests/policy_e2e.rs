@@ -312,6 +312,8 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
     let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
     let started = Instant::now();
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // The pooled connections run until the scenario is over, however long the restart takes.
+    let stop_file = pins.root.join("stop-pool");
     let (rounds, pool, restarted_at) = std::thread::scope(|scope| {
         // Rounds of 200 new connections (3 requests each) until 1 s after the new agent is up.
         let runner = scope.spawn(|| {
@@ -333,7 +335,9 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
                     "--connections",
                     "2",
                     "--duration-ms",
-                    "8000",
+                    "60000",
+                    "--stop-file",
+                    stop_file.to_str().unwrap(),
                     "--interval-ms",
                     "20",
                 ],
@@ -352,8 +356,8 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
             restarted.log()
         );
         std::thread::sleep(Duration::from_secs(1));
-        // (The pool runs on until its 8 s are over.)
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::fs::write(&stop_file, b"").unwrap();
         (runner.join().unwrap(), pool.join().unwrap(), restarted_at)
     });
     let requests: u64 = rounds.iter().map(|r| r.ok + r.errors).sum();
@@ -417,6 +421,8 @@ fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
     let yaml = config(&pins, &["hz1", "hz2", "sh1", "sh2"], "");
     let mut agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // The pooled connections run until the scenario is over, however long the restart takes.
+    let stop_file = pins.root.join("stop-pool");
     let paused = std::sync::atomic::AtomicBool::new(false);
     let (rounds, pool, flows) = std::thread::scope(|scope| {
         let runner = scope.spawn(|| {
@@ -442,7 +448,9 @@ fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
                     "--connections",
                     "2",
                     "--duration-ms",
-                    "6000",
+                    "60000",
+                    "--stop-file",
+                    stop_file.to_str().unwrap(),
                     "--interval-ms",
                     "20",
                 ],
@@ -466,6 +474,7 @@ fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
             geosteer_tests::agent::geosteer_json(&lab.node, &pins, &["flows"]).expect("flows");
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::fs::write(&stop_file, b"").unwrap();
         (runner.join().unwrap(), pool.join().unwrap(), flows)
     });
     let failed: Vec<_> = rounds.iter().filter(|r| r.errors > 0).collect();

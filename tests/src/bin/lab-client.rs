@@ -24,7 +24,7 @@ const USAGE: &str = "usage:
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
   lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
   lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]
-  lab-client pool --target IP:PORT --connections K --duration-ms D [--interval-ms I] [--timeout-ms T]";
+  lab-client pool --target IP:PORT --connections K --duration-ms D [--interval-ms I] [--timeout-ms T] [--stop-file PATH]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
 
@@ -76,6 +76,7 @@ fn main() -> ExitCode {
                 "--duration-ms",
                 "--interval-ms",
                 "--timeout-ms",
+                "--stop-file",
             ],
         )
         .and_then(|f| run_pool(&f)),
@@ -804,11 +805,13 @@ fn run_pool(flags: &Flags) -> Result<(), String> {
     let duration = Duration::from_millis(flags.num("--duration-ms", None)?);
     let interval = Duration::from_millis(flags.num("--interval-ms", Some(10))?);
     let timeout = flags.timeout()?;
+    // Ends early once this file exists (a test ends the run when its scenario is over).
+    let stop_file = flags.0.get("--stop-file").map(std::path::PathBuf::from);
     let mut pool: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
     let mut timeline = Vec::new();
     let started = Instant::now();
     let mut turn = 0;
-    while started.elapsed() < duration {
+    while started.elapsed() < duration && !stop_file.as_ref().is_some_and(|f| f.exists()) {
         let slot = &mut pool[turn % size];
         turn += 1;
         if slot.is_none() {
