@@ -540,6 +540,11 @@ pub struct Endpoint {
     /// Relative share of new connections; 0 drains the endpoint.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Leaving (a terminating pod): no new connections, and no part in the policy (it is
+    /// neither a healthy nor an unhealthy host), while its open connections carry on to their
+    /// end — as Envoy drains a host removed from EDS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 fn default_weight() -> u32 {
@@ -1281,6 +1286,7 @@ services:
                     zone: "cn-hangzhou-b".into(),
                     cluster: "ack-hangzhou".into(),
                     weight: 1,
+                    draining: false,
                 }],
                 traffic_policy: None,
                 cluster_weights: None,
@@ -1332,7 +1338,8 @@ services:
                 region: String::new(),
                 zone: String::new(),
                 cluster: String::new(),
-                weight: 1
+                weight: 1,
+                draining: false,
             }
         );
 

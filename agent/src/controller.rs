@@ -45,6 +45,9 @@ pub struct ServiceModel {
     pub connect_timeout: Duration,
     /// Why the service takes this cluster's endpoints only (Kubernetes), if it does.
     pub cluster_local: Option<String>,
+    /// Endpoints that are leaving: programmed without weight, so their open flows continue and
+    /// no new one comes; not part of the policy.
+    pub draining: Vec<EndpointModel>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +56,20 @@ pub struct EndpointModel {
     pub port: u16,
     pub locality: policy::Locality,
     pub weight: u32,
+}
+
+fn endpoint_model(e: &config::Endpoint, port: u16) -> EndpointModel {
+    EndpointModel {
+        ip: e.ip,
+        port,
+        locality: policy::Locality {
+            region: e.region.clone(),
+            zone: e.zone.clone(),
+            subzone: String::new(),
+            cluster: e.cluster.clone(),
+        },
+        weight: e.weight,
+    }
 }
 
 impl EndpointModel {
@@ -190,17 +207,14 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                 endpoints: service
                     .endpoints
                     .iter()
-                    .map(|e| EndpointModel {
-                        ip: e.ip,
-                        port: port.target_port,
-                        locality: policy::Locality {
-                            region: e.region.clone(),
-                            zone: e.zone.clone(),
-                            subzone: String::new(),
-                            cluster: e.cluster.clone(),
-                        },
-                        weight: e.weight,
-                    })
+                    .filter(|e| !e.draining)
+                    .map(|e| endpoint_model(e, port.target_port))
+                    .collect(),
+                draining: service
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.draining)
+                    .map(|e| endpoint_model(e, port.target_port))
                     .collect(),
                 policy: policy.clone(),
             });
@@ -366,6 +380,14 @@ impl Controller {
                 0
             }
         };
+        let backend = |e: &EndpointModel, weight: u32, flags: u8| DesiredBackend {
+            addr: u32::from(e.ip).to_be(),
+            port: e.port.to_be(),
+            weight,
+            eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
+            eject_after_gateway: od.map_or(0, |od| limit(od.consecutive_gateway_errors)),
+            flags,
+        };
         DesiredService {
             name: service.name.clone(),
             key: service.key,
@@ -373,14 +395,17 @@ impl Controller {
                 .endpoints
                 .iter()
                 .zip(weights)
-                .map(|(e, weight)| DesiredBackend {
-                    addr: u32::from(e.ip).to_be(),
-                    port: e.port.to_be(),
-                    weight,
-                    eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
-                    eject_after_gateway: od.map_or(0, |od| limit(od.consecutive_gateway_errors)),
-                    flags: flags(e),
-                })
+                .map(|(e, weight)| backend(e, weight, flags(e)))
+                // Leaving endpoints: no slot in the table, so no new flow; their open flows
+                // are left alone (not drained nor reset: a terminating pod closes its own
+                // connections as it shuts down gracefully, as Envoy leaves a draining host's).
+                .chain(
+                    service
+                        .draining
+                        .iter()
+                        .filter(|d| !service.endpoints.iter().any(|e| e.ip == d.ip))
+                        .map(|e| backend(e, 0, 0)),
+                )
                 .collect(),
             settings: ServiceSettings {
                 app_protocol: service.protocol.protocol.kernel_value(),

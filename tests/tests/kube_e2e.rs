@@ -239,8 +239,89 @@ fn remote_clusters_merge_applications_but_never_kube_system() {
     );
     let dns = answered_by(&lab, DNS, 200);
     assert_eq!(dns, ["hz1", "hz2"], "kube-dns never leaves its cluster");
+
+    // A rolling update: the pods serving a client's keep-alive connections start terminating
+    // (their EndpointSlice conditions say so). Their open connections carry on; no new
+    // connection goes to them.
+    let stop_file = pins.root.join("stop-pool");
+    let (pool, during, pooled) = std::thread::scope(|scope| {
+        let pool = scope.spawn(|| {
+            geosteer_tests::lab_client_json(
+                &lab.client,
+                &[
+                    "pool",
+                    "--target",
+                    REVIEWS,
+                    "--connections",
+                    "2",
+                    "--duration-ms",
+                    "30000",
+                    "--interval-ms",
+                    "20",
+                    "--stop-file",
+                    stop_file.to_str().unwrap(),
+                ],
+            )
+            .expect("pool client runs")
+        });
+        // The pool's backends: the established flows (its timeline comes only at its end).
+        std::thread::sleep(Duration::from_millis(500));
+        let flows = geosteer_tests::agent::geosteer_json(ns, &pins, &["flows"]).unwrap();
+        let pooled: Vec<String> = flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["state"] == "established")
+            .map(|f| {
+                f["backend"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(!pooled.is_empty(), "{flows}");
+        for (server, suffix, node, ips) in [
+            (&local, "hz", "lab-node", ["198.18.11.2", "198.18.12.2"]),
+            (&remote, "sh", "sh-node", ["198.18.21.2", "198.18.22.2"]),
+        ] {
+            let mut object = slice("default", "reviews", suffix, node, &ips);
+            for endpoint in object["endpoints"].as_array_mut().unwrap() {
+                if pooled
+                    .iter()
+                    .any(|p| endpoint["addresses"][0] == p.as_str())
+                {
+                    endpoint["conditions"] =
+                        json!({"ready": false, "serving": true, "terminating": true});
+                }
+            }
+            server.apply(ns, object);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let during = answered_by(&lab, REVIEWS, 200);
+        std::thread::sleep(Duration::from_secs(1));
+        std::fs::write(&stop_file, b"").unwrap();
+        (pool.join().unwrap(), during, pooled)
+    });
+    let timeline = pool["timeline"].as_array().unwrap();
+    let failed: Vec<_> = timeline
+        .iter()
+        .filter(|r| r.get("error").is_some() || r["status"].as_u64() != Some(200))
+        .collect();
+    assert!(
+        failed.is_empty() && timeline.len() > 50,
+        "keep-alive connections to terminating pods broke: {failed:?}"
+    );
+    for name in &during {
+        let ip = lab.backend(name).unwrap().ip.to_string();
+        assert!(
+            !pooled.contains(&ip),
+            "a new connection went to terminating {name}: {during:?} (terminating: {pooled:?})"
+        );
+    }
     drop(agent);
     drop(remote);
     drop(local);
-    lab.stop_backend("hz1").ok();
 }

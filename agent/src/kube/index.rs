@@ -766,6 +766,13 @@ pub fn takes_traffic(conditions: Option<&EndpointConditions>) -> bool {
     ready || (serving && !terminating)
 }
 
+/// A terminating endpoint (a pod shutting down in a rolling update) takes no new connections but
+/// keeps the ones it has, to their end: Envoy drains a host removed from EDS, and Cilium keeps
+/// terminating backends for their existing flows.
+pub fn is_draining(conditions: Option<&EndpointConditions>) -> bool {
+    conditions.is_some_and(|c| c.terminating == Some(true))
+}
+
 fn slice_candidates<'a>(
     cluster: &'a ClusterState,
     slice: &'a EndpointSlice,
@@ -774,8 +781,10 @@ fn slice_candidates<'a>(
     slice
         .endpoints
         .iter()
-        .filter(|e| takes_traffic(e.conditions.as_ref()))
+        .filter(|e| takes_traffic(e.conditions.as_ref()) || is_draining(e.conditions.as_ref()))
         .flat_map(move |e| {
+            let draining =
+                !takes_traffic(e.conditions.as_ref()) && is_draining(e.conditions.as_ref());
             let (node_region, node_zone) = e
                 .node_name
                 .as_deref()
@@ -797,6 +806,7 @@ fn slice_candidates<'a>(
                         zone: zone.clone(),
                         cluster: cluster.name.clone(),
                         weight: 1,
+                        draining,
                     },
                     local,
                     zone_hints: zone_hints.clone(),
@@ -1349,12 +1359,16 @@ kubernetes:
         desired
     }
 
-    /// `ip@cluster/region/zone` of each endpoint of the only service.
+    /// `ip@cluster/region/zone` of each endpoint of the only service (` (draining)` when
+    /// it is leaving).
     pub fn endpoints(desired: &Desired) -> Vec<String> {
         desired.config.services[0]
             .endpoints
             .iter()
-            .map(|e| format!("{}@{}/{}/{}", e.ip, e.cluster, e.region, e.zone))
+            .map(|e| {
+                let draining = if e.draining { " (draining)" } else { "" };
+                format!("{}@{}/{}/{}{draining}", e.ip, e.cluster, e.region, e.zone)
+            })
             .collect()
     }
 }
@@ -1556,10 +1570,10 @@ mod tests {
                 vec![],
             ),
             (
-                "terminating",
+                "terminating: draining (its open connections go on, no new one comes)",
                 json!({"addresses": ["10.0.0.26"],
                        "conditions": {"ready": false, "serving": true, "terminating": true}}),
-                vec![],
+                vec!["10.0.0.26@ack-hangzhou/cn-hangzhou/ (draining)"],
             ),
         ];
         for (case, endpoint, expected) in cases {
