@@ -297,6 +297,8 @@ struct Candidate {
     endpoint: Endpoint,
     /// From this cluster's EndpointSlices.
     local: bool,
+    /// The endpoint's `nodeName`.
+    node: Option<String>,
     /// `hints.forZones`, when set and not empty.
     zone_hints: Option<Vec<String>>,
 }
@@ -527,6 +529,16 @@ impl Index {
         if spec.type_.as_deref() == Some("ExternalName") {
             return None;
         }
+        // Another proxy's Service (kube-proxy and Cilium leave these alone too).
+        if let Some(proxy) = k8s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+            && proxy != SERVICE_PROXY_NAME
+        {
+            return None;
+        }
         let vip = spec
             .cluster_ips
             .iter()
@@ -625,6 +637,7 @@ impl Index {
                         .map(|e| Candidate {
                             endpoint: e.clone(),
                             local: false,
+                            node: None,
                             zone_hints: None,
                         }),
                 );
@@ -642,6 +655,11 @@ impl Index {
                 }
                 candidates.extend(slice_candidates(cluster, slice, c == 0));
             }
+        }
+        if spec.internal_traffic_policy.as_deref() == Some("Local") {
+            // kube-proxy's rule: only endpoints on this node; none, and the traffic is dropped
+            // (a service without endpoints), never sent elsewhere.
+            candidates.retain(|c| c.local && c.node.as_deref() == Some(self.node_name.as_str()));
         }
         apply_zone_hints(&mut candidates, &node.zone);
 
@@ -766,6 +784,11 @@ pub fn takes_traffic(conditions: Option<&EndpointConditions>) -> bool {
     ready || (serving && !terminating)
 }
 
+/// `service.kubernetes.io/service-proxy-name`: a Service carrying it belongs to the proxy it
+/// names; geosteer steers it only when that is [`SERVICE_PROXY_NAME`].
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+pub const SERVICE_PROXY_NAME: &str = "geosteer";
+
 /// A terminating endpoint (a pod shutting down in a rolling update) takes no new connections but
 /// keeps the ones it has, to their end: Envoy drains a host removed from EDS, and Cilium keeps
 /// terminating backends for their existing flows.
@@ -800,6 +823,7 @@ fn slice_candidates<'a>(
                 .map(|zones| zones.iter().map(|z| z.name.clone()).collect());
             e.addresses.iter().filter_map(move |address| {
                 Some(Candidate {
+                    node: e.node_name.clone(),
                     endpoint: Endpoint {
                         ip: address.parse().ok()?,
                         region: region.clone(),
@@ -1442,6 +1466,42 @@ mod tests {
                 desired.config.services[0].cluster_local.is_some(),
                 expected.len() == 1,
                 "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_this_nodes_endpoints_only() {
+        let mut index = reviews_in_two_clusters();
+        let mut reviews = service("reviews", "172.16.0.10");
+        reviews.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        load(&mut index.clusters[0].services, vec![reviews]);
+        // hz-node-1 is this node; 10.0.0.12 runs on hz-node-2, 10.1.0.11 in Shanghai.
+        assert_eq!(
+            endpoints(&desired(&index)),
+            ["10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b"]
+        );
+        // No endpoint on this node: none at all (dropped, as kube-proxy does), not elsewhere.
+        let mut index = reviews_in_two_clusters();
+        index.node_name = "hz-node-9".into();
+        let mut reviews = service("reviews", "172.16.0.10");
+        reviews.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        load(&mut index.clusters[0].services, vec![reviews]);
+        assert_eq!(endpoints(&desired(&index)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn services_of_another_proxy_are_left_alone() {
+        for (proxy, steered) in [("other-proxy", false), ("geosteer", true)] {
+            let mut index = reviews_in_two_clusters();
+            let mut reviews = service("reviews", "172.16.0.10");
+            reviews.metadata.labels =
+                Some([(SERVICE_PROXY_NAME_LABEL.to_string(), proxy.to_string())].into());
+            load(&mut index.clusters[0].services, vec![reviews]);
+            assert_eq!(
+                desired(&index).config.services.len(),
+                usize::from(steered),
+                "{proxy}"
             );
         }
     }
