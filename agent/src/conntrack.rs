@@ -12,11 +12,12 @@
 //! restart it nor make it skip, unlike `get_next_key` (which starts over when its key vanishes).
 
 use std::{
-    os::fd::{AsRawFd as _, BorrowedFd},
+    mem::size_of,
+    os::fd::BorrowedFd,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use geosteer_common::{
     APP_PROTOCOL_HTTP1, DIR_ORIGINAL, DIR_REPLY, FlowKey, FlowValue, PROTO_TCP, TCP_CLOSED,
     TCP_SYN_SENT,
@@ -378,64 +379,26 @@ fn visit(
     }
 }
 
-/// `BPF_MAP_LOOKUP_BATCH` on a hash map of [`FlowKey`] → [`FlowValue`] (aya has no wrapper).
-/// The cursor is the kernel's bucket index.
+/// One batch of conntrack entries (see [`crate::bpf_batch`]); the cursor is the kernel's
+/// bucket index.
 pub fn lookup_batch(fd: BorrowedFd<'_>, cursor: Option<u32>, max: usize) -> Result<Batch> {
-    /// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    let mut keys = vec![FlowKey::default(); max];
-    let mut values = vec![FlowValue::default(); max];
-    let in_batch = cursor.unwrap_or(0);
-    let mut out_batch = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: if cursor.is_some() {
-            &in_batch as *const u32 as u64
-        } else {
-            0
-        },
-        out_batch: &mut out_batch as *mut u32 as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: max as u32,
-        map_fd: fd.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    // SAFETY: the attr points at buffers of `max` keys and values of the map's sizes and at two
-    // u32 batch tokens, all alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    let done = if rc < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::ENOENT) {
-            return Err(error).context("BPF_MAP_LOOKUP_BATCH on conntrack");
-        }
-        true
-    } else {
-        false
-    };
-    let count = (attr.count as usize).min(max);
-    keys.truncate(count);
-    values.truncate(count);
-    let entries = keys.into_iter().zip(values).collect();
-    Ok((entries, if done { None } else { Some(out_batch) }))
+    let (key_size, value_size) = (size_of::<FlowKey>(), size_of::<FlowValue>());
+    let cursor = cursor.map(|c| c.to_ne_bytes().to_vec());
+    let (raw, next) = crate::bpf_batch::lookup(fd, key_size, value_size, &cursor, max)?;
+    let entries = raw
+        .iter()
+        .map(|(key, value)| {
+            // SAFETY: the kernel wrote whole keys and values of exactly these plain types.
+            unsafe {
+                (
+                    std::ptr::read_unaligned(key.as_ptr().cast::<FlowKey>()),
+                    std::ptr::read_unaligned(value.as_ptr().cast::<FlowValue>()),
+                )
+            }
+        })
+        .collect();
+    let next = next.map(|token| u32::from_ne_bytes([token[0], token[1], token[2], token[3]]));
+    Ok((entries, next))
 }
 
 #[cfg(test)]

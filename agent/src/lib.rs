@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod bpf_batch;
 pub mod cli;
 pub mod config;
 pub mod conntrack;

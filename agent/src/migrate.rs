@@ -159,7 +159,6 @@ fn is_capacity_error(e: &anyhow::Error) -> bool {
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
@@ -168,69 +167,7 @@ pub fn read_all(
     map: &MapData,
     (key_size, value_size): (u32, u32),
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BATCH: usize = 1024;
-    let fd = map.fd().as_fd().as_raw_fd();
-    let (key_size, value_size) = (key_size as usize, value_size as usize);
-    let mut out = Vec::new();
-    // Big enough for any batch token (hash: a bucket index; array: an index).
-    let mut in_batch = [0u8; 8];
-    let mut first = true;
-    loop {
-        let mut out_batch = [0u8; 8];
-        let mut keys = vec![0u8; key_size * BATCH];
-        let mut values = vec![0u8; value_size * BATCH];
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { in_batch.as_ptr() as u64 },
-            out_batch: out_batch.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: BATCH as u32,
-            map_fd: fd as u32,
-            elem_flags: 0,
-            flags: 0,
-        };
-        // SAFETY: buffers of BATCH keys and values of the map's sizes and two batch tokens,
-        // alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        let done = if rc < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::ENOENT) {
-                return Err(error).context("BPF_MAP_LOOKUP_BATCH");
-            }
-            true
-        } else {
-            false
-        };
-        for i in 0..(attr.count as usize).min(BATCH) {
-            out.push((
-                keys[i * key_size..(i + 1) * key_size].to_vec(),
-                values[i * value_size..(i + 1) * value_size].to_vec(),
-            ));
-        }
-        if done {
-            return Ok(out);
-        }
-        in_batch = out_batch;
-        first = false;
-    }
+    crate::bpf_batch::lookup_all(map.fd().as_fd(), key_size as usize, value_size as usize)
 }
 
 /// Writes one entry; false when `only_missing` and the key exists.

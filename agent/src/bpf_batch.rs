@@ -1,0 +1,106 @@
+//! `BPF_MAP_LOOKUP_BATCH`, which aya does not wrap: a walk of a map in batches whose cursor
+//! (a hash bucket, an array index) survives concurrent deletes — unlike `get_next_key`, which
+//! starts over when its key vanishes. Used by the conntrack GC and by map migration.
+
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+use anyhow::{Context as _, Result};
+
+/// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// The batch token of a walk: opaque bytes the kernel hands back (`None`: from the start).
+pub type Cursor = Option<Vec<u8>>;
+
+/// One batch of raw entries (`key_size`, `value_size` bytes each), and the cursor of the next
+/// batch (`None`: the walk is complete). Not for per-CPU maps (their values are per CPU).
+pub fn lookup(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    cursor: &Cursor,
+    max: usize,
+) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Cursor)> {
+    // Hash maps use a u32 bucket index, arrays a key: room for either.
+    let token_size = key_size.max(8);
+    let in_batch = cursor.clone().unwrap_or_default();
+    let mut in_token = vec![0u8; token_size];
+    in_token[..in_batch.len().min(token_size)]
+        .copy_from_slice(&in_batch[..in_batch.len().min(token_size)]);
+    let mut out_token = vec![0u8; token_size];
+    let mut keys = vec![0u8; key_size * max];
+    let mut values = vec![0u8; value_size * max];
+    let mut attr = BatchAttr {
+        in_batch: if cursor.is_some() {
+            in_token.as_ptr() as u64
+        } else {
+            0
+        },
+        out_batch: out_token.as_mut_ptr() as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: max as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the attr points at buffers of `max` keys and values of the map's sizes and at two
+    // batch tokens big enough for any map type, all alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    let done = if rc < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOENT) {
+            return Err(error).context("BPF_MAP_LOOKUP_BATCH");
+        }
+        true
+    } else {
+        false
+    };
+    let count = (attr.count as usize).min(max);
+    let entries = (0..count)
+        .map(|i| {
+            (
+                keys[i * key_size..(i + 1) * key_size].to_vec(),
+                values[i * value_size..(i + 1) * value_size].to_vec(),
+            )
+        })
+        .collect();
+    Ok((entries, if done { None } else { Some(out_token) }))
+}
+
+/// Every entry of a map, in batches of 1024.
+pub fn lookup_all(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (batch, next) = lookup(fd, key_size, value_size, &cursor, 1024)?;
+        out.extend(batch);
+        match next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
