@@ -202,13 +202,23 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
 
     // Attach only after the services are in place: the first packet already finds them.
     let links_dir = dataplane.pin_path.join("links");
-    let mut attachments = loader::attach(&mut ebpf, &dataplane, &links_dir)?;
-    for iface in loader::matching_interfaces(&dataplane.xdp_redirect_to)? {
-        vouch_xdp_target(&mut maps, &iface, loader::ifindex(&iface)?, true);
-    }
+    let attached = loader::attach(&mut ebpf, &dataplane, &links_dir);
     // The previous agent's programs ran on the previous maps until the line above: what they
-    // added since the first copy is copied now, then the old maps go.
+    // added since the first copy is copied now, then the old maps go — also when attaching
+    // failed part-way, so a restart does not resume a migration over live entries.
     loader::finish_migrations(migrations, &dataplane.pin_path)?;
+    let mut attachments = attached?;
+    // Only the devices the config vouches for now (the pinned map outlives restarts).
+    let stale: Vec<u32> = maps.xdp_targets.keys().filter_map(|k| k.ok()).collect();
+    for ifindex in stale {
+        let _ = maps.set_xdp_target(ifindex, false);
+    }
+    for iface in loader::matching_interfaces(&dataplane.xdp_redirect_to)? {
+        match loader::ifindex(&iface) {
+            Ok(ifindex) => vouch_xdp_target(&mut maps, &iface, ifindex, true),
+            Err(e) => warn!(iface, error = %format!("{e:#}"), "not an XDP target"),
+        }
+    }
     publisher.runtime.attachments = attachment_infos(&attachments);
     publisher.runtime.ready = true;
     controller.event(

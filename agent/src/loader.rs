@@ -58,9 +58,11 @@ pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Ebpf> {
 /// now) and removes them. Call once the new programs are attached.
 pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<()> {
     for mut migration in migrations {
-        let new = aya::maps::MapData::from_pin(pin_dir.join(migration.name))
-            .with_context(|| format!("opening the new {}", migration.name))?;
-        migration.copy(&new, true)?;
+        if migration.kernel_written() {
+            let new = aya::maps::MapData::from_pin(pin_dir.join(migration.name))
+                .with_context(|| format!("opening the new {}", migration.name))?;
+            migration.copy(&new, true)?;
+        }
         migration.finish();
     }
     Ok(())
@@ -317,6 +319,17 @@ pub fn attach(
     }
     for iface in &ifaces {
         out.attach_interface(ebpf, dataplane, iface, links_dir)?;
+    }
+    // Links an earlier agent pinned for interfaces this config no longer names (or that are
+    // gone) would keep running its programs on its maps: detached.
+    for path in pins_in(links_dir)? {
+        if out.links.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        if let Some(link) = pinned_link(&path)? {
+            drop(link);
+        }
+        info!(pin = %path.display(), "detached a link no longer configured");
     }
     Ok(out)
 }

@@ -31,6 +31,9 @@ pub struct Migration {
     old: MapData,
     old_path: PathBuf,
     old_layout: Layout,
+    /// Picked up from an interrupted upgrade: the new map may already hold live entries,
+    /// which the old ones must not overwrite.
+    resumed: bool,
     /// Entries copied so far.
     pub copied: usize,
 }
@@ -62,12 +65,17 @@ pub fn prepare(
     let old_path = previous_path(path);
     if let Ok(old) = MapData::from_pin(&old_path) {
         let layout = layout(&old)?;
+        // Interrupted between pinning aside and removing: `path` is still the old map.
+        if MapData::from_pin(path).is_ok_and(|m| self::layout(&m).is_ok_and(|l| l != expected)) {
+            std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
         info!(map = name, "resuming an interrupted migration");
         return Ok(Some(Migration {
             name,
             old,
             old_path,
             old_layout: layout,
+            resumed: true,
             copied: 0,
         }));
     }
@@ -105,6 +113,7 @@ pub fn prepare(
         old,
         old_path,
         old_layout,
+        resumed: false,
         copied: 0,
     }))
 }
@@ -124,23 +133,45 @@ pub fn layout(map: &MapData) -> Result<Layout> {
 impl Migration {
     /// Copies the old map's entries into `new` (converted). `only_missing`: leave entries the
     /// new map already has (the catch-up after the new programs attached).
+    /// (A resumed migration never overwrites: the new map may hold live entries.) Batch by
+    /// batch, so a large table is never held in memory whole.
     pub fn copy(&mut self, new: &MapData, only_missing: bool) -> Result<usize> {
+        let only_missing = only_missing || self.resumed;
         let new_layout = layout(new)?;
-        let entries = read_all(&self.old, (self.old_layout.0, self.old_layout.1))?;
+        let (key_size, value_size) = (self.old_layout.0 as usize, self.old_layout.1 as usize);
+        let fd = self.old.fd().as_fd();
+        let mut cursor = None;
         let mut copied = 0;
-        for (key, value) in entries {
-            let value = convert(&value, new_layout.1 as usize);
-            match update(new, &key, &value, only_missing) {
-                Ok(true) => copied += 1,
-                Ok(false) => {}
-                // A smaller map (an array index past its end, a full hash): what does not fit
-                // is left behind, as a smaller map must.
-                Err(e) if is_capacity_error(&e) => {}
-                Err(e) => return Err(e),
+        loop {
+            let (batch, next) = crate::bpf_batch::lookup(fd, key_size, value_size, &cursor, 1024)?;
+            for (key, value) in batch {
+                let value = convert(&value, new_layout.1 as usize);
+                match update(new, &key, &value, only_missing) {
+                    Ok(true) => copied += 1,
+                    Ok(false) => {}
+                    // A smaller map (an array index past its end, a full hash): what does not
+                    // fit is left behind, as a smaller map must.
+                    Err(e) if is_capacity_error(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
             }
         }
         self.copied += copied;
         Ok(copied)
+    }
+
+    /// Whether the old programs write this map (the kernel's state, not the agent's), so what
+    /// they added during the swap is worth catching up. The agent's own maps are copied once,
+    /// before the agent re-adopts them: a catch-up would bring back what it deleted since.
+    pub fn kernel_written(&self) -> bool {
+        matches!(
+            self.name,
+            geosteer_common::map_names::CONNTRACK | geosteer_common::map_names::FRAGMENTS
+        )
     }
 
     /// The old map is no longer needed (the new programs are attached): its pin goes.

@@ -333,7 +333,11 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
         Parsed::FirstFragment(flow, id) => (flow, Some(id)),
         Parsed::Flow(flow) => (flow, None),
     };
-    match steer::request(&flow, &TcBytes(ctx)) {
+    let verdict = steer::request(&flow, &TcBytes(ctx));
+    if let (Some(id), Verdict::Pass | Verdict::Drop(_)) = (fragment_id, &verdict) {
+        steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+    }
+    match verdict {
         Verdict::Pass => Ok(TC_ACT_OK as i32),
         Verdict::Drop(reason) => {
             steer::count_drop(reason);
@@ -378,6 +382,9 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
         Parsed::Other | Parsed::Truncated { .. } => return Ok(TC_ACT_OK as i32),
     };
     let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
+        if let Some(id) = fragment_id {
+            steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY);
+        }
         return Ok(TC_ACT_OK as i32);
     };
     tc_rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, flow.sport, &nat, 0)?;

@@ -371,6 +371,19 @@ pub fn remember_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: 
     let _ = FRAGMENTS.insert(&key, &value, 0);
 }
 
+/// A first fragment that was not translated: a translation an earlier datagram with the same
+/// id left must not apply to this one's later fragments.
+pub fn forget_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8) {
+    let key = FragmentKey {
+        saddr,
+        daddr,
+        id,
+        proto,
+        direction,
+    };
+    let _ = FRAGMENTS.remove(&key);
+}
+
 /// The address a later fragment gets, if its datagram's first fragment was translated (within
 /// the reassembly timeout: IP ids repeat).
 pub fn fragment_translation(
@@ -529,8 +542,8 @@ fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
 /// (finished) connection through a VIP to that same backend. The earlier flow's reply entry would
 /// then reverse-NAT the direct connection's SYN-ACK to the VIP and break it. The new SYN proves
 /// the earlier flow is over (the client reused its port), so its reply entry goes — unless this
-/// SYN *is* that flow's, already translated by XDP on its way here (same initial sequence
-/// number as the flow's own SYN).
+/// SYN *is* that flow's own (a first SYN or a retransmission, in any state of the flow: same
+/// backend, same initial sequence number), already translated by XDP on its way here.
 fn forget_superseded_nat(flow: &Flow) {
     if flow.proto != PROTO_TCP || !is_pure_syn(flow.tcp_flags) {
         return;
@@ -549,8 +562,9 @@ fn forget_superseded_nat(flow: &Flow) {
         DIR_ORIGINAL,
     );
     // SAFETY: as above.
-    let translated_here = unsafe { CONNTRACK.get(&original_key) }
-        .is_some_and(|o| o.tcp_state == TCP_SYN_SENT && o.req_seq == flow.seq);
+    let translated_here = unsafe { CONNTRACK.get(&original_key) }.is_some_and(|o| {
+        o.nat_addr == flow.daddr && o.nat_port == flow.dport && o.req_seq == flow.seq
+    });
     if !translated_here {
         let _ = CONNTRACK.remove(&key);
     }

@@ -122,3 +122,37 @@ fn a_flow_that_lost_both_halves_is_picked_up_mid_stream_on_its_backend() {
     let (_, out) = conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\n\r\n");
     assert_eq!(verify(&out).src, VIP);
 }
+
+/// On an XDP interface, TC ingress sees again what XDP translated and handed to the stack. A
+/// retransmitted SYN (its SYN-ACK was lost after the flow became established) must not look
+/// like a new direct connection to the backend and take the flow's reverse NAT away.
+#[test]
+fn a_syn_retransmitted_through_xdp_keeps_the_flows_reverse_nat() {
+    let mut rig = Rig::new();
+    let syn = syn(41400).with_seq(7_000, 0);
+    let (_, out) = rig.xdp(&syn);
+    let backend = verify(&out).dst;
+    assert_eq!(
+        rig.run_tc(geosteer_common::program_names::TC_INGRESS, &out)
+            .0,
+        TC_ACT_OK
+    );
+    let syn_ack = Pkt::tcp(backend, TPORT, CLIENT, 41400, SYN | ACK).with_seq(90_000, 7_001);
+    let (_, answer) = rig.egress(&syn_ack);
+    assert_eq!(verify(&answer).src, VIP);
+    // The SYN-ACK was lost; the client sends its SYN again (same ISN).
+    let (_, out) = rig.xdp(&syn);
+    assert_eq!(verify(&out).dst, backend);
+    rig.run_tc(geosteer_common::program_names::TC_INGRESS, &out);
+    let (_, answer) = rig.egress(&syn_ack);
+    assert_eq!(
+        verify(&answer).src,
+        VIP,
+        "the repeated SYN-ACK still leaves from the VIP"
+    );
+    // A new direct connection from that port (another ISN) does end it.
+    let direct = Pkt::tcp(CLIENT, 41400, backend, TPORT, SYN).with_seq(123_457, 0);
+    rig.run_tc(geosteer_common::program_names::TC_INGRESS, &direct.build());
+    let (_, answer) = rig.egress(&syn_ack);
+    assert_eq!(verify(&answer).src, backend);
+}

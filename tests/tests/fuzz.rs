@@ -267,6 +267,22 @@ impl Model {
             return;
         }
         let l4 = 14 + ip.ihl;
+        // A first fragment TC did not translate: an older datagram's translation with the same
+        // id must not apply to this one's later fragments.
+        let header = if ip.proto == PROTO_TCP { 20 } else { 8 };
+        let first_fragment = ip.more
+            && ip.offset == 0
+            && (ip.proto == PROTO_TCP || ip.proto == PROTO_UDP)
+            && frame.len() >= l4 + header;
+        if first_fragment && !matches!(expect, Expect::Nat { .. }) && path != Path::Xdp {
+            let direction = if path == Path::TcEgress {
+                DIR_REPLY
+            } else {
+                DIR_ORIGINAL
+            };
+            self.fragments
+                .remove(&(ip.src, ip.dst, ip.id, ip.proto, direction));
+        }
         match (path, expect) {
             (Path::TcIngress | Path::Xdp, Expect::Nat { .. }) => {
                 let backend = parse_ip(out).expect("NAT output is IPv4").dst;

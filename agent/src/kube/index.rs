@@ -842,25 +842,30 @@ fn slice_candidates<'a>(
 /// Topology-aware routing, as kube-proxy applies it: when every endpoint of this cluster has
 /// zone hints and some are for this node's zone, this cluster's other endpoints are not used.
 /// Remote clusters' endpoints stay (their hints are about their own zones).
+/// Draining endpoints take no part (the EndpointSlice controller hints ready endpoints only)
+/// and are always kept, for their open connections.
 fn apply_zone_hints(candidates: &mut Vec<Candidate>, node_zone: &str) {
     let for_this_zone = |c: &Candidate| {
         c.zone_hints
             .as_ref()
             .is_some_and(|zones| zones.iter().any(|z| z == node_zone))
     };
-    let mut local = candidates.iter().filter(|c| c.local).peekable();
+    let serving_here = |c: &Candidate| c.local && !c.endpoint.draining;
+    let mut local = candidates.iter().filter(|c| serving_here(c)).peekable();
     if node_zone.is_empty() || local.peek().is_none() {
         return;
     }
     if !candidates
         .iter()
-        .filter(|c| c.local)
+        .filter(|c| serving_here(c))
         .all(|c| c.zone_hints.is_some())
-        || !candidates.iter().any(|c| c.local && for_this_zone(c))
+        || !candidates
+            .iter()
+            .any(|c| serving_here(c) && for_this_zone(c))
     {
         return;
     }
-    candidates.retain(|c| !c.local || for_this_zone(c));
+    candidates.retain(|c| !serving_here(c) || for_this_zone(c));
 }
 
 /// Weights from the Service's `cluster-weight.<id>` annotations. A value that is not a number
