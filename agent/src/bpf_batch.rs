@@ -24,6 +24,9 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The batch token of a walk: opaque bytes the kernel hands back (`None`: from the start).
 pub type Cursor = Option<Vec<u8>>;
 
+/// Raw (key, value) entries.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One batch of raw entries (`key_size`, `value_size` bytes each), and the cursor of the next
 /// batch (`None`: the walk is complete). Not for per-CPU maps (their values are per CPU).
 pub fn lookup(
@@ -32,7 +35,7 @@ pub fn lookup(
     value_size: usize,
     cursor: &Cursor,
     max: usize,
-) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, Cursor)> {
+) -> Result<(Entries, Cursor)> {
     // Hash maps use a u32 bucket index, arrays a key: room for either.
     let token_size = key_size.max(8);
     let in_batch = cursor.clone().unwrap_or_default();
@@ -88,11 +91,7 @@ pub fn lookup(
 }
 
 /// Every entry of a map, in batches of 1024.
-pub fn lookup_all(
-    fd: BorrowedFd<'_>,
-    key_size: usize,
-    value_size: usize,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn lookup_all(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Result<Entries> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {

@@ -649,8 +649,10 @@ mod tests {
                 1000,
             );
         }
-        let mut sweeper = Sweeper::default();
-        sweeper.next_gc_ns = u64::MAX; // no garbage collection due
+        let mut sweeper = Sweeper {
+            next_gc_ns: u64::MAX, // no garbage collection due
+            ..Sweeper::default()
+        };
         assert_eq!(
             sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap(),
             None
