@@ -429,21 +429,7 @@ pub struct Quoted {
 /// client → backend after DNAT), sent by the backend or a router on the way, on its way to the
 /// client. The client knows that packet as client → VIP: returns the VIP:port to put back.
 pub fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
-    let key = FlowKey::new(
-        quoted.daddr,
-        quoted.saddr,
-        quoted.dport,
-        quoted.sport,
-        quoted.proto,
-        DIR_REPLY,
-    );
-    // SAFETY: read-only lookup; the value is copied out.
-    let entry = unsafe { CONNTRACK.get(&key) }?;
-    count_ct(ct_stats::ICMP_TRANSLATED);
-    Some(Nat {
-        addr: entry.nat_addr,
-        port: entry.nat_port,
-    })
+    icmp_translation(quoted, DIR_REPLY)
 }
 
 /// Request direction: an ICMP error about a reply that was reverse-NATed (the quoted packet went
@@ -451,13 +437,19 @@ pub fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
 /// MTU discovery), addressed to the VIP. The backend that sent the reply must get it: returns
 /// the backend's address and port.
 pub fn icmp_toward_backend(quoted: &Quoted) -> Option<Nat> {
+    icmp_translation(quoted, DIR_ORIGINAL)
+}
+
+/// The quoted packet is the flow's packet seen from the other direction: its reversed tuple is
+/// the key of the entry (in `direction`) that holds the translation.
+fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
     let key = FlowKey::new(
         quoted.daddr,
         quoted.saddr,
         quoted.dport,
         quoted.sport,
         quoted.proto,
-        DIR_ORIGINAL,
+        direction,
     );
     // SAFETY: read-only lookup; the value is copied out.
     let entry = unsafe { CONNTRACK.get(&key) }?;
