@@ -448,16 +448,8 @@ impl Attachments {
         if xdp && !has(self, "xdp") {
             attach_xdp(ebpf, iface, dataplane.xdp_mode, links_dir, self)?;
         }
-        // A hook a previous agent (or config) attached that this one does not want goes.
-        for (hook, wanted) in [("tc-ingress", tc), ("xdp", xdp)] {
-            let path = links_dir.join(format!("{iface}_{hook}"));
-            if !wanted && path.exists() {
-                if let Some(link) = pinned_link(&path)? {
-                    drop(link);
-                }
-                info!(iface, hook, "detached (no longer configured)");
-            }
-        }
+        // A hook a previous agent attached that this config does not want is detached by the
+        // sweep at the end of `attach` (the only time such a pin can exist).
         Ok(())
     }
 
