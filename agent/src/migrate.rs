@@ -193,14 +193,6 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
-/// Every entry of a (non-per-CPU) hash or array map, as bytes.
-pub fn read_all(
-    map: &MapData,
-    (key_size, value_size): (u32, u32),
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    crate::bpf_batch::lookup_all(map.fd().as_fd(), key_size as usize, value_size as usize)
-}
-
 /// Writes one entry; false when `only_missing` and the key exists.
 pub fn update(map: &MapData, key: &[u8], value: &[u8], only_missing: bool) -> Result<bool> {
     #[repr(C)]

@@ -548,7 +548,7 @@ fn active_health_checks_take_a_dead_endpoint_out_and_bring_it_back() {
 /// grew left pinned. The programs attached meanwhile keep the map they hold. Returns how many
 /// entries the copy has.
 fn pin_in_older_layout(pins: &PinDir, name: &str, value_size: u32) -> anyhow::Result<usize> {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
     let path = pins.pin_path().join(name);
     let current = aya::maps::MapData::from_pin(&path)?;
     let info = current.info()?;
@@ -583,7 +583,11 @@ fn pin_in_older_layout(pins: &PinDir, name: &str, value_size: u32) -> anyhow::Re
     }
     // SAFETY: a new fd the kernel just returned to us.
     let older = aya::maps::MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
-    let entries = geosteer::migrate::read_all(&current, (info.key_size(), info.value_size()))?;
+    let entries = geosteer::bpf_batch::lookup_all(
+        current.fd().as_fd(),
+        info.key_size() as usize,
+        info.value_size() as usize,
+    )?;
     for (key, value) in &entries {
         geosteer::migrate::update(&older, key, &value[..value_size as usize], false)?;
     }
