@@ -295,6 +295,34 @@ pub fn lab_client_json(ns: &Netns, args: &[&str]) -> Result<serde_json::Value> {
     serde_json::from_str(out.trim()).with_context(|| format!("lab-client printed {out:?}"))
 }
 
+/// `lab-client pool` from `ns`: `connections` keep-alive connections to `target`, a request on
+/// one of them every 20 ms, until `stop_file` exists (or a minute is over). Its timeline.
+pub fn pool_until(
+    ns: &Netns,
+    target: &str,
+    connections: u32,
+    stop_file: &std::path::Path,
+) -> Result<serde_json::Value> {
+    let connections = connections.to_string();
+    let stop_file = stop_file.to_str().context("stop file path")?;
+    lab_client_json(
+        ns,
+        &[
+            "pool",
+            "--target",
+            target,
+            "--connections",
+            &connections,
+            "--duration-ms",
+            "60000",
+            "--interval-ms",
+            "20",
+            "--stop-file",
+            stop_file,
+        ],
+    )
+}
+
 fn bin_arg(name: &str) -> Result<String> {
     let path = bin_path(name);
     if path.components().count() > 1 && !path.is_file() {

@@ -246,23 +246,8 @@ fn remote_clusters_merge_applications_but_never_kube_system() {
     let stop_file = pins.root.join("stop-pool");
     let (pool, during, pooled) = std::thread::scope(|scope| {
         let pool = scope.spawn(|| {
-            geosteer_tests::lab_client_json(
-                &lab.client,
-                &[
-                    "pool",
-                    "--target",
-                    REVIEWS,
-                    "--connections",
-                    "2",
-                    "--duration-ms",
-                    "30000",
-                    "--interval-ms",
-                    "20",
-                    "--stop-file",
-                    stop_file.to_str().unwrap(),
-                ],
-            )
-            .expect("pool client runs")
+            geosteer_tests::pool_until(&lab.client, REVIEWS, 2, &stop_file)
+                .expect("pool client runs")
         });
         // The pool's backends: the established flows (its timeline comes only at its end).
         std::thread::sleep(Duration::from_millis(500));

@@ -326,23 +326,7 @@ fn sigterm_rollout_under_load_loses_no_request_and_no_connection() {
             rounds
         });
         let pool = scope.spawn(|| {
-            geosteer_tests::lab_client_json(
-                &lab.client,
-                &[
-                    "pool",
-                    "--target",
-                    VIP,
-                    "--connections",
-                    "2",
-                    "--duration-ms",
-                    "60000",
-                    "--stop-file",
-                    stop_file.to_str().unwrap(),
-                    "--interval-ms",
-                    "20",
-                ],
-            )
-            .expect("pool client runs")
+            geosteer_tests::pool_until(&lab.client, VIP, 2, &stop_file).expect("pool client runs")
         });
         std::thread::sleep(Duration::from_millis(500));
         let status = agent.terminate().expect("agent stops");
@@ -439,23 +423,7 @@ fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
             rounds
         });
         let pool = scope.spawn(|| {
-            geosteer_tests::lab_client_json(
-                &lab.client,
-                &[
-                    "pool",
-                    "--target",
-                    VIP,
-                    "--connections",
-                    "2",
-                    "--duration-ms",
-                    "60000",
-                    "--stop-file",
-                    stop_file.to_str().unwrap(),
-                    "--interval-ms",
-                    "20",
-                ],
-            )
-            .expect("pool client runs")
+            geosteer_tests::pool_until(&lab.client, VIP, 2, &stop_file).expect("pool client runs")
         });
         std::thread::sleep(Duration::from_millis(500));
         paused.store(true, std::sync::atomic::Ordering::SeqCst);
