@@ -85,6 +85,7 @@ impl Publisher {
 struct KubeWiring {
     configs: mpsc::Receiver<Config>,
     file_updates: watch::Sender<Config>,
+    status: watch::Receiver<crate::kube::SourceStatus>,
 }
 
 /// Starts the Kubernetes source and waits for its first desired state (live, or the snapshot
@@ -94,6 +95,7 @@ async fn start_kubernetes(file_config: &Config) -> Result<(Config, KubeWiring)> 
     let source = crate::kube::KubeSource::connect(file_config.clone()).await?;
     let (file_updates, file_rx) = watch::channel(file_config.clone());
     let source = source.with_file_updates(file_rx);
+    let status = source.status();
     let (tx, mut configs) = mpsc::channel(16);
     tokio::spawn(async move {
         if let Err(e) = source.run(tx).await {
@@ -113,6 +115,7 @@ async fn start_kubernetes(file_config: &Config) -> Result<(Config, KubeWiring)> 
         KubeWiring {
             configs,
             file_updates,
+            status,
         },
     ))
 }
@@ -393,6 +396,7 @@ async fn control_loop(
     let mut config_stamp = config_path.and_then(file_stamp);
     let (probe_tx, mut probe_rx) = mpsc::channel::<(HealthKey, Result<(), String>)>(1024);
     let mut probers = spawn_probers(controller, &probe_tx);
+    let mut kube_status = kube.as_ref().map(|k| k.status.clone());
 
     loop {
         heartbeat.beat(monotonic_now());
@@ -422,6 +426,10 @@ async fn control_loop(
                         publisher.runtime.record_reload(outcome);
                     }
                 }
+            }
+            Some(status) = kube_status_change(&mut kube_status) => {
+                publisher.runtime.kubernetes = Some(status);
+                publisher.force(controller);
             }
             Some(config) = recv_kube(&mut kube) => {
                 let outcome = apply_config(controller, maps, config, "kubernetes", Instant::now(), &probe_tx, &mut probers);
@@ -588,6 +596,19 @@ fn forward_file(
             )
         }
         Err(outcome) => outcome,
+    }
+}
+
+/// The Kubernetes source's next status (None: none comes, the source is gone or absent).
+async fn kube_status_change(
+    status: &mut Option<watch::Receiver<crate::kube::SourceStatus>>,
+) -> Option<crate::kube::SourceStatus> {
+    match status {
+        Some(status) => match status.changed().await {
+            Ok(()) => Some(status.borrow_and_update().clone()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

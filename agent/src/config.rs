@@ -737,7 +737,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         policy::validate_traffic_policy(
             policy,
             "defaults.trafficPolicy",
-            &known_regions,
+            Some(&known_regions),
             &mut errors,
         );
     }
@@ -746,7 +746,7 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         let at = format!("services[{s}]");
         if let Some(policy) = &service.traffic_policy {
             let at = format!("{at}.trafficPolicy");
-            policy::validate_traffic_policy(policy, &at, &known_regions, &mut errors);
+            policy::validate_traffic_policy(policy, &at, Some(&known_regions), &mut errors);
         }
         if let Some(weights) = &service.cluster_weights {
             let at = format!("{at}.clusterWeights");
@@ -758,6 +758,27 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
         effective::validate_effective(config, s, &mut errors);
     }
     istio::validate_destination_rules(config, &known_regions, &mut errors);
+    errors
+}
+
+/// Checks the policy parts of a service on their own, as a TrafficPolicy object carries them:
+/// everything but what needs the cluster's state (region and cluster names). Paths start at
+/// the part, e.g. `healthCheck.timeout`.
+pub fn validate_policy_parts(
+    traffic_policy: Option<&TrafficPolicy>,
+    cluster_weights: Option<&BTreeMap<String, u32>>,
+    health_check: Option<&HealthCheck>,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(policy) = traffic_policy {
+        policy::validate_traffic_policy(policy, "trafficPolicy", None, &mut errors);
+    }
+    if let Some(weights) = cluster_weights {
+        policy::validate_cluster_weight_values(weights, "clusterWeights", &mut errors);
+    }
+    if let Some(check) = health_check {
+        policy::validate_health_check(check, "healthCheck", &mut errors);
+    }
     errors
 }
 

@@ -88,6 +88,11 @@ pub fn encode(state: &AgentState, readings: &Readings) -> String {
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
+    if let Some(kubernetes) = &state.kubernetes {
+        // The source's gauges, before the end marker (if the format has one).
+        let end = out.rfind("# EOF").unwrap_or(out.len());
+        out.insert_str(end, &kubernetes.metrics());
+    }
     out
 }
 
@@ -604,12 +609,22 @@ async fn respond(
 
 /// A control loop that has not turned for this long is stuck (it turns at least every 100 ms).
 pub const LOOP_STALL: Duration = Duration::from_secs(5);
+/// Stuck for this long, the agent is not alive: `/healthz` fails and the kubelet restarts it,
+/// which costs no connection (the data path stays pinned across a restart).
+pub const LIVENESS_STALL: Duration = Duration::from_secs(30);
 
 /// The answers that need no maps: liveness, readiness, and everything unknown. `loop_idle`:
 /// how long since the control loop last turned.
 pub fn probe(path: &str, state: &AgentState, loop_idle: Option<Duration>) -> (StatusCode, String) {
     match path {
-        // The process answers: alive.
+        "/healthz" if loop_idle.is_some_and(|idle| idle > LIVENESS_STALL) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "unhealthy: the control loop has not run for {:.1}s\n",
+                loop_idle.unwrap_or_default().as_secs_f64()
+            ),
+        ),
+        // The process answers and its loop turns: alive.
         "/healthz" => (StatusCode::OK, "ok\n".into()),
         "/readyz" if !state.agent.ready => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -637,9 +652,11 @@ mod tests {
         // (path, ready, control loop idle, status)
         let turning = Some(Duration::from_millis(80));
         let stuck = Some(Duration::from_secs(6));
+        let wedged = Some(Duration::from_secs(31));
         let cases = [
             ("/healthz", false, None, StatusCode::OK),
             ("/healthz", true, stuck, StatusCode::OK),
+            ("/healthz", true, wedged, StatusCode::SERVICE_UNAVAILABLE),
             ("/readyz", false, turning, StatusCode::SERVICE_UNAVAILABLE),
             ("/readyz", true, turning, StatusCode::OK),
             ("/readyz", true, stuck, StatusCode::SERVICE_UNAVAILABLE),

@@ -33,6 +33,10 @@ pub struct AgentState {
     /// Kernel memory of the maps on this node, and the limit it was checked against.
     #[serde(default)]
     pub memory: crate::memory::MemoryPlan,
+    /// The Kubernetes source, in Kubernetes mode: clusters, staleness, the TrafficPolicies this
+    /// node does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::SourceStatus>,
 }
 
 /// The conntrack GC as the agent last saw it.
@@ -252,6 +256,7 @@ pub struct Runtime {
     pub attachments: Vec<AttachmentInfo>,
     pub conntrack: ConntrackInfo,
     pub memory: crate::memory::MemoryPlan,
+    pub kubernetes: Option<crate::kube::SourceStatus>,
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -317,6 +322,7 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         reconcile_repairs: controller.reconcile_repairs,
         conntrack: runtime.conntrack.clone(),
         memory: runtime.memory.clone(),
+        kubernetes: runtime.kubernetes.clone(),
     }
 }
 

@@ -236,7 +236,7 @@ fn rules(role: &Value) -> Vec<(Vec<&str>, Vec<&str>, Vec<&str>)> {
 }
 
 #[test]
-fn rbac_reads_and_writes_only_trafficpolicy_status() {
+fn rbac_reads_and_writes_only_trafficpolicy_status_and_events() {
     let role = object("rbac.yaml", "ClusterRole", "geosteer");
     let mut read = BTreeSet::new();
     for (groups, resources, verbs) in rules(&role) {
@@ -245,6 +245,13 @@ fn rbac_reads_and_writes_only_trafficpolicy_status() {
         }
         if resources == ["trafficpolicies/status"] {
             assert_eq!((groups, verbs), (vec!["geosteer.io"], vec!["patch"]));
+            continue;
+        }
+        if resources == ["events"] {
+            assert_eq!(
+                (groups, verbs),
+                (vec!["events.k8s.io"], vec!["create", "patch"])
+            );
             continue;
         }
         assert_eq!(verbs, ["get", "list", "watch"], "{resources:?}");

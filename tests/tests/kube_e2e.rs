@@ -310,3 +310,232 @@ fn remote_clusters_merge_applications_but_never_kube_system() {
     drop(remote);
     drop(local);
 }
+
+impl FakeApiServer {
+    fn get(&self, ns: &Netns, path: &str) -> Value {
+        let out = ns
+            .exec(&["curl", "-sf", &self.url(path)])
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("GET {path}: {e}: {out}"))
+    }
+
+    fn traffic_policy(&self, ns: &Netns, name: &str) -> Value {
+        let list = self.get(ns, "/apis/geosteer.io/v1alpha1/trafficpolicies");
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no TrafficPolicy {name}: {list}"))
+    }
+}
+
+fn traffic_policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "geosteer.io/v1alpha1", "kind": "TrafficPolicy",
+        "metadata": {"name": name, "namespace": "default",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec})
+}
+
+/// Waits until `ok` holds for `what` (polling every 200 ms, up to 15 s).
+fn wait_for(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(last) => assert!(Instant::now() < deadline, "{what}: {last}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A TrafficPolicy steers live connections; its status is judged from the object alone and
+/// written once by server-side apply under the agents' one field manager; a bad update keeps
+/// the accepted version on the data path; what this node does not apply (a policy whose
+/// Service does not exist) is in `geosteer status` and an Event, not in the object's status.
+#[test]
+fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
+    require_root();
+    let mut lab = Lab::build(&LabSpec::two_regions("gsk2")).expect("lab builds");
+    lab.start_backends(8080, None).expect("backends start");
+    let local = FakeApiServer::start(&lab.node, 16445);
+    let remote = FakeApiServer::start(&lab.node, 16446);
+    let pins = PinDir::new("gsk2").unwrap();
+    let ns = &lab.node;
+
+    local.apply(ns, node("lab-node", "cn-hangzhou", "cn-hangzhou-b"));
+    remote.apply(ns, node("sh-node", "cn-shanghai", "cn-shanghai-a"));
+    local.apply(ns, service("default", "reviews", "198.19.0.10", 80));
+    local.apply(
+        ns,
+        slice(
+            "default",
+            "reviews",
+            "hz",
+            "lab-node",
+            &["198.18.11.2", "198.18.12.2"],
+        ),
+    );
+    remote.apply(
+        ns,
+        slice(
+            "default",
+            "reviews",
+            "sh",
+            "sh-node",
+            &["198.18.21.2", "198.18.22.2"],
+        ),
+    );
+    local.apply(
+        ns,
+        traffic_policy(
+            "reviews",
+            json!({"targetRef": {"name": "reviews"},
+                   "clusterWeights": {"ack-hangzhou": 0, "ack-shanghai": 100}}),
+        ),
+    );
+
+    let config = format!(
+        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+         dataplane: {{tc: [cl0], pinPath: {}, maxServices: 16, maxBackends: 1024, conntrackSize: 65536}}\n\
+         kubernetes:\n  snapshotPath: {}\n  clusters:\n    - {{name: ack-shanghai, kubeconfig: {}, region: cn-shanghai}}\n",
+        pins.pin_path().display(),
+        pins.root.join("snapshot.json").display(),
+        remote.kubeconfig(&pins, "ack-shanghai"),
+    );
+    let local_kubeconfig = local.kubeconfig(&pins, "ack-hangzhou");
+    let agent = Agent::start_with_env(
+        ns,
+        &pins,
+        &config,
+        &[("NODE_NAME", "lab-node"), ("KUBECONFIG", &local_kubeconfig)],
+    )
+    .expect("agent starts in Kubernetes mode");
+
+    let condition = |name: &str| local.traffic_policy(ns, name)["status"]["conditions"][0].clone();
+    wait_for("the policy's status is written", || {
+        let c = condition("reviews");
+        (c["status"] == "True" && c["reason"] == "Accepted")
+            .then_some(())
+            .ok_or_else(|| c.to_string())
+    });
+    // 100% to the remote cluster, on live connections (once its endpoints have arrived).
+    wait_for("the weights steer new connections", || {
+        let report = http_from(&lab.client, REVIEWS, &HttpOptions::new(100, 1)).unwrap();
+        let backends: Vec<&String> = report.backends.keys().collect();
+        (report.ok == 100 && backends == ["sh1", "sh2"])
+            .then_some(())
+            .ok_or_else(|| format!("{report:?}"))
+    });
+
+    // An invalid update: the status says why, from the object alone; the data path keeps the
+    // accepted version.
+    local.apply(
+        ns,
+        traffic_policy(
+            "reviews",
+            json!({"targetRef": {"name": "reviews"},
+                   "clusterWeights": {"ack-hangzhou": 0, "ack-shanghai": 100},
+                   "healthCheck": {"interval": "1s", "timeout": "5s"}}),
+        ),
+    );
+    wait_for("the update is marked invalid", || {
+        let c = condition("reviews");
+        (c["status"] == "False"
+            && c["message"] == "spec.healthCheck.timeout: 5s is longer than the interval 1s")
+            .then_some(())
+            .ok_or_else(|| c.to_string())
+    });
+    assert_eq!(
+        local.traffic_policy(ns, "reviews")["status"]["observedGeneration"],
+        2
+    );
+    assert_eq!(answered_by(&lab, REVIEWS, 100), ["sh1", "sh2"]);
+
+    // A valid policy for a Service that does not exist: valid as an object, not in effect here.
+    local.apply(
+        ns,
+        traffic_policy(
+            "ratings",
+            json!({"targetRef": {"name": "ratings"},
+                   "clusterWeights": {"ack-hangzhou": 100}}),
+        ),
+    );
+    wait_for("the node says what it does not apply", || {
+        let status = geosteer_tests::agent::geosteer_json(ns, &pins, &["status"]).unwrap();
+        let reports = &status["kubernetes"]["policiesNotInEffect"];
+        let reasons: Vec<(String, String)> = reports
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or("").to_string(),
+                    r["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let wanted = [
+            ("ratings".to_string(), "TargetNotFound".to_string()),
+            ("reviews".to_string(), "Invalid".to_string()),
+        ];
+        (reasons == wanted)
+            .then_some(())
+            .ok_or_else(|| status["kubernetes"].to_string())
+    });
+    wait_for("the ratings policy is valid as an object", || {
+        let c = condition("ratings");
+        (c["status"] == "True")
+            .then_some(())
+            .ok_or_else(|| c.to_string())
+    });
+    let fake = local.get(ns, "/_fake/patches");
+    assert_eq!(fake["fieldManagers"], json!(["geosteer-agent"]), "{fake}");
+    assert_eq!(
+        fake["statusChanges"], 3,
+        "reviews accepted, reviews invalid, ratings accepted: {fake}"
+    );
+    let events: Vec<(String, String)> = fake["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["regarding"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("Accepted", "reviews"),
+        ("Invalid", "reviews"),
+        ("Accepted", "ratings"),
+        ("NotInEffect", "ratings"),
+    ] {
+        assert!(
+            events.contains(&(wanted.0.to_string(), wanted.1.to_string())),
+            "{wanted:?} not in {events:?}"
+        );
+    }
+    // And the metrics say it too.
+    let metrics = ns
+        .exec(&[
+            "curl",
+            "-sf",
+            &format!("http://{}/metrics", geosteer_tests::agent::METRICS_ADDRESS),
+        ])
+        .expect("metrics answer");
+    for line in [
+        "geosteer_kube_traffic_policies{accepted=\"false\"} 2",
+        "geosteer_kube_cluster_connected{cluster=\"ack-shanghai\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    drop(agent);
+    drop(remote);
+    drop(local);
+}

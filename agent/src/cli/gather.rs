@@ -162,6 +162,7 @@ pub fn status(ctx: &Context) -> StatusReport {
         }),
         conntrack_gc: state.map(|s| s.conntrack.clone()),
         memory: state.map(|s| s.memory.clone()),
+        kubernetes: state.and_then(|s| s.kubernetes.clone()),
         ..Default::default()
     };
     // The agent knows the XDP mode; a link only says "xdp".

@@ -259,6 +259,7 @@ fn agent_state() -> AgentState {
             orphans: 1,
             ended: 4,
         },
+        kubernetes: None,
     }
 }
 
@@ -380,6 +381,36 @@ fn status_up() -> StatusReport {
             ("partner_restored".to_string(), 2),
         ]),
         maps_error: None,
+        kubernetes: Some(crate::kube::SourceStatus {
+            origin: crate::kube::Origin::Cluster,
+            last_change: Some("2025-01-01T11:58:00Z".into()),
+            clusters: vec![
+                crate::kube::ClusterStatus {
+                    name: "ack-hangzhou".into(),
+                    connected: true,
+                    last_contact: Some("2025-01-01T12:00:00Z".into()),
+                    synced: true,
+                    endpoints: 2,
+                    ..Default::default()
+                },
+                crate::kube::ClusterStatus {
+                    name: "ack-shanghai".into(),
+                    connected: true,
+                    last_contact: Some("2025-01-01T12:00:00Z".into()),
+                    synced: true,
+                    endpoints: 2,
+                    ..Default::default()
+                },
+            ],
+            policies_accepted: 1,
+            policies_rejected: 1,
+            policies_not_in_effect: vec![crate::kube::PolicyReport {
+                namespace: "default".into(),
+                name: "ratings".into(),
+                reason: "TargetNotFound".into(),
+                message: "Service default/ratings does not exist or has no IPv4 cluster IP".into(),
+            }],
+        }),
     }
 }
 

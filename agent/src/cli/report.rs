@@ -82,6 +82,9 @@ pub struct StatusReport {
     pub conntrack_events: BTreeMap<String, u64>,
     /// Why the maps could not be read, if so.
     pub maps_error: Option<String>,
+    /// The Kubernetes source, in Kubernetes mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube::SourceStatus>,
 }
 
 /// A program link pinned under `<pinPath>/links`: attached for as long as the pin exists.
@@ -224,10 +227,23 @@ impl Render for StatusReport {
         if !conntrack.is_empty() {
             fields.push(("conntrack", conntrack.join("; ")));
         }
+        if let Some(kubernetes) = &self.kubernetes {
+            for (i, line) in kubernetes.describe().into_iter().enumerate() {
+                fields.push((if i == 0 { "kubernetes" } else { "" }, line));
+            }
+        }
         let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
         let mut out: String = fields
             .iter()
-            .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+            .map(|(k, v)| {
+                // An empty label continues the field above.
+                let label = if k.is_empty() {
+                    String::new()
+                } else {
+                    format!("{k}:")
+                };
+                format!("{label:<width$} {v}\n")
+            })
             .collect();
 
         out.push('\n');

@@ -290,7 +290,7 @@ pub(super) fn validate_destination_rules(
         }
         if let Some(policy) = &rule.traffic_policy {
             let at = format!("{at}: spec.trafficPolicy");
-            validate_traffic_policy(policy, &at, known_regions, errors);
+            validate_traffic_policy(policy, &at, Some(known_regions), errors);
         }
     }
 

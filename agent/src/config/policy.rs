@@ -656,11 +656,12 @@ pub(super) fn ignored_field_message(field: &str) -> String {
 // Validation of one policy
 
 /// Checks one trafficPolicy found at `at` (e.g. `services[0].trafficPolicy`). `known_regions`
-/// are the regions failover rules may name.
+/// are the regions failover rules may name; `None` checks the policy on its own (a
+/// TrafficPolicy object's status), where region names cannot be judged.
 pub(super) fn validate_traffic_policy(
     policy: &TrafficPolicy,
     at: &str,
-    known_regions: &BTreeSet<&str>,
+    known_regions: Option<&BTreeSet<&str>>,
     errors: &mut Vec<FieldError>,
 ) {
     if let Some(locality) = policy.locality_lb_setting() {
@@ -693,7 +694,7 @@ pub(super) fn validate_traffic_policy(
 fn validate_locality_lb_setting(
     setting: &LocalityLbSetting,
     at: &str,
-    known_regions: &BTreeSet<&str>,
+    known_regions: Option<&BTreeSet<&str>>,
     errors: &mut Vec<FieldError>,
 ) {
     // ASM: "Failover and traffic distribution are mutually exclusive"; Istio's validation too.
@@ -717,7 +718,6 @@ fn validate_locality_lb_setting(
         }
     }
 
-    let known = list_or_none(known_regions);
     for (i, rule) in setting.failover.iter().enumerate() {
         let at = format!("{at}.failover[{i}]");
         for (field, region) in [("from", &rule.from), ("to", &rule.to)] {
@@ -726,11 +726,14 @@ fn validate_locality_lb_setting(
                     format!("{at}.{field}"),
                     "must not be empty",
                 ));
-            } else if !known_regions.contains(region.as_str()) {
+            } else if let Some(known) = known_regions
+                && !known.contains(region.as_str())
+            {
                 errors.push(FieldError::new(
                     format!("{at}.{field}"),
                     format!(
-                        "{region:?} is not a known region (the node's or an endpoint's: {known})"
+                        "{region:?} is not a known region (the node's or an endpoint's: {})",
+                        list_or_none(known)
                     ),
                 ));
             }
@@ -950,8 +953,8 @@ pub(super) fn validate_health_check(check: &HealthCheck, at: &str, errors: &mut 
     }
 }
 
-/// Checks `service.clusterWeights`, found at `at`, on its own; the conflict with `distribute`
-/// needs the effective policy and is checked in `effective.rs`.
+/// Checks `service.clusterWeights`, found at `at`, against the service's clusters; the
+/// conflict with `distribute` needs the effective policy and is checked in `effective.rs`.
 pub(super) fn validate_cluster_weights(
     weights: &BTreeMap<String, u32>,
     service: &Service,
@@ -960,20 +963,30 @@ pub(super) fn validate_cluster_weights(
 ) {
     let clusters = service_clusters(service);
     let known = list_or_none(&clusters);
-    for (cluster, &weight) in weights {
-        let at = format!("{at}.{cluster}");
+    for cluster in weights.keys() {
         if !clusters.contains(cluster.as_str()) {
             errors.push(FieldError::new(
-                &at,
+                format!("{at}.{cluster}"),
                 format!(
                     "no endpoint of {}/{} is in cluster {cluster:?} (known clusters: {known})",
                     service.namespace, service.name
                 ),
             ));
         }
+    }
+    validate_cluster_weight_values(weights, at, errors);
+}
+
+/// The checks of `clusterWeights` that need nothing but the weights.
+pub(super) fn validate_cluster_weight_values(
+    weights: &BTreeMap<String, u32>,
+    at: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for (cluster, &weight) in weights {
         if weight > MAX_CLUSTER_WEIGHT {
             errors.push(FieldError::new(
-                &at,
+                format!("{at}.{cluster}"),
                 format!("{weight} is above the maximum {MAX_CLUSTER_WEIGHT}"),
             ));
         }
@@ -1444,7 +1457,7 @@ loadBalancer:
         ];
         for (case, yaml, expected) in cases {
             let mut errors = Vec::new();
-            validate_traffic_policy(&policy(yaml), "tp", &regions, &mut errors);
+            validate_traffic_policy(&policy(yaml), "tp", Some(&regions), &mut errors);
             let actual: Vec<(&str, &str)> = errors
                 .iter()
                 .map(|e| (e.path.as_str(), e.message.as_str()))
@@ -1470,7 +1483,7 @@ loadBalancer:
         ];
         for yaml in cases {
             let mut errors = Vec::new();
-            validate_traffic_policy(&policy(yaml), "tp", &regions, &mut errors);
+            validate_traffic_policy(&policy(yaml), "tp", Some(&regions), &mut errors);
             assert_eq!(errors, [], "{yaml}");
         }
     }

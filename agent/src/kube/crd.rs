@@ -9,10 +9,12 @@
 use std::collections::BTreeMap;
 
 use ::kube::{CustomResource, CustomResourceExt as _};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use crate::config::{self, Service};
+use crate::config::{self, MAX_CLUSTER_WEIGHT, Service};
 
 /// A Go-style duration as Istio writes them (`10s`, `1m`, `100ms`, `1h30m`).
 const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$";
@@ -182,14 +184,16 @@ pub enum HealthCheckType {
     Tcp,
 }
 
-/// What the agents decided about a TrafficPolicy. Every agent computes the same answer from
-/// the same objects; only one that sees a different status writes it.
+/// Whether the spec is valid, judged from the object alone, so that every agent computes the
+/// same status (written by server-side apply under one field manager, only when it differs).
+/// Whether a node applies the policy (its target exists, it names known regions, no older
+/// policy claims the Service) is that node's fact: `geosteer status`, metrics and Events.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// One condition, `Accepted`: `True`, or `False` with the reason and the errors.
+    /// One condition, `Accepted`: `True`, or `False` (reason `Invalid`) with the errors.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<PolicyCondition>,
 }
@@ -202,7 +206,7 @@ pub struct PolicyCondition {
     pub kind: String,
     /// `True` or `False`.
     pub status: String,
-    /// `Accepted`, `Invalid`, `TargetNotFound` or `Conflicted`.
+    /// `Accepted` or `Invalid`.
     pub reason: String,
     #[serde(default)]
     pub message: String,
@@ -216,9 +220,63 @@ pub struct PolicyCondition {
 /// The name of the only condition.
 pub const ACCEPTED: &str = "Accepted";
 
+/// The CRD, with what the API server expects of a structural schema beyond what the types
+/// derive: integer formats it knows (`int32`/`int64`; schemars' `uint32` makes `kubectl apply`
+/// warn), 0-100 bounds on weight maps, `conditions` as a list map keyed by `type` (so
+/// server-side apply merges conditions by type), and the failover/distribute exclusion as a
+/// CEL rule, so that the API server refuses such an object before any agent sees it.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = TrafficPolicy::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let mut json = serde_json::to_value(&*schema).expect("a schema serializes");
+        known_integer_formats(&mut json);
+        let spec = &mut json["properties"]["spec"]["properties"];
+        spec["clusterWeights"]["additionalProperties"]["maximum"] = json!(MAX_CLUSTER_WEIGHT);
+        let locality = &mut spec["trafficPolicy"]["properties"]["loadBalancer"]["properties"]["localityLbSetting"];
+        locality["properties"]["distribute"]["items"]["properties"]["to"]["additionalProperties"]
+            ["maximum"] = json!(100);
+        locality["x-kubernetes-validations"] = json!([{
+            "rule": "!(has(self.distribute) && size(self.distribute) > 0 && \
+                     ((has(self.failover) && size(self.failover) > 0) || \
+                      (has(self.failoverPriority) && size(self.failoverPriority) > 0)))",
+            "message": "failover (or failoverPriority) and distribute are mutually exclusive; keep one",
+        }]);
+        let conditions = &mut json["properties"]["status"]["properties"]["conditions"];
+        conditions["x-kubernetes-list-type"] = json!("map");
+        conditions["x-kubernetes-list-map-keys"] = json!(["type"]);
+        *schema = serde_json::from_value(json).expect("the fixed schema is a schema");
+    }
+    crd
+}
+
+/// Rewrites schemars' unsigned formats to the ones Kubernetes knows.
+fn known_integer_formats(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            if let Some(format) = map.get_mut("format") {
+                match format.as_str() {
+                    Some("uint8" | "uint16") => *format = json!("int32"),
+                    Some("uint32" | "uint64" | "uint") => *format = json!("int64"),
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(known_integer_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(known_integer_formats),
+        _ => {}
+    }
+}
+
 /// The CRD manifest, as checked in under `deploy/crds/` (`cargo xtask crdgen`).
 pub fn crd_yaml() -> String {
-    let crd = TrafficPolicy::crd();
+    let crd = crd();
     let yaml = serde_yaml_ng::to_string(&crd).expect("a CRD serializes to YAML");
     format!("# Generated from agent/src/kube/crd.rs by `cargo xtask crdgen`; do not edit.\n{yaml}")
 }
@@ -266,6 +324,69 @@ impl TrafficPolicySpec {
             reset_on_eject: self.reset_on_eject.unwrap_or(false),
             on_eject: self.on_eject,
         })
+    }
+}
+
+impl TrafficPolicySpec {
+    /// Reads and checks the spec on its own: what the object's status says, the same on every
+    /// node. What needs the cluster's state (the target, region and cluster names, conflicts)
+    /// is each node's to judge and report (`geosteer status`, Events), never the status.
+    pub fn validate(&self) -> Result<ServicePolicy, String> {
+        let policy = self.to_service_policy()?;
+        let errors = config::validate_policy_parts(
+            policy.traffic_policy.as_ref(),
+            policy.cluster_weights.as_ref(),
+            policy.health_check.as_ref(),
+        );
+        if errors.is_empty() {
+            return Ok(policy);
+        }
+        let errors: Vec<String> = errors
+            .iter()
+            .map(|e| format!("spec.{}: {}", e.path, e.message))
+            .collect();
+        Err(errors.join("; "))
+    }
+}
+
+impl TrafficPolicy {
+    /// The status this object's spec asks for: `Accepted` from [`TrafficPolicySpec::validate`]
+    /// and the generation it judged. The transition time is kept unless `status` flips, so
+    /// every writer computes the same object.
+    pub fn wanted_status(&self, now: std::time::SystemTime) -> TrafficPolicyStatus {
+        let generation = self.metadata.generation;
+        let (status, reason, message) = match self.spec.validate() {
+            Ok(_) => ("True", "Accepted", String::new()),
+            Err(message) => ("False", "Invalid", message),
+        };
+        let previous = self
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.kind == ACCEPTED));
+        let last_transition_time = match previous {
+            Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+            _ => Some(super::snapshot::rfc3339(now)),
+        };
+        TrafficPolicyStatus {
+            observed_generation: generation,
+            conditions: vec![PolicyCondition {
+                kind: ACCEPTED.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message,
+                observed_generation: generation,
+                last_transition_time,
+            }],
+        }
+    }
+
+    /// Whether the status already says what [`TrafficPolicy::wanted_status`] would.
+    pub fn status_is_current(&self) -> bool {
+        let now = std::time::SystemTime::UNIX_EPOCH;
+        let wanted = self.wanted_status(now);
+        let current = self.status.as_ref();
+        // The transition time is taken from the current status unless the status flips.
+        current == Some(&wanted)
     }
 }
 
@@ -448,6 +569,69 @@ resetOnEject: true
         assert_eq!(
             outlier["properties"]["interval"]["pattern"],
             DURATION_PATTERN
+        );
+    }
+
+    #[test]
+    fn the_schema_is_what_the_api_server_expects() {
+        let crd: serde_json::Value = serde_yaml_ng::from_str(&crd_yaml()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let text = root.to_string();
+        assert!(
+            !text.contains("\"uint"),
+            "unsigned formats make the API server warn"
+        );
+        let spec = &root["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["clusterWeights"]["additionalProperties"]["maximum"].as_f64(),
+            Some(100.0)
+        );
+        assert_eq!(spec["healthCheck"]["properties"]["port"]["format"], "int32");
+        let conditions = &root["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+        let locality =
+            &spec["trafficPolicy"]["properties"]["loadBalancer"]["properties"]["localityLbSetting"];
+        let rule = locality["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap();
+        assert!(rule.contains("self.distribute") && rule.contains("self.failoverPriority"));
+    }
+
+    #[test]
+    fn the_status_judges_the_object_alone_and_keeps_its_transition_time() {
+        let mut policy: TrafficPolicy = serde_yaml_ng::from_str(
+            "apiVersion: geosteer.io/v1alpha1\nkind: TrafficPolicy\n\
+             metadata: {name: p, namespace: default, generation: 4}\n\
+             spec:\n  targetRef: {name: reviews}\n  \
+               trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: mars, to: venus}]}}}\n  \
+               clusterWeights: {east: 0}\n  healthCheck: {interval: 1s, timeout: 5s}\n",
+        )
+        .unwrap();
+        let earlier = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let status = policy.wanted_status(earlier);
+        let condition = &status.conditions[0];
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Invalid")
+        );
+        // Unknown regions are each node's to judge; the rest is the object's.
+        assert_eq!(
+            condition.message,
+            "spec.clusterWeights: at least one cluster needs a weight above 0; \
+             spec.healthCheck.timeout: 5s is longer than the interval 1s"
+        );
+        assert_eq!(status.observed_generation, Some(4));
+        assert!(!policy.status_is_current());
+        policy.status = Some(status.clone());
+        assert!(policy.status_is_current());
+        // The same verdict later keeps the transition time: every node writes the same object.
+        let later = earlier + Duration::from_secs(60);
+        assert_eq!(policy.wanted_status(later), status);
+        policy.metadata.generation = Some(5);
+        assert!(
+            !policy.status_is_current(),
+            "a new generation is judged again"
         );
     }
 

@@ -53,8 +53,13 @@ struct State {
     watchers: BTreeMap<&'static str, Vec<mpsc::UnboundedSender<Value>>>,
     /// Group versions served beyond the built-in ones, e.g. `geosteer.io/v1alpha1`.
     served: BTreeSet<String>,
-    /// Status patches received: (namespace/name, body).
-    patches: Vec<(String, Value)>,
+    /// Status patches received: (namespace/name, body, fieldManager).
+    patches: Vec<(String, Value, String)>,
+    /// Status patches that changed the object (a patch that changes nothing is not a write,
+    /// as on the real server: no new resourceVersion, no watch event).
+    status_changes: usize,
+    /// Events created (events.k8s.io/v1), with a later series patch folded in.
+    events: Vec<Value>,
 }
 
 impl FakeApi {
@@ -114,16 +119,38 @@ impl FakeApi {
         }
     }
 
-    /// Creates or replaces an object and tells the watchers.
-    pub fn apply(&self, object: Value) {
+    /// Creates or replaces an object and tells the watchers. As on the real server, an object
+    /// without `metadata.generation` gets one: 1 when created, one more when its spec changes.
+    pub fn apply(&self, mut object: Value) {
         let collection = collection_of(&object);
         let key = object_key(&object);
         let mut state = self.lock();
-        let existed = state
+        let existing = state
             .objects
             .get(collection)
-            .is_some_and(|o| o.contains_key(&key));
-        let kind = if existed { "MODIFIED" } else { "ADDED" };
+            .and_then(|o| o.get(&key))
+            .cloned();
+        if object["metadata"]["generation"].is_null() {
+            let generation = match &existing {
+                None => 1,
+                Some(old) => {
+                    let old_generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    old_generation + i64::from(old["spec"] != object["spec"])
+                }
+            };
+            object["metadata"]["generation"] = json!(generation);
+        }
+        if object["status"].is_null()
+            && let Some(old) = &existing
+        {
+            // The main resource does not write status: an update keeps it.
+            object["status"] = old["status"].clone();
+        }
+        let kind = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         state.store(collection, key, object, kind);
     }
 
@@ -162,7 +189,7 @@ impl FakeApi {
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();
-        let body = if method == http::Method::PATCH {
+        let body = if method == http::Method::PATCH || method == http::Method::POST {
             request.into_body().collect_bytes().await.ok()?
         } else {
             Bytes::new()
@@ -182,9 +209,18 @@ impl FakeApi {
             return None;
         }
         let path = path.to_string();
+        if path.starts_with("/apis/events.k8s.io/v1/") {
+            let body: Value = serde_json::from_slice(body).ok()?;
+            return Some(self.event(method, &path, body));
+        }
         if method == http::Method::PATCH {
             let patch: Value = serde_json::from_slice(body).ok()?;
-            return Some(self.patch_status(&path, patch));
+            let manager = query
+                .split('&')
+                .find_map(|q| q.strip_prefix("fieldManager="))
+                .unwrap_or("")
+                .to_string();
+            return Some(self.patch_status(&path, patch, manager));
         }
         if path == "/version" {
             return Some(json_response(
@@ -290,7 +326,50 @@ impl FakeApi {
         Response::new(StreamBody::new(lines).boxed_unsync())
     }
 
-    fn patch_status(&self, path: &str, patch: Value) -> Response<ResponseBody> {
+    /// `POST .../namespaces/NS/events` creates, `PATCH .../events/NAME` updates a series.
+    fn event(&self, method: &http::Method, path: &str, body: Value) -> Response<ResponseBody> {
+        let mut state = self.lock();
+        if method == http::Method::POST {
+            let mut event = body;
+            if event["metadata"]["name"].is_null() {
+                let prefix = event["metadata"]["generateName"]
+                    .as_str()
+                    .unwrap_or("event.");
+                event["metadata"]["name"] = json!(format!("{prefix}{}", state.events.len()));
+            }
+            state.events.push(event.clone());
+            return json_response(StatusCode::CREATED, event);
+        }
+        let name = path.rsplit('/').next().unwrap_or("");
+        match state
+            .events
+            .iter_mut()
+            .find(|e| e["metadata"]["name"] == name)
+        {
+            Some(event) => {
+                event["series"] = body["series"].clone();
+                json_response(StatusCode::OK, event.clone())
+            }
+            None => not_found(path),
+        }
+    }
+
+    /// The events created so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
+    /// Status patches that changed a TrafficPolicy.
+    pub fn status_changes(&self) -> usize {
+        self.lock().status_changes
+    }
+
+    /// The field managers of the status patches received.
+    pub fn field_managers(&self) -> BTreeSet<String> {
+        self.lock().patches.iter().map(|p| p.2.clone()).collect()
+    }
+
+    fn patch_status(&self, path: &str, patch: Value, manager: String) -> Response<ResponseBody> {
         // /apis/geosteer.io/v1alpha1/namespaces/NS/trafficpolicies/NAME/status
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let [_, _, _, _, namespace, "trafficpolicies", name, "status"] = parts[..] else {
@@ -301,7 +380,7 @@ impl FakeApi {
         let mut state = self.lock();
         state
             .patches
-            .push((format!("{namespace}/{name}"), patch.clone()));
+            .push((format!("{namespace}/{name}"), patch.clone(), manager));
         let Some(mut object) = state
             .objects
             .get(collection)
@@ -310,15 +389,20 @@ impl FakeApi {
         else {
             return not_found(path);
         };
-        object["status"] = patch["status"].clone();
-        state.store(collection, key, object.clone(), "MODIFIED");
+        if object["status"] != patch["status"] {
+            object["status"] = patch["status"].clone();
+            state.status_changes += 1;
+            state.store(collection, key.clone(), object, "MODIFIED");
+        }
+        let object = state.objects[collection][&key].clone();
         json_response(StatusCode::OK, object)
     }
 }
 
 /// The process: the API plus a control surface for the test driving it, under `/_fake/`:
 /// `POST /_fake/apply` (one object, JSON), `POST /_fake/delete/KIND/NAMESPACE/NAME`,
-/// `POST /_fake/reachable/true|false`, `GET /_fake/patches` (how many status patches).
+/// `POST /_fake/reachable/true|false`, `GET /_fake/patches` (status patches: how many, how many
+/// changed something, their field managers; and the Events created).
 impl FakeApi {
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
         loop {
@@ -379,7 +463,15 @@ impl FakeApi {
                 self.set_reachable(on == "true");
                 json_response(StatusCode::OK, json!({"reachable": on == "true"}))
             }
-            ["patches"] => json_response(StatusCode::OK, json!({"patches": self.patch_count()})),
+            ["patches"] => json_response(
+                StatusCode::OK,
+                json!({
+                    "patches": self.patch_count(),
+                    "statusChanges": self.status_changes(),
+                    "fieldManagers": self.field_managers(),
+                    "events": self.events(),
+                }),
+            ),
             _ => not_found(what),
         }
     }

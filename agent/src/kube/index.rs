@@ -406,7 +406,7 @@ impl Index {
                 continue;
             };
             let mut rejected_update = None;
-            let converted = match policy.spec.to_service_policy() {
+            let converted = match policy.spec.validate() {
                 Ok(converted) => converted,
                 Err(message) => match self.last_accepted.get(&key) {
                     Some(last) => {

@@ -11,6 +11,7 @@
 
 pub mod cluster_local;
 pub mod crd;
+pub mod events;
 pub mod index;
 pub mod snapshot;
 mod source;
@@ -22,8 +23,8 @@ pub mod fake_api;
 mod source_tests;
 
 pub use crd::crd_yaml;
-pub use source::{Connect, KubeSource, Options, policy_status};
-pub use status::{ClusterStatus, Origin, SourceStatus};
+pub use source::{Connect, KubeSource, Options, STATUS_FIELD_MANAGER};
+pub use status::{ClusterStatus, Origin, PolicyReport, SourceStatus};
 use tokio::sync::mpsc;
 
 use crate::config::Config;

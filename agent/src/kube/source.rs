@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     hash::{Hash as _, Hasher as _},
     path::PathBuf,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -35,10 +36,11 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use super::{
-    crd::{ACCEPTED, PolicyCondition, TrafficPolicy, TrafficPolicyStatus},
+    crd::TrafficPolicy,
+    events::{PolicyEvent, PolicyEvents},
     index::{Index, ObjectKey, Verdict},
     snapshot::{self, Snapshot, rfc3339},
-    status::{ClusterStatus, Origin, SourceStatus},
+    status::{ClusterStatus, Origin, PolicyReport, SourceStatus},
 };
 use crate::config::{Config, KubeSettings};
 
@@ -53,6 +55,11 @@ const DESTINATION_RULE_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the contact times in the snapshot are refreshed when nothing else changes.
 const SNAPSHOT_REFRESH: Duration = Duration::from_secs(60);
+/// The one field manager of TrafficPolicy status, the same on every node: server-side apply
+/// then sees one owner, and an apply that changes nothing is not a write.
+pub const STATUS_FIELD_MANAGER: &str = "geosteer-agent";
+/// How long after a status write statuses still not current are written again.
+const STATUS_RETRY: Duration = Duration::from_secs(30);
 
 /// Timings; the defaults suit a real cluster, tests shorten them.
 #[derive(Debug, Clone)]
@@ -306,6 +313,9 @@ struct Loop {
     dirty: Option<(Instant, Instant)>,
     status_due: Option<Instant>,
     status_writer: Option<JoinHandle<()>>,
+    /// When statuses were last written (or tried).
+    status_attempt: Option<Instant>,
+    events: Arc<Mutex<PolicyEvents>>,
     snapshot_config: Option<Config>,
 }
 
@@ -319,6 +329,7 @@ impl Loop {
         status: watch::Sender<SourceStatus>,
         tx: mpsc::Sender<Config>,
     ) -> Loop {
+        let events = Arc::new(Mutex::new(PolicyEvents::new(local.clone(), &node_name)));
         let mut index = Index::new(&file, &node_name);
         let mut contacts = vec![Contact::default(); index.clusters.len()];
         // The snapshot seeds remote clusters not heard from yet and stands in for this one at
@@ -365,6 +376,8 @@ impl Loop {
             dirty: None,
             status_due: None,
             status_writer: None,
+            status_attempt: None,
+            events,
             snapshot_config,
         }
     }
@@ -413,7 +426,10 @@ impl Loop {
                     self.status_due = None;
                     self.write_statuses();
                 }
-                _ = tick.tick() => self.expire_stale_clusters(),
+                _ = tick.tick() => {
+                    self.expire_stale_clusters();
+                    self.retry_statuses();
+                }
                 () = self.tx.closed() => return Ok(()),
             }
             self.publish_status();
@@ -530,10 +546,14 @@ impl Loop {
             warn!("{warning}");
         }
         self.warnings = warnings;
-        if desired.verdicts != self.verdicts || self.status_due.is_none() {
+        if self.status_due.is_none() && self.statuses_stale() {
             self.status_due = Some(Instant::now() + self.status_delay());
         }
+        let verdicts_changed = desired.verdicts != self.verdicts;
         self.verdicts = desired.verdicts;
+        if verdicts_changed {
+            self.publish_node_events();
+        }
         self.index.last_accepted = desired.in_effect;
 
         let unchanged = self
@@ -599,15 +619,38 @@ impl Loop {
         self.snapshot_written = Some(now);
     }
 
-    /// This node's share of `status_spread`, the same on every run.
     fn status_delay(&self) -> Duration {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.index.node_name.hash(&mut hasher);
-        let spread = self.options.status_spread.as_millis().max(1) as u64;
-        Duration::from_millis(hasher.finish() % spread)
+        status_delay(&self.index.node_name, self.options.status_spread)
     }
 
-    /// Writes the statuses that differ from what the TrafficPolicies show, in the background.
+    /// Statuses still not current a while after the last attempt (a write failed, e.g. the
+    /// API server was away) are tried again.
+    fn retry_statuses(&mut self) {
+        let idle = self.status_due.is_none()
+            && self
+                .status_writer
+                .as_ref()
+                .is_none_or(|writer| writer.is_finished());
+        let waited = self
+            .status_attempt
+            .is_none_or(|at| at.elapsed() >= STATUS_RETRY);
+        if idle && waited && self.index.local_synced() && self.statuses_stale() {
+            self.status_due = Some(Instant::now() + self.status_delay());
+        }
+    }
+
+    /// Whether some TrafficPolicy's status is not yet what its spec asks for.
+    fn statuses_stale(&self) -> bool {
+        self.index
+            .local()
+            .policies
+            .values()
+            .any(|policy| !policy.status_is_current())
+    }
+
+    /// Writes, in the background, the statuses that differ from what each TrafficPolicy's
+    /// spec asks for, by server-side apply under one field manager for every node; a write
+    /// that changed the status also publishes the verdict as an Event.
     fn write_statuses(&mut self) {
         if self
             .status_writer
@@ -618,33 +661,91 @@ impl Loop {
             return;
         }
         let now = SystemTime::now();
-        let mut patches = Vec::new();
-        for ((namespace, name), verdict) in &self.verdicts {
-            let Some(policy) = self.index.local().policies.get(namespace, name) else {
-                continue;
-            };
-            let status = policy_status(verdict, policy.status.as_ref(), now);
-            if !same_status(policy.status.as_ref(), &status) {
-                patches.push((namespace.clone(), name.clone(), status));
-            }
-        }
-        if patches.is_empty() {
+        let stale: Vec<TrafficPolicy> = self
+            .index
+            .local()
+            .policies
+            .values()
+            .filter(|policy| !policy.status_is_current())
+            .cloned()
+            .collect();
+        if stale.is_empty() {
             return;
         }
+        self.status_attempt = Some(Instant::now());
         let client = self.local.clone();
+        let events = self.events.clone();
         self.status_writer = Some(tokio::spawn(async move {
-            for (namespace, name, status) in patches {
+            for policy in stale {
+                let namespace = policy.metadata.namespace.clone().unwrap_or_default();
+                let name = policy.metadata.name.clone().unwrap_or_default();
+                let status = policy.wanted_status(now);
                 let api: Api<TrafficPolicy> = Api::namespaced(client.clone(), &namespace);
-                let patch = Patch::Merge(serde_json::json!({ "status": status }));
-                match api
-                    .patch_status(&name, &PatchParams::default(), &patch)
-                    .await
-                {
-                    Ok(_) => debug!(%namespace, %name, "TrafficPolicy status written"),
+                let patch = Patch::Apply(serde_json::json!({
+                    "apiVersion": "geosteer.io/v1alpha1",
+                    "kind": "TrafficPolicy",
+                    "status": status,
+                }));
+                let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
+                match api.patch_status(&name, &params, &patch).await {
+                    Ok(written)
+                        if written.metadata.resource_version
+                            == policy.metadata.resource_version =>
+                    {
+                        debug!(%namespace, %name, "TrafficPolicy status already current");
+                    }
+                    Ok(written) => {
+                        debug!(%namespace, %name, "TrafficPolicy status written");
+                        // Changed by this node's write: it tells the verdict, once per
+                        // generation for the cluster.
+                        let condition = &status.conditions[0];
+                        let accepted = condition.status == "True";
+                        let event = PolicyEvent {
+                            warning: !accepted,
+                            reason: if accepted { "Accepted" } else { "Invalid" },
+                            note: if accepted {
+                                format!(
+                                    "generation {} is valid",
+                                    policy.metadata.generation.unwrap_or(0)
+                                )
+                            } else {
+                                condition.message.clone()
+                            },
+                        };
+                        events.lock().unwrap().publish(&written, event);
+                    }
                     Err(e) => warn!(%namespace, %name, error = %e, "writing TrafficPolicy status"),
                 }
             }
         }));
+    }
+
+    /// Publishes, per TrafficPolicy, why this node does not apply a valid one (once per
+    /// generation and reason, rate-limited): a fact about this node, not the object.
+    fn publish_node_events(&self) {
+        let mut events = self.events.lock().unwrap();
+        let policies = &self.index.local().policies;
+        events.retain(|(namespace, name)| policies.get(namespace, name).is_some());
+        for ((namespace, name), verdict) in &self.verdicts {
+            let Some(policy) = policies.get(namespace, name) else {
+                continue;
+            };
+            // An invalid object is the status's (and the writer's Event) to tell.
+            if verdict.accepted || policy.spec.validate().is_err() {
+                continue;
+            }
+            events.publish(
+                policy,
+                PolicyEvent {
+                    warning: true,
+                    reason: "NotInEffect",
+                    note: format!(
+                        "node {}: {} ({})",
+                        self.index.node_name, verdict.message, verdict.reason
+                    ),
+                },
+            );
+        }
     }
 
     fn publish_status(&self) {
@@ -684,6 +785,17 @@ impl Loop {
                 .collect(),
             policies_accepted: self.verdicts.values().filter(|v| v.accepted).count(),
             policies_rejected: self.verdicts.values().filter(|v| !v.accepted).count(),
+            policies_not_in_effect: self
+                .verdicts
+                .iter()
+                .filter(|(_, v)| !v.accepted)
+                .map(|((namespace, name), v)| PolicyReport {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    reason: v.reason.to_string(),
+                    message: v.message.clone(),
+                })
+                .collect(),
         };
         self.status.send_if_modified(|current| {
             let changed = *current != status;
@@ -703,41 +815,13 @@ async fn next_file(updates: &mut Option<watch::Receiver<Config>>) -> Option<Conf
     }
 }
 
-/// The status a verdict asks for; the transition time moves only when `status` flips.
-pub fn policy_status(
-    verdict: &Verdict,
-    current: Option<&TrafficPolicyStatus>,
-    now: SystemTime,
-) -> TrafficPolicyStatus {
-    let status = if verdict.accepted { "True" } else { "False" };
-    let previous = current.and_then(|s| s.conditions.iter().find(|c| c.kind == ACCEPTED));
-    let last_transition_time = match previous {
-        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
-        _ => Some(rfc3339(now)),
-    };
-    TrafficPolicyStatus {
-        observed_generation: verdict.generation,
-        conditions: vec![PolicyCondition {
-            kind: ACCEPTED.to_string(),
-            status: status.to_string(),
-            reason: verdict.reason.to_string(),
-            message: verdict.message.clone(),
-            observed_generation: verdict.generation,
-            last_transition_time,
-        }],
-    }
-}
-
-/// Equal but for transition times (each agent has its own clock).
-fn same_status(current: Option<&TrafficPolicyStatus>, wanted: &TrafficPolicyStatus) -> bool {
-    let strip = |status: &TrafficPolicyStatus| {
-        let mut status = status.clone();
-        for condition in &mut status.conditions {
-            condition.last_transition_time = None;
-        }
-        status
-    };
-    current.is_some_and(|current| strip(current) == strip(wanted))
+/// A node's share of `spread`, the same on every run: nodes that compute the same status
+/// write it one after the other, and the later ones find it already written.
+pub(super) fn status_delay(node_name: &str, spread: Duration) -> Duration {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node_name.hash(&mut hasher);
+    let spread = spread.as_millis().max(1) as u64;
+    Duration::from_millis(hasher.finish() % spread)
 }
 
 /// One cluster's watchers and liveness probe.

@@ -109,6 +109,10 @@ struct Running {
 }
 
 fn start(world: &World, file: Config) -> Running {
+    start_with(world, file, options())
+}
+
+fn start_with(world: &World, file: Config, options: Options) -> Running {
     // The source's log, shown for a failing test.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -122,7 +126,7 @@ fn start(world: &World, file: Config) -> Running {
             "ack-shanghai".to_string(),
             Connect::Client(world.remote_client.clone()),
         )],
-        options(),
+        options,
     );
     let status = source.status();
     let (tx, configs) = mpsc::channel(16);
@@ -299,11 +303,27 @@ async fn destination_rules_and_traffic_policies_with_their_status() {
     let rejected = condition(&world.local);
     assert_eq!(rejected["reason"], "Invalid");
     assert_eq!(
-        rejected["message"],
-        "spec.healthCheck.timeout: 5s is longer than the interval 1s; the last accepted version \
-         stays in effect"
+        rejected["message"], "spec.healthCheck.timeout: 5s is longer than the interval 1s",
+        "the status judges the object alone"
     );
     running.none_for(Duration::from_millis(300)).await;
+    // What the node does about it is the node's to say.
+    running
+        .status_until("the node reports the policy it keeps", |s| {
+            s.policies_not_in_effect.len() == 1
+                && s.policies_not_in_effect[0]
+                    .message
+                    .ends_with("the last accepted version stays in effect")
+        })
+        .await;
+    eventually("the verdict is an Event", || {
+        world
+            .local
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "Invalid")
+    })
+    .await;
 
     // Once written, agents that agree do not write it again.
     let patches = world.local.patch_count();
@@ -312,6 +332,125 @@ async fn destination_rules_and_traffic_policies_with_their_status() {
         .apply(node("hz-node-3", "cn-hangzhou", "cn-hangzhou-h"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(world.local.patch_count(), patches);
+    assert_eq!(
+        world.local.field_managers(),
+        ["geosteer-agent".to_string()].into(),
+        "server-side apply under one field manager"
+    );
+}
+
+/// Two nodes that disagree about a policy (one has no remote cluster, so the failover target
+/// region is unknown to it) write one status, once, and never flap; the node that does not
+/// apply the policy says so in an Event of its own.
+#[tokio::test]
+async fn two_nodes_that_disagree_write_one_status_without_flapping() {
+    // Spread so that the two write one after the other, as in production (2 s).
+    let spread = Duration::from_secs(1);
+    let (first, second) = (
+        super::source::status_delay("hz-node-1", spread),
+        super::source::status_delay("hz-node-2", spread),
+    );
+    assert!(
+        first.abs_diff(second) >= Duration::from_millis(150),
+        "{first:?} {second:?}"
+    );
+    let options = || Options {
+        status_spread: spread,
+        ..options()
+    };
+    let world = world();
+    world.local.apply(to_json(policy(
+        "reviews",
+        1,
+        "targetRef: {name: reviews}\n\
+         trafficPolicy: {loadBalancer: {localityLbSetting: {failover: \
+           [{from: cn-hangzhou, to: cn-shanghai}]}}}",
+    )));
+    let mut with_remote = start_with(&world, file(world.dir.path(), ""), options());
+    let other_dir = tempfile::tempdir().unwrap();
+    let alone = config::parse(&format!(
+        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+         dataplane: {{tc: [\"veth*\"]}}\n\
+         kubernetes: {{startupTimeout: 500ms, snapshotPath: {}/snapshot.yaml}}\n",
+        other_dir.path().display()
+    ))
+    .unwrap();
+    let source = KubeSource::with_clients(
+        alone,
+        "hz-node-2",
+        world.local_client.clone(),
+        vec![],
+        options(),
+    );
+    let mut alone_status = source.status();
+    let (tx, mut alone_configs) = mpsc::channel(16);
+    let _alone = tokio::spawn(source.run(tx));
+
+    let config = with_remote.next().await;
+    assert!(
+        config.services[0].traffic_policy.is_some(),
+        "applied where cn-shanghai is known"
+    );
+    let config = timeout(WAIT, alone_configs.recv()).await.unwrap().unwrap();
+    assert!(
+        config.services[0].traffic_policy.is_none(),
+        "left out where it is not"
+    );
+    let waited = timeout(
+        WAIT,
+        alone_status.wait_for(|s| {
+            s.policies_not_in_effect
+                .first()
+                .is_some_and(|p| p.message.contains("cn-shanghai"))
+        }),
+    )
+    .await
+    .is_ok();
+    assert!(waited, "{:?}", *alone_status.borrow());
+
+    eventually("the status is written", || {
+        world
+            .local
+            .object("TrafficPolicy", "default", "reviews")
+            .unwrap()["status"]["conditions"][0]["status"]
+            == "True"
+    })
+    .await;
+    // Both nodes keep running through several rounds of events; the status stays as written.
+    for i in 0..5 {
+        world.local.apply(node(
+            &format!("hz-extra-{i}"),
+            "cn-hangzhou",
+            "cn-hangzhou-h",
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(world.local.status_changes(), 1, "one write, no flapping");
+    let events = world.local.events();
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or(""),
+                e["reportingInstance"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|(r, _)| *r == "Accepted").count(),
+        1,
+        "the verdict once: {reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("NotInEffect", "hz-node-2")),
+        "the node that leaves it out says so: {reasons:?}"
+    );
+    assert!(
+        !reasons
+            .iter()
+            .any(|(r, node)| *r == "NotInEffect" && *node == "hz-node-1"),
+        "{reasons:?}"
+    );
 }
 
 #[tokio::test]

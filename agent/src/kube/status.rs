@@ -55,6 +55,21 @@ pub struct SourceStatus {
     pub policies_accepted: usize,
     #[serde(default)]
     pub policies_rejected: usize,
+    /// Each TrafficPolicy this node does not apply, and why: node facts (target missing,
+    /// conflict, unknown region) that the object's status, the same for every node, leaves out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies_not_in_effect: Vec<PolicyReport>,
+}
+
+/// Why this node does not apply a TrafficPolicy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub namespace: String,
+    pub name: String,
+    /// `Invalid`, `TargetNotFound` or `Conflicted`.
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,7 +100,7 @@ impl SourceStatus {
     /// Lines for `geosteer status`.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = vec![format!(
-            "desired state: {}{}; TrafficPolicies: {} accepted, {} rejected",
+            "desired state: {}{}; TrafficPolicies: {} in effect, {} not in effect on this node",
             match self.origin {
                 Origin::Waiting => "waiting for this cluster's API server",
                 Origin::Snapshot => "from the snapshot (no API server answered at boot)",
@@ -99,6 +114,12 @@ impl SourceStatus {
             self.policies_accepted,
             self.policies_rejected
         )];
+        for policy in &self.policies_not_in_effect {
+            lines.push(format!(
+                "TrafficPolicy {}/{} not in effect on this node ({}): {}",
+                policy.namespace, policy.name, policy.reason, policy.message
+            ));
+        }
         for (i, cluster) in self.clusters.iter().enumerate() {
             let role = if i == 0 { "this cluster" } else { "remote" };
             let state = if cluster.connected {
@@ -178,7 +199,7 @@ impl SourceStatus {
         );
         gauge(
             "geosteer_kube_traffic_policies",
-            "TrafficPolicies of this cluster by verdict.",
+            "TrafficPolicies of this cluster by whether this node applies them.",
             vec![
                 ("accepted=\"true\"".into(), self.policies_accepted as f64),
                 ("accepted=\"false\"".into(), self.policies_rejected as f64),
@@ -217,7 +238,13 @@ mod tests {
                 },
             ],
             policies_accepted: 1,
-            policies_rejected: 0,
+            policies_rejected: 1,
+            policies_not_in_effect: vec![PolicyReport {
+                namespace: "default".into(),
+                name: "ratings".into(),
+                reason: "TargetNotFound".into(),
+                message: "Service default/ratings does not exist".into(),
+            }],
         }
     }
 
@@ -227,7 +254,9 @@ mod tests {
             status().describe(),
             [
                 "desired state: from Kubernetes, last change 2026-05-28T20:25:40Z; \
-                 TrafficPolicies: 1 accepted, 0 rejected",
+                 TrafficPolicies: 1 in effect, 1 not in effect on this node",
+                "TrafficPolicy default/ratings not in effect on this node (TargetNotFound): \
+                 Service default/ratings does not exist",
                 "cluster ack-hangzhou (this cluster): connected, 2 endpoints",
                 "cluster ack-shanghai (remote): UNREACHABLE, stale for 90s (last answer \
                  2026-05-28T20:25:10Z), 1 endpoints",
