@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The collections the source watches, by the kind in an object's `kind` field.
-const COLLECTIONS: [(&str, &str); 5] = [
+/// The collections the source watches or reads, by the kind in an object's `kind` field.
+const COLLECTIONS: [(&str, &str); 6] = [
+    ("Secret", "/api/v1/secrets"),
     ("Service", "/api/v1/services"),
     ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"),
     ("Node", "/api/v1/nodes"),
@@ -41,6 +42,33 @@ pub struct FakeApi {
     state: Arc<Mutex<State>>,
 }
 
+/// An open watch: where its events go and which objects it asked for.
+struct Watcher {
+    tx: mpsc::UnboundedSender<Value>,
+    scope: Scope,
+    bookmarks: bool,
+}
+
+/// A namespaced path and a `metadata.name` field selector narrow a list or watch.
+#[derive(Clone, Default)]
+struct Scope {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Scope {
+    fn admits(&self, object: &Value) -> bool {
+        let meta = &object["metadata"];
+        self.namespace
+            .as_ref()
+            .is_none_or(|ns| meta["namespace"] == ns.as_str())
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|name| meta["name"] == name.as_str())
+    }
+}
+
 #[derive(Default)]
 struct State {
     reachable: bool,
@@ -50,7 +78,7 @@ struct State {
     /// Collection path → (resourceVersion, watch event) in order, for watches that start
     /// from an older list.
     history: BTreeMap<&'static str, Vec<(u64, Value)>>,
-    watchers: BTreeMap<&'static str, Vec<mpsc::UnboundedSender<Value>>>,
+    watchers: BTreeMap<&'static str, Vec<Watcher>>,
     /// Group versions served beyond the built-in ones, e.g. `geosteer.io/v1alpha1`.
     served: BTreeSet<String>,
     /// Status patches received: (namespace/name, body, fieldManager).
@@ -60,6 +88,14 @@ struct State {
     status_changes: usize,
     /// Events created (events.k8s.io/v1), with a later series patch folded in.
     events: Vec<Value>,
+    /// Watches from a resourceVersion older than this get `410 Gone` (etcd compaction).
+    compacted: u64,
+    /// Kinds this server's credentials may not read: `403 Forbidden`.
+    forbidden: BTreeSet<String>,
+    /// When set, requests must carry `Authorization: Bearer <token>` or get `401`.
+    token: Option<String>,
+    /// Lists answered: (collection, limit, continue).
+    lists: Vec<(String, Option<usize>, Option<String>)>,
 }
 
 impl FakeApi {
@@ -184,8 +220,69 @@ impl FakeApi {
         self.lock().patches.len()
     }
 
+    /// Forgets watch history up to now: a watch resumed from an older resourceVersion gets
+    /// `410 Gone` and must list again, as after etcd compaction.
+    pub fn compact(&self) {
+        let mut state = self.lock();
+        state.compacted = state.resource_version;
+        state.history.clear();
+    }
+
+    /// Ends every open watch (a server restart, a load balancer timeout) without going away.
+    pub fn end_watches(&self) {
+        let mut state = self.lock();
+        state.watchers.clear();
+    }
+
+    /// Sends a BOOKMARK with the current resourceVersion to the watches that asked for them.
+    pub fn bookmark(&self) {
+        let mut state = self.lock();
+        let version = state.resource_version.to_string();
+        for (collection, watchers) in &mut state.watchers {
+            let (api_version, kind) = api_version_kind(collection);
+            let event = json!({"type": "BOOKMARK", "object": {
+                "apiVersion": api_version, "kind": kind,
+                "metadata": {"resourceVersion": version}}});
+            watchers.retain(|watcher| !watcher.bookmarks || watcher.tx.send(event.clone()).is_ok());
+        }
+    }
+
+    /// Reading `kind` is forbidden (or allowed again).
+    pub fn forbid(&self, kind: &str, forbidden: bool) {
+        let mut state = self.lock();
+        if forbidden {
+            state.forbidden.insert(kind.to_string());
+        } else {
+            state.forbidden.remove(kind);
+        }
+    }
+
+    /// Requests must carry this bearer token (None: any request is let in).
+    pub fn require_token(&self, token: Option<&str>) {
+        let mut state = self.lock();
+        state.token = token.map(String::from);
+        // Revoked credentials end the watches made with them.
+        state.watchers.clear();
+    }
+
+    /// The lists answered so far for a kind: (limit, continue token).
+    pub fn lists(&self, kind: &str) -> Vec<(Option<usize>, Option<String>)> {
+        let collection = COLLECTIONS.iter().find(|(k, _)| *k == kind).unwrap().1;
+        self.lock()
+            .lists
+            .iter()
+            .filter(|(c, _, _)| c == collection)
+            .map(|(_, limit, token)| (*limit, token.clone()))
+            .collect()
+    }
+
     #[cfg(test)]
     async fn answer(&self, request: Request<Body>) -> Option<Response<ResponseBody>> {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
         let method = request.method().clone();
@@ -194,7 +291,7 @@ impl FakeApi {
         } else {
             Bytes::new()
         };
-        self.respond(&method, &path, &query, &body)
+        self.respond(&method, &path, &query, &body, authorization.as_deref())
     }
 
     /// The answer to one request (None: unreachable).
@@ -204,11 +301,24 @@ impl FakeApi {
         path: &str,
         query: &str,
         body: &[u8],
+        authorization: Option<&str>,
     ) -> Option<Response<ResponseBody>> {
         if !self.lock().reachable {
             return None;
         }
+        if let Some(token) = &self.lock().token
+            && authorization != Some(format!("Bearer {token}").as_str())
+        {
+            return Some(status_response(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized",
+            ));
+        }
         let path = path.to_string();
+        if let Some(response) = self.get_secret(&path) {
+            return Some(response);
+        }
         if path.starts_with("/apis/events.k8s.io/v1/") {
             let body: Value = serde_json::from_slice(body).ok()?;
             return Some(self.event(method, &path, body));
@@ -237,33 +347,86 @@ impl FakeApi {
         {
             return Some(self.discovery(group_version));
         }
-        let collection = COLLECTIONS.iter().find(|(_, p)| *p == path)?.1;
+        let (path, namespace) = cluster_wide(&path);
+        let (kind, collection) = *COLLECTIONS.iter().find(|(_, p)| *p == path)?;
         if !self.serves(collection) {
             return Some(not_found(&path));
         }
-        if query.split('&').any(|q| q == "watch=true") {
-            let since = query
+        if self.lock().forbidden.contains(kind) {
+            return Some(status_response(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("{kind} is forbidden: the credentials cannot list or watch it"),
+            ));
+        }
+        let param = |name: &str| {
+            query
                 .split('&')
-                .find_map(|q| q.strip_prefix("resourceVersion="))
+                .find_map(|q| q.strip_prefix(name)?.strip_prefix('='))
+                .map(percent_decoded)
+        };
+        let name =
+            param("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=").map(String::from));
+        let scope = Scope { namespace, name };
+        if param("watch").as_deref() == Some("true") {
+            let since = param("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            return Some(self.watch(collection, since));
+            let bookmarks = param("allowWatchBookmarks").as_deref() == Some("true");
+            return Some(self.watch(collection, scope, since, bookmarks));
         }
-        let state = self.lock();
-        let items: Vec<Value> = state
+        Some(self.list(
+            collection,
+            &scope,
+            param("limit").and_then(|l| l.parse().ok()),
+            param("continue"),
+        ))
+    }
+
+    /// One page of a list: `limit` items from the `continue` token (an offset here) on; every
+    /// page carries the resourceVersion of the first, as a real server's consistent pages do.
+    fn list(
+        &self,
+        collection: &'static str,
+        scope: &Scope,
+        limit: Option<usize>,
+        token: Option<String>,
+    ) -> Response<ResponseBody> {
+        let mut state = self.lock();
+        state
+            .lists
+            .push((collection.to_string(), limit, token.clone()));
+        let (offset, version) = match token.as_deref().and_then(|t| t.split_once(':')) {
+            Some((offset, version)) => (offset.parse().unwrap_or(0), version.to_string()),
+            None => (0, state.resource_version.to_string()),
+        };
+        let all: Vec<Value> = state
             .objects
             .get(collection)
-            .map(|o| o.values().cloned().collect())
+            .map(|o| o.values().filter(|o| scope.admits(o)).cloned().collect())
             .unwrap_or_default();
-        Some(json_response(
+        let end = limit.map_or(all.len(), |limit| (offset + limit).min(all.len()));
+        let items = all.get(offset..end).unwrap_or_default().to_vec();
+        let mut metadata = json!({"resourceVersion": version});
+        if end < all.len() {
+            metadata["continue"] = json!(format!("{end}:{version}"));
+        }
+        json_response(
             StatusCode::OK,
-            json!({
-                "apiVersion": "v1",
-                "kind": "List",
-                "metadata": {"resourceVersion": state.resource_version.to_string()},
-                "items": items,
-            }),
-        ))
+            json!({"apiVersion": "v1", "kind": "List", "metadata": metadata, "items": items}),
+        )
+    }
+
+    /// `GET /api/v1/namespaces/NS/secrets/NAME`.
+    fn get_secret(&self, path: &str) -> Option<Response<ResponseBody>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["api", "v1", "namespaces", namespace, "secrets", name] = parts[..] else {
+            return None;
+        };
+        Some(match self.object("Secret", namespace, name) {
+            Some(secret) => json_response(StatusCode::OK, secret),
+            None => not_found(path),
+        })
     }
 
     fn serves(&self, collection: &str) -> bool {
@@ -308,15 +471,34 @@ impl FakeApi {
         )
     }
 
-    fn watch(&self, collection: &'static str, since: u64) -> Response<ResponseBody> {
+    fn watch(
+        &self,
+        collection: &'static str,
+        scope: Scope,
+        since: u64,
+        bookmarks: bool,
+    ) -> Response<ResponseBody> {
         let (tx, rx) = mpsc::unbounded_channel::<Value>();
         let mut state = self.lock();
-        for (version, event) in state.history.get(collection).into_iter().flatten() {
-            if *version > since {
-                let _ = tx.send(event.clone());
+        if since < state.compacted {
+            // As the real server: the watch starts, says 410 Gone, and ends.
+            let _ = tx.send(json!({"type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {since} ({})", state.compacted),
+                "reason": "Expired", "code": 410}}));
+            drop(tx);
+        } else {
+            for (version, event) in state.history.get(collection).into_iter().flatten() {
+                if *version > since && scope.admits(&event["object"]) {
+                    let _ = tx.send(event.clone());
+                }
             }
+            state.watchers.entry(collection).or_default().push(Watcher {
+                tx,
+                scope,
+                bookmarks,
+            });
         }
-        state.watchers.entry(collection).or_default().push(tx);
         let lines = futures::stream::unfold(rx, |mut rx| async move {
             let event = rx.recv().await?;
             let mut line = serde_json::to_vec(&event).unwrap();
@@ -401,7 +583,9 @@ impl FakeApi {
 
 /// The process: the API plus a control surface for the test driving it, under `/_fake/`:
 /// `POST /_fake/apply` (one object, JSON), `POST /_fake/delete/KIND/NAMESPACE/NAME`,
-/// `POST /_fake/reachable/true|false`, `GET /_fake/patches` (status patches: how many, how many
+/// `POST /_fake/reachable/true|false`, `/_fake/compact`, `/_fake/end-watches`,
+/// `/_fake/bookmark`, `/_fake/forbid/KIND/true|false`, `/_fake/token/TOKEN|none`,
+/// `GET /_fake/patches` (status patches: how many, how many
 /// changed something, their field managers; and the Events created).
 impl FakeApi {
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
@@ -421,6 +605,11 @@ impl FakeApi {
     }
 
     async fn http(&self, request: Request<hyper::body::Incoming>) -> Response<ResponseBody> {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let query = request.uri().query().unwrap_or("").to_string();
@@ -433,7 +622,7 @@ impl FakeApi {
         if let Some(control) = path.strip_prefix("/_fake/") {
             return self.control(control, &body);
         }
-        self.respond(&method, &path, &query, &body).unwrap_or_else(|| {
+        self.respond(&method, &path, &query, &body, authorization.as_deref()).unwrap_or_else(|| {
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"kind": "Status", "status": "Failure", "message": "unreachable", "code": 503}),
@@ -462,6 +651,26 @@ impl FakeApi {
             ["reachable", on] => {
                 self.set_reachable(on == "true");
                 json_response(StatusCode::OK, json!({"reachable": on == "true"}))
+            }
+            ["compact"] => {
+                self.compact();
+                json_response(StatusCode::OK, json!({"compacted": true}))
+            }
+            ["end-watches"] => {
+                self.end_watches();
+                json_response(StatusCode::OK, json!({"ended": true}))
+            }
+            ["bookmark"] => {
+                self.bookmark();
+                json_response(StatusCode::OK, json!({"bookmarked": true}))
+            }
+            ["forbid", kind, on] => {
+                self.forbid(kind, on == "true");
+                json_response(StatusCode::OK, json!({"forbidden": on == "true"}))
+            }
+            ["token", token] => {
+                self.require_token((token != "none").then_some(token));
+                json_response(StatusCode::OK, json!({"token": token}))
             }
             ["patches"] => json_response(
                 StatusCode::OK,
@@ -501,7 +710,9 @@ impl State {
             .or_default()
             .push((version, event.clone()));
         if let Some(watchers) = self.watchers.get_mut(collection) {
-            watchers.retain(|watcher| watcher.send(event.clone()).is_ok());
+            watchers.retain(|watcher| {
+                !watcher.scope.admits(&event["object"]) || watcher.tx.send(event.clone()).is_ok()
+            });
         }
     }
 }
@@ -528,6 +739,68 @@ fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(bytes).map_err(|e| match e {}).boxed_unsync());
     *response.status_mut() = status;
     response
+}
+
+/// `a%3Ab` → `a:b`.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/api/v1/namespaces/NS/secrets` → (`/api/v1/secrets`, Some(NS)); other paths unchanged.
+fn cluster_wide(path: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts[..] {
+        ["api", "v1", "namespaces", namespace, plural] => {
+            (format!("/api/v1/{plural}"), Some(namespace.to_string()))
+        }
+        ["apis", group, version, "namespaces", namespace, plural] => (
+            format!("/apis/{group}/{version}/{plural}"),
+            Some(namespace.to_string()),
+        ),
+        _ => (path.to_string(), None),
+    }
+}
+
+/// `apiVersion` and `kind` of a collection's objects, for bookmarks.
+fn api_version_kind(collection: &str) -> (String, &'static str) {
+    let kind = COLLECTIONS
+        .iter()
+        .find(|(_, p)| *p == collection)
+        .map_or("", |(k, _)| *k);
+    let api_version = match collection.strip_prefix("/apis/") {
+        Some(rest) => rest.rsplit_once('/').map_or(rest, |(gv, _)| gv).to_string(),
+        None => "v1".to_string(),
+    };
+    (api_version, kind)
+}
+
+fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<ResponseBody> {
+    json_response(
+        code,
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16(),
+        }),
+    )
 }
 
 fn not_found(what: &str) -> Response<ResponseBody> {

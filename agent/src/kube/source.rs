@@ -76,6 +76,10 @@ pub struct Options {
     /// Status writes wait up to this long (a per-node share of it), so that of the agents that
     /// compute the same status, usually one writes it and the others see it already there.
     pub status_spread: Duration,
+    /// Reconnecting with new credentials waits a random pause up to this long.
+    pub reconnect_jitter: Duration,
+    /// Objects per page of the initial lists (kube-runtime's default).
+    pub list_page_size: u32,
 }
 
 impl Default for Options {
@@ -87,6 +91,8 @@ impl Default for Options {
             probe_timeout: Duration::from_secs(3),
             rediscover_interval: Duration::from_secs(60),
             status_spread: Duration::from_secs(2),
+            reconnect_jitter: Duration::from_secs(5),
+            list_page_size: 500,
         }
     }
 }
@@ -133,8 +139,10 @@ enum Update {
     PoliciesAbsent,
     /// Istio's DestinationRule CRD is not installed.
     RulesAbsent,
-    /// Whether cluster `.0`'s API server answered a probe.
-    Contact(usize, bool),
+    /// Whether cluster `.0`'s API server answered a probe, and why not.
+    Contact(usize, bool, Option<String>),
+    /// Cluster `.0`'s watch of `.1` failed with `.2`, or works again (None).
+    Watch(usize, &'static str, Option<String>),
 }
 
 impl KubeSource {
@@ -286,6 +294,10 @@ struct Contact {
     /// Whether a probe has answered or failed yet (for logging the first failure).
     probed: bool,
     last: Option<SystemTime>,
+    /// Why the last probe failed.
+    error: Option<String>,
+    /// Watches that fail, and why (a 403 names the kind the credentials may not read).
+    watch_errors: BTreeMap<&'static str, String>,
 }
 
 /// The loop's state.
@@ -446,6 +458,7 @@ impl Loop {
 
     fn apply(&mut self, update: Update) {
         let clusters = &mut self.index.clusters;
+        let mut changed_by_contact = false;
         let changed = match update {
             Update::Services(event) => clusters[0].services.apply(event),
             Update::Slices(i, event) => {
@@ -462,11 +475,31 @@ impl Loop {
             Update::Rules(event) => clusters[0].rules.apply(event),
             Update::PoliciesAbsent => clusters[0].policies.set_absent(),
             Update::RulesAbsent => clusters[0].rules.set_absent(),
-            Update::Contact(i, ok) => {
+            Update::Watch(i, what, error) => {
+                let errors = &mut self.contacts[i].watch_errors;
+                match error {
+                    Some(error) => errors.insert(what, error),
+                    None => errors.remove(what),
+                };
+                false
+            }
+            Update::Contact(i, ok, error) => {
                 let contact = &mut self.contacts[i];
+                contact.error = error;
                 if ok {
                     if !contact.connected {
                         info!(cluster = %clusters[i].name, "API server answers");
+                    }
+                    if !contact.connected && contact.probed {
+                        // Back: the watches resume from their resourceVersions (they report
+                        // again if they still fail), and the endpoints the watch kept count
+                        // again.
+                        contact.watch_errors.clear();
+                        if clusters[i].expired {
+                            info!(cluster = %clusters[i].name, "back within reach: its endpoints count again");
+                            clusters[i].expired = false;
+                            changed_by_contact = true;
+                        }
                     }
                     contact.last = Some(SystemTime::now());
                 } else if contact.connected || !contact.probed {
@@ -478,7 +511,7 @@ impl Loop {
                 }
                 contact.connected = ok;
                 contact.probed = true;
-                false
+                changed_by_contact
             }
         };
         if changed {
@@ -781,6 +814,17 @@ impl Loop {
                     synced: cluster.slices.is_synced(),
                     expired: cluster.expired,
                     endpoints: endpoints(&cluster.name),
+                    errors: contact
+                        .error
+                        .iter()
+                        .map(|e| format!("API server: {e}"))
+                        .chain(
+                            contact
+                                .watch_errors
+                                .iter()
+                                .map(|(what, e)| format!("{what}: {e}")),
+                        )
+                        .collect(),
                 })
                 .collect(),
             policies_accepted: self.verdicts.values().filter(|v| v.accepted).count(),
@@ -824,6 +868,121 @@ pub(super) fn status_delay(node_name: &str, spread: Duration) -> Duration {
     Duration::from_millis(hasher.finish() % spread)
 }
 
+/// A pause in `0..=max`, different on every node and every time.
+fn jitter(max: Duration) -> Duration {
+    let max_ms = max.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(fastrand::u64(0..=max_ms))
+}
+
+/// The kubeconfig a remote cluster is reached with, kept current: a `kubeconfigSecret` is
+/// watched (one object, in the agent's namespace: cheap for the API server, and a rotation
+/// arrives at once), a `kubeconfig` file is read again every probe interval. `None` until
+/// first read; an error while none could be read.
+struct Credentials {
+    rx: Option<watch::Receiver<Option<Result<String, String>>>>,
+    _task: Option<AbortOnDrop>,
+}
+
+impl Credentials {
+    fn start(connect: &Connect, local: &Client, options: &Options) -> Credentials {
+        let (tx, rx) = watch::channel(None);
+        let task = match connect.clone() {
+            Connect::Client(_) => {
+                return Credentials {
+                    rx: None,
+                    _task: None,
+                };
+            }
+            Connect::Kubeconfig { path, .. } => {
+                let interval = options.probe_interval;
+                tokio::spawn(async move {
+                    loop {
+                        let read = std::fs::read_to_string(&path)
+                            .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()));
+                        offer(&tx, read);
+                        sleep(interval).await;
+                    }
+                })
+            }
+            Connect::Secret {
+                namespace, name, ..
+            } => {
+                let api = Api::<Secret>::namespaced(local.clone(), &namespace);
+                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                tokio::spawn(async move {
+                    let stream = watcher(api, config).default_backoff();
+                    futures::pin_mut!(stream);
+                    while let Some(event) = stream.next().await {
+                        match event {
+                            Ok(
+                                watcher::Event::Apply(secret) | watcher::Event::InitApply(secret),
+                            ) => {
+                                offer(&tx, kubeconfig_of(&secret, &namespace, &name));
+                            }
+                            Ok(watcher::Event::Delete(_)) => warn!(
+                                "Secret {namespace}/{name} was deleted: keeping the credentials                                  read last"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => {
+                                offer(&tx, Err(format!("watching Secret {namespace}/{name}: {e}")))
+                            }
+                        }
+                    }
+                })
+            }
+        };
+        Credentials {
+            rx: Some(rx),
+            _task: Some(AbortOnDrop(task)),
+        }
+    }
+
+    /// The latest read, marked seen.
+    fn current(&mut self) -> Option<Result<String, String>> {
+        self.rx.as_mut()?.borrow_and_update().clone()
+    }
+
+    /// Resolves when new credentials arrive (never, for a client given by the caller).
+    async fn changed(&mut self) {
+        let changed = match self.rx.as_mut() {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        };
+        if !changed {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Publishes a read if it is new; an error never replaces credentials that were read.
+fn offer(tx: &watch::Sender<Option<Result<String, String>>>, read: Result<String, String>) {
+    tx.send_if_modified(|current| {
+        let keep = match (&*current, &read) {
+            (Some(Ok(_)), Err(e)) => {
+                debug!("keeping the credentials read last: {e}");
+                true
+            }
+            (Some(old), new) => old == new,
+            (None, _) => false,
+        };
+        if !keep {
+            *current = Some(read);
+        }
+        !keep
+    });
+}
+
+/// The kubeconfig text in a `kubeconfigSecret`.
+fn kubeconfig_of(secret: &Secret, namespace: &str, name: &str) -> Result<String, String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(KUBECONFIG_SECRET_KEY))
+        .ok_or_else(|| format!("Secret {namespace}/{name} has no key {KUBECONFIG_SECRET_KEY:?}"))?;
+    String::from_utf8(bytes.0.clone())
+        .map_err(|_| format!("Secret {namespace}/{name}: kubeconfig is not UTF-8"))
+}
+
 /// One cluster's watchers and liveness probe.
 struct ClusterTask {
     i: usize,
@@ -836,92 +995,89 @@ struct ClusterTask {
 }
 
 impl ClusterTask {
+    /// Connects with the current credentials, runs the watchers and probes the API server.
+    /// An outage does not restart the watchers: each resumes from its resourceVersion with
+    /// kube's jittered exponential backoff (a relist only on `410 Gone`), so nodes do not all
+    /// list everything again at once. New credentials (the Secret or kubeconfig file changed)
+    /// reconnect, after a jittered pause.
     async fn run(self) {
         let mut last_error = String::new();
+        let mut credentials = Credentials::start(&self.connect, &self.local, &self.options);
         loop {
-            let client = match self.client().await {
+            let client = match self.client(credentials.current()).await {
                 Ok(client) => client,
                 Err(e) => {
                     let message = format!("{e:#}");
                     if message != last_error {
                         warn!(cluster = %self.name, "cannot reach the API server: {message}");
-                        last_error = message;
+                        last_error = message.clone();
                     }
                     if self
                         .updates
-                        .send(Update::Contact(self.i, false))
+                        .send(Update::Contact(self.i, false, Some(message)))
                         .await
                         .is_err()
                     {
                         return;
                     }
-                    sleep(self.options.probe_interval).await;
+                    tokio::select! {
+                        () = sleep(self.options.probe_interval) => {}
+                        () = credentials.changed() => {}
+                    }
                     continue;
                 }
             };
+            last_error.clear();
             let watchers = self.spawn_watchers(&client);
-            let mut answered = true;
             let mut probe = tokio::time::interval(self.options.probe_interval);
             loop {
-                probe.tick().await;
-                let ok =
+                tokio::select! {
+                    _ = probe.tick() => {}
+                    () = credentials.changed() => {
+                        let pause = jitter(self.options.reconnect_jitter);
+                        info!(
+                            cluster = %self.name,
+                            pause_ms = pause.as_millis() as u64,
+                            "credentials changed: reconnecting with the new ones"
+                        );
+                        sleep(pause).await;
+                        break;
+                    }
+                }
+                let answer =
                     tokio::time::timeout(self.options.probe_timeout, client.apiserver_version())
-                        .await
-                        .is_ok_and(|answer| answer.is_ok());
+                        .await;
+                let error = match answer {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some("no answer within the probe timeout".to_string()),
+                };
+                let ok = error.is_none();
                 if self
                     .updates
-                    .send(Update::Contact(self.i, ok))
+                    .send(Update::Contact(self.i, ok, error))
                     .await
                     .is_err()
                 {
                     return;
                 }
-                if ok && !answered {
-                    // Back after an outage: watch again from a fresh list, with a fresh client
-                    // (its credentials may have been rotated meanwhile).
-                    break;
-                }
-                answered = ok;
             }
             drop(watchers);
         }
     }
 
-    async fn client(&self) -> Result<Client> {
-        let (kubeconfig, context) = match &self.connect {
-            Connect::Client(client) => return Ok(client.clone()),
-            Connect::Kubeconfig { path, context } => (
-                Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?,
-                context,
-            ),
-            Connect::Secret {
-                namespace,
-                name,
-                context,
-            } => {
-                let secret = Api::<Secret>::namespaced(self.local.clone(), namespace)
-                    .get(name)
-                    .await
-                    .with_context(|| format!("reading Secret {namespace}/{name}"))?;
-                let bytes = secret
-                    .data
-                    .as_ref()
-                    .and_then(|data| data.get(KUBECONFIG_SECRET_KEY))
-                    .with_context(|| {
-                        format!("Secret {namespace}/{name} has no key {KUBECONFIG_SECRET_KEY:?}")
-                    })?;
-                let text = std::str::from_utf8(&bytes.0).with_context(|| {
-                    format!("Secret {namespace}/{name}: kubeconfig is not UTF-8")
-                })?;
-                (
-                    Kubeconfig::from_yaml(text).with_context(|| {
-                        format!("Secret {namespace}/{name}: reading kubeconfig")
-                    })?,
-                    context,
-                )
-            }
+    /// A client from the kubeconfig text (None: this task was given a client).
+    async fn client(&self, kubeconfig: Option<Result<String, String>>) -> Result<Client> {
+        let (text, context) = match (&self.connect, kubeconfig) {
+            (Connect::Client(client), _) => return Ok(client.clone()),
+            (_, Some(Err(e))) => bail!("{e}"),
+            (_, None) => bail!("the credentials have not been read yet"),
+            (
+                Connect::Kubeconfig { context, .. } | Connect::Secret { context, .. },
+                Some(Ok(text)),
+            ) => (text, context),
         };
+        let kubeconfig = Kubeconfig::from_yaml(&text).context("reading the kubeconfig")?;
         let options = KubeConfigOptions {
             context: context.clone(),
             ..KubeConfigOptions::default()
@@ -936,39 +1092,33 @@ impl ClusterTask {
     fn spawn_watchers(&self, client: &Client) -> Vec<AbortOnDrop> {
         let i = self.i;
         let updates = &self.updates;
-        let name = &self.name;
+        let config = || watcher::Config::default().page_size(self.options.list_page_size);
         let mut tasks = vec![
             spawn_forward(
-                watcher(
-                    Api::<EndpointSlice>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
+                watcher(Api::<EndpointSlice>::all(client.clone()), config()),
                 move |e| Update::Slices(i, e),
                 updates,
-                format!("{name}: EndpointSlices"),
+                (i, "EndpointSlices"),
             ),
             spawn_forward(
                 // Only the labels matter: metadata-only requests keep Node status off the wire.
                 watcher(
                     Api::<PartialObjectMeta<Node>>::all(client.clone()),
-                    watcher::Config::default(),
+                    config(),
                 ),
                 move |e| Update::Nodes(i, e),
                 updates,
-                format!("{name}: Nodes"),
+                (i, "Nodes"),
             ),
         ];
         // Services, policies and DestinationRules count only in this cluster: remote clusters
         // contribute endpoints.
         if i == 0 {
             tasks.push(spawn_forward(
-                watcher(
-                    Api::<K8sService>::all(client.clone()),
-                    watcher::Config::default(),
-                ),
+                watcher(Api::<K8sService>::all(client.clone()), config()),
                 Update::Services,
                 updates,
-                format!("{name}: Services"),
+                (i, "Services"),
             ));
             tasks.push(AbortOnDrop(tokio::spawn(watch_policies(
                 client.clone(),
@@ -985,13 +1135,15 @@ impl ClusterTask {
     }
 }
 
-/// Forwards a watcher's events to the loop, retrying with kube's backoff; an error is logged
-/// when it differs from the previous one (an outage would otherwise log every retry).
+/// Forwards a watcher's events to the loop, retrying with kube's jittered backoff (a watch
+/// resumes from its resourceVersion; it lists again only on `410 Gone`). Errors go to the
+/// loop (for `geosteer status`) and to the log when they differ from the previous one (an
+/// outage would otherwise log every retry).
 fn spawn_forward<K, S>(
     stream: S,
     wrap: impl Fn(watcher::Event<K>) -> Update + Send + 'static,
     updates: &mpsc::Sender<Update>,
-    what: String,
+    what: (usize, &'static str),
 ) -> AbortOnDrop
 where
     K: Send + 'static,
@@ -999,7 +1151,7 @@ where
 {
     let updates = updates.clone();
     AbortOnDrop(tokio::spawn(async move {
-        forward(stream, wrap, &updates, &what).await;
+        forward(stream, wrap, &updates, what).await;
     }))
 }
 
@@ -1007,28 +1159,39 @@ async fn forward<K, S>(
     stream: S,
     wrap: impl Fn(watcher::Event<K>) -> Update,
     updates: &mpsc::Sender<Update>,
-    what: &str,
+    (i, what): (usize, &'static str),
 ) where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let stream = stream.default_backoff();
     futures::pin_mut!(stream);
-    let mut last_error = String::new();
+    let mut logged = String::new();
+    // An error of an earlier watcher of this kind (before a reconnect) may stand: the first
+    // event clears it.
+    let mut failing = true;
     while let Some(item) = stream.next().await {
-        match item {
+        let sent = match item {
             Ok(event) => {
-                last_error.clear();
-                if updates.send(wrap(event)).await.is_err() {
-                    return;
-                }
+                let was_failing = std::mem::take(&mut failing);
+                logged.clear();
+                (!was_failing || updates.send(Update::Watch(i, what, None)).await.is_ok())
+                    && updates.send(wrap(event)).await.is_ok()
             }
             Err(e) => {
                 let message = e.to_string();
-                if message != last_error {
-                    warn!("watching {what}: {message}");
-                    last_error = message;
+                if message != logged {
+                    warn!("watching {what} (cluster {i}): {message}");
+                    logged = message.clone();
                 }
+                failing = true;
+                updates
+                    .send(Update::Watch(i, what, Some(message)))
+                    .await
+                    .is_ok()
             }
+        };
+        if !sent {
+            return;
         }
     }
 }
@@ -1063,9 +1226,9 @@ async fn watch_policies(client: Client, updates: mpsc::Sender<Update>, options: 
     }
     let stream = watcher(
         Api::<TrafficPolicy>::all(client),
-        watcher::Config::default(),
+        watcher::Config::default().page_size(options.list_page_size),
     );
-    forward(stream, Update::Policies, &updates, "TrafficPolicies").await;
+    forward(stream, Update::Policies, &updates, (0, "TrafficPolicies")).await;
 }
 
 /// Watches Istio DestinationRules under the newest version served, once the CRD exists.
@@ -1096,10 +1259,13 @@ async fn watch_destination_rules(client: Client, updates: mpsc::Sender<Update>, 
     info!(version = %resource.version, "watching Istio DestinationRules");
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     forward(
-        watcher(api, watcher::Config::default()),
+        watcher(
+            api,
+            watcher::Config::default().page_size(options.list_page_size),
+        ),
         Update::Rules,
         &updates,
-        "DestinationRules",
+        (0, "DestinationRules"),
     )
     .await;
 }

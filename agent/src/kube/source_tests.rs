@@ -31,6 +31,8 @@ fn options() -> Options {
         probe_timeout: Duration::from_millis(200),
         rediscover_interval: Duration::from_millis(200),
         status_spread: Duration::from_millis(1),
+        reconnect_jitter: Duration::from_millis(50),
+        list_page_size: 500,
     }
 }
 
@@ -615,4 +617,283 @@ async fn a_remote_cluster_from_a_kubeconfig_file_that_does_not_answer() {
     .is_ok();
     assert!(reported, "{:?}", *status.borrow());
     assert!(!status.borrow().clusters[1].connected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Remote clusters that stay connected, against a fake API server that is honest about what
+// bites in production: pagination, 410 Gone after compaction, bookmarks, 403, rotated tokens.
+
+/// Remote endpoints in the last config, waiting until `ok` holds.
+async fn until_addresses(running: &mut Running, what: &str, ok: impl Fn(&[String]) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let config = timeout(
+            deadline - tokio::time::Instant::now(),
+            running.configs.recv(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no such config within the wait"))
+        .expect("the source runs");
+        if ok(&addresses(&config)) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_outage_resumes_the_watches_without_listing_again() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), ""));
+    until_addresses(&mut running, "all three", |a| a.len() == 3).await;
+    assert_eq!(world.remote.lists("EndpointSlice").len(), 1);
+
+    world.remote.set_reachable(false);
+    running
+        .status_until("the outage is seen", |s| !s.clusters[1].connected)
+        .await;
+    // A pod is added there meanwhile.
+    world.remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[
+            ("10.1.0.11", "sh-node-1", true),
+            ("10.1.0.12", "sh-node-1", true),
+        ],
+    )));
+    world.remote.set_reachable(true);
+    until_addresses(&mut running, "the pod added during the outage", |a| {
+        a.contains(&"10.1.0.12@ack-shanghai".to_string())
+    })
+    .await;
+    assert_eq!(
+        world.remote.lists("EndpointSlice").len(),
+        1,
+        "the watch resumed from its resourceVersion: no second list"
+    );
+}
+
+#[tokio::test]
+async fn a_compacted_resource_version_lists_again_and_misses_nothing() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), ""));
+    until_addresses(&mut running, "all three", |a| a.len() == 3).await;
+    world.remote.set_reachable(false);
+    running
+        .status_until("the outage is seen", |s| !s.clusters[1].connected)
+        .await;
+    // During the outage the remote pod goes away and etcd compacts its history.
+    world
+        .remote
+        .delete("EndpointSlice", "default", "reviews-sh");
+    world.remote.compact();
+    world.remote.set_reachable(true);
+    until_addresses(&mut running, "the deletion seen through a new list", |a| {
+        a.len() == 2
+    })
+    .await;
+    assert_eq!(
+        world.remote.lists("EndpointSlice").len(),
+        2,
+        "410 Gone: listed again"
+    );
+}
+
+#[tokio::test]
+async fn bookmarks_keep_a_quiet_watch_resumable_after_compaction() {
+    let world = world();
+    let mut running = start(&world, file(world.dir.path(), ""));
+    until_addresses(&mut running, "all three", |a| a.len() == 3).await;
+    // Other kinds move the resourceVersion on; the slices' watch hears only a bookmark.
+    for i in 0..3 {
+        world.remote.apply(node(
+            &format!("sh-node-{}", i + 2),
+            "cn-shanghai",
+            "cn-shanghai-a",
+        ));
+    }
+    world.remote.bookmark();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    world.remote.compact();
+    world.remote.end_watches();
+    // A change after the reconnect arrives, and the slices were not listed again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    world.remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[("10.1.0.13", "sh-node-1", true)],
+    )));
+    until_addresses(&mut running, "the change after the reconnect", |a| {
+        a.contains(&"10.1.0.13@ack-shanghai".to_string())
+    })
+    .await;
+    assert_eq!(
+        world.remote.lists("EndpointSlice").len(),
+        1,
+        "resumed from the bookmark: no relist"
+    );
+    assert_eq!(world.remote.lists("Node").len(), 1);
+}
+
+#[tokio::test]
+async fn lists_come_in_pages() {
+    let world = world();
+    for i in 0..4 {
+        world.remote.apply(to_json(slice(
+            "reviews",
+            &format!("reviews-sh-{i}"),
+            9080,
+            &[(&format!("10.1.1.{i}"), "sh-node-1", true)],
+        )));
+    }
+    let mut running = start_with(
+        &world,
+        file(world.dir.path(), ""),
+        Options {
+            list_page_size: 2,
+            ..options()
+        },
+    );
+    until_addresses(&mut running, "all seven", |a| a.len() == 7).await;
+    let pages = world.remote.lists("EndpointSlice");
+    assert_eq!(pages.len(), 3, "5 slices in pages of 2: {pages:?}");
+    assert!(
+        pages.iter().all(|(limit, _)| *limit == Some(2)),
+        "{pages:?}"
+    );
+    assert!(pages[0].1.is_none() && pages[1].1.is_some(), "{pages:?}");
+}
+
+#[tokio::test]
+async fn a_forbidden_kind_is_reported_and_the_rest_is_steered() {
+    let world = world();
+    world.remote.forbid("EndpointSlice", true);
+    let mut running = start(&world, file(world.dir.path(), ""));
+    until_addresses(&mut running, "this cluster's two", |a| a.len() == 2).await;
+    running
+        .status_until("the 403 is reported for the remote cluster", |s| {
+            s.clusters[1]
+                .errors
+                .iter()
+                .any(|e| e.starts_with("EndpointSlices:") && e.contains("forbidden"))
+        })
+        .await;
+    let lines = running.status.borrow().describe();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("cluster ack-shanghai: EndpointSlices:")),
+        "{lines:?}"
+    );
+    // Granted: the endpoints arrive and the error is gone.
+    world.remote.forbid("EndpointSlice", false);
+    until_addresses(&mut running, "all three", |a| a.len() == 3).await;
+    running
+        .status_until("the error clears", |s| s.clusters[1].errors.is_empty())
+        .await;
+}
+
+/// The remote cluster is a real HTTP server that checks a bearer token; its kubeconfig comes
+/// from a Secret in this cluster. The token is rotated: the old one is revoked, the Secret
+/// updated, and the agent reconnects with the new one.
+#[tokio::test]
+async fn rotated_credentials_in_a_secret_are_picked_up() {
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    let world = world();
+    let remote = FakeApi::standalone();
+    remote.apply(node("sh-node-1", "cn-shanghai", "cn-shanghai-a"));
+    remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[("10.1.0.11", "sh-node-1", true)],
+    )));
+    remote.require_token(Some("old-token"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(remote.clone().serve(listener));
+    let secret = |token: &str| {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: sh, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: sh, user: {{token: {token}}}}}]\n\
+             contexts: [{{name: sh, context: {{cluster: sh, user: sh}}}}]\n\
+             current-context: sh\n"
+        );
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("ack-shanghai".into());
+        secret.metadata.namespace = Some("geosteer-system".into());
+        secret.data = Some(
+            [(
+                "kubeconfig".to_string(),
+                ByteString(kubeconfig.into_bytes()),
+            )]
+            .into(),
+        );
+        let mut secret = to_json(secret);
+        secret["apiVersion"] = json!("v1");
+        secret["kind"] = json!("Secret");
+        secret
+    };
+    world.local.apply(secret("old-token"));
+
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("geosteer=debug")
+        .try_init();
+    let source = KubeSource::with_clients(
+        file(world.dir.path(), ""),
+        "hz-node-1",
+        world.local_client.clone(),
+        vec![(
+            "ack-shanghai".to_string(),
+            Connect::Secret {
+                namespace: "geosteer-system".into(),
+                name: "ack-shanghai".into(),
+                context: None,
+            },
+        )],
+        options(),
+    );
+    let status = source.status();
+    let (tx, configs) = mpsc::channel(16);
+    let mut running = Running {
+        configs,
+        status,
+        _task: tokio::spawn(source.run(tx)),
+    };
+    until_addresses(&mut running, "the remote pod, with the old token", |a| {
+        a.contains(&"10.1.0.11@ack-shanghai".to_string())
+    })
+    .await;
+
+    // Rotation: the old token stops working, a pod is added, then the Secret is updated.
+    remote.require_token(Some("new-token"));
+    remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[
+            ("10.1.0.11", "sh-node-1", true),
+            ("10.1.0.12", "sh-node-1", true),
+        ],
+    )));
+    running
+        .status_until("the revoked token is reported", |s| {
+            !s.clusters[1].connected && s.clusters[1].errors.iter().any(|e| e.contains("401"))
+        })
+        .await;
+    world.local.apply(secret("new-token"));
+    until_addresses(
+        &mut running,
+        "the pod added, seen with the new token",
+        |a| a.contains(&"10.1.0.12@ack-shanghai".to_string()),
+    )
+    .await;
+    running
+        .status_until("connected again", |s| {
+            s.clusters[1].connected && s.clusters[1].errors.is_empty()
+        })
+        .await;
 }

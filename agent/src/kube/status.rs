@@ -94,6 +94,9 @@ pub struct ClusterStatus {
     /// Its endpoints in the desired state.
     #[serde(default)]
     pub endpoints: usize,
+    /// What fails now: the probe, or a watch (e.g. `EndpointSlices: ... 403 Forbidden`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 impl SourceStatus {
@@ -149,6 +152,9 @@ impl SourceStatus {
                 "cluster {} ({role}): {state}, {endpoints}{listed}",
                 cluster.name
             ));
+            for error in &cluster.errors {
+                lines.push(format!("cluster {}: {error}", cluster.name));
+            }
         }
         lines
     }
@@ -226,6 +232,7 @@ mod tests {
                     synced: true,
                     expired: false,
                     endpoints: 2,
+                    errors: vec![],
                 },
                 ClusterStatus {
                     name: "ack-shanghai".into(),
@@ -235,6 +242,7 @@ mod tests {
                     synced: true,
                     expired: false,
                     endpoints: 1,
+                    errors: vec!["API server: no answer within the probe timeout".into()],
                 },
             ],
             policies_accepted: 1,
@@ -260,6 +268,7 @@ mod tests {
                 "cluster ack-hangzhou (this cluster): connected, 2 endpoints",
                 "cluster ack-shanghai (remote): UNREACHABLE, stale for 90s (last answer \
                  2026-05-28T20:25:10Z), 1 endpoints",
+                "cluster ack-shanghai: API server: no answer within the probe timeout",
             ]
         );
     }
