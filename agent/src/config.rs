@@ -83,15 +83,23 @@ pub struct Config {
 }
 
 /// Where this agent runs; locality-aware steering compares it with each endpoint's locality.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Node {
     pub name: String,
     pub region: String,
     #[serde(default)]
     pub zone: String,
+    /// Istio's `topology.istio.io/subzone` (from the Node's label in Kubernetes mode).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subzone: String,
     #[serde(default)]
     pub cluster: String,
+    /// The labels `failoverPriority` compares endpoints with: every client on this node is
+    /// taken to carry them (from the Node's labels in Kubernetes mode). The topology labels
+    /// (region, zone, subzone, cluster) and `kubernetes.io/hostname` come from the fields above.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// How the kernel programs are attached and sized.
@@ -315,6 +323,43 @@ pub struct Service {
     /// (never merged with remote clusters' same-named Services), e.g. kube-system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_local: Option<String>,
+    /// The Kubernetes Service field: prefer endpoints close to the client. Applied as Istio
+    /// does, as a failoverPriority on the topology labels, when no policy sets a
+    /// localityLbSetting; see [`TrafficDistribution`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// `spec.trafficDistribution` of a Kubernetes Service. kube-proxy implements it with the
+/// EndpointSlice controller's hints (a same-zone endpoint set, all or nothing); geosteer, as
+/// Istio does for `PreferClose`, turns it into priorities, so the closer endpoints take the
+/// load while they are healthy and it spills over, by Envoy's priority arithmetic, as they
+/// fail: health-aware, where hints are not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficDistribution {
+    /// Same zone first, then same region, then the rest (the deprecated name of
+    /// `PreferSameZone` since Kubernetes 1.34).
+    PreferClose,
+    PreferSameZone,
+    /// Same node first, then same zone, same region, the rest.
+    PreferSameNode,
+}
+
+/// The label of an endpoint's node, and of this node, for `PreferSameNode`.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+impl TrafficDistribution {
+    /// The failoverPriority it stands for, most significant first.
+    pub fn failover_priority(self) -> Vec<String> {
+        let mut labels = vec![
+            "topology.kubernetes.io/region".to_string(),
+            "topology.kubernetes.io/zone".to_string(),
+        ];
+        if self == TrafficDistribution::PreferSameNode {
+            labels.push(HOSTNAME_LABEL.to_string());
+        }
+        labels
+    }
 }
 
 /// `services[].onEject`.
@@ -535,8 +580,14 @@ pub struct Endpoint {
     pub region: String,
     #[serde(default)]
     pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subzone: String,
     #[serde(default)]
     pub cluster: String,
+    /// Labels `failoverPriority` matches (a pod's labels in Kubernetes mode, from its
+    /// EndpointSlice `targetRef`); the topology labels come from the locality fields.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// Relative share of new connections; 0 drains the endpoint.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -549,6 +600,22 @@ pub struct Endpoint {
 
 fn default_weight() -> u32 {
     1
+}
+
+impl Default for Endpoint {
+    /// What the file's defaults give an endpoint with only an address (here 0.0.0.0).
+    fn default() -> Self {
+        Endpoint {
+            ip: Ipv4Addr::UNSPECIFIED,
+            region: String::new(),
+            zone: String::new(),
+            subzone: String::new(),
+            cluster: String::new(),
+            labels: BTreeMap::new(),
+            weight: default_weight(),
+            draining: false,
+        }
+    }
 }
 
 /// Parses a YAML string with `parse`, naming the bad value in the error: the standard
@@ -1273,6 +1340,7 @@ services:
                 region: "cn-hangzhou".into(),
                 zone: "cn-hangzhou-b".into(),
                 cluster: "ack-hangzhou".into(),
+                ..Node::default()
             },
             dataplane: Dataplane {
                 tc: vec!["cl0".into(), "veth*".into()],
@@ -1307,13 +1375,14 @@ services:
                     zone: "cn-hangzhou-b".into(),
                     cluster: "ack-hangzhou".into(),
                     weight: 1,
-                    draining: false,
+                    ..Endpoint::default()
                 }],
                 traffic_policy: None,
                 cluster_weights: None,
                 health_check: None,
                 reset_on_eject: false,
                 cluster_local: None,
+                traffic_distribution: None,
                 on_eject: None,
             }],
             kubernetes: None,
@@ -1360,7 +1429,7 @@ services:
                 zone: String::new(),
                 cluster: String::new(),
                 weight: 1,
-                draining: false,
+                ..Endpoint::default()
             }
         );
 

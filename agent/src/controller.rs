@@ -55,6 +55,8 @@ pub struct EndpointModel {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub locality: policy::Locality,
+    /// What failoverPriority matches besides the topology (a pod's labels, its node).
+    pub labels: BTreeMap<String, String>,
     pub weight: u32,
 }
 
@@ -65,9 +67,10 @@ fn endpoint_model(e: &config::Endpoint, port: u16) -> EndpointModel {
         locality: policy::Locality {
             region: e.region.clone(),
             zone: e.zone.clone(),
-            subzone: String::new(),
+            subzone: e.subzone.clone(),
             cluster: e.cluster.clone(),
         },
+        labels: e.labels.clone(),
         weight: e.weight,
     }
 }
@@ -236,11 +239,29 @@ pub fn locality_labels(l: &policy::Locality) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// An endpoint's labels for failoverPriority: its own, with the topology labels of its
+/// locality over them.
+fn endpoint_labels(e: &EndpointModel) -> BTreeMap<String, String> {
+    let mut labels = e.labels.clone();
+    labels.extend(locality_labels(&e.locality));
+    labels
+}
+
+/// The labels every client on this node is taken to carry (SEMANTICS: the source locality is
+/// the node's): the node's labels, its topology, and its name as `kubernetes.io/hostname`
+/// (endpoints carry their node's name under that key, for `PreferSameNode`).
+fn client_labels(config: &Config, client: &policy::Locality) -> BTreeMap<String, String> {
+    let mut labels = config.node.labels.clone();
+    labels.extend(locality_labels(client));
+    labels.insert(config::HOSTNAME_LABEL.to_string(), config.node.name.clone());
+    labels
+}
+
 pub fn node_locality(config: &Config) -> policy::Locality {
     policy::Locality {
         region: config.node.region.clone(),
         zone: config.node.zone.clone(),
-        subzone: String::new(),
+        subzone: config.node.subzone.clone(),
         cluster: config.node.cluster.clone(),
     }
 }
@@ -253,8 +274,12 @@ fn outlier_settings(od: &config::OutlierDetection) -> outlier::Settings {
     }
 }
 
-fn to_policy_locality_lb(s: &config::LocalityLbSetting) -> policy::LocalityLb {
+fn to_policy_locality_lb(
+    s: &config::LocalityLbSetting,
+    from_traffic_distribution: bool,
+) -> policy::LocalityLb {
     policy::LocalityLb {
+        without_outlier_detection: from_traffic_distribution,
         enabled: s.enabled.unwrap_or(true),
         failover: s
             .failover
@@ -326,13 +351,13 @@ impl Controller {
     /// Policy output for one service given the current health.
     pub fn compute(&self, service: &ServiceModel) -> policy::PolicyOutput {
         let client = node_locality(&self.config);
-        let client_labels = locality_labels(&client);
+        let client_labels = client_labels(&self.config, &client);
         let endpoints: Vec<policy::Endpoint> = service
             .endpoints
             .iter()
             .map(|e| policy::Endpoint {
                 locality: e.locality.clone(),
-                labels: locality_labels(&e.locality),
+                labels: endpoint_labels(e),
                 weight: e.weight,
                 healthy: self
                     .health
@@ -340,11 +365,10 @@ impl Controller {
                     .is_none_or(BackendHealth::routable),
             })
             .collect();
-        let locality_lb = service
-            .policy
-            .locality_lb
-            .as_ref()
-            .map(to_policy_locality_lb);
+        let locality_lb =
+            service.policy.locality_lb.as_ref().map(|lb| {
+                to_policy_locality_lb(lb, service.policy.locality_from_traffic_distribution)
+            });
         let od = service.policy.outlier_detection.as_ref();
         policy::compute(&policy::PolicyInput {
             client: &client,

@@ -170,6 +170,9 @@ pub struct Distribute {
 /// `trafficPolicy.loadBalancer.localityLbSetting`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalityLb {
+    /// The priorities apply without outlierDetection (rule 3 does not hold): set for a
+    /// Service's `trafficDistribution`, which asks for closeness whatever the health policy.
+    pub without_outlier_detection: bool,
     pub enabled: bool,
     pub failover: Vec<Failover>,
     pub failover_priority: Vec<String>,
@@ -180,6 +183,7 @@ impl Default for LocalityLb {
     /// Istio's mesh default (`pkg/config/mesh/mesh.go`): enabled, no rules.
     fn default() -> Self {
         LocalityLb {
+            without_outlier_detection: false,
             enabled: true,
             failover: Vec::new(),
             failover_priority: Vec::new(),
@@ -475,7 +479,7 @@ fn plan(input: &PolicyInput) -> Plan {
     }
 
     // Rule 3.
-    if !input.outlier_detection {
+    if !input.outlier_detection && !lb.without_outlier_detection {
         return Plan {
             mode: Mode::Plain,
             members: by_locality(&|_| 0),
@@ -1276,6 +1280,38 @@ mod tests {
                 .lb(failover_priority(&[REGION, ZONE])),
                 mode: Mode::FailoverPriority,
                 shares: vec![0.0, 0.5, 0.5],
+            },
+            Case {
+                // Without outlierDetection Istio drops the priorities (rule 3)...
+                name: "failoverPriority without outlierDetection: one level",
+                scenario: Scenario::new(
+                    "r1/z1/s1",
+                    vec![ep("r1/z1/s1", true), ep("r1/z2/s1", true)],
+                )
+                .lb(failover_priority(&[REGION, ZONE]))
+                .no_outlier_detection(),
+                mode: Mode::Plain,
+                shares: vec![0.5, 0.5],
+            },
+            Case {
+                // ...but a Service's trafficDistribution asks for closeness in any case.
+                name: "trafficDistribution's failoverPriority without outlierDetection",
+                scenario: Scenario::new(
+                    "r1/z1/s1",
+                    vec![
+                        ep("r1/z1/s1", true),
+                        ep("r1/z2/s1", true),
+                        ep("r1/z1/s1", false),
+                    ],
+                )
+                .lb(LocalityLb {
+                    without_outlier_detection: true,
+                    ..failover_priority(&[REGION, ZONE])
+                })
+                .no_outlier_detection(),
+                mode: Mode::FailoverPriority,
+                // P0 = the two same-zone endpoints, one unhealthy: health 70%, the rest spills.
+                shares: vec![0.7, 0.3, 0.0],
             },
             Case {
                 // applyFailoverPriorities returns early when the proxy has no labels.

@@ -260,6 +260,7 @@ fn rbac_reads_and_writes_only_trafficpolicy_status_and_events() {
     let watched: BTreeSet<String> = [
         "services",
         "nodes",
+        "pods",
         "endpointslices",
         "trafficpolicies",
         "destinationrules",
@@ -290,7 +291,11 @@ fn rbac_reads_and_writes_only_trafficpolicy_status_and_events() {
                 vec!["endpointslices"],
                 vec!["get", "list", "watch"]
             ),
-            (vec![""], vec!["nodes"], vec!["get", "list", "watch"]),
+            (
+                vec![""],
+                vec!["nodes", "pods"],
+                vec!["get", "list", "watch"]
+            ),
         ]
     );
 }
@@ -436,6 +441,7 @@ fn shares(config: &Config, down: Option<&str>) -> BTreeMap<String, f64> {
         .locality_lb
         .as_ref()
         .map(|s| policy::LocalityLb {
+            without_outlier_detection: model.policy.locality_from_traffic_distribution,
             enabled: s.is_enabled(),
             failover: s
                 .failover

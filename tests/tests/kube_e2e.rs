@@ -490,6 +490,55 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
             .then_some(())
             .ok_or_else(|| c.to_string())
     });
+    // trafficDistribution: PreferClose on a Service merged across the two clusters: the same
+    // zone's endpoints (this cluster's, on the lab node's zone) take every new connection.
+    let mut details = service("default", "details", "198.19.0.20", 80);
+    details["spec"]["trafficDistribution"] = json!("PreferClose");
+    local.apply(ns, details.clone());
+    local.apply(
+        ns,
+        slice(
+            "default",
+            "details",
+            "hz",
+            "lab-node",
+            &["198.18.11.2", "198.18.12.2"],
+        ),
+    );
+    remote.apply(ns, details);
+    remote.apply(
+        ns,
+        slice(
+            "default",
+            "details",
+            "sh",
+            "sh-node",
+            &["198.18.21.2", "198.18.22.2"],
+        ),
+    );
+    wait_for("details merged from both clusters", || {
+        let services = geosteer_tests::agent::geosteer_json(ns, &pins, &["services"]).unwrap();
+        let details = services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["frontend"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with("198.19.0.20:80"))
+            })
+            .cloned()
+            .unwrap_or_default();
+        (details["clusters"].as_array().is_some_and(|c| c.len() == 2))
+            .then_some(())
+            .ok_or_else(|| services.to_string())
+    });
+    assert_eq!(
+        answered_by(&lab, "198.19.0.20:80", 200),
+        ["hz1", "hz2"],
+        "PreferClose keeps new connections in the client's zone while it is healthy"
+    );
+
     let fake = local.get(ns, "/_fake/patches");
     assert_eq!(fake["fieldManagers"], json!(["geosteer-agent"]), "{fake}");
     assert_eq!(

@@ -34,6 +34,9 @@ pub struct EffectivePolicy {
     pub health_check: Option<HealthCheck>,
     /// `connectionPool.tcp.connectTimeout`; `None`: the node's `dataplane.connectTimeout`.
     pub connect_timeout: Option<Duration>,
+    /// `locality_lb` stands for the Service's `trafficDistribution` (no policy set one): its
+    /// priorities apply with or without outlier detection.
+    pub locality_from_traffic_distribution: bool,
     /// Where each group came from, for people, e.g.
     /// "outlierDetection from DestinationRule default/reviews (asm.yaml)".
     pub sources: Vec<String>,
@@ -140,9 +143,28 @@ pub fn effective_traffic_policy(config: &Config, service_index: usize) -> Effect
         sources.push(format!("healthCheck from {at}.healthCheck"));
         check
     });
+    let mut locality_lb = resolved.locality_lb.map(|(l, _)| l.clone());
+    let locality_from_traffic_distribution = locality_lb.is_none()
+        && match service.traffic_distribution {
+            Some(distribution) => {
+                let labels = distribution.failover_priority();
+                sources.push(format!(
+                    "localityLbSetting from {at}.trafficDistribution {distribution:?} \
+                     (failoverPriority [{}])",
+                    labels.join(", ")
+                ));
+                locality_lb = Some(LocalityLbSetting {
+                    failover_priority: labels,
+                    ..LocalityLbSetting::default()
+                });
+                true
+            }
+            None => false,
+        };
     EffectivePolicy {
         outlier_detection: resolved.outlier_detection.map(|(o, _)| o.clone()),
-        locality_lb: resolved.locality_lb.map(|(l, _)| l.clone()),
+        locality_lb,
+        locality_from_traffic_distribution,
         cluster_weights: service.cluster_weights.clone(),
         health_check,
         connect_timeout: resolved.connect_timeout.map(|(t, _)| t),
@@ -462,6 +484,49 @@ mod tests {
             effective.sources,
             ["outlierDetection from defaults.trafficPolicy"]
         );
+    }
+
+    #[test]
+    fn traffic_distribution_is_a_failover_priority_when_no_policy_sets_one() {
+        let config = valid("", "    trafficDistribution: PreferClose\n", "");
+        let effective = effective_traffic_policy(&config, 0);
+        let locality = effective.locality_lb.unwrap();
+        assert_eq!(
+            locality.failover_priority,
+            [
+                "topology.kubernetes.io/region",
+                "topology.kubernetes.io/zone"
+            ]
+        );
+        assert!(effective.locality_from_traffic_distribution);
+        assert_eq!(
+            effective.sources,
+            [
+                "localityLbSetting from services[0].trafficDistribution PreferClose \
+              (failoverPriority [topology.kubernetes.io/region, topology.kubernetes.io/zone])"
+            ]
+        );
+        let same_node = valid("", "    trafficDistribution: PreferSameNode\n", "");
+        assert_eq!(
+            effective_traffic_policy(&same_node, 0)
+                .locality_lb
+                .unwrap()
+                .failover_priority
+                .last()
+                .map(String::as_str),
+            Some("kubernetes.io/hostname")
+        );
+        // A policy's own localityLbSetting wins, as any other source would.
+        let config = valid(
+            "",
+            "    trafficDistribution: PreferClose\n    \
+             trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: cn-hangzhou, \
+             to: cn-shanghai}]}}}\n",
+            "",
+        );
+        let effective = effective_traffic_policy(&config, 0);
+        assert!(!effective.locality_from_traffic_distribution);
+        assert!(effective.locality_lb.unwrap().failover_priority.is_empty());
     }
 
     #[test]

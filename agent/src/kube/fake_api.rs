@@ -22,8 +22,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The collections the source watches or reads, by the kind in an object's `kind` field.
-const COLLECTIONS: [(&str, &str); 6] = [
+const COLLECTIONS: [(&str, &str); 7] = [
     ("Secret", "/api/v1/secrets"),
+    ("Pod", "/api/v1/pods"),
     ("Service", "/api/v1/services"),
     ("EndpointSlice", "/apis/discovery.k8s.io/v1/endpointslices"),
     ("Node", "/api/v1/nodes"),

@@ -22,7 +22,7 @@ use ::kube::{
 use geosteer_common::MAX_BACKENDS_PER_SERVICE;
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service as K8sService},
+        core::v1::{Node, ObjectReference, Pod, Service as K8sService},
         discovery::v1::{EndpointConditions, EndpointSlice},
     },
     apimachinery::pkg::{apis::meta::v1::Time, util::intstr::IntOrString},
@@ -46,6 +46,17 @@ const ZONE_LABELS: [&str; 2] = [
     "topology.kubernetes.io/zone",
     "failure-domain.beta.kubernetes.io/zone",
 ];
+/// Labels every endpoint carries from its locality and node: failoverPriority on these needs
+/// no Pod.
+const NOT_POD_LABELS: [&str; 5] = [
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    SUBZONE_LABEL,
+    "topology.istio.io/cluster",
+    config::HOSTNAME_LABEL,
+];
+/// Istio's subzone label, on Nodes.
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Per-cluster weight annotations on a Service; the first prefix wins when both name a cluster.
@@ -167,6 +178,9 @@ pub struct ClusterState {
     pub services: Store<K8sService>,
     pub slices: Store<EndpointSlice>,
     pub nodes: Store<PartialObjectMeta<Node>>,
+    /// Pod metadata (labels only, and only the keys a failoverPriority names), watched while
+    /// some policy needs pod labels.
+    pub pods: Store<PartialObjectMeta<Pod>>,
     pub policies: Store<TrafficPolicy>,
     pub rules: Store<DynamicObject>,
     /// The API server has been unreachable for longer than `staleTtl`: its endpoints are left
@@ -181,6 +195,22 @@ impl ClusterState {
             region: region.to_string(),
             ..ClusterState::default()
         }
+    }
+
+    /// The subzone label of a Node of this cluster.
+    fn node_subzone(&self, node_name: &str) -> Option<&str> {
+        let node = self.nodes.get("", node_name)?;
+        node.labels().get(SUBZONE_LABEL).map(String::as_str)
+    }
+
+    /// The labels of the Pod behind an endpoint (its `targetRef`), as watched: only the keys
+    /// some failoverPriority names.
+    fn pod_labels(&self, target: Option<&ObjectReference>) -> BTreeMap<String, String> {
+        target
+            .filter(|t| t.kind.as_deref() == Some("Pod"))
+            .and_then(|t| self.pods.get(t.namespace.as_deref()?, t.name.as_deref()?))
+            .map(|pod| pod.labels().clone())
+            .unwrap_or_default()
     }
 
     /// Region and zone labels of a Node of this cluster.
@@ -225,6 +255,9 @@ pub struct Index {
     /// The version of each TrafficPolicy last in effect ([`Desired::in_effect`]): an update
     /// that is rejected leaves it in place, as a rejected config file leaves the running one.
     pub last_accepted: BTreeMap<ObjectKey, ServicePolicy>,
+    /// Pods are watched (some failoverPriority names a pod label): this cluster is listed in
+    /// full only with them.
+    pub pods_wanted: bool,
 }
 
 /// Whether a TrafficPolicy is in effect, for its status.
@@ -320,6 +353,7 @@ impl Index {
             clusters,
             seed: BTreeMap::new(),
             last_accepted: BTreeMap::new(),
+            pods_wanted: false,
         }
     }
 
@@ -327,11 +361,54 @@ impl Index {
         &self.clusters[0]
     }
 
+    /// The pod label keys some failoverPriority names (of the file, a TrafficPolicy or a
+    /// DestinationRule), beyond the topology labels every endpoint has anyway: the Pod watch
+    /// runs only while there are some, and keeps only these keys.
+    pub fn wanted_pod_labels(&self, file: &Config) -> BTreeSet<String> {
+        let local = self.local();
+        let mut priorities: Vec<Vec<String>> = Vec::new();
+        let mut from_policy = |policy: Option<&config::TrafficPolicy>| {
+            if let Some(setting) = policy.and_then(config::TrafficPolicy::locality_lb_setting) {
+                priorities.push(setting.failover_priority.clone());
+            }
+        };
+        from_policy(file.defaults.traffic_policy.as_ref());
+        for service in &file.services {
+            from_policy(service.traffic_policy.as_ref());
+        }
+        for rule in &file.loaded_destination_rules {
+            from_policy(rule.traffic_policy.as_ref());
+        }
+        let rules: Vec<LoadedDestinationRule> = local
+            .rules
+            .values()
+            .filter_map(|object| destination_rule(object).ok())
+            .collect();
+        for rule in &rules {
+            from_policy(rule.traffic_policy.as_ref());
+        }
+        let policies: Vec<ServicePolicy> = local
+            .policies
+            .values()
+            .filter_map(|policy| policy.spec.to_service_policy().ok())
+            .collect();
+        for policy in &policies {
+            from_policy(policy.traffic_policy.as_ref());
+        }
+        priorities
+            .iter()
+            .flatten()
+            .map(|entry| entry.split('=').next().unwrap_or_default().to_string())
+            .filter(|key| !key.is_empty() && !NOT_POD_LABELS.contains(&key.as_str()))
+            .collect()
+    }
+
     /// Whether this cluster has been listed in full: before that, a desired state would be
     /// missing services (and the agent would withdraw them).
     pub fn local_synced(&self) -> bool {
         let local = self.local();
-        local.services.is_synced()
+        (local.pods.is_synced() || !self.pods_wanted)
+            && local.services.is_synced()
             && local.slices.is_synced()
             && local.nodes.is_synced()
             && local.policies.is_synced()
@@ -341,12 +418,24 @@ impl Index {
     /// This node as the config describes it: name from the environment, region and zone from
     /// its Node's labels (the file's values where a label is missing).
     pub fn node(&self, file: &ConfigNode) -> ConfigNode {
-        let (region, zone) = self.local().node_locality(&self.node_name);
+        let local = self.local();
+        let (region, zone) = local.node_locality(&self.node_name);
+        let labels = local
+            .nodes
+            .get("", &self.node_name)
+            .map(|node| node.labels().clone())
+            .unwrap_or_else(|| file.labels.clone());
+        let subzone = labels
+            .get(SUBZONE_LABEL)
+            .cloned()
+            .unwrap_or_else(|| file.subzone.clone());
         ConfigNode {
             name: self.node_name.clone(),
             region: region.unwrap_or(&file.region).to_string(),
             zone: zone.unwrap_or(&file.zone).to_string(),
+            subzone,
             cluster: file.cluster.clone(),
+            labels,
         }
     }
 
@@ -691,6 +780,7 @@ impl Index {
             reset_on_eject: false,
             on_eject: None,
             cluster_local: scope.cluster_local.then_some(scope.why),
+            traffic_distribution: traffic_distribution(k8s, warnings),
         })
     }
 
@@ -784,6 +874,28 @@ pub fn takes_traffic(conditions: Option<&EndpointConditions>) -> bool {
     ready || (serving && !terminating)
 }
 
+/// `spec.trafficDistribution`; a value this version does not know is ignored, with a warning
+/// (kube-proxy ignores it too).
+fn traffic_distribution(
+    k8s: &K8sService,
+    warnings: &mut Vec<String>,
+) -> Option<config::TrafficDistribution> {
+    let value = k8s.spec.as_ref()?.traffic_distribution.as_deref()?;
+    match value {
+        "PreferClose" => Some(config::TrafficDistribution::PreferClose),
+        "PreferSameZone" => Some(config::TrafficDistribution::PreferSameZone),
+        "PreferSameNode" => Some(config::TrafficDistribution::PreferSameNode),
+        other => {
+            warnings.push(format!(
+                "Service {}/{}: spec.trafficDistribution {other:?} is not known; ignored",
+                k8s.namespace().unwrap_or_default(),
+                k8s.name_any()
+            ));
+            None
+        }
+    }
+}
+
 /// `service.kubernetes.io/service-proxy-name`: a Service carrying it belongs to the proxy it
 /// names; geosteer steers it only when that is [`SERVICE_PROXY_NAME`].
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -815,6 +927,16 @@ fn slice_candidates<'a>(
                 .unwrap_or_default();
             let region = node_region.unwrap_or(&cluster.region).to_string();
             let zone = e.zone.as_deref().or(node_zone).unwrap_or("").to_string();
+            let subzone = e
+                .node_name
+                .as_deref()
+                .and_then(|node| cluster.node_subzone(node))
+                .unwrap_or("")
+                .to_string();
+            let mut labels = cluster.pod_labels(e.target_ref.as_ref());
+            if let Some(node) = &e.node_name {
+                labels.insert(config::HOSTNAME_LABEL.to_string(), node.clone());
+            }
             let zone_hints: Option<Vec<String>> = e
                 .hints
                 .as_ref()
@@ -828,7 +950,9 @@ fn slice_candidates<'a>(
                         ip: address.parse().ok()?,
                         region: region.clone(),
                         zone: zone.clone(),
+                        subzone: subzone.clone(),
                         cluster: cluster.name.clone(),
+                        labels: labels.clone(),
                         weight: 1,
                         draining,
                     },
@@ -1576,7 +1700,14 @@ mod tests {
                 name: "hz-node-1".into(),
                 region: "cn-hangzhou".into(),
                 zone: "cn-hangzhou-b".into(),
+                subzone: String::new(),
                 cluster: "ack-hangzhou".into(),
+                labels: [
+                    ("topology.kubernetes.io/region", "cn-hangzhou"),
+                    ("topology.kubernetes.io/zone", "cn-hangzhou-b"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
             }
         );
         assert_eq!(config.dataplane.tc, ["veth*"], "the file's parts stay");

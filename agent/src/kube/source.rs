@@ -23,11 +23,12 @@ use ::kube::{
     runtime::{WatchStreamExt as _, watcher},
 };
 use anyhow::{Context as _, Result, bail};
-use futures::{Stream, StreamExt as _};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::{
-    core::v1::{Node, Secret, Service as K8sService},
+    core::v1::{Node, Pod, Secret, Service as K8sService},
     discovery::v1::EndpointSlice,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
@@ -38,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     crd::TrafficPolicy,
     events::{PolicyEvent, PolicyEvents},
-    index::{Index, ObjectKey, Verdict},
+    index::{Index, ObjectKey, Store, Verdict},
     snapshot::{self, Snapshot, rfc3339},
     status::{ClusterStatus, Origin, PolicyReport, SourceStatus},
 };
@@ -133,6 +134,9 @@ enum Update {
     Services(watcher::Event<K8sService>),
     Slices(usize, watcher::Event<EndpointSlice>),
     Nodes(usize, watcher::Event<PartialObjectMeta<Node>>),
+    Pods(usize, watcher::Event<PartialObjectMeta<Pod>>),
+    /// Cluster `.0` no longer watches Pods (no failoverPriority names a pod label).
+    PodsUnwatched(usize),
     Policies(watcher::Event<TrafficPolicy>),
     Rules(watcher::Event<DynamicObject>),
     /// The TrafficPolicy CRD is not installed.
@@ -248,6 +252,7 @@ impl KubeSource {
             file_updates,
         } = self;
         let (updates_tx, updates) = mpsc::channel(1024);
+        let (pod_labels, pod_labels_rx) = watch::channel(BTreeSet::new());
         let mut tasks = Vec::new();
         let clusters = std::iter::once((file.node.cluster.clone(), Connect::Client(local.clone())))
             .chain(remotes);
@@ -259,11 +264,13 @@ impl KubeSource {
                 local: local.clone(),
                 updates: updates_tx.clone(),
                 options: options.clone(),
+                pod_labels: pod_labels_rx.clone(),
             };
             tasks.push(AbortOnDrop(tokio::spawn(task.run())));
         }
         drop(updates_tx);
         let mut state = Loop::new(file, settings, node_name, local, options, status, tx);
+        state.pod_labels = Some(pod_labels);
         let result = state.run(updates, file_updates).await;
         drop(tasks);
         result
@@ -329,6 +336,8 @@ struct Loop {
     status_attempt: Option<Instant>,
     events: Arc<Mutex<PolicyEvents>>,
     snapshot_config: Option<Config>,
+    /// Tells the cluster tasks which pod labels to watch.
+    pod_labels: Option<watch::Sender<BTreeSet<String>>>,
 }
 
 impl Loop {
@@ -391,6 +400,7 @@ impl Loop {
             status_attempt: None,
             events,
             snapshot_config,
+            pod_labels: None,
         }
     }
 
@@ -470,7 +480,21 @@ impl Loop {
                 }
                 changed
             }
-            Update::Nodes(i, event) => clusters[i].nodes.apply(event),
+            // Only labels count: a status update (a new resourceVersion, same labels) of a Node or
+            // Pod changes nothing, and must not cost a rebuild.
+            Update::Nodes(i, event) => {
+                let same = same_labels(&clusters[i].nodes, &event);
+                clusters[i].nodes.apply(event) && !same
+            }
+            Update::Pods(i, event) => {
+                let same = same_labels(&clusters[i].pods, &event);
+                clusters[i].pods.apply(event) && !same
+            }
+            Update::PodsUnwatched(i) => {
+                let had = !clusters[i].pods.is_empty();
+                clusters[i].pods = Default::default();
+                had
+            }
             Update::Policies(event) => clusters[0].policies.apply(event),
             Update::Rules(event) => clusters[0].rules.apply(event),
             Update::PoliciesAbsent => clusters[0].policies.set_absent(),
@@ -553,8 +577,25 @@ impl Loop {
         }
     }
 
+    /// Starts, changes or stops the Pod watches as the policies' failoverPriority labels ask.
+    fn update_pod_watch(&mut self) {
+        let wanted = self.index.wanted_pod_labels(&self.file);
+        self.index.pods_wanted = !wanted.is_empty();
+        if let Some(tx) = &self.pod_labels {
+            tx.send_if_modified(|current| {
+                let changed = *current != wanted;
+                if changed {
+                    info!(labels = ?wanted, "pod labels for failoverPriority");
+                    *current = wanted;
+                }
+                changed
+            });
+        }
+    }
+
     /// Builds the desired state and sends it if it changed; `false` once the receiver is gone.
     async fn build(&mut self) -> bool {
+        self.update_pod_watch();
         if !self.index.local_synced() {
             return true;
         }
@@ -992,6 +1033,8 @@ struct ClusterTask {
     local: Client,
     updates: mpsc::Sender<Update>,
     options: Options,
+    /// The pod label keys failoverPriority names (empty: Pods are not watched).
+    pod_labels: watch::Receiver<BTreeSet<String>>,
 }
 
 impl ClusterTask {
@@ -1110,6 +1153,13 @@ impl ClusterTask {
                 updates,
                 (i, "Nodes"),
             ),
+            AbortOnDrop(tokio::spawn(watch_pods(
+                client.clone(),
+                i,
+                self.updates.clone(),
+                self.pod_labels.clone(),
+                self.options.list_page_size,
+            ))),
         ];
         // Services, policies and DestinationRules count only in this cluster: remote clusters
         // contribute endpoints.
@@ -1194,6 +1244,70 @@ async fn forward<K, S>(
             return;
         }
     }
+}
+
+/// Watches Pod metadata while some failoverPriority names a pod label (`wanted`), keeping
+/// only those label keys: the labels reach endpoints through their `targetRef`. Pods are the
+/// most numerous objects of a cluster, so the watch is metadata-only and exists only when a
+/// policy needs it; a change of the keys lists again.
+async fn watch_pods(
+    client: Client,
+    i: usize,
+    updates: mpsc::Sender<Update>,
+    mut wanted: watch::Receiver<BTreeSet<String>>,
+    page_size: u32,
+) {
+    loop {
+        let keys = wanted.borrow_and_update().clone();
+        if keys.is_empty() {
+            if updates.send(Update::PodsUnwatched(i)).await.is_err()
+                || wanted.changed().await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        debug!(cluster = i, keys = ?keys, "watching Pod labels");
+        let stream = watcher(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default().page_size(page_size),
+        )
+        .map_ok(move |event| event.modify(|pod| keep_labels(pod, &keys)));
+        tokio::select! {
+            () = forward(stream, move |e| Update::Pods(i, e), &updates, (i, "Pods")) => return,
+            changed = wanted.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Whether `event` updates an object to the labels it already has.
+fn same_labels<K: ::kube::Resource>(store: &Store<K>, event: &watcher::Event<K>) -> bool {
+    let watcher::Event::Apply(object) = event else {
+        return false;
+    };
+    let meta = object.meta();
+    store
+        .get(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+        .is_some_and(|old| old.meta().labels == meta.labels)
+}
+
+/// Drops everything of a Pod's metadata but its name, namespace and the labels in `keys`.
+fn keep_labels(pod: &mut PartialObjectMeta<Pod>, keys: &BTreeSet<String>) {
+    let labels = pod.metadata.labels.take().unwrap_or_default();
+    pod.metadata = ObjectMeta {
+        name: pod.metadata.name.take(),
+        namespace: pod.metadata.namespace.take(),
+        labels: Some(
+            labels
+                .into_iter()
+                .filter(|(k, _)| keys.contains(k))
+                .collect(),
+        ),
+        ..ObjectMeta::default()
+    };
 }
 
 /// Whether a discovery error means "this kind is not served" rather than "no answer".

@@ -897,3 +897,136 @@ async fn rotated_credentials_in_a_secret_are_picked_up() {
         })
         .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pod labels and subzone reach the policy.
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "reviews"}]},
+        "status": {"phase": "Running"}})
+}
+
+/// The local reviews slice with `targetRef`s to pods `reviews-a` (10.0.0.11) and `reviews-b`
+/// (10.0.0.12), and the nodes' subzones.
+fn with_pods(world: &World, a_version: &str) {
+    let mut object = to_json(slice(
+        "reviews",
+        "reviews-hz",
+        9080,
+        &[
+            ("10.0.0.11", "hz-node-1", true),
+            ("10.0.0.12", "hz-node-2", true),
+        ],
+    ));
+    for (endpoint, pod) in object["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(["reviews-a", "reviews-b"])
+    {
+        endpoint["targetRef"] = json!({"kind": "Pod", "namespace": "default", "name": pod});
+    }
+    world.local.apply(object);
+    world.local.apply(pod(
+        "reviews-a",
+        json!({"app": "reviews", "version": a_version, "pod-template-hash": "x"}),
+    ));
+    world
+        .local
+        .apply(pod("reviews-b", json!({"app": "reviews", "version": "v2"})));
+    let mut node = node("hz-node-2", "cn-hangzhou", "cn-hangzhou-h");
+    node["metadata"]["labels"]["topology.istio.io/subzone"] = json!("rack-7");
+    world.local.apply(node);
+}
+
+#[tokio::test]
+async fn pods_are_watched_only_for_a_failover_priority_on_their_labels() {
+    let world = world();
+    with_pods(&world, "v1");
+    let mut running = start(&world, file(world.dir.path(), ""));
+    let config = running.next().await;
+    let endpoint = |config: &Config, ip: &str| {
+        config.services[0]
+            .endpoints
+            .iter()
+            .find(|e| e.ip.to_string() == ip)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        endpoint(&config, "10.0.0.12").subzone,
+        "rack-7",
+        "subzone from the Node"
+    );
+    assert_eq!(
+        endpoint(&config, "10.0.0.12").labels,
+        [(
+            "kubernetes.io/hostname".to_string(),
+            "hz-node-2".to_string()
+        )]
+        .into(),
+        "no pod labels while no policy needs them"
+    );
+    assert!(world.local.lists("Pod").is_empty(), "Pods are not watched");
+
+    // A policy ranks endpoints by the pods' version label: the Pod watch starts, and keeps
+    // that key only.
+    world.local.apply(to_json(policy(
+        "reviews",
+        2,
+        "targetRef: {name: reviews}\n\
+         trafficPolicy:\n  \
+           outlierDetection: {consecutive5xxErrors: 5}\n  \
+           loadBalancer: {localityLbSetting: {failoverPriority: [version=v2]}}",
+    )));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let config = loop {
+        let config = running.next().await;
+        if !endpoint(&config, "10.0.0.11")
+            .labels
+            .get("version")
+            .is_none()
+        {
+            break config;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pod labels never arrived"
+        );
+    };
+    assert_eq!(
+        endpoint(&config, "10.0.0.11").labels,
+        [
+            (
+                "kubernetes.io/hostname".to_string(),
+                "hz-node-1".to_string()
+            ),
+            ("version".to_string(), "v1".to_string()),
+        ]
+        .into(),
+        "only the key a failoverPriority names"
+    );
+    assert!(!world.local.lists("Pod").is_empty());
+    // A pod relabelled: its endpoint follows.
+    world
+        .local
+        .apply(pod("reviews-a", json!({"app": "reviews", "version": "v2"})));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let config = running.next().await;
+        if endpoint(&config, "10.0.0.11")
+            .labels
+            .get("version")
+            .map(String::as_str)
+            == Some("v2")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relabel never arrived"
+        );
+    }
+}
