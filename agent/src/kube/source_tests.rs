@@ -984,10 +984,9 @@ async fn pods_are_watched_only_for_a_failover_priority_on_their_labels() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let config = loop {
         let config = running.next().await;
-        if !endpoint(&config, "10.0.0.11")
+        if endpoint(&config, "10.0.0.11")
             .labels
-            .get("version")
-            .is_none()
+            .contains_key("version")
         {
             break config;
         }
