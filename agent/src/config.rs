@@ -328,6 +328,34 @@ pub struct Service {
     /// localityLbSetting; see [`TrafficDistribution`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// Kubernetes `sessionAffinity: ClientIP`: a client's new connections go to the backend
+    /// its previous one went to, within `timeout` of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+}
+
+/// `services[].sessionAffinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionAffinity {
+    /// Since the client's last new connection (Kubernetes' default 3h, at most 24h). A backend
+    /// that stops taking new flows (ejected, failing its checks, draining, given no share by
+    /// the policy) ends the affinity at once: it never holds a client on a failing region.
+    #[serde(
+        default = "default_affinity_timeout",
+        deserialize_with = "deserialize_duration",
+        serialize_with = "serialize_duration"
+    )]
+    pub timeout: Duration,
+}
+
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+/// The API server's maximum for it.
+pub const MAX_AFFINITY_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+fn default_affinity_timeout() -> Duration {
+    DEFAULT_AFFINITY_TIMEOUT
 }
 
 /// `spec.trafficDistribution` of a Kubernetes Service. kube-proxy implements it with the
@@ -1091,6 +1119,19 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
         }
         validate_ports(config, s, &mut frontends, errors);
         validate_endpoints(service, &at, errors);
+        if let Some(affinity) = service.session_affinity
+            && (affinity.timeout < Duration::from_secs(1)
+                || affinity.timeout > MAX_AFFINITY_TIMEOUT)
+        {
+            errors.push(FieldError::new(
+                format!("{at}.sessionAffinity.timeout"),
+                format!(
+                    "{} is out of range (1s to {})",
+                    humantime::format_duration(affinity.timeout),
+                    humantime::format_duration(MAX_AFFINITY_TIMEOUT)
+                ),
+            ));
+        }
         if service.reset_on_eject
             && let Some(on_eject) = service.on_eject
             && on_eject != OnEject::Reset
@@ -1383,6 +1424,7 @@ services:
                 reset_on_eject: false,
                 cluster_local: None,
                 traffic_distribution: None,
+                session_affinity: None,
                 on_eject: None,
             }],
             kubernetes: None,
@@ -1435,6 +1477,42 @@ services:
 
         let minimal = parse("node: {name: n, region: r}").unwrap();
         assert!(minimal.services.is_empty());
+    }
+
+    #[test]
+    fn session_affinity_and_traffic_distribution() {
+        let with =
+            |fields: &str| base_with("    endpoints:", &format!("    {fields}\n    endpoints:"));
+        let config = parse(&with(
+            "sessionAffinity: {}\n    trafficDistribution: PreferSameNode",
+        ))
+        .unwrap();
+        let service = &config.services[0];
+        assert_eq!(
+            service.session_affinity,
+            Some(SessionAffinity {
+                timeout: DEFAULT_AFFINITY_TIMEOUT
+            }),
+            "Kubernetes' 3h by default"
+        );
+        assert_eq!(
+            service.traffic_distribution,
+            Some(TrafficDistribution::PreferSameNode)
+        );
+        for timeout in ["0s", "25h"] {
+            let errors = field_errors(&with(&format!("sessionAffinity: {{timeout: {timeout}}}")));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].path, "services[0].sessionAffinity.timeout");
+            assert!(
+                errors[0].message.contains("out of range (1s to 1day)"),
+                "{errors:?}"
+            );
+        }
+        let message = parse_message(&with("trafficDistribution: PreferFar"));
+        assert!(
+            message.contains("services[0].trafficDistribution") && message.contains("PreferFar"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct ServiceModel {
     pub connect_timeout: Duration,
     /// Why the service takes this cluster's endpoints only (Kubernetes), if it does.
     pub cluster_local: Option<String>,
+    /// Session affinity (`sessionAffinity`), if on.
+    pub affinity_timeout: Option<Duration>,
     /// Endpoints that are leaving: programmed without weight, so their open flows continue and
     /// no new one comes; not part of the policy.
     pub draining: Vec<EndpointModel>,
@@ -204,6 +206,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                 },
                 protocol: config::app_protocol(port),
                 cluster_local: service.cluster_local.clone(),
+                affinity_timeout: service.session_affinity.map(|a| a.timeout),
                 connect_timeout: policy
                     .connect_timeout
                     .unwrap_or(config.dataplane.connect_timeout),
@@ -436,6 +439,9 @@ impl Controller {
                 connect_timeout_ns: service.connect_timeout.as_nanos().min(u64::MAX as u128) as u64,
                 max_ejected,
                 on_eject: service.on_eject,
+                affinity_timeout_s: service
+                    .affinity_timeout
+                    .map_or(0, |t| t.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
             },
         }
     }

@@ -206,7 +206,9 @@ impl BpfMaps {
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             Ok(match name {
-                map_names::CONNTRACK | map_names::FRAGMENTS => Map::LruHashMap(data),
+                map_names::CONNTRACK | map_names::FRAGMENTS | map_names::AFFINITY => {
+                    Map::LruHashMap(data)
+                }
                 map_names::XDP_TARGETS => Map::DevMapHash(data),
                 map_names::SERVICES | map_names::VIPS => Map::HashMap(data),
                 map_names::SERVICE_STATS

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    Backend, BackendSignals, BackendState, BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey,
-    FlowValue, FragmentKey, FragmentValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable,
-    ServiceValue, Settings, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, map_names,
+    AFFINITY_SIZE, AffinityKey, AffinityValue, Backend, BackendSignals, BackendState,
+    BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue,
+    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters,
+    XDP_TARGETS_SIZE, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +151,14 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             size_of::<FragmentKey>(),
             size_of::<FragmentValue>(),
             FRAGMENTS_SIZE,
+            false,
+        ),
+        spec(
+            map_names::AFFINITY,
+            LruHash,
+            size_of::<AffinityKey>(),
+            size_of::<AffinityValue>(),
+            AFFINITY_SIZE,
             false,
         ),
         spec(

@@ -170,7 +170,9 @@ impl Migration {
     pub fn kernel_written(&self) -> bool {
         matches!(
             self.name,
-            geosteer_common::map_names::CONNTRACK | geosteer_common::map_names::FRAGMENTS
+            geosteer_common::map_names::CONNTRACK
+                | geosteer_common::map_names::FRAGMENTS
+                | geosteer_common::map_names::AFFINITY
         )
     }
 

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendState, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE,
-    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, Backend, BackendState, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_SERVICE, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
 };
 
 use crate::{
@@ -43,6 +43,8 @@ pub struct ServiceSettings {
     pub max_ejected: u32,
     /// `ON_EJECT_*`.
     pub on_eject: u8,
+    /// Session affinity timeout in seconds (0: off).
+    pub affinity_timeout_s: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,6 +103,8 @@ fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceC
         app_protocol: settings.app_protocol,
         on_eject: settings.on_eject,
         _pad: [0; 2],
+        affinity_timeout_s: settings.affinity_timeout_s,
+        _pad2: 0,
     }
 }
 
@@ -192,6 +196,7 @@ impl Programmer {
                     connect_timeout_ns: config.connect_timeout_ns,
                     max_ejected: config.max_ejected,
                     on_eject: config.on_eject,
+                    affinity_timeout_s: config.affinity_timeout_s,
                 },
             };
             p.live.insert(
@@ -409,8 +414,8 @@ impl Programmer {
                     if (
                         before.eject_after_5xx,
                         before.eject_after_gateway,
-                        before.flags,
-                    ) != (b.eject_after_5xx, b.eject_after_gateway, b.flags)
+                        kernel_flags(&before),
+                    ) != (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b))
                     {
                         dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
                     }
@@ -550,12 +555,22 @@ impl Programmer {
     }
 }
 
+/// The backend's flags as the kernel gets them: a weight of 0 (no slot in the table) is also
+/// `BACKEND_FLAG_NO_SHARE`, so session affinity does not bring a client back to it.
+fn kernel_flags(b: &DesiredBackend) -> u8 {
+    if b.weight == 0 {
+        b.flags | BACKEND_FLAG_NO_SHARE
+    } else {
+        b.flags & !BACKEND_FLAG_NO_SHARE
+    }
+}
+
 fn backend_entry(service: &DesiredService, b: &DesiredBackend, service_id: u32) -> Backend {
     Backend {
         addr: b.addr,
         port: b.port,
         proto: service.key.proto,
-        flags: BACKEND_FLAG_ACTIVE | b.flags,
+        flags: BACKEND_FLAG_ACTIVE | kernel_flags(b),
         service_id,
         eject_after_5xx: b.eject_after_5xx,
         eject_after_gateway: b.eject_after_gateway,

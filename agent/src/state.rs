@@ -163,6 +163,9 @@ pub struct ServiceStatus {
     /// Why the service is kept to this cluster (not merged with remote clusters), if it is.
     #[serde(default)]
     pub cluster_local: Option<String>,
+    /// Session affinity timeout, e.g. `3h`, when the service has `sessionAffinity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
 }
 
 impl Default for ServiceStatus {
@@ -186,6 +189,7 @@ impl Default for ServiceStatus {
             connect_timeout: String::new(),
             clusters: Vec::new(),
             cluster_local: None,
+            session_affinity: None,
         }
     }
 }
@@ -437,6 +441,9 @@ fn service_status(
             clusters
         },
         cluster_local: service.cluster_local.clone(),
+        session_affinity: service
+            .affinity_timeout
+            .map(|t| humantime::format_duration(t).to_string()),
         connect_timeout: if key.proto == geosteer_common::PROTO_UDP {
             String::new()
         } else if service.connect_timeout.is_zero() {

@@ -28,9 +28,10 @@ pub mod map_names {
     pub const CT_STATS: &str = "GS_CT_STATS";
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
     pub const XDP_TARGETS: &str = "GS_XDP_TARGETS";
+    pub const AFFINITY: &str = "GS_AFFINITY";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         VIPS,
         TABLES,
@@ -48,6 +49,7 @@ pub mod map_names {
         BACKEND_SIGNALS,
         FRAGMENTS,
         XDP_TARGETS,
+        AFFINITY,
     ];
 }
 
@@ -182,8 +184,13 @@ pub struct ServiceConfig {
     /// `ON_EJECT_*`: what happens to a flow whose backend left rotation.
     pub on_eject: u8,
     pub _pad: [u8; 2],
+    /// Session affinity (Kubernetes `sessionAffinity: ClientIP`): a client's new flows go to
+    /// the backend its last flow went to, if that was within this many seconds and the backend
+    /// still takes new flows. 0: off.
+    pub affinity_timeout_s: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ServiceConfig>() == 32);
 
 /// What happens to the open flows of a backend that was ejected, failed its active checks or
 /// was removed. Default: HTTP/1.x flows drain, other flows are reset (by the agent).
@@ -205,6 +212,33 @@ pub const BACKEND_FLAG_UNROUTABLE: u8 = 2;
 /// The service is in panic (below minHealthPercent): route to the backend even while it is
 /// outlier-ejected (Envoy ignores health in panic; outlier detection itself carries on).
 pub const BACKEND_FLAG_PANIC: u8 = 4;
+/// The policy gives the backend no new flows (weight 0: a draining endpoint, a priority that
+/// gets no load): session affinity does not bring a client back to it.
+pub const BACKEND_FLAG_NO_SHARE: u8 = 8;
+
+/// Session affinity: a client of a service (`GS_AFFINITY`, an LRU map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    /// Network byte order.
+    pub client: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+/// The backend a client's last new flow went to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Clients remembered for session affinity, over all services (an LRU map: the least recently
+/// seen client goes first when it is full, as in Cilium's `LB4_AFFINITY_MAP`).
+pub const AFFINITY_SIZE: u32 = 65536;
 
 /// Per-backend outlier state (not per-CPU: the consecutive counters must see every CPU's
 /// responses in order, so they are updated atomically). The kernel writes it with atomics; the

@@ -62,21 +62,22 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 }
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    cty::c_void,
+    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
-    APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, BACKEND_FLAG_ACTIVE,
-    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState,
-    BackendTraffic, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
-    DIR_ORIGINAL, DIR_REPLY, DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
-    FLOW_FLAG_CONNECT_OK_PENDING, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue,
-    FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
-    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TrafficCounters, XDP_TARGETS_SIZE,
-    ct_stats, flow_hash,
+    AFFINITY_SIZE, APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, AffinityKey,
+    AffinityValue, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC,
+    BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
+    DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
+    FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue,
+    HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE,
+    ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState,
+    ServiceTable, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -132,6 +133,10 @@ static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
 /// neither GRO nor an XDP program drops XDP frames).
 #[map(name = "GS_XDP_TARGETS")]
 pub static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TARGETS_SIZE, 0);
+/// Session affinity: the backend of each client's last new flow, per service.
+#[map(name = "GS_AFFINITY")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
 /// `ct_stats::*` event counters.
 #[map(name = "GS_CT_STATS")]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
@@ -286,8 +291,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
             flow.proto,
         ));
     }
-    let seed = settings().hash_seed;
-    let Some((backend_id, backend)) = select(&service, flow, seed) else {
+    let Some((backend_id, backend)) = choose(&service, flow, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
         // replies no longer reverse-NATed.
         let _ = CONNTRACK.remove(&ct_key);
@@ -795,6 +799,64 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
     reply.http_state = HTTP_AWAITING;
 }
 
+/// The backend of a new flow: the client's affine one (session affinity), else Maglev's pick.
+/// Shaped for the verifier: the affinity timeout is read in two places, so that no branch on
+/// it stays live across `select` (two copies of its state would double the paths explored).
+fn choose(service: &ServiceValue, flow: &Flow, now: u64) -> Option<(u32, Backend)> {
+    let affine = affine_backend(service, flow.saddr, now);
+    let chosen = match affine {
+        Some(affine) => affine,
+        None => select(service, flow, settings().hash_seed)?,
+    };
+    remember_affinity(service.id, flow.saddr, chosen.0, now);
+    Some(chosen)
+}
+
+/// Remembers the backend of a client's new flow, and when, if the service has affinity.
+fn remember_affinity(service_id: u32, client: u32, backend_id: u32, now: u64) {
+    if affinity_timeout_s(service_id) == 0 {
+        return;
+    }
+    let key = AffinityKey { service_id, client };
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_used_ns: now,
+    };
+    let _ = AFFINITY.insert(&key, &value, 0);
+}
+
+/// The backend a client's last new flow of this service went to, if that was within the
+/// affinity timeout and the backend still takes new flows (kube-proxy's `ClientIP` affinity;
+/// unlike kube-proxy, an ejected, failing, draining or no-longer-preferred backend ends it).
+fn affine_backend(service: &ServiceValue, client: u32, now: u64) -> Option<(u32, Backend)> {
+    let timeout_s = affinity_timeout_s(service.id);
+    if timeout_s == 0 {
+        return None;
+    }
+    let key = AffinityKey {
+        service_id: service.id,
+        client,
+    };
+    // SAFETY: read-only lookup; the value is copied out.
+    let value = (unsafe { AFFINITY.get(&key) }).copied()?;
+    if now.saturating_sub(value.last_used_ns) > u64::from(timeout_s) * 1_000_000_000 {
+        return None;
+    }
+    let backend = BACKENDS.get(value.backend_id)?;
+    let takes_new_flows = backend.flags & BACKEND_FLAG_ACTIVE != 0
+        && backend.flags & BACKEND_FLAG_NO_SHARE == 0
+        && backend.service_id == service.id
+        && !out_of_rotation(value.backend_id, backend);
+    takes_new_flows.then_some((value.backend_id, *backend))
+}
+
+fn affinity_timeout_s(service_id: u32) -> u32 {
+    SERVICE_CONFIG
+        .get(service_id)
+        .map_or(0, |config| config.affinity_timeout_s)
+}
+
 /// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
 /// so the kernel can take a backend out at once, before the agent rebuilds the table without it.
 fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backend)> {
@@ -834,20 +896,29 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     // has not swapped in the recomputed table yet. Any backend of the service in rotation beats
     // one that is known to fail: scan the backend list from a hash-chosen start. (This may
     // briefly pick an endpoint whose weight is 0; the recomputed table follows within
-    // milliseconds.)
-    let start = (hash as u64) % (count as u64);
-    for step in 0..FALLBACK_SCAN {
-        let index = opaque((start + step) % count as u64);
-        if step >= count as u64 || index >= MAX_BACKENDS_PER_SERVICE as u64 {
-            break;
-        }
-        let id = table.backends[index as usize];
-        let Some(backend) = BACKENDS.get(id) else {
-            continue;
-        };
-        if !out_of_rotation(id, backend) {
-            return Some((id, *backend));
-        }
+    // milliseconds.) The scan is a `bpf_loop`: its body is verified once, where an unrolled
+    // loop of this length made up most of the program's verification.
+    let mut scan = FallbackScan {
+        table_index: service.table_index(),
+        start: (hash as u64) % (count as u64),
+        count: count as u64,
+        found: 0,
+        found_id: 0,
+    };
+    let steps = count.min(MAX_BACKENDS_PER_SERVICE as u32);
+    // SAFETY: `fallback_step` has the callback signature bpf_loop expects, and `scan` outlives
+    // the call (the helper runs the callback synchronously).
+    unsafe {
+        bpf_loop(
+            steps,
+            fallback_step as *mut c_void,
+            &mut scan as *mut FallbackScan as *mut c_void,
+            0,
+        );
+    }
+    if scan.found != 0 {
+        let id = scan.found_id;
+        return BACKENDS.get(id).map(|b| (id, *b));
     }
     // Nothing left: better an ejected backend than a dropped connection (the agent's panic
     // threshold makes the same choice for the whole service).
@@ -855,9 +926,41 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     BACKENDS.get(id).map(|b| (id, *b))
 }
 
-/// How many entries of a service's backend list the fallback scan visits at most (bounded for
-/// the verifier and for a constant worst-case cost per new flow).
-const FALLBACK_SCAN: u64 = 256;
+/// The state of [`select`]'s fallback scan, shared with each `bpf_loop` step.
+#[repr(C)]
+struct FallbackScan {
+    table_index: u32,
+    start: u64,
+    count: u64,
+    found: u32,
+    found_id: u32,
+}
+
+/// One step of the fallback scan: the `step`-th backend from the start; 1 ends the loop.
+extern "C" fn fallback_step(step: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `select` gave it, to its live `FallbackScan`.
+    let scan = unsafe { &mut *(ctx as *mut FallbackScan) };
+    let Some(table) = TABLES.get(scan.table_index) else {
+        return 1;
+    };
+    if scan.count == 0 {
+        return 1;
+    }
+    let index = opaque((scan.start + step) % scan.count);
+    if index >= MAX_BACKENDS_PER_SERVICE as u64 {
+        return 1;
+    }
+    let id = table.backends[index as usize];
+    let Some(backend) = BACKENDS.get(id) else {
+        return 0;
+    };
+    if out_of_rotation(id, backend) {
+        return 0;
+    }
+    scan.found = 1;
+    scan.found_id = id;
+    1
+}
 
 fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {

@@ -539,6 +539,42 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
         "PreferClose keeps new connections in the client's zone while it is healthy"
     );
 
+    // sessionAffinity: ClientIP: every new connection of the one client lands on one backend
+    // (without it, the four share them).
+    let mut sticky = service("default", "sticky", "198.19.0.30", 80);
+    sticky["spec"]["sessionAffinity"] = json!("ClientIP");
+    sticky["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
+    local.apply(ns, sticky.clone());
+    remote.apply(ns, sticky);
+    local.apply(
+        ns,
+        slice(
+            "default",
+            "sticky",
+            "hz",
+            "lab-node",
+            &["198.18.11.2", "198.18.12.2"],
+        ),
+    );
+    remote.apply(
+        ns,
+        slice(
+            "default",
+            "sticky",
+            "sh",
+            "sh-node",
+            &["198.18.21.2", "198.18.22.2"],
+        ),
+    );
+    wait_for("sticky is steered", || {
+        match http_from(&lab.client, "198.19.0.30:80", &HttpOptions::new(1, 1)) {
+            Ok(report) if report.ok == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let backends = answered_by(&lab, "198.19.0.30:80", 100);
+    assert_eq!(backends.len(), 1, "one client, one backend: {backends:?}");
+
     let fake = local.get(ns, "/_fake/patches");
     assert_eq!(fake["fieldManagers"], json!(["geosteer-agent"]), "{fake}");
     assert_eq!(

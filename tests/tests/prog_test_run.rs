@@ -640,3 +640,76 @@ fn a_reused_source_port_is_a_new_connection() {
     let (_, out) = rig.ingress(&syn(port));
     assert_eq!(verify(&out).dst, b);
 }
+
+/// `sessionAffinity: ClientIP`: every new connection of a client goes to the backend of its
+/// previous one, other clients still spread; a backend that leaves rotation (ejected) or gets
+/// no share (weight 0) ends the affinity; it expires `timeout` after the client's last new
+/// connection.
+#[test]
+fn session_affinity_keeps_a_client_on_a_backend_that_takes_new_flows() {
+    let backend_of = |rig: &mut Rig, src: Ipv4Addr, port: u16| {
+        let (_, out) = rig.ingress(&Pkt::tcp(src, port, VIP, VPORT, SYN));
+        verify(&out).dst
+    };
+    let spread = |rig: &mut Rig, src: Ipv4Addr, ports: std::ops::Range<u16>| {
+        ports
+            .map(|port| backend_of(rig, src, port))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    // Control: without affinity the same client's connections spread.
+    let mut plain = Rig::new();
+    assert_eq!(spread(&mut plain, CLIENT, 40000..40060).len(), 3);
+
+    let mut rig = Rig::with_settings(ServiceSettings {
+        affinity_timeout_s: 1,
+        ..Default::default()
+    });
+    let first = backend_of(&mut rig, CLIENT, 41000);
+    assert_eq!(
+        spread(&mut rig, CLIENT, 41001..41060),
+        [first].into(),
+        "one client, one backend"
+    );
+    let others: std::collections::BTreeSet<Ipv4Addr> = (1..=60u8)
+        .map(|i| backend_of(&mut rig, Ipv4Addr::new(198, 18, 1, i), 42000))
+        .collect();
+    assert_eq!(others.len(), 3, "other clients still spread: {others:?}");
+
+    // Its backend is ejected: the client moves, and sticks to its new backend.
+    rig.eject(first, PROTO_TCP);
+    let second = backend_of(&mut rig, CLIENT, 43000);
+    assert_ne!(second, first);
+    assert_eq!(spread(&mut rig, CLIENT, 43001..43030), [second].into());
+
+    // The policy gives that backend no share (a table without it): the client moves again.
+    let weights: Vec<u32> = BACKENDS.iter().map(|b| u32::from(*b != second)).collect();
+    rig.set_services(&[
+        (VIP, VPORT, PROTO_TCP, &weights),
+        (VIP, VPORT, PROTO_UDP, &[1, 1, 1]),
+    ]);
+    let third = backend_of(&mut rig, CLIENT, 44000);
+    assert_ne!(third, second, "weight 0 ends the affinity");
+
+    // Quiet for longer than the timeout: a new connection is steered afresh (a port whose
+    // Maglev pick, as a rig without affinity shows it, is another backend).
+    let mut timed = Rig::with_settings(ServiceSettings {
+        affinity_timeout_s: 1,
+        ..Default::default()
+    });
+    let affine = backend_of(&mut timed, CLIENT, 46000);
+    let (port, elsewhere) = (46001..46100)
+        .map(|port| (port, backend_of(&mut plain, CLIENT, port)))
+        .find(|(_, b)| *b != affine)
+        .expect("some port hashes to another backend");
+    assert_eq!(
+        backend_of(&mut timed, CLIENT, port + 1000),
+        affine,
+        "still affine"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(
+        backend_of(&mut timed, CLIENT, port),
+        elsewhere,
+        "after the timeout the hash decides"
+    );
+}

@@ -23,6 +23,7 @@ fn http() -> ServiceSettings {
         connect_timeout_ns: 10 * SECOND,
         max_ejected: 3,
         on_eject: ON_EJECT_AUTO,
+        affinity_timeout_s: 0,
     }
 }
 

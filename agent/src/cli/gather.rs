@@ -347,6 +347,7 @@ pub fn service_row(s: &ServiceStatus, counters: Option<TrafficRow>) -> ServiceRo
         signals_reason: Some(s.signals_reason.clone()).filter(|v| !v.is_empty()),
         clusters: s.clusters.clone(),
         cluster_local: s.cluster_local.clone(),
+        session_affinity: s.session_affinity.clone(),
         connect_timeout: Some(s.connect_timeout.clone()).filter(|v| !v.is_empty()),
         name: Some(s.name.clone()),
         frontend: format!("{}:{}/{}", s.vip, s.port, s.protocol),

@@ -123,6 +123,7 @@ fn agent_state() -> AgentState {
         connect_timeout: "10s".into(),
         clusters: vec!["ack-hangzhou".into(), "ack-shanghai".into()],
         cluster_local: None,
+        session_affinity: Some("3h".into()),
     };
     let dns = ServiceStatus {
         name: "kube-system/dns:53/UDP".into(),

@@ -342,6 +342,9 @@ pub struct ServiceRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_local: Option<String>,
     pub connect_timeout: Option<String>,
+    /// Session affinity timeout, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -419,6 +422,11 @@ impl Render for ServicesReport {
                 out.push_str(&format!(
                     "  signals: {signals} ({reason}); connect timeout {}\n",
                     or_dash(&s.connect_timeout)
+                ));
+            }
+            if let Some(timeout) = &s.session_affinity {
+                out.push_str(&format!(
+                    "  session affinity: ClientIP, {timeout} since a client's last new connection\n"
                 ));
             }
             match (&s.cluster_local, s.clusters.len()) {

@@ -781,6 +781,7 @@ impl Index {
             on_eject: None,
             cluster_local: scope.cluster_local.then_some(scope.why),
             traffic_distribution: traffic_distribution(k8s, warnings),
+            session_affinity: session_affinity(k8s),
         })
     }
 
@@ -872,6 +873,27 @@ pub fn takes_traffic(conditions: Option<&EndpointConditions>) -> bool {
     let serving = conditions.serving.unwrap_or(ready);
     let terminating = conditions.terminating.unwrap_or(false);
     ready || (serving && !terminating)
+}
+
+/// `spec.sessionAffinity: ClientIP`, with `sessionAffinityConfig.clientIP.timeoutSeconds`
+/// (kube-proxy's default 10800 when unset; the API server bounds it to 1..=86400).
+fn session_affinity(k8s: &K8sService) -> Option<config::SessionAffinity> {
+    let spec = k8s.spec.as_ref()?;
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return None;
+    }
+    let seconds = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .map_or(config::DEFAULT_AFFINITY_TIMEOUT.as_secs(), |s| {
+            u64::try_from(s).unwrap_or(1)
+        })
+        .clamp(1, config::MAX_AFFINITY_TIMEOUT.as_secs());
+    Some(config::SessionAffinity {
+        timeout: std::time::Duration::from_secs(seconds),
+    })
 }
 
 /// `spec.trafficDistribution`; a value this version does not know is ignored, with a warning
