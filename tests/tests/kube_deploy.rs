@@ -275,7 +275,10 @@ fn rbac_reads_and_writes_only_trafficpolicy_status_and_events() {
     // Secrets: read, in the agent's own namespace only.
     let secrets = object("rbac.yaml", "Role", "geosteer-remote-clusters");
     assert_eq!(secrets["metadata"]["namespace"], "geosteer-system");
-    assert_eq!(rules(&secrets), [(vec![""], vec!["secrets"], vec!["get"])]);
+    assert_eq!(
+        rules(&secrets),
+        [(vec![""], vec!["secrets"], vec!["get", "list", "watch"])]
+    );
 
     // What remote clusters grant: endpoints and node labels, read-only.
     let remote = object(
@@ -542,4 +545,219 @@ fn the_cluster_weights_example_splits_20_80() {
         approx(shares(&config, None)),
         expect(&[("cn-hangzhou", 20), ("cn-shanghai", 80)])
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The overlays and the monitoring, rendered offline
+
+/// What `kustomize build DIR` gives, for the features the overlays use: resources (files and
+/// directories), `configMapGenerator` from files, and inline patches merged into their target
+/// (a JSON merge: the overlays patch ConfigMap data only).
+fn render(dir: &Path) -> Vec<Value> {
+    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
+    let mut objects = Vec::new();
+    for resource in strings(&kustomization["resources"]) {
+        let path = dir.join(resource);
+        if path.is_dir() {
+            objects.extend(render(&path));
+        } else {
+            objects.extend(documents(&path));
+        }
+    }
+    for generator in kustomization["configMapGenerator"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(generator["options"]["disableNameSuffixHash"], true);
+        let data: serde_json::Map<String, Value> = strings(&generator["files"])
+            .into_iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(dir.join(file)).unwrap();
+                (file.to_string(), Value::String(text))
+            })
+            .collect();
+        objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": generator["name"], "namespace": generator["namespace"],
+                "labels": generator["options"]["labels"]},
+            "data": data}));
+    }
+    for patch in kustomization["patches"].as_array().into_iter().flatten() {
+        let body: Value = serde_yaml_ng::from_str(patch["patch"].as_str().unwrap()).unwrap();
+        let target = &patch["target"];
+        let matching: Vec<&mut Value> = objects
+            .iter_mut()
+            .filter(|o| o["kind"] == target["kind"] && o["metadata"]["name"] == target["name"])
+            .collect();
+        assert_eq!(
+            matching.len(),
+            1,
+            "patch target {target} in {}",
+            dir.display()
+        );
+        for object in matching {
+            merge(object, &body);
+        }
+    }
+    objects
+}
+
+fn merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(into), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(into.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {name}");
+    found[0]
+}
+
+#[test]
+fn the_overlays_render_to_installs_the_agent_accepts() {
+    for overlay in ["single-cluster", "multi-cluster"] {
+        let objects = render(&deploy_dir().join("overlays").join(overlay));
+        let mut seen = BTreeSet::new();
+        for object in &objects {
+            let key = (
+                object["kind"].to_string(),
+                object["metadata"]["namespace"].to_string(),
+                object["metadata"]["name"].to_string(),
+            );
+            assert!(seen.insert(key.clone()), "{overlay}: {key:?} twice");
+        }
+        // The config parses and validates with the agent's own parser.
+        let map = find(&objects, "ConfigMap", "geosteer-config");
+        let config = config::parse(map["data"]["config.yaml"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{overlay}: {e}"));
+        let metrics: std::net::SocketAddr = config.admin.metrics.parse().expect("metrics served");
+        assert!(
+            !metrics.ip().is_loopback(),
+            "{overlay}: Prometheus must reach {metrics}"
+        );
+
+        // The PodMonitor scrapes the agents' metrics port, by name.
+        let daemonset = find(&objects, "DaemonSet", "geosteer");
+        let monitor = find(&objects, "PodMonitor", "geosteer");
+        let pod_labels = &daemonset["spec"]["template"]["metadata"]["labels"];
+        for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+        {
+            assert_eq!(
+                &pod_labels[key], value,
+                "{overlay}: the selector matches the agents"
+            );
+        }
+        let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+        let port = agent_container(daemonset)["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == endpoint["port"])
+            .unwrap_or_else(|| panic!("{overlay}: no container port {}", endpoint["port"]));
+        assert_eq!(port["containerPort"], u64::from(metrics.port()));
+        assert_eq!(endpoint["path"], "/metrics");
+
+        let dashboard = find(&objects, "ConfigMap", "geosteer-dashboard");
+        assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert!(dashboard["data"]["grafana-dashboard.json"].is_string());
+
+        let clusters = &config.kubernetes.as_ref().unwrap().clusters;
+        if overlay == "single-cluster" {
+            assert!(clusters.is_empty());
+            continue;
+        }
+        // Multi-cluster: every remote cluster's kubeconfig is a key of the mounted Secret.
+        assert!(!clusters.is_empty());
+        let secret = find(&objects, "Secret", "geosteer-remote-clusters");
+        let mount = agent_container(daemonset)["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "remote-clusters")
+            .expect("the remote clusters' Secret is mounted");
+        for cluster in clusters {
+            let path = cluster.kubeconfig.as_ref().expect("a kubeconfig file");
+            let dir = Path::new(mount["mountPath"].as_str().unwrap());
+            assert_eq!(path.parent(), Some(dir), "{}", cluster.name);
+            let key = path.file_name().unwrap().to_str().unwrap();
+            assert!(
+                secret["stringData"][key].is_string(),
+                "no key {key} in the Secret"
+            );
+        }
+    }
+}
+
+/// Every query of the Grafana dashboard names metrics the agent exports, grouped by labels
+/// those metrics carry (a renamed metric or label would leave a panel empty, silently).
+#[test]
+fn the_dashboard_queries_what_the_agent_exports() {
+    let exported = {
+        let golden = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/testdata/golden/metrics.txt"),
+        )
+        .unwrap();
+        let source = kube::SourceStatus {
+            clusters: vec![kube::ClusterStatus::default()],
+            ..Default::default()
+        };
+        golden + &source.metrics()
+    };
+    let labels_of = |metric: &str| -> BTreeSet<String> {
+        exported
+            .lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .flat_map(|l| {
+                let inside = &l[metric.len() + 1..l.find('}').unwrap()];
+                inside
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('=').map(|(k, _)| k.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy_dir().join("monitoring/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            queries += 1;
+            let metrics: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("geosteer_"))
+                .collect();
+            assert!(!metrics.is_empty(), "{expr}");
+            let grouped: Vec<&str> = expr
+                .split("by (")
+                .skip(1)
+                .flat_map(|rest| rest.split(')').next().unwrap().split(','))
+                .map(str::trim)
+                .collect();
+            for metric in metrics {
+                let labels = labels_of(metric);
+                assert!(!labels.is_empty(), "{metric} (in {expr}) is not exported");
+                for label in &grouped {
+                    assert!(
+                        labels.contains(*label),
+                        "{metric} has no label {label} (in {expr}): {labels:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(queries >= 8, "{queries}");
 }
