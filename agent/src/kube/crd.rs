@@ -282,7 +282,8 @@ pub fn crd_yaml() -> String {
 }
 
 /// The parts of a Service that a TrafficPolicy sets, in the config file's types.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServicePolicy {
     pub traffic_policy: Option<config::TrafficPolicy>,
     pub cluster_weights: Option<BTreeMap<String, u32>>,

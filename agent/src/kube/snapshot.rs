@@ -10,7 +10,10 @@ use std::{collections::BTreeMap, io::Write as _, path::Path, time::SystemTime};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::index::{CLUSTER_RULES_SOURCE, ObjectKey};
+use super::{
+    crd::ServicePolicy,
+    index::{CLUSTER_RULES_SOURCE, ObjectKey},
+};
 use crate::config::{self, Config, LoadedDestinationRule, Node, Service, TrafficPolicy};
 
 /// Format version; a snapshot of another version is not read.
@@ -34,6 +37,20 @@ pub struct Snapshot {
     /// The clusters' DestinationRules.
     #[serde(default)]
     pub destination_rules: Vec<SnapshotRule>,
+    /// The version of each TrafficPolicy last in effect: after a restart, a policy whose
+    /// current version is invalid stays in effect as it was, as on the nodes that did not
+    /// restart (an in-memory "last accepted" made restarted nodes disagree).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_policies: Vec<AcceptedPolicy>,
+}
+
+/// A TrafficPolicy's version in effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AcceptedPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub policy: ServicePolicy,
 }
 
 /// A DestinationRule as far as steering needs it.
@@ -53,6 +70,7 @@ impl Snapshot {
         config: &Config,
         file_services: usize,
         last_contact: &BTreeMap<String, SystemTime>,
+        accepted: &BTreeMap<ObjectKey, ServicePolicy>,
         now: SystemTime,
     ) -> Snapshot {
         Snapshot {
@@ -75,7 +93,23 @@ impl Snapshot {
                     traffic_policy: rule.traffic_policy.clone(),
                 })
                 .collect(),
+            accepted_policies: accepted
+                .iter()
+                .map(|((namespace, name), policy)| AcceptedPolicy {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    policy: policy.clone(),
+                })
+                .collect(),
         }
+    }
+
+    /// `accepted_policies`, by namespace/name.
+    pub fn accepted(&self) -> BTreeMap<ObjectKey, ServicePolicy> {
+        self.accepted_policies
+            .iter()
+            .map(|p| ((p.namespace.clone(), p.name.clone()), p.policy.clone()))
+            .collect()
     }
 
     /// The desired state it describes, with the file's static parts; validated.
@@ -200,7 +234,13 @@ mod tests {
         let desired = desired(&index);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
         let contact = [("ack-shanghai".to_string(), now - Duration::from_secs(30))].into();
-        let snapshot = Snapshot::of(&desired.config, desired.file_services, &contact, now);
+        let snapshot = Snapshot::of(
+            &desired.config,
+            desired.file_services,
+            &contact,
+            &desired.in_effect,
+            now,
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("geosteer/snapshot.yaml");
@@ -246,7 +286,13 @@ mod tests {
     #[test]
     fn a_snapshot_that_no_longer_fits_the_file_is_refused() {
         let desired = desired(&reviews_in_two_clusters());
-        let snapshot = Snapshot::of(&desired.config, 0, &BTreeMap::new(), SystemTime::now());
+        let snapshot = Snapshot::of(
+            &desired.config,
+            0,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            SystemTime::now(),
+        );
         let mut file = file();
         file.dataplane.max_backends = 16;
         file.dataplane.max_services = 1;

@@ -361,6 +361,7 @@ impl Loop {
             Ok(Some(snapshot)) => match snapshot.config(&file, &node_name) {
                 Ok(config) => {
                     index.seed = snapshot.seed();
+                    index.last_accepted = snapshot.accepted();
                     let last = snapshot.last_contact();
                     for (cluster, contact) in index.clusters.iter().zip(&mut contacts) {
                         contact.last = last.get(&cluster.name).copied();
@@ -685,7 +686,13 @@ impl Loop {
             .zip(&self.contacts)
             .filter_map(|(cluster, contact)| Some((cluster.name.clone(), contact.last?)))
             .collect();
-        let snapshot = Snapshot::of(config, self.sent_file_services, &contact, now);
+        let snapshot = Snapshot::of(
+            config,
+            self.sent_file_services,
+            &contact,
+            &self.index.last_accepted,
+            now,
+        );
         match snapshot::write(&self.settings.snapshot_path, &snapshot) {
             Ok(()) => debug!(path = %self.settings.snapshot_path.display(), "snapshot written"),
             Err(e) => warn!("writing the snapshot: {e:#}"),

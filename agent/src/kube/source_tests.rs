@@ -1029,3 +1029,50 @@ async fn pods_are_watched_only_for_a_failover_priority_on_their_labels() {
         );
     }
 }
+
+/// A node that restarts while a TrafficPolicy's current version is invalid keeps the version
+/// last in effect, as the nodes that did not restart do (it is in the snapshot).
+#[tokio::test]
+async fn a_restarted_node_keeps_the_last_accepted_version_of_a_policy() {
+    let world = world();
+    let weights = |config: &Config| config.services[0].cluster_weights.clone();
+    let wanted = Some([("ack-hangzhou".into(), 20), ("ack-shanghai".into(), 80)].into());
+    world.local.apply(to_json(policy(
+        "reviews",
+        2,
+        "targetRef: {name: reviews}\nclusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}",
+    )));
+    let mut running = start(&world, file(world.dir.path(), ""));
+    let config = running.next().await;
+    assert_eq!(weights(&config), wanted);
+    // An invalid update: this node keeps the accepted version.
+    world.local.apply(to_json(policy(
+        "reviews",
+        2,
+        "targetRef: {name: reviews}\nclusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}\n\
+         healthCheck: {interval: 1s, timeout: 5s}",
+    )));
+    running
+        .status_until("the update is set aside", |s| {
+            s.policies_not_in_effect.len() == 1
+        })
+        .await;
+    drop(running);
+
+    // The restarted agent reads the snapshot: same decision.
+    let mut restarted = start(&world, file(world.dir.path(), ""));
+    let config = restarted.next().await;
+    assert_eq!(
+        weights(&config),
+        wanted,
+        "the last accepted version from the snapshot"
+    );
+    restarted
+        .status_until("and says so", |s| {
+            s.policies_not_in_effect.first().is_some_and(|p| {
+                p.message
+                    .ends_with("the last accepted version stays in effect")
+            })
+        })
+        .await;
+}
