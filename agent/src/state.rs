@@ -238,6 +238,9 @@ pub struct BackendStatus {
     pub active_healthy: Option<bool>,
     /// Not ejected and not failing active checks.
     pub routable: bool,
+    /// Leaving (a terminating pod): keeps its open flows, takes no new ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -381,8 +384,33 @@ fn service_status(
                     .as_ref()
                     .map(|_| health.is_none_or(|h| h.active.healthy)),
                 routable: health.is_none_or(|h| h.routable()),
+                draining: false,
             }
         })
+        .chain(
+            service
+                .draining
+                .iter()
+                .filter(|d| !service.endpoints.iter().any(|e| e.ip == d.ip))
+                .map(|e| {
+                    let (addr, port) = (u32::from(e.ip).to_be(), e.port.to_be());
+                    BackendStatus {
+                        address: SocketAddrV4::new(e.ip, e.port).to_string(),
+                        backend_id: controller.programmer.backend_id(&key, addr, port),
+                        locality: e.locality.label(),
+                        cluster: e.locality.cluster.clone(),
+                        weight: 0,
+                        share_percent: 0.0,
+                        priority: None,
+                        ejected: false,
+                        ejected_until: None,
+                        ejections_total: 0,
+                        active_healthy: None,
+                        routable: false,
+                        draining: true,
+                    }
+                }),
+        )
         .collect();
     ServiceStatus {
         name: service.name.clone(),

@@ -356,7 +356,8 @@ pub fn service_row(s: &ServiceStatus, counters: Option<TrafficRow>) -> ServiceRo
         load: Some(s.load.clone()),
         panic: s.panic,
         healthy: s.backends.iter().filter(|b| b.routable).count(),
-        total: s.backends.len(),
+        // Draining endpoints are in no host set (as Envoy's draining hosts).
+        total: s.backends.iter().filter(|b| !b.draining).count(),
         priorities: s.priorities.clone(),
         localities,
         counters,

@@ -60,6 +60,7 @@ fn backend(
         ejections_total: ejected_until.is_some() as u64,
         active_healthy: None,
         routable: ejected_until.is_none(),
+        draining: false,
     }
 }
 
@@ -116,6 +117,14 @@ fn agent_state() -> AgentState {
             backend("198.18.12.2:8080", 1, HZ, "ack-hangzhou", 86.301, None),
             backend("198.18.21.2:8080", 2, SH, "ack-shanghai", 6.849, None),
             backend("198.18.22.2:8080", 3, SH, "ack-shanghai", 6.849, None),
+            // A terminating pod of a rolling update, keeping its connections.
+            BackendStatus {
+                weight: 0,
+                priority: None,
+                routable: false,
+                draining: true,
+                ..backend("198.18.13.2:8080", 6, HZ, "ack-hangzhou", 0.0, None)
+            },
         ],
         sources: vec!["localityLbSetting from services[0].trafficPolicy".into()],
         signals: "http/1.x".into(),

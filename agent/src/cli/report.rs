@@ -509,7 +509,8 @@ pub struct BackendRow {
     /// Share of the service's new flows now, in percent.
     pub effective_percent: Option<f64>,
     pub priority: Option<usize>,
-    /// `ok`, `ejected`, `unhealthy` (active checks) or `ejected,unhealthy`.
+    /// `ok`, `ejected`, `unhealthy` (active checks), `ejected,unhealthy`, or `draining` (a
+    /// terminating endpoint: its open flows carry on, no new ones).
     pub health: String,
     pub ejected_until: Option<String>,
     pub ejections_total: Option<u64>,
@@ -538,6 +539,9 @@ pub struct CounterRow {
 impl BackendRow {
     /// The health column, from the agent's view.
     pub fn health_of(status: &BackendStatus) -> String {
+        if status.draining {
+            return "draining".to_string();
+        }
         match (status.ejected, status.active_healthy == Some(false)) {
             (false, false) => "ok",
             (true, false) => "ejected",
