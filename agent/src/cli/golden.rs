@@ -496,8 +496,7 @@ fn backends_up() -> BackendsReport {
             backends: reviews
                 .backends
                 .iter()
-                .zip(&kernel)
-                .map(|(b, k)| backend_row(b, Some(k)))
+                .map(|b| backend_row(b, kernel.iter().find(|k| Some(k.id) == b.backend_id)))
                 .collect(),
         }],
     }
