@@ -575,6 +575,58 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
     let backends = answered_by(&lab, "198.19.0.30:80", 100);
     assert_eq!(backends.len(), 1, "one client, one backend: {backends:?}");
 
+    // internalTrafficPolicy: Local keeps a Service to this node's endpoints (the remote
+    // cluster's pods are on other nodes); a Service another proxy owns is left alone.
+    let mut local_only = service("default", "local-only", "198.19.0.40", 80);
+    local_only["spec"]["internalTrafficPolicy"] = json!("Local");
+    let mut foreign = service("default", "foreign", "198.19.0.50", 80);
+    foreign["metadata"]["labels"] =
+        json!({"service.kubernetes.io/service-proxy-name": "another-proxy"});
+    for object in [local_only.clone(), foreign.clone()] {
+        local.apply(ns, object.clone());
+        remote.apply(ns, object);
+    }
+    for name in ["local-only", "foreign"] {
+        local.apply(
+            ns,
+            slice(
+                "default",
+                name,
+                "hz",
+                "lab-node",
+                &["198.18.11.2", "198.18.12.2"],
+            ),
+        );
+        remote.apply(
+            ns,
+            slice(
+                "default",
+                name,
+                "sh",
+                "sh-node",
+                &["198.18.21.2", "198.18.22.2"],
+            ),
+        );
+    }
+    wait_for("local-only is steered", || {
+        let services = geosteer_tests::agent::geosteer_json(ns, &pins, &["services"]).unwrap();
+        let frontends: Vec<&str> = services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["frontend"].as_str())
+            .collect();
+        (frontends.iter().any(|f| f.starts_with("198.19.0.40:80"))
+            && !frontends.iter().any(|f| f.starts_with("198.19.0.50:80")))
+        .then_some(())
+        .ok_or_else(|| format!("{frontends:?}"))
+    });
+    assert_eq!(
+        answered_by(&lab, "198.19.0.40:80", 100),
+        ["hz1", "hz2"],
+        "only this node's endpoints"
+    );
+
     let fake = local.get(ns, "/_fake/patches");
     assert_eq!(fake["fieldManagers"], json!(["geosteer-agent"]), "{fake}");
     assert_eq!(
