@@ -377,11 +377,13 @@ pub enum TrafficDistribution {
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 impl TrafficDistribution {
-    /// The failoverPriority it stands for, most significant first.
+    /// The failoverPriority it stands for, most significant first (Istio's for PreferClose:
+    /// region, zone, subzone; its network label is left out, geosteer knows no networks).
     pub fn failover_priority(self) -> Vec<String> {
         let mut labels = vec![
             "topology.kubernetes.io/region".to_string(),
             "topology.kubernetes.io/zone".to_string(),
+            "topology.istio.io/subzone".to_string(),
         ];
         if self == TrafficDistribution::PreferSameNode {
             labels.push(HOSTNAME_LABEL.to_string());

@@ -411,10 +411,12 @@ impl Programmer {
         for b in &desired.backends {
             let backend_id = match old_backends.remove(&(b.addr, b.port)) {
                 Some((backend_id, before)) => {
+                    // `before.flags` are the kernel's (as written, or as read back from the
+                    // pins by a new agent, whose predecessor may not have set every flag).
                     if (
                         before.eject_after_5xx,
                         before.eject_after_gateway,
-                        kernel_flags(&before),
+                        before.flags,
                     ) != (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b))
                     {
                         dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
@@ -430,7 +432,11 @@ impl Programmer {
                 }
             };
             ids.push(backend_id);
-            backends.insert((b.addr, b.port), (backend_id, b.clone()));
+            let written = DesiredBackend {
+                flags: kernel_flags(b),
+                ..b.clone()
+            };
+            backends.insert((b.addr, b.port), (backend_id, written));
         }
 
         let table = build_service_table(desired, &ids);

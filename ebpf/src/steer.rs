@@ -905,7 +905,7 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
         found: 0,
         found_id: 0,
     };
-    let steps = count.min(MAX_BACKENDS_PER_SERVICE as u32);
+    let steps = count.min(FALLBACK_SCAN);
     // SAFETY: `fallback_step` has the callback signature bpf_loop expects, and `scan` outlives
     // the call (the helper runs the callback synchronously).
     unsafe {
@@ -925,6 +925,10 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     let id = fallback?;
     BACKENDS.get(id).map(|b| (id, *b))
 }
+
+/// How many entries of a service's backend list the fallback scan visits at most: a constant
+/// worst case per new flow while a whole priority is out.
+const FALLBACK_SCAN: u32 = 256;
 
 /// The state of [`select`]'s fallback scan, shared with each `bpf_loop` step.
 #[repr(C)]

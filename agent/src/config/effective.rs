@@ -143,7 +143,16 @@ pub fn effective_traffic_policy(config: &Config, service_index: usize) -> Effect
         sources.push(format!("healthCheck from {at}.healthCheck"));
         check
     });
-    let mut locality_lb = resolved.locality_lb.map(|(l, _)| l.clone());
+    // Istio's order (`GetLocalityLbSetting`): a DestinationRule's (here also the service's
+    // own) setting, then the Service's trafficDistribution, then the mesh default.
+    let from_defaults = matches!(resolved.locality_lb, Some((_, Source::Defaults)));
+    let mut locality_lb = resolved
+        .locality_lb
+        .filter(|_| !(from_defaults && service.traffic_distribution.is_some()))
+        .map(|(l, _)| l.clone());
+    if locality_lb.is_none() && from_defaults {
+        sources.retain(|s| !s.starts_with("localityLbSetting from "));
+    }
     let locality_from_traffic_distribution = locality_lb.is_none()
         && match service.traffic_distribution {
             Some(distribution) => {
@@ -495,7 +504,8 @@ mod tests {
             locality.failover_priority,
             [
                 "topology.kubernetes.io/region",
-                "topology.kubernetes.io/zone"
+                "topology.kubernetes.io/zone",
+                "topology.istio.io/subzone"
             ]
         );
         assert!(effective.locality_from_traffic_distribution);
@@ -503,9 +513,20 @@ mod tests {
             effective.sources,
             [
                 "localityLbSetting from services[0].trafficDistribution PreferClose \
-              (failoverPriority [topology.kubernetes.io/region, topology.kubernetes.io/zone])"
+              (failoverPriority [topology.kubernetes.io/region, topology.kubernetes.io/zone, \
+              topology.istio.io/subzone])"
             ]
         );
+        // The mesh-wide default gives way to the Service's field, as in Istio.
+        let config = valid(
+            "defaults: {trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: \
+             cn-hangzhou, to: cn-shanghai}]}}}}\n",
+            "    trafficDistribution: PreferClose\n",
+            "",
+        );
+        let effective = effective_traffic_policy(&config, 0);
+        assert!(effective.locality_from_traffic_distribution);
+        assert!(effective.locality_lb.unwrap().failover.is_empty());
         let same_node = valid("", "    trafficDistribution: PreferSameNode\n", "");
         assert_eq!(
             effective_traffic_policy(&same_node, 0)

@@ -381,13 +381,25 @@ impl TrafficPolicy {
         }
     }
 
-    /// Whether the status already says what [`TrafficPolicy::wanted_status`] would.
+    /// Whether the status already says what [`TrafficPolicy::wanted_status`] would: the
+    /// generation judged and the `Accepted` condition (another writer's conditions or fields are
+    /// not ours to compare, or every node would rewrite forever).
     pub fn status_is_current(&self) -> bool {
-        let now = std::time::SystemTime::UNIX_EPOCH;
-        let wanted = self.wanted_status(now);
-        let current = self.status.as_ref();
         // The transition time is taken from the current status unless the status flips.
-        current == Some(&wanted)
+        let wanted = self.wanted_status(std::time::SystemTime::UNIX_EPOCH);
+        let ours = |status: &TrafficPolicyStatus| {
+            (
+                status.observed_generation,
+                status
+                    .conditions
+                    .iter()
+                    .find(|c| c.kind == ACCEPTED)
+                    .cloned(),
+            )
+        };
+        self.status
+            .as_ref()
+            .is_some_and(|current| ours(current) == ours(&wanted))
     }
 }
 

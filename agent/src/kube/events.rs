@@ -1,21 +1,24 @@
 //! Kubernetes Events about TrafficPolicies, rate-limited.
 //!
-//! Two kinds, so that a cluster of many nodes does not flood the API server:
-//! - `Accepted` / `Invalid`: the object's verdict, published by the node whose status write
-//!   changed the status, so about once per generation for the whole cluster;
-//! - node facts (`NotInEffect`): a valid policy this node does not apply (its Service is
-//!   missing, an older policy claims it, it names a region no endpoint is in), once per
-//!   (generation, reason) per node, and at most [`BURST`] in a row per node, refilled at one
-//!   per [`REFILL`]. kube-runtime's recorder folds repeats into an event series.
+//! Two kinds: `Accepted` / `Invalid`, the object's verdict, published by the node whose status
+//! write changed the status; and `NotInEffect`, a valid policy that a node does not apply (its
+//! Service is missing, an older policy claims it, it names a region no endpoint is in). So that
+//! a cluster of many nodes does not flood the API server, each Event's name is derived from the
+//! policy, its generation and the reason: the first node to create it wins, the others get
+//! `409 AlreadyExists` and stop there — one Event per fact for the whole cluster, whatever its
+//! size and however often agents restart. Each node also publishes at most [`BURST`] in a row,
+//! refilled at one per [`REFILL`].
 
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
 };
 
-use ::kube::{
-    Client, Resource as _,
-    runtime::events::{Event, EventType, Recorder, Reporter},
+use ::kube::{Api, Client, Resource as _, api::PostParams};
+use k8s_openapi::{
+    api::events::v1::Event,
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
 };
 use tracing::{debug, warn};
 
@@ -39,7 +42,8 @@ pub struct PolicyEvent {
 
 /// Publishes policy events for one node.
 pub struct PolicyEvents {
-    recorder: Recorder,
+    client: Client,
+    node_name: String,
     /// What was last published per policy, with the generation it was about.
     published: BTreeMap<ObjectKey, (Option<i64>, PolicyEvent)>,
     budget: TokenBucket,
@@ -48,12 +52,9 @@ pub struct PolicyEvents {
 
 impl PolicyEvents {
     pub fn new(client: Client, node_name: &str) -> PolicyEvents {
-        let reporter = Reporter {
-            controller: CONTROLLER.to_string(),
-            instance: Some(node_name.to_string()),
-        };
         PolicyEvents {
-            recorder: Recorder::new(client, reporter),
+            client,
+            node_name: node_name.to_string(),
             published: BTreeMap::new(),
             budget: TokenBucket::new(BURST, REFILL, Instant::now()),
             dropped: 0,
@@ -78,23 +79,31 @@ impl PolicyEvents {
                    "event budget spent: not publishing {}", event.reason);
             return;
         }
-        self.published.insert(key, about);
-        let recorder = self.recorder.clone();
-        let reference = policy.object_ref(&());
+        self.published.insert(key.clone(), about);
+        let generation = policy.metadata.generation.unwrap_or(0);
+        let object = Event {
+            metadata: ObjectMeta {
+                name: Some(event_name(&key.1, generation, event.reason)),
+                namespace: Some(key.0.clone()),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(Timestamp::now())),
+            action: Some("Steer".to_string()),
+            reason: Some(event.reason.to_string()),
+            note: Some(truncate(event.note, 1000)),
+            type_: Some(if event.warning { "Warning" } else { "Normal" }.to_string()),
+            regarding: Some(policy.object_ref(&())),
+            reporting_controller: Some(CONTROLLER.to_string()),
+            reporting_instance: Some(self.node_name.clone()),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &key.0);
         tokio::spawn(async move {
-            let event = Event {
-                type_: if event.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: event.reason.to_string(),
-                note: Some(truncate(event.note, 1000)),
-                action: "Steer".to_string(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &reference).await {
-                warn!(error = %e, "publishing an Event about a TrafficPolicy");
+            match api.create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                // Another node said it first.
+                Err(::kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => warn!(error = %e, "publishing an Event about a TrafficPolicy"),
             }
         });
     }
@@ -103,6 +112,13 @@ impl PolicyEvents {
     pub fn retain(&mut self, exists: impl Fn(&ObjectKey) -> bool) {
         self.published.retain(|key, _| exists(key));
     }
+}
+
+/// `<policy>.<generation>.<reason>`, lower case: the same on every node for the same fact.
+fn event_name(policy: &str, generation: i64, reason: &str) -> String {
+    // Policy names are DNS subdomains of up to 253 characters; leave room for the suffix.
+    let policy: String = policy.chars().take(200).collect();
+    format!("{policy}.{generation}.{}", reason.to_ascii_lowercase())
 }
 
 /// An Event note is limited to 1 kB.
@@ -169,6 +185,15 @@ mod tests {
         let later = start + Duration::from_secs(600);
         assert!((0..3).all(|_| bucket.take(later)));
         assert!(!bucket.take(later));
+    }
+
+    #[test]
+    fn event_names_are_one_per_policy_generation_and_reason() {
+        assert_eq!(
+            event_name("reviews", 3, "NotInEffect"),
+            "reviews.3.notineffect"
+        );
+        assert_eq!(event_name(&"p".repeat(253), 1, "Accepted").len(), 200 + 11);
     }
 
     #[test]

@@ -520,6 +520,13 @@ impl FakeApi {
                     .unwrap_or("event.");
                 event["metadata"]["name"] = json!(format!("{prefix}{}", state.events.len()));
             }
+            if state
+                .events
+                .iter()
+                .any(|e| e["metadata"]["name"] == event["metadata"]["name"])
+            {
+                return status_response(StatusCode::CONFLICT, "AlreadyExists", "already exists");
+            }
             state.events.push(event.clone());
             return json_response(StatusCode::CREATED, event);
         }
@@ -572,6 +579,23 @@ impl FakeApi {
         else {
             return not_found(path);
         };
+        // Optimistic concurrency, as the real server: a write from an older view is refused.
+        if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+            && object["metadata"]["resourceVersion"].as_str() != Some(expected)
+        {
+            return status_response(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version",
+            );
+        }
+        if patch["apiVersion"].is_null() || patch["kind"].is_null() {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "an apply patch names apiVersion and kind",
+            );
+        }
         if object["status"] != patch["status"] {
             object["status"] = patch["status"].clone();
             state.status_changes += 1;

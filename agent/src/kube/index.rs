@@ -255,9 +255,6 @@ pub struct Index {
     /// The version of each TrafficPolicy last in effect ([`Desired::in_effect`]): an update
     /// that is rejected leaves it in place, as a rejected config file leaves the running one.
     pub last_accepted: BTreeMap<ObjectKey, ServicePolicy>,
-    /// Pods are watched (some failoverPriority names a pod label): this cluster is listed in
-    /// full only with them.
-    pub pods_wanted: bool,
 }
 
 /// Whether a TrafficPolicy is in effect, for its status.
@@ -353,7 +350,6 @@ impl Index {
             clusters,
             seed: BTreeMap::new(),
             last_accepted: BTreeMap::new(),
-            pods_wanted: false,
         }
     }
 
@@ -361,9 +357,12 @@ impl Index {
         &self.clusters[0]
     }
 
-    /// The pod label keys some failoverPriority names (of the file, a TrafficPolicy or a
-    /// DestinationRule), beyond the topology labels every endpoint has anyway: the Pod watch
-    /// runs only while there are some, and keeps only these keys.
+    /// The pod label keys some failoverPriority names (of the file, a TrafficPolicy — its
+    /// current version and the one in effect — or a DestinationRule), beyond the topology
+    /// labels every endpoint has anyway: the Pod watch runs only while there are some, and keeps
+    /// only these keys. The desired state does not wait for the Pods (a slow or forbidden Pod
+    /// list must not freeze every other change): endpoints lack pod labels until they are
+    /// listed, and `geosteer status` shows a Pod watch that fails.
     pub fn wanted_pod_labels(&self, file: &Config) -> BTreeSet<String> {
         let local = self.local();
         let mut priorities: Vec<Vec<String>> = Vec::new();
@@ -392,7 +391,7 @@ impl Index {
             .values()
             .filter_map(|policy| policy.spec.to_service_policy().ok())
             .collect();
-        for policy in &policies {
+        for policy in policies.iter().chain(self.last_accepted.values()) {
             from_policy(policy.traffic_policy.as_ref());
         }
         priorities
@@ -407,8 +406,7 @@ impl Index {
     /// missing services (and the agent would withdraw them).
     pub fn local_synced(&self) -> bool {
         let local = self.local();
-        (local.pods.is_synced() || !self.pods_wanted)
-            && local.services.is_synced()
+        local.services.is_synced()
             && local.slices.is_synced()
             && local.nodes.is_synced()
             && local.policies.is_synced()

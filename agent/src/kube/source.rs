@@ -265,6 +265,7 @@ impl KubeSource {
                 updates: updates_tx.clone(),
                 options: options.clone(),
                 pod_labels: pod_labels_rx.clone(),
+                stale_ttl: settings.stale_ttl,
             };
             tasks.push(AbortOnDrop(tokio::spawn(task.run())));
         }
@@ -469,7 +470,6 @@ impl Loop {
 
     fn apply(&mut self, update: Update) {
         let clusters = &mut self.index.clusters;
-        let mut changed_by_contact = false;
         let changed = match update {
             Update::Services(event) => clusters[0].services.apply(event),
             Update::Slices(i, event) => {
@@ -492,6 +492,7 @@ impl Loop {
                 clusters[i].pods.apply(event) && !same
             }
             Update::PodsUnwatched(i) => {
+                self.contacts[i].watch_errors.remove("Pods");
                 let had = !clusters[i].pods.is_empty();
                 clusters[i].pods = Default::default();
                 had
@@ -516,15 +517,10 @@ impl Loop {
                         info!(cluster = %clusters[i].name, "API server answers");
                     }
                     if !contact.connected && contact.probed {
-                        // Back: the watches resume from their resourceVersions (they report
-                        // again if they still fail), and the endpoints the watch kept count
-                        // again.
+                        // Back: the watches resume from their resourceVersions and report
+                        // again if they still fail. (An expired cluster counts again only once
+                        // it has been listed afresh: see `ClusterTask::run`.)
                         contact.watch_errors.clear();
-                        if clusters[i].expired {
-                            info!(cluster = %clusters[i].name, "back within reach: its endpoints count again");
-                            clusters[i].expired = false;
-                            changed_by_contact = true;
-                        }
                     }
                     contact.last = Some(SystemTime::now());
                 } else if contact.connected || !contact.probed {
@@ -536,7 +532,7 @@ impl Loop {
                 }
                 contact.connected = ok;
                 contact.probed = true;
-                changed_by_contact
+                false
             }
         };
         if changed {
@@ -581,7 +577,6 @@ impl Loop {
     /// Starts, changes or stops the Pod watches as the policies' failoverPriority labels ask.
     fn update_pod_watch(&mut self) {
         let wanted = self.index.wanted_pod_labels(&self.file);
-        self.index.pods_wanted = !wanted.is_empty();
         if let Some(tx) = &self.pod_labels {
             tx.send_if_modified(|current| {
                 let changed = *current != wanted;
@@ -762,9 +757,12 @@ impl Loop {
                 let name = policy.metadata.name.clone().unwrap_or_default();
                 let status = policy.wanted_status(now);
                 let api: Api<TrafficPolicy> = Api::namespaced(client.clone(), &namespace);
+                // The resourceVersion this node judged: a node whose view is older (another
+                // node wrote first, or a newer generation exists) gets 409 and writes nothing.
                 let patch = Patch::Apply(serde_json::json!({
                     "apiVersion": "geosteer.io/v1alpha1",
                     "kind": "TrafficPolicy",
+                    "metadata": {"resourceVersion": policy.metadata.resource_version},
                     "status": status,
                 }));
                 let params = PatchParams::apply(STATUS_FIELD_MANAGER).force();
@@ -794,6 +792,9 @@ impl Loop {
                             },
                         };
                         events.lock().unwrap().publish(&written, event);
+                    }
+                    Err(::kube::Error::Api(status)) if status.code == 409 => {
+                        debug!(%namespace, %name, "TrafficPolicy changed meanwhile: not written");
                     }
                     Err(e) => warn!(%namespace, %name, error = %e, "writing TrafficPolicy status"),
                 }
@@ -941,19 +942,29 @@ impl Credentials {
                     _task: None,
                 };
             }
-            Connect::Kubeconfig { path, .. } => {
+            Connect::Kubeconfig { path, context } => {
                 let interval = options.probe_interval;
                 tokio::spawn(async move {
                     loop {
                         let read = std::fs::read_to_string(&path)
-                            .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()));
+                            .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))
+                            .and_then(|text| {
+                                // Parsed as the client will (paths relative to the file).
+                                let parsed = Kubeconfig::read_from(&path).map_err(|e| {
+                                    format!("reading kubeconfig {}: {e}", path.display())
+                                })?;
+                                usable(&parsed, context.as_deref())?;
+                                Ok(text)
+                            });
                         offer(&tx, read);
                         sleep(interval).await;
                     }
                 })
             }
             Connect::Secret {
-                namespace, name, ..
+                namespace,
+                name,
+                context,
             } => {
                 let api = Api::<Secret>::namespaced(local.clone(), &namespace);
                 let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -965,7 +976,17 @@ impl Credentials {
                             Ok(
                                 watcher::Event::Apply(secret) | watcher::Event::InitApply(secret),
                             ) => {
-                                offer(&tx, kubeconfig_of(&secret, &namespace, &name));
+                                let read =
+                                    kubeconfig_of(&secret, &namespace, &name).and_then(|text| {
+                                        let parsed = Kubeconfig::from_yaml(&text).map_err(|e| {
+                                            format!(
+                                                "Secret {namespace}/{name}: reading kubeconfig: {e}"
+                                            )
+                                        })?;
+                                        usable(&parsed, context.as_deref())?;
+                                        Ok(text)
+                                    });
+                                offer(&tx, read);
                             }
                             Ok(watcher::Event::Delete(_)) => warn!(
                                 "Secret {namespace}/{name} was deleted: keeping the credentials                                  read last"
@@ -999,6 +1020,17 @@ impl Credentials {
         if !changed {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Whether a kubeconfig names the context it is to be used with (or has a current one): a
+/// rotated kubeconfig that does not is refused, and the credentials in use stay.
+fn usable(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<(), String> {
+    let wanted = context.or(kubeconfig.current_context.as_deref());
+    match wanted {
+        Some(wanted) if kubeconfig.contexts.iter().any(|c| c.name == wanted) => Ok(()),
+        Some(wanted) => Err(format!("the kubeconfig has no context {wanted:?}")),
+        None => Err("the kubeconfig has no current context".to_string()),
     }
 }
 
@@ -1042,6 +1074,8 @@ struct ClusterTask {
     options: Options,
     /// The pod label keys failoverPriority names (empty: Pods are not watched).
     pod_labels: watch::Receiver<BTreeSet<String>>,
+    /// `kubernetes.staleTtl` (0: never).
+    stale_ttl: Duration,
 }
 
 impl ClusterTask {
@@ -1079,6 +1113,7 @@ impl ClusterTask {
             };
             last_error.clear();
             let watchers = self.spawn_watchers(&client);
+            let mut down_since: Option<Instant> = None;
             let mut probe = tokio::time::interval(self.options.probe_interval);
             loop {
                 tokio::select! {
@@ -1111,6 +1146,20 @@ impl ClusterTask {
                 {
                     return;
                 }
+                // Back after an outage past staleTtl (the loop has dropped the cluster's
+                // endpoints): list afresh, so that what it knew before the outage never
+                // counts again. Shorter outages resume the watches, without a relist.
+                match (ok, down_since) {
+                    (false, None) => down_since = Some(Instant::now()),
+                    (true, Some(since))
+                        if !self.stale_ttl.is_zero() && since.elapsed() > self.stale_ttl =>
+                    {
+                        info!(cluster = %self.name, "back after staleTtl: listing it afresh");
+                        break;
+                    }
+                    (true, Some(_)) => down_since = None,
+                    _ => {}
+                }
             }
             drop(watchers);
         }
@@ -1118,16 +1167,22 @@ impl ClusterTask {
 
     /// A client from the kubeconfig text (None: this task was given a client).
     async fn client(&self, kubeconfig: Option<Result<String, String>>) -> Result<Client> {
-        let (text, context) = match (&self.connect, kubeconfig) {
+        let (kubeconfig, context) = match (&self.connect, kubeconfig) {
             (Connect::Client(client), _) => return Ok(client.clone()),
             (_, Some(Err(e))) => bail!("{e}"),
             (_, None) => bail!("the credentials have not been read yet"),
-            (
-                Connect::Kubeconfig { context, .. } | Connect::Secret { context, .. },
-                Some(Ok(text)),
-            ) => (text, context),
+            // Read from the file itself: its relative paths (certificates, token files) are
+            // relative to it.
+            (Connect::Kubeconfig { path, context }, Some(Ok(_))) => (
+                Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?,
+                context,
+            ),
+            (Connect::Secret { context, .. }, Some(Ok(text))) => (
+                Kubeconfig::from_yaml(&text).context("reading the kubeconfig")?,
+                context,
+            ),
         };
-        let kubeconfig = Kubeconfig::from_yaml(&text).context("reading the kubeconfig")?;
         let options = KubeConfigOptions {
             context: context.clone(),
             ..KubeConfigOptions::default()

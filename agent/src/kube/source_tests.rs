@@ -518,8 +518,19 @@ async fn stale_ttl_drops_a_remote_clusters_endpoints() {
         .status_until("expired", |s| s.clusters[1].expired)
         .await;
 
+    // Meanwhile a pod is added there: back, the cluster counts again only as listed afresh,
+    // never with what it knew before the outage.
+    world.remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[
+            ("10.1.0.11", "sh-node-1", true),
+            ("10.1.0.12", "sh-node-1", true),
+        ],
+    )));
     world.remote.set_reachable(true);
-    assert_eq!(running.next().await.services[0].endpoints.len(), 3);
+    assert_eq!(running.next().await.services[0].endpoints.len(), 4);
 }
 
 #[tokio::test]
@@ -865,6 +876,25 @@ async fn rotated_credentials_in_a_secret_are_picked_up() {
     };
     until_addresses(&mut running, "the remote pod, with the old token", |a| {
         a.contains(&"10.1.0.11@ack-shanghai".to_string())
+    })
+    .await;
+
+    // A broken kubeconfig in the Secret does not replace the working credentials: the remote
+    // cluster's changes keep arriving over the old connection.
+    let mut broken = secret("old-token");
+    broken["data"]["kubeconfig"] = json!("bm90OiBbYSBrdWJlY29uZmln"); // "not: [a kubeconfig"
+    world.local.apply(broken);
+    remote.apply(to_json(slice(
+        "reviews",
+        "reviews-sh",
+        9080,
+        &[
+            ("10.1.0.11", "sh-node-1", true),
+            ("10.1.0.13", "sh-node-1", true),
+        ],
+    )));
+    until_addresses(&mut running, "a change over the old connection", |a| {
+        a.contains(&"10.1.0.13@ack-shanghai".to_string())
     })
     .await;
 
