@@ -802,6 +802,7 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
 /// The backend of a new flow: the client's affine one (session affinity), else Maglev's pick.
 /// Shaped for the verifier: the affinity timeout is read in two places, so that no branch on
 /// it stays live across `select` (two copies of its state would double the paths explored).
+#[inline(always)]
 fn choose(service: &ServiceValue, flow: &Flow, now: u64) -> Option<(u32, Backend)> {
     let affine = affine_backend(service, flow.saddr, now);
     let chosen = match affine {
@@ -829,6 +830,7 @@ fn remember_affinity(service_id: u32, client: u32, backend_id: u32, now: u64) {
 /// The backend a client's last new flow of this service went to, if that was within the
 /// affinity timeout and the backend still takes new flows (kube-proxy's `ClientIP` affinity;
 /// unlike kube-proxy, an ejected, failing, draining or no-longer-preferred backend ends it).
+#[inline(always)]
 fn affine_backend(service: &ServiceValue, client: u32, now: u64) -> Option<(u32, Backend)> {
     let timeout_s = affinity_timeout_s(service.id);
     if timeout_s == 0 {
@@ -859,6 +861,9 @@ fn affinity_timeout_s(service_id: u32) -> u32 {
 
 /// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
 /// so the kernel can take a backend out at once, before the agent rebuilds the table without it.
+// Always inlined: as a BPF subprogram, its `Option` result is returned through a pointer into
+// the caller's stack, which the verifier refuses ("cannot return stack pointer").
+#[inline(always)]
 fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backend)> {
     let table = TABLES.get(service.table_index())?;
     let count = table.backend_count;
@@ -905,16 +910,25 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
         found: 0,
         found_id: 0,
     };
-    let steps = count.min(FALLBACK_SCAN);
-    // SAFETY: `fallback_step` has the callback signature bpf_loop expects, and `scan` outlives
-    // the call (the helper runs the callback synchronously).
-    unsafe {
-        bpf_loop(
-            steps,
-            fallback_step as *mut c_void,
-            &mut scan as *mut FallbackScan as *mut c_void,
-            0,
-        );
+    if has_bpf_loop() {
+        // SAFETY: `fallback_step` has the callback signature bpf_loop expects, and `scan`
+        // outlives the call (the helper runs the callback synchronously).
+        unsafe {
+            bpf_loop(
+                count.min(FALLBACK_SCAN),
+                fallback_step as *mut c_void,
+                &mut scan as *mut FallbackScan as *mut c_void,
+                0,
+            );
+        }
+    } else {
+        // Kernels before 5.17 have no bpf_loop: a short unrolled scan (the verifier walks
+        // every step, so it stays short).
+        for step in 0..FALLBACK_SCAN_UNROLLED {
+            if fallback_step(step, &mut scan as *mut FallbackScan as *mut c_void) != 0 {
+                break;
+            }
+        }
     }
     if scan.found != 0 {
         let id = scan.found_id;
@@ -929,6 +943,21 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
 /// How many entries of a service's backend list the fallback scan visits at most: a constant
 /// worst case per new flow while a whole priority is out.
 const FALLBACK_SCAN: u32 = 256;
+/// The same on kernels without `bpf_loop`, where every step is verified: short, since the
+/// verifier's cost grows faster than the steps (64 exceed its 1M-instruction limit on 6.18)
+/// and older verifiers prune less.
+const FALLBACK_SCAN_UNROLLED: u64 = 16;
+
+/// Set by the loader (a read-only global, so the verifier prunes the branch not taken): the
+/// kernel has the `bpf_loop` helper (5.17+).
+#[unsafe(no_mangle)]
+static GS_HAS_BPF_LOOP: u8 = 1;
+
+fn has_bpf_loop() -> bool {
+    // SAFETY: reading a global; volatile, so that the compiler keeps the load for the loader
+    // to set.
+    unsafe { core::ptr::read_volatile(&GS_HAS_BPF_LOOP) != 0 }
+}
 
 /// The state of [`select`]'s fallback scan, shared with each `bpf_loop` step.
 #[repr(C)]
