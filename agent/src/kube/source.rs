@@ -92,7 +92,7 @@ impl Default for Options {
             probe_timeout: Duration::from_secs(3),
             rediscover_interval: Duration::from_secs(60),
             status_spread: Duration::from_secs(2),
-            reconnect_jitter: Duration::from_secs(5),
+            reconnect_jitter: Duration::from_secs(30),
             list_page_size: 500,
         }
     }
@@ -971,11 +971,13 @@ impl Credentials {
                 tokio::spawn(async move {
                     let stream = watcher(api, config).default_backoff();
                     futures::pin_mut!(stream);
+                    let mut found = false;
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(
                                 watcher::Event::Apply(secret) | watcher::Event::InitApply(secret),
                             ) => {
+                                found = true;
                                 let read =
                                     kubeconfig_of(&secret, &namespace, &name).and_then(|text| {
                                         let parsed = Kubeconfig::from_yaml(&text).map_err(|e| {
@@ -989,7 +991,13 @@ impl Credentials {
                                 offer(&tx, read);
                             }
                             Ok(watcher::Event::Delete(_)) => warn!(
-                                "Secret {namespace}/{name} was deleted: keeping the credentials                                  read last"
+                                "Secret {namespace}/{name} was deleted: keeping the \
+                                 credentials read last"
+                            ),
+                            Ok(watcher::Event::Init) => found = false,
+                            Ok(watcher::Event::InitDone) if !found => offer(
+                                &tx,
+                                Err(format!("Secret {namespace}/{name} does not exist")),
                             ),
                             Ok(_) => {}
                             Err(e) => {
