@@ -1095,6 +1095,11 @@ impl ClusterTask {
     async fn run(self) {
         let mut last_error = String::new();
         let mut credentials = Credentials::start(&self.connect, &self.local, &self.options);
+        // The first read of the credentials is under way: give it a moment before calling the
+        // cluster unreachable for want of them.
+        if credentials.rx.is_some() {
+            let _ = tokio::time::timeout(self.options.probe_timeout, credentials.changed()).await;
+        }
         loop {
             let client = match self.client(credentials.current()).await {
                 Ok(client) => client,
