@@ -42,23 +42,6 @@ impl From<&DataplaneConfig> for MapSizes {
     }
 }
 
-/// What the running kernel offers that the programs can use when it is there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KernelFeatures {
-    /// The `bpf_loop` helper (Linux 5.17): the request path's fallback scan runs as a loop the
-    /// verifier checks once; without it, a shorter unrolled scan.
-    pub bpf_loop: bool,
-}
-
-impl KernelFeatures {
-    /// From the kernel's version; an unreadable version counts as an old kernel.
-    pub fn detect() -> KernelFeatures {
-        let bpf_loop = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 17, 0));
-        KernelFeatures { bpf_loop }
-    }
-}
-
 /// Loads the object. With `pin_dir`, every map is pinned there, and maps already pinned there
 /// (by an earlier run) are reused — conntrack survives an agent restart. A pinned map of an
 /// older layout is migrated into its replacement right away (for tools and tests; the agent
@@ -88,22 +71,10 @@ pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<(
 /// [`load`], returning the migrations of maps whose pinned layout was older, after their
 /// first copy.
 pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, Vec<Migration>)> {
-    load_migrating_for(sizes, pin_dir, KernelFeatures::detect())
-}
-
-/// [`load_migrating`] for the given kernel features (tests load the variant for older kernels
-/// on a new one).
-pub fn load_migrating_for(
-    sizes: MapSizes,
-    pin_dir: Option<&Path>,
-    features: KernelFeatures,
-) -> Result<(Ebpf, Vec<Migration>)> {
     if EBPF_OBJECT.is_empty() {
         bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
     }
-    let has_bpf_loop = u8::from(features.bpf_loop);
     let mut loader = EbpfLoader::new();
-    loader.override_global("GS_HAS_BPF_LOOP", &has_bpf_loop, true);
     for spec in crate::memory::maps(&sizes).iter().filter(|s| s.resizable) {
         loader.map_max_entries(spec.name, spec.max_entries);
     }

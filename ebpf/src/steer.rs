@@ -62,8 +62,7 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 }
 
 use aya_ebpf::{
-    cty::c_void,
-    helpers::{bpf_ktime_get_ns, generated::bpf_loop},
+    helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -899,40 +898,31 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     }
     // Every probed slot is out — typically a whole priority failed a moment ago and the agent
     // has not swapped in the recomputed table yet. Any backend of the service in rotation beats
-    // one that is known to fail: scan the backend list from a hash-chosen start. (This may
-    // briefly pick an endpoint whose weight is 0; the recomputed table follows within
-    // milliseconds.) The scan is a `bpf_loop`: its body is verified once, where an unrolled
-    // loop of this length made up most of the program's verification.
-    let mut scan = FallbackScan {
-        table_index: service.table_index(),
-        start: (hash as u64) % (count as u64),
-        count: count as u64,
-        found: 0,
-        found_id: 0,
-    };
-    if has_bpf_loop() {
-        // SAFETY: `fallback_step` has the callback signature bpf_loop expects, and `scan`
-        // outlives the call (the helper runs the callback synchronously).
-        unsafe {
-            bpf_loop(
-                count.min(FALLBACK_SCAN),
-                fallback_step as *mut c_void,
-                &mut scan as *mut FallbackScan as *mut c_void,
-                0,
-            );
+    // one that is known to fail: visit the backend list at FALLBACK_SCAN points spread evenly
+    // over it from a hash-chosen start, so that a failed priority's block of backends, however
+    // long, cannot hide the others. (This may briefly pick an endpoint whose weight is 0; the
+    // recomputed table follows within milliseconds.) Unrolled, and short: the verifier walks
+    // every step (the earlier 256 consecutive steps were 650k of the 798k instructions it
+    // processed), and `bpf_loop`, which it walks once, needs a function pointer that kernels
+    // before 5.13 refuse to load.
+    let count = count as u64;
+    let start = (hash as u64) % count;
+    let stride = (count / FALLBACK_SCAN).max(1);
+    for step in 0..FALLBACK_SCAN {
+        if step >= count {
+            break;
         }
-    } else {
-        // Kernels before 5.17 have no bpf_loop: a short unrolled scan (the verifier walks
-        // every step, so it stays short).
-        for step in 0..FALLBACK_SCAN_UNROLLED {
-            if fallback_step(step, &mut scan as *mut FallbackScan as *mut c_void) != 0 {
-                break;
-            }
+        let index = opaque((start + step * stride) % count);
+        if index >= MAX_BACKENDS_PER_SERVICE as u64 {
+            break;
         }
-    }
-    if scan.found != 0 {
-        let id = scan.found_id;
-        return BACKENDS.get(id).map(|b| (id, *b));
+        let id = table.backends[index as usize];
+        let Some(backend) = BACKENDS.get(id) else {
+            continue;
+        };
+        if !out_of_rotation(id, backend) {
+            return Some((id, *backend));
+        }
     }
     // Nothing left: better an ejected backend than a dropped connection (the agent's panic
     // threshold makes the same choice for the whole service).
@@ -940,60 +930,8 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     BACKENDS.get(id).map(|b| (id, *b))
 }
 
-/// How many entries of a service's backend list the fallback scan visits at most: a constant
-/// worst case per new flow while a whole priority is out.
-const FALLBACK_SCAN: u32 = 256;
-/// The same on kernels without `bpf_loop`, where every step is verified: short, since the
-/// verifier's cost grows faster than the steps (64 exceed its 1M-instruction limit on 6.18)
-/// and older verifiers prune less.
-const FALLBACK_SCAN_UNROLLED: u64 = 16;
-
-/// Set by the loader (a read-only global, so the verifier prunes the branch not taken): the
-/// kernel has the `bpf_loop` helper (5.17+).
-#[unsafe(no_mangle)]
-static GS_HAS_BPF_LOOP: u8 = 1;
-
-fn has_bpf_loop() -> bool {
-    // SAFETY: reading a global; volatile, so that the compiler keeps the load for the loader
-    // to set.
-    unsafe { core::ptr::read_volatile(&GS_HAS_BPF_LOOP) != 0 }
-}
-
-/// The state of [`select`]'s fallback scan, shared with each `bpf_loop` step.
-#[repr(C)]
-struct FallbackScan {
-    table_index: u32,
-    start: u64,
-    count: u64,
-    found: u32,
-    found_id: u32,
-}
-
-/// One step of the fallback scan: the `step`-th backend from the start; 1 ends the loop.
-extern "C" fn fallback_step(step: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `select` gave it, to its live `FallbackScan`.
-    let scan = unsafe { &mut *(ctx as *mut FallbackScan) };
-    let Some(table) = TABLES.get(scan.table_index) else {
-        return 1;
-    };
-    if scan.count == 0 {
-        return 1;
-    }
-    let index = opaque((scan.start + step) % scan.count);
-    if index >= MAX_BACKENDS_PER_SERVICE as u64 {
-        return 1;
-    }
-    let id = table.backends[index as usize];
-    let Some(backend) = BACKENDS.get(id) else {
-        return 0;
-    };
-    if out_of_rotation(id, backend) {
-        return 0;
-    }
-    scan.found = 1;
-    scan.found_id = id;
-    1
-}
+/// How many entries of a service's backend list the fallback scan visits at most.
+const FALLBACK_SCAN: u64 = 16;
 
 fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {

@@ -201,20 +201,13 @@ pub struct Rig {
 
 impl Rig {
     pub fn new() -> Self {
-        Self::with_features(loader::KernelFeatures::detect())
-    }
-
-    /// The programs as loaded for a kernel with these features (the variant for older kernels
-    /// verifies and runs on a new one too).
-    pub fn with_features(features: loader::KernelFeatures) -> Self {
         require_root();
         let sizes = MapSizes {
             max_services: 16,
             max_backends: 256,
             conntrack: 65536,
         };
-        let (mut ebpf, _) = loader::load_migrating_for(sizes, None, features)
-            .expect("kernel object loads and verifies");
+        let mut ebpf = loader::load(sizes, None).expect("kernel object loads and verifies");
         let maps = BpfMaps::take(&mut ebpf).expect("maps");
         let mut rig = Self {
             ebpf,
