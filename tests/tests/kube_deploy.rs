@@ -248,10 +248,7 @@ fn rbac_reads_and_writes_only_trafficpolicy_status_and_events() {
             continue;
         }
         if resources == ["events"] {
-            assert_eq!(
-                (groups, verbs),
-                (vec!["events.k8s.io"], vec!["create", "patch"])
-            );
+            assert_eq!((groups, verbs), (vec!["events.k8s.io"], vec!["create"]));
             continue;
         }
         assert_eq!(verbs, ["get", "list", "watch"], "{resources:?}");

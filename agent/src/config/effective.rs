@@ -102,8 +102,13 @@ fn resolve(config: &Config, s: usize) -> Resolved<'_> {
         outlier_detection: sources
             .iter()
             .find_map(|&(policy, source)| Some((policy.outlier_detection.as_ref()?, source))),
+        // Istio's order (`GetLocalityLbSetting`): a DestinationRule's (here also the service's
+        // own) setting, then the Service's trafficDistribution, then the mesh default.
         locality_lb: sources
             .iter()
+            .filter(|(_, source)| {
+                *source != Source::Defaults || config.services[s].traffic_distribution.is_none()
+            })
             .find_map(|&(policy, source)| Some((policy.locality_lb_setting()?, source))),
         connect_timeout: sources.iter().find_map(|&(policy, source)| {
             Some((policy.connection_pool.as_ref()?.connect_timeout()?, source))
@@ -143,16 +148,8 @@ pub fn effective_traffic_policy(config: &Config, service_index: usize) -> Effect
         sources.push(format!("healthCheck from {at}.healthCheck"));
         check
     });
-    // Istio's order (`GetLocalityLbSetting`): a DestinationRule's (here also the service's
-    // own) setting, then the Service's trafficDistribution, then the mesh default.
-    let from_defaults = matches!(resolved.locality_lb, Some((_, Source::Defaults)));
-    let mut locality_lb = resolved
-        .locality_lb
-        .filter(|_| !(from_defaults && service.traffic_distribution.is_some()))
-        .map(|(l, _)| l.clone());
-    if locality_lb.is_none() && from_defaults {
-        sources.retain(|s| !s.starts_with("localityLbSetting from "));
-    }
+    // `resolve` left the mesh default out when the Service has a trafficDistribution.
+    let mut locality_lb = resolved.locality_lb.map(|(l, _)| l.clone());
     let locality_from_traffic_distribution = locality_lb.is_none()
         && match service.traffic_distribution {
             Some(distribution) => {

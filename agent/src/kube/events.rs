@@ -83,7 +83,12 @@ impl PolicyEvents {
         let generation = policy.metadata.generation.unwrap_or(0);
         let object = Event {
             metadata: ObjectMeta {
-                name: Some(event_name(&key.1, generation, event.reason)),
+                name: Some(event_name(
+                    &key.1,
+                    policy.metadata.uid.as_deref().unwrap_or(""),
+                    generation,
+                    event.reason,
+                )),
                 namespace: Some(key.0.clone()),
                 ..ObjectMeta::default()
             },
@@ -114,11 +119,24 @@ impl PolicyEvents {
     }
 }
 
-/// `<policy>.<generation>.<reason>`, lower case: the same on every node for the same fact.
-fn event_name(policy: &str, generation: i64, reason: &str) -> String {
+/// `<policy>.<uid prefix>.<generation>.<reason>`, lower case: the same on every node for the
+/// same fact, and another for a policy re-created under the same name (its generations start
+/// again at 1). A long name is cut, without a trailing `-`/`.`.
+fn event_name(policy: &str, uid: &str, generation: i64, reason: &str) -> String {
     // Policy names are DNS subdomains of up to 253 characters; leave room for the suffix.
     let policy: String = policy.chars().take(200).collect();
-    format!("{policy}.{generation}.{}", reason.to_ascii_lowercase())
+    let policy = policy.trim_end_matches(['-', '.']);
+    let uid: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let uid = if uid.is_empty() { "0".to_string() } else { uid };
+    format!(
+        "{policy}.{uid}.{generation}.{}",
+        reason.to_ascii_lowercase()
+    )
 }
 
 /// An Event note is limited to 1 kB.
@@ -189,11 +207,15 @@ mod tests {
 
     #[test]
     fn event_names_are_one_per_policy_generation_and_reason() {
+        let uid = "6f1c2d3e-aaaa-bbbb-cccc-000000000000";
         assert_eq!(
-            event_name("reviews", 3, "NotInEffect"),
-            "reviews.3.notineffect"
+            event_name("reviews", uid, 3, "NotInEffect"),
+            "reviews.6f1c2d3e.3.notineffect"
         );
-        assert_eq!(event_name(&"p".repeat(253), 1, "Accepted").len(), 200 + 11);
+        let long = format!("{}-{}", "p".repeat(199), "q".repeat(53));
+        let name = event_name(&long, uid, 1, "Accepted");
+        assert!(name.len() <= 253 && !name.contains("-."), "{name}");
+        assert_eq!(event_name("p", "", 1, "Accepted"), "p.0.1.accepted");
     }
 
     #[test]

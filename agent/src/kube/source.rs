@@ -945,18 +945,22 @@ impl Credentials {
             Connect::Kubeconfig { path, context } => {
                 let interval = options.probe_interval;
                 tokio::spawn(async move {
+                    let mut rejected = String::new();
                     loop {
-                        let read = std::fs::read_to_string(&path)
-                            .map_err(|e| format!("reading kubeconfig {}: {e}", path.display()))
-                            .and_then(|text| {
-                                // Parsed as the client will (paths relative to the file).
-                                let parsed = Kubeconfig::read_from(&path).map_err(|e| {
-                                    format!("reading kubeconfig {}: {e}", path.display())
-                                })?;
-                                usable(&parsed, context.as_deref())?;
-                                Ok(text)
-                            });
-                        offer(&tx, read);
+                        let read = match std::fs::read_to_string(&path) {
+                            Err(e) => Err(format!("reading kubeconfig {}: {e}", path.display())),
+                            // Checked as the client will read it (paths relative to the file).
+                            Ok(text) => match Kubeconfig::read_from(&path) {
+                                Err(e) => {
+                                    Err(format!("reading kubeconfig {}: {e}", path.display()))
+                                }
+                                Ok(parsed) => usable(parsed, context.as_deref())
+                                    .await
+                                    .map(|()| text)
+                                    .map_err(|e| format!("kubeconfig {}: {e}", path.display())),
+                            },
+                        };
+                        offer(&tx, read, &mut rejected);
                         sleep(interval).await;
                     }
                 })
@@ -972,23 +976,25 @@ impl Credentials {
                     let stream = watcher(api, config).default_backoff();
                     futures::pin_mut!(stream);
                     let mut found = false;
+                    let mut rejected = String::new();
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(
                                 watcher::Event::Apply(secret) | watcher::Event::InitApply(secret),
                             ) => {
                                 found = true;
-                                let read =
-                                    kubeconfig_of(&secret, &namespace, &name).and_then(|text| {
-                                        let parsed = Kubeconfig::from_yaml(&text).map_err(|e| {
-                                            format!(
-                                                "Secret {namespace}/{name}: reading kubeconfig: {e}"
-                                            )
-                                        })?;
-                                        usable(&parsed, context.as_deref())?;
-                                        Ok(text)
-                                    });
-                                offer(&tx, read);
+                                let at = format!("Secret {namespace}/{name}");
+                                let read = match kubeconfig_of(&secret, &namespace, &name) {
+                                    Err(e) => Err(e),
+                                    Ok(text) => match Kubeconfig::from_yaml(&text) {
+                                        Err(e) => Err(format!("{at}: reading kubeconfig: {e}")),
+                                        Ok(parsed) => usable(parsed, context.as_deref())
+                                            .await
+                                            .map(|()| text)
+                                            .map_err(|e| format!("{at}: {e}")),
+                                    },
+                                };
+                                offer(&tx, read, &mut rejected);
                             }
                             Ok(watcher::Event::Delete(_)) => warn!(
                                 "Secret {namespace}/{name} was deleted: keeping the \
@@ -998,11 +1004,14 @@ impl Credentials {
                             Ok(watcher::Event::InitDone) if !found => offer(
                                 &tx,
                                 Err(format!("Secret {namespace}/{name} does not exist")),
+                                &mut rejected,
                             ),
                             Ok(_) => {}
-                            Err(e) => {
-                                offer(&tx, Err(format!("watching Secret {namespace}/{name}: {e}")))
-                            }
+                            Err(e) => offer(
+                                &tx,
+                                Err(format!("watching Secret {namespace}/{name}: {e}")),
+                                &mut rejected,
+                            ),
                         }
                     }
                 })
@@ -1031,29 +1040,41 @@ impl Credentials {
     }
 }
 
-/// Whether a kubeconfig names the context it is to be used with (or has a current one): a
-/// rotated kubeconfig that does not is refused, and the credentials in use stay.
-fn usable(kubeconfig: &Kubeconfig, context: Option<&str>) -> Result<(), String> {
-    let wanted = context.or(kubeconfig.current_context.as_deref());
-    match wanted {
-        Some(wanted) if kubeconfig.contexts.iter().any(|c| c.name == wanted) => Ok(()),
-        Some(wanted) => Err(format!("the kubeconfig has no context {wanted:?}")),
-        None => Err("the kubeconfig has no current context".to_string()),
-    }
+/// Whether a kubeconfig makes a client configuration for its context (named, or current):
+/// its cluster and user exist, certificates and token files read. A rotated kubeconfig that
+/// does not is refused, and the credentials in use stay.
+async fn usable(kubeconfig: Kubeconfig, context: Option<&str>) -> Result<(), String> {
+    let options = KubeConfigOptions {
+        context: context.map(String::from),
+        ..KubeConfigOptions::default()
+    };
+    ::kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("unusable kubeconfig: {e}"))
 }
 
-/// Publishes a read if it is new; an error never replaces credentials that were read.
-fn offer(tx: &watch::Sender<Option<Result<String, String>>>, read: Result<String, String>) {
+/// Publishes a read if it is new; an error never replaces credentials that were read (it is
+/// logged, once per distinct error, and the credentials in use stay).
+fn offer(
+    tx: &watch::Sender<Option<Result<String, String>>>,
+    read: Result<String, String>,
+    rejected: &mut String,
+) {
     tx.send_if_modified(|current| {
         let keep = match (&*current, &read) {
             (Some(Ok(_)), Err(e)) => {
-                debug!("keeping the credentials read last: {e}");
+                if *e != *rejected {
+                    warn!("keeping the credentials read last: {e}");
+                    rejected.clone_from(e);
+                }
                 true
             }
             (Some(old), new) => old == new,
             (None, _) => false,
         };
         if !keep {
+            rejected.clear();
             *current = Some(read);
         }
         !keep
@@ -1126,7 +1147,8 @@ impl ClusterTask {
             };
             last_error.clear();
             let watchers = self.spawn_watchers(&client);
-            let mut down_since: Option<Instant> = None;
+            let mut last_ok = Instant::now();
+            let mut answered = true;
             let mut probe = tokio::time::interval(self.options.probe_interval);
             loop {
                 tokio::select! {
@@ -1159,19 +1181,29 @@ impl ClusterTask {
                 {
                     return;
                 }
-                // Back after an outage past staleTtl (the loop has dropped the cluster's
-                // endpoints): list afresh, so that what it knew before the outage never
-                // counts again. Shorter outages resume the watches, without a relist.
-                match (ok, down_since) {
-                    (false, None) => down_since = Some(Instant::now()),
-                    (true, Some(since))
-                        if !self.stale_ttl.is_zero() && since.elapsed() > self.stale_ttl =>
-                    {
-                        info!(cluster = %self.name, "back after staleTtl: listing it afresh");
+                // Back after an outage past staleTtl (the loop has dropped a remote cluster's
+                // endpoints): list afresh, so that what it knew before the outage never counts
+                // again. Measured from the last answer, as the loop measures it; spread over the
+                // reconnect jitter, so that the nodes do not all list at once. This cluster is
+                // never dropped, and shorter outages resume the watches without a relist.
+                let was_down = !answered;
+                answered = ok;
+                if ok {
+                    let expired = was_down
+                        && self.i != 0
+                        && !self.stale_ttl.is_zero()
+                        && last_ok.elapsed() > self.stale_ttl;
+                    last_ok = Instant::now();
+                    if expired {
+                        let pause = jitter(self.options.reconnect_jitter);
+                        info!(
+                            cluster = %self.name,
+                            pause_ms = pause.as_millis() as u64,
+                            "back after staleTtl: listing it afresh"
+                        );
+                        sleep(pause).await;
                         break;
                     }
-                    (true, Some(_)) => down_since = None,
-                    _ => {}
                 }
             }
             drop(watchers);
