@@ -16,7 +16,10 @@
 // Atomic add on shared map values (see steer::bump_consecutive).
 #![feature(core_intrinsics)]
 #![feature(asm_experimental_arch)]
-#![allow(internal_features)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics is an internal feature: its atomic_xadd is the one BPF atomic add"
+)]
 
 mod steer;
 
