@@ -290,13 +290,13 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
             flow.proto,
         ));
     }
-    let Some((backend_id, backend)) = choose(&service, flow, now) else {
+    let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
+    let Some((backend_id, backend)) = choose(&service, flow, config.affinity_timeout_s, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
         // replies no longer reverse-NATed.
         let _ = CONNTRACK.remove(&ct_key);
         return Verdict::Drop(DropReason::NoBackend);
     };
-    let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let tcp_state = if flow.proto != PROTO_TCP {
         0
     } else if is_pure_syn(flow.tcp_flags) {
@@ -798,13 +798,19 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
     reply.http_state = HTTP_AWAITING;
 }
 
-/// The backend of a new flow: the client's affine one (session affinity), else Maglev's pick.
-/// Shaped for the verifier: the affinity timeout is read in two places, so that no branch on
-/// it stays live across `select` (two copies of its state would double the paths explored).
+/// The backend of a new flow: the client's affine one (session affinity on when
+/// `affinity_timeout_s` is not 0), else Maglev's pick.
 #[inline(always)]
-fn choose(service: &ServiceValue, flow: &Flow, now: u64) -> Option<(u32, Backend)> {
-    let affine = affine_backend(service, flow.saddr, now);
-    let chosen = match affine {
+fn choose(
+    service: &ServiceValue,
+    flow: &Flow,
+    affinity_timeout_s: u32,
+    now: u64,
+) -> Option<(u32, Backend)> {
+    if affinity_timeout_s == 0 {
+        return select(service, flow, settings().hash_seed);
+    }
+    let chosen = match affine_backend(service, flow.saddr, affinity_timeout_s, now) {
         Some(affine) => affine,
         None => select(service, flow, settings().hash_seed)?,
     };
@@ -812,11 +818,8 @@ fn choose(service: &ServiceValue, flow: &Flow, now: u64) -> Option<(u32, Backend
     Some(chosen)
 }
 
-/// Remembers the backend of a client's new flow, and when, if the service has affinity.
+/// Remembers the backend of a client's new flow, and when.
 fn remember_affinity(service_id: u32, client: u32, backend_id: u32, now: u64) {
-    if affinity_timeout_s(service_id) == 0 {
-        return;
-    }
     let key = AffinityKey { service_id, client };
     let value = AffinityValue {
         backend_id,
@@ -830,11 +833,12 @@ fn remember_affinity(service_id: u32, client: u32, backend_id: u32, now: u64) {
 /// affinity timeout and the backend still takes new flows (kube-proxy's `ClientIP` affinity;
 /// unlike kube-proxy, an ejected, failing, draining or no-longer-preferred backend ends it).
 #[inline(always)]
-fn affine_backend(service: &ServiceValue, client: u32, now: u64) -> Option<(u32, Backend)> {
-    let timeout_s = affinity_timeout_s(service.id);
-    if timeout_s == 0 {
-        return None;
-    }
+fn affine_backend(
+    service: &ServiceValue,
+    client: u32,
+    timeout_s: u32,
+    now: u64,
+) -> Option<(u32, Backend)> {
     let key = AffinityKey {
         service_id: service.id,
         client,
@@ -850,12 +854,6 @@ fn affine_backend(service: &ServiceValue, client: u32, now: u64) -> Option<(u32,
         && backend.service_id == service.id
         && !out_of_rotation(value.backend_id, backend);
     takes_new_flows.then_some((value.backend_id, *backend))
-}
-
-fn affinity_timeout_s(service_id: u32) -> u32 {
-    SERVICE_CONFIG
-        .get(service_id)
-        .map_or(0, |config| config.affinity_timeout_s)
 }
 
 /// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
