@@ -46,6 +46,30 @@ const ZONE_LABELS: [&str; 2] = [
     "topology.kubernetes.io/zone",
     "failure-domain.beta.kubernetes.io/zone",
 ];
+/// The pod label keys some failoverPriority of `config` (a desired state: the file's and the
+/// clusters' policies in effect) names, beyond the topology labels every endpoint has anyway:
+/// the Pod watch runs only while there are some, and keeps only these keys. The desired state
+/// does not wait for the Pods (a slow or forbidden Pod list must not freeze every other change):
+/// endpoints lack pod labels until they are listed, and `geosteer status` shows a Pod watch
+/// that fails.
+pub fn pod_label_keys(config: &Config) -> BTreeSet<String> {
+    let policies = std::iter::once(config.defaults.traffic_policy.as_ref())
+        .chain(config.services.iter().map(|s| s.traffic_policy.as_ref()))
+        .chain(
+            config
+                .loaded_destination_rules
+                .iter()
+                .map(|r| r.traffic_policy.as_ref()),
+        );
+    policies
+        .flatten()
+        .filter_map(config::TrafficPolicy::locality_lb_setting)
+        .flat_map(|setting| &setting.failover_priority)
+        .map(|entry| entry.split('=').next().unwrap_or_default().to_string())
+        .filter(|key| !key.is_empty() && !NOT_POD_LABELS.contains(&key.as_str()))
+        .collect()
+}
+
 /// Labels every endpoint carries from its locality and node: failoverPriority on these needs
 /// no Pod.
 const NOT_POD_LABELS: [&str; 5] = [
@@ -355,51 +379,6 @@ impl Index {
 
     pub fn local(&self) -> &ClusterState {
         &self.clusters[0]
-    }
-
-    /// The pod label keys some failoverPriority names (of the file, a TrafficPolicy — its
-    /// current version and the one in effect — or a DestinationRule), beyond the topology
-    /// labels every endpoint has anyway: the Pod watch runs only while there are some, and keeps
-    /// only these keys. The desired state does not wait for the Pods (a slow or forbidden Pod
-    /// list must not freeze every other change): endpoints lack pod labels until they are
-    /// listed, and `geosteer status` shows a Pod watch that fails.
-    pub fn wanted_pod_labels(&self, file: &Config) -> BTreeSet<String> {
-        let local = self.local();
-        let mut priorities: Vec<Vec<String>> = Vec::new();
-        let mut from_policy = |policy: Option<&config::TrafficPolicy>| {
-            if let Some(setting) = policy.and_then(config::TrafficPolicy::locality_lb_setting) {
-                priorities.push(setting.failover_priority.clone());
-            }
-        };
-        from_policy(file.defaults.traffic_policy.as_ref());
-        for service in &file.services {
-            from_policy(service.traffic_policy.as_ref());
-        }
-        for rule in &file.loaded_destination_rules {
-            from_policy(rule.traffic_policy.as_ref());
-        }
-        let rules: Vec<LoadedDestinationRule> = local
-            .rules
-            .values()
-            .filter_map(|object| destination_rule(object).ok())
-            .collect();
-        for rule in &rules {
-            from_policy(rule.traffic_policy.as_ref());
-        }
-        let policies: Vec<ServicePolicy> = local
-            .policies
-            .values()
-            .filter_map(|policy| policy.spec.to_service_policy().ok())
-            .collect();
-        for policy in policies.iter().chain(self.last_accepted.values()) {
-            from_policy(policy.traffic_policy.as_ref());
-        }
-        priorities
-            .iter()
-            .flatten()
-            .map(|entry| entry.split('=').next().unwrap_or_default().to_string())
-            .filter(|key| !key.is_empty() && !NOT_POD_LABELS.contains(&key.as_str()))
-            .collect()
     }
 
     /// Whether this cluster has been listed in full: before that, a desired state would be

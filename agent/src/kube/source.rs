@@ -575,8 +575,8 @@ impl Loop {
     }
 
     /// Starts, changes or stops the Pod watches as the policies' failoverPriority labels ask.
-    fn update_pod_watch(&mut self) {
-        let wanted = self.index.wanted_pod_labels(&self.file);
+    fn update_pod_watch(&self, desired: &Config) {
+        let wanted = super::index::pod_label_keys(desired);
         if let Some(tx) = &self.pod_labels {
             tx.send_if_modified(|current| {
                 let changed = *current != wanted;
@@ -591,7 +591,6 @@ impl Loop {
 
     /// Builds the desired state and sends it if it changed; `false` once the receiver is gone.
     async fn build(&mut self) -> bool {
-        self.update_pod_watch();
         if !self.index.local_synced() {
             return true;
         }
@@ -611,6 +610,7 @@ impl Loop {
             }
         };
         self.last_error = None;
+        self.update_pod_watch(&desired.config);
         let warnings: BTreeSet<String> = desired.warnings.iter().cloned().collect();
         for warning in warnings.difference(&self.warnings) {
             warn!("{warning}");
