@@ -1154,13 +1154,7 @@ impl ClusterTask {
                 tokio::select! {
                     _ = probe.tick() => {}
                     () = credentials.changed() => {
-                        let pause = jitter(self.options.reconnect_jitter);
-                        info!(
-                            cluster = %self.name,
-                            pause_ms = pause.as_millis() as u64,
-                            "credentials changed: reconnecting with the new ones"
-                        );
-                        sleep(pause).await;
+                        self.pause_before_reconnect("credentials changed: reconnecting with the new ones").await;
                         break;
                     }
                 }
@@ -1195,19 +1189,22 @@ impl ClusterTask {
                         && last_ok.elapsed() > self.stale_ttl;
                     last_ok = Instant::now();
                     if expired {
-                        let pause = jitter(self.options.reconnect_jitter);
-                        info!(
-                            cluster = %self.name,
-                            pause_ms = pause.as_millis() as u64,
-                            "back after staleTtl: listing it afresh"
-                        );
-                        sleep(pause).await;
+                        self.pause_before_reconnect("back after staleTtl: listing it afresh")
+                            .await;
                         break;
                     }
                 }
             }
             drop(watchers);
         }
+    }
+
+    /// A random pause within the reconnect jitter, logged with why: a reconnect lists the
+    /// cluster again, and the nodes must not all do it at once.
+    async fn pause_before_reconnect(&self, why: &str) {
+        let pause = jitter(self.options.reconnect_jitter);
+        info!(cluster = %self.name, pause_ms = pause.as_millis() as u64, "{why}");
+        sleep(pause).await;
     }
 
     /// A client from the kubeconfig text (None: this task was given a client).
