@@ -118,6 +118,58 @@ fn slice(namespace: &str, service: &str, suffix: &str, node: &str, ips: &[&str])
         "endpoints": endpoints})
 }
 
+/// EndpointSlices of `namespace/name` in both clusters: hz1, hz2 on this cluster's lab node,
+/// sh1, sh2 on the remote cluster's node.
+fn apply_slices(
+    ns: &Netns,
+    local: &FakeApiServer,
+    remote: &FakeApiServer,
+    namespace: &str,
+    name: &str,
+) {
+    local.apply(
+        ns,
+        slice(
+            namespace,
+            name,
+            "hz",
+            "lab-node",
+            &["198.18.11.2", "198.18.12.2"],
+        ),
+    );
+    remote.apply(
+        ns,
+        slice(
+            namespace,
+            name,
+            "sh",
+            "sh-node",
+            &["198.18.21.2", "198.18.22.2"],
+        ),
+    );
+}
+
+/// The real agent in Kubernetes mode on the lab node, this cluster's API server `local` and
+/// the remote cluster ack-shanghai's `remote`.
+fn start_agent(ns: &Netns, pins: &PinDir, local: &FakeApiServer, remote: &FakeApiServer) -> Agent {
+    let config = format!(
+        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
+         dataplane: {{tc: [cl0], pinPath: {}, maxServices: 16, maxBackends: 1024, conntrackSize: 65536}}\n\
+         kubernetes:\n  snapshotPath: {}\n  clusters:\n    - {{name: ack-shanghai, kubeconfig: {}, region: cn-shanghai}}\n",
+        pins.pin_path().display(),
+        pins.root.join("snapshot.json").display(),
+        remote.kubeconfig(pins, "ack-shanghai"),
+    );
+    let local_kubeconfig = local.kubeconfig(pins, "ack-hangzhou");
+    Agent::start_with_env(
+        ns,
+        pins,
+        &config,
+        &[("NODE_NAME", "lab-node"), ("KUBECONFIG", &local_kubeconfig)],
+    )
+    .expect("agent starts in Kubernetes mode")
+}
+
 /// Backends that answered `connections` new connections to `target`.
 fn answered_by(lab: &Lab, target: &str, connections: u32) -> Vec<String> {
     let report = http_from(&lab.client, target, &HttpOptions::new(connections, 1)).unwrap();
@@ -146,44 +198,10 @@ fn remote_clusters_merge_applications_but_never_kube_system() {
     ] {
         local.apply(ns, service(namespace, name, vip, port));
         remote.apply(ns, service(namespace, name, vip, port));
-        local.apply(
-            ns,
-            slice(
-                namespace,
-                name,
-                "hz",
-                "lab-node",
-                &["198.18.11.2", "198.18.12.2"],
-            ),
-        );
-        remote.apply(
-            ns,
-            slice(
-                namespace,
-                name,
-                "sh",
-                "sh-node",
-                &["198.18.21.2", "198.18.22.2"],
-            ),
-        );
+        apply_slices(ns, &local, &remote, namespace, name);
     }
 
-    let config = format!(
-        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
-         dataplane: {{tc: [cl0], pinPath: {}, maxServices: 16, maxBackends: 1024, conntrackSize: 65536}}\n\
-         kubernetes:\n  snapshotPath: {}\n  clusters:\n    - {{name: ack-shanghai, kubeconfig: {}, region: cn-shanghai}}\n",
-        pins.pin_path().display(),
-        pins.root.join("snapshot.json").display(),
-        remote.kubeconfig(&pins, "ack-shanghai"),
-    );
-    let local_kubeconfig = local.kubeconfig(&pins, "ack-hangzhou");
-    let agent = Agent::start_with_env(
-        ns,
-        &pins,
-        &config,
-        &[("NODE_NAME", "lab-node"), ("KUBECONFIG", &local_kubeconfig)],
-    )
-    .expect("agent starts in Kubernetes mode");
+    let agent = start_agent(ns, &pins, &local, &remote);
     assert!(
         agent.log_contains("desired state from kubernetes"),
         "{:?}",
@@ -367,26 +385,7 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
     local.apply(ns, node("lab-node", "cn-hangzhou", "cn-hangzhou-b"));
     remote.apply(ns, node("sh-node", "cn-shanghai", "cn-shanghai-a"));
     local.apply(ns, service("default", "reviews", "198.19.0.10", 80));
-    local.apply(
-        ns,
-        slice(
-            "default",
-            "reviews",
-            "hz",
-            "lab-node",
-            &["198.18.11.2", "198.18.12.2"],
-        ),
-    );
-    remote.apply(
-        ns,
-        slice(
-            "default",
-            "reviews",
-            "sh",
-            "sh-node",
-            &["198.18.21.2", "198.18.22.2"],
-        ),
-    );
+    apply_slices(ns, &local, &remote, "default", "reviews");
     local.apply(
         ns,
         traffic_policy(
@@ -396,22 +395,7 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
         ),
     );
 
-    let config = format!(
-        "node: {{name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}}\n\
-         dataplane: {{tc: [cl0], pinPath: {}, maxServices: 16, maxBackends: 1024, conntrackSize: 65536}}\n\
-         kubernetes:\n  snapshotPath: {}\n  clusters:\n    - {{name: ack-shanghai, kubeconfig: {}, region: cn-shanghai}}\n",
-        pins.pin_path().display(),
-        pins.root.join("snapshot.json").display(),
-        remote.kubeconfig(&pins, "ack-shanghai"),
-    );
-    let local_kubeconfig = local.kubeconfig(&pins, "ack-hangzhou");
-    let agent = Agent::start_with_env(
-        ns,
-        &pins,
-        &config,
-        &[("NODE_NAME", "lab-node"), ("KUBECONFIG", &local_kubeconfig)],
-    )
-    .expect("agent starts in Kubernetes mode");
+    let agent = start_agent(ns, &pins, &local, &remote);
 
     let condition = |name: &str| local.traffic_policy(ns, name)["status"]["conditions"][0].clone();
     wait_for("the policy's status is written", || {
@@ -546,26 +530,7 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
     sticky["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": 60}});
     local.apply(ns, sticky.clone());
     remote.apply(ns, sticky);
-    local.apply(
-        ns,
-        slice(
-            "default",
-            "sticky",
-            "hz",
-            "lab-node",
-            &["198.18.11.2", "198.18.12.2"],
-        ),
-    );
-    remote.apply(
-        ns,
-        slice(
-            "default",
-            "sticky",
-            "sh",
-            "sh-node",
-            &["198.18.21.2", "198.18.22.2"],
-        ),
-    );
+    apply_slices(ns, &local, &remote, "default", "sticky");
     wait_for("sticky is steered", || {
         match http_from(&lab.client, "198.19.0.30:80", &HttpOptions::new(1, 1)) {
             Ok(report) if report.ok == 1 => Ok(()),
@@ -587,26 +552,7 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
         remote.apply(ns, object);
     }
     for name in ["local-only", "foreign"] {
-        local.apply(
-            ns,
-            slice(
-                "default",
-                name,
-                "hz",
-                "lab-node",
-                &["198.18.11.2", "198.18.12.2"],
-            ),
-        );
-        remote.apply(
-            ns,
-            slice(
-                "default",
-                name,
-                "sh",
-                "sh-node",
-                &["198.18.21.2", "198.18.22.2"],
-            ),
-        );
+        apply_slices(ns, &local, &remote, "default", name);
     }
     wait_for("local-only is steered", || {
         let services = geosteer_tests::agent::geosteer_json(ns, &pins, &["services"]).unwrap();
