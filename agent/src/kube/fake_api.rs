@@ -361,10 +361,9 @@ impl FakeApi {
             ));
         }
         let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|q| q.strip_prefix(name)?.strip_prefix('='))
-                .map(percent_decoded)
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
         };
         let name =
             param("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=").map(String::from));
@@ -764,30 +763,6 @@ fn json_response(status: StatusCode, body: Value) -> Response<ResponseBody> {
     let mut response = Response::new(Full::new(bytes).map_err(|e| match e {}).boxed_unsync());
     *response.status_mut() = status;
     response
-}
-
-/// `a%3Ab` → `a:b`.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `/api/v1/namespaces/NS/secrets` → (`/api/v1/secrets`, Some(NS)); other paths unchanged.
