@@ -11,13 +11,14 @@
 //! endpoint (see `admin` and `metrics`), which serve the last one without waiting for the loop.
 
 use std::{
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
-use geosteer_common::EjectEvent;
+use geosteer_common::{EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, KernelEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -35,6 +36,7 @@ use crate::{
     metrics, probe,
     programmer::Programmer,
     state::{self, AgentState, AttachmentInfo, ReloadInfo, ReloadResult, Runtime},
+    timeouts,
 };
 
 /// How often the outlier sweep runs at most (each service's own interval decides).
@@ -396,6 +398,8 @@ async fn control_loop(
     let mut config_stamp = config_path.and_then(file_stamp);
     let (probe_tx, mut probe_rx) = mpsc::channel::<(HealthKey, Result<(), String>)>(1024);
     let mut probers = spawn_probers(controller, &probe_tx);
+    // The agent's own connections that confirm or dismiss suspected connect timeouts.
+    let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddrV4, bool)>(1024);
     let mut kube_status = kube.as_ref().map(|k| k.status.clone());
 
     loop {
@@ -442,17 +446,37 @@ async fn control_loop(
                 let mut guard = guard?;
                 let mut events = Vec::new();
                 while let Some(item) = maps.events.next() {
-                    if item.len() >= std::mem::size_of::<EjectEvent>() {
-                        // SAFETY: the kernel wrote an EjectEvent (repr(C), plain data); the
+                    if item.len() >= std::mem::size_of::<KernelEvent>() {
+                        // SAFETY: the kernel wrote a KernelEvent (repr(C), plain data); the
                         // item is at least that long; read_unaligned copes with any alignment.
-                        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const EjectEvent) });
+                        events.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const KernelEvent) });
                     }
                 }
                 guard.clear_ready();
                 for event in events {
-                    if let Err(e) = controller.on_kernel_ejection(maps, &event, monotonic_now()) {
-                        error!(error = %format!("{e:#}"), "handling a kernel ejection");
+                    match event.kind {
+                        EVENT_EJECTED => {
+                            if let Err(e) = controller.on_kernel_ejection(maps, &event, monotonic_now()) {
+                                error!(error = %format!("{e:#}"), "handling a kernel ejection");
+                            }
+                        }
+                        EVENT_CONNECT_TIMEOUT => {
+                            if let Some(endpoint) = controller.on_connect_timeout(event.backend_id) {
+                                let tx = check_tx.clone();
+                                let backend_id = event.backend_id;
+                                tokio::spawn(async move {
+                                    let accepted = probe::accepts_connections(endpoint, timeouts::CHECK_DEADLINE).await;
+                                    let _ = tx.send((backend_id, endpoint, accepted)).await;
+                                });
+                            }
+                        }
+                        other => warn!(kind = other, "unknown kernel event"),
                     }
+                }
+            }
+            Some((backend_id, endpoint, accepted)) = check_rx.recv() => {
+                if let Err(e) = controller.on_connect_check(maps, backend_id, endpoint, accepted) {
+                    error!(error = %format!("{e:#}"), "counting confirmed connect timeouts");
                 }
             }
             _ = sweep.tick() => {

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Result;
 use geosteer_common::{
-    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, EjectEvent, ON_EJECT_AUTO,
+    BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, KernelEvent, ON_EJECT_AUTO,
     ON_EJECT_RESET, ServiceKey,
 };
 use tracing::{info, warn};
@@ -28,6 +28,7 @@ use crate::{
     outlier, policy,
     probe::{ActiveHealth, ProbeKind, ProbeSpec},
     programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
+    timeouts::{ConnectTimeouts, Verdict},
 };
 
 /// One service port as the controller sees it.
@@ -116,6 +117,9 @@ pub enum EventKind {
     Failover,
     /// A configuration reload, applied or rejected.
     Reload,
+    /// Connect timeouts the kernel suspected, counted or dismissed after the agent's own
+    /// connection to the backend.
+    ConnectTimeout,
 }
 
 /// Something an operator wants to see in a timeline.
@@ -182,6 +186,8 @@ pub struct Controller {
     /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
     /// the reconcile pass repaired.
     pub reconcile_repairs: u64,
+    /// Suspected connect timeouts and the checks that confirm or dismiss them.
+    pub connect_timeouts: ConnectTimeouts,
 }
 
 const MAX_EVENTS: usize = 1000;
@@ -328,6 +334,7 @@ impl Controller {
             next_event_seq: 1,
             last_sweep: BTreeMap::new(),
             reconcile_repairs: 0,
+            connect_timeouts: ConnectTimeouts::default(),
         }
     }
 
@@ -511,10 +518,69 @@ impl Controller {
     }
 
     /// The kernel ejected a backend (consecutive errors reached the limit).
+    /// The kernel suspects a connect timeout of `backend_id` (see [`crate::timeouts`]).
+    /// Returns the endpoint to connect to when a check must start.
+    pub fn on_connect_timeout(&mut self, backend_id: u32) -> Option<SocketAddrV4> {
+        let (_, addr, port) = self.programmer.backend_by_id(backend_id)?;
+        let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+        self.connect_timeouts
+            .suspect(backend_id, endpoint)
+            .then_some(endpoint)
+    }
+
+    /// The agent's own connection to a backend with suspected connect timeouts ended: count
+    /// them in the kernel if it failed too, dismiss them if the backend accepted it.
+    pub fn on_connect_check(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        backend_id: u32,
+        endpoint: SocketAddrV4,
+        accepted: bool,
+    ) -> Result<()> {
+        let Some(verdict) = self
+            .connect_timeouts
+            .checked(backend_id, endpoint, accepted)
+        else {
+            return Ok(());
+        };
+        let service = self
+            .programmer
+            .backend_by_id(backend_id)
+            .and_then(|(key, _, _)| self.model(&key))
+            .map_or_else(|| format!("backend id {backend_id}"), |m| m.name.clone());
+        match verdict {
+            Verdict::Dismiss(n) => self.event(
+                EventKind::ConnectTimeout,
+                format!(
+                    "{service}: {n} connect timeout(s) of {endpoint} not counted: it accepted \
+                     the agent's own connection (lost or crafted SYNs)"
+                ),
+            ),
+            Verdict::Count(n) => {
+                let counted = dp.count_connect_timeouts(
+                    backend_id,
+                    u32::from(*endpoint.ip()).to_be(),
+                    endpoint.port().to_be(),
+                    n,
+                )?;
+                if counted {
+                    self.event(
+                        EventKind::ConnectTimeout,
+                        format!(
+                            "{service}: {n} connect timeout(s) of {endpoint} counted: the \
+                             agent's own connection failed too"
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn on_kernel_ejection(
         &mut self,
         dp: &mut dyn Dataplane,
-        event: &EjectEvent,
+        event: &KernelEvent,
         now: Duration,
     ) -> Result<()> {
         let Some((key, addr, port)) = self.programmer.backend_by_id(event.backend_id) else {

@@ -15,7 +15,7 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use geosteer_common::{
     Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey,
     FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TrafficCounters, map_names,
+    TimeoutCount, TrafficCounters, map_names, program_names,
 };
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
@@ -55,6 +55,17 @@ pub trait Dataplane {
     /// conntrack entries of each go, so its next packet is steered anew. Queued: the next
     /// conntrack passes of [`Dataplane::sweep_flows`] do it.
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()>;
+
+    /// Counts `count` connect timeouts of the backend the agent confirmed (each a connect
+    /// failure, through the kernel's own atomic bookkeeping, which may eject it). Returns false
+    /// when `backend_id` no longer names `addr:port` (network byte order): nothing counted.
+    fn count_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: u32,
+        port: u16,
+        count: u32,
+    ) -> Result<bool>;
 
     /// One bounded step of the conntrack GC (and of queued [`Dataplane::forget_flows`]); the
     /// report of a pass it completed.
@@ -148,6 +159,9 @@ pub struct BpfMaps {
     pub service_state: Array<MapData, ServiceState>,
     pub service_config: Array<MapData, ServiceConfig>,
     pub events: aya::maps::RingBuf<MapData>,
+    /// The never-attached program that counts confirmed connect timeouts (not held by maps
+    /// opened from their pins, which only read).
+    pub count_timeouts: Option<aya::programs::ProgramFd>,
     pub grace: Arc<BackgroundGrace>,
     /// The conntrack GC (its timeouts are set from the config after loading).
     pub sweeper: Sweeper,
@@ -194,6 +208,18 @@ impl BpfMaps {
             service_state: Array::try_from(take(map_names::SERVICE_STATE)?)?,
             service_config: Array::try_from(take(map_names::SERVICE_CONFIG)?)?,
             events: aya::maps::RingBuf::try_from(take(map_names::EVENTS)?)?,
+            count_timeouts: Some({
+                let name = program_names::COUNT_TIMEOUTS;
+                let program: &aya::programs::SchedClassifier = ebpf
+                    .program(name)
+                    .with_context(|| format!("program {name} missing from the kernel object"))?
+                    .try_into()?;
+                program
+                    .fd()
+                    .with_context(|| format!("program {name} is not loaded"))?
+                    .try_clone()
+                    .with_context(|| format!("duplicating the descriptor of {name}"))?
+            }),
             grace: Arc::default(),
             sweeper: Sweeper::default(),
         })
@@ -238,6 +264,7 @@ impl BpfMaps {
                 MapData::from_pin(dir.join(map_names::EVENTS))
                     .context("opening pinned events ring")?,
             ))?,
+            count_timeouts: None,
             grace: Arc::default(),
             sweeper: Sweeper::default(),
         })
@@ -456,6 +483,39 @@ impl Dataplane for BpfMaps {
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
         self.sweeper.forget(backend_id, keep_http);
         Ok(())
+    }
+
+    fn count_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: u32,
+        port: u16,
+        count: u32,
+    ) -> Result<bool> {
+        let request = TimeoutCount {
+            backend_id,
+            addr,
+            port,
+            _pad: 0,
+        };
+        // An Ethernet header the program skips (a local experimental EtherType, so the test
+        // run treats the frame as no protocol it knows), then the request.
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        // SAFETY: TimeoutCount is repr(C) plain data without padding bytes.
+        frame.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (&raw const request).cast::<u8>(),
+                std::mem::size_of::<TimeoutCount>(),
+            )
+        });
+        let program = self
+            .count_timeouts
+            .as_ref()
+            .context("maps opened from their pins cannot count connect timeouts")?;
+        let returned = crate::bpf_run::run(program.as_fd(), &frame, count)
+            .with_context(|| format!("counting connect timeouts of backend {backend_id}"))?;
+        Ok(returned as i32 == geosteer_common::TIMEOUT_COUNTED)
     }
 
     fn sweep_flows(

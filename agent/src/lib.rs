@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bpf_batch;
+pub mod bpf_run;
 pub mod cli;
 pub mod config;
 pub mod conntrack;
@@ -22,3 +23,4 @@ pub mod policy;
 pub mod probe;
 pub mod programmer;
 pub mod state;
+pub mod timeouts;

@@ -114,7 +114,11 @@ pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, 
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the kernel object")?;
-    for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+    for name in [
+        program_names::TC_INGRESS,
+        program_names::TC_EGRESS,
+        program_names::COUNT_TIMEOUTS,
+    ] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;

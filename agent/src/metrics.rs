@@ -366,6 +366,21 @@ impl Exposition {
             COUNTER,
         );
         repairs.add(vec![], state.reconcile_repairs as f64);
+        let mut timeouts = Family::new(
+            "geosteer_connect_timeouts",
+            "Connect timeouts the kernel suspected, by verdict: confirmed (the agent's own \
+             connection failed too; counted as gateway errors) or dismissed (the backend \
+             accepted it)",
+            COUNTER,
+        );
+        timeouts.add(
+            vec![("verdict", "confirmed".to_string())],
+            state.connect_timeouts.confirmed as f64,
+        );
+        timeouts.add(
+            vec![("verdict", "dismissed".to_string())],
+            state.connect_timeouts.dismissed as f64,
+        );
         let mut conntrack = Family::new(
             "geosteer_conntrack_entries",
             "Conntrack entries in use (two per flow)",
@@ -468,6 +483,7 @@ impl Exposition {
             panic,
             swaps,
             repairs,
+            timeouts,
             conntrack,
             conntrack_capacity,
             drops,

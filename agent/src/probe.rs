@@ -56,6 +56,15 @@ pub async fn probe_once(spec: &ProbeSpec) -> Result<(), String> {
     }
 }
 
+/// Whether `endpoint` accepts a TCP connection within `deadline` (the connection is closed
+/// at once).
+pub async fn accepts_connections(endpoint: SocketAddrV4, deadline: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(deadline, TcpStream::connect(endpoint)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Threshold state of one host. New hosts start healthy: a restart of the agent must not take
 /// every endpoint out until its first probe answers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,12 @@ use crate::{
 };
 
 /// Everything the admin socket serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectTimeoutInfo {
+    pub confirmed: u64,
+    pub dismissed: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentState {
     pub agent: AgentInfo,
@@ -28,6 +34,10 @@ pub struct AgentState {
     /// pass repaired (a lost ring event, an agent restart).
     #[serde(default)]
     pub reconcile_repairs: u64,
+    /// Connect timeouts the kernel suspected: counted after the agent's own connection
+    /// failed too, or dismissed because the backend accepted it.
+    #[serde(default)]
+    pub connect_timeouts: ConnectTimeoutInfo,
     #[serde(default)]
     pub conntrack: ConntrackInfo,
     /// Kernel memory of the maps on this node, and the limit it was checked against.
@@ -327,6 +337,10 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         events,
         swaps: controller.swaps.clone(),
         reconcile_repairs: controller.reconcile_repairs,
+        connect_timeouts: ConnectTimeoutInfo {
+            confirmed: controller.connect_timeouts.confirmed,
+            dismissed: controller.connect_timeouts.dismissed,
+        },
         conntrack: runtime.conntrack.clone(),
         memory: runtime.memory.clone(),
         kubernetes: runtime.kubernetes.clone(),

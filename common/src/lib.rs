@@ -58,6 +58,9 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "geosteer_tc_ingress";
     pub const TC_EGRESS: &str = "geosteer_tc_egress";
     pub const XDP: &str = "geosteer_xdp";
+    /// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to count connect timeouts it has
+    /// confirmed, so they go through the kernel's own atomic bookkeeping.
+    pub const COUNT_TIMEOUTS: &str = "geosteer_count_timeouts";
 }
 
 /// Size of every service's Maglev lookup table. A prime (Maglev needs M prime so every
@@ -266,18 +269,46 @@ pub struct BackendState {
 }
 const _: () = assert!(core::mem::size_of::<BackendState>() == 40);
 
-/// Sent by the kernel through the events ring when it ejects a backend, so the agent can
-/// start the ejection clock and recompute weights without polling every backend.
+/// [`KernelEvent::kind`]: the kernel ejected a backend, so the agent can start the ejection
+/// clock and recompute weights without polling every backend.
+pub const EVENT_EJECTED: u32 = 1;
+/// [`KernelEvent::kind`]: a connection attempt to the backend went unanswered past its connect
+/// timeout while the backend accepted no other connection. Not yet an error: a client can
+/// craft a SYN the backend drops (a bad checksum), so the agent first tries to connect itself
+/// and counts the timeout (through [`program_names::COUNT_TIMEOUTS`]) only if that fails too.
+pub const EVENT_CONNECT_TIMEOUT: u32 = 2;
+
+/// Sent by the kernel through the events ring (`EVENT_*`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct EjectEvent {
+pub struct KernelEvent {
+    pub kind: u32,
     pub backend_id: u32,
     pub service_id: u32,
+    pub _pad: u32,
     pub at_ns: u64,
+    /// `EVENT_EJECTED`: the runs that reached the limit.
     pub consecutive_5xx: u64,
     pub consecutive_gateway: u64,
 }
-const _: () = assert!(core::mem::size_of::<EjectEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelEvent>() == 40);
+
+/// What [`program_names::COUNT_TIMEOUTS`] reads after an Ethernet header: one confirmed
+/// connect timeout of this backend. The endpoint is checked against the backend id, which may
+/// have been reused since the agent looked it up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TimeoutCount {
+    pub backend_id: u32,
+    /// Network byte order, as in [`Backend`].
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<TimeoutCount>() == 12);
+/// [`program_names::COUNT_TIMEOUTS`] returns this when it counted, anything else when the
+/// backend id no longer names that endpoint.
+pub const TIMEOUT_COUNTED: i32 = 0;
 
 /// Direction of a conntrack entry's key.
 pub const DIR_ORIGINAL: u8 = 0;
@@ -637,7 +668,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for BackendState {}
     unsafe impl aya::Pod for ServiceState {}
-    unsafe impl aya::Pod for EjectEvent {}
+    unsafe impl aya::Pod for KernelEvent {}
+    unsafe impl aya::Pod for TimeoutCount {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for TrafficCounters {}

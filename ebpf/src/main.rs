@@ -8,6 +8,8 @@
 //!   counted per backend (the health signals the agent turns into outlier detection).
 //! - `geosteer_xdp` (XDP on uplinks): the request direction at the driver, with a FIB lookup and
 //!   redirect; replies still leave through TC egress.
+//! - `geosteer_count_timeouts` (never attached): the agent runs it to count a connect timeout
+//!   it confirmed.
 //!
 //! The programs only look things up and count: every decision that needs policy (weights,
 //! ejection, failover) has already been made by the agent and written into the maps.
@@ -96,6 +98,17 @@ pub fn geosteer_tc_egress(ctx: TcContext) -> i32 {
             steer::count_drop(DropReason::Internal);
             TC_ACT_SHOT as i32
         }
+    }
+}
+
+/// Never attached: run by the agent through BPF_PROG_TEST_RUN with a frame holding a
+/// [`TimeoutCount`](geosteer_common::TimeoutCount) after its Ethernet header, to count a
+/// connect timeout it confirmed.
+#[classifier]
+pub fn geosteer_count_timeouts(ctx: TcContext) -> i32 {
+    match ctx.load::<geosteer_common::TimeoutCount>(ETH_HLEN) {
+        Ok(request) => steer::count_confirmed_timeout(&request),
+        Err(_) => 1,
     }
 }
 

@@ -71,11 +71,12 @@ use geosteer_common::{
     AffinityValue, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC,
     BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
-    DropReason, EjectEvent, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    HTTP_AWAITING, HTTP_IDLE, MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE,
-    ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState,
-    ServiceTable, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    DropReason, EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
+    FLOW_FLAG_CONNECT_OK_PENDING, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue,
+    FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
+    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
+    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TimeoutCount,
     TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
@@ -680,8 +681,9 @@ fn drains(entry: &FlowValue) -> bool {
 
 /// A SYN seen again for a flow still waiting for its SYN-ACK, at least the service's connect
 /// timeout after the first: the backend did not answer in time (a gateway error, as Envoy's
-/// connect timeout). A retransmission before the timeout is no failure: networks lose SYNs and
-/// a busy backend drops them from a full accept queue. Counted once per flow.
+/// connect timeout, once the agent confirms it). A retransmission before the timeout is no
+/// failure: networks lose SYNs and a busy backend drops them from a full accept queue.
+/// Reported once per flow.
 fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
     if entry.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED != 0 {
         return;
@@ -704,7 +706,38 @@ fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
         return;
     }
     entry.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
-    connect_failure(entry.backend_id);
+    // Not counted yet: a client can send a SYN the backend drops (a bad checksum; TC cannot
+    // tell it from a checksum left to offload) and repeat it past the timeout. The agent
+    // connects to the backend itself and counts the timeout only if that fails too
+    // ([`count_confirmed_timeout`]). If the ring is full the timeout goes uncounted: a missed
+    // error, never a forged one.
+    let _ = EVENTS.output::<KernelEvent>(
+        KernelEvent {
+            kind: EVENT_CONNECT_TIMEOUT,
+            backend_id: entry.backend_id,
+            service_id: entry.service_id,
+            at_ns: now,
+            ..KernelEvent::default()
+        },
+        0,
+    );
+}
+
+/// A connect timeout the agent confirmed (see [`check_syn_retransmit`]): counted as every
+/// other connect failure is, with the same atomic bookkeeping. Returns [`TIMEOUT_COUNTED`], or
+/// 1 when the backend id no longer names that endpoint (removed, or reused since).
+pub fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
+    let Some(backend) = BACKENDS.get(request.backend_id) else {
+        return 1;
+    };
+    if backend.flags & BACKEND_FLAG_ACTIVE == 0
+        || backend.addr != request.addr
+        || backend.port != request.port
+    {
+        return 1;
+    }
+    connect_failure(request.backend_id);
+    TIMEOUT_COUNTED
 }
 
 /// Client payload on an established HTTP/1.x (or not yet detected) flow. Returns whether the
@@ -1261,13 +1294,15 @@ fn bump_consecutive(backend_id: u32, is_5xx: bool, is_gateway: bool) {
         core::ptr::write_volatile(c5xx, 0);
         core::ptr::write_volatile(cgw, 0);
         // If the ring is full the agent finds the flag at its next reconcile pass.
-        let _ = EVENTS.output::<EjectEvent>(
-            EjectEvent {
+        let _ = EVENTS.output::<KernelEvent>(
+            KernelEvent {
+                kind: EVENT_EJECTED,
                 backend_id,
                 service_id: backend.service_id,
                 at_ns,
                 consecutive_5xx: run_5xx,
                 consecutive_gateway: run_gateway,
+                ..KernelEvent::default()
             },
             0,
         );

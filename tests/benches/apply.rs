@@ -34,7 +34,7 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, Programmer, build_service_table},
 };
 use geosteer_common::{
-    Backend, BackendState, EjectEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
+    Backend, BackendState, KernelEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
     ServiceTable, ServiceValue, Settings,
 };
 use serde::Serialize;
@@ -223,12 +223,14 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
             .context("backend id")?;
         let service_id = controller.programmer.service(&key).context("service")?.id;
         let now = monotonic_now();
-        let event = EjectEvent {
+        let event = KernelEvent {
+            kind: geosteer_common::EVENT_EJECTED,
             backend_id,
             service_id,
             at_ns: now.as_nanos() as u64,
             consecutive_5xx: 1,
             consecutive_gateway: 1,
+            ..KernelEvent::default()
         };
         let before = controller.swaps.count;
         let started = Instant::now();
@@ -439,6 +441,16 @@ impl Dataplane for Counting {
     }
     fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
         self.maps.forget_flows(backend_id, keep_http)
+    }
+    fn count_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: u32,
+        port: u16,
+        count: u32,
+    ) -> Result<bool> {
+        self.maps
+            .count_connect_timeouts(backend_id, addr, port, count)
     }
     fn sweep_flows(
         &mut self,

@@ -265,8 +265,11 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     let b3 = verify(&out).dst;
     let id3 = rig.backend_id(b3, PROTO_TCP);
     let before = rig.maps.backend_counters(id3).unwrap().connect_failures;
+    rig.suspected_timeouts();
     rig.ingress(&syn(40042));
     rig.ingress(&syn(40042));
+    assert_eq!(rig.suspected_timeouts(), [id3], "reported once");
+    assert!(rig.confirm_timeouts(b3, 1));
     assert_eq!(
         rig.maps.backend_counters(id3).unwrap().connect_failures,
         before + 1
@@ -278,6 +281,7 @@ fn refused_and_timed_out_connects_count_as_connect_failures() {
     let before = rig.maps.backend_counters(id4).unwrap().connect_failures;
     rig.egress(&Pkt::tcp(b4, TPORT, CLIENT, 40043, SYN | ACK));
     rig.ingress(&syn(40043));
+    assert_eq!(rig.suspected_timeouts(), Vec::<u32>::new());
     assert_eq!(
         rig.maps.backend_counters(id4).unwrap().connect_failures,
         before

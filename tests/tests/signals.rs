@@ -238,7 +238,51 @@ fn refused_and_timed_out_connects_are_gateway_errors_that_count_once() {
     let (_, out) = rig.ingress(&syn(port));
     let timed_out = verify(&out).dst;
     rig.ingress(&syn(port));
+    rig.ingress(&syn(port));
+    // Reported once, and not counted until the agent's own connection fails too.
+    assert_eq!(
+        rig.suspected_timeouts(),
+        [rig.backend_id(timed_out, PROTO_TCP)]
+    );
+    assert_eq!(rig.counters(timed_out).connect_failures, 0);
+    assert!(rig.confirm_timeouts(timed_out, 1));
     assert_eq!(rig.counters(timed_out).connect_failures, 1);
+    assert_eq!(runs(&rig, timed_out), (1, 1), "a gateway error");
+}
+
+/// A SYN the backend drops (crafted with a bad checksum) and repeated past the connect timeout
+/// looks like a timeout to the kernel; only the agent's check can tell. Until it counts, the
+/// backend's counters do not move; a count for an endpoint the id no longer names is refused.
+#[test]
+fn a_suspected_connect_timeout_counts_only_when_confirmed() {
+    let mut rig = Rig::with_settings(ServiceSettings {
+        connect_timeout_ns: 1,
+        ..http()
+    });
+    let (_, out) = rig.ingress(&syn(50600));
+    let backend = verify(&out).dst;
+    rig.ingress(&syn(50600));
+    assert_eq!(rig.suspected_timeouts().len(), 1);
+    assert_eq!(runs(&rig, backend), (0, 0));
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    // Three suspicions confirmed by one check: three errors (in one test run, repeated).
+    assert!(rig.confirm_timeouts(backend, 3));
+    assert_eq!(rig.counters(backend).connect_failures, 3);
+    assert_eq!(runs(&rig, backend), (3, 3));
+    // The id with another endpoint: nothing counted.
+    let id = rig.backend_id(backend, PROTO_TCP);
+    let other = Ipv4Addr::new(198, 51, 100, 99);
+    assert!(
+        !rig.maps
+            .count_connect_timeouts(id, u32::from(other).to_be(), TPORT.to_be(), 1)
+            .unwrap()
+    );
+    assert!(
+        !rig.maps
+            .count_connect_timeouts(9999, u32::from(backend).to_be(), TPORT.to_be(), 1)
+            .unwrap()
+    );
+    assert_eq!(rig.counters(backend).connect_failures, 3);
 }
 
 #[test]
@@ -456,9 +500,13 @@ fn only_a_rst_answering_the_syn_is_a_refusal_and_only_the_same_isn_retransmits()
     // A SYN with another ISN on the waiting tuple is no retransmission.
     rig.ingress(&syn(54000).with_seq(424242, 0));
     assert_eq!(rig.counters(backend).connect_failures, 0);
-    // The real retransmission (same ISN) past the timeout counts.
+    // The real retransmission (same ISN) past the timeout is a suspected timeout.
+    assert_eq!(rig.suspected_timeouts(), Vec::<u32>::new());
     rig.ingress(&syn(54000));
-    assert_eq!(rig.counters(backend).connect_failures, 1);
+    assert_eq!(
+        rig.suspected_timeouts(),
+        [rig.backend_id(backend, PROTO_TCP)]
+    );
 }
 
 #[test]
@@ -579,8 +627,9 @@ fn a_syn_unanswered_while_the_backend_accepts_others_is_no_timeout() {
         })
         .unwrap();
     rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, other, SYN | ACK).with_seq(0, 1001));
+    rig.suspected_timeouts();
     rig.ingress(&syn(55000)); // retransmitted past the (1 ns) timeout
-    assert_eq!(rig.counters(backend).connect_failures, 0);
+    assert_eq!(rig.suspected_timeouts(), Vec::<u32>::new());
     // A SYN sent after that acceptance, and unanswered, does time out.
     let late = (55300..55600)
         .find(|&p| {
@@ -589,5 +638,8 @@ fn a_syn_unanswered_while_the_backend_accepts_others_is_no_timeout() {
         })
         .unwrap();
     rig.ingress(&syn(late));
-    assert_eq!(rig.counters(backend).connect_failures, 1);
+    assert_eq!(
+        rig.suspected_timeouts(),
+        [rig.backend_id(backend, PROTO_TCP)]
+    );
 }

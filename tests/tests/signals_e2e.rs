@@ -2,8 +2,8 @@
 //! failover from the local region): the real agent in the node namespace, real backends, real
 //! and hostile clients. Benign traffic that used to eject healthy backends — body segments that
 //! look like a 503, lost SYNs, SYN|FIN then SYN, a SYN on an open connection, source ports aimed
-//! at one backend — must eject nothing; real 503s, refused connects and connect timeouts still
-//! eject, each after exactly N errors.
+//! at one backend, SYNs crafted to go unanswered — must eject nothing; real 503s, refused
+//! connects and connect timeouts still eject, each after exactly N errors.
 //!
 //! Needs root (netns, BPF, iptables); run through `cargo xtask test`.
 
@@ -262,6 +262,69 @@ fn real_failures_eject_after_exactly_n_errors() {
         "{report:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// Forged connect timeouts: SYNs the backends' stacks drop (a bad checksum), each repeated with
+/// its ISN past the connect timeout, on backends nobody else connects to meanwhile — to the
+/// kernel, exactly a backend that answers no one. With the seed's limit of 1 each used to eject
+/// a healthy backend (both local ones: a regional failover on demand). The agent's own
+/// connection to the backend succeeds, so the suspicions are dismissed, not counted.
+#[test]
+fn forged_connect_timeouts_on_idle_backends_eject_nothing() {
+    let lab = lab("gse5");
+    let pins = PinDir::new("gse5").unwrap();
+    let policy = SEED_POLICY.replace(
+        "    trafficPolicy:\n",
+        "    trafficPolicy:\n      connectionPool: {tcp: {connectTimeout: 1s}}\n",
+    );
+    let all = ["hz1", "hz2", "sh1", "sh2"];
+    let agent = Agent::start(&lab.node, &pins, &two_region_config(&pins, &all, &policy))
+        .expect("agent starts");
+    adversary(
+        &lab,
+        &[
+            "--attack",
+            "unanswerable-syn",
+            "--source-port",
+            "42100",
+            "--requests",
+            "12",
+            "--repeat-after-ms",
+            "1500",
+        ],
+    );
+    let dismissed = |agent: &Agent| {
+        agent
+            .log()
+            .into_iter()
+            .filter(|l| l.contains("connect timeout(s) of") && l.contains("not counted"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dismissed(&agent).len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dismissed = dismissed(&agent);
+    // 12 ports over the two local backends: both get forged timeouts (all on one: p = 2^-11).
+    assert_eq!(
+        dismissed.len(),
+        2,
+        "each local backend's forged timeouts were suspected and dismissed: {dismissed:?}"
+    );
+    assert_eq!(
+        ejections(&agent),
+        Vec::<String>::new(),
+        "a forged timeout ejected"
+    );
+    for ip in [Ipv4Addr::new(198, 18, 11, 2), Ipv4Addr::new(198, 18, 12, 2)] {
+        assert_eq!(kernel_counters(&pins, ip).connect_failures, 0, "{ip}");
+    }
+    let after = parallel(&lab, 100);
+    assert_eq!(after.ok, 100, "{after:?}");
+    assert!(
+        all_local(&after),
+        "traffic left the healthy region: {after:?}"
+    );
 }
 
 /// Source ports picked with the public, unkeyed hash to land on one backend spread over the

@@ -161,6 +161,7 @@ pub fn status(ctx: &Context) -> StatusReport {
             },
         }),
         conntrack_gc: state.map(|s| s.conntrack.clone()),
+        connect_timeouts: state.map(|s| s.connect_timeouts.clone()),
         memory: state.map(|s| s.memory.clone()),
         kubernetes: state.and_then(|s| s.kubernetes.clone()),
         ..Default::default()

@@ -247,6 +247,10 @@ fn agent_state() -> AgentState {
             buckets: vec![0, 1, 2, 3, 3, 3, 3, 3, 3, 3],
         },
         reconcile_repairs: 1,
+        connect_timeouts: crate::state::ConnectTimeoutInfo {
+            confirmed: 2,
+            dismissed: 5,
+        },
         memory: crate::memory::MemoryPlan {
             possible_cpus: 2,
             maps: vec![
@@ -385,6 +389,7 @@ fn status_up() -> StatusReport {
             mean_microseconds: 140.0,
         }),
         conntrack_gc: Some(state.conntrack.clone()),
+        connect_timeouts: Some(state.connect_timeouts.clone()),
         memory: Some(state.memory.clone()),
         conntrack_events: BTreeMap::from([
             ("midstream".to_string(), 5),

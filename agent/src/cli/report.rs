@@ -76,6 +76,8 @@ pub struct StatusReport {
     pub swaps: Option<SwapSummary>,
     /// The agent's conntrack GC.
     pub conntrack_gc: Option<crate::state::ConntrackInfo>,
+    /// Connect timeouts the kernel suspected, and what the agent's own connection said.
+    pub connect_timeouts: Option<crate::state::ConnectTimeoutInfo>,
     /// Kernel memory of the maps, as the agent planned and checked it.
     pub memory: Option<crate::memory::MemoryPlan>,
     /// Kernel conntrack events (`partner_restored`, `midstream`).
@@ -183,6 +185,16 @@ impl Render for StatusReport {
             fields.push((
                 "swaps",
                 format!("{}, mean {:.0} µs", swaps.count, swaps.mean_microseconds),
+            ));
+        }
+        if let Some(t) = &self.connect_timeouts {
+            fields.push((
+                "timeouts",
+                format!(
+                    "connect timeouts: {} counted (the agent's own connect failed too), {} \
+                     dismissed (the backend accepted it)",
+                    t.confirmed, t.dismissed
+                ),
             ));
         }
         if let Some(memory) = &self.memory

@@ -23,7 +23,7 @@ const USAGE: &str = "usage:
   lab-client fetch --target IP:PORT --path PATH [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
   lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
-  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open [--source-port P] [--requests K]
+  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open|unanswerable-syn [--source-port P] [--requests K] [--repeat-after-ms T]
   lab-client pool --target IP:PORT --connections K --duration-ms D [--interval-ms I] [--timeout-ms T] [--stop-file PATH]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
@@ -82,7 +82,13 @@ fn main() -> ExitCode {
         .and_then(|f| run_pool(&f)),
         Some("adversary") => parse_flags(
             &args[1..],
-            &["--target", "--attack", "--source-port", "--requests"],
+            &[
+                "--target",
+                "--attack",
+                "--source-port",
+                "--requests",
+                "--repeat-after-ms",
+            ],
         )
         .and_then(|f| run_adversary(&f)),
         Some(other) => Err(format!("unknown subcommand {other:?}")),
@@ -736,6 +742,26 @@ fn run_adversary(flags: &Flags) -> Result<(), String> {
             thread::sleep(Duration::from_millis(300));
             record(request(&stream, &mut reader, target, "/", true));
         }
+        // Forged connect timeouts: SYNs with a bad checksum (the backend's stack drops them,
+        // so nothing answers) from `--requests` ports starting at `--source-port`, each
+        // repeated with the same ISN `--repeat-after-ms` later, past the connect timeout.
+        "unanswerable-syn" => {
+            let first = port()?;
+            let count = u16::try_from(flags.num("--requests", Some(8))?)
+                .ok()
+                .filter(|&n| first.checked_add(n).is_some())
+                .ok_or("--requests: the ports must fit below 65536")?;
+            let wait = flags.num("--repeat-after-ms", Some(1500))?;
+            for round in 0..2 {
+                if round == 1 {
+                    thread::sleep(Duration::from_millis(wait));
+                }
+                for port in first..first + count {
+                    raw_tcp_segment(target, port, TCP_SYN, Checksum::Corrupt)
+                        .map_err(|e| format!("raw SYN: {e}"))?;
+                }
+            }
+        }
         other => return Err(format!("--attack: unknown attack {other:?}")),
     }
     print_json(&json!({ "responses": seen }));
@@ -745,9 +771,26 @@ fn run_adversary(flags: &Flags) -> Result<(), String> {
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 
+/// Whether a hand-made segment carries its real checksum.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Checksum {
+    Valid,
+    /// Off by one: the receiving stack drops the segment as corrupt.
+    Corrupt,
+}
+
 /// Sends one hand-made TCP segment (no payload) from this host's address and `source_port`
 /// to `target`, through a raw socket: the kernel adds the IP header.
 fn raw_tcp(target: SocketAddr, source_port: u16, flags: u8) -> io::Result<()> {
+    raw_tcp_segment(target, source_port, flags, Checksum::Valid)
+}
+
+fn raw_tcp_segment(
+    target: SocketAddr,
+    source_port: u16,
+    flags: u8,
+    checksum_kind: Checksum,
+) -> io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let SocketAddr::V4(target4) = target else {
         return Err(io::Error::other("raw segments are IPv4 only"));
@@ -773,7 +816,10 @@ fn raw_tcp(target: SocketAddr, source_port: u16, flags: u8) -> io::Result<()> {
     pseudo.extend([0, 6]);
     pseudo.extend((segment.len() as u16).to_be_bytes());
     pseudo.extend(&segment);
-    let checksum = internet_checksum(&pseudo);
+    let mut checksum = internet_checksum(&pseudo);
+    if checksum_kind == Checksum::Corrupt {
+        checksum = checksum.wrapping_add(1);
+    }
     segment[16..18].copy_from_slice(&checksum.to_be_bytes());
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
     socket.send_to(&segment, &target.into())?;

@@ -284,6 +284,32 @@ impl Rig {
             .unwrap()
     }
 
+    /// Backend ids of the connect timeouts the kernel reported since the last call (other
+    /// events in the ring are dropped).
+    pub fn suspected_timeouts(&mut self) -> Vec<u32> {
+        let mut ids = Vec::new();
+        while let Some(item) = self.maps.events.next() {
+            assert!(item.len() >= std::mem::size_of::<geosteer_common::KernelEvent>());
+            // SAFETY: the kernel writes KernelEvents (repr(C), plain data) into the ring.
+            let event = unsafe {
+                std::ptr::read_unaligned(item.as_ptr() as *const geosteer_common::KernelEvent)
+            };
+            if event.kind == geosteer_common::EVENT_CONNECT_TIMEOUT {
+                ids.push(event.backend_id);
+            }
+        }
+        ids
+    }
+
+    /// Counts `n` connect timeouts of a backend as the agent does once its own connection
+    /// failed too. Whether the kernel counted them.
+    pub fn confirm_timeouts(&mut self, ip: Ipv4Addr, n: u32) -> bool {
+        let id = self.backend_id(ip, PROTO_TCP);
+        self.maps
+            .count_connect_timeouts(id, u32::from(ip).to_be(), TPORT.to_be(), n)
+            .expect("counting program runs")
+    }
+
     pub fn counters(&self, ip: Ipv4Addr) -> geosteer_common::BackendCounters {
         self.maps
             .backend_counters(self.backend_id(ip, PROTO_TCP))
