@@ -405,15 +405,17 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     /// Reply entry: backend sequence number (host order) where the awaited response starts.
     pub resp_seq: u32,
-    /// Reply entry: the backend's next sequence number (host order): one past the highest byte
-    /// it has sent; valid when `reply_nxt_known` is 1 (from the SYN-ACK on).
-    pub reply_nxt: u32,
+    /// The next sequence number (host order) of this entry's sender — the client in the
+    /// original entry, the backend in the reply entry: one past the highest it has sent (SYN
+    /// and FIN count one). Valid when `seq_nxt_known` is 1 (original: from its first packet;
+    /// reply: from the SYN-ACK or first data on). Each direction's program writes its own.
+    pub seq_nxt: u32,
     /// `APP_PROTOCOL_*`: the service's, then the detected one once the first payload is seen.
     pub app_protocol: u8,
     /// Reply entry: `HTTP_*`.
     pub http_state: u8,
-    /// Reply entry: `reply_nxt` is valid.
-    pub reply_nxt_known: u8,
+    /// `seq_nxt` is valid.
+    pub seq_nxt_known: u8,
     /// A FIN was seen in this entry's direction. Each direction's program writes only its own
     /// entry's byte: the two FINs of a close often cross on two CPUs, and a shared flags byte
     /// would lose one of them to the other's read-modify-write.
@@ -600,7 +602,10 @@ pub mod ct_stats {
     /// XDP translated a request whose next hop is not a vouched redirect target
     /// (`dataplane.xdpRedirectTo`): handed to the stack to forward instead of redirected.
     pub const XDP_PASSED_TO_STACK: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A RST whose sequence number is nowhere near what its sender has sent: it closes
+    /// nothing (an off-path spoofer must guess the sequence; RFC 5961 asks endpoints the same).
+    pub const RST_IGNORED: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Every counter with its name (metrics label, `geosteer status`).
     pub const NAMES: [(u32, &str); COUNT as usize] = [
         (PARTNER_RESTORED, "partner_restored"),
@@ -610,6 +615,7 @@ pub mod ct_stats {
         (FRAGMENT_UNKNOWN, "fragment_unknown"),
         (VLAN_BYPASSED, "vlan_bypassed"),
         (XDP_PASSED_TO_STACK, "xdp_passed_to_stack"),
+        (RST_IGNORED, "rst_ignored"),
     ];
 }
 

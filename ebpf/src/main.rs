@@ -349,13 +349,19 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
         Parsed::FirstFragment(flow, id) => (flow, Some(id)),
         Parsed::Flow(flow) => (flow, None),
     };
-    let verdict = steer::request(&flow, &TcBytes(ctx));
-    if let (Some(id), Verdict::Pass | Verdict::Drop(_)) = (fragment_id, &verdict) {
-        steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
-    }
-    match verdict {
-        Verdict::Pass => Ok(TC_ACT_OK as i32),
+    // Each arm forgets the fragment itself: a shared call before the match made LLVM carry the
+    // (undefined) NAT payload of the other arms across it, a read the verifier refuses.
+    match steer::request(&flow, &TcBytes(ctx)) {
+        Verdict::Pass => {
+            if let Some(id) = fragment_id {
+                steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+            }
+            Ok(TC_ACT_OK as i32)
+        }
         Verdict::Drop(reason) => {
+            if let Some(id) = fragment_id {
+                steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+            }
             steer::count_drop(reason);
             Ok(TC_ACT_SHOT as i32)
         }

@@ -221,12 +221,6 @@ fn settings() -> Settings {
     SETTINGS.get(0).copied().unwrap_or_default()
 }
 
-/// `a` is after `b` in sequence space (RFC 1982 arithmetic, as TCP compares).
-#[inline(always)]
-fn seq_after(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) > 0
-}
-
 #[inline(always)]
 fn is_pure_syn(flags: u8) -> bool {
     flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN
@@ -326,12 +320,16 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         // Original entry: the client's initial sequence number (a RST that answers this SYN
         // acknowledges it; a retransmission repeats it).
         req_seq: flow.seq,
+        seq_nxt: segment_end(flow),
+        seq_nxt_known: (flow.proto == PROTO_TCP) as u8,
         ..FlowValue::default()
     };
     let reply = FlowValue {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
         req_seq: 0,
+        seq_nxt: 0,
+        seq_nxt_known: 0,
         ..original
     };
     // Reply entry first: a reply can never arrive before the request is forwarded.
@@ -642,8 +640,14 @@ fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
 fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, now: u64) -> bool {
     let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
-        entry.tcp_state = TCP_CLOSED;
+        if rst_in_window(flow, entry) {
+            entry.tcp_state = TCP_CLOSED;
+        }
         return false;
+    }
+    if flags & TCP_SYN == 0 {
+        // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
+        advance_seq_nxt(segment_end(flow), entry);
     }
     if flags & TCP_FIN != 0 {
         entry.fin_seen = 1;
@@ -661,6 +665,53 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
     {
         return request_payload(flow, entry, bytes);
     }
+    false
+}
+
+/// One past the last sequence number of this segment (SYN and FIN count one).
+#[inline(always)]
+fn segment_end(flow: &Flow) -> u32 {
+    let control = (flow.tcp_flags & TCP_SYN != 0) as u32 + (flow.tcp_flags & TCP_FIN != 0) as u32;
+    flow.seq
+        .wrapping_add(flow.payload_len)
+        .wrapping_add(control)
+}
+
+/// Keeps `seq_nxt` at one past the highest sequence number this entry's sender has sent. A
+/// segment ending more than [`RST_WINDOW`] ahead moves nothing: a sender never gets that far
+/// past what this hook saw, and a spoofer must not be able to drag the window to its RST.
+#[inline(always)]
+fn advance_seq_nxt(end: u32, entry: &mut FlowValue) {
+    if entry.seq_nxt_known == 0 {
+        entry.seq_nxt = end;
+        entry.seq_nxt_known = 1;
+        return;
+    }
+    let ahead = end.wrapping_sub(entry.seq_nxt);
+    if ahead != 0 && ahead <= RST_WINDOW {
+        entry.seq_nxt = end;
+    }
+}
+
+/// How far from its sender's next sequence number a RST may be and still end the flow. A
+/// sender's own RST carries its next sequence number (or, answering a segment, the
+/// acknowledgement in it, which trails by what is in flight); the slack covers that and
+/// segments lost before this hook. An off-path spoofer must guess within it: about 1 in 2,000.
+const RST_WINDOW: u32 = 1 << 20;
+
+/// Whether a RST is plausibly its sender's (RFC 5961 makes endpoints check the same; a RST
+/// the backend would ignore must not end our flow either). Unknown position: accepted.
+fn rst_in_window(flow: &Flow, entry: &FlowValue) -> bool {
+    if entry.seq_nxt_known == 0 {
+        return true;
+    }
+    let distance = flow
+        .seq
+        .wrapping_sub(entry.seq_nxt.wrapping_sub(RST_WINDOW));
+    if distance <= 2 * RST_WINDOW {
+        return true;
+    }
+    count_ct(ct_stats::RST_IGNORED);
     false
 }
 
@@ -793,8 +844,8 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
     // request, which the backend may already be executing.
     if starts_request
         && reply.http_state == HTTP_IDLE
-        && reply.reply_nxt_known != 0
-        && reply.reply_nxt == flow.ack
+        && reply.seq_nxt_known != 0
+        && reply.seq_nxt == flow.ack
         && flow.seq != reply.req_seq
         && drains(entry)
     {
@@ -811,7 +862,7 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
     if flow.seq == reply.req_seq && flow.ack == reply.resp_seq {
         return; // a retransmission of the request that armed the awaited (or read) response
     }
-    if reply.reply_nxt_known == 0 {
+    if reply.seq_nxt_known == 0 {
         count_http_skipped(reply.backend_id);
         return;
     }
@@ -821,7 +872,7 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
         count_http_skipped(reply.backend_id);
         return;
     }
-    if reply.reply_nxt != flow.ack {
+    if reply.seq_nxt != flow.ack {
         reply.http_state = HTTP_IDLE;
         count_http_skipped(reply.backend_id);
         return;
@@ -1048,6 +1099,9 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         if original.tcp_state == TCP_SYN_SENT && !answers_syn {
             return; // not acceptable in SYN-SENT (RFC 9293 3.10.7.3): the attempt goes on
         }
+        if original.tcp_state != TCP_SYN_SENT && !rst_in_window(flow, reply) {
+            return; // nowhere near the backend's sequence: not the backend's RST
+        }
         if original.tcp_state == TCP_SYN_SENT {
             if original.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED == 0 {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
@@ -1069,8 +1123,8 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             // SAFETY: an aligned 8-byte field of a live map value: a single store.
             unsafe { core::ptr::write_volatile(&raw mut (*state).last_accept_ns, now_ns()) };
         }
-        reply.reply_nxt = flow.seq.wrapping_add(1);
-        reply.reply_nxt_known = 1;
+        reply.seq_nxt = flow.seq.wrapping_add(1);
+        reply.seq_nxt_known = 1;
         match reply.app_protocol {
             // tcp_proxy: a completed connect is a success and resets the consecutive counters.
             APP_PROTOCOL_OPAQUE => connect_success(reply.backend_id),
@@ -1087,14 +1141,9 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 /// segment holds the awaited response start.
 fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
-    if reply.reply_nxt_known == 0 {
-        // A flow first seen mid-stream: every reply byte passes here, so the highest seen from
-        // now on is the backend's next sequence number.
-        reply.reply_nxt = end;
-        reply.reply_nxt_known = 1;
-    } else if seq_after(end, reply.reply_nxt) {
-        reply.reply_nxt = end;
-    }
+    // (Unknown before: a flow first seen mid-stream. Every reply byte passes here, so the
+    // highest seen from now on is the backend's next sequence number.)
+    advance_seq_nxt(end, reply);
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
         set_opaque(flow, reply);

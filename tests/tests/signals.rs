@@ -643,3 +643,72 @@ fn a_syn_unanswered_while_the_backend_accepts_others_is_no_timeout() {
         [rig.backend_id(backend, PROTO_TCP)]
     );
 }
+
+/// The TCP state a flow's original entry holds.
+fn tcp_state(rig: &Rig, conn: &Conn) -> u8 {
+    let key = geosteer_common::FlowKey::new(
+        u32::from(CLIENT).to_be(),
+        u32::from(VIP).to_be(),
+        conn.port.to_be(),
+        VPORT.to_be(),
+        PROTO_TCP,
+        geosteer_common::DIR_ORIGINAL,
+    );
+    rig.maps
+        .conntrack
+        .get(&key, 0)
+        .expect("flow tracked")
+        .tcp_state
+}
+
+/// A RST ends a flow only near its sender's sequence (RFC 5961 asks the endpoints the same):
+/// an off-path spoofer posing as the client or the backend must guess it, and cannot drag the
+/// window first with a segment far ahead. The real RSTs still end the flow.
+#[test]
+fn a_rst_far_from_its_senders_sequence_ends_nothing() {
+    let mut rig = Rig::with_settings(http());
+    let ignored = |rig: &Rig| {
+        rig.maps
+            .ct_stat(geosteer_common::ct_stats::RST_IGNORED)
+            .unwrap()
+    };
+    let mut conn = Conn::open(&mut rig, 55700);
+    conn.exchange(&mut rig, OK_200);
+    let far = conn.client_seq.wrapping_add(1 << 30);
+    // Spoofed as the client: a segment far ahead (forwarded, but it moves nothing), then a RST
+    // right after it.
+    rig.ingress(
+        &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+            .with_payload(b"xxxx")
+            .with_seq(far, conn.backend_seq),
+    );
+    rig.ingress(&Pkt::tcp(CLIENT, conn.port, VIP, VPORT, RST).with_seq(far.wrapping_add(4), 0));
+    assert_eq!(tcp_state(&rig, &conn), geosteer_common::TCP_ESTABLISHED);
+    // Spoofed as the backend.
+    let before = rig.counters(conn.backend).resets;
+    rig.egress(
+        &Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, RST | ACK)
+            .with_seq(conn.backend_seq.wrapping_sub(1 << 30), conn.client_seq),
+    );
+    assert_eq!(tcp_state(&rig, &conn), geosteer_common::TCP_ESTABLISHED);
+    assert_eq!(rig.counters(conn.backend).resets, before);
+    assert_eq!(ignored(&rig), 2);
+    // The flow goes on; the backend's real RST (its next sequence) ends it.
+    conn.exchange(&mut rig, OK_200);
+    rig.egress(
+        &Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, RST | ACK)
+            .with_seq(conn.backend_seq, conn.client_seq),
+    );
+    assert_eq!(tcp_state(&rig, &conn), geosteer_common::TCP_CLOSED);
+    assert_eq!(rig.counters(conn.backend).resets, before + 1);
+
+    // The client's own RST: at its next sequence, or trailing it by what is in flight.
+    let mut conn = Conn::open(&mut rig, 55701);
+    conn.send(&mut rig, &[b'a'; 1000]);
+    rig.ingress(
+        &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, RST)
+            .with_seq(conn.client_seq.wrapping_sub(1000), 0),
+    );
+    assert_eq!(tcp_state(&rig, &conn), geosteer_common::TCP_CLOSED);
+    assert_eq!(ignored(&rig), 2);
+}
