@@ -403,7 +403,9 @@ pub struct FlowValue {
     /// When the flow's first SYN (or first packet) was seen (ns, CLOCK_MONOTONIC/boot).
     pub created_ns: u64,
     pub last_seen_ns: u64,
-    /// Reply entry: backend sequence number (host order) where the awaited response starts.
+    /// Reply entry: backend sequence number (host order) where the awaited response starts
+    /// (`HTTP_AWAITING`); otherwise the end of the backend's last complete write (its segment
+    /// carried PSH), where a response may end — or its ISN + 1 before it sent anything.
     pub resp_seq: u32,
     /// The next sequence number (host order) of this entry's sender — the client in the
     /// original entry, the backend in the reply entry: one past the highest it has sent (SYN

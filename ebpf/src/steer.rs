@@ -144,6 +144,7 @@ static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUN
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 
 /// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
@@ -840,12 +841,13 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
         }
     }
     // Drain only where a new exchange begins: the previous response is complete (nothing in
-    // flight from the backend, nothing awaited) and this is not a retransmission of the last
+    // flight from the backend, its last write ended, nothing awaited) and this is not a retransmission of the last
     // request, which the backend may already be executing.
     if starts_request
         && reply.http_state == HTTP_IDLE
         && reply.seq_nxt_known != 0
         && reply.seq_nxt == flow.ack
+        && reply.resp_seq == reply.seq_nxt
         && flow.seq != reply.req_seq
         && drains(entry)
     {
@@ -872,7 +874,11 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
         count_http_skipped(reply.backend_id);
         return;
     }
-    if reply.seq_nxt != flow.ack {
+    // Something in flight, or the backend stopped in the middle of a write (no PSH at its last
+    // byte): its send was held by the client's receive window, so the next byte continues a
+    // response. (A client that shapes its window to pause a response right before bytes it
+    // made the backend reflect would otherwise have them read as a status line.)
+    if reply.seq_nxt != flow.ack || reply.resp_seq != reply.seq_nxt {
         reply.http_state = HTTP_IDLE;
         count_http_skipped(reply.backend_id);
         return;
@@ -1066,6 +1072,15 @@ pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
         }
         if flow.payload_len != 0 {
             reply_data(flow, entry, bytes);
+            // A segment with PSH that reaches the backend's highest byte ends a write: a
+            // response can end there. One that does not (a write cut short by the client's
+            // receive window) cannot — see arm_response.
+            if entry.http_state != HTTP_AWAITING
+                && flow.tcp_flags & TCP_PSH != 0
+                && entry.seq_nxt == flow.seq.wrapping_add(flow.payload_len)
+            {
+                entry.resp_seq = entry.seq_nxt;
+            }
         }
     }
     Some(Nat {
@@ -1125,6 +1140,8 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         }
         reply.seq_nxt = flow.seq.wrapping_add(1);
         reply.seq_nxt_known = 1;
+        // Nothing sent yet: the first response starts at the first byte.
+        reply.resp_seq = reply.seq_nxt;
         match reply.app_protocol {
             // tcp_proxy: a completed connect is a success and resets the consecutive counters.
             APP_PROTOCOL_OPAQUE => connect_success(reply.backend_id),

@@ -712,3 +712,40 @@ fn a_rst_far_from_its_senders_sequence_ends_nothing() {
     assert_eq!(tcp_state(&rig, &conn), geosteer_common::TCP_CLOSED);
     assert_eq!(ignored(&rig), 2);
 }
+
+/// A client that shapes its receive window can pause a response right before bytes it made the
+/// backend reflect, then send a request while nothing is in flight. The pause is in the middle
+/// of the backend's write (its last segment has no PSH), so no response can start there: the
+/// reflected bytes are not read as a status. A response that ended (PSH) still arms the next.
+#[test]
+fn a_response_paused_by_the_clients_window_arms_nothing() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 55800);
+    conn.send(&mut rig, b"GET /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n");
+    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\nyou said: ";
+    rig.egress(
+        &Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, ACK)
+            .with_payload(first)
+            .with_seq(conn.backend_seq, conn.client_seq),
+    );
+    conn.backend_seq = conn.backend_seq.wrapping_add(first.len() as u32);
+    let skipped = rig.counters(conn.backend).http_skipped;
+    // The window opens with a "request"; the rest of the write follows.
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(
+        runs(&rig, conn.backend),
+        (0, 0),
+        "the reflected bytes were read"
+    );
+    let c = rig.counters(conn.backend);
+    assert_eq!(c.responses, [0, 1, 0, 0, 0], "one response, the 200");
+    assert_eq!(
+        c.http_skipped,
+        skipped + 1,
+        "the unknown boundary is counted"
+    );
+    // That write ended (PSH): the next request's response is read.
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+}
