@@ -526,15 +526,22 @@ pub enum DropReason {
     Truncated = 2,
     /// A map or helper failed (e.g. conntrack insert, checksum helper).
     Internal = 3,
+    /// A new TCP connection would become, after translation, the same tuple as a live one of
+    /// the same client port through another VIP to the same backend (Linux reuses a source
+    /// port for different destinations). The backend would take it for the live connection and
+    /// the replies of one could be reverse-NATed to the other's VIP, so it waits, as netfilter
+    /// drops a NAT clash, until the live one ends; the client's SYN retransmission then passes.
+    TupleInUse = 4,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [DropReason; 4] = [
+    pub const COUNT: u32 = 5;
+    pub const ALL: [DropReason; 5] = [
         DropReason::NoBackend,
         DropReason::Fragment,
         DropReason::Truncated,
         DropReason::Internal,
+        DropReason::TupleInUse,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -543,6 +550,7 @@ impl DropReason {
             DropReason::Fragment => "fragment",
             DropReason::Truncated => "truncated",
             DropReason::Internal => "internal",
+            DropReason::TupleInUse => "tuple_in_use",
         }
     }
 }

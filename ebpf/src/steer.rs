@@ -341,6 +341,9 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         flow.sport,
         flow.proto,
     );
+    if flow.proto == PROTO_TCP && translated_tuple_in_use(flow, &reply_key) {
+        return Verdict::Drop(DropReason::TupleInUse);
+    }
     if CONNTRACK.insert(&reply_key, &reply, 0).is_err() {
         return Verdict::Drop(DropReason::Internal);
     }
@@ -353,6 +356,31 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         addr: backend.addr,
         port: backend.port,
     })
+}
+
+/// Whether a live TCP connection of this client port through *another* VIP already owns the
+/// translated tuple (see [`DropReason::TupleInUse`]). A reply half whose original is gone,
+/// closed by a RST, or closed both ways is stale and may be taken over. Not inlined: its key
+/// would otherwise take stack from the request path's frame, which has none to spare.
+#[inline(never)]
+fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
+    // SAFETY: read-only lookup of plain data, fields read in place (no copy on the stack,
+    // which the callers have little of left).
+    let Some(other) = (unsafe { CONNTRACK.get(reply_key) }) else {
+        return false;
+    };
+    let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
+    if vip == flow.daddr && vport == flow.dport {
+        return false; // this flow's own (a SYN on a closed tuple, steered anew)
+    }
+    let other_key = FlowKey::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
+    // SAFETY: as above.
+    match unsafe { CONNTRACK.get(&other_key) } {
+        Some(original) => {
+            original.tcp_state != TCP_CLOSED && !(original.fin_seen != 0 && reply_fin != 0)
+        }
+        None => false,
+    }
 }
 
 /// The first fragment of a datagram was translated, its address becoming `to`: the datagram's

@@ -156,3 +156,36 @@ fn a_syn_retransmitted_through_xdp_keeps_the_flows_reverse_nat() {
     let (_, answer) = rig.egress(&syn_ack);
     assert_eq!(verify(&answer).src, backend);
 }
+
+/// Linux reuses a source port for different destinations, so one client port can reach two
+/// VIPs whose backend is the same: after translation both connections are one tuple. The
+/// second waits (dropped, as netfilter drops a NAT clash) while the first lives — it neither
+/// steals the first's replies nor reaches the backend as a SYN on its connection — and passes
+/// once the first has ended.
+#[test]
+fn a_client_port_reused_toward_another_vip_of_the_same_backend_waits_for_the_first() {
+    let mut rig = Rig::new();
+    let vip2 = std::net::Ipv4Addr::new(198, 19, 0, 11);
+    rig.set_services(&[
+        (VIP, VPORT, geosteer_common::PROTO_TCP, &[1]),
+        (vip2, VPORT, geosteer_common::PROTO_TCP, &[1]),
+    ]);
+    let mut conn = Conn::open(&mut rig, 56000);
+    let second = Pkt::tcp(CLIENT, 56000, vip2, VPORT, SYN).with_seq(90_000, 0);
+    let (rc, _) = rig.ingress(&second);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(rig.drops(geosteer_common::DropReason::TupleInUse), 1);
+    // The first connection's replies still come from its own VIP.
+    let (_, out) = conn.reply(&mut rig, OK_200);
+    assert_eq!((verify(&out).src, verify(&out).sport), (VIP, VPORT));
+    // It ends (the client's RST); the retransmitted SYN of the second now passes and its
+    // replies come from the second VIP.
+    rig.ingress(&Pkt::tcp(CLIENT, 56000, VIP, VPORT, RST).with_seq(conn.client_seq, 0));
+    let (rc, out) = rig.ingress(&second);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(verify(&out).dst, BACKENDS[0]);
+    let (_, out) =
+        rig.egress(&Pkt::tcp(BACKENDS[0], TPORT, CLIENT, 56000, SYN | ACK).with_seq(5, 90_001));
+    assert_eq!((verify(&out).src, verify(&out).sport), (vip2, VPORT));
+    assert_eq!(rig.drops(geosteer_common::DropReason::TupleInUse), 1);
+}
