@@ -921,3 +921,6 @@ pub fn describe_load(output: &policy::PolicyOutput) -> String {
         parts.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests;

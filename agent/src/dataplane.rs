@@ -20,6 +20,8 @@ use geosteer_common::{
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
 
+pub mod memory;
+
 /// Writes the agent makes into the data path. Each call is one map operation, so the order in
 /// which [`crate::programmer::Programmer`] calls them is the order the kernel observes.
 pub trait Dataplane {

@@ -616,3 +616,6 @@ pub fn build_service_table(desired: &DesiredService, ids: &[u32]) -> Box<Service
     }
     table
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! The controller against the in-memory data path: what it writes, in which order, and what
+//! it makes of the kernel's events — no root, no kernel.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use geosteer_common::{EVENT_EJECTED, KernelEvent, PROTO_TCP, ServiceKey};
+
+use super::*;
+use crate::dataplane::memory::{MemoryDataplane, Write};
+
+/// Two regions, two endpoints each, failover from the local one, as the demo runs it; the port
+/// is `port_name` (its protocol follows from the name).
+fn config(port_name: &str) -> Config {
+    let yaml = format!(
+        "node: {{name: n1, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: c1}}
+dataplane: {{tc: [cl0], pinPath: /tmp/unused}}
+services:
+  - name: reviews
+    namespace: default
+    vip: 198.19.0.10
+    ports: [{{name: {port_name}, port: 80, targetPort: 8080, protocol: TCP}}]
+    endpoints:
+      - {{ip: 198.18.11.2, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: c1}}
+      - {{ip: 198.18.12.2, region: cn-hangzhou, zone: cn-hangzhou-b, cluster: c1}}
+      - {{ip: 198.18.21.2, region: cn-shanghai, zone: cn-shanghai-a, cluster: c2}}
+      - {{ip: 198.18.22.2, region: cn-shanghai, zone: cn-shanghai-a, cluster: c2}}
+    trafficPolicy:
+      loadBalancer:
+        localityLbSetting:
+          failover: [{{from: cn-hangzhou, to: cn-shanghai}}]
+      outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 10s, maxEjectionPercent: 100}}
+"
+    );
+    config::parse(&yaml).expect("test config parses")
+}
+
+fn key() -> ServiceKey {
+    ServiceKey {
+        addr: u32::from(Ipv4Addr::new(198, 19, 0, 10)).to_be(),
+        port: 80u16.to_be(),
+        proto: PROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// `198.18.<a>.<b>`'s address, network byte order.
+fn endpoint_addr(a: u8, b: u8) -> u32 {
+    u32::from(Ipv4Addr::new(198, 18, a, b)).to_be()
+}
+
+fn started(port_name: &str) -> (Controller, MemoryDataplane) {
+    let mut dp = MemoryDataplane::new();
+    let mut controller = Controller::new(config(port_name), Programmer::new(16, 64));
+    controller.apply_all(&mut dp).expect("apply");
+    (controller, dp)
+}
+
+fn backend_id(controller: &Controller, a: u8) -> u32 {
+    controller
+        .programmer
+        .backend_id(&key(), endpoint_addr(a, 2), 8080u16.to_be())
+        .expect("backend live")
+}
+
+/// Backend ids the live table of the service hands new flows to.
+fn steered_to(dp: &MemoryDataplane) -> BTreeSet<u32> {
+    let value = dp.services[&key()];
+    let table = &dp.tables[&value.table_index()];
+    table
+        .slots
+        .iter()
+        .map(|&slot| table.backends[slot as usize])
+        .collect()
+}
+
+fn events(controller: &Controller, kind: EventKind) -> Vec<String> {
+    controller
+        .events
+        .iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.what.clone())
+        .collect()
+}
+
+#[test]
+fn each_table_is_written_before_the_service_entry_that_makes_it_live() {
+    let (controller, mut dp) = started("http");
+    let log = dp.take_log();
+    let flip = log
+        .iter()
+        .position(|w| *w == Write::Service(key()))
+        .expect("service written");
+    let table = dp.services[&key()].table_index();
+    let written = log
+        .iter()
+        .position(|w| *w == Write::Table(table))
+        .expect("table written");
+    assert!(written < flip, "{log:?}");
+    // Failover: only the local region takes new flows while it is healthy.
+    let local: BTreeSet<u32> = [backend_id(&controller, 11), backend_id(&controller, 12)].into();
+    assert_eq!(steered_to(&dp), local);
+}
+
+#[test]
+fn a_kernel_ejection_moves_new_flows_and_ends_only_opaque_flows() {
+    for (port_name, ends_flows) in [("http", false), ("tcp", true)] {
+        let (mut controller, mut dp) = started(port_name);
+        let hz1 = backend_id(&controller, 11);
+        dp.take_log();
+        let event = KernelEvent {
+            kind: EVENT_EJECTED,
+            backend_id: hz1,
+            consecutive_5xx: 1,
+            consecutive_gateway: 1,
+            ..KernelEvent::default()
+        };
+        controller
+            .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
+            .unwrap();
+        assert!(!steered_to(&dp).contains(&hz1), "{port_name}");
+        assert_eq!(events(&controller, EventKind::Ejection).len(), 1);
+        let forgot = dp.take_log().contains(&Write::ForgetFlows {
+            backend_id: hz1,
+            keep_http: true,
+        });
+        // HTTP/1.x flows drain in the kernel; the agent resets the others.
+        assert_eq!(forgot, ends_flows, "{port_name}");
+        // The same event again (a duplicate ring record) changes nothing.
+        controller
+            .on_kernel_ejection(&mut dp, &event, Duration::from_secs(101))
+            .unwrap();
+        assert_eq!(events(&controller, EventKind::Ejection).len(), 1);
+    }
+}
+
+#[test]
+fn suspected_connect_timeouts_count_only_when_the_agents_connect_fails_too() {
+    let (mut controller, mut dp) = started("http");
+    let hz1 = backend_id(&controller, 11);
+    let endpoint = SocketAddrV4::new(Ipv4Addr::new(198, 18, 11, 2), 8080);
+    assert_eq!(controller.on_connect_timeout(hz1), Some(endpoint));
+    assert_eq!(
+        controller.on_connect_timeout(hz1),
+        None,
+        "one check at a time"
+    );
+    assert_eq!(controller.on_connect_timeout(9999), None, "unknown id");
+    dp.take_log();
+    controller
+        .on_connect_check(&mut dp, hz1, endpoint, false)
+        .unwrap();
+    assert_eq!(
+        dp.take_log(),
+        [Write::CountConnectTimeouts {
+            backend_id: hz1,
+            count: 2
+        }]
+    );
+    // Dismissed: the backend accepted the agent's connection.
+    assert_eq!(controller.on_connect_timeout(hz1), Some(endpoint));
+    controller
+        .on_connect_check(&mut dp, hz1, endpoint, true)
+        .unwrap();
+    assert_eq!(dp.take_log(), []);
+    assert_eq!(
+        (
+            controller.connect_timeouts.confirmed,
+            controller.connect_timeouts.dismissed
+        ),
+        (2, 1)
+    );
+    let said = events(&controller, EventKind::ConnectTimeout);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[0].contains("2 connect timeout(s) of 198.18.11.2:8080 counted"));
+    assert!(said[1].contains("not counted"));
+    // A late answer about a check nobody runs decides nothing.
+    controller
+        .on_connect_check(&mut dp, hz1, endpoint, false)
+        .unwrap();
+    assert_eq!(dp.take_log(), []);
+}
+
+#[test]
+fn a_reload_that_removes_the_service_retires_its_entry() {
+    let (mut controller, mut dp) = started("http");
+    let mut without = config("http");
+    without.services.clear();
+    dp.take_log();
+    controller.reload(&mut dp, without).unwrap();
+    assert!(dp.take_log().contains(&Write::RemoveService(key())));
+    assert!(dp.services.is_empty());
+}

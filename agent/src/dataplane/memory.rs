@@ -1,0 +1,215 @@
+//! An in-memory [`Dataplane`]: the maps as plain collections, and a log of every write in the
+//! order the kernel would observe it. For unit tests of the controller and the programmer
+//! (no root, no kernel) and for benches of the agent's own cost.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use geosteer_common::{
+    BACKEND_FLAG_ACTIVE, Backend, BackendState, ServiceConfig, ServiceKey, ServiceState,
+    ServiceTable, ServiceValue, Settings,
+};
+
+use super::Dataplane;
+
+/// One map operation, as [`MemoryDataplane::log`] records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Backend(u32),
+    BackendState(u32),
+    Table(u32),
+    Service(ServiceKey),
+    RemoveService(ServiceKey),
+    Vip(u32),
+    RemoveVip(u32),
+    Settings,
+    ServiceState(u32),
+    ServiceConfig(u32),
+    /// A synchronous grace period: nothing retired before it is still in use.
+    GracePeriod,
+    ForgetFlows {
+        backend_id: u32,
+        keep_http: bool,
+    },
+    CountConnectTimeouts {
+        backend_id: u32,
+        count: u32,
+    },
+}
+
+#[derive(Default)]
+pub struct MemoryDataplane {
+    pub backends: BTreeMap<u32, Backend>,
+    pub backend_state: BTreeMap<u32, BackendState>,
+    pub tables: BTreeMap<u32, Box<ServiceTable>>,
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub vips: BTreeMap<u32, u32>,
+    pub settings: Settings,
+    pub service_state: BTreeMap<u32, ServiceState>,
+    pub service_config: BTreeMap<u32, ServiceConfig>,
+    pub xdp_targets: BTreeMap<u32, bool>,
+    /// Every write, in order.
+    pub log: Vec<Write>,
+    /// Background grace periods complete at once when true, never when false.
+    pub background_grace: bool,
+    requested_grace: u64,
+}
+
+impl MemoryDataplane {
+    pub fn new() -> Self {
+        Self {
+            background_grace: true,
+            ..Self::default()
+        }
+    }
+
+    /// The log so far, emptied.
+    pub fn take_log(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.log)
+    }
+}
+
+impl Dataplane for MemoryDataplane {
+    fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.backends.insert(id, *backend);
+        self.log.push(Write::Backend(id));
+        Ok(())
+    }
+
+    fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
+        self.backend_state.insert(id, *state);
+        self.log.push(Write::BackendState(id));
+        Ok(())
+    }
+
+    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
+        self.tables.insert(index, Box::new(*table));
+        self.log.push(Write::Table(index));
+        Ok(())
+    }
+
+    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services.insert(*key, *value);
+        self.log.push(Write::Service(*key));
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.services.remove(key);
+        self.log.push(Write::RemoveService(*key));
+        Ok(())
+    }
+
+    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+        self.vips.insert(addr, ports);
+        self.log.push(Write::Vip(addr));
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, addr: u32) -> Result<()> {
+        self.vips.remove(&addr);
+        self.log.push(Write::RemoveVip(addr));
+        Ok(())
+    }
+
+    fn write_settings(&mut self, settings: &Settings) -> Result<()> {
+        self.settings = *settings;
+        self.log.push(Write::Settings);
+        Ok(())
+    }
+
+    fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()> {
+        self.service_state.insert(id, *state);
+        self.log.push(Write::ServiceState(id));
+        Ok(())
+    }
+
+    fn write_service_config(&mut self, id: u32, config: &ServiceConfig) -> Result<()> {
+        self.service_config.insert(id, *config);
+        self.log.push(Write::ServiceConfig(id));
+        Ok(())
+    }
+
+    fn grace_period(&mut self) -> Result<()> {
+        self.log.push(Write::GracePeriod);
+        Ok(())
+    }
+
+    fn request_grace(&mut self, seq: u64) {
+        self.requested_grace = self.requested_grace.max(seq);
+    }
+
+    fn grace_completed(&self) -> u64 {
+        if self.background_grace {
+            self.requested_grace
+        } else {
+            0
+        }
+    }
+
+    fn set_xdp_target(&mut self, ifindex: u32, vouched: bool) -> Result<()> {
+        self.xdp_targets.insert(ifindex, vouched);
+        Ok(())
+    }
+
+    fn forget_flows(&mut self, backend_id: u32, keep_http: bool) -> Result<()> {
+        self.log.push(Write::ForgetFlows {
+            backend_id,
+            keep_http,
+        });
+        Ok(())
+    }
+
+    /// Counted when the id names that endpoint and is active, as the kernel program decides.
+    fn count_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: u32,
+        port: u16,
+        count: u32,
+    ) -> Result<bool> {
+        let matches = self.backends.get(&backend_id).is_some_and(|b| {
+            b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port
+        });
+        if matches {
+            self.log
+                .push(Write::CountConnectTimeouts { backend_id, count });
+        }
+        Ok(matches)
+    }
+
+    fn sweep_flows(
+        &mut self,
+        _now_ns: u64,
+        _budget: std::time::Duration,
+    ) -> Result<Option<crate::conntrack::PassReport>> {
+        Ok(None)
+    }
+
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
+        self.tables
+            .get(&index)
+            .cloned()
+            .with_context(|| format!("no table {index}"))
+    }
+
+    fn read_backend(&self, id: u32) -> Result<Backend> {
+        Ok(self.backends.get(&id).copied().unwrap_or_default())
+    }
+
+    fn read_backend_state(&self, id: u32) -> Result<BackendState> {
+        Ok(self.backend_state.get(&id).copied().unwrap_or_default())
+    }
+
+    fn read_service_state(&self, id: u32) -> Result<ServiceState> {
+        Ok(self.service_state.get(&id).copied().unwrap_or_default())
+    }
+
+    fn read_service_config(&self, id: u32) -> Result<ServiceConfig> {
+        Ok(self.service_config.get(&id).copied().unwrap_or_default())
+    }
+}
