@@ -43,12 +43,8 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
         backends.len()
     );
 
-    let max_weight = backends
-        .iter()
-        .map(|b| u64::from(b.weight))
-        .max()
-        .unwrap_or(0);
-    if max_weight == 0 {
+    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total_weight == 0 {
         return Vec::new();
     }
 
@@ -58,21 +54,44 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
         .filter(|&i| backends[i].weight > 0)
         .collect();
     order.sort_by(|&a, &b| backends[a].name.cmp(backends[b].name).then(a.cmp(&b)));
-    let mut cursors: Vec<Cursor> = order
-        .into_iter()
-        .map(|index| Cursor::new(index, &backends[index], size))
+
+    // Each backend's slot count first: its exact share of the table, floored, and the slots
+    // that leaves over to the largest remainders (ties in name order). Every backend is within
+    // one slot of its share, and one whose share is a slot or more never gets none — a
+    // turn-taking rule on the raw weights rounds the lightest backends of a large table to
+    // nothing (100 endpoints sharing 0.6% of it got 0 slots instead of 98).
+    let size_u64 = size as u64;
+    let mut quotas: Vec<(usize, u64, u64)> = order
+        .iter()
+        .map(|&i| {
+            let exact = u64::from(backends[i].weight) * size_u64;
+            (i, exact / total_weight, exact % total_weight)
+        })
         .collect();
+    let assigned: u64 = quotas.iter().map(|q| q.1).sum();
+    let mut by_remainder: Vec<usize> = (0..quotas.len()).collect();
+    by_remainder.sort_by(|&a, &b| quotas[b].2.cmp(&quotas[a].2).then(a.cmp(&b)));
+    for &q in by_remainder.iter().take((size_u64 - assigned) as usize) {
+        quotas[q].1 += 1;
+    }
+
+    let mut cursors: Vec<Cursor> = quotas
+        .iter()
+        .filter(|q| q.1 > 0)
+        .map(|&(index, quota, _)| Cursor::new(index, &backends[index], quota, size))
+        .collect();
+    let max_quota = cursors.iter().map(|c| c.quota).max().unwrap_or(0);
 
     let mut table: Vec<Option<u16>> = vec![None; size];
     let mut filled = 0;
-    // Every round the heaviest backends earn exactly one turn and lighter ones earn a fraction of
-    // a turn, carried over as credit. Each turn claims one slot, so slot counts end up
-    // proportional to weight. The loop ends because every round claims at least one slot.
+    // Every round the backends with the largest count claim one slot and the others a fraction
+    // of one, carried over as credit: after `max_quota` rounds each has claimed exactly its
+    // count, interleaved in proportion, and the table is full.
     loop {
         for cursor in &mut cursors {
-            cursor.credit += cursor.weight;
-            while cursor.credit >= max_weight {
-                cursor.credit -= max_weight;
+            cursor.credit += cursor.quota;
+            while cursor.credit >= max_quota {
+                cursor.credit -= max_quota;
                 cursor.claim_next_free_slot(&mut table);
                 filled += 1;
                 if filled == size {
@@ -90,7 +109,8 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
 struct Cursor {
     /// Index into the caller's `backends`, which is what the table stores.
     index: u16,
-    weight: u64,
+    /// Slots this backend gets.
+    quota: u64,
     credit: u64,
     /// Next slot of the permutation `offset, offset + skip, offset + 2*skip, ... (mod size)`.
     /// Because `size` is prime and `0 < skip < size`, the walk visits every slot exactly once.
@@ -99,13 +119,13 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn new(index: usize, backend: &MaglevBackend, size: usize) -> Self {
+    fn new(index: usize, backend: &MaglevBackend, quota: u64, size: usize) -> Self {
         let size_u64 = size as u64;
         let offset = hash(backend.name, OFFSET_SEED) % size_u64;
         let skip = hash(backend.name, SKIP_SEED) % (size_u64 - 1) + 1;
         Cursor {
             index: u16::try_from(index).expect("backend count checked against u16"),
-            weight: u64::from(backend.weight),
+            quota,
             credit: 0,
             position: offset as usize,
             skip: skip as usize,
@@ -255,6 +275,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Each backend gets its exact share of the table rounded down or up, so a share of a slot
+    /// or more never rounds to nothing. The policy vector: 71 of 100 endpoints healthy in the
+    /// local priority (99.4% of the load) and 100 in the next (0.6%, 98 slots of 16381).
+    #[test]
+    fn every_backend_is_within_one_slot_of_its_share() {
+        let mut spill = vec![14_000u32; 71];
+        spill.extend([60; 100]);
+        let cases: &[(&str, Vec<u32>)] = &[
+            ("priority spill", spill),
+            ("one in a million", vec![1_000_000, 1]),
+            ("one to four", vec![1, 2, 3, 4]),
+            ("a thousand uneven", (1..=1000).collect()),
+        ];
+        for (case, weights) in cases {
+            let names = names(weights.len());
+            let input = backends(&names, weights);
+            let counts = slot_counts(&named_table(&input, M));
+            let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+            for backend in &input {
+                let exact = f64::from(backend.weight) / total * M as f64;
+                let got = counts.get(backend.name).copied().unwrap_or(0) as f64;
+                assert!(
+                    got == exact.floor() || got == exact.ceil(),
+                    "{case}: {} has {got} slots, exactly {exact:.2}",
+                    backend.name
+                );
+            }
+        }
+        let names = names(171);
+        let mut weights = vec![14_000u32; 71];
+        weights.extend([60; 100]);
+        let counts = slot_counts(&named_table(&backends(&names, &weights), M));
+        let lower: usize = names[71..]
+            .iter()
+            .map(|n| counts.get(n.as_str()).copied().unwrap_or(0))
+            .sum();
+        // 98.3 slots exactly; each of its 100 endpoints 0.98 of one, so each gets one.
+        assert!(
+            (98..=100).contains(&lower),
+            "the lower priority got {lower} slots"
+        );
     }
 
     #[test]
