@@ -399,7 +399,7 @@ async fn control_loop(
     let (probe_tx, mut probe_rx) = mpsc::channel::<(HealthKey, Result<(), String>)>(1024);
     let mut probers = spawn_probers(controller, &probe_tx);
     // The agent's own connections that confirm or dismiss suspected connect timeouts.
-    let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddrV4, bool)>(1024);
+    let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddrV4, probe::ConnectResult)>(1024);
     let mut kube_status = kube.as_ref().map(|k| k.status.clone());
 
     loop {
@@ -465,8 +465,8 @@ async fn control_loop(
                                 let tx = check_tx.clone();
                                 let backend_id = event.backend_id;
                                 tokio::spawn(async move {
-                                    let accepted = probe::accepts_connections(endpoint, timeouts::CHECK_DEADLINE).await;
-                                    let _ = tx.send((backend_id, endpoint, accepted)).await;
+                                    let result = probe::try_connect(endpoint, timeouts::CHECK_DEADLINE).await;
+                                    let _ = tx.send((backend_id, endpoint, result)).await;
                                 });
                             }
                         }
@@ -474,8 +474,8 @@ async fn control_loop(
                     }
                 }
             }
-            Some((backend_id, endpoint, accepted)) = check_rx.recv() => {
-                if let Err(e) = controller.on_connect_check(maps, backend_id, endpoint, accepted) {
+            Some((backend_id, endpoint, result)) = check_rx.recv() => {
+                if let Err(e) = controller.on_connect_check(maps, backend_id, endpoint, result) {
                     error!(error = %format!("{e:#}"), "counting confirmed connect timeouts");
                 }
             }

@@ -28,7 +28,7 @@ use crate::{
     outlier, policy,
     probe::{ActiveHealth, ProbeKind, ProbeSpec},
     programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
-    timeouts::{ConnectTimeouts, Verdict},
+    timeouts::{ConnectResult, ConnectTimeouts, Verdict},
 };
 
 /// One service port as the controller sees it.
@@ -191,6 +191,8 @@ pub struct Controller {
 }
 
 const MAX_EVENTS: usize = 1000;
+/// Most connect timeouts one check of the agent's counts (each a gateway error).
+const MAX_TIMEOUTS_PER_CHECK: u32 = 64;
 
 /// The data path's view of the config: one model per service port.
 pub fn service_models(config: &Config) -> Vec<ServiceModel> {
@@ -517,7 +519,6 @@ impl Controller {
         Ok(changed)
     }
 
-    /// The kernel ejected a backend (consecutive errors reached the limit).
     /// The kernel suspects a connect timeout of `backend_id` (see [`crate::timeouts`]).
     /// Returns the endpoint to connect to when a check must start.
     pub fn on_connect_timeout(&mut self, backend_id: u32) -> Option<SocketAddrV4> {
@@ -529,18 +530,16 @@ impl Controller {
     }
 
     /// The agent's own connection to a backend with suspected connect timeouts ended: count
-    /// them in the kernel if it failed too, dismiss them if the backend accepted it.
+    /// them in the kernel if it failed too, dismiss them if the backend accepted it, leave them
+    /// uncounted if it failed on this node.
     pub fn on_connect_check(
         &mut self,
         dp: &mut dyn Dataplane,
         backend_id: u32,
         endpoint: SocketAddrV4,
-        accepted: bool,
+        result: ConnectResult,
     ) -> Result<()> {
-        let Some(verdict) = self
-            .connect_timeouts
-            .checked(backend_id, endpoint, accepted)
-        else {
+        let Some(verdict) = self.connect_timeouts.checked(backend_id, endpoint, result) else {
             return Ok(());
         };
         let service = self
@@ -548,22 +547,30 @@ impl Controller {
             .backend_by_id(backend_id)
             .and_then(|(key, _, _)| self.model(&key))
             .map_or_else(|| format!("backend id {backend_id}"), |m| m.name.clone());
+        let (addr, port) = (u32::from(*endpoint.ip()).to_be(), endpoint.port().to_be());
         match verdict {
-            Verdict::Dismiss(n) => self.event(
+            Verdict::Dismiss(n) => {
+                dp.dismiss_connect_timeouts(backend_id, addr, port)?;
+                self.event(
+                    EventKind::ConnectTimeout,
+                    format!(
+                        "{service}: {n} connect timeout(s) of {endpoint} not counted: it \
+                         accepted the agent's own connection (lost or crafted SYNs)"
+                    ),
+                );
+            }
+            Verdict::Inconclusive(n) => self.event(
                 EventKind::ConnectTimeout,
                 format!(
-                    "{service}: {n} connect timeout(s) of {endpoint} not counted: it accepted \
-                     the agent's own connection (lost or crafted SYNs)"
+                    "{service}: {n} connect timeout(s) of {endpoint} not counted: the agent's \
+                     own connection failed on this node (no local port, route or permission)"
                 ),
             ),
             Verdict::Count(n) => {
-                let counted = dp.count_connect_timeouts(
-                    backend_id,
-                    u32::from(*endpoint.ip()).to_be(),
-                    endpoint.port().to_be(),
-                    n,
-                )?;
-                if counted {
+                // Enough to reach any ejection limit in use; bounds the synchronous test run.
+                let n = n.min(MAX_TIMEOUTS_PER_CHECK);
+                if dp.count_connect_timeouts(backend_id, addr, port, n)? {
+                    self.connect_timeouts.counted(n);
                     self.event(
                         EventKind::ConnectTimeout,
                         format!(
@@ -577,6 +584,7 @@ impl Controller {
         Ok(())
     }
 
+    /// The kernel ejected a backend (consecutive errors reached the limit).
     pub fn on_kernel_ejection(
         &mut self,
         dp: &mut dyn Dataplane,

@@ -15,7 +15,7 @@ use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use geosteer_common::{
     Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey,
     FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TimeoutCount, TrafficCounters, map_names, program_names,
+    TIMEOUT_CONFIRMED, TIMEOUT_DISMISSED, TimeoutCount, TrafficCounters, map_names, program_names,
 };
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
@@ -68,6 +68,11 @@ pub trait Dataplane {
         port: u16,
         count: u32,
     ) -> Result<bool>;
+
+    /// The backend accepted the agent's own connection: its suspected connect timeouts are
+    /// dismissed, and the kernel takes it as an accepted connection, so SYNs sent before now
+    /// raise no more suspicions. Returns false when `backend_id` no longer names `addr:port`.
+    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool>;
 
     /// One bounded step of the conntrack GC (and of queued [`Dataplane::forget_flows`]); the
     /// report of a pass it completed.
@@ -270,6 +275,41 @@ impl BpfMaps {
             grace: Arc::default(),
             sweeper: Sweeper::default(),
         })
+    }
+
+    /// Runs [`program_names::COUNT_TIMEOUTS`] `repeat` times with the agent's verdict on a
+    /// backend's suspected connect timeouts; whether the backend id still names `addr:port`.
+    fn run_timeout_program(
+        &self,
+        backend_id: u32,
+        addr: u32,
+        port: u16,
+        verdict: u16,
+        repeat: u32,
+    ) -> Result<bool> {
+        let request = TimeoutCount {
+            backend_id,
+            addr,
+            port,
+            verdict,
+        };
+        // An Ethernet header the program skips (a local experimental EtherType, so the test
+        // run treats the frame as no protocol it knows), then the request.
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        // SAFETY: TimeoutCount is repr(C) plain data without padding bytes.
+        frame.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                (&raw const request).cast::<u8>(),
+                std::mem::size_of::<TimeoutCount>(),
+            )
+        });
+        let program = self
+            .count_timeouts
+            .as_ref()
+            .context("maps opened from their pins cannot run the timeout program")?;
+        let returned = crate::bpf_run::run(program.as_fd(), &frame, repeat)?;
+        Ok(returned as i32 == geosteer_common::TIMEOUT_COUNTED)
     }
 
     /// A backend's counters: its per-CPU traffic summed, and its shared signal counters.
@@ -494,30 +534,13 @@ impl Dataplane for BpfMaps {
         port: u16,
         count: u32,
     ) -> Result<bool> {
-        let request = TimeoutCount {
-            backend_id,
-            addr,
-            port,
-            _pad: 0,
-        };
-        // An Ethernet header the program skips (a local experimental EtherType, so the test
-        // run treats the frame as no protocol it knows), then the request.
-        let mut frame = vec![0u8; 14];
-        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
-        // SAFETY: TimeoutCount is repr(C) plain data without padding bytes.
-        frame.extend_from_slice(unsafe {
-            std::slice::from_raw_parts(
-                (&raw const request).cast::<u8>(),
-                std::mem::size_of::<TimeoutCount>(),
-            )
-        });
-        let program = self
-            .count_timeouts
-            .as_ref()
-            .context("maps opened from their pins cannot count connect timeouts")?;
-        let returned = crate::bpf_run::run(program.as_fd(), &frame, count)
-            .with_context(|| format!("counting connect timeouts of backend {backend_id}"))?;
-        Ok(returned as i32 == geosteer_common::TIMEOUT_COUNTED)
+        self.run_timeout_program(backend_id, addr, port, TIMEOUT_CONFIRMED, count)
+            .with_context(|| format!("counting connect timeouts of backend {backend_id}"))
+    }
+
+    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+        self.run_timeout_program(backend_id, addr, port, TIMEOUT_DISMISSED, 1)
+            .with_context(|| format!("dismissing connect timeouts of backend {backend_id}"))
     }
 
     fn sweep_flows(

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::loader::MapSizes;
 
-/// Byte size of the events ring (`GS_EVENTS` in ebpf/src/steer.rs).
+/// Byte size of the events ring (`GS_KERNEL_EVENTS` in ebpf/src/steer.rs).
 pub const EVENTS_RING_BYTES: u64 = 64 * 1024;
 
 /// Memory the agent process itself needs besides its maps (its heap, the Kubernetes caches,

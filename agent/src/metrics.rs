@@ -369,8 +369,8 @@ impl Exposition {
         let mut timeouts = Family::new(
             "geosteer_connect_timeouts",
             "Connect timeouts the kernel suspected, by verdict: confirmed (the agent's own \
-             connection failed too; counted as gateway errors) or dismissed (the backend \
-             accepted it)",
+             connection failed too; counted as gateway errors), dismissed (the backend \
+             accepted it) or inconclusive (it failed on this node; not counted)",
             COUNTER,
         );
         timeouts.add(
@@ -380,6 +380,10 @@ impl Exposition {
         timeouts.add(
             vec![("verdict", "dismissed".to_string())],
             state.connect_timeouts.dismissed as f64,
+        );
+        timeouts.add(
+            vec![("verdict", "inconclusive".to_string())],
+            state.connect_timeouts.inconclusive as f64,
         );
         let mut conntrack = Family::new(
             "geosteer_conntrack_entries",

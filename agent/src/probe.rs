@@ -56,13 +56,37 @@ pub async fn probe_once(spec: &ProbeSpec) -> Result<(), String> {
     }
 }
 
-/// Whether `endpoint` accepts a TCP connection within `deadline` (the connection is closed
-/// at once).
-pub async fn accepts_connections(endpoint: SocketAddrV4, deadline: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(deadline, TcpStream::connect(endpoint)).await,
-        Ok(Ok(_))
-    )
+/// What a connection of the agent's own to a backend found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectResult {
+    Accepted,
+    /// Refused, unanswered within the deadline, or the host unreachable: the backend fails.
+    Failed,
+    /// Something on this node stopped the attempt (no local port or file descriptor left, no
+    /// route, a local firewall): it says nothing about the backend.
+    Inconclusive,
+}
+
+/// Connects to `endpoint` within `deadline`, and closes at once with a RST (SO_LINGER 0), so
+/// checks leave no TIME_WAIT behind to use up this node's ports toward the backend.
+pub async fn try_connect(endpoint: SocketAddrV4, deadline: Duration) -> ConnectResult {
+    match tokio::time::timeout(deadline, TcpStream::connect(endpoint)).await {
+        Ok(Ok(stream)) => {
+            #[allow(
+                deprecated,
+                reason = "a zero linger never blocks: the close sends a RST at once"
+            )]
+            let _ = stream.set_linger(Some(Duration::ZERO));
+            ConnectResult::Accepted
+        }
+        Err(_) => ConnectResult::Failed,
+        Ok(Err(e)) => match e.raw_os_error() {
+            Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ETIMEDOUT) => {
+                ConnectResult::Failed
+            }
+            _ => ConnectResult::Inconclusive,
+        },
+    }
 }
 
 /// Threshold state of one host. New hosts start healthy: a restart of the agent must not take

@@ -21,6 +21,8 @@ use crate::{
 pub struct ConnectTimeoutInfo {
     pub confirmed: u64,
     pub dismissed: u64,
+    #[serde(default)]
+    pub inconclusive: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -340,6 +342,7 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         connect_timeouts: ConnectTimeoutInfo {
             confirmed: controller.connect_timeouts.confirmed,
             dismissed: controller.connect_timeouts.dismissed,
+            inconclusive: controller.connect_timeouts.inconclusive,
         },
         conntrack: runtime.conntrack.clone(),
         memory: runtime.memory.clone(),

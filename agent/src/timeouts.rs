@@ -14,6 +14,8 @@
 
 use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
+pub use crate::probe::ConnectResult;
+
 /// How long the agent's own connection may take. Long enough for one lost SYN of it to be
 /// retransmitted (Linux's first SYN retransmission is after 1 s): one lost packet must not
 /// confirm a forged timeout.
@@ -27,6 +29,9 @@ pub struct ConnectTimeouts {
     pub confirmed: u64,
     /// Timeouts dismissed because the backend accepted the agent's connection.
     pub dismissed: u64,
+    /// Timeouts neither counted nor dismissed: the agent's connection failed for a reason on
+    /// this node (no local port left, no route), which says nothing about the backend.
+    pub inconclusive: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +47,9 @@ pub enum Verdict {
     Count(u32),
     /// The backend accepted the agent's connection: this many timeouts were not its fault.
     Dismiss(u32),
+    /// The agent's connection failed on this node: this many timeouts go uncounted (a missed
+    /// error, never a forged one).
+    Inconclusive(u32),
 }
 
 impl ConnectTimeouts {
@@ -67,26 +75,35 @@ impl ConnectTimeouts {
         }
     }
 
-    /// The agent's connection to `endpoint` ended (`accepted` or not). `None` when no check of
-    /// that backend and endpoint runs (a check of an endpoint whose id was reused since).
+    /// The agent's connection to `endpoint` ended. `None` when no check of that backend and
+    /// endpoint runs (a check of an endpoint whose id was reused since).
     pub fn checked(
         &mut self,
         backend_id: u32,
         endpoint: SocketAddrV4,
-        accepted: bool,
+        result: ConnectResult,
     ) -> Option<Verdict> {
         if self.running.get(&backend_id)?.endpoint != endpoint {
             return None;
         }
         let check = self.running.remove(&backend_id)?;
         let n = u64::from(check.suspected);
-        Some(if accepted {
-            self.dismissed += n;
-            Verdict::Dismiss(check.suspected)
-        } else {
-            self.confirmed += n;
-            Verdict::Count(check.suspected)
+        Some(match result {
+            ConnectResult::Accepted => {
+                self.dismissed += n;
+                Verdict::Dismiss(check.suspected)
+            }
+            ConnectResult::Failed => Verdict::Count(check.suspected),
+            ConnectResult::Inconclusive => {
+                self.inconclusive += n;
+                Verdict::Inconclusive(check.suspected)
+            }
         })
+    }
+
+    /// The kernel counted `n` confirmed timeouts.
+    pub fn counted(&mut self, n: u32) {
+        self.confirmed += u64::from(n);
     }
 
     /// Checks running now.
@@ -113,9 +130,22 @@ mod tests {
         assert!(!t.suspect(7, at(1)));
         assert!(t.suspect(8, at(2)), "another backend gets its own check");
         assert_eq!(t.running(), 2);
-        assert_eq!(t.checked(7, at(1), false), Some(Verdict::Count(3)));
-        assert_eq!(t.checked(8, at(2), true), Some(Verdict::Dismiss(1)));
+        assert_eq!(
+            t.checked(7, at(1), ConnectResult::Failed),
+            Some(Verdict::Count(3))
+        );
+        t.counted(3);
+        assert_eq!(
+            t.checked(8, at(2), ConnectResult::Accepted),
+            Some(Verdict::Dismiss(1))
+        );
         assert_eq!((t.confirmed, t.dismissed), (3, 1));
+        assert!(t.suspect(9, at(3)));
+        assert_eq!(
+            t.checked(9, at(3), ConnectResult::Inconclusive),
+            Some(Verdict::Inconclusive(1))
+        );
+        assert_eq!((t.confirmed, t.dismissed, t.inconclusive), (3, 1, 1));
         assert_eq!(t.running(), 0);
         assert!(t.suspect(7, at(1)), "a later suspicion starts a new check");
     }
@@ -126,9 +156,20 @@ mod tests {
         assert!(t.suspect(7, at(1)));
         // Id 7 now names another endpoint, whose own suspicion starts its own check.
         assert!(t.suspect(7, at(2)));
-        assert_eq!(t.checked(7, at(1), false), None, "the old endpoint's check");
-        assert_eq!(t.checked(7, at(2), true), Some(Verdict::Dismiss(1)));
-        assert_eq!(t.checked(7, at(2), true), None, "each check decides once");
+        assert_eq!(
+            t.checked(7, at(1), ConnectResult::Failed),
+            None,
+            "the old endpoint's check"
+        );
+        assert_eq!(
+            t.checked(7, at(2), ConnectResult::Accepted),
+            Some(Verdict::Dismiss(1))
+        );
+        assert_eq!(
+            t.checked(7, at(2), ConnectResult::Accepted),
+            None,
+            "each check decides once"
+        );
         assert_eq!((t.confirmed, t.dismissed), (0, 1));
     }
 }

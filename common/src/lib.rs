@@ -23,7 +23,7 @@ pub mod map_names {
     pub const DROPS: &str = "GS_DROPS";
     pub const SETTINGS: &str = "GS_SETTINGS";
     pub const SERVICE_STATE: &str = "GS_SERVICE_STATE";
-    pub const EVENTS: &str = "GS_EVENTS";
+    pub const EVENTS: &str = "GS_KERNEL_EVENTS";
     pub const SERVICE_CONFIG: &str = "GS_SERVICE_CONFIG";
     pub const CT_STATS: &str = "GS_CT_STATS";
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
@@ -293,9 +293,10 @@ pub struct KernelEvent {
 }
 const _: () = assert!(core::mem::size_of::<KernelEvent>() == 40);
 
-/// What [`program_names::COUNT_TIMEOUTS`] reads after an Ethernet header: one confirmed
-/// connect timeout of this backend. The endpoint is checked against the backend id, which may
-/// have been reused since the agent looked it up.
+/// What [`program_names::COUNT_TIMEOUTS`] reads after an Ethernet header: the verdict of the
+/// agent's own connection on this backend's suspected connect timeouts (`TIMEOUT_*`). The
+/// endpoint is checked against the backend id, which may have been reused since the agent
+/// looked it up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TimeoutCount {
@@ -303,8 +304,15 @@ pub struct TimeoutCount {
     /// Network byte order, as in [`Backend`].
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    pub verdict: u16,
 }
+/// [`TimeoutCount::verdict`]: the agent's connection failed too; count one connect failure per
+/// run of the program.
+pub const TIMEOUT_CONFIRMED: u16 = 0;
+/// [`TimeoutCount::verdict`]: the backend accepted the agent's connection. It counts as an
+/// accepted connection ([`BackendState::last_accept_ns`]), so SYNs sent before it can no longer
+/// raise suspicions: forged ones cost one check per connect timeout, not one each.
+pub const TIMEOUT_DISMISSED: u16 = 1;
 const _: () = assert!(core::mem::size_of::<TimeoutCount>() == 12);
 /// [`program_names::COUNT_TIMEOUTS`] returns this when it counted, anything else when the
 /// backend id no longer names that endpoint.

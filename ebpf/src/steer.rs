@@ -76,8 +76,8 @@ use geosteer_common::{
     FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent, MAGLEV_TABLE_SIZE,
     MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
     PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TimeoutCount,
-    TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED,
+    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -120,7 +120,7 @@ static SERVICE_STATE: Array<ServiceState> = Array::with_max_entries(DEFAULT_MAX_
 #[map(name = "GS_SERVICE_CONFIG")]
 static SERVICE_CONFIG: Array<ServiceConfig> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Kernel → agent notifications (ejections).
-#[map(name = "GS_EVENTS")]
+#[map(name = "GS_KERNEL_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[map(name = "GS_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -278,13 +278,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         // meets a RST from its new backend, which makes the client reconnect.) The old reply
         // entry goes, so a late packet from the previous backend is not reverse-NATed into
         // the new flow.
-        let _ = CONNTRACK.remove(&reply_key(
-            entry.nat_addr,
-            entry.nat_port,
-            flow.saddr,
-            flow.sport,
-            flow.proto,
-        ));
+        remove_own_reply_half(flow, entry.nat_addr, entry.nat_port);
     }
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let Some((backend_id, backend)) = choose(&service, flow, config.affinity_timeout_s, now) else {
@@ -376,8 +370,12 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
     let other_key = FlowKey::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
     // SAFETY: as above.
     match unsafe { CONNTRACK.get(&other_key) } {
+        // Its partner (an original re-steered elsewhere leaves an orphan), and still open.
         Some(original) => {
-            original.tcp_state != TCP_CLOSED && !(original.fin_seen != 0 && reply_fin != 0)
+            original.nat_addr == reply_key.saddr
+                && original.nat_port == reply_key.sport
+                && original.tcp_state != TCP_CLOSED
+                && !(original.fin_seen != 0 && reply_fin != 0)
         }
         None => false,
     }
@@ -651,15 +649,36 @@ fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
     if entry.fin_seen == 0 {
         return false;
     }
-    let key = reply_key(
-        entry.nat_addr,
-        entry.nat_port,
-        flow.saddr,
-        flow.sport,
-        flow.proto,
-    );
-    // SAFETY: read-only lookup of a plain value.
-    unsafe { CONNTRACK.get(&key) }.is_some_and(|reply| reply.fin_seen != 0)
+    own_reply_half(flow, entry.nat_addr, entry.nat_port)
+        // SAFETY: a live LRU value; one byte read.
+        .is_some_and(|reply| unsafe { (*reply).fin_seen } != 0)
+}
+
+/// This flow's reply half (client `flow.saddr:sport` through `flow.daddr:dport`, translated
+/// to `backend:backend_port`). The entry under its key can be another flow's: one of the same
+/// client port through another VIP that took the tuple over after this one ended.
+#[inline(always)]
+fn own_reply_half(flow: &Flow, backend: u32, backend_port: u16) -> Option<*mut FlowValue> {
+    let key = reply_key(backend, backend_port, flow.saddr, flow.sport, flow.proto);
+    let reply = CONNTRACK.get_ptr_mut(&key)?;
+    // SAFETY: a live LRU value; two plain fields read.
+    let ours = unsafe { (*reply).nat_addr == flow.daddr && (*reply).nat_port == flow.dport };
+    ours.then_some(reply)
+}
+
+/// Removes this flow's reply half, and only its own (see [`own_reply_half`]): a live flow of
+/// another VIP may own the key. Not inlined: its key would take stack from the request path.
+#[inline(never)]
+fn remove_own_reply_half(flow: &Flow, backend: u32, backend_port: u16) {
+    if own_reply_half(flow, backend, backend_port).is_some() {
+        let _ = CONNTRACK.remove(&reply_key(
+            backend,
+            backend_port,
+            flow.saddr,
+            flow.sport,
+            flow.proto,
+        ));
+    }
 }
 
 /// Request-direction TCP bookkeeping of a tracked flow: close flags, connect timer, and the
@@ -722,14 +741,16 @@ fn advance_seq_nxt(end: u32, entry: &mut FlowValue) {
     }
 }
 
-/// How far from its sender's next sequence number a RST may be and still end the flow. A
-/// sender's own RST carries its next sequence number (or, answering a segment, the
-/// acknowledgement in it, which trails by what is in flight); the slack covers that and
-/// segments lost before this hook. An off-path spoofer must guess within it: about 1 in 2,000.
+/// How far from the client's next sequence number its RST may be and still end the flow. The
+/// client's own RST carries its next sequence number (or, answering a segment, the
+/// acknowledgement in it, which trails by what is in flight); this hook sits next to the
+/// client, so nothing is lost before it. An off-path spoofer must guess within it: about 1 in
+/// 2,000. (Backend RSTs are not checked: a backend that restarted answers with the client's
+/// acknowledgement, which on a long path can trail by more than this.)
 const RST_WINDOW: u32 = 1 << 20;
 
-/// Whether a RST is plausibly its sender's (RFC 5961 makes endpoints check the same; a RST
-/// the backend would ignore must not end our flow either). Unknown position: accepted.
+/// Whether a client RST is plausibly the client's (RFC 5961 makes endpoints check the same; a
+/// RST the backend would ignore must not end our flow either). Unknown position: accepted.
 fn rst_in_window(flow: &Flow, entry: &FlowValue) -> bool {
     if entry.seq_nxt_known == 0 {
         return true;
@@ -803,9 +824,10 @@ fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
     );
 }
 
-/// A connect timeout the agent confirmed (see [`check_syn_retransmit`]): counted as every
-/// other connect failure is, with the same atomic bookkeeping. Returns [`TIMEOUT_COUNTED`], or
-/// 1 when the backend id no longer names that endpoint (removed, or reused since).
+/// The agent's verdict on a suspected connect timeout (see [`check_syn_retransmit`]): one it
+/// confirmed counts as every other connect failure does, with the same atomic bookkeeping; a
+/// dismissal counts as an accepted connection. Returns [`TIMEOUT_COUNTED`], or 1 when the
+/// backend id no longer names that endpoint (removed, or reused since).
 pub fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
     let Some(backend) = BACKENDS.get(request.backend_id) else {
         return 1;
@@ -815,6 +837,13 @@ pub fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
         || backend.port != request.port
     {
         return 1;
+    }
+    if request.verdict == TIMEOUT_DISMISSED {
+        if let Some(state) = BACKEND_STATE.get_ptr_mut(request.backend_id) {
+            // SAFETY: an aligned 8-byte field of a live map value: a single store.
+            unsafe { core::ptr::write_volatile(&raw mut (*state).last_accept_ns, now_ns()) };
+        }
+        return TIMEOUT_COUNTED;
     }
     connect_failure(request.backend_id);
     TIMEOUT_COUNTED
@@ -835,13 +864,7 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
     if entry.app_protocol == APP_PROTOCOL_HTTP1 && !starts_request {
         return false; // a request body, or a request line's continuation
     }
-    let Some(reply) = CONNTRACK.get_ptr_mut(&reply_key(
-        entry.nat_addr,
-        entry.nat_port,
-        flow.saddr,
-        flow.sport,
-        flow.proto,
-    )) else {
+    let Some(reply) = own_reply_half(flow, entry.nat_addr, entry.nat_port) else {
         return false;
     };
     // SAFETY: LRU map value valid for this run; plain data.
@@ -869,13 +892,12 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
         }
     }
     // Drain only where a new exchange begins: the previous response is complete (nothing in
-    // flight from the backend, its last write ended, nothing awaited) and this is not a retransmission of the last
+    // flight from the backend, nothing awaited) and this is not a retransmission of the last
     // request, which the backend may already be executing.
     if starts_request
         && reply.http_state == HTTP_IDLE
         && reply.seq_nxt_known != 0
         && reply.seq_nxt == flow.ack
-        && reply.resp_seq == reply.seq_nxt
         && flow.seq != reply.req_seq
         && drains(entry)
     {
@@ -889,8 +911,10 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
 /// backend has nothing else in flight. Otherwise (pipelining, a response still arriving) the
 /// boundary is unknown: skipped and counted, never guessed.
 fn arm_response(flow: &Flow, reply: &mut FlowValue) {
-    if flow.seq == reply.req_seq && flow.ack == reply.resp_seq {
-        return; // a retransmission of the request that armed the awaited (or read) response
+    if flow.seq == reply.req_seq {
+        // A retransmission of the request that armed the awaited (or read) response: requests
+        // carry bytes, so a new one never starts where the last one did.
+        return;
     }
     if reply.seq_nxt_known == 0 {
         count_http_skipped(reply.backend_id);
@@ -1142,9 +1166,6 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         if original.tcp_state == TCP_SYN_SENT && !answers_syn {
             return; // not acceptable in SYN-SENT (RFC 9293 3.10.7.3): the attempt goes on
         }
-        if original.tcp_state != TCP_SYN_SENT && !rst_in_window(flow, reply) {
-            return; // nowhere near the backend's sequence: not the backend's RST
-        }
         if original.tcp_state == TCP_SYN_SENT {
             if original.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED == 0 {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
@@ -1186,9 +1207,16 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 /// segment holds the awaited response start.
 fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
-    // (Unknown before: a flow first seen mid-stream. Every reply byte passes here, so the
-    // highest seen from now on is the backend's next sequence number.)
-    advance_seq_nxt(end, reply);
+    if reply.seq_nxt_known == 0 {
+        // A flow first seen mid-stream: every reply byte passes here, so the highest seen from
+        // now on is the backend's next sequence number.
+        reply.seq_nxt = end;
+        reply.seq_nxt_known = 1;
+    } else if (end.wrapping_sub(reply.seq_nxt) as i32) > 0 {
+        // Unbounded, unlike the client's: a backend's stream may arrive here after a large
+        // loss on a long path, and response starts are armed against this number.
+        reply.seq_nxt = end;
+    }
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
         set_opaque(flow, reply);

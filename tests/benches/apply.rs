@@ -452,6 +452,9 @@ impl Dataplane for Counting {
         self.maps
             .count_connect_timeouts(backend_id, addr, port, count)
     }
+    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+        self.maps.dismiss_connect_timeouts(backend_id, addr, port)
+    }
     fn sweep_flows(
         &mut self,
         now_ns: u64,

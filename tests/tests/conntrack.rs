@@ -189,3 +189,30 @@ fn a_client_port_reused_toward_another_vip_of_the_same_backend_waits_for_the_fir
     assert_eq!((verify(&out).src, verify(&out).sport), (vip2, VPORT));
     assert_eq!(rig.drops(geosteer_common::DropReason::TupleInUse), 1);
 }
+
+/// A flow re-steered on its tuple removes its old reply half only if that half is still its
+/// own: after a clash resolved, the key may belong to a live flow of another VIP, whose replies
+/// must keep their VIP.
+#[test]
+fn a_flow_steered_anew_leaves_another_vips_reply_half_alone() {
+    let mut rig = Rig::new();
+    let vip2 = std::net::Ipv4Addr::new(198, 19, 0, 11);
+    rig.set_services(&[
+        (VIP, VPORT, geosteer_common::PROTO_TCP, &[1]),
+        (vip2, VPORT, geosteer_common::PROTO_TCP, &[1]),
+    ]);
+    let port = 56100;
+    // A flow through vip2 ends by the client's RST; its entries stay for the closing timeout.
+    rig.ingress(&Pkt::tcp(CLIENT, port, vip2, VPORT, SYN).with_seq(1_000, 0));
+    rig.egress(&Pkt::tcp(BACKENDS[0], TPORT, CLIENT, port, SYN | ACK).with_seq(50, 1_001));
+    rig.ingress(&Pkt::tcp(CLIENT, port, vip2, VPORT, RST).with_seq(1_001, 0));
+    // The same port through VIP takes the translated tuple over.
+    let mut conn = Conn::open(&mut rig, port);
+    // A new SYN through vip2 (its old flow closed, so steered anew) must wait, not remove the
+    // VIP flow's reply half.
+    let (rc, _) = rig.ingress(&Pkt::tcp(CLIENT, port, vip2, VPORT, SYN).with_seq(90_000, 0));
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(rig.drops(geosteer_common::DropReason::TupleInUse), 1);
+    let (_, out) = conn.reply(&mut rig, OK_200);
+    assert_eq!((verify(&out).src, verify(&out).sport), (VIP, VPORT));
+}

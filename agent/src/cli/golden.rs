@@ -250,6 +250,7 @@ fn agent_state() -> AgentState {
         connect_timeouts: crate::state::ConnectTimeoutInfo {
             confirmed: 2,
             dismissed: 5,
+            inconclusive: 0,
         },
         memory: crate::memory::MemoryPlan {
             possible_cpus: 2,

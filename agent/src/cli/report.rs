@@ -192,8 +192,8 @@ impl Render for StatusReport {
                 "timeouts",
                 format!(
                     "connect timeouts: {} counted (the agent's own connect failed too), {} \
-                     dismissed (the backend accepted it)",
-                    t.confirmed, t.dismissed
+                     dismissed (the backend accepted it), {} inconclusive",
+                    t.confirmed, t.dismissed, t.inconclusive
                 ),
             ));
         }

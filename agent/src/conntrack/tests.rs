@@ -1,4 +1,3 @@
-
 use std::collections::BTreeMap;
 
 use geosteer_common::{APP_PROTOCOL_OPAQUE, PROTO_UDP, TCP_ESTABLISHED, TCP_MIDSTREAM};

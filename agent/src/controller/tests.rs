@@ -147,7 +147,7 @@ fn suspected_connect_timeouts_count_only_when_the_agents_connect_fails_too() {
     assert_eq!(controller.on_connect_timeout(9999), None, "unknown id");
     dp.take_log();
     controller
-        .on_connect_check(&mut dp, hz1, endpoint, false)
+        .on_connect_check(&mut dp, hz1, endpoint, ConnectResult::Failed)
         .unwrap();
     assert_eq!(
         dp.take_log(),
@@ -159,9 +159,12 @@ fn suspected_connect_timeouts_count_only_when_the_agents_connect_fails_too() {
     // Dismissed: the backend accepted the agent's connection.
     assert_eq!(controller.on_connect_timeout(hz1), Some(endpoint));
     controller
-        .on_connect_check(&mut dp, hz1, endpoint, true)
+        .on_connect_check(&mut dp, hz1, endpoint, ConnectResult::Accepted)
         .unwrap();
-    assert_eq!(dp.take_log(), []);
+    assert_eq!(
+        dp.take_log(),
+        [Write::DismissConnectTimeouts { backend_id: hz1 }]
+    );
     assert_eq!(
         (
             controller.connect_timeouts.confirmed,
@@ -175,9 +178,16 @@ fn suspected_connect_timeouts_count_only_when_the_agents_connect_fails_too() {
     assert!(said[1].contains("not counted"));
     // A late answer about a check nobody runs decides nothing.
     controller
-        .on_connect_check(&mut dp, hz1, endpoint, false)
+        .on_connect_check(&mut dp, hz1, endpoint, ConnectResult::Failed)
         .unwrap();
     assert_eq!(dp.take_log(), []);
+    // A connection that failed on this node counts nothing either way.
+    assert_eq!(controller.on_connect_timeout(hz1), Some(endpoint));
+    controller
+        .on_connect_check(&mut dp, hz1, endpoint, ConnectResult::Inconclusive)
+        .unwrap();
+    assert_eq!(dp.take_log(), []);
+    assert_eq!(controller.connect_timeouts.inconclusive, 1);
 }
 
 #[test]

@@ -35,6 +35,9 @@ pub enum Write {
         backend_id: u32,
         count: u32,
     },
+    DismissConnectTimeouts {
+        backend_id: u32,
+    },
 }
 
 #[derive(Default)]
@@ -174,6 +177,16 @@ impl Dataplane for MemoryDataplane {
         if matches {
             self.log
                 .push(Write::CountConnectTimeouts { backend_id, count });
+        }
+        Ok(matches)
+    }
+
+    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+        let matches = self.backends.get(&backend_id).is_some_and(|b| {
+            b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port
+        });
+        if matches {
+            self.log.push(Write::DismissConnectTimeouts { backend_id });
         }
         Ok(matches)
     }

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const REGION: &str = "topology.kubernetes.io/region";

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn policy(yaml: &str) -> TrafficPolicy {
