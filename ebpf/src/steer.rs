@@ -363,23 +363,43 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
     let Some(other) = (unsafe { CONNTRACK.get(reply_key) }) else {
         return false;
     };
-    let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
+    let (vip, vport, reply_fin, reply_seen) = (
+        other.nat_addr,
+        other.nat_port,
+        other.fin_seen,
+        other.last_seen_ns,
+    );
     if vip == flow.daddr && vport == flow.dport {
         return false; // this flow's own (a SYN on a closed tuple, steered anew)
     }
     let other_key = FlowKey::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
     // SAFETY: as above.
-    match unsafe { CONNTRACK.get(&other_key) } {
-        // Its partner (an original re-steered elsewhere leaves an orphan), and still open.
-        Some(original) => {
-            original.nat_addr == reply_key.saddr
-                && original.nat_port == reply_key.sport
-                && original.tcp_state != TCP_CLOSED
-                && !(original.fin_seen != 0 && reply_fin != 0)
+    let Some(original) = (unsafe { CONNTRACK.get(&other_key) }) else {
+        return false;
+    };
+    // Its partner (an original re-steered elsewhere leaves an orphan), and still open.
+    if original.nat_addr != reply_key.saddr || original.nat_port != reply_key.sport {
+        return false;
+    }
+    let now = now_ns();
+    match original.tcp_state {
+        TCP_CLOSED => false,
+        // An attempt still unanswered after a few SYNs is failing; the client may well have
+        // given up on it and reused the port.
+        TCP_SYN_SENT => now.saturating_sub(original.created_ns) < TUPLE_HOLD_SYN_SENT_NS,
+        // Seen mid-stream only (a stray segment can make one): open while it carries traffic.
+        TCP_MIDSTREAM => {
+            now.saturating_sub(original.last_seen_ns.max(reply_seen)) < TUPLE_HOLD_MIDSTREAM_NS
         }
-        None => false,
+        _ => !(original.fin_seen != 0 && reply_fin != 0),
     }
 }
+
+/// How long an unanswered connection attempt through one VIP holds its translated tuple
+/// against another VIP's ([`translated_tuple_in_use`]).
+const TUPLE_HOLD_SYN_SENT_NS: u64 = 3_000_000_000;
+/// How long a flow first seen mid-stream holds its translated tuple after its last packet.
+const TUPLE_HOLD_MIDSTREAM_NS: u64 = 10_000_000_000;
 
 /// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
 /// other fragments (which carry no ports) get the same. `saddr`, `daddr` as the first fragment
