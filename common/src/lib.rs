@@ -376,6 +376,11 @@ pub const TCP_MIDSTREAM: u8 = 4;
 
 /// `FlowValue::flags`: a connect failure has been counted for this flow already.
 pub const FLOW_FLAG_CONNECT_FAILURE_COUNTED: u8 = 1;
+/// Original entry: this connection's SYN reused the tuple of an earlier one still tracked here.
+/// Its refusal proves nothing: a backend still holding the earlier (half-open) connection
+/// answers the new SYN with a RST, and a client can arrange exactly that (open, close our state
+/// with a RST the backend drops, reopen), so it is not counted.
+pub const FLOW_FLAG_REUSED_TUPLE: u8 = 2;
 /// The connect succeeded while the protocol was still being detected: counted as a success once
 /// the flow turns out to be opaque TCP (an HTTP flow's successes are its responses).
 pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;

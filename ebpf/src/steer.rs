@@ -72,12 +72,12 @@ use geosteer_common::{
     BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
     DropReason, EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
-    FLOW_FLAG_CONNECT_OK_PENDING, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue,
-    FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
-    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED,
-    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    FLOW_FLAG_CONNECT_OK_PENDING, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE,
+    FlowKey, FlowValue, FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN,
+    PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED,
+    TIMEOUT_DISMISSED, TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -260,7 +260,12 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
         // SAFETY: LRU map values stay valid during the program run; fields are plain data.
         let entry = unsafe { &mut *entry };
-        if !must_resteer(flow, entry, now) {
+        let resteer = must_resteer(flow, entry, now)
+            || (flow.proto == PROTO_TCP
+                && is_pure_syn(flow.tcp_flags)
+                && entry.tcp_state == TCP_ESTABLISHED
+                && closed_both_ways(flow, entry));
+        if !resteer {
             entry.last_seen_ns = now;
             let drained = flow.proto == PROTO_TCP && track_request(flow, entry, bytes, now);
             if !drained {
@@ -291,6 +296,9 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         0
     } else if is_pure_syn(flow.tcp_flags) {
         TCP_SYN_SENT
+    } else if flow.tcp_flags & TCP_RST != 0 {
+        // A stray RST (its flow already gone here): nothing open, nothing to hold.
+        TCP_CLOSED
     } else {
         // Mid-stream without conntrack (evicted entry, restart without pins) or odd flags
         // (SYN|FIN is no connection attempt): Maglev gives the same backend as before if the
@@ -309,6 +317,13 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         nat_addr: backend.addr,
         nat_port: backend.port,
         tcp_state,
+        // The entry this one replaces, if any, is still there until the insert below.
+        // SAFETY: read-only lookup.
+        flags: if unsafe { CONNTRACK.get(&ct_key) }.is_some() {
+            FLOW_FLAG_REUSED_TUPLE
+        } else {
+            0
+        },
         created_ns: now,
         last_seen_ns: now,
         app_protocol,
@@ -381,25 +396,8 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
     if original.nat_addr != reply_key.saddr || original.nat_port != reply_key.sport {
         return false;
     }
-    let now = now_ns();
-    match original.tcp_state {
-        TCP_CLOSED => false,
-        // An attempt still unanswered after a few SYNs is failing; the client may well have
-        // given up on it and reused the port.
-        TCP_SYN_SENT => now.saturating_sub(original.created_ns) < TUPLE_HOLD_SYN_SENT_NS,
-        // Seen mid-stream only (a stray segment can make one): open while it carries traffic.
-        TCP_MIDSTREAM => {
-            now.saturating_sub(original.last_seen_ns.max(reply_seen)) < TUPLE_HOLD_MIDSTREAM_NS
-        }
-        _ => !(original.fin_seen != 0 && reply_fin != 0),
-    }
+    original.tcp_state != TCP_CLOSED && !(original.fin_seen != 0 && reply_fin != 0)
 }
-
-/// How long an unanswered connection attempt through one VIP holds its translated tuple
-/// against another VIP's ([`translated_tuple_in_use`]).
-const TUPLE_HOLD_SYN_SENT_NS: u64 = 3_000_000_000;
-/// How long a flow first seen mid-stream holds its translated tuple after its last packet.
-const TUPLE_HOLD_MIDSTREAM_NS: u64 = 10_000_000_000;
 
 /// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
 /// other fragments (which carry no ports) get the same. `saddr`, `daddr` as the first fragment
@@ -659,19 +657,35 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
     }
     match entry.tcp_state {
         TCP_SYN_SENT => out_of_rotation(entry.backend_id, backend),
-        TCP_ESTABLISHED => closed_both_ways(flow, entry),
+        // Over once closed both ways: see `closed_both_ways`, which the caller asks (called
+        // from here its key would not fit this function's stack).
+        TCP_ESTABLISHED => false,
         _ => true,
     }
 }
 
-/// Both directions sent their FIN: the connection is over and its tuple free for reuse.
+/// Both directions sent their FIN (or the same client port through another VIP took the
+/// tuple over): the connection is over and its tuple free for reuse. Not inlined: its key
+/// would take stack from the request path.
+#[inline(never)]
 fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
     if entry.fin_seen == 0 {
         return false;
     }
-    own_reply_half(flow, entry.nat_addr, entry.nat_port)
-        // SAFETY: a live LRU value; one byte read.
-        .is_some_and(|reply| unsafe { (*reply).fin_seen } != 0)
+    let key = reply_key(
+        entry.nat_addr,
+        entry.nat_port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    );
+    // SAFETY: read-only lookup of a plain value.
+    match unsafe { CONNTRACK.get(&key) } {
+        // Taken over by the same client port through another VIP: this flow is over.
+        Some(reply) if reply.nat_addr != flow.daddr || reply.nat_port != flow.dport => true,
+        Some(reply) => reply.fin_seen != 0,
+        None => false,
+    }
 }
 
 /// This flow's reply half (client `flow.saddr:sport` through `flow.daddr:dport`, translated
@@ -768,6 +782,9 @@ fn advance_seq_nxt(end: u32, entry: &mut FlowValue) {
 /// 2,000. (Backend RSTs are not checked: a backend that restarted answers with the client's
 /// acknowledgement, which on a long path can trail by more than this.)
 const RST_WINDOW: u32 = 1 << 20;
+
+/// Furthest a backend's segment may end past its next sequence number and still advance it.
+const REPLY_JUMP_LIMIT: u32 = 64 << 20;
 
 /// Whether a client RST is plausibly the client's (RFC 5961 makes endpoints check the same; a
 /// RST the backend would ignore must not end our flow either). Unknown position: accepted.
@@ -1187,7 +1204,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             return; // not acceptable in SYN-SENT (RFC 9293 3.10.7.3): the attempt goes on
         }
         if original.tcp_state == TCP_SYN_SENT {
-            if original.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED == 0 {
+            if original.flags & (FLOW_FLAG_CONNECT_FAILURE_COUNTED | FLOW_FLAG_REUSED_TUPLE) == 0 {
                 original.flags |= FLOW_FLAG_CONNECT_FAILURE_COUNTED;
                 connect_failure(reply.backend_id);
             }
@@ -1232,10 +1249,15 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
         // now on is the backend's next sequence number.
         reply.seq_nxt = end;
         reply.seq_nxt_known = 1;
-    } else if (end.wrapping_sub(reply.seq_nxt) as i32) > 0 {
-        // Unbounded, unlike the client's: a backend's stream may arrive here after a large
-        // loss on a long path, and response starts are armed against this number.
-        reply.seq_nxt = end;
+    } else {
+        // Bounded far more loosely than the client's: a backend's stream may arrive here after
+        // a large loss on a long path; a stray segment (a late one of an earlier connection on
+        // the tuple) must still not carry it out of reach, or no response start would ever be
+        // armed again.
+        let ahead = end.wrapping_sub(reply.seq_nxt);
+        if ahead != 0 && ahead <= REPLY_JUMP_LIMIT {
+            reply.seq_nxt = end;
+        }
     }
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.

@@ -763,3 +763,26 @@ fn a_response_paused_by_the_clients_window_arms_nothing() {
     conn.exchange(&mut rig, UNAVAILABLE_503);
     assert_eq!(runs(&rig, conn.backend), (1, 1));
 }
+
+/// A refusal proves something only on a fresh tuple. A client can open a connection, close our
+/// state with a RST the backend ignores (a bad checksum, a sequence outside the backend's
+/// window), and SYN again on the same tuple: the backend, still holding the half-open
+/// connection, answers with a RST that acknowledges the new SYN. Not counted.
+#[test]
+fn a_refusal_on_a_reused_tuple_is_not_counted() {
+    let mut rig = Rig::with_settings(http());
+    let (_, out) = rig.ingress(&syn(55900).with_seq(1_000, 0));
+    let backend = verify(&out).dst;
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 55900, SYN | ACK).with_seq(40, 1_001));
+    rig.ingress(&Pkt::tcp(CLIENT, 55900, VIP, VPORT, RST).with_seq(1_001, 0));
+    let (_, out) = rig.ingress(&syn(55900).with_seq(1_001, 0));
+    assert_eq!(verify(&out).dst, backend, "the same backend again");
+    rig.egress(&Pkt::tcp(backend, TPORT, CLIENT, 55900, RST | ACK).with_seq(0, 1_002));
+    assert_eq!(rig.counters(backend).connect_failures, 0);
+    assert_eq!(runs(&rig, backend), (0, 0));
+    // On a fresh tuple the same answer is a refusal.
+    let (_, out) = rig.ingress(&syn(55901).with_seq(2_000, 0));
+    let other = verify(&out).dst;
+    rig.egress(&refusal(other, 55901).with_seq(0, 2_001));
+    assert_eq!(rig.counters(other).connect_failures, 1);
+}
