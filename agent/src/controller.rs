@@ -416,13 +416,23 @@ impl Controller {
                 0
             }
         };
-        let backend = |e: &EndpointModel, weight: u32, flags: u8| DesiredBackend {
+        // Each endpoint's priority level, for Maglev to apportion level by level.
+        let mut level = vec![0u32; service.endpoints.len()];
+        for p in &output.priorities {
+            for &i in &p.endpoints {
+                if let Some(l) = level.get_mut(i) {
+                    *l = p.level as u32;
+                }
+            }
+        }
+        let backend = |e: &EndpointModel, weight: u32, flags: u8, group: u32| DesiredBackend {
             addr: u32::from(e.ip).to_be(),
             port: e.port.to_be(),
             weight,
             eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
             eject_after_gateway: od.map_or(0, |od| limit(od.consecutive_gateway_errors)),
             flags,
+            group,
         };
         DesiredService {
             name: service.name.clone(),
@@ -431,7 +441,8 @@ impl Controller {
                 .endpoints
                 .iter()
                 .zip(weights)
-                .map(|(e, weight)| backend(e, weight, flags(e)))
+                .zip(&level)
+                .map(|((e, weight), &group)| backend(e, weight, flags(e), group))
                 // Leaving endpoints: no slot in the table, so no new flow; their open flows
                 // are left alone (not drained nor reset: a terminating pod closes its own
                 // connections as it shuts down gracefully, as Envoy leaves a draining host's).
@@ -440,7 +451,7 @@ impl Controller {
                         .draining
                         .iter()
                         .filter(|d| !service.endpoints.iter().any(|e| e.ip == d.ip))
-                        .map(|e| backend(e, 0, 0)),
+                        .map(|e| backend(e, 0, 0, 0)),
                 )
                 .collect(),
             settings: ServiceSettings {

@@ -16,6 +16,10 @@ pub struct MaglevBackend<'a> {
     pub name: &'a str,
     /// Relative share of the table. Weight 0 means drained: no slots at all.
     pub weight: u32,
+    /// Slots are apportioned to groups first (by their members' summed weight), then within
+    /// each group: a group whose share is a slot or more gets one even when each of its members'
+    /// is a fraction of one (a lower priority level spread over many endpoints).
+    pub group: u32,
 }
 
 /// Builds a lookup table of `size` entries; each entry is an index into `backends`.
@@ -43,8 +47,7 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
         backends.len()
     );
 
-    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
-    if total_weight == 0 {
+    if backends.iter().all(|b| b.weight == 0) {
         return Vec::new();
     }
 
@@ -55,30 +58,41 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
         .collect();
     order.sort_by(|&a, &b| backends[a].name.cmp(backends[b].name).then(a.cmp(&b)));
 
-    // Each backend's slot count first: its exact share of the table, floored, and the slots
-    // that leaves over to the largest remainders (ties in name order). Every backend is within
-    // one slot of its share, and one whose share is a slot or more never gets none — a
-    // turn-taking rule on the raw weights rounds the lightest backends of a large table to
-    // nothing (100 endpoints sharing 0.6% of it got 0 slots instead of 98).
-    let size_u64 = size as u64;
-    let mut quotas: Vec<(usize, u64, u64)> = order
-        .iter()
-        .map(|&i| {
-            let exact = u64::from(backends[i].weight) * size_u64;
-            (i, exact / total_weight, exact % total_weight)
-        })
-        .collect();
-    let assigned: u64 = quotas.iter().map(|q| q.1).sum();
-    let mut by_remainder: Vec<usize> = (0..quotas.len()).collect();
-    by_remainder.sort_by(|&a, &b| quotas[b].2.cmp(&quotas[a].2).then(a.cmp(&b)));
-    for &q in by_remainder.iter().take((size_u64 - assigned) as usize) {
-        quotas[q].1 += 1;
+    // Each backend's slot count first, by largest remainder: each group (see
+    // [`MaglevBackend::group`]) gets its exact share of the table floored and the slots that
+    // leaves over go to the largest remainders (ties in order of the first member's name);
+    // then each group's count is shared among its members the same way. Every group and every
+    // backend is within one slot of its share, so a share of a slot or more never rounds to
+    // nothing (a turn-taking rule on the raw weights gave 100 endpoints sharing 0.6% of the
+    // table 0 slots instead of 98).
+    let mut groups: Vec<(u32, u64)> = Vec::new(); // (group, summed weight), first-seen order
+    for &i in &order {
+        let b = &backends[i];
+        match groups.iter_mut().find(|(g, _)| *g == b.group) {
+            Some((_, w)) => *w += u64::from(b.weight),
+            None => groups.push((b.group, u64::from(b.weight))),
+        }
+    }
+    let weights: Vec<u64> = groups.iter().map(|&(_, w)| w).collect();
+    let group_quotas = apportion(&weights, size as u64);
+    let mut quotas: Vec<(usize, u64)> = Vec::with_capacity(order.len());
+    for (&(group, _), &group_quota) in groups.iter().zip(&group_quotas) {
+        let members: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| backends[i].group == group)
+            .collect();
+        let weights: Vec<u64> = members
+            .iter()
+            .map(|&i| u64::from(backends[i].weight))
+            .collect();
+        quotas.extend(members.into_iter().zip(apportion(&weights, group_quota)));
     }
 
     let mut cursors: Vec<Cursor> = quotas
         .iter()
         .filter(|q| q.1 > 0)
-        .map(|&(index, quota, _)| Cursor::new(index, &backends[index], quota, size))
+        .map(|&(index, quota)| Cursor::new(index, &backends[index], quota, size))
         .collect();
     let max_quota = cursors.iter().map(|c| c.quota).max().unwrap_or(0);
 
@@ -103,6 +117,33 @@ pub fn build_table(backends: &[MaglevBackend], size: usize) -> Vec<u16> {
             }
         }
     }
+}
+
+/// Splits `total` among `weights` by largest remainder (Hamilton): each gets its exact share
+/// floored, and the units left over go to the largest remainders, ties to the earlier one.
+fn apportion(weights: &[u64], total: u64) -> Vec<u64> {
+    let sum: u64 = weights.iter().sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<(u64, u64)> = weights
+        .iter()
+        .map(|&w| {
+            let scaled = u128::from(w) * u128::from(total);
+            (
+                (scaled / u128::from(sum)) as u64,
+                (scaled % u128::from(sum)) as u64,
+            )
+        })
+        .collect();
+    let mut counts: Vec<u64> = exact.iter().map(|e| e.0).collect();
+    let left = total - counts.iter().sum::<u64>();
+    let mut by_remainder: Vec<usize> = (0..weights.len()).collect();
+    by_remainder.sort_by(|&a, &b| exact[b].1.cmp(&exact[a].1).then(a.cmp(&b)));
+    for &i in by_remainder.iter().take(left as usize) {
+        counts[i] += 1;
+    }
+    counts
 }
 
 /// A backend's walk through its own permutation of the table slots.
@@ -193,7 +234,11 @@ mod tests {
         names
             .iter()
             .zip(weights)
-            .map(|(name, &weight)| MaglevBackend { name, weight })
+            .map(|(name, &weight)| MaglevBackend {
+                name,
+                weight,
+                group: 0,
+            })
             .collect()
     }
 
@@ -318,6 +363,39 @@ mod tests {
             (98..=100).contains(&lower),
             "the lower priority got {lower} slots"
         );
+    }
+
+    /// A group's share (a priority level) survives even when each member's is a fraction of a
+    /// slot: 100 lower-level endpoints owed 17.7 slots between them get 17 or 18, not 0.
+    #[test]
+    fn every_group_is_within_one_slot_of_its_share() {
+        let names = names(171);
+        let input: Vec<MaglevBackend> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| MaglevBackend {
+                name,
+                weight: if i < 71 { 13_000 } else { 10 },
+                group: u32::from(i >= 71),
+            })
+            .collect();
+        let counts = slot_counts(&named_table(&input, M));
+        let lower: usize = names[71..]
+            .iter()
+            .map(|n| counts.get(n.as_str()).copied().unwrap_or(0))
+            .sum();
+        assert!((17..=18).contains(&lower), "the lower level got {lower}");
+        // Without groups each member's 0.18 of a slot rounds away.
+        let ungrouped: Vec<MaglevBackend> = input
+            .iter()
+            .map(|b| MaglevBackend { group: 0, ..*b })
+            .collect();
+        let counts = slot_counts(&named_table(&ungrouped, M));
+        let lower: usize = names[71..]
+            .iter()
+            .map(|n| counts.get(n.as_str()).copied().unwrap_or(0))
+            .sum();
+        assert_eq!(lower, 0);
     }
 
     #[test]

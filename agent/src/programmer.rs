@@ -60,6 +60,9 @@ pub struct DesiredBackend {
     pub eject_after_gateway: u16,
     /// `BACKEND_FLAG_UNROUTABLE` and `BACKEND_FLAG_PANIC` (ACTIVE is the programmer's).
     pub flags: u8,
+    /// Maglev apportions the table to groups first (the policy's priority levels), then to
+    /// each group's members, so a level's share never rounds away with its members'.
+    pub group: u32,
 }
 
 impl DesiredBackend {
@@ -182,6 +185,7 @@ impl Programmer {
                     eject_after_5xx: b.eject_after_5xx,
                     eject_after_gateway: b.eject_after_gateway,
                     flags: b.flags & !BACKEND_FLAG_ACTIVE,
+                    group: 0,
                 };
                 backends.insert((b.addr, b.port), (id, desired));
             }
@@ -605,6 +609,7 @@ pub fn build_service_table(desired: &DesiredService, ids: &[u32]) -> Box<Service
         .map(|(b, name)| MaglevBackend {
             name,
             weight: b.weight,
+            group: b.group,
         })
         .collect();
     let slots = build_table(&maglev, MAGLEV_TABLE_SIZE);

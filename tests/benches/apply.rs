@@ -273,6 +273,7 @@ fn service(i: u32) -> DesiredService {
                 eject_after_5xx: 1,
                 eject_after_gateway: 0,
                 flags: 0,
+                group: 0,
             })
             .collect(),
         settings: Default::default(),

@@ -481,6 +481,7 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
                 eject_after_5xx: 2,
                 eject_after_gateway: 0,
                 flags: 0,
+                group: 0,
             })
             .collect(),
         settings: ServiceSettings {
