@@ -954,6 +954,7 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
         return;
     }
     if reply.seq_nxt_known == 0 {
+        reply.req_seq = flow.seq; // (unarmed, but its retransmission must not drain the flow)
         count_http_skipped(reply.backend_id);
         return;
     }
@@ -969,6 +970,7 @@ fn arm_response(flow: &Flow, reply: &mut FlowValue) {
     // made the backend reflect would otherwise have them read as a status line.)
     if reply.seq_nxt != flow.ack || reply.resp_seq != reply.seq_nxt {
         reply.http_state = HTTP_IDLE;
+        reply.req_seq = flow.seq; // (as above)
         count_http_skipped(reply.backend_id);
         return;
     }

@@ -786,3 +786,25 @@ fn a_refusal_on_a_reused_tuple_is_not_counted() {
     rig.egress(&refusal(other, 55901).with_seq(0, 2_001));
     assert_eq!(rig.counters(other).connect_failures, 1);
 }
+
+/// A request start that armed nothing (the backend had data in flight) is still a request the
+/// backend may be executing: its retransmission, once everything is acknowledged and the
+/// backend ejected, must not drain the flow onto another backend.
+#[test]
+fn a_retransmitted_unarmed_request_is_never_cut() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56300);
+    conn.exchange(&mut rig, OK_200);
+    let acked = conn.backend_seq;
+    conn.reply(&mut rig, b"late bytes");
+    let request = b"POST /order HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    let seq = conn.client_seq;
+    conn.send_acking(&mut rig, request, acked); // data in flight: not armed
+    rig.eject(conn.backend, PROTO_TCP);
+    let (_, out) = rig.ingress(
+        &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+            .with_payload(request)
+            .with_seq(seq, conn.backend_seq),
+    );
+    assert_eq!(verify(&out).dst, conn.backend, "the retransmission was cut");
+}
