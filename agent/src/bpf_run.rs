@@ -1,10 +1,9 @@
 //! `BPF_PROG_TEST_RUN` on a program held by file descriptor. aya runs a program only through
-//! the `Ebpf` object that owns it; the agent keeps a duplicate descriptor of the one program it
-//! runs itself ([`geosteer_common::program_names::COUNT_TIMEOUTS`]) next to its maps.
+//! the object that owns it (and needs `&mut` to it); the agent keeps a duplicate descriptor of
+//! the one program it runs itself ([`geosteer_common::program_names::COUNT_TIMEOUTS`]) next to
+//! its maps, and the packet tests run programs from threads that do not own the object.
 
-use std::os::fd::{AsRawFd as _, BorrowedFd};
-
-use anyhow::{Context as _, Result, ensure};
+use std::os::fd::{AsFd, AsRawFd as _};
 
 /// `union bpf_attr`'s `test` member (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -32,20 +31,42 @@ struct TestRunAttr {
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
-/// Runs the program `repeat` times (at least once) on `frame`; returns the last return value.
-pub fn run(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<u32> {
-    ensure!(
-        frame.len() >= 14,
-        "a test frame holds at least an Ethernet header"
-    );
+/// What one BPF_PROG_TEST_RUN call reports.
+pub struct TestRunOutcome {
+    pub retval: u32,
+    /// Mean ns per execution, as the kernel measured it.
+    pub duration_ns: u32,
+    /// Bytes written into the output buffer.
+    pub out_len: usize,
+}
+
+/// Runs the program once on `data`; returns the output length written into `out`.
+pub fn prog_test_run(prog: &impl AsFd, data: &[u8], out: &mut [u8]) -> std::io::Result<usize> {
+    prog_test_run_repeat(prog, data, out, 1).map(|o| o.out_len)
+}
+
+/// Runs the program `repeat` times (at least once) on `data`. An empty `out` asks for no
+/// output (the kernel would refuse a zero-sized buffer as too small).
+pub fn prog_test_run_repeat(
+    prog: &impl AsFd,
+    data: &[u8],
+    out: &mut [u8],
+    repeat: u32,
+) -> std::io::Result<TestRunOutcome> {
     let mut attr = TestRunAttr {
-        prog_fd: program.as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: data.as_ptr() as u64,
+        data_out: if out.is_empty() {
+            0
+        } else {
+            out.as_mut_ptr() as u64
+        },
         repeat: repeat.max(1),
-        ..TestRunAttr::default()
+        ..Default::default()
     };
-    // SAFETY: the attr points at `frame`, alive and unchanged for the call; no output buffers.
+    // SAFETY: the attr points at `data` and `out`, both alive for the call, with their sizes.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -55,7 +76,11 @@ pub fn run(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<u32> {
         )
     };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+        return Err(std::io::Error::last_os_error());
     }
-    Ok(attr.retval)
+    Ok(TestRunOutcome {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+        out_len: attr.data_size_out as usize,
+    })
 }

@@ -308,8 +308,9 @@ impl BpfMaps {
             .count_timeouts
             .as_ref()
             .context("maps opened from their pins cannot run the timeout program")?;
-        let returned = crate::bpf_run::run(program.as_fd(), &frame, repeat)?;
-        Ok(returned as i32 == geosteer_common::TIMEOUT_COUNTED)
+        let run = crate::bpf_run::prog_test_run_repeat(program, &frame, &mut [], repeat)
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok(run.retval as i32 == geosteer_common::TIMEOUT_COUNTED)
     }
 
     /// A backend's counters: its per-CPU traffic summed, and its shared signal counters.

@@ -12,10 +12,9 @@
 //! 198.19.0.0/16 and are reached through the client's default route.
 
 pub mod agent;
-mod bpf;
 pub mod http;
 
-pub use bpf::{TestRunOutcome, prog_test_run, prog_test_run_repeat};
+pub use geosteer::bpf_run::{TestRunOutcome, prog_test_run, prog_test_run_repeat};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

@@ -66,6 +66,13 @@ impl MemoryDataplane {
         }
     }
 
+    /// Whether `backend_id` is active and names `addr:port`, as the timeout program checks.
+    fn names(&self, backend_id: u32, addr: u32, port: u16) -> bool {
+        self.backends
+            .get(&backend_id)
+            .is_some_and(|b| b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port)
+    }
+
     /// The log so far, emptied.
     pub fn take_log(&mut self) -> Vec<Write> {
         std::mem::take(&mut self.log)
@@ -171,9 +178,7 @@ impl Dataplane for MemoryDataplane {
         port: u16,
         count: u32,
     ) -> Result<bool> {
-        let matches = self.backends.get(&backend_id).is_some_and(|b| {
-            b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port
-        });
+        let matches = self.names(backend_id, addr, port);
         if matches {
             self.log
                 .push(Write::CountConnectTimeouts { backend_id, count });
@@ -182,9 +187,7 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
-        let matches = self.backends.get(&backend_id).is_some_and(|b| {
-            b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port
-        });
+        let matches = self.names(backend_id, addr, port);
         if matches {
             self.log.push(Write::DismissConnectTimeouts { backend_id });
         }
