@@ -690,25 +690,37 @@ fn fmix32(mut h: u32) -> u32 {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are #[repr(C)], Copy, contain no pointers and have explicit padding.
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for ServiceTable {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for BackendState {}
-    unsafe impl aya::Pod for ServiceState {}
-    unsafe impl aya::Pod for KernelEvent {}
-    unsafe impl aya::Pod for TimeoutCount {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for TrafficCounters {}
-    unsafe impl aya::Pod for BackendCounters {}
-    unsafe impl aya::Pod for BackendTraffic {}
-    unsafe impl aya::Pod for BackendSignals {}
-    unsafe impl aya::Pod for FragmentKey {}
-    unsafe impl aya::Pod for FragmentValue {}
-    unsafe impl aya::Pod for Settings {}
-    unsafe impl aya::Pod for ServiceConfig {}
+
+    /// Marks the kernel-boundary types as plain old data for aya's maps.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: every type listed is #[repr(C)] and Copy, holds no pointers, and spells
+            // out its padding as fields (the size asserts beside each type check there is no
+            // hidden padding), so any byte pattern is a valid value and none is uninitialised.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        ServiceKey,
+        ServiceValue,
+        ServiceTable,
+        Backend,
+        BackendState,
+        ServiceState,
+        KernelEvent,
+        TimeoutCount,
+        FlowKey,
+        FlowValue,
+        TrafficCounters,
+        BackendCounters,
+        BackendTraffic,
+        BackendSignals,
+        FragmentKey,
+        FragmentValue,
+        Settings,
+        ServiceConfig,
+    );
 }
 
 #[cfg(test)]

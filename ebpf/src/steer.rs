@@ -378,12 +378,7 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
     let Some(other) = (unsafe { CONNTRACK.get(reply_key) }) else {
         return false;
     };
-    let (vip, vport, reply_fin, reply_seen) = (
-        other.nat_addr,
-        other.nat_port,
-        other.fin_seen,
-        other.last_seen_ns,
-    );
+    let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
     if vip == flow.daddr && vport == flow.dport {
         return false; // this flow's own (a SYN on a closed tuple, steered anew)
     }

@@ -360,7 +360,7 @@ pub fn format_duration(duration: Duration) -> String {
     }
     let (unit, size) = UNITS
         .iter()
-        .find(|(_, size)| nanos % size == 0)
+        .find(|(_, size)| nanos.is_multiple_of(*size))
         .expect("every duration is a whole number of nanoseconds");
     format!("{}{unit}", nanos / size)
 }
