@@ -378,10 +378,10 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
     let Some(other) = (unsafe { CONNTRACK.get(reply_key) }) else {
         return false;
     };
-    let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
-    if vip == flow.daddr && vport == flow.dport {
+    if reply_half_of(other, flow) {
         return false; // this flow's own (a SYN on a closed tuple, steered anew)
     }
+    let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
     let other_key = FlowKey::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
     // SAFETY: as above.
     let Some(original) = (unsafe { CONNTRACK.get(&other_key) }) else {
@@ -677,36 +677,38 @@ fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
     // SAFETY: read-only lookup of a plain value.
     match unsafe { CONNTRACK.get(&key) } {
         // Taken over by the same client port through another VIP: this flow is over.
-        Some(reply) if reply.nat_addr != flow.daddr || reply.nat_port != flow.dport => true,
+        Some(reply) if !reply_half_of(reply, flow) => true,
         Some(reply) => reply.fin_seen != 0,
         None => false,
     }
 }
 
+/// Whether a reply half under this flow's translated key is this flow's: it reverse-NATs to
+/// the VIP:port the flow was sent to. The key can be another flow's: one of the same client
+/// port through another VIP that took the tuple over after this one ended.
+#[inline(always)]
+fn reply_half_of(reply: &FlowValue, flow: &Flow) -> bool {
+    reply.nat_addr == flow.daddr && reply.nat_port == flow.dport
+}
+
 /// This flow's reply half (client `flow.saddr:sport` through `flow.daddr:dport`, translated
-/// to `backend:backend_port`). The entry under its key can be another flow's: one of the same
-/// client port through another VIP that took the tuple over after this one ended.
+/// to `backend:backend_port`), if the entry under its key is its own.
 #[inline(always)]
 fn own_reply_half(flow: &Flow, backend: u32, backend_port: u16) -> Option<*mut FlowValue> {
     let key = reply_key(backend, backend_port, flow.saddr, flow.sport, flow.proto);
     let reply = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: a live LRU value; two plain fields read.
-    let ours = unsafe { (*reply).nat_addr == flow.daddr && (*reply).nat_port == flow.dport };
-    ours.then_some(reply)
+    unsafe { reply_half_of(&*reply, flow) }.then_some(reply)
 }
 
-/// Removes this flow's reply half, and only its own (see [`own_reply_half`]): a live flow of
+/// Removes this flow's reply half, and only its own (see [`reply_half_of`]): a live flow of
 /// another VIP may own the key. Not inlined: its key would take stack from the request path.
 #[inline(never)]
 fn remove_own_reply_half(flow: &Flow, backend: u32, backend_port: u16) {
-    if own_reply_half(flow, backend, backend_port).is_some() {
-        let _ = CONNTRACK.remove(&reply_key(
-            backend,
-            backend_port,
-            flow.saddr,
-            flow.sport,
-            flow.proto,
-        ));
+    let key = reply_key(backend, backend_port, flow.saddr, flow.sport, flow.proto);
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { CONNTRACK.get(&key) }.is_some_and(|reply| reply_half_of(reply, flow)) {
+        let _ = CONNTRACK.remove(&key);
     }
 }
 
@@ -724,7 +726,7 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
     }
     if flags & TCP_SYN == 0 {
         // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
-        advance_seq_nxt(segment_end(flow), entry);
+        advance_seq_nxt(segment_end(flow), entry, RST_WINDOW);
     }
     if flags & TCP_FIN != 0 {
         entry.fin_seen = 1;
@@ -754,18 +756,19 @@ fn segment_end(flow: &Flow) -> u32 {
         .wrapping_add(control)
 }
 
-/// Keeps `seq_nxt` at one past the highest sequence number this entry's sender has sent. A
-/// segment ending more than [`RST_WINDOW`] ahead moves nothing: a sender never gets that far
-/// past what this hook saw, and a spoofer must not be able to drag the window to its RST.
+/// Keeps `seq_nxt` at one past the highest sequence number this entry's sender has sent (the
+/// first segment seen sets it: a flow first seen mid-stream). A segment ending more than
+/// `limit` ahead moves nothing: a spoofer must not drag it out of reach (the client's is
+/// [`RST_WINDOW`], the backend's the looser [`REPLY_JUMP_LIMIT`]).
 #[inline(always)]
-fn advance_seq_nxt(end: u32, entry: &mut FlowValue) {
+fn advance_seq_nxt(end: u32, entry: &mut FlowValue, limit: u32) {
     if entry.seq_nxt_known == 0 {
         entry.seq_nxt = end;
         entry.seq_nxt_known = 1;
         return;
     }
     let ahead = end.wrapping_sub(entry.seq_nxt);
-    if ahead != 0 && ahead <= RST_WINDOW {
+    if ahead != 0 && ahead <= limit {
         entry.seq_nxt = end;
     }
 }
@@ -778,7 +781,10 @@ fn advance_seq_nxt(end: u32, entry: &mut FlowValue) {
 /// acknowledgement, which on a long path can trail by more than this.)
 const RST_WINDOW: u32 = 1 << 20;
 
-/// Furthest a backend's segment may end past its next sequence number and still advance it.
+/// Furthest a backend's segment may end past its next sequence number and still advance it:
+/// far looser than the client's, since a backend's stream may arrive here after a large loss
+/// on a long path, yet a stray segment (a late one of an earlier connection on the tuple) must
+/// not carry it out of reach, or no response start would ever be armed again.
 const REPLY_JUMP_LIMIT: u32 = 64 << 20;
 
 /// Whether a client RST is plausibly the client's (RFC 5961 makes endpoints check the same; a
@@ -1241,21 +1247,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 /// segment holds the awaited response start.
 fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
-    if reply.seq_nxt_known == 0 {
-        // A flow first seen mid-stream: every reply byte passes here, so the highest seen from
-        // now on is the backend's next sequence number.
-        reply.seq_nxt = end;
-        reply.seq_nxt_known = 1;
-    } else {
-        // Bounded far more loosely than the client's: a backend's stream may arrive here after
-        // a large loss on a long path; a stray segment (a late one of an earlier connection on
-        // the tuple) must still not carry it out of reach, or no response start would ever be
-        // armed again.
-        let ahead = end.wrapping_sub(reply.seq_nxt);
-        if ahead != 0 && ahead <= REPLY_JUMP_LIMIT {
-            reply.seq_nxt = end;
-        }
-    }
+    advance_seq_nxt(end, reply, REPLY_JUMP_LIMIT);
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
         set_opaque(flow, reply);
