@@ -190,7 +190,12 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     }
     maps.write_settings(&settings)?;
 
-    let programmer = Programmer::recover(&maps, dataplane.max_services, dataplane.max_backends)?;
+    let programmer = Programmer::recover(
+        &maps,
+        dataplane.max_services,
+        dataplane.max_backends,
+        dataplane.table_chunks(),
+    )?;
     let recovered = programmer.live_keys().len();
     if recovered > 0 {
         info!(services = recovered, "re-adopted state from pinned maps");

@@ -103,3 +103,78 @@ pub fn lookup_all(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Res
         }
     }
 }
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `count` entries (`keys` and `values` hold them back to back) in one
+/// `BPF_MAP_UPDATE_BATCH`. An error may leave a prefix of them written.
+pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> Result<()> {
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: count as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: the attr points at `count` keys and values of the map's sizes, alive for the
+    // call; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "BPF_MAP_UPDATE_BATCH ({} of {count} entries written)",
+                attr.count
+            )
+        });
+    }
+    Ok(())
+}
+
+/// `values` (back to back, `value_size` bytes each) into an array map from index `start` on,
+/// in one batch.
+pub fn write_array_range(
+    fd: BorrowedFd<'_>,
+    start: u32,
+    value_size: usize,
+    values: &[u8],
+) -> Result<()> {
+    let count = values.len() / value_size;
+    let keys: Vec<u8> = (0..count as u32)
+        .flat_map(|i| (start + i).to_ne_bytes())
+        .collect();
+    update(fd, &keys, values, count)
+}
+
+/// `len` values (`value_size` bytes each) of an array map from index `start` on (fewer past
+/// the map's end).
+pub fn read_array_range(
+    fd: BorrowedFd<'_>,
+    start: u32,
+    len: u32,
+    value_size: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::with_capacity(len as usize);
+    // The batch cursor of an array is the index before the next one to read.
+    let mut cursor: Cursor = start.checked_sub(1).map(|prev| prev.to_ne_bytes().to_vec());
+    while out.len() < len as usize {
+        let want = (len as usize - out.len()).min(4096);
+        let (batch, next) = lookup(fd, 4, value_size, &cursor, want)?;
+        let got = batch.len();
+        out.extend(batch.into_iter().map(|(_, value)| value));
+        match next {
+            Some(next) if got > 0 => cursor = Some(next),
+            _ => break,
+        }
+    }
+    Ok(out)
+}

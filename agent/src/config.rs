@@ -46,9 +46,11 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
 /// Accepted range of `dataplane.conntrackSize`.
 pub const CONNTRACK_SIZE_RANGE: (u32, u32) = (1024, 16_777_216);
 /// Accepted range of `dataplane.maxServices`.
-pub const MAX_SERVICES_RANGE: (u32, u32) = (1, 65_536);
+pub const MAX_SERVICES_RANGE: (u32, u32) = (1, 262_144);
 /// Accepted range of `dataplane.maxBackends`.
 pub const MAX_BACKENDS_RANGE: (u32, u32) = (16, 1_048_576);
+/// Accepted range of `dataplane.tableChunks` (64 B each: up to 1 GiB of tables).
+pub const TABLE_CHUNKS_RANGE: (u32, u32) = (16, 1 << 24);
 /// Largest endpoint weight; keeps weight sums far from overflowing.
 pub const MAX_ENDPOINT_WEIGHT: u32 = 1_000_000;
 
@@ -122,6 +124,13 @@ pub struct Dataplane {
     pub max_services: u32,
     /// Capacity of the global backend arrays; every (endpoint, service port) takes one slot.
     pub max_backends: u32,
+    /// Capacity of the map that holds every service's Maglev table, in 64-byte chunks. A
+    /// service port with N backends takes a table of the smallest prime of at least 100·N
+    /// slots (251, 509, 1,021, 2,039, … 131,071), 32 slots per chunk, plus its N backend ids,
+    /// 16 per chunk: 33 chunks (2.1 KiB) for 10 backends; twice that for a moment while its
+    /// table is swapped. Default: 36 per `maxServices`, and room for two of the largest tables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_chunks: Option<u32>,
     /// bpffs directory where the maps are pinned, so state survives an agent restart.
     pub pin_path: PathBuf,
     /// Node-wide default of Istio's `connectionPool.tcp.connectTimeout` (MeshConfig
@@ -220,6 +229,26 @@ impl Default for ConntrackTimeouts {
     }
 }
 
+/// The default of `dataplane.tableChunks` for `max_services`: 36 chunks per service (a
+/// 10-backend table and a tenth more), and room for two of the largest tables.
+pub fn default_table_chunks(max_services: u32) -> u32 {
+    let largest = geosteer_common::table_chunks(
+        crate::maglev::TABLE_SIZES[crate::maglev::TABLE_SIZES.len() - 1] as u32,
+        geosteer_common::MAX_BACKENDS_PER_SERVICE as u32,
+    );
+    max_services
+        .saturating_mul(geosteer_common::DEFAULT_TABLE_CHUNKS_PER_SERVICE)
+        .max(2 * largest)
+}
+
+impl Dataplane {
+    /// `tableChunks`, or its default for `maxServices`.
+    pub fn table_chunks(&self) -> u32 {
+        self.table_chunks
+            .unwrap_or_else(|| default_table_chunks(self.max_services))
+    }
+}
+
 impl Default for Dataplane {
     fn default() -> Self {
         Dataplane {
@@ -230,6 +259,7 @@ impl Default for Dataplane {
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
             max_services: DEFAULT_MAX_SERVICES,
             max_backends: DEFAULT_MAX_BACKENDS,
+            table_chunks: None,
             pin_path: PathBuf::from("/sys/fs/bpf/geosteer"),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             conntrack: ConntrackTimeouts::default(),
@@ -1015,6 +1045,7 @@ fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
         ),
         ("maxServices", dataplane.max_services, MAX_SERVICES_RANGE),
         ("maxBackends", dataplane.max_backends, MAX_BACKENDS_RANGE),
+        ("tableChunks", dataplane.table_chunks(), TABLE_CHUNKS_RANGE),
     ];
     for (field, value, (min, max)) in ranges {
         if value < min {
@@ -1168,6 +1199,35 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
         .iter()
         .map(|s| s.ports.len() * s.endpoints.len())
         .sum();
+    // Each table at its smallest size (shares can ask for a larger one), and room to swap the
+    // largest.
+    let tables = config.services.iter().map(|s| {
+        let n = s.endpoints.len();
+        u64::from(geosteer_common::table_chunks(
+            crate::maglev::min_table_size(n) as u32,
+            n as u32,
+        ))
+    });
+    let largest = tables.clone().max().unwrap_or(0);
+    let ports: Vec<u64> = config
+        .services
+        .iter()
+        .map(|s| s.ports.len() as u64)
+        .collect();
+    let needed: u64 = tables.zip(&ports).map(|(t, p)| t * p).sum::<u64>() + largest;
+    let capacity = u64::from(config.dataplane.table_chunks());
+    // (Below the minimum, the range error above says it.)
+    let in_range = capacity >= u64::from(TABLE_CHUNKS_RANGE.0);
+    if !config.services.is_empty() && in_range && needed > capacity {
+        errors.push(FieldError::new(
+            "dataplane.tableChunks",
+            format!(
+                "{capacity} chunks cannot hold these services' tables: they need {needed} \
+                 (each service port with N endpoints takes a table of at least 100·N slots, \
+                 32 to a chunk, and N ids, 16 to a chunk, plus room to swap the largest)"
+            ),
+        ));
+    }
     if backends > config.dataplane.max_backends as usize {
         errors.push(FieldError::new(
             "services",

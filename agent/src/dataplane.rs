@@ -14,8 +14,8 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use geosteer_common::{
     Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey,
-    FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings,
-    TIMEOUT_CONFIRMED, TIMEOUT_DISMISSED, TimeoutCount, TrafficCounters, map_names, program_names,
+    FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TIMEOUT_CONFIRMED,
+    TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters, map_names, program_names,
 };
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
@@ -29,8 +29,10 @@ pub trait Dataplane {
     /// Writes a backend's outlier state whole. Only safe while the kernel leaves it alone: a
     /// fresh backend id, or ending an ejection (the kernel ignores an ejected host's signals).
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()>;
-    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()>;
-    /// The one update that makes a service (or its new generation) live.
+    /// Writes a table (the backend list, then the Maglev slots) into free chunks of the table
+    /// map, from `start` on: chunks no live service points at.
+    fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()>;
+    /// The one update that makes a service (or its new table) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
@@ -84,11 +86,52 @@ pub trait Dataplane {
 
     // Reads, for re-adopting the state a previous agent left in pinned maps.
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
-    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>>;
+    /// `len` chunks of the table map from `start` on.
+    fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>>;
     fn read_backend(&self, id: u32) -> Result<Backend>;
+    /// Every backend slot, by id (most are empty).
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn read_backend_state(&self, id: u32) -> Result<BackendState>;
     fn read_service_state(&self, id: u32) -> Result<ServiceState>;
     fn read_service_config(&self, id: u32) -> Result<ServiceConfig>;
+}
+
+/// A service's live table, read back from the table map and decoded as the kernel reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelTable {
+    /// Maglev slots, each the global id of the backend it names (`None`: an index past the
+    /// list). Empty: no backend takes new flows.
+    pub slots: Vec<Option<u32>>,
+    /// The service's backend ids.
+    pub backends: Vec<u32>,
+}
+
+impl KernelTable {
+    pub fn read(dp: &dyn Dataplane, entry: &ServiceValue) -> Result<Self> {
+        let chunks = dp.read_table(entry.table_start, entry.table_chunks())?;
+        let chunk = |index: u32| chunks.get(index.wrapping_sub(entry.table_start) as usize);
+        let backends: Vec<u32> = (0..entry.backend_count)
+            .map_while(|i| {
+                let (c, lane) = entry.id_chunk(i);
+                chunk(c).map(|c| c.id(lane))
+            })
+            .collect();
+        let slots = (0..entry.table_size)
+            .map_while(|s| {
+                let (c, lane) = entry.slot_chunk(s);
+                chunk(c).map(|c| backends.get(c.slot(lane) as usize).copied())
+            })
+            .collect();
+        Ok(Self { slots, backends })
+    }
+
+    /// The backend at `slot` (taken modulo the table size, as the kernel does).
+    pub fn slot(&self, slot: u32) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.slots[slot as usize % self.slots.len()]
+    }
 }
 
 /// Waits for an RCU grace period. TC and XDP programs run inside RCU read-side sections, and
@@ -151,7 +194,7 @@ impl BackgroundGrace {
 pub struct BpfMaps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub vips: HashMap<MapData, u32, u32>,
-    pub tables: Array<MapData, ServiceTable>,
+    pub table_chunks: Array<MapData, TableChunk>,
     pub backends: Array<MapData, Backend>,
     pub backend_state: Array<MapData, BackendState>,
     pub conntrack:
@@ -201,7 +244,7 @@ impl BpfMaps {
         Ok(Self {
             services: HashMap::try_from(take(map_names::SERVICES)?)?,
             vips: HashMap::try_from(take(map_names::VIPS)?)?,
-            tables: Array::try_from(take(map_names::TABLES)?)?,
+            table_chunks: Array::try_from(take(map_names::TABLE_CHUNKS)?)?,
             backends: Array::try_from(take(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(take(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?)?,
@@ -254,7 +297,7 @@ impl BpfMaps {
         Ok(Self {
             services: HashMap::try_from(open(map_names::SERVICES)?)?,
             vips: HashMap::try_from(open(map_names::VIPS)?)?,
-            tables: Array::try_from(open(map_names::TABLES)?)?,
+            table_chunks: Array::try_from(open(map_names::TABLE_CHUNKS)?)?,
             backends: Array::try_from(open(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(open(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(open(map_names::CONNTRACK)?)?,
@@ -450,10 +493,15 @@ impl Dataplane for BpfMaps {
             .with_context(|| format!("writing backend state {id}"))
     }
 
-    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
-        self.tables
-            .set(index, table, 0)
-            .with_context(|| format!("writing service table {index}"))
+    fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
+        let bytes: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.words)
+            .flat_map(u32::to_ne_bytes)
+            .collect();
+        let fd = self.table_chunks.map().fd().as_fd();
+        crate::bpf_batch::write_array_range(fd, start, size_of::<TableChunk>(), &bytes)
+            .with_context(|| format!("writing a table of {} chunks at {start}", chunks.len()))
     }
 
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
@@ -560,10 +608,35 @@ impl Dataplane for BpfMaps {
             .context("reading the service map")
     }
 
-    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
-        Ok(Box::new(self.tables.get(&index, 0).with_context(|| {
-            format!("reading service table {index}")
-        })?))
+    fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {
+        let fd = self.table_chunks.map().fd().as_fd();
+        let values = crate::bpf_batch::read_array_range(fd, start, len, size_of::<TableChunk>())
+            .with_context(|| format!("reading a table of {len} chunks at {start}"))?;
+        Ok(values
+            .iter()
+            .map(|value| {
+                let mut chunk = TableChunk::default();
+                for (word, bytes) in chunk.words.iter_mut().zip(value.chunks_exact(4)) {
+                    *word = u32::from_ne_bytes(bytes.try_into().expect("4 bytes"));
+                }
+                chunk
+            })
+            .collect())
+    }
+
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let size = std::mem::size_of::<Backend>();
+        crate::bpf_batch::lookup_all(self.backends.map().fd().as_fd(), 4, size)
+            .context("reading the backend map")?
+            .into_iter()
+            .map(|(key, value)| {
+                let id = u32::from_ne_bytes(key[..4].try_into()?);
+                // SAFETY: `value` holds `size_of::<Backend>()` bytes read from the map, and
+                // any bytes are a valid `Backend` (plain integers); read unaligned.
+                let backend = unsafe { std::ptr::read_unaligned(value.as_ptr().cast::<Backend>()) };
+                Ok((id, backend))
+            })
+            .collect()
     }
 
     fn read_backend(&self, id: u32) -> Result<Backend> {

@@ -30,6 +30,8 @@ pub struct MapSizes {
     pub max_services: u32,
     pub max_backends: u32,
     pub conntrack: u32,
+    /// Chunks of the Maglev table map (`dataplane.tableChunks`).
+    pub table_chunks: u32,
 }
 
 impl From<&DataplaneConfig> for MapSizes {
@@ -38,6 +40,7 @@ impl From<&DataplaneConfig> for MapSizes {
             max_services: d.max_services,
             max_backends: d.max_backends,
             conntrack: d.conntrack_size,
+            table_chunks: d.table_chunks(),
         }
     }
 }
@@ -64,6 +67,17 @@ pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<(
             migration.copy(&new, true)?;
         }
         migration.finish();
+    }
+    // Maps an earlier build pinned and this one does not use: no program reads them now.
+    for name in map_names::RETIRED {
+        let path = pin_dir.join(name);
+        if path.exists() {
+            remove_pin(&path)?;
+            info!(
+                map = name,
+                "removed the pin of a map this build no longer uses"
+            );
+        }
     }
     Ok(())
 }
@@ -209,7 +223,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Uninstalled> {
     for path in pins_in(pin_dir)? {
         let name = file_name(&path);
         let name = name.strip_suffix("_previous").unwrap_or(&name);
-        if map_names::ALL.contains(&name) {
+        if map_names::ALL.contains(&name) || map_names::RETIRED.contains(&name) {
             remove_pin(&path)?;
             out.maps += 1;
         }

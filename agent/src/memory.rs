@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
     AFFINITY_SIZE, AffinityKey, AffinityValue, Backend, BackendSignals, BackendState,
     BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue, Settings, TrafficCounters,
+    ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters,
     XDP_TARGETS_SIZE, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ pub struct MapSpec {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
-    /// Sized from the config (`maxServices`, `maxBackends`, `conntrackSize`).
+    /// Sized from the config (`maxServices`, `maxBackends`, `tableChunks`, `conntrackSize`).
     pub resizable: bool,
 }
 
@@ -74,11 +74,11 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
         ),
         spec(map_names::VIPS, Hash, 4, 4, services, true),
         spec(
-            map_names::TABLES,
+            map_names::TABLE_CHUNKS,
             Array,
             4,
-            size_of::<ServiceTable>(),
-            services * 2,
+            size_of::<TableChunk>(),
+            sizes.table_chunks,
             true,
         ),
         spec(
@@ -412,8 +412,8 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
     bail!(
         "the maps need {} of kernel memory on this node ({} possible CPUs; largest: {}), plus \
          {} for the agent itself: over the limit of {} ({source}). Lower dataplane.maxBackends \
-         ({}; each slot costs {per_slot} B here, most of it per CPU), dataplane.maxServices ({}) \
-         or dataplane.conntrackSize ({}), or raise the limit",
+         ({}; each slot costs {per_slot} B here, most of it per CPU), dataplane.maxServices ({}), \
+         dataplane.tableChunks ({}; 64 B each) or dataplane.conntrackSize ({}), or raise the limit",
         mib(plan.total),
         plan.possible_cpus,
         largest.join(", "),
@@ -421,6 +421,7 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
         mib(limit),
         sizes.max_backends,
         sizes.max_services,
+        sizes.table_chunks,
         sizes.conntrack
     )
 }
@@ -433,6 +434,8 @@ mod tests {
         max_services: geosteer_common::DEFAULT_MAX_SERVICES,
         max_backends: geosteer_common::DEFAULT_MAX_BACKENDS,
         conntrack: geosteer_common::DEFAULT_CONNTRACK_SIZE,
+        table_chunks: geosteer_common::DEFAULT_MAX_SERVICES
+            * geosteer_common::DEFAULT_TABLE_CHUNKS_PER_SERVICE,
     };
 
     #[test]

@@ -1,24 +1,28 @@
 //! Turns the desired services into map writes: allocates service and backend ids, builds each
-//! service's Maglev table into its idle generation and flips the generation with one update.
+//! service's Maglev table into free chunks of the table map (sized to the service) and points
+//! the service at it with one update.
 //!
 //! Invariants the kernel relies on:
 //! - a table is fully written before the service entry points at it;
-//! - a table that was live is not rewritten until a grace period has passed since it was
-//!   retired, so a packet that read the old generation never sees a half-written table;
+//! - the chunks of a table that was live are not reused until a grace period has passed since
+//!   it was retired, so a packet that read the old entry never sees a half-written table;
 //! - a backend id is not reused until a grace period has passed since it was retired, so a
 //!   packet or conntrack entry holding the id never reads a different backend through it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, Backend, BackendState, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS_PER_SERVICE, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, Backend, BackendState, MAX_BACKENDS_PER_SERVICE,
+    ServiceConfig, ServiceKey, ServiceState, ServiceValue, TABLE_CHUNK_IDS, TABLE_CHUNK_SLOTS,
+    TableChunk, table_chunks,
 };
+use range_alloc::RangeAllocator;
 
 use crate::{
     dataplane::Dataplane,
-    maglev::{MaglevBackend, build_table},
+    maglev::{MaglevBackend, build_table, table_size},
 };
 
 /// A service port as the data path sees it: VIP:port/proto → weighted backends.
@@ -81,9 +85,8 @@ impl DesiredBackend {
 pub struct LiveService {
     pub name: String,
     pub id: u32,
-    pub generation: u32,
-    /// Flip sequence number of the last generation flip (see `Programmer::grace_seq`).
-    flipped_at: u64,
+    /// What the service entry holds: where the live table is.
+    pub entry: ServiceValue,
     /// Backend ids by (addr, port), with what was last written for them.
     pub backends: BTreeMap<(u32, u16), (u32, DesiredBackend)>,
     /// Outlier ejections of this service id that the agent has ended (the kernel counts the
@@ -125,6 +128,8 @@ pub struct Programmer {
     max_services: u32,
     max_backends: u32,
     live: BTreeMap<ServiceKey, LiveService>,
+    /// The service and endpoint of every live backend id (kernel events name only the id).
+    backend_owners: BTreeMap<u32, (ServiceKey, u32, u16)>,
     free_service_ids: VecDeque<u32>,
     next_service_id: u32,
     free_backend_ids: VecDeque<u32>,
@@ -132,23 +137,31 @@ pub struct Programmer {
     /// Ids retired since the last grace period: reusable after the next one.
     quarantined_services: Vec<u32>,
     quarantined_backends: Vec<u32>,
+    /// Chunks of the table map not holding a live or retired table.
+    table_chunks: RangeAllocator<u32>,
+    /// Tables no service points at any more, with the flip that retired them: their chunks are
+    /// free once a grace period covers that flip.
+    retired_tables: Vec<(u64, Range<u32>)>,
     flip_seq: u64,
     grace_seq: u64,
     vips: BTreeMap<u32, u32>,
 }
 
 impl Programmer {
-    pub fn new(max_services: u32, max_backends: u32) -> Self {
+    pub fn new(max_services: u32, max_backends: u32, table_chunks: u32) -> Self {
         Self {
             max_services,
             max_backends,
             live: BTreeMap::new(),
+            backend_owners: BTreeMap::new(),
             free_service_ids: VecDeque::new(),
             next_service_id: 0,
             free_backend_ids: VecDeque::new(),
             next_backend_id: 0,
             quarantined_services: Vec::new(),
             quarantined_backends: Vec::new(),
+            table_chunks: RangeAllocator::new(0..table_chunks),
+            retired_tables: Vec::new(),
             flip_seq: 0,
             grace_seq: 0,
             vips: BTreeMap::new(),
@@ -157,26 +170,34 @@ impl Programmer {
 
     /// Rebuilds the programmer's books from what a previous agent left in the (pinned) maps, so
     /// a restarted agent neither reuses an id that live tables or conntrack entries still point
-    /// at nor rewrites a generation a packet may be reading. Weights are not stored in the
-    /// kernel, so every recovered service differs from its desired state and gets one fresh
-    /// swap on the first apply.
-    pub fn recover(dp: &dyn Dataplane, max_services: u32, max_backends: u32) -> Result<Self> {
-        let mut p = Self::new(max_services, max_backends);
+    /// at nor overwrites a table a packet may be reading. Weights are not stored in the kernel,
+    /// so every recovered service differs from its desired state and gets one fresh swap on the
+    /// first apply.
+    pub fn recover(
+        dp: &dyn Dataplane,
+        max_services: u32,
+        max_backends: u32,
+        table_chunks: u32,
+    ) -> Result<Self> {
+        let mut p = Self::new(max_services, max_backends, table_chunks);
         let services = dp.read_services()?;
         if services.is_empty() {
             return Ok(p);
         }
+        // Which backends are live, from the backend map itself: it names each one's service,
+        // also when the table was written by a build that kept it elsewhere.
+        let mut by_service: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for (id, b) in dp.read_backends()? {
+            if b.flags & BACKEND_FLAG_ACTIVE != 0 {
+                by_service.entry(b.service_id).or_default().push((id, b));
+            }
+        }
         let mut used_services = std::collections::BTreeSet::new();
         let mut used_backends = std::collections::BTreeSet::new();
+        let mut used_tables = Vec::new();
         for (key, value) in services {
-            let table = dp.read_table(value.table_index())?;
             let mut backends = BTreeMap::new();
-            let count = (table.backend_count as usize).min(MAX_BACKENDS_PER_SERVICE);
-            for &id in &table.backends[..count] {
-                let b = dp.read_backend(id)?;
-                if b.flags & BACKEND_FLAG_ACTIVE == 0 || b.service_id != value.id {
-                    continue;
-                }
+            for (id, b) in by_service.remove(&value.id).unwrap_or_default() {
                 used_backends.insert(id);
                 let desired = DesiredBackend {
                     addr: b.addr,
@@ -190,6 +211,10 @@ impl Programmer {
                 backends.insert((b.addr, b.port), (id, desired));
             }
             used_services.insert(value.id);
+            let end = u64::from(value.table_start) + u64::from(value.table_chunks());
+            if value.table_chunks() > 0 && end <= u64::from(table_chunks) {
+                used_tables.push(value.table_start..value.table_start + value.table_chunks());
+            }
             let config = dp.read_service_config(value.id)?;
             let desired = DesiredService {
                 name: String::new(),
@@ -203,13 +228,15 @@ impl Programmer {
                     affinity_timeout_s: config.affinity_timeout_s,
                 },
             };
+            for (&(addr, port), &(id, _)) in &backends {
+                p.backend_owners.insert(id, (key, addr, port));
+            }
             p.live.insert(
                 key,
                 LiveService {
                     name: String::new(),
                     id: value.id,
-                    generation: value.generation,
-                    flipped_at: 1,
+                    entry: value,
                     backends,
                     ejections_released: config.ejections_released,
                     desired,
@@ -218,8 +245,28 @@ impl Programmer {
             *p.vips.entry(key.addr).or_default() += 1;
         }
         // The previous agent may have retired tables and ids just before it died: wait one
-        // grace period before reusing anything.
+        // grace period before reusing anything. Every chunk outside a live table counts as
+        // retired at the first flip.
         p.flip_seq = 1;
+        if table_chunks > 0 {
+            let all = p.table_chunks.allocate_range(table_chunks).ok();
+            debug_assert!(all.is_some(), "a fresh allocator has every word free");
+            used_tables.sort_by_key(|r| r.start);
+            let mut next = 0;
+            for table in used_tables {
+                // Overlapping tables cannot both be live; the later one is rewritten anyway.
+                if table.start < next {
+                    continue;
+                }
+                if table.start > next {
+                    p.retired_tables.push((1, next..table.start));
+                }
+                next = table.end;
+            }
+            if next < table_chunks {
+                p.retired_tables.push((1, next..table_chunks));
+            }
+        }
         p.next_service_id = used_services.last().map_or(0, |m| m + 1);
         p.next_backend_id = used_backends.last().map_or(0, |m| m + 1);
         p.quarantined_services = (0..p.next_service_id)
@@ -229,6 +276,12 @@ impl Programmer {
             .filter(|id| !used_backends.contains(id))
             .collect();
         Ok(p)
+    }
+
+    /// Chunks of the table map in live or retired tables, and its capacity.
+    pub fn table_chunks_used(&self) -> (u32, u32) {
+        let capacity = self.table_chunks.initial_range().end;
+        (capacity - self.table_chunks.total_available(), capacity)
     }
 
     pub fn live(&self) -> impl Iterator<Item = &LiveService> {
@@ -313,12 +366,7 @@ impl Programmer {
 
     /// The service and endpoint behind a kernel backend id.
     pub fn backend_by_id(&self, backend_id: u32) -> Option<(ServiceKey, u32, u16)> {
-        self.live.iter().find_map(|(key, live)| {
-            live.backends
-                .iter()
-                .find(|(_, (id, _))| *id == backend_id)
-                .map(|((addr, port), _)| (*key, *addr, *port))
-        })
+        self.backend_owners.get(&backend_id).copied()
     }
 
     /// A live backend's kernel id.
@@ -381,33 +429,34 @@ impl Programmer {
             );
         }
         let mut grace = 0;
+        // Room for the new table first: when there is none, nothing has changed yet.
+        // (Usually the background grace period requested at earlier flips has long finished,
+        // and their tables' words are free again.)
+        self.grace_seq = self.grace_seq.max(dp.grace_completed());
+        self.release_retired_tables();
+        let size = table_size_for(desired);
+        let chunks = table_chunks(size, desired.backends.len() as u32);
+        let table = self
+            .allocate_table(dp, chunks, &mut grace)
+            .with_context(|| format!("{}: no room for its table", desired.name))?;
         let existing = self.live.remove(&desired.key);
         let previous_settings = existing.as_ref().map(|live| live.desired.settings);
-        let (id, next_generation, flipped_at, mut old_backends, mut ejections_released) =
-            match existing {
-                Some(live) => (
-                    live.id,
-                    live.generation ^ 1,
-                    live.flipped_at,
-                    live.backends,
-                    live.ejections_released,
-                ),
-                None => {
-                    let id = self.allocate_service_id(dp, &mut grace)?;
-                    // A reused id starts with no ejections on its books.
-                    dp.write_service_state(id, &ServiceState::default())?;
-                    (id, 0, 0, BTreeMap::new(), 0)
-                }
-            };
+        let (id, old_entry, mut old_backends, mut ejections_released) = match existing {
+            Some(live) => (
+                live.id,
+                Some(live.entry),
+                live.backends,
+                live.ejections_released,
+            ),
+            None => {
+                let id = self.allocate_service_id(dp, &mut grace)?;
+                // A reused id starts with no ejections on its books.
+                dp.write_service_state(id, &ServiceState::default())?;
+                (id, None, BTreeMap::new(), 0)
+            }
+        };
         if previous_settings != Some(desired.settings) {
             dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
-        }
-        // The idle generation was live until `flipped_at`: wait until no packet can still use it
-        // (usually the background grace period requested at that flip has long finished).
-        self.grace_seq = self.grace_seq.max(dp.grace_completed());
-        if flipped_at > self.grace_seq {
-            self.wait_grace(dp)?;
-            grace += 1;
         }
 
         let mut backends = BTreeMap::new();
@@ -443,18 +492,26 @@ impl Programmer {
             backends.insert((b.addr, b.port), (backend_id, written));
         }
 
-        let table = build_service_table(desired, &ids);
-        dp.write_table(id * 2 + next_generation, &table)?;
-        dp.write_service(
-            &desired.key,
-            &ServiceValue {
-                id,
-                generation: next_generation,
-            },
-        )
-        .with_context(|| format!("making {} live", desired.name))?;
+        let content = build_table_chunks(desired, size, &ids);
+        debug_assert_eq!(content.len() as u32, chunks);
+        if !content.is_empty() {
+            dp.write_table(table.start, &content)?;
+        }
+        let entry = ServiceValue {
+            id,
+            _retired_generation: 0,
+            table_start: table.start,
+            table_size: size,
+            backend_count: ids.len() as u32,
+            _pad: 0,
+        };
+        dp.write_service(&desired.key, &entry)
+            .with_context(|| format!("making {} live", desired.name))?;
         self.flip_seq += 1;
         dp.request_grace(self.flip_seq);
+        if let Some(old) = old_entry {
+            self.retire_table(&old);
+        }
 
         // Backends no longer desired: flows pinned to them are re-steered by the kernel once
         // the slot is inactive; the id waits out a grace period before reuse. An ejection of a
@@ -466,18 +523,22 @@ impl Programmer {
             if dp.read_backend_state(backend_id)?.ejected != 0 {
                 ejections_released += 1;
             }
+            self.backend_owners.remove(&backend_id);
             self.quarantined_backends.push(backend_id);
         }
         if ejections_released != released_before {
             dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
+        }
+        for (&(addr, port), &(backend_id, _)) in &backends {
+            self.backend_owners
+                .insert(backend_id, (desired.key, addr, port));
         }
         self.live.insert(
             desired.key,
             LiveService {
                 name: desired.name.clone(),
                 id,
-                generation: next_generation,
-                flipped_at: self.flip_seq,
+                entry,
                 backends,
                 ejections_released,
                 desired: desired.clone(),
@@ -492,8 +553,10 @@ impl Programmer {
         };
         dp.remove_service(key)?;
         self.flip_seq += 1;
+        self.retire_table(&live.entry);
         for (backend_id, _) in live.backends.into_values() {
             dp.write_backend(backend_id, &Backend::default())?;
+            self.backend_owners.remove(&backend_id);
             self.quarantined_backends.push(backend_id);
         }
         self.quarantined_services.push(live.id);
@@ -519,9 +582,62 @@ impl Programmer {
         Ok(())
     }
 
+    /// Chunks for a table of `chunks`; waits for a grace period when only retired tables'
+    /// chunks would make room.
+    fn allocate_table(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        chunks: u32,
+        grace: &mut usize,
+    ) -> Result<Range<u32>> {
+        if chunks == 0 {
+            return Ok(0..0);
+        }
+        loop {
+            match self.table_chunks.allocate_range(chunks) {
+                Ok(range) => return Ok(range),
+                Err(_) if !self.retired_tables.is_empty() => {
+                    self.wait_grace(dp)?;
+                    *grace += 1;
+                }
+                Err(e) => {
+                    let (used, capacity) = self.table_chunks_used();
+                    bail!(
+                        "a table of {chunks} chunks does not fit: {used} of the {capacity} \
+                         table chunks are in use, {} free but not in one piece \
+                         (dataplane.tableChunks)",
+                        e.fragmented_free_length
+                    )
+                }
+            }
+        }
+    }
+
+    /// The chunks of a table no service points at any more (as of the current flip).
+    fn retire_table(&mut self, entry: &ServiceValue) {
+        let chunks = entry.table_chunks();
+        if chunks > 0 {
+            self.retired_tables
+                .push((self.flip_seq, entry.table_start..entry.table_start + chunks));
+        }
+    }
+
+    /// Frees the retired tables a completed grace period covers.
+    fn release_retired_tables(&mut self) {
+        let grace_seq = self.grace_seq;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired_tables)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= grace_seq);
+        self.retired_tables = waiting;
+        for (_, range) in done {
+            self.table_chunks.free_range(range);
+        }
+    }
+
     fn wait_grace(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
         dp.grace_period()?;
         self.grace_seq = self.flip_seq;
+        self.release_retired_tables();
         self.free_backend_ids
             .extend(self.quarantined_backends.drain(..));
         self.free_service_ids
@@ -587,39 +703,64 @@ fn backend_entry(service: &DesiredService, b: &DesiredBackend, service_id: u32) 
     }
 }
 
-/// The kernel's view of one generation: the backend id list and the Maglev slots over it.
-pub fn build_service_table(desired: &DesiredService, ids: &[u32]) -> Box<ServiceTable> {
-    let mut table = Box::new(ServiceTable {
-        backend_count: ids.len() as u32,
-        _pad: 0,
-        backends: [0; MAX_BACKENDS_PER_SERVICE],
-        slots: [0; MAGLEV_TABLE_SIZE],
-        _pad_tail: 0,
-    });
-    table.backends[..ids.len()].copy_from_slice(ids);
-    let names: Vec<String> = desired
+/// The Maglev backends of `desired`, by identity (what the table is built from).
+fn maglev_input(desired: &DesiredService) -> (Vec<String>, Vec<(u32, u32)>) {
+    let names = desired
         .backends
         .iter()
         .map(DesiredBackend::identity)
         .collect();
-    let maglev: Vec<MaglevBackend> = desired
+    let shares = desired
         .backends
         .iter()
-        .zip(&names)
-        .map(|(b, name)| MaglevBackend {
-            name,
-            weight: b.weight,
-            group: b.group,
-        })
+        .map(|b| (b.weight, b.group))
         .collect();
-    let slots = build_table(&maglev, MAGLEV_TABLE_SIZE);
-    if slots.is_empty() {
-        // No backend may take new flows (none, or all weight 0): the kernel drops new flows.
-        table.backend_count = 0;
-    } else {
-        table.slots.copy_from_slice(&slots);
+    (names, shares)
+}
+
+fn maglev_backends<'a>(names: &'a [String], shares: &[(u32, u32)]) -> Vec<MaglevBackend<'a>> {
+    names
+        .iter()
+        .zip(shares)
+        .map(|(name, &(weight, group))| MaglevBackend {
+            name,
+            weight,
+            group,
+        })
+        .collect()
+}
+
+/// The size of `desired`'s Maglev table: 0 when no backend may take new flows (none, or all
+/// weight 0), else [`table_size`].
+pub fn table_size_for(desired: &DesiredService) -> u32 {
+    if desired.backends.iter().all(|b| b.weight == 0) {
+        return 0;
     }
-    table
+    let (names, shares) = maglev_input(desired);
+    table_size(&maglev_backends(&names, &shares)) as u32
+}
+
+/// The kernel's table (see [`ServiceValue`]): the backend ids `ids` (in `desired.backends`
+/// order), 16 to a chunk, then `size` Maglev slots, each an index into them, 32 to a chunk.
+pub fn build_table_chunks(desired: &DesiredService, size: u32, ids: &[u32]) -> Vec<TableChunk> {
+    let mut chunks = Vec::with_capacity(table_chunks(size, ids.len() as u32) as usize);
+    for part in ids.chunks(TABLE_CHUNK_IDS as usize) {
+        let mut chunk = TableChunk::default();
+        chunk.words[..part.len()].copy_from_slice(part);
+        chunks.push(chunk);
+    }
+    if size > 0 {
+        let (names, shares) = maglev_input(desired);
+        let slots = build_table(&maglev_backends(&names, &shares), size as usize);
+        for part in slots.chunks(TABLE_CHUNK_SLOTS as usize) {
+            let mut chunk = TableChunk::default();
+            for (lane, &index) in part.iter().enumerate() {
+                chunk.set_slot(lane as u32, index);
+            }
+            chunks.push(chunk);
+        }
+    }
+    chunks
 }
 
 #[cfg(test)]

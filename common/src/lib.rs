@@ -13,7 +13,8 @@ pub mod http;
 pub mod map_names {
     pub const SERVICES: &str = "GS_SERVICES";
     pub const VIPS: &str = "GS_VIPS";
-    pub const TABLES: &str = "GS_TABLES";
+    /// Every service's Maglev table and backend list, at the place its `ServiceValue` names.
+    pub const TABLE_CHUNKS: &str = "GS_TABLE_CHUNKS";
     pub const BACKENDS: &str = "GS_BACKENDS";
     pub const BACKEND_STATE: &str = "GS_BACKEND_STATE";
     pub const CONNTRACK: &str = "GS_CONNTRACK";
@@ -34,7 +35,7 @@ pub mod map_names {
     pub const ALL: [&str; 18] = [
         SERVICES,
         VIPS,
-        TABLES,
+        TABLE_CHUNKS,
         BACKENDS,
         BACKEND_STATE,
         CONNTRACK,
@@ -51,6 +52,11 @@ pub mod map_names {
         XDP_TARGETS,
         AFFINITY,
     ];
+
+    /// Maps of earlier builds: their pins are removed once the new programs are attached (and
+    /// by `geosteer uninstall`). `GS_TABLES` held two fixed 16,381-slot tables per service;
+    /// `GS_EVENTS` was the ring's name before it carried more than ejections.
+    pub const RETIRED: [&str; 2] = ["GS_TABLES", "GS_EVENTS"];
 }
 
 /// Program names (the function names in `ebpf/src/main.rs`).
@@ -63,12 +69,12 @@ pub mod program_names {
     pub const COUNT_TIMEOUTS: &str = "geosteer_count_timeouts";
 }
 
-/// Size of every service's Maglev lookup table. A prime (Maglev needs M prime so every
-/// backend's permutation visits every slot); 16381 is Cilium's default M, which keeps each of
-/// 100 equal backends within ~1% of its share.
-pub const MAGLEV_TABLE_SIZE: usize = 16381;
-/// Most backends one service may have (one table's slots hold a `u16` index into its list).
+/// Most backends one service may have.
 pub const MAX_BACKENDS_PER_SERVICE: usize = 1024;
+/// Default capacity of the table map, in chunks per service slot: a 10-backend table takes 33
+/// (10 ids in one, 1,021 Maglev slots in 32), and a tenth more leaves room for tables being
+/// swapped and for larger services.
+pub const DEFAULT_TABLE_CHUNKS_PER_SERVICE: u32 = 36;
 /// Default capacity of the service map; the agent may override it at load time.
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 /// Default capacity of the global backend arrays (backend ids are indexes into them).
@@ -95,41 +101,93 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 
-/// Which of the service's two tables is live. The agent writes the idle table, then flips
-/// `generation` with a single update of this value: a packet sees the old table or the new one,
-/// never a mix. The idle table is rewritten only after an RCU grace period, so no packet that
-/// read the old generation can still be using it.
+/// Where a service's live table is. The agent writes a new table into free chunks of
+/// `GS_TABLE_CHUNKS`, then points the service at it with a single update of this value: a
+/// packet sees the old table or the new one, never a mix. The old table's chunks are reused
+/// only after an RCU grace period, so no packet that read the old value can still be using them.
+///
+/// From chunk `table_start` on: the service's `backend_count` global backend ids, 16 per chunk
+/// (the fallback scan's list), then `table_size` Maglev slots, 32 per chunk, each an index into
+/// that list (see [`TableChunk`]). `table_size` is a prime the agent picks from the backend
+/// count and the shares (0: no backend takes new flows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// Index of the service (counters; tables at `id * 2 + generation`).
+    /// Index of the service (counters, settings, ejection budget).
     pub id: u32,
-    /// 0 or 1.
-    pub generation: u32,
+    /// Unused. Was which of two fixed tables was live; kept so that pinned values of that
+    /// layout convert (fields are only appended).
+    pub _retired_generation: u32,
+    pub table_start: u32,
+    pub table_size: u32,
+    pub backend_count: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
 
 impl ServiceValue {
-    pub const fn table_index(&self) -> u32 {
-        self.id * 2 + (self.generation & 1)
+    /// Chunks the table takes in `GS_TABLE_CHUNKS`.
+    pub const fn table_chunks(&self) -> u32 {
+        table_chunks(self.table_size, self.backend_count)
+    }
+
+    /// The chunk that holds Maglev slot `slot` (below `table_size`), and its lane.
+    pub const fn slot_chunk(&self, slot: u32) -> (u32, u32) {
+        let first = self
+            .table_start
+            .wrapping_add(self.backend_count.div_ceil(TABLE_CHUNK_IDS));
+        (
+            first.wrapping_add(slot / TABLE_CHUNK_SLOTS),
+            slot % TABLE_CHUNK_SLOTS,
+        )
+    }
+
+    /// The chunk that holds the id of backend `index` (below `backend_count`), and its lane.
+    pub const fn id_chunk(&self, index: u32) -> (u32, u32) {
+        (
+            self.table_start.wrapping_add(index / TABLE_CHUNK_IDS),
+            index % TABLE_CHUNK_IDS,
+        )
     }
 }
 
-/// One generation of a service's backend set and Maglev table.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ServiceTable {
-    pub backend_count: u32,
-    pub _pad: u32,
-    /// Global backend ids; `slots` index into this list.
-    pub backends: [u32; MAX_BACKENDS_PER_SERVICE],
-    pub slots: [u16; MAGLEV_TABLE_SIZE],
-    pub _pad_tail: u16,
+/// Backend ids per [`TableChunk`].
+pub const TABLE_CHUNK_IDS: u32 = 16;
+/// Maglev slots per [`TableChunk`].
+pub const TABLE_CHUNK_SLOTS: u32 = 32;
+
+/// Chunks a table of `size` Maglev slots over `count` backends takes.
+pub const fn table_chunks(size: u32, count: u32) -> u32 {
+    count.div_ceil(TABLE_CHUNK_IDS) + size.div_ceil(TABLE_CHUNK_SLOTS)
 }
-const _: () = assert!(
-    core::mem::size_of::<ServiceTable>()
-        == 8 + 4 * MAX_BACKENDS_PER_SERVICE + 2 * MAGLEV_TABLE_SIZE + 2
-);
+
+/// 64 bytes of a service table: 16 backend ids, or 32 Maglev slots (each a `u16` index into
+/// the service's backend list, two to a word, the even slot in the low half). Array map values
+/// take at least 8 bytes each, so a table of single slots would cost four times its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TableChunk {
+    pub words: [u32; 16],
+}
+const _: () = assert!(core::mem::size_of::<TableChunk>() == 64);
+
+impl TableChunk {
+    pub const fn id(&self, lane: u32) -> u32 {
+        self.words[(lane % TABLE_CHUNK_IDS) as usize]
+    }
+
+    pub const fn slot(&self, lane: u32) -> u32 {
+        let lane = lane % TABLE_CHUNK_SLOTS;
+        (self.words[(lane / 2) as usize] >> ((lane & 1) * 16)) & 0xffff
+    }
+
+    pub const fn set_slot(&mut self, lane: u32, index: u16) {
+        let lane = lane % TABLE_CHUNK_SLOTS;
+        let word = &mut self.words[(lane / 2) as usize];
+        let shift = (lane & 1) * 16;
+        *word = (*word & !(0xffff << shift)) | ((index as u32) << shift);
+    }
+}
 
 /// A backend endpoint, as the DNAT writes it (network byte order), with its outlier limits.
 #[repr(C)]
@@ -704,7 +762,7 @@ mod pod {
     pod!(
         ServiceKey,
         ServiceValue,
-        ServiceTable,
+        TableChunk,
         Backend,
         BackendState,
         ServiceState,
@@ -726,6 +784,39 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_is_its_ids_then_its_slots_in_whole_chunks() {
+        let entry = ServiceValue {
+            table_start: 100,
+            table_size: 1_021,
+            backend_count: 17,
+            ..Default::default()
+        };
+        // 17 ids: two chunks; 1,021 slots: 32 chunks (the last one part full).
+        assert_eq!(entry.table_chunks(), 2 + 32);
+        assert_eq!(entry.id_chunk(0), (100, 0));
+        assert_eq!(entry.id_chunk(16), (101, 0));
+        assert_eq!(entry.slot_chunk(0), (102, 0));
+        assert_eq!(entry.slot_chunk(33), (103, 1));
+        assert_eq!(entry.slot_chunk(1_020), (133, 28));
+        assert_eq!(table_chunks(0, 3), 1);
+        assert_eq!(table_chunks(0, 0), 0);
+    }
+
+    #[test]
+    fn slots_pack_two_to_a_word() {
+        let mut chunk = TableChunk::default();
+        for lane in 0..TABLE_CHUNK_SLOTS {
+            chunk.set_slot(lane, 1_000 + lane as u16);
+        }
+        chunk.set_slot(5, u16::MAX);
+        for lane in 0..TABLE_CHUNK_SLOTS {
+            let want = if lane == 5 { 0xffff } else { 1_000 + lane };
+            assert_eq!(chunk.slot(lane), want, "lane {lane}");
+        }
+        assert_eq!(chunk.words[0], 1_000 | 1_001 << 16);
+    }
 
     #[test]
     fn flow_hash_spreads_neighbouring_ports() {

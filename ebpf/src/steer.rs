@@ -70,14 +70,15 @@ use geosteer_common::{
     AFFINITY_SIZE, APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, AffinityKey,
     AffinityValue, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC,
     BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, DIR_ORIGINAL, DIR_REPLY,
-    DropReason, EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
-    FLOW_FLAG_CONNECT_OK_PENDING, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE,
-    FlowKey, FlowValue, FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS_PER_SERVICE, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN,
-    PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceTable, ServiceValue,
+    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
+    DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason, EVENT_CONNECT_TIMEOUT,
+    EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
+    FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey,
+    FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO,
+    ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceValue,
     Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED,
-    TIMEOUT_DISMISSED, TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats,
+    flow_hash,
     http::{
         METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
         parse_status,
@@ -92,9 +93,10 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 /// packets to a VIP be dropped without knowing their port.
 #[map(name = "GS_VIPS")]
 static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
-/// Two generations per service: index `id * 2 + generation`.
-#[map(name = "GS_TABLES")]
-static TABLES: Array<ServiceTable> = Array::with_max_entries(DEFAULT_MAX_SERVICES * 2, 0);
+/// Every service's backend list and Maglev table, where its `ServiceValue` says (see there).
+#[map(name = "GS_TABLE_CHUNKS")]
+static TABLE_CHUNKS: Array<TableChunk> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_TABLE_CHUNKS_PER_SERVICE, 0);
 #[map(name = "GS_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map(name = "GS_BACKEND_STATE")]
@@ -205,8 +207,8 @@ pub fn count_ct(index: u32) {
 }
 
 /// Hides a value's origin from LLVM so that a following bounds check is kept: the verifier
-/// needs that explicit check, but LLVM would drop it as redundant after `% MAGLEV_TABLE_SIZE`
-/// (the verifier does not track ranges through modulo).
+/// needs that explicit check, but LLVM would drop it as redundant after an arithmetic bound it
+/// can see through (the verifier does not track ranges through every operation).
 #[inline(always)]
 fn opaque(v: u64) -> u64 {
     // SAFETY: reading a local through a valid pointer.
@@ -1040,40 +1042,54 @@ fn affine_backend(
 
 /// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
 /// so the kernel can take a backend out at once, before the agent rebuilds the table without it.
-// Always inlined: as a BPF subprogram, its `Option` result is returned through a pointer into
-// the caller's stack, which the verifier refuses ("cannot return stack pointer").
 #[inline(always)]
 fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backend)> {
-    let table = TABLES.get(service.table_index())?;
-    let count = table.backend_count;
-    if count == 0 {
+    let id = select_id(service, flow, seed);
+    if id == NO_BACKEND {
         return None;
+    }
+    BACKENDS.get(id).map(|b| (id, *b))
+}
+
+/// No backend: the service takes no new flows.
+const NO_BACKEND: u32 = u32::MAX;
+
+/// [`select`]'s pick as a backend id, or [`NO_BACKEND`]. Its own BPF function (a scalar result
+/// is returned in a register), so its locals live in its own stack frame, not in the
+/// request path's, which is at the 512-byte limit with the packet parser's.
+#[inline(never)]
+fn select_id(service: &ServiceValue, flow: &Flow, seed: u64) -> u32 {
+    let size = service.table_size;
+    let count = service.backend_count;
+    if size == 0 || count == 0 {
+        return NO_BACKEND;
     }
     let hash = flow_hash(
         seed, flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto,
     );
-    let first = (hash % MAGLEV_TABLE_SIZE as u32) as u64;
-    let mut fallback: Option<u32> = None;
-    for probe in 0..MAX_EJECTED_PROBE as u64 {
-        // 64-bit all the way: a 32-bit index is zero-extended with shifts that lose the bound
-        // the verifier learned from the comparison.
-        let slot = opaque((first + probe) % MAGLEV_TABLE_SIZE as u64);
-        if slot >= MAGLEV_TABLE_SIZE as u64 {
-            return None;
+    // Chunk indexes come from the agent's entry; the array lookup bounds them, so an entry
+    // the agent never wrote (or a torn read of one) finds some backend or none, never memory
+    // outside the map.
+    let first = hash % size;
+    let mut fallback = NO_BACKEND;
+    for probe in 0..MAX_EJECTED_PROBE {
+        let mut slot = first + probe;
+        if slot >= size {
+            slot -= size;
         }
-        let index = table.slots[slot as usize] as u64;
-        if index >= count as u64 || index >= MAX_BACKENDS_PER_SERVICE as u64 {
-            continue;
-        }
-        let id = table.backends[index as usize];
-        if fallback.is_none() {
-            fallback = Some(id);
+        let (chunk, lane) = service.slot_chunk(slot);
+        let Some(slots) = TABLE_CHUNKS.get(chunk) else {
+            return NO_BACKEND;
+        };
+        let id = backend_at(service, slots.slot(lane));
+        if fallback == NO_BACKEND {
+            fallback = id;
         }
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
         if !out_of_rotation(id, backend) {
-            return Some((id, *backend));
+            return id;
         }
     }
     // Every probed slot is out — typically a whole priority failed a moment ago and the agent
@@ -1085,33 +1101,40 @@ fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backen
     // every step (the earlier 256 consecutive steps were 650k of the 798k instructions it
     // processed), and `bpf_loop`, which it walks once, needs a function pointer that kernels
     // before 5.13 refuse to load.
-    let count = count as u64;
-    let start = (hash as u64) % count;
+    let start = hash % count;
     let stride = (count / FALLBACK_SCAN).max(1);
     for step in 0..FALLBACK_SCAN {
         if step >= count {
             break;
         }
-        let index = opaque((start + step * stride) % count);
-        if index >= MAX_BACKENDS_PER_SERVICE as u64 {
-            break;
-        }
-        let id = table.backends[index as usize];
+        let id = backend_at(service, (start + step * stride) % count);
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
         if !out_of_rotation(id, backend) {
-            return Some((id, *backend));
+            return id;
         }
     }
     // Nothing left: better an ejected backend than a dropped connection (the agent's panic
     // threshold makes the same choice for the whole service).
-    let id = fallback?;
-    BACKENDS.get(id).map(|b| (id, *b))
+    fallback
+}
+
+/// The id of the service's backend `index` (from a Maglev slot or the fallback scan), or
+/// [`NO_BACKEND`] when the index is past its list.
+#[inline(always)]
+fn backend_at(service: &ServiceValue, index: u32) -> u32 {
+    if index >= service.backend_count {
+        return NO_BACKEND;
+    }
+    let (chunk, lane) = service.id_chunk(index);
+    TABLE_CHUNKS
+        .get(chunk)
+        .map_or(NO_BACKEND, |ids| ids.id(lane))
 }
 
 /// How many entries of a service's backend list the fallback scan visits at most.
-const FALLBACK_SCAN: u64 = 16;
+const FALLBACK_SCAN: u32 = 16;
 
 fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {

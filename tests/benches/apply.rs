@@ -1,25 +1,30 @@
-//! Policy apply latency at 100, 1 000 and 10 000 services: how long the agent takes to put
-//! services into the kernel maps, and to swap one service while all the others are live.
+//! Policy apply latency and map memory at 100, 1 000, 10 000 and (full runs) 100 000 services:
+//! how long the agent takes to put services into the kernel maps, to swap one service while
+//! all the others are live, and how much kernel memory the maps take.
 //!
 //! Run by `cargo xtask bench` (needs root, CAP_BPF). Results go, as JSON, to the file named by
 //! `GEOSTEER_BENCH_OUT`; `GEOSTEER_BENCH_QUICK=1` makes the runs shorter.
 //!
 //! Everything runs in this process against the real kernel object, loaded (not attached) with
-//! maps sized for N services of 4 backends, exactly as the agent sizes them from its config:
+//! maps sized for N services of 10 backends, exactly as the agent sizes them from its config
+//! (`maxServices` N, `maxBackends` 10N, the default `tableChunks`):
 //!
 //! - **initial apply**: `Programmer::apply` of all N services into empty maps;
 //! - **one service changed**: `Programmer::apply_one` with new weights for one service while N
 //!   are live, which is what the controller calls on every health or policy change. Timed from
-//!   the call to its return: the Maglev table build, the table write into the idle
-//!   generation, the one update that makes it live, and any grace period it had to wait for;
+//!   the call to its return: the Maglev table build, the table write into free slots, the
+//!   one update that makes it live, and any grace period it had to wait for;
 //! - **one backend ejected**: `Controller::on_kernel_ejection`, the agent's handling of a kernel
 //!   ejection event: outlier bookkeeping, the policy recompute of that service (locality
 //!   failover), the swap, and the kernel health flags.
 //!
-//! Grace periods: a generation that was live is only rewritten once no packet can still be
-//! reading it. The programmer asks for that grace period in the background at every swap and
-//! waits for it synchronously only if the next swap of the same service comes first. A
-//! counting wrapper around the maps records every synchronous wait.
+//! Grace periods: the slots of a table that was live are only reused once no packet can still
+//! be reading them. The programmer asks for that grace period in the background at every swap
+//! and waits for it synchronously only when the slot map has no other room. A counting wrapper
+//! around the maps records every synchronous wait.
+//!
+//! Map memory is compared with Cilium's design, computed: one 16,381-slot table of `u32`
+//! backend ids per service (its default M), the rest of the maps as here.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -31,16 +36,21 @@ use geosteer::{
     controller::Controller,
     dataplane::{BpfMaps, Dataplane},
     loader::{self, MapSizes},
-    programmer::{DesiredBackend, DesiredService, Programmer, build_service_table},
+    programmer::{DesiredBackend, DesiredService, Programmer, build_table_chunks, table_size_for},
 };
 use geosteer_common::{
     Backend, BackendState, KernelEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
-    ServiceTable, ServiceValue, Settings,
+    ServiceValue, Settings, TableChunk,
 };
 use serde::Serialize;
 
 const SERVICE_COUNTS: [u32; 3] = [100, 1_000, 10_000];
-const BACKENDS_PER_SERVICE: u32 = 4;
+/// Full runs also load and apply this many (the largest `maxServices` this machine is sized
+/// for in the terms: 100,000 services of 10 backends).
+const LARGEST: u32 = 100_000;
+const BACKENDS_PER_SERVICE: u32 = 10;
+/// Cilium's default Maglev table size (`--bpf-lb-maglev-table-size`), one per service.
+const CILIUM_TABLE_SIZE: u64 = 16_381;
 /// The smallest conntrack the agent accepts: flows play no part here.
 const CONNTRACK_SIZE: u32 = 1024;
 const VPORT: u16 = 80;
@@ -65,8 +75,13 @@ struct Scale {
     load_ms: f64,
     /// Kernel memory charged for every map of the object (`memlock` in /proc/self/fdinfo).
     map_bytes: u64,
-    /// Of which the Maglev tables (two generations per service).
+    /// Of which the Maglev tables (the table map, sized by the default `tableChunks`).
     table_bytes: u64,
+    /// Chunks the initial apply's tables take (64 B each), and the table map's capacity.
+    table_chunks_used: u32,
+    table_chunks: u32,
+    /// The same maps with Cilium's tables instead (computed, see the module comment).
+    cilium_design_bytes: u64,
     initial_apply_ms: f64,
     initial_apply_grace_waits: usize,
     /// `Programmer::apply` again with nothing changed (a reload that changes nothing).
@@ -99,7 +114,8 @@ fn maglev_build_us(changes: usize) -> f64 {
     let times = (0..changes)
         .map(|_| {
             let started = Instant::now();
-            std::hint::black_box(build_service_table(&desired, &ids));
+            let size = table_size_for(&desired);
+            std::hint::black_box(build_table_chunks(&desired, size, &ids));
             started.elapsed()
         })
         .collect();
@@ -115,7 +131,10 @@ fn main() -> Result<()> {
     let changes = if quick { 50 } else { 200 };
 
     let mut results = Vec::new();
-    for services in SERVICE_COUNTS {
+    let counts = SERVICE_COUNTS
+        .into_iter()
+        .chain((!quick).then_some(LARGEST));
+    for services in counts {
         eprintln!("apply bench: {services} services");
         let scale = measure(services, changes)?;
         eprintln!(
@@ -146,19 +165,22 @@ fn main() -> Result<()> {
 
 fn measure(services: u32, changes: usize) -> Result<Scale> {
     let backends = services * BACKENDS_PER_SERVICE;
+    let table_chunks = config::default_table_chunks(services);
     let sizes = MapSizes {
         max_services: services,
         max_backends: backends,
         conntrack: CONNTRACK_SIZE,
+        table_chunks,
     };
 
     // Programmer: the initial apply and single-service swaps.
     let started = Instant::now();
     let mut ebpf = loader::load(sizes, None).context("loading the kernel object")?;
     let load_ms = ms(started.elapsed());
-    let (map_bytes, table_bytes) = map_memory()?;
+    let (map_bytes, table_bytes) = map_memory(table_chunks)?;
+    let cilium_design_bytes = map_bytes - table_bytes + u64::from(services) * CILIUM_TABLE_SIZE * 4;
     let mut maps = Counting::new(BpfMaps::take(&mut ebpf)?);
-    let mut programmer = Programmer::new(services, backends);
+    let mut programmer = Programmer::new(services, backends, table_chunks);
     let mut desired: Vec<DesiredService> = (0..services).map(service).collect();
 
     let started = Instant::now();
@@ -166,6 +188,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
     let initial_apply_ms = ms(started.elapsed());
     ensure!(report.added == services as usize, "{report:?}");
     let initial_apply_grace_waits = maps.take_waits();
+    let (table_chunks_used, _) = programmer.table_chunks_used();
 
     let started = Instant::now();
     let report = programmer.apply(&mut maps, &desired)?;
@@ -201,7 +224,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
     let config = config::parse(&config_yaml(services)).context("bench config")?;
     let mut ebpf = loader::load(sizes, None).context("loading the kernel object")?;
     let mut maps = Counting::new(BpfMaps::take(&mut ebpf)?);
-    let mut controller = Controller::new(config, Programmer::new(services, backends));
+    let mut controller = Controller::new(config, Programmer::new(services, backends, table_chunks));
     let started = Instant::now();
     let applied = controller.apply_all(&mut maps)?;
     let controller_initial_ms = ms(started.elapsed());
@@ -249,6 +272,9 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
         load_ms,
         map_bytes,
         table_bytes,
+        table_chunks_used,
+        table_chunks,
+        cilium_design_bytes,
         initial_apply_ms,
         initial_apply_grace_waits,
         unchanged_apply_ms,
@@ -260,7 +286,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
     })
 }
 
-/// Service `i`: VIP 198.19.0.0 + i, port 80, four backends at weight 1.
+/// Service `i`: VIP 198.19.0.0 + i, port 80, ten backends (from 10.0.0.0 on) at weight 1.
 fn service(i: u32) -> DesiredService {
     DesiredService {
         name: format!("bench/svc-{i}:80/TCP"),
@@ -286,9 +312,7 @@ fn vip(i: u32) -> Ipv4Addr {
 
 /// Distinct backend addresses for every service (198.18.0.0/16 holds 16 384 services' worth).
 fn backend_ip(service: u32, backend: u32) -> Ipv4Addr {
-    Ipv4Addr::from(
-        u32::from(Ipv4Addr::new(198, 18, 0, 0)) + service * BACKENDS_PER_SERVICE + backend,
-    )
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + service * BACKENDS_PER_SERVICE + backend)
 }
 
 fn service_key(i: u32) -> ServiceKey {
@@ -350,8 +374,8 @@ fn latency(mut times: Vec<Duration>, grace_waits: usize) -> Latency {
 }
 
 /// Kernel memory of every BPF map this process holds (only the object loaded here), and of
-/// the Maglev tables among them, from the `memlock` line of each map's fdinfo.
-fn map_memory() -> Result<(u64, u64)> {
+/// the Maglev table map among them (`table_chunks` entries), from each map's fdinfo.
+fn map_memory(table_chunks: u32) -> Result<(u64, u64)> {
     let mut total = 0;
     let mut tables = 0;
     for entry in std::fs::read_dir("/proc/self/fd")? {
@@ -372,8 +396,11 @@ fn map_memory() -> Result<(u64, u64)> {
         };
         let memlock = field("memlock:").context("no memlock in a map's fdinfo")?;
         total += memlock;
-        // The tables map is the only one whose values are whole service tables.
-        if field("value_size:") == Some(std::mem::size_of::<ServiceTable>() as u64) {
+        // The table map: an array (type 2) of 64-byte chunks with `tableChunks` entries.
+        if field("map_type:") == Some(2)
+            && field("value_size:") == Some(64)
+            && field("max_entries:") == Some(u64::from(table_chunks))
+        {
             tables += memlock;
         }
     }
@@ -410,8 +437,8 @@ impl Dataplane for Counting {
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
         self.maps.write_backend_state(id, state)
     }
-    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
-        self.maps.write_table(index, table)
+    fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
+        self.maps.write_table(start, chunks)
     }
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         self.maps.write_service(key, value)
@@ -466,8 +493,11 @@ impl Dataplane for Counting {
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
         self.maps.read_services()
     }
-    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
-        self.maps.read_table(index)
+    fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {
+        self.maps.read_table(start, len)
+    }
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>> {
+        self.maps.read_backends()
     }
     fn read_backend(&self, id: u32) -> Result<Backend> {
         self.maps.read_backend(id)

@@ -219,6 +219,7 @@ impl Rig {
             max_backends: 256,
             // Room for every flow of a repetition (two entries each) without LRU eviction.
             conntrack: 262_144,
+            table_chunks: 1 << 12,
         };
         let mut ebpf = loader::load(sizes, None)?;
         let maps = BpfMaps::take(&mut ebpf)?;
@@ -236,7 +237,7 @@ impl Rig {
         let mut rig = Rig {
             _ebpf: ebpf,
             maps,
-            programmer: Programmer::new(16, 256),
+            programmer: Programmer::new(16, 256, 1 << 12),
             tc_ingress,
             tc_egress,
             xdp,

@@ -30,11 +30,13 @@ fn the_memory_plan_matches_the_kernels_accounting_for_every_map() {
             max_services: 64,
             max_backends: 1024,
             conntrack: 4096,
+            table_chunks: 64 * 36,
         },
         MapSizes {
             max_services: 1024,
             max_backends: 16384,
             conntrack: 262_144,
+            table_chunks: 1024 * 36,
         },
     ]
     .into_iter()

@@ -403,6 +403,8 @@ fn swaps_never_steer_outside_old_and_new_sets() {
         prog.fd().unwrap().try_clone().unwrap()
     };
     let swaps_reader = swaps.clone();
+    let packets = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let packets_writer = packets.clone();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_reader = stop.clone();
     let runner = std::thread::spawn(move || {
@@ -420,13 +422,19 @@ fn swaps_never_steer_outside_old_and_new_sets() {
             let after = swaps_reader.load(std::sync::atomic::Ordering::SeqCst);
             let dst = verify(&out[..r]).dst;
             results.push((before, after, dst));
+            packets_writer.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         drop(tx);
         results
     });
+    // At least 60 swaps and 20,000 packets: a swap rarely waits now (a new table goes into
+    // free chunks), so the swaps go on until the packets have raced enough of them — and
+    // the table map (4,096 chunks, 9 per table) is gone through several times, so retired
+    // tables' chunks are reused after their grace periods while packets run.
     let mut n = 0u64;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while n < 60 && std::time::Instant::now() < deadline {
+    let enough = |n: u64| n >= 60 && packets.load(std::sync::atomic::Ordering::SeqCst) >= 20_000;
+    while !enough(n) && std::time::Instant::now() < deadline {
         n += 1;
         // Announce the swap before making it: a packet that read `before = n` may see set n.
         swaps.store(n, std::sync::atomic::Ordering::SeqCst);
@@ -435,7 +443,7 @@ fn swaps_never_steer_outside_old_and_new_sets() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let results = runner.join().unwrap();
     drop(rx);
-    assert_eq!(n, 60, "swaps during the run");
+    assert!(n >= 60, "only {n} swaps during the run");
     assert!(
         results.len() > 1000,
         "only {} packets ran during the swaps",

@@ -14,7 +14,7 @@ use std::{
 };
 
 use geosteer::dataplane::{BpfMaps, Dataplane as _};
-use geosteer_common::{MAGLEV_TABLE_SIZE, PROTO_TCP, ServiceKey, flow_hash};
+use geosteer_common::{PROTO_TCP, ServiceKey, flow_hash};
 use geosteer_tests::{
     HttpOptions, HttpReport, Lab, LabSpec,
     agent::{Agent, PinDir, two_region_config},
@@ -359,10 +359,9 @@ fn source_ports_cannot_be_aimed_at_one_backend() {
         _pad: 0,
     };
     let service = maps.services.get(&key, 0).expect("service programmed");
-    let table = maps.read_table(service.table_index()).unwrap();
+    let table = geosteer::dataplane::KernelTable::read(&maps, &service).unwrap();
     let backend_at = |hash: u32| {
-        let index = table.slots[(hash % MAGLEV_TABLE_SIZE as u32) as usize] as usize;
-        let id = table.backends[index];
+        let id = table.slot(hash).expect("a table with slots");
         let b = maps.read_backend(id).unwrap();
         Ipv4Addr::from(u32::from_be(b.addr))
     };

@@ -643,6 +643,9 @@ struct ApplyScale {
     load_ms: f64,
     map_bytes: u64,
     table_bytes: u64,
+    table_chunks_used: u32,
+    table_chunks: u32,
+    cilium_design_bytes: u64,
     initial_apply_ms: f64,
     initial_apply_grace_waits: usize,
     unchanged_apply_ms: f64,
@@ -952,20 +955,23 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
     let _ = writeln!(
         w,
         "In-process against the real kernel object (`tests/benches/apply.rs`): loaded (not \
-         attached) with maps sized for N services of 4 backends (`maxServices` N, \
-         `maxBackends` 4N, the smallest conntrack), then:\n\n\
+         attached) with maps sized for N services of 10 backends (`maxServices` N, \
+         `maxBackends` 10N, the default `tableChunks`, the smallest conntrack), then:\n\n\
+         - *map memory*: the kernel's charge for every map (`memlock`), of which the Maglev \
+         table map, and the same maps with Cilium's design instead (one 16,381-slot \
+         table of `u32` per service, computed); *in use* is what the initial apply's \
+         tables take of it;\n\
          - *initial apply*: `Programmer::apply` of all N services into the empty maps, total \
          and per service; *unchanged*: the same apply again, nothing to do (a reload that \
          changes nothing);\n\
          - *one service changed*: new weights for one service while N are live \
          (`Programmer::apply_one`, what the controller calls on every change): the Maglev \
-         table build, the write of the idle generation, the one update that makes it live. \
+         table build, the write into free slots, the one update that makes it live. \
          {} changes, each to a different service than the last (*spread*), then {} changes to \
-         the same service back to back (*same service*). A table that was live is rewritten \
-         only after an RCU grace period (`membarrier`, i.e. `synchronize_rcu`); the programmer \
-         requests one in the background at every swap and waits synchronously only when the \
-         same service changes again before it is over. *Waits* counts the changes that \
-         waited;\n\
+         the same service back to back (*same service*). The slots of a table that was live \
+         are reused only after an RCU grace period (`membarrier`, i.e. `synchronize_rcu`); the \
+         programmer requests one in the background at every swap and waits synchronously only \
+         when the table map has no other room. *Waits* counts the changes that waited;\n\
          - *ejection*: the agent's handling of a kernel ejection event \
          (`Controller::on_kernel_ejection`): outlier bookkeeping, the policy recompute of that \
          service (two endpoints per region, locality failover), the swap and the kernel \
@@ -976,20 +982,23 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
     );
     let _ = writeln!(
         w,
-        "| Services | Map memory (Maglev tables) | Load | Initial apply (per service) | \
+        "| Services | Map memory (Maglev tables; in use) | Cilium's design | Load | \
+         Initial apply (per service) | \
          Unchanged | One service changed, spread: median / p99 / max (waits) | Same service: \
          median / p99 (waits) | Ejection: median / p99 / max (waits) | Controller initial |"
     );
-    let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &a.results {
         let _ = writeln!(
             w,
-            "| {} ({} backends) | {} ({}) | {:.0} ms | {} ({}){} | {} | {} / {} / {} ({}) | {} / \
-             {} ({}) | {} / {} / {} ({}) | {} |",
+            "| {} ({} backends) | {} ({}; {:.0}%) | {} | {:.0} ms | {} ({}){} | {} | {} / {} / {} \
+             ({}) | {} / {} ({}) | {} / {} / {} ({}) | {} |",
             r.services,
             r.backends,
             mib(r.map_bytes),
             mib(r.table_bytes),
+            100.0 * f64::from(r.table_chunks_used) / f64::from(r.table_chunks.max(1)),
+            mib(r.cilium_design_bytes),
             r.load_ms,
             duration_us(r.initial_apply_ms * 1e3),
             duration_us(r.initial_apply_ms * 1e3 / r.services as f64),
@@ -1025,19 +1034,21 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
     };
     let _ = writeln!(
         w,
-        "Reading it: the Maglev tables are {} of the {} of kernel memory at {} services (two \
-         generations of a 16381-slot table per service, preallocated by the array map whatever \
-         is in use; loading the object with them takes {:.1} s). Building one service's table \
-         over its 4 backends takes {} of the {} a change costs at {} services. At {} services \
+        "Reading it: the Maglev tables are {} of the {} of kernel memory at {} services, {:.1}× \
+         less in all than Cilium's design ({}); each service's table is sized to it (1,021 \
+         slots, 2.1 KiB, for 10 backends) in one table map shared by all. Loading the object takes {:.1} \
+         s. Building one service's table over its 10 backends takes {} of the {} a change \
+         costs at {} services. At {} services \
          a change costs {} (median), {growth:.1}× as much: {scaling}. An ejection costs {} at \
          {} services and {} at {}. The controller's full apply takes {} at {} services and {} \
-         at {}; its services have two of their four endpoints, cn-shanghai's, at weight 0 \
-         while cn-hangzhou is healthy, so its tables are built over two backends. A second \
-         change of the same service before the grace period of the first is over waits for \
-         the rest of it: {} (median) per change, {} of {} changes waited.\n",
+         at {}; its services have eight of their ten endpoints, cn-shanghai's, at weight 0 \
+         while cn-hangzhou is healthy, so its tables are built over two backends. Changes to \
+         the same service back to back cost {} (median); {} of {} waited for a grace period.\n",
         mib(large.table_bytes),
         mib(large.map_bytes),
         large.services,
+        large.cilium_design_bytes as f64 / large.map_bytes as f64,
+        mib(large.cilium_design_bytes),
         large.load_ms / 1e3,
         duration_us(small.maglev_build_us),
         duration_us(small.spread.median_us),

@@ -18,8 +18,8 @@ use aya::{
     programs::{SchedClassifier, TestRun as _},
 };
 use geosteer_common::{
-    DIR_ORIGINAL, DIR_REPLY, FlowKey, MAGLEV_TABLE_SIZE, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP,
-    ServiceKey, csum, flow_hash, program_names,
+    DIR_ORIGINAL, DIR_REPLY, FlowKey, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP, ServiceKey, csum,
+    flow_hash, program_names,
 };
 
 use super::{
@@ -186,7 +186,6 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
         source_port_random: random,
         frontend: frontend(&key),
         service: status.map(|s| s.name.clone()),
-        table_size: MAGLEV_TABLE_SIZE as u32,
         ..Default::default()
     };
     // The program's own first step: a packet to no service is passed on untouched. Running it
@@ -282,23 +281,18 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
         original_key.dport,
         proto,
     );
-    let slot = hash % MAGLEV_TABLE_SIZE as u32;
     report.flow_hash = Some(hash);
-    report.slot = Some(slot);
-    let table = maps.read_table(service.table_index())?;
-    let count = table.backend_count as usize;
-    let id_at = |slot: usize| -> Option<u32> {
-        let index = table.slots[slot] as usize;
-        (index < count && index < table.backends.len()).then(|| table.backends[index])
-    };
-    if count > 0 {
-        if let Some(id) = id_at(slot as usize) {
+    report.table_size = service.table_size;
+    let table = crate::dataplane::KernelTable::read(&maps, &service)?;
+    if service.table_size > 0 {
+        let slot = hash % service.table_size;
+        report.slot = Some(slot);
+        if let Some(id) = table.slot(slot) {
             let b = maps.read_backend(id)?;
             report.slot_backend = Some(endpoint(b.addr, b.port));
         }
         if let Some(chosen) = report.backend_id {
-            let probes = (0..MAX_EJECTED_PROBE)
-                .find(|&p| id_at((slot + p) as usize % MAGLEV_TABLE_SIZE) == Some(chosen));
+            let probes = (0..MAX_EJECTED_PROBE).find(|&p| table.slot(slot + p) == Some(chosen));
             report.probed_past_ejected = probes;
             report.fallback_scan = probes.is_none();
             report.kernel_ejected = maps

@@ -83,10 +83,9 @@ pub fn kernel_services(maps: &BpfMaps) -> Result<Vec<KernelService>> {
     services.sort_by_key(|(key, _)| *key);
     let mut out = Vec::new();
     for (key, value) in services {
-        let table = maps.read_table(value.table_index())?;
-        let count = (table.backend_count as usize).min(table.backends.len());
+        let table = crate::dataplane::KernelTable::read(maps, &value)?;
         let mut backends = Vec::new();
-        for &id in &table.backends[..count] {
+        for &id in &table.backends {
             backends.push(kernel_backend(maps, id)?);
         }
         out.push(KernelService {

@@ -77,6 +77,7 @@ fn parses_the_example() {
             conntrack_size: 262_144,
             max_services: 1024,
             max_backends: 65_536,
+            table_chunks: None,
             pin_path: "/sys/fs/bpf/geosteer".into(),
             connect_timeout: Duration::from_secs(1),
             conntrack: ConntrackTimeouts::default(),
@@ -464,9 +465,9 @@ fn validation_errors_name_the_field_and_value() {
         (
             "max services too big",
             "tc: [cl0]",
-            "maxServices: 70000",
+            "maxServices: 300000",
             "dataplane.maxServices",
-            "70000 is above the maximum 65536",
+            "300000 is above the maximum 262144",
         ),
         (
             "max backends too small",
@@ -474,6 +475,20 @@ fn validation_errors_name_the_field_and_value() {
             "maxBackends: 15",
             "dataplane.maxBackends",
             "15 is below the minimum 16",
+        ),
+        (
+            "table chunks too few",
+            "tc: [cl0]",
+            "tableChunks: 10",
+            "dataplane.tableChunks",
+            "10 is below the minimum 16",
+        ),
+        (
+            "tables that do not fit",
+            "tc: [cl0]",
+            "tableChunks: 20",
+            "dataplane.tableChunks",
+            "20 chunks cannot hold these services' tables: they need 27",
         ),
         (
             "bad glob",

@@ -50,7 +50,7 @@ fn endpoint_addr(a: u8, b: u8) -> u32 {
 
 fn started(port_name: &str) -> (Controller, MemoryDataplane) {
     let mut dp = MemoryDataplane::new();
-    let mut controller = Controller::new(config(port_name), Programmer::new(16, 64));
+    let mut controller = Controller::new(config(port_name), Programmer::new(16, 64, 1 << 16));
     controller.apply_all(&mut dp).expect("apply");
     (controller, dp)
 }
@@ -65,11 +65,11 @@ fn backend_id(controller: &Controller, a: u8) -> u32 {
 /// Backend ids the live table of the service hands new flows to.
 fn steered_to(dp: &MemoryDataplane) -> BTreeSet<u32> {
     let value = dp.services[&key()];
-    let table = &dp.tables[&value.table_index()];
-    table
+    crate::dataplane::KernelTable::read(dp, &value)
+        .expect("table")
         .slots
-        .iter()
-        .map(|&slot| table.backends[slot as usize])
+        .into_iter()
+        .map(|id| id.expect("a slot names a backend"))
         .collect()
 }
 
@@ -90,7 +90,7 @@ fn each_table_is_written_before_the_service_entry_that_makes_it_live() {
         .iter()
         .position(|w| *w == Write::Service(key()))
         .expect("service written");
-    let table = dp.services[&key()].table_index();
+    let table = dp.services[&key()].table_start;
     let written = log
         .iter()
         .position(|w| *w == Write::Table(table))

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use geosteer_common::{
     BACKEND_FLAG_ACTIVE, Backend, BackendState, ServiceConfig, ServiceKey, ServiceState,
-    ServiceTable, ServiceValue, Settings,
+    ServiceValue, Settings, TableChunk,
 };
 
 use super::Dataplane;
@@ -44,7 +44,8 @@ pub enum Write {
 pub struct MemoryDataplane {
     pub backends: BTreeMap<u32, Backend>,
     pub backend_state: BTreeMap<u32, BackendState>,
-    pub tables: BTreeMap<u32, Box<ServiceTable>>,
+    /// The table map's chunks, by index (unwritten ones read as zeros, as in the kernel).
+    pub table_chunks: BTreeMap<u32, TableChunk>,
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub vips: BTreeMap<u32, u32>,
     pub settings: Settings,
@@ -92,9 +93,11 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
-    fn write_table(&mut self, index: u32, table: &ServiceTable) -> Result<()> {
-        self.tables.insert(index, Box::new(*table));
-        self.log.push(Write::Table(index));
+    fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.table_chunks.insert(start + i as u32, *chunk);
+        }
+        self.log.push(Write::Table(start));
         Ok(())
     }
 
@@ -206,11 +209,14 @@ impl Dataplane for MemoryDataplane {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn read_table(&self, index: u32) -> Result<Box<ServiceTable>> {
-        self.tables
-            .get(&index)
-            .cloned()
-            .with_context(|| format!("no table {index}"))
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().map(|(id, b)| (*id, *b)).collect())
+    }
+
+    fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {
+        Ok((start..start + len)
+            .map(|i| self.table_chunks.get(&i).copied().unwrap_or_default())
+            .collect())
     }
 
     fn read_backend(&self, id: u32) -> Result<Backend> {

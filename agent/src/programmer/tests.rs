@@ -1,6 +1,6 @@
 //! The programmer's write order against the in-memory data path: a table is complete before
-//! the entry that makes it live, an idle generation is rewritten only after a grace period, and
-//! ids of removed services and backends are reused only after one.
+//! the entry that makes it live, a retired table's words are reused only after a grace period,
+//! and so are the ids of removed services and backends.
 
 use std::net::Ipv4Addr;
 
@@ -44,23 +44,30 @@ fn position(log: &[Write], write: &Write) -> usize {
 }
 
 #[test]
-fn a_swap_writes_the_idle_generation_then_flips() {
+fn a_swap_writes_a_new_table_then_points_the_service_at_it() {
     let mut dp = MemoryDataplane::new();
-    let mut programmer = Programmer::new(4, 16);
+    let mut programmer = Programmer::new(4, 16, 4096);
     programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
     let first = dp.services[&key(80)];
     dp.take_log();
     programmer.apply(&mut dp, &[service(80, &[1, 3])]).unwrap();
     let second = dp.services[&key(80)];
     assert_eq!(second.id, first.id);
-    assert_ne!(second.generation, first.generation, "the other generation");
+    let (old, new) = (
+        first.table_start..first.table_start + first.table_chunks(),
+        second.table_start..second.table_start + second.table_chunks(),
+    );
+    assert!(
+        old.end <= new.start || new.end <= old.start,
+        "{old:?} and {new:?} overlap"
+    );
     let log = dp.take_log();
     assert!(
-        position(&log, &Write::Table(second.table_index()))
+        position(&log, &Write::Table(second.table_start))
             < position(&log, &Write::Service(key(80)))
     );
     assert!(
-        !log.contains(&Write::Table(first.table_index())),
+        !log.contains(&Write::Table(first.table_start)),
         "the live table was rewritten: {log:?}"
     );
     // Unchanged: nothing written.
@@ -69,20 +76,70 @@ fn a_swap_writes_the_idle_generation_then_flips() {
 }
 
 #[test]
-fn an_idle_generation_is_rewritten_only_after_a_grace_period() {
+fn tables_are_sized_to_the_service() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 64, 1 << 16);
+    let services = [
+        service(80, &[1, 1]),
+        service(81, &[1; 10]),
+        service(82, &[1; 11]),
+        service(83, &[0, 0]),
+    ];
+    programmer.apply(&mut dp, &services).unwrap();
+    let sizes: Vec<(u32, u32)> = (80..84)
+        .map(|port| {
+            let entry = dp.services[&key(port)];
+            (entry.table_size, entry.backend_count)
+        })
+        .collect();
+    // No backend takes new flows: no slots, the list kept (for the CLI and a restart).
+    assert_eq!(sizes, [(251, 2), (1_021, 10), (2_039, 11), (0, 2)]);
+    for port in 80..84 {
+        let entry = dp.services[&key(port)];
+        let table = crate::dataplane::KernelTable::read(&dp, &entry).unwrap();
+        let ids: BTreeMap<u32, usize> = table.backends.iter().map(|&id| (id, 0)).collect();
+        assert_eq!(
+            ids.len(),
+            entry.backend_count as usize,
+            "{port}: distinct ids"
+        );
+        assert_eq!(table.slots.len(), entry.table_size as usize);
+        // Every slot names one of the service's own backends, each about equally often.
+        let mut counts = ids;
+        for id in &table.slots {
+            let id = id.expect("a slot names a backend of the list");
+            *counts.get_mut(&id).expect("a backend of the service") += 1;
+        }
+        if entry.table_size > 0 {
+            let fair = entry.table_size as usize / counts.len();
+            assert!(
+                counts.values().all(|&c| c.abs_diff(fair) <= 1),
+                "{port}: {counts:?}"
+            );
+        }
+    }
+    // Ids 16 to a chunk, slots 32 to a chunk: 1 + 8, 1 + 32, 1 + 64, and 1.
+    let (used, capacity) = programmer.table_chunks_used();
+    assert_eq!((used, capacity), (9 + 33 + 65 + 1, 1 << 16));
+}
+
+#[test]
+fn a_retired_tables_words_are_reused_only_after_a_grace_period() {
     let mut dp = MemoryDataplane::new();
     dp.background_grace = false;
-    let mut programmer = Programmer::new(4, 16);
+    // Room for two tables of two backends (2 ids and 251 slots: 9 chunks each).
+    let mut programmer = Programmer::new(4, 16, 2 * 9);
     programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
     let first = dp.services[&key(80)];
     programmer.apply(&mut dp, &[service(80, &[1, 2])]).unwrap();
     dp.take_log();
-    // The third version goes back into the first generation, which packets may still read
-    // until a grace period has passed since the last flip.
+    // The third version fits only in the first one's chunks, which packets may still read
+    // until a grace period has passed since the flip that retired them.
     programmer.apply(&mut dp, &[service(80, &[1, 3])]).unwrap();
     let log = dp.take_log();
+    assert_eq!(dp.services[&key(80)].table_start, first.table_start);
     assert!(
-        position(&log, &Write::GracePeriod) < position(&log, &Write::Table(first.table_index())),
+        position(&log, &Write::GracePeriod) < position(&log, &Write::Table(first.table_start)),
         "{log:?}"
     );
     // With background grace periods done, no synchronous wait.
@@ -93,10 +150,82 @@ fn an_idle_generation_is_rewritten_only_after_a_grace_period() {
 }
 
 #[test]
+fn a_table_that_does_not_fit_leaves_the_service_as_it_was() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 64, 40);
+    programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
+    let before = dp.services[&key(80)];
+    dp.take_log();
+    // 11 backends need 1 + 64 chunks (2,039 slots).
+    let error = programmer
+        .apply(&mut dp, &[service(80, &[1; 11])])
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(message.contains("svc:80"), "{message}");
+    assert!(message.contains("dataplane.tableChunks"), "{message}");
+    assert!(message.contains("65 chunks"), "{message}");
+    assert_eq!(dp.services[&key(80)], before);
+    assert!(
+        dp.take_log()
+            .iter()
+            .all(|w| matches!(w, Write::GracePeriod)),
+        "nothing written"
+    );
+    // The programmer still knows the live service: a change that fits goes through.
+    assert_eq!(programmer.service(&key(80)).map(|s| s.entry), Some(before));
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 2, 3])])
+        .unwrap();
+    assert_eq!(dp.services[&key(80)].backend_count, 3);
+}
+
+#[test]
+fn a_restarted_programmer_keeps_live_tables_and_waits_before_reusing_other_chunks() {
+    let mut dp = MemoryDataplane::new();
+    dp.background_grace = false;
+    let mut programmer = Programmer::new(4, 16, 4 * 9);
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1]), service(81, &[1, 1])])
+        .unwrap();
+    // A swap just before the agent died: its old table's chunks are retired, not yet free.
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 2]), service(81, &[1, 1])])
+        .unwrap();
+    let live: Vec<ServiceValue> = [80, 81].map(|p| dp.services[&key(p)]).into();
+    let mut recovered = Programmer::recover(&dp, 4, 16, 4 * 9).unwrap();
+    assert_eq!(
+        recovered.table_chunks_used(),
+        (4 * 9, 4 * 9),
+        "all taken until a grace"
+    );
+    dp.take_log();
+    recovered
+        .apply(&mut dp, &[service(80, &[1, 2]), service(81, &[1, 1])])
+        .unwrap();
+    let log = dp.take_log();
+    let first_table = log
+        .iter()
+        .position(|w| matches!(w, Write::Table(_)))
+        .expect("tables rewritten");
+    assert!(position(&log, &Write::GracePeriod) < first_table, "{log:?}");
+    for old in live {
+        assert!(
+            !log.contains(&Write::Table(old.table_start)),
+            "a live table was overwritten: {log:?}"
+        );
+    }
+    // The backends kept their ids.
+    for port in [80, 81] {
+        let table = crate::dataplane::KernelTable::read(&dp, &dp.services[&key(port)]).unwrap();
+        assert_eq!(table.backends.len(), 2);
+    }
+}
+
+#[test]
 fn ids_of_a_removed_service_are_reused_only_after_a_grace_period() {
     let mut dp = MemoryDataplane::new();
     dp.background_grace = false;
-    let mut programmer = Programmer::new(1, 2);
+    let mut programmer = Programmer::new(1, 2, 4096);
     programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
     let old = dp.services[&key(80)];
     let old_backends: Vec<u32> = dp.backends.keys().copied().collect();
@@ -122,4 +251,32 @@ fn ids_of_a_removed_service_are_reused_only_after_a_grace_period() {
         waited < position(&log, &Write::ServiceState(new.id)),
         "{log:?}"
     );
+}
+
+#[test]
+fn a_backend_id_names_its_service_and_endpoint_while_it_is_live() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1]), service(81, &[1])])
+        .unwrap();
+    let endpoint = |i: u8| u32::from(Ipv4Addr::new(198, 18, 0, i)).to_be();
+    let second = programmer
+        .backend_id(&key(80), endpoint(2), 8080u16.to_be())
+        .unwrap();
+    assert_eq!(
+        programmer.backend_by_id(second),
+        Some((key(80), endpoint(2), 8080u16.to_be()))
+    );
+    // The endpoint leaves its service, then the other service goes: their ids name nothing.
+    let other = programmer
+        .backend_id(&key(81), endpoint(1), 8080u16.to_be())
+        .unwrap();
+    programmer.apply(&mut dp, &[service(80, &[1])]).unwrap();
+    assert_eq!(programmer.backend_by_id(second), None);
+    assert_eq!(programmer.backend_by_id(other), None);
+    let first = programmer
+        .backend_id(&key(80), endpoint(1), 8080u16.to_be())
+        .unwrap();
+    assert_eq!(programmer.backend_by_id(first).map(|o| o.0), Some(key(80)));
 }

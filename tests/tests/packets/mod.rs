@@ -206,13 +206,14 @@ impl Rig {
             max_services: 16,
             max_backends: 256,
             conntrack: 65536,
+            table_chunks: 1 << 12,
         };
         let mut ebpf = loader::load(sizes, None).expect("kernel object loads and verifies");
         let maps = BpfMaps::take(&mut ebpf).expect("maps");
         let mut rig = Self {
             ebpf,
             maps,
-            programmer: Programmer::new(16, 256),
+            programmer: Programmer::new(16, 256, 1 << 12),
             settings: ServiceSettings::default(),
         };
         rig.set_services(&[
