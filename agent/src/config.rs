@@ -1199,32 +1199,20 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
         .iter()
         .map(|s| s.ports.len() * s.endpoints.len())
         .sum();
-    // Each table at its smallest size (shares can ask for a larger one), and room to swap the
-    // largest.
-    let tables = config.services.iter().map(|s| {
-        let n = s.endpoints.len();
-        u64::from(geosteer_common::table_chunks(
-            crate::maglev::min_table_size(n) as u32,
-            n as u32,
-        ))
-    });
-    let largest = tables.clone().max().unwrap_or(0);
-    let ports: Vec<u64> = config
-        .services
-        .iter()
-        .map(|s| s.ports.len() as u64)
-        .collect();
-    let needed: u64 = tables.zip(&ports).map(|(t, p)| t * p).sum::<u64>() + largest;
+    let needed = tables_needed(&config.services);
     let capacity = u64::from(config.dataplane.table_chunks());
     // (Below the minimum, the range error above says it.)
     let in_range = capacity >= u64::from(TABLE_CHUNKS_RANGE.0);
-    if !config.services.is_empty() && in_range && needed > capacity {
+    if in_range && needed > capacity {
+        // Blamed on `services`, as the other capacity limits: the Kubernetes source leaves
+        // services out until the rest fits.
         errors.push(FieldError::new(
-            "dataplane.tableChunks",
+            "services",
             format!(
-                "{capacity} chunks cannot hold these services' tables: they need {needed} \
-                 (each service port with N endpoints takes a table of at least 100·N slots, \
-                 32 to a chunk, and N ids, 16 to a chunk, plus room to swap the largest)"
+                "their Maglev tables need {needed} chunks, above the {capacity} of \
+                 dataplane.tableChunks (each service port with N endpoints takes a table of at \
+                 least 100·N slots, 32 to a chunk, and N ids, 16 to a chunk, plus room to swap \
+                 the largest)"
             ),
         ));
     }
@@ -1238,6 +1226,25 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
             ),
         ));
     }
+}
+
+/// Chunks of the table map one port of `service` takes at least (the size its endpoint count
+/// gives; shares can ask for a larger one).
+pub fn table_chunks_at_least(service: &Service) -> u64 {
+    let n = service.endpoints.len();
+    u64::from(geosteer_common::table_chunks(
+        crate::maglev::min_table_size(n) as u32,
+        n as u32,
+    ))
+}
+
+/// Chunks of the table map `services` need at least: every port's table, and room to swap the
+/// largest.
+pub fn tables_needed(services: &[Service]) -> u64 {
+    let tables = services.iter().map(table_chunks_at_least);
+    let largest = tables.clone().max().unwrap_or(0);
+    let ports = services.iter().map(|s| s.ports.len() as u64);
+    tables.zip(ports).map(|(t, p)| t * p).sum::<u64>() + largest
 }
 
 /// Checks the ports of `config.services[s]`; `frontends` remembers which service port first

@@ -487,8 +487,8 @@ fn validation_errors_name_the_field_and_value() {
             "tables that do not fit",
             "tc: [cl0]",
             "tableChunks: 20",
-            "dataplane.tableChunks",
-            "20 chunks cannot hold these services' tables: they need 27",
+            "services",
+            "their Maglev tables need 27 chunks, above the 20 of dataplane.tableChunks",
         ),
         (
             "bad glob",

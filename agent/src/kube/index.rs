@@ -1071,30 +1071,50 @@ fn set_aside_idle_weights(built: &mut Built, known_clusters: &BTreeSet<&str>) {
 /// Keeps the service ports and backends within the data path's capacity, leaving out services
 /// from the end (namespace/name order) so that the same ones are left out every time.
 fn trim_to_capacity(file: &Config, built: &mut [Built], warnings: &mut Vec<String>) {
-    let load = |s: &Service| (s.ports.len(), s.ports.len() * s.endpoints.len());
-    let (mut ports, mut backends) = file
+    let load = |s: &Service| {
+        let ports = s.ports.len() as u64;
+        let tables = ports * crate::config::table_chunks_at_least(s);
+        (ports, ports * s.endpoints.len() as u64, tables)
+    };
+    let (mut ports, mut backends, mut tables) = file
         .services
         .iter()
         .map(load)
-        .fold((0, 0), |(p, b), (sp, sb)| (p + sp, b + sb));
+        .fold((0, 0, 0), |(p, b, t), (sp, sb, st)| {
+            (p + sp, b + sb, t + st)
+        });
+    // Room to swap the largest table (of any service, included or not: a bound).
+    let swap_room = file
+        .services
+        .iter()
+        .chain(built.iter().map(|b| &b.service))
+        .map(crate::config::table_chunks_at_least)
+        .max()
+        .unwrap_or(0);
     for b in built.iter().filter(|b| b.included) {
-        let (p, e) = load(&b.service);
+        let (p, e, t) = load(&b.service);
         ports += p;
         backends += e;
+        tables += t;
     }
-    let max_ports = file.dataplane.max_services as usize;
-    let max_backends = file.dataplane.max_backends as usize;
+    let max_ports = u64::from(file.dataplane.max_services);
+    let max_backends = u64::from(file.dataplane.max_backends);
+    let max_tables = u64::from(file.dataplane.table_chunks());
     for b in built.iter_mut().rev() {
-        if ports <= max_ports && backends <= max_backends {
+        if ports <= max_ports && backends <= max_backends && tables + swap_room <= max_tables {
             break;
         }
-        let (p, e) = load(&b.service);
+        if !b.included {
+            continue;
+        }
+        let (p, e, t) = load(&b.service);
         ports -= p;
         backends -= e;
+        tables -= t;
         b.included = false;
         warnings.push(format!(
-            "Service {}/{}: left out: over dataplane.maxServices ({max_ports} ports) or \
-             dataplane.maxBackends ({max_backends})",
+            "Service {}/{}: left out: over dataplane.maxServices ({max_ports} ports), \
+             dataplane.maxBackends ({max_backends}) or dataplane.tableChunks ({max_tables})",
             b.service.namespace, b.service.name
         ));
     }

@@ -1050,6 +1050,45 @@ fn capacity_limits_leave_out_the_last_services() {
     assert!(desired.warnings[0].starts_with("Service default/c: left out: over"));
 }
 
+/// The table map is a capacity too: services whose tables do not fit are left out from the
+/// end, as over maxServices, and the rest are applied.
+#[test]
+fn services_whose_tables_do_not_fit_are_left_out_from_the_end() {
+    let file = crate::config::parse(&FILE.replace(
+        "dataplane: {tc: [\"veth*\"]}",
+        "dataplane: {tc: [\"veth*\"], tableChunks: 30}",
+    ))
+    .unwrap();
+    let mut index = index();
+    load(
+        &mut index.clusters[0].services,
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| service(name, &format!("172.16.0.{}", i + 1)))
+            .collect(),
+    );
+    let desired = index.desired(&file).unwrap();
+    let names: Vec<&str> = desired
+        .config
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    // Each takes 8 chunks (a 251-slot table), and 8 more stay free to swap one: two fit.
+    assert_eq!(names, ["a", "b"]);
+    assert!(
+        desired.warnings[0].starts_with("Service default/c: left out: over")
+            && desired.warnings[0].contains("dataplane.tableChunks (30)"),
+        "{:?}",
+        desired.warnings
+    );
+    assert!(
+        crate::config::tables_needed(&desired.config.services) <= 30,
+        "what is applied fits"
+    );
+}
+
 #[test]
 fn remote_clusters_expire_and_seed() {
     // An expired cluster's endpoints are left out.
