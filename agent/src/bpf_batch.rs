@@ -140,21 +140,6 @@ pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> R
     Ok(())
 }
 
-/// `values` (back to back, `value_size` bytes each) into an array map from index `start` on,
-/// in one batch.
-pub fn write_array_range(
-    fd: BorrowedFd<'_>,
-    start: u32,
-    value_size: usize,
-    values: &[u8],
-) -> Result<()> {
-    let count = values.len() / value_size;
-    let keys: Vec<u8> = (0..count as u32)
-        .flat_map(|i| (start + i).to_ne_bytes())
-        .collect();
-    update(fd, &keys, values, count)
-}
-
 /// `len` values (`value_size` bytes each) of an array map from index `start` on (fewer past
 /// the map's end).
 pub fn read_array_range(
@@ -170,11 +155,40 @@ pub fn read_array_range(
         let want = (len as usize - out.len()).min(4096);
         let (batch, next) = lookup(fd, 4, value_size, &cursor, want)?;
         let got = batch.len();
-        out.extend(batch.into_iter().map(|(_, value)| value));
+        // An array hands out its first index after one past its end: only the run of indexes
+        // from `start` on counts.
+        let expected = start as usize + out.len();
+        for (i, (key, value)) in batch.into_iter().enumerate() {
+            let index = u32::from_ne_bytes(key[..4].try_into().expect("4-byte keys"));
+            if index as usize != expected + i {
+                return Ok(out);
+            }
+            out.push(value);
+        }
         match next {
             Some(next) if got > 0 => cursor = Some(next),
             _ => break,
         }
     }
     Ok(out)
+}
+
+/// The bytes of a kernel-boundary value, as the map stores them.
+pub fn pod_bytes<T: aya::Pod>(value: &T) -> &[u8] {
+    // SAFETY: `aya::Pod` types are `#[repr(C)]`, `Copy`, hold no pointers and spell out their
+    // padding as fields (common's `pod!` macro), so all `size_of::<T>()` bytes are initialised.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// `(index, value)` entries into an array map, in one batch.
+pub fn write_array_entries<T: aya::Pod>(fd: BorrowedFd<'_>, entries: &[(u32, T)]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<u8> = entries.iter().flat_map(|(i, _)| i.to_ne_bytes()).collect();
+    let values: Vec<u8> = entries
+        .iter()
+        .flat_map(|(_, v)| pod_bytes(v).iter().copied())
+        .collect();
+    update(fd, &keys, &values, entries.len())
 }

@@ -126,8 +126,8 @@ pub struct Dataplane {
     pub max_backends: u32,
     /// Capacity of the map that holds every service's Maglev table, in 64-byte chunks. A
     /// service port with N backends takes a table of the smallest prime of at least 100·N
-    /// slots (251, 509, 1,021, 2,039, … 131,071), 32 slots per chunk, plus its N backend ids,
-    /// 16 per chunk: 33 chunks (2.1 KiB) for 10 backends; twice that for a moment while its
+    /// slots (1,021, 2,039, … 131,071), 32 slots per chunk, plus its N backend ids, 16 per
+    /// chunk: 33 chunks (2.1 KiB) for up to 10 backends; twice that for a moment while its
     /// table is swapped. Default: 36 per `maxServices`, and room for two of the largest tables.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table_chunks: Option<u32>,
@@ -1228,12 +1228,15 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Chunks of the table map one port of `service` takes at least (the size its endpoint count
-/// gives; shares can ask for a larger one).
+/// Chunks of the table map one port of `service` takes (its size depends on the endpoint
+/// count alone; a service whose endpoints all have weight 0 may take fewer).
 pub fn table_chunks_at_least(service: &Service) -> u64 {
     let n = service.endpoints.len();
+    if n == 0 {
+        return 0;
+    }
     u64::from(geosteer_common::table_chunks(
-        crate::maglev::min_table_size(n) as u32,
+        crate::maglev::table_size(n) as u32,
         n as u32,
     ))
 }

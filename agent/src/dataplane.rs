@@ -29,6 +29,20 @@ pub trait Dataplane {
     /// Writes a backend's outlier state whole. Only safe while the kernel leaves it alone: a
     /// fresh backend id, or ending an ejection (the kernel ignores an ejected host's signals).
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()>;
+    /// [`Dataplane::write_backend`] for each entry, in order (one batch where the map can).
+    fn write_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
+        for (id, backend) in entries {
+            self.write_backend(*id, backend)?;
+        }
+        Ok(())
+    }
+    /// [`Dataplane::write_backend_state`] for each entry, in order (one batch where it can).
+    fn write_backend_states(&mut self, entries: &[(u32, BackendState)]) -> Result<()> {
+        for (id, state) in entries {
+            self.write_backend_state(*id, state)?;
+        }
+        Ok(())
+    }
     /// Writes a table (the backend list, then the Maglev slots) into free chunks of the table
     /// map, from `start` on: chunks no live service points at.
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()>;
@@ -493,14 +507,19 @@ impl Dataplane for BpfMaps {
             .with_context(|| format!("writing backend state {id}"))
     }
 
+    fn write_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
+        crate::bpf_batch::write_array_entries(self.backends.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} backends", entries.len()))
+    }
+
+    fn write_backend_states(&mut self, entries: &[(u32, BackendState)]) -> Result<()> {
+        crate::bpf_batch::write_array_entries(self.backend_state.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} backend states", entries.len()))
+    }
+
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
-        let bytes: Vec<u8> = chunks
-            .iter()
-            .flat_map(|c| c.words)
-            .flat_map(u32::to_ne_bytes)
-            .collect();
-        let fd = self.table_chunks.map().fd().as_fd();
-        crate::bpf_batch::write_array_range(fd, start, size_of::<TableChunk>(), &bytes)
+        let entries: Vec<(u32, TableChunk)> = (start..).zip(chunks.iter().copied()).collect();
+        crate::bpf_batch::write_array_entries(self.table_chunks.map().fd().as_fd(), &entries)
             .with_context(|| format!("writing a table of {} chunks at {start}", chunks.len()))
     }
 

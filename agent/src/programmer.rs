@@ -87,6 +87,9 @@ pub struct LiveService {
     pub id: u32,
     /// What the service entry holds: where the live table is.
     pub entry: ServiceValue,
+    /// Read back from the pinned maps by a restarted agent, not written by this one: its table
+    /// is kept if the first desired state builds the same one.
+    recovered: bool,
     /// Backend ids by (addr, port), with what was last written for them.
     pub backends: BTreeMap<(u32, u16), (u32, DesiredBackend)>,
     /// Outlier ejections of this service id that the agent has ended (the kernel counts the
@@ -112,6 +115,19 @@ fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceC
         affinity_timeout_s: settings.affinity_timeout_s,
         _pad2: 0,
     }
+}
+
+/// What [`Programmer::take_resources`] took for one change.
+struct Taken {
+    id: u32,
+    /// `id` was allocated now (the service is new).
+    new_service: bool,
+    /// Backend ids in `desired.backends` order, and which of them were allocated now.
+    ids: Vec<u32>,
+    new_ids: Vec<u32>,
+    /// New chunks and what goes into them (`None`: the live table is kept).
+    table: Option<(Range<u32>, Vec<TableChunk>)>,
+    size: u32,
 }
 
 /// Result of one apply, for logs and measurements.
@@ -237,6 +253,7 @@ impl Programmer {
                     name: String::new(),
                     id: value.id,
                     entry: value,
+                    recovered: true,
                     backends,
                     ejections_released: config.ejections_released,
                     desired,
@@ -419,6 +436,11 @@ impl Programmer {
     }
 
     /// Number of grace periods waited (0 or 1).
+    ///
+    /// First everything that can run out is taken (service id, backend ids, table chunks)
+    /// without writing a map, and given back if something does: a refused change leaves the
+    /// service as it was, in the kernel and in these books. Then the writes, in the order the
+    /// kernel relies on.
     fn upsert(&mut self, dp: &mut dyn Dataplane, desired: &DesiredService) -> Result<usize> {
         if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
             bail!(
@@ -429,89 +451,104 @@ impl Programmer {
             );
         }
         let mut grace = 0;
-        // Room for the new table first: when there is none, nothing has changed yet.
         // (Usually the background grace period requested at earlier flips has long finished,
-        // and their tables' words are free again.)
+        // and their tables' chunks are free again.)
         self.grace_seq = self.grace_seq.max(dp.grace_completed());
         self.release_retired_tables();
-        let size = table_size_for(desired);
-        let chunks = table_chunks(size, desired.backends.len() as u32);
-        let table = self
-            .allocate_table(dp, chunks, &mut grace)
-            .with_context(|| format!("{}: no room for its table", desired.name))?;
         let existing = self.live.remove(&desired.key);
-        let previous_settings = existing.as_ref().map(|live| live.desired.settings);
-        let (id, old_entry, mut old_backends, mut ejections_released) = match existing {
-            Some(live) => (
-                live.id,
-                Some(live.entry),
-                live.backends,
-                live.ejections_released,
-            ),
-            None => {
-                let id = self.allocate_service_id(dp, &mut grace)?;
-                // A reused id starts with no ejections on its books.
-                dp.write_service_state(id, &ServiceState::default())?;
-                (id, None, BTreeMap::new(), 0)
+        let taken = match self.take_resources(dp, desired, existing.as_ref(), &mut grace) {
+            Ok(taken) => taken,
+            Err(e) => {
+                if let Some(live) = existing {
+                    self.live.insert(desired.key, live);
+                }
+                return Err(e.context(format!("{}: not changed", desired.name)));
             }
         };
+        let Taken {
+            id,
+            new_service,
+            ids,
+            new_ids,
+            table,
+            size,
+        } = taken;
+        let previous_settings = existing.as_ref().map(|live| live.desired.settings);
+        let (old_entry, mut old_backends, mut ejections_released) = match existing {
+            Some(live) => (Some(live.entry), live.backends, live.ejections_released),
+            None => (None, BTreeMap::new(), 0),
+        };
+        if new_service {
+            // A reused id starts with no ejections on its books.
+            dp.write_service_state(id, &ServiceState::default())?;
+        }
         if previous_settings != Some(desired.settings) {
             dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
         }
 
+        // Two batches: fresh health state for every new id first (a reused id must not inherit
+        // counters), then the entries that are new or changed.
+        let fresh_states: Vec<(u32, BackendState)> = new_ids
+            .iter()
+            .map(|&id| (id, BackendState::default()))
+            .collect();
+        let mut entries = Vec::new();
         let mut backends = BTreeMap::new();
-        let mut ids = Vec::with_capacity(desired.backends.len());
-        for b in &desired.backends {
-            let backend_id = match old_backends.remove(&(b.addr, b.port)) {
-                Some((backend_id, before)) => {
-                    // `before.flags` are the kernel's (as written, or as read back from the
-                    // pins by a new agent, whose predecessor may not have set every flag).
+        for (b, &backend_id) in desired.backends.iter().zip(&ids) {
+            let entry = backend_entry(desired, b, id);
+            match old_backends.remove(&(b.addr, b.port)) {
+                // `before.flags` are the kernel's (as written, or as read back from the pins
+                // by a new agent, whose predecessor may not have set every flag).
+                Some((_, before))
                     if (
                         before.eject_after_5xx,
                         before.eject_after_gateway,
                         before.flags,
-                    ) != (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b))
-                    {
-                        dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
-                    }
-                    backend_id
-                }
-                None => {
-                    let backend_id = self.allocate_backend_id(dp, &mut grace)?;
-                    // Fresh health state first: a reused id must not inherit counters.
-                    dp.write_backend_state(backend_id, &BackendState::default())?;
-                    dp.write_backend(backend_id, &backend_entry(desired, b, id))?;
-                    backend_id
-                }
-            };
-            ids.push(backend_id);
+                    ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
+                _ => entries.push((backend_id, entry)),
+            }
             let written = DesiredBackend {
                 flags: kernel_flags(b),
                 ..b.clone()
             };
             backends.insert((b.addr, b.port), (backend_id, written));
         }
+        dp.write_backend_states(&fresh_states)?;
+        dp.write_backends(&entries)?;
 
-        let content = build_table_chunks(desired, size, &ids);
-        debug_assert_eq!(content.len() as u32, chunks);
-        if !content.is_empty() {
-            dp.write_table(table.start, &content)?;
-        }
-        let entry = ServiceValue {
-            id,
-            _retired_generation: 0,
-            table_start: table.start,
-            table_size: size,
-            backend_count: ids.len() as u32,
-            _pad: 0,
+        let entry = match table {
+            // The live table is already what this state builds (a restarted agent adopting its
+            // predecessor's tables): no swap.
+            None => old_entry.expect("only a live table is kept"),
+            Some((range, content)) => {
+                let entry = ServiceValue {
+                    id,
+                    _retired_generation: 0,
+                    table_start: range.start,
+                    table_size: size,
+                    backend_count: ids.len() as u32,
+                    _pad: 0,
+                };
+                let written = if content.is_empty() {
+                    Ok(())
+                } else {
+                    dp.write_table(range.start, &content)
+                };
+                if let Err(e) = written.and_then(|()| dp.write_service(&desired.key, &entry)) {
+                    // No service points at the new chunks: free at once.
+                    if !range.is_empty() {
+                        self.table_chunks.free_range(range);
+                    }
+                    return Err(e.context(format!("making {} live", desired.name)));
+                }
+                self.flip_seq += 1;
+                dp.request_grace(self.flip_seq);
+                if let Some(old) = old_entry {
+                    self.retire_table(&old);
+                }
+                entry
+            }
         };
-        dp.write_service(&desired.key, &entry)
-            .with_context(|| format!("making {} live", desired.name))?;
-        self.flip_seq += 1;
-        dp.request_grace(self.flip_seq);
-        if let Some(old) = old_entry {
-            self.retire_table(&old);
-        }
 
         // Backends no longer desired: flows pinned to them are re-steered by the kernel once
         // the slot is inactive; the id waits out a grace period before reuse. An ejection of a
@@ -539,12 +576,96 @@ impl Programmer {
                 name: desired.name.clone(),
                 id,
                 entry,
+                recovered: false,
                 backends,
                 ejections_released,
                 desired: desired.clone(),
             },
         );
         Ok(grace)
+    }
+
+    /// The ids and table chunks `desired` needs, all or none: what was taken is given back
+    /// when the next one runs out. No map is written.
+    fn take_resources(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        live: Option<&LiveService>,
+        grace: &mut usize,
+    ) -> Result<Taken> {
+        let (id, new_service) = match live {
+            Some(live) => (live.id, false),
+            None => (self.allocate_service_id(dp, grace)?, true),
+        };
+        let mut ids = Vec::with_capacity(desired.backends.len());
+        let mut new_ids = Vec::new();
+        let mut failed = None;
+        for b in &desired.backends {
+            match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
+                Some(&(backend_id, _)) => ids.push(backend_id),
+                None => match self.allocate_backend_id(dp, grace) {
+                    Ok(backend_id) => {
+                        ids.push(backend_id);
+                        new_ids.push(backend_id);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+        let size = table_size_for(desired);
+        let table = match failed {
+            Some(e) => Err(e),
+            None => self.table_for(dp, desired, live, size, &ids, grace),
+        };
+        match table {
+            Ok(table) => Ok(Taken {
+                id,
+                new_service,
+                ids,
+                new_ids,
+                table,
+                size,
+            }),
+            Err(e) => {
+                // Never written: reusable at once, first in line.
+                for backend_id in new_ids.into_iter().rev() {
+                    self.free_backend_ids.push_front(backend_id);
+                }
+                if new_service {
+                    self.free_service_ids.push_front(id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Chunks for `desired`'s table and its content; `None` when the live table of a
+    /// recovered service already is that content.
+    fn table_for(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        live: Option<&LiveService>,
+        size: u32,
+        ids: &[u32],
+        grace: &mut usize,
+    ) -> Result<Option<(Range<u32>, Vec<TableChunk>)>> {
+        let content = build_table_chunks(desired, size, ids);
+        if let Some(live) = live.filter(|l| l.recovered) {
+            let same_shape =
+                (live.entry.table_size, live.entry.backend_count) == (size, ids.len() as u32);
+            if same_shape
+                && dp.read_table(live.entry.table_start, live.entry.table_chunks())? == content
+            {
+                return Ok(None);
+            }
+        }
+        let range = self.allocate_table(dp, content.len() as u32, grace)?;
+        Ok(Some((range, content)))
     }
 
     fn remove(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
@@ -736,8 +857,7 @@ pub fn table_size_for(desired: &DesiredService) -> u32 {
     if desired.backends.iter().all(|b| b.weight == 0) {
         return 0;
     }
-    let (names, shares) = maglev_input(desired);
-    table_size(&maglev_backends(&names, &shares)) as u32
+    table_size(desired.backends.len()) as u32
 }
 
 /// The kernel's table (see [`ServiceValue`]): the backend ids `ids` (in `desired.backends`

@@ -437,6 +437,12 @@ impl Dataplane for Counting {
     fn write_backend_state(&mut self, id: u32, state: &BackendState) -> Result<()> {
         self.maps.write_backend_state(id, state)
     }
+    fn write_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
+        self.maps.write_backends(entries)
+    }
+    fn write_backend_states(&mut self, entries: &[(u32, BackendState)]) -> Result<()> {
+        self.maps.write_backend_states(entries)
+    }
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
         self.maps.write_table(start, chunks)
     }

@@ -568,8 +568,8 @@ fn explain_backend() -> ExplainReport {
         return_code: Some(0),
         conntrack_entries_removed: 2,
         flow_hash: Some(0x5e3f_13d1),
-        slot: Some(442),
-        table_size: 509,
+        slot: Some(75),
+        table_size: 1021,
         slot_backend: Some("198.18.11.2:8080".into()),
         probed_past_ejected: Some(1),
         fallback_scan: false,
@@ -597,8 +597,8 @@ fn explain_down() -> ExplainReport {
         return_code: Some(0),
         conntrack_entries_removed: 2,
         flow_hash: Some(0x0efa_2a2a),
-        slot: Some(220),
-        table_size: 251,
+        slot: Some(571),
+        table_size: 1021,
         slot_backend: Some("198.18.11.2:5353".into()),
         probed_past_ejected: None,
         fallback_scan: true,
@@ -618,7 +618,7 @@ fn explain_other(verdict: ExplainVerdict) -> ExplainReport {
         backend_id: (verdict == ExplainVerdict::ExistingFlow).then_some(3),
         program: (verdict == ExplainVerdict::Dropped).then(|| "geosteer_tc_ingress".into()),
         return_code: (verdict == ExplainVerdict::Dropped).then_some(2),
-        table_size: 509,
+        table_size: 1021,
         ..Default::default()
     }
 }

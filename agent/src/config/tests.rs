@@ -488,7 +488,7 @@ fn validation_errors_name_the_field_and_value() {
             "tc: [cl0]",
             "tableChunks: 20",
             "services",
-            "their Maglev tables need 27 chunks, above the 20 of dataplane.tableChunks",
+            "their Maglev tables need 99 chunks, above the 20 of dataplane.tableChunks",
         ),
         (
             "bad glob",

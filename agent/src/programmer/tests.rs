@@ -93,7 +93,7 @@ fn tables_are_sized_to_the_service() {
         })
         .collect();
     // No backend takes new flows: no slots, the list kept (for the CLI and a restart).
-    assert_eq!(sizes, [(251, 2), (1_021, 10), (2_039, 11), (0, 2)]);
+    assert_eq!(sizes, [(1_021, 2), (1_021, 10), (2_039, 11), (0, 2)]);
     for port in 80..84 {
         let entry = dp.services[&key(port)];
         let table = crate::dataplane::KernelTable::read(&dp, &entry).unwrap();
@@ -118,17 +118,17 @@ fn tables_are_sized_to_the_service() {
             );
         }
     }
-    // Ids 16 to a chunk, slots 32 to a chunk: 1 + 8, 1 + 32, 1 + 64, and 1.
+    // Ids 16 to a chunk, slots 32 to a chunk: 1 + 32, 1 + 32, 1 + 64, and 1.
     let (used, capacity) = programmer.table_chunks_used();
-    assert_eq!((used, capacity), (9 + 33 + 65 + 1, 1 << 16));
+    assert_eq!((used, capacity), (33 + 33 + 65 + 1, 1 << 16));
 }
 
 #[test]
 fn a_retired_tables_words_are_reused_only_after_a_grace_period() {
     let mut dp = MemoryDataplane::new();
     dp.background_grace = false;
-    // Room for two tables of two backends (2 ids and 251 slots: 9 chunks each).
-    let mut programmer = Programmer::new(4, 16, 2 * 9);
+    // Room for two tables of two backends (2 ids and 1,021 slots: 33 chunks each).
+    let mut programmer = Programmer::new(4, 16, 2 * 33);
     programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
     let first = dp.services[&key(80)];
     programmer.apply(&mut dp, &[service(80, &[1, 2])]).unwrap();
@@ -152,7 +152,8 @@ fn a_retired_tables_words_are_reused_only_after_a_grace_period() {
 #[test]
 fn a_table_that_does_not_fit_leaves_the_service_as_it_was() {
     let mut dp = MemoryDataplane::new();
-    let mut programmer = Programmer::new(4, 64, 40);
+    // Room to swap a 33-chunk table, not to swap in one of 65.
+    let mut programmer = Programmer::new(4, 64, 70);
     programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
     let before = dp.services[&key(80)];
     dp.take_log();
@@ -180,35 +181,45 @@ fn a_table_that_does_not_fit_leaves_the_service_as_it_was() {
 }
 
 #[test]
-fn a_restarted_programmer_keeps_live_tables_and_waits_before_reusing_other_chunks() {
+fn a_restarted_programmer_adopts_live_tables_and_waits_before_reusing_other_chunks() {
     let mut dp = MemoryDataplane::new();
     dp.background_grace = false;
-    let mut programmer = Programmer::new(4, 16, 4 * 9);
+    let mut programmer = Programmer::new(4, 16, 4 * 33);
     programmer
         .apply(&mut dp, &[service(80, &[1, 1]), service(81, &[1, 1])])
         .unwrap();
     // A swap just before the agent died: its old table's chunks are retired, not yet free.
-    programmer
-        .apply(&mut dp, &[service(80, &[1, 2]), service(81, &[1, 1])])
-        .unwrap();
+    let state = [service(80, &[1, 2]), service(81, &[1, 1])];
+    programmer.apply(&mut dp, &state).unwrap();
     let live: Vec<ServiceValue> = [80, 81].map(|p| dp.services[&key(p)]).into();
-    let mut recovered = Programmer::recover(&dp, 4, 16, 4 * 9).unwrap();
+    let mut recovered = Programmer::recover(&dp, 4, 16, 4 * 33).unwrap();
     assert_eq!(
         recovered.table_chunks_used(),
-        (4 * 9, 4 * 9),
+        (4 * 33, 4 * 33),
         "all taken until a grace"
     );
+    // The same desired state: the live tables are what it builds, so they stay (no swap, no
+    // table written, nothing waited for).
     dp.take_log();
+    recovered.apply(&mut dp, &state).unwrap();
+    let log = dp.take_log();
+    assert!(
+        !log.iter()
+            .any(|w| matches!(w, Write::Table(_) | Write::Service(_) | Write::GracePeriod)),
+        "{log:?}"
+    );
+    assert_eq!([80, 81].map(|p| dp.services[&key(p)]).to_vec(), live);
+    // A change: its table goes into chunks freed by a grace period, never over a live one.
     recovered
-        .apply(&mut dp, &[service(80, &[1, 2]), service(81, &[1, 1])])
+        .apply(&mut dp, &[service(80, &[1, 3]), service(81, &[1, 1])])
         .unwrap();
     let log = dp.take_log();
-    let first_table = log
+    let table = log
         .iter()
         .position(|w| matches!(w, Write::Table(_)))
-        .expect("tables rewritten");
-    assert!(position(&log, &Write::GracePeriod) < first_table, "{log:?}");
-    for old in live {
+        .expect("the changed table written");
+    assert!(position(&log, &Write::GracePeriod) < table, "{log:?}");
+    for old in &live {
         assert!(
             !log.contains(&Write::Table(old.table_start)),
             "a live table was overwritten: {log:?}"
@@ -219,6 +230,40 @@ fn a_restarted_programmer_keeps_live_tables_and_waits_before_reusing_other_chunk
         let table = crate::dataplane::KernelTable::read(&dp, &dp.services[&key(port)]).unwrap();
         assert_eq!(table.backends.len(), 2);
     }
+}
+
+/// Everything a change needs is taken before anything is written: when backend ids run out,
+/// the service keeps its table and books, and nothing leaks (the same change fits later).
+#[test]
+fn a_change_refused_for_want_of_ids_leaks_nothing() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 2, 4 * 33);
+    programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
+    let before = dp.services[&key(80)];
+    let used = programmer.table_chunks_used();
+    dp.take_log();
+    // A third endpoint needs a third backend id: there are two.
+    let error = programmer
+        .apply(&mut dp, &[service(80, &[1, 1, 1])])
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("dataplane.maxBackends"),
+        "{error:#}"
+    );
+    assert!(dp.take_log().is_empty(), "nothing written");
+    assert_eq!(dp.services[&key(80)], before);
+    assert_eq!(programmer.table_chunks_used(), used, "no chunk leaked");
+    assert_eq!(programmer.service(&key(80)).map(|s| s.entry), Some(before));
+    // Repeatedly: still nothing leaks, and a change that fits goes through.
+    for _ in 0..3 {
+        assert!(
+            programmer
+                .apply(&mut dp, &[service(80, &[1, 1, 1])])
+                .is_err()
+        );
+    }
+    programmer.apply(&mut dp, &[service(80, &[1, 2])]).unwrap();
+    assert_eq!(dp.services[&key(80)].backend_count, 2);
 }
 
 #[test]

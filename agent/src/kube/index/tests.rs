@@ -1056,16 +1056,33 @@ fn capacity_limits_leave_out_the_last_services() {
 fn services_whose_tables_do_not_fit_are_left_out_from_the_end() {
     let file = crate::config::parse(&FILE.replace(
         "dataplane: {tc: [\"veth*\"]}",
-        "dataplane: {tc: [\"veth*\"], tableChunks: 30}",
+        "dataplane: {tc: [\"veth*\"], tableChunks: 100}",
     ))
     .unwrap();
     let mut index = index();
+    let names = ["a", "b", "c"];
     load(
         &mut index.clusters[0].services,
-        ["a", "b", "c"]
+        names
             .iter()
             .enumerate()
             .map(|(i, name)| service(name, &format!("172.16.0.{}", i + 1)))
+            .collect(),
+    );
+    load(
+        &mut index.clusters[0].slices,
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let ip = format!("10.0.0.{}", i + 1);
+                slice(
+                    name,
+                    &format!("{name}-1"),
+                    9080,
+                    &[(&ip, "hz-node-1", true)],
+                )
+            })
             .collect(),
     );
     let desired = index.desired(&file).unwrap();
@@ -1075,16 +1092,16 @@ fn services_whose_tables_do_not_fit_are_left_out_from_the_end() {
         .iter()
         .map(|s| s.name.as_str())
         .collect();
-    // Each takes 8 chunks (a 251-slot table), and 8 more stay free to swap one: two fit.
+    // Each takes 33 chunks (one id, 1,021 slots), and 33 more stay free to swap one: two fit.
     assert_eq!(names, ["a", "b"]);
     assert!(
         desired.warnings[0].starts_with("Service default/c: left out: over")
-            && desired.warnings[0].contains("dataplane.tableChunks (30)"),
+            && desired.warnings[0].contains("dataplane.tableChunks (100)"),
         "{:?}",
         desired.warnings
     );
     assert!(
-        crate::config::tables_needed(&desired.config.services) <= 30,
+        crate::config::tables_needed(&desired.config.services) <= 100,
         "what is applied fits"
     );
 }
