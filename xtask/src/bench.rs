@@ -4,11 +4,12 @@
 //!    (`tests/benches/datapath.rs`, which explains its two timing methods).
 //! 2. HTTP with wrk from a client namespace, in the same lab topology and the same run: through
 //!    the VIP with geosteer, straight to one backend, and through the VIP with iptables
-//!    statistic-mode DNAT (kube-proxy's method), at 4 and 64 backends, with keep-alive and with a
-//!    new connection per request.
+//!    statistic-mode DNAT and nftables `numgen` DNAT (kube-proxy's two modes), at 4 and 64
+//!    backends, with keep-alive and with a new connection per request, over interleaved rounds
+//!    (5; 2 with `--quick`), with the CPU time each request cost.
 //!
 //! Everything it starts lives in lab namespaces that are deleted on drop (including the
-//! iptables rules, which live in the node namespace), so it leaves nothing behind.
+//! iptables and nftables rules, which live in the node namespace), so it leaves nothing behind.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -50,9 +51,10 @@ pub fn run(quick: bool) -> Result<()> {
     // SAFETY: set before this process starts any thread that could read the environment.
     unsafe { std::env::set_var("GEOSTEER_BIN_DIR", root.join("target/release")) };
     let seconds = if quick { 3 } else { 10 };
+    let rounds = if quick { 2 } else { 5 };
     let mut http = Vec::new();
     for backends in BACKEND_COUNTS {
-        http.push(http_bench(backends, seconds)?);
+        http.push(http_bench(backends, seconds, rounds)?);
     }
 
     let machine = Machine::probe();
@@ -124,6 +126,44 @@ struct Wrk {
     non_2xx: u64,
     /// connect, read, write, timeout.
     socket_errors: [u64; 4],
+    /// CPU time of the whole machine during the run (/proc/stat): all of it but idle, and of
+    /// that the kernel's (system, irq, softirq), in seconds.
+    cpu_busy_s: f64,
+    cpu_kernel_s: f64,
+}
+
+impl Wrk {
+    /// CPU µs per request: the machine's busy time over the run (wrk and backends included,
+    /// which cost every target the same), and of it the kernel's.
+    fn cpu_per_request_us(&self) -> (f64, f64) {
+        let n = self.requests.max(1) as f64;
+        (self.cpu_busy_s * 1e6 / n, self.cpu_kernel_s * 1e6 / n)
+    }
+}
+
+/// (busy, kernel) seconds of CPU time since boot, over all CPUs (the first line of /proc/stat).
+fn cpu_seconds() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    ensure!(fields.len() >= 8, "short cpu line in /proc/stat");
+    // user nice system idle iowait irq softirq steal
+    let tick = 1.0 / clock_ticks_per_second();
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7];
+    let kernel = fields[2] + fields[5] + fields[6];
+    Ok((busy as f64 * tick, kernel as f64 * tick))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 impl Wrk {
@@ -148,12 +188,23 @@ impl Wrk {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Target {
     Geosteer,
     Direct,
     Iptables,
+    Nftables,
 }
+
+const TARGETS: [Target; 4] = [
+    Target::Geosteer,
+    Target::Direct,
+    Target::Iptables,
+    Target::Nftables,
+];
+
+/// The peers geosteer is judged against (direct is a reference, not a peer).
+const PEERS: [Target; 2] = [Target::Iptables, Target::Nftables];
 
 impl Target {
     fn label(self) -> &'static str {
@@ -161,6 +212,16 @@ impl Target {
             Target::Geosteer => "geosteer (TC, VIP)",
             Target::Direct => "direct to one backend",
             Target::Iptables => "iptables DNAT (VIP)",
+            Target::Nftables => "nftables numgen DNAT (VIP)",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Target::Geosteer => "geosteer",
+            Target::Direct => "direct",
+            Target::Iptables => "iptables",
+            Target::Nftables => "nftables",
         }
     }
 }
@@ -191,7 +252,6 @@ struct HttpRun {
 /// backends answered.
 struct Spread {
     target: Target,
-    round: usize,
     ok: u64,
     attempted: u64,
     answered: usize,
@@ -203,15 +263,20 @@ struct HttpBench {
     spreads: Vec<Spread>,
 }
 
-/// Every target runs once per round; the second round runs them in the opposite order, so
-/// neither a drift of the machine nor state left by one target (TIME_WAIT sockets, conntrack
-/// entries) favours one of them.
-const ROUNDS: [[Target; 3]; 2] = [
-    [Target::Geosteer, Target::Direct, Target::Iptables],
-    [Target::Iptables, Target::Direct, Target::Geosteer],
-];
+/// Every target runs once per round, in an order rotated by one from the last round's (each
+/// target goes first in turn), reversed after every full turn (so a target does not always
+/// follow the same one): neither a drift of the machine nor state left by one target
+/// (TIME_WAIT sockets, conntrack entries) favours one of them.
+fn round_order(round: usize) -> Vec<Target> {
+    let mut order = TARGETS.to_vec();
+    order.rotate_left(round % TARGETS.len());
+    if (round / TARGETS.len()) % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
 
-fn http_bench(backends: u8, seconds: u32) -> Result<HttpBench> {
+fn http_bench(backends: u8, seconds: u32, rounds: usize) -> Result<HttpBench> {
     let prefix = format!("gsb{backends}");
     eprintln!("\n=== HTTP, {backends} backends ===");
     let mut lab = Lab::build(&LabSpec::simple(&prefix, backends))?;
@@ -235,8 +300,8 @@ fn http_bench(backends: u8, seconds: u32) -> Result<HttpBench> {
     let vip_url = format!("http://{VIP}:80/");
     let direct_url = format!("http://{}:{BACKEND_PORT}/", lab.backends[0].ip);
 
-    for (round, order) in ROUNDS.iter().enumerate() {
-        for &target in order {
+    for round in 0..rounds {
+        for target in round_order(round) {
             match target {
                 Target::Geosteer => {
                     // A fresh pin directory: no conntrack state carried over from round 1.
@@ -258,6 +323,12 @@ fn http_bench(backends: u8, seconds: u32) -> Result<HttpBench> {
                     bench.spreads.push(spread(&lab, target, round)?);
                     wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
                     iptables_remove(&lab)?;
+                }
+                Target::Nftables => {
+                    nftables_install(&lab)?;
+                    bench.spreads.push(spread(&lab, target, round)?);
+                    wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
+                    nftables_remove(&lab)?;
                 }
             }
         }
@@ -335,6 +406,50 @@ fn iptables_install(lab: &Lab) -> Result<()> {
 
 /// Removes the rules. With no NAT rule left, netfilter conntrack stops tracking in the
 /// namespace, so the targets that run afterwards do not pay for it.
+/// kube-proxy's nftables mode: the service chain picks an endpoint chain with
+/// `numgen random mod N vmap`, and each endpoint chain DNATs to its endpoint. One `nft -f`.
+fn nftables_install(lab: &Lab) -> Result<()> {
+    let n = lab.backends.len();
+    let mut rules = String::from("table ip gs_bench {\n");
+    let mut picks = Vec::new();
+    for (i, b) in lab.backends.iter().enumerate() {
+        let _ = writeln!(
+            rules,
+            "  chain endpoint_{i} {{\n    meta l4proto tcp dnat to {}:{BACKEND_PORT}\n  }}",
+            b.ip
+        );
+        picks.push(format!("{i} : goto endpoint_{i}"));
+    }
+    let _ = writeln!(
+        rules,
+        "  chain service {{\n    numgen random mod {n} vmap {{ {} }}\n  }}\n  chain prerouting \
+         {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP} \
+         tcp dport 80 goto service\n  }}\n}}",
+        picks.join(", ")
+    );
+    let file = std::env::temp_dir().join(format!("geosteer-bench-{}.nft", std::process::id()));
+    std::fs::write(&file, rules)?;
+    let loaded = lab
+        .node
+        .exec(&["nft", "-f", file.to_str().context("temp path")?]);
+    let _ = std::fs::remove_file(&file);
+    loaded?;
+    let listed = lab
+        .node
+        .exec(&["nft", "list", "chain", "ip", "gs_bench", "service"])?;
+    ensure!(
+        listed.contains(&format!("mod {n}")),
+        "nftables: the service chain does not pick among {n}:\n{listed}"
+    );
+    Ok(())
+}
+
+fn nftables_remove(lab: &Lab) -> Result<()> {
+    lab.node
+        .exec(&["nft", "delete", "table", "ip", "gs_bench"])?;
+    Ok(())
+}
+
 fn iptables_remove(lab: &Lab) -> Result<()> {
     lab.node.exec(&["iptables", "-t", "nat", "-F"])?;
     lab.node.exec(&["iptables", "-t", "nat", "-X"])?;
@@ -347,14 +462,14 @@ fn spread(lab: &Lab, target: Target, round: usize) -> Result<Spread> {
     let requests = 20 * lab.backends.len() as u32;
     let report = lab.client_http(&format!("{VIP}:80"), requests, 1)?;
     eprintln!(
-        "{}: {} of {requests} ok, {} backends answered",
+        "round {} {}: {} of {requests} ok, {} backends answered",
+        round + 1,
         target.label(),
         report.ok,
         report.backends.len()
     );
     Ok(Spread {
         target,
-        round,
         ok: report.ok,
         attempted: report.ok + report.errors,
         answered: report.backends.len(),
@@ -411,8 +526,13 @@ fn wrk(lab: &Lab, url: &str, mode: Mode, seconds: u32) -> Result<Wrk> {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(url);
+    let before = cpu_seconds()?;
     let out = lab.client.exec(&args)?;
-    parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))
+    let after = cpu_seconds()?;
+    let mut wrk = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+    wrk.cpu_busy_s = after.0 - before.0;
+    wrk.cpu_kernel_s = after.1 - before.1;
+    Ok(wrk)
 }
 
 fn parse_wrk(out: &str) -> Result<Wrk> {
@@ -423,6 +543,8 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
         requests: 0,
         non_2xx: 0,
         socket_errors: [0; 4],
+        cpu_busy_s: 0.0,
+        cpu_kernel_s: 0.0,
     };
     for line in out.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -649,9 +771,12 @@ fn kernel_table(w: &mut String, k: &KernelReport, method: &str) {
 }
 
 fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], seconds: u32) {
+    let rounds = http
+        .first()
+        .map_or(0, |b| b.runs.iter().map(|r| r.round + 1).max().unwrap_or(0));
     let _ = writeln!(
         w,
-        "## 2. HTTP through the VIP: geosteer vs direct vs iptables DNAT\n"
+        "## 2. HTTP through the VIP: geosteer vs direct vs iptables and nftables DNAT\n"
     );
     let _ = writeln!(
         w,
@@ -668,129 +793,157 @@ fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], second
          - **direct**: `http://198.18.11.2:{BACKEND_PORT}/`, one backend, nothing in the path \
          but routing. It is a reference, not a floor: it is not load-balanced, and one backend \
          process serves all connections instead of N sharing them, which changes the backends' \
-         share of the CPU. Compare geosteer with iptables, which do the same work;\n\
-         - **iptables**: `http://{VIP}:80/` with the agent stopped and kube-proxy's method in \
-         the node namespace: `PREROUTING -d {VIP} -p tcp --dport 80 -j GS-SVC`, and in GS-SVC \
-         one `-m statistic --mode random --probability 1/(N-i) -j DNAT` rule per backend, the \
-         last without `statistic` (netfilter conntrack keeps the per-flow state). The rules \
-         are removed afterwards, which stops netfilter conntrack, so it does not run during the \
-         other targets' runs.\n"
+         share of the CPU;\n\
+         - **iptables**: `http://{VIP}:80/` with the agent stopped and kube-proxy's iptables \
+         method in the node namespace: `PREROUTING -d {VIP} -p tcp --dport 80 -j GS-SVC`, and \
+         in GS-SVC one `-m statistic --mode random --probability 1/(N-i) -j DNAT` rule per \
+         backend, the last without `statistic`;\n\
+         - **nftables**: the same with kube-proxy's nftables method: a `prerouting` nat chain \
+         sends `ip daddr {VIP} tcp dport 80` to a service chain whose `numgen random mod N \
+         vmap` jumps to one of N endpoint chains, each `dnat to` its backend.\n\n\
+         netfilter conntrack keeps the per-flow state of the two netfilter peers; their rules \
+         are removed after their runs, which stops netfilter's NAT, so it does not run during \
+         the other targets' runs.\n"
     );
     let _ = writeln!(
         w,
         "Each target is run with keep-alive (many requests per connection: per-packet cost) \
          and with `-H \"Connection: close\"` (one request per connection: per-flow cost, i.e. \
-         conntrack setup and backend selection, on top of the TCP handshake). There are two \
-         rounds, the second in the opposite order (iptables, direct, geosteer); each cell shows \
-         round 1 / round 2. The client may reuse TIME_WAIT ports and has the full port range. \
-         The machine has only 2 CPUs, shared by wrk, the backends and the kernel's forwarding, \
-         so absolute numbers are CPU-bound; the comparison between rows of one table is what \
-         matters. \"Errors\" is wrk's non-2xx responses plus socket errors (connect, read, \
-         write, timeout) over both rounds, reported as measured.\n"
+         conntrack setup and backend selection, on top of the TCP handshake), in {rounds} \
+         rounds; each round runs the targets in an order rotated by one from the last (each \
+         goes first in turn), reversed after every full turn. Cells show the median of the rounds and, in brackets, their \
+         range. *CPU/request* is the machine's busy CPU time during the run (/proc/stat: \
+         everything but idle, over all CPUs — wrk and the backends included, which cost every \
+         target alike) divided by the requests served, and of it the kernel's share (system, \
+         irq, softirq: the forwarding, NAT and TCP work); unlike requests/s it does not depend \
+         on how the client's threads were scheduled. The client may reuse TIME_WAIT ports and \
+         has the full port range. The machine has only 2 CPUs, shared by wrk, the backends and \
+         the kernel's forwarding. A verdict \"ahead\" or \"behind\" is given only where the \
+         ranges of the rounds do not overlap. \"Errors\" is wrk's non-2xx responses plus socket \
+         errors over all rounds, reported as measured.\n"
     );
     for bench in http {
         let _ = writeln!(w, "### {} backends\n", bench.backends);
         let _ = writeln!(
             w,
-            "| Target | Mode | Requests/s | p50 latency | p99 latency | Requests | Errors |"
+            "| Target | Mode | Requests/s | p50 latency | p99 latency | CPU/request (kernel) | \
+             Errors |"
         );
         let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---|");
-        for target in [Target::Geosteer, Target::Direct, Target::Iptables] {
+        for target in TARGETS {
             for mode in [Mode::KeepAlive, Mode::Close] {
-                let mut runs: Vec<&HttpRun> = bench
+                let runs: Vec<&Wrk> = bench
                     .runs
                     .iter()
                     .filter(|r| r.target == target && r.mode == mode)
+                    .map(|r| &r.wrk)
                     .collect();
-                runs.sort_by_key(|r| r.round);
-                let runs: Vec<&Wrk> = runs.iter().map(|r| &r.wrk).collect();
-                let cells = |f: &dyn Fn(&Wrk) -> String| {
-                    runs.iter().map(|r| f(r)).collect::<Vec<_>>().join(" / ")
-                };
-                let errors: Vec<String> = runs.iter().map(|r| r.errors()).collect();
-                let errors = if errors.iter().all(|e| e == "0") {
-                    "0".to_string()
-                } else {
-                    errors.join(" / ")
-                };
+                let values =
+                    |f: &dyn Fn(&Wrk) -> f64| runs.iter().map(|r| f(r)).collect::<Vec<_>>();
+                let rps = values(&|r| r.requests_per_sec);
+                let cpu = values(&|r| r.cpu_per_request_us().0);
+                let kernel = values(&|r| r.cpu_per_request_us().1);
+                let errors: Vec<String> = runs
+                    .iter()
+                    .map(|r| r.errors())
+                    .filter(|e| e != "0")
+                    .collect();
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.0} ({:.0}–{:.0}) | {} | {} | {:.1} µs ({:.1}–{:.1}; kernel \
+                     {:.1}) | {} |",
                     target.label(),
                     mode.label(),
-                    cells(&|r| format!("{:.0}", r.requests_per_sec)),
-                    cells(&|r| latency(r.p50_us)),
-                    cells(&|r| latency(r.p99_us)),
-                    cells(&|r| r.requests.to_string()),
-                    errors
+                    median(&rps),
+                    min(&rps),
+                    max(&rps),
+                    latency(median(&values(&|r| r.p50_us))),
+                    latency(median(&values(&|r| r.p99_us))),
+                    median(&cpu),
+                    min(&cpu),
+                    max(&cpu),
+                    median(&kernel),
+                    if errors.is_empty() {
+                        "0".to_string()
+                    } else {
+                        errors.join("; ")
+                    }
                 );
             }
         }
         let _ = writeln!(w);
-        let spreads: Vec<String> = bench
-            .spreads
+        let answered: Vec<String> = TARGETS
             .iter()
-            .map(|s| {
-                format!(
-                    "{} round {}: {} of {} answered, by {} of {} backends",
-                    s.target.label(),
-                    s.round + 1,
-                    s.ok,
-                    s.attempted,
-                    s.answered,
-                    bench.backends
-                )
+            .filter_map(|&t| {
+                let s: Vec<&Spread> = bench.spreads.iter().filter(|s| s.target == t).collect();
+                (!s.is_empty()).then(|| {
+                    format!(
+                        "{}: {} of {} ok, {}–{} of {} backends answered",
+                        t.short(),
+                        s.iter().map(|s| s.ok).sum::<u64>(),
+                        s.iter().map(|s| s.attempted).sum::<u64>(),
+                        s.iter().map(|s| s.answered).min().unwrap_or(0),
+                        s.iter().map(|s| s.answered).max().unwrap_or(0),
+                        bench.backends
+                    )
+                })
             })
             .collect();
         let _ = writeln!(
             w,
             "Before each VIP run, one request per connection with `lab-client` (wrk cannot tell \
-             which backend answered): {}.\n",
-            spreads.join("; ")
+             which backend answered), over all rounds: {}.\n",
+            answered.join("; ")
         );
-        // How far the rounds of one target and mode disagree: the noise level of this table.
-        let noise = [Target::Geosteer, Target::Direct, Target::Iptables]
-            .into_iter()
-            .flat_map(|t| [Mode::KeepAlive, Mode::Close].map(|m| bench.rps(t, m)))
-            .map(|v| (max(&v) - min(&v)) / mean(&v))
-            .fold(0f64, f64::max);
         for mode in [Mode::KeepAlive, Mode::Close] {
-            let rps = |target: Target| mean(&bench.rps(target, mode));
-            let (g, d, i) = (
-                rps(Target::Geosteer),
-                rps(Target::Direct),
-                rps(Target::Iptables),
-            );
+            let g = median(&bench.rps(Target::Geosteer, mode));
+            let verdicts: Vec<String> = PEERS
+                .iter()
+                .map(|&peer| {
+                    format!(
+                        "{} {:.0} req/s (×{:.2}: {}; CPU/request {})",
+                        peer.short(),
+                        median(&bench.rps(peer, mode)),
+                        g / median(&bench.rps(peer, mode)),
+                        bench.versus(peer, mode, Measure::Throughput).describe(),
+                        bench.versus(peer, mode, Measure::Cpu).describe(),
+                    )
+                })
+                .collect();
             let _ = writeln!(
                 w,
-                "- {}, mean of the rounds: geosteer {g:.0} req/s, iptables DNAT {i:.0} req/s \
-                 (geosteer/iptables = {:.2}; {}), direct {d:.0} req/s (geosteer/direct = {:.2}).",
+                "- {}, medians: geosteer {g:.0} req/s; {}; direct {:.0} req/s.",
                 mode.label(),
-                g / i,
-                bench.versus(mode).describe(),
-                g / d
+                verdicts.join("; "),
+                median(&bench.rps(Target::Direct, mode)),
             );
         }
-        let _ = writeln!(
-            w,
-            "\nThe two rounds of one target and mode differ by up to {:.0}% in this table.\n",
-            100.0 * noise
-        );
+        let _ = writeln!(w);
     }
 
     let runs: Vec<&HttpRun> = http.iter().flat_map(|b| &b.runs).collect();
     let failed = runs.iter().filter(|r| r.wrk.errors() != "0").count();
-    let mut ratios = Vec::new();
-    let mut ahead = 0;
-    for b in http {
-        for mode in [Mode::KeepAlive, Mode::Close] {
-            let ratio = mean(&b.rps(Target::Geosteer, mode)) / mean(&b.rps(Target::Iptables, mode));
-            ratios.push(format!(
-                "{ratio:.2} ({} backends, {})",
-                b.backends,
-                mode.label()
+    let mut tally = Vec::new();
+    for peer in PEERS {
+        for measure in [Measure::Throughput, Measure::Cpu] {
+            let (mut ahead, mut behind, mut total) = (0, 0, 0);
+            for b in http {
+                for mode in [Mode::KeepAlive, Mode::Close] {
+                    total += 1;
+                    match b.versus(peer, mode, measure) {
+                        Versus::Ahead => ahead += 1,
+                        Versus::Behind => behind += 1,
+                        Versus::Overlap => {}
+                    }
+                }
+            }
+            tally.push(format!(
+                "vs {} in {}: ahead in {ahead}, behind in {behind}, within the noise in {} of \
+                 {total}",
+                peer.short(),
+                measure.name(),
+                total - ahead - behind
             ));
-            ahead += usize::from(b.versus(mode) == Versus::GeosteerAhead);
         }
     }
     // What the programs cost per request (a request and a response packet, section 1's
@@ -803,40 +956,53 @@ fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], second
             .map_or(f64::NAN, |c| c.median_ns - c.floor_ns)
     };
     let programs_us = (over("TC ingress: established flow") + over("TC egress")) / 1000.0;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let keepalive = http.first().map_or(f64::NAN, |b| {
-        mean(&b.rps(Target::Geosteer, Mode::KeepAlive))
+    let keepalive_cpu = http.first().map_or(f64::NAN, |b| {
+        median(&b.cpu(Target::Geosteer, Mode::KeepAlive))
     });
     let _ = writeln!(
         w,
-        "**Summary.** geosteer/iptables throughput (mean of the rounds): {}. geosteer was ahead \
-         of iptables DNAT in both rounds in {ahead} of {} of these comparisons. {failed} of {} \
-         wrk runs had errors. For scale: at {keepalive:.0} req/s (geosteer, keep-alive, {} \
-         backends) the {cpus} CPUs spend about {:.0} µs per request in total, wrk and backends \
-         included, while a request and its response cost the programs about {programs_us:.1} µs \
-         (section 1, one call at a time over distinct flows).\n",
-        ratios.join(", "),
-        ratios.len(),
+        "**Summary**, geosteer against kube-proxy's two methods, by the ranges of the rounds: \
+         {}. {failed} of {} wrk runs had errors. For scale: with keep-alive at {} backends a \
+         request costs the machine {keepalive_cpu:.0} µs of CPU in all (geosteer), wrk and \
+         backends included, while a request and its response cost the programs about \
+         {programs_us:.1} µs (section 1, one call at a time over distinct flows).\n",
+        tally.join("; "),
         runs.len(),
         http.first().map_or(0, |b| b.backends),
-        cpus as f64 * 1e6 / keepalive,
     );
 }
 
-/// geosteer against iptables over the rounds: only a lead in every round counts.
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    /// Requests/s: higher is better.
+    Throughput,
+    /// CPU per request: lower is better.
+    Cpu,
+}
+
+impl Measure {
+    fn name(self) -> &'static str {
+        match self {
+            Measure::Throughput => "throughput",
+            Measure::Cpu => "CPU per request",
+        }
+    }
+}
+
+/// geosteer against a peer over the rounds: only a lead in every round counts.
 #[derive(PartialEq)]
 enum Versus {
-    GeosteerAhead,
-    IptablesAhead,
+    Ahead,
+    Behind,
     Overlap,
 }
 
 impl Versus {
     fn describe(&self) -> &'static str {
         match self {
-            Versus::GeosteerAhead => "geosteer ahead in both rounds",
-            Versus::IptablesAhead => "iptables ahead in both rounds",
-            Versus::Overlap => "the rounds overlap",
+            Versus::Ahead => "geosteer ahead in every round",
+            Versus::Behind => "geosteer behind in every round",
+            Versus::Overlap => "within the noise",
         }
     }
 }
@@ -849,20 +1015,37 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 impl HttpBench {
-    fn versus(&self, mode: Mode) -> Versus {
-        let (g, i) = (
-            self.rps(Target::Geosteer, mode),
-            self.rps(Target::Iptables, mode),
-        );
-        if min(&g) > max(&i) {
-            Versus::GeosteerAhead
-        } else if min(&i) > max(&g) {
-            Versus::IptablesAhead
+    /// geosteer against `peer` in one mode: ahead or behind only when every round of one is
+    /// better than every round of the other.
+    fn versus(&self, peer: Target, mode: Mode, measure: Measure) -> Versus {
+        let (g, p) = match measure {
+            Measure::Throughput => (self.rps(Target::Geosteer, mode), self.rps(peer, mode)),
+            // Lower is better: negated, so that "more" is better for both.
+            Measure::Cpu => (
+                self.cpu(Target::Geosteer, mode)
+                    .iter()
+                    .map(|v| -v)
+                    .collect(),
+                self.cpu(peer, mode).iter().map(|v| -v).collect(),
+            ),
+        };
+        if g.is_empty() || p.is_empty() {
+            Versus::Overlap
+        } else if min(&g) > max(&p) {
+            Versus::Ahead
+        } else if min(&p) > max(&g) {
+            Versus::Behind
         } else {
             Versus::Overlap
         }
@@ -874,6 +1057,15 @@ impl HttpBench {
             .iter()
             .filter(|r| r.target == target && r.mode == mode)
             .map(|r| r.wrk.requests_per_sec)
+            .collect()
+    }
+
+    /// CPU µs per request of each round for one target and mode.
+    fn cpu(&self, target: Target, mode: Mode) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.target == target && r.mode == mode)
+            .map(|r| r.wrk.cpu_per_request_us().0)
             .collect()
     }
 }
@@ -888,7 +1080,36 @@ fn latency(us: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{micros, parse_wrk};
+    use super::{TARGETS, median, micros, parse_wrk, round_order};
+
+    #[test]
+    fn every_round_runs_every_target_once_and_no_target_always_goes_first() {
+        let firsts: Vec<_> = (0..5).map(|r| round_order(r)[0]).collect();
+        for round in 0..5 {
+            let order = round_order(round);
+            assert_eq!(order.len(), TARGETS.len());
+            for t in TARGETS {
+                assert_eq!(
+                    order.iter().filter(|&&o| o == t).count(),
+                    1,
+                    "{round}: {t:?}"
+                );
+            }
+        }
+        for t in TARGETS {
+            assert!(
+                firsts.iter().filter(|&&f| f == t).count() <= 2,
+                "{firsts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn parses_wrk_output() {
