@@ -63,6 +63,7 @@ pub fn run(quick: bool) -> Result<()> {
     } else {
         "cargo xtask bench"
     };
+    write_charts(&root.join(CHARTS_DIR), &kernel, &http)?;
     let text = render(
         command,
         &machine,
@@ -665,6 +666,98 @@ fn render(
     s
 }
 
+/// Where the charts go, relative to the workspace root (and to BENCHMARKS.md).
+pub const CHARTS_DIR: &str = "docs/bench";
+
+/// The per-packet and HTTP charts, from the same run's data.
+fn write_charts(dir: &Path, kernel: &KernelReport, http: &[HttpBench]) -> Result<()> {
+    use crate::charts::{Series, Spread, spreads};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Per packet: each case's cost over its method's floor.
+    let mut names: Vec<String> = Vec::new();
+    for c in &kernel.cases {
+        let short = c.name.split(" (").next().unwrap_or(&c.name).to_string();
+        if !names.contains(&short) {
+            names.push(short);
+        }
+    }
+    let series: Vec<Series> = ["batched", "single"]
+        .iter()
+        .map(|method| Series {
+            name: format!("{method} (over its floor)"),
+            values: names
+                .iter()
+                .map(|name| {
+                    kernel
+                        .cases
+                        .iter()
+                        .find(|c| c.method == *method && c.name.split(" (").next() == Some(name))
+                        .map(|c| Spread {
+                            median: (c.median_ns - c.floor_ns).max(0.0),
+                            min: (c.min_ns - c.floor_ns).max(0.0),
+                            max: (c.max_ns - c.floor_ns).max(0.0),
+                        })
+                })
+                .collect(),
+        })
+        .collect();
+    let labels: Vec<String> = names
+        .iter()
+        .map(|n| {
+            n.replace("TC ingress: ", "TC in: ")
+                .replace("TC egress: ", "TC out: ")
+        })
+        .collect();
+    spreads(
+        &dir.join("per-packet.svg"),
+        "Kernel programs: ns per packet over the no-op floor (median, range)",
+        "ns",
+        &labels,
+        &series,
+    )?;
+    // HTTP: requests/s and CPU per request per target, a series per backend count and mode.
+    let categories: Vec<String> = TARGETS.iter().map(|t| t.short().to_string()).collect();
+    let per = |f: &dyn Fn(&Wrk) -> f64| -> Vec<Series> {
+        http.iter()
+            .flat_map(|b| {
+                [Mode::KeepAlive, Mode::Close].map(|mode| Series {
+                    name: format!("{} backends, {}", b.backends, mode.label()),
+                    values: TARGETS
+                        .iter()
+                        .map(|&t| {
+                            let v: Vec<f64> = b
+                                .runs
+                                .iter()
+                                .filter(|r| r.target == t && r.mode == mode)
+                                .map(|r| f(&r.wrk))
+                                .collect();
+                            (!v.is_empty()).then(|| Spread {
+                                median: median(&v),
+                                min: min(&v),
+                                max: max(&v),
+                            })
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    };
+    spreads(
+        &dir.join("http-rps.svg"),
+        "HTTP through the VIP: requests/s (median, range over the rounds)",
+        "requests/s",
+        &categories,
+        &per(&|w| w.requests_per_sec),
+    )?;
+    spreads(
+        &dir.join("http-cpu.svg"),
+        "HTTP through the VIP: CPU µs per request (median, range over the rounds)",
+        "µs of CPU per request",
+        &categories,
+        &per(&|w| w.cpu_per_request_us().0),
+    )
+}
+
 fn render_kernel(w: &mut String, k: &KernelReport) {
     let reps = |method: &str| {
         k.cases
@@ -695,6 +788,10 @@ fn render_kernel(w: &mut String, k: &KernelReport) {
          caches: a lower bound.\n",
         k.batched_repeat,
         reps("batched")
+    );
+    let _ = writeln!(
+        w,
+        "![Per-packet cost over the floor]({CHARTS_DIR}/per-packet.svg)\n"
     );
     kernel_table(w, k, "batched");
     let _ = writeln!(
@@ -777,6 +874,11 @@ fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], second
     let _ = writeln!(
         w,
         "## 2. HTTP through the VIP: geosteer vs direct vs iptables and nftables DNAT\n"
+    );
+    let _ = writeln!(
+        w,
+        "![Requests/s per target]({CHARTS_DIR}/http-rps.svg)\n\n\
+         ![CPU per request per target]({CHARTS_DIR}/http-cpu.svg)\n"
     );
     let _ = writeln!(
         w,

@@ -72,6 +72,7 @@ pub fn run(quick: bool) -> Result<String> {
 
     let failover = failover_bench(reps, &logs)?;
     let apply = apply_bench(&root, quick)?;
+    memory_chart(&root.join(crate::bench::CHARTS_DIR), &apply)?;
     let command = if quick {
         "cargo xtask bench --quick"
     } else {
@@ -950,8 +951,42 @@ fn interpret_failover(w: &mut String, failover: &[Failover]) {
     }
 }
 
+/// Map memory against services: geosteer's maps as measured, and the same maps with Cilium's
+/// design of tables.
+fn memory_chart(dir: &Path, a: &ApplyReport) -> Result<()> {
+    use crate::charts::{Line, log_lines};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let line = |name: &str, f: &dyn Fn(&ApplyScale) -> u64| Line {
+        name: name.into(),
+        points: a
+            .results
+            .iter()
+            .map(|r| (f64::from(r.services), mib(f(r))))
+            .collect(),
+    };
+    log_lines(
+        &dir.join("map-memory.svg"),
+        "Kernel map memory, services of 10 backends",
+        "services",
+        "MiB",
+        &[
+            line("geosteer (measured)", &|r| r.map_bytes),
+            line("geosteer: Maglev tables", &|r| r.table_bytes),
+            line("Cilium's design: one 16,381-slot table per service", &|r| {
+                r.cilium_design_bytes
+            }),
+        ],
+    )
+}
+
 fn render_apply(w: &mut String, a: &ApplyReport) {
-    let _ = writeln!(w, "### Policy apply latency\n");
+    let _ = writeln!(w, "### Policy apply latency and map memory\n");
+    let _ = writeln!(
+        w,
+        "![Map memory against services]({}/map-memory.svg)\n",
+        crate::bench::CHARTS_DIR
+    );
     let _ = writeln!(
         w,
         "In-process against the real kernel object (`tests/benches/apply.rs`): loaded (not \

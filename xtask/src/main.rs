@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_policy;
+mod charts;
 mod crdgen;
 mod demo;
 mod install;
