@@ -542,9 +542,12 @@ impl Programmer {
                     return Err(e.context(format!("making {} live", desired.name)));
                 }
                 self.flip_seq += 1;
-                dp.request_grace(self.flip_seq);
                 if let Some(old) = old_entry {
+                    // Its chunks are free once no packet can still be reading them: ask for
+                    // that grace period now, in the background (a new service retires nothing,
+                    // so a full apply of new services asks for none).
                     self.retire_table(&old);
+                    dp.request_grace(self.flip_seq);
                 }
                 entry
             }
@@ -675,6 +678,7 @@ impl Programmer {
         dp.remove_service(key)?;
         self.flip_seq += 1;
         self.retire_table(&live.entry);
+        dp.request_grace(self.flip_seq);
         for (backend_id, _) in live.backends.into_values() {
             dp.write_backend(backend_id, &Backend::default())?;
             self.backend_owners.remove(&backend_id);
