@@ -73,6 +73,7 @@ pub fn run(quick: bool) -> Result<String> {
     let failover = failover_bench(reps, &logs)?;
     let apply = apply_bench(&root, quick)?;
     memory_chart(&root.join(crate::bench::CHARTS_DIR), &apply)?;
+    timeline_chart(&root.join(crate::bench::CHARTS_DIR), &failover)?;
     let command = if quick {
         "cargo xtask bench --quick"
     } else {
@@ -205,7 +206,15 @@ struct Run {
     both_taken_out: bool,
     /// HAProxy only: times a failing backend was put back in service during the run.
     came_back: usize,
+    /// Around the first 5xx, per [`TIMELINE_BIN_US`] of answers: (seconds from the first 5xx,
+    /// % of the connections answered in cn-shanghai, % that failed).
+    timeline: Vec<(f64, f64, f64)>,
 }
+
+/// Width of one point of the failover timeline.
+const TIMELINE_BIN_US: i64 = 100_000;
+/// The timeline's span around the first 5xx, in bins before and after.
+const TIMELINE_BINS: (i64, i64) = (10, 40);
 
 struct Failover {
     target: Target,
@@ -458,6 +467,27 @@ fn reduce(conns: &[Conn]) -> Result<Run> {
         .rposition(Conn::client_error)
         .expect("there is a 5xx");
     let seconds = conns.last().map_or(0, |c| c.done_us) as f64 / 1e6;
+    let mut bins: std::collections::BTreeMap<i64, [u64; 3]> = Default::default();
+    for c in conns {
+        let bin = (c.done_us as i64 - first_at as i64).div_euclid(TIMELINE_BIN_US);
+        if (-TIMELINE_BINS.0..TIMELINE_BINS.1).contains(&bin) {
+            let counts = bins.entry(bin).or_default();
+            counts[0] += 1;
+            counts[1] += u64::from(!c.client_error() && c.region() == Some("cn-shanghai"));
+            counts[2] += u64::from(c.client_error());
+        }
+    }
+    let timeline = bins
+        .into_iter()
+        .map(|(bin, [all, remote, failed])| {
+            let share = |n: u64| 100.0 * n as f64 / all as f64;
+            (
+                (bin * TIMELINE_BIN_US) as f64 / 1e6,
+                share(remote),
+                share(failed),
+            )
+        })
+        .collect();
     Ok(Run {
         connections: conns.len(),
         after_first: conns.len() - first - 1,
@@ -470,6 +500,7 @@ fn reduce(conns: &[Conn]) -> Result<Run> {
         errors_failed: conns.iter().filter(|c| c.error.is_some()).count(),
         both_taken_out: false,
         came_back: 0,
+        timeline,
     })
 }
 
@@ -713,6 +744,11 @@ fn render_failover(w: &mut String, reps: usize, failover: &[Failover]) {
     let _ = writeln!(w, "### Failover: time and client-visible errors\n");
     let _ = writeln!(
         w,
+        "![Share of new connections per region around the failure]({}/failover-timeline.svg)\n",
+        crate::bench::CHARTS_DIR
+    );
+    let _ = writeln!(
+        w,
         "Lab as in section 2 with four backends in two regions: hz1 and hz2 in cn-hangzhou, the \
          node's region, and sh1 and sh2 in cn-shanghai. From the client namespace, \
          `lab-client failover-probe` opens new connections to `{VIP}:80` back to back, one at a \
@@ -949,6 +985,44 @@ fn interpret_failover(w: &mut String, failover: &[Failover]) {
             100.0 * later as f64 / after.max(1) as f64,
         );
     }
+}
+
+/// Share of new connections answered by the remote region around the failure, per balancer:
+/// the first run of each at the lowest error limit measured.
+fn timeline_chart(dir: &Path, failover: &[Failover]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let limit = failover.iter().map(|f| f.error_limit).min().unwrap_or(0);
+    let mut lines = Vec::new();
+    for f in failover.iter().filter(|f| f.error_limit == limit) {
+        let Some(run) = f.runs.first() else { continue };
+        lines.push(crate::charts::Line {
+            name: format!("{}: answered in cn-shanghai", f.target.label()),
+            points: run
+                .timeline
+                .iter()
+                .map(|&(t, remote, _)| (t, remote))
+                .collect(),
+        });
+        lines.push(crate::charts::Line {
+            name: format!("{}: failed", f.target.label()),
+            points: run
+                .timeline
+                .iter()
+                .map(|&(t, _, failed)| (t, failed))
+                .collect(),
+        });
+    }
+    crate::charts::lines(
+        &dir.join("failover-timeline.svg"),
+        &format!("Failover: new connections per 100 ms around the first 5xx (error limit {limit})"),
+        (
+            "seconds from the first 5xx the client saw",
+            "% of connections",
+        ),
+        (0.0, 100.0),
+        &lines,
+        &[("first 5xx".to_string(), 0.0)],
+    )
 }
 
 /// Map memory against services: geosteer's maps as measured, and the same maps with Cilium's

@@ -92,6 +92,70 @@ pub fn log_lines(
     root.present().map_err(failed)
 }
 
+/// A line chart on linear axes: `x` as given, `y` from `y_range`; `marks` are vertical lines
+/// (an event at that `x`, named in the legend).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    y_range: (f64, f64),
+    lines: &[Line],
+    marks: &[(String, f64)],
+) -> Result<()> {
+    let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+    if x0 >= x1 {
+        return Ok(());
+    }
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(failed)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y_range.0..y_range.1)
+        .map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(failed)?;
+    for (i, line) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                line.points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label(line.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    for (name, x) in marks {
+        let x = *x;
+        chart
+            .draw_series(LineSeries::new(
+                [(x, y_range.0), (x, y_range.1)],
+                BLACK.mix(0.5).stroke_width(1),
+            ))
+            .map_err(failed)?
+            .label(name.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::MiddleRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    root.present().map_err(failed)
+}
+
 /// A median with the range it was taken over.
 #[derive(Clone, Copy)]
 pub struct Spread {
@@ -189,15 +253,22 @@ pub fn spreads(
 mod tests {
     use super::*;
 
+    fn lines_of() -> Vec<Line> {
+        vec![Line {
+            name: "geosteer".into(),
+            points: vec![(0.0, 100.0), (1.0, 100.0), (1.1, 0.0), (3.0, 0.0)],
+        }]
+    }
+
     #[test]
     fn writes_both_kinds_of_chart() {
         let dir = std::env::temp_dir().join(format!("geosteer-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let lines = [Line {
+        let memory = [Line {
             name: "geosteer".into(),
             points: vec![(100.0, 7.2), (1000.0, 11.0), (10000.0, 51.8)],
         }];
-        log_lines(&dir.join("a.svg"), "Map memory", "services", "MiB", &lines).unwrap();
+        log_lines(&dir.join("a.svg"), "Map memory", "services", "MiB", &memory).unwrap();
         let v = Spread {
             median: 2.0,
             min: 1.5,
@@ -209,7 +280,17 @@ mod tests {
         }];
         let categories = ["geosteer".to_string(), "iptables".to_string()];
         spreads(&dir.join("b.svg"), "CPU", "µs", &categories, &series).unwrap();
-        for name in ["a.svg", "b.svg"] {
+        let marks = [("failure".to_string(), 1.0)];
+        lines(
+            &dir.join("c.svg"),
+            "Share",
+            ("s", "%"),
+            (0.0, 100.0),
+            &lines_of(),
+            &marks,
+        )
+        .unwrap();
+        for name in ["a.svg", "b.svg", "c.svg"] {
             let svg = std::fs::read_to_string(dir.join(name)).unwrap();
             assert!(
                 svg.starts_with("<svg") && svg.contains("geosteer"),

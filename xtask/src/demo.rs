@@ -157,6 +157,8 @@ fn watch(lab: &Lab, plan: &Plan) -> Result<()> {
     let mut last_hz_while_failing: Option<u64> = None;
     let mut back_at: Option<u64> = None;
     let mut answered = 0u64;
+    // Per 250 ms of the client's time: (cn-hangzhou, cn-shanghai, errors), for the chart.
+    let mut bins: BTreeMap<u64, [u64; 3]> = BTreeMap::new();
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -192,6 +194,12 @@ fn watch(lab: &Lab, plan: &Plan) -> Result<()> {
         }
         let backend = event["backend"].as_str();
         let ok = event["error"].is_null() && event["status"].as_u64() == Some(200);
+        let bin = bins.entry(t / TIMELINE_BIN_MS).or_default();
+        match (ok, backend) {
+            (false, _) => bin[2] += 1,
+            (true, Some(b)) if b.starts_with("hz") => bin[0] += 1,
+            (true, _) => bin[1] += 1,
+        }
         if let Some(b) = backend {
             *second.entry(b.to_string()).or_default() += 1;
             answered += 1;
@@ -238,6 +246,19 @@ fn watch(lab: &Lab, plan: &Plan) -> Result<()> {
         "  client-visible errors              {client_errors} of {answered} answered connections"
     );
     println!("  back in cn-hangzhou                {}", ms(back_at));
+    let chart = workspace_root().join("target/demo-timeline.svg");
+    let marks = [
+        failed_at.map(|t| ("cn-hangzhou fails".to_string(), t as f64 / 1000.0)),
+        healed_at.map(|t| ("cn-hangzhou healthy again".to_string(), t as f64 / 1000.0)),
+    ];
+    match timeline_chart(
+        &chart,
+        &bins,
+        &marks.into_iter().flatten().collect::<Vec<_>>(),
+    ) {
+        Ok(()) => println!("  chart                              {}", chart.display()),
+        Err(e) => println!("  chart not written: {e:#}"),
+    }
     if INTERRUPTED.load(Ordering::SeqCst) {
         println!("interrupted");
     }
@@ -245,6 +266,42 @@ fn watch(lab: &Lab, plan: &Plan) -> Result<()> {
         bail!("no request reached a backend");
     }
     Ok(())
+}
+
+/// Width of one point of the demo's timeline chart.
+const TIMELINE_BIN_MS: u64 = 250;
+
+/// Share of each region (and of errors) among the connections of each bin, over time.
+fn timeline_chart(
+    path: &std::path::Path,
+    bins: &BTreeMap<u64, [u64; 3]>,
+    marks: &[(String, f64)],
+) -> Result<()> {
+    let line = |name: &str, i: usize| crate::charts::Line {
+        name: name.into(),
+        points: bins
+            .iter()
+            .map(|(bin, counts)| {
+                let all = counts.iter().sum::<u64>().max(1) as f64;
+                (
+                    (bin * TIMELINE_BIN_MS) as f64 / 1000.0,
+                    100.0 * counts[i] as f64 / all,
+                )
+            })
+            .collect(),
+    };
+    crate::charts::lines(
+        path,
+        "geosteer demo: where new connections went (per 250 ms)",
+        ("seconds", "% of connections"),
+        (0.0, 100.0),
+        &[
+            line("cn-hangzhou", 0),
+            line("cn-shanghai", 1),
+            line("client-visible errors", 2),
+        ],
+        marks,
+    )
 }
 
 /// A bpffs at `path` for the agent's pins, unmounted on drop.
