@@ -523,11 +523,46 @@ impl Controller {
             .flat_map(|s| s.endpoints.iter().map(|e| e.health_key(&s.key)))
             .collect();
         self.health.retain(|key, _| wanted_endpoints.contains(key));
+        // Tables that shrink first, so the chunks they give back make room for those that
+        // grow; a service refused for want of room is tried again once the others are in, and
+        // one that still fails does not keep the rest from being applied.
+        let growth = |s: &ServiceModel| {
+            let n = s.endpoints.len() as u32;
+            let needed = if n == 0 {
+                0
+            } else {
+                geosteer_common::table_chunks(crate::maglev::table_size(n as usize) as u32, n)
+            };
+            let live = self
+                .programmer
+                .service(&s.key)
+                .map_or(0, |l| l.entry.table_chunks());
+            i64::from(needed) - i64::from(live)
+        };
+        let mut order: Vec<(i64, ServiceKey)> =
+            self.services.iter().map(|s| (growth(s), s.key)).collect();
+        order.sort_by_key(|(g, _)| *g);
         let mut changed = 0;
-        for key in wanted {
-            changed += self.refresh(dp, &key)? as usize;
+        let mut refused = Vec::new();
+        for (_, key) in order {
+            match self.refresh(dp, &key) {
+                Ok(c) => changed += c as usize,
+                Err(e) => refused.push((key, e)),
+            }
         }
-        Ok(changed)
+        let mut first_error = None;
+        for (key, first) in refused {
+            match self.refresh(dp, &key) {
+                Ok(c) => changed += c as usize,
+                Err(_) => {
+                    first_error.get_or_insert(first);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(changed),
+        }
     }
 
     /// The kernel suspects a connect timeout of `backend_id` (see [`crate::timeouts`]).

@@ -229,7 +229,10 @@ impl Programmer {
             used_services.insert(value.id);
             let end = u64::from(value.table_start) + u64::from(value.table_chunks());
             if value.table_chunks() > 0 && end <= u64::from(table_chunks) {
-                used_tables.push(value.table_start..value.table_start + value.table_chunks());
+                used_tables.push((
+                    value.table_start..value.table_start + value.table_chunks(),
+                    key,
+                ));
             }
             let config = dp.read_service_config(value.id)?;
             let desired = DesiredService {
@@ -253,7 +256,8 @@ impl Programmer {
                     name: String::new(),
                     id: value.id,
                     entry: value,
-                    recovered: true,
+                    // Set below for the tables whose chunks are reserved.
+                    recovered: false,
                     backends,
                     ejections_released: config.ejections_released,
                     desired,
@@ -268,10 +272,11 @@ impl Programmer {
         if table_chunks > 0 {
             let all = p.table_chunks.allocate_range(table_chunks).ok();
             debug_assert!(all.is_some(), "a fresh allocator has every word free");
-            used_tables.sort_by_key(|r| r.start);
+            used_tables.sort_by_key(|(r, _)| r.start);
             let mut next = 0;
-            for table in used_tables {
-                // Overlapping tables cannot both be live; the later one is rewritten anyway.
+            for (table, key) in used_tables {
+                // Overlapping tables cannot both be live: the later one is not reserved, and
+                // its service is not `recovered`, so its first apply writes it a new table.
                 if table.start < next {
                     continue;
                 }
@@ -279,6 +284,9 @@ impl Programmer {
                     p.retired_tables.push((1, next..table.start));
                 }
                 next = table.end;
+                if let Some(live) = p.live.get_mut(&key) {
+                    live.recovered = true;
+                }
             }
             if next < table_chunks {
                 p.retired_tables.push((1, next..table_chunks));
@@ -418,21 +426,60 @@ impl Programmer {
             self.remove(dp, &key)?;
             report.removed += 1;
         }
-        for service in desired {
+        // Tables that shrink first, so the chunks they give back make room for those that
+        // grow; a change refused for want of room is tried again once the others are in.
+        let mut order: Vec<&DesiredService> = desired.iter().collect();
+        order.sort_by_key(|s| self.table_growth(s));
+        let mut refused = Vec::new();
+        for service in order {
+            let added = !self.live.contains_key(&service.key);
             match self.live.get(&service.key) {
                 Some(live) if live.desired == *service => report.unchanged += 1,
-                Some(_) => {
-                    report.grace_periods += self.upsert(dp, service)?;
-                    report.updated += 1;
+                _ => match self.upsert(dp, service) {
+                    Ok(waits) => {
+                        report.grace_periods += waits;
+                        *if added {
+                            &mut report.added
+                        } else {
+                            &mut report.updated
+                        } += 1;
+                    }
+                    Err(e) => refused.push((service, added, e)),
+                },
+            }
+        }
+        let mut first_error = None;
+        for (service, added, first) in refused {
+            match self.upsert(dp, service) {
+                Ok(waits) => {
+                    report.grace_periods += waits;
+                    *if added {
+                        &mut report.added
+                    } else {
+                        &mut report.updated
+                    } += 1;
                 }
-                None => {
-                    report.grace_periods += self.upsert(dp, service)?;
-                    report.added += 1;
+                Err(_) => {
+                    first_error.get_or_insert(first);
                 }
             }
         }
         self.sync_vips(dp)?;
-        Ok(report)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// How many more table chunks `desired` needs than its live table takes (all of them for a
+    /// new service; negative when it shrinks).
+    pub fn table_growth(&self, desired: &DesiredService) -> i64 {
+        let needed = table_chunks(table_size_for(desired), desired.backends.len() as u32);
+        let live = self
+            .live
+            .get(&desired.key)
+            .map_or(0, |l| l.entry.table_chunks());
+        i64::from(needed) - i64::from(live)
     }
 
     /// Number of grace periods waited (0 or 1).
@@ -455,6 +502,11 @@ impl Programmer {
         // and their tables' chunks are free again.)
         self.grace_seq = self.grace_seq.max(dp.grace_completed());
         self.release_retired_tables();
+        // Retired chunks no grace period has been asked for yet (a restart's, or a request a
+        // failed background grace period dropped): ask now, in the background.
+        if let Some(newest) = self.retired_tables.iter().map(|(seq, _)| *seq).max() {
+            dp.request_grace(newest);
+        }
         let existing = self.live.remove(&desired.key);
         let taken = match self.take_resources(dp, desired, existing.as_ref(), &mut grace) {
             Ok(taken) => taken,
@@ -465,110 +517,38 @@ impl Programmer {
                 return Err(e.context(format!("{}: not changed", desired.name)));
             }
         };
-        let Taken {
-            id,
-            new_service,
-            ids,
-            new_ids,
-            table,
-            size,
-        } = taken;
-        let previous_settings = existing.as_ref().map(|live| live.desired.settings);
+        let pre_flip = Self::write_before_flip(dp, desired, &taken, existing.as_ref());
+        let (entry, backends) = match pre_flip {
+            Ok(done) => done,
+            Err(e) => {
+                self.abandon(dp, desired, existing, taken);
+                return Err(e.context(format!("{}: not changed", desired.name)));
+            }
+        };
+        let id = taken.id;
         let (old_entry, mut old_backends, mut ejections_released) = match existing {
             Some(live) => (Some(live.entry), live.backends, live.ejections_released),
             None => (None, BTreeMap::new(), 0),
         };
-        if new_service {
-            // A reused id starts with no ejections on its books.
-            dp.write_service_state(id, &ServiceState::default())?;
+        for key in backends.keys() {
+            old_backends.remove(key);
         }
-        if previous_settings != Some(desired.settings) {
-            dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
-        }
-
-        // Two batches: fresh health state for every new id first (a reused id must not inherit
-        // counters), then the entries that are new or changed.
-        let fresh_states: Vec<(u32, BackendState)> = new_ids
-            .iter()
-            .map(|&id| (id, BackendState::default()))
-            .collect();
-        let mut entries = Vec::new();
-        let mut backends = BTreeMap::new();
-        for (b, &backend_id) in desired.backends.iter().zip(&ids) {
-            let entry = backend_entry(desired, b, id);
-            match old_backends.remove(&(b.addr, b.port)) {
-                // `before.flags` are the kernel's (as written, or as read back from the pins
-                // by a new agent, whose predecessor may not have set every flag).
-                Some((_, before))
-                    if (
-                        before.eject_after_5xx,
-                        before.eject_after_gateway,
-                        before.flags,
-                    ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
-                _ => entries.push((backend_id, entry)),
+        if taken.table.is_some() {
+            self.flip_seq += 1;
+            if let Some(old) = old_entry {
+                // Its chunks are free once no packet can still be reading them: ask for that
+                // grace period now, in the background (a new service retires nothing, so a
+                // full apply of new services asks for none).
+                self.retire_table(&old);
+                dp.request_grace(self.flip_seq);
             }
-            let written = DesiredBackend {
-                flags: kernel_flags(b),
-                ..b.clone()
-            };
-            backends.insert((b.addr, b.port), (backend_id, written));
         }
-        dp.write_backend_states(&fresh_states)?;
-        dp.write_backends(&entries)?;
-
-        let entry = match table {
-            // The live table is already what this state builds (a restarted agent adopting its
-            // predecessor's tables): no swap.
-            None => old_entry.expect("only a live table is kept"),
-            Some((range, content)) => {
-                let entry = ServiceValue {
-                    id,
-                    _retired_generation: 0,
-                    table_start: range.start,
-                    table_size: size,
-                    backend_count: ids.len() as u32,
-                    _pad: 0,
-                };
-                let written = if content.is_empty() {
-                    Ok(())
-                } else {
-                    dp.write_table(range.start, &content)
-                };
-                if let Err(e) = written.and_then(|()| dp.write_service(&desired.key, &entry)) {
-                    // No service points at the new chunks: free at once.
-                    if !range.is_empty() {
-                        self.table_chunks.free_range(range);
-                    }
-                    return Err(e.context(format!("making {} live", desired.name)));
-                }
-                self.flip_seq += 1;
-                if let Some(old) = old_entry {
-                    // Its chunks are free once no packet can still be reading them: ask for
-                    // that grace period now, in the background (a new service retires nothing,
-                    // so a full apply of new services asks for none).
-                    self.retire_table(&old);
-                    dp.request_grace(self.flip_seq);
-                }
-                entry
-            }
-        };
 
         // Backends no longer desired: flows pinned to them are re-steered by the kernel once
         // the slot is inactive; the id waits out a grace period before reuse. An ejection of a
         // removed backend is over: it no longer counts against maxEjectionPercent, and the
         // endpoint, if it comes back, is a new host with a new id.
-        let released_before = ejections_released;
-        for (backend_id, _) in old_backends.into_values() {
-            dp.write_backend(backend_id, &Backend::default())?;
-            if dp.read_backend_state(backend_id)?.ejected != 0 {
-                ejections_released += 1;
-            }
-            self.backend_owners.remove(&backend_id);
-            self.quarantined_backends.push(backend_id);
-        }
-        if ejections_released != released_before {
-            dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
-        }
+        // The change is live: on the books first, so that a failure below loses nothing.
         for (&(addr, port), &(backend_id, _)) in &backends {
             self.backend_owners
                 .insert(backend_id, (desired.key, addr, port));
@@ -585,7 +565,131 @@ impl Programmer {
                 desired: desired.clone(),
             },
         );
-        Ok(grace)
+        let released_before = ejections_released;
+        let mut first_error = None;
+        for (backend_id, _) in old_backends.into_values() {
+            // No longer in the table: taken out of use, and its id waits out a grace period
+            // whatever happens to these writes.
+            self.backend_owners.remove(&backend_id);
+            self.quarantined_backends.push(backend_id);
+            let cleared = dp
+                .write_backend(backend_id, &Backend::default())
+                .and_then(|()| dp.read_backend_state(backend_id));
+            match cleared {
+                Ok(state) => ejections_released += i64::from(state.ejected != 0),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if ejections_released != released_before {
+            if let Some(live) = self.live.get_mut(&desired.key) {
+                live.ejections_released = ejections_released;
+            }
+            dp.write_service_config(id, &config_entry(&desired.settings, ejections_released))?;
+        }
+        match first_error {
+            Some(e) => Err(e.context(format!("{}: removing its old backends", desired.name))),
+            None => Ok(grace),
+        }
+    }
+
+    /// Everything of a change up to and including the update that makes it live: settings,
+    /// backend states and entries, the table, the service entry. Returns that entry and the
+    /// backends as written.
+    fn write_before_flip(
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        taken: &Taken,
+        live: Option<&LiveService>,
+    ) -> Result<(ServiceValue, BTreeMap<(u32, u16), (u32, DesiredBackend)>)> {
+        let id = taken.id;
+        if taken.new_service {
+            // A reused id starts with no ejections on its books.
+            dp.write_service_state(id, &ServiceState::default())?;
+        }
+        if live.map(|l| l.desired.settings) != Some(desired.settings) {
+            let released = live.map_or(0, |l| l.ejections_released);
+            dp.write_service_config(id, &config_entry(&desired.settings, released))?;
+        }
+        // Two batches: fresh health state for every new id first (a reused id must not inherit
+        // counters), then the entries that are new or changed.
+        let fresh_states: Vec<(u32, BackendState)> = taken
+            .new_ids
+            .iter()
+            .map(|&id| (id, BackendState::default()))
+            .collect();
+        let mut entries = Vec::new();
+        let mut backends = BTreeMap::new();
+        for (b, &backend_id) in desired.backends.iter().zip(&taken.ids) {
+            match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
+                // `before.flags` are the kernel's (as written, or as read back from the pins
+                // by a new agent, whose predecessor may not have set every flag).
+                Some((_, before))
+                    if (
+                        before.eject_after_5xx,
+                        before.eject_after_gateway,
+                        before.flags,
+                    ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
+                _ => entries.push((backend_id, backend_entry(desired, b, id))),
+            }
+            let written = DesiredBackend {
+                flags: kernel_flags(b),
+                ..b.clone()
+            };
+            backends.insert((b.addr, b.port), (backend_id, written));
+        }
+        dp.write_backend_states(&fresh_states)?;
+        dp.write_backends(&entries)?;
+        let entry = match &taken.table {
+            // The live table is already what this state builds (a restarted agent adopting its
+            // predecessor's tables): no swap.
+            None => live.expect("only a live table is kept").entry,
+            Some((range, content)) => {
+                let entry = ServiceValue {
+                    id,
+                    _retired_generation: 0,
+                    table_start: range.start,
+                    table_size: taken.size,
+                    backend_count: taken.ids.len() as u32,
+                    _pad: 0,
+                };
+                if !content.is_empty() {
+                    dp.write_table(range.start, content)?;
+                }
+                dp.write_service(&desired.key, &entry)?;
+                entry
+            }
+        };
+        Ok((entry, backends))
+    }
+
+    /// A change that failed before its flip: the service stays as it was on the books (the
+    /// kernel still points at its old table), the new chunks are free at once (nothing points
+    /// at them), and ids that may have been written wait out a grace period.
+    fn abandon(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        live: Option<LiveService>,
+        taken: Taken,
+    ) {
+        if let Some(live) = live {
+            self.live.insert(desired.key, live);
+        }
+        if let Some((range, _)) = taken.table
+            && !range.is_empty()
+        {
+            self.table_chunks.free_range(range);
+        }
+        for backend_id in taken.new_ids {
+            // Best effort: an entry written before the failure is taken out of use.
+            let _ = dp.write_backend(backend_id, &Backend::default());
+            self.quarantined_backends.push(backend_id);
+        }
+        if taken.new_service {
+            self.quarantined_services.push(taken.id);
+        }
     }
 
     /// The ids and table chunks `desired` needs, all or none: what was taken is given back

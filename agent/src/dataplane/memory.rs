@@ -57,6 +57,8 @@ pub struct MemoryDataplane {
     /// Background grace periods complete at once when true, never when false.
     pub background_grace: bool,
     requested_grace: u64,
+    /// Table writes fail while true (a map write the kernel refuses).
+    pub fail_table_writes: bool,
 }
 
 impl MemoryDataplane {
@@ -94,6 +96,9 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
+        if self.fail_table_writes {
+            anyhow::bail!("writing a table at {start}: refused");
+        }
         for (i, chunk) in chunks.iter().enumerate() {
             self.table_chunks.insert(start + i as u32, *chunk);
         }

@@ -325,3 +325,71 @@ fn a_backend_id_names_its_service_and_endpoint_while_it_is_live() {
         .unwrap();
     assert_eq!(programmer.backend_by_id(first).map(|o| o.0), Some(key(80)));
 }
+
+/// A map write that fails before the flip leaves the service as it was: live in the kernel,
+/// on the books, its chunks and ids accounted for; the same change goes through later.
+#[test]
+fn a_write_that_fails_before_the_flip_loses_nothing() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4 * 33);
+    programmer.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
+    let before = dp.services[&key(80)];
+    let used = programmer.table_chunks_used();
+    dp.fail_table_writes = true;
+    let error = programmer
+        .apply(&mut dp, &[service(80, &[1, 1, 1])])
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("refused"), "{error:#}");
+    assert_eq!(dp.services[&key(80)], before);
+    assert_eq!(programmer.service(&key(80)).map(|s| s.entry), Some(before));
+    assert_eq!(
+        programmer.table_chunks_used(),
+        used,
+        "the new chunks are free again"
+    );
+    // The third endpoint's id may have been written: it is out of use, not live.
+    let third = u32::from(Ipv4Addr::new(198, 18, 0, 3)).to_be();
+    assert_eq!(
+        programmer.backend_id(&key(80), third, 8080u16.to_be()),
+        None
+    );
+    dp.fail_table_writes = false;
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1, 1])])
+        .unwrap();
+    assert_eq!(dp.services[&key(80)].backend_count, 3);
+    let table = crate::dataplane::KernelTable::read(&dp, &dp.services[&key(80)]).unwrap();
+    for id in &table.backends {
+        assert_ne!(dp.backends[id], Backend::default(), "backend {id} is live");
+    }
+}
+
+/// An apply in which some tables shrink and others grow fits whenever the end state fits with
+/// room to swap the largest table: the shrinking ones go first and give their chunks back.
+#[test]
+fn shrinking_tables_make_room_for_growing_ones_in_one_apply() {
+    let mut dp = MemoryDataplane::new();
+    dp.background_grace = false;
+    // Large: 30 backends (2 + 128 chunks); small: 2 backends (1 + 32 chunks).
+    let (large, small) = (vec![1; 30], vec![1, 1]);
+    let mut programmer = Programmer::new(8, 256, 3 * 130 + 2 * 33);
+    let before = [
+        service(80, &large),
+        service(81, &large),
+        service(82, &small),
+        service(83, &small),
+    ];
+    programmer.apply(&mut dp, &before).unwrap();
+    // Listed growing ones first, as a config may list them.
+    let after = [
+        service(82, &large),
+        service(83, &large),
+        service(80, &small),
+        service(81, &small),
+    ];
+    let report = programmer.apply(&mut dp, &after).unwrap();
+    assert_eq!(report.updated, 4);
+    for (port, count) in [(80, 2), (81, 2), (82, 30), (83, 30)] {
+        assert_eq!(dp.services[&key(port)].backend_count, count, "{port}");
+    }
+}
