@@ -80,6 +80,9 @@ impl DesiredBackend {
     }
 }
 
+/// A live service's backends: kernel id and what was last written, by (addr, port).
+pub type LiveBackends = BTreeMap<(u32, u16), (u32, DesiredBackend)>;
+
 /// What the programmer knows about one live service.
 #[derive(Clone, Debug)]
 pub struct LiveService {
@@ -91,7 +94,7 @@ pub struct LiveService {
     /// is kept if the first desired state builds the same one.
     recovered: bool,
     /// Backend ids by (addr, port), with what was last written for them.
-    pub backends: BTreeMap<(u32, u16), (u32, DesiredBackend)>,
+    pub backends: LiveBackends,
     /// Outlier ejections of this service id that the agent has ended (the kernel counts the
     /// ones it made; the difference is how many are ejected now).
     pub ejections_released: i64,
@@ -602,7 +605,7 @@ impl Programmer {
         desired: &DesiredService,
         taken: &Taken,
         live: Option<&LiveService>,
-    ) -> Result<(ServiceValue, BTreeMap<(u32, u16), (u32, DesiredBackend)>)> {
+    ) -> Result<(ServiceValue, LiveBackends)> {
         let id = taken.id;
         if taken.new_service {
             // A reused id starts with no ejections on its books.
