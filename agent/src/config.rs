@@ -739,12 +739,14 @@ fn lines(errors: &[FieldError]) -> String {
         .join("\n")
 }
 
-/// One validation problem: where it is (e.g. `services[1].ports[0].port`) and what is wrong.
+/// One validation problem: where it is (e.g. `services[1].ports[0].port`), what is wrong, and
+/// what it is about ([`Subject`]: typed, for code that acts on it; the path is for people).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct FieldError {
     pub path: String,
     pub message: String,
+    pub subject: Subject,
 }
 
 impl FieldError {
@@ -752,6 +754,53 @@ impl FieldError {
         FieldError {
             path: path.into(),
             message: message.into(),
+            subject: Subject::Other,
+        }
+    }
+
+    /// The path below the service the error is about (`trafficPolicy.outlierDetection.x` of
+    /// `services[3].trafficPolicy.outlierDetection.x`); the whole path otherwise.
+    pub fn service_field(&self) -> &str {
+        match self.subject {
+            Subject::Service { index, .. } => self
+                .path
+                .strip_prefix(&format!("services[{index}]"))
+                .map_or(self.path.as_str(), |rest| rest.trim_start_matches('.')),
+            _ => &self.path,
+        }
+    }
+}
+
+/// What a validation problem is about: what the Kubernetes source leaves out when the cluster
+/// contributed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subject {
+    /// The node, the data path, the admin endpoints, the defaults.
+    #[default]
+    Other,
+    /// `services[index]`, in `part` of it.
+    Service { index: usize, part: ServicePart },
+    /// The services together: over a capacity (maxServices, maxBackends, tableChunks).
+    Capacity,
+    /// `loaded_destination_rules[index]`.
+    Rule(usize),
+}
+
+/// The part of a service a problem is in: the policy parts come from a TrafficPolicy (or
+/// annotations) in Kubernetes, the rest from the Service and its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicePart {
+    Service,
+    TrafficPolicy,
+    ClusterWeights,
+    HealthCheck,
+}
+
+/// Marks the errors from `from` on that no validator marked more precisely as about `subject`.
+fn about(errors: &mut [FieldError], from: usize, subject: Subject) {
+    for error in &mut errors[from..] {
+        if error.subject == Subject::Other {
+            error.subject = subject;
         }
     }
 }
@@ -871,18 +920,26 @@ pub fn validate(config: &Config) -> Vec<FieldError> {
     validate_services(config, &mut errors);
     for (s, service) in config.services.iter().enumerate() {
         let at = format!("services[{s}]");
+        let part = |part| Subject::Service { index: s, part };
         if let Some(policy) = &service.traffic_policy {
+            let from = errors.len();
             let at = format!("{at}.trafficPolicy");
             policy::validate_traffic_policy(policy, &at, Some(&known_regions), &mut errors);
+            about(&mut errors, from, part(ServicePart::TrafficPolicy));
         }
+        // (With the clusterWeights checks: it is about them, combined with distribute.)
+        let from = errors.len();
         if let Some(weights) = &service.cluster_weights {
             let at = format!("{at}.clusterWeights");
             policy::validate_cluster_weights(weights, service, &at, &mut errors);
         }
-        if let Some(check) = &service.health_check {
-            policy::validate_health_check(check, &format!("{at}.healthCheck"), &mut errors);
-        }
         effective::validate_effective(config, s, &mut errors);
+        about(&mut errors, from, part(ServicePart::ClusterWeights));
+        if let Some(check) = &service.health_check {
+            let from = errors.len();
+            policy::validate_health_check(check, &format!("{at}.healthCheck"), &mut errors);
+            about(&mut errors, from, part(ServicePart::HealthCheck));
+        }
     }
     istio::validate_destination_rules(config, &known_regions, &mut errors);
     errors
@@ -1128,9 +1185,37 @@ fn interface_problem(entry: &str) -> Option<String> {
 
 fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
     let mut names: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut frontends: HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)> = HashMap::new();
+    let mut frontends = Frontends::new();
 
-    for (s, service) in config.services.iter().enumerate() {
+    for s in 0..config.services.len() {
+        let from = errors.len();
+        validate_service(config, s, &mut names, &mut frontends, errors);
+        let subject = Subject::Service {
+            index: s,
+            part: ServicePart::Service,
+        };
+        about(errors, from, subject);
+    }
+
+    let from = errors.len();
+    validate_capacity(config, errors);
+    about(errors, from, Subject::Capacity);
+}
+
+/// The frontends claimed so far: which service port first claimed each VIP:port/protocol.
+type Frontends = HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)>;
+
+/// Checks `config.services[s]` itself (not its policy parts); `names` and `frontends` hold
+/// what the services before it claimed.
+fn validate_service<'a>(
+    config: &'a Config,
+    s: usize,
+    names: &mut HashMap<(&'a str, &'a str), usize>,
+    frontends: &mut Frontends,
+    errors: &mut Vec<FieldError>,
+) {
+    let service = &config.services[s];
+    {
         let at = format!("services[{s}]");
         for (field, value) in [("name", &service.name), ("namespace", &service.namespace)] {
             if let Some(message) = dns_label_problem(value) {
@@ -1150,7 +1235,7 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
         if let Some(message) = address_problem(service.vip) {
             errors.push(FieldError::new(format!("{at}.vip"), message));
         }
-        validate_ports(config, s, &mut frontends, errors);
+        validate_ports(config, s, frontends, errors);
         validate_endpoints(service, &at, errors);
         if let Some(affinity) = service.session_affinity
             && (affinity.timeout < Duration::from_secs(1)
@@ -1182,7 +1267,10 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
             ));
         }
     }
+}
 
+/// The services together against the data path's capacities.
+fn validate_capacity(config: &Config, errors: &mut Vec<FieldError>) {
     let service_ports: usize = config.services.iter().map(|s| s.ports.len()).sum();
     if service_ports > config.dataplane.max_services as usize {
         errors.push(FieldError::new(
@@ -1255,7 +1343,7 @@ pub fn tables_needed(services: &[Service]) -> u64 {
 fn validate_ports(
     config: &Config,
     s: usize,
-    frontends: &mut HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)>,
+    frontends: &mut Frontends,
     errors: &mut Vec<FieldError>,
 ) {
     let service = &config.services[s];

@@ -94,6 +94,9 @@ struct Scale {
     same_service: Latency,
     /// `Controller::apply_all` into fresh maps (policy computed for every service).
     controller_initial_ms: f64,
+    /// This process's resident memory right after `Controller::apply_all` (`VmRSS`): the
+    /// agent's books for N services (config, policy views, programmer), plus the bench's own.
+    controller_rss_bytes: u64,
     ejection: Latency,
 }
 
@@ -228,6 +231,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
     let started = Instant::now();
     let applied = controller.apply_all(&mut maps)?;
     let controller_initial_ms = ms(started.elapsed());
+    let controller_rss_bytes = rss_bytes()?;
     ensure!(applied == services as usize, "{applied} services applied");
     maps.take_waits();
 
@@ -282,6 +286,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
         maglev_build_us: maglev_build_us(changes),
         same_service,
         controller_initial_ms,
+        controller_rss_bytes,
         ejection,
     })
 }
@@ -354,6 +359,17 @@ fn config_yaml(services: u32) -> String {
         );
     }
     yaml
+}
+
+/// `VmRSS` of this process, in bytes.
+fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(kib * 1024)
 }
 
 fn ms(d: Duration) -> f64 {

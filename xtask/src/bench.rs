@@ -195,17 +195,19 @@ enum Target {
     Direct,
     Iptables,
     Nftables,
+    Haproxy,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target::Geosteer,
     Target::Direct,
     Target::Iptables,
     Target::Nftables,
+    Target::Haproxy,
 ];
 
 /// The peers geosteer is judged against (direct is a reference, not a peer).
-const PEERS: [Target; 2] = [Target::Iptables, Target::Nftables];
+const PEERS: [Target; 3] = [Target::Iptables, Target::Nftables, Target::Haproxy];
 
 impl Target {
     fn label(self) -> &'static str {
@@ -214,6 +216,7 @@ impl Target {
             Target::Direct => "direct to one backend",
             Target::Iptables => "iptables DNAT (VIP)",
             Target::Nftables => "nftables numgen DNAT (VIP)",
+            Target::Haproxy => "HAProxy, TCP mode (VIP)",
         }
     }
 
@@ -223,6 +226,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Iptables => "iptables",
             Target::Nftables => "nftables",
+            Target::Haproxy => "haproxy",
         }
     }
 }
@@ -330,6 +334,13 @@ fn http_bench(backends: u8, seconds: u32, rounds: usize) -> Result<HttpBench> {
                     bench.spreads.push(spread(&lab, target, round)?);
                     wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
                     nftables_remove(&lab)?;
+                }
+                Target::Haproxy => {
+                    let proxy =
+                        crate::bench_policy::Haproxy::start_with(&lab, &haproxy_tcp_config(&lab))?;
+                    bench.spreads.push(spread(&lab, target, round)?);
+                    wrk_both(&lab, &vip_url, target, round, seconds, &mut bench.runs)?;
+                    proxy.stop();
                 }
             }
         }
@@ -443,6 +454,20 @@ fn nftables_install(lab: &Lab) -> Result<()> {
         "nftables: the service chain does not pick among {n}:\n{listed}"
     );
     Ok(())
+}
+
+/// HAProxy as an L4 balancer: TCP mode, round robin over every backend, listening on the VIP
+/// in the node namespace (a user-space proxy: two connections per client connection).
+fn haproxy_tcp_config(lab: &Lab) -> String {
+    let mut servers = String::new();
+    for (i, b) in lab.backends.iter().enumerate() {
+        let _ = writeln!(servers, "    server b{i} {}:{BACKEND_PORT}", b.ip);
+    }
+    format!(
+        "global\n    maxconn 20000\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+         timeout client 30s\n    timeout server 30s\n\nfrontend vip\n    bind {VIP}:80\n    \
+         default_backend service\n\nbackend service\n    balance roundrobin\n{servers}"
+    )
 }
 
 fn nftables_remove(lab: &Lab) -> Result<()> {
@@ -902,7 +927,10 @@ fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], second
          backend, the last without `statistic`;\n\
          - **nftables**: the same with kube-proxy's nftables method: a `prerouting` nat chain \
          sends `ip daddr {VIP} tcp dport 80` to a service chain whose `numgen random mod N \
-         vmap` jumps to one of N endpoint chains, each `dnat to` its backend.\n\n\
+         vmap` jumps to one of N endpoint chains, each `dnat to` its backend;\n\
+         - **HAProxy**: `haproxy` in TCP mode listening on `{VIP}:80` in the node namespace \
+         (the VIP on its `lo`), round robin over the N backends: a user-space L4 proxy, two \
+         connections per client connection.\n\n\
          netfilter conntrack keeps the per-flow state of the two netfilter peers; their rules \
          are removed after their runs, which stops netfilter's NAT, so it does not run during \
          the other targets' runs.\n"

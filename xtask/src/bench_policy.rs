@@ -575,7 +575,7 @@ fn haproxy_config(error_limit: u32) -> String {
 
 /// `haproxy -f CONFIG -db` in the node namespace, with the VIP on the node's `lo` (the client
 /// already routes the VIP to the node). Stopped, and the address removed, on drop.
-struct Haproxy<'a> {
+pub(crate) struct Haproxy<'a> {
     lab: &'a Lab,
     child: Option<Child>,
     config: PathBuf,
@@ -584,10 +584,14 @@ struct Haproxy<'a> {
 
 impl<'a> Haproxy<'a> {
     fn start(lab: &'a Lab, error_limit: u32) -> Result<Haproxy<'a>> {
+        Self::start_with(lab, &haproxy_config(error_limit))
+    }
+
+    /// HAProxy with the configuration `text`, which binds `{VIP}:80`.
+    pub(crate) fn start_with(lab: &'a Lab, text: &str) -> Result<Haproxy<'a>> {
         let config =
             std::env::temp_dir().join(format!("geosteer-bench-haproxy-{}.cfg", std::process::id()));
-        std::fs::write(&config, haproxy_config(error_limit))
-            .with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
         let mut haproxy = Haproxy {
             lab,
             child: None,
@@ -634,7 +638,7 @@ impl<'a> Haproxy<'a> {
     }
 
     /// Stops it and returns what it logged.
-    fn stop(mut self) -> Vec<String> {
+    pub(crate) fn stop(mut self) -> Vec<String> {
         self.kill();
         // The reader thread ends at EOF, right after the process is gone.
         thread::sleep(Duration::from_millis(50));
@@ -685,6 +689,9 @@ struct ApplyScale {
     maglev_build_us: f64,
     same_service: Latency,
     controller_initial_ms: f64,
+    /// Absent in reports of older builds.
+    #[serde(default)]
+    controller_rss_bytes: u64,
     ejection: Latency,
 }
 
@@ -1086,7 +1093,9 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
          service (two endpoints per region, locality failover), the swap and the kernel \
          health flags; first one cn-hangzhou endpoint of each service (70/30 split), then the \
          other (all to cn-shanghai). *Controller initial*: `Controller::apply_all` of the same \
-         N services into fresh maps, the agent's start and full reload path.\n",
+         N services into fresh maps, the agent's start and full reload path, and the \
+         process's resident memory right after it (`VmRSS`: the agent's books for N services \
+         and the bench's own data).\n",
         a.changes, a.changes
     );
     let _ = writeln!(
@@ -1094,14 +1103,15 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
         "| Services | Map memory (Maglev tables; in use) | Cilium's design | Load | \
          Initial apply (per service) | \
          Unchanged | One service changed, spread: median / p99 / max (waits) | Same service: \
-         median / p99 (waits) | Ejection: median / p99 / max (waits) | Controller initial |"
+         median / p99 (waits) | Ejection: median / p99 / max (waits) | Controller initial \
+         (RSS) |"
     );
     let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &a.results {
         let _ = writeln!(
             w,
             "| {} ({} backends) | {} ({}; {:.0}%) | {} | {:.0} ms | {} ({}){} | {} | {} / {} / {} \
-             ({}) | {} / {} ({}) | {} / {} / {} ({}) | {} |",
+             ({}) | {} / {} ({}) | {} / {} / {} ({}) | {} ({}) |",
             r.services,
             r.backends,
             mib(r.map_bytes),
@@ -1129,6 +1139,7 @@ fn render_apply(w: &mut String, a: &ApplyReport) {
             duration_us(r.ejection.max_us),
             r.ejection.grace_waits,
             duration_us(r.controller_initial_ms * 1e3),
+            mib(r.controller_rss_bytes),
         );
     }
     let _ = writeln!(w);

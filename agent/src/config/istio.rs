@@ -12,7 +12,8 @@ use serde::{
 };
 
 use super::{
-    Config, ConfigError, FieldError, Service, dns_label_problem, parse_error_message,
+    Config, ConfigError, FieldError, Service, Subject, about, dns_label_problem,
+    parse_error_message,
     policy::{Lenient, LenientFields, TrafficPolicy, validate_traffic_policy},
 };
 
@@ -258,6 +259,7 @@ pub(super) fn validate_destination_rules(
 ) {
     let mut names: HashMap<(&str, &str), usize> = HashMap::new();
     for (r, rule) in config.loaded_destination_rules.iter().enumerate() {
+        let from = errors.len();
         let at = rule.path();
         if rule.name.is_empty() {
             errors.push(FieldError::new(
@@ -292,17 +294,20 @@ pub(super) fn validate_destination_rules(
             let at = format!("{at}: spec.trafficPolicy");
             validate_traffic_policy(policy, &at, Some(known_regions), errors);
         }
+        about(errors, from, Subject::Rule(r));
     }
 
     for (s, service) in config.services.iter().enumerate() {
         let mut selecting = config
             .loaded_destination_rules
             .iter()
-            .filter(|rule| rule.selects(service));
-        let Some(first) = selecting.next() else {
+            .enumerate()
+            .filter(|(_, rule)| rule.selects(service));
+        let Some((_, first)) = selecting.next() else {
             continue;
         };
-        for other in selecting {
+        for (r, other) in selecting {
+            let from = errors.len();
             errors.push(FieldError::new(
                 format!("{}: spec.host", other.path()),
                 format!(
@@ -314,6 +319,7 @@ pub(super) fn validate_destination_rules(
                     first.describe()
                 ),
             ));
+            about(errors, from, Subject::Rule(r));
         }
     }
 }

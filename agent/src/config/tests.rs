@@ -690,3 +690,51 @@ fn protocol_numbers_and_names() {
         assert_eq!(port.protocol, expected, "{text}");
     }
 }
+
+/// What each error is about is typed at the validator that found it: the Kubernetes source
+/// acts on it, never on the path's text.
+#[test]
+fn each_error_says_what_it_is_about() {
+    let subject = |from: &str, to: &str| -> Vec<(String, Subject)> {
+        field_errors(&base_with(from, to))
+            .into_iter()
+            .map(|e| (e.path, e.subject))
+            .collect()
+    };
+    let service = |index, part| Subject::Service { index, part };
+    assert_eq!(
+        subject(
+            "      - {ip: 10.1.0.21}",
+            "      - {ip: 10.1.0.21, weight: 0}\n    healthCheck: {type: http, path: x}"
+        ),
+        [(
+            "services[1].healthCheck.path".to_string(),
+            service(1, ServicePart::HealthCheck)
+        )]
+    );
+    let errors = subject(
+        "    vip: 10.96.0.11",
+        "    vip: 10.96.0.11\n    trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].1,
+        service(1, ServicePart::TrafficPolicy),
+        "{errors:?}"
+    );
+    let errors = subject("  - name: ratings", "  - name: Ratings");
+    assert!(
+        errors
+            .iter()
+            .all(|(_, s)| *s == service(1, ServicePart::Service)),
+        "{errors:?}"
+    );
+    assert_eq!(
+        subject("  tc: [cl0]", "  tc: [cl0]\n  maxServices: 1"),
+        [("services".to_string(), Subject::Capacity)]
+    );
+    assert_eq!(
+        subject("node: {name: node-1", "node: {name: \"\""),
+        [("node.name".to_string(), Subject::Other)]
+    );
+}

@@ -31,7 +31,7 @@ use k8s_openapi::{
 use super::crd::{ServicePolicy, TrafficPolicy};
 use crate::config::{
     self, Config, Endpoint, FieldError, LoadedDestinationRule, Node as ConfigNode, Protocol,
-    Service, ServicePort,
+    Service, ServicePart, ServicePort, Subject,
 };
 
 /// Namespace and name; the namespace is empty for cluster-scoped objects (Nodes).
@@ -518,15 +518,17 @@ impl Index {
             if errors.is_empty() {
                 break config;
             }
+            let file_rules = file.loaded_destination_rules.len();
             let Some(blamed) = errors
                 .iter()
-                .find_map(|error| blame(error, &owners, &built, &rules))
+                .find_map(|error| blame(error, &owners, &built, file_rules, rules.len()))
             else {
                 return Err(errors);
             };
             let mut left_out = LeftOut {
                 built: &mut built,
                 rules: &mut rules,
+                file_rules,
                 verdicts: &mut verdicts,
                 warnings: &mut warnings,
             };
@@ -1161,39 +1163,50 @@ enum Blame {
     Rule(usize),
 }
 
-/// The source `error` is about, if it is one the cluster contributed.
+/// The source `error` is about, if it is one the cluster contributed. The config's rules are
+/// the file's `file_rules` first, then the cluster's `cluster_rules`.
 fn blame(
     error: &FieldError,
     owners: &[Option<usize>],
     built: &[Built],
-    rules: &[LoadedDestinationRule],
+    file_rules: usize,
+    cluster_rules: usize,
 ) -> Option<Blame> {
-    if let Some((s, field)) = service_field(&error.path) {
-        // `None`: one of the file's services, not ours to leave out.
-        let b = owners.get(s).copied().flatten()?;
-        let weights_from = built[b].weights().map(|(from, _)| from);
-        let has_policy = built[b].policy.is_some();
-        return Some(match policy_group(field) {
-            Some("clusterWeights") if weights_from == Some(WeightsFrom::Annotations) => {
-                Blame::Annotations(b)
-            }
-            Some(_) if has_policy => Blame::Policy(b),
-            _ => Blame::Service(b),
-        });
+    match error.subject {
+        Subject::Service { index, part } => {
+            // `None`: one of the file's services, not ours to leave out.
+            let b = owners.get(index).copied().flatten()?;
+            let weights_from = built[b].weights().map(|(from, _)| from);
+            let has_policy = built[b].policy.is_some();
+            Some(match part {
+                ServicePart::ClusterWeights if weights_from == Some(WeightsFrom::Annotations) => {
+                    Blame::Annotations(b)
+                }
+                ServicePart::TrafficPolicy
+                | ServicePart::ClusterWeights
+                | ServicePart::HealthCheck
+                    if has_policy =>
+                {
+                    Blame::Policy(b)
+                }
+                _ => Blame::Service(b),
+            })
+        }
+        Subject::Capacity => Some(Blame::LastService),
+        Subject::Rule(r) => r
+            .checked_sub(file_rules)
+            .filter(|&r| r < cluster_rules)
+            .map(Blame::Rule),
+        Subject::Other => None,
     }
-    if error.path == "services" {
-        return Some(Blame::LastService);
-    }
-    rules
-        .iter()
-        .position(|rule| error.path.starts_with(&format!("{}:", rule.path())))
-        .map(Blame::Rule)
 }
 
 /// What [`Index::desired`] may leave out.
 struct LeftOut<'a> {
     built: &'a mut [Built],
+    /// The cluster's rules, which come after the file's `file_rules` in the config.
     rules: &'a mut Vec<LoadedDestinationRule>,
+    file_rules: usize,
     verdicts: &'a mut BTreeMap<ObjectKey, Verdict>,
     warnings: &'a mut Vec<String>,
 }
@@ -1208,18 +1221,23 @@ impl LeftOut<'_> {
         index: &Index,
         known_clusters: &BTreeSet<&str>,
     ) {
+        // Errors about built service `b`: the part they are in, the field below the service.
         let about = |b: usize| {
-            errors.iter().filter_map(move |error| {
-                let (s, field) = service_field(&error.path)?;
-                (owners.get(s).copied().flatten() == Some(b)).then_some((field, error))
+            errors.iter().filter_map(move |error| match error.subject {
+                Subject::Service { index, part }
+                    if owners.get(index).copied().flatten() == Some(b) =>
+                {
+                    Some((part, error.service_field(), error))
+                }
+                _ => None,
             })
         };
         let built = &mut *self.built;
         match blame {
             Blame::Policy(b) => {
                 let message = about(b)
-                    .filter(|(field, _)| policy_group(field).is_some())
-                    .map(|(field, error)| format!("spec.{field}: {}", error.message))
+                    .filter(|(part, _, _)| *part != ServicePart::Service)
+                    .map(|(_, field, error)| format!("spec.{field}: {}", error.message))
                     .collect::<Vec<_>>()
                     .join("; ");
                 let built = &mut built[b];
@@ -1249,8 +1267,8 @@ impl LeftOut<'_> {
             }
             Blame::Annotations(b) => {
                 built[b].annotation_weights = None;
-                for (field, error) in
-                    about(b).filter(|(f, _)| policy_group(f) == Some("clusterWeights"))
+                for (_, field, error) in
+                    about(b).filter(|(part, _, _)| *part == ServicePart::ClusterWeights)
                 {
                     self.warnings.push(format!(
                         "Service {}/{}: cluster-weight annotations ignored: {field}: {}",
@@ -1260,7 +1278,7 @@ impl LeftOut<'_> {
             }
             Blame::Service(b) => {
                 built[b].included = false;
-                for (field, error) in about(b) {
+                for (_, field, error) in about(b) {
                     self.warnings.push(format!(
                         "Service {}/{}: left out: {field}: {}",
                         built[b].service.namespace, built[b].service.name, error.message
@@ -1278,32 +1296,14 @@ impl LeftOut<'_> {
             }
             Blame::Rule(r) => {
                 let rule = self.rules.remove(r);
-                let at = format!("{}:", rule.path());
-                for error in errors.iter().filter(|e| e.path.starts_with(&at)) {
+                let subject = Subject::Rule(self.file_rules + r);
+                for error in errors.iter().filter(|e| e.subject == subject) {
                     self.warnings
                         .push(format!("{}: left out: {error}", rule.describe()));
                 }
             }
         }
     }
-}
-
-/// `services[3].trafficPolicy.x` → `(3, "trafficPolicy.x")`.
-fn service_field(path: &str) -> Option<(usize, &str)> {
-    let rest = path.strip_prefix("services[")?;
-    let (index, rest) = rest.split_once(']')?;
-    Some((index.parse().ok()?, rest.trim_start_matches('.')))
-}
-
-/// The policy field group a service field belongs to, if any.
-fn policy_group(field: &str) -> Option<&'static str> {
-    ["trafficPolicy", "healthCheck", "clusterWeights"]
-        .into_iter()
-        .find(|group| {
-            field
-                .strip_prefix(group)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
-        })
 }
 
 fn rejected(reason: &'static str, message: String) -> Verdict {
