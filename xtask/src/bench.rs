@@ -464,7 +464,7 @@ fn haproxy_tcp_config(lab: &Lab) -> String {
         let _ = writeln!(servers, "    server b{i} {}:{BACKEND_PORT}", b.ip);
     }
     format!(
-        "global\n    maxconn 20000\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+        "defaults\n    mode tcp\n    timeout connect 2s\n    \
          timeout client 30s\n    timeout server 30s\n\nfrontend vip\n    bind {VIP}:80\n    \
          default_backend service\n\nbackend service\n    balance roundrobin\n{servers}"
     )
