@@ -61,16 +61,7 @@ pub fn lookup(
     };
     // SAFETY: the attr points at buffers of `max` keys and values of the map's sizes and at two
     // batch tokens big enough for any map type, all alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    let done = if rc < 0 {
-        let error = std::io::Error::last_os_error();
+    let done = if let Err(error) = unsafe { batch_command(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
         if error.raw_os_error() != Some(libc::ENOENT) {
             return Err(error).context("BPF_MAP_LOOKUP_BATCH");
         }
@@ -106,6 +97,29 @@ pub fn lookup_all(fd: BorrowedFd<'_>, key_size: usize, value_size: usize) -> Res
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
+/// One `bpf(cmd, attr)` batch command; the kernel updates `attr.count` (entries done).
+///
+/// # Safety
+///
+/// `attr`'s pointers must point at buffers the command may read and write, alive for the call.
+unsafe fn batch_command(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: the caller vouches for the buffers; the attr itself is a valid `union bpf_attr`
+    // prefix of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Writes `count` entries (`keys` and `values` hold them back to back) in one
 /// `BPF_MAP_UPDATE_BATCH`. An error may leave a prefix of them written.
 pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> Result<()> {
@@ -121,16 +135,8 @@ pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> R
     };
     // SAFETY: the attr points at `count` keys and values of the map's sizes, alive for the
     // call; the kernel only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
+    if let Err(error) = unsafe { batch_command(BPF_MAP_UPDATE_BATCH, &mut attr) } {
+        return Err(error).with_context(|| {
             format!(
                 "BPF_MAP_UPDATE_BATCH ({} of {count} entries written)",
                 attr.count

@@ -232,10 +232,7 @@ impl Default for ConntrackTimeouts {
 /// The default of `dataplane.tableChunks` for `max_services`: 36 chunks per service (a
 /// 10-backend table and a tenth more), and room for two of the largest tables.
 pub fn default_table_chunks(max_services: u32) -> u32 {
-    let largest = geosteer_common::table_chunks(
-        crate::maglev::TABLE_SIZES[crate::maglev::TABLE_SIZES.len() - 1] as u32,
-        geosteer_common::MAX_BACKENDS_PER_SERVICE as u32,
-    );
+    let largest = crate::maglev::table_chunks_for(geosteer_common::MAX_BACKENDS_PER_SERVICE);
     max_services
         .saturating_mul(geosteer_common::DEFAULT_TABLE_CHUNKS_PER_SERVICE)
         .max(2 * largest)
@@ -1319,14 +1316,7 @@ fn validate_capacity(config: &Config, errors: &mut Vec<FieldError>) {
 /// Chunks of the table map one port of `service` takes (its size depends on the endpoint
 /// count alone; a service whose endpoints all have weight 0 may take fewer).
 pub fn table_chunks_at_least(service: &Service) -> u64 {
-    let n = service.endpoints.len();
-    if n == 0 {
-        return 0;
-    }
-    u64::from(geosteer_common::table_chunks(
-        crate::maglev::table_size(n) as u32,
-        n as u32,
-    ))
+    u64::from(crate::maglev::table_chunks_for(service.endpoints.len()))
 }
 
 /// Chunks of the table map `services` need at least: every port's table, and room to swap the

@@ -527,12 +527,7 @@ impl Controller {
         // grow; a service refused for want of room is tried again once the others are in, and
         // one that still fails does not keep the rest from being applied.
         let growth = |s: &ServiceModel| {
-            let n = s.endpoints.len() as u32;
-            let needed = if n == 0 {
-                0
-            } else {
-                geosteer_common::table_chunks(crate::maglev::table_size(n as usize) as u32, n)
-            };
+            let needed = crate::maglev::table_chunks_for(s.endpoints.len());
             let live = self
                 .programmer
                 .service(&s.key)

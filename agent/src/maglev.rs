@@ -138,6 +138,15 @@ pub fn table_size(count: usize) -> usize {
     fitting(SLOTS_PER_BACKEND * count as u64)
 }
 
+/// Chunks of the kernel's table map a table for `count` backends takes (their ids and
+/// [`table_size`] slots; none without backends).
+pub fn table_chunks_for(count: usize) -> u32 {
+    if count == 0 {
+        return 0;
+    }
+    geosteer_common::table_chunks(table_size(count) as u32, count as u32)
+}
+
 fn fitting(needed: u64) -> usize {
     TABLE_SIZES
         .iter()

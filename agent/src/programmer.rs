@@ -143,6 +143,18 @@ pub struct ApplyReport {
     pub grace_periods: usize,
 }
 
+impl ApplyReport {
+    /// One service written: added (else updated), after `waits` grace periods.
+    fn applied(&mut self, added: bool, waits: usize) {
+        self.grace_periods += waits;
+        if added {
+            self.added += 1;
+        } else {
+            self.updated += 1;
+        }
+    }
+}
+
 pub struct Programmer {
     max_services: u32,
     max_backends: u32,
@@ -439,14 +451,7 @@ impl Programmer {
             match self.live.get(&service.key) {
                 Some(live) if live.desired == *service => report.unchanged += 1,
                 _ => match self.upsert(dp, service) {
-                    Ok(waits) => {
-                        report.grace_periods += waits;
-                        *if added {
-                            &mut report.added
-                        } else {
-                            &mut report.updated
-                        } += 1;
-                    }
+                    Ok(waits) => report.applied(added, waits),
                     Err(e) => refused.push((service, added, e)),
                 },
             }
@@ -454,14 +459,7 @@ impl Programmer {
         let mut first_error = None;
         for (service, added, first) in refused {
             match self.upsert(dp, service) {
-                Ok(waits) => {
-                    report.grace_periods += waits;
-                    *if added {
-                        &mut report.added
-                    } else {
-                        &mut report.updated
-                    } += 1;
-                }
+                Ok(waits) => report.applied(added, waits),
                 Err(_) => {
                     first_error.get_or_insert(first);
                 }

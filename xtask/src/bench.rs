@@ -21,6 +21,7 @@ use geosteer_tests::agent::{Agent, PinDir};
 use geosteer_tests::{Lab, LabSpec};
 use serde::Deserialize;
 
+use crate::bench_policy::median;
 use crate::{install, run_cmd, workspace_root};
 
 const VIP: &str = "198.19.0.10";
@@ -1144,16 +1145,6 @@ fn min(v: &[f64]) -> f64 {
 
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 impl HttpBench {
