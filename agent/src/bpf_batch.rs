@@ -192,9 +192,9 @@ pub fn write_array_entries<T: aya::Pod>(fd: BorrowedFd<'_>, entries: &[(u32, T)]
         return Ok(());
     }
     let keys: Vec<u8> = entries.iter().flat_map(|(i, _)| i.to_ne_bytes()).collect();
-    let values: Vec<u8> = entries
-        .iter()
-        .flat_map(|(_, v)| pod_bytes(v).iter().copied())
-        .collect();
+    let mut values = Vec::with_capacity(entries.len() * size_of::<T>());
+    for (_, value) in entries {
+        values.extend_from_slice(pod_bytes(value));
+    }
     update(fd, &keys, &values, entries.len())
 }

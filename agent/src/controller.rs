@@ -27,7 +27,7 @@ use crate::{
     dataplane::Dataplane,
     outlier, policy,
     probe::{ActiveHealth, ProbeKind, ProbeSpec},
-    programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
+    programmer::{Applied, DesiredBackend, DesiredService, Programmer, ServiceSettings},
     timeouts::{ConnectResult, ConnectTimeouts, Verdict},
 };
 
@@ -473,13 +473,20 @@ impl Controller {
             return Ok(false);
         };
         let output = self.compute(&service);
-        let previous_mode = self.views.get(key).map(|v| describe_load(&v.output));
         let desired = self.desired(&service, &output);
         let started = Instant::now();
         let changed = self.programmer.apply_one(dp, &desired)?;
         if changed {
             self.swaps.observe(started.elapsed());
         }
+        self.applied(&service, output);
+        Ok(changed)
+    }
+
+    /// The books once `service`'s policy `output` is live.
+    fn applied(&mut self, service: &ServiceModel, output: policy::PolicyOutput) {
+        let key = &service.key;
+        let previous_mode = self.views.get(key).map(|v| describe_load(&v.output));
         for e in &service.endpoints {
             self.health.entry(e.health_key(key)).or_default();
         }
@@ -498,7 +505,6 @@ impl Controller {
                 computed_at: Instant::now(),
             },
         );
-        Ok(changed)
     }
 
     /// Full apply: every service (used at start and on reload).
@@ -534,15 +540,47 @@ impl Controller {
                 .map_or(0, |l| l.entry.table_chunks());
             i64::from(needed) - i64::from(live)
         };
-        let mut order: Vec<(i64, ServiceKey)> =
-            self.services.iter().map(|s| (growth(s), s.key)).collect();
+        let mut order: Vec<(i64, usize)> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (growth(s), i))
+            .collect();
         order.sort_by_key(|(g, _)| *g);
+        // All at once, so that new services are written together (one batch per map).
+        let computed: Vec<(usize, policy::PolicyOutput, DesiredService)> = order
+            .into_iter()
+            .map(|(_, i)| {
+                let service = &self.services[i];
+                let output = self.compute(service);
+                let desired = self.desired(service, &output);
+                (i, output, desired)
+            })
+            .collect();
+        let desired: Vec<&DesiredService> = computed.iter().map(|(_, _, d)| d).collect();
+        let started = Instant::now();
+        let results = self.programmer.apply_each(dp, &desired)?;
+        let written = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Applied::Written { .. })))
+            .count();
+        if written > 0 {
+            // One swap each, at the batch's average cost.
+            let each = started.elapsed() / written as u32;
+            for _ in 0..written {
+                self.swaps.observe(each);
+            }
+        }
         let mut changed = 0;
         let mut refused = Vec::new();
-        for (_, key) in order {
-            match self.refresh(dp, &key) {
-                Ok(c) => changed += c as usize,
-                Err(e) => refused.push((key, e)),
+        for ((i, output, _), result) in computed.into_iter().zip(results) {
+            let service = self.services[i].clone();
+            match result {
+                Ok(applied) => {
+                    changed += usize::from(applied != Applied::Unchanged);
+                    self.applied(&service, output);
+                }
+                Err(e) => refused.push((service.key, e)),
             }
         }
         let mut first_error = None;

@@ -19,6 +19,7 @@ use geosteer_common::{
 };
 
 use crate::conntrack::{Batch, FlowTable, Sweeper};
+use crate::mapped::MappedArray;
 
 pub mod memory;
 
@@ -46,6 +47,14 @@ pub trait Dataplane {
     /// Writes a table (the backend list, then the Maglev slots) into free chunks of the table
     /// map, from `start` on: chunks no live service points at.
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()>;
+    /// [`Dataplane::write_table`] for each `(start, chunks)`, in order (one batch where the
+    /// map can).
+    fn write_tables(&mut self, tables: &[(u32, &[TableChunk])]) -> Result<()> {
+        for (start, chunks) in tables {
+            self.write_table(*start, chunks)?;
+        }
+        Ok(())
+    }
     /// The one update that makes a service (or its new table) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
@@ -55,6 +64,20 @@ pub trait Dataplane {
     /// Kernel-owned: written only to zero a newly allocated service id.
     fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()>;
     fn write_service_config(&mut self, id: u32, config: &ServiceConfig) -> Result<()>;
+    /// [`Dataplane::write_service_state`] for each entry, in order (one batch where it can).
+    fn write_service_states(&mut self, entries: &[(u32, ServiceState)]) -> Result<()> {
+        for (id, state) in entries {
+            self.write_service_state(*id, state)?;
+        }
+        Ok(())
+    }
+    /// [`Dataplane::write_service_config`] for each entry, in order (one batch where it can).
+    fn write_service_configs(&mut self, entries: &[(u32, ServiceConfig)]) -> Result<()> {
+        for (id, config) in entries {
+            self.write_service_config(*id, config)?;
+        }
+        Ok(())
+    }
     /// Waits until no packet that started before this call is still running a program, so a
     /// table retired before it can be rewritten.
     fn grace_period(&mut self) -> Result<()>;
@@ -209,6 +232,9 @@ pub struct BpfMaps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub vips: HashMap<MapData, u32, u32>,
     pub table_chunks: Array<MapData, TableChunk>,
+    /// The table map's memory, where the agent writes tables (`None` in a reader that opened
+    /// the pins, or where the map cannot be mapped: then through batched syscalls).
+    pub table_memory: Option<MappedArray<TableChunk>>,
     pub backends: Array<MapData, Backend>,
     pub backend_state: Array<MapData, BackendState>,
     pub conntrack:
@@ -255,10 +281,24 @@ impl BpfMaps {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing from the kernel object"))
         };
+        let table_chunks: Array<MapData, TableChunk> =
+            Array::try_from(take(map_names::TABLE_CHUNKS)?)?;
+        let table_memory =
+            match MappedArray::map(table_chunks.map().fd().as_fd(), table_chunks.len()) {
+                Ok(memory) => Some(memory),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "the table map cannot be mapped: tables are written through syscalls"
+                    );
+                    None
+                }
+            };
         Ok(Self {
             services: HashMap::try_from(take(map_names::SERVICES)?)?,
             vips: HashMap::try_from(take(map_names::VIPS)?)?,
-            table_chunks: Array::try_from(take(map_names::TABLE_CHUNKS)?)?,
+            table_chunks,
+            table_memory,
             backends: Array::try_from(take(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(take(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?)?,
@@ -312,6 +352,7 @@ impl BpfMaps {
             services: HashMap::try_from(open(map_names::SERVICES)?)?,
             vips: HashMap::try_from(open(map_names::VIPS)?)?,
             table_chunks: Array::try_from(open(map_names::TABLE_CHUNKS)?)?,
+            table_memory: None,
             backends: Array::try_from(open(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(open(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(open(map_names::CONNTRACK)?)?,
@@ -518,9 +559,22 @@ impl Dataplane for BpfMaps {
     }
 
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
-        let entries: Vec<(u32, TableChunk)> = (start..).zip(chunks.iter().copied()).collect();
+        self.write_tables(&[(start, chunks)])
+    }
+
+    fn write_tables(&mut self, tables: &[(u32, &[TableChunk])]) -> Result<()> {
+        if let Some(memory) = &mut self.table_memory {
+            for &(start, chunks) in tables {
+                memory.write(start, chunks)?;
+            }
+            return Ok(());
+        }
+        let entries: Vec<(u32, TableChunk)> = tables
+            .iter()
+            .flat_map(|&(start, chunks)| (start..).zip(chunks.iter().copied()))
+            .collect();
         crate::bpf_batch::write_array_entries(self.table_chunks.map().fd().as_fd(), &entries)
-            .with_context(|| format!("writing a table of {} chunks at {start}", chunks.len()))
+            .with_context(|| format!("writing {} tables ({} chunks)", tables.len(), entries.len()))
     }
 
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
@@ -563,6 +617,16 @@ impl Dataplane for BpfMaps {
         self.service_config
             .set(id, config, 0)
             .with_context(|| format!("writing service config {id}"))
+    }
+
+    fn write_service_states(&mut self, entries: &[(u32, ServiceState)]) -> Result<()> {
+        crate::bpf_batch::write_array_entries(self.service_state.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} service states", entries.len()))
+    }
+
+    fn write_service_configs(&mut self, entries: &[(u32, ServiceConfig)]) -> Result<()> {
+        crate::bpf_batch::write_array_entries(self.service_config.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} service configs", entries.len()))
     }
 
     fn grace_period(&mut self) -> Result<()> {
@@ -628,6 +692,9 @@ impl Dataplane for BpfMaps {
     }
 
     fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {
+        if let Some(memory) = &self.table_memory {
+            return memory.read(start, len);
+        }
         let fd = self.table_chunks.map().fd().as_fd();
         let values = crate::bpf_batch::read_array_range(fd, start, len, size_of::<TableChunk>())
             .with_context(|| format!("reading a table of {len} chunks at {start}"))?;

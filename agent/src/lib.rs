@@ -15,6 +15,7 @@ pub mod kube;
 pub mod links;
 pub mod loader;
 pub mod maglev;
+pub mod mapped;
 pub mod memory;
 pub mod metrics;
 pub mod migrate;

@@ -114,7 +114,12 @@ pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, 
                 && let Some(migration) = migrate::prepare(
                     spec.name,
                     path,
-                    (spec.key_size, spec.value_size, spec.max_entries),
+                    (
+                        spec.key_size,
+                        spec.value_size,
+                        spec.max_entries,
+                        spec.map_flags(),
+                    ),
                     special,
                 )?
             {

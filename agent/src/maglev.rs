@@ -212,7 +212,12 @@ impl Cursor {
     fn claim_next_free_slot(&mut self, table: &mut [Option<u16>]) {
         loop {
             let slot = self.position;
-            self.position = (self.position + self.skip) % table.len();
+            // `skip < size`, so one subtraction wraps it (a division per probe was most of a
+            // build's time).
+            self.position += self.skip;
+            if self.position >= table.len() {
+                self.position -= table.len();
+            }
             if table[slot].is_none() {
                 table[slot] = Some(self.index);
                 return;

@@ -31,6 +31,8 @@ pub const AGENT_RESERVE: u64 = 96 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Array,
+    /// An array created with `BPF_F_MMAPABLE` (its values page-aligned, mappable by the agent).
+    MmapArray,
     PerCpuArray,
     Hash,
     LruHash,
@@ -48,6 +50,16 @@ pub struct MapSpec {
     pub max_entries: u32,
     /// Sized from the config (`maxServices`, `maxBackends`, `tableChunks`, `conntrackSize`).
     pub resizable: bool,
+}
+
+impl MapSpec {
+    /// The creation flags [`crate::migrate`] compares with a pinned map's.
+    pub fn map_flags(&self) -> u32 {
+        match self.kind {
+            Kind::MmapArray => crate::migrate::BPF_F_MMAPABLE,
+            _ => 0,
+        }
+    }
 }
 
 /// Every map of the kernel object, with the sizes `sizes` gives the resizable ones.
@@ -75,7 +87,7 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
         spec(map_names::VIPS, Hash, 4, 4, services, true),
         spec(
             map_names::TABLE_CHUNKS,
-            Array,
+            MmapArray,
             4,
             size_of::<TableChunk>(),
             sizes.table_chunks,
@@ -227,6 +239,7 @@ pub fn bytes(spec: &MapSpec, cpus: u32) -> u64 {
     let value = round8(spec.value_size);
     match spec.kind {
         Kind::Array => MAP_HEADER + entries * value,
+        Kind::MmapArray => (MAP_HEADER.div_ceil(PAGE) + (entries * value).div_ceil(PAGE)) * PAGE,
         Kind::PerCpuArray => MAP_HEADER + entries * 8 + entries * value * cpus,
         Kind::Hash | Kind::LruHash => {
             let lru = spec.kind == Kind::LruHash;

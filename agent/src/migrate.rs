@@ -38,8 +38,16 @@ pub struct Migration {
     pub copied: usize,
 }
 
-/// Key size, value size, capacity.
-pub type Layout = (u32, u32, u32);
+/// Key size, value size, capacity, and the creation flags that change how the map is used
+/// ([`LAYOUT_FLAGS`]).
+pub type Layout = (u32, u32, u32, u32);
+
+/// Creation flags a pinned map must share with the new one: a table map without
+/// `BPF_F_MMAPABLE` cannot be mapped by the agent.
+pub const LAYOUT_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Whether a map of layout `old` can be converted into `new` (see the module comment).
 pub fn convertible(old: Layout, new: Layout, per_cpu_or_ring: bool) -> bool {
@@ -86,7 +94,7 @@ pub fn prepare(
     if old_layout == expected {
         return Ok(None);
     }
-    let shown = |(k, v, n): Layout| format!("key {k} B, value {v} B, {n} entries");
+    let shown = |(k, v, n, f): Layout| format!("key {k} B, value {v} B, {n} entries, flags {f:#x}");
     if !convertible(old_layout, expected, per_cpu_or_ring) {
         warn!(
             map = name,
@@ -127,7 +135,12 @@ fn previous_path(path: &Path) -> PathBuf {
 
 pub fn layout(map: &MapData) -> Result<Layout> {
     let info = map.info().context("reading a pinned map's info")?;
-    Ok((info.key_size(), info.value_size(), info.max_entries()))
+    Ok((
+        info.key_size(),
+        info.value_size(),
+        info.max_entries(),
+        info.map_flags() & LAYOUT_FLAGS,
+    ))
 }
 
 impl Migration {
@@ -239,12 +252,14 @@ mod tests {
     fn only_appended_fields_convert() {
         // (old, new, per-CPU or ring, convertible)
         let cases = [
-            ((16, 40, 100), (16, 48, 100), false, true),
-            ((16, 48, 100), (16, 48, 200), false, true),
-            ((16, 48, 200), (16, 48, 100), false, true),
-            ((16, 48, 100), (16, 40, 100), false, false),
-            ((8, 48, 100), (16, 48, 100), false, false),
-            ((4, 40, 100), (4, 112, 100), true, false),
+            ((16, 40, 100, 0), (16, 48, 100, 0), false, true),
+            ((16, 48, 100, 0), (16, 48, 200, 0), false, true),
+            ((16, 48, 200, 0), (16, 48, 100, 0), false, true),
+            ((16, 48, 100, 0), (16, 40, 100, 0), false, false),
+            ((8, 48, 100, 0), (16, 48, 100, 0), false, false),
+            ((4, 40, 100, 0), (4, 112, 100, 0), true, false),
+            // The table map gained BPF_F_MMAPABLE: same values, copied.
+            ((4, 64, 100, 0), (4, 64, 100, BPF_F_MMAPABLE), false, true),
         ];
         for (old, new, special, expected) in cases {
             assert_eq!(

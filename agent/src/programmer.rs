@@ -133,6 +133,121 @@ struct Taken {
     size: u32,
 }
 
+/// What became of one service of [`Programmer::apply_each`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Already live as desired: nothing written.
+    Unchanged,
+    /// Written and live; `waits` grace periods were waited for (0 or 1).
+    Written { waits: usize },
+}
+
+/// The map writes of one change up to and including its flip, worked out before any is made.
+struct Plan {
+    /// A new service id, whose state is zeroed (a reused id must not inherit ejections).
+    service_state: Option<u32>,
+    /// The service's settings, when new or changed.
+    config: Option<(u32, ServiceConfig)>,
+    /// Fresh health state for every new backend id (a reused id must not inherit counters),
+    /// written before the entries.
+    fresh_states: Vec<(u32, BackendState)>,
+    /// Backend entries that are new or changed.
+    entries: Vec<(u32, Backend)>,
+    /// The update that makes the change live; `None` when the live table already is what
+    /// this state builds (a restarted agent adopting its predecessor's tables): no swap.
+    flip: Option<ServiceValue>,
+    /// The service entry live after the change, and its backends as written.
+    entry: ServiceValue,
+    backends: LiveBackends,
+}
+
+impl Plan {
+    /// The table to write before the flip, if any.
+    fn table<'t>(&self, taken: &'t Taken) -> Option<(u32, &'t [TableChunk])> {
+        match (&self.flip, &taken.table) {
+            (Some(_), Some((range, content))) if !content.is_empty() => {
+                Some((range.start, content.as_slice()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The writes one by one, in the order the kernel relies on: settings, backend states and
+    /// entries, the table, the service entry.
+    fn write(&self, dp: &mut dyn Dataplane, key: &ServiceKey, taken: &Taken) -> Result<()> {
+        if let Some(id) = self.service_state {
+            dp.write_service_state(id, &ServiceState::default())?;
+        }
+        if let Some((id, config)) = &self.config {
+            dp.write_service_config(*id, config)?;
+        }
+        dp.write_backend_states(&self.fresh_states)?;
+        dp.write_backends(&self.entries)?;
+        if let Some((start, chunks)) = self.table(taken) {
+            dp.write_table(start, chunks)?;
+        }
+        if let Some(entry) = &self.flip {
+            dp.write_service(key, entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// The writes that take the service from `live` (if any) to `desired` with what `taken` holds.
+fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> Plan {
+    let id = taken.id;
+    let config = (live.map(|l| l.desired.settings) != Some(desired.settings)).then(|| {
+        let released = live.map_or(0, |l| l.ejections_released);
+        (id, config_entry(&desired.settings, released))
+    });
+    let fresh_states = taken
+        .new_ids
+        .iter()
+        .map(|&id| (id, BackendState::default()))
+        .collect();
+    let mut entries = Vec::new();
+    let mut backends = BTreeMap::new();
+    for (b, &backend_id) in desired.backends.iter().zip(&taken.ids) {
+        match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
+            // `before.flags` are the kernel's (as written, or as read back from the pins by a
+            // new agent, whose predecessor may not have set every flag).
+            Some((_, before))
+                if (
+                    before.eject_after_5xx,
+                    before.eject_after_gateway,
+                    before.flags,
+                ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
+            _ => entries.push((backend_id, backend_entry(desired, b, id))),
+        }
+        let written = DesiredBackend {
+            flags: kernel_flags(b),
+            ..b.clone()
+        };
+        backends.insert((b.addr, b.port), (backend_id, written));
+    }
+    let flip = taken.table.as_ref().map(|(range, _)| ServiceValue {
+        id,
+        _retired_generation: 0,
+        table_start: range.start,
+        table_size: taken.size,
+        backend_count: taken.ids.len() as u32,
+        _pad: 0,
+    });
+    let entry = match flip {
+        Some(entry) => entry,
+        None => live.expect("only a live table is kept").entry,
+    };
+    Plan {
+        service_state: taken.new_service.then_some(id),
+        config,
+        fresh_states,
+        entries,
+        flip,
+        entry,
+        backends,
+    }
+}
+
 /// Result of one apply, for logs and measurements.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -445,15 +560,17 @@ impl Programmer {
         // grow; a change refused for want of room is tried again once the others are in.
         let mut order: Vec<&DesiredService> = desired.iter().collect();
         order.sort_by_key(|s| self.table_growth(s));
+        let added: Vec<bool> = order
+            .iter()
+            .map(|s| !self.live.contains_key(&s.key))
+            .collect();
+        let results = self.apply_each(dp, &order)?;
         let mut refused = Vec::new();
-        for service in order {
-            let added = !self.live.contains_key(&service.key);
-            match self.live.get(&service.key) {
-                Some(live) if live.desired == *service => report.unchanged += 1,
-                _ => match self.upsert(dp, service) {
-                    Ok(waits) => report.applied(added, waits),
-                    Err(e) => refused.push((service, added, e)),
-                },
+        for ((service, added), result) in order.into_iter().zip(added).zip(results) {
+            match result {
+                Ok(Applied::Unchanged) => report.unchanged += 1,
+                Ok(Applied::Written { waits }) => report.applied(added, waits),
+                Err(e) => refused.push((service, added, e)),
             }
         }
         let mut first_error = None;
@@ -470,6 +587,106 @@ impl Programmer {
             Some(e) => Err(e),
             None => Ok(report),
         }
+    }
+
+    /// Applies each of `desired` (nothing for one that is unchanged) and says, in the same
+    /// order, what became of it; the VIP map follows the live services. New services are
+    /// written together (see [`Self::insert_new`]), changes one at a time, in order.
+    pub fn apply_each(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &[&DesiredService],
+    ) -> Result<Vec<Result<Applied>>> {
+        let mut results: Vec<Option<Result<Applied>>> = desired.iter().map(|_| None).collect();
+        let mut new = Vec::new();
+        for (i, service) in desired.iter().enumerate() {
+            match self.live.get(&service.key) {
+                Some(live) if live.desired == **service => {
+                    results[i] = Some(Ok(Applied::Unchanged))
+                }
+                Some(_) => {
+                    results[i] = Some(
+                        self.upsert(dp, service)
+                            .map(|waits| Applied::Written { waits }),
+                    );
+                }
+                None => new.push(i),
+            }
+        }
+        let services: Vec<&DesiredService> = new.iter().map(|&i| desired[i]).collect();
+        for (i, result) in new.into_iter().zip(self.insert_new(dp, &services)) {
+            results[i] = Some(result.map(|waits| Applied::Written { waits }));
+        }
+        self.sync_vips(dp)?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every service has a result"))
+            .collect())
+    }
+
+    /// Services with nothing live yet, written together: each takes its ids and chunks as in
+    /// [`Self::upsert`] (one that cannot is refused alone), then the writes before the flips go
+    /// in one batch per map, then each service's flip. The kernel sees what it sees from
+    /// [`Self::upsert`] — a service entry only once its table and backends are written — in
+    /// a few syscalls instead of a handful per service. Returns the grace periods each waited.
+    fn insert_new(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        services: &[&DesiredService],
+    ) -> Vec<Result<usize>> {
+        let mut results: Vec<Option<Result<usize>>> = services.iter().map(|_| None).collect();
+        self.start_change(dp);
+        let mut ready = Vec::new();
+        for (i, desired) in services.iter().enumerate() {
+            let mut grace = 0;
+            match self.take(dp, desired, None, &mut grace) {
+                Ok(taken) => {
+                    let plan = plan(desired, &taken, None);
+                    ready.push((i, taken, plan, grace));
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let written = {
+            let plans = || ready.iter().map(|(_, _, plan, _)| plan);
+            let states: Vec<(u32, ServiceState)> = plans()
+                .filter_map(|p| p.service_state.map(|id| (id, ServiceState::default())))
+                .collect();
+            let configs: Vec<(u32, ServiceConfig)> = plans().filter_map(|p| p.config).collect();
+            let fresh: Vec<(u32, BackendState)> = plans()
+                .flat_map(|p| p.fresh_states.iter().copied())
+                .collect();
+            let entries: Vec<(u32, Backend)> =
+                plans().flat_map(|p| p.entries.iter().copied()).collect();
+            let tables: Vec<(u32, &[TableChunk])> = ready
+                .iter()
+                .filter_map(|(_, taken, plan, _)| plan.table(taken))
+                .collect();
+            dp.write_service_states(&states)
+                .and_then(|()| dp.write_service_configs(&configs))
+                .and_then(|()| dp.write_backend_states(&fresh))
+                .and_then(|()| dp.write_backends(&entries))
+                .and_then(|()| dp.write_tables(&tables))
+        };
+        for (i, taken, plan, grace) in ready {
+            let desired = services[i];
+            let flipped = match (&written, &plan.flip) {
+                (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                (Ok(()), Some(entry)) => dp.write_service(&desired.key, entry),
+                (Ok(()), None) => Ok(()),
+            };
+            results[i] = Some(match flipped {
+                Ok(()) => self.commit(dp, desired, &taken, plan, None).map(|()| grace),
+                Err(e) => {
+                    self.abandon(dp, desired, None, taken);
+                    Err(e.context(format!("{}: not changed", desired.name)))
+                }
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every service has a result"))
+            .collect()
     }
 
     /// How many more table chunks `desired` needs than its live table takes (all of them for a
@@ -490,15 +707,29 @@ impl Programmer {
     /// service as it was, in the kernel and in these books. Then the writes, in the order the
     /// kernel relies on.
     fn upsert(&mut self, dp: &mut dyn Dataplane, desired: &DesiredService) -> Result<usize> {
-        if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
-            bail!(
-                "{}: {} backends, more than the {} a service can have",
-                desired.name,
-                desired.backends.len(),
-                MAX_BACKENDS_PER_SERVICE
-            );
-        }
         let mut grace = 0;
+        self.start_change(dp);
+        let existing = self.live.remove(&desired.key);
+        let taken = match self.take(dp, desired, existing.as_ref(), &mut grace) {
+            Ok(taken) => taken,
+            Err(e) => {
+                if let Some(live) = existing {
+                    self.live.insert(desired.key, live);
+                }
+                return Err(e);
+            }
+        };
+        let plan = plan(desired, &taken, existing.as_ref());
+        if let Err(e) = plan.write(dp, &desired.key, &taken) {
+            self.abandon(dp, desired, existing, taken);
+            return Err(e.context(format!("{}: not changed", desired.name)));
+        }
+        self.commit(dp, desired, &taken, plan, existing)?;
+        Ok(grace)
+    }
+
+    /// Before a change takes anything: tables a completed grace period covers are free again.
+    fn start_change(&mut self, dp: &mut dyn Dataplane) {
         // (Usually the background grace period requested at earlier flips has long finished,
         // and their tables' chunks are free again.)
         self.grace_seq = self.grace_seq.max(dp.grace_completed());
@@ -508,30 +739,44 @@ impl Programmer {
         if let Some(newest) = self.retired_tables.iter().map(|(seq, _)| *seq).max() {
             dp.request_grace(newest);
         }
-        let existing = self.live.remove(&desired.key);
-        let taken = match self.take_resources(dp, desired, existing.as_ref(), &mut grace) {
-            Ok(taken) => taken,
-            Err(e) => {
-                if let Some(live) = existing {
-                    self.live.insert(desired.key, live);
-                }
-                return Err(e.context(format!("{}: not changed", desired.name)));
-            }
-        };
-        let pre_flip = Self::write_before_flip(dp, desired, &taken, existing.as_ref());
-        let (entry, backends) = match pre_flip {
-            Ok(done) => done,
-            Err(e) => {
-                self.abandon(dp, desired, existing, taken);
-                return Err(e.context(format!("{}: not changed", desired.name)));
-            }
-        };
+    }
+
+    /// [`Self::take_resources`] for a service that fits a table at all.
+    fn take(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        live: Option<&LiveService>,
+        grace: &mut usize,
+    ) -> Result<Taken> {
+        if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            bail!(
+                "{}: {} backends, more than the {} a service can have",
+                desired.name,
+                desired.backends.len(),
+                MAX_BACKENDS_PER_SERVICE
+            );
+        }
+        self.take_resources(dp, desired, live, grace)
+            .map_err(|e| e.context(format!("{}: not changed", desired.name)))
+    }
+
+    /// The books once a change is live (its flip done, or its table kept), then the backends
+    /// it no longer has taken out of use.
+    fn commit(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        taken: &Taken,
+        plan: Plan,
+        existing: Option<LiveService>,
+    ) -> Result<()> {
         let id = taken.id;
         let (old_entry, mut old_backends, mut ejections_released) = match existing {
             Some(live) => (Some(live.entry), live.backends, live.ejections_released),
             None => (None, BTreeMap::new(), 0),
         };
-        for key in backends.keys() {
+        for key in plan.backends.keys() {
             old_backends.remove(key);
         }
         if taken.table.is_some() {
@@ -550,7 +795,7 @@ impl Programmer {
         // removed backend is over: it no longer counts against maxEjectionPercent, and the
         // endpoint, if it comes back, is a new host with a new id.
         // The change is live: on the books first, so that a failure below loses nothing.
-        for (&(addr, port), &(backend_id, _)) in &backends {
+        for (&(addr, port), &(backend_id, _)) in &plan.backends {
             self.backend_owners
                 .insert(backend_id, (desired.key, addr, port));
         }
@@ -559,9 +804,9 @@ impl Programmer {
             LiveService {
                 name: desired.name.clone(),
                 id,
-                entry,
+                entry: plan.entry,
                 recovered: false,
-                backends,
+                backends: plan.backends,
                 ejections_released,
                 desired: desired.clone(),
             },
@@ -591,78 +836,8 @@ impl Programmer {
         }
         match first_error {
             Some(e) => Err(e.context(format!("{}: removing its old backends", desired.name))),
-            None => Ok(grace),
+            None => Ok(()),
         }
-    }
-
-    /// Everything of a change up to and including the update that makes it live: settings,
-    /// backend states and entries, the table, the service entry. Returns that entry and the
-    /// backends as written.
-    fn write_before_flip(
-        dp: &mut dyn Dataplane,
-        desired: &DesiredService,
-        taken: &Taken,
-        live: Option<&LiveService>,
-    ) -> Result<(ServiceValue, LiveBackends)> {
-        let id = taken.id;
-        if taken.new_service {
-            // A reused id starts with no ejections on its books.
-            dp.write_service_state(id, &ServiceState::default())?;
-        }
-        if live.map(|l| l.desired.settings) != Some(desired.settings) {
-            let released = live.map_or(0, |l| l.ejections_released);
-            dp.write_service_config(id, &config_entry(&desired.settings, released))?;
-        }
-        // Two batches: fresh health state for every new id first (a reused id must not inherit
-        // counters), then the entries that are new or changed.
-        let fresh_states: Vec<(u32, BackendState)> = taken
-            .new_ids
-            .iter()
-            .map(|&id| (id, BackendState::default()))
-            .collect();
-        let mut entries = Vec::new();
-        let mut backends = BTreeMap::new();
-        for (b, &backend_id) in desired.backends.iter().zip(&taken.ids) {
-            match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
-                // `before.flags` are the kernel's (as written, or as read back from the pins
-                // by a new agent, whose predecessor may not have set every flag).
-                Some((_, before))
-                    if (
-                        before.eject_after_5xx,
-                        before.eject_after_gateway,
-                        before.flags,
-                    ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
-                _ => entries.push((backend_id, backend_entry(desired, b, id))),
-            }
-            let written = DesiredBackend {
-                flags: kernel_flags(b),
-                ..b.clone()
-            };
-            backends.insert((b.addr, b.port), (backend_id, written));
-        }
-        dp.write_backend_states(&fresh_states)?;
-        dp.write_backends(&entries)?;
-        let entry = match &taken.table {
-            // The live table is already what this state builds (a restarted agent adopting its
-            // predecessor's tables): no swap.
-            None => live.expect("only a live table is kept").entry,
-            Some((range, content)) => {
-                let entry = ServiceValue {
-                    id,
-                    _retired_generation: 0,
-                    table_start: range.start,
-                    table_size: taken.size,
-                    backend_count: taken.ids.len() as u32,
-                    _pad: 0,
-                };
-                if !content.is_empty() {
-                    dp.write_table(range.start, content)?;
-                }
-                dp.write_service(&desired.key, &entry)?;
-                entry
-            }
-        };
-        Ok((entry, backends))
     }
 
     /// A change that failed before its flip: the service stays as it was on the books (the

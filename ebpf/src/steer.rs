@@ -62,6 +62,7 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 }
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -94,9 +95,13 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> =
 #[map(name = "GS_VIPS")]
 static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Every service's backend list and Maglev table, where its `ServiceValue` says (see there).
+/// Memory-mappable: the agent writes new tables straight into the map's memory (free chunks no
+/// service points at), not through a syscall per chunk.
 #[map(name = "GS_TABLE_CHUNKS")]
-static TABLE_CHUNKS: Array<TableChunk> =
-    Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_TABLE_CHUNKS_PER_SERVICE, 0);
+static TABLE_CHUNKS: Array<TableChunk> = Array::with_max_entries(
+    DEFAULT_MAX_SERVICES * DEFAULT_TABLE_CHUNKS_PER_SERVICE,
+    BPF_F_MMAPABLE,
+);
 #[map(name = "GS_BACKENDS")]
 static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 #[map(name = "GS_BACKEND_STATE")]

@@ -462,6 +462,15 @@ impl Dataplane for Counting {
     fn write_table(&mut self, start: u32, chunks: &[TableChunk]) -> Result<()> {
         self.maps.write_table(start, chunks)
     }
+    fn write_tables(&mut self, tables: &[(u32, &[TableChunk])]) -> Result<()> {
+        self.maps.write_tables(tables)
+    }
+    fn write_service_states(&mut self, entries: &[(u32, ServiceState)]) -> Result<()> {
+        self.maps.write_service_states(entries)
+    }
+    fn write_service_configs(&mut self, entries: &[(u32, ServiceConfig)]) -> Result<()> {
+        self.maps.write_service_configs(entries)
+    }
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
         self.maps.write_service(key, value)
     }

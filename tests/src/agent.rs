@@ -289,3 +289,62 @@ pub fn geosteer_json(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<serde_j
     let out = ns.exec(&all)?;
     serde_json::from_str(out.trim()).with_context(|| format!("geosteer printed {out:?}"))
 }
+
+/// Replaces the pinned map `name` under `pins` by a copy in an older layout whose values are
+/// `value_size` bytes (each entry's first bytes), created with `map_flags`: what an agent of a
+/// release before the value grew (or the flags changed) left pinned. The programs attached meanwhile keep the map they hold. Returns how many
+/// entries the copy has.
+pub fn pin_in_older_layout(
+    pins: &PinDir,
+    name: &str,
+    value_size: u32,
+    map_flags: u32,
+) -> anyhow::Result<usize> {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    let path = pins.pin_path().join(name);
+    let current = aya::maps::MapData::from_pin(&path)?;
+    let info = current.info()?;
+    #[repr(C)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    let attr = CreateAttr {
+        map_type: info.map_type()? as u32,
+        key_size: info.key_size(),
+        value_size,
+        max_entries: info.max_entries(),
+        map_flags,
+    };
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    // SAFETY: a valid attr prefix for BPF_MAP_CREATE; the kernel zero-extends the rest.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const CreateAttr,
+            std::mem::size_of::<CreateAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .map_err(|e| anyhow::anyhow!("BPF_MAP_CREATE: {e}"));
+    }
+    // SAFETY: a new fd the kernel just returned to us.
+    let older = aya::maps::MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) })?;
+    let entries = geosteer::bpf_batch::lookup_all(
+        current.fd().as_fd(),
+        info.key_size() as usize,
+        info.value_size() as usize,
+    )?;
+    for (key, value) in &entries {
+        geosteer::migrate::update(&older, key, &value[..value_size as usize], false)?;
+    }
+    drop(current);
+    std::fs::remove_file(&path)?;
+    older.pin(&path)?;
+    Ok(entries.len())
+}

@@ -5,6 +5,8 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
+use aya::maps::IterableMap as _;
+
 use geosteer::{
     loader::{self, MapSizes},
     memory,
@@ -67,4 +69,78 @@ fn the_memory_plan_matches_the_kernels_accounting_for_every_map() {
         eprintln!("total: planned {planned_total}, kernel {kernel_total}");
         drop(ebpf);
     }
+}
+
+/// The agent writes tables into the table map's memory (mapped, `BPF_F_MMAPABLE`): what it
+/// writes there is what the map holds for the kernel's programs (read back with the map
+/// syscalls), and a pin of the map made without the flag is migrated, its chunks kept.
+#[test]
+fn tables_written_through_the_mapping_are_what_the_map_holds() {
+    use geosteer::{
+        bpf_batch,
+        dataplane::{BpfMaps, Dataplane as _},
+    };
+    use geosteer_common::{TableChunk, map_names};
+
+    require_root();
+    let sizes = MapSizes {
+        max_services: 64,
+        max_backends: 1024,
+        conntrack: 4096,
+        table_chunks: 64 * 36,
+    };
+    let pins = PinDir::new("gsmap").unwrap();
+    let mut ebpf = loader::load(sizes, Some(&pins.pin_path())).expect("loads");
+    let mut maps = BpfMaps::take(&mut ebpf).unwrap();
+    assert!(maps.table_memory.is_some(), "the table map is mapped");
+    let chunk = |seed: u32| TableChunk {
+        words: std::array::from_fn(|i| seed.wrapping_mul(2_654_435_761) ^ i as u32),
+    };
+    let first: Vec<TableChunk> = (0..40).map(chunk).collect();
+    let second: Vec<TableChunk> = (100..103).map(chunk).collect();
+    maps.write_tables(&[(7, &first), (64 * 36 - 3, &second)])
+        .unwrap();
+    let read = |maps: &BpfMaps, start: u32, len: u32| -> Vec<TableChunk> {
+        let fd = maps.table_chunks.map().fd().as_fd();
+        bpf_batch::read_array_range(fd, start, len, size_of::<TableChunk>())
+            .unwrap()
+            .iter()
+            .map(|bytes| TableChunk {
+                words: std::array::from_fn(|i| {
+                    u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+                }),
+            })
+            .collect()
+    };
+    assert_eq!(read(&maps, 7, 40), first);
+    assert_eq!(read(&maps, 64 * 36 - 3, 3), second);
+    assert_eq!(
+        read(&maps, 6, 1),
+        vec![TableChunk::default()],
+        "nothing else written"
+    );
+    assert_eq!(maps.read_table(7, 40).unwrap(), first);
+    let past_the_end = maps.write_tables(&[(64 * 36 - 2, &second)]);
+    assert!(
+        past_the_end.is_err(),
+        "a table past the map's end is refused"
+    );
+    assert_eq!(read(&maps, 64 * 36 - 3, 3), second, "and writes nothing");
+    drop(maps);
+    drop(ebpf);
+
+    // An agent of an earlier build pinned the table map without BPF_F_MMAPABLE: the map is
+    // migrated (its chunks copied), and the new one is mapped.
+    let copied = geosteer_tests::agent::pin_in_older_layout(
+        &pins,
+        map_names::TABLE_CHUNKS,
+        size_of::<TableChunk>() as u32,
+        0,
+    )
+    .unwrap();
+    assert_eq!(copied, 64 * 36);
+    let mut ebpf = loader::load(sizes, Some(&pins.pin_path())).expect("loads over the old pin");
+    let maps = BpfMaps::take(&mut ebpf).unwrap();
+    assert!(maps.table_memory.is_some(), "the migrated map is mapped");
+    assert_eq!(maps.read_table(7, 40).unwrap(), first, "its chunks kept");
 }

@@ -393,3 +393,107 @@ fn shrinking_tables_make_room_for_growing_ones_in_one_apply() {
         assert_eq!(dp.services[&key(port)].backend_count, count, "{port}");
     }
 }
+
+/// A full apply writes its new services together (a batch per map) and leaves the kernel
+/// exactly as adding them one at a time does, each table before the entry that points at it.
+#[test]
+fn new_services_are_written_together_with_each_table_before_its_entry() {
+    let services = [
+        service(80, &[1, 1]),
+        service(81, &[1, 0, 3]),
+        service(82, &[]),
+        service(83, &[0, 0]),
+    ];
+    let mut batched = MemoryDataplane::new();
+    let mut programmer = Programmer::new(8, 32, 1024);
+    let report = programmer.apply(&mut batched, &services).unwrap();
+    assert_eq!(report.added, 4);
+    let log = batched.take_log();
+    let last_table = log
+        .iter()
+        .rposition(|w| matches!(w, Write::Table(_)))
+        .unwrap();
+    let first_entry = log
+        .iter()
+        .position(|w| matches!(w, Write::Service(_)))
+        .unwrap();
+    assert!(last_table < first_entry, "{log:?}");
+
+    let mut one_by_one = MemoryDataplane::new();
+    let mut alone = Programmer::new(8, 32, 1024);
+    let mut order: Vec<&DesiredService> = services.iter().collect();
+    order.sort_by_key(|s| alone.table_growth(s));
+    for s in order {
+        assert!(alone.apply_one(&mut one_by_one, s).unwrap());
+    }
+    assert_eq!(batched.services, one_by_one.services);
+    assert_eq!(batched.backends, one_by_one.backends);
+    assert_eq!(batched.backend_state, one_by_one.backend_state);
+    assert_eq!(batched.table_chunks, one_by_one.table_chunks);
+    assert_eq!(batched.service_state, one_by_one.service_state);
+    assert_eq!(batched.service_config, one_by_one.service_config);
+    assert_eq!(batched.vips, one_by_one.vips);
+    for s in &services {
+        let live = programmer.service(&s.key).unwrap();
+        assert_eq!(live.entry, batched.services[&s.key], "{}", s.name);
+        for b in &s.backends {
+            let id = programmer.backend_id(&s.key, b.addr, b.port).unwrap();
+            assert_eq!(programmer.backend_by_id(id), Some((s.key, b.addr, b.port)));
+        }
+    }
+}
+
+/// One new service that cannot have what it needs is refused alone: the others of the batch go
+/// live, and it takes nothing.
+#[test]
+fn a_new_service_refused_in_a_batch_does_not_hold_back_the_others() {
+    let mut dp = MemoryDataplane::new();
+    // Room for three backends: 80 takes two, 81 finds one, 82 takes the last.
+    let mut programmer = Programmer::new(8, 3, 1024);
+    let error = programmer
+        .apply(
+            &mut dp,
+            &[
+                service(80, &[1, 1]),
+                service(81, &[1, 1]),
+                service(82, &[1]),
+            ],
+        )
+        .unwrap_err();
+    assert!(format!("{error:#}").contains("svc:81"), "{error:#}");
+    assert!(dp.services.contains_key(&key(80)));
+    assert!(!dp.services.contains_key(&key(81)));
+    assert!(dp.services.contains_key(&key(82)));
+    assert_eq!(programmer.live_keys(), vec![key(80), key(82)]);
+    let in_use: u32 = [80, 82]
+        .iter()
+        .map(|&p| dp.services[&key(p)].table_chunks())
+        .sum();
+    assert_eq!(programmer.table_chunks_used().0, in_use);
+}
+
+/// A batch write that fails leaves no new service behind: nothing points at what was written,
+/// the chunks are free at once, and the same apply succeeds once the map takes writes again.
+#[test]
+fn a_failed_batch_of_new_services_leaves_nothing_behind() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(8, 32, 1024);
+    dp.fail_table_writes = true;
+    let services = [service(80, &[1, 1]), service(81, &[1, 1, 1])];
+    let error = programmer.apply(&mut dp, &services).unwrap_err();
+    assert!(format!("{error:#}").contains("refused"), "{error:#}");
+    assert!(dp.services.is_empty());
+    assert!(programmer.live_keys().is_empty());
+    assert_eq!(programmer.table_chunks_used().0, 0);
+    assert!(dp.vips.is_empty());
+    dp.fail_table_writes = false;
+    let report = programmer.apply(&mut dp, &services).unwrap();
+    assert_eq!(report.added, 2);
+    for s in &services {
+        let table = crate::dataplane::KernelTable::read(&dp, &dp.services[&s.key]).unwrap();
+        for id in &table.backends {
+            assert_ne!(dp.backends[id], Backend::default(), "backend {id} is live");
+            assert_eq!(programmer.backend_by_id(*id).map(|(k, ..)| k), Some(s.key));
+        }
+    }
+}
