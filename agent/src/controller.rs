@@ -22,6 +22,8 @@ use geosteer_common::{
 };
 use tracing::{info, warn};
 
+use rayon::prelude::*;
+
 use crate::{
     config::{self, Config},
     dataplane::Dataplane,
@@ -312,6 +314,9 @@ fn to_policy_locality_lb(
     }
 }
 
+/// Services a full apply computes and applies at once.
+const SERVICES_PER_APPLY: usize = 4096;
+
 fn index_by_key(services: &[ServiceModel]) -> BTreeMap<ServiceKey, usize> {
     services
         .iter()
@@ -547,40 +552,43 @@ impl Controller {
             .map(|(i, s)| (growth(s), i))
             .collect();
         order.sort_by_key(|(g, _)| *g);
-        // All at once, so that new services are written together (one batch per map).
-        let computed: Vec<(usize, policy::PolicyOutput, DesiredService)> = order
-            .into_iter()
-            .map(|(_, i)| {
-                let service = &self.services[i];
-                let output = self.compute(service);
-                let desired = self.desired(service, &output);
-                (i, output, desired)
-            })
-            .collect();
-        let desired: Vec<&DesiredService> = computed.iter().map(|(_, _, d)| d).collect();
-        let started = Instant::now();
-        let results = self.programmer.apply_each(dp, &desired)?;
-        let written = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Applied::Written { .. })))
-            .count();
-        if written > 0 {
-            // One swap each, at the batch's average cost.
-            let each = started.elapsed() / written as u32;
-            for _ in 0..written {
-                self.swaps.observe(each);
-            }
-        }
         let mut changed = 0;
         let mut refused = Vec::new();
-        for ((i, output, _), result) in computed.into_iter().zip(results) {
-            let service = self.services[i].clone();
-            match result {
-                Ok(applied) => {
-                    changed += usize::from(applied != Applied::Unchanged);
-                    self.applied(&service, output);
+        // In groups, each computed on every CPU and then applied at once, so that new services
+        // are written together (one batch per map) and only a group's policies are in memory.
+        for group in order.chunks(SERVICES_PER_APPLY) {
+            let computed: Vec<(usize, policy::PolicyOutput, DesiredService)> = group
+                .par_iter()
+                .map(|&(_, i)| {
+                    let service = &self.services[i];
+                    let output = self.compute(service);
+                    let desired = self.desired(service, &output);
+                    (i, output, desired)
+                })
+                .collect();
+            let desired: Vec<&DesiredService> = computed.iter().map(|(_, _, d)| d).collect();
+            let started = Instant::now();
+            let results = self.programmer.apply_each(dp, &desired)?;
+            let written = results
+                .iter()
+                .filter(|r| matches!(r, Ok(Applied::Written { .. })))
+                .count();
+            if written > 0 {
+                // One swap each, at the group's average cost.
+                let each = started.elapsed() / written as u32;
+                for _ in 0..written {
+                    self.swaps.observe(each);
                 }
-                Err(e) => refused.push((service.key, e)),
+            }
+            for ((i, output, _), result) in computed.into_iter().zip(results) {
+                let service = self.services[i].clone();
+                match result {
+                    Ok(applied) => {
+                        changed += usize::from(applied != Applied::Unchanged);
+                        self.applied(&service, output);
+                    }
+                    Err(e) => refused.push((service.key, e)),
+                }
             }
         }
         let mut first_error = None;

@@ -19,6 +19,7 @@ use geosteer_common::{
     TableChunk, table_chunks,
 };
 use range_alloc::RangeAllocator;
+use rayon::prelude::*;
 
 use crate::{
     dataplane::Dataplane,
@@ -119,6 +120,10 @@ fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceC
         _pad2: 0,
     }
 }
+
+/// New services [`Programmer::apply_each`] writes together: their tables (≈ 2 KiB each at 10
+/// backends) are in memory at once.
+const NEW_SERVICES_PER_BATCH: usize = 4096;
 
 /// What [`Programmer::take_resources`] took for one change.
 struct Taken {
@@ -590,7 +595,7 @@ impl Programmer {
     }
 
     /// Applies each of `desired` (nothing for one that is unchanged) and says, in the same
-    /// order, what became of it; the VIP map follows the live services. New services are
+    /// order, what became of it; the VIP map counts the new services. New services are
     /// written together (see [`Self::insert_new`]), changes one at a time, in order.
     pub fn apply_each(
         &mut self,
@@ -613,11 +618,22 @@ impl Programmer {
                 None => new.push(i),
             }
         }
-        let services: Vec<&DesiredService> = new.iter().map(|&i| desired[i]).collect();
-        for (i, result) in new.into_iter().zip(self.insert_new(dp, &services)) {
-            results[i] = Some(result.map(|waits| Applied::Written { waits }));
+        // In groups, so that the tables being written are never all in memory at once.
+        let mut vips_changed = std::collections::BTreeSet::new();
+        for group in new.chunks(NEW_SERVICES_PER_BATCH) {
+            let services: Vec<&DesiredService> = group.iter().map(|&i| desired[i]).collect();
+            for (&i, result) in group.iter().zip(self.insert_new(dp, &services)) {
+                if result.is_ok() {
+                    // Only a new service changes the port count of its VIP.
+                    *self.vips.entry(desired[i].key.addr).or_default() += 1;
+                    vips_changed.insert(desired[i].key.addr);
+                }
+                results[i] = Some(result.map(|waits| Applied::Written { waits }));
+            }
         }
-        self.sync_vips(dp)?;
+        for addr in vips_changed {
+            dp.write_vip(addr, self.vips[&addr])?;
+        }
         Ok(results
             .into_iter()
             .map(|r| r.expect("every service has a result"))
@@ -628,7 +644,8 @@ impl Programmer {
     /// [`Self::upsert`] (one that cannot is refused alone), then the writes before the flips go
     /// in one batch per map, then each service's flip. The kernel sees what it sees from
     /// [`Self::upsert`] — a service entry only once its table and backends are written — in
-    /// a few syscalls instead of a handful per service. Returns the grace periods each waited.
+    /// a few syscalls instead of a handful per service. The Maglev tables are built first, on
+    /// every CPU. Returns the grace periods each waited.
     fn insert_new(
         &mut self,
         dp: &mut dyn Dataplane,
@@ -636,10 +653,14 @@ impl Programmer {
     ) -> Vec<Result<usize>> {
         let mut results: Vec<Option<Result<usize>>> = services.iter().map(|_| None).collect();
         self.start_change(dp);
+        let slots: Vec<Vec<TableChunk>> = services
+            .par_iter()
+            .map(|desired| slot_chunks(desired, table_size_for(desired)))
+            .collect();
         let mut ready = Vec::new();
-        for (i, desired) in services.iter().enumerate() {
+        for ((i, desired), slots) in services.iter().enumerate().zip(slots) {
             let mut grace = 0;
-            match self.take(dp, desired, None, &mut grace) {
+            match self.take(dp, desired, None, slots, &mut grace) {
                 Ok(taken) => {
                     let plan = plan(desired, &taken, None);
                     ready.push((i, taken, plan, grace));
@@ -710,7 +731,8 @@ impl Programmer {
         let mut grace = 0;
         self.start_change(dp);
         let existing = self.live.remove(&desired.key);
-        let taken = match self.take(dp, desired, existing.as_ref(), &mut grace) {
+        let slots = slot_chunks(desired, table_size_for(desired));
+        let taken = match self.take(dp, desired, existing.as_ref(), slots, &mut grace) {
             Ok(taken) => taken,
             Err(e) => {
                 if let Some(live) = existing {
@@ -741,12 +763,14 @@ impl Programmer {
         }
     }
 
-    /// [`Self::take_resources`] for a service that fits a table at all.
+    /// [`Self::take_resources`] for a service that fits a table at all; `slots` are its
+    /// Maglev slots ([`slot_chunks`]).
     fn take(
         &mut self,
         dp: &mut dyn Dataplane,
         desired: &DesiredService,
         live: Option<&LiveService>,
+        slots: Vec<TableChunk>,
         grace: &mut usize,
     ) -> Result<Taken> {
         if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
@@ -757,7 +781,7 @@ impl Programmer {
                 MAX_BACKENDS_PER_SERVICE
             );
         }
-        self.take_resources(dp, desired, live, grace)
+        self.take_resources(dp, desired, live, slots, grace)
             .map_err(|e| e.context(format!("{}: not changed", desired.name)))
     }
 
@@ -875,6 +899,7 @@ impl Programmer {
         dp: &mut dyn Dataplane,
         desired: &DesiredService,
         live: Option<&LiveService>,
+        slots: Vec<TableChunk>,
         grace: &mut usize,
     ) -> Result<Taken> {
         let (id, new_service) = match live {
@@ -902,7 +927,7 @@ impl Programmer {
         let size = table_size_for(desired);
         let table = match failed {
             Some(e) => Err(e),
-            None => self.table_for(dp, desired, live, size, &ids, grace),
+            None => self.table_for(dp, live, size, &ids, slots, grace),
         };
         match table {
             Ok(table) => Ok(Taken {
@@ -931,13 +956,14 @@ impl Programmer {
     fn table_for(
         &mut self,
         dp: &mut dyn Dataplane,
-        desired: &DesiredService,
         live: Option<&LiveService>,
         size: u32,
         ids: &[u32],
+        slots: Vec<TableChunk>,
         grace: &mut usize,
     ) -> Result<Option<(Range<u32>, Vec<TableChunk>)>> {
-        let content = build_table_chunks(desired, size, ids);
+        let mut content = id_chunks(ids);
+        content.extend(slots);
         if let Some(live) = live.filter(|l| l.recovered) {
             let same_shape =
                 (live.entry.table_size, live.entry.backend_count) == (size, ids.len() as u32);
@@ -1147,24 +1173,40 @@ pub fn table_size_for(desired: &DesiredService) -> u32 {
 /// The kernel's table (see [`ServiceValue`]): the backend ids `ids` (in `desired.backends`
 /// order), 16 to a chunk, then `size` Maglev slots, each an index into them, 32 to a chunk.
 pub fn build_table_chunks(desired: &DesiredService, size: u32, ids: &[u32]) -> Vec<TableChunk> {
-    let mut chunks = Vec::with_capacity(table_chunks(size, ids.len() as u32) as usize);
+    let mut chunks = id_chunks(ids);
+    chunks.extend(slot_chunks(desired, size));
+    chunks
+}
+
+/// The backend-id part of a table: 16 ids to a chunk.
+fn id_chunks(ids: &[u32]) -> Vec<TableChunk> {
+    let mut chunks = Vec::with_capacity(table_chunks(0, ids.len() as u32) as usize);
     for part in ids.chunks(TABLE_CHUNK_IDS as usize) {
         let mut chunk = TableChunk::default();
         chunk.words[..part.len()].copy_from_slice(part);
         chunks.push(chunk);
     }
-    if size > 0 {
-        let (names, shares) = maglev_input(desired);
-        let slots = build_table(&maglev_backends(&names, &shares), size as usize);
-        for part in slots.chunks(TABLE_CHUNK_SLOTS as usize) {
+    chunks
+}
+
+/// The Maglev part of a table: `size` slots over `desired.backends`, 32 to a chunk (none for
+/// size 0). Depends on `desired` alone, so it can be built anywhere, ahead of the ids.
+fn slot_chunks(desired: &DesiredService, size: u32) -> Vec<TableChunk> {
+    if size == 0 {
+        return Vec::new();
+    }
+    let (names, shares) = maglev_input(desired);
+    let slots = build_table(&maglev_backends(&names, &shares), size as usize);
+    slots
+        .chunks(TABLE_CHUNK_SLOTS as usize)
+        .map(|part| {
             let mut chunk = TableChunk::default();
             for (lane, &index) in part.iter().enumerate() {
                 chunk.set_slot(lane as u32, index);
             }
-            chunks.push(chunk);
-        }
-    }
-    chunks
+            chunk
+        })
+        .collect()
 }
 
 #[cfg(test)]
