@@ -474,37 +474,37 @@ impl Controller {
     /// Recomputes one service and applies it (one swap if anything changed), then brings the
     /// kernel's ejected flags and ejection budget in line.
     pub fn refresh(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<bool> {
-        let Some(service) = self.model(key).cloned() else {
+        let Some(&index) = self.by_key.get(key) else {
             return Ok(false);
         };
-        let output = self.compute(&service);
-        let desired = self.desired(&service, &output);
+        let output = self.compute(&self.services[index]);
+        let desired = self.desired(&self.services[index], &output);
         let started = Instant::now();
         let changed = self.programmer.apply_one(dp, &desired)?;
         if changed {
             self.swaps.observe(started.elapsed());
         }
-        self.applied(&service, output);
+        self.applied(index, output);
         Ok(changed)
     }
 
     /// The books once `service`'s policy `output` is live.
-    fn applied(&mut self, service: &ServiceModel, output: policy::PolicyOutput) {
-        let key = &service.key;
-        let previous_mode = self.views.get(key).map(|v| describe_load(&v.output));
+    /// The books once the policy `output` of service `index` is live.
+    fn applied(&mut self, index: usize, output: policy::PolicyOutput) {
+        let service = &self.services[index];
+        let key = service.key;
+        let previous_mode = self.views.get(&key).map(|v| describe_load(&v.output));
         for e in &service.endpoints {
-            self.health.entry(e.health_key(key)).or_default();
+            self.health.entry(e.health_key(&key)).or_default();
         }
         self.revision += 1;
         let now_mode = describe_load(&output);
         if previous_mode.as_deref() != Some(now_mode.as_str()) && previous_mode.is_some() {
-            self.event(
-                EventKind::Failover,
-                format!("{}: traffic now {now_mode}", service.name),
-            );
+            let message = format!("{}: traffic now {now_mode}", service.name);
+            self.event(EventKind::Failover, message);
         }
         self.views.insert(
-            *key,
+            key,
             ServiceView {
                 output,
                 computed_at: Instant::now(),
@@ -528,12 +528,14 @@ impl Controller {
         }
         // An endpoint that left is forgotten: if it comes back it is a new host (Envoy), with no
         // inherited ejection or backoff.
-        let wanted_endpoints: std::collections::BTreeSet<HealthKey> = self
-            .services
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(|e| e.health_key(&s.key)))
-            .collect();
-        self.health.retain(|key, _| wanted_endpoints.contains(key));
+        if !self.health.is_empty() {
+            let wanted_endpoints: std::collections::BTreeSet<HealthKey> = self
+                .services
+                .iter()
+                .flat_map(|s| s.endpoints.iter().map(|e| e.health_key(&s.key)))
+                .collect();
+            self.health.retain(|key, _| wanted_endpoints.contains(key));
+        }
         // Tables that shrink first, so the chunks they give back make room for those that
         // grow; a service refused for want of room is tried again once the others are in, and
         // one that still fails does not keep the rest from being applied.
@@ -581,13 +583,12 @@ impl Controller {
                 }
             }
             for ((i, output, _), result) in computed.into_iter().zip(results) {
-                let service = self.services[i].clone();
                 match result {
                     Ok(applied) => {
                         changed += usize::from(applied != Applied::Unchanged);
-                        self.applied(&service, output);
+                        self.applied(i, output);
                     }
-                    Err(e) => refused.push((service.key, e)),
+                    Err(e) => refused.push((self.services[i].key, e)),
                 }
             }
         }
