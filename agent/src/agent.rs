@@ -201,6 +201,23 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         info!(services = recovered, "re-adopted state from pinned maps");
     }
     let mut controller = Controller::new(config, programmer);
+    let links_dir = dataplane.pin_path.join("links");
+    // An upgrade that migrated maps: until the attach, the previous agent's programs run on the
+    // maps moved aside and on the shared ones, so a table written now would land only in the
+    // new table map while its flip in the shared service map would show it to them. The new
+    // programs take over first, on the state copied into the new maps, then the config
+    // applies. Otherwise the services go in first, so the first packet already finds them.
+    let mut attached = None;
+    let mut migrations = Some(migrations);
+    if migrations.as_ref().is_some_and(|m| !m.is_empty()) {
+        info!("maps were migrated: attaching before applying the config");
+        attached = Some(attach_and_finish(
+            &mut ebpf,
+            &dataplane,
+            &links_dir,
+            migrations.take().unwrap_or_default(),
+        )?);
+    }
     let started = Instant::now();
     let changed = controller.apply_all(&mut maps)?;
     info!(
@@ -209,14 +226,15 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         elapsed_us = started.elapsed().as_micros() as u64,
         "services programmed"
     );
-
-    // Attach only after the services are in place: the first packet already finds them.
-    let links_dir = dataplane.pin_path.join("links");
-    let attached = loader::attach(&mut ebpf, &dataplane, &links_dir);
-    // The previous agent's programs ran on the previous maps until the line above: what they
-    // added since the first copy is copied now, then the old maps go — also when attaching
-    // failed part-way, so a restart does not resume a migration over live entries.
-    loader::finish_migrations(migrations, &dataplane.pin_path)?;
+    let attached = match attached {
+        Some(attached) => attached,
+        None => attach_and_finish(
+            &mut ebpf,
+            &dataplane,
+            &links_dir,
+            migrations.take().unwrap_or_default(),
+        )?,
+    };
     let mut attachments = attached?;
     // Only the devices the config vouches for now (the pinned map outlives restarts).
     let stale: Vec<u32> = maps.xdp_targets.keys().filter_map(|k| k.ok()).collect();
@@ -303,6 +321,21 @@ struct LinkWiring<'a> {
 }
 
 /// Lets XDP redirect to `iface` (or no longer), logging what it did.
+/// Attaches the programs, then finishes the migrations: the previous agent's programs ran on
+/// the previous maps until the attach, so what they added since the first copy is copied now,
+/// then the old maps go — also when attaching failed part-way (returned inside), so a restart
+/// does not resume a migration over live entries.
+fn attach_and_finish(
+    ebpf: &mut aya::Ebpf,
+    dataplane: &crate::config::Dataplane,
+    links_dir: &Path,
+    migrations: Vec<crate::migrate::Migration>,
+) -> Result<Result<loader::Attachments>> {
+    let attached = loader::attach(ebpf, dataplane, links_dir);
+    loader::finish_migrations(migrations, &dataplane.pin_path)?;
+    Ok(attached)
+}
+
 fn vouch_xdp_target(maps: &mut BpfMaps, iface: &str, ifindex: u32, vouched: bool) {
     match maps.set_xdp_target(ifindex, vouched) {
         Ok(()) if vouched => info!(iface, ifindex, "XDP may redirect to this interface"),

@@ -89,6 +89,60 @@ impl EndpointModel {
 /// (service, backend address, backend port), the last two in network byte order.
 pub type HealthKey = (ServiceKey, u32, u16);
 
+/// The kernel's outlier books as [`Controller::reconcile`] compares them, read in this order:
+/// every service's ejection count, every backend's state, then the counts again (a count that
+/// moved was caught mid-change). One batch read each, not two reads per service and one per
+/// endpoint every interval.
+pub struct KernelHealth {
+    ejections_before: Vec<i64>,
+    backends: Vec<BackendState>,
+    ejections_after: Vec<i64>,
+}
+
+impl KernelHealth {
+    pub fn read(dp: &dyn Dataplane) -> Result<Self> {
+        let ejections = |dp: &dyn Dataplane| -> Result<Vec<i64>> {
+            Ok(dp
+                .read_service_states()?
+                .iter()
+                .map(|s| s.ejections)
+                .collect())
+        };
+        let ejections_before = ejections(dp)?;
+        let backends = dp.read_backend_states()?;
+        let ejections_after = ejections(dp)?;
+        Ok(Self {
+            ejections_before,
+            backends,
+            ejections_after,
+        })
+    }
+
+    fn ejections_before(&self, service_id: u32) -> i64 {
+        self.ejections_before
+            .get(service_id as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn ejections_after(&self, service_id: u32) -> i64 {
+        self.ejections_after
+            .get(service_id as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn backend(&self, id: u32) -> BackendState {
+        self.backends.get(id as usize).copied().unwrap_or_default()
+    }
+}
+
+/// The health keys of one service's endpoints: a range of the health map, which is ordered by
+/// service first (a sweep visits one service's endpoints, not every endpoint of the node).
+fn endpoints_of(key: &ServiceKey) -> std::ops::RangeInclusive<HealthKey> {
+    (*key, 0, 0)..=(*key, u32::MAX, u16::MAX)
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct BackendHealth {
     pub outlier: outlier::Host,
@@ -314,8 +368,10 @@ fn to_policy_locality_lb(
     }
 }
 
-/// Services a full apply computes and applies at once.
+/// Services a full apply computes and applies at once, at most, and endpoints (their policy
+/// outputs are in memory together).
 const SERVICES_PER_APPLY: usize = 4096;
+const ENDPOINTS_PER_APPLY: u64 = 65_536;
 
 fn index_by_key(services: &[ServiceModel]) -> BTreeMap<ServiceKey, usize> {
     services
@@ -558,7 +614,13 @@ impl Controller {
         let mut refused = Vec::new();
         // In groups, each computed on every CPU and then applied at once, so that new services
         // are written together (one batch per map) and only a group's policies are in memory.
-        for group in order.chunks(SERVICES_PER_APPLY) {
+        let groups = crate::programmer::bounded_groups(
+            &order,
+            SERVICES_PER_APPLY,
+            ENDPOINTS_PER_APPLY,
+            |&(_, i)| self.services[i].endpoints.len() as u64,
+        );
+        for group in groups {
             let computed: Vec<(usize, policy::PolicyOutput, DesiredService)> = group
                 .par_iter()
                 .map(|&(_, i)| {
@@ -570,7 +632,7 @@ impl Controller {
                 .collect();
             let desired: Vec<&DesiredService> = computed.iter().map(|(_, _, d)| d).collect();
             let started = Instant::now();
-            let results = self.programmer.apply_each(dp, &desired)?;
+            let results = self.programmer.apply_each(dp, &desired);
             let written = results
                 .iter()
                 .filter(|r| matches!(r, Ok(Applied::Written { .. })))
@@ -780,8 +842,8 @@ impl Controller {
         for key in orphaned {
             let ejected: Vec<HealthKey> = self
                 .health
-                .iter()
-                .filter(|((k, _, _), h)| *k == key && h.outlier.is_ejected())
+                .range(endpoints_of(&key))
+                .filter(|(_, h)| h.outlier.is_ejected())
                 .map(|(k, _)| *k)
                 .collect();
             for health_key in ejected {
@@ -797,12 +859,19 @@ impl Controller {
             }
             self.refresh(dp, &key)?;
         }
+        // Read once for every service due (when one is): each service's ejection count,
+        // every backend's state, then the counts again.
+        let mut kernel = None;
         for (key, od) in due {
             self.last_sweep.insert(key, now);
-            let repaired = self.reconcile(dp, &key, &od, now)?;
+            let kernel = match &kernel {
+                Some(kernel) => kernel,
+                None => kernel.insert(KernelHealth::read(dp)?),
+            };
+            let repaired = self.reconcile(dp, &key, &od, now, kernel)?;
             let mut unejected = Vec::new();
-            for ((k, addr, port), health) in self.health.iter_mut() {
-                if *k == key && health.outlier.sweep(now) == outlier::SweepResult::Unejected {
+            for ((_, addr, port), health) in self.health.range_mut(endpoints_of(&key)) {
+                if health.outlier.sweep(now) == outlier::SweepResult::Unejected {
                     unejected.push((*addr, *port));
                 }
             }
@@ -842,8 +911,9 @@ impl Controller {
         key: &ServiceKey,
         od: &config::OutlierDetection,
         now: Duration,
+        kernel: &KernelHealth,
     ) -> Result<bool> {
-        let Some(service) = self.model(key).cloned() else {
+        let Some(&index) = self.by_key.get(key) else {
             return Ok(false);
         };
         let Some(live) = self.programmer.service(key) else {
@@ -853,16 +923,16 @@ impl Controller {
         let released = live.ejections_released;
         // Read before the flags: an ejection the kernel makes in between then shows in the flags
         // but not in this count, which errs on the side of ejecting less until the next pass.
-        let ejections = dp.read_service_state(service_id)?.ejections;
+        let ejections = kernel.ejections_before(service_id);
         let mut repairs = Vec::new();
         let mut adopted = Vec::new();
         let mut flagged = 0i64;
-        for e in &service.endpoints {
+        for e in &self.services[index].endpoints {
             let health_key = e.health_key(key);
             let Some(id) = self.programmer.backend_id(key, health_key.1, health_key.2) else {
                 continue;
             };
-            let state = dp.read_backend_state(id)?;
+            let state = kernel.backend(id);
             let health = self.health.entry(health_key).or_default();
             let endpoint = SocketAddrV4::new(e.ip, e.port);
             match (state.ejected != 0, health.outlier.is_ejected()) {
@@ -891,7 +961,7 @@ impl Controller {
         }
         // A count that moved while the flags were read was caught mid-change (an ejection, or a
         // refused attempt's slot given back): repair nothing on it; the next pass looks again.
-        let settled = dp.read_service_state(service_id)?.ejections == ejections;
+        let settled = kernel.ejections_after(service_id) == ejections;
         if settled && ejections - released != flagged {
             self.programmer
                 .set_ejections_released(dp, key, ejections - flagged)?;
@@ -901,6 +971,10 @@ impl Controller {
             ));
         }
         let repaired = !repairs.is_empty();
+        if !repaired {
+            return Ok(false);
+        }
+        let service = self.services[index].clone();
         for repair in repairs {
             warn!(service = %service.name, "reconcile: {repair}");
             self.reconcile_repairs += 1;

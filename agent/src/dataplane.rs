@@ -129,8 +129,23 @@ pub trait Dataplane {
     /// Every backend slot, by id (most are empty).
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn read_backend_state(&self, id: u32) -> Result<BackendState>;
+    /// Every backend id's state, indexed by id (one batch where the map can).
+    fn read_backend_states(&self) -> Result<Vec<BackendState>>;
     fn read_service_state(&self, id: u32) -> Result<ServiceState>;
+    /// Every service id's state, indexed by id (one batch where the map can).
+    fn read_service_states(&self) -> Result<Vec<ServiceState>>;
     fn read_service_config(&self, id: u32) -> Result<ServiceConfig>;
+}
+
+/// The `len` values of an array map of `T`, indexed by key, in batches.
+fn read_array<T: aya::Pod>(fd: std::os::fd::BorrowedFd<'_>, len: u32) -> Result<Vec<T>> {
+    let values = crate::bpf_batch::read_array_range(fd, 0, len, size_of::<T>())?;
+    Ok(values
+        .iter()
+        // SAFETY: each value holds `size_of::<T>()` bytes read from the map, and any bytes are
+        // a valid `T` (`aya::Pod`: plain integers); read unaligned.
+        .map(|value| unsafe { std::ptr::read_unaligned(value.as_ptr().cast::<T>()) })
+        .collect())
 }
 
 /// A service's live table, read back from the table map and decoded as the kernel reads it.
@@ -723,6 +738,16 @@ impl Dataplane for BpfMaps {
                 Ok((id, backend))
             })
             .collect()
+    }
+
+    fn read_backend_states(&self) -> Result<Vec<BackendState>> {
+        let fd = self.backend_state.map().fd().as_fd();
+        read_array(fd, self.backend_state.len()).context("reading the backend states")
+    }
+
+    fn read_service_states(&self) -> Result<Vec<ServiceState>> {
+        let fd = self.service_state.map().fd().as_fd();
+        read_array(fd, self.service_state.len()).context("reading the service states")
     }
 
     fn read_backend(&self, id: u32) -> Result<Backend> {

@@ -22,7 +22,8 @@ pub struct MappedArray<T> {
 unsafe impl<T: Send> Send for MappedArray<T> {}
 
 impl<T: aya::Pod> MappedArray<T> {
-    /// Maps the `len` values of the array map `fd` (created with `BPF_F_MMAPABLE`).
+    /// Maps the `len` values of the array map `fd` (created with `BPF_F_MMAPABLE`), whose
+    /// values are `T` (the caller's typed map has checked the value size).
     pub fn map(fd: BorrowedFd<'_>, len: u32) -> Result<Self> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -65,9 +66,10 @@ impl<T: aya::Pod> MappedArray<T> {
         self.len == 0
     }
 
-    /// Copies `values` into the map from index `start` on. Visible to programs that read them
-    /// through a later map update (the release fence orders these stores before it); the
-    /// caller makes sure no program reads these values meanwhile (free table chunks).
+    /// Copies `values` into the map from index `start` on. Programs see them once a later map
+    /// update (a syscall, which orders the stores before it) points at them; the fence keeps
+    /// the compiler from sinking the stores past that call. The caller makes sure no program
+    /// reads these values meanwhile (free table chunks).
     pub fn write(&mut self, start: u32, values: &[T]) -> Result<()> {
         let start = start as usize;
         if start
@@ -102,10 +104,20 @@ impl<T: aya::Pod> MappedArray<T> {
                 self.len
             );
         }
-        // SAFETY: inside the mapping (checked above); the kernel's programs never write this
-        // map and `&self` excludes the agent's own writes; `T` is plain data.
-        let values = unsafe { std::slice::from_raw_parts(self.values.as_ptr().add(start), len) };
-        Ok(values.to_vec())
+        let mut values = Vec::with_capacity(len);
+        // SAFETY: the source is inside the mapping (checked above) and the destination is the
+        // new vector's capacity, which it cannot overlap; copied without making a Rust
+        // reference to memory another process could write. `T` is plain data, so every bit
+        // pattern is a value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.values.as_ptr().add(start),
+                values.as_mut_ptr(),
+                len,
+            );
+            values.set_len(len);
+        }
+        Ok(values)
     }
 }
 

@@ -9,7 +9,7 @@
 //! - a backend id is not reused until a grace period has passed since it was retired, so a
 //!   packet or conntrack entry holding the id never reads a different backend through it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
@@ -121,9 +121,35 @@ fn config_entry(settings: &ServiceSettings, ejections_released: i64) -> ServiceC
     }
 }
 
-/// New services [`Programmer::apply_each`] writes together: their tables (≈ 2 KiB each at 10
-/// backends) are in memory at once.
+/// New services [`Programmer::apply_each`] writes together, at most: their tables are in
+/// memory at once, so a group also ends at [`NEW_TABLE_CHUNKS_PER_BATCH`] chunks (4 MiB: 1,900
+/// tables of 10 backends, or 16 of the largest).
 const NEW_SERVICES_PER_BATCH: usize = 4096;
+const NEW_TABLE_CHUNKS_PER_BATCH: u64 = 65_536;
+
+/// `items` in consecutive groups of at most `max_items`, each ending before its `weight`
+/// would pass `max_weight` (a group has one item at least, however heavy).
+pub fn bounded_groups<T>(
+    items: &[T],
+    max_items: usize,
+    max_weight: u64,
+    weight: impl Fn(&T) -> u64,
+) -> Vec<&[T]> {
+    let mut groups = Vec::new();
+    let (mut start, mut total) = (0, 0u64);
+    for (n, item) in items.iter().enumerate() {
+        let w = weight(item);
+        if n > start && (n - start == max_items || total + w > max_weight) {
+            groups.push(&items[start..n]);
+            (start, total) = (n, 0);
+        }
+        total += w;
+    }
+    if start < items.len() {
+        groups.push(&items[start..]);
+    }
+    groups
+}
 
 /// What [`Programmer::take_resources`] took for one change.
 struct Taken {
@@ -296,6 +322,9 @@ pub struct Programmer {
     flip_seq: u64,
     grace_seq: u64,
     vips: BTreeMap<u32, u32>,
+    /// VIPs whose kernel entry may differ from `vips` (not written yet, or a write failed):
+    /// the next change writes them, whatever it is.
+    vips_pending: BTreeSet<u32>,
 }
 
 impl Programmer {
@@ -316,6 +345,7 @@ impl Programmer {
             flip_seq: 0,
             grace_seq: 0,
             vips: BTreeMap::new(),
+            vips_pending: BTreeSet::new(),
         }
     }
 
@@ -400,6 +430,8 @@ impl Programmer {
             );
             *p.vips.entry(key.addr).or_default() += 1;
         }
+        // What the VIP map holds is not checked: the first change writes every VIP again.
+        p.vips_pending = p.vips.keys().copied().collect();
         // The previous agent may have retired tables and ids just before it died: wait one
         // grace period before reusing anything. Every chunk outside a live table counts as
         // retired at the first flip.
@@ -460,17 +492,45 @@ impl Programmer {
             .get(&desired.key)
             .is_some_and(|live| live.desired == *desired)
         {
+            self.write_pending_vips(dp)?;
             return Ok(false);
         }
         let added = !self.live.contains_key(&desired.key);
         self.upsert(dp, desired)?;
         // Only a new service changes the port count of its VIP.
         if added {
-            let ports = self.vips.entry(desired.key.addr).or_default();
-            *ports += 1;
-            dp.write_vip(desired.key.addr, *ports)?;
+            self.count_vip_port(desired.key.addr, 1);
         }
+        self.write_pending_vips(dp)?;
         Ok(true)
+    }
+
+    /// A service port on `addr` came (`+1`) or went (`-1`); the kernel entry is written by
+    /// [`Self::write_pending_vips`].
+    fn count_vip_port(&mut self, addr: u32, change: i32) {
+        let ports = self.vips.entry(addr).or_default();
+        *ports = ports.saturating_add_signed(change);
+        if *ports == 0 {
+            self.vips.remove(&addr);
+        }
+        self.vips_pending.insert(addr);
+    }
+
+    /// Writes every pending VIP (its port count, or its removal); one that fails stays pending
+    /// for the next change, and the others are written anyway.
+    fn write_pending_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
+        let mut first_error = None;
+        for addr in std::mem::take(&mut self.vips_pending) {
+            let written = match self.vips.get(&addr) {
+                Some(&ports) => dp.write_vip(addr, ports),
+                None => dp.remove_vip(addr),
+            };
+            if let Err(e) = written {
+                self.vips_pending.insert(addr);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     pub fn live_keys(&self) -> Vec<ServiceKey> {
@@ -483,16 +543,8 @@ impl Programmer {
             return Ok(());
         }
         self.remove(dp, key)?;
-        match self.vips.get_mut(&key.addr) {
-            Some(ports) if *ports > 1 => {
-                *ports -= 1;
-                dp.write_vip(key.addr, *ports)
-            }
-            _ => {
-                self.vips.remove(&key.addr);
-                dp.remove_vip(key.addr)
-            }
-        }
+        self.count_vip_port(key.addr, -1);
+        self.write_pending_vips(dp)
     }
 
     /// Ends `count` of the service's outlier ejections on the kernel's books (ejection time
@@ -569,7 +621,7 @@ impl Programmer {
             .iter()
             .map(|s| !self.live.contains_key(&s.key))
             .collect();
-        let results = self.apply_each(dp, &order)?;
+        let results = self.apply_each(dp, &order);
         let mut refused = Vec::new();
         for ((service, added), result) in order.into_iter().zip(added).zip(results) {
             match result {
@@ -601,7 +653,8 @@ impl Programmer {
         &mut self,
         dp: &mut dyn Dataplane,
         desired: &[&DesiredService],
-    ) -> Result<Vec<Result<Applied>>> {
+    ) -> Vec<Result<Applied>> {
+        self.write_pending_vips(dp).ok(); // (still pending if not: tried again below)
         let mut results: Vec<Option<Result<Applied>>> = desired.iter().map(|_| None).collect();
         let mut new = Vec::new();
         for (i, service) in desired.iter().enumerate() {
@@ -619,25 +672,40 @@ impl Programmer {
             }
         }
         // In groups, so that the tables being written are never all in memory at once.
-        let mut vips_changed = std::collections::BTreeSet::new();
-        for group in new.chunks(NEW_SERVICES_PER_BATCH) {
+        let groups = bounded_groups(
+            &new,
+            NEW_SERVICES_PER_BATCH,
+            NEW_TABLE_CHUNKS_PER_BATCH,
+            |&i| u64::from(crate::maglev::table_chunks_for(desired[i].backends.len())),
+        );
+        for group in groups {
             let services: Vec<&DesiredService> = group.iter().map(|&i| desired[i]).collect();
             for (&i, result) in group.iter().zip(self.insert_new(dp, &services)) {
                 if result.is_ok() {
                     // Only a new service changes the port count of its VIP.
-                    *self.vips.entry(desired[i].key.addr).or_default() += 1;
-                    vips_changed.insert(desired[i].key.addr);
+                    self.count_vip_port(desired[i].key.addr, 1);
                 }
                 results[i] = Some(result.map(|waits| Applied::Written { waits }));
             }
         }
-        for addr in vips_changed {
-            dp.write_vip(addr, self.vips[&addr])?;
+        // A VIP that could not be written leaves its services unreachable: they are live,
+        // but reported as failed (and the VIP is written again by the next change).
+        if let Err(e) = self.write_pending_vips(dp) {
+            for (service, result) in desired.iter().zip(&mut results) {
+                if self.vips_pending.contains(&service.key.addr)
+                    && matches!(result, Some(Ok(Applied::Written { .. })))
+                {
+                    *result = Some(Err(anyhow::anyhow!("{e:#}").context(format!(
+                        "{}: live, but its VIP is not in the VIP map",
+                        service.name
+                    ))));
+                }
+            }
         }
-        Ok(results
+        results
             .into_iter()
             .map(|r| r.expect("every service has a result"))
-            .collect())
+            .collect()
     }
 
     /// Services with nothing live yet, written together: each takes its ids and chunks as in
@@ -655,7 +723,13 @@ impl Programmer {
         self.start_change(dp);
         let slots: Vec<Vec<TableChunk>> = services
             .par_iter()
-            .map(|desired| slot_chunks(desired, table_size_for(desired)))
+            // (None for a service `take` refuses for its size.)
+            .map(
+                |desired| match desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+                    true => Vec::new(),
+                    false => slot_chunks(desired, table_size_for(desired)),
+                },
+            )
             .collect();
         let mut ready = Vec::new();
         for ((i, desired), slots) in services.iter().enumerate().zip(slots) {
@@ -731,7 +805,10 @@ impl Programmer {
         let mut grace = 0;
         self.start_change(dp);
         let existing = self.live.remove(&desired.key);
-        let slots = slot_chunks(desired, table_size_for(desired));
+        let slots = match desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            true => Vec::new(), // refused by `take`
+            false => slot_chunks(desired, table_size_for(desired)),
+        };
         let taken = match self.take(dp, desired, existing.as_ref(), slots, &mut grace) {
             Ok(taken) => taken,
             Err(e) => {
@@ -994,23 +1071,19 @@ impl Programmer {
         Ok(())
     }
 
+    /// The VIP map as the live services make it (see [`Self::write_pending_vips`]).
     fn sync_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
         let mut wanted: BTreeMap<u32, u32> = BTreeMap::new();
         for key in self.live.keys() {
             *wanted.entry(key.addr).or_default() += 1;
         }
-        for addr in self.vips.keys() {
-            if !wanted.contains_key(addr) {
-                dp.remove_vip(*addr)?;
-            }
-        }
-        for (addr, ports) in &wanted {
-            if self.vips.get(addr) != Some(ports) {
-                dp.write_vip(*addr, *ports)?;
+        for addr in self.vips.keys().chain(wanted.keys()) {
+            if self.vips.get(addr) != wanted.get(addr) {
+                self.vips_pending.insert(*addr);
             }
         }
         self.vips = wanted;
-        Ok(())
+        self.write_pending_vips(dp)
     }
 
     /// Chunks for a table of `chunks`; waits for a grace period when only retired tables'

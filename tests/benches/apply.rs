@@ -42,6 +42,10 @@ use geosteer_common::{
     Backend, BackendState, KernelEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
     ServiceValue, Settings, TableChunk,
 };
+use geosteer_tests::{
+    Netns,
+    agent::{Agent, PinDir},
+};
 use serde::Serialize;
 
 const SERVICE_COUNTS: [u32; 3] = [100, 1_000, 10_000];
@@ -98,6 +102,23 @@ struct Scale {
     /// agent's books for N services (config, policy views, programmer), plus the bench's own.
     controller_rss_bytes: u64,
     ejection: Latency,
+    /// The real agent on a config file of these services.
+    agent: AgentRun,
+}
+
+/// `geosteer agent` (the release binary) started on a config file of N services in a private
+/// network namespace, attached to one interface there; no traffic.
+#[derive(Serialize)]
+struct AgentRun {
+    /// The config file's size.
+    config_bytes: u64,
+    /// From start to "ready": the file parsed and validated, the object loaded, every service
+    /// applied, the programs attached.
+    ready_ms: f64,
+    /// The agent's resident memory once ready (`VmRSS`) and its peak so far (`VmHWM`), from
+    /// /proc/<pid>/status. Includes the pages of the table map it has written (mapped).
+    rss_bytes: u64,
+    peak_rss_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -224,7 +245,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
     drop(ebpf);
 
     // Controller: the same services with a locality failover policy, then ejections.
-    let config = config::parse(&config_yaml(services)).context("bench config")?;
+    let config = config::parse(&config_yaml(services, "")).context("bench config")?;
     let mut ebpf = loader::load(sizes, None).context("loading the kernel object")?;
     let mut maps = Counting::new(BpfMaps::take(&mut ebpf)?);
     let mut controller = Controller::new(config, Programmer::new(services, backends, table_chunks));
@@ -288,7 +309,36 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
         controller_initial_ms,
         controller_rss_bytes,
         ejection,
+        agent: agent_run(services)?,
     })
+}
+
+/// Starts the real agent on `services` services (the controller's config, attached to one end of a
+/// veth pair in a namespace of its own) and reads its memory once it is ready.
+fn agent_run(services: u32) -> Result<AgentRun> {
+    let ns = Netns::new("gs-bench-agent")?;
+    ns.exec(&[
+        "ip", "link", "add", "cl0", "type", "veth", "peer", "name", "cl1",
+    ])?;
+    ns.exec(&["ip", "link", "set", "cl0", "up"])?;
+    let pins = PinDir::new("gsbench")?;
+    let yaml = config_yaml(
+        services,
+        &format!("tc: [cl0], pinPath: {}, ", pins.pin_path().display()),
+    );
+    let started = Instant::now();
+    let mut agent = Agent::start_within(&ns, &pins, &yaml, &[], Duration::from_secs(300))?;
+    let ready_ms = ms(started.elapsed());
+    let pid = agent.pid().context("agent pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let run = AgentRun {
+        config_bytes: yaml.len() as u64,
+        ready_ms,
+        rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
+        peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
+    };
+    agent.terminate()?;
+    Ok(run)
 }
 
 /// Service `i`: VIP 198.19.0.0 + i, port 80, ten backends (from 10.0.0.0 on) at weight 1.
@@ -331,10 +381,11 @@ fn service_key(i: u32) -> ServiceKey {
 
 /// The same services as [`service`] as an agent config: two endpoints in cn-hangzhou (the
 /// node's region) and two in cn-shanghai, failover between them, and outlier detection.
-fn config_yaml(services: u32) -> String {
+/// The controller's services; `dataplane` opens the dataplane section's flow mapping.
+fn config_yaml(services: u32, dataplane: &str) -> String {
     let mut yaml = format!(
         "node: {{name: bench, region: cn-hangzhou, zone: cn-hangzhou-b}}\n\
-         dataplane: {{maxServices: {services}, maxBackends: {}, conntrackSize: {CONNTRACK_SIZE}}}\n\
+         dataplane: {{{dataplane}maxServices: {services}, maxBackends: {}, conntrackSize: {CONNTRACK_SIZE}}}\n\
          services:\n",
         services * BACKENDS_PER_SERVICE
     );
@@ -364,12 +415,16 @@ fn config_yaml(services: u32) -> String {
 /// `VmRSS` of this process, in bytes.
 fn rss_bytes() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: u64 = status
+    Ok(status_kib(&status, "VmRSS:")? * 1024)
+}
+
+/// A `/proc/<pid>/status` figure in kB (`field` with its colon).
+fn status_kib(status: &str, field: &str) -> Result<u64> {
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/self/status")?;
-    Ok(kib * 1024)
+        .with_context(|| format!("no {field} in a process status"))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -538,6 +593,12 @@ impl Dataplane for Counting {
     }
     fn read_backend_state(&self, id: u32) -> Result<BackendState> {
         self.maps.read_backend_state(id)
+    }
+    fn read_backend_states(&self) -> Result<Vec<BackendState>> {
+        self.maps.read_backend_states()
+    }
+    fn read_service_states(&self) -> Result<Vec<ServiceState>> {
+        self.maps.read_service_states()
     }
     fn read_service_state(&self, id: u32) -> Result<ServiceState> {
         self.maps.read_service_state(id)

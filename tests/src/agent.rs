@@ -65,6 +65,9 @@ impl Drop for PinDir {
     }
 }
 
+/// How long [`Agent::start`] waits for the agent to say "ready".
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
 /// A running agent; killed (SIGKILL) on drop unless it was terminated.
 pub struct Agent {
     child: Option<Child>,
@@ -87,20 +90,37 @@ impl Agent {
         config_yaml: &str,
         env: &[(&str, &str)],
     ) -> Result<Agent> {
+        Agent::start_within(ns, pins, config_yaml, env, READY_WITHIN)
+    }
+
+    /// [`Agent::start_with_env`], waiting up to `ready_within` for "ready" (a config of many
+    /// services takes longer than the usual 30 s).
+    pub fn start_within(
+        ns: &Netns,
+        pins: &PinDir,
+        config_yaml: &str,
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> Result<Agent> {
         let config_path = pins.root.join("config.yaml");
         std::fs::write(&config_path, with_admin(config_yaml, pins))?;
         let path = config_path.to_string_lossy().into_owned();
-        let mut agent = Agent::spawn(ns, &["agent", "--config", &path], env)?;
+        let mut agent = Agent::spawn(ns, &["agent", "--config", &path], env, ready_within)?;
         agent.config_path = config_path;
         Ok(agent)
     }
 
     /// Starts `geosteer <args>` in `ns` and waits for "ready".
     pub fn start_args(ns: &Netns, args: &[&str]) -> Result<Agent> {
-        Agent::spawn(ns, args, &[])
+        Agent::spawn(ns, args, &[], READY_WITHIN)
     }
 
-    fn spawn(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Result<Agent> {
+    fn spawn(
+        ns: &Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> Result<Agent> {
         let config_path = PathBuf::new();
         let bin = bin_path("geosteer");
         let mut child = Command::new("ip")
@@ -128,7 +148,7 @@ impl Agent {
             log,
             config_path,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + ready_within;
         loop {
             if agent.log_contains(" ready") {
                 return Ok(agent);
@@ -140,7 +160,10 @@ impl Agent {
                 );
             }
             if Instant::now() > deadline {
-                bail!("agent not ready after 30 s:\n{}", agent.log().join("\n"));
+                bail!(
+                    "agent not ready after {ready_within:?}:\n{}",
+                    agent.log().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

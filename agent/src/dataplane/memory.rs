@@ -59,6 +59,8 @@ pub struct MemoryDataplane {
     requested_grace: u64,
     /// Table writes fail while true (a map write the kernel refuses).
     pub fail_table_writes: bool,
+    /// VIPs (network byte order) whose writes fail.
+    pub fail_vip_writes: std::collections::BTreeSet<u32>,
 }
 
 impl MemoryDataplane {
@@ -119,6 +121,9 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+        if self.fail_vip_writes.contains(&addr) {
+            anyhow::bail!("writing VIP {addr:#x}: refused");
+        }
         self.vips.insert(addr, ports);
         self.log.push(Write::Vip(addr));
         Ok(())
@@ -232,6 +237,14 @@ impl Dataplane for MemoryDataplane {
         Ok(self.backend_state.get(&id).copied().unwrap_or_default())
     }
 
+    fn read_backend_states(&self) -> Result<Vec<BackendState>> {
+        Ok(by_index(&self.backend_state))
+    }
+
+    fn read_service_states(&self) -> Result<Vec<ServiceState>> {
+        Ok(by_index(&self.service_state))
+    }
+
     fn read_service_state(&self, id: u32) -> Result<ServiceState> {
         Ok(self.service_state.get(&id).copied().unwrap_or_default())
     }
@@ -239,4 +252,14 @@ impl Dataplane for MemoryDataplane {
     fn read_service_config(&self, id: u32) -> Result<ServiceConfig> {
         Ok(self.service_config.get(&id).copied().unwrap_or_default())
     }
+}
+
+/// `map`'s values indexed by key, as an array map's read gives them (missing keys zero).
+fn by_index<T: Copy + Default>(map: &BTreeMap<u32, T>) -> Vec<T> {
+    let len = map.keys().next_back().map_or(0, |&last| last as usize + 1);
+    let mut values = vec![T::default(); len];
+    for (&i, value) in map {
+        values[i as usize] = *value;
+    }
+    values
 }

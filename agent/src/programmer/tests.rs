@@ -497,3 +497,83 @@ fn a_failed_batch_of_new_services_leaves_nothing_behind() {
         }
     }
 }
+
+/// `service(port, weights)` on VIP 198.19.0.`vip` instead.
+fn on_vip(vip: u8, port: u16, weights: &[u32]) -> DesiredService {
+    let mut s = service(port, weights);
+    s.key.addr = u32::from(Ipv4Addr::new(198, 19, 0, vip)).to_be();
+    s.name = format!("vip{vip}:{port}");
+    s
+}
+
+/// A VIP the kernel refuses costs only its own services: the other VIPs of the same apply are
+/// written, its services are reported (live, but unreachable without it), and the next change
+/// of any service writes it.
+#[test]
+fn a_vip_write_that_fails_is_written_by_the_next_change() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(8, 32, 1024);
+    let (a, b) = (on_vip(1, 80, &[1]), on_vip(2, 80, &[1]));
+    dp.fail_vip_writes.insert(a.key.addr);
+    let results = programmer.apply_each(&mut dp, &[&a, &b]);
+    let error = results[0].as_ref().unwrap_err();
+    assert!(
+        format!("{error:#}").contains("vip1:80: live, but its VIP"),
+        "{error:#}"
+    );
+    assert_eq!(results[1].as_ref().unwrap(), &Applied::Written { waits: 0 });
+    assert_eq!(
+        dp.vips.get(&b.key.addr),
+        Some(&1),
+        "the other VIP is written"
+    );
+    assert_eq!(dp.vips.get(&a.key.addr), None);
+    assert!(
+        dp.services.contains_key(&a.key),
+        "the service itself is live"
+    );
+
+    dp.fail_vip_writes.clear();
+    // Another service's change (here: none at all) writes the pending VIP.
+    assert!(!programmer.apply_one(&mut dp, &b).unwrap());
+    assert_eq!(dp.vips.get(&a.key.addr), Some(&1));
+    // And `apply` of the same state repairs it as well, from a fresh failure.
+    dp.vips.clear();
+    dp.fail_vip_writes.insert(a.key.addr);
+    let c = on_vip(1, 81, &[1]);
+    assert!(
+        programmer
+            .apply(&mut dp, &[a.clone(), b.clone(), c.clone()])
+            .is_err()
+    );
+    dp.fail_vip_writes.clear();
+    programmer
+        .apply(&mut dp, &[a.clone(), b.clone(), c])
+        .unwrap();
+    assert_eq!(dp.vips.get(&a.key.addr), Some(&2), "two ports on it now");
+}
+
+/// A restarted programmer writes every VIP of the services it re-adopts again: a VIP its
+/// predecessor failed to write is not left out for good.
+#[test]
+fn a_restarted_programmer_writes_every_vip_again() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(8, 32, 1024);
+    let (a, b) = (on_vip(1, 80, &[1]), on_vip(2, 80, &[1]));
+    programmer.apply(&mut dp, &[a.clone(), b.clone()]).unwrap();
+    dp.vips.remove(&a.key.addr);
+    let mut restarted = Programmer::recover(&dp, 8, 32, 1024).unwrap();
+    restarted.apply(&mut dp, &[a.clone(), b]).unwrap();
+    assert_eq!(dp.vips.get(&a.key.addr), Some(&1));
+}
+
+#[test]
+fn groups_end_at_their_count_or_weight() {
+    let weights = [3u64, 3, 3, 10, 1, 1, 1, 1];
+    let groups = bounded_groups(&weights, 3, 6, |&w| w);
+    assert_eq!(
+        groups,
+        vec![&[3, 3][..], &[3][..], &[10][..], &[1, 1, 1][..], &[1][..]]
+    );
+    assert!(bounded_groups(&[] as &[u64], 3, 6, |&w| w).is_empty());
+}
