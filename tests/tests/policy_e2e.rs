@@ -439,6 +439,18 @@ fn rollout_across_a_conntrack_layout_change_keeps_every_connection() {
             "{:?}",
             upgraded.log()
         );
+        // Until the attach, the previous programs run on the maps moved aside and on the shared
+        // ones: the new programs take over before anything is written.
+        let log = upgraded.log();
+        let line = |needle: &str| {
+            log.iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {log:?}"))
+        };
+        assert!(
+            line("attached iface") < line("services programmed"),
+            "{log:?}"
+        );
         let flows =
             geosteer_tests::agent::geosteer_json(&lab.node, &pins, &["flows"]).expect("flows");
         std::thread::sleep(Duration::from_secs(1));
