@@ -24,9 +24,16 @@ use crate::loader::MapSizes;
 /// Byte size of the events ring (`GS_KERNEL_EVENTS` in ebpf/src/steer.rs).
 pub const EVENTS_RING_BYTES: u64 = 64 * 1024;
 
-/// Memory the agent process itself needs besides its maps (its heap, the Kubernetes caches,
-/// buffers), kept free under the limit.
-pub const AGENT_RESERVE: u64 = 96 << 20;
+/// Memory the agent process itself needs besides its maps (its heap: the config file or the
+/// Kubernetes caches, the policy views and books of every endpoint, buffers), kept free under
+/// the limit: a base and a share per backend slot. Measured by `cargo xtask bench` (the agent
+/// run of section 3): about 1.7 KiB per endpoint once ready and 1.9 KiB at the peak of loading
+/// a config file of 100,000 services × 10 endpoints; 2 KiB per `maxBackends` slot covers that
+/// (96 MiB in all at the default 16,384). A fixed reserve let a large node pass this check and
+/// then be OOM-killed.
+pub fn agent_reserve(sizes: &MapSizes) -> u64 {
+    (64 << 20) + 2048 * u64::from(sizes.max_backends)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -402,7 +409,8 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
     };
     plan.limit = Some(limit);
     plan.limit_source = source.clone();
-    let needed = plan.total + AGENT_RESERVE;
+    let reserve = agent_reserve(sizes);
+    let needed = plan.total + reserve;
     if needed <= limit {
         return Ok(());
     }
@@ -430,7 +438,7 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
         mib(plan.total),
         plan.possible_cpus,
         largest.join(", "),
-        mib(AGENT_RESERVE),
+        mib(reserve),
         mib(limit),
         sizes.max_backends,
         sizes.max_services,
@@ -500,6 +508,22 @@ mod tests {
             bytes(&stats, 128) - bytes(&stats, 1),
             127 * 40 * u64::from(DEFAULTS.max_backends)
         );
+    }
+
+    #[test]
+    fn the_agents_reserve_grows_with_its_backend_slots() {
+        assert_eq!(agent_reserve(&DEFAULTS), 96 << 20);
+        let large = MapSizes {
+            max_backends: 1_000_000,
+            ..DEFAULTS
+        };
+        // The agent's measured peak on 100,000 services × 10 endpoints: 1,899 MiB.
+        assert!(agent_reserve(&large) > 1_899 << 20);
+        // A limit that held the maps and the old fixed reserve no longer passes.
+        let mut p = plan(&large, 2);
+        let limit = p.total + (96 << 20);
+        let error = check(&mut p, Some(limit), &large).unwrap_err().to_string();
+        assert!(error.contains("for the agent itself"), "{error}");
     }
 
     #[test]
