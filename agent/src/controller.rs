@@ -89,27 +89,54 @@ impl EndpointModel {
 /// (service, backend address, backend port), the last two in network byte order.
 pub type HealthKey = (ServiceKey, u32, u16);
 
-/// The kernel's outlier books as [`Controller::reconcile`] compares them, read in this order:
-/// every service's ejection count, every backend's state, then the counts again (a count that
-/// moved was caught mid-change). One batch read each, not two reads per service and one per
-/// endpoint every interval.
+/// The kernel's outlier books of some services as [`Controller::reconcile`] compares them, read
+/// in this order: their ejection counts, their backends' states, then the counts again (a count
+/// that moved was caught mid-change). Each part is one batch read of the whole map when the
+/// services hold a good share of it, else a read per id.
 pub struct KernelHealth {
-    ejections_before: Vec<i64>,
-    backends: Vec<BackendState>,
-    ejections_after: Vec<i64>,
+    ejections_before: std::collections::HashMap<u32, i64>,
+    backends: std::collections::HashMap<u32, BackendState>,
+    ejections_after: std::collections::HashMap<u32, i64>,
 }
 
 impl KernelHealth {
-    pub fn read(dp: &dyn Dataplane) -> Result<Self> {
-        let ejections = |dp: &dyn Dataplane| -> Result<Vec<i64>> {
-            Ok(dp
-                .read_service_states()?
+    /// `services`: (service id, its backend ids); `capacity`: (maxServices, maxBackends).
+    pub fn read(
+        dp: &dyn Dataplane,
+        services: &[(u32, Vec<u32>)],
+        capacity: (u32, u32),
+    ) -> Result<Self> {
+        let service_ids: Vec<u32> = services.iter().map(|(id, _)| *id).collect();
+        let backend_ids: Vec<u32> = services.iter().flat_map(|(_, b)| b.clone()).collect();
+        let ejections = |dp: &dyn Dataplane| -> Result<std::collections::HashMap<u32, i64>> {
+            let all = (service_ids.len() as u64 * 16 >= u64::from(capacity.0))
+                .then(|| dp.read_service_states())
+                .transpose()?;
+            service_ids
                 .iter()
-                .map(|s| s.ejections)
-                .collect())
+                .map(|&id| {
+                    let state = match &all {
+                        Some(all) => all.get(id as usize).copied().unwrap_or_default(),
+                        None => dp.read_service_state(id)?,
+                    };
+                    Ok((id, state.ejections))
+                })
+                .collect()
         };
         let ejections_before = ejections(dp)?;
-        let backends = dp.read_backend_states()?;
+        let all = (backend_ids.len() as u64 * 16 >= u64::from(capacity.1))
+            .then(|| dp.read_backend_states())
+            .transpose()?;
+        let backends = backend_ids
+            .iter()
+            .map(|&id| {
+                let state = match &all {
+                    Some(all) => all.get(id as usize).copied().unwrap_or_default(),
+                    None => dp.read_backend_state(id)?,
+                };
+                Ok((id, state))
+            })
+            .collect::<Result<_>>()?;
         let ejections_after = ejections(dp)?;
         Ok(Self {
             ejections_before,
@@ -120,20 +147,20 @@ impl KernelHealth {
 
     fn ejections_before(&self, service_id: u32) -> i64 {
         self.ejections_before
-            .get(service_id as usize)
+            .get(&service_id)
             .copied()
             .unwrap_or_default()
     }
 
     fn ejections_after(&self, service_id: u32) -> i64 {
         self.ejections_after
-            .get(service_id as usize)
+            .get(&service_id)
             .copied()
             .unwrap_or_default()
     }
 
     fn backend(&self, id: u32) -> BackendState {
-        self.backends.get(id as usize).copied().unwrap_or_default()
+        self.backends.get(&id).copied().unwrap_or_default()
     }
 }
 
@@ -238,7 +265,12 @@ pub struct Controller {
     /// republishes its state only when something moved.
     pub revision: u64,
     next_event_seq: u64,
-    last_sweep: BTreeMap<ServiceKey, Duration>,
+    /// (A hash map: every service is looked up at every pass.)
+    last_sweep: std::collections::HashMap<ServiceKey, Duration>,
+    /// Where the next sweep's reconcile starts in the list of services due.
+    reconcile_cursor: usize,
+    /// No service is due for a sweep before this (ZERO after a reload: look again).
+    sweep_not_before: Duration,
     /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
     /// the reconcile pass repaired.
     pub reconcile_repairs: u64,
@@ -368,6 +400,9 @@ fn to_policy_locality_lb(
     }
 }
 
+/// Services a sweep reconciles at most (see [`Controller::sweep`]).
+const RECONCILE_PER_PASS: usize = 4096;
+
 /// Services a full apply computes and applies at once, at most, and endpoints (their policy
 /// outputs are in memory together).
 const SERVICES_PER_APPLY: usize = 4096;
@@ -395,7 +430,9 @@ impl Controller {
             swaps: SwapStats::default(),
             revision: 0,
             next_event_seq: 1,
-            last_sweep: BTreeMap::new(),
+            last_sweep: std::collections::HashMap::new(),
+            reconcile_cursor: 0,
+            sweep_not_before: Duration::ZERO,
             reconcile_repairs: 0,
             connect_timeouts: ConnectTimeouts::default(),
         }
@@ -815,6 +852,28 @@ impl Controller {
     /// The outlier `interval` timer of every service that is due: reconcile the kernel's books
     /// with the agent's, then un-eject and decay.
     pub fn sweep(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
+        // Called every tick; a pass over every service only when one is due.
+        if now < self.sweep_not_before {
+            return Ok(());
+        }
+        self.sweep_pass(dp, now)?;
+        self.sweep_not_before = self
+            .services
+            .iter()
+            .filter_map(|s| {
+                let interval = s.policy.outlier_detection.as_ref()?.interval;
+                Some(
+                    self.last_sweep
+                        .get(&s.key)
+                        .map_or(now, |last| *last + interval),
+                )
+            })
+            .min()
+            .unwrap_or(Duration::MAX);
+        Ok(())
+    }
+
+    fn sweep_pass(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
         let due: Vec<(ServiceKey, config::OutlierDetection)> = self
             .services
             .iter()
@@ -859,16 +918,39 @@ impl Controller {
             }
             self.refresh(dp, &key)?;
         }
-        // Read once for every service due (when one is): each service's ejection count,
-        // every backend's state, then the counts again.
-        let mut kernel = None;
+        // Reconcile compares the kernel's books with the agent's: bounded per pass, so with many
+        // services it goes round them, RECONCILE_PER_PASS at a time (every service every
+        // ceil(N / RECONCILE_PER_PASS) intervals), and a pass stays cheap at 100,000.
+        let reconciled: std::collections::BTreeSet<ServiceKey> = if due.is_empty() {
+            Default::default()
+        } else {
+            let start = self.reconcile_cursor % due.len();
+            let count = due.len().min(RECONCILE_PER_PASS);
+            self.reconcile_cursor = start + count;
+            due.iter()
+                .cycle()
+                .skip(start)
+                .take(count)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        let books: Vec<(u32, Vec<u32>)> = reconciled
+            .iter()
+            .filter_map(|key| self.programmer.service(key))
+            .map(|live| (live.id, live.backends.values().map(|(id, _)| *id).collect()))
+            .collect();
+        let kernel = match books.is_empty() {
+            true => None,
+            false => Some(KernelHealth::read(dp, &books, self.programmer.capacity())?),
+        };
         for (key, od) in due {
             self.last_sweep.insert(key, now);
-            let kernel = match &kernel {
-                Some(kernel) => kernel,
-                None => kernel.insert(KernelHealth::read(dp)?),
+            let repaired = match &kernel {
+                Some(kernel) if reconciled.contains(&key) => {
+                    self.reconcile(dp, &key, &od, now, kernel)?
+                }
+                _ => false,
             };
-            let repaired = self.reconcile(dp, &key, &od, now, kernel)?;
             let mut unejected = Vec::new();
             for ((_, addr, port), health) in self.health.range_mut(endpoints_of(&key)) {
                 if health.outlier.sweep(now) == outlier::SweepResult::Unejected {
@@ -924,6 +1006,21 @@ impl Controller {
         // Read before the flags: an ejection the kernel makes in between then shows in the flags
         // but not in this count, which errs on the side of ejecting less until the next pass.
         let ejections = kernel.ejections_before(service_id);
+        // The common case, checked without a lookup per endpoint: nothing ejected on either
+        // side and the kernel's count agrees (at 100,000 services this pass runs every second).
+        let nothing_ejected = ejections == released
+            && kernel.ejections_after(service_id) == ejections
+            && !live
+                .backends
+                .values()
+                .any(|(id, _)| kernel.backend(*id).ejected != 0)
+            && !self
+                .health
+                .range(endpoints_of(key))
+                .any(|(_, h)| h.outlier.is_ejected());
+        if nothing_ejected {
+            return Ok(false);
+        }
         let mut repairs = Vec::new();
         let mut adopted = Vec::new();
         let mut flagged = 0i64;
@@ -1065,6 +1162,7 @@ impl Controller {
     pub fn reload(&mut self, dp: &mut dyn Dataplane, config: Config) -> Result<usize> {
         self.services = service_models(&config);
         self.by_key = index_by_key(&self.services);
+        self.sweep_not_before = Duration::ZERO;
         self.config = config;
         let changed = self.apply_all(dp)?;
         if changed > 0 {

@@ -533,6 +533,11 @@ impl Programmer {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// (maxServices, maxBackends): the id spaces.
+    pub fn capacity(&self) -> (u32, u32) {
+        (self.max_services, self.max_backends)
+    }
+
     pub fn live_keys(&self) -> Vec<ServiceKey> {
         self.live.keys().copied().collect()
     }

@@ -119,6 +119,10 @@ struct AgentRun {
     /// /proc/<pid>/status. Includes the pages of the table map it has written (mapped).
     rss_bytes: u64,
     peak_rss_bytes: u64,
+    /// Its CPU time (user + system, /proc/<pid>/stat) over 5 s once ready, as a share of one
+    /// CPU: the cost of its timers (the outlier sweep of every service, the conntrack GC) with
+    /// nothing happening.
+    idle_cpu: f64,
 }
 
 #[derive(Serialize)]
@@ -331,11 +335,38 @@ fn agent_run(services: u32) -> Result<AgentRun> {
     let ready_ms = ms(started.elapsed());
     let pid = agent.pid().context("agent pid")?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let cpu_ticks = || -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (which may hold spaces): utime and stime are the 12th and
+        // 13th after its closing parenthesis.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("/proc/<pid>/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .context("/proc/<pid>/stat field")?
+                .parse()
+                .map_err(Into::into)
+        };
+        Ok(field(11)? + field(12)?)
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_ticks()?;
+    let window = Duration::from_secs(5);
+    std::thread::sleep(window);
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let idle_cpu = (cpu_ticks()? - before) as f64 / ticks_per_second / window.as_secs_f64();
     let run = AgentRun {
         config_bytes: yaml.len() as u64,
         ready_ms,
         rss_bytes: status_kib(&status, "VmRSS:")? * 1024,
         peak_rss_bytes: status_kib(&status, "VmHWM:")? * 1024,
+        idle_cpu,
     };
     agent.terminate()?;
     Ok(run)
