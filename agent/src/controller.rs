@@ -267,8 +267,9 @@ pub struct Controller {
     next_event_seq: u64,
     /// (A hash map: every service is looked up at every pass.)
     last_sweep: std::collections::HashMap<ServiceKey, Duration>,
-    /// Where the next sweep's reconcile starts in the list of services due.
-    reconcile_cursor: usize,
+    /// When each service was last reconciled (the sweep reconciles those due that waited
+    /// longest, [`RECONCILE_PER_PASS`] at most).
+    last_reconciled: std::collections::HashMap<ServiceKey, Duration>,
     /// No service is due for a sweep before this (ZERO after a reload: look again).
     sweep_not_before: Duration,
     /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
@@ -403,6 +404,28 @@ fn to_policy_locality_lb(
 /// Services a sweep reconciles at most (see [`Controller::sweep`]).
 const RECONCILE_PER_PASS: usize = 4096;
 
+/// Of the services `due`, the `budget` that were reconciled longest ago (never: first). Fair
+/// whatever groups of services fall due together: each waits at most ceil(n / budget) of the
+/// passes it is due in (a cursor into the changing list of those due starved some).
+fn least_recently_reconciled(
+    due: &[ServiceKey],
+    last: &std::collections::HashMap<ServiceKey, Duration>,
+    budget: usize,
+) -> std::collections::BTreeSet<ServiceKey> {
+    let mut order: Vec<(Duration, ServiceKey)> = due
+        .iter()
+        .map(|k| (last.get(k).copied().unwrap_or(Duration::ZERO), *k))
+        .collect();
+    if order.len() > budget {
+        if budget == 0 {
+            return Default::default();
+        }
+        order.select_nth_unstable(budget - 1);
+        order.truncate(budget);
+    }
+    order.into_iter().map(|(_, k)| k).collect()
+}
+
 /// Services a full apply computes and applies at once, at most, and endpoints (their policy
 /// outputs are in memory together).
 const SERVICES_PER_APPLY: usize = 4096;
@@ -431,7 +454,7 @@ impl Controller {
             revision: 0,
             next_event_seq: 1,
             last_sweep: std::collections::HashMap::new(),
-            reconcile_cursor: 0,
+            last_reconciled: std::collections::HashMap::new(),
             sweep_not_before: Duration::ZERO,
             reconcile_repairs: 0,
             connect_timeouts: ConnectTimeouts::default(),
@@ -921,19 +944,12 @@ impl Controller {
         // Reconcile compares the kernel's books with the agent's: bounded per pass, so with many
         // services it goes round them, RECONCILE_PER_PASS at a time (every service every
         // ceil(N / RECONCILE_PER_PASS) intervals), and a pass stays cheap at 100,000.
-        let reconciled: std::collections::BTreeSet<ServiceKey> = if due.is_empty() {
-            Default::default()
-        } else {
-            let start = self.reconcile_cursor % due.len();
-            let count = due.len().min(RECONCILE_PER_PASS);
-            self.reconcile_cursor = start + count;
-            due.iter()
-                .cycle()
-                .skip(start)
-                .take(count)
-                .map(|(k, _)| *k)
-                .collect()
-        };
+        let due_keys: Vec<ServiceKey> = due.iter().map(|(k, _)| *k).collect();
+        let reconciled =
+            least_recently_reconciled(&due_keys, &self.last_reconciled, RECONCILE_PER_PASS);
+        for key in &reconciled {
+            self.last_reconciled.insert(*key, now);
+        }
         let books: Vec<(u32, Vec<u32>)> = reconciled
             .iter()
             .filter_map(|key| self.programmer.service(key))

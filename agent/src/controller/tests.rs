@@ -200,3 +200,36 @@ fn a_reload_that_removes_the_service_retires_its_entry() {
     assert!(dp.take_log().contains(&Write::RemoveService(key())));
     assert!(dp.services.is_empty());
 }
+
+/// Reconcile goes round the services due, least recently reconciled first: a large group and a
+/// single service falling due in turn (a reload added it in another phase) both get theirs —
+/// every service of the group within ceil(n / budget) of its passes.
+#[test]
+fn reconcile_goes_round_every_service_whatever_falls_due_together() {
+    let service = |port: u16| ServiceKey {
+        port: port.to_be(),
+        ..key()
+    };
+    let group: Vec<ServiceKey> = (0..10).map(service).collect();
+    let single = vec![service(100)];
+    let mut last = std::collections::HashMap::new();
+    let mut reconciled_at: std::collections::HashMap<ServiceKey, Vec<u64>> = Default::default();
+    for pass in 0..12u64 {
+        let due = if pass % 2 == 0 { &group } else { &single };
+        let chosen = least_recently_reconciled(due, &last, 3);
+        assert_eq!(chosen.len(), due.len().min(3));
+        for k in chosen {
+            last.insert(k, Duration::from_secs(pass + 1));
+            reconciled_at.entry(k).or_default().push(pass);
+        }
+    }
+    // Six passes of the group, three at a time: each of its ten within every four of them.
+    for k in &group {
+        let passes = &reconciled_at[k];
+        assert!(!passes.is_empty(), "{k:?} never reconciled");
+        let first = passes[0];
+        assert!(first < 8, "{k:?} first reconciled at pass {first}");
+    }
+    assert_eq!(reconciled_at[&single[0]].len(), 6);
+    assert!(least_recently_reconciled(&group, &last, 0).is_empty());
+}
