@@ -808,6 +808,13 @@ impl Controller {
             return Ok(());
         };
         let Some(od) = service.policy.outlier_detection.clone() else {
+            // Ejected under outlier settings a reload has since removed (the event was on its
+            // way): no ejection now, as for the service's other ejections (the orphan path of
+            // the sweep), or the host would stay out of rotation for good.
+            if dp.read_backend_state(event.backend_id)?.ejected != 0 {
+                dp.write_backend_state(event.backend_id, &BackendState::default())?;
+                self.programmer.release_ejections(dp, &key, 1)?;
+            }
             return Ok(());
         };
         let health = self.health.entry((key, addr, port)).or_default();

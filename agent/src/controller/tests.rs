@@ -233,3 +233,40 @@ fn reconcile_goes_round_every_service_whatever_falls_due_together() {
     assert_eq!(reconciled_at[&single[0]].len(), 6);
     assert!(least_recently_reconciled(&group, &last, 0).is_empty());
 }
+
+/// A kernel ejection reported after a reload removed the service's outlierDetection (the event
+/// was on its way) is undone: the flag cleared and the budget slot given back, not left to keep
+/// a healthy host out of rotation for good.
+#[test]
+fn an_ejection_reported_after_outlier_detection_was_removed_is_undone() {
+    let (mut controller, mut dp) = started("http");
+    let hz1 = backend_id(&controller, 11);
+    let mut without = config("http");
+    if let Some(policy) = without.services[0].traffic_policy.as_mut() {
+        policy.outlier_detection = None;
+    }
+    controller.reload(&mut dp, without).unwrap();
+    // The kernel ejected it just before the reload's entries reached it.
+    dp.backend_state.insert(
+        hz1,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(&key()).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+    let event = KernelEvent {
+        kind: EVENT_EJECTED,
+        backend_id: hz1,
+        consecutive_5xx: 1,
+        ..KernelEvent::default()
+    };
+    controller
+        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
+        .unwrap();
+    assert_eq!(dp.backend_state[&hz1].ejected, 0);
+    let live = controller.programmer.service(&key()).unwrap();
+    assert_eq!(live.ejections_released, 1, "the budget slot is given back");
+    assert!(events(&controller, EventKind::Ejection).is_empty());
+}
