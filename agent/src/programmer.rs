@@ -728,18 +728,15 @@ impl Programmer {
         self.start_change(dp);
         let slots: Vec<Vec<TableChunk>> = services
             .par_iter()
-            // (None for a service `take` refuses for its size.)
-            .map(
-                |desired| match desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
-                    true => Vec::new(),
-                    false => slot_chunks(desired, table_size_for(desired)),
-                },
-            )
+            .map(|desired| maglev_slots(desired))
             .collect();
         let mut ready = Vec::new();
         for ((i, desired), slots) in services.iter().enumerate().zip(slots) {
             let mut grace = 0;
-            match self.take(dp, desired, None, slots, &mut grace) {
+            match self
+                .take_resources(dp, desired, None, slots, &mut grace)
+                .map_err(|e| not_changed(e, desired))
+            {
                 Ok(taken) => {
                     let plan = plan(desired, &taken, None);
                     ready.push((i, taken, plan, grace));
@@ -779,7 +776,7 @@ impl Programmer {
                 Ok(()) => self.commit(dp, desired, &taken, plan, None).map(|()| grace),
                 Err(e) => {
                     self.abandon(dp, desired, None, taken);
-                    Err(e.context(format!("{}: not changed", desired.name)))
+                    Err(not_changed(e, desired))
                 }
             });
         }
@@ -810,11 +807,11 @@ impl Programmer {
         let mut grace = 0;
         self.start_change(dp);
         let existing = self.live.remove(&desired.key);
-        let slots = match desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
-            true => Vec::new(), // refused by `take`
-            false => slot_chunks(desired, table_size_for(desired)),
-        };
-        let taken = match self.take(dp, desired, existing.as_ref(), slots, &mut grace) {
+        let slots = maglev_slots(desired);
+        let taken = match self
+            .take_resources(dp, desired, existing.as_ref(), slots, &mut grace)
+            .map_err(|e| not_changed(e, desired))
+        {
             Ok(taken) => taken,
             Err(e) => {
                 if let Some(live) = existing {
@@ -826,7 +823,7 @@ impl Programmer {
         let plan = plan(desired, &taken, existing.as_ref());
         if let Err(e) = plan.write(dp, &desired.key, &taken) {
             self.abandon(dp, desired, existing, taken);
-            return Err(e.context(format!("{}: not changed", desired.name)));
+            return Err(not_changed(e, desired));
         }
         self.commit(dp, desired, &taken, plan, existing)?;
         Ok(grace)
@@ -843,28 +840,6 @@ impl Programmer {
         if let Some(newest) = self.retired_tables.iter().map(|(seq, _)| *seq).max() {
             dp.request_grace(newest);
         }
-    }
-
-    /// [`Self::take_resources`] for a service that fits a table at all; `slots` are its
-    /// Maglev slots ([`slot_chunks`]).
-    fn take(
-        &mut self,
-        dp: &mut dyn Dataplane,
-        desired: &DesiredService,
-        live: Option<&LiveService>,
-        slots: Vec<TableChunk>,
-        grace: &mut usize,
-    ) -> Result<Taken> {
-        if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
-            bail!(
-                "{}: {} backends, more than the {} a service can have",
-                desired.name,
-                desired.backends.len(),
-                MAX_BACKENDS_PER_SERVICE
-            );
-        }
-        self.take_resources(dp, desired, live, slots, grace)
-            .map_err(|e| e.context(format!("{}: not changed", desired.name)))
     }
 
     /// The books once a change is live (its flip done, or its table kept), then the backends
@@ -975,7 +950,8 @@ impl Programmer {
     }
 
     /// The ids and table chunks `desired` needs, all or none: what was taken is given back
-    /// when the next one runs out. No map is written.
+    /// when the next one runs out. No map is written. `slots` are its Maglev slots
+    /// ([`maglev_slots`]).
     fn take_resources(
         &mut self,
         dp: &mut dyn Dataplane,
@@ -984,6 +960,14 @@ impl Programmer {
         slots: Vec<TableChunk>,
         grace: &mut usize,
     ) -> Result<Taken> {
+        if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            bail!(
+                "{}: {} backends, more than the {} a service can have",
+                desired.name,
+                desired.backends.len(),
+                MAX_BACKENDS_PER_SERVICE
+            );
+        }
         let (id, new_service) = match live {
             Some(live) => (live.id, false),
             None => (self.allocate_service_id(dp, grace)?, true),
@@ -1265,6 +1249,20 @@ fn id_chunks(ids: &[u32]) -> Vec<TableChunk> {
         chunks.push(chunk);
     }
     chunks
+}
+
+/// `e` of a change that left `desired`'s service as it was.
+fn not_changed(e: anyhow::Error, desired: &DesiredService) -> anyhow::Error {
+    e.context(format!("{}: not changed", desired.name))
+}
+
+/// A change's Maglev slots ([`slot_chunks`] at its size); none for a service with more backends
+/// than a table can index, which [`Programmer::take_resources`] refuses.
+fn maglev_slots(desired: &DesiredService) -> Vec<TableChunk> {
+    if desired.backends.len() > MAX_BACKENDS_PER_SERVICE {
+        return Vec::new();
+    }
+    slot_chunks(desired, table_size_for(desired))
 }
 
 /// The Maglev part of a table: `size` slots over `desired.backends`, 32 to a chunk (none for
