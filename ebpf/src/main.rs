@@ -124,8 +124,8 @@ pub fn geosteer_xdp(ctx: XdpContext) -> u32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// TC: headers are read with bpf_skb_load_bytes (works for non-linear skbs too) and rewritten with
-// bpf_skb_store_bytes + the kernel's checksum helpers, which also handle CHECKSUM_PARTIAL skbs
+// TC: headers are read in place from the skb's linear part (bpf_skb_load_bytes where they are not
+// in it: non-linear skbs) and rewritten with bpf_skb_store_bytes + the kernel's checksum helpers, which also handle CHECKSUM_PARTIAL skbs
 // (locally generated packets whose L4 checksum is finished by the device).
 
 /// An ICMP error: where its parts are, and the packet it quotes.
@@ -160,15 +160,19 @@ fn count_vlan_bypass(ether_type: u16, inner_daddr: Option<u32>) {
     }
 }
 
-fn tc_parse(ctx: &TcContext) -> Parsed {
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+/// Reads the headers of a frame for either program type: `bytes` reads in place where the
+/// frame's linear part holds them, through the load helper where it does not. With
+/// `ports_of_first_fragments` false (XDP, which hands every fragment to TC) a first fragment is
+/// a [`Parsed::Fragment`] too, whatever its L4 header holds.
+fn parse(bytes: &impl PacketBytes, len: u32, ports_of_first_fragments: bool) -> Parsed {
+    let Some(ether_type) = bytes.read::<u16>(core::mem::offset_of!(EthHdr, ether_type)) else {
         return Parsed::Other;
     };
-    if eth.ether_type != ETH_P_IP_BE {
-        count_vlan_bypass(eth.ether_type, ctx.load::<u32>(VLAN_IP_DST_OFF).ok());
+    if ether_type != ETH_P_IP_BE {
+        count_vlan_bypass(ether_type, bytes.read::<u32>(VLAN_IP_DST_OFF));
         return Parsed::Other;
     }
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(ETH_HLEN) else {
+    let Some(ip) = bytes.read::<Ipv4Hdr>(ETH_HLEN) else {
         return Parsed::Other; // too short to hold an address: cannot be for a VIP
     };
     let daddr = u32::from_ne_bytes(ip.dst_addr);
@@ -181,12 +185,12 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
         if fragment_offset != 0 || more_fragments {
             return Parsed::Other;
         }
-        return tc_parse_icmp(ctx, &ip, ETH_HLEN + ihl);
+        return parse_icmp(bytes, &ip, ETH_HLEN + ihl);
     }
     if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
         return Parsed::Other;
     }
-    if fragment_offset != 0 {
+    if fragment_offset != 0 || (more_fragments && !ports_of_first_fragments) {
         return Parsed::Fragment {
             saddr: u32::from_ne_bytes(ip.src_addr),
             daddr,
@@ -195,18 +199,15 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
         };
     }
     let l4_off = ETH_HLEN + ihl;
-    let mut flow = new_flow(&ip, daddr, l4_off, ctx.len());
+    let mut flow = new_flow(&ip, daddr, l4_off, len);
     if ip.proto == PROTO_TCP {
-        let Ok(tcp) = ctx.load::<TcpHdr>(l4_off) else {
+        // The header as bytes: its data offset and flags (bytes 12 and 13) are a bitfield.
+        let Some(tcp) = bytes.read::<[u8; TcpHdr::LEN]>(l4_off) else {
             return Parsed::Truncated { daddr };
         };
-        // Byte 13 of the TCP header holds the flags (CWR..FIN); byte 12's high nibble is doff.
-        let Ok(flag_bytes) = ctx.load::<[u8; 2]>(l4_off + 12) else {
-            return Parsed::Truncated { daddr };
-        };
-        set_tcp(&mut flow, &ip, &tcp, flag_bytes);
+        set_tcp(&mut flow, &ip, &tcp);
     } else {
-        let Ok(udp) = ctx.load::<UdpHdr>(l4_off) else {
+        let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
             return Parsed::Truncated { daddr };
         };
         flow.sport = u16::from_ne_bytes(udp.src);
@@ -219,8 +220,8 @@ fn tc_parse(ctx: &TcContext) -> Parsed {
 }
 
 /// An ICMP error quoting an IPv4 TCP or UDP packet; anything else is `Other`.
-fn tc_parse_icmp(ctx: &TcContext, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed {
-    let Ok([icmp_type, _code]) = ctx.load::<[u8; 2]>(icmp_off) else {
+fn parse_icmp(bytes: &impl PacketBytes, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed {
+    let Some([icmp_type, _code]) = bytes.read::<[u8; 2]>(icmp_off) else {
         return Parsed::Other;
     };
     if !matches!(
@@ -230,7 +231,7 @@ fn tc_parse_icmp(ctx: &TcContext, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed {
         return Parsed::Other;
     }
     let inner_ip_off = icmp_off + 8;
-    let Ok(inner) = ctx.load::<Ipv4Hdr>(inner_ip_off) else {
+    let Some(inner) = bytes.read::<Ipv4Hdr>(inner_ip_off) else {
         return Parsed::Other;
     };
     let inner_ihl = ((inner.vihl & 0x0f) as usize) * 4;
@@ -241,7 +242,7 @@ fn tc_parse_icmp(ctx: &TcContext, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed {
         return Parsed::Other;
     }
     let inner_l4_off = inner_ip_off + inner_ihl;
-    let Ok(ports) = ctx.load::<[u8; 4]>(inner_l4_off) else {
+    let Some(ports) = bytes.read::<[u8; 4]>(inner_l4_off) else {
         return Parsed::Other;
     };
     Parsed::IcmpError(IcmpError {
@@ -277,14 +278,15 @@ fn new_flow(ip: &Ipv4Hdr, daddr: u32, l4_off: usize, len: u32) -> Flow {
     }
 }
 
-/// Fills in the TCP fields; `flag_bytes` are header bytes 12 and 13 (data offset, flags).
-fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &TcpHdr, flag_bytes: [u8; 2]) {
-    flow.sport = u16::from_ne_bytes(tcp.source);
-    flow.dport = u16::from_ne_bytes(tcp.dest);
-    flow.seq = u32::from_be_bytes(tcp.seq);
-    flow.ack = u32::from_be_bytes(tcp.ack_seq);
-    flow.tcp_flags = flag_bytes[1];
-    let header_len = ((flag_bytes[0] >> 4) as u32) * 4;
+/// Fills in the TCP fields from the header's bytes.
+fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &[u8; TcpHdr::LEN]) {
+    flow.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
+    flow.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
+    flow.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    flow.ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
+    // Byte 12's high nibble is the data offset; byte 13 holds the flags (CWR..FIN).
+    flow.tcp_flags = tcp[13];
+    let header_len = ((tcp[12] >> 4) as u32) * 4;
     let ip_header_len = flow.l4_off - ETH_HLEN as u32;
     flow.payload_off = flow.l4_off + header_len;
     // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
@@ -292,20 +294,42 @@ fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &TcpHdr, flag_bytes: [u8; 2]) {
         (u16::from_be_bytes(ip.tot_len) as u32).saturating_sub(ip_header_len + header_len);
 }
 
-/// Packet bytes through bpf_skb_load_bytes (non-linear skbs included).
+/// Reads a `T` at `offset` in place when the bytes lie inside `start..end` (a frame's linear
+/// part): a bounds check the verifier can follow and a copy, where a helper call would cost more
+/// than the rest of the read.
+#[inline(always)]
+fn read_linear<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
+    // The verifier bounds a packet read only if it knows the read ends below 64 KiB.
+    let size = core::mem::size_of::<T>();
+    if offset > 0xffff - size || start + offset + size > end {
+        return None;
+    }
+    // SAFETY: the check above keeps the read inside the packet; packet bytes have no alignment.
+    Some(unsafe { ((start + offset) as *const T).read_unaligned() })
+}
+
+/// Packet bytes of an skb: in place from its linear part, else through bpf_skb_load_bytes
+/// (non-linear skbs: headers in paged fragments after GRO or from some drivers).
 struct TcBytes<'a>(&'a TcContext);
 
 impl PacketBytes for TcBytes<'_> {
+    #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        self.0.load::<T>(offset).ok()
+        read_linear(self.0.data(), self.0.data_end(), offset)
+            .or_else(|| self.0.load::<T>(offset).ok())
     }
 }
 
-/// Packet bytes through bpf_xdp_load_bytes (multi-buffer frames included).
+/// Packet bytes of an XDP frame: in place from its first buffer, else through
+/// bpf_xdp_load_bytes (multi-buffer frames).
 struct XdpBytes<'a>(&'a XdpContext);
 
 impl PacketBytes for XdpBytes<'_> {
+    #[inline(always)]
     fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        if let Some(value) = read_linear(self.0.data(), self.0.data_end(), offset) {
+            return Some(value);
+        }
         let mut value = core::mem::MaybeUninit::<T>::uninit();
         // SAFETY: the helper writes exactly size_of::<T>() bytes into `value` or fails.
         let rc = unsafe {
@@ -322,7 +346,7 @@ impl PacketBytes for XdpBytes<'_> {
 }
 
 fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
-    let (flow, fragment_id) = match tc_parse(ctx) {
+    let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Other => return Ok(TC_ACT_OK as i32),
         Parsed::Fragment {
             saddr,
@@ -383,7 +407,7 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
 }
 
 fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
-    let (flow, fragment_id) = match tc_parse(ctx) {
+    let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Flow(flow) => (flow, None),
         Parsed::FirstFragment(flow, id) => (flow, Some(id)),
         Parsed::Fragment {
@@ -563,73 +587,14 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-fn xdp_parse(ctx: &XdpContext) -> Parsed {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Other;
-    };
-    // SAFETY: ptr_at checked the header lies inside the packet.
-    let ether_type = unsafe { (*eth).ether_type };
-    if ether_type != ETH_P_IP_BE {
-        // SAFETY: ptr_at checked the bytes lie inside the packet.
-        let inner = ptr_at::<u32>(ctx, VLAN_IP_DST_OFF).map(|p| unsafe { p.read_unaligned() });
-        count_vlan_bypass(ether_type, inner);
-        return Parsed::Other;
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return Parsed::Other;
-    };
-    // SAFETY: as above.
-    let ip = unsafe { &*ip };
-    let daddr = u32::from_ne_bytes(ip.dst_addr);
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return Parsed::Truncated { daddr };
-    }
-    if ip.proto != PROTO_TCP && ip.proto != PROTO_UDP {
-        return Parsed::Other;
-    }
-    // XDP leaves fragments to TC ingress: see xdp_request.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
-        return Parsed::Fragment {
-            saddr: u32::from_ne_bytes(ip.src_addr),
-            daddr,
-            id: u16::from_ne_bytes(ip.id),
-            proto: ip.proto,
-        };
-    }
-    let l4_off = ETH_HLEN + ihl;
-    let mut flow = new_flow(ip, daddr, l4_off, (ctx.data_end() - ctx.data()) as u32);
-    if ip.proto == PROTO_TCP {
-        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
-            return Parsed::Truncated { daddr };
-        };
-        // Data offset and flags are bytes 12 and 13 of the header, read through the pointer
-        // that was bounds-checked (a second check on a recomputed pointer gets merged away by
-        // LLVM, and the verifier then rejects the access).
-        // SAFETY: as above; 13 < size_of::<TcpHdr>().
-        unsafe {
-            let flag_bytes = [*(tcp as *const u8).add(12), *(tcp as *const u8).add(13)];
-            set_tcp(&mut flow, ip, &*tcp, flag_bytes);
-        }
-    } else {
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
-            return Parsed::Truncated { daddr };
-        };
-        // SAFETY: as above.
-        let udp = unsafe { &*udp };
-        flow.sport = u16::from_ne_bytes(udp.src);
-        flow.dport = u16::from_ne_bytes(udp.dst);
-    }
-    Parsed::Flow(flow)
-}
-
 fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
-    let flow = match xdp_parse(ctx) {
-        Parsed::Other | Parsed::IcmpError(_) | Parsed::FirstFragment(..) => {
-            return Ok(xdp_action::XDP_PASS);
-        }
-        // Fragments follow their first fragment through the fragment map, in TC.
-        Parsed::Fragment { .. } => return Ok(xdp_action::XDP_PASS),
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let flow = match parse(&XdpBytes(ctx), len, false) {
+        // ICMP errors are translated in TC.
+        Parsed::Other | Parsed::IcmpError(_) => return Ok(xdp_action::XDP_PASS),
+        // Fragments follow their first fragment through the fragment map, in TC: XDP leaves the
+        // whole datagram to it.
+        Parsed::FirstFragment(..) | Parsed::Fragment { .. } => return Ok(xdp_action::XDP_PASS),
         Parsed::Truncated { daddr } => return Ok(xdp_drop_if_vip(daddr, DropReason::Truncated)),
         Parsed::Flow(flow) => flow,
     };
