@@ -390,7 +390,7 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Nat(nat) => {
-            tc_rewrite(ctx, &flow, IP_DST_OFF, flow.daddr, flow.dport, &nat, 2)?;
+            tc_rewrite(ctx, &flow, Side::Destination, &nat)?;
             if let Some(id) = fragment_id {
                 steer::remember_fragment(
                     flow.saddr,
@@ -433,7 +433,7 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
         }
         return Ok(TC_ACT_OK as i32);
     };
-    tc_rewrite(ctx, &flow, IP_SRC_OFF, flow.saddr, flow.sport, &nat, 0)?;
+    tc_rewrite(ctx, &flow, Side::Source, &nat)?;
     if let Some(id) = fragment_id {
         steer::remember_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY, nat.addr);
     }
@@ -535,18 +535,21 @@ fn drop_if_vip(daddr: u32, reason: DropReason) -> i32 {
     }
 }
 
-/// Rewrites one address and its port (destination on requests, source on replies).
-/// `port_field` is the port's offset inside the L4 header (2 = destination, 0 = source).
-fn tc_rewrite(
-    ctx: &TcContext,
-    flow: &Flow,
-    addr_off: usize,
-    old_addr: u32,
-    old_port: u16,
-    nat: &Nat,
-    port_field: usize,
-) -> Result<(), ()> {
+/// Which end of a packet a translation rewrites: the destination of requests, the source of
+/// replies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites one address and its port, with the L4 and IP checksums.
+fn tc_rewrite(ctx: &TcContext, flow: &Flow, side: Side, nat: &Nat) -> Result<(), ()> {
     let l4_off = flow.l4_off as usize;
+    let (old_addr, old_port) = match side {
+        Side::Source => (flow.saddr, flow.sport),
+        Side::Destination => (flow.daddr, flow.dport),
+    };
     let (check_off, mangled) = if flow.proto == PROTO_TCP {
         (l4_off + TCP_CHECK_OFF, 0)
     } else {
@@ -554,6 +557,8 @@ fn tc_rewrite(
         (l4_off + UDP_CHECK_OFF, BPF_F_MARK_MANGLED_0 as u64)
     };
     let (new_addr, new_port) = (nat.addr, nat.port);
+    // The L4 checksum through the helper: it knows how the skb's checksum is kept (a
+    // CHECKSUM_PARTIAL one holds only the pseudo-header sum, which the port is not part of).
     ctx.l4_csum_replace(
         check_off,
         old_addr as u64,
@@ -563,12 +568,48 @@ fn tc_rewrite(
     .map_err(|_| ())?;
     ctx.l4_csum_replace(check_off, old_port as u64, new_port as u64, mangled | 2)
         .map_err(|_| ())?;
+    if l4_off == ETH_HLEN + Ipv4Hdr::LEN {
+        // Without IP options the IP checksum, both addresses and both ports are one run of bytes:
+        // one store instead of the IP checksum helper and two stores. The IP header's sum stays
+        // what it was, so a CHECKSUM_COMPLETE skb's sum needs no change for it (nor did it with
+        // the helper); the port's change is offset by the L4 checksum's, as before.
+        let old_check: u16 = TcBytes(ctx).read(IP_CHECK_OFF).ok_or(())?;
+        let check = csum::replace32(old_check, old_addr, new_addr);
+        let (saddr, daddr, sport, dport) = match side {
+            Side::Source => (new_addr, flow.daddr, new_port, flow.dport),
+            Side::Destination => (flow.saddr, new_addr, flow.sport, new_port),
+        };
+        let run = NatRun {
+            check: check.to_ne_bytes(),
+            saddr: saddr.to_ne_bytes(),
+            daddr: daddr.to_ne_bytes(),
+            sport: sport.to_ne_bytes(),
+            dport: dport.to_ne_bytes(),
+        };
+        return ctx.store(IP_CHECK_OFF, &run, 0).map_err(|_| ());
+    }
+    let (addr_off, port_field) = match side {
+        Side::Source => (IP_SRC_OFF, 0),
+        Side::Destination => (IP_DST_OFF, 2),
+    };
     ctx.l3_csum_replace(IP_CHECK_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(|_| ())?;
     ctx.store(addr_off, &new_addr, 0).map_err(|_| ())?;
     ctx.store(l4_off + port_field, &new_port, 0)
         .map_err(|_| ())?;
     Ok(())
+}
+
+/// An IPv4 header without options from its checksum on, and the ports after it: the bytes a
+/// translation changes, in wire order.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NatRun {
+    check: [u8; 2],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
 }
 
 // ---------------------------------------------------------------------------------------------

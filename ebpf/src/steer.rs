@@ -63,7 +63,7 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -225,6 +225,16 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The same clock (CLOCK_MONOTONIC) as of the last tick (1/HZ, ≤ 4 ms here): for the time a
+/// packet of a tracked flow was seen, which only idle timeouts of seconds read. It reads a value
+/// the kernel keeps, where [`now_ns`] reads the clock source: a fifth of an established packet's
+/// cost on the machine profiled. Never compared with [`now_ns`] finer than a tick (UDP flows,
+/// whose idle timeout is judged per datagram, keep the exact clock).
+fn last_seen_now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 fn settings() -> Settings {
     SETTINGS.get(0).copied().unwrap_or_default()
 }
@@ -262,21 +272,31 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         forget_superseded_nat(flow);
         return Verdict::Pass;
     };
-    let now = now_ns();
     let ct_key = packet_key(flow, DIR_ORIGINAL);
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
         // SAFETY: LRU map values stay valid during the program run; fields are plain data.
         let entry = unsafe { &mut *entry };
-        let resteer = must_resteer(flow, entry, now)
+        // UDP's idle timeout is judged per datagram against this time: the exact clock there.
+        let seen = if flow.proto == PROTO_UDP {
+            now_ns()
+        } else {
+            last_seen_now_ns()
+        };
+        let resteer = must_resteer(flow, entry, seen)
             || (flow.proto == PROTO_TCP
                 && is_pure_syn(flow.tcp_flags)
                 && entry.tcp_state == TCP_ESTABLISHED
                 && closed_both_ways(flow, entry));
         if !resteer {
-            entry.last_seen_ns = now;
-            let drained = flow.proto == PROTO_TCP && track_request(flow, entry, bytes, now);
+            entry.last_seen_ns = seen;
+            // The reply half is looked up once per packet: for its request bookkeeping and to
+            // rebuild it if it was evicted.
+            let reply = reply_half(flow, entry);
+            let drained = flow.proto == PROTO_TCP && track_request(flow, entry, reply, bytes);
             if !drained {
-                restore_reply_half(flow, entry, now);
+                if reply.is_none() {
+                    restore_reply_half(flow, entry, seen);
+                }
                 count_request(service.id, entry.backend_id, flow.len, false);
                 return Verdict::Nat(Nat {
                     addr: entry.nat_addr,
@@ -292,6 +312,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         // the new flow.
         remove_own_reply_half(flow, entry.nat_addr, entry.nat_port);
     }
+    let now = now_ns();
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let Some((backend_id, backend)) = choose(&service, flow, config.affinity_timeout_s, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
@@ -509,11 +530,26 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
     })
 }
 
+/// The entry under the reply key of a tracked flow (its own reply half, or another VIP's that
+/// took the translated tuple over: see [`reply_half_of`]).
+#[inline(always)]
+fn reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
+    let key = reply_key(
+        original.nat_addr,
+        original.nat_port,
+        flow.saddr,
+        flow.sport,
+        flow.proto,
+    );
+    CONNTRACK.get_ptr_mut(&key)
+}
+
 /// The two halves of a flow are separate LRU entries, and the LRU may evict one alone (a
 /// flood of new flows, a full table). A packet that finds its half rebuilds the other from it,
 /// so an established flow never loses its reverse NAT (replies leaving with the backend's
 /// address) nor its backend (re-steered mid-stream). The rebuilt reply half starts with no
-/// response awaited: the next request arms it again.
+/// response awaited: the next request arms it again. Called when no entry is under the reply
+/// key ([`reply_half`]).
 #[inline(always)]
 fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
     let key = reply_key(
@@ -523,10 +559,6 @@ fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
         flow.sport,
         flow.proto,
     );
-    // SAFETY: read-only lookup.
-    if unsafe { CONNTRACK.get(&key) }.is_some() {
-        return;
-    }
     let reply = FlowValue {
         backend_id: original.backend_id,
         service_id: original.service_id,
@@ -698,16 +730,6 @@ fn reply_half_of(reply: &FlowValue, flow: &Flow) -> bool {
     reply.nat_addr == flow.daddr && reply.nat_port == flow.dport
 }
 
-/// This flow's reply half (client `flow.saddr:sport` through `flow.daddr:dport`, translated
-/// to `backend:backend_port`), if the entry under its key is its own.
-#[inline(always)]
-fn own_reply_half(flow: &Flow, backend: u32, backend_port: u16) -> Option<*mut FlowValue> {
-    let key = reply_key(backend, backend_port, flow.saddr, flow.sport, flow.proto);
-    let reply = CONNTRACK.get_ptr_mut(&key)?;
-    // SAFETY: a live LRU value; two plain fields read.
-    unsafe { reply_half_of(&*reply, flow) }.then_some(reply)
-}
-
 /// Removes this flow's reply half, and only its own (see [`reply_half_of`]): a live flow of
 /// another VIP may own the key. Not inlined: its key would take stack from the request path.
 #[inline(never)]
@@ -723,7 +745,12 @@ fn remove_own_reply_half(flow: &Flow, backend: u32, backend_port: u16) {
 /// request starts that tell the reply path where a response begins. Returns true when this
 /// packet starts a request on an HTTP/1.x flow that must drain (its backend left rotation):
 /// the previous response is complete, so the connection ends here.
-fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, now: u64) -> bool {
+fn track_request(
+    flow: &Flow,
+    entry: &mut FlowValue,
+    reply: Option<*mut FlowValue>,
+    bytes: &impl PacketBytes,
+) -> bool {
     let flags = flow.tcp_flags;
     if flags & TCP_RST != 0 {
         if rst_in_window(flow, entry) {
@@ -741,7 +768,7 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
     if is_pure_syn(flags) && entry.tcp_state == TCP_SYN_SENT {
         // A retransmission repeats the ISN; a SYN with another one is some other packet.
         if flow.seq == entry.req_seq {
-            check_syn_retransmit(entry, now);
+            check_syn_retransmit(entry, now_ns());
         }
         return false;
     }
@@ -749,7 +776,7 @@ fn track_request(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes, n
         && (entry.tcp_state == TCP_ESTABLISHED || entry.tcp_state == TCP_MIDSTREAM)
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
-        return request_payload(flow, entry, bytes);
+        return request_payload(flow, entry, reply, bytes);
     }
     false
 }
@@ -896,7 +923,12 @@ pub fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
 
 /// Client payload on an established HTTP/1.x (or not yet detected) flow. Returns whether the
 /// flow drains here (see [`track_request`]).
-fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes) -> bool {
+fn request_payload(
+    flow: &Flow,
+    entry: &mut FlowValue,
+    reply: Option<*mut FlowValue>,
+    bytes: &impl PacketBytes,
+) -> bool {
     // Shorter than a method and its space: neither a request start nor a verdict on the
     // protocol (Istio's sniffer also waits for more bytes).
     if flow.payload_len < METHOD_PREFIX_LEN as u32 {
@@ -909,11 +941,14 @@ fn request_payload(flow: &Flow, entry: &mut FlowValue, bytes: &impl PacketBytes)
     if entry.app_protocol == APP_PROTOCOL_HTTP1 && !starts_request {
         return false; // a request body, or a request line's continuation
     }
-    let Some(reply) = own_reply_half(flow, entry.nat_addr, entry.nat_port) else {
+    // Only this flow's own reply half (a live flow of another VIP may hold the key).
+    // SAFETY: LRU map value valid for this run; plain data.
+    let Some(reply) = reply.map(|reply| unsafe { &mut *reply }) else {
         return false;
     };
-    // SAFETY: LRU map value valid for this run; plain data.
-    let reply = unsafe { &mut *reply };
+    if !reply_half_of(reply, flow) {
+        return false;
+    }
     if entry.app_protocol == APP_PROTOCOL_DETECT {
         if reply.app_protocol == APP_PROTOCOL_DETECT {
             // Istio's sniffing: the client's first bytes decide.
@@ -1172,7 +1207,7 @@ pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
     let entry = unsafe { &mut *entry };
     // Both halves' activity decides when the agent's GC may end the flow: a server that
     // streams to a silent client keeps it alive.
-    let now = now_ns();
+    let now = last_seen_now_ns();
     entry.last_seen_ns = now;
     restore_original_half(flow, entry, now);
     let backend_id = entry.backend_id;
