@@ -5,10 +5,10 @@
 //!
 //! On a fresh machine the kernel build's tools (nightly's rust-src, bpf-linker) are not there yet:
 //! `cargo xtask` itself links this crate (through the lab library) and installs them only once it
-//! runs. So a missing tool is a warning and an empty object, never a build failure, and the script
-//! runs again as soon as the tool appears (cargo re-runs a build script whose watched file is
-//! missing or newer).
-use std::{env, fs, path::PathBuf};
+//! runs. So a tool that is known to be missing is a warning and an empty object (the loader's
+//! error then names the cause), never a build failure; the script then runs again on every build
+//! until the tools are there. Where it cannot tell (no rustup), aya-build decides, as before.
+use std::{env, fs, path::PathBuf, process::Command};
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -21,12 +21,15 @@ fn main() -> anyhow::Result<()> {
     if !skip && !missing.is_empty() {
         for tool in &missing {
             println!(
-                "cargo:warning=kernel programs not built: {} is missing (`cargo xtask install` adds it); the agent cannot load until it is there",
-                tool.display()
+                "cargo:warning=kernel programs not built: {tool} is missing (`cargo xtask install` adds it); the agent cannot load until it is there"
             );
-            println!("cargo:rerun-if-changed={}", tool.display());
         }
-        println!("cargo:rerun-if-changed=../ebpf");
+        // A file that never exists: cargo runs this script again on every build, so the kernel
+        // programs are built as soon as the tools are installed, whatever their files' mtimes.
+        println!(
+            "cargo:rerun-if-changed={}",
+            out_dir.join("kernel-tools-were-missing").display()
+        );
         fs::write(&object, [])?;
         return Ok(());
     }
@@ -38,34 +41,50 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
 }
 
-/// The files the kernel build needs that are not on this machine: nightly's standard library
-/// sources (`-Z build-std`) and bpf-linker.
-fn missing_tools() -> Vec<PathBuf> {
-    let mut missing = Vec::new();
-    let home = env::var_os("HOME").map(PathBuf::from);
-    let rustup_home = env::var_os("RUSTUP_HOME")
-        .map(PathBuf::from)
-        .or_else(|| home.as_ref().map(|home| home.join(".rustup")));
-    let host = env::var("HOST").unwrap_or_default();
-    if let Some(rustup_home) = rustup_home {
-        let std_sources = rustup_home.join(format!(
-            "toolchains/nightly-{host}/lib/rustlib/src/rust/library/Cargo.lock"
-        ));
-        if !std_sources.exists() {
-            missing.push(std_sources);
-        }
+/// The kernel build's tools that are known to be missing: nightly's standard library sources
+/// (`-Z build-std`), asked of the nightly toolchain aya-build will use, and bpf-linker.
+fn missing_tools() -> Vec<String> {
+    // Without rustup (a toolchain from elsewhere) nothing is judged: aya-build reports.
+    let Some(toolchains) = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+    else {
+        return Vec::new();
+    };
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|line| line.starts_with("nightly"))
+    {
+        return vec!["the nightly toolchain".to_string()];
     }
-    let linker = env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| home.map(|home| home.join(".cargo")))
-        .map(|home| home.join("bin/bpf-linker"));
+    let Some(sysroot) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    else {
+        return Vec::new();
+    };
+    let mut missing = Vec::new();
+    if !sysroot
+        .join("lib/rustlib/src/rust/library/Cargo.lock")
+        .exists()
+    {
+        missing.push("the nightly toolchain's rust-src component".to_string());
+    }
     let on_path = env::var_os("PATH")
         .is_some_and(|path| env::split_paths(&path).any(|dir| dir.join("bpf-linker").exists()));
-    if let Some(linker) = linker
-        && !on_path
-        && !linker.exists()
-    {
-        missing.push(linker);
+    let in_cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .is_some_and(|home| home.join("bin/bpf-linker").exists());
+    if !on_path && !in_cargo_home {
+        missing.push("bpf-linker".to_string());
     }
     missing
 }

@@ -86,7 +86,11 @@ pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<(
 /// first copy.
 pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, Vec<Migration>)> {
     if EBPF_OBJECT.is_empty() {
-        bail!("this binary was built with AYA_BUILD_SKIP=1 and carries no kernel programs");
+        bail!(
+            "this binary carries no kernel programs: it was built with AYA_BUILD_SKIP=1, or where \
+             the kernel build's tools (nightly's rust-src, bpf-linker) were missing (see the \
+             build's warnings); run `cargo xtask install` and build again"
+        );
     }
     let mut loader = EbpfLoader::new();
     for spec in crate::memory::maps(&sizes).iter().filter(|s| s.resizable) {

@@ -62,7 +62,7 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 }
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -570,7 +570,8 @@ fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
         app_protocol: original.app_protocol,
         ..FlowValue::default()
     };
-    if CONNTRACK.insert(&key, &reply, 0).is_ok() {
+    // Only where still nothing is: another CPU may have made this half since the lookup.
+    if CONNTRACK.insert(&key, &reply, BPF_NOEXIST as u64).is_ok() {
         count_ct(ct_stats::PARTNER_RESTORED);
     }
 }
@@ -606,7 +607,11 @@ fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
         app_protocol: reply.app_protocol,
         ..FlowValue::default()
     };
-    if CONNTRACK.insert(&key, &original, 0).is_ok() {
+    // Only where still nothing is: another CPU may have made this half since the lookup.
+    if CONNTRACK
+        .insert(&key, &original, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         count_ct(ct_stats::PARTNER_RESTORED);
     }
 }

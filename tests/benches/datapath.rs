@@ -17,6 +17,12 @@
 //!   never leaves a packet unchanged). The kernel's clock reads around a single execution are
 //!   part of each sample, so this method has a higher floor.
 //!
+//! With `GEOSTEER_BENCH_PROFILE=1` (and `perf` installed) the batched established-flow cases are
+//! then run again under `perf record` (cpu-clock samples with call chains, whole machine), and
+//! each program's samples are sorted by the kernel function they fell in: the program's own
+//! instructions, hash-map lookups, the packet rewrite helpers, the clock. That is where the time
+//! over the floor goes (the floor itself, the test-run harness, is outside the program).
+//!
 //! Each method runs a no-op program (`r0 = verdict; exit`, loaded with a raw `bpf(BPF_PROG_LOAD)`)
 //! through the same syscall path, interleaved with the real cases: that floor is the cost of
 //! the test-run harness itself, and "over floor" is what geosteer adds to it.
@@ -92,6 +98,27 @@ struct Report {
     batched_repeat: u32,
     single_calls: u32,
     cases: Vec<Case>,
+    /// Where the batched established-flow cases spend their time (GEOSTEER_BENCH_PROFILE=1).
+    profiles: Vec<Profile>,
+}
+
+/// One case's perf samples inside its program, by what they were doing.
+#[derive(Serialize)]
+struct Profile {
+    name: String,
+    program: &'static str,
+    /// Samples whose call chain runs through the program.
+    samples: u64,
+    /// Share of those samples per part, largest first.
+    parts: Vec<ProfilePart>,
+}
+
+#[derive(Serialize)]
+struct ProfilePart {
+    part: &'static str,
+    share: f64,
+    /// The kernel functions that make up the part, with their own shares.
+    functions: Vec<(String, f64)>,
 }
 
 fn main() -> Result<()> {
@@ -118,6 +145,11 @@ fn main() -> Result<()> {
         single_reps,
     )?);
 
+    let profiles = if std::env::var("GEOSTEER_BENCH_PROFILE").is_ok_and(|v| v == "1") {
+        profile(&rig)?
+    } else {
+        Vec::new()
+    };
     let report = Report {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")?
             .trim()
@@ -129,12 +161,19 @@ fn main() -> Result<()> {
         batched_repeat,
         single_calls,
         cases,
+        profiles,
     };
     for c in &report.cases {
         eprintln!(
             "{:8} {:55} {:>8.1} ns (min {:.1}, max {:.1}, floor {:.1}) {}",
             c.method, c.name, c.median_ns, c.min_ns, c.max_ns, c.floor_ns, c.verdict
         );
+    }
+    for p in &report.profiles {
+        eprintln!("profile  {} ({} samples)", p.name, p.samples);
+        for part in &p.parts {
+            eprintln!("         {:5.1}%  {}", 100.0 * part.share, part.part);
+        }
     }
     std::fs::write(&out_path, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out_path.to_string_lossy()))?;
@@ -844,4 +883,152 @@ fn single(
             }
         })
         .collect())
+}
+
+// -------------------------------------------------------------------------- profile ---
+
+/// Seconds each profiled case runs under perf.
+const PROFILE_SECONDS: u64 = 4;
+
+/// Runs each batched established-flow case alone for [`PROFILE_SECONDS`] under `perf record`
+/// and sorts the samples that fell inside its program.
+fn profile(rig: &Rig) -> Result<Vec<Profile>> {
+    let cases = [
+        (
+            "TC ingress: established flow (conntrack hit, DNAT)",
+            program_names::TC_INGRESS,
+            rig.tc_ingress,
+            tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST),
+        ),
+        (
+            "TC egress: reply data (reverse NAT; no response start awaited)",
+            program_names::TC_EGRESS,
+            rig.tc_egress,
+            tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE),
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("geosteer-bench-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut profiles = Vec::new();
+    for (name, program, fd, packet) in cases {
+        let data = dir.join("perf.data");
+        let mut perf = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "10000",
+                "-a",
+                "-g",
+                "-o",
+            ])
+            .arg(&data)
+            .args(["--", "sleep", &PROFILE_SECONDS.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting `perf record` (GEOSTEER_BENCH_PROFILE=1 needs perf)")?;
+        // Until perf stops: it samples only while its `sleep` runs.
+        while perf.try_wait()?.is_none() {
+            test_run(fd, &packet, 100_000)?;
+        }
+        let script = Command::new("perf")
+            .args(["script", "-F", "ip,sym", "-i"])
+            .arg(&data)
+            .output()
+            .context("perf script")?;
+        ensure!(script.status.success(), "perf script failed");
+        let symbol = program.strip_prefix("geosteer_").unwrap_or(program);
+        profiles.push(sort_samples(
+            name,
+            program,
+            &String::from_utf8_lossy(&script.stdout),
+            symbol,
+        ));
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(profiles)
+}
+
+/// What a kernel function is, for a per-packet cost: the parts a reader can weigh.
+fn part_of(function: &str) -> &'static str {
+    const HASH: &[&str] = &[
+        "htab",
+        "lookup_nulls_elem_raw",
+        "lookup_elem_raw",
+        "jhash",
+        "memcmp",
+    ];
+    const REWRITE: &[&str] = &[
+        "bpf_skb_store_bytes",
+        "bpf_l3_csum_replace",
+        "bpf_l4_csum_replace",
+        "inet_proto_csum_replace",
+        "skb_ensure_writable",
+        "memcpy",
+        "csum_partial",
+    ];
+    const CLOCK: &[&str] = &["read_tsc", "ktime_get", "bpf_ktime_get"];
+    if function.starts_with("bpf_prog_") {
+        "the program's own instructions (incl. inlined array and per-CPU map lookups)"
+    } else if HASH.iter().any(|h| function.contains(h)) {
+        "hash map lookups (service, conntrack entries)"
+    } else if REWRITE.iter().any(|h| function.contains(h)) {
+        "packet rewrite helpers (store, checksum updates)"
+    } else if CLOCK.iter().any(|h| function.contains(h)) {
+        "clock reads"
+    } else {
+        "other kernel functions"
+    }
+}
+
+/// Sorts `perf script -F ip,sym` output: samples whose call chain passes through a JITed
+/// program named `..._<symbol>`, by the part their innermost function belongs to.
+fn sort_samples(name: &str, program: &'static str, script: &str, symbol: &str) -> Profile {
+    use std::collections::BTreeMap;
+    let mut functions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut samples = 0u64;
+    for chain in script.split("\n\n") {
+        let frames: Vec<&str> = chain
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .collect();
+        let in_program = frames
+            .iter()
+            .any(|f| f.starts_with("bpf_prog_") && f.ends_with(symbol));
+        let Some(leaf) = frames.first().filter(|_| in_program) else {
+            continue;
+        };
+        samples += 1;
+        let leaf = if leaf.starts_with("bpf_prog_") {
+            "bpf_prog_*".to_string()
+        } else {
+            leaf.to_string()
+        };
+        *functions.entry(leaf).or_default() += 1;
+    }
+    let mut parts: BTreeMap<&'static str, ProfilePart> = BTreeMap::new();
+    for (function, count) in functions {
+        let share = count as f64 / samples.max(1) as f64;
+        let part = parts.entry(part_of(&function)).or_insert(ProfilePart {
+            part: part_of(&function),
+            share: 0.0,
+            functions: Vec::new(),
+        });
+        part.share += share;
+        part.functions.push((function, share));
+    }
+    let mut parts: Vec<ProfilePart> = parts.into_values().collect();
+    parts.sort_by(|a, b| b.share.total_cmp(&a.share));
+    for part in &mut parts {
+        part.functions.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
+    Profile {
+        name: name.to_string(),
+        program,
+        samples,
+        parts,
+    }
 }
