@@ -87,6 +87,23 @@ struct KernelReport {
     batched_repeat: u32,
     single_calls: u32,
     cases: Vec<KernelCase>,
+    /// Where the batched established-flow cases spend their time (perf samples).
+    #[serde(default)]
+    profiles: Vec<KernelProfile>,
+}
+
+#[derive(Deserialize)]
+struct KernelProfile {
+    name: String,
+    samples: u64,
+    parts: Vec<KernelProfilePart>,
+}
+
+#[derive(Deserialize)]
+struct KernelProfilePart {
+    part: String,
+    share: f64,
+    functions: Vec<(String, f64)>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +127,8 @@ fn kernel_bench(root: &Path, quick: bool) -> Result<KernelReport> {
             .current_dir(root)
             .args(["bench", "-p", "geosteer-tests", "--bench", "datapath"])
             .env("GEOSTEER_BENCH_OUT", &out)
-            .env("GEOSTEER_BENCH_QUICK", if quick { "1" } else { "0" }),
+            .env("GEOSTEER_BENCH_QUICK", if quick { "1" } else { "0" })
+            .env("GEOSTEER_BENCH_PROFILE", "1"),
     )?;
     let json =
         std::fs::read_to_string(&out).with_context(|| format!("reading {}", out.display()))?;
@@ -871,6 +889,55 @@ fn render_kernel(w: &mut String, k: &KernelReport) {
         over("single", "XDP: established"),
         k.bpf_stats_enabled
     );
+    render_profiles(w, k);
+}
+
+/// Where an established packet's time goes: each profiled case's perf samples inside its
+/// program, by part, as shares and as ns of the batched median over the floor.
+fn render_profiles(w: &mut String, k: &KernelReport) {
+    if k.profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "**Where the time goes.** Each batched established-flow case run alone for a few \
+         seconds under `perf record -e cpu-clock -a -g` (software clock samples with call \
+         chains: this machine has no hardware counters), its samples inside the program sorted \
+         by the kernel function they fell in. The ns column spreads the batched median over the \
+         floor by those shares. Reproduce: `GEOSTEER_BENCH_PROFILE=1 GEOSTEER_BENCH_QUICK=1 \
+         GEOSTEER_BENCH_OUT=f.json target/release/deps/datapath-<hash> --bench` (root, perf).\n"
+    );
+    for p in &k.profiles {
+        let over = k
+            .cases
+            .iter()
+            .find(|c| c.method == "batched" && c.name == p.name)
+            .map_or(f64::NAN, |c| c.median_ns - c.floor_ns);
+        let _ = writeln!(
+            w,
+            "{} ({} samples, {over:.0} ns over the floor):\n",
+            p.name, p.samples
+        );
+        let _ = writeln!(w, "| Part | Share | ≈ ns | Largest functions |");
+        let _ = writeln!(w, "|---|---:|---:|---|");
+        for part in &p.parts {
+            let functions: Vec<String> = part
+                .functions
+                .iter()
+                .take(4)
+                .map(|(f, share)| format!("`{f}` {:.0}%", 100.0 * share))
+                .collect();
+            let _ = writeln!(
+                w,
+                "| {} | {:.0}% | {:.0} | {} |",
+                part.part,
+                100.0 * part.share,
+                part.share * over,
+                functions.join(", ")
+            );
+        }
+        let _ = writeln!(w);
+    }
 }
 
 fn kernel_table(w: &mut String, k: &KernelReport, method: &str) {

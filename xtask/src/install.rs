@@ -22,6 +22,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "/usr/bin/curl"),
     ("iputils-ping", "/usr/bin/ping"),
     ("prometheus", "/usr/bin/promtool"),
+    // The per-packet profile in `cargo xtask bench`.
+    ("linux-perf", "/usr/bin/perf"),
 ];
 
 pub fn all() -> Result<()> {
