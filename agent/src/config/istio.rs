@@ -12,9 +12,11 @@ use serde::{
 };
 
 use super::{
-    Config, ConfigError, FieldError, Service, Subject, about, dns_label_problem,
-    parse_error_message,
+    Config, ConfigError, FieldError, Service, Subject,
+    error::about,
+    parse::parse_error_message,
     policy::{Lenient, LenientFields, TrafficPolicy, validate_traffic_policy},
+    validate::dns_label_problem,
 };
 
 /// The apiVersions under which Istio serves DestinationRule (all the same schema).
@@ -224,7 +226,7 @@ pub(super) fn parse_destination_rules(
             namespace: rule
                 .metadata
                 .namespace
-                .unwrap_or_else(super::default_namespace),
+                .unwrap_or_else(super::model::default_namespace),
             host: spec.host,
             traffic_policy: spec.traffic_policy,
             ignored,

@@ -19,7 +19,7 @@ use serde::{
     de::{Error as _, IgnoredAny, MapAccess, Visitor},
 };
 
-use super::{FieldError, Service, parse_text};
+use super::{FieldError, Service, model::parse_text};
 
 /// Istio's default `outlierDetection.consecutive5xxErrors`.
 pub const DEFAULT_CONSECUTIVE_5XX_ERRORS: u32 = 5;

@@ -1,3 +1,7 @@
+use std::{net::Ipv4Addr, path::Path, time::Duration};
+
+use geosteer_common::MAX_BACKENDS_PER_SERVICE;
+
 use super::*;
 
 const EXAMPLE_YAML: &str = r#"

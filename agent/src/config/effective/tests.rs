@@ -1,7 +1,7 @@
 use std::{path::Path, time::Duration};
 
 use super::*;
-use crate::config::{ConfigError, HealthCheckKind, load, load_with_warnings, parse_with};
+use crate::config::{ConfigError, HealthCheckKind, load, load_with_warnings, parse::parse_with};
 
 /// A config with one service, `reviews`, and four endpoints: two in cn-hangzhou
 /// (ack-hangzhou), two in cn-shanghai (ack-shanghai). `top` is inserted at the top level,
