@@ -295,12 +295,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     service.namespace, service.name, port.port, port.protocol
                 ),
                 on_eject: service.on_eject_value(),
-                key: ServiceKey {
-                    addr: u32::from(service.vip).to_be(),
-                    port: port.port.to_be(),
-                    proto: port.protocol.number(),
-                    _pad: 0,
-                },
+                key: ServiceKey::for_vip(service.vip, port.port, port.protocol.number()),
                 protocol: config::app_protocol(port),
                 cluster_local: service.cluster_local.clone(),
                 affinity_timeout: service.session_affinity.map(|a| a.timeout),

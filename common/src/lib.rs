@@ -101,6 +101,25 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 
+impl ServiceKey {
+    /// The key of a service as the kernel looks it up: address and port as they are on the
+    /// wire (network byte order).
+    #[inline(always)]
+    pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
+        ServiceKey {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The key of `vip:port` given in host terms.
+    pub const fn for_vip(vip: core::net::Ipv4Addr, port: u16, proto: u8) -> Self {
+        Self::new(vip.to_bits().to_be(), port.to_be(), proto)
+    }
+}
+
 /// Where a service's live table is. The agent writes a new table into free chunks of
 /// `GS_TABLE_CHUNKS`, then points the service at it with a single update of this value: a
 /// packet sees the old table or the new one, never a mix. The old table's chunks are reused

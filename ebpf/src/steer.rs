@@ -261,19 +261,17 @@ fn reply_key(backend: u32, backend_port: u16, client: u32, client_port: u16, pro
 
 /// Request direction: client → VIP:port.
 pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
-    let key = ServiceKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
+    let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
     // SAFETY: read-only lookup; the value is copied out.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
         forget_superseded_nat(flow);
         return Verdict::Pass;
     };
     let ct_key = packet_key(flow, DIR_ORIGINAL);
+    // Whether an entry is under the tuple: the one a new connection on it replaces.
+    let mut tracked = false;
     if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
+        tracked = true;
         // SAFETY: LRU map values stay valid during the program run; fields are plain data.
         let entry = unsafe { &mut *entry };
         // UDP's idle timeout is judged per datagram against this time: the exact clock there.
@@ -346,12 +344,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
         nat_port: backend.port,
         tcp_state,
         // The entry this one replaces, if any, is still there until the insert below.
-        // SAFETY: read-only lookup.
-        flags: if unsafe { CONNTRACK.get(&ct_key) }.is_some() {
-            FLOW_FLAG_REUSED_TUPLE
-        } else {
-            0
-        },
+        flags: if tracked { FLOW_FLAG_REUSED_TUPLE } else { 0 },
         created_ns: now,
         last_seen_ns: now,
         app_protocol,

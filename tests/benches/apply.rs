@@ -402,12 +402,7 @@ fn backend_ip(service: u32, backend: u32) -> Ipv4Addr {
 }
 
 fn service_key(i: u32) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(vip(i)).to_be(),
-        port: VPORT.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    }
+    ServiceKey::for_vip(vip(i), VPORT, PROTO_TCP)
 }
 
 /// The same services as [`service`] as an agent config: two endpoints in cn-hangzhou (the

@@ -329,12 +329,7 @@ impl Rig {
 }
 
 fn service_key(port: u16) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(VIP).to_be(),
-        port: port.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    }
+    ServiceKey::for_vip(VIP, port, PROTO_TCP)
 }
 
 fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {

@@ -474,12 +474,7 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     let mut rig = Rig::new();
     let desired = DesiredService {
         name: "limits".into(),
-        key: ServiceKey {
-            addr: u32::from(VIP).to_be(),
-            port: VPORT.to_be(),
-            proto: PROTO_TCP,
-            _pad: 0,
-        },
+        key: ServiceKey::for_vip(VIP, VPORT, PROTO_TCP),
         backends: BACKENDS
             .iter()
             .map(|ip| DesiredBackend {
@@ -560,12 +555,7 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
 }
 
 fn desired_key() -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(VIP).to_be(),
-        port: VPORT.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    }
+    ServiceKey::for_vip(VIP, VPORT, PROTO_TCP)
 }
 
 /// resetOnEject: the agent forgets an ejected backend's flows; their next packet is steered

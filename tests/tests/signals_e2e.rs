@@ -352,12 +352,7 @@ fn source_ports_cannot_be_aimed_at_one_backend() {
     let maps = BpfMaps::open_pinned(&pins.pin_path()).expect("pinned maps");
     let seed = maps.read_settings().unwrap().hash_seed;
     assert_ne!(seed, 0, "the agent made no flow-hash key");
-    let key = ServiceKey {
-        addr: u32::from(Ipv4Addr::new(198, 19, 0, 10)).to_be(),
-        port: 80u16.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    };
+    let key = ServiceKey::for_vip(Ipv4Addr::new(198, 19, 0, 10), 80u16, PROTO_TCP);
     let service = maps.services.get(&key, 0).expect("service programmed");
     let table = geosteer::dataplane::KernelTable::read(&maps, &service).unwrap();
     let backend_at = |hash: u32| {

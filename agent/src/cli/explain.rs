@@ -143,12 +143,7 @@ pub fn destination(frame: &[u8]) -> Option<SocketAddrV4> {
 pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     let mut maps = open_maps(ctx)?;
     let proto = args.proto.number();
-    let key = ServiceKey {
-        addr: u32::from(*args.dst.ip()).to_be(),
-        port: args.dst.port().to_be(),
-        proto,
-        _pad: 0,
-    };
+    let key = ServiceKey::for_vip(*args.dst.ip(), args.dst.port(), proto);
     let flow_key = |sport: u16| FlowKey {
         saddr: u32::from(args.src).to_be(),
         daddr: key.addr,

@@ -128,16 +128,12 @@ fn counter_row(c: &BackendCounters) -> CounterRow {
 }
 
 fn service_key(s: &ServiceStatus) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(s.vip).to_be(),
-        port: s.port.to_be(),
-        proto: if s.protocol == "UDP" {
-            PROTO_UDP
-        } else {
-            PROTO_TCP
-        },
-        _pad: 0,
-    }
+    let proto = if s.protocol == "UDP" {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    };
+    ServiceKey::for_vip(s.vip, s.port, proto)
 }
 
 // ------------------------------------------------------------------------------- status ---
@@ -474,12 +470,7 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
         if key.direction != DIR_ORIGINAL {
             continue;
         }
-        let service_key = ServiceKey {
-            addr: key.daddr,
-            port: key.dport,
-            proto: key.proto,
-            _pad: 0,
-        };
+        let service_key = ServiceKey::new(key.daddr, key.dport, key.proto);
         let front = frontend(&service_key);
         let status = names.get(&service_key);
         if let Some(q) = service {

@@ -35,12 +35,7 @@ services:
 }
 
 fn key() -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(Ipv4Addr::new(198, 19, 0, 10)).to_be(),
-        port: 80u16.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    }
+    ServiceKey::for_vip(Ipv4Addr::new(198, 19, 0, 10), 80u16, PROTO_TCP)
 }
 
 /// `198.18.<a>.<b>`'s address, network byte order.

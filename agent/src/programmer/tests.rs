@@ -10,12 +10,7 @@ use super::*;
 use crate::dataplane::memory::{MemoryDataplane, Write};
 
 fn key(port: u16) -> ServiceKey {
-    ServiceKey {
-        addr: u32::from(Ipv4Addr::new(198, 19, 0, 10)).to_be(),
-        port: port.to_be(),
-        proto: PROTO_TCP,
-        _pad: 0,
-    }
+    ServiceKey::for_vip(Ipv4Addr::new(198, 19, 0, 10), port, PROTO_TCP)
 }
 
 /// A service on `port` with one backend per weight, at 198.18.0.<i + 1>:8080.

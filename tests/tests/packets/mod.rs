@@ -228,12 +228,7 @@ impl Rig {
             .iter()
             .map(|(vip, port, proto, weights)| DesiredService {
                 name: format!("{vip}:{port}/{proto}"),
-                key: ServiceKey {
-                    addr: u32::from(*vip).to_be(),
-                    port: port.to_be(),
-                    proto: *proto,
-                    _pad: 0,
-                },
+                key: ServiceKey::for_vip(*vip, *port, *proto),
                 backends: weights
                     .iter()
                     .zip(BACKENDS)
@@ -372,12 +367,7 @@ impl Rig {
     }
 
     pub fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
-        let key = ServiceKey {
-            addr: u32::from(VIP).to_be(),
-            port: VPORT.to_be(),
-            proto,
-            _pad: 0,
-        };
+        let key = ServiceKey::for_vip(VIP, VPORT, proto);
         let live = self.programmer.service(&key).expect("service live");
         live.backends[&(u32::from(ip).to_be(), TPORT.to_be())].0
     }
