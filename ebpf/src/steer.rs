@@ -527,14 +527,19 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
 /// took the translated tuple over: see [`reply_half_of`]).
 #[inline(always)]
 fn reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
-    let key = reply_key(
+    CONNTRACK.get_ptr_mut(&translated_reply_key(flow, original))
+}
+
+/// The reply-direction key of a tracked flow: its client's tuple as translated by `original`.
+#[inline(always)]
+fn translated_reply_key(flow: &Flow, original: &FlowValue) -> FlowKey {
+    reply_key(
         original.nat_addr,
         original.nat_port,
         flow.saddr,
         flow.sport,
         flow.proto,
-    );
-    CONNTRACK.get_ptr_mut(&key)
+    )
 }
 
 /// The two halves of a flow are separate LRU entries, and the LRU may evict one alone (a
@@ -545,13 +550,7 @@ fn reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
 /// key ([`reply_half`]).
 #[inline(always)]
 fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
-    let key = reply_key(
-        original.nat_addr,
-        original.nat_port,
-        flow.saddr,
-        flow.sport,
-        flow.proto,
-    );
+    let key = translated_reply_key(flow, original);
     let reply = FlowValue {
         backend_id: original.backend_id,
         service_id: original.service_id,
