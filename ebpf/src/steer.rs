@@ -259,7 +259,8 @@ fn reply_key(backend: u32, backend_port: u16, client: u32, client_port: u16, pro
     FlowKey::new(backend, client, backend_port, client_port, proto, DIR_REPLY)
 }
 
-/// Request direction: client → VIP:port.
+/// Request direction: client → VIP:port. A packet of a tracked flow follows its entry
+/// ([`follow_tracked`]); a new flow, or one that must move, is steered ([`steer_new`]).
 pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
     // SAFETY: read-only lookup; the value is copied out.
@@ -269,53 +270,76 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     };
     let ct_key = packet_key(flow, DIR_ORIGINAL);
     // Whether an entry is under the tuple: the one a new connection on it replaces.
-    let mut tracked = false;
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&ct_key) {
-        tracked = true;
-        // SAFETY: LRU map values stay valid during the program run; fields are plain data.
-        let entry = unsafe { &mut *entry };
-        // UDP's idle timeout is judged per datagram against this time: the exact clock there.
-        let seen = if flow.proto == PROTO_UDP {
-            now_ns()
-        } else {
-            last_seen_now_ns()
-        };
-        let resteer = must_resteer(flow, entry, seen)
-            || (flow.proto == PROTO_TCP
-                && is_pure_syn(flow.tcp_flags)
-                && entry.tcp_state == TCP_ESTABLISHED
-                && closed_both_ways(flow, entry));
-        if !resteer {
-            entry.last_seen_ns = seen;
-            // The reply half is looked up once per packet: for its request bookkeeping and to
-            // rebuild it if it was evicted.
-            let reply = reply_half(flow, entry);
-            let drained = flow.proto == PROTO_TCP && track_request(flow, entry, reply, bytes);
-            if !drained {
-                if reply.is_none() {
-                    restore_reply_half(flow, entry, seen);
-                }
-                count_request(service.id, entry.backend_id, flow.len, false);
-                return Verdict::Nat(Nat {
-                    addr: entry.nat_addr,
-                    port: entry.nat_port,
-                });
+    let tracked = match CONNTRACK.get_ptr_mut(&ct_key) {
+        Some(entry) => {
+            // SAFETY: LRU map values stay valid during the program run; fields are plain data.
+            if let Some(nat) = follow_tracked(flow, &service, unsafe { &mut *entry }, bytes) {
+                return Verdict::Nat(nat);
             }
+            true
         }
-        // The backend was removed (or, for a new connection, a drained HTTP/1.x connection's
-        // next request or a UDP flow, is out of rotation), or this SYN opens a new connection
-        // on the tuple of a finished one: steer it anew. (A mid-stream packet steered anew
-        // meets a RST from its new backend, which makes the client reconnect.) The old reply
-        // entry goes, so a late packet from the previous backend is not reverse-NATed into
-        // the new flow.
-        remove_own_reply_half(flow, entry.nat_addr, entry.nat_port);
+        None => false,
+    };
+    steer_new(flow, &service, &ct_key, tracked)
+}
+
+/// A packet of a tracked flow: its translation, with the flow's bookkeeping done — or `None`
+/// when the flow must be steered anew (its old reply half then already gone).
+#[inline(always)]
+fn follow_tracked(
+    flow: &Flow,
+    service: &ServiceValue,
+    entry: &mut FlowValue,
+    bytes: &impl PacketBytes,
+) -> Option<Nat> {
+    // UDP's idle timeout is judged per datagram against this time: the exact clock there.
+    let seen = if flow.proto == PROTO_UDP {
+        now_ns()
+    } else {
+        last_seen_now_ns()
+    };
+    let resteer = must_resteer(flow, entry, seen)
+        || (flow.proto == PROTO_TCP
+            && is_pure_syn(flow.tcp_flags)
+            && entry.tcp_state == TCP_ESTABLISHED
+            && closed_both_ways(flow, entry));
+    if !resteer {
+        entry.last_seen_ns = seen;
+        // The reply half is looked up once per packet: for its request bookkeeping and to
+        // rebuild it if it was evicted.
+        let reply = reply_half(flow, entry);
+        let drained = flow.proto == PROTO_TCP && track_request(flow, entry, reply, bytes);
+        if !drained {
+            if reply.is_none() {
+                restore_reply_half(flow, entry, seen);
+            }
+            count_request(service.id, entry.backend_id, flow.len, false);
+            return Some(Nat {
+                addr: entry.nat_addr,
+                port: entry.nat_port,
+            });
+        }
     }
+    // The backend was removed (or, for a new connection, a drained HTTP/1.x connection's
+    // next request or a UDP flow, is out of rotation), or this SYN opens a new connection
+    // on the tuple of a finished one: steer it anew. (A mid-stream packet steered anew
+    // meets a RST from its new backend, which makes the client reconnect.) The old reply
+    // entry goes, so a late packet from the previous backend is not reverse-NATed into
+    // the new flow.
+    remove_own_reply_half(flow, entry.nat_addr, entry.nat_port);
+    None
+}
+
+/// A new flow, or one steered anew (`tracked`: an entry is under its tuple, which the new one
+/// replaces): choose a backend, record both halves, translate.
+#[inline(always)]
+fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: bool) -> Verdict {
     let now = now_ns();
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
-    let Some((backend_id, backend)) = choose(&service, flow, config.affinity_timeout_s, now) else {
+    let Some((backend_id, backend)) = choose(service, flow, config.affinity_timeout_s, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
         // replies no longer reverse-NATed.
-        let _ = CONNTRACK.remove(&ct_key);
+        let _ = CONNTRACK.remove(ct_key);
         return Verdict::Drop(DropReason::NoBackend);
     };
     let tcp_state = if flow.proto != PROTO_TCP {
@@ -377,7 +401,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     if CONNTRACK.insert(&reply_key, &reply, 0).is_err() {
         return Verdict::Drop(DropReason::Internal);
     }
-    if CONNTRACK.insert(&ct_key, &original, 0).is_err() {
+    if CONNTRACK.insert(ct_key, &original, 0).is_err() {
         let _ = CONNTRACK.remove(&reply_key);
         return Verdict::Drop(DropReason::Internal);
     }
