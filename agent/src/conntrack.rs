@@ -19,8 +19,7 @@ use std::{
 
 use anyhow::Result;
 use geosteer_common::{
-    APP_PROTOCOL_HTTP1, DIR_ORIGINAL, DIR_REPLY, FlowKey, FlowValue, PROTO_TCP, TCP_CLOSED,
-    TCP_SYN_SENT,
+    APP_PROTOCOL_HTTP1, DIR_ORIGINAL, FlowKey, FlowValue, PROTO_TCP, TCP_CLOSED, TCP_SYN_SENT,
 };
 
 use crate::config::ConntrackTimeouts;
@@ -99,30 +98,6 @@ pub fn is_expired(
         .max(reply.map_or(0, |r| r.last_seen_ns));
     let lifetime = lifetime(proto, original, reply, t).as_nanos() as u64;
     now_ns.saturating_sub(last) > lifetime
-}
-
-/// The reply half's key of the flow whose original half is (`key`, `value`).
-pub fn reply_key_of(key: &FlowKey, value: &FlowValue) -> FlowKey {
-    FlowKey::new(
-        value.nat_addr,
-        key.saddr,
-        value.nat_port,
-        key.sport,
-        key.proto,
-        DIR_REPLY,
-    )
-}
-
-/// The original half's key of the flow whose reply half is (`key`, `value`).
-pub fn original_key_of(key: &FlowKey, value: &FlowValue) -> FlowKey {
-    FlowKey::new(
-        key.daddr,
-        value.nat_addr,
-        key.dport,
-        value.nat_port,
-        key.proto,
-        DIR_ORIGINAL,
-    )
 }
 
 /// Whether `reply` is the reply half of the flow whose original half is (`key`, `original`), not
@@ -340,7 +315,7 @@ fn visit(
     });
     if key.direction == DIR_ORIGINAL {
         report.flows += 1;
-        let reply_key = reply_key_of(key, value);
+        let reply_key = key.reply_half(value);
         let reply = table
             .get(&reply_key)
             .filter(|reply| is_partner(key, value, reply));
@@ -366,7 +341,7 @@ fn visit(
         return;
     }
     // A reply half: handled with its original, unless that is gone.
-    let original_key = original_key_of(key, value);
+    let original_key = key.original_half(value);
     let has_original = table
         .get(&original_key)
         .is_some_and(|original| is_partner(&original_key, &original, value));

@@ -437,6 +437,31 @@ impl FlowKey {
             _pad: 0,
         }
     }
+
+    /// The key of the reply half of the flow whose original half is (`self`, `original`): the
+    /// backend's answers to the client, as `original`'s translation makes them.
+    pub const fn reply_half(&self, original: &FlowValue) -> FlowKey {
+        FlowKey::new(
+            original.nat_addr,
+            self.saddr,
+            original.nat_port,
+            self.sport,
+            self.proto,
+            DIR_REPLY,
+        )
+    }
+
+    /// The key of the original half of the flow whose reply half is (`self`, `reply`).
+    pub const fn original_half(&self, reply: &FlowValue) -> FlowKey {
+        FlowKey::new(
+            self.daddr,
+            reply.nat_addr,
+            self.dport,
+            reply.nat_port,
+            self.proto,
+            DIR_ORIGINAL,
+        )
+    }
 }
 
 /// TCP connection state of a flow (original entry), as far as signals and re-steering need it.

@@ -18,8 +18,8 @@ use aya::{
     programs::{SchedClassifier, TestRun as _},
 };
 use geosteer_common::{
-    DIR_ORIGINAL, DIR_REPLY, FlowKey, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP, ServiceKey, csum,
-    flow_hash, program_names,
+    DIR_ORIGINAL, FlowKey, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP, ServiceKey, csum, flow_hash,
+    program_names,
 };
 
 use super::{
@@ -144,14 +144,15 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     let mut maps = open_maps(ctx)?;
     let proto = args.proto.number();
     let key = ServiceKey::for_vip(*args.dst.ip(), args.dst.port(), proto);
-    let flow_key = |sport: u16| FlowKey {
-        saddr: u32::from(args.src).to_be(),
-        daddr: key.addr,
-        sport: sport.to_be(),
-        dport: key.port,
-        proto,
-        direction: DIR_ORIGINAL,
-        _pad: 0,
+    let flow_key = |sport: u16| {
+        FlowKey::new(
+            u32::from(args.src).to_be(),
+            key.addr,
+            sport.to_be(),
+            key.port,
+            proto,
+            DIR_ORIGINAL,
+        )
     };
     let (sport, random) = match args.sport {
         Some(port) => (port, false),
@@ -226,15 +227,7 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
         if maps.conntrack.remove(&original_key).is_ok() {
             report.conntrack_entries_removed += 1;
         }
-        let reply_key = FlowKey {
-            saddr: created.nat_addr,
-            daddr: original_key.saddr,
-            sport: created.nat_port,
-            dport: original_key.sport,
-            proto,
-            direction: DIR_REPLY,
-            _pad: 0,
-        };
+        let reply_key = original_key.reply_half(&created);
         // Only the entry this run wrote (same backend, same creation time).
         if let Ok(reply) = maps.conntrack.get(&reply_key, 0)
             && reply.backend_id == created.backend_id

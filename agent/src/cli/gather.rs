@@ -485,14 +485,7 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
         let target = endpoint(value.nat_addr, value.nat_port);
         // The backend's FIN is recorded on the reply entry.
         let backend_fin = || {
-            let reply = geosteer_common::FlowKey::new(
-                value.nat_addr,
-                key.saddr,
-                value.nat_port,
-                key.sport,
-                key.proto,
-                geosteer_common::DIR_REPLY,
-            );
+            let reply = key.reply_half(&value);
             maps.conntrack.get(&reply, 0).is_ok_and(|r| r.fin_seen != 0)
         };
         let closed_both_ways = value.fin_seen != 0 && backend_fin();

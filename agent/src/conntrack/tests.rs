@@ -39,7 +39,7 @@ impl Table {
             fin_seen: 0,
             ..original
         };
-        self.insert(reply_key_of(&key, &original), reply);
+        self.insert(key.reply_half(&original), reply);
         self.insert(key, original);
     }
     fn ports(&self) -> Vec<u16> {
@@ -206,7 +206,7 @@ fn orphans_wait_for_their_partner_then_go() {
     table.remove(&FlowKey::new(1, 100, 1, 80, PROTO_TCP, DIR_ORIGINAL));
     let original_2 = FlowKey::new(1, 100, 2, 80, PROTO_TCP, DIR_ORIGINAL);
     let value_2 = table.get(&original_2).unwrap();
-    table.remove(&reply_key_of(&original_2, &value_2));
+    table.remove(&original_2.reply_half(&value_2));
     let mut sweeper = Sweeper::default();
     let report = sweeper
         .step(&mut table, 1030 * S, Duration::from_secs(1))
