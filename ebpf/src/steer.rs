@@ -284,7 +284,7 @@ pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
 }
 
 /// A packet of a tracked flow: its translation, with the flow's bookkeeping done — or `None`
-/// when the flow must be steered anew (its old reply half then already gone).
+/// when the flow must be steered anew (its own old reply half then already removed).
 #[inline(always)]
 fn follow_tracked(
     flow: &Flow,
@@ -307,7 +307,7 @@ fn follow_tracked(
         entry.last_seen_ns = seen;
         // The reply half is looked up once per packet: for its request bookkeeping and to
         // rebuild it if it was evicted.
-        let reply = reply_half(flow, entry);
+        let reply = lookup_reply_half(flow, entry);
         let drained = flow.proto == PROTO_TCP && track_request(flow, entry, reply, bytes);
         if !drained {
             if reply.is_none() {
@@ -367,7 +367,7 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
         nat_addr: backend.addr,
         nat_port: backend.port,
         tcp_state,
-        // The entry this one replaces, if any, is still there until the insert below.
+        // Whether it replaces an entry on the tuple (the first lookup's answer).
         flags: if tracked { FLOW_FLAG_REUSED_TUPLE } else { 0 },
         created_ns: now,
         last_seen_ns: now,
@@ -550,7 +550,7 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
 /// The entry under the reply key of a tracked flow (its own reply half, or another VIP's that
 /// took the translated tuple over: see [`reply_half_of`]).
 #[inline(always)]
-fn reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
+fn lookup_reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
     CONNTRACK.get_ptr_mut(&translated_reply_key(flow, original))
 }
 
@@ -571,7 +571,7 @@ fn translated_reply_key(flow: &Flow, original: &FlowValue) -> FlowKey {
 /// so an established flow never loses its reverse NAT (replies leaving with the backend's
 /// address) nor its backend (re-steered mid-stream). The rebuilt reply half starts with no
 /// response awaited: the next request arms it again. Called when no entry is under the reply
-/// key ([`reply_half`]).
+/// key ([`lookup_reply_half`]).
 #[inline(always)]
 fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
     let key = translated_reply_key(flow, original);

@@ -8,7 +8,7 @@
 //!   the agent. With the agent down the commands still show what the maps hold, and say that
 //!   the agent is down.
 //!
-//! Gathering is in [`gather`] and [`explain`]; the report types and their tables are in
+//! Gathering is in [`gather`] and [`explain`](mod@explain); the report types and their tables are in
 //! [`report`], which is pure and covered by golden-output tests.
 
 pub mod explain;

@@ -21,7 +21,7 @@ pub enum ConfigError {
     /// the field path, the value and the position in the file.
     #[error("{message}")]
     Parse { message: String },
-    /// The file parsed but breaks the rules checked by [`validate`](super::validate); every
+    /// The file parsed but breaks the rules checked by [`validate`](fn@super::validate); every
     /// problem is listed.
     #[error("{}", lines(.0))]
     Invalid(Vec<FieldError>),

@@ -26,11 +26,6 @@ pub const TABLE_CHUNKS_RANGE: (u32, u32) = (16, 1 << 24);
 /// Largest endpoint weight; keeps weight sums far from overflowing.
 pub const MAX_ENDPOINT_WEIGHT: u32 = 1_000_000;
 
-/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the terminating NUL).
-pub(super) const MAX_INTERFACE_NAME_LEN: usize = 15;
-/// Longest DNS-1123 label, the format of Kubernetes names and namespaces.
-pub(super) const MAX_DNS_LABEL_LEN: usize = 63;
-
 /// A whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -51,7 +46,8 @@ pub struct Config {
     /// Desired state from Kubernetes (this cluster and remote ones), merged with this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeSettings>,
-    /// The DestinationRules read from `destination_rules` by [`load`] or [`parse`].
+    /// The DestinationRules read from `destination_rules` by [`load`](super::load) or
+    /// [`parse`](fn@super::parse).
     #[serde(skip)]
     pub loaded_destination_rules: Vec<LoadedDestinationRule>,
 }
@@ -302,7 +298,8 @@ pub struct Service {
     /// An empty list is allowed: the data path drops the service's traffic and reports it.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
-    /// Takes precedence over a DestinationRule and `defaults`; see [`effective_traffic_policy`].
+    /// Takes precedence over a DestinationRule and `defaults`; see
+    /// [`effective_traffic_policy`](super::effective_traffic_policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicy>,
     /// ALB-style share of new connections per cluster (0..=100 each); clusters not listed get

@@ -100,7 +100,7 @@ pub(super) fn parse_error_message(
 }
 
 /// Whether `prefix` is `path` or one of its ancestors, e.g. `services[0]` of `services[0].vip`.
-pub(super) fn is_path_prefix(prefix: &str, path: &str) -> bool {
+fn is_path_prefix(prefix: &str, path: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }

@@ -14,11 +14,16 @@ use super::{
     istio,
     model::{
         Admin, CONNTRACK_SIZE_RANGE, Config, Dataplane, KubeSettings, MAX_AFFINITY_TIMEOUT,
-        MAX_BACKENDS_RANGE, MAX_DNS_LABEL_LEN, MAX_ENDPOINT_WEIGHT, MAX_INTERFACE_NAME_LEN,
-        MAX_SERVICES_RANGE, Node, OnEject, Protocol, Service, TABLE_CHUNKS_RANGE,
+        MAX_BACKENDS_RANGE, MAX_ENDPOINT_WEIGHT, MAX_SERVICES_RANGE, Node, OnEject, Protocol,
+        Service, TABLE_CHUNKS_RANGE,
     },
     policy::{self, HealthCheck, TrafficPolicy},
 };
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ` minus the terminating NUL).
+const MAX_INTERFACE_NAME_LEN: usize = 15;
+/// Longest DNS-1123 label, the format of Kubernetes names and namespaces.
+const MAX_DNS_LABEL_LEN: usize = 63;
 
 /// Checks the rules that span fields and services, returning every problem found. This
 /// includes the DestinationRules in `config.loaded_destination_rules`.

@@ -294,7 +294,7 @@ pub struct Verdict {
 /// What [`Index::desired`] builds.
 #[derive(Debug, Clone)]
 pub struct Desired {
-    /// Valid: [`config::validate`] reports nothing.
+    /// Valid: [`config::validate`](fn@config::validate) reports nothing.
     pub config: Config,
     /// How many of `config.services` come from the file (they come first).
     pub file_services: usize,
