@@ -265,3 +265,78 @@ fn an_ejection_reported_after_outlier_detection_was_removed_is_undone() {
     assert_eq!(live.ejections_released, 1, "the budget slot is given back");
     assert!(events(&controller, EventKind::Ejection).is_empty());
 }
+
+/// The outlier sweep un-ejects each due service's endpoints once their time is over, whatever
+/// their place among the health books of other services (one ordered walk over all of them),
+/// and leaves the others as they are.
+#[test]
+fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
+    let mut config = config("http");
+    let template = config.services[0].clone();
+    for (i, port) in [81u16, 82].into_iter().enumerate() {
+        let mut service = template.clone();
+        service.name = format!("reviews-{i}");
+        service.ports[0].port = port;
+        config.services.push(service);
+    }
+    let mut dp = MemoryDataplane::new();
+    let mut controller = Controller::new(config, Programmer::new(16, 64, 1 << 16));
+    controller.apply_all(&mut dp).expect("apply");
+    let service = |port: u16| ServiceKey {
+        port: port.to_be(),
+        ..key()
+    };
+    let eject = |controller: &mut Controller, dp: &mut MemoryDataplane, port: u16, at: u64| {
+        let id = controller
+            .programmer
+            .backend_id(&service(port), endpoint_addr(11, 2), 8080u16.to_be())
+            .expect("backend live");
+        // As the kernel does before it reports: the flag and the budget slot.
+        dp.backend_state.insert(
+            id,
+            BackendState {
+                ejected: 1,
+                ..BackendState::default()
+            },
+        );
+        let service_id = controller.programmer.service(&service(port)).unwrap().id;
+        dp.service_state.entry(service_id).or_default().ejections += 1;
+        let event = KernelEvent {
+            kind: EVENT_EJECTED,
+            backend_id: id,
+            consecutive_5xx: 1,
+            ..KernelEvent::default()
+        };
+        controller
+            .on_kernel_ejection(dp, &event, Duration::from_secs(at))
+            .unwrap();
+        id
+    };
+    let first = eject(&mut controller, &mut dp, 81, 100);
+    let second = eject(&mut controller, &mut dp, 82, 103);
+    assert_eq!(events(&controller, EventKind::Ejection).len(), 2);
+    let ejected = |controller: &Controller, port: u16| {
+        controller
+            .health
+            .range(endpoints_of(&service(port)))
+            .filter(|(_, h)| h.outlier.is_ejected())
+            .count()
+    };
+    // baseEjectionTime 10 s: neither is over at 105 s; the first is at 111 s, the second at 113 s.
+    for (at, first_out, second_out) in [(105, true, true), (111, false, true), (114, false, false)]
+    {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
+        assert_eq!(ejected(&controller, 81), first_out as usize, "at {at} s");
+        assert_eq!(ejected(&controller, 82), second_out as usize, "at {at} s");
+        assert_eq!(
+            dp.backend_state[&first].ejected, first_out as u64,
+            "at {at} s"
+        );
+        assert_eq!(
+            dp.backend_state[&second].ejected, second_out as u64,
+            "at {at} s"
+        );
+        assert_eq!(ejected(&controller, 80), 0);
+    }
+    assert_eq!(events(&controller, EventKind::Unejection).len(), 2);
+}
