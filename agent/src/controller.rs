@@ -94,9 +94,9 @@ pub type HealthKey = (ServiceKey, u32, u16);
 /// that moved was caught mid-change). Each part is one batch read of the whole map when the
 /// services hold a good share of it, else a read per id.
 pub struct KernelHealth {
-    ejections_before: std::collections::HashMap<u32, i64>,
-    backends: std::collections::HashMap<u32, BackendState>,
-    ejections_after: std::collections::HashMap<u32, i64>,
+    ejections_before: HashMap<u32, i64>,
+    backends: HashMap<u32, BackendState>,
+    ejections_after: HashMap<u32, i64>,
 }
 
 impl KernelHealth {
@@ -107,36 +107,29 @@ impl KernelHealth {
         capacity: (u32, u32),
     ) -> Result<Self> {
         let service_ids: Vec<u32> = services.iter().map(|(id, _)| *id).collect();
-        let backend_ids: Vec<u32> = services.iter().flat_map(|(_, b)| b.clone()).collect();
-        let ejections = |dp: &dyn Dataplane| -> Result<std::collections::HashMap<u32, i64>> {
-            let all = (service_ids.len() as u64 * 16 >= u64::from(capacity.0))
-                .then(|| dp.read_service_states())
-                .transpose()?;
-            service_ids
-                .iter()
-                .map(|&id| {
-                    let state = match &all {
-                        Some(all) => all.get(id as usize).copied().unwrap_or_default(),
-                        None => dp.read_service_state(id)?,
-                    };
-                    Ok((id, state.ejections))
-                })
-                .collect()
+        let backend_ids: Vec<u32> = services
+            .iter()
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        let ejections = |dp: &dyn Dataplane| -> Result<HashMap<u32, i64>> {
+            let states = read_by_share(
+                &service_ids,
+                capacity.0,
+                || dp.read_service_states(),
+                |id| dp.read_service_state(id),
+            )?;
+            Ok(states
+                .into_iter()
+                .map(|(id, s)| (id, s.ejections))
+                .collect())
         };
         let ejections_before = ejections(dp)?;
-        let all = (backend_ids.len() as u64 * 16 >= u64::from(capacity.1))
-            .then(|| dp.read_backend_states())
-            .transpose()?;
-        let backends = backend_ids
-            .iter()
-            .map(|&id| {
-                let state = match &all {
-                    Some(all) => all.get(id as usize).copied().unwrap_or_default(),
-                    None => dp.read_backend_state(id)?,
-                };
-                Ok((id, state))
-            })
-            .collect::<Result<_>>()?;
+        let backends = read_by_share(
+            &backend_ids,
+            capacity.1,
+            || dp.read_backend_states(),
+            |id| dp.read_backend_state(id),
+        )?;
         let ejections_after = ejections(dp)?;
         Ok(Self {
             ejections_before,
@@ -161,6 +154,25 @@ impl KernelHealth {
 
     fn backend(&self, id: u32) -> BackendState {
         self.backends.get(&id).copied().unwrap_or_default()
+    }
+}
+
+/// The values of `ids` in a map of `capacity` entries: one batch read of the whole map (`all`)
+/// when they are at least a sixteenth of it, else a read per id (`one`).
+fn read_by_share<T: Copy + Default>(
+    ids: &[u32],
+    capacity: u32,
+    all: impl FnOnce() -> Result<Vec<T>>,
+    one: impl Fn(u32) -> Result<T>,
+) -> Result<HashMap<u32, T>> {
+    if ids.len() as u64 * 16 >= u64::from(capacity) {
+        let all = all()?;
+        Ok(ids
+            .iter()
+            .map(|&id| (id, all.get(id as usize).copied().unwrap_or_default()))
+            .collect())
+    } else {
+        ids.iter().map(|&id| Ok((id, one(id)?))).collect()
     }
 }
 
@@ -266,10 +278,10 @@ pub struct Controller {
     pub revision: u64,
     next_event_seq: u64,
     /// (A hash map: every service is looked up at every pass.)
-    last_sweep: std::collections::HashMap<ServiceKey, Duration>,
+    last_sweep: HashMap<ServiceKey, Duration>,
     /// When each service was last reconciled (the sweep reconciles those due that waited
     /// longest, [`RECONCILE_PER_PASS`] at most).
-    last_reconciled: std::collections::HashMap<ServiceKey, Duration>,
+    last_reconciled: HashMap<ServiceKey, Duration>,
     /// No service is due for a sweep before this (ZERO after a reload: look again).
     sweep_not_before: Duration,
     /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
@@ -404,7 +416,7 @@ const RECONCILE_PER_PASS: usize = 4096;
 /// passes it is due in (a cursor into the changing list of those due starved some).
 fn least_recently_reconciled(
     due: &[ServiceKey],
-    last: &std::collections::HashMap<ServiceKey, Duration>,
+    last: &HashMap<ServiceKey, Duration>,
     budget: usize,
 ) -> std::collections::BTreeSet<ServiceKey> {
     let mut order: Vec<(Duration, ServiceKey)> = due
@@ -448,8 +460,8 @@ impl Controller {
             swaps: SwapStats::default(),
             revision: 0,
             next_event_seq: 1,
-            last_sweep: std::collections::HashMap::new(),
-            last_reconciled: std::collections::HashMap::new(),
+            last_sweep: HashMap::new(),
+            last_reconciled: HashMap::new(),
             sweep_not_before: Duration::ZERO,
             reconcile_repairs: 0,
             connect_timeouts: ConnectTimeouts::default(),

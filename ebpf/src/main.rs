@@ -125,8 +125,9 @@ pub fn geosteer_xdp(ctx: XdpContext) -> u32 {
 
 // ---------------------------------------------------------------------------------------------
 // TC: headers are read in place from the skb's linear part (bpf_skb_load_bytes where they are not
-// in it: non-linear skbs) and rewritten with bpf_skb_store_bytes + the kernel's checksum helpers, which also handle CHECKSUM_PARTIAL skbs
-// (locally generated packets whose L4 checksum is finished by the device).
+// in it: non-linear skbs) and rewritten with bpf_skb_store_bytes + the kernel's checksum helpers,
+// which also handle CHECKSUM_PARTIAL skbs (locally generated packets whose L4 checksum is
+// finished by the device).
 
 /// An ICMP error: where its parts are, and the packet it quotes.
 struct IcmpError {
@@ -537,7 +538,7 @@ fn drop_if_vip(daddr: u32, reason: DropReason) -> i32 {
 
 /// Which end of a packet a translation rewrites: the destination of requests, the source of
 /// replies.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Side {
     Source,
     Destination,

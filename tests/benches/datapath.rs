@@ -61,6 +61,10 @@ const SELF_PORT: u16 = 81;
 const BACKENDS: u8 = 64;
 const CLIENT_PORT: u16 = 40000;
 
+/// The batched established-flow cases, which the profile runs again (one name, one packet each).
+const ESTABLISHED_CASE: &str = "TC ingress: established flow (conntrack hit, DNAT)";
+const REPLY_CASE: &str = "TC egress: reply data (reverse NAT; no response start awaited)";
+
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH_ACK: u8 = 0x18;
@@ -446,6 +450,16 @@ fn test_run(fd: RawFd, data: &[u8], repeat: u32) -> Result<Run> {
 
 // -------------------------------------------------------------------------- packets ---
 
+/// A request on the self-NAT flow (see [`SELF_PORT`]): DNATed into the same bytes.
+fn established_request() -> Vec<u8> {
+    tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST)
+}
+
+/// A reply on the self-NAT flow: reverse-NATed into the same bytes.
+fn reply_data() -> Vec<u8> {
+    tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE)
+}
+
 /// Ethernet + IPv4 + TCP with valid checksums.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut l4 = Vec::new();
@@ -574,10 +588,10 @@ fn batched(
             counted: Counted::Nothing,
         },
         Batched {
-            name: "TC ingress: established flow (conntrack hit, DNAT)",
+            name: ESTABLISHED_CASE,
             program: program_names::TC_INGRESS,
             fd: rig.tc_ingress,
-            packet: tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST),
+            packet: established_request(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Requests,
@@ -592,10 +606,10 @@ fn batched(
             counted: Counted::Nothing,
         },
         Batched {
-            name: "TC egress: reply data (reverse NAT; no response start awaited)",
+            name: REPLY_CASE,
             program: program_names::TC_EGRESS,
             fd: rig.tc_egress,
-            packet: tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE),
+            packet: reply_data(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Replies,
@@ -732,18 +746,12 @@ fn single(
             "TC ingress: new flow (SYN: Maglev, conntrack insert, DNAT)",
             program_names::TC_INGRESS,
         ),
-        (
-            "TC ingress: established flow (conntrack hit, DNAT)",
-            program_names::TC_INGRESS,
-        ),
+        (ESTABLISHED_CASE, program_names::TC_INGRESS),
         (
             "TC ingress: established, one flow (same packet every call)",
             program_names::TC_INGRESS,
         ),
-        (
-            "TC egress: reply data (reverse NAT; no response start awaited)",
-            program_names::TC_EGRESS,
-        ),
+        (REPLY_CASE, program_names::TC_EGRESS),
         ("no-op XDP program (floor)", "noop (XDP)"),
         (
             "XDP: new flow (SYN: Maglev, conntrack insert, DNAT, FIB, redirect)",
@@ -890,16 +898,16 @@ const PROFILE_SECONDS: u64 = 4;
 fn profile(rig: &Rig) -> Result<Vec<Profile>> {
     let cases = [
         (
-            "TC ingress: established flow (conntrack hit, DNAT)",
+            ESTABLISHED_CASE,
             program_names::TC_INGRESS,
             rig.tc_ingress,
-            tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST),
+            established_request(),
         ),
         (
-            "TC egress: reply data (reverse NAT; no response start awaited)",
+            REPLY_CASE,
             program_names::TC_EGRESS,
             rig.tc_egress,
-            tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE),
+            reply_data(),
         ),
     ];
     let dir = std::env::temp_dir().join(format!("geosteer-bench-perf-{}", std::process::id()));
