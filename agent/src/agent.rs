@@ -64,6 +64,7 @@ struct Publisher {
     runtime: Runtime,
     tx: watch::Sender<Arc<AgentState>>,
     published_revision: Option<u64>,
+    statuses: state::StatusCache,
 }
 
 impl Publisher {
@@ -76,7 +77,8 @@ impl Publisher {
     }
 
     fn force(&mut self, controller: &Controller) {
-        let snapshot = state::snapshot(controller, &self.runtime, monotonic_now());
+        let services = self.statuses.services(controller, monotonic_now());
+        let snapshot = state::snapshot(controller, &self.runtime, services);
         self.tx.send_replace(Arc::new(snapshot));
         self.published_revision = Some(controller.revision);
     }
@@ -146,6 +148,7 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         },
         tx,
         published_revision: None,
+        statuses: state::StatusCache::default(),
     };
     // Up before the programs: /healthz answers and /readyz says "not yet" while loading.
     let _admin_socket = admin::serve(&admin_config.socket, rx.clone())?;

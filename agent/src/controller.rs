@@ -10,7 +10,7 @@
 //! repairs either side (a lost ring-buffer event, a restart), logging and counting each repair.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant, SystemTime},
 };
@@ -93,24 +93,37 @@ pub type HealthKey = (ServiceKey, u32, u16);
 /// in this order: their ejection counts, their backends' states, then the counts again (a count
 /// that moved was caught mid-change). Each part is one batch read of the whole map when the
 /// services hold a good share of it, else a read per id.
+///
+/// A service's backend flags are read only where something may be ejected: its kernel count
+/// differs from the slots the agent released, or the agent asks (it times an ejection there,
+/// or it has not yet seen every flag since it started). The kernel sets a flag only after
+/// taking a count slot and the agent moves both together, so a count equal to the released
+/// slots means no flag — and an idle node reads one entry per service, not one per backend.
 pub struct KernelHealth {
     ejections_before: HashMap<u32, i64>,
     backends: HashMap<u32, BackendState>,
     ejections_after: HashMap<u32, i64>,
 }
 
+/// What [`KernelHealth::read`] needs of one service.
+pub struct ServiceBooks {
+    pub service_id: u32,
+    pub backend_ids: Vec<u32>,
+    /// The ejection slots the agent has given back (the kernel's count minus these is the
+    /// number of ejected backends).
+    pub released: i64,
+    /// Read the backends' flags whatever the count says.
+    pub read_flags: bool,
+}
+
 impl KernelHealth {
-    /// `services`: (service id, its backend ids); `capacity`: (maxServices, maxBackends).
+    /// `capacity`: (maxServices, maxBackends).
     pub fn read(
         dp: &dyn Dataplane,
-        services: &[(u32, Vec<u32>)],
+        services: &[ServiceBooks],
         capacity: (u32, u32),
     ) -> Result<Self> {
-        let service_ids: Vec<u32> = services.iter().map(|(id, _)| *id).collect();
-        let backend_ids: Vec<u32> = services
-            .iter()
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
+        let service_ids: Vec<u32> = services.iter().map(|s| s.service_id).collect();
         let ejections = |dp: &dyn Dataplane| -> Result<HashMap<u32, i64>> {
             let states = read_by_share(
                 &service_ids,
@@ -124,6 +137,18 @@ impl KernelHealth {
                 .collect())
         };
         let ejections_before = ejections(dp)?;
+        let backend_ids: Vec<u32> = services
+            .iter()
+            .filter(|s| {
+                s.read_flags
+                    || ejections_before
+                        .get(&s.service_id)
+                        .copied()
+                        .unwrap_or_default()
+                        != s.released
+            })
+            .flat_map(|s| s.backend_ids.iter().copied())
+            .collect();
         let backends = read_by_share(
             &backend_ids,
             capacity.1,
@@ -277,12 +302,26 @@ pub struct Controller {
     /// republishes its state only when something moved.
     pub revision: u64,
     next_event_seq: u64,
-    /// (A hash map: every service is looked up at every pass.)
-    last_sweep: HashMap<ServiceKey, Duration>,
-    /// When each service was last reconciled (the sweep reconciles those due that waited
-    /// longest, [`RECONCILE_PER_PASS`] at most).
-    last_reconciled: HashMap<ServiceKey, Duration>,
-    /// No service is due for a sweep before this (ZERO after a reload: look again).
+    /// The services with outlier state to time — an endpoint ejected, or one whose ejection
+    /// backoff has yet to decay — and when each was last swept. Only these have anything for
+    /// the `interval` sweep to do (Envoy's timer finds nothing to change on the others), so a
+    /// node with 100,000 quiet services sweeps none of them. A service enters at an ejection
+    /// (the kernel's report, or one the reconcile pass adopts) and leaves when its last
+    /// endpoint's state has decayed.
+    outlier_active: BTreeMap<ServiceKey, Duration>,
+    /// Where the reconcile pass goes on from: it walks every service with outlierDetection in
+    /// key order, [`RECONCILE_PER_PASS`] at a time, whether or not any is active (a lost ring
+    /// event is exactly an ejection the agent does not know of).
+    reconcile_cursor: Option<ServiceKey>,
+    /// Whether the reconcile pass has gone round every service since the agent began: until it
+    /// has, it reads every backend flag (an agent that died between two writes may have left
+    /// a flag the kernel's count does not hold).
+    reconciled_every_service: bool,
+    /// The next reconcile pass, and the time between two: the shortest outlier `interval` of
+    /// any service (None: no service has outlierDetection).
+    next_reconcile: Duration,
+    reconcile_every: Option<Duration>,
+    /// No sweep or reconcile is due before this (ZERO after a reload: look again).
     sweep_not_before: Duration,
     /// Disagreements between the kernel's ejection flags or books and the agent's clocks that
     /// the reconcile pass repaired.
@@ -411,26 +450,35 @@ fn to_policy_locality_lb(
 /// Services a sweep reconciles at most (see [`Controller::sweep`]).
 const RECONCILE_PER_PASS: usize = 4096;
 
-/// Of the services `due`, the `budget` that were reconciled longest ago (never: first). Fair
-/// whatever groups of services fall due together: each waits at most ceil(n / budget) of the
-/// passes it is due in (a cursor into the changing list of those due starved some).
-fn least_recently_reconciled(
-    due: &[ServiceKey],
-    last: &HashMap<ServiceKey, Duration>,
-    budget: usize,
-) -> std::collections::BTreeSet<ServiceKey> {
-    let mut order: Vec<(Duration, ServiceKey)> = due
+/// The reconcile pass's period: the shortest outlier `interval` of any service.
+fn shortest_outlier_interval(services: &[ServiceModel]) -> Option<Duration> {
+    services
         .iter()
-        .map(|k| (last.get(k).copied().unwrap_or(Duration::ZERO), *k))
-        .collect();
-    if order.len() > budget {
-        if budget == 0 {
-            return Default::default();
-        }
-        order.select_nth_unstable(budget - 1);
-        order.truncate(budget);
-    }
-    order.into_iter().map(|(_, k)| k).collect()
+        .filter_map(|s| Some(s.policy.outlier_detection.as_ref()?.interval))
+        .min()
+}
+
+/// The next `budget` services with outlierDetection after `cursor` in key order, going round
+/// to the first after the last: every such service is reconciled once in every
+/// ceil(n / budget) passes, and one a reload adds is reached within one round.
+fn next_to_reconcile(
+    services: &[ServiceModel],
+    by_key: &BTreeMap<ServiceKey, usize>,
+    cursor: Option<ServiceKey>,
+    budget: usize,
+) -> Vec<ServiceKey> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let after = match cursor {
+        Some(c) => by_key.range((Excluded(c), Unbounded)),
+        None => by_key.range(..),
+    };
+    let up_to = cursor.map(|c| by_key.range(..=c)).into_iter().flatten();
+    after
+        .chain(up_to)
+        .filter(|(_, index)| services[**index].policy.outlier_detection.is_some())
+        .map(|(key, _)| *key)
+        .take(budget)
+        .collect()
 }
 
 /// Services a full apply computes and applies at once, at most, and endpoints (their policy
@@ -449,6 +497,7 @@ fn index_by_key(services: &[ServiceModel]) -> BTreeMap<ServiceKey, usize> {
 impl Controller {
     pub fn new(config: Config, programmer: Programmer) -> Self {
         let services = service_models(&config);
+        let reconcile_every = shortest_outlier_interval(&services);
         Self {
             by_key: index_by_key(&services),
             config,
@@ -460,8 +509,11 @@ impl Controller {
             swaps: SwapStats::default(),
             revision: 0,
             next_event_seq: 1,
-            last_sweep: HashMap::new(),
-            last_reconciled: HashMap::new(),
+            outlier_active: BTreeMap::new(),
+            reconcile_cursor: None,
+            reconciled_every_service: false,
+            next_reconcile: Duration::ZERO,
+            reconcile_every,
             sweep_not_before: Duration::ZERO,
             reconcile_repairs: 0,
             connect_timeouts: ConnectTimeouts::default(),
@@ -830,6 +882,7 @@ impl Controller {
         }
         // The kernel has already reset the consecutive counters (Envoy does on ejection).
         let length = health.outlier.eject(now, &outlier_settings(&od));
+        self.outlier_state_began(key, now);
         let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
         let reason = if event.consecutive_5xx >= od.consecutive_5xx_errors as u64
             && od.consecutive_5xx_errors != 0
@@ -886,127 +939,132 @@ impl Controller {
         Ok(())
     }
 
-    /// The outlier `interval` timer of every service that is due: reconcile the kernel's books
-    /// with the agent's, then un-eject and decay.
+    /// The outlier `interval` timer: reconcile the kernel's books with the agent's (a slice of
+    /// the services at a time), then un-eject and decay in the services with outlier state.
     pub fn sweep(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
-        // Called every tick; a pass over every service only when one is due.
+        // Called every tick; does something only when a reconcile or a service is due.
         if now < self.sweep_not_before {
             return Ok(());
         }
+        if let Some(every) = self.reconcile_every
+            && now >= self.next_reconcile
+        {
+            self.reconcile_pass(dp, now)?;
+            self.next_reconcile = now + every;
+        }
         self.sweep_pass(dp, now)?;
-        self.sweep_not_before = self
-            .services
+        let next_sweep = self
+            .outlier_active
             .iter()
-            .filter_map(|s| {
-                let interval = s.policy.outlier_detection.as_ref()?.interval;
-                Some(
-                    self.last_sweep
-                        .get(&s.key)
-                        .map_or(now, |last| *last + interval),
-                )
+            .map(|(key, last)| match self.outlier_settings_of(key) {
+                Some(od) => *last + od.interval,
+                None => now,
             })
+            .min();
+        let next_reconcile = self.reconcile_every.map(|_| self.next_reconcile);
+        self.sweep_not_before = next_sweep
+            .into_iter()
+            .chain(next_reconcile)
             .min()
             .unwrap_or(Duration::MAX);
         Ok(())
     }
 
-    fn sweep_pass(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
-        let due: Vec<(ServiceKey, config::OutlierDetection)> = self
-            .services
+    fn outlier_settings_of(&self, key: &ServiceKey) -> Option<&config::OutlierDetection> {
+        self.model(key)?.policy.outlier_detection.as_ref()
+    }
+
+    /// A service now has outlier state to time (an endpoint was ejected); one that had already
+    /// keeps the phase of its timer.
+    fn outlier_state_began(&mut self, key: ServiceKey, now: Duration) {
+        self.outlier_active.entry(key).or_insert(now);
+    }
+
+    /// Compares the kernel's books with the agent's for the next [`RECONCILE_PER_PASS`]
+    /// services with outlierDetection: bounded, so a pass stays cheap at 100,000 services, and
+    /// every service is reached every ceil(N / RECONCILE_PER_PASS) passes.
+    fn reconcile_pass(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
+        let chosen = next_to_reconcile(
+            &self.services,
+            &self.by_key,
+            self.reconcile_cursor,
+            RECONCILE_PER_PASS,
+        );
+        if let (Some(last), Some(cursor)) = (chosen.last(), self.reconcile_cursor)
+            && *last <= cursor
+        {
+            // Gone round past the end: every service has been reconciled since the agent began.
+            self.reconciled_every_service = true;
+        }
+        self.reconcile_cursor = chosen.last().copied().or(self.reconcile_cursor);
+        let books: Vec<ServiceBooks> = chosen
             .iter()
-            .filter_map(|s| Some((s.key, s.policy.outlier_detection.clone()?)))
-            .filter(|(key, od)| {
-                self.last_sweep
-                    .get(key)
-                    .is_none_or(|last| now >= *last + od.interval)
+            .filter_map(|key| Some((key, self.programmer.service(key)?)))
+            .map(|(key, live)| ServiceBooks {
+                service_id: live.id,
+                backend_ids: live.backends.values().map(|(id, _)| *id).collect(),
+                released: live.ejections_released,
+                read_flags: !self.reconciled_every_service
+                    || self
+                        .health
+                        .range(endpoints_of(key))
+                        .any(|(_, h)| h.outlier.is_ejected()),
             })
             .collect();
-        // A service that lost its outlierDetection (a reload) keeps no ejection.
-        let orphaned: Vec<ServiceKey> = self
-            .services
-            .iter()
-            .filter(|s| s.policy.outlier_detection.is_none())
-            .filter(|s| {
-                s.endpoints.iter().any(|e| {
-                    self.health
-                        .get(&e.health_key(&s.key))
-                        .is_some_and(|h| h.outlier.is_ejected())
-                })
-            })
-            .map(|s| s.key)
-            .collect();
-        for key in orphaned {
-            let ejected: Vec<HealthKey> = self
-                .health
-                .range(endpoints_of(&key))
-                .filter(|(_, h)| h.outlier.is_ejected())
-                .map(|(k, _)| *k)
-                .collect();
-            for health_key in ejected {
-                if let Some(h) = self.health.get_mut(&health_key) {
-                    h.outlier.ejected_until = None;
-                }
-                if let Some(id) = self.programmer.backend_id(&key, health_key.1, health_key.2)
-                    && dp.read_backend_state(id)?.ejected != 0
-                {
-                    dp.write_backend_state(id, &BackendState::default())?;
-                    self.programmer.release_ejections(dp, &key, 1)?;
-                }
-            }
-            self.refresh(dp, &key)?;
+        if books.is_empty() {
+            return Ok(());
         }
-        // Reconcile compares the kernel's books with the agent's: bounded per pass, so with many
-        // services it goes round them, RECONCILE_PER_PASS at a time (every service every
-        // ceil(N / RECONCILE_PER_PASS) intervals), and a pass stays cheap at 100,000.
-        let due_keys: Vec<ServiceKey> = due.iter().map(|(k, _)| *k).collect();
-        let reconciled =
-            least_recently_reconciled(&due_keys, &self.last_reconciled, RECONCILE_PER_PASS);
-        for key in &reconciled {
-            self.last_reconciled.insert(*key, now);
-        }
-        let books: Vec<(u32, Vec<u32>)> = reconciled
-            .iter()
-            .filter_map(|key| self.programmer.service(key))
-            .map(|live| (live.id, live.backends.values().map(|(id, _)| *id).collect()))
-            .collect();
-        let kernel = match books.is_empty() {
-            true => None,
-            false => Some(KernelHealth::read(dp, &books, self.programmer.capacity())?),
-        };
-        // Reconcile first: for each service its books are repaired before its endpoints are
-        // swept, as one service at a time did.
-        let mut repaired = HashSet::new();
-        for (key, od) in &due {
-            self.last_sweep.insert(*key, now);
-            if let Some(kernel) = &kernel
-                && reconciled.contains(key)
-                && self.reconcile(dp, key, od, now, kernel)?
-            {
-                repaired.insert(*key);
-            }
-        }
-        // Then every due service's endpoints in one walk over the health books in key order,
-        // beside the due services sorted the same way: two range searches per service cost more
-        // than the sweep itself at 100,000 services.
-        let mut due_keys = due_keys;
-        due_keys.sort_unstable();
-        let mut unejected_by_service: HashMap<ServiceKey, Vec<(u32, u16)>> = HashMap::new();
-        let mut next_due = due_keys.iter().peekable();
-        for ((service, addr, port), health) in self.health.iter_mut() {
-            while next_due.next_if(|key| *key < service).is_some() {}
-            let Some(key) = next_due.peek() else {
-                break;
+        let kernel = KernelHealth::read(dp, &books, self.programmer.capacity())?;
+        for key in chosen {
+            let Some(od) = self.outlier_settings_of(&key).cloned() else {
+                continue;
             };
-            if *key == service && health.outlier.sweep(now) == outlier::SweepResult::Unejected {
-                unejected_by_service
-                    .entry(*service)
-                    .or_default()
-                    .push((*addr, *port));
+            if self.reconcile(dp, &key, &od, now, &kernel)? {
+                self.refresh(dp, &key)?;
             }
         }
-        for (key, _) in due {
-            let unejected = unejected_by_service.remove(&key).unwrap_or_default();
-            if unejected.is_empty() && !repaired.contains(&key) {
+        Ok(())
+    }
+
+    /// The `interval` timer of each service with outlier state that is due (Envoy
+    /// `OutlierDetectorImpl::onIntervalTimer`): un-eject the hosts whose time is over, decay
+    /// the backoff of the others; a service whose state has all decayed leaves the set.
+    fn sweep_pass(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
+        let due: Vec<ServiceKey> = self
+            .outlier_active
+            .iter()
+            .filter(|(key, last)| {
+                // A service gone from the config or without outlierDetection now: due at once.
+                self.outlier_settings_of(key)
+                    .is_none_or(|od| now >= **last + od.interval)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            if self.model(&key).is_none() {
+                // Removed by a reload, its health books with it.
+                self.outlier_active.remove(&key);
+                continue;
+            }
+            if self.outlier_settings_of(&key).is_none() {
+                self.drop_orphaned_ejections(dp, &key)?;
+                self.outlier_active.remove(&key);
+                continue;
+            }
+            let mut unejected = Vec::new();
+            let mut state_left = false;
+            for ((_, addr, port), health) in self.health.range_mut(endpoints_of(&key)) {
+                if health.outlier.sweep(now) == outlier::SweepResult::Unejected {
+                    unejected.push((*addr, *port));
+                }
+                state_left |= health.outlier.is_ejected() || health.outlier.backoff > 0;
+            }
+            if state_left {
+                self.outlier_active.insert(key, now);
+            } else {
+                self.outlier_active.remove(&key);
+            }
+            if unejected.is_empty() {
                 continue;
             }
             for (addr, port) in &unejected {
@@ -1028,6 +1086,28 @@ impl Controller {
             }
             self.refresh(dp, &key)?;
         }
+        Ok(())
+    }
+
+    /// A service that lost its outlierDetection (a reload) keeps no ejection.
+    fn drop_orphaned_ejections(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+        let mut cleared = 0i64;
+        for ((_, addr, port), health) in self.health.range_mut(endpoints_of(key)) {
+            health.outlier = outlier::Host {
+                ejections_total: health.outlier.ejections_total,
+                ..outlier::Host::default()
+            };
+            if let Some(id) = self.programmer.backend_id(key, *addr, *port)
+                && dp.read_backend_state(id)?.ejected != 0
+            {
+                dp.write_backend_state(id, &BackendState::default())?;
+                cleared += 1;
+            }
+        }
+        if cleared > 0 {
+            self.programmer.release_ejections(dp, key, cleared)?;
+        }
+        self.refresh(dp, key)?;
         Ok(())
     }
 
@@ -1131,6 +1211,7 @@ impl Controller {
         }
         // An adopted ejection gets what a reported one gets: the new table, then its flows end.
         if !adopted.is_empty() {
+            self.outlier_state_began(*key, now);
             self.refresh(dp, key)?;
             for (id, endpoint) in adopted {
                 self.end_flows(dp, &service, id, endpoint)?;
@@ -1211,6 +1292,7 @@ impl Controller {
     pub fn reload(&mut self, dp: &mut dyn Dataplane, config: Config) -> Result<usize> {
         self.services = service_models(&config);
         self.by_key = index_by_key(&self.services);
+        self.reconcile_every = shortest_outlier_interval(&self.services);
         self.sweep_not_before = Duration::ZERO;
         self.config = config;
         let changed = self.apply_all(dp)?;

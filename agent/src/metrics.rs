@@ -57,7 +57,7 @@ pub struct Readings {
 pub fn read_maps(pin_path: &Path, state: &AgentState) -> Result<Readings> {
     let maps = BpfMaps::open_pinned(pin_path)?;
     let mut readings = Readings::default();
-    for service in &state.services {
+    for service in state.services.iter() {
         if let Some(id) = service.service_id {
             readings.services.insert(id, maps.service_counters(id)?);
         }
@@ -297,7 +297,7 @@ impl Exposition {
             GAUGE,
         );
 
-        for service in &state.services {
+        for service in state.services.iter() {
             let name = || ("service", service.name.clone());
             if let Some(c) = service.service_id.and_then(|id| readings.services.get(&id)) {
                 service_packets.add(vec![name()], c.packets as f64);

@@ -6,6 +6,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -29,7 +30,8 @@ pub struct ConnectTimeoutInfo {
 pub struct AgentState {
     pub agent: AgentInfo,
     pub attachments: Vec<AttachmentInfo>,
-    pub services: Vec<ServiceStatus>,
+    /// Shared between snapshots while no service changed (see [`StatusCache`]).
+    pub services: Arc<Vec<ServiceStatus>>,
     pub events: Vec<EventInfo>,
     pub swaps: SwapStats,
     /// Disagreements between the kernel's ejection books and the agent's that the reconcile
@@ -298,10 +300,46 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Builds the snapshot. `monotonic_now` converts ejection deadlines (CLOCK_MONOTONIC) to wall
-/// clock time.
-pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Duration) -> AgentState {
-    let wall_now = SystemTime::now();
+/// The services' part of the snapshot, built again only when the controller's revision moved
+/// (every change to what it shows bumps it). The rest of a snapshot — conntrack passes, links,
+/// the Kubernetes source — changes on its own clock, and at 100,000 services rebuilding every
+/// service's status for each of those was most of an idle agent's CPU.
+#[derive(Default)]
+pub struct StatusCache {
+    built_at_revision: Option<u64>,
+    services: Arc<Vec<ServiceStatus>>,
+}
+
+impl StatusCache {
+    /// Every service's status as of the controller's current revision. `monotonic_now`
+    /// converts ejection deadlines (CLOCK_MONOTONIC) to wall clock time, which stays right for
+    /// as long as the status is reused.
+    pub fn services(
+        &mut self,
+        controller: &Controller,
+        monotonic_now: Duration,
+    ) -> Arc<Vec<ServiceStatus>> {
+        if self.built_at_revision != Some(controller.revision) {
+            let wall_now = SystemTime::now();
+            self.services = Arc::new(
+                controller
+                    .services
+                    .iter()
+                    .map(|service| service_status(controller, service, wall_now, monotonic_now))
+                    .collect(),
+            );
+            self.built_at_revision = Some(controller.revision);
+        }
+        Arc::clone(&self.services)
+    }
+}
+
+/// Builds the snapshot around the services' statuses (from a [`StatusCache`]).
+pub fn snapshot(
+    controller: &Controller,
+    runtime: &Runtime,
+    services: Arc<Vec<ServiceStatus>>,
+) -> AgentState {
     let config = &controller.config;
     let agent = AgentInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -317,11 +355,6 @@ pub fn snapshot(controller: &Controller, runtime: &Runtime, monotonic_now: Durat
         generation: runtime.generation,
         last_reload: runtime.last_reload.clone(),
     };
-    let services = controller
-        .services
-        .iter()
-        .map(|service| service_status(controller, service, wall_now, monotonic_now))
-        .collect();
     let events = controller
         .events
         .iter()
@@ -550,5 +583,26 @@ mod tests {
         assert_eq!(swaps.count, 4);
         assert_eq!(swaps.buckets, [1, 2, 2, 2, 2, 2, 3, 3, 3, 3]);
         assert!((swaps.seconds_sum - 0.40311).abs() < 1e-9);
+    }
+
+    /// The services' statuses are built once per controller revision: snapshots in between
+    /// share them, and the first change an operator could see builds them again.
+    #[test]
+    fn service_statuses_are_rebuilt_only_when_the_revision_moves() {
+        let mut dp = crate::dataplane::memory::MemoryDataplane::new();
+        let mut controller = Controller::new(
+            crate::config::default_config(),
+            crate::programmer::Programmer::new(16, 64, 1 << 16),
+        );
+        controller.apply_all(&mut dp).expect("apply");
+        let mut cache = StatusCache::default();
+        let first = cache.services(&controller, Duration::from_secs(1));
+        assert!(!first.is_empty());
+        let again = cache.services(&controller, Duration::from_secs(2));
+        assert!(Arc::ptr_eq(&first, &again), "same revision: shared");
+        controller.event(EventKind::Reload, "something an operator could see");
+        let after = cache.services(&controller, Duration::from_secs(3));
+        assert!(!Arc::ptr_eq(&first, &after), "revision moved: built again");
+        assert_eq!(*first, *after, "nothing in the services changed");
     }
 }

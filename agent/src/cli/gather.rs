@@ -266,7 +266,7 @@ pub fn services(ctx: &Context) -> Result<ServicesReport> {
     };
     match ctx.state() {
         Some(state) => {
-            for s in &state.services {
+            for s in state.services.iter() {
                 let counters = match (&maps, s.service_id) {
                     (Ok(maps), Some(id)) => {
                         let c = maps.service_counters(id)?;
@@ -370,7 +370,7 @@ pub fn backends(ctx: &Context, service: Option<&str>) -> Result<BackendsReport> 
     };
     match ctx.state() {
         Some(state) => {
-            for s in &state.services {
+            for s in state.services.iter() {
                 if service.is_some_and(|q| !s.matches(q)) {
                     continue;
                 }
@@ -598,7 +598,7 @@ fn sample(ctx: &Context, maps: &BpfMaps) -> Result<Sample> {
     let mut rows = Vec::new();
     match ctx.state() {
         Some(state) => {
-            for s in &state.services {
+            for s in state.services.iter() {
                 for b in &s.backends {
                     if let Some(id) = b.backend_id {
                         rows.push((

@@ -214,7 +214,7 @@ fn agent_state() -> AgentState {
                 hook: "tc-egress".into(),
             },
         ],
-        services: vec![reviews, dns],
+        services: vec![reviews, dns].into(),
         events: vec![
             event(
                 1,

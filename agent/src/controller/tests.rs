@@ -196,37 +196,167 @@ fn a_reload_that_removes_the_service_retires_its_entry() {
     assert!(dp.services.is_empty());
 }
 
-/// Reconcile goes round the services due, least recently reconciled first: a large group and a
-/// single service falling due in turn (a reload added it in another phase) both get theirs —
-/// every service of the group within ceil(n / budget) of its passes.
-#[test]
-fn reconcile_goes_round_every_service_whatever_falls_due_together() {
-    let service = |port: u16| ServiceKey {
+/// `count` copies of the test service on ports 80, 81, …; those at the ports in `without`
+/// have no outlierDetection.
+fn services_on_ports(count: u16, without: &[u16]) -> Config {
+    let mut config = config("http");
+    let template = config.services[0].clone();
+    config.services.clear();
+    for i in 0..count {
+        let port = 80 + i;
+        let mut service = template.clone();
+        service.name = format!("reviews-{i}");
+        service.ports[0].port = port;
+        if without.contains(&port) {
+            service.traffic_policy.as_mut().unwrap().outlier_detection = None;
+        }
+        config.services.push(service);
+    }
+    config
+}
+
+fn service_on(port: u16) -> ServiceKey {
+    ServiceKey {
         port: port.to_be(),
         ..key()
+    }
+}
+
+/// Reconcile goes round every service with outlierDetection in key order, a slice at a time,
+/// on from where it stopped and round to the start: each once per round, those without never.
+#[test]
+fn reconcile_goes_round_every_service_with_outlier_detection() {
+    let controller = Controller::new(
+        services_on_ports(10, &[82, 85]),
+        Programmer::new(16, 64, 1 << 16),
+    );
+    let mut cursor = None;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let chosen = next_to_reconcile(&controller.services, &controller.by_key, cursor, 3);
+        assert_eq!(chosen.len(), 3);
+        cursor = chosen.last().copied();
+        seen.extend(chosen);
+    }
+    // Eight services with outlierDetection, eighteen picks: the round twice, then two more.
+    let ports: Vec<u16> = seen.iter().map(|k| u16::from_be(k.port)).collect();
+    let round = [80, 81, 83, 84, 86, 87, 88, 89];
+    let expected: Vec<u16> = round
+        .iter()
+        .chain(&round)
+        .chain(&round[..2])
+        .copied()
+        .collect();
+    assert_eq!(ports, expected);
+    // Fewer than the budget: each once, not twice.
+    let all = next_to_reconcile(
+        &controller.services,
+        &controller.by_key,
+        Some(service_on(84)),
+        100,
+    );
+    assert_eq!(all.len(), 8);
+}
+
+/// Only services with outlier state are swept: one enters at an ejection, is un-ejected when
+/// its time is over, stays while its backoff decays (Envoy: one step per interval) and then
+/// leaves; the others are never visited.
+#[test]
+fn only_services_with_outlier_state_are_swept_until_it_decays() {
+    let (mut controller, mut dp) = started("http");
+    controller.sweep(&mut dp, Duration::from_secs(50)).unwrap();
+    assert!(
+        controller.outlier_active.is_empty(),
+        "nothing ejected, nothing to time"
+    );
+    let id = backend_id(&controller, 11);
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(&key()).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+    let event = KernelEvent {
+        kind: EVENT_EJECTED,
+        backend_id: id,
+        consecutive_5xx: 1,
+        ..KernelEvent::default()
     };
-    let group: Vec<ServiceKey> = (0..10).map(service).collect();
-    let single = vec![service(100)];
-    let mut last = std::collections::HashMap::new();
-    let mut reconciled_at: std::collections::HashMap<ServiceKey, Vec<u64>> = Default::default();
-    for pass in 0..12u64 {
-        let due = if pass % 2 == 0 { &group } else { &single };
-        let chosen = least_recently_reconciled(due, &last, 3);
-        assert_eq!(chosen.len(), due.len().min(3));
-        for k in chosen {
-            last.insert(k, Duration::from_secs(pass + 1));
-            reconciled_at.entry(k).or_default().push(pass);
-        }
+    controller
+        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
+        .unwrap();
+    assert!(controller.outlier_active.contains_key(&key()));
+    let host = |controller: &Controller| {
+        controller.health[&(key(), endpoint_addr(11, 2), 8080u16.to_be())]
+            .outlier
+            .clone()
+    };
+    // Ejected for 10 s (backoff 1): out at 110 s, then one decay step brings the backoff to 0.
+    for at in [105, 110] {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
     }
-    // Six passes of the group, three at a time: each of its ten within every four of them.
-    for k in &group {
-        let passes = &reconciled_at[k];
-        assert!(!passes.is_empty(), "{k:?} never reconciled");
-        let first = passes[0];
-        assert!(first < 8, "{k:?} first reconciled at pass {first}");
+    assert!(!host(&controller).is_ejected());
+    assert_eq!(host(&controller).backoff, 1);
+    assert_eq!(dp.backend_state[&id].ejected, 0);
+    assert!(
+        controller.outlier_active.contains_key(&key()),
+        "its backoff is still to decay"
+    );
+    controller.sweep(&mut dp, Duration::from_secs(111)).unwrap();
+    assert_eq!(host(&controller).backoff, 0);
+    assert!(
+        controller.outlier_active.is_empty(),
+        "all decayed: nothing left to time"
+    );
+    assert_eq!(
+        controller.sweep_not_before,
+        Duration::from_secs(112),
+        "the next reconcile"
+    );
+}
+
+/// An ejection the agent never heard of (a lost ring event) in a service far down the key
+/// order is adopted by the reconcile pass, found by the service's count, and from then on timed
+/// like a reported one.
+#[test]
+fn a_lost_ejection_is_adopted_and_then_timed() {
+    let mut dp = MemoryDataplane::new();
+    let mut controller =
+        Controller::new(services_on_ports(12, &[]), Programmer::new(16, 64, 1 << 16));
+    controller.apply_all(&mut dp).expect("apply");
+    // Two quiet passes: every service seen, so from now on a service's flags are read only
+    // where its count says an ejection may be there — as here, where the kernel took a slot.
+    for at in [90, 91] {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
     }
-    assert_eq!(reconciled_at[&single[0]].len(), 6);
-    assert!(least_recently_reconciled(&group, &last, 0).is_empty());
+    assert!(controller.reconciled_every_service);
+    let key = service_on(91);
+    let id = controller
+        .programmer
+        .backend_id(&key, endpoint_addr(11, 2), 8080u16.to_be())
+        .unwrap();
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(&key).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+    controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
+    assert!(controller.outlier_active.contains_key(&key), "adopted");
+    assert_eq!(controller.outlier_active.len(), 1);
+    assert_eq!(controller.reconcile_repairs, 1);
+    // Adopted at 100 s for baseEjectionTime 10 s: back at the first sweep from 110 s.
+    for at in 101..=110 {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
+    }
+    assert_eq!(dp.backend_state[&id].ejected, 0);
+    assert_eq!(events(&controller, EventKind::Unejection).len(), 1);
 }
 
 /// A kernel ejection reported after a reload removed the service's outlierDetection (the event
@@ -266,9 +396,8 @@ fn an_ejection_reported_after_outlier_detection_was_removed_is_undone() {
     assert!(events(&controller, EventKind::Ejection).is_empty());
 }
 
-/// The outlier sweep un-ejects each due service's endpoints once their time is over, whatever
-/// their place among the health books of other services (one ordered walk over all of them),
-/// and leaves the others as they are.
+/// The outlier sweep un-ejects each due service's endpoints once their time is over, each on
+/// its own timer, and leaves the others as they are.
 #[test]
 fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
     let mut config = config("http");
@@ -339,4 +468,44 @@ fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
         assert_eq!(ejected(&controller, 80), 0);
     }
     assert_eq!(events(&controller, EventKind::Unejection).len(), 2);
+}
+
+/// A reload that removes a service's outlierDetection while one of its hosts is ejected ends
+/// the ejection at the next sweep: flag cleared, budget slot given back, host back in the table.
+#[test]
+fn removing_outlier_detection_ends_the_ejections_it_made() {
+    let (mut controller, mut dp) = started("http");
+    let id = backend_id(&controller, 11);
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(&key()).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+    let event = KernelEvent {
+        kind: EVENT_EJECTED,
+        backend_id: id,
+        consecutive_5xx: 1,
+        ..KernelEvent::default()
+    };
+    controller
+        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
+        .unwrap();
+    assert!(!steered_to(&dp).contains(&id));
+    let mut without = config("http");
+    without.services[0]
+        .traffic_policy
+        .as_mut()
+        .unwrap()
+        .outlier_detection = None;
+    controller.reload(&mut dp, without).unwrap();
+    controller.sweep(&mut dp, Duration::from_secs(101)).unwrap();
+    assert_eq!(dp.backend_state[&id].ejected, 0);
+    let live = controller.programmer.service(&key()).unwrap();
+    assert_eq!(live.ejections_released, 1, "the budget slot is given back");
+    assert!(steered_to(&dp).contains(&id));
+    assert!(controller.outlier_active.is_empty());
 }
