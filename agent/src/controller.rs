@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use geosteer_common::{
     BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, KernelEvent, ON_EJECT_AUTO,
     ON_EJECT_RESET, ServiceKey,
@@ -313,6 +313,8 @@ pub struct Controller {
     /// key order, [`RECONCILE_PER_PASS`] at a time, whether or not any is active (a lost ring
     /// event is exactly an ejection the agent does not know of).
     reconcile_cursor: Option<ServiceKey>,
+    /// Services one reconcile pass reads at most ([`RECONCILE_PER_PASS`]; tests make it small).
+    reconcile_budget: usize,
     /// Whether the reconcile pass has gone round every service since the agent began: until it
     /// has, it reads every backend flag (an agent that died between two writes may have left
     /// a flag the kernel's count does not hold).
@@ -393,9 +395,10 @@ fn endpoint_labels(e: &EndpointModel) -> BTreeMap<String, String> {
     labels
 }
 
-/// The labels every client on this node is taken to carry (SEMANTICS: the source locality is
-/// the node's): the node's labels, its topology, and its name as `kubernetes.io/hostname`
-/// (endpoints carry their node's name under that key, for `PreferSameNode`).
+/// The labels every client on this node is taken to carry (docs/SEMANTICS.md, "Localities": the
+/// source locality is the node's): the node's labels, its topology, and its name as
+/// `kubernetes.io/hostname` (endpoints carry their node's name under that key, for
+/// `PreferSameNode`).
 fn client_labels(config: &Config, client: &policy::Locality) -> BTreeMap<String, String> {
     let mut labels = config.node.labels.clone();
     labels.extend(locality_labels(client));
@@ -449,6 +452,27 @@ fn to_policy_locality_lb(
 
 /// Services a sweep reconciles at most (see [`Controller::sweep`]).
 const RECONCILE_PER_PASS: usize = 4096;
+
+/// The live backends of a service that are not among its `endpoints` (leaving ones):
+/// (address, port, backend id), the first two in network byte order.
+fn live_backends_outside(
+    live: Option<&crate::programmer::LiveService>,
+    endpoints: &[EndpointModel],
+    key: &ServiceKey,
+) -> Vec<(u32, u16, u32)> {
+    let Some(live) = live else {
+        return Vec::new();
+    };
+    live.backends
+        .iter()
+        .filter(|((addr, port), _)| {
+            !endpoints
+                .iter()
+                .any(|e| e.health_key(key) == (*key, *addr, *port))
+        })
+        .map(|((addr, port), (id, _))| (*addr, *port, *id))
+        .collect()
+}
 
 /// The reconcile pass's period: the shortest outlier `interval` of any service.
 fn shortest_outlier_interval(services: &[ServiceModel]) -> Option<Duration> {
@@ -511,6 +535,7 @@ impl Controller {
             next_event_seq: 1,
             outlier_active: BTreeMap::new(),
             reconcile_cursor: None,
+            reconcile_budget: RECONCILE_PER_PASS,
             reconciled_every_service: false,
             next_reconcile: Duration::ZERO,
             reconcile_every,
@@ -876,6 +901,19 @@ impl Controller {
             }
             return Ok(());
         };
+        let in_host_set = service
+            .endpoints
+            .iter()
+            .any(|e| e.health_key(&key) == (key, addr, port));
+        if !in_host_set {
+            // A leaving (draining) endpoint's own flows tripped it: it takes no new flows and
+            // is out of the host set, so no ejection (the slot goes back, as for a removal).
+            if dp.read_backend_state(event.backend_id)?.ejected != 0 {
+                dp.write_backend_state(event.backend_id, &BackendState::default())?;
+                self.programmer.release_ejections(dp, &key, 1)?;
+            }
+            return Ok(());
+        }
         let health = self.health.entry((key, addr, port)).or_default();
         if health.outlier.is_ejected() {
             return Ok(());
@@ -946,13 +984,15 @@ impl Controller {
         if now < self.sweep_not_before {
             return Ok(());
         }
+        let mut reconciled = Ok(());
         if let Some(every) = self.reconcile_every
             && now >= self.next_reconcile
         {
-            self.reconcile_pass(dp, now)?;
+            // Next time even if this one fails (no retry every tick); un-ejections go on.
             self.next_reconcile = now + every;
+            reconciled = self.reconcile_pass(dp, now);
         }
-        self.sweep_pass(dp, now)?;
+        let swept = self.sweep_pass(dp, now);
         let next_sweep = self
             .outlier_active
             .iter()
@@ -967,7 +1007,8 @@ impl Controller {
             .chain(next_reconcile)
             .min()
             .unwrap_or(Duration::MAX);
-        Ok(())
+        reconciled.context("reconciling the kernel's ejections")?;
+        swept
     }
 
     fn outlier_settings_of(&self, key: &ServiceKey) -> Option<&config::OutlierDetection> {
@@ -978,6 +1019,8 @@ impl Controller {
     /// keeps the phase of its timer.
     fn outlier_state_began(&mut self, key: ServiceKey, now: Duration) {
         self.outlier_active.entry(key).or_insert(now);
+        // Its first sweep may come before the one planned (a reload shortened the interval).
+        self.sweep_not_before = self.sweep_not_before.min(now);
     }
 
     /// Compares the kernel's books with the agent's for the next [`RECONCILE_PER_PASS`]
@@ -988,15 +1031,8 @@ impl Controller {
             &self.services,
             &self.by_key,
             self.reconcile_cursor,
-            RECONCILE_PER_PASS,
+            self.reconcile_budget,
         );
-        if let (Some(last), Some(cursor)) = (chosen.last(), self.reconcile_cursor)
-            && *last <= cursor
-        {
-            // Gone round past the end: every service has been reconciled since the agent began.
-            self.reconciled_every_service = true;
-        }
-        self.reconcile_cursor = chosen.last().copied().or(self.reconcile_cursor);
         let books: Vec<ServiceBooks> = chosen
             .iter()
             .filter_map(|key| Some((key, self.programmer.service(key)?)))
@@ -1011,10 +1047,22 @@ impl Controller {
                         .any(|(_, h)| h.outlier.is_ejected()),
             })
             .collect();
-        if books.is_empty() {
-            return Ok(());
+        let kernel = match books.is_empty() {
+            true => None,
+            false => Some(KernelHealth::read(dp, &books, self.programmer.capacity())?),
+        };
+        // Moved on only once the books are read (a failed read is tried again next time); a
+        // slice that goes round past the end completes the first round, all of whose flags
+        // were read, this slice's too.
+        if let (Some(last), Some(cursor)) = (chosen.last(), self.reconcile_cursor)
+            && *last <= cursor
+        {
+            self.reconciled_every_service = true;
         }
-        let kernel = KernelHealth::read(dp, &books, self.programmer.capacity())?;
+        self.reconcile_cursor = chosen.last().copied().or(self.reconcile_cursor);
+        let Some(kernel) = kernel else {
+            return Ok(());
+        };
         for key in chosen {
             let Some(od) = self.outlier_settings_of(&key).cloned() else {
                 continue;
@@ -1185,6 +1233,23 @@ impl Controller {
             }
             flagged += (state.ejected != 0 || health.outlier.is_ejected()) as i64;
         }
+        // A leaving (draining) endpoint is out of the host set: a flag on it is cleared and its
+        // slot given back with the books below (if it comes back it is a new host, Envoy).
+        let leaving: Vec<(u32, u16, u32)> = live_backends_outside(
+            self.programmer.service(key),
+            &self.services[index].endpoints,
+            key,
+        );
+        for (addr, port, id) in leaving {
+            if kernel.backend(id).ejected != 0 {
+                dp.write_backend_state(id, &BackendState::default())?;
+                let endpoint =
+                    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+                repairs.push(format!(
+                    "kernel had ejected leaving {endpoint}: flag cleared"
+                ));
+            }
+        }
         // A count that moved while the flags were read was caught mid-change (an ejection, or a
         // refused attempt's slot given back): repair nothing on it; the next pass looks again.
         let settled = kernel.ejections_after(service_id) == ejections;
@@ -1290,9 +1355,23 @@ impl Controller {
 
     /// Replaces the desired state; health of endpoints that stay is kept.
     pub fn reload(&mut self, dp: &mut dyn Dataplane, config: Config) -> Result<usize> {
+        let had_outlier_detection: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|s| s.policy.outlier_detection.is_some())
+            .map(|s| s.key)
+            .collect();
         self.services = service_models(&config);
         self.by_key = index_by_key(&self.services);
+        // A service that lost its outlierDetection has its ejections dropped at the next sweep,
+        // also those the agent never heard of (the reconcile pass no longer visits it).
+        for key in had_outlier_detection {
+            if self.model(&key).is_some() && self.outlier_settings_of(&key).is_none() {
+                self.outlier_active.entry(key).or_insert(Duration::ZERO);
+            }
+        }
         self.reconcile_every = shortest_outlier_interval(&self.services);
+        self.next_reconcile = Duration::ZERO;
         self.sweep_not_before = Duration::ZERO;
         self.config = config;
         let changed = self.apply_all(dp)?;

@@ -48,8 +48,8 @@
 //!    on top, with level = failoverPriority level × 5 + locality level, then compacts. So the
 //!    labels decide first and the region rules only order endpoints *within* one label level.
 //!    Without `failover`, failoverPriority alone decides (no region/zone levels). This is the
-//!    sense in which SEMANTICS.md's "overrides failover" holds: failoverPriority decides first,
-//!    but `failover` is not discarded. Istio's validation rejects `failover` combined with
+//!    sense in which failoverPriority "overrides" failover (docs/SEMANTICS.md, "Locality load
+//!    balancing"): failoverPriority decides first, but `failover` is not discarded. Istio's validation rejects `failover` combined with
 //!    region/zone/subzone labels in failoverPriority, the case where the two would conflict.
 //! 9. **Locality weighting is on** only where Istio sets Envoy's `locality_weighted_lb_config`
 //!    (`cluster_traffic_policy.go`): when `distribute` is set, or when failover is enabled and

@@ -2,7 +2,7 @@
 //! conntrack with per-flow TCP state, Maglev selection with the ejected-backend probe,
 //! reverse-NAT lookup, counters and the reply-path health signals.
 //!
-//! What counts as a signal (SEMANTICS.md, "What counts as an error"):
+//! What counts as a signal (docs/SEMANTICS.md, "What counts as an error"):
 //! - only a pure SYN starts a connection and its connect timer; a SYN on an open tuple is not a
 //!   new connection;
 //! - HTTP/1.x statuses are read only where a response starts: the reply byte the client's

@@ -1,5 +1,5 @@
 //! The health signals on adversarial packets, through the real programs (BPF_PROG_TEST_RUN):
-//! benign traffic must not trip them and a client must not forge them (SEMANTICS.md, "What
+//! benign traffic must not trip them and a client must not forge them (docs/SEMANTICS.md, "What
 //! counts as an error"). Each case is one rule.
 //!
 //! Needs root (CAP_BPF); run through `cargo xtask test`.

@@ -509,3 +509,171 @@ fn removing_outlier_detection_ends_the_ejections_it_made() {
     assert!(steered_to(&dp).contains(&id));
     assert!(controller.outlier_active.is_empty());
 }
+
+/// The kernel's flag and count for backend `id` of service `key`, as the kernel sets them when
+/// it ejects (the ring event is the caller's business).
+fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &ServiceKey, id: u32) {
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(key).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+}
+
+fn ejection_event(id: u32) -> KernelEvent {
+    KernelEvent {
+        kind: EVENT_EJECTED,
+        backend_id: id,
+        consecutive_5xx: 1,
+        ..KernelEvent::default()
+    }
+}
+
+/// A reload that shortens the outlier interval (300 s → 1 s) does not leave an ejection made
+/// after it waiting for the old interval: it ends after baseEjectionTime, as configured now.
+#[test]
+fn an_ejection_after_a_reload_that_shortened_the_interval_ends_on_time() {
+    let slow = |interval: &str| {
+        let mut config = config("http");
+        let od = config.services[0]
+            .traffic_policy
+            .as_mut()
+            .unwrap()
+            .outlier_detection
+            .as_mut()
+            .unwrap();
+        od.interval = humantime::parse_duration(interval).unwrap();
+        config
+    };
+    let mut dp = MemoryDataplane::new();
+    let mut controller = Controller::new(slow("300s"), Programmer::new(16, 64, 1 << 16));
+    controller.apply_all(&mut dp).expect("apply");
+    controller.sweep(&mut dp, Duration::from_secs(10)).unwrap();
+    controller.reload(&mut dp, slow("1s")).unwrap();
+    controller.sweep(&mut dp, Duration::from_secs(15)).unwrap();
+    let id = backend_id(&controller, 11);
+    kernel_ejects(&controller, &mut dp, &key(), id);
+    controller
+        .on_kernel_ejection(&mut dp, &ejection_event(id), Duration::from_secs(20))
+        .unwrap();
+    // baseEjectionTime 10 s: out until 30 s, swept every second.
+    for at in 21..=31 {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
+    }
+    assert_eq!(
+        dp.backend_state[&id].ejected, 0,
+        "un-ejected at 30 s, not 310 s"
+    );
+}
+
+/// The first round of reconcile after the agent starts reads every backend flag, also in the
+/// slice that goes round past the end: a flag the kernel's count does not hold (an agent that
+/// died between two writes) is found wherever its service falls.
+#[test]
+fn the_first_reconcile_round_reads_every_flag_to_the_end() {
+    let mut dp = MemoryDataplane::new();
+    let mut controller =
+        Controller::new(services_on_ports(5, &[]), Programmer::new(16, 64, 1 << 16));
+    controller.reconcile_budget = 3;
+    controller.apply_all(&mut dp).expect("apply");
+    controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
+    assert!(!controller.reconciled_every_service, "three of five seen");
+    // A flag without its count slot, in the last service by key order.
+    let last = service_on(84);
+    let id = controller
+        .programmer
+        .backend_id(&last, endpoint_addr(11, 2), 8080u16.to_be())
+        .unwrap();
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    controller.sweep(&mut dp, Duration::from_secs(101)).unwrap();
+    assert!(controller.reconciled_every_service);
+    assert!(
+        controller.outlier_active.contains_key(&last),
+        "the flag was read and adopted"
+    );
+}
+
+/// An ejected endpoint that leaves (draining) is out of the host set: reconcile clears its flag
+/// and gives its slot back; when it comes back it is a new host, in rotation at once.
+#[test]
+fn an_ejected_endpoint_that_leaves_and_comes_back_is_a_new_host() {
+    let (mut controller, mut dp) = started("http");
+    let id = backend_id(&controller, 11);
+    kernel_ejects(&controller, &mut dp, &key(), id);
+    controller
+        .on_kernel_ejection(&mut dp, &ejection_event(id), Duration::from_secs(100))
+        .unwrap();
+    let mut leaving = config("http");
+    leaving.services[0].endpoints[0].draining = true;
+    controller.reload(&mut dp, leaving).unwrap();
+    assert_eq!(backend_id(&controller, 11), id, "kept while it drains");
+    for at in [101, 102] {
+        controller.sweep(&mut dp, Duration::from_secs(at)).unwrap();
+    }
+    assert_eq!(dp.backend_state[&id].ejected, 0, "flag cleared");
+    let service_id = controller.programmer.service(&key()).unwrap().id;
+    let live = controller.programmer.service(&key()).unwrap();
+    assert_eq!(
+        dp.service_state[&service_id].ejections - live.ejections_released,
+        0,
+        "no ejection left on the books"
+    );
+    controller.reload(&mut dp, config("http")).unwrap();
+    assert!(steered_to(&dp).contains(&backend_id(&controller, 11)));
+}
+
+/// A leaving endpoint's own flows tripping the kernel's limit eject nothing: the flag is cleared
+/// and the slot given back at once, and the agent times nothing for it.
+#[test]
+fn a_leaving_endpoint_tripped_by_its_own_flows_is_not_ejected() {
+    let (mut controller, mut dp) = started("http");
+    let mut leaving = config("http");
+    leaving.services[0].endpoints[0].draining = true;
+    controller.reload(&mut dp, leaving).unwrap();
+    let id = backend_id(&controller, 11);
+    kernel_ejects(&controller, &mut dp, &key(), id);
+    controller
+        .on_kernel_ejection(&mut dp, &ejection_event(id), Duration::from_secs(100))
+        .unwrap();
+    assert_eq!(dp.backend_state[&id].ejected, 0);
+    let live = controller.programmer.service(&key()).unwrap();
+    assert_eq!(live.ejections_released, 1);
+    assert!(controller.outlier_active.is_empty());
+    assert!(events(&controller, EventKind::Ejection).is_empty());
+}
+
+/// A service that loses its outlierDetection in a reload while the kernel holds a flag the agent
+/// never heard of (a lost ring event) gets it cleared at the next sweep.
+#[test]
+fn losing_outlier_detection_clears_flags_the_agent_never_heard_of() {
+    let (mut controller, mut dp) = started("http");
+    let id = backend_id(&controller, 11);
+    kernel_ejects(&controller, &mut dp, &key(), id);
+    let mut without = config("http");
+    without.services[0]
+        .traffic_policy
+        .as_mut()
+        .unwrap()
+        .outlier_detection = None;
+    controller.reload(&mut dp, without).unwrap();
+    controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
+    assert_eq!(dp.backend_state[&id].ejected, 0);
+    assert_eq!(
+        controller
+            .programmer
+            .service(&key())
+            .unwrap()
+            .ejections_released,
+        1
+    );
+}

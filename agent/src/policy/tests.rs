@@ -156,7 +156,7 @@ fn assert_shares(case: &str, got: &[f64], want: &[f64]) {
     }
 }
 
-/// SEMANTICS.md "Priority load" vectors (Envoy `recalculatePerPriorityState`): P0 is the
+/// docs/SEMANTICS.md "Priority load" vectors (Envoy `recalculatePerPriorityState`): P0 is the
 /// client's subzone, P1 another region (level 3, compacted to 1), 100 endpoints each.
 #[test]
 fn priority_load_vectors() {
@@ -189,7 +189,7 @@ fn priority_load_vectors() {
     }
 }
 
-/// SEMANTICS.md "Locality weights with availability" and "Per-cluster weights" vectors
+/// docs/SEMANTICS.md "Locality weights with availability" and "Per-cluster weights" vectors
 /// (Envoy `effectiveLocalityWeight`).
 #[test]
 fn locality_weight_vectors() {
