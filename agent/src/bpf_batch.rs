@@ -188,12 +188,21 @@ pub fn pod_bytes<T: aya::Pod>(value: &T) -> &[u8] {
 
 /// `(index, value)` entries into an array map, in one batch.
 pub fn write_array_entries<T: aya::Pod>(fd: BorrowedFd<'_>, entries: &[(u32, T)]) -> Result<()> {
+    write_entries(fd, entries)
+}
+
+/// `(key, value)` entries into a map, in one batch (an error may leave a prefix written).
+pub fn write_entries<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    entries: &[(K, V)],
+) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    let keys: Vec<u8> = entries.iter().flat_map(|(i, _)| i.to_ne_bytes()).collect();
-    let mut values = Vec::with_capacity(entries.len() * size_of::<T>());
-    for (_, value) in entries {
+    let mut keys = Vec::with_capacity(entries.len() * size_of::<K>());
+    let mut values = Vec::with_capacity(entries.len() * size_of::<V>());
+    for (key, value) in entries {
+        keys.extend_from_slice(pod_bytes(key));
         values.extend_from_slice(pod_bytes(value));
     }
     update(fd, &keys, &values, entries.len())

@@ -10,6 +10,7 @@
 //! repairs either side (a lost ring-buffer event, a restart), logging and counting each repair.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant, SystemTime},
@@ -290,10 +291,14 @@ pub struct ServiceView {
 
 pub struct Controller {
     pub config: Config,
+    /// Every client on this node, as the policy sees it (from `config.node`; set with it).
+    client: Client,
     pub services: Vec<ServiceModel>,
     /// Position of each service in `services`: lookups by key stay O(log n) at 10k services.
     by_key: BTreeMap<ServiceKey, usize>,
     pub programmer: Programmer,
+    /// Health of the endpoints that have any: an endpoint without an entry is healthy and was
+    /// never ejected (a million entries at 100,000 services were a tenth of a full apply).
     pub health: BTreeMap<HealthKey, BackendHealth>,
     pub views: BTreeMap<ServiceKey, ServiceView>,
     pub events: VecDeque<Event>,
@@ -377,22 +382,33 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
 /// Kubernetes/Istio topology labels of a locality, for `failoverPriority`.
 pub fn locality_labels(l: &policy::Locality) -> BTreeMap<String, String> {
     [
-        ("topology.kubernetes.io/region", &l.region),
-        ("topology.kubernetes.io/zone", &l.zone),
-        ("topology.istio.io/subzone", &l.subzone),
-        ("topology.istio.io/cluster", &l.cluster),
+        policy::REGION_LABEL,
+        policy::ZONE_LABEL,
+        policy::SUBZONE_LABEL,
+        policy::CLUSTER_LABEL,
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.clone()))
+    .map(|key| {
+        (
+            key.to_string(),
+            l.topology_label(key).unwrap_or_default().to_string(),
+        )
+    })
     .collect()
 }
 
-/// An endpoint's labels for failoverPriority: its own, with the topology labels of its
-/// locality over them.
-fn endpoint_labels(e: &EndpointModel) -> BTreeMap<String, String> {
-    let mut labels = e.labels.clone();
-    labels.extend(locality_labels(&e.locality));
-    labels
+/// The node's locality and the labels of every client on it (see [`client_labels`]).
+struct Client {
+    locality: policy::Locality,
+    labels: BTreeMap<String, String>,
+}
+
+impl Client {
+    fn of(config: &Config) -> Self {
+        let locality = node_locality(config);
+        let labels = client_labels(config, &locality);
+        Self { locality, labels }
+    }
 }
 
 /// The labels every client on this node is taken to carry (docs/SEMANTICS.md, "Localities": the
@@ -524,6 +540,7 @@ impl Controller {
         let reconcile_every = shortest_outlier_interval(&services);
         Self {
             by_key: index_by_key(&services),
+            client: Client::of(&config),
             config,
             services,
             programmer,
@@ -567,14 +584,12 @@ impl Controller {
 
     /// Policy output for one service given the current health.
     pub fn compute(&self, service: &ServiceModel) -> policy::PolicyOutput {
-        let client = node_locality(&self.config);
-        let client_labels = client_labels(&self.config, &client);
         let endpoints: Vec<policy::Endpoint> = service
             .endpoints
             .iter()
             .map(|e| policy::Endpoint {
-                locality: e.locality.clone(),
-                labels: endpoint_labels(e),
+                locality: Cow::Borrowed(&e.locality),
+                labels: Cow::Borrowed(&e.labels),
                 weight: e.weight,
                 healthy: self
                     .health
@@ -588,8 +603,8 @@ impl Controller {
             });
         let od = service.policy.outlier_detection.as_ref();
         policy::compute(&policy::PolicyInput {
-            client: &client,
-            client_labels: &client_labels,
+            client: &self.client.locality,
+            client_labels: &self.client.labels,
             endpoints: &endpoints,
             locality_lb: locality_lb.as_ref(),
             outlier_detection: od.is_some(),
@@ -694,9 +709,6 @@ impl Controller {
         let service = &self.services[index];
         let key = service.key;
         let previous_mode = self.views.get(&key).map(|v| describe_load(&v.output));
-        for e in &service.endpoints {
-            self.health.entry(e.health_key(&key)).or_default();
-        }
         self.revision += 1;
         let now_mode = describe_load(&output);
         if previous_mode.as_deref() != Some(now_mode.as_str()) && previous_mode.is_some() {
@@ -1139,15 +1151,21 @@ impl Controller {
 
     /// A service that lost its outlierDetection (a reload) keeps no ejection.
     fn drop_orphaned_ejections(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
-        let mut cleared = 0i64;
-        for ((_, addr, port), health) in self.health.range_mut(endpoints_of(key)) {
+        for (_, health) in self.health.range_mut(endpoints_of(key)) {
             health.outlier = outlier::Host {
                 ejections_total: health.outlier.ejections_total,
                 ..outlier::Host::default()
             };
-            if let Some(id) = self.programmer.backend_id(key, *addr, *port)
-                && dp.read_backend_state(id)?.ejected != 0
-            {
+        }
+        // Every flag of the service, also those the agent never heard of.
+        let backend_ids: Vec<u32> = self
+            .programmer
+            .service(key)
+            .map(|live| live.backends.values().map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        let mut cleared = 0i64;
+        for id in backend_ids {
+            if dp.read_backend_state(id)?.ejected != 0 {
                 dp.write_backend_state(id, &BackendState::default())?;
                 cleared += 1;
             }
@@ -1373,6 +1391,7 @@ impl Controller {
         self.reconcile_every = shortest_outlier_interval(&self.services);
         self.next_reconcile = Duration::ZERO;
         self.sweep_not_before = Duration::ZERO;
+        self.client = Client::of(&config);
         self.config = config;
         let changed = self.apply_all(dp)?;
         if changed > 0 {

@@ -57,8 +57,24 @@ pub trait Dataplane {
     }
     /// The one update that makes a service (or its new table) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    /// [`Dataplane::write_service`] for each entry, in order (one batch where it can; an error
+    /// may leave some of them written).
+    fn write_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+        for (key, value) in entries {
+            self.write_service(key, value)?;
+        }
+        Ok(())
+    }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
+    /// [`Dataplane::write_vip`] for each (address, ports) entry (one batch where it can; an
+    /// error may leave some of them written).
+    fn write_vips(&mut self, entries: &[(u32, u32)]) -> Result<()> {
+        for (addr, ports) in entries {
+            self.write_vip(*addr, *ports)?;
+        }
+        Ok(())
+    }
     fn remove_vip(&mut self, addr: u32) -> Result<()>;
     fn write_settings(&mut self, settings: &Settings) -> Result<()>;
     /// Kernel-owned: written only to zero a newly allocated service id.
@@ -598,6 +614,11 @@ impl Dataplane for BpfMaps {
             .context("writing service entry")
     }
 
+    fn write_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
+        crate::bpf_batch::write_entries(self.services.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} service entries", entries.len()))
+    }
+
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         match self.services.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
@@ -607,6 +628,11 @@ impl Dataplane for BpfMaps {
 
     fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
         self.vips.insert(addr, ports, 0).context("writing VIP")
+    }
+
+    fn write_vips(&mut self, entries: &[(u32, u32)]) -> Result<()> {
+        crate::bpf_batch::write_entries(self.vips.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} VIPs", entries.len()))
     }
 
     fn remove_vip(&mut self, addr: u32) -> Result<()> {

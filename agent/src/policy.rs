@@ -104,7 +104,10 @@
 //!     cluster, which Istio does not configure), slow start, and Istio's `PreferClose`
 //!     traffic distribution.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
+};
 
 /// Envoy's default overprovisioning factor, in percent (`kDefaultOverProvisioningFactor`).
 const OVERPROVISIONING_PERCENT: f64 = 140.0;
@@ -139,13 +142,15 @@ impl Locality {
     }
 }
 
-/// One backend of the service.
+/// One backend of the service. Locality and labels are borrowed from the caller's model where
+/// it has one: at 100,000 services a full apply builds a million of these, and cloning their
+/// strings was most of the policy computation's time.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Endpoint {
-    pub locality: Locality,
-    /// Labels matched by failoverPriority (e.g. `topology.kubernetes.io/region`); the caller
-    /// fills the topology labels from the locality too.
-    pub labels: BTreeMap<String, String>,
+pub struct Endpoint<'a> {
+    pub locality: Cow<'a, Locality>,
+    /// Labels matched by failoverPriority (e.g. `version`); the topology labels come from
+    /// `locality` and win over these (see [`Endpoint::label`]).
+    pub labels: Cow<'a, BTreeMap<String, String>>,
     /// Endpoint weight (Istio default 1); 0 means it never receives new flows.
     pub weight: u32,
     /// Not ejected by outlier detection (and otherwise fit to serve).
@@ -192,12 +197,42 @@ impl Default for LocalityLb {
     }
 }
 
+/// The topology labels Istio derives from an endpoint's locality.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+
+impl Locality {
+    /// The value of a topology label (`key` one of the four above), None for any other key.
+    pub fn topology_label(&self, key: &str) -> Option<&str> {
+        match key {
+            REGION_LABEL => Some(&self.region),
+            ZONE_LABEL => Some(&self.zone),
+            SUBZONE_LABEL => Some(&self.subzone),
+            CLUSTER_LABEL => Some(&self.cluster),
+            _ => None,
+        }
+    }
+}
+
+impl Endpoint<'_> {
+    /// A label as failoverPriority matches it: the locality's topology label, else the
+    /// endpoint's own, else empty.
+    pub fn label(&self, key: &str) -> &str {
+        self.locality
+            .topology_label(key)
+            .or_else(|| self.labels.get(key).map(String::as_str))
+            .unwrap_or("")
+    }
+}
+
 /// Everything the share computation depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyInput<'a> {
     pub client: &'a Locality,
     pub client_labels: &'a BTreeMap<String, String>,
-    pub endpoints: &'a [Endpoint],
+    pub endpoints: &'a [Endpoint<'a>],
     /// None = Istio's mesh default (locality LB enabled, no rules).
     pub locality_lb: Option<&'a LocalityLb>,
     /// Whether outlierDetection is configured; failover needs it (Istio).
@@ -524,7 +559,7 @@ fn distribute_plan(hosts: &[(usize, &Endpoint)], rule: &Distribute) -> Plan {
     for (_, e) in hosts {
         let key = Locality {
             cluster: String::new(),
-            ..e.locality.clone()
+            ..e.locality.as_ref().clone()
         };
         *locality_sums.entry(key).or_default() += f64::from(e.weight);
     }
@@ -633,7 +668,7 @@ fn failover_priority_level(
         } else {
             client_labels.get(key).map(String::as_str).unwrap_or("")
         };
-        let actual = endpoint.labels.get(key).map(String::as_str).unwrap_or("");
+        let actual = endpoint.label(key);
         if wanted != actual {
             return lowest - j;
         }

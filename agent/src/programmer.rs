@@ -519,6 +519,18 @@ impl Programmer {
     /// Writes every pending VIP (its port count, or its removal); one that fails stays pending
     /// for the next change, and the others are written anyway.
     fn write_pending_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
+        // Those with services in one batch (a full apply has a VIP per service); if that
+        // fails, each alone below, so that only those that fail stay pending.
+        let writes: Vec<(u32, u32)> = self
+            .vips_pending
+            .iter()
+            .filter_map(|addr| Some((*addr, *self.vips.get(addr)?)))
+            .collect();
+        if writes.len() > 1 && dp.write_vips(&writes).is_ok() {
+            for (addr, _) in &writes {
+                self.vips_pending.remove(addr);
+            }
+        }
         let mut first_error = None;
         for addr in std::mem::take(&mut self.vips_pending) {
             let written = match self.vips.get(&addr) {
@@ -765,10 +777,18 @@ impl Programmer {
                 .and_then(|()| dp.write_backends(&entries))
                 .and_then(|()| dp.write_tables(&tables))
         };
+        // Every flip in one batch once every table is in; if the batch fails, one at a time,
+        // so that each service gets its own answer.
+        let flips: Vec<(ServiceKey, ServiceValue)> = ready
+            .iter()
+            .filter_map(|(i, _, plan, _)| Some((services[*i].key, plan.flip?)))
+            .collect();
+        let flipped_together = written.is_ok() && dp.write_services(&flips).is_ok();
         for (i, taken, plan, grace) in ready {
             let desired = services[i];
             let flipped = match (&written, &plan.flip) {
                 (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                (Ok(()), Some(_)) if flipped_together => Ok(()),
                 (Ok(()), Some(entry)) => dp.write_service(&desired.key, entry),
                 (Ok(()), None) => Ok(()),
             };

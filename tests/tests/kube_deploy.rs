@@ -430,8 +430,8 @@ fn shares(config: &Config, down: Option<&str>) -> BTreeMap<String, f64> {
         .endpoints
         .iter()
         .map(|e| policy::Endpoint {
-            locality: e.locality.clone(),
-            labels: controller::locality_labels(&e.locality),
+            locality: std::borrow::Cow::Borrowed(&e.locality),
+            labels: std::borrow::Cow::Borrowed(&e.labels),
             weight: e.weight,
             healthy: Some(e.locality.region.as_str()) != down,
         })

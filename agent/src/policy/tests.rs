@@ -1,7 +1,7 @@
 use super::*;
 
-const REGION: &str = "topology.kubernetes.io/region";
-const ZONE: &str = "topology.kubernetes.io/zone";
+const REGION: &str = REGION_LABEL;
+const ZONE: &str = ZONE_LABEL;
 
 /// Parses `region/zone/subzone` with an optional `@cluster` suffix.
 fn loc(spec: &str) -> Locality {
@@ -23,27 +23,27 @@ fn topology_labels(locality: &Locality) -> BTreeMap<String, String> {
     ])
 }
 
-fn ep_w(spec: &str, weight: u32, healthy: bool) -> Endpoint {
+fn ep_w(spec: &str, weight: u32, healthy: bool) -> Endpoint<'static> {
     let locality = loc(spec);
     Endpoint {
-        labels: topology_labels(&locality),
-        locality,
+        labels: Cow::Owned(topology_labels(&locality)),
+        locality: Cow::Owned(locality),
         weight,
         healthy,
     }
 }
 
-fn ep(spec: &str, healthy: bool) -> Endpoint {
+fn ep(spec: &str, healthy: bool) -> Endpoint<'static> {
     ep_w(spec, 1, healthy)
 }
 
-fn labelled(mut endpoint: Endpoint, key: &str, value: &str) -> Endpoint {
-    endpoint.labels.insert(key.into(), value.into());
+fn labelled(mut endpoint: Endpoint<'static>, key: &str, value: &str) -> Endpoint<'static> {
+    endpoint.labels.to_mut().insert(key.into(), value.into());
     endpoint
 }
 
 /// `count` endpoints in one locality, the first `healthy` of them healthy.
-fn block(spec: &str, count: usize, healthy: usize) -> Vec<Endpoint> {
+fn block(spec: &str, count: usize, healthy: usize) -> Vec<Endpoint<'static>> {
     (0..count).map(|i| ep(spec, i < healthy)).collect()
 }
 
@@ -82,7 +82,7 @@ fn weights(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
 struct Scenario {
     client: &'static str,
     client_labels: Option<BTreeMap<String, String>>,
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Endpoint<'static>>,
     lb: Option<LocalityLb>,
     outlier_detection: bool,
     cluster_weights: Option<BTreeMap<String, u32>>,
@@ -90,7 +90,7 @@ struct Scenario {
 }
 
 impl Scenario {
-    fn new(client: &'static str, endpoints: Vec<Endpoint>) -> Self {
+    fn new(client: &'static str, endpoints: Vec<Endpoint<'static>>) -> Self {
         Scenario {
             client,
             client_labels: None,
@@ -956,7 +956,7 @@ fn shares_sum_to_one_or_zero() {
     let clusters = ["a", "b"];
     for round in 0..3000 {
         let count = next(9) as usize;
-        let endpoints: Vec<Endpoint> = (0..count)
+        let endpoints: Vec<Endpoint<'static>> = (0..count)
             .map(|_| {
                 let spec = format!(
                     "{}/{}/s1@{}",
@@ -1041,4 +1041,20 @@ fn shares_sum_to_one_or_zero() {
             hosts.len()
         );
     }
+}
+
+/// failoverPriority reads a topology label from the endpoint's locality, over a label of the
+/// same key on the endpoint itself (Istio overwrites them from the locality), and any other key
+/// from the endpoint's labels.
+#[test]
+fn topology_labels_come_from_the_locality() {
+    let endpoint = labelled(
+        labelled(ep("r1/z1/s1", true), REGION, "elsewhere"),
+        "version",
+        "v2",
+    );
+    assert_eq!(endpoint.label(REGION), "r1");
+    assert_eq!(endpoint.label(SUBZONE_LABEL), "s1");
+    assert_eq!(endpoint.label("version"), "v2");
+    assert_eq!(endpoint.label("absent"), "");
 }
