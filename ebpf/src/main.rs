@@ -78,7 +78,7 @@ enum Parsed {
 }
 
 #[classifier]
-pub fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
+pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
     match tc_ingress(&ctx) {
         Ok(action) => action,
         Err(()) => {
@@ -89,7 +89,7 @@ pub fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
-pub fn geosteer_tc_egress(ctx: TcContext) -> i32 {
+pub(crate) fn geosteer_tc_egress(ctx: TcContext) -> i32 {
     match tc_egress(&ctx) {
         Ok(action) => action,
         // A reply we could not rewrite would reach the client from the backend's address and be
@@ -105,7 +105,7 @@ pub fn geosteer_tc_egress(ctx: TcContext) -> i32 {
 /// [`TimeoutCount`](geosteer_common::TimeoutCount) after its Ethernet header, to count a
 /// connect timeout it confirmed.
 #[classifier]
-pub fn geosteer_count_timeouts(ctx: TcContext) -> i32 {
+pub(crate) fn geosteer_count_timeouts(ctx: TcContext) -> i32 {
     match ctx.load::<geosteer_common::TimeoutCount>(ETH_HLEN) {
         Ok(request) => steer::count_confirmed_timeout(&request),
         Err(_) => 1,
@@ -113,7 +113,7 @@ pub fn geosteer_count_timeouts(ctx: TcContext) -> i32 {
 }
 
 #[xdp]
-pub fn geosteer_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn geosteer_xdp(ctx: XdpContext) -> u32 {
     match xdp_request(&ctx) {
         Ok(action) => action,
         Err(()) => {

@@ -139,7 +139,7 @@ static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
 /// a redirect to any other device could be dropped on the far side (a veth whose peer runs
 /// neither GRO nor an XDP program drops XDP frames).
 #[map(name = "GS_XDP_TARGETS")]
-pub static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TARGETS_SIZE, 0);
+pub(crate) static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TARGETS_SIZE, 0);
 /// Session affinity: the backend of each client's last new flow, per service.
 #[map(name = "GS_AFFINITY")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
@@ -156,7 +156,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
 /// host order.
-pub struct Flow {
+pub(crate) struct Flow {
     pub saddr: u32,
     pub daddr: u32,
     pub sport: u16,
@@ -175,36 +175,36 @@ pub struct Flow {
 
 /// Reads bytes of the packet at an offset (TC: bpf_skb_load_bytes; XDP: bpf_xdp_load_bytes),
 /// so the steering logic works on either without knowing the context.
-pub trait PacketBytes {
+pub(crate) trait PacketBytes {
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 }
 
 /// The address and port to write (destination on requests, source on replies).
-pub struct Nat {
+pub(crate) struct Nat {
     pub addr: u32,
     pub port: u16,
 }
 
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not a service packet: leave it alone.
     Pass,
     Drop(DropReason),
     Nat(Nat),
 }
 
-pub fn is_vip(addr: u32) -> bool {
+pub(crate) fn is_vip(addr: u32) -> bool {
     // SAFETY: read-only lookup of a plain value.
     unsafe { VIPS.get(&addr).is_some() }
 }
 
-pub fn count_drop(reason: DropReason) {
+pub(crate) fn count_drop(reason: DropReason) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
     }
 }
 
-pub fn count_ct(index: u32) {
+pub(crate) fn count_ct(index: u32) {
     if let Some(counter) = CT_STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
@@ -261,7 +261,7 @@ fn reply_key(backend: u32, backend_port: u16, client: u32, client_port: u16, pro
 
 /// Request direction: client → VIP:port. A packet of a tracked flow follows its entry
 /// ([`follow_tracked`]); a new flow, or one that must move, is steered ([`steer_new`]).
-pub fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
+pub(crate) fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
     let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
     // SAFETY: read-only lookup; the value is copied out.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
@@ -442,7 +442,14 @@ fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
 /// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
 /// other fragments (which carry no ports) get the same. `saddr`, `daddr` as the first fragment
 /// arrived.
-pub fn remember_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8, to: u32) {
+pub(crate) fn remember_fragment(
+    saddr: u32,
+    daddr: u32,
+    id: u16,
+    proto: u8,
+    direction: u8,
+    to: u32,
+) {
     let key = FragmentKey {
         saddr,
         daddr,
@@ -460,7 +467,7 @@ pub fn remember_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: 
 
 /// A first fragment that was not translated: a translation an earlier datagram with the same
 /// id left must not apply to this one's later fragments.
-pub fn forget_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8) {
+pub(crate) fn forget_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8) {
     let key = FragmentKey {
         saddr,
         daddr,
@@ -473,7 +480,7 @@ pub fn forget_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8
 
 /// The address a later fragment gets, if its datagram's first fragment was translated (within
 /// the reassembly timeout: IP ids repeat).
-pub fn fragment_translation(
+pub(crate) fn fragment_translation(
     saddr: u32,
     daddr: u32,
     id: u16,
@@ -504,7 +511,7 @@ pub fn fragment_translation(
 
 /// The packet quoted inside an ICMP error (RFC 792: its IP header and at least 8 bytes of its
 /// L4 header), as it was sent. Addresses and ports in network byte order.
-pub struct Quoted {
+pub(crate) struct Quoted {
     pub saddr: u32,
     pub daddr: u32,
     pub sport: u16,
@@ -515,7 +522,7 @@ pub struct Quoted {
 /// Reply direction: an ICMP error about a request that was steered (the quoted packet went
 /// client → backend after DNAT), sent by the backend or a router on the way, on its way to the
 /// client. The client knows that packet as client → VIP: returns the VIP:port to put back.
-pub fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
+pub(crate) fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
     icmp_translation(quoted, DIR_REPLY)
 }
 
@@ -523,7 +530,7 @@ pub fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
 /// VIP → client), sent by the client or a router on its side (e.g. fragmentation needed: path
 /// MTU discovery), addressed to the VIP. The backend that sent the reply must get it: returns
 /// the backend's address and port.
-pub fn icmp_toward_backend(quoted: &Quoted) -> Option<Nat> {
+pub(crate) fn icmp_toward_backend(quoted: &Quoted) -> Option<Nat> {
     icmp_translation(quoted, DIR_ORIGINAL)
 }
 
@@ -921,7 +928,7 @@ fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
 /// confirmed counts as every other connect failure does, with the same atomic bookkeeping; a
 /// dismissal counts as an accepted connection. Returns [`TIMEOUT_COUNTED`], or 1 when the
 /// backend id no longer names that endpoint (removed, or reused since).
-pub fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
+pub(crate) fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
     let Some(backend) = BACKENDS.get(request.backend_id) else {
         return 1;
     };
@@ -1221,7 +1228,7 @@ fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
 ///
 /// The common case — an ACK or a data segment of a flow with no response awaited — costs one
 /// conntrack lookup and no payload read.
-pub fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
+pub(crate) fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
     let key = packet_key(flow, DIR_REPLY);
     let entry = CONNTRACK.get_ptr_mut(&key)?;
     // SAFETY: LRU map value valid for this run; plain data.

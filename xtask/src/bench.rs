@@ -31,7 +31,7 @@ const BACKEND_COUNTS: [u8; 2] = [4, 64];
 const WRK_THREADS: &str = "2";
 const WRK_CONNECTIONS: &str = "64";
 
-pub fn run(quick: bool) -> Result<()> {
+pub(crate) fn run(quick: bool) -> Result<()> {
     let started = Instant::now();
     install::all()?;
     let root = workspace_root();
@@ -711,7 +711,7 @@ fn render(
 }
 
 /// Where the charts go, relative to the workspace root (and to BENCHMARKS.md).
-pub const CHARTS_DIR: &str = "docs/bench";
+pub(crate) const CHARTS_DIR: &str = "docs/bench";
 
 /// The per-packet and HTTP charts, from the same run's data.
 fn write_charts(dir: &Path, kernel: &KernelReport, http: &[HttpBench]) -> Result<()> {

@@ -57,7 +57,7 @@ const FRESH_PORTS_COUNT: &str = "31744";
 const WINDOW: usize = 100;
 const WINDOW_REMOTE: usize = 99;
 
-pub fn run(quick: bool) -> Result<String> {
+pub(crate) fn run(quick: bool) -> Result<String> {
     let started = Instant::now();
     ensure!(
         std::env::var_os("GEOSTEER_BIN_DIR").is_some(),

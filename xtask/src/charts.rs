@@ -85,14 +85,14 @@ fn legend<'a, X: Ranged, Y: Ranged>(
 }
 
 /// One line of a log–log chart.
-pub struct Line {
+pub(crate) struct Line {
     pub name: String,
     pub points: Vec<(f64, f64)>,
 }
 
 /// A log–log line chart (both axes from a little under the smallest value to a little over
 /// the largest).
-pub fn log_lines(
+pub(crate) fn log_lines(
     path: &Path,
     title: &str,
     x_desc: &str,
@@ -128,7 +128,7 @@ pub fn log_lines(
 
 /// A line chart on linear axes: `x` as given, `y` from `y_range`; `marks` are vertical lines
 /// (an event at that `x`, named in the legend).
-pub fn lines(
+pub(crate) fn lines(
     path: &Path,
     title: &str,
     (x_desc, y_desc): (&str, &str),
@@ -170,21 +170,21 @@ pub fn lines(
 
 /// A median with the range it was taken over.
 #[derive(Clone, Copy)]
-pub struct Spread {
+pub(crate) struct Spread {
     pub median: f64,
     pub min: f64,
     pub max: f64,
 }
 
 /// One series of [`spreads`]: a value per category (`None`: not measured).
-pub struct Series {
+pub(crate) struct Series {
     pub name: String,
     pub values: Vec<Option<Spread>>,
 }
 
 /// Medians as dots with their range as error bars, per category (x) and series (side by side
 /// within a category), from 0 up.
-pub fn spreads(
+pub(crate) fn spreads(
     path: &Path,
     title: &str,
     y_desc: &str,

@@ -12,7 +12,7 @@ use crate::{run_cmd, workspace_root};
 
 const TEST: &str = "kube::crd::tests::checked_in_crd_is_current";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(workspace_root())

@@ -38,7 +38,7 @@ fn backends() -> Vec<BackendSpec> {
         .collect()
 }
 
-pub fn run(seconds: u64) -> Result<()> {
+pub(crate) fn run(seconds: u64) -> Result<()> {
     install::all()?;
     run_cmd(Command::new("cargo").current_dir(workspace_root()).args([
         "build",

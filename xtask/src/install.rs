@@ -26,7 +26,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("linux-perf", "/usr/bin/perf"),
 ];
 
-pub fn all() -> Result<()> {
+pub(crate) fn all() -> Result<()> {
     rust_toolchain()?;
     bpf_linker()?;
     apt_packages()?;
@@ -117,7 +117,7 @@ fn apt_packages() -> Result<()> {
 }
 
 /// bpffs at /sys/fs/bpf (pins, and the agent's default pin path's parent).
-pub fn bpffs() -> Result<()> {
+pub(crate) fn bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     if mounts
         .lines()

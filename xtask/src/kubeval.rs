@@ -23,7 +23,7 @@ const VENV: &str = "target/kubeval-venv";
 
 /// What the manifests tier counted.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub passed: u64,
     pub failed: u64,
     pub skipped: u64,
@@ -34,7 +34,7 @@ fn venv() -> PathBuf {
 }
 
 /// Installs kubernetes-validate into its virtualenv, unless the pinned version is there.
-pub fn install() -> Result<()> {
+pub(crate) fn install() -> Result<()> {
     let python = venv().join("bin/python");
     let installed = Command::new(&python)
         .args(["-m", "pip", "show", "kubernetes-validate"])
@@ -74,7 +74,7 @@ fn manifests(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Validates every manifest; prints one line per object and returns the counts.
-pub fn run(filter: Option<&str>) -> Result<Outcome> {
+pub(crate) fn run(filter: Option<&str>) -> Result<Outcome> {
     let root = workspace_root();
     let deploy = root.join("deploy");
     let files: Vec<PathBuf> = manifests(&deploy)?

@@ -22,7 +22,7 @@ struct Tally {
     ignored: u64,
 }
 
-pub fn run(filter: Option<&str>) -> Result<()> {
+pub(crate) fn run(filter: Option<&str>) -> Result<()> {
     install::all()?;
     let root = workspace_root();
     // The agent binary and the lab binaries are spawned by the namespace tests.

@@ -111,7 +111,7 @@ pub struct TcpSettings {
 }
 
 /// Accepted range of `connectionPool.tcp.connectTimeout` (Istio: "MUST BE >=1ms").
-pub const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
+pub(super) const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
 
 /// `trafficPolicy.loadBalancer`. `simple` and `consistentHash` are accepted but not acted on:

@@ -1348,7 +1348,7 @@ pub(crate) mod fixtures {
     use super::*;
 
     /// The file a cluster-driven agent runs with: this cluster is ack-hangzhou, one remote.
-    pub const FILE: &str = r#"
+    pub(crate) const FILE: &str = r#"
 node: {name: from-env, region: cn-hangzhou, cluster: ack-hangzhou}
 dataplane: {tc: ["veth*"]}
 kubernetes:
@@ -1356,12 +1356,12 @@ kubernetes:
     - {name: ack-shanghai, kubeconfig: /etc/geosteer/clusters/ack-shanghai, region: cn-shanghai}
 "#;
 
-    pub fn file() -> Config {
+    pub(crate) fn file() -> Config {
         config::parse(FILE).unwrap()
     }
 
     /// Fills a store as a completed initial list does.
-    pub fn load<K: Resource>(store: &mut Store<K>, objects: Vec<K>) {
+    pub(crate) fn load<K: Resource>(store: &mut Store<K>, objects: Vec<K>) {
         store.apply(watcher::Event::Init);
         for object in objects {
             store.apply(watcher::Event::InitApply(object));
@@ -1371,7 +1371,7 @@ kubernetes:
 
     /// An index on node `hz-node-1` (cn-hangzhou-b) with every store of both clusters listed
     /// and empty.
-    pub fn index() -> Index {
+    pub(crate) fn index() -> Index {
         let mut index = Index::new(&file(), "hz-node-1");
         for cluster in &mut index.clusters {
             load(&mut cluster.services, vec![]);
@@ -1394,11 +1394,11 @@ kubernetes:
         index
     }
 
-    pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    pub(crate) fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
         serde_json::from_value(value).unwrap()
     }
 
-    pub fn node(name: &str, region: &str, zone: &str) -> PartialObjectMeta<Node> {
+    pub(crate) fn node(name: &str, region: &str, zone: &str) -> PartialObjectMeta<Node> {
         from_json(json!({
             "apiVersion": "meta.k8s.io/v1",
             "kind": "PartialObjectMetadata",
@@ -1410,7 +1410,7 @@ kubernetes:
     }
 
     /// A ClusterIP Service `default/NAME` with one TCP port `http` 80 → targetPort `http`.
-    pub fn service(name: &str, vip: &str) -> K8sService {
+    pub(crate) fn service(name: &str, vip: &str) -> K8sService {
         from_json(json!({
             "apiVersion": "v1",
             "kind": "Service",
@@ -1423,7 +1423,10 @@ kubernetes:
         }))
     }
 
-    pub fn with_annotations(mut service: K8sService, annotations: &[(&str, &str)]) -> K8sService {
+    pub(crate) fn with_annotations(
+        mut service: K8sService,
+        annotations: &[(&str, &str)],
+    ) -> K8sService {
         service.metadata.annotations = Some(
             annotations
                 .iter()
@@ -1434,10 +1437,10 @@ kubernetes:
     }
 
     /// An endpoint: address, node, ready.
-    pub type Ep<'a> = (&'a str, &'a str, bool);
+    pub(crate) type Ep<'a> = (&'a str, &'a str, bool);
 
     /// EndpointSlice `default/SLICE` of Service `service`, port `http` = `port`.
-    pub fn slice(service: &str, slice: &str, port: u16, endpoints: &[Ep]) -> EndpointSlice {
+    pub(crate) fn slice(service: &str, slice: &str, port: u16, endpoints: &[Ep]) -> EndpointSlice {
         let endpoints: Vec<serde_json::Value> = endpoints
             .iter()
             .map(|(ip, node, ready)| {
@@ -1463,7 +1466,7 @@ kubernetes:
     }
 
     /// TrafficPolicy `default/NAME`, created at `created` (seconds), with `spec` (YAML).
-    pub fn policy(name: &str, created: u32, spec: &str) -> TrafficPolicy {
+    pub(crate) fn policy(name: &str, created: u32, spec: &str) -> TrafficPolicy {
         let spec: serde_json::Value = serde_yaml_ng::from_str(spec).unwrap();
         from_json(json!({
             "apiVersion": "geosteer.io/v1alpha1",
@@ -1479,7 +1482,7 @@ kubernetes:
     }
 
     /// DestinationRule `NAMESPACE/NAME` created at `created` (seconds), with `spec` (YAML).
-    pub fn rule(namespace: &str, name: &str, created: u32, spec: &str) -> DynamicObject {
+    pub(crate) fn rule(namespace: &str, name: &str, created: u32, spec: &str) -> DynamicObject {
         let spec: serde_json::Value = serde_yaml_ng::from_str(spec).unwrap();
         from_json(json!({
             "apiVersion": "networking.istio.io/v1",
@@ -1494,7 +1497,7 @@ kubernetes:
     }
 
     /// The reviews service in both clusters: two ready pods in Hangzhou, one in Shanghai.
-    pub fn reviews_in_two_clusters() -> Index {
+    pub(crate) fn reviews_in_two_clusters() -> Index {
         let mut index = index();
         load(
             &mut index.clusters[0].services,
@@ -1525,7 +1528,7 @@ kubernetes:
     }
 
     /// Builds the desired state and checks the promise that it validates.
-    pub fn desired(index: &Index) -> Desired {
+    pub(crate) fn desired(index: &Index) -> Desired {
         let desired = index.desired(&file()).expect("a desired state");
         assert_eq!(config::validate(&desired.config), vec![]);
         desired
@@ -1533,7 +1536,7 @@ kubernetes:
 
     /// `ip@cluster/region/zone` of each endpoint of the only service (` (draining)` when
     /// it is leaving).
-    pub fn endpoints(desired: &Desired) -> Vec<String> {
+    pub(crate) fn endpoints(desired: &Desired) -> Vec<String> {
         desired.config.services[0]
             .endpoints
             .iter()

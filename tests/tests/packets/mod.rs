@@ -20,32 +20,32 @@ use geosteer_common::{
 };
 use geosteer_tests::require_root;
 
-pub const TC_ACT_OK: u32 = 0;
-pub const TC_ACT_SHOT: u32 = 2;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub(crate) const TC_ACT_OK: u32 = 0;
+pub(crate) const TC_ACT_SHOT: u32 = 2;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
 
-pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
-pub const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 9);
-pub const BACKENDS: [Ipv4Addr; 3] = [
+pub(crate) const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+pub(crate) const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 9);
+pub(crate) const BACKENDS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 11, 2),
     Ipv4Addr::new(198, 18, 12, 2),
     Ipv4Addr::new(198, 18, 21, 2),
 ];
-pub const VPORT: u16 = 80;
-pub const TPORT: u16 = 8080;
+pub(crate) const VPORT: u16 = 80;
+pub(crate) const TPORT: u16 = 8080;
 
-pub const SYN: u8 = 0x02;
-pub const ACK: u8 = 0x10;
-pub const RST: u8 = 0x04;
-pub const FIN: u8 = 0x01;
-pub const PSH_ACK: u8 = 0x18;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const ACK: u8 = 0x10;
+pub(crate) const RST: u8 = 0x04;
+pub(crate) const FIN: u8 = 0x01;
+pub(crate) const PSH_ACK: u8 = 0x18;
 
 /// A hand-built Ethernet + IPv4 + TCP/UDP packet. Inputs are built here; outputs are checked
 /// with etherparse, so a checksum bug cannot hide by being the same on both sides.
 #[derive(Clone)]
-pub struct Pkt {
+pub(crate) struct Pkt {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub sport: u16,
@@ -62,7 +62,7 @@ pub struct Pkt {
 }
 
 impl Pkt {
-    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
+    pub(crate) fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
         Self {
             src,
             dst,
@@ -79,7 +79,13 @@ impl Pkt {
         }
     }
 
-    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Self {
+    pub(crate) fn udp(
+        src: Ipv4Addr,
+        sport: u16,
+        dst: Ipv4Addr,
+        dport: u16,
+        payload: &[u8],
+    ) -> Self {
         Self {
             proto: PROTO_UDP,
             payload: payload.to_vec(),
@@ -87,18 +93,18 @@ impl Pkt {
         }
     }
 
-    pub fn with_payload(mut self, payload: &[u8]) -> Self {
+    pub(crate) fn with_payload(mut self, payload: &[u8]) -> Self {
         self.payload = payload.to_vec();
         self
     }
 
-    pub fn with_seq(mut self, seq: u32, ack: u32) -> Self {
+    pub(crate) fn with_seq(mut self, seq: u32, ack: u32) -> Self {
         self.seq = seq;
         self.ack = ack;
         self
     }
 
-    pub fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let mut l4 = Vec::new();
         l4.extend(self.sport.to_be_bytes());
         l4.extend(self.dport.to_be_bytes());
@@ -148,7 +154,7 @@ impl Pkt {
 
 /// What an output packet says, after checksum verification.
 #[derive(Debug, PartialEq)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub sport: u16,
@@ -156,7 +162,7 @@ pub struct Seen {
 }
 
 /// Parses an output frame and asserts that its IPv4 and L4 checksums are correct.
-pub fn verify(frame: &[u8]) -> Seen {
+pub(crate) fn verify(frame: &[u8]) -> Seen {
     let (ip, rest) = Ipv4Header::from_slice(&frame[14..]).expect("ipv4 header parses");
     assert_eq!(
         ip.header_checksum,
@@ -191,7 +197,7 @@ pub fn verify(frame: &[u8]) -> Seen {
     }
 }
 
-pub struct Rig {
+pub(crate) struct Rig {
     pub ebpf: Ebpf,
     pub maps: BpfMaps,
     pub programmer: Programmer,
@@ -200,7 +206,7 @@ pub struct Rig {
 }
 
 impl Rig {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         require_root();
         let sizes = MapSizes {
             max_services: 16,
@@ -223,7 +229,7 @@ impl Rig {
         rig
     }
 
-    pub fn set_services(&mut self, services: &[(Ipv4Addr, u16, u8, &[u32])]) {
+    pub(crate) fn set_services(&mut self, services: &[(Ipv4Addr, u16, u8, &[u32])]) {
         let desired: Vec<DesiredService> = services
             .iter()
             .map(|(vip, port, proto, weights)| DesiredService {
@@ -248,7 +254,7 @@ impl Rig {
     }
 
     /// A rig whose services have these settings (protocol, connect timeout, ejection limit).
-    pub fn with_settings(settings: ServiceSettings) -> Self {
+    pub(crate) fn with_settings(settings: ServiceSettings) -> Self {
         let mut rig = Self::new();
         rig.settings = settings;
         rig.set_services(&[
@@ -259,7 +265,7 @@ impl Rig {
     }
 
     /// Marks a backend outlier-ejected, as the kernel does at its consecutive-error limit.
-    pub fn eject(&mut self, ip: Ipv4Addr, proto: u8) {
+    pub(crate) fn eject(&mut self, ip: Ipv4Addr, proto: u8) {
         let id = self.backend_id(ip, proto);
         self.maps
             .write_backend_state(
@@ -273,7 +279,7 @@ impl Rig {
     }
 
     /// The kernel's outlier state of a backend.
-    pub fn state(&self, ip: Ipv4Addr) -> BackendState {
+    pub(crate) fn state(&self, ip: Ipv4Addr) -> BackendState {
         self.maps
             .backend_state
             .get(&self.backend_id(ip, PROTO_TCP), 0)
@@ -282,7 +288,7 @@ impl Rig {
 
     /// Backend ids of the connect timeouts the kernel reported since the last call (other
     /// events in the ring are dropped).
-    pub fn suspected_timeouts(&mut self) -> Vec<u32> {
+    pub(crate) fn suspected_timeouts(&mut self) -> Vec<u32> {
         let mut ids = Vec::new();
         while let Some(item) = self.maps.events.next() {
             assert!(item.len() >= std::mem::size_of::<geosteer_common::KernelEvent>());
@@ -299,26 +305,26 @@ impl Rig {
 
     /// Counts `n` connect timeouts of a backend as the agent does once its own connection
     /// failed too. Whether the kernel counted them.
-    pub fn confirm_timeouts(&mut self, ip: Ipv4Addr, n: u32) -> bool {
+    pub(crate) fn confirm_timeouts(&mut self, ip: Ipv4Addr, n: u32) -> bool {
         let id = self.backend_id(ip, PROTO_TCP);
         self.maps
             .count_connect_timeouts(id, u32::from(ip).to_be(), TPORT.to_be(), n)
             .expect("counting program runs")
     }
 
-    pub fn counters(&self, ip: Ipv4Addr) -> geosteer_common::BackendCounters {
+    pub(crate) fn counters(&self, ip: Ipv4Addr) -> geosteer_common::BackendCounters {
         self.maps
             .backend_counters(self.backend_id(ip, PROTO_TCP))
             .unwrap()
     }
 
-    pub fn run_tc(&mut self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn run_tc(&mut self, program: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
         self.try_run_tc(program, pkt).expect("test run")
     }
 
     /// Like [`Rig::run_tc`], but an error of the test run itself (the kernel refuses an IPv4
     /// frame too short to hold an IP header, an IPv6 one without its fixed header) is returned.
-    pub fn try_run_tc(
+    pub(crate) fn try_run_tc(
         &mut self,
         program: &str,
         pkt: &[u8],
@@ -335,19 +341,19 @@ impl Rig {
         Ok((result.return_value, out))
     }
 
-    pub fn ingress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
+    pub(crate) fn ingress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
         self.run_tc(program_names::TC_INGRESS, &pkt.build())
     }
 
-    pub fn egress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
+    pub(crate) fn egress(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
         self.run_tc(program_names::TC_EGRESS, &pkt.build())
     }
 
-    pub fn xdp(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
+    pub(crate) fn xdp(&mut self, pkt: &Pkt) -> (u32, Vec<u8>) {
         self.run_xdp(&pkt.build())
     }
 
-    pub fn run_xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn run_xdp(&mut self, data: &[u8]) -> (u32, Vec<u8>) {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(program_names::XDP)
@@ -366,17 +372,17 @@ impl Rig {
         (result.return_value, out)
     }
 
-    pub fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
+    pub(crate) fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
         let key = ServiceKey::for_vip(VIP, VPORT, proto);
         let live = self.programmer.service(&key).expect("service live");
         live.backends[&(u32::from(ip).to_be(), TPORT.to_be())].0
     }
 
-    pub fn drops(&self, reason: DropReason) -> u64 {
+    pub(crate) fn drops(&self, reason: DropReason) -> u64 {
         self.maps.drops(reason).unwrap()
     }
 
-    pub fn forget_flow(&mut self, pkt: &Pkt) {
+    pub(crate) fn forget_flow(&mut self, pkt: &Pkt) {
         let key = FlowKey {
             saddr: u32::from(pkt.src).to_be(),
             daddr: u32::from(pkt.dst).to_be(),
@@ -391,17 +397,17 @@ impl Rig {
 }
 
 /// The backend's RST refusing a SYN sent by [`syn`] (RST|ACK acknowledging its ISN).
-pub fn refusal(backend: Ipv4Addr, sport: u16) -> Pkt {
+pub(crate) fn refusal(backend: Ipv4Addr, sport: u16) -> Pkt {
     Pkt::tcp(backend, TPORT, CLIENT, sport, RST | ACK).with_seq(0, 1001)
 }
 
-pub fn syn(sport: u16) -> Pkt {
+pub(crate) fn syn(sport: u16) -> Pkt {
     Pkt::tcp(CLIENT, sport, VIP, VPORT, SYN)
 }
 
 /// One TCP connection through the VIP, driven packet by packet with real sequence numbers: the
 /// client's next byte, the backend's next byte, and what each side has acknowledged.
-pub struct Conn {
+pub(crate) struct Conn {
     pub port: u16,
     pub backend: Ipv4Addr,
     /// Client's next sequence number.
@@ -412,7 +418,7 @@ pub struct Conn {
 
 impl Conn {
     /// SYN through ingress, SYN-ACK through egress.
-    pub fn open(rig: &mut Rig, port: u16) -> Conn {
+    pub(crate) fn open(rig: &mut Rig, port: u16) -> Conn {
         let (_, out) = rig.ingress(&syn(port).with_seq(7_000, 0));
         let backend = verify(&out).dst;
         let backend_isn = 0xfffe_0000; // close to wrapping: sequence arithmetic must cope
@@ -426,7 +432,7 @@ impl Conn {
     }
 
     /// A client segment acknowledging everything the backend sent.
-    pub fn send(&mut self, rig: &mut Rig, payload: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn send(&mut self, rig: &mut Rig, payload: &[u8]) -> (u32, Vec<u8>) {
         let pkt = Pkt::tcp(CLIENT, self.port, VIP, VPORT, PSH_ACK)
             .with_payload(payload)
             .with_seq(self.client_seq, self.backend_seq);
@@ -435,7 +441,7 @@ impl Conn {
     }
 
     /// A client segment with an explicit acknowledgement (e.g. of less than was sent).
-    pub fn send_acking(&mut self, rig: &mut Rig, payload: &[u8], ack: u32) {
+    pub(crate) fn send_acking(&mut self, rig: &mut Rig, payload: &[u8], ack: u32) {
         let pkt = Pkt::tcp(CLIENT, self.port, VIP, VPORT, PSH_ACK)
             .with_payload(payload)
             .with_seq(self.client_seq, ack);
@@ -444,14 +450,14 @@ impl Conn {
     }
 
     /// A backend segment at its next sequence number.
-    pub fn reply(&mut self, rig: &mut Rig, payload: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn reply(&mut self, rig: &mut Rig, payload: &[u8]) -> (u32, Vec<u8>) {
         let seq = self.backend_seq;
         self.backend_seq = seq.wrapping_add(payload.len() as u32);
         self.reply_at(rig, seq, payload)
     }
 
     /// A backend segment at an explicit sequence number (retransmissions, gaps).
-    pub fn reply_at(&self, rig: &mut Rig, seq: u32, payload: &[u8]) -> (u32, Vec<u8>) {
+    pub(crate) fn reply_at(&self, rig: &mut Rig, seq: u32, payload: &[u8]) -> (u32, Vec<u8>) {
         rig.egress(
             &Pkt::tcp(self.backend, TPORT, CLIENT, self.port, PSH_ACK)
                 .with_payload(payload)
@@ -460,18 +466,25 @@ impl Conn {
     }
 
     /// A request and its whole response, one segment each.
-    pub fn exchange(&mut self, rig: &mut Rig, response: &[u8]) {
+    pub(crate) fn exchange(&mut self, rig: &mut Rig, response: &[u8]) {
         self.send(rig, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         self.reply(rig, response);
     }
 }
 
-pub const OK_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
-pub const UNAVAILABLE_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+pub(crate) const OK_200: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+pub(crate) const UNAVAILABLE_503: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
 
 /// An Ethernet frame with an ICMP error from `src` to `dst` quoting `quoted` (an Ethernet frame
 /// as built by [`Pkt::build`]; its IP packet is quoted whole).
-pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+pub(crate) fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
     let mut icmp = vec![kind, code, 0, 0];
     // Unused, or (fragmentation needed) the next hop's MTU.
     icmp.extend([0, 0, 0x05, 0x00]);
@@ -492,7 +505,12 @@ pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, quoted: &[u8
 }
 
 /// A datagram's fragment after the first: the IP header alone (offset in 8-byte units).
-pub fn later_fragment(src: Ipv4Addr, dst: Ipv4Addr, offset_units: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn later_fragment(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    offset_units: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut ip = vec![0x45, 0];
     ip.extend(((20 + payload.len()) as u16).to_be_bytes());
     ip.extend([0x12, 0x34]); // the id Pkt::build uses
