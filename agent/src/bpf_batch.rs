@@ -123,6 +123,24 @@ unsafe fn batch_command(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Res
 /// Writes `count` entries (`keys` and `values` hold them back to back) in one
 /// `BPF_MAP_UPDATE_BATCH`. An error may leave a prefix of them written.
 pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> Result<()> {
+    update_reporting(fd, keys, values, count).map_err(|partly| partly.error)
+}
+
+/// A batch write that stopped part way: the first `written` entries are in the map (the
+/// kernel writes them in order and stops at the first that fails).
+#[derive(Debug)]
+pub struct PartlyWritten {
+    pub written: usize,
+    pub error: anyhow::Error,
+}
+
+/// [`update`], saying how many entries were written when it fails.
+pub fn update_reporting(
+    fd: BorrowedFd<'_>,
+    keys: &[u8],
+    values: &[u8],
+    count: usize,
+) -> std::result::Result<(), PartlyWritten> {
     let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: 0,
@@ -136,11 +154,12 @@ pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> R
     // SAFETY: the attr points at `count` keys and values of the map's sizes, alive for the
     // call; the kernel only reads them.
     if let Err(error) = unsafe { batch_command(BPF_MAP_UPDATE_BATCH, &mut attr) } {
-        return Err(error).with_context(|| {
-            format!(
-                "BPF_MAP_UPDATE_BATCH ({} of {count} entries written)",
-                attr.count
-            )
+        let written = (attr.count as usize).min(count);
+        return Err(PartlyWritten {
+            written,
+            error: anyhow::Error::new(error).context(format!(
+                "BPF_MAP_UPDATE_BATCH ({written} of {count} entries written)"
+            )),
         });
     }
     Ok(())
@@ -196,6 +215,14 @@ pub fn write_entries<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     entries: &[(K, V)],
 ) -> Result<()> {
+    write_entries_reporting(fd, entries).map_err(|partly| partly.error)
+}
+
+/// [`write_entries`], saying how many entries were written when it fails.
+pub fn write_entries_reporting<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    entries: &[(K, V)],
+) -> std::result::Result<(), PartlyWritten> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -205,5 +232,5 @@ pub fn write_entries<K: aya::Pod, V: aya::Pod>(
         keys.extend_from_slice(pod_bytes(key));
         values.extend_from_slice(pod_bytes(value));
     }
-    update(fd, &keys, &values, entries.len())
+    update_reporting(fd, &keys, &values, entries.len())
 }

@@ -18,6 +18,7 @@ use geosteer_common::{
     TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters, map_names, program_names,
 };
 
+pub use crate::bpf_batch::PartlyWritten;
 use crate::conntrack::{Batch, FlowTable, Sweeper};
 use crate::mapped::MappedArray;
 
@@ -57,11 +58,15 @@ pub trait Dataplane {
     }
     /// The one update that makes a service (or its new table) live.
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
-    /// [`Dataplane::write_service`] for each entry, in order (one batch where it can; an error
-    /// may leave some of them written).
-    fn write_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
-        for (key, value) in entries {
-            self.write_service(key, value)?;
+    /// [`Dataplane::write_service`] for each entry, in order (one batch where it can); on an
+    /// error, how many of them (the first) were written.
+    fn write_services(
+        &mut self,
+        entries: &[(ServiceKey, ServiceValue)],
+    ) -> std::result::Result<(), PartlyWritten> {
+        for (written, (key, value)) in entries.iter().enumerate() {
+            self.write_service(key, value)
+                .map_err(|error| PartlyWritten { written, error })?;
         }
         Ok(())
     }
@@ -614,9 +619,11 @@ impl Dataplane for BpfMaps {
             .context("writing service entry")
     }
 
-    fn write_services(&mut self, entries: &[(ServiceKey, ServiceValue)]) -> Result<()> {
-        crate::bpf_batch::write_entries(self.services.map().fd().as_fd(), entries)
-            .with_context(|| format!("writing {} service entries", entries.len()))
+    fn write_services(
+        &mut self,
+        entries: &[(ServiceKey, ServiceValue)],
+    ) -> std::result::Result<(), PartlyWritten> {
+        crate::bpf_batch::write_entries_reporting(self.services.map().fd().as_fd(), entries)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {

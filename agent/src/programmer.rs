@@ -21,6 +21,8 @@ use geosteer_common::{
 use range_alloc::RangeAllocator;
 use rayon::prelude::*;
 
+use tracing::debug;
+
 use crate::{
     dataplane::Dataplane,
     maglev::{MaglevBackend, build_table, table_size},
@@ -526,9 +528,17 @@ impl Programmer {
             .iter()
             .filter_map(|addr| Some((*addr, *self.vips.get(addr)?)))
             .collect();
-        if writes.len() > 1 && dp.write_vips(&writes).is_ok() {
-            for (addr, _) in &writes {
-                self.vips_pending.remove(addr);
+        if writes.len() > 1 {
+            match dp.write_vips(&writes) {
+                Ok(()) => {
+                    for (addr, _) in &writes {
+                        self.vips_pending.remove(addr);
+                    }
+                }
+                Err(e) => debug!(
+                    error = %format!("{e:#}"),
+                    "VIPs: batch failed, writing them one at a time"
+                ),
             }
         }
         let mut first_error = None;
@@ -777,18 +787,35 @@ impl Programmer {
                 .and_then(|()| dp.write_backends(&entries))
                 .and_then(|()| dp.write_tables(&tables))
         };
-        // Every flip in one batch once every table is in; if the batch fails, one at a time,
-        // so that each service gets its own answer.
+        // Every flip in one batch once every table is in; those the batch did not write (it
+        // stops at the first failure), one at a time, so that each service gets its own answer.
         let flips: Vec<(ServiceKey, ServiceValue)> = ready
             .iter()
             .filter_map(|(i, _, plan, _)| Some((services[*i].key, plan.flip?)))
             .collect();
-        let flipped_together = written.is_ok() && dp.write_services(&flips).is_ok();
+        let flipped_together: BTreeSet<ServiceKey> = match &written {
+            Err(_) => BTreeSet::new(),
+            Ok(()) => {
+                let written = match dp.write_services(&flips) {
+                    Ok(()) => flips.len(),
+                    Err(partly) => {
+                        debug!(
+                            written = partly.written,
+                            of = flips.len(),
+                            error = %format!("{:#}", partly.error),
+                            "service entries: batch stopped, writing the rest one at a time"
+                        );
+                        partly.written
+                    }
+                };
+                flips[..written].iter().map(|(key, _)| *key).collect()
+            }
+        };
         for (i, taken, plan, grace) in ready {
             let desired = services[i];
             let flipped = match (&written, &plan.flip) {
                 (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
-                (Ok(()), Some(_)) if flipped_together => Ok(()),
+                (Ok(()), Some(_)) if flipped_together.contains(&desired.key) => Ok(()),
                 (Ok(()), Some(entry)) => dp.write_service(&desired.key, entry),
                 (Ok(()), None) => Ok(()),
             };

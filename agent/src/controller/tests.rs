@@ -677,3 +677,19 @@ fn losing_outlier_detection_clears_flags_the_agent_never_heard_of() {
         1
     );
 }
+
+/// The node's locality is read again on a reload: moved to the other region, its new flows go
+/// to that region's endpoints. And a full apply records no health for endpoints that have none.
+#[test]
+fn a_reload_that_moves_the_node_moves_its_traffic() {
+    let (mut controller, mut dp) = started("http");
+    assert!(controller.health.is_empty(), "no state, no entry");
+    let hangzhou = BTreeSet::from([backend_id(&controller, 11), backend_id(&controller, 12)]);
+    assert_eq!(steered_to(&dp), hangzhou);
+    let mut moved = config("http");
+    moved.node.region = "cn-shanghai".into();
+    moved.node.zone = "cn-shanghai-a".into();
+    controller.reload(&mut dp, moved).unwrap();
+    let shanghai = BTreeSet::from([backend_id(&controller, 21), backend_id(&controller, 22)]);
+    assert_eq!(steered_to(&dp), shanghai);
+}

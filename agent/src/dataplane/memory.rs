@@ -61,6 +61,8 @@ pub struct MemoryDataplane {
     pub fail_table_writes: bool,
     /// VIPs (network byte order) whose writes fail.
     pub fail_vip_writes: std::collections::BTreeSet<u32>,
+    /// Services whose entry writes fail (a batch of them stops there, as the kernel's does).
+    pub fail_service_writes: std::collections::BTreeSet<ServiceKey>,
 }
 
 impl MemoryDataplane {
@@ -109,6 +111,9 @@ impl Dataplane for MemoryDataplane {
     }
 
     fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        if self.fail_service_writes.contains(key) {
+            anyhow::bail!("writing service entry {key:?}: refused");
+        }
         self.services.insert(*key, *value);
         self.log.push(Write::Service(*key));
         Ok(())

@@ -493,6 +493,45 @@ fn a_failed_batch_of_new_services_leaves_nothing_behind() {
     }
 }
 
+/// New services' entries go in one batch; one the map refuses stops it there. Those before it
+/// are live, it alone is refused (nothing points at its freed table), and those after it are
+/// written one at a time — each entry after its own table, as ever.
+#[test]
+fn a_service_entry_refused_in_the_batch_costs_only_that_service() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(8, 32, 1024);
+    let services = [
+        service(80, &[1, 1]),
+        service(81, &[1, 1]),
+        service(82, &[1]),
+    ];
+    dp.fail_service_writes.insert(key(81));
+    let desired: Vec<&DesiredService> = services.iter().collect();
+    let results = programmer.apply_each(&mut dp, &desired);
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let error = results[1].as_ref().unwrap_err();
+    assert!(format!("{error:#}").contains("refused"), "{error:#}");
+    assert!(dp.services.contains_key(&key(80)));
+    assert!(!dp.services.contains_key(&key(81)));
+    assert!(dp.services.contains_key(&key(82)));
+    assert_eq!(programmer.live_keys(), vec![key(80), key(82)]);
+    let in_use: u32 = [80, 82]
+        .iter()
+        .map(|&p| dp.services[&key(p)].table_chunks())
+        .sum();
+    assert_eq!(
+        programmer.table_chunks_used().0,
+        in_use,
+        "81's chunks are free"
+    );
+    for port in [80, 82] {
+        let entry = dp.services[&key(port)];
+        let table = position(&dp.log, &Write::Table(entry.table_start));
+        let flip = position(&dp.log, &Write::Service(key(port)));
+        assert!(table < flip, "{port}: table at {table}, entry at {flip}");
+    }
+}
+
 /// `service(port, weights)` on VIP 198.19.0.`vip` instead.
 fn on_vip(vip: u8, port: u16, weights: &[u32]) -> DesiredService {
     let mut s = service(port, weights);
