@@ -437,23 +437,27 @@ async fn control_loop(
     let mut sweep = tokio::time::interval(SWEEP_TICK);
     let mut config_poll = tokio::time::interval(CONFIG_POLL);
     let mut config_stamp = config_path.and_then(file_stamp);
-    let (probe_tx, mut probe_rx) = mpsc::channel::<(HealthKey, Result<(), String>)>(1024);
-    let mut probers = spawn_probers(controller, &probe_tx);
+    let (probers, mut probe_rx) = Probers::start(controller);
+    let mut node = Node {
+        controller,
+        maps,
+        probers,
+    };
     // The agent's own connections that confirm or dismiss suspected connect timeouts.
     let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddrV4, probe::ConnectResult)>(1024);
     let mut kube_status = kube.as_ref().map(|k| k.status.clone());
 
     loop {
         heartbeat.beat(monotonic_now());
-        publisher.publish(controller);
+        publisher.publish(node.controller);
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 if let Some(path) = config_path {
                     let outcome = match &kube {
-                        Some(k) => forward_file(controller, path, "SIGHUP", &k.file_updates),
-                        None => reload(controller, maps, path, "SIGHUP", &probe_tx, &mut probers),
+                        Some(k) => forward_file(node.controller, path, "SIGHUP", &k.file_updates),
+                        None => node.reload_file(path, "SIGHUP"),
                     };
                     publisher.runtime.record_reload(outcome);
                     config_stamp = file_stamp(path);
@@ -465,8 +469,8 @@ async fn control_loop(
                     if stamp != config_stamp {
                         config_stamp = stamp;
                         let outcome = match &kube {
-                            Some(k) => forward_file(controller, path, "file change", &k.file_updates),
-                            None => reload(controller, maps, path, "file change", &probe_tx, &mut probers),
+                            Some(k) => forward_file(node.controller, path, "file change", &k.file_updates),
+                            None => node.reload_file(path, "file change"),
                         };
                         publisher.runtime.record_reload(outcome);
                     }
@@ -474,19 +478,19 @@ async fn control_loop(
             }
             Some(status) = kube_status_change(&mut kube_status) => {
                 publisher.runtime.kubernetes = Some(status);
-                publisher.force(controller);
+                publisher.force(node.controller);
             }
             Some(config) = recv_kube(&mut kube) => {
-                let outcome = apply_config(controller, maps, config, "kubernetes", Instant::now(), &probe_tx, &mut probers);
+                let outcome = node.apply_config(config, "kubernetes", Instant::now());
                 publisher.runtime.record_reload(outcome);
             }
             Some(event) = links.events.recv() => {
-                links.on_event(event, publisher, maps);
+                links.on_event(event, publisher, node.maps);
             }
             guard = events_fd.readable() => {
                 let mut guard = guard?;
                 let mut events = Vec::new();
-                while let Some(item) = maps.events.next() {
+                while let Some(item) = node.maps.events.next() {
                     if item.len() >= std::mem::size_of::<KernelEvent>() {
                         // SAFETY: the kernel wrote a KernelEvent (repr(C), plain data); the
                         // item is at least that long; read_unaligned copes with any alignment.
@@ -497,12 +501,12 @@ async fn control_loop(
                 for event in events {
                     match event.kind {
                         EVENT_EJECTED => {
-                            if let Err(e) = controller.on_kernel_ejection(maps, &event, monotonic_now()) {
+                            if let Err(e) = node.controller.on_kernel_ejection(node.maps, &event, monotonic_now()) {
                                 error!(error = %format!("{e:#}"), "handling a kernel ejection");
                             }
                         }
                         EVENT_CONNECT_TIMEOUT => {
-                            if let Some(endpoint) = controller.on_connect_timeout(event.backend_id) {
+                            if let Some(endpoint) = node.controller.on_connect_timeout(event.backend_id) {
                                 let tx = check_tx.clone();
                                 let backend_id = event.backend_id;
                                 tokio::spawn(async move {
@@ -516,25 +520,22 @@ async fn control_loop(
                 }
             }
             Some((backend_id, endpoint, result)) = check_rx.recv() => {
-                if let Err(e) = controller.on_connect_check(maps, backend_id, endpoint, result) {
+                if let Err(e) = node.controller.on_connect_check(node.maps, backend_id, endpoint, result) {
                     error!(error = %format!("{e:#}"), "counting confirmed connect timeouts");
                 }
             }
             _ = sweep.tick() => {
-                if let Err(e) = controller.sweep(maps, monotonic_now()) {
+                if let Err(e) = node.controller.sweep(node.maps, monotonic_now()) {
                     error!(error = %format!("{e:#}"), "outlier sweep");
                 }
-                sweep_flows(controller, maps, publisher);
+                sweep_flows(node.controller, node.maps, publisher);
             }
             Some((key, result)) = probe_rx.recv() => {
-                if let Err(e) = controller.on_probe(maps, key, result) {
+                if let Err(e) = node.controller.on_probe(node.maps, key, result) {
                     error!(error = %format!("{e:#}"), "handling a probe result");
                 }
             }
         }
-    }
-    for p in probers {
-        p.abort();
     }
     Ok(())
 }
@@ -628,21 +629,6 @@ fn load_file(controller: &mut Controller, path: &Path, why: &str) -> Result<Conf
     })
 }
 
-fn reload(
-    controller: &mut Controller,
-    maps: &mut BpfMaps,
-    path: &Path,
-    why: &str,
-    probe_tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
-    probers: &mut Vec<JoinHandle<()>>,
-) -> ReloadInfo {
-    let started = Instant::now();
-    match load_file(controller, path, why) {
-        Ok(config) => apply_config(controller, maps, config, why, started, probe_tx, probers),
-        Err(outcome) => outcome,
-    }
-}
-
 /// With the Kubernetes source, the file is one input of the desired state: a valid file goes to
 /// the source, whose merged result comes back through the `kubernetes` branch.
 fn forward_file(
@@ -684,70 +670,113 @@ async fn recv_kube(kube: &mut Option<KubeWiring>) -> Option<Config> {
     }
 }
 
-fn apply_config(
-    controller: &mut Controller,
-    maps: &mut BpfMaps,
-    config: Config,
-    why: &str,
-    started: Instant,
-    probe_tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
-    probers: &mut Vec<JoinHandle<()>>,
-) -> ReloadInfo {
-    if config.dataplane != controller.config.dataplane || config.admin != controller.config.admin {
-        warn!("dataplane or admin settings changed: they take effect at the next agent start");
-    }
-    for warning in config::warnings(&config) {
-        warn!("{warning}");
-    }
-    let result = match controller.reload(maps, config) {
-        Ok(changed) => {
-            let elapsed_us = started.elapsed().as_micros() as u64;
-            info!(trigger = why, changed, elapsed_us, "config reloaded");
-            let message = format!("{changed} services changed in {elapsed_us} µs");
-            controller.event(EventKind::Reload, format!("reload ({why}): {message}"));
-            reload_outcome(why, ReloadResult::Applied, message)
-        }
-        Err(e) => {
-            error!(error = %format!("{e:#}"), "applying the reloaded config");
-            let message = format!("{e:#}");
-            controller.event(
-                EventKind::Reload,
-                format!("reload ({why}) failed to apply: {message}"),
-            );
-            reload_outcome(why, ReloadResult::Failed, message)
-        }
-    };
-    for p in probers.drain(..) {
-        p.abort();
-    }
-    *probers = spawn_probers(controller, probe_tx);
-    result
-}
-
 fn one_line(s: &str) -> String {
     s.lines().collect::<Vec<_>>().join("; ")
 }
 
-fn spawn_probers(
-    controller: &Controller,
-    tx: &mpsc::Sender<(HealthKey, Result<(), String>)>,
-) -> Vec<JoinHandle<()>> {
-    controller
-        .probe_specs()
-        .into_iter()
-        .map(|(key, spec, interval)| {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let result = probe::probe_once(&spec).await;
-                    if tx.send((key, result)).await.is_err() {
-                        return;
+/// One active check's result for one endpoint.
+type ProbeResult = (HealthKey, Result<(), String>);
+
+/// The active health checks: a task per endpoint of every service with a healthCheck, sending
+/// results to the control loop; started again whenever the config changes; stopped on drop.
+struct Probers {
+    tx: mpsc::Sender<ProbeResult>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Probers {
+    fn start(controller: &Controller) -> (Self, mpsc::Receiver<ProbeResult>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut probers = Self {
+            tx,
+            tasks: Vec::new(),
+        };
+        probers.restart(controller);
+        (probers, rx)
+    }
+
+    /// The checks of the controller's current config, in place of those running.
+    fn restart(&mut self, controller: &Controller) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.tasks = controller
+            .probe_specs()
+            .into_iter()
+            .map(|(key, spec, interval)| {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(interval);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let result = probe::probe_once(&spec).await;
+                        if tx.send((key, result)).await.is_err() {
+                            return;
+                        }
                     }
-                }
+                })
             })
-        })
-        .collect()
+            .collect();
+    }
+}
+
+impl Drop for Probers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// What the control loop changes: the controller, the maps it writes, and the health checks
+/// that follow its config.
+struct Node<'a> {
+    controller: &'a mut Controller,
+    maps: &'a mut BpfMaps,
+    probers: Probers,
+}
+
+impl Node<'_> {
+    /// Reads, validates and applies the config file; an invalid one changes nothing.
+    fn reload_file(&mut self, path: &Path, why: &str) -> ReloadInfo {
+        let started = Instant::now();
+        match load_file(self.controller, path, why) {
+            Ok(config) => self.apply_config(config, why, started),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Applies a validated config (from the file or the Kubernetes source).
+    fn apply_config(&mut self, config: Config, why: &str, started: Instant) -> ReloadInfo {
+        let controller = &mut *self.controller;
+        if config.dataplane != controller.config.dataplane
+            || config.admin != controller.config.admin
+        {
+            warn!("dataplane or admin settings changed: they take effect at the next agent start");
+        }
+        for warning in config::warnings(&config) {
+            warn!("{warning}");
+        }
+        let result = match controller.reload(self.maps, config) {
+            Ok(changed) => {
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                info!(trigger = why, changed, elapsed_us, "config reloaded");
+                let message = format!("{changed} services changed in {elapsed_us} µs");
+                controller.event(EventKind::Reload, format!("reload ({why}): {message}"));
+                reload_outcome(why, ReloadResult::Applied, message)
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "applying the reloaded config");
+                let message = format!("{e:#}");
+                controller.event(
+                    EventKind::Reload,
+                    format!("reload ({why}) failed to apply: {message}"),
+                );
+                reload_outcome(why, ReloadResult::Failed, message)
+            }
+        };
+        self.probers.restart(self.controller);
+        result
+    }
 }
