@@ -44,16 +44,25 @@ fn endpoint_addr(a: u8, b: u8) -> u32 {
 }
 
 fn started(port_name: &str) -> (Controller, MemoryDataplane) {
+    started_with(config(port_name))
+}
+
+fn started_with(config: Config) -> (Controller, MemoryDataplane) {
     let mut dp = MemoryDataplane::new();
-    let mut controller = Controller::new(config(port_name), Programmer::new(16, 64, 1 << 16));
+    let mut controller = Controller::new(config, Programmer::new(16, 64, 1 << 16));
     controller.apply_all(&mut dp).expect("apply");
     (controller, dp)
 }
 
 fn backend_id(controller: &Controller, a: u8) -> u32 {
+    backend_of(controller, &key(), a)
+}
+
+/// The kernel id of endpoint 198.18.`a`.2:8080 of service `key`.
+fn backend_of(controller: &Controller, key: &ServiceKey, a: u8) -> u32 {
     controller
         .programmer
-        .backend_id(&key(), endpoint_addr(a, 2), 8080u16.to_be())
+        .backend_id(key, endpoint_addr(a, 2), 8080u16.to_be())
         .expect("backend live")
 }
 
@@ -75,6 +84,43 @@ fn events(controller: &Controller, kind: EventKind) -> Vec<String> {
         .filter(|e| e.kind == kind)
         .map(|e| e.what.clone())
         .collect()
+}
+
+/// The kernel's flag and count for backend `id` of service `key`, as the kernel sets them when
+/// it ejects (the ring event is the caller's business).
+fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &ServiceKey, id: u32) {
+    dp.backend_state.insert(
+        id,
+        BackendState {
+            ejected: 1,
+            ..BackendState::default()
+        },
+    );
+    let service_id = controller.programmer.service(key).unwrap().id;
+    dp.service_state.entry(service_id).or_default().ejections += 1;
+}
+
+/// [`kernel_ejects`], then the kernel's report of it reaching the agent at `at` seconds.
+fn kernel_ejects_and_reports(
+    controller: &mut Controller,
+    dp: &mut MemoryDataplane,
+    key: &ServiceKey,
+    id: u32,
+    at: u64,
+) {
+    kernel_ejects(controller, dp, key, id);
+    controller
+        .on_kernel_ejection(dp, &ejection_event(id), Duration::from_secs(at))
+        .unwrap();
+}
+
+fn ejection_event(id: u32) -> KernelEvent {
+    KernelEvent {
+        kind: EVENT_EJECTED,
+        backend_id: id,
+        consecutive_5xx: 1,
+        ..KernelEvent::default()
+    }
 }
 
 #[test]
@@ -196,6 +242,17 @@ fn a_reload_that_removes_the_service_retires_its_entry() {
     assert!(dp.services.is_empty());
 }
 
+/// The test config with no outlierDetection.
+fn without_outlier_detection() -> Config {
+    let mut config = config("http");
+    config.services[0]
+        .traffic_policy
+        .as_mut()
+        .unwrap()
+        .outlier_detection = None;
+    config
+}
+
 /// `count` copies of the test service on ports 80, 81, …; those at the ports in `without`
 /// have no outlierDetection.
 fn services_on_ports(count: u16, without: &[u16]) -> Config {
@@ -270,24 +327,7 @@ fn only_services_with_outlier_state_are_swept_until_it_decays() {
         "nothing ejected, nothing to time"
     );
     let id = backend_id(&controller, 11);
-    dp.backend_state.insert(
-        id,
-        BackendState {
-            ejected: 1,
-            ..BackendState::default()
-        },
-    );
-    let service_id = controller.programmer.service(&key()).unwrap().id;
-    dp.service_state.entry(service_id).or_default().ejections += 1;
-    let event = KernelEvent {
-        kind: EVENT_EJECTED,
-        backend_id: id,
-        consecutive_5xx: 1,
-        ..KernelEvent::default()
-    };
-    controller
-        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
-        .unwrap();
+    kernel_ejects_and_reports(&mut controller, &mut dp, &key(), id, 100);
     assert!(controller.outlier_active.contains_key(&key()));
     let host = |controller: &Controller| {
         controller.health[&(key(), endpoint_addr(11, 2), 8080u16.to_be())]
@@ -323,10 +363,7 @@ fn only_services_with_outlier_state_are_swept_until_it_decays() {
 /// like a reported one.
 #[test]
 fn a_lost_ejection_is_adopted_and_then_timed() {
-    let mut dp = MemoryDataplane::new();
-    let mut controller =
-        Controller::new(services_on_ports(12, &[]), Programmer::new(16, 64, 1 << 16));
-    controller.apply_all(&mut dp).expect("apply");
+    let (mut controller, mut dp) = started_with(services_on_ports(12, &[]));
     // Two quiet passes: every service seen, so from now on a service's flags are read only
     // where its count says an ejection may be there — as here, where the kernel took a slot.
     for at in [90, 91] {
@@ -334,19 +371,8 @@ fn a_lost_ejection_is_adopted_and_then_timed() {
     }
     assert!(controller.reconciled_every_service);
     let key = service_on(91);
-    let id = controller
-        .programmer
-        .backend_id(&key, endpoint_addr(11, 2), 8080u16.to_be())
-        .unwrap();
-    dp.backend_state.insert(
-        id,
-        BackendState {
-            ejected: 1,
-            ..BackendState::default()
-        },
-    );
-    let service_id = controller.programmer.service(&key).unwrap().id;
-    dp.service_state.entry(service_id).or_default().ejections += 1;
+    let id = backend_of(&controller, &key, 11);
+    kernel_ejects(&controller, &mut dp, &key, id);
     controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
     assert!(controller.outlier_active.contains_key(&key), "adopted");
     assert_eq!(controller.outlier_active.len(), 1);
@@ -366,30 +392,11 @@ fn a_lost_ejection_is_adopted_and_then_timed() {
 fn an_ejection_reported_after_outlier_detection_was_removed_is_undone() {
     let (mut controller, mut dp) = started("http");
     let hz1 = backend_id(&controller, 11);
-    let mut without = config("http");
-    if let Some(policy) = without.services[0].traffic_policy.as_mut() {
-        policy.outlier_detection = None;
-    }
-    controller.reload(&mut dp, without).unwrap();
-    // The kernel ejected it just before the reload's entries reached it.
-    dp.backend_state.insert(
-        hz1,
-        BackendState {
-            ejected: 1,
-            ..BackendState::default()
-        },
-    );
-    let service_id = controller.programmer.service(&key()).unwrap().id;
-    dp.service_state.entry(service_id).or_default().ejections += 1;
-    let event = KernelEvent {
-        kind: EVENT_EJECTED,
-        backend_id: hz1,
-        consecutive_5xx: 1,
-        ..KernelEvent::default()
-    };
     controller
-        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
+        .reload(&mut dp, without_outlier_detection())
         .unwrap();
+    // The kernel ejected it just before the reload's entries reached it.
+    kernel_ejects_and_reports(&mut controller, &mut dp, &key(), hz1, 100);
     assert_eq!(dp.backend_state[&hz1].ejected, 0);
     let live = controller.programmer.service(&key()).unwrap();
     assert_eq!(live.ejections_released, 1, "the budget slot is given back");
@@ -421,21 +428,8 @@ fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
             .backend_id(&service(port), endpoint_addr(11, 2), 8080u16.to_be())
             .expect("backend live");
         // As the kernel does before it reports: the flag and the budget slot.
-        dp.backend_state.insert(
-            id,
-            BackendState {
-                ejected: 1,
-                ..BackendState::default()
-            },
-        );
-        let service_id = controller.programmer.service(&service(port)).unwrap().id;
-        dp.service_state.entry(service_id).or_default().ejections += 1;
-        let event = KernelEvent {
-            kind: EVENT_EJECTED,
-            backend_id: id,
-            consecutive_5xx: 1,
-            ..KernelEvent::default()
-        };
+        kernel_ejects(controller, dp, &service(port), id);
+        let event = ejection_event(id);
         controller
             .on_kernel_ejection(dp, &event, Duration::from_secs(at))
             .unwrap();
@@ -476,31 +470,9 @@ fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
 fn removing_outlier_detection_ends_the_ejections_it_made() {
     let (mut controller, mut dp) = started("http");
     let id = backend_id(&controller, 11);
-    dp.backend_state.insert(
-        id,
-        BackendState {
-            ejected: 1,
-            ..BackendState::default()
-        },
-    );
-    let service_id = controller.programmer.service(&key()).unwrap().id;
-    dp.service_state.entry(service_id).or_default().ejections += 1;
-    let event = KernelEvent {
-        kind: EVENT_EJECTED,
-        backend_id: id,
-        consecutive_5xx: 1,
-        ..KernelEvent::default()
-    };
-    controller
-        .on_kernel_ejection(&mut dp, &event, Duration::from_secs(100))
-        .unwrap();
+    kernel_ejects_and_reports(&mut controller, &mut dp, &key(), id, 100);
     assert!(!steered_to(&dp).contains(&id));
-    let mut without = config("http");
-    without.services[0]
-        .traffic_policy
-        .as_mut()
-        .unwrap()
-        .outlier_detection = None;
+    let without = without_outlier_detection();
     controller.reload(&mut dp, without).unwrap();
     controller.sweep(&mut dp, Duration::from_secs(101)).unwrap();
     assert_eq!(dp.backend_state[&id].ejected, 0);
@@ -508,29 +480,6 @@ fn removing_outlier_detection_ends_the_ejections_it_made() {
     assert_eq!(live.ejections_released, 1, "the budget slot is given back");
     assert!(steered_to(&dp).contains(&id));
     assert!(controller.outlier_active.is_empty());
-}
-
-/// The kernel's flag and count for backend `id` of service `key`, as the kernel sets them when
-/// it ejects (the ring event is the caller's business).
-fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &ServiceKey, id: u32) {
-    dp.backend_state.insert(
-        id,
-        BackendState {
-            ejected: 1,
-            ..BackendState::default()
-        },
-    );
-    let service_id = controller.programmer.service(key).unwrap().id;
-    dp.service_state.entry(service_id).or_default().ejections += 1;
-}
-
-fn ejection_event(id: u32) -> KernelEvent {
-    KernelEvent {
-        kind: EVENT_EJECTED,
-        backend_id: id,
-        consecutive_5xx: 1,
-        ..KernelEvent::default()
-    }
 }
 
 /// A reload that shortens the outlier interval (300 s → 1 s) does not leave an ejection made
@@ -575,19 +524,13 @@ fn an_ejection_after_a_reload_that_shortened_the_interval_ends_on_time() {
 /// died between two writes) is found wherever its service falls.
 #[test]
 fn the_first_reconcile_round_reads_every_flag_to_the_end() {
-    let mut dp = MemoryDataplane::new();
-    let mut controller =
-        Controller::new(services_on_ports(5, &[]), Programmer::new(16, 64, 1 << 16));
+    let (mut controller, mut dp) = started_with(services_on_ports(5, &[]));
     controller.reconcile_budget = 3;
-    controller.apply_all(&mut dp).expect("apply");
     controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
     assert!(!controller.reconciled_every_service, "three of five seen");
     // A flag without its count slot, in the last service by key order.
     let last = service_on(84);
-    let id = controller
-        .programmer
-        .backend_id(&last, endpoint_addr(11, 2), 8080u16.to_be())
-        .unwrap();
+    let id = backend_of(&controller, &last, 11);
     dp.backend_state.insert(
         id,
         BackendState {
@@ -659,12 +602,7 @@ fn losing_outlier_detection_clears_flags_the_agent_never_heard_of() {
     let (mut controller, mut dp) = started("http");
     let id = backend_id(&controller, 11);
     kernel_ejects(&controller, &mut dp, &key(), id);
-    let mut without = config("http");
-    without.services[0]
-        .traffic_policy
-        .as_mut()
-        .unwrap()
-        .outlier_detection = None;
+    let without = without_outlier_detection();
     controller.reload(&mut dp, without).unwrap();
     controller.sweep(&mut dp, Duration::from_secs(100)).unwrap();
     assert_eq!(dp.backend_state[&id].ejected, 0);

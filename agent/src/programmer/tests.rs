@@ -438,6 +438,18 @@ fn new_services_are_written_together_with_each_table_before_its_entry() {
     }
 }
 
+/// Asserts 80 and 82 are live and 81 is not; returns the chunks their tables take.
+fn only_80_and_82_live(programmer: &Programmer, dp: &MemoryDataplane) -> u32 {
+    assert!(dp.services.contains_key(&key(80)));
+    assert!(!dp.services.contains_key(&key(81)));
+    assert!(dp.services.contains_key(&key(82)));
+    assert_eq!(programmer.live_keys(), vec![key(80), key(82)]);
+    [80, 82]
+        .iter()
+        .map(|&p| dp.services[&key(p)].table_chunks())
+        .sum()
+}
+
 /// One new service that cannot have what it needs is refused alone: the others of the batch go
 /// live, and it takes nothing.
 #[test]
@@ -456,14 +468,7 @@ fn a_new_service_refused_in_a_batch_does_not_hold_back_the_others() {
         )
         .unwrap_err();
     assert!(format!("{error:#}").contains("svc:81"), "{error:#}");
-    assert!(dp.services.contains_key(&key(80)));
-    assert!(!dp.services.contains_key(&key(81)));
-    assert!(dp.services.contains_key(&key(82)));
-    assert_eq!(programmer.live_keys(), vec![key(80), key(82)]);
-    let in_use: u32 = [80, 82]
-        .iter()
-        .map(|&p| dp.services[&key(p)].table_chunks())
-        .sum();
+    let in_use = only_80_and_82_live(&programmer, &dp);
     assert_eq!(programmer.table_chunks_used().0, in_use);
 }
 
@@ -511,14 +516,7 @@ fn a_service_entry_refused_in_the_batch_costs_only_that_service() {
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     let error = results[1].as_ref().unwrap_err();
     assert!(format!("{error:#}").contains("refused"), "{error:#}");
-    assert!(dp.services.contains_key(&key(80)));
-    assert!(!dp.services.contains_key(&key(81)));
-    assert!(dp.services.contains_key(&key(82)));
-    assert_eq!(programmer.live_keys(), vec![key(80), key(82)]);
-    let in_use: u32 = [80, 82]
-        .iter()
-        .map(|&p| dp.services[&key(p)].table_chunks())
-        .sum();
+    let in_use = only_80_and_82_live(&programmer, &dp);
     assert_eq!(
         programmer.table_chunks_used().0,
         in_use,
