@@ -259,8 +259,8 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     // Published before the log line, so whoever waits for "ready" finds it on the socket.
     publisher.force(&controller);
     info!(
-        node = %controller.config.node.name,
-        region = %controller.config.node.region,
+        node = %controller.config().node.name,
+        region = %controller.config().node.region,
         attachments = attachments.items.len(),
         pins = %dataplane.pin_path.display(),
         "ready"
@@ -750,8 +750,8 @@ impl Node<'_> {
     /// Applies a validated config (from the file or the Kubernetes source).
     fn apply_config(&mut self, config: Config, why: &str, started: Instant) -> ReloadInfo {
         let controller = &mut *self.controller;
-        if config.dataplane != controller.config.dataplane
-            || config.admin != controller.config.admin
+        if config.dataplane != controller.config().dataplane
+            || config.admin != controller.config().admin
         {
             warn!("dataplane or admin settings changed: they take effect at the next agent start");
         }

@@ -290,7 +290,9 @@ pub struct ServiceView {
 }
 
 pub struct Controller {
-    pub config: Config,
+    /// The desired state; replaced only by [`Controller::reload`], which keeps what is derived
+    /// from it (the client's labels, the reconcile period) in step.
+    config: Config,
     /// Every client on this node, as the policy sees it (from `config.node`; set with it).
     client: Client,
     pub services: Vec<ServiceModel>,
@@ -560,6 +562,11 @@ impl Controller {
             reconcile_repairs: 0,
             connect_timeouts: ConnectTimeouts::default(),
         }
+    }
+
+    /// The desired state the controller applies.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn event(&mut self, kind: EventKind, what: impl Into<String>) {

@@ -340,7 +340,7 @@ pub fn snapshot(
     runtime: &Runtime,
     services: Arc<Vec<ServiceStatus>>,
 ) -> AgentState {
-    let config = &controller.config;
+    let config = &controller.config();
     let agent = AgentInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
