@@ -120,12 +120,6 @@ unsafe fn batch_command(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Res
     }
 }
 
-/// Writes `count` entries (`keys` and `values` hold them back to back) in one
-/// `BPF_MAP_UPDATE_BATCH`. An error may leave a prefix of them written.
-pub fn update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], count: usize) -> Result<()> {
-    update_reporting(fd, keys, values, count).map_err(|partly| partly.error)
-}
-
 /// A batch write that stopped part way: the first `written` entries are in the map (the
 /// kernel writes them in order and stops at the first that fails).
 #[derive(Debug)]
@@ -134,8 +128,9 @@ pub struct PartlyWritten {
     pub error: anyhow::Error,
 }
 
-/// [`update`], saying how many entries were written when it fails.
-pub fn update_reporting(
+/// Writes `count` entries (`keys` and `values` hold them back to back) in one
+/// `BPF_MAP_UPDATE_BATCH`; when it fails, says how many (the first) were written.
+pub fn update(
     fd: BorrowedFd<'_>,
     keys: &[u8],
     values: &[u8],
@@ -205,11 +200,6 @@ pub fn pod_bytes<T: aya::Pod>(value: &T) -> &[u8] {
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
-/// `(index, value)` entries into an array map, in one batch.
-pub fn write_array_entries<T: aya::Pod>(fd: BorrowedFd<'_>, entries: &[(u32, T)]) -> Result<()> {
-    write_entries(fd, entries)
-}
-
 /// `(key, value)` entries into a map, in one batch (an error may leave a prefix written).
 pub fn write_entries<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
@@ -232,5 +222,5 @@ pub fn write_entries_reporting<K: aya::Pod, V: aya::Pod>(
         keys.extend_from_slice(pod_bytes(key));
         values.extend_from_slice(pod_bytes(value));
     }
-    update_reporting(fd, &keys, &values, entries.len())
+    update(fd, &keys, &values, entries.len())
 }

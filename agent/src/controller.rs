@@ -87,6 +87,16 @@ impl EndpointModel {
     }
 }
 
+impl ServiceModel {
+    /// Whether `addr:port` (network byte order) is one of its endpoints — in the host set, not
+    /// leaving.
+    fn has_endpoint(&self, addr: u32, port: u16) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.health_key(&self.key) == (self.key, addr, port))
+    }
+}
+
 /// (service, backend address, backend port), the last two in network byte order.
 pub type HealthKey = (ServiceKey, u32, u16);
 
@@ -470,27 +480,6 @@ fn to_policy_locality_lb(
 
 /// Services a sweep reconciles at most (see [`Controller::sweep`]).
 const RECONCILE_PER_PASS: usize = 4096;
-
-/// The live backends of a service that are not among its `endpoints` (leaving ones):
-/// (address, port, backend id), the first two in network byte order.
-fn live_backends_outside(
-    live: Option<&crate::programmer::LiveService>,
-    endpoints: &[EndpointModel],
-    key: &ServiceKey,
-) -> Vec<(u32, u16, u32)> {
-    let Some(live) = live else {
-        return Vec::new();
-    };
-    live.backends
-        .iter()
-        .filter(|((addr, port), _)| {
-            !endpoints
-                .iter()
-                .any(|e| e.health_key(key) == (*key, *addr, *port))
-        })
-        .map(|((addr, port), (id, _))| (*addr, *port, *id))
-        .collect()
-}
 
 /// The reconcile pass's period: the shortest outlier `interval` of any service.
 fn shortest_outlier_interval(services: &[ServiceModel]) -> Option<Duration> {
@@ -920,11 +909,7 @@ impl Controller {
             }
             return Ok(());
         };
-        let in_host_set = service
-            .endpoints
-            .iter()
-            .any(|e| e.health_key(&key) == (key, addr, port));
-        if !in_host_set {
+        if !service.has_endpoint(addr, port) {
             // A leaving (draining) endpoint's own flows tripped it: it takes no new flows and
             // is out of the host set, so no ejection (the slot goes back, as for a removal).
             if dp.read_backend_state(event.backend_id)?.ejected != 0 {
@@ -1057,7 +1042,7 @@ impl Controller {
             .filter_map(|key| Some((key, self.programmer.service(key)?)))
             .map(|(key, live)| ServiceBooks {
                 service_id: live.id,
-                backend_ids: live.backends.values().map(|(id, _)| *id).collect(),
+                backend_ids: live.backend_ids(),
                 released: live.ejections_released,
                 read_flags: !self.reconciled_every_service
                     || self
@@ -1168,7 +1153,7 @@ impl Controller {
         let backend_ids: Vec<u32> = self
             .programmer
             .service(key)
-            .map(|live| live.backends.values().map(|(id, _)| *id).collect())
+            .map(crate::programmer::LiveService::backend_ids)
             .unwrap_or_default();
         let mut cleared = 0i64;
         for id in backend_ids {
@@ -1260,11 +1245,14 @@ impl Controller {
         }
         // A leaving (draining) endpoint is out of the host set: a flag on it is cleared and its
         // slot given back with the books below (if it comes back it is a new host, Envoy).
-        let leaving: Vec<(u32, u16, u32)> = live_backends_outside(
-            self.programmer.service(key),
-            &self.services[index].endpoints,
-            key,
-        );
+        let leaving: Vec<(u32, u16, u32)> = self
+            .programmer
+            .service(key)
+            .into_iter()
+            .flat_map(|live| &live.backends)
+            .filter(|((addr, port), _)| !self.services[index].has_endpoint(*addr, *port))
+            .map(|((addr, port), (id, _))| (*addr, *port, *id))
+            .collect();
         for (addr, port, id) in leaving {
             if kernel.backend(id).ejected != 0 {
                 dp.write_backend_state(id, &BackendState::default())?;

@@ -585,12 +585,12 @@ impl Dataplane for BpfMaps {
     }
 
     fn write_backends(&mut self, entries: &[(u32, Backend)]) -> Result<()> {
-        crate::bpf_batch::write_array_entries(self.backends.map().fd().as_fd(), entries)
+        crate::bpf_batch::write_entries(self.backends.map().fd().as_fd(), entries)
             .with_context(|| format!("writing {} backends", entries.len()))
     }
 
     fn write_backend_states(&mut self, entries: &[(u32, BackendState)]) -> Result<()> {
-        crate::bpf_batch::write_array_entries(self.backend_state.map().fd().as_fd(), entries)
+        crate::bpf_batch::write_entries(self.backend_state.map().fd().as_fd(), entries)
             .with_context(|| format!("writing {} backend states", entries.len()))
     }
 
@@ -609,7 +609,7 @@ impl Dataplane for BpfMaps {
             .iter()
             .flat_map(|&(start, chunks)| (start..).zip(chunks.iter().copied()))
             .collect();
-        crate::bpf_batch::write_array_entries(self.table_chunks.map().fd().as_fd(), &entries)
+        crate::bpf_batch::write_entries(self.table_chunks.map().fd().as_fd(), &entries)
             .with_context(|| format!("writing {} tables ({} chunks)", tables.len(), entries.len()))
     }
 
@@ -668,12 +668,12 @@ impl Dataplane for BpfMaps {
     }
 
     fn write_service_states(&mut self, entries: &[(u32, ServiceState)]) -> Result<()> {
-        crate::bpf_batch::write_array_entries(self.service_state.map().fd().as_fd(), entries)
+        crate::bpf_batch::write_entries(self.service_state.map().fd().as_fd(), entries)
             .with_context(|| format!("writing {} service states", entries.len()))
     }
 
     fn write_service_configs(&mut self, entries: &[(u32, ServiceConfig)]) -> Result<()> {
-        crate::bpf_batch::write_array_entries(self.service_config.map().fd().as_fd(), entries)
+        crate::bpf_batch::write_entries(self.service_config.map().fd().as_fd(), entries)
             .with_context(|| format!("writing {} service configs", entries.len()))
     }
 

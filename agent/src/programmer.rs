@@ -105,6 +105,11 @@ pub struct LiveService {
 }
 
 impl LiveService {
+    /// The kernel ids of its backends, leaving ones included.
+    pub fn backend_ids(&self) -> Vec<u32> {
+        self.backends.values().map(|(id, _)| *id).collect()
+    }
+
     fn kernel_config(&self) -> ServiceConfig {
         config_entry(&self.desired.settings, self.ejections_released)
     }
