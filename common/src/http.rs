@@ -22,6 +22,244 @@ pub fn parse_status(p: &[u8; STATUS_PREFIX_LEN]) -> Option<u16> {
     Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
 }
 
+/// Bytes of a response head the kernel copies to learn where the response ends: a head longer
+/// than this (or not whole in the segment that starts it) leaves the end unknown.
+pub const HEAD_MAX: usize = 1024;
+
+/// Longest response followed to its end. Sequence numbers wrap at 4 GiB; a longer body (a
+/// large download) leaves the next response's start unknown.
+pub const MAX_RESPONSE_LEN: u32 = 1 << 30;
+
+const CONTENT_LENGTH: &[u8; 14] = b"content-length";
+const TRANSFER_ENCODING: &[u8; 17] = b"transfer-encoding";
+
+/// What the header field being read is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Field {
+    Name,
+    ContentLength,
+    TransferEncoding,
+    Other,
+}
+
+/// Where a Content-Length value is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Digits {
+    Before,
+    In,
+    After,
+}
+
+/// A response head read one byte at a time ([`HeadScan::step`]) until its blank line, for
+/// [`HeadScan::response_length`]. The kernel feeds it from a `bpf_loop` callback (one verified
+/// step instead of a loop the verifier would walk byte by byte); [`response_length`] feeds it
+/// from a slice. No padding (`repr(C)`, sized to 28 bytes): the verifier refuses a read of stack
+/// bytes never written.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct HeadScan {
+    /// Bytes of the head once its blank line was read (0: not yet).
+    head_len: u32,
+    column: u32,
+    value: u32,
+    content_length: u32,
+    has_content_length: bool,
+    /// Refused: a head a lenient parser might read differently from this one.
+    refused: bool,
+    in_status_line: bool,
+    after_cr: bool,
+    field: Field,
+    is_content_length: bool,
+    is_transfer_encoding: bool,
+    digits: Digits,
+    transfer_encoding: bool,
+    _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<HeadScan>() == 28);
+
+impl Default for HeadScan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeadScan {
+    pub const fn new() -> Self {
+        Self {
+            head_len: 0,
+            column: 0,
+            value: 0,
+            content_length: 0,
+            has_content_length: false,
+            refused: false,
+            in_status_line: true,
+            after_cr: false,
+            field: Field::Name,
+            is_content_length: true,
+            is_transfer_encoding: true,
+            digits: Digits::Before,
+            transfer_encoding: false,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Reads byte `i` of the head (the status line's first byte is 0). False once the head has
+    /// ended or been refused: later bytes change nothing.
+    #[inline(always)]
+    pub fn step(&mut self, i: u32, b: u8) -> bool {
+        if self.head_len != 0 || self.refused {
+            return false;
+        }
+        let more = self.read(i, b);
+        if !more && self.head_len == 0 {
+            self.refused = true;
+        }
+        more
+    }
+
+    /// Gives up on the head: its length stays unknown.
+    #[inline(always)]
+    pub fn refuse(&mut self) {
+        self.refused = true;
+        self.head_len = 0;
+    }
+
+    /// One byte; false when the head ends (`head_len` set) or is refused.
+    #[inline(always)]
+    fn read(&mut self, i: u32, b: u8) -> bool {
+        if self.after_cr {
+            if b != b'\n' {
+                return false; // a bare CR
+            }
+            self.after_cr = false;
+            if !self.in_status_line && self.column == 0 {
+                self.head_len = i + 1; // the blank line
+                return false;
+            }
+            match self.field {
+                Field::Name if !self.in_status_line => return false, // no colon
+                Field::Name | Field::Other => {}
+                Field::ContentLength => {
+                    if self.digits == Digits::Before
+                        || (self.has_content_length && self.content_length != self.value)
+                    {
+                        return false;
+                    }
+                    self.content_length = self.value;
+                    self.has_content_length = true;
+                }
+                Field::TransferEncoding => self.transfer_encoding = true,
+            }
+            self.in_status_line = false;
+            self.column = 0;
+            self.field = Field::Name;
+            self.is_content_length = true;
+            self.is_transfer_encoding = true;
+            self.digits = Digits::Before;
+            self.value = 0;
+            return true;
+        }
+        if b == b'\r' {
+            self.after_cr = true;
+            return true;
+        }
+        if b == b'\n' {
+            return false; // a bare LF
+        }
+        if self.in_status_line {
+            return true;
+        }
+        let column = self.column as usize;
+        match self.field {
+            Field::Name => {
+                if b == b':' && column != 0 {
+                    self.field = if self.is_content_length && column == CONTENT_LENGTH.len() {
+                        Field::ContentLength
+                    } else if self.is_transfer_encoding && column == TRANSFER_ENCODING.len() {
+                        Field::TransferEncoding
+                    } else {
+                        Field::Other
+                    };
+                } else if b <= b' ' || b == 0x7f || b == b':' {
+                    // White space (a folded line, a space before the colon) or a control byte.
+                    return false;
+                } else {
+                    let lower = b.to_ascii_lowercase();
+                    self.is_content_length &=
+                        column < CONTENT_LENGTH.len() && CONTENT_LENGTH[column] == lower;
+                    self.is_transfer_encoding &=
+                        column < TRANSFER_ENCODING.len() && TRANSFER_ENCODING[column] == lower;
+                }
+            }
+            Field::ContentLength => {
+                let blank = b == b' ' || b == b'\t';
+                if b.is_ascii_digit() && self.digits != Digits::After {
+                    self.digits = Digits::In;
+                    let Some(value) = self
+                        .value
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add((b - b'0') as u32))
+                        .filter(|&v| v <= MAX_RESPONSE_LEN)
+                    else {
+                        return false;
+                    };
+                    self.value = value;
+                } else if blank {
+                    // White space before the digits is skipped; after them, it ends them.
+                    if self.digits == Digits::In {
+                        self.digits = Digits::After;
+                    }
+                } else {
+                    return false; // a list, a sign, anything but digits
+                }
+            }
+            Field::TransferEncoding | Field::Other => {}
+        }
+        self.column = self.column.saturating_add(1);
+        true
+    }
+
+    /// How long the response is, head included (see [`response_length`]); 0 while unknown (a
+    /// response is never empty). A plain number rather than an `Option`: the kernel must not
+    /// see LLVM read the payload of a `None`, which the verifier refuses as uninitialised.
+    #[inline(always)]
+    pub fn length(&self, status: u16, head_request: bool) -> u32 {
+        if self.head_len == 0 {
+            return 0;
+        }
+        let body = if head_request || status < 200 || status == 204 || status == 304 {
+            0
+        } else if self.transfer_encoding || !self.has_content_length {
+            return 0; // chunked, or read until close: not followed
+        } else {
+            self.content_length
+        };
+        // Both are at most MAX_RESPONSE_LEN (2^30): no overflow.
+        let total = self.head_len + body;
+        if total > MAX_RESPONSE_LEN { 0 } else { total }
+    }
+}
+
+/// How long a response is, head included, so the next response's start is known (RFC 9112
+/// section 6.3): no body after a HEAD request or a 1xx, 204 or 304 status; otherwise the
+/// Content-Length. `None` — the end is unknown, and nothing after it is read — for a chunked
+/// body (Transfer-Encoding), a body read until the connection closes (neither field), a head
+/// not whole in `head`, and any head a lenient parser might read differently from this one: a
+/// bare CR or LF, a folded line, a field name with white space or control bytes, Content-Length
+/// values that are not plain digits or disagree. A wrong end would make a body byte read as a
+/// status line; a missed one only misses a signal.
+pub fn response_length(head: &[u8], status: u16, head_request: bool) -> Option<u32> {
+    let mut scan = HeadScan::new();
+    for (i, &b) in head.iter().take(HEAD_MAX).enumerate() {
+        if !scan.step(i as u32, b) {
+            break;
+        }
+    }
+    Some(scan.length(status, head_request)).filter(|&length| length != 0)
+}
+
 /// Bytes the kernel copies from a request's start.
 pub const METHOD_PREFIX_LEN: usize = 8;
 
@@ -66,6 +304,18 @@ pub fn is_request_start(p: &[u8; METHOD_PREFIX_LEN]) -> bool {
         b'T' => p[1] == b'R' && p[2] == b'A' && p[3] == b'C' && p[4] == b'E' && p[5] == b' ',
         _ => false,
     }
+}
+
+/// Whether a request's response has no body whatever its fields say (RFC 9112 section 6.3).
+#[inline(always)]
+pub fn is_head_request(p: &[u8; METHOD_PREFIX_LEN]) -> bool {
+    p[..5] == *b"HEAD "
+}
+
+/// Whether a request asks for a tunnel: its 2xx response is followed by opaque bytes.
+#[inline(always)]
+pub fn is_connect_request(p: &[u8; METHOD_PREFIX_LEN]) -> bool {
+    *p == *b"CONNECT "
 }
 
 /// Whether a status ends the exchange: 1xx are interim (100 Continue, 103 Early Hints) and a
@@ -156,6 +406,120 @@ mod tests {
         for s in no {
             assert!(!is_request_start(&prefix(s)), "{s:?}");
         }
+    }
+
+    fn length(wire: &[u8], status: u16, head_request: bool) -> Option<u32> {
+        response_length(wire, status, head_request)
+    }
+
+    #[test]
+    fn content_length_frames_the_response() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\n";
+        assert_eq!(length(head, 200, false), Some(head.len() as u32 + 5));
+        // The body in the same bytes changes nothing.
+        let whole = b"HTTP/1.1 503 Unavailable\r\ncontent-LENGTH:\t12 \r\n\r\nHTTP/1.1 200";
+        assert_eq!(length(whole, 503, false), Some(whole.len() as u32));
+        // Repeated with the same value (RFC 9110 section 8.6 lets a recipient accept it).
+        let twice = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(length(twice, 200, false), Some(twice.len() as u32 + 3));
+        let zero = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(length(zero, 200, false), Some(zero.len() as u32));
+    }
+
+    #[test]
+    fn bodiless_responses_end_with_their_head() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n";
+        assert_eq!(length(head, 200, true), Some(head.len() as u32), "HEAD");
+        for status in [100, 103, 204, 304] {
+            let head = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 77\r\n\r\n";
+            assert_eq!(
+                length(head, status, false),
+                Some(head.len() as u32),
+                "{status}"
+            );
+        }
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        assert_eq!(length(interim, 100, false), Some(interim.len() as u32));
+        // Chunked or not, a 204 has no body.
+        let chunked = b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(length(chunked, 204, false), Some(chunked.len() as u32));
+    }
+
+    #[test]
+    fn an_end_not_known_from_the_head_is_none() {
+        let cases: [(&str, &[u8]); 17] = [
+            (
+                "chunked",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ),
+            (
+                "chunked wins over a length",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+            ),
+            ("read until close", b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n"),
+            ("head goes on", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n"),
+            ("head cut mid-line", b"HTTP/1.1 200 OK\r\nContent-Len"),
+            (
+                "disagreeing lengths",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
+            ),
+            ("a list", b"HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n"),
+            ("a sign", b"HTTP/1.1 200 OK\r\nContent-Length: +4\r\n\r\n"),
+            ("no digits", b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n"),
+            (
+                "digits apart",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1 2\r\n\r\n",
+            ),
+            (
+                "too long",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+            ),
+            (
+                "space before the colon",
+                b"HTTP/1.1 200 OK\r\nContent-Length : 4\r\n\r\n",
+            ),
+            (
+                "folded line",
+                b"HTTP/1.1 200 OK\r\nX-A: b\r\n Content-Length: 4\r\n\r\n",
+            ),
+            ("bare LF", b"HTTP/1.1 200 OK\nContent-Length: 4\n\n"),
+            (
+                "bare CR",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\rX: y\r\n\r\n",
+            ),
+            ("no colon", b"HTTP/1.1 200 OK\r\nContent-Length 4\r\n\r\n"),
+            (
+                "empty name",
+                b"HTTP/1.1 200 OK\r\n: 4\r\nContent-Length: 4\r\n\r\n",
+            ),
+        ];
+        for (why, head) in cases {
+            assert_eq!(length(head, 200, false), None, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_field_that_only_starts_like_content_length_is_another_field() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Lengthy: 9\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(length(head, 200, false), Some(head.len() as u32 + 2));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Lengt: 9\r\n\r\n";
+        assert_eq!(length(head, 200, false), None, "read until close");
+    }
+
+    #[test]
+    fn a_head_longer_than_the_copy_is_unknown() {
+        let mut head = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: ".to_vec();
+        head.resize(HEAD_MAX + 10, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(length(&head, 200, false), None);
+    }
+
+    #[test]
+    fn request_kinds() {
+        assert!(is_head_request(b"HEAD / H"));
+        assert!(!is_head_request(b"GET / HT"));
+        assert!(is_connect_request(b"CONNECT "));
+        assert!(!is_connect_request(b"CONNECTX"));
     }
 
     #[test]

@@ -487,12 +487,21 @@ pub const FLOW_FLAG_REUSED_TUPLE: u8 = 2;
 /// the flow turns out to be opaque TCP (an HTTP flow's successes are its responses).
 pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;
 
+/// Reply entry: the awaited response answers a HEAD request (no body, whatever its fields say).
+pub const FLOW_FLAG_HEAD_REQUEST: u8 = 16;
+/// Reply entry: the awaited response answers a CONNECT request (a 2xx opens a tunnel).
+pub const FLOW_FLAG_CONNECT_REQUEST: u8 = 32;
+
 /// `FlowValue::http_state` (reply entry of an HTTP/1.x flow): where the next response starts.
-/// No request seen yet, or the last response's status was read: nothing to parse.
-pub const HTTP_IDLE: u8 = 0;
-/// A request was sent while the backend had nothing in flight: the reply byte at `resp_seq`
-/// starts its response.
+/// Unknown (a flow first seen mid-stream, a response whose end its head does not say — chunked,
+/// read until close — or one whose start was missed): nothing more is read on this connection.
+pub const HTTP_UNFRAMED: u8 = 0;
+/// A request was sent once the last response had ended: the reply byte at `resp_seq` starts
+/// its response.
 pub const HTTP_AWAITING: u8 = 1;
+/// The last response (or the handshake) ends at `resp_seq`, known from its head: a request
+/// sent once the backend has sent exactly that much is answered at `resp_seq`.
+pub const HTTP_FRAMED: u8 = 2;
 
 /// Conntrack value. For the original entry `nat_addr:nat_port` is the backend (DNAT target);
 /// for the reply entry it is the VIP:port (SNAT source restored on replies).
@@ -519,8 +528,8 @@ pub struct FlowValue {
     pub created_ns: u64,
     pub last_seen_ns: u64,
     /// Reply entry: backend sequence number (host order) where the awaited response starts
-    /// (`HTTP_AWAITING`); otherwise the end of the backend's last complete write (its segment
-    /// carried PSH), where a response may end — or its ISN + 1 before it sent anything.
+    /// (`HTTP_AWAITING`), or where the last response ends (`HTTP_FRAMED`; ISN + 1 before the
+    /// backend sent anything).
     pub resp_seq: u32,
     /// The next sequence number (host order) of this entry's sender — the client in the
     /// original entry, the backend in the reply entry: one past the highest it has sent (SYN

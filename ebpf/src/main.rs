@@ -30,11 +30,13 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_load_bytes},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats};
+use geosteer_common::{
+    DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats, http::HEAD_MAX,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 use steer::{Flow, Nat, PacketBytes, Quoted, Verdict};
 
@@ -319,6 +321,24 @@ impl PacketBytes for TcBytes<'_> {
         read_linear(self.0.data(), self.0.data_end(), offset)
             .or_else(|| self.0.load::<T>(offset).ok())
     }
+
+    #[inline(always)]
+    fn copy(&self, offset: usize, dst: &mut [u8]) -> bool {
+        // The verifier needs the range checked here, where LLVM may already know it.
+        let len = steer::opaque(dst.len() as u64) as usize;
+        if len == 0 || len > HEAD_MAX {
+            return false;
+        }
+        // SAFETY: the helper writes at most `len` bytes into `dst`, which holds them.
+        unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb as *const _,
+                offset as u32,
+                dst.as_mut_ptr() as *mut _,
+                len as u32,
+            ) == 0
+        }
+    }
 }
 
 /// Packet bytes of an XDP frame: in place from its first buffer, else through
@@ -343,6 +363,24 @@ impl PacketBytes for XdpBytes<'_> {
         };
         // SAFETY: initialised by the successful helper call.
         (rc == 0).then(|| unsafe { value.assume_init() })
+    }
+
+    #[inline(always)]
+    fn copy(&self, offset: usize, dst: &mut [u8]) -> bool {
+        // The verifier needs the range checked here, where LLVM may already know it.
+        let len = steer::opaque(dst.len() as u64) as usize;
+        if len == 0 || len > HEAD_MAX {
+            return false;
+        }
+        // SAFETY: the helper writes at most `len` bytes into `dst`, which holds them.
+        unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                dst.as_mut_ptr() as *mut _,
+                len as u32,
+            ) == 0
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! - only a pure SYN starts a connection and its connect timer; a SYN on an open tuple is not a
 //!   new connection;
 //! - HTTP/1.x statuses are read only where a response starts: the reply byte the client's
-//!   request acknowledged, armed only when the backend had nothing else in flight, read once;
+//!   request acknowledged, armed only where the last response ended by its own head's framing
+//!   (Content-Length, or no body) with nothing else in flight, read once;
 //! - opaque TCP: a completed connect is a success (Envoy tcp_proxy), a refused or timed-out
 //!   connect is a gateway error;
 //! - nothing is counted while the backend is ejected.
@@ -63,7 +64,8 @@ unsafe fn exchange(ptr: *mut u64, new: u64) -> u64 {
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    cty::c_void,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -74,15 +76,15 @@ use geosteer_common::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
     DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason, EVENT_CONNECT_TIMEOUT,
     EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey,
-    FragmentValue, HTTP_AWAITING, HTTP_IDLE, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO,
-    ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceValue,
-    Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED,
-    TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats,
-    flow_hash,
+    FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS,
+    FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_FRAMED,
+    HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
+    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TCP_CLOSED,
+    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk,
+    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
-        METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_final, is_gateway_error, is_request_start,
-        parse_status,
+        HEAD_MAX, HeadScan, METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_connect_request, is_final,
+        is_gateway_error, is_head_request, is_request_start, parse_status,
     },
 };
 
@@ -144,6 +146,9 @@ pub(crate) static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TAR
 #[map(name = "GS_AFFINITY")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
+/// Per-CPU room for a response head (the stack has 512 bytes in all).
+#[map(name = "GS_HEAD_SCRATCH")]
+static HEAD_SCRATCH: PerCpuArray<[u8; HEAD_MAX]> = PerCpuArray::with_max_entries(1, 0);
 /// `ct_stats::*` event counters.
 #[map(name = "GS_CT_STATS")]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
@@ -151,7 +156,6 @@ static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUN
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
-const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 
 /// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
@@ -177,6 +181,8 @@ pub(crate) struct Flow {
 /// so the steering logic works on either without knowing the context.
 pub(crate) trait PacketBytes {
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// Copies `dst.len()` bytes (1 to [`HEAD_MAX`]) from `offset`; false if the packet is shorter.
+    fn copy(&self, offset: usize, dst: &mut [u8]) -> bool;
 }
 
 /// The address and port to write (destination on requests, source on replies).
@@ -215,7 +221,7 @@ pub(crate) fn count_ct(index: u32) {
 /// needs that explicit check, but LLVM would drop it as redundant after an arithmetic bound it
 /// can see through (the verifier does not track ranges through every operation).
 #[inline(always)]
-fn opaque(v: u64) -> u64 {
+pub(crate) fn opaque(v: u64) -> u64 {
     // SAFETY: reading a local through a valid pointer.
     unsafe { core::ptr::read_volatile(&v) }
 }
@@ -1003,7 +1009,7 @@ fn request_payload(
     // flight from the backend, nothing awaited) and this is not a retransmission of the last
     // request, which the backend may already be executing.
     if starts_request
-        && reply.http_state == HTTP_IDLE
+        && reply.http_state != HTTP_AWAITING
         && reply.seq_nxt_known != 0
         && reply.seq_nxt == flow.ack
         && flow.seq != reply.req_seq
@@ -1011,43 +1017,47 @@ fn request_payload(
     {
         return true;
     }
-    arm_response(flow, reply);
+    arm_response(flow, reply, &prefix);
     false
 }
 
 /// A request starts: its response begins at the reply byte this segment acknowledges — if the
-/// backend has nothing else in flight. Otherwise (pipelining, a response still arriving) the
+/// last response ended exactly there (its head said where) and the backend has sent nothing
+/// since. Otherwise (pipelining, a response still arriving, one whose end is unknown) the
 /// boundary is unknown: skipped and counted, never guessed.
-fn arm_response(flow: &Flow, reply: &mut FlowValue) {
+fn arm_response(flow: &Flow, reply: &mut FlowValue, request: &[u8; METHOD_PREFIX_LEN]) {
     if flow.seq == reply.req_seq {
         // A retransmission of the request that armed the awaited (or read) response: requests
         // carry bytes, so a new one never starts where the last one did.
         return;
     }
-    if reply.seq_nxt_known == 0 {
-        reply.req_seq = flow.seq; // (unarmed, but its retransmission must not drain the flow)
-        count_http_skipped(reply.backend_id);
-        return;
-    }
+    // (Unarmed or not, its retransmission must not drain the flow.)
+    reply.req_seq = flow.seq;
     if reply.http_state == HTTP_AWAITING {
         // Pipelined: the awaited response stays armed; this request's response start will not
         // be known.
         count_http_skipped(reply.backend_id);
         return;
     }
-    // Something in flight, or the backend stopped in the middle of a write (no PSH at its last
-    // byte): its send was held by the client's receive window, so the next byte continues a
-    // response. (A client that shapes its window to pause a response right before bytes it
-    // made the backend reflect would otherwise have them read as a status line.)
-    if reply.seq_nxt != flow.ack || reply.resp_seq != reply.seq_nxt {
-        reply.http_state = HTTP_IDLE;
-        reply.req_seq = flow.seq; // (as above)
+    // Where the last response ended (by its head's framing), with nothing sent after it. A
+    // client that pauses a response mid-body with its receive window, or sends a "request" in
+    // the middle of a body, acknowledges some other byte: a body byte it chose is never read
+    // as a status line.
+    if reply.http_state != HTTP_FRAMED
+        || reply.seq_nxt_known == 0
+        || reply.resp_seq != flow.ack
+        || reply.seq_nxt != flow.ack
+    {
         count_http_skipped(reply.backend_id);
         return;
     }
-    reply.resp_seq = flow.ack;
-    reply.req_seq = flow.seq;
     reply.http_state = HTTP_AWAITING;
+    reply.flags &= !(FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
+    if is_head_request(request) {
+        reply.flags |= FLOW_FLAG_HEAD_REQUEST;
+    } else if is_connect_request(request) {
+        reply.flags |= FLOW_FLAG_CONNECT_REQUEST;
+    }
 }
 
 /// The backend of a new flow: the client's affine one (session affinity on when
@@ -1255,15 +1265,6 @@ pub(crate) fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
         }
         if flow.payload_len != 0 {
             reply_data(flow, entry, bytes);
-            // A segment with PSH that reaches the backend's highest byte ends a write: a
-            // response can end there. One that does not (a write cut short by the client's
-            // receive window) cannot — see arm_response.
-            if entry.http_state != HTTP_AWAITING
-                && flow.tcp_flags & TCP_PSH != 0
-                && entry.seq_nxt == flow.seq.wrapping_add(flow.payload_len)
-            {
-                entry.resp_seq = entry.seq_nxt;
-            }
         }
     }
     Some(Nat {
@@ -1306,7 +1307,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             count_signal!(reply.backend_id, resets);
         }
         original.tcp_state = TCP_CLOSED;
-        reply.http_state = HTTP_IDLE;
+        reply.http_state = HTTP_UNFRAMED;
         return;
     }
     if flags & (TCP_SYN | TCP_ACK) == (TCP_SYN | TCP_ACK) {
@@ -1322,6 +1323,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         reply.seq_nxt_known = 1;
         // Nothing sent yet: the first response starts at the first byte.
         reply.resp_seq = reply.seq_nxt;
+        reply.http_state = HTTP_FRAMED;
         match reply.app_protocol {
             // tcp_proxy: a completed connect is a success and resets the consecutive counters.
             APP_PROTOCOL_OPAQUE => connect_success(reply.backend_id),
@@ -1354,59 +1356,108 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let offset = reply.resp_seq.wrapping_sub(flow.seq) as i32;
     if offset < 0 {
         // The segment starts past the awaited start: that byte went by unseen.
-        reply.http_state = HTTP_IDLE;
-        count_http_skipped(reply.backend_id);
+        unframe(reply);
         return;
     }
     let offset = offset as u32;
     if offset >= flow.payload_len {
         return; // older bytes (a retransmission of the previous response)
     }
-    if flow.payload_len - offset < STATUS_PREFIX_LEN as u32 {
+    let rest = flow.payload_len - offset;
+    if rest < STATUS_PREFIX_LEN as u32 {
         // The status line is split across segments.
-        reply.http_state = HTTP_IDLE;
-        count_http_skipped(reply.backend_id);
+        unframe(reply);
         return;
     }
+    let Some(head) = HEAD_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; nothing else runs on it during this program.
+    let head = unsafe { &mut *head };
+    let copied = (rest as usize).min(HEAD_MAX);
     // Bounded for the verifier; a real offset is at most a few segments' worth.
     let at = (flow.payload_off + offset) as usize & 0xffff;
-    let status = bytes
-        .read::<[u8; STATUS_PREFIX_LEN]>(at)
-        .and_then(|prefix| parse_status(&prefix));
-    let Some(status) = status else {
+    if !bytes.copy(at, &mut head[..copied]) {
+        unframe(reply);
+        return;
+    }
+    let mut prefix = [0u8; STATUS_PREFIX_LEN];
+    prefix.copy_from_slice(&head[..STATUS_PREFIX_LEN]);
+    let Some(status) = parse_status(&prefix) else {
         // Not a status line where one must begin: not HTTP/1.x after all. Stop reading.
-        reply.http_state = HTTP_IDLE;
+        unframe(reply);
         set_opaque(flow, reply);
-        count_http_skipped(reply.backend_id);
         return;
     };
     count_status_class(reply.backend_id, status);
+    let head_request = reply.flags & FLOW_FLAG_HEAD_REQUEST != 0;
+    let length = scan_head(copied as u32).length(status, head_request);
     if !is_final(status) {
-        // An interim response (100 Continue): the final one follows its blank line. Known only
-        // if this segment holds the interim response and nothing else: it ends with the blank
-        // line and is too short for a second header block (two take at least 34 bytes), so a
-        // final response's headers cannot hide in it and make its body look like a start.
-        let rest = flow.payload_len - offset;
-        let tail_at = (flow.payload_off + flow.payload_len - 4) as usize & 0xffff;
-        if rest <= MAX_LONE_INTERIM && bytes.read::<[u8; 4]>(tail_at) == Some(*b"\r\n\r\n") {
+        // An interim response (100 Continue): the final one starts where its head ends. Read
+        // when it starts a segment of its own; one sharing this segment is not looked for.
+        if length == rest {
             reply.resp_seq = end;
         } else {
-            reply.http_state = HTTP_IDLE;
-            count_http_skipped(reply.backend_id);
+            unframe(reply);
         }
         return;
     }
-    reply.http_state = HTTP_IDLE;
-    if status == 101 {
-        // Switching Protocols: what follows is not HTTP/1.x.
+    if status == 101 || (reply.flags & FLOW_FLAG_CONNECT_REQUEST != 0 && status / 100 == 2) {
+        // Switching Protocols, or a tunnel: what follows is not HTTP/1.x.
+        reply.http_state = HTTP_UNFRAMED;
         set_opaque(flow, reply);
+    } else if length != 0 {
+        reply.http_state = HTTP_FRAMED;
+        reply.resp_seq = reply.resp_seq.wrapping_add(length);
+    } else {
+        // Chunked, read until close, or a head this parser does not follow: where the next
+        // response starts is unknown (each later request is counted as skipped).
+        reply.http_state = HTTP_UNFRAMED;
     }
     let class_5xx = status / 100 == 5;
     bump_consecutive(reply.backend_id, class_5xx, is_gateway_error(status));
 }
 
-/// Longest segment read as a lone interim response (`HTTP/1.1 100 Continue\r\n\r\n` is 25).
-const MAX_LONE_INTERIM: u32 = 33;
+/// Reads the response head copied into `HEAD_SCRATCH` (its first `len` bytes) through
+/// `bpf_loop`: the callback is verified once, where a loop in this program would be walked by
+/// the verifier byte by byte with every state the scan can be in.
+#[inline(always)]
+fn scan_head(len: u32) -> HeadScan {
+    let mut scan = HeadScan::new();
+    // SAFETY: the callback has bpf_loop's signature and gets back the pointer given here, to a
+    // HeadScan that outlives the call.
+    let looped = unsafe {
+        bpf_loop(
+            len,
+            head_step as *mut c_void,
+            &raw mut scan as *mut c_void,
+            0,
+        )
+    };
+    if looped < 0 {
+        scan.refuse();
+    }
+    scan
+}
+
+/// One byte of the head in `HEAD_SCRATCH` (`bpf_loop` callback: 0 goes on, 1 stops).
+#[inline(never)]
+extern "C" fn head_step(index: u64, scan: *mut c_void) -> i64 {
+    let Some(head) = HEAD_SCRATCH.get(0) else {
+        return 1;
+    };
+    // SAFETY: `scan` is the HeadScan scan_head passed to bpf_loop.
+    let scan = unsafe { &mut *(scan as *mut HeadScan) };
+    let index = index as u32;
+    let byte = head[index as usize & (HEAD_MAX - 1)];
+    if scan.step(index, byte) { 0 } else { 1 }
+}
+
+/// The awaited response's start or end was missed: nothing more is read on this connection.
+fn unframe(reply: &mut FlowValue) {
+    reply.http_state = HTTP_UNFRAMED;
+    count_http_skipped(reply.backend_id);
+}
 
 /// The flow turns out not to be (or no longer be) HTTP/1.x: both entries say so, so the
 /// request path stops looking for requests and the agent treats the flow as one.

@@ -201,11 +201,20 @@ fn http_status_lines_are_counted_per_backend() {
     let backend = conn.backend;
     let state = |rig: &Rig| rig.state(backend);
 
-    conn.exchange(&mut rig, b"HTTP/1.0 503 Service Unavailable\r\n\r\n");
-    conn.exchange(&mut rig, b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
+    conn.exchange(
+        &mut rig,
+        b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+    );
+    conn.exchange(
+        &mut rig,
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n",
+    );
     let s = state(&rig);
     assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (2, 2));
-    conn.exchange(&mut rig, b"HTTP/1.1 500 Internal Server Error\r\n\r\n");
+    conn.exchange(
+        &mut rig,
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+    );
     let s = state(&rig);
     assert_eq!(
         (s.consecutive_5xx, s.consecutive_gateway),
@@ -214,7 +223,10 @@ fn http_status_lines_are_counted_per_backend() {
     );
     conn.exchange(&mut rig, OK_200);
     assert_eq!(state(&rig).consecutive_5xx, 0, "a success ends the run");
-    conn.exchange(&mut rig, b"HTTP/1.1 404 Not Found\r\n\r\n");
+    conn.exchange(
+        &mut rig,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    );
     let c = rig.counters(backend);
     assert_eq!(c.responses, [0, 1, 0, 1, 3], "1xx..5xx");
     assert_eq!(c.http_skipped, 0);

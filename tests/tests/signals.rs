@@ -80,7 +80,7 @@ fn keep_alive_requests_each_read_their_own_status() {
     assert_eq!(runs(&rig, conn.backend), (3, 3));
     // A response in two segments, then the next request.
     conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
-    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n");
     conn.reply(&mut rig, b"HTTP/1.1 500 Int"); // body bytes
     assert_eq!(runs(&rig, conn.backend), (0, 0));
     conn.exchange(&mut rig, UNAVAILABLE_503);
@@ -665,6 +665,11 @@ fn a_syn_unanswered_while_the_backend_accepts_others_is_no_timeout() {
 
 /// The TCP state a flow's original entry holds.
 fn tcp_state(rig: &Rig, conn: &Conn) -> u8 {
+    original_entry(rig, conn).tcp_state
+}
+
+/// A flow's original (client → VIP) conntrack entry.
+fn original_entry(rig: &Rig, conn: &Conn) -> geosteer_common::FlowValue {
     let key = geosteer_common::FlowKey::new(
         u32::from(CLIENT).to_be(),
         u32::from(VIP).to_be(),
@@ -673,11 +678,7 @@ fn tcp_state(rig: &Rig, conn: &Conn) -> u8 {
         PROTO_TCP,
         geosteer_common::DIR_ORIGINAL,
     );
-    rig.maps
-        .conntrack
-        .get(&key, 0)
-        .expect("flow tracked")
-        .tcp_state
+    rig.maps.conntrack.get(&key, 0).expect("flow tracked")
 }
 
 /// A client RST ends a flow only near the client's sequence (RFC 5961 asks the endpoints the
@@ -736,7 +737,7 @@ fn a_response_paused_by_the_clients_window_arms_nothing() {
     let mut rig = Rig::with_settings(http());
     let mut conn = Conn::open(&mut rig, 55800);
     conn.send(&mut rig, b"GET /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n");
-    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\nyou said: ";
+    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 46\r\n\r\nyou said: ";
     rig.egress(
         &Pkt::tcp(conn.backend, TPORT, CLIENT, conn.port, ACK)
             .with_payload(first)
@@ -759,7 +760,7 @@ fn a_response_paused_by_the_clients_window_arms_nothing() {
         skipped + 1,
         "the unknown boundary is counted"
     );
-    // That write ended (PSH): the next request's response is read.
+    // The response ended where its Content-Length said: the next request's response is read.
     conn.exchange(&mut rig, UNAVAILABLE_503);
     assert_eq!(runs(&rig, conn.backend), (1, 1));
 }
@@ -807,4 +808,114 @@ fn a_retransmitted_unarmed_request_is_never_cut() {
             .with_seq(seq, conn.backend_seq),
     );
     assert_eq!(verify(&out).dst, conn.backend, "the retransmission was cut");
+}
+
+/// The residual of reading at write boundaries: a server that writes a response's head and body
+/// apart (Python's http.server) and reflects client bytes at the start of the body. The client
+/// sends a "request" as soon as the head has arrived, acknowledging exactly the head: the body
+/// is not a response start, because the head said how long the body is.
+#[test]
+fn a_write_boundary_inside_a_body_is_no_response_start() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56000);
+    conn.send(&mut rig, b"GET /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\n\r\n");
+    let skipped = rig.counters(conn.backend).http_skipped;
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(
+        runs(&rig, conn.backend),
+        (0, 0),
+        "the reflected body was read"
+    );
+    let c = rig.counters(conn.backend);
+    assert_eq!(c.responses, [0, 1, 0, 0, 0], "one response, the 200");
+    assert_eq!(c.http_skipped, skipped + 1, "the early request is counted");
+    // The body has ended: the next request's response is read.
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+}
+
+/// A response whose end its head does not give (chunked, or read until the connection closes):
+/// nothing more is read on that connection, each later request counted as skipped — a missed
+/// signal, never a body byte read as a status. A new connection reads again.
+#[test]
+fn after_a_response_of_unknown_length_nothing_more_is_read_on_the_connection() {
+    let mut rig = Rig::with_settings(http());
+    for (port, head) in [
+        (
+            56100,
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        ),
+        (
+            56101,
+            &b"HTTP/1.1 200 OK\r\nServer: until-close\r\n\r\n"[..],
+        ),
+        (
+            56102,
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"[..],
+        ),
+    ] {
+        let mut conn = Conn::open(&mut rig, port);
+        conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+        conn.reply(&mut rig, head);
+        conn.reply(&mut rig, b"0\r\n\r\n");
+        let skipped = rig.counters(conn.backend).http_skipped;
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        assert_eq!(runs(&rig, conn.backend), (0, 0), "{port}");
+        assert_eq!(
+            rig.counters(conn.backend).http_skipped,
+            skipped + 2,
+            "{port}: each later request counted"
+        );
+    }
+    let mut conn = Conn::open(&mut rig, 56103);
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1), "a new connection reads");
+}
+
+/// Bodiless responses end with their head, whatever Content-Length says: a HEAD request's
+/// response and a 304. The next request's response is read, and a body that never comes is not
+/// waited for.
+#[test]
+fn bodiless_responses_end_with_their_head() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56200);
+    conn.send(&mut rig, b"HEAD /big HTTP/1.1\r\n\r\n");
+    conn.reply(
+        &mut rig,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n",
+    );
+    conn.exchange(
+        &mut rig,
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 700\r\n\r\n",
+    );
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    assert_eq!(rig.counters(conn.backend).responses, [0, 1, 1, 0, 1]);
+
+    // A GET's response with the same head has a body: a "request" right after the head is
+    // early, and the body is not read.
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56201);
+    conn.send(&mut rig, b"GET /big HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\n\r\n");
+    conn.exchange(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(runs(&rig, conn.backend), (0, 0), "the body was read");
+}
+
+/// A CONNECT's 2xx opens a tunnel: what follows is opaque on both entries, never read.
+#[test]
+fn a_connect_tunnel_is_opaque() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56300);
+    conn.send(&mut rig, b"CONNECT db:5432 HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 Connection established\r\n\r\n");
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(
+        original_entry(&rig, &conn).app_protocol,
+        APP_PROTOCOL_OPAQUE
+    );
 }

@@ -111,6 +111,23 @@ fn benign_and_hostile_traffic_ejects_nothing() {
         "a body segment ejected"
     );
 
+    // An echo whose body (a 503 status line the client chose) follows its head in a write of
+    // its own, with the client's next request sent in between.
+    for _ in 0..3 {
+        let report = adversary(&lab, &["--attack", "echo-early-request", "--requests", "4"]);
+        let responses = report["responses"].as_array().unwrap();
+        assert_eq!(responses.len(), 4, "{report}");
+        assert!(
+            responses.iter().all(|r| r["status"] == 200),
+            "echo requests failed: {report}"
+        );
+    }
+    assert_eq!(
+        ejections(&agent),
+        Vec::<String>::new(),
+        "a reflected body ejected"
+    );
+
     // Lost SYNs: every other SYN dropped at the local backends (a full accept queue looks
     // the same). Each lost SYN is retransmitted after 1 s and then served.
     let rule = [

@@ -231,6 +231,14 @@ fn handle_connection(stream: &TcpStream, cfg: &Config) -> io::Result<()> {
             }
             continue;
         }
+        if let Some(query) = line.target.strip_prefix(ECHO_PATH) {
+            serve_echo(&mut writer, cfg, version_of(http10), query)?;
+            if !keep_alive {
+                let _ = stream.shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            continue;
+        }
         if line.target == CAPTURE_PATH {
             serve_capture(&mut writer, cfg, version_of(http10))?;
             if !keep_alive {
@@ -273,6 +281,47 @@ const BYTES_PATH: &str = "/bytes/";
 /// error status lines. Each part is its own write, a pause apart, so each leaves as its own
 /// segment (TCP_NODELAY) and a body segment starts with `HTTP/1.1 503`.
 const CAPTURE_PATH: &str = "/capture";
+
+/// `/echo?q=TEXT`: a 200 whose body is TEXT (percent-decoded), written as Python's
+/// `http.server` writes: the head, then (a pause later) the body, so the body starts a write of
+/// its own with bytes the client chose.
+const ECHO_PATH: &str = "/echo?q=";
+
+fn serve_echo(writer: &mut &TcpStream, cfg: &Config, version: &str, query: &str) -> io::Result<()> {
+    let body = percent_decode(query);
+    let head = format!(
+        "{version} 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Backend: {}\r\n\r\n",
+        body.len(),
+        cfg.name
+    );
+    writer.write_all(head.as_bytes())?;
+    thread::sleep(Duration::from_millis(50));
+    writer.write_all(&body)
+}
+
+/// `%XX` escapes decoded; anything malformed is kept as it is.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
 
 fn version_of(http10: bool) -> &'static str {
     if http10 { "HTTP/1.0" } else { "HTTP/1.1" }

@@ -23,7 +23,7 @@ const USAGE: &str = "usage:
   lab-client fetch --target IP:PORT --path PATH [--timeout-ms T]
   lab-client watch --target IP:PORT --duration-ms D --interval-ms I [--timeout-ms T]
   lab-client failover-probe --target IP:PORT --duration-ms D [--max-connections N] [--timeout-ms T] [--first-source-port P]
-  lab-client adversary --target IP:PORT --attack capture|synfin-then-syn|syn-on-open|unanswerable-syn [--source-port P] [--requests K] [--repeat-after-ms T]
+  lab-client adversary --target IP:PORT --attack capture|echo-early-request|synfin-then-syn|syn-on-open|unanswerable-syn [--source-port P] [--requests K] [--repeat-after-ms T]
   lab-client pool --target IP:PORT --connections K --duration-ms D [--interval-ms I] [--timeout-ms T] [--stop-file PATH]";
 
 const DEFAULT_TIMEOUT_MS: u64 = 2000;
@@ -400,6 +400,46 @@ fn request(
     })
 }
 
+/// `/echo` of a status line, with the next request sent once the echo's head has arrived and
+/// before its body: the two responses, reported as the second's (the first is a 200).
+fn early_request(
+    stream: &TcpStream,
+    reader: &mut Reader<&TcpStream>,
+    target: SocketAddr,
+) -> io::Result<Response> {
+    const REFLECTED: &str =
+        "HTTP/1.1%20503%20Service%20Unavailable%0D%0AContent-Length:%200%0D%0A%0D%0A";
+    let mut w = stream;
+    w.write_all(format!("GET /echo?q={REFLECTED} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let head = reader.read_head()?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        )
+    })?;
+    w.write_all(format!("GET / HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())?;
+    let len = head.content_length()?.unwrap_or(0);
+    let body = reader.read_body(len)?;
+    if http::parse_status_line(&head.start_line)? != 200 || !body.starts_with(b"HTTP/1.1 503") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the echo did not reflect the status line",
+        ));
+    }
+    let head = reader.read_head()?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        )
+    })?;
+    reader.discard_body(head.content_length()?.unwrap_or(0))?;
+    Ok(Response {
+        status: http::parse_status_line(&head.start_line)?,
+        backend: head.header("x-backend").map(str::to_string),
+        close: head.connection_has("close"),
+    })
+}
+
 // ----------------------------------------------------------------- udp ---
 
 fn run_udp(flags: &Flags) -> Result<(), String> {
@@ -718,6 +758,17 @@ fn run_adversary(flags: &Flags) -> Result<(), String> {
                     "/capture",
                     i + 1 == requests,
                 ));
+            }
+        }
+        // A server that writes a response's head and body apart and echoes the client: the
+        // client sends its next request as soon as the head is in, before the body (which it
+        // chose to read like a 503) — a request start at a write boundary inside a body.
+        "echo-early-request" => {
+            let requests = flags.num("--requests", Some(5))?;
+            let stream = connect(target, timeout).map_err(|e| format!("connect: {e}"))?;
+            let mut reader = Reader::new(&stream);
+            for _ in 0..requests {
+                record(early_request(&stream, &mut reader, target));
             }
         }
         // A SYN|FIN (no connection attempt: Linux drops it), then a real SYN from the same
