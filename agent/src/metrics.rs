@@ -247,8 +247,10 @@ impl Exposition {
         );
         let mut http_skipped = Family::new(
             "geosteer_backend_http_unparsed_responses",
-            "HTTP/1.x responses whose start could not be located exactly (pipelining, data in \
-             flight, a split status line): not read, never guessed",
+            "HTTP/1.x responses whose start could not be located exactly (pipelining, a request \
+             before the last response ended, a split status line or head, and every later one on \
+             a connection after a response or request of unknown length): not read, never \
+             guessed",
             COUNTER,
         );
         let mut ignored = Family::new(

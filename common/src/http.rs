@@ -52,14 +52,16 @@ enum Digits {
     After,
 }
 
-/// A response head read one byte at a time ([`HeadScan::step`]) until its blank line, for
-/// [`HeadScan::response_length`]. The kernel feeds it from a `bpf_loop` callback (one verified
-/// step instead of a loop the verifier would walk byte by byte); [`response_length`] feeds it
-/// from a slice. No padding (`repr(C)`, sized to 28 bytes): the verifier refuses a read of stack
-/// bytes never written.
+/// A response head read until its blank line ([`HeadScan::advance`], a step at a time), for
+/// [`HeadScan::length`]. The kernel steps it from a `bpf_loop` callback (one verified step
+/// instead of a loop the verifier would walk byte by byte); [`response_length`] from a slice.
+/// No padding (`repr(C)`, sized to 32 bytes): the verifier refuses a read of bytes never
+/// written.
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct HeadScan {
+    /// The next byte to read.
+    pos: u32,
     /// Bytes of the head once its blank line was read (0: not yet).
     head_len: u32,
     column: u32,
@@ -77,7 +79,7 @@ pub struct HeadScan {
     transfer_encoding: bool,
     _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<HeadScan>() == 28);
+const _: () = assert!(core::mem::size_of::<HeadScan>() == 32);
 
 impl Default for HeadScan {
     fn default() -> Self {
@@ -88,6 +90,7 @@ impl Default for HeadScan {
 impl HeadScan {
     pub const fn new() -> Self {
         Self {
+            pos: 0,
             head_len: 0,
             column: 0,
             value: 0,
@@ -105,10 +108,52 @@ impl HeadScan {
         }
     }
 
+    /// Reads on in `head[..len]`: the next eight bytes at once where none of them can change
+    /// anything (inside the status line or a field value no rule reads: no CR or LF; inside a
+    /// field name that can no longer be Content-Length or Transfer-Encoding: no colon, white
+    /// space or control byte), else the next byte. False once the head has ended, has been
+    /// refused, or `len` bytes are read: later calls change nothing.
+    #[inline(always)]
+    pub fn advance(&mut self, head: &[u8; HEAD_MAX], len: u32) -> bool {
+        let pos = self.pos as usize;
+        if pos >= len as usize || pos >= HEAD_MAX || self.head_len != 0 || self.refused {
+            return false;
+        }
+        if pos + 8 <= len as usize && pos <= HEAD_MAX - 8 && !self.after_cr {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&head[pos..pos + 8]);
+            let word = u64::from_le_bytes(word);
+            let skippable = match self.field {
+                _ if self.in_status_line => !has_byte(word, b'\r') && !has_byte(word, b'\n'),
+                Field::Other | Field::TransferEncoding => {
+                    !has_byte(word, b'\r') && !has_byte(word, b'\n')
+                }
+                Field::Name => {
+                    self.column != 0
+                        && !self.is_content_length
+                        && !self.is_transfer_encoding
+                        && !has_byte(word, b':')
+                        && !has_byte(word, 0x7f)
+                        && !has_byte_below(word, b' ' + 1)
+                }
+                Field::ContentLength => false,
+            };
+            if skippable {
+                self.pos += 8;
+                if !self.in_status_line {
+                    self.column += 8;
+                }
+                return true;
+            }
+        }
+        self.pos += 1;
+        self.step(pos as u32, head[pos])
+    }
+
     /// Reads byte `i` of the head (the status line's first byte is 0). False once the head has
     /// ended or been refused: later bytes change nothing.
     #[inline(always)]
-    pub fn step(&mut self, i: u32, b: u8) -> bool {
+    fn step(&mut self, i: u32, b: u8) -> bool {
         if self.head_len != 0 || self.refused {
             return false;
         }
@@ -221,6 +266,23 @@ impl HeadScan {
         true
     }
 
+    /// How long the request is, head included: its Content-Length, no body without one (RFC
+    /// 9112 section 6.3); 0 while unknown — a chunked body, or a head not read to its end.
+    #[inline(always)]
+    pub fn request_length(&self) -> u32 {
+        if self.head_len == 0 || self.transfer_encoding {
+            return 0;
+        }
+        let body = if self.has_content_length {
+            self.content_length
+        } else {
+            0
+        };
+        // Both are at most MAX_RESPONSE_LEN (2^30): no overflow.
+        let total = self.head_len + body;
+        if total > MAX_RESPONSE_LEN { 0 } else { total }
+    }
+
     /// How long the response is, head included (see [`response_length`]); 0 while unknown (a
     /// response is never empty). A plain number rather than an `Option`: the kernel must not
     /// see LLVM read the payload of a `None`, which the verifier refuses as uninitialised.
@@ -251,13 +313,29 @@ impl HeadScan {
 /// values that are not plain digits or disagree. A wrong end would make a body byte read as a
 /// status line; a missed one only misses a signal.
 pub fn response_length(head: &[u8], status: u16, head_request: bool) -> Option<u32> {
+    let len = head.len().min(HEAD_MAX);
+    let mut copy = [0u8; HEAD_MAX];
+    copy[..len].copy_from_slice(&head[..len]);
     let mut scan = HeadScan::new();
-    for (i, &b) in head.iter().take(HEAD_MAX).enumerate() {
-        if !scan.step(i as u32, b) {
-            break;
-        }
-    }
+    while scan.advance(&copy, len as u32) {}
     Some(scan.length(status, head_request)).filter(|&length| length != 0)
+}
+
+const ONES: u64 = u64::from_le_bytes([1; 8]);
+const HIGH_BITS: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// Whether any byte of `word` is `b` (exact: a zero byte of `word ^ b…` sets its high bit in
+/// `(x - 0x01…) & !x`, and no other byte's does unless a lower one was zero too).
+#[inline(always)]
+fn has_byte(word: u64, b: u8) -> bool {
+    let x = word ^ (ONES * b as u64);
+    x.wrapping_sub(ONES) & !x & HIGH_BITS != 0
+}
+
+/// Whether any byte of `word` is below `n` (exact for `n` up to 128).
+#[inline(always)]
+fn has_byte_below(word: u64, n: u8) -> bool {
+    word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS != 0
 }
 
 /// Bytes the kernel copies from a request's start.
@@ -512,6 +590,99 @@ mod tests {
         head.resize(HEAD_MAX + 10, b'a');
         head.extend_from_slice(b"\r\n\r\n");
         assert_eq!(length(&head, 200, false), None);
+    }
+
+    /// The reference: every byte through `step`, none skipped.
+    fn length_byte_by_byte(wire: &[u8], status: u16) -> Option<u32> {
+        let mut scan = HeadScan::new();
+        for (i, &b) in wire.iter().take(HEAD_MAX).enumerate() {
+            if !scan.step(i as u32, b) {
+                break;
+            }
+        }
+        Some(scan.length(status, false)).filter(|&length| length != 0)
+    }
+
+    #[test]
+    fn skipping_eight_bytes_at_a_time_reads_as_byte_by_byte() {
+        let base = b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nX-Long-Header-Name: v\r\nContent-Length: 16\r\nTransfer-Encodinx: a\r\n\r\n";
+        assert_eq!(
+            length_byte_by_byte(base, 200),
+            response_length(base, 200, false)
+        );
+        assert!(response_length(base, 200, false).is_some());
+        // Every byte replaced by each byte that matters, at every position.
+        let specials = [
+            b'\r', b'\n', b':', b' ', b'\t', 0x7f, 0, b'0', b'c', b'C', b'T', 0x80,
+        ];
+        let mut checked = 0;
+        for at in 0..base.len() {
+            for &b in &specials {
+                let mut wire = base.to_vec();
+                wire[at] = b;
+                assert_eq!(
+                    response_length(&wire, 200, false),
+                    length_byte_by_byte(&wire, 200),
+                    "byte {at} = {b:#x}: {:?}",
+                    core::str::from_utf8(&wire)
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000);
+    }
+
+    #[test]
+    fn bytes_that_matter_are_found_inside_a_skipped_word() {
+        for n in 0..=128u8 {
+            for lane in 0..8 {
+                let mut word = [b'a'; 8];
+                word[lane] = n;
+                let word = u64::from_le_bytes(word);
+                assert!(has_byte(word, n));
+                assert_eq!(
+                    has_byte_below(word, b' ' + 1),
+                    n <= b' ',
+                    "{n} in lane {lane}"
+                );
+            }
+        }
+        assert!(!has_byte(u64::from_le_bytes(*b"abcdefgh"), b':'));
+        assert!(!has_byte_below(
+            u64::from_le_bytes([0x21, 0x7e, 0x80, 0xff, 0x41, 0x5a, 0x61, 0x7a]),
+            0x21
+        ));
+    }
+
+    fn request_length(wire: &[u8]) -> u32 {
+        let mut copy = [0u8; HEAD_MAX];
+        copy[..wire.len()].copy_from_slice(wire);
+        let mut scan = HeadScan::new();
+        while scan.advance(&copy, wire.len() as u32) {}
+        scan.request_length()
+    }
+
+    #[test]
+    fn requests_are_framed_by_their_content_length() {
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(request_length(get), get.len() as u32);
+        // A second request in the same bytes is not part of the first.
+        let two = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        assert_eq!(request_length(two), 19);
+        let post = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(request_length(post), post.len() as u32 + 5);
+        for unknown in [
+            &b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"GET / HTTP/1.1\nHost: x\n\n",
+        ] {
+            assert_eq!(
+                request_length(unknown),
+                0,
+                "{:?}",
+                core::str::from_utf8(unknown)
+            );
+        }
     }
 
     #[test]

@@ -588,8 +588,10 @@ pub struct BackendSignals {
     pub resets: u64,
     /// Connects that failed: RST in reply to a SYN (refused) or no SYN-ACK within the timeout.
     pub connect_failures: u64,
-    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, data
-    /// still in flight, a status line split across segments): not parsed, never guessed.
+    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, a
+    /// request before the last response ended, a status line or head split across segments,
+    /// every request on a connection after a response or request of unknown length — chunked,
+    /// read until close — or a second version of a request's bytes): not parsed, never guessed.
     pub http_skipped: u64,
     /// Signals that arrived while the backend was ejected and were ignored (Envoy).
     pub ignored_while_ejected: u64,
@@ -611,8 +613,10 @@ pub struct BackendCounters {
     pub resets: u64,
     /// Connects that failed: RST in reply to a SYN (refused) or no SYN-ACK within the timeout.
     pub connect_failures: u64,
-    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, data
-    /// still in flight, a status line split across segments): not parsed, never guessed.
+    /// HTTP/1.x responses whose start could not be located exactly (pipelined requests, a
+    /// request before the last response ended, a status line or head split across segments,
+    /// every request on a connection after a response or request of unknown length — chunked,
+    /// read until close — or a second version of a request's bytes): not parsed, never guessed.
     pub http_skipped: u64,
     /// Signals that arrived while the backend was ejected and were ignored (Envoy).
     pub ignored_while_ejected: u64,

@@ -146,9 +146,23 @@ pub(crate) static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TAR
 #[map(name = "GS_AFFINITY")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
-/// Per-CPU room for a response head (the stack has 512 bytes in all).
+/// Per-CPU room for a response head and its scan (the stack has 512 bytes in all). Only the TC
+/// egress program uses it, and nothing preempts that on its CPU (it runs with bottom halves
+/// off), so one slot per CPU is enough.
 #[map(name = "GS_HEAD_SCRATCH")]
-static HEAD_SCRATCH: PerCpuArray<[u8; HEAD_MAX]> = PerCpuArray::with_max_entries(1, 0);
+static HEAD_SCRATCH: PerCpuArray<HeadScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A response head being read. The scan lives in the map rather than on the stack: the
+/// verifier knows nothing of a map value's contents, so the `bpf_loop` callback's state is the
+/// same on every call and is verified once; scan state on the stack would be tracked value by
+/// value, call after call, past the verifier's limit.
+#[repr(C)]
+struct HeadScratch {
+    head: [u8; HEAD_MAX],
+    /// Bytes of `head` copied from the packet.
+    len: u32,
+    scan: HeadScan,
+}
 /// `ct_stats::*` event counters.
 #[map(name = "GS_CT_STATS")]
 static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stats::COUNT, 0);
@@ -383,11 +397,14 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
         req_seq: flow.seq,
         seq_nxt: segment_end(flow),
         seq_nxt_known: (flow.proto == PROTO_TCP) as u8,
+        // Original entry: where the client's next request may start (its first byte).
+        resp_seq: segment_end(flow),
         ..FlowValue::default()
     };
     let reply = FlowValue {
         nat_addr: flow.daddr,
         nat_port: flow.dport,
+        resp_seq: 0,
         req_seq: 0,
         seq_nxt: 0,
         seq_nxt_known: 0,
@@ -582,8 +599,8 @@ fn translated_reply_key(flow: &Flow, original: &FlowValue) -> FlowKey {
 /// The two halves of a flow are separate LRU entries, and the LRU may evict one alone (a
 /// flood of new flows, a full table). A packet that finds its half rebuilds the other from it,
 /// so an established flow never loses its reverse NAT (replies leaving with the backend's
-/// address) nor its backend (re-steered mid-stream). The rebuilt reply half starts with no
-/// response awaited: the next request arms it again. Called when no entry is under the reply
+/// address) nor its backend (re-steered mid-stream). The rebuilt reply half does not know where
+/// the next response starts (`HTTP_UNFRAMED`): no status is read on the connection again. Called when no entry is under the reply
 /// key ([`lookup_reply_half`]).
 #[inline(always)]
 fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
@@ -792,6 +809,10 @@ fn track_request(
         }
         return false;
     }
+    // Whether this segment starts at the client's next byte: new data, not a copy of bytes it
+    // sent before (a retransmission — or a second version of them, which the backend may have
+    // taken instead of the first if that one was dropped on the way: a bad checksum).
+    let new_data = entry.seq_nxt_known != 0 && flow.seq == entry.seq_nxt;
     if flags & TCP_SYN == 0 {
         // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
         advance_seq_nxt(segment_end(flow), entry, RST_WINDOW);
@@ -810,7 +831,7 @@ fn track_request(
         && (entry.tcp_state == TCP_ESTABLISHED || entry.tcp_state == TCP_MIDSTREAM)
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
-        return request_payload(flow, entry, reply, bytes);
+        return request_payload(flow, entry, reply, bytes, new_data);
     }
     false
 }
@@ -962,7 +983,18 @@ fn request_payload(
     entry: &mut FlowValue,
     reply: Option<*mut FlowValue>,
     bytes: &impl PacketBytes,
+    new_data: bool,
 ) -> bool {
+    if !new_data && entry.app_protocol == APP_PROTOCOL_HTTP1 {
+        // A copy neither arms nor drains anything; it may make the armed request unknown.
+        // SAFETY: LRU map value valid for this run; plain data.
+        if let Some(reply) = reply.map(|reply| unsafe { &mut *reply })
+            && reply_half_of(reply, flow)
+        {
+            check_request_copy(flow, entry, reply, bytes);
+        }
+        return false;
+    }
     // Shorter than a method and its space: neither a request start nor a verdict on the
     // protocol (Istio's sniffer also waits for more bytes).
     if flow.payload_len < METHOD_PREFIX_LEN as u32 {
@@ -1017,47 +1049,101 @@ fn request_payload(
     {
         return true;
     }
-    arm_response(flow, reply, &prefix);
+    arm_response(flow, entry, reply, bytes, &prefix);
     false
 }
 
 /// A request starts: its response begins at the reply byte this segment acknowledges — if the
-/// last response ended exactly there (its head said where) and the backend has sent nothing
-/// since. Otherwise (pipelining, a response still arriving, one whose end is unknown) the
-/// boundary is unknown: skipped and counted, never guessed.
-fn arm_response(flow: &Flow, reply: &mut FlowValue, request: &[u8; METHOD_PREFIX_LEN]) {
-    if flow.seq == reply.req_seq {
-        // A retransmission of the request that armed the awaited (or read) response: requests
-        // carry bytes, so a new one never starts where the last one did.
-        return;
-    }
-    // (Unarmed or not, its retransmission must not drain the flow.)
+/// last response ended exactly there (its head said where), the backend has sent nothing since,
+/// and the request is the client's next bytes after the last armed request (nothing sent in
+/// between that the backend may be answering first). Otherwise (pipelining, a response still
+/// arriving, one whose end is unknown) the boundary is unknown: skipped and counted, never
+/// guessed. The request's own length is read too (the original entry keeps where it ends): the
+/// response's end is trusted only if the client sent nothing past it before the response came.
+///
+/// Not inlined (nor is [`check_request_copy`]): their locals and the head scan's stay off the
+/// main frame (the stack is 512 bytes in all, callees included).
+#[inline(never)]
+fn arm_response(
+    flow: &Flow,
+    entry: &mut FlowValue,
+    reply: &mut FlowValue,
+    bytes: &impl PacketBytes,
+    request: &[u8; METHOD_PREFIX_LEN],
+) {
+    // (Armed or not, a retransmission of this request must not drain the flow.)
     reply.req_seq = flow.seq;
-    if reply.http_state == HTTP_AWAITING {
-        // Pipelined: the awaited response stays armed; this request's response start will not
-        // be known.
-        count_http_skipped(reply.backend_id);
-        return;
-    }
-    // Where the last response ended (by its head's framing), with nothing sent after it. A
-    // client that pauses a response mid-body with its receive window, or sends a "request" in
-    // the middle of a body, acknowledges some other byte: a body byte it chose is never read
-    // as a status line.
     if reply.http_state != HTTP_FRAMED
         || reply.seq_nxt_known == 0
         || reply.resp_seq != flow.ack
         || reply.seq_nxt != flow.ack
+        || entry.resp_seq != flow.seq
     {
+        // Pipelined (a response is awaited), or a client that pauses a response mid-body with
+        // its receive window or sends a "request" in the middle of a body (it acknowledges
+        // some other byte), or bytes between the last request and this one: a body byte it
+        // chose is never read as a status line.
         count_http_skipped(reply.backend_id);
         return;
     }
+    let length = read_head(bytes, flow.payload_off, flow.payload_len)
+        .map_or(0, |scratch| scratch.scan.request_length());
+    // Unknown (a chunked body, a head not whole in this segment): an end that no client's next
+    // byte can match.
+    entry.resp_seq = flow.seq.wrapping_add(length);
     reply.http_state = HTTP_AWAITING;
     reply.flags &= !(FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
+    reply.flags |= request_kind(request);
+}
+
+/// The reply-entry flag for a request whose response frames differently (HEAD, CONNECT).
+#[inline(always)]
+fn request_kind(request: &[u8; METHOD_PREFIX_LEN]) -> u8 {
     if is_head_request(request) {
-        reply.flags |= FLOW_FLAG_HEAD_REQUEST;
+        FLOW_FLAG_HEAD_REQUEST
     } else if is_connect_request(request) {
-        reply.flags |= FLOW_FLAG_CONNECT_REQUEST;
+        FLOW_FLAG_CONNECT_REQUEST
+    } else {
+        0
     }
+}
+
+/// A client segment that repeats bytes it sent before, over the last armed request
+/// (`reply.req_seq` up to the original entry's `resp_seq`). The backend kept one version of
+/// those bytes — the first unless that one was dropped on the way (a bad checksum) — so the
+/// request's framing stays known only if this copy frames the same: starting where it did,
+/// the same kind (HEAD, CONNECT, other) and the same length. Otherwise the request's end
+/// becomes unknown, and nothing after its response is read on this connection.
+#[inline(never)]
+fn check_request_copy(
+    flow: &Flow,
+    entry: &mut FlowValue,
+    reply: &FlowValue,
+    bytes: &impl PacketBytes,
+) {
+    let (start, end) = (reply.req_seq, entry.resp_seq);
+    let segment_end = flow.seq.wrapping_add(flow.payload_len);
+    let overlaps =
+        (segment_end.wrapping_sub(start) as i32) > 0 && (end.wrapping_sub(flow.seq) as i32) > 0;
+    if reply.http_state == HTTP_UNFRAMED || !overlaps {
+        return;
+    }
+    if flow.seq == start
+        && let Some(scratch) = read_head(bytes, flow.payload_off, flow.payload_len)
+        && let Some(prefix) = scratch.head.first_chunk::<METHOD_PREFIX_LEN>()
+    {
+        let kind = reply.flags & (FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
+        let length = scratch.scan.request_length();
+        if is_request_start(prefix)
+            && request_kind(prefix) == kind
+            && length != 0
+            && start.wrapping_add(length) == end
+        {
+            return;
+        }
+    }
+    entry.resp_seq = start;
+    count_http_skipped(reply.backend_id);
 }
 
 /// The backend of a new flow: the client's affine one (session affinity on when
@@ -1350,7 +1436,17 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
         }
         return;
     }
-    if reply.app_protocol != APP_PROTOCOL_HTTP1 || reply.http_state != HTTP_AWAITING {
+    if reply.app_protocol != APP_PROTOCOL_HTTP1 {
+        return;
+    }
+    if reply.http_state == HTTP_FRAMED && (reply.seq_nxt.wrapping_sub(reply.resp_seq) as i32) > 0 {
+        // Bytes past the last response's end that no armed request asked for (a pipelined
+        // request's response, or a backend that sent more than its head said): where they
+        // end is unknown. (Not counted again: the request they answer was counted as skipped.)
+        reply.http_state = HTTP_UNFRAMED;
+        return;
+    }
+    if reply.http_state != HTTP_AWAITING {
         return;
     }
     let offset = reply.resp_seq.wrapping_sub(flow.seq) as i32;
@@ -1369,21 +1465,15 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
         unframe(reply);
         return;
     }
-    let Some(head) = HEAD_SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot; nothing else runs on it during this program.
-    let head = unsafe { &mut *head };
-    let copied = (rest as usize).min(HEAD_MAX);
-    // Bounded for the verifier; a real offset is at most a few segments' worth.
-    let at = (flow.payload_off + offset) as usize & 0xffff;
-    if !bytes.copy(at, &mut head[..copied]) {
+    let Some(scratch) = read_head(bytes, flow.payload_off + offset, rest) else {
         unframe(reply);
         return;
-    }
-    let mut prefix = [0u8; STATUS_PREFIX_LEN];
-    prefix.copy_from_slice(&head[..STATUS_PREFIX_LEN]);
-    let Some(status) = parse_status(&prefix) else {
+    };
+    let Some(status) = scratch
+        .head
+        .first_chunk::<STATUS_PREFIX_LEN>()
+        .and_then(parse_status)
+    else {
         // Not a status line where one must begin: not HTTP/1.x after all. Stop reading.
         unframe(reply);
         set_opaque(flow, reply);
@@ -1391,7 +1481,7 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     };
     count_status_class(reply.backend_id, status);
     let head_request = reply.flags & FLOW_FLAG_HEAD_REQUEST != 0;
-    let length = scan_head(copied as u32).length(status, head_request);
+    let length = scratch.scan.length(status, head_request);
     if !is_final(status) {
         // An interim response (100 Continue): the final one starts where its head ends. Read
         // when it starts a segment of its own; one sharing this segment is not looked for.
@@ -1406,51 +1496,84 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
         // Switching Protocols, or a tunnel: what follows is not HTTP/1.x.
         reply.http_state = HTTP_UNFRAMED;
         set_opaque(flow, reply);
-    } else if length != 0 {
+    } else if length != 0 && client_sent_only_the_request(flow, reply) {
         reply.http_state = HTTP_FRAMED;
         reply.resp_seq = reply.resp_seq.wrapping_add(length);
     } else {
-        // Chunked, read until close, or a head this parser does not follow: where the next
-        // response starts is unknown (each later request is counted as skipped).
+        // Chunked, read until close, a head this parser does not follow, or a client that sent
+        // more than the request (a pipelined request, whose response may come first as far as
+        // a HEAD is concerned): where the next response starts is unknown (each later request
+        // is counted as skipped).
         reply.http_state = HTTP_UNFRAMED;
     }
     let class_5xx = status / 100 == 5;
     bump_consecutive(reply.backend_id, class_5xx, is_gateway_error(status));
 }
 
-/// Reads the response head copied into `HEAD_SCRATCH` (its first `len` bytes) through
-/// `bpf_loop`: the callback is verified once, where a loop in this program would be walked by
-/// the verifier byte by byte with every state the scan can be in.
-#[inline(always)]
-fn scan_head(len: u32) -> HeadScan {
-    let mut scan = HeadScan::new();
-    // SAFETY: the callback has bpf_loop's signature and gets back the pointer given here, to a
-    // HeadScan that outlives the call.
-    let looped = unsafe {
-        bpf_loop(
-            len,
-            head_step as *mut c_void,
-            &raw mut scan as *mut c_void,
-            0,
-        )
-    };
-    if looped < 0 {
-        scan.refuse();
-    }
-    scan
+/// Whether the client has sent exactly the armed request: its next byte is where the original
+/// entry says that request ends (an unknown end never matches).
+fn client_sent_only_the_request(flow: &Flow, reply: &FlowValue) -> bool {
+    let key = FlowKey::new(
+        flow.daddr,
+        reply.nat_addr,
+        flow.dport,
+        reply.nat_port,
+        flow.proto,
+        DIR_ORIGINAL,
+    );
+    // SAFETY: read-only lookup.
+    unsafe { CONNTRACK.get(&key) }.is_some_and(|original| {
+        original.seq_nxt_known != 0 && original.seq_nxt == original.resp_seq
+    })
 }
 
-/// One byte of the head in `HEAD_SCRATCH` (`bpf_loop` callback: 0 goes on, 1 stops).
+/// Copies the message head starting `offset` bytes into the packet (`len` bytes on in it) into
+/// this CPU's `HEAD_SCRATCH` and reads it: its scan tells the message's length.
+#[inline(always)]
+fn read_head(bytes: &impl PacketBytes, offset: u32, len: u32) -> Option<&'static mut HeadScratch> {
+    let scratch = HEAD_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; nothing else runs on it during this program (see HEAD_SCRATCH).
+    let scratch = unsafe { &mut *scratch };
+    let copied = (len as usize).min(HEAD_MAX);
+    // Bounded for the verifier; a real offset is at most a few segments' worth.
+    let at = offset as usize & 0xffff;
+    if !bytes.copy(at, &mut scratch.head[..copied]) {
+        return None;
+    }
+    scan_head(scratch, copied as u32);
+    Some(scratch)
+}
+
+/// Reads the first `len` bytes of the head in `scratch` through `bpf_loop`: the callback is
+/// verified once, where a loop in this program would be walked by the verifier byte by byte
+/// with every state the scan can be in. Not inlined: the verifier gives the frame that calls
+/// bpf_loop 24 more bytes of stack, which the programs' main frames cannot spare (512 in all,
+/// callees included).
 #[inline(never)]
-extern "C" fn head_step(index: u64, scan: *mut c_void) -> i64 {
-    let Some(head) = HEAD_SCRATCH.get(0) else {
+fn scan_head(scratch: &mut HeadScratch, len: u32) {
+    scratch.scan = HeadScan::new();
+    scratch.len = len;
+    // SAFETY: the callback has bpf_loop's signature and takes no context.
+    let looped = unsafe { bpf_loop(len, head_step as *mut c_void, core::ptr::null_mut(), 0) };
+    if looped < 0 {
+        scratch.scan.refuse();
+    }
+}
+
+/// One step through this CPU's `HEAD_SCRATCH` head (`bpf_loop` callback: 0 goes on, 1 stops).
+#[inline(never)]
+extern "C" fn head_step(_: u64, _: *mut c_void) -> i64 {
+    let Some(scratch) = HEAD_SCRATCH.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: `scan` is the HeadScan scan_head passed to bpf_loop.
-    let scan = unsafe { &mut *(scan as *mut HeadScan) };
-    let index = index as u32;
-    let byte = head[index as usize & (HEAD_MAX - 1)];
-    if scan.step(index, byte) { 0 } else { 1 }
+    // SAFETY: this CPU's slot, which scan_head (its only other user) is not touching while
+    // bpf_loop runs.
+    let scratch = unsafe { &mut *scratch };
+    if scratch.scan.advance(&scratch.head, scratch.len) {
+        0
+    } else {
+        1
+    }
 }
 
 /// The awaited response's start or end was missed: nothing more is read on this connection.

@@ -72,6 +72,8 @@ const PSH_ACK: u8 = 0x18;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 198.19.0.10\r\nUser-Agent: wrk\r\n\r\n";
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nb1\n";
+/// A response as nginx in front of an API sends it: a 179-byte head, then the body.
+const RESPONSE_START: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.24.0\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: keep-alive\r\nCache-Control: no-store\r\n\r\n{\"status\":\"ok\"}\n";
 
 /// One measured case, as written to the JSON report.
 #[derive(Serialize)]
@@ -322,6 +324,19 @@ impl Rig {
         Ok(self.maps.backend_counters(id)?.reply_packets)
     }
 
+    /// 2xx responses read, over the VPORT service's backends.
+    fn responses_2xx(&self) -> Result<u64> {
+        let live = self
+            .programmer
+            .service(&service_key(VPORT))
+            .expect("service is live");
+        let mut total = 0;
+        for &(id, _) in live.backends.values() {
+            total += self.maps.backend_counters(id)?.responses[1];
+        }
+        Ok(total)
+    }
+
     /// Empties conntrack, so every repetition of the new-flow cases starts from the same state.
     fn clear_conntrack(&mut self) -> Result<()> {
         let keys: Vec<FlowKey> = self.maps.conntrack.keys().collect::<Result<_, _>>()?;
@@ -460,13 +475,28 @@ fn reply_data() -> Vec<u8> {
     tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE)
 }
 
-/// Ethernet + IPv4 + TCP with valid checksums.
+/// Ethernet + IPv4 + TCP with valid checksums, sequence number 1000 and (with ACK) 2000
+/// acknowledged.
 fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let ack = if flags & ACK != 0 { 2000 } else { 0 };
+    tcp_at(src, sport, dst, dport, flags, (1000, ack), payload)
+}
+
+/// Ethernet + IPv4 + TCP with valid checksums and the given (sequence, acknowledgement).
+fn tcp_at(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    (seq, ack): (u32, u32),
+    payload: &[u8],
+) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend(sport.to_be_bytes());
     l4.extend(dport.to_be_bytes());
-    l4.extend(1000u32.to_be_bytes()); // seq
-    l4.extend(if flags & ACK != 0 { 2000u32 } else { 0 }.to_be_bytes());
+    l4.extend(seq.to_be_bytes());
+    l4.extend(ack.to_be_bytes());
     l4.extend([5 << 4, flags]);
     l4.extend(64240u16.to_be_bytes());
     l4.extend([0, 0, 0, 0]); // checksum, urgent pointer
@@ -727,9 +757,11 @@ const TC_NEW: usize = 1;
 const TC_EST: usize = 2;
 const TC_EST_ONE: usize = 3;
 const TC_REPLY: usize = 4;
-const NOOP_XDP: usize = 5;
-const XDP_NEW: usize = 6;
-const XDP_EST: usize = 7;
+const TC_REQUEST_START: usize = 5;
+const TC_RESPONSE_START: usize = 6;
+const NOOP_XDP: usize = 7;
+const XDP_NEW: usize = 8;
+const XDP_EST: usize = 9;
 
 fn single(
     rig: &mut Rig,
@@ -752,6 +784,14 @@ fn single(
             program_names::TC_INGRESS,
         ),
         (REPLY_CASE, program_names::TC_EGRESS),
+        (
+            "TC ingress: a request start (arms its response; 54-byte head scanned)",
+            program_names::TC_INGRESS,
+        ),
+        (
+            "TC egress: a response start (status line read, 179-byte head scanned)",
+            program_names::TC_EGRESS,
+        ),
         ("no-op XDP program (floor)", "noop (XDP)"),
         (
             "XDP: new flow (SYN: Maglev, conntrack insert, DNAT, FIB, redirect)",
@@ -824,6 +864,56 @@ fn single(
         );
         series[TC_REPLY].add(&replies, names[TC_REPLY].0)?;
 
+        // Response starts, on flows of their own (the replies above made these flows' protocol
+        // opaque): handshake, a request that arms the start, then the measured response.
+        let http_port = |p: u16| p + 20_000;
+        let opened = run_all(rig.tc_ingress, &|p| {
+            tcp(CLIENT, http_port(p), VIP, VPORT, SYN, &[])
+        })?;
+        let http_backends: Vec<Ipv4Addr> = opened.2.iter().map(|o| dst_of(o)).collect();
+        let backend_of = |p: u16| http_backends[usize::from(p - ports[0])];
+        run_all(rig.tc_egress, &|p| {
+            tcp_at(
+                backend_of(p),
+                TPORT,
+                CLIENT,
+                http_port(p),
+                SYN | ACK,
+                (1999, 1001),
+                &[],
+            )
+        })?;
+        let requests = run_all(rig.tc_ingress, &|p| {
+            tcp_at(
+                CLIENT,
+                http_port(p),
+                VIP,
+                VPORT,
+                PSH_ACK,
+                (1001, 2000),
+                REQUEST,
+            )
+        })?;
+        series[TC_REQUEST_START].add(&requests, names[TC_REQUEST_START].0)?;
+        let read_before = rig.responses_2xx()?;
+        let starts = run_all(rig.tc_egress, &|p| {
+            let ack = 1001 + REQUEST.len() as u32;
+            tcp_at(
+                backend_of(p),
+                TPORT,
+                CLIENT,
+                http_port(p),
+                PSH_ACK,
+                (2000, ack),
+                RESPONSE_START,
+            )
+        })?;
+        ensure!(
+            rig.responses_2xx()? - read_before == u64::from(calls),
+            "not every response start was read"
+        );
+        series[TC_RESPONSE_START].add(&starts, names[TC_RESPONSE_START].0)?;
+
         // XDP, from an empty conntrack again.
         rig.clear_conntrack()?;
         series[NOOP_XDP].add(&run_all(noop_xdp.as_raw_fd(), &syn)?, names[NOOP_XDP].0)?;
@@ -845,6 +935,8 @@ fn single(
         (TC_EST, TC_ACT_OK),
         (TC_EST_ONE, TC_ACT_OK),
         (TC_REPLY, TC_ACT_OK),
+        (TC_REQUEST_START, TC_ACT_OK),
+        (TC_RESPONSE_START, TC_ACT_OK),
         (XDP_NEW, XDP_REDIRECT),
         (XDP_EST, XDP_REDIRECT),
     ] {

@@ -729,9 +729,9 @@ fn a_client_rst_far_from_the_clients_sequence_ends_nothing() {
 }
 
 /// A client that shapes its receive window can pause a response right before bytes it made the
-/// backend reflect, then send a request while nothing is in flight. The pause is in the middle
-/// of the backend's write (its last segment has no PSH), so no response can start there: the
-/// reflected bytes are not read as a status. A response that ended (PSH) still arms the next.
+/// backend reflect, then send a request while nothing is in flight. The pause is inside the
+/// body the response's head announced, so no response can start there: the reflected bytes are
+/// not read as a status.
 #[test]
 fn a_response_paused_by_the_clients_window_arms_nothing() {
     let mut rig = Rig::with_settings(http());
@@ -760,9 +760,26 @@ fn a_response_paused_by_the_clients_window_arms_nothing() {
         skipped + 1,
         "the unknown boundary is counted"
     );
-    // The response ended where its Content-Length said: the next request's response is read.
+    // The early "request" may be what the backend answers next: nothing more is read on this
+    // connection (counted), and a new one reads again.
     conn.exchange(&mut rig, UNAVAILABLE_503);
-    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    assert_eq!(rig.counters(conn.backend).http_skipped, skipped + 2);
+    read_on_a_new_connection(&mut rig, conn.backend, 55801);
+}
+
+/// A new connection to `backend` (from port `first` on) reads a 503.
+fn read_on_a_new_connection(rig: &mut Rig, backend: std::net::Ipv4Addr, first: u16) {
+    let before = runs(rig, backend).0;
+    for port in first..first + 64 {
+        let mut conn = Conn::open(rig, port);
+        if conn.backend == backend {
+            conn.exchange(rig, UNAVAILABLE_503);
+            assert_eq!(runs(rig, backend).0, before + 1, "a new connection reads");
+            return;
+        }
+    }
+    panic!("no connection reached {backend}");
 }
 
 /// A refusal proves something only on a fresh tuple. A client can open a connection, close our
@@ -831,9 +848,11 @@ fn a_write_boundary_inside_a_body_is_no_response_start() {
     let c = rig.counters(conn.backend);
     assert_eq!(c.responses, [0, 1, 0, 0, 0], "one response, the 200");
     assert_eq!(c.http_skipped, skipped + 1, "the early request is counted");
-    // The body has ended: the next request's response is read.
+    // The early "request" may be what the backend answers next (it is, here): nothing more is
+    // read on this connection, and a new one reads again.
     conn.exchange(&mut rig, UNAVAILABLE_503);
-    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+    read_on_a_new_connection(&mut rig, conn.backend, 56001);
 }
 
 /// A response whose end its head does not give (chunked, or read until the connection closes):
@@ -918,4 +937,89 @@ fn a_connect_tunnel_is_opaque() {
         original_entry(&rig, &conn).app_protocol,
         APP_PROTOCOL_OPAQUE
     );
+}
+
+/// Two versions of the same request bytes: the agent saw a HEAD first, the backend (which
+/// dropped that copy — a bad checksum) took the GET sent after it at the same sequence number.
+/// The echo's head is not a HEAD response: its body follows, and a "request" sent once the
+/// head is in must not have that body read as a status.
+#[test]
+fn a_second_version_of_a_request_makes_its_framing_unknown() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56400);
+    let start = conn.client_seq;
+    conn.send(&mut rig, b"HEAD /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n");
+    conn.client_seq = start;
+    // As long as the HEAD, so the two frame differently only by their method.
+    conn.send(&mut rig, b"GET /echo?q=HTTP/1.1%20503X HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\n\r\n");
+    conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+    conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+    assert_eq!(runs(&rig, conn.backend), (0, 0), "the echoed body was read");
+    assert_eq!(rig.counters(conn.backend).responses, [0, 1, 0, 0, 0]);
+}
+
+/// A copy that repeats the request exactly (a retransmission) changes nothing: the next
+/// request's response is read.
+#[test]
+fn a_retransmitted_request_keeps_its_framing() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56500);
+    let request = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let start = conn.client_seq;
+    conn.send(&mut rig, request);
+    conn.client_seq = start;
+    conn.send(&mut rig, request);
+    conn.reply(&mut rig, OK_200);
+    // A request whose body follows in a segment of its own, then its response.
+    conn.send(&mut rig, b"POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\n");
+    conn.send(&mut rig, b"hello");
+    conn.reply(&mut rig, OK_200);
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1));
+    assert_eq!(rig.counters(conn.backend).http_skipped, 0);
+}
+
+/// Pipelining, seen or hidden in one segment: the client's second request may be answered
+/// before anything it sends later (a HEAD sent while that response is held back would otherwise
+/// frame it as bodiless). Nothing after the first response is read on the connection.
+#[test]
+fn after_pipelined_requests_nothing_more_is_read_on_the_connection() {
+    for (port, hidden) in [(56600, false), (56601, true)] {
+        let mut rig = Rig::with_settings(http());
+        let mut conn = Conn::open(&mut rig, port);
+        if hidden {
+            conn.send(
+                &mut rig,
+                b"GET /a HTTP/1.1\r\n\r\nGET /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n",
+            );
+        } else {
+            conn.send(&mut rig, b"GET /a HTTP/1.1\r\n\r\n");
+            conn.send(&mut rig, b"GET /echo?q=HTTP/1.1%20503 HTTP/1.1\r\n\r\n");
+        }
+        conn.reply(&mut rig, OK_200);
+        conn.send(&mut rig, b"HEAD / HTTP/1.1\r\n\r\n");
+        conn.reply(&mut rig, b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\n\r\n");
+        conn.send(&mut rig, b"GET / HTTP/1.1\r\n\r\n");
+        conn.reply(&mut rig, b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+        assert_eq!(runs(&rig, conn.backend), (0, 0), "hidden: {hidden}");
+        assert_eq!(
+            rig.counters(conn.backend).responses,
+            [0, 1, 0, 0, 0],
+            "hidden: {hidden}: only the first response is read"
+        );
+    }
+}
+
+/// Bytes past the last response's end that no armed request asked for leave the next
+/// response's start unknown, however many bytes later a request arrives (sequence numbers wrap:
+/// an end kept forever would one day match again).
+#[test]
+fn bytes_past_a_responses_end_leave_the_next_start_unknown() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 56700);
+    conn.exchange(&mut rig, OK_200);
+    conn.reply(&mut rig, b"unsolicited");
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
 }
