@@ -22,11 +22,12 @@ pub fn parse_status(p: &[u8; STATUS_PREFIX_LEN]) -> Option<u16> {
     Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
 }
 
-/// Bytes of a response head the kernel copies to learn where the response ends: a head longer
-/// than this (or not whole in the segment that starts it) leaves the end unknown.
-pub const HEAD_MAX: usize = 1024;
+/// Bytes of a message head (response or request) the kernel copies to learn where the message
+/// ends: a head longer than this (or not whole in the segment that starts it) leaves the end
+/// unknown. Request heads with bearer tokens and trace headers pass 1 KiB.
+pub const HEAD_MAX: usize = 4096;
 
-/// Longest response followed to its end. Sequence numbers wrap at 4 GiB; a longer body (a
+/// Longest message followed to its end. Sequence numbers wrap at 4 GiB; a longer body (a
 /// large download) leaves the next response's start unknown.
 pub const MAX_RESPONSE_LEN: u32 = 1 << 30;
 
@@ -52,7 +53,7 @@ enum Digits {
     After,
 }
 
-/// A response head read until its blank line ([`HeadScan::advance`], a step at a time), for
+/// A message head (response or request) read until its blank line ([`HeadScan::advance`], a step at a time), for
 /// [`HeadScan::length`]. The kernel steps it from a `bpf_loop` callback (one verified step
 /// instead of a loop the verifier would walk byte by byte); [`response_length`] from a slice.
 /// No padding (`repr(C)`, sized to 32 bytes): the verifier refuses a read of bytes never

@@ -487,6 +487,14 @@ pub const FLOW_FLAG_REUSED_TUPLE: u8 = 2;
 /// the flow turns out to be opaque TCP (an HTTP flow's successes are its responses).
 pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;
 
+/// Original entry: every byte the client sent so far is accounted for — requests one at a time,
+/// each framed by its head, and no second versions of bytes the backend may have taken instead.
+/// Set only on a connection opened here by a plain SYN (no data in it); cleared for good by
+/// anything the agent cannot follow exactly (a request sent early or pipelined, one of unknown
+/// length, a copy of request bytes that frames differently, data on a SYN, urgent data, an IP
+/// fragment, a segment out of reach or out of order). While it is clear, no response start is
+/// armed: a missed signal, never a misread one.
+pub const FLOW_FLAG_REQUESTS_FOLLOWED: u8 = 64;
 /// Reply entry: the awaited response answers a HEAD request (no body, whatever its fields say).
 pub const FLOW_FLAG_HEAD_REQUEST: u8 = 16;
 /// Reply entry: the awaited response answers a CONNECT request (a 2xx opens a tunnel).
@@ -529,7 +537,8 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     /// Reply entry: backend sequence number (host order) where the awaited response starts
     /// (`HTTP_AWAITING`), or where the last response ends (`HTTP_FRAMED`; ISN + 1 before the
-    /// backend sent anything).
+    /// backend sent anything). Original entry: client sequence number where the last armed
+    /// request ends (ISN + 1 before the first), where the next one must start.
     pub resp_seq: u32,
     /// The next sequence number (host order) of this entry's sender — the client in the
     /// original entry, the backend in the reply entry: one past the highest it has sent (SYN
@@ -546,8 +555,9 @@ pub struct FlowValue {
     /// entry's byte: the two FINs of a close often cross on two CPUs, and a shared flags byte
     /// would lose one of them to the other's read-modify-write.
     pub fin_seen: u8,
-    /// Reply entry: client sequence number of the request segment that armed `resp_seq`, so a
-    /// retransmission of it is recognised.
+    /// Original entry: the client's ISN while the SYN is unanswered (a retransmission repeats
+    /// it, a refusal acknowledges it), then where the last armed request starts. Reply entry:
+    /// client sequence number of the last request start seen.
     pub req_seq: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);

@@ -217,6 +217,7 @@ fn parse(bytes: &impl PacketBytes, len: u32, ports_of_first_fragments: bool) -> 
         flow.dport = u16::from_ne_bytes(udp.dst);
     }
     if more_fragments {
+        flow.fragmented = true;
         return Parsed::FirstFragment(flow, u16::from_ne_bytes(ip.id));
     }
     Parsed::Flow(flow)
@@ -278,6 +279,7 @@ fn new_flow(ip: &Ipv4Hdr, daddr: u32, l4_off: usize, len: u32) -> Flow {
         seq: 0,
         ack: 0,
         len,
+        fragmented: false,
     }
 }
 

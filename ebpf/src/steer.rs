@@ -76,12 +76,13 @@ use geosteer_common::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
     DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason, EVENT_CONNECT_TIMEOUT,
     EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS,
-    FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue, HTTP_AWAITING, HTTP_FRAMED,
-    HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP,
-    PROTO_UDP, ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk,
-    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST, FLOW_FLAG_REQUESTS_FOLLOWED,
+    FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey,
+    FragmentValue, HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE,
+    ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState,
+    ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters,
+    XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         HEAD_MAX, HeadScan, METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_connect_request, is_final,
         is_gateway_error, is_head_request, is_request_start, parse_status,
@@ -146,13 +147,13 @@ pub(crate) static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TAR
 #[map(name = "GS_AFFINITY")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
-/// Per-CPU room for a response head and its scan (the stack has 512 bytes in all). Only the TC
-/// egress program uses it, and nothing preempts that on its CPU (it runs with bottom halves
-/// off), so one slot per CPU is enough.
+/// Per-CPU room for a message head and its scan (the stack has 512 bytes in all). Every program
+/// that uses it (TC egress for responses, TC ingress and XDP for requests) runs with bottom
+/// halves off, so none interrupts another on its CPU: one slot per CPU is enough.
 #[map(name = "GS_HEAD_SCRATCH")]
 static HEAD_SCRATCH: PerCpuArray<HeadScratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// A response head being read. The scan lives in the map rather than on the stack: the
+/// A message head being read. The scan lives in the map rather than on the stack: the
 /// verifier knows nothing of a map value's contents, so the `bpf_loop` callback's state is the
 /// same on every call and is verified once; scan state on the stack would be tracked value by
 /// value, call after call, past the verifier's limit.
@@ -171,6 +172,7 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+const TCP_URG: u8 = 0x20;
 
 /// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
 /// host order.
@@ -189,6 +191,8 @@ pub(crate) struct Flow {
     pub seq: u32,
     pub ack: u32,
     pub len: u32,
+    /// The first fragment of a fragmented segment: its payload goes on in other packets.
+    pub fragmented: bool,
 }
 
 /// Reads bytes of the packet at an offset (TC: bpf_skb_load_bytes; XDP: bpf_xdp_load_bytes),
@@ -387,8 +391,14 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
         nat_addr: backend.addr,
         nat_port: backend.port,
         tcp_state,
-        // Whether it replaces an entry on the tuple (the first lookup's answer).
-        flags: if tracked { FLOW_FLAG_REUSED_TUPLE } else { 0 },
+        // Whether it replaces an entry on the tuple (the first lookup's answer), and whether
+        // the client's requests can be followed from here (a plain SYN, no data on it).
+        flags: if tracked { FLOW_FLAG_REUSED_TUPLE } else { 0 }
+            | if is_pure_syn(flow.tcp_flags) && flow.payload_len == 0 && !flow.fragmented {
+                FLOW_FLAG_REQUESTS_FOLLOWED
+            } else {
+                0
+            },
         created_ns: now,
         last_seen_ns: now,
         app_protocol,
@@ -397,7 +407,7 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
         req_seq: flow.seq,
         seq_nxt: segment_end(flow),
         seq_nxt_known: (flow.proto == PROTO_TCP) as u8,
-        // Original entry: where the client's next request may start (its first byte).
+        // Original entry: where the client's first request starts (after a plain SYN).
         resp_seq: segment_end(flow),
         ..FlowValue::default()
     };
@@ -813,9 +823,10 @@ fn track_request(
     // sent before (a retransmission — or a second version of them, which the backend may have
     // taken instead of the first if that one was dropped on the way: a bad checksum).
     let new_data = entry.seq_nxt_known != 0 && flow.seq == entry.seq_nxt;
-    if flags & TCP_SYN == 0 {
-        // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
-        advance_seq_nxt(segment_end(flow), entry, RST_WINDOW);
+    // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
+    if flags & TCP_SYN == 0 && !advance_seq_nxt(segment_end(flow), entry, RST_WINDOW) {
+        // Bytes too far ahead to track, which the backend may still queue.
+        unfollow(entry);
     }
     if flags & TCP_FIN != 0 {
         entry.fin_seen = 1;
@@ -831,7 +842,13 @@ fn track_request(
         && (entry.tcp_state == TCP_ESTABLISHED || entry.tcp_state == TCP_MIDSTREAM)
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
-        return request_payload(flow, entry, reply, bytes, new_data);
+        return request_payload(
+            flow,
+            entry,
+            reply.unwrap_or(core::ptr::null_mut()),
+            bytes,
+            new_data,
+        );
     }
     false
 }
@@ -849,17 +866,20 @@ fn segment_end(flow: &Flow) -> u32 {
 /// first segment seen sets it: a flow first seen mid-stream). A segment ending more than
 /// `limit` ahead moves nothing: a spoofer must not drag it out of reach (the client's is
 /// [`RST_WINDOW`], the backend's the looser [`REPLY_JUMP_LIMIT`]).
+/// False for a segment ending more than `limit` ahead (ignored).
 #[inline(always)]
-fn advance_seq_nxt(end: u32, entry: &mut FlowValue, limit: u32) {
+fn advance_seq_nxt(end: u32, entry: &mut FlowValue, limit: u32) -> bool {
     if entry.seq_nxt_known == 0 {
         entry.seq_nxt = end;
         entry.seq_nxt_known = 1;
-        return;
+        return true;
     }
     let ahead = end.wrapping_sub(entry.seq_nxt);
     if ahead != 0 && ahead <= limit {
         entry.seq_nxt = end;
     }
+    // (A segment ending behind is a retransmission: `ahead` wraps past half the space.)
+    ahead <= limit || (ahead as i32) < 0
 }
 
 /// How far from the client's next sequence number its RST may be and still end the flow. The
@@ -977,21 +997,29 @@ pub(crate) fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
 }
 
 /// Client payload on an established HTTP/1.x (or not yet detected) flow. Returns whether the
-/// flow drains here (see [`track_request`]).
+/// flow drains here (see [`track_request`]). `reply` is the reply entry, or null. Not inlined:
+/// its locals and the head scan's stay off the main frame (the stack is 512 bytes in all,
+/// callees included; five arguments at most, hence the raw pointer).
+#[inline(never)]
 fn request_payload(
     flow: &Flow,
     entry: &mut FlowValue,
-    reply: Option<*mut FlowValue>,
+    reply: *mut FlowValue,
     bytes: &impl PacketBytes,
     new_data: bool,
 ) -> bool {
-    if !new_data && entry.app_protocol == APP_PROTOCOL_HTTP1 {
-        // A copy neither arms nor drains anything; it may make the armed request unknown.
-        // SAFETY: LRU map value valid for this run; plain data.
-        if let Some(reply) = reply.map(|reply| unsafe { &mut *reply })
-            && reply_half_of(reply, flow)
-        {
-            check_request_copy(flow, entry, reply, bytes);
+    if !new_data || flow.tcp_flags & (TCP_SYN | TCP_URG) != 0 || flow.fragmented {
+        // Bytes the backend may see otherwise than the agent: a copy (the backend keeps one
+        // version of each byte, not necessarily the one seen here first), a gap, data on a SYN
+        // (dropped on an open connection), urgent data (taken out of the stream), a payload
+        // that goes on in other fragments. None arms or drains anything; only an exact copy of
+        // the armed request leaves its framing known.
+        let exact_copy = !new_data
+            && flow.tcp_flags & (TCP_SYN | TCP_URG) == 0
+            && !flow.fragmented
+            && is_copy_of_armed_request(flow, entry, reply, bytes);
+        if !exact_copy {
+            unfollow(entry);
         }
         return false;
     }
@@ -1008,8 +1036,8 @@ fn request_payload(
         return false; // a request body, or a request line's continuation
     }
     // Only this flow's own reply half (a live flow of another VIP may hold the key).
-    // SAFETY: LRU map value valid for this run; plain data.
-    let Some(reply) = reply.map(|reply| unsafe { &mut *reply }) else {
+    // SAFETY: null or an LRU map value valid for this run; plain data.
+    let Some(reply) = (unsafe { reply.as_mut() }) else {
         return false;
     };
     if !reply_half_of(reply, flow) {
@@ -1060,10 +1088,6 @@ fn request_payload(
 /// arriving, one whose end is unknown) the boundary is unknown: skipped and counted, never
 /// guessed. The request's own length is read too (the original entry keeps where it ends): the
 /// response's end is trusted only if the client sent nothing past it before the response came.
-///
-/// Not inlined (nor is [`check_request_copy`]): their locals and the head scan's stay off the
-/// main frame (the stack is 512 bytes in all, callees included).
-#[inline(never)]
 fn arm_response(
     flow: &Flow,
     entry: &mut FlowValue,
@@ -1071,9 +1095,9 @@ fn arm_response(
     bytes: &impl PacketBytes,
     request: &[u8; METHOD_PREFIX_LEN],
 ) {
-    // (Armed or not, a retransmission of this request must not drain the flow.)
     reply.req_seq = flow.seq;
-    if reply.http_state != HTTP_FRAMED
+    if entry.flags & FLOW_FLAG_REQUESTS_FOLLOWED == 0
+        || reply.http_state != HTTP_FRAMED
         || reply.seq_nxt_known == 0
         || reply.resp_seq != flow.ack
         || reply.seq_nxt != flow.ack
@@ -1082,14 +1106,19 @@ fn arm_response(
         // Pipelined (a response is awaited), or a client that pauses a response mid-body with
         // its receive window or sends a "request" in the middle of a body (it acknowledges
         // some other byte), or bytes between the last request and this one: a body byte it
-        // chose is never read as a status line.
+        // chose is never read as a status line, and the requests are no longer followed.
+        unfollow(entry);
         count_http_skipped(reply.backend_id);
         return;
     }
     let length = read_head(bytes, flow.payload_off, flow.payload_len)
         .map_or(0, |scratch| scratch.scan.request_length());
-    // Unknown (a chunked body, a head not whole in this segment): an end that no client's next
-    // byte can match.
+    if length == 0 {
+        // A chunked body, or a head not whole in this segment: its response start is known,
+        // what follows it is not.
+        unfollow(entry);
+    }
+    entry.req_seq = flow.seq;
     entry.resp_seq = flow.seq.wrapping_add(length);
     reply.http_state = HTTP_AWAITING;
     reply.flags &= !(FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
@@ -1108,42 +1137,46 @@ fn request_kind(request: &[u8; METHOD_PREFIX_LEN]) -> u8 {
     }
 }
 
-/// A client segment that repeats bytes it sent before, over the last armed request
-/// (`reply.req_seq` up to the original entry's `resp_seq`). The backend kept one version of
-/// those bytes — the first unless that one was dropped on the way (a bad checksum) — so the
-/// request's framing stays known only if this copy frames the same: starting where it did,
-/// the same kind (HEAD, CONNECT, other) and the same length. Otherwise the request's end
-/// becomes unknown, and nothing after its response is read on this connection.
-#[inline(never)]
-fn check_request_copy(
+/// Whether a client segment that repeats bytes it sent before is the armed request again,
+/// framing the same: starting where it did (`req_seq` of the original entry), the same kind
+/// (HEAD, CONNECT, other) and the same length (to its `resp_seq`). The backend kept one version
+/// of those bytes — the first, unless that one was dropped on the way (a bad checksum) — so
+/// only then does the agent still know what it answers.
+fn is_copy_of_armed_request(
     flow: &Flow,
-    entry: &mut FlowValue,
-    reply: &FlowValue,
+    entry: &FlowValue,
+    reply: *mut FlowValue,
     bytes: &impl PacketBytes,
-) {
-    let (start, end) = (reply.req_seq, entry.resp_seq);
-    let segment_end = flow.seq.wrapping_add(flow.payload_len);
-    let overlaps =
-        (segment_end.wrapping_sub(start) as i32) > 0 && (end.wrapping_sub(flow.seq) as i32) > 0;
-    if reply.http_state == HTTP_UNFRAMED || !overlaps {
-        return;
-    }
-    if flow.seq == start
-        && let Some(scratch) = read_head(bytes, flow.payload_off, flow.payload_len)
-        && let Some(prefix) = scratch.head.first_chunk::<METHOD_PREFIX_LEN>()
+) -> bool {
+    // SAFETY: null or an LRU map value valid for this run; plain data.
+    let Some(reply) = (unsafe { reply.as_ref() }) else {
+        return false;
+    };
+    if flow.seq != entry.req_seq
+        || flow.payload_len < METHOD_PREFIX_LEN as u32
+        || !reply_half_of(reply, flow)
     {
-        let kind = reply.flags & (FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
-        let length = scratch.scan.request_length();
-        if is_request_start(prefix)
-            && request_kind(prefix) == kind
-            && length != 0
-            && start.wrapping_add(length) == end
-        {
-            return;
-        }
+        return false;
     }
-    entry.resp_seq = start;
-    count_http_skipped(reply.backend_id);
+    let Some(scratch) = read_head(bytes, flow.payload_off, flow.payload_len) else {
+        return false;
+    };
+    let Some(prefix) = scratch.head.first_chunk::<METHOD_PREFIX_LEN>() else {
+        return false;
+    };
+    let kind = reply.flags & (FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
+    let length = scratch.scan.request_length();
+    is_request_start(prefix)
+        && request_kind(prefix) == kind
+        && length != 0
+        && entry.req_seq.wrapping_add(length) == entry.resp_seq
+}
+
+/// The client's requests are no longer followed (see [`FLOW_FLAG_REQUESTS_FOLLOWED`]): no
+/// response start is armed on this connection again.
+#[inline(always)]
+fn unfollow(entry: &mut FlowValue) {
+    entry.flags &= !FLOW_FLAG_REQUESTS_FOLLOWED;
 }
 
 /// The backend of a new flow: the client's affine one (session affinity on when
@@ -1401,6 +1434,11 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
             return; // a retransmitted SYN-ACK, or one for a tuple we did not see open
         }
         original.tcp_state = TCP_ESTABLISHED;
+        if flow.ack != original.req_seq.wrapping_add(1) {
+            // It answers a SYN with another ISN than the one recorded (the recorded one may
+            // never have reached the backend): where the client's bytes start is unknown.
+            unfollow(original);
+        }
         if let Some(state) = BACKEND_STATE.get_ptr_mut(reply.backend_id) {
             // SAFETY: an aligned 8-byte field of a live map value: a single store.
             unsafe { core::ptr::write_volatile(&raw mut (*state).last_accept_ns, now_ns()) };
@@ -1426,7 +1464,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 /// segment holds the awaited response start.
 fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
-    advance_seq_nxt(end, reply, REPLY_JUMP_LIMIT);
+    let _ = advance_seq_nxt(end, reply, REPLY_JUMP_LIMIT);
     if reply.app_protocol == APP_PROTOCOL_DETECT {
         // The backend spoke first: a server-first protocol (MySQL, SMTP, SSH), not HTTP.
         set_opaque(flow, reply);
@@ -1442,7 +1480,7 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     if reply.http_state == HTTP_FRAMED && (reply.seq_nxt.wrapping_sub(reply.resp_seq) as i32) > 0 {
         // Bytes past the last response's end that no armed request asked for (a pipelined
         // request's response, or a backend that sent more than its head said): where they
-        // end is unknown. (Not counted again: the request they answer was counted as skipped.)
+        // end is unknown. (Not counted: the request they answer, if any, was.)
         reply.http_state = HTTP_UNFRAMED;
         return;
     }
@@ -1510,8 +1548,8 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
     bump_consecutive(reply.backend_id, class_5xx, is_gateway_error(status));
 }
 
-/// Whether the client has sent exactly the armed request: its next byte is where the original
-/// entry says that request ends (an unknown end never matches).
+/// Whether the client has sent exactly the armed request: its requests are still followed and
+/// its next byte is where the original entry says that request ends.
 fn client_sent_only_the_request(flow: &Flow, reply: &FlowValue) -> bool {
     let key = FlowKey::new(
         flow.daddr,
@@ -1523,7 +1561,9 @@ fn client_sent_only_the_request(flow: &Flow, reply: &FlowValue) -> bool {
     );
     // SAFETY: read-only lookup.
     unsafe { CONNTRACK.get(&key) }.is_some_and(|original| {
-        original.seq_nxt_known != 0 && original.seq_nxt == original.resp_seq
+        original.flags & FLOW_FLAG_REQUESTS_FOLLOWED != 0
+            && original.seq_nxt_known != 0
+            && original.seq_nxt == original.resp_seq
     })
 }
 

@@ -1023,3 +1023,113 @@ fn bytes_past_a_responses_end_leave_the_next_start_unknown() {
     conn.exchange(&mut rig, UNAVAILABLE_503);
     assert_eq!(runs(&rig, conn.backend), (0, 0));
 }
+
+/// Client bytes the backend may take otherwise than the agent saw them: data on a SYN (a
+/// backend drops it on an open connection; without Fast Open it drops it on the opening SYN
+/// too), urgent data (taken out of the stream), a segment out of reach or ahead of a gap, and a
+/// copy that is not the armed request again (here, before any request: the protocol is still
+/// being detected). After any of them no response is read on the connection — a HEAD seen by
+/// the agent where the backend answered a GET would frame its body as the next response.
+#[test]
+fn client_bytes_the_backend_may_see_otherwise_stop_reading_the_connection() {
+    const URG: u8 = 0x20;
+    let cases: [(&str, u16, fn(&mut Rig, &mut Conn)); 5] = [
+        ("data on a SYN", 56800, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, SYN | ACK)
+                    .with_payload(b"HEAD /f HTTP/1.1\r\n\r\n")
+                    .with_seq(conn.client_seq, conn.backend_seq),
+            );
+        }),
+        ("urgent data", 56801, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK | URG)
+                    .with_payload(b"HEAD /f HTTP/1.1\r\n\r\n")
+                    .with_seq(conn.client_seq, conn.backend_seq),
+            );
+            conn.client_seq += 20;
+        }),
+        ("out of reach", 56802, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+                    .with_payload(b"HEAD /f HTTP/1.1\r\n\r\n")
+                    .with_seq(conn.client_seq + (2 << 20), conn.backend_seq),
+            );
+        }),
+        ("ahead of a gap", 56803, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+                    .with_payload(b"HEAD /f HTTP/1.1\r\n\r\n")
+                    .with_seq(conn.client_seq + 100, conn.backend_seq),
+            );
+            conn.client_seq += 120;
+        }),
+        ("a copy while detecting", 56804, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+                    .with_payload(b"GET")
+                    .with_seq(conn.client_seq, conn.backend_seq),
+            );
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, PSH_ACK)
+                    .with_payload(b"HEAD /f HTTP/1.1\r\n\r\n")
+                    .with_seq(conn.client_seq, conn.backend_seq),
+            );
+            conn.client_seq += 3;
+        }),
+    ];
+    for (why, port, odd) in cases {
+        let settings = if why == "a copy while detecting" {
+            ServiceSettings {
+                app_protocol: APP_PROTOCOL_DETECT,
+                ..http()
+            }
+        } else {
+            http()
+        };
+        let mut rig = Rig::with_settings(settings);
+        let mut conn = Conn::open(&mut rig, port);
+        odd(&mut rig, &mut conn);
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        assert_eq!(runs(&rig, conn.backend), (0, 0), "{why}: a status was read");
+    }
+}
+
+/// A SYN-ACK that answers another ISN than the one recorded (the recorded SYN may never have
+/// reached the backend) leaves the client's byte positions unknown: nothing is read.
+#[test]
+fn a_syn_ack_for_another_isn_stops_reading_the_connection() {
+    let mut rig = Rig::with_settings(http());
+    let (_, out) = rig.ingress(&syn(56900).with_seq(7_000, 0));
+    let backend = verify(&out).dst;
+    rig.egress(
+        &Pkt::tcp(backend, TPORT, CLIENT, 56900, SYN | ACK).with_seq(0x1000, 7_000 + (2 << 20) + 1),
+    );
+    let mut conn = Conn {
+        port: 56900,
+        backend,
+        client_seq: 7_001,
+        backend_seq: 0x1001,
+    };
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (0, 0));
+}
+
+/// A body segment that begins like a request while a response is awaited is a request start
+/// the agent cannot place (pipelined, or a body): nothing after the awaited response is read.
+#[test]
+fn a_request_start_while_a_response_is_awaited_stops_reading_after_it() {
+    let mut rig = Rig::with_settings(http());
+    let mut conn = Conn::open(&mut rig, 57000);
+    conn.send(&mut rig, b"HEAD /f HTTP/1.1\r\nContent-Length: 8\r\n\r\n");
+    conn.send(&mut rig, b"GET / HT");
+    conn.reply(&mut rig, UNAVAILABLE_503);
+    assert_eq!(
+        runs(&rig, conn.backend),
+        (1, 1),
+        "the awaited response is read"
+    );
+    conn.exchange(&mut rig, UNAVAILABLE_503);
+    assert_eq!(runs(&rig, conn.backend), (1, 1), "nothing after it");
+}
