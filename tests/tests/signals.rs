@@ -1033,7 +1033,8 @@ fn bytes_past_a_responses_end_leave_the_next_start_unknown() {
 #[test]
 fn client_bytes_the_backend_may_see_otherwise_stop_reading_the_connection() {
     const URG: u8 = 0x20;
-    let cases: [(&str, u16, fn(&mut Rig, &mut Conn)); 5] = [
+    type Sends = fn(&mut Rig, &mut Conn);
+    let cases: [(&str, u16, Sends); 5] = [
         ("data on a SYN", 56800, |rig, conn| {
             rig.ingress(
                 &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, SYN | ACK)
