@@ -61,6 +61,8 @@ enum Digits {
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct HeadScan {
+    /// The first line's last eight bytes (little-endian: the last byte highest), once it ended.
+    first_line_tail: u64,
     /// The next byte to read.
     pos: u32,
     /// Bytes of the head once its blank line was read (0: not yet).
@@ -80,7 +82,7 @@ pub struct HeadScan {
     transfer_encoding: bool,
     _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<HeadScan>() == 32);
+const _: () = assert!(core::mem::size_of::<HeadScan>() == 40);
 
 impl Default for HeadScan {
     fn default() -> Self {
@@ -91,6 +93,7 @@ impl Default for HeadScan {
 impl HeadScan {
     pub const fn new() -> Self {
         Self {
+            first_line_tail: 0,
             pos: 0,
             head_len: 0,
             column: 0,
@@ -141,7 +144,9 @@ impl HeadScan {
             };
             if skippable {
                 self.pos += 8;
-                if !self.in_status_line {
+                if self.in_status_line {
+                    self.first_line_tail = word;
+                } else {
                     self.column += 8;
                 }
                 return true;
@@ -215,6 +220,7 @@ impl HeadScan {
             return false; // a bare LF
         }
         if self.in_status_line {
+            self.first_line_tail = (self.first_line_tail >> 8) | (b as u64) << 56;
             return true;
         }
         let column = self.column as usize;
@@ -265,6 +271,15 @@ impl HeadScan {
         }
         self.column = self.column.saturating_add(1);
         true
+    }
+
+    /// Whether the first line, once read, ends like an HTTP/1.x request line (`HTTP/1.0` or
+    /// `HTTP/1.1`). An HTTP/0.9 request (`GET /f`) is answered with the bare body: no status.
+    #[inline(always)]
+    pub fn is_http1_request_line(&self) -> bool {
+        !self.in_status_line
+            && (self.first_line_tail == u64::from_le_bytes(*b"HTTP/1.1")
+                || self.first_line_tail == u64::from_le_bytes(*b"HTTP/1.0"))
     }
 
     /// How long the request is, head included: its Content-Length, no body without one (RFC
@@ -684,6 +699,24 @@ mod tests {
                 core::str::from_utf8(unknown)
             );
         }
+    }
+
+    #[test]
+    fn only_http1_request_lines_are_requests() {
+        let scan = |wire: &[u8]| {
+            let mut copy = [0u8; HEAD_MAX];
+            copy[..wire.len()].copy_from_slice(wire);
+            let mut scan = HeadScan::new();
+            while scan.advance(&copy, wire.len() as u32) {}
+            scan.is_http1_request_line()
+        };
+        assert!(scan(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(scan(
+            b"GET /a-long-path-skipped-eight-at-a-time HTTP/1.0\r\nHost: x\r\n\r\n"
+        ));
+        assert!(!scan(b"GET /f\r\n\r\n"), "HTTP/0.9");
+        assert!(!scan(b"GET / HTTP/2.0\r\n\r\n"));
+        assert!(!scan(b"GET / HTTP/1.1"), "line not ended");
     }
 
     #[test]

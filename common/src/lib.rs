@@ -491,9 +491,10 @@ pub const FLOW_FLAG_CONNECT_OK_PENDING: u8 = 8;
 /// each framed by its head, and no second versions of bytes the backend may have taken instead.
 /// Set only on a connection opened here by a plain SYN (no data in it); cleared for good by
 /// anything the agent cannot follow exactly (a request sent early or pipelined, one of unknown
-/// length, a copy of request bytes that frames differently, data on a SYN, urgent data, an IP
-/// fragment, a segment out of reach or out of order). While it is clear, no response start is
-/// armed: a missed signal, never a misread one.
+/// length or an HTTP/0.9 line, a copy of request bytes that frames differently, bytes past the
+/// armed request that arm nothing, data on a SYN, an urgent pointer, an IP fragment, a segment
+/// ahead of a gap or out of reach, a SYN-ACK for another ISN). While it is clear, no response
+/// start is armed.
 pub const FLOW_FLAG_REQUESTS_FOLLOWED: u8 = 64;
 /// Reply entry: the awaited response answers a HEAD request (no body, whatever its fields say).
 pub const FLOW_FLAG_HEAD_REQUEST: u8 = 16;
@@ -555,9 +556,9 @@ pub struct FlowValue {
     /// entry's byte: the two FINs of a close often cross on two CPUs, and a shared flags byte
     /// would lose one of them to the other's read-modify-write.
     pub fin_seen: u8,
-    /// Original entry: the client's ISN while the SYN is unanswered (a retransmission repeats
-    /// it, a refusal acknowledges it), then where the last armed request starts. Reply entry:
-    /// client sequence number of the last request start seen.
+    /// Original entry: the client's ISN (a retransmission repeats it, a refusal acknowledges
+    /// it, a late SYN already translated by XDP carries it). Reply entry: client sequence number
+    /// of the last request start seen — the armed request's while its requests are followed.
     pub req_seq: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);

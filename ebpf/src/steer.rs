@@ -823,6 +823,15 @@ fn track_request(
     // sent before (a retransmission — or a second version of them, which the backend may have
     // taken instead of the first if that one was dropped on the way: a bad checksum).
     let new_data = entry.seq_nxt_known != 0 && flow.seq == entry.seq_nxt;
+    // Payload or not: a segment ahead of a gap (an empty one moves `seq_nxt` past bytes the
+    // backend may get otherwise), an urgent pointer (the byte it points at leaves the stream the
+    // backend reads, in this segment or a later one), a fragment (its bytes go on elsewhere).
+    if entry.seq_nxt_known != 0 && (flow.seq.wrapping_sub(entry.seq_nxt) as i32) > 0
+        || flags & TCP_URG != 0
+        || flow.fragmented
+    {
+        unfollow(entry);
+    }
     // (A SYN's sequence is the ISN the entry already holds, or a stray one.)
     if flags & TCP_SYN == 0 && !advance_seq_nxt(segment_end(flow), entry, RST_WINDOW) {
         // Bytes too far ahead to track, which the backend may still queue.
@@ -842,13 +851,20 @@ fn track_request(
         && (entry.tcp_state == TCP_ESTABLISHED || entry.tcp_state == TCP_MIDSTREAM)
         && entry.app_protocol != APP_PROTOCOL_OPAQUE
     {
-        return request_payload(
+        let drained = request_payload(
             flow,
             entry,
             reply.unwrap_or(core::ptr::null_mut()),
             bytes,
             new_data,
         );
+        if (segment_end(flow).wrapping_sub(entry.resp_seq) as i32) > 0 {
+            // Bytes past the armed request (or past the one armed here): a request the agent
+            // does not follow — too short to tell, not starting with a method it knows, or
+            // hidden behind the armed one.
+            unfollow(entry);
+        }
+        return drained;
     }
     false
 }
@@ -1011,12 +1027,13 @@ fn request_payload(
     if !new_data || flow.tcp_flags & (TCP_SYN | TCP_URG) != 0 || flow.fragmented {
         // Bytes the backend may see otherwise than the agent: a copy (the backend keeps one
         // version of each byte, not necessarily the one seen here first), a gap, data on a SYN
-        // (dropped on an open connection), urgent data (taken out of the stream), a payload
-        // that goes on in other fragments. None arms or drains anything; only an exact copy of
-        // the armed request leaves its framing known.
+        // (dropped on an open connection), urgent data, a payload that goes on in other
+        // fragments. None arms or drains anything; only an exact copy of the armed request
+        // leaves its framing known (checked only while it is known: a head scan per copy).
         let exact_copy = !new_data
             && flow.tcp_flags & (TCP_SYN | TCP_URG) == 0
             && !flow.fragmented
+            && entry.flags & FLOW_FLAG_REQUESTS_FOLLOWED != 0
             && is_copy_of_armed_request(flow, entry, reply, bytes);
         if !exact_copy {
             unfollow(entry);
@@ -1111,14 +1128,24 @@ fn arm_response(
         count_http_skipped(reply.backend_id);
         return;
     }
-    let length = read_head(bytes, flow.payload_off, flow.payload_len)
-        .map_or(0, |scratch| scratch.scan.request_length());
+    let Some(scratch) = read_head(bytes, flow.payload_off, flow.payload_len) else {
+        unfollow(entry);
+        count_http_skipped(reply.backend_id);
+        return;
+    };
+    if !scratch.scan.is_http1_request_line() {
+        // HTTP/0.9 (`GET /f` and no version: answered with the bare body, no status line), or
+        // a request line not whole in this segment: its response may not start with a status.
+        unfollow(entry);
+        count_http_skipped(reply.backend_id);
+        return;
+    }
+    let length = scratch.scan.request_length();
     if length == 0 {
         // A chunked body, or a head not whole in this segment: its response start is known,
         // what follows it is not.
         unfollow(entry);
     }
-    entry.req_seq = flow.seq;
     entry.resp_seq = flow.seq.wrapping_add(length);
     reply.http_state = HTTP_AWAITING;
     reply.flags &= !(FLOW_FLAG_HEAD_REQUEST | FLOW_FLAG_CONNECT_REQUEST);
@@ -1138,7 +1165,8 @@ fn request_kind(request: &[u8; METHOD_PREFIX_LEN]) -> u8 {
 }
 
 /// Whether a client segment that repeats bytes it sent before is the armed request again,
-/// framing the same: starting where it did (`req_seq` of the original entry), the same kind
+/// framing the same: starting where it did (`req_seq` of the reply entry: while the requests
+/// are followed, every request start seen was armed), the same kind
 /// (HEAD, CONNECT, other) and the same length (to its `resp_seq`). The backend kept one version
 /// of those bytes — the first, unless that one was dropped on the way (a bad checksum) — so
 /// only then does the agent still know what it answers.
@@ -1152,7 +1180,7 @@ fn is_copy_of_armed_request(
     let Some(reply) = (unsafe { reply.as_ref() }) else {
         return false;
     };
-    if flow.seq != entry.req_seq
+    if flow.seq != reply.req_seq
         || flow.payload_len < METHOD_PREFIX_LEN as u32
         || !reply_half_of(reply, flow)
     {
@@ -1169,7 +1197,7 @@ fn is_copy_of_armed_request(
     is_request_start(prefix)
         && request_kind(prefix) == kind
         && length != 0
-        && entry.req_seq.wrapping_add(length) == entry.resp_seq
+        && reply.req_seq.wrapping_add(length) == entry.resp_seq
 }
 
 /// The client's requests are no longer followed (see [`FLOW_FLAG_REQUESTS_FOLLOWED`]): no
@@ -1447,7 +1475,12 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
         reply.seq_nxt_known = 1;
         // Nothing sent yet: the first response starts at the first byte.
         reply.resp_seq = reply.seq_nxt;
-        reply.http_state = HTTP_FRAMED;
+        // (Not for another ISN: the reply entry, which only this direction writes, keeps the
+        // connection unread even if a racing write to the original's flags brought the
+        // followed bit back.)
+        if flow.ack == original.req_seq.wrapping_add(1) {
+            reply.http_state = HTTP_FRAMED;
+        }
         match reply.app_protocol {
             // tcp_proxy: a completed connect is a success and resets the consecutive counters.
             APP_PROTOCOL_OPAQUE => connect_success(reply.backend_id),

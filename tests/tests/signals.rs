@@ -1134,3 +1134,51 @@ fn a_request_start_while_a_response_is_awaited_stops_reading_after_it() {
     conn.exchange(&mut rig, UNAVAILABLE_503);
     assert_eq!(runs(&rig, conn.backend), (1, 1), "nothing after it");
 }
+
+/// Client segments with no payload that still change the bytes the backend reads: an urgent
+/// pointer (the byte it points at, here or in a later segment, leaves the stream), a first
+/// fragment whose data is all in later fragments, an empty segment ahead of a gap (moving the
+/// agent's view of the client's next byte past bytes the backend may get otherwise). And bytes
+/// past the armed request that arm nothing (too short to tell, or an HTTP/0.9 request line,
+/// answered without a status). After any of them nothing is read on the connection.
+#[test]
+fn empty_segments_and_unarmed_bytes_that_move_the_stream_stop_reading() {
+    const URG: u8 = 0x20;
+    type Sends = fn(&mut Rig, &mut Conn);
+    let cases: [(&str, u16, Sends); 5] = [
+        ("an urgent pointer on an empty ACK", 57100, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, ACK | URG)
+                    .with_seq(conn.client_seq, conn.backend_seq),
+            );
+        }),
+        ("a first fragment without payload", 57101, |rig, conn| {
+            let mut first = Pkt::tcp(CLIENT, conn.port, VIP, VPORT, ACK)
+                .with_seq(conn.client_seq, conn.backend_seq);
+            first.frag = 0x2000;
+            rig.ingress(&first);
+        }),
+        ("an empty segment ahead of a gap", 57102, |rig, conn| {
+            rig.ingress(
+                &Pkt::tcp(CLIENT, conn.port, VIP, VPORT, ACK)
+                    .with_seq(conn.client_seq + 7, conn.backend_seq),
+            );
+            conn.client_seq += 7;
+        }),
+        ("a few bytes, too short to tell", 57103, |rig, conn| {
+            conn.send(rig, b"\r\n");
+        }),
+        ("an HTTP/0.9 request", 57104, |rig, conn| {
+            conn.send(rig, b"GET /file-that-starts-with-a-status\r\n\r\n");
+            conn.reply(rig, UNAVAILABLE_503); // the file, answered without a status line
+        }),
+    ];
+    for (why, port, odd) in cases {
+        let mut rig = Rig::with_settings(http());
+        let mut conn = Conn::open(&mut rig, port);
+        odd(&mut rig, &mut conn);
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        conn.exchange(&mut rig, UNAVAILABLE_503);
+        assert_eq!(runs(&rig, conn.backend), (0, 0), "{why}: a status was read");
+    }
+}
