@@ -313,6 +313,14 @@ fn read_linear<T: Copy>(start: usize, end: usize, offset: usize) -> Option<T> {
     Some(unsafe { ((start + offset) as *const T).read_unaligned() })
 }
 
+/// The length of a [`PacketBytes::copy`] destination, checked to 1..=HEAD_MAX where the
+/// verifier sees it (LLVM may already know the range and drop a plain check).
+#[inline(always)]
+fn copy_len(dst: &[u8]) -> Option<u32> {
+    let len = steer::opaque(dst.len() as u64);
+    (len != 0 && len <= HEAD_MAX as u64).then_some(len as u32)
+}
+
 /// Packet bytes of an skb: in place from its linear part, else through bpf_skb_load_bytes
 /// (non-linear skbs: headers in paged fragments after GRO or from some drivers).
 struct TcBytes<'a>(&'a TcContext);
@@ -326,18 +334,16 @@ impl PacketBytes for TcBytes<'_> {
 
     #[inline(always)]
     fn copy(&self, offset: usize, dst: &mut [u8]) -> bool {
-        // The verifier needs the range checked here, where LLVM may already know it.
-        let len = steer::opaque(dst.len() as u64) as usize;
-        if len == 0 || len > HEAD_MAX {
+        let Some(len) = copy_len(dst) else {
             return false;
-        }
+        };
         // SAFETY: the helper writes at most `len` bytes into `dst`, which holds them.
         unsafe {
             bpf_skb_load_bytes(
                 self.0.skb.skb as *const _,
                 offset as u32,
                 dst.as_mut_ptr() as *mut _,
-                len as u32,
+                len,
             ) == 0
         }
     }
@@ -369,19 +375,12 @@ impl PacketBytes for XdpBytes<'_> {
 
     #[inline(always)]
     fn copy(&self, offset: usize, dst: &mut [u8]) -> bool {
-        // The verifier needs the range checked here, where LLVM may already know it.
-        let len = steer::opaque(dst.len() as u64) as usize;
-        if len == 0 || len > HEAD_MAX {
+        let Some(len) = copy_len(dst) else {
             return false;
-        }
+        };
         // SAFETY: the helper writes at most `len` bytes into `dst`, which holds them.
         unsafe {
-            bpf_xdp_load_bytes(
-                self.0.ctx,
-                offset as u32,
-                dst.as_mut_ptr() as *mut _,
-                len as u32,
-            ) == 0
+            bpf_xdp_load_bytes(self.0.ctx, offset as u32, dst.as_mut_ptr() as *mut _, len) == 0
         }
     }
 }

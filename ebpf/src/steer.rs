@@ -632,18 +632,25 @@ fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
     }
 }
 
-/// The reply half's counterpart of [`restore_reply_half`]: the original half is rebuilt in the
-/// mid-stream state (its TCP state went with it), pinned to the backend that answered.
+/// The original entry's key of a flow, from one of its reply packets and its reply entry (which
+/// holds the VIP:port the client addressed).
 #[inline(always)]
-fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
-    let key = FlowKey::new(
+fn original_key_of(flow: &Flow, reply: &FlowValue) -> FlowKey {
+    FlowKey::new(
         flow.daddr,
         reply.nat_addr,
         flow.dport,
         reply.nat_port,
         flow.proto,
         DIR_ORIGINAL,
-    );
+    )
+}
+
+/// The reply half's counterpart of [`restore_reply_half`]: the original half is rebuilt in the
+/// mid-stream state (its TCP state went with it), pinned to the backend that answered.
+#[inline(always)]
+fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
+    let key = original_key_of(flow, reply);
     // SAFETY: read-only lookup.
     if unsafe { CONNTRACK.get(&key) }.is_some() {
         return;
@@ -1423,14 +1430,7 @@ pub(crate) fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
 /// SYN-ACK and RST from the backend: the connection's state and its connect result. (A FIN
 /// only marks the reply entry, which the caller holds.)
 fn reply_control(flow: &Flow, reply: &mut FlowValue) {
-    let original_key = FlowKey::new(
-        flow.daddr,
-        reply.nat_addr,
-        flow.dport,
-        reply.nat_port,
-        flow.proto,
-        DIR_ORIGINAL,
-    );
+    let original_key = original_key_of(flow, reply);
     let Some(original) = CONNTRACK.get_ptr_mut(&original_key) else {
         return;
     };
@@ -1584,14 +1584,7 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
 /// Whether the client has sent exactly the armed request: its requests are still followed and
 /// its next byte is where the original entry says that request ends.
 fn client_sent_only_the_request(flow: &Flow, reply: &FlowValue) -> bool {
-    let key = FlowKey::new(
-        flow.daddr,
-        reply.nat_addr,
-        flow.dport,
-        reply.nat_port,
-        flow.proto,
-        DIR_ORIGINAL,
-    );
+    let key = original_key_of(flow, reply);
     // SAFETY: read-only lookup.
     unsafe { CONNTRACK.get(&key) }.is_some_and(|original| {
         original.flags & FLOW_FLAG_REQUESTS_FOLLOWED != 0
@@ -1659,14 +1652,7 @@ fn unframe(reply: &mut FlowValue) {
 /// request path stops looking for requests and the agent treats the flow as one.
 fn set_opaque(flow: &Flow, reply: &mut FlowValue) {
     reply.app_protocol = APP_PROTOCOL_OPAQUE;
-    let original_key = FlowKey::new(
-        flow.daddr,
-        reply.nat_addr,
-        flow.dport,
-        reply.nat_port,
-        flow.proto,
-        DIR_ORIGINAL,
-    );
+    let original_key = original_key_of(flow, reply);
     if let Some(original) = CONNTRACK.get_ptr_mut(&original_key) {
         // SAFETY: LRU value valid for this run; plain data.
         unsafe { (*original).app_protocol = APP_PROTOCOL_OPAQUE };
