@@ -451,12 +451,12 @@ fn outlier_settings(od: &config::OutlierDetection) -> outlier::Settings {
     }
 }
 
-fn to_policy_locality_lb(
-    s: &config::LocalityLbSetting,
-    from_traffic_distribution: bool,
-) -> policy::LocalityLb {
-    policy::LocalityLb {
-        without_outlier_detection: from_traffic_distribution,
+/// The policy core's view of the service's locality setting: the one conversion from the
+/// config types.
+pub fn policy_locality_lb(policy: &config::EffectivePolicy) -> Option<policy::LocalityLb> {
+    let s = policy.locality_lb.as_ref()?;
+    Some(policy::LocalityLb {
+        without_outlier_detection: policy.locality_from_traffic_distribution,
         enabled: s.enabled.unwrap_or(true),
         failover: s
             .failover
@@ -475,7 +475,7 @@ fn to_policy_locality_lb(
                 to: d.to.clone(),
             })
             .collect(),
-    }
+    })
 }
 
 /// Services a sweep reconciles at most (see [`Controller::sweep`]).
@@ -593,10 +593,7 @@ impl Controller {
                     .is_none_or(BackendHealth::routable),
             })
             .collect();
-        let locality_lb =
-            service.policy.locality_lb.as_ref().map(|lb| {
-                to_policy_locality_lb(lb, service.policy.locality_from_traffic_distribution)
-            });
+        let locality_lb = policy_locality_lb(&service.policy);
         let od = service.policy.outlier_detection.as_ref();
         policy::compute(&policy::PolicyInput {
             client: &self.client.locality,

@@ -94,7 +94,7 @@ enum Command {
     /// Live per-backend rates (new flows, packets, bytes, 5xx).
     Top {
         /// Time between refreshes.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "1s", value_parser = geosteer::config::parse_duration)]
         interval: Duration,
         /// Stop after this many refreshes (default: until interrupted).
         #[arg(long)]

@@ -519,9 +519,7 @@ fn service_status(
             clusters
         },
         cluster_local: service.cluster_local.clone(),
-        session_affinity: service
-            .affinity_timeout
-            .map(|t| humantime::format_duration(t).to_string()),
+        session_affinity: service.affinity_timeout.map(crate::config::format_duration),
         connect_timeout: if key.proto == geosteer_common::PROTO_UDP {
             String::new()
         } else if service.connect_timeout.is_zero() {

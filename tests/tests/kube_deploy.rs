@@ -436,31 +436,7 @@ fn shares(config: &Config, down: Option<&str>) -> BTreeMap<String, f64> {
             healthy: Some(e.locality.region.as_str()) != down,
         })
         .collect();
-    let locality_lb = model
-        .policy
-        .locality_lb
-        .as_ref()
-        .map(|s| policy::LocalityLb {
-            without_outlier_detection: model.policy.locality_from_traffic_distribution,
-            enabled: s.is_enabled(),
-            failover: s
-                .failover
-                .iter()
-                .map(|f| policy::Failover {
-                    from: f.from.clone(),
-                    to: f.to.clone(),
-                })
-                .collect(),
-            failover_priority: s.failover_priority.clone(),
-            distribute: s
-                .distribute
-                .iter()
-                .map(|d| policy::Distribute {
-                    from: d.from.clone(),
-                    to: d.to.clone(),
-                })
-                .collect(),
-        });
+    let locality_lb = controller::policy_locality_lb(&model.policy);
     let output = policy::compute(&policy::PolicyInput {
         client: &client,
         client_labels: &controller::locality_labels(&client),

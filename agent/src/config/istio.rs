@@ -6,16 +6,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use serde::{
-    Deserialize,
-    de::{IgnoredAny, MapAccess},
-};
+use serde::{Deserialize, Deserializer, de::IgnoredAny};
 
 use super::{
     Config, ConfigError, FieldError, Service, Subject,
     error::about,
     parse::parse_error_message,
-    policy::{Lenient, LenientFields, TrafficPolicy, validate_traffic_policy},
+    policy::{TrafficPolicy, field_path, no_duplicates, validate_traffic_policy},
     validate::dns_label_problem,
 };
 
@@ -103,7 +100,7 @@ struct TypeMeta {
 struct DestinationRuleInFile {
     #[serde(default)]
     metadata: Metadata,
-    spec: Option<Lenient<Spec>>,
+    spec: Option<Spec>,
 }
 
 #[derive(Default, Deserialize)]
@@ -113,10 +110,51 @@ struct Metadata {
     namespace: Option<String>,
 }
 
-#[derive(Default)]
+/// `remote = "Self"`: the derived code is wrapped below to record the keys nothing took.
+#[derive(Default, Deserialize)]
+#[serde(remote = "Self", default, rename_all = "camelCase")]
 struct Spec {
     host: String,
     traffic_policy: Option<TrafficPolicy>,
+    /// Subsets only matter to routes that name them; a subset's own policy is the one thing in
+    /// them that would change steering, so only that is reported (as ignored).
+    subsets: Option<Vec<Subset>>,
+    /// Visibility across namespaces; one config file is one mesh view.
+    #[allow(dead_code, reason = "read only to be accepted silently")]
+    export_to: Option<Vec<String>>,
+    /// Paths below `spec` of the fields geosteer does not act on.
+    #[serde(skip)]
+    ignored: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Spec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut ignored = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| {
+            let path = field_path(&path);
+            // The policy reports its own ignored keys (below `trafficPolicy`); of a subset
+            // only its policy is worth a warning.
+            let reported = match path.split_once('.') {
+                Some(("trafficPolicy", _)) => false,
+                Some((subset, field)) if subset.starts_with("subsets[") => field == "trafficPolicy",
+                _ => true,
+            };
+            if reported {
+                ignored.push(path);
+            }
+        };
+        let mut spec =
+            Spec::deserialize(serde_ignored::Deserializer::new(deserializer, &mut record))?;
+        spec.ignored = no_duplicates(ignored)?;
+        Ok(spec)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Subset {
+    #[allow(dead_code, reason = "read only to be reported as ignored")]
+    traffic_policy: Option<IgnoredAny>,
 }
 
 /// Why a DestinationRule `spec` field is accepted but not acted on.
@@ -127,44 +165,6 @@ const SPEC_NOT_ACTED_ON: &[(&str, &str)] = &[
     ),
     ("subsets", "geosteer has no subsets"),
 ];
-
-impl LenientFields for Spec {
-    const EXPECTING: &'static str = "a DestinationRule spec map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "host" => self.host = map.next_value()?,
-            "trafficPolicy" => self.traffic_policy = map.next_value()?,
-            // Subsets only matter to routes that name them; a subset's own policy is the one
-            // thing in them that would change steering, so only that is reported.
-            "subsets" => {
-                let subsets: Option<Vec<Subset>> = map.next_value()?;
-                for (i, subset) in subsets.unwrap_or_default().iter().enumerate() {
-                    if subset.traffic_policy.is_some() {
-                        ignored.push(format!("subsets[{i}].trafficPolicy"));
-                    }
-                }
-            }
-            // Visibility across namespaces; one config file is one mesh view.
-            "exportTo" => {
-                map.next_value::<IgnoredAny>()?;
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Subset {
-    traffic_policy: Option<IgnoredAny>,
-}
 
 /// The warning for a field listed in [`LoadedDestinationRule::ignored`].
 pub(super) fn ignored_spec_field_message(field: &str) -> String {
@@ -215,10 +215,7 @@ pub(super) fn parse_destination_rules(
         }
         let rule: DestinationRuleInFile = serde_path_to_error::deserialize(document)
             .map_err(|e| error(index + 1, parse_error_message(e)))?;
-        let (spec, ignored) = match rule.spec {
-            Some(spec) => (spec.value, spec.ignored),
-            None => (Spec::default(), Vec::new()),
-        };
+        let spec = rule.spec.unwrap_or_default();
         rules.push(LoadedDestinationRule {
             file: file.to_string(),
             document: index + 1,
@@ -229,7 +226,7 @@ pub(super) fn parse_destination_rules(
                 .unwrap_or_else(super::model::default_namespace),
             host: spec.host,
             traffic_policy: spec.traffic_policy,
-            ignored,
+            ignored: spec.ignored,
         });
     }
     Ok(rules)

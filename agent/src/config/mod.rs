@@ -9,6 +9,7 @@
 //! come from DestinationRule files (`istio.rs`) or mesh-wide defaults; `effective.rs` decides
 //! which one applies to a service.
 
+mod duration;
 mod effective;
 mod error;
 mod istio;
@@ -18,6 +19,9 @@ mod policy;
 mod protocol;
 mod validate;
 
+pub use duration::{
+    PATTERN as DURATION_PATTERN, format as format_duration, parse as parse_duration,
+};
 pub use effective::{EffectivePolicy, effective_traffic_policy, warnings};
 pub use istio::{DESTINATION_RULE_API_VERSIONS, LoadedDestinationRule, bound_destination_rule};
 pub use policy::{
@@ -25,8 +29,7 @@ pub use policy::{
     DEFAULT_MAX_EJECTION_PERCENT, DEFAULT_OUTLIER_INTERVAL, Defaults, DistributeRule, FailoverRule,
     HEALTH_CHECK_INTERVAL_RANGE, HEALTH_CHECK_THRESHOLD_RANGE, HealthCheck, HealthCheckKind,
     LoadBalancer, LocalityLbSetting, MAX_CLUSTER_WEIGHT, MAX_CONSECUTIVE_ERRORS,
-    OUTLIER_DURATION_RANGE, OutlierDetection, TcpSettings, TrafficPolicy, format_duration,
-    parse_duration,
+    OUTLIER_DURATION_RANGE, OutlierDetection, TcpSettings, TrafficPolicy,
 };
 pub use protocol::{AppProtocol, ProtocolChoice, app_protocol};
 

@@ -104,7 +104,7 @@ pub struct Dataplane {
     /// Node-wide default of Istio's `connectionPool.tcp.connectTimeout` (MeshConfig
     /// `connectTimeout`, 10 s): a SYN still unanswered this long after the first is a connect
     /// timeout. A service's own `connectionPool.tcp.connectTimeout` wins. Zero disables it.
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub connect_timeout: Duration,
     pub conntrack: ConntrackTimeouts,
     /// Kernel memory the maps may take (a Kubernetes quantity: `400Mi`), plus a reserve for the
@@ -150,20 +150,20 @@ pub const DEFAULT_CONNTRACK_GC_INTERVAL: Duration = Duration::from_secs(30);
 pub struct ConntrackTimeouts {
     /// A UDP flow idle this long is over: its next datagram is steered anew (and the GC removes
     /// it). Zero: never re-steered; the GC then uses `tcpEstablishedTimeout`.
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub udp_timeout: Duration,
     /// A connection attempt (SYN sent, no SYN-ACK), and a half of a flow whose other half is
     /// gone.
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub tcp_syn_timeout: Duration,
     /// An established connection (also half-closed, or picked up mid-stream).
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub tcp_established_timeout: Duration,
     /// A connection closed by a RST or by a FIN each way.
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub tcp_closing_timeout: Duration,
     /// How often a GC pass starts (each pass works in steps of a few milliseconds).
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub gc_interval: Duration,
 }
 
@@ -319,7 +319,7 @@ pub struct SessionAffinity {
     /// Since the client's last new connection (Kubernetes' default 3h, at most 24h). A backend
     /// that stops taking new flows (ejected, failing its checks, draining, given no share by
     /// the policy) ends the affinity at once: it never holds a client on a failing region.
-    #[serde(default = "default_affinity_timeout", with = "text_duration")]
+    #[serde(default = "default_affinity_timeout", with = "super::duration")]
     pub timeout: Duration,
 }
 
@@ -415,12 +415,12 @@ pub struct KubeSettings {
     pub clusters: Vec<RemoteCluster>,
     /// Drop a remote cluster's endpoints once its API server has not answered for this long.
     /// Zero (the default) keeps them until it answers again.
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub stale_ttl: Duration,
     /// Last-known-good desired state: written on every change, read at boot when no API server
     /// answers within `startupTimeout`.
     pub snapshot_path: PathBuf,
-    #[serde(with = "text_duration")]
+    #[serde(with = "super::duration")]
     pub startup_timeout: Duration,
     /// Which Services stay cluster-local (Istio MeshConfig `serviceSettings`): entries mark
     /// hosts (`*.ns.svc.cluster.local`, `name.ns.svc.cluster.local`, `*`) cluster-local or not;
@@ -632,20 +632,4 @@ where
 
 fn deserialize_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
     parse_text(deserializer, str::parse::<Ipv4Addr>)
-}
-
-/// `#[serde(with = "text_duration")]`: a duration as the config file writes it ("10s", "1m").
-mod text_duration {
-    pub(super) use super::{deserialize_duration as deserialize, serialize_duration as serialize};
-}
-
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    parse_text(deserializer, humantime::parse_duration)
-}
-
-fn serialize_duration<S: Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_duration(*duration))
 }

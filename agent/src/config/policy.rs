@@ -2,24 +2,29 @@
 //! health checks and ALB-style per-cluster weights. Data model, parsing and the checks that need
 //! only one policy; precedence between policies is in `effective.rs`.
 //!
+//! These types are the one model of the policy: the config file, DestinationRule files and
+//! objects, and the TrafficPolicy custom resource (whose schema is derived from them) all read
+//! through them.
+//!
 //! A `trafficPolicy` is read leniently: DestinationRules copied from a mesh carry fields that
 //! make no sense at L4 (connection pools, TLS, ...), and rejecting them would make users edit
-//! files they share with Istio. Unknown keys are kept by name in [`TrafficPolicy::ignored`] and
+//! files they share with Istio. Unknown keys are kept by path in [`TrafficPolicy::ignored`] and
 //! reported as warnings instead.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     fmt,
-    marker::PhantomData,
     time::Duration,
 };
 
-use serde::{
-    Deserialize, Deserializer, Serialize, Serializer,
-    de::{Error as _, IgnoredAny, MapAccess, Visitor},
-};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{FieldError, Service, model::parse_text};
+use super::{
+    FieldError, Service,
+    duration::{self, format as format_duration},
+    model::parse_text,
+};
 
 /// Istio's default `outlierDetection.consecutive5xxErrors`.
 pub const DEFAULT_CONSECUTIVE_5XX_ERRORS: u32 = 5;
@@ -58,8 +63,10 @@ impl Defaults {
 }
 
 /// Istio DestinationRule `spec.trafficPolicy`, reduced to what geosteer acts on.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+// `remote = "Self"` keeps the derived code as inherent functions, so that the trait impls
+// below can wrap it: reading records every key nothing below took, at any depth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(remote = "Self", default, rename_all = "camelCase")]
 pub struct TrafficPolicy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
@@ -69,10 +76,56 @@ pub struct TrafficPolicy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
     /// Fields present in the file that geosteer does not act on, as paths below
-    /// `trafficPolicy` (e.g. `connectionPool`, `loadBalancer.simple`). Not serialized: only
-    /// their names are kept, for the warnings.
+    /// `trafficPolicy` (e.g. `connectionPool.http`, `loadBalancer.simple`). Not serialized:
+    /// only their names are kept, for the warnings.
     #[serde(skip)]
     pub ignored: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TrafficPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut ignored = Vec::new();
+        let mut record = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
+        let mut policy = TrafficPolicy::deserialize(serde_ignored::Deserializer::new(
+            deserializer,
+            &mut record,
+        ))?;
+        policy.ignored = no_duplicates(ignored)?;
+        Ok(policy)
+    }
+}
+
+/// The derived code refuses a known key written twice; this refuses an ignored one (YAML
+/// allows it, and the second would silently win in another reader).
+pub(super) fn no_duplicates<E: serde::de::Error>(ignored: Vec<String>) -> Result<Vec<String>, E> {
+    let mut seen = BTreeSet::new();
+    match ignored.iter().find(|path| !seen.insert(path.as_str())) {
+        Some(path) => Err(E::custom(format!("duplicate field `{path}`"))),
+        None => Ok(ignored),
+    }
+}
+
+impl Serialize for TrafficPolicy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        TrafficPolicy::serialize(self, serializer)
+    }
+}
+
+/// A path `serde_ignored` reports, written as the config file's paths are:
+/// `loadBalancer.simple`, `subsets[1].trafficPolicy`.
+pub(super) fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 impl TrafficPolicy {
@@ -83,8 +136,8 @@ impl TrafficPolicy {
 }
 
 /// `trafficPolicy.connectionPool`, reduced to what an L4 data path can honour.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct ConnectionPool {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpSettings>,
@@ -98,15 +151,13 @@ impl ConnectionPool {
 }
 
 /// `connectionPool.tcp`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct TcpSettings {
     /// A connect that sees no SYN-ACK this long is a gateway error (Istio's default is the mesh
     /// `connectTimeout`, 10 s).
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "serialize_optional_duration"
-    )]
+    #[serde(skip_serializing_if = "Option::is_none", with = "duration::optional")]
+    #[schemars(with = "Option<String>", regex(pattern = duration::PATTERN))]
     pub connect_timeout: Option<Duration>,
 }
 
@@ -116,8 +167,8 @@ pub(super) const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
 
 /// `trafficPolicy.loadBalancer`. `simple` and `consistentHash` are accepted but not acted on:
 /// geosteer always picks endpoints by weighted consistent hashing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct LoadBalancer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
@@ -126,18 +177,29 @@ pub struct LoadBalancer {
 /// `loadBalancer.localityLbSetting`: how load spreads over localities.
 ///
 /// Like Istio, a setting replaces a less specific one in its entirety (no merging).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct LocalityLbSetting {
     /// Unset means enabled (Istio's `BoolValue` default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Clients in region `from` fail over to region `to` first.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub failover: Vec<FailoverRule>,
     /// Label keys (or `key=value`), most significant first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub failover_priority: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Clients in locality `from` send `to[locality]` percent of their load to each locality.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub distribute: Vec<DistributeRule>,
 }
 
@@ -147,8 +209,17 @@ impl LocalityLbSetting {
     }
 }
 
+/// A key written with no value (`failover:`) reads as null; take it as empty.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Clients in region `from` fail over to region `to` before any other region.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FailoverRule {
     pub from: String,
@@ -158,30 +229,37 @@ pub struct FailoverRule {
 /// Clients in locality `from` send `to[locality]` percent of their load to each listed locality;
 /// localities not listed get none. Patterns are `region[/zone[/subzone]]`, the last segment may
 /// be `*`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistributeRule {
+    /// `region[/zone[/subzone]]`; the last segment may be `*`.
     pub from: String,
+    /// Locality pattern → percent (1-100).
     pub to: BTreeMap<String, u32>,
 }
 
 /// `trafficPolicy.outlierDetection`, with Istio's defaults for absent fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Eject an endpoint at this many consecutive 5xx (connect failures count over TCP); 0 = off.
     #[serde(rename = "consecutive5xxErrors")]
     pub consecutive_5xx_errors: u32,
     /// Same for gateway errors (502/503/504, connect failures); 0 = off, the default.
     pub consecutive_gateway_errors: u32,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(with = "duration")]
+    #[schemars(with = "String", regex(pattern = duration::PATTERN))]
     pub interval: Duration,
-    #[serde(serialize_with = "serialize_duration")]
+    #[serde(with = "duration")]
+    #[schemars(with = "String", regex(pattern = duration::PATTERN))]
     pub base_ejection_time: Duration,
     /// Pinned to Istio: a 0 in the file means the default 10, because Istio's proto3 `int32`
     /// cannot tell 0 from unset and it only passes values above 0 to Envoy.
+    #[serde(deserialize_with = "zero_as_default_max_ejection_percent")]
+    #[schemars(range(max = 100))]
     pub max_ejection_percent: u32,
     /// Panic threshold; 0 = panic off (Istio's default, Envoy's own is 50).
+    #[schemars(range(max = 100))]
     pub min_health_percent: u32,
 }
 
@@ -198,26 +276,33 @@ impl Default for OutlierDetection {
     }
 }
 
+fn zero_as_default_max_ejection_percent<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u32, D::Error> {
+    Ok(match u32::deserialize(deserializer)? {
+        0 => DEFAULT_MAX_EJECTION_PERCENT,
+        percent => percent,
+    })
+}
+
 /// Active probes sent by the agent to every endpoint of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthCheck {
     #[serde(rename = "type")]
     pub kind: HealthCheckKind,
     /// Request path of http checks.
     pub path: String,
-    /// Unset: the service's first `targetPort` (filled in by `effective_traffic_policy`).
+    /// Unset: the service's first target port.
+    // Filled in by `effective_traffic_policy`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "deserialize_duration"
-    )]
+    #[serde(with = "duration")]
+    #[schemars(with = "String", regex(pattern = duration::PATTERN))]
     pub interval: Duration,
-    #[serde(
-        serialize_with = "serialize_duration",
-        deserialize_with = "deserialize_duration"
-    )]
+    #[serde(with = "duration")]
+    #[schemars(with = "String", regex(pattern = duration::PATTERN))]
     pub timeout: Duration,
     /// Consecutive successes that make an unhealthy endpoint healthy again.
     pub healthy_threshold: u32,
@@ -239,7 +324,10 @@ impl Default for HealthCheck {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+// Read case-insensitively from the file; the custom resource's schema takes the lowercase
+// names, as they are written back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     /// `GET path`; any 2xx or 3xx status passes.
     #[default]
@@ -274,331 +362,6 @@ impl<'de> Deserialize<'de> for HealthCheckKind {
                 Err("expected http or tcp")
             }
         })
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Durations
-
-/// Parses a duration as Istio and Kubernetes write them (Go's `time.ParseDuration`): a sequence
-/// of decimal numbers, each with an optional fraction and a unit, e.g. `10s`, `1m`, `100ms`,
-/// `1h30m`, `1.5s`. Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`. A bare `0` is zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const UNITS: [(&str, u128); 8] = [
-        ("ns", 1),
-        ("us", 1_000),
-        ("µs", 1_000),
-        ("μs", 1_000),
-        ("ms", 1_000_000),
-        ("s", 1_000_000_000),
-        ("m", 60_000_000_000),
-        ("h", 3_600_000_000_000),
-    ];
-    let expected = "expected a duration like 10s, 1m, 100ms or 1h30m";
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.starts_with('-') {
-        return Err("must not be negative".to_string());
-    }
-    let mut rest = text;
-    let mut nanos: u128 = 0;
-    if rest.is_empty() {
-        return Err(expected.to_string());
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_len);
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return Err(expected.to_string());
-        }
-        // Longest unit first, so "ms" is not read as "m".
-        let Some((unit, size)) = UNITS
-            .iter()
-            .filter(|(unit, _)| after.starts_with(unit))
-            .max_by_key(|(unit, _)| unit.len())
-        else {
-            return Err(format!("{expected} (missing or unknown unit)"));
-        };
-        let too_long = || "is too long".to_string();
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| too_long())?
-        };
-        let mut part = whole.checked_mul(*size).ok_or_else(too_long)?;
-        // Digits beyond nanosecond precision are dropped, as Go does.
-        let mut scale = *size;
-        for digit in fraction.bytes().take(30) {
-            scale /= 10;
-            part += u128::from(digit - b'0') * scale;
-        }
-        nanos = nanos.checked_add(part).ok_or_else(too_long)?;
-        rest = &after[unit.len()..];
-    }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| "is too long".to_string())?;
-    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
-}
-
-/// Writes a duration so that [`parse_duration`] reads it back exactly: the largest unit that
-/// divides it, e.g. `1m`, `90s`, `1500ms`.
-pub fn format_duration(duration: Duration) -> String {
-    const UNITS: [(&str, u128); 6] = [
-        ("h", 3_600_000_000_000),
-        ("m", 60_000_000_000),
-        ("s", 1_000_000_000),
-        ("ms", 1_000_000),
-        ("us", 1_000),
-        ("ns", 1),
-    ];
-    let nanos = duration.as_nanos();
-    if nanos == 0 {
-        return "0s".to_string();
-    }
-    let (unit, size) = UNITS
-        .iter()
-        .find(|(_, size)| nanos.is_multiple_of(*size))
-        .expect("every duration is a whole number of nanoseconds");
-    format!("{}{unit}", nanos / size)
-}
-
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    parse_text(deserializer, parse_duration)
-}
-
-fn serialize_duration<S: Serializer>(
-    duration: &Duration,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format_duration(*duration))
-}
-
-fn serialize_optional_duration<S: Serializer>(
-    duration: &Option<Duration>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match duration {
-        Some(d) => serialize_duration(d, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// A duration field read through [`MapAccess::next_value`].
-struct IstioDuration(Duration);
-
-impl<'de> Deserialize<'de> for IstioDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_duration(deserializer).map(IstioDuration)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Lenient parsing
-
-/// A map type that reads the keys it acts on and leaves the others to [`Lenient`].
-pub(super) trait LenientFields: Default {
-    const EXPECTING: &'static str;
-
-    /// Reads the value of `key` if this type acts on it; `false` leaves the value unread, to be
-    /// skipped and recorded as ignored. Nested lenient maps add their ignored keys, prefixed
-    /// with `key.`, to `ignored`.
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error>;
-}
-
-/// A value read from a YAML map whose unknown keys were skipped; `ignored` names them.
-///
-/// Reading key by key (rather than with `#[serde(flatten)]`, which buffers the map) keeps the
-/// field path and line number in error messages.
-pub(super) struct Lenient<T> {
-    pub value: T,
-    pub ignored: Vec<String>,
-}
-
-impl<'de, T: LenientFields> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LenientVisitor<T>(PhantomData<T>);
-
-        impl<'de, T: LenientFields> Visitor<'de> for LenientVisitor<T> {
-            type Value = Lenient<T>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(T::EXPECTING)
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lenient<T>, A::Error> {
-                let mut value = T::default();
-                let mut ignored = Vec::new();
-                let mut seen = HashSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(A::Error::custom(format!("duplicate field `{key}`")));
-                    }
-                    if !value.read(&key, &mut map, &mut ignored)? {
-                        map.next_value::<IgnoredAny>()?;
-                        ignored.push(key);
-                    }
-                }
-                Ok(Lenient { value, ignored })
-            }
-        }
-
-        deserializer.deserialize_map(LenientVisitor(PhantomData))
-    }
-}
-
-/// Reads the value of `key` as a nested lenient map (null counts as absent).
-pub(super) fn read_nested<'de, T: LenientFields, A: MapAccess<'de>>(
-    key: &str,
-    map: &mut A,
-    ignored: &mut Vec<String>,
-) -> Result<Option<T>, A::Error> {
-    let nested: Option<Lenient<T>> = map.next_value()?;
-    Ok(nested.map(|nested| {
-        ignored.extend(
-            nested
-                .ignored
-                .into_iter()
-                .map(|field| format!("{key}.{field}")),
-        );
-        nested.value
-    }))
-}
-
-impl<'de> Deserialize<'de> for TrafficPolicy {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let Lenient { mut value, ignored } = Lenient::<TrafficPolicy>::deserialize(deserializer)?;
-        value.ignored = ignored;
-        Ok(value)
-    }
-}
-
-impl LenientFields for TrafficPolicy {
-    const EXPECTING: &'static str = "a trafficPolicy map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "loadBalancer" => self.load_balancer = read_nested(key, map, ignored)?,
-            "outlierDetection" => self.outlier_detection = read_nested(key, map, ignored)?,
-            "connectionPool" => self.connection_pool = read_nested(key, map, ignored)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-impl LenientFields for ConnectionPool {
-    const EXPECTING: &'static str = "a connectionPool map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "tcp" => self.tcp = read_nested(key, map, ignored)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-impl LenientFields for TcpSettings {
-    const EXPECTING: &'static str = "a connectionPool.tcp map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        _ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "connectTimeout" => {
-                self.connect_timeout = map.next_value::<Option<IstioDuration>>()?.map(|d| d.0)
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-impl LenientFields for LoadBalancer {
-    const EXPECTING: &'static str = "a loadBalancer map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "localityLbSetting" => self.locality_lb_setting = read_nested(key, map, ignored)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-impl LenientFields for LocalityLbSetting {
-    const EXPECTING: &'static str = "a localityLbSetting map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        _ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        // A key written with no value (`failover:`) reads as null; take it as empty.
-        match key {
-            "enabled" => self.enabled = map.next_value()?,
-            "failover" => self.failover = map.next_value::<Option<_>>()?.unwrap_or_default(),
-            "failoverPriority" => {
-                self.failover_priority = map.next_value::<Option<_>>()?.unwrap_or_default()
-            }
-            "distribute" => self.distribute = map.next_value::<Option<_>>()?.unwrap_or_default(),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-impl LenientFields for OutlierDetection {
-    const EXPECTING: &'static str = "an outlierDetection map";
-
-    fn read<'de, A: MapAccess<'de>>(
-        &mut self,
-        key: &str,
-        map: &mut A,
-        _ignored: &mut Vec<String>,
-    ) -> Result<bool, A::Error> {
-        match key {
-            "consecutive5xxErrors" => self.consecutive_5xx_errors = map.next_value()?,
-            "consecutiveGatewayErrors" => self.consecutive_gateway_errors = map.next_value()?,
-            "interval" => self.interval = map.next_value::<IstioDuration>()?.0,
-            "baseEjectionTime" => self.base_ejection_time = map.next_value::<IstioDuration>()?.0,
-            "maxEjectionPercent" => {
-                self.max_ejection_percent = match map.next_value()? {
-                    0 => DEFAULT_MAX_EJECTION_PERCENT,
-                    percent => percent,
-                }
-            }
-            "minHealthPercent" => self.min_health_percent = map.next_value()?,
-            _ => return Ok(false),
-        }
-        Ok(true)
     }
 }
 

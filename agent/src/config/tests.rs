@@ -194,7 +194,7 @@ fn session_affinity_and_traffic_distribution() {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "services[0].sessionAffinity.timeout");
         assert!(
-            errors[0].message.contains("out of range (1s to 1day)"),
+            errors[0].message.contains("out of range (1s to 24h)"),
             "{errors:?}"
         );
     }

@@ -9,7 +9,9 @@ use std::{
 use geosteer_common::MAX_BACKENDS_PER_SERVICE;
 
 use super::{
-    FieldError, ServicePart, Subject, effective,
+    FieldError, ServicePart, Subject,
+    duration::format as format_duration,
+    effective,
     error::about,
     istio,
     model::{
@@ -254,10 +256,7 @@ fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
         if value < Duration::from_secs(1) {
             errors.push(FieldError::new(
                 format!("dataplane.conntrack.{field}"),
-                format!(
-                    "{} is below the minimum 1s",
-                    humantime::format_duration(value)
-                ),
+                format!("{} is below the minimum 1s", format_duration(value)),
             ));
         }
     }
@@ -372,8 +371,8 @@ fn validate_service<'a>(
                 format!("{at}.sessionAffinity.timeout"),
                 format!(
                     "{} is out of range (1s to {})",
-                    humantime::format_duration(affinity.timeout),
-                    humantime::format_duration(MAX_AFFINITY_TIMEOUT)
+                    format_duration(affinity.timeout),
+                    format_duration(MAX_AFFINITY_TIMEOUT)
                 ),
             ));
         }

@@ -495,7 +495,7 @@ fn an_ejection_after_a_reload_that_shortened_the_interval_ends_on_time() {
             .outlier_detection
             .as_mut()
             .unwrap();
-        od.interval = humantime::parse_duration(interval).unwrap();
+        od.interval = config::parse_duration(interval).unwrap();
         config
     };
     let mut dp = MemoryDataplane::new();

@@ -2,9 +2,10 @@
 //! per-service `trafficPolicy`, `clusterWeights`, `healthCheck` and `resetOnEject`, attached to a
 //! Service in the same namespace.
 //!
-//! The spec types here exist for the CRD schema (`cargo xtask crdgen` writes it to
-//! `deploy/crds/`); the agent reads a spec by converting it into the config file's types, so the
-//! two are parsed and validated by the same code.
+//! The policy parts of the spec are the config file's own types: the CRD schema is derived from
+//! them (`cargo xtask crdgen` writes it to `deploy/crds/`), and the agent reads them with the
+//! file's parser and validation. The object keeps them as JSON until then, so that a spec the
+//! agent cannot read still arrives, and its status can say why.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +16,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{self, MAX_CLUSTER_WEIGHT, Service};
-
-/// A Go-style duration as Istio writes them (`10s`, `1m`, `100ms`, `1h30m`).
-const DURATION_PATTERN: &str = r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$";
 
 /// Steering policy for one Service: what the config file sets under `services[]`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -45,14 +43,16 @@ pub struct TrafficPolicySpec {
     /// Istio DestinationRule `trafficPolicy` (the parts geosteer acts on). Takes precedence
     /// over a DestinationRule that selects the same Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<PolicySpec>,
+    #[schemars(with = "Option<config::TrafficPolicy>")]
+    pub traffic_policy: Option<serde_json::Value>,
     /// Share of new connections per cluster id (0-100 each); clusters not listed get none.
     /// Takes precedence over the Service's cluster-weight annotations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_weights: Option<BTreeMap<String, u32>>,
     /// Active probes sent by every agent to every endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheckSpec>,
+    #[schemars(with = "Option<config::HealthCheck>")]
+    pub health_check: Option<serde_json::Value>,
     /// Reset the flows pinned to a backend when it is ejected (older spelling of
     /// `onEject: reset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,112 +76,6 @@ pub struct TargetRef {
 pub enum TargetKind {
     #[default]
     Service,
-}
-
-/// `trafficPolicy`, as in an Istio DestinationRule.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicySpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<LoadBalancerSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetectionSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadBalancerSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality_lb_setting: Option<LocalityLbSettingSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LocalityLbSettingSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Clients in region `from` fail over to region `to` first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover: Vec<FailoverSpec>,
-    /// Label keys (or `key=value`), most significant first.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub failover_priority: Vec<String>,
-    /// Clients in locality `from` send `to[locality]` percent of their load to each locality.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub distribute: Vec<DistributeSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct FailoverSpec {
-    pub from: String,
-    pub to: String,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct DistributeSpec {
-    /// `region[/zone[/subzone]]`; the last segment may be `*`.
-    pub from: String,
-    /// Locality pattern → percent (1-100).
-    pub to: BTreeMap<String, u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct OutlierDetectionSpec {
-    #[serde(
-        rename = "consecutive5xxErrors",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub consecutive_5xx_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub base_ejection_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 100))]
-    pub max_ejection_percent: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(max = 100))]
-    pub min_health_percent: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthCheckSpec {
-    #[serde(rename = "type", default)]
-    pub kind: HealthCheckType,
-    /// Request path of http checks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Default: the Service's first target port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthy_threshold: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unhealthy_threshold: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthCheckType {
-    /// `GET path`; any 2xx or 3xx status passes.
-    #[default]
-    Http,
-    /// A completed TCP handshake passes.
-    Tcp,
 }
 
 /// Whether the spec is valid, judged from the object alone, so that every agent computes the
@@ -221,7 +115,8 @@ pub struct PolicyCondition {
 pub const ACCEPTED: &str = "Accepted";
 
 /// The CRD, with what the API server expects of a structural schema beyond what the types
-/// derive: integer formats it knows (`int32`/`int64`; schemars' `uint32` makes `kubectl apply`
+/// derive: no defaults (see [`without_defaults`]), `from` and `to` required in locality rules,
+/// integer formats it knows (`int32`/`int64`; schemars' `uint32` makes `kubectl apply`
 /// warn), 0-100 bounds on weight maps, `conditions` as a list map keyed by `type` (so
 /// server-side apply merges conditions by type), and the failover/distribute exclusion as a
 /// CEL rule, so that the API server refuses such an object before any agent sees it.
@@ -237,11 +132,17 @@ pub fn crd() -> CustomResourceDefinition {
         };
         let mut json = serde_json::to_value(&*schema).expect("a schema serializes");
         known_integer_formats(&mut json);
+        without_defaults(&mut json);
         let spec = &mut json["properties"]["spec"]["properties"];
         spec["clusterWeights"]["additionalProperties"]["maximum"] = json!(MAX_CLUSTER_WEIGHT);
         let locality = &mut spec["trafficPolicy"]["properties"]["loadBalancer"]["properties"]["localityLbSetting"];
         locality["properties"]["distribute"]["items"]["properties"]["to"]["additionalProperties"]
             ["maximum"] = json!(100);
+        // The file reads a missing `from` or `to` as empty and validation names it; the API
+        // server can refuse it before.
+        for rules in ["failover", "distribute"] {
+            locality["properties"][rules]["items"]["required"] = json!(["from", "to"]);
+        }
         locality["x-kubernetes-validations"] = json!([{
             "rule": "!(has(self.distribute) && size(self.distribute) > 0 && \
                      ((has(self.failover) && size(self.failover) > 0) || \
@@ -254,6 +155,26 @@ pub fn crd() -> CustomResourceDefinition {
         *schema = serde_json::from_value(json).expect("the fixed schema is a schema");
     }
     crd
+}
+
+/// Removes the `default`s schemars derives from the types' `Default`: the API server would
+/// write them into every stored object, while the agent applies the same defaults to a
+/// TrafficPolicy as to the file and to an Istio DestinationRule (which has none in its schema).
+fn without_defaults(schema: &mut serde_json::Value) {
+    let serde_json::Value::Object(map) = schema else {
+        return;
+    };
+    map.remove("default");
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            // Names of fields, each mapped to its schema.
+            ("properties", serde_json::Value::Object(fields)) => {
+                fields.values_mut().for_each(without_defaults)
+            }
+            (_, serde_json::Value::Array(items)) => items.iter_mut().for_each(without_defaults),
+            (_, value) => without_defaults(value),
+        }
+    }
 }
 
 /// Rewrites schemars' unsigned formats to the ones Kubernetes knows.
@@ -296,12 +217,11 @@ impl TrafficPolicySpec {
     /// Reads the spec with the config file's parser. The error names the field below `spec`
     /// and the value, e.g. `spec.healthCheck.interval: invalid value "5 s": ...`.
     pub fn to_service_policy(&self) -> Result<ServicePolicy, String> {
-        fn convert<T: serde::de::DeserializeOwned>(
+        fn convert<'a, T: Deserialize<'a>>(
             at: &str,
-            value: &impl Serialize,
+            value: &'a serde_json::Value,
         ) -> Result<T, String> {
-            let json = serde_json::to_value(value).map_err(|e| format!("{at}: {e}"))?;
-            serde_path_to_error::deserialize(json).map_err(|e| {
+            serde_path_to_error::deserialize(value).map_err(|e| {
                 let path = e.path().to_string();
                 if path == "." {
                     format!("{at}: {}", e.inner())

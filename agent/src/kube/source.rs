@@ -131,7 +131,8 @@ pub struct KubeSource {
 
 /// What the cluster tasks report to the loop.
 enum Update {
-    Services(watcher::Event<K8sService>),
+    /// Boxed: a Service event is several times the size of any other update.
+    Services(Box<watcher::Event<K8sService>>),
     Slices(usize, watcher::Event<EndpointSlice>),
     Nodes(usize, watcher::Event<PartialObjectMeta<Node>>),
     Pods(usize, watcher::Event<PartialObjectMeta<Pod>>),
@@ -471,7 +472,7 @@ impl Loop {
     fn apply(&mut self, update: Update) {
         let clusters = &mut self.index.clusters;
         let changed = match update {
-            Update::Services(event) => clusters[0].services.apply(event),
+            Update::Services(event) => clusters[0].services.apply(*event),
             Update::Slices(i, event) => {
                 let relisted = matches!(event, watcher::Event::InitDone);
                 let changed = clusters[i].slices.apply(event);
@@ -1270,7 +1271,7 @@ impl ClusterTask {
         if i == 0 {
             tasks.push(spawn_forward(
                 watcher(Api::<K8sService>::all(client.clone()), config()),
-                Update::Services,
+                |event| Update::Services(Box::new(event)),
                 updates,
                 (i, "Services"),
             ));

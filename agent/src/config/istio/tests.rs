@@ -159,6 +159,13 @@ fn parse_errors_name_the_file_and_document() {
             "dr.yaml: document 1: spec.trafficPolicy",
             "duplicate",
         ),
+        (
+            "duplicate spec key",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+                 spec: {workloadSelector: {}, workloadSelector: {}}\n",
+            "dr.yaml: document 1: spec",
+            "duplicate field `workloadSelector`",
+        ),
         ("not yaml", "kind: [", "dr.yaml: document 1: ", "line 1"),
     ];
     for (case, yaml, start, contained) in cases {

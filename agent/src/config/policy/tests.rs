@@ -5,66 +5,6 @@ fn policy(yaml: &str) -> TrafficPolicy {
 }
 
 #[test]
-fn parses_istio_durations() {
-    let cases = [
-        ("0", Duration::ZERO),
-        ("0s", Duration::ZERO),
-        ("1s", Duration::from_secs(1)),
-        ("100ms", Duration::from_millis(100)),
-        ("1m", Duration::from_secs(60)),
-        ("1h", Duration::from_secs(3600)),
-        ("1h30m", Duration::from_secs(5400)),
-        ("1.5s", Duration::from_millis(1500)),
-        (".5s", Duration::from_millis(500)),
-        ("250us", Duration::from_micros(250)),
-        ("250µs", Duration::from_micros(250)),
-        ("7ns", Duration::from_nanos(7)),
-        ("2m3s4ms", Duration::from_millis(123_004)),
-    ];
-    for (text, expected) in cases {
-        assert_eq!(parse_duration(text), Ok(expected), "{text}");
-        assert_eq!(
-            parse_duration(&format_duration(expected)),
-            Ok(expected),
-            "{text} round trip"
-        );
-    }
-}
-
-#[test]
-fn rejects_bad_durations() {
-    let cases = [
-        ("", "expected a duration"),
-        ("10", "missing or unknown unit"),
-        ("1 s", "missing or unknown unit"),
-        ("1d", "missing or unknown unit"),
-        ("s", "expected a duration"),
-        ("1.2.3s", "expected a duration"),
-        ("-1s", "must not be negative"),
-        ("99999999999999999999999h", "is too long"),
-    ];
-    for (text, contained) in cases {
-        let error = parse_duration(text).unwrap_err();
-        assert!(error.contains(contained), "{text}: {error:?}");
-    }
-}
-
-#[test]
-fn formats_durations_with_the_largest_exact_unit() {
-    let cases = [
-        (Duration::ZERO, "0s"),
-        (Duration::from_secs(60), "1m"),
-        (Duration::from_secs(90), "90s"),
-        (Duration::from_secs(7200), "2h"),
-        (Duration::from_millis(1500), "1500ms"),
-        (Duration::from_nanos(1), "1ns"),
-    ];
-    for (duration, expected) in cases {
-        assert_eq!(format_duration(duration), expected);
-    }
-}
-
-#[test]
 fn outlier_detection_takes_istio_defaults() {
     // (yaml, expected)
     let cases = [
@@ -161,6 +101,15 @@ fn records_fields_it_does_not_act_on() {
         (
             "{loadBalancer: {localityLbSetting: {failovr: []}}}",
             vec!["loadBalancer.localityLbSetting.failovr"],
+        ),
+        (
+            "{connectionPool: {tcp: {connectTimeout: 1s, maxConnections: 5}}}",
+            vec!["connectionPool.tcp.maxConnections"],
+        ),
+        // An ignored field's own contents are not listed again.
+        (
+            "{portLevelSettings: [{port: {number: 80}, outlierDetection: {x: 1}}]}",
+            vec!["portLevelSettings"],
         ),
     ];
     for (yaml, expected) in cases {
@@ -526,4 +475,36 @@ fn rejects_bad_health_checks() {
     let mut errors = Vec::new();
     validate_health_check(&tcp, "hc", &mut errors);
     assert_eq!(errors, []);
+}
+
+#[test]
+fn null_and_zero_read_as_istio_does() {
+    let policy = policy(
+        "{loadBalancer: {localityLbSetting: {failover: , failoverPriority: , distribute: }}, \
+          outlierDetection: {maxEjectionPercent: 0}, connectionPool: {tcp: {connectTimeout: }}}",
+    );
+    assert_eq!(
+        policy.locality_lb_setting(),
+        Some(&LocalityLbSetting::default())
+    );
+    assert_eq!(
+        policy.outlier_detection.unwrap().max_ejection_percent,
+        DEFAULT_MAX_EJECTION_PERCENT
+    );
+    assert_eq!(policy.connection_pool.unwrap().connect_timeout(), None);
+}
+
+#[test]
+fn a_field_written_twice_is_refused() {
+    for yaml in [
+        "{tls: {}, tls: {}}",
+        "{outlierDetection: {interval: 1s, interval: 2s}}",
+        "{connectionPool: {http: {}, http: {}}}",
+    ] {
+        let error = serde_yaml_ng::from_str::<TrafficPolicy>(yaml).unwrap_err();
+        assert!(
+            error.to_string().contains("duplicate field"),
+            "{yaml}: {error}"
+        );
+    }
 }

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{
-    DistributeRule, FailoverRule, HealthCheck, HealthCheckKind, LoadBalancer, LocalityLbSetting,
-    OutlierDetection,
+    ConnectionPool, DistributeRule, FailoverRule, HealthCheck, HealthCheckKind, LoadBalancer,
+    LocalityLbSetting, OutlierDetection, TcpSettings,
 };
 
 /// Every field of a TrafficPolicy spec, as a user writes it.
@@ -23,6 +23,7 @@ trafficPolicy:
     baseEjectionTime: 1m
     maxEjectionPercent: 100
     minHealthPercent: 50
+  connectionPool: {tcp: {connectTimeout: 2s}}
 clusterWeights: {ack-hangzhou: 20, ack-shanghai: 80}
 healthCheck:
   type: tcp
@@ -63,7 +64,11 @@ fn every_spec_field_reaches_the_config_types() {
                 max_ejection_percent: 100,
                 min_health_percent: 50,
             }),
-            connection_pool: None,
+            connection_pool: Some(ConnectionPool {
+                tcp: Some(TcpSettings {
+                    connect_timeout: Some(Duration::from_secs(2)),
+                }),
+            }),
             ignored: vec![],
         }),
         cluster_weights: Some([("ack-hangzhou".into(), 20), ("ack-shanghai".into(), 80)].into()),
@@ -159,7 +164,7 @@ fn the_crd_describes_the_resource() {
     let outlier = &spec["properties"]["trafficPolicy"]["properties"]["outlierDetection"];
     assert_eq!(
         outlier["properties"]["interval"]["pattern"],
-        DURATION_PATTERN
+        config::DURATION_PATTERN
     );
 }
 
