@@ -124,6 +124,34 @@ async fn start_kubernetes(file_config: &Config) -> Result<(Config, KubeWiring)> 
     ))
 }
 
+/// Writes what the kernel programs log (aya-log) into the agent's log, as it arrives: through
+/// the `log` crate, which `tracing-subscriber` forwards; the records' target is
+/// `geosteer::kernel` (e.g. `RUST_LOG=info,geosteer::kernel=debug` shows every drop).
+async fn forward_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the AsyncFd owns the logger, which owns the ring's fd, for as long as it is
+    // registered.
+    let ring = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut ring = match ring {
+        Ok(ring) => ring,
+        Err(e) => {
+            warn!(error = %e, "kernel log records will not be read");
+            return;
+        }
+    };
+    loop {
+        match ring.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!(error = %e, "reading kernel log records stopped");
+                return;
+            }
+        }
+    }
+}
+
 pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let (config, kube) = if config.kubernetes.as_ref().is_some_and(|k| k.enabled) {
         let (config, wiring) = start_kubernetes(&config).await?;
@@ -179,6 +207,12 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
     let (mut ebpf, migrations) = loader::load_migrating(sizes, Some(&dataplane.pin_path))?;
     loader::pin_programs(&mut ebpf, &dataplane.pin_path)?;
     let mut maps = BpfMaps::take(&mut ebpf)?;
+    match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => {
+            tokio::spawn(forward_kernel_log(logger));
+        }
+        Err(e) => warn!(error = %e, "kernel log records will not be read"),
+    }
     maps.sweeper = crate::conntrack::Sweeper::new(
         crate::conntrack::Timeouts::from(&dataplane.conntrack),
         dataplane.conntrack.gc_interval,

@@ -85,6 +85,35 @@ pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<(
 /// [`load`], returning the migrations of maps whose pinned layout was older, after their
 /// first copy.
 pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, Vec<Migration>)> {
+    load_logging(
+        sizes,
+        pin_dir,
+        tracing::level_filters::LevelFilter::current(),
+    )
+}
+
+/// The level below which the kernel programs log nothing (aya-log's `AYA_LOG_LEVEL`, fixed at
+/// load: the verifier then drops the statements above it as dead code).
+fn kernel_log_level(level: tracing::level_filters::LevelFilter) -> u8 {
+    use aya_log::Level;
+    use tracing::level_filters::LevelFilter;
+    match level {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => Level::Error as u8,
+        LevelFilter::WARN => Level::Warn as u8,
+        LevelFilter::INFO => Level::Info as u8,
+        LevelFilter::DEBUG => Level::Debug as u8,
+        _ => Level::Trace as u8,
+    }
+}
+
+/// [`load_migrating`] with the kernel's log statements up to `level` on (the agent passes its
+/// own log level; the tests also the most verbose, which the verifier must take too).
+pub fn load_logging(
+    sizes: MapSizes,
+    pin_dir: Option<&Path>,
+    level: tracing::level_filters::LevelFilter,
+) -> Result<(Ebpf, Vec<Migration>)> {
     if EBPF_OBJECT.is_empty() {
         bail!(
             "this binary carries no kernel programs: it was built with AYA_BUILD_SKIP=1, or where \
@@ -93,6 +122,8 @@ pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, 
         );
     }
     let mut loader = EbpfLoader::new();
+    let log_level = kernel_log_level(level);
+    loader.override_global("AYA_LOG_LEVEL", &log_level, true);
     for spec in crate::memory::maps(&sizes).iter().filter(|s| s.resizable) {
         loader.map_max_entries(spec.name, spec.max_entries);
     }

@@ -23,6 +23,8 @@ use crate::loader::MapSizes;
 
 /// Byte size of the events ring (`GS_KERNEL_EVENTS` in ebpf/src/steer.rs).
 pub const EVENTS_RING_BYTES: u64 = 64 * 1024;
+/// Byte size of aya-log's ring (`AYA_LOGS`, fixed by aya-log-ebpf).
+pub const LOG_RING_BYTES: u64 = 128 * 1024;
 
 /// Memory the agent process itself needs besides its maps (its heap: the config file or the
 /// Kubernetes caches, the policy views and books of every endpoint, buffers), kept free under
@@ -220,6 +222,7 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             EVENTS_RING_BYTES as u32,
             false,
         ),
+        spec(map_names::LOGS, RingBuf, 0, 0, LOG_RING_BYTES as u32, false),
     ]
 }
 

@@ -30,9 +30,12 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
     pub const XDP_TARGETS: &str = "GS_XDP_TARGETS";
     pub const AFFINITY: &str = "GS_AFFINITY";
+    /// aya-log's ring of kernel log records (the name is aya-log's). Pinned like the events
+    /// ring, so an agent started while the old programs still run reads what they logged.
+    pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         VIPS,
         TABLE_CHUNKS,
@@ -51,6 +54,7 @@ pub mod map_names {
         FRAGMENTS,
         XDP_TARGETS,
         AFFINITY,
+        LOGS,
     ];
 
     /// Maps of earlier builds: their pins are removed once the new programs are attached (and

@@ -426,7 +426,7 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
             if let Some(id) = fragment_id {
                 steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
             }
-            steer::count_drop(reason);
+            steer::note_drop(&flow, reason);
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Nat(nat) => {
@@ -682,7 +682,7 @@ fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
     let nat = match steer::request(&flow, &XdpBytes(ctx)) {
         Verdict::Pass => return Ok(xdp_action::XDP_PASS),
         Verdict::Drop(reason) => {
-            steer::count_drop(reason);
+            steer::note_drop(&flow, reason);
             return Ok(xdp_action::XDP_DROP);
         }
         Verdict::Nat(nat) => nat,

@@ -13,6 +13,7 @@
 //! - nothing is counted while the backend is ejected.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::net::Ipv4Addr;
 
 /// Adds one to a backend's shared signal counter `$field` (see [`BackendSignals`]).
 macro_rules! count_signal {
@@ -225,6 +226,43 @@ pub(crate) fn count_drop(reason: DropReason) {
     if let Some(counter) = DROPS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
+    }
+}
+
+/// Counts a dropped packet of `flow` and, as far as the agent's log level asks (set at load),
+/// says which and why: aya-log, forwarded by the agent into its own log. Drops are counted
+/// always; a line per drop is for debugging, except a failing map (conntrack full), which is
+/// worth a warning. Not inlined, so that the record is built in a frame of its own.
+#[inline(never)]
+pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
+    count_drop(reason);
+    let client = Ipv4Addr::from(u32::from_be(flow.saddr));
+    let vip = Ipv4Addr::from(u32::from_be(flow.daddr));
+    let (client_port, vip_port) = (u16::from_be(flow.sport), u16::from_be(flow.dport));
+    let proto = flow.proto;
+    // The context argument of aya-log's macros is unused (kept for later versions).
+    match reason {
+        DropReason::Internal => aya_log_ebpf::warn!(
+            &(),
+            target: "geosteer::kernel",
+            "dropped {}:{} -> {}:{} (proto {}): a map update failed (conntrack full?)",
+            client,
+            client_port,
+            vip,
+            vip_port,
+            proto
+        ),
+        _ => aya_log_ebpf::debug!(
+            &(),
+            target: "geosteer::kernel",
+            "dropped {}:{} -> {}:{} (proto {}): {}",
+            client,
+            client_port,
+            vip,
+            vip_port,
+            proto,
+            reason.name()
+        ),
     }
 }
 

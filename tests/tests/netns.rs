@@ -423,3 +423,48 @@ fn new_interfaces_matching_the_globs_are_attached_as_they_appear() {
     );
     assert!(agent.log_contains("interface gone"));
 }
+
+/// What the kernel programs log (aya-log) reaches the agent's own log, under the target
+/// `geosteer::kernel`: with `RUST_LOG=info,geosteer::kernel=debug` every dropped packet is
+/// named with its tuple and reason (here SYNs to a service without endpoints), which also
+/// shows that the verifier takes the programs with their debug statements on.
+#[test]
+fn kernel_drops_reach_the_agent_log_at_debug() {
+    let lab = lab("gsn7", 1, false);
+    let pins = PinDir::new("gsn7").unwrap();
+    let empty = "  - name: empty\n    vip: 198.19.0.11\n    ports: [{port: 80, targetPort: 8080}]\n    endpoints: []\n";
+    let yaml = format!("{}{empty}", config(&lab, &pins, &[("b1", 1)], "cl0", ""));
+    let agent = Agent::start_with_env(
+        &lab.node,
+        &pins,
+        &yaml,
+        &[("RUST_LOG", "info,geosteer::kernel=debug")],
+    )
+    .expect("agent starts");
+    let mut opts = HttpOptions::new(2, 1);
+    opts.timeout_ms = 500;
+    let report = http_from(&lab.client, "198.19.0.11:80", &opts).unwrap();
+    assert_eq!(report.ok, 0, "{report:?}");
+    let wanted = "-> 198.19.0.11:80 (proto 6): no_backend";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !agent.log_contains(wanted) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = agent.log();
+    let line = log.iter().find(|l| l.contains(wanted));
+    assert!(
+        line.is_some_and(|l| l.contains("DEBUG") && l.contains("geosteer::kernel")),
+        "no kernel drop record in the agent's log: {log:?}"
+    );
+    // Traffic that is steered logs nothing of the kind.
+    let steered = lab.client_http(&format!("{VIP}:80"), 20, 1).unwrap();
+    assert_eq!(steered.ok, 20, "{steered:?}");
+    assert!(
+        !agent
+            .log()
+            .iter()
+            .any(|l| l.contains(&format!("-> {VIP}:80"))),
+        "{:?}",
+        agent.log()
+    );
+}
