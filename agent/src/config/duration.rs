@@ -65,7 +65,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         let mut scale = *size;
         for digit in fraction.bytes().take(30) {
             scale /= 10;
-            part += u128::from(digit - b'0') * scale;
+            part = part
+                .checked_add(u128::from(digit - b'0') * scale)
+                .ok_or_else(too_long)?;
         }
         nanos = nanos.checked_add(part).ok_or_else(too_long)?;
         rest = &after[unit.len()..];
@@ -197,6 +199,7 @@ mod tests {
             ("1.2.3s", "expected a duration"),
             ("-1s", "must not be negative"),
             ("99999999999999999999999h", "is too long"),
+            ("94522879700260684295381835.9h", "is too long"),
         ];
         for (text, contained) in cases {
             let error = parse(text).unwrap_err();

@@ -112,7 +112,12 @@ struct Metadata {
 
 /// `remote = "Self"`: the derived code is wrapped below to record the keys nothing took.
 #[derive(Default, Deserialize)]
-#[serde(remote = "Self", default, rename_all = "camelCase")]
+#[serde(
+    remote = "Self",
+    default,
+    rename_all = "camelCase",
+    expecting = "a DestinationRule spec map"
+)]
 struct Spec {
     host: String,
     traffic_policy: Option<TrafficPolicy>,
@@ -121,7 +126,7 @@ struct Spec {
     subsets: Option<Vec<Subset>>,
     /// Visibility across namespaces; one config file is one mesh view.
     #[allow(dead_code, reason = "read only to be accepted silently")]
-    export_to: Option<Vec<String>>,
+    export_to: Option<IgnoredAny>,
     /// Paths below `spec` of the fields geosteer does not act on.
     #[serde(skip)]
     ignored: Vec<String>,
@@ -135,6 +140,7 @@ impl<'de> Deserialize<'de> for Spec {
             // The policy reports its own ignored keys (below `trafficPolicy`); of a subset
             // only its policy is worth a warning.
             let reported = match path.split_once('.') {
+                _ if path == "exportTo" => false,
                 Some(("trafficPolicy", _)) => false,
                 Some((subset, field)) if subset.starts_with("subsets[") => field == "trafficPolicy",
                 _ => true,

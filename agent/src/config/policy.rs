@@ -66,7 +66,12 @@ impl Defaults {
 // `remote = "Self"` keeps the derived code as inherent functions, so that the trait impls
 // below can wrap it: reading records every key nothing below took, at any depth.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(remote = "Self", default, rename_all = "camelCase")]
+#[serde(
+    remote = "Self",
+    default,
+    rename_all = "camelCase",
+    expecting = "a trafficPolicy map"
+)]
 pub struct TrafficPolicy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
@@ -137,7 +142,7 @@ impl TrafficPolicy {
 
 /// `trafficPolicy.connectionPool`, reduced to what an L4 data path can honour.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", expecting = "a connectionPool map")]
 pub struct ConnectionPool {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpSettings>,
@@ -152,7 +157,11 @@ impl ConnectionPool {
 
 /// `connectionPool.tcp`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    expecting = "a connectionPool.tcp map"
+)]
 pub struct TcpSettings {
     /// A connect that sees no SYN-ACK this long is a gateway error (Istio's default is the mesh
     /// `connectTimeout`, 10 s).
@@ -168,7 +177,7 @@ pub(super) const CONNECT_TIMEOUT_RANGE: (Duration, Duration) =
 /// `trafficPolicy.loadBalancer`. `simple` and `consistentHash` are accepted but not acted on:
 /// geosteer always picks endpoints by weighted consistent hashing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase", expecting = "a loadBalancer map")]
 pub struct LoadBalancer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
@@ -178,7 +187,11 @@ pub struct LoadBalancer {
 ///
 /// Like Istio, a setting replaces a less specific one in its entirety (no merging).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    expecting = "a localityLbSetting map"
+)]
 pub struct LocalityLbSetting {
     /// Unset means enabled (Istio's `BoolValue` default).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,7 +253,11 @@ pub struct DistributeRule {
 
 /// `trafficPolicy.outlierDetection`, with Istio's defaults for absent fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    expecting = "an outlierDetection map"
+)]
 pub struct OutlierDetection {
     /// Eject an endpoint at this many consecutive 5xx (connect failures count over TCP); 0 = off.
     #[serde(rename = "consecutive5xxErrors")]

@@ -198,8 +198,10 @@ pub fn read(path: &Path) -> Result<Option<Snapshot>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let deserializer = serde_yaml_ng::Deserializer::from_str(&text);
-    let snapshot: Snapshot = serde_path_to_error::deserialize(deserializer)
+    let mut value: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    earlier_affinity_timeouts(&mut value);
+    let snapshot: Snapshot = serde_path_to_error::deserialize(value)
         .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
     if snapshot.version != VERSION {
         bail!(
@@ -209,6 +211,32 @@ pub fn read(path: &Path) -> Result<Option<Snapshot>> {
         );
     }
     Ok(Some(snapshot))
+}
+
+/// Agents before the one duration grammar wrote a Service's `sessionAffinity.timeout` as
+/// humantime does (`1day`, `1h 30m`); rewritten here so that such a snapshot, the node's state
+/// when no API server answers, still reads after an upgrade.
+fn earlier_affinity_timeouts(snapshot: &mut serde_yaml_ng::Value) {
+    let Some(services) = snapshot
+        .get_mut("services")
+        .and_then(|s| s.as_sequence_mut())
+    else {
+        return;
+    };
+    for service in services {
+        let Some(timeout) = service
+            .get_mut("sessionAffinity")
+            .and_then(|a| a.get_mut("timeout"))
+        else {
+            continue;
+        };
+        if let Some(text) = timeout.as_str()
+            && config::parse_duration(text).is_err()
+            && let Ok(duration) = humantime::parse_duration(text)
+        {
+            *timeout = config::format_duration(duration).into();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +284,39 @@ mod tests {
         }
         assert_eq!(back.config(&file(), "hz-node-1").unwrap(), expected);
         assert!(!dir.path().join("geosteer/snapshot.yaml.tmp").exists());
+    }
+
+    #[test]
+    fn a_snapshot_of_an_earlier_agent_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.yaml");
+        let service = |timeout: &str| {
+            format!(
+                "  - {{name: s, vip: 10.96.0.1, ports: [{{port: 80}}], \
+                 sessionAffinity: {{timeout: {timeout}}}}}\n"
+            )
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "version: 1\nwrittenAt: x\nnode: {{name: n, region: r}}\nservices:\n{}{}{}",
+                service("1day"),
+                service("1h 30m"),
+                service("3h")
+            ),
+        )
+        .unwrap();
+        let snapshot = read(&path).unwrap().unwrap();
+        let timeouts: Vec<Duration> = snapshot
+            .services
+            .iter()
+            .map(|s| s.session_affinity.as_ref().unwrap().timeout)
+            .collect();
+        assert_eq!(
+            timeouts,
+            [86_400, 5_400, 10_800].map(Duration::from_secs),
+            "humantime's spellings of whole seconds"
+        );
     }
 
     #[test]

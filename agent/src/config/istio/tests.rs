@@ -69,7 +69,7 @@ kind: DestinationRule
 metadata: {name: reviews, namespace: prod, labels: {app: reviews}}
 spec:
   host: reviews
-  exportTo: ["."]
+  exportTo: "."
   workloadSelector: {matchLabels: {app: productpage}}
   trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 2}
@@ -165,6 +165,12 @@ fn parse_errors_name_the_file_and_document() {
                  spec: {workloadSelector: {}, workloadSelector: {}}\n",
             "dr.yaml: document 1: spec",
             "duplicate field `workloadSelector`",
+        ),
+        (
+            "spec not a map",
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nspec: x\n",
+            "dr.yaml: document 1: spec",
+            "a DestinationRule spec map",
         ),
         ("not yaml", "kind: [", "dr.yaml: document 1: ", "line 1"),
     ];

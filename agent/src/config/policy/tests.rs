@@ -508,3 +508,15 @@ fn a_field_written_twice_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_value_of_the_wrong_type_names_what_was_expected() {
+    for (yaml, expected) in [
+        ("[1]", "a trafficPolicy map"),
+        ("{connectionPool: 1}", "a connectionPool map"),
+        ("{outlierDetection: [x]}", "an outlierDetection map"),
+    ] {
+        let error = serde_yaml_ng::from_str::<TrafficPolicy>(yaml).unwrap_err();
+        assert!(error.to_string().contains(expected), "{yaml}: {error}");
+    }
+}
