@@ -143,8 +143,9 @@ struct IcmpError {
 
 /// The fragment fields of an IPv4 header: (offset, more fragments).
 fn fragment_bits(ip: &Ipv4Hdr) -> (u16, bool) {
-    let frags = u16::from_be_bytes(ip.frags);
-    (frags & 0x1fff, frags & 0x2000 != 0)
+    /// "More fragments", the lowest of the three flag bits.
+    const MF: u8 = 1;
+    (ip.frag_offset(), ip.frag_flags() & MF != 0)
 }
 
 /// 802.1Q and 802.1ad tags.
@@ -179,8 +180,8 @@ fn parse(bytes: &impl PacketBytes, len: u32, ports_of_first_fragments: bool) -> 
         return Parsed::Other; // too short to hold an address: cannot be for a VIP
     };
     let daddr = u32::from_ne_bytes(ip.dst_addr);
-    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+    let ihl = usize::from(ip.ihl());
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
         return Parsed::Truncated { daddr };
     }
     let (fragment_offset, more_fragments) = fragment_bits(&ip);
@@ -238,8 +239,8 @@ fn parse_icmp(bytes: &impl PacketBytes, ip: &Ipv4Hdr, icmp_off: usize) -> Parsed
     let Some(inner) = bytes.read::<Ipv4Hdr>(inner_ip_off) else {
         return Parsed::Other;
     };
-    let inner_ihl = ((inner.vihl & 0x0f) as usize) * 4;
-    if inner.vihl >> 4 != 4
+    let inner_ihl = usize::from(inner.ihl());
+    if inner.version() != 4
         || inner_ihl < Ipv4Hdr::LEN
         || (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP)
     {
@@ -296,7 +297,7 @@ fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &[u8; TcpHdr::LEN]) {
     flow.payload_off = flow.l4_off + header_len;
     // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
     flow.payload_len =
-        (u16::from_be_bytes(ip.tot_len) as u32).saturating_sub(ip_header_len + header_len);
+        u32::from(ip.tot_len()).saturating_sub(ip_header_len + header_len);
 }
 
 /// Reads a `T` at `offset` in place when the bytes lie inside `start..end` (a frame's linear
