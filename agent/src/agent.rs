@@ -314,30 +314,26 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
             error!(error = %format!("{e:#}"), "link watcher stopped");
         }
     });
-    let mut links = LinkWiring {
-        ebpf: &mut ebpf,
-        attachments: &mut attachments,
-        dataplane: &dataplane,
-        links_dir: &links_dir,
-        events: link_rx,
+    let wiring = Wiring {
+        config_path: config_path.as_deref(),
+        publisher: &mut publisher,
+        links: LinkWiring {
+            ebpf: &mut ebpf,
+            attachments: &mut attachments,
+            dataplane: &dataplane,
+            links_dir: &links_dir,
+            events: link_rx,
+        },
+        kube,
+        heartbeat: &heartbeat,
     };
 
-    let result = control_loop(
-        &mut controller,
-        &mut maps,
-        config_path.as_deref(),
-        &mut publisher,
-        &mut links,
-        kube,
-        &heartbeat,
-    )
-    .await;
+    let result = control_loop(&mut controller, &mut maps, wiring).await;
     link_watcher.abort();
     // A stop is not an uninstall: SIGTERM is what every rolling update, `kubectl rollout
     // restart` and node drain sends, and the node's traffic must not notice. The links,
     // programs and maps stay pinned and keep steering (as after kill -9) until the next agent
     // re-adopts them; only `geosteer uninstall` removes them.
-    drop(links);
     drop(attachments);
     drop(maps);
     drop(ebpf);
@@ -346,6 +342,16 @@ pub async fn run(config_path: Option<PathBuf>, config: Config) -> Result<()> {
         "stopped; the programs stay attached and keep steering (`geosteer uninstall` removes them)"
     );
     result
+}
+
+/// What the control loop works with besides the controller and the maps.
+struct Wiring<'a> {
+    /// The config file to reload on SIGHUP and on change, if any.
+    config_path: Option<&'a Path>,
+    publisher: &'a mut Publisher,
+    links: LinkWiring<'a>,
+    kube: Option<KubeWiring>,
+    heartbeat: &'a state::Heartbeat,
 }
 
 /// What the control loop needs to attach and detach programs as interfaces come and go.
@@ -357,7 +363,6 @@ struct LinkWiring<'a> {
     events: mpsc::Receiver<crate::links::LinkEvent>,
 }
 
-/// Lets XDP redirect to `iface` (or no longer), logging what it did.
 /// Attaches the programs, then finishes the migrations: the previous agent's programs ran on
 /// the previous maps until the attach, so what they added since the first copy is copied now,
 /// then the old maps go — also when attaching failed part-way (returned inside), so a restart
@@ -373,6 +378,7 @@ fn attach_and_finish(
     Ok(attached)
 }
 
+/// Lets XDP redirect to `iface` (or no longer), logging what it did.
 fn vouch_xdp_target(maps: &mut BpfMaps, iface: &str, ifindex: u32, vouched: bool) {
     match maps.set_xdp_target(ifindex, vouched) {
         Ok(()) if vouched => info!(iface, ifindex, "XDP may redirect to this interface"),
@@ -453,12 +459,15 @@ fn attachment_infos(attachments: &loader::Attachments) -> Vec<AttachmentInfo> {
 async fn control_loop(
     controller: &mut Controller,
     maps: &mut BpfMaps,
-    config_path: Option<&Path>,
-    publisher: &mut Publisher,
-    links: &mut LinkWiring<'_>,
-    mut kube: Option<KubeWiring>,
-    heartbeat: &state::Heartbeat,
+    wiring: Wiring<'_>,
 ) -> Result<()> {
+    let Wiring {
+        config_path,
+        publisher,
+        mut links,
+        mut kube,
+        heartbeat,
+    } = wiring;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
