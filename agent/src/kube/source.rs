@@ -657,7 +657,7 @@ impl Loop {
             }
         };
         warn!(
-            timeout = %humantime::format_duration(self.settings.startup_timeout),
+            timeout = %crate::config::format_duration(self.settings.startup_timeout),
             origin = origin.name(),
             services = config.services.len(),
             "this cluster's API server has not answered: booting from the last known state"
