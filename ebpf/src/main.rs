@@ -296,8 +296,7 @@ fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &[u8; TcpHdr::LEN]) {
     let ip_header_len = flow.l4_off - ETH_HLEN as u32;
     flow.payload_off = flow.l4_off + header_len;
     // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
-    flow.payload_len =
-        u32::from(ip.tot_len()).saturating_sub(ip_header_len + header_len);
+    flow.payload_len = u32::from(ip.tot_len()).saturating_sub(ip_header_len + header_len);
 }
 
 /// Reads a `T` at `offset` in place when the bytes lie inside `start..end` (a frame's linear

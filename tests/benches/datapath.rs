@@ -28,7 +28,7 @@
 //! the test-run harness itself, and "over floor" is what geosteer adds to it.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, RawFd};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -117,6 +117,9 @@ struct Profile {
     samples: u64,
     /// Share of those samples per part, largest first.
     parts: Vec<ProfilePart>,
+    /// Of the samples in the program's own instructions, the source lines they fell in, as
+    /// shares of all samples, largest first.
+    lines: Vec<(String, f64)>,
 }
 
 #[derive(Serialize)]
@@ -1006,6 +1009,8 @@ fn profile(rig: &Rig) -> Result<Vec<Profile>> {
     std::fs::create_dir_all(&dir)?;
     let mut profiles = Vec::new();
     for (name, program, fd, packet) in cases {
+        let lines = SourceLines::of_program(fd)
+            .with_context(|| format!("the source lines of {program}"))?;
         let data = dir.join("perf.data");
         let mut perf = Command::new("perf")
             .args([
@@ -1041,10 +1046,129 @@ fn profile(rig: &Rig) -> Result<Vec<Profile>> {
             program,
             &String::from_utf8_lossy(&script.stdout),
             symbol,
+            &lines,
         ));
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(profiles)
+}
+
+/// The source line of each piece of a loaded program's JIT image, from the kernel: the
+/// program's line info (instruction → file, line, text in its BTF) with the JIT address of
+/// each record (BPF_OBJ_GET_INFO_BY_FD). A perf sample's address then names the line it ran.
+struct SourceLines {
+    /// (JIT address where the line's code starts, `file:line: text`), by address.
+    starts: Vec<(u64, String)>,
+}
+
+impl SourceLines {
+    fn of_program(fd: RawFd) -> Result<SourceLines> {
+        use aya_obj::generated::{bpf_btf_info, bpf_line_info, bpf_prog_info};
+        // SAFETY: plain C structs, valid when zeroed.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        object_info(fd, &mut info).context("program info")?;
+        let (lines, jited) = (info.nr_line_info as usize, info.nr_jited_line_info as usize);
+        ensure!(
+            lines > 0 && lines == jited,
+            "the program has {lines} line records and {jited} JIT addresses (root and BTF needed)"
+        );
+        ensure!(info.line_info_rec_size as usize == size_of::<bpf_line_info>());
+        let btf_id = info.btf_id;
+        // Each record: instruction offset, file name offset, line text offset, line << 10 | column.
+        let mut line_info = vec![[0u32; 4]; lines];
+        let mut addresses = vec![0u64; jited];
+        // SAFETY: as above.
+        let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+        info.nr_line_info = lines as u32;
+        info.line_info_rec_size = size_of::<bpf_line_info>() as u32;
+        info.line_info = line_info.as_mut_ptr() as u64;
+        info.nr_jited_line_info = jited as u32;
+        info.jited_line_info_rec_size = 8;
+        info.jited_line_info = addresses.as_mut_ptr() as u64;
+        object_info(fd, &mut info).context("program line info")?;
+
+        let btf_fd = bpf(BPF_BTF_GET_FD_BY_ID, &mut [btf_id, 0, 0]).context("the program's BTF")?;
+        // SAFETY: the syscall returned a new fd that nothing else owns.
+        let btf_fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(btf_fd) };
+        // SAFETY: as above.
+        let mut btf_info: bpf_btf_info = unsafe { std::mem::zeroed() };
+        object_info(btf_fd.as_raw_fd(), &mut btf_info).context("BTF size")?;
+        let mut btf = vec![0u8; btf_info.btf_size as usize];
+        // SAFETY: as above.
+        let mut btf_info: bpf_btf_info = unsafe { std::mem::zeroed() };
+        btf_info.btf = btf.as_mut_ptr() as u64;
+        btf_info.btf_size = btf.len() as u32;
+        object_info(btf_fd.as_raw_fd(), &mut btf_info).context("BTF")?;
+        // The header: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len.
+        let word = |at: usize| u32::from_le_bytes(btf[at..at + 4].try_into().unwrap()) as usize;
+        let strings = &btf[word(4) + word(16)..][..word(20)];
+        let text = |offset: u32| {
+            let rest = &strings[offset as usize..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end]).into_owned()
+        };
+        let mut starts: Vec<(u64, String)> = line_info
+            .iter()
+            .zip(&addresses)
+            .map(|(line, &address)| {
+                let [_, file_name_off, line_off, line_col] = *line;
+                let file = text(file_name_off);
+                let file = file
+                    .rsplit_once("/src/")
+                    .map_or(file.as_str(), |(_, f)| f)
+                    .to_string();
+                let source = text(line_off);
+                (
+                    address,
+                    format!("{file}:{}: {}", line_col >> 10, source.trim()),
+                )
+            })
+            .collect();
+        starts.sort_by_key(|(address, _)| *address);
+        Ok(SourceLines { starts })
+    }
+
+    /// The line whose code holds `address`, if it is in the program.
+    fn at(&self, address: u64) -> Option<&str> {
+        let index = self.starts.partition_point(|(start, _)| *start <= address);
+        index.checked_sub(1).map(|i| self.starts[i].1.as_str())
+    }
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+
+/// The `bpf(2)` syscall with `attr`, whose size the kernel checks.
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> Result<i32> {
+    // SAFETY: `attr` is a live, writable struct of the given size.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut T,
+            size_of::<T>() as u32,
+        )
+    };
+    if result < 0 {
+        bail!("bpf({command}): {}", std::io::Error::last_os_error());
+    }
+    Ok(result as i32)
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD into `info` (a `bpf_*_info` struct).
+fn object_info<T>(fd: RawFd, info: &mut T) -> Result<()> {
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoByFd {
+        bpf_fd: fd as u32,
+        info_len: size_of::<T>() as u32,
+        info: info as *mut T as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
 }
 
 /// What a kernel function is, for a per-packet cost: the parts a reader can weigh.
@@ -1081,29 +1205,50 @@ fn part_of(function: &str) -> &'static str {
 
 /// Sorts `perf script -F ip,sym` output: samples whose call chain passes through a JITed
 /// program named `..._<symbol>`, by the part their innermost function belongs to.
-fn sort_samples(name: &str, program: &'static str, script: &str, symbol: &str) -> Profile {
+fn sort_samples(
+    name: &str,
+    program: &'static str,
+    script: &str,
+    symbol: &str,
+    source: &SourceLines,
+) -> Profile {
     use std::collections::BTreeMap;
     let mut functions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lines: BTreeMap<String, u64> = BTreeMap::new();
     let mut samples = 0u64;
     for chain in script.split("\n\n") {
-        let frames: Vec<&str> = chain
+        // Each frame: its address and its symbol.
+        let frames: Vec<(&str, &str)> = chain
             .lines()
-            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                Some((words.next()?, words.next()?))
+            })
             .collect();
         let in_program = frames
             .iter()
-            .any(|f| f.starts_with("bpf_prog_") && f.ends_with(symbol));
-        let Some(leaf) = frames.first().filter(|_| in_program) else {
+            .any(|(_, f)| f.starts_with("bpf_prog_") && f.ends_with(symbol));
+        let Some((address, leaf)) = frames.first().filter(|_| in_program) else {
             continue;
         };
         samples += 1;
         let leaf = if leaf.starts_with("bpf_prog_") {
+            let line = u64::from_str_radix(address, 16)
+                .ok()
+                .and_then(|a| source.at(a))
+                .unwrap_or("(no line)");
+            *lines.entry(line.to_string()).or_default() += 1;
             "bpf_prog_*".to_string()
         } else {
             leaf.to_string()
         };
         *functions.entry(leaf).or_default() += 1;
     }
+    let mut lines: Vec<(String, f64)> = lines
+        .into_iter()
+        .map(|(line, count)| (line, count as f64 / samples.max(1) as f64))
+        .collect();
+    lines.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut parts: BTreeMap<&'static str, ProfilePart> = BTreeMap::new();
     for (function, count) in functions {
         let share = count as f64 / samples.max(1) as f64;
@@ -1125,5 +1270,6 @@ fn sort_samples(name: &str, program: &'static str, script: &str, symbol: &str) -
         program,
         samples,
         parts,
+        lines,
     }
 }

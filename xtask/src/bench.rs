@@ -97,6 +97,9 @@ struct KernelProfile {
     name: String,
     samples: u64,
     parts: Vec<KernelProfilePart>,
+    /// The program's own samples by source line (`file:line: text`), as shares of all.
+    #[serde(default)]
+    lines: Vec<(String, f64)>,
 }
 
 #[derive(Deserialize)]
@@ -937,7 +940,45 @@ fn render_profiles(w: &mut String, k: &KernelReport) {
             );
         }
         let _ = writeln!(w);
+        render_profile_lines(w, p, over);
     }
+}
+
+/// Source lines taking at least this share of a case's samples are listed.
+const LINE_SHARE_LISTED: f64 = 0.01;
+
+/// The program's own instructions by source line: where its part of the time goes.
+fn render_profile_lines(w: &mut String, p: &KernelProfile, over: f64) {
+    let listed: Vec<&(String, f64)> = p
+        .lines
+        .iter()
+        .filter(|(_, share)| *share >= LINE_SHARE_LISTED)
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    let own: f64 = p.lines.iter().map(|(_, share)| share).sum();
+    let _ = writeln!(
+        w,
+        "Of its own instructions ({:.0}% of the samples), the source lines with at least {:.0}% \
+         each, by the kernel's line info for the JIT image (the rest is spread over {} more \
+         lines):\n",
+        100.0 * own,
+        100.0 * LINE_SHARE_LISTED,
+        p.lines.len() - listed.len()
+    );
+    let _ = writeln!(w, "| Source line | Share | ≈ ns |");
+    let _ = writeln!(w, "|---|---:|---:|");
+    for (line, share) in listed {
+        let line = line.replace('|', "\\|");
+        let _ = writeln!(
+            w,
+            "| `{line}` | {:.1}% | {:.0} |",
+            100.0 * share,
+            share * over
+        );
+    }
+    let _ = writeln!(w);
 }
 
 fn kernel_table(w: &mut String, k: &KernelReport, method: &str) {
