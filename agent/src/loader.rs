@@ -14,6 +14,8 @@ use aya::{
     },
 };
 use geosteer_common::{map_names, program_names};
+/// The levels [`load_logging`] takes.
+pub use tracing::level_filters::LevelFilter;
 use tracing::{info, warn};
 
 use crate::{
@@ -85,18 +87,37 @@ pub fn finish_migrations(migrations: Vec<Migration>, pin_dir: &Path) -> Result<(
 /// [`load`], returning the migrations of maps whose pinned layout was older, after their
 /// first copy.
 pub fn load_migrating(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<(Ebpf, Vec<Migration>)> {
-    load_logging(
-        sizes,
-        pin_dir,
-        tracing::level_filters::LevelFilter::current(),
-    )
+    load_logging(sizes, pin_dir, kernel_log_level())
 }
 
-/// The level below which the kernel programs log nothing (aya-log's `AYA_LOG_LEVEL`, fixed at
-/// load: the verifier then drops the statements above it as dead code).
-fn kernel_log_level(level: tracing::level_filters::LevelFilter) -> u8 {
+/// The most verbose level the agent's log takes for the kernel's records (target
+/// `geosteer::kernel`): the programs write nothing above it.
+pub fn kernel_log_level() -> LevelFilter {
+    use tracing::Level;
+    macro_rules! kernel_enabled {
+        ($level:expr) => {
+            tracing::enabled!(target: "geosteer::kernel", $level)
+        };
+    }
+    if kernel_enabled!(Level::TRACE) {
+        LevelFilter::TRACE
+    } else if kernel_enabled!(Level::DEBUG) {
+        LevelFilter::DEBUG
+    } else if kernel_enabled!(Level::INFO) {
+        LevelFilter::INFO
+    } else if kernel_enabled!(Level::WARN) {
+        LevelFilter::WARN
+    } else if kernel_enabled!(Level::ERROR) {
+        LevelFilter::ERROR
+    } else {
+        LevelFilter::OFF
+    }
+}
+
+/// aya-log's value of `AYA_LOG_LEVEL` for `level`. Fixed at load (read-only data): the verifier
+/// then drops the statements above it as dead code.
+fn aya_log_level(level: LevelFilter) -> u8 {
     use aya_log::Level;
-    use tracing::level_filters::LevelFilter;
     match level {
         LevelFilter::OFF => 0,
         LevelFilter::ERROR => Level::Error as u8,
@@ -107,12 +128,12 @@ fn kernel_log_level(level: tracing::level_filters::LevelFilter) -> u8 {
     }
 }
 
-/// [`load_migrating`] with the kernel's log statements up to `level` on (the agent passes its
-/// own log level; the tests also the most verbose, which the verifier must take too).
+/// [`load_migrating`] with the kernel's log statements up to `level` on (the agent passes
+/// [`kernel_log_level`]; a test loads the most verbose, which the verifier must take too).
 pub fn load_logging(
     sizes: MapSizes,
     pin_dir: Option<&Path>,
-    level: tracing::level_filters::LevelFilter,
+    level: LevelFilter,
 ) -> Result<(Ebpf, Vec<Migration>)> {
     if EBPF_OBJECT.is_empty() {
         bail!(
@@ -122,7 +143,7 @@ pub fn load_logging(
         );
     }
     let mut loader = EbpfLoader::new();
-    let log_level = kernel_log_level(level);
+    let log_level = aya_log_level(level);
     loader.override_global("AYA_LOG_LEVEL", &log_level, true);
     for spec in crate::memory::maps(&sizes).iter().filter(|s| s.resizable) {
         loader.map_max_entries(spec.name, spec.max_entries);
@@ -160,6 +181,15 @@ pub fn load_logging(
             {
                 migrations.push(migration);
             }
+        }
+    }
+    // The log ring starts empty with every load: records of other programs (another
+    // aya-log version's format, another ring size) would not read.
+    if let Some((_, path)) = pins.iter().find(|(name, _)| *name == map_names::LOGS) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
         }
     }
     for (name, path) in &pins {

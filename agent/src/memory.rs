@@ -23,7 +23,8 @@ use crate::loader::MapSizes;
 
 /// Byte size of the events ring (`GS_KERNEL_EVENTS` in ebpf/src/steer.rs).
 pub const EVENTS_RING_BYTES: u64 = 64 * 1024;
-/// Byte size of aya-log's ring (`AYA_LOGS`, fixed by aya-log-ebpf).
+/// Byte size of aya-log's ring (`AYA_LOGS`, fixed by aya-log-ebpf; the privileged maps test
+/// holds it to the kernel's figure).
 pub const LOG_RING_BYTES: u64 = 128 * 1024;
 
 /// Memory the agent process itself needs besides its maps (its heap: the config file or the

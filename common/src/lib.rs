@@ -30,8 +30,8 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
     pub const XDP_TARGETS: &str = "GS_XDP_TARGETS";
     pub const AFFINITY: &str = "GS_AFFINITY";
-    /// aya-log's ring of kernel log records (the name is aya-log's). Pinned like the events
-    /// ring, so an agent started while the old programs still run reads what they logged.
+    /// aya-log's ring of kernel log records (the name is aya-log's). Pinned with the others
+    /// (its memory counted, `geosteer uninstall` removes it), but made anew with every load.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.

@@ -232,7 +232,8 @@ pub(crate) fn count_drop(reason: DropReason) {
 /// Counts a dropped packet of `flow` and, as far as the agent's log level asks (set at load),
 /// says which and why: aya-log, forwarded by the agent into its own log. Drops are counted
 /// always; a line per drop is for debugging, except a failing map (conntrack full), which is
-/// worth a warning. Not inlined, so that the record is built in a frame of its own.
+/// worth a warning; at most [`LOG_RECORDS_PER_SECOND`] lines per CPU. Not inlined, so that the
+/// record is built in a frame of its own.
 #[inline(never)]
 pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
     count_drop(reason);
@@ -240,6 +241,9 @@ pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
     let vip = Ipv4Addr::from(u32::from_be(flow.daddr));
     let (client_port, vip_port) = (u16::from_be(flow.sport), u16::from_be(flow.dport));
     let proto = flow.proto;
+    if !may_log() {
+        return;
+    }
     // The context argument of aya-log's macros is unused (kept for later versions).
     match reason {
         DropReason::Internal => aya_log_ebpf::warn!(
@@ -264,6 +268,42 @@ pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
             reason.name()
         ),
     }
+}
+
+/// Log records a CPU may write per second. A flood of drops (a client aiming at a VIP
+/// without endpoints) then costs the log ring, its lock, the agent and its log no more than
+/// this; the drop counters still count every drop.
+const LOG_RECORDS_PER_SECOND: u32 = 100;
+
+/// A CPU's log records in the current second.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct LogBudget {
+    window_start_ns: u64,
+    records: u32,
+}
+
+#[map(name = "GS_LOG_BUDGET")]
+static LOG_BUDGET: PerCpuArray<LogBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether this CPU may write one more log record this second (and counts it).
+fn may_log() -> bool {
+    let Some(budget) = LOG_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    let now = last_seen_now_ns();
+    // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+    unsafe {
+        if now.wrapping_sub((*budget).window_start_ns) >= 1_000_000_000 {
+            (*budget).window_start_ns = now;
+            (*budget).records = 0;
+        }
+        if (*budget).records >= LOG_RECORDS_PER_SECOND {
+            return false;
+        }
+        (*budget).records += 1;
+    }
+    true
 }
 
 pub(crate) fn count_ct(index: u32) {

@@ -144,3 +144,19 @@ fn tables_written_through_the_mapping_are_what_the_map_holds() {
     assert!(maps.table_memory.is_some(), "the migrated map is mapped");
     assert_eq!(maps.read_table(7, 40).unwrap(), first, "its chunks kept");
 }
+
+/// The verifier takes the programs with every kernel log statement on (the agent's `trace`
+/// level for `geosteer::kernel`), not only at the default level the other tests load.
+#[test]
+fn loads_with_every_kernel_log_statement_on() {
+    require_root();
+    let sizes = MapSizes {
+        max_services: 16,
+        max_backends: 256,
+        conntrack: 4096,
+        table_chunks: 16 * 36,
+    };
+    for level in [loader::LevelFilter::TRACE, loader::LevelFilter::OFF] {
+        loader::load_logging(sizes, None, level).unwrap_or_else(|e| panic!("{level}: {e:#}"));
+    }
+}

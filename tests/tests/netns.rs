@@ -430,8 +430,8 @@ fn new_interfaces_matching_the_globs_are_attached_as_they_appear() {
 /// shows that the verifier takes the programs with their debug statements on.
 #[test]
 fn kernel_drops_reach_the_agent_log_at_debug() {
-    let lab = lab("gsn7", 1, false);
-    let pins = PinDir::new("gsn7").unwrap();
+    let lab = lab("gsnk", 1, false);
+    let pins = PinDir::new("gsnk").unwrap();
     let empty = "  - name: empty\n    vip: 198.19.0.11\n    ports: [{port: 80, targetPort: 8080}]\n    endpoints: []\n";
     let yaml = format!("{}{empty}", config(&lab, &pins, &[("b1", 1)], "cl0", ""));
     let agent = Agent::start_with_env(

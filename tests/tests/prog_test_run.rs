@@ -763,3 +763,54 @@ fn the_fallback_scan_finds_the_backend_in_rotation() {
     println!("verified instructions, tc ingress: {verified}");
     assert!(verified < 500_000, "{verified}");
 }
+
+/// Collects the kernel's log records (aya-log) as text.
+#[derive(Clone, Default)]
+struct Records(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Records {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        self.0.lock().unwrap().push(line);
+    }
+    fn flush(&self) {}
+}
+
+/// A flood of drops is counted in full but logged at most 100 times per second per CPU: a
+/// client aiming at a VIP without endpoints costs the log ring, the agent and its log little.
+#[test]
+fn a_flood_of_drops_is_counted_in_full_and_logged_within_a_budget() {
+    let mut rig = Rig::at_log_level(geosteer::loader::LevelFilter::DEBUG);
+    let records = Records::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut rig.ebpf, records.clone())
+        .expect("the log ring");
+    rig.set_services(&[(VIP, VPORT, PROTO_TCP, &[])]);
+    let before = rig.drops(DropReason::NoBackend);
+    let started = std::time::Instant::now();
+    for port in 40000..40300u16 {
+        assert_eq!(rig.ingress(&syn(port)).0, TC_ACT_SHOT);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "the flood fits in one budget window"
+    );
+    assert_eq!(rig.drops(DropReason::NoBackend), before + 300);
+    logger.flush();
+    let records = records.0.lock().unwrap().clone();
+    let cpus = geosteer::memory::possible_cpus().unwrap() as usize;
+    assert!(
+        (100..=100 * cpus).contains(&records.len()),
+        "{} records for 300 drops on {cpus} CPUs",
+        records.len()
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.starts_with("DEBUG geosteer::kernel: dropped ")
+                && r.ends_with(&format!(" -> {VIP}:{VPORT} (proto 6): no_backend"))),
+        "{records:?}"
+    );
+}

@@ -970,10 +970,11 @@ fn render_profile_lines(w: &mut String, p: &KernelProfile, over: f64) {
     let _ = writeln!(w, "| Source line | Share | ≈ ns |");
     let _ = writeln!(w, "|---|---:|---:|");
     for (line, share) in listed {
-        let line = line.replace('|', "\\|");
+        // A double-backtick span holds single backticks; a table cell needs `|` escaped.
+        let line = line.replace('|', "\\|").replace("``", "` `");
         let _ = writeln!(
             w,
-            "| `{line}` | {:.1}% | {:.0} |",
+            "| `` {line} `` | {:.1}% | {:.0} |",
             100.0 * share,
             share * over
         );

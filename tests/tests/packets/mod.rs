@@ -206,7 +206,13 @@ pub(crate) struct Rig {
 }
 
 impl Rig {
+    /// At the agent's default log level (`info`), so the programs are the ones a node runs.
     pub(crate) fn new() -> Self {
+        Self::at_log_level(loader::LevelFilter::INFO)
+    }
+
+    /// With the kernel's log statements on up to `level`.
+    pub(crate) fn at_log_level(level: loader::LevelFilter) -> Self {
         require_root();
         let sizes = MapSizes {
             max_services: 16,
@@ -214,7 +220,8 @@ impl Rig {
             conntrack: 65536,
             table_chunks: 1 << 12,
         };
-        let mut ebpf = loader::load(sizes, None).expect("kernel object loads and verifies");
+        let (mut ebpf, _) =
+            loader::load_logging(sizes, None, level).expect("kernel object loads and verifies");
         let maps = BpfMaps::take(&mut ebpf).expect("maps");
         let mut rig = Self {
             ebpf,
