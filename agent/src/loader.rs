@@ -185,12 +185,10 @@ pub fn load_logging(
     }
     // The log ring starts empty with every load: records of other programs (another
     // aya-log version's format, another ring size) would not read.
-    if let Some((_, path)) = pins.iter().find(|(name, _)| *name == map_names::LOGS) {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        }
+    if let Some((_, path)) = pins.iter().find(|(name, _)| *name == map_names::LOGS)
+        && path.exists()
+    {
+        remove_pin(path)?;
     }
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());

@@ -237,13 +237,13 @@ pub(crate) fn count_drop(reason: DropReason) {
 #[inline(never)]
 pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
     count_drop(reason);
+    if !may_log() {
+        return;
+    }
     let client = Ipv4Addr::from(u32::from_be(flow.saddr));
     let vip = Ipv4Addr::from(u32::from_be(flow.daddr));
     let (client_port, vip_port) = (u16::from_be(flow.sport), u16::from_be(flow.dport));
     let proto = flow.proto;
-    if !may_log() {
-        return;
-    }
     // The context argument of aya-log's macros is unused (kept for later versions).
     match reason {
         DropReason::Internal => aya_log_ebpf::warn!(

@@ -436,20 +436,10 @@ fn load_noop(prog_type: u32, verdict: u32) -> Result<std::os::fd::OwnedFd> {
         ..Default::default()
     };
     attr.prog_name[..7].copy_from_slice(b"gs_noop");
-    // SAFETY: attr is a valid bpf_attr prefix; insns and license outlive the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &mut attr as *mut ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_LOAD of the no-op program");
-    }
+    // The attr's insns and license outlive the call.
+    let fd = bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of the no-op program")?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as RawFd) })
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 struct Run {

@@ -59,6 +59,19 @@ fn sequential(lab: &Lab, connections: u32, timeout_ms: u64) -> HttpReport {
     http_from(&lab.client, VIP, &opts).expect("client runs")
 }
 
+/// Runs `attack` of `requests` requests and checks that every one was answered 200 (`what`
+/// names them in the failure).
+fn all_answered(lab: &Lab, attack: &str, requests: usize, what: &str) {
+    let count = requests.to_string();
+    let report = adversary(lab, &["--attack", attack, "--requests", &count]);
+    let responses = report["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), requests, "{report}");
+    assert!(
+        responses.iter().all(|r| r["status"] == 200),
+        "{what} failed: {report}"
+    );
+}
+
 fn adversary(lab: &Lab, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["adversary", "--target", VIP];
     all.extend_from_slice(args);
@@ -97,13 +110,7 @@ fn benign_and_hostile_traffic_ejects_nothing() {
 
     // Downloads of captured HTTP exchanges: body segments that begin with `HTTP/1.1 503`.
     for _ in 0..4 {
-        let report = adversary(&lab, &["--attack", "capture", "--requests", "6"]);
-        let responses = report["responses"].as_array().unwrap();
-        assert_eq!(responses.len(), 6, "{report}");
-        assert!(
-            responses.iter().all(|r| r["status"] == 200),
-            "capture downloads failed: {report}"
-        );
+        all_answered(&lab, "capture", 6, "capture downloads");
     }
     assert_eq!(
         ejections(&agent),
@@ -114,13 +121,7 @@ fn benign_and_hostile_traffic_ejects_nothing() {
     // An echo whose body (a 503 status line the client chose) follows its head in a write of
     // its own, with the client's next request sent in between.
     for _ in 0..3 {
-        let report = adversary(&lab, &["--attack", "echo-early-request", "--requests", "4"]);
-        let responses = report["responses"].as_array().unwrap();
-        assert_eq!(responses.len(), 4, "{report}");
-        assert!(
-            responses.iter().all(|r| r["status"] == 200),
-            "echo requests failed: {report}"
-        );
+        all_answered(&lab, "echo-early-request", 4, "echo requests");
     }
     assert_eq!(
         ejections(&agent),

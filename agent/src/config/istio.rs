@@ -140,10 +140,10 @@ impl<'de> Deserialize<'de> for Spec {
             // The policy reports its own ignored keys (below `trafficPolicy`); of a subset
             // only its policy is worth a warning.
             let reported = match path.split_once('.') {
-                _ if path == "exportTo" => false,
+                None => path != "exportTo",
                 Some(("trafficPolicy", _)) => false,
                 Some((subset, field)) if subset.starts_with("subsets[") => field == "trafficPolicy",
-                _ => true,
+                Some(_) => true,
             };
             if reported {
                 ignored.push(path);
