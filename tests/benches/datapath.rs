@@ -124,6 +124,7 @@ struct Profile {
 
 #[derive(Serialize)]
 struct ProfilePart {
+    kind: PartKind,
     part: &'static str,
     share: f64,
     /// The kernel functions that make up the part, with their own shares.
@@ -763,6 +764,7 @@ const TC_RESPONSE_START: usize = 6;
 const NOOP_XDP: usize = 7;
 const XDP_NEW: usize = 8;
 const XDP_EST: usize = 9;
+const XDP_EST_ONE: usize = 10;
 
 fn single(
     rig: &mut Rig,
@@ -800,6 +802,10 @@ fn single(
         ),
         (
             "XDP: established flow (conntrack hit, DNAT, FIB, redirect)",
+            program_names::XDP,
+        ),
+        (
+            "XDP: established, one flow (same packet every call)",
             program_names::XDP,
         ),
     ];
@@ -924,7 +930,23 @@ fn single(
             "an XDP new flow was not DNATed to a backend"
         );
         series[XDP_NEW].add(&new, names[XDP_NEW].0)?;
-        series[XDP_EST].add(&run_all(rig.xdp, &request)?, names[XDP_EST].0)?;
+        let est = run_all(rig.xdp, &request)?;
+        ensure!(
+            est.2
+                .iter()
+                .zip(&new.2)
+                .all(|(o, n)| dst_of(o) == dst_of(n)),
+            "an XDP established flow changed backend"
+        );
+        series[XDP_EST].add(&est, names[XDP_EST].0)?;
+        // As at TC: the same calls on one flow, its conntrack entries warm. (The TTL XDP
+        // decrements is fresh in every call's packet, so the flow is forwarded every time.)
+        let one = run_all(rig.xdp, &|_| request(ports[0]))?;
+        ensure!(
+            one.2.iter().all(|o| dst_of(o) == dst_of(&new.2[0])),
+            "the one XDP established flow changed backend"
+        );
+        series[XDP_EST_ONE].add(&one, names[XDP_EST_ONE].0)?;
     }
     rig.clear_conntrack()?;
     for s in &mut series {
@@ -940,6 +962,7 @@ fn single(
         (TC_RESPONSE_START, TC_ACT_OK),
         (XDP_NEW, XDP_REDIRECT),
         (XDP_EST, XDP_REDIRECT),
+        (XDP_EST_ONE, XDP_REDIRECT),
     ] {
         ensure!(
             series[i].verdict == Some(expected),
@@ -1178,7 +1201,31 @@ fn object_info<T>(fd: RawFd, info: &mut T) -> Result<()> {
 }
 
 /// What a kernel function is, for a per-packet cost: the parts a reader can weigh.
-fn part_of(function: &str) -> &'static str {
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+enum PartKind {
+    Program,
+    HashLookups,
+    Rewrite,
+    Clock,
+    Other,
+}
+
+impl PartKind {
+    fn describe(self) -> &'static str {
+        match self {
+            PartKind::Program => {
+                "the program's own instructions (incl. inlined array and per-CPU map lookups)"
+            }
+            PartKind::HashLookups => "hash map lookups (service, conntrack entries)",
+            PartKind::Rewrite => "packet rewrite helpers (store, checksum updates)",
+            PartKind::Clock => "clock reads",
+            PartKind::Other => "other kernel functions",
+        }
+    }
+}
+
+fn part_of(function: &str) -> PartKind {
     const HASH: &[&str] = &[
         "htab",
         "lookup_nulls_elem_raw",
@@ -1197,15 +1244,15 @@ fn part_of(function: &str) -> &'static str {
     ];
     const CLOCK: &[&str] = &["read_tsc", "ktime_get", "bpf_ktime_get"];
     if function.starts_with("bpf_prog_") {
-        "the program's own instructions (incl. inlined array and per-CPU map lookups)"
+        PartKind::Program
     } else if HASH.iter().any(|h| function.contains(h)) {
-        "hash map lookups (service, conntrack entries)"
+        PartKind::HashLookups
     } else if REWRITE.iter().any(|h| function.contains(h)) {
-        "packet rewrite helpers (store, checksum updates)"
+        PartKind::Rewrite
     } else if CLOCK.iter().any(|h| function.contains(h)) {
-        "clock reads"
+        PartKind::Clock
     } else {
-        "other kernel functions"
+        PartKind::Other
     }
 }
 
@@ -1255,11 +1302,13 @@ fn sort_samples(
         .map(|(line, count)| (line, count as f64 / samples.max(1) as f64))
         .collect();
     lines.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut parts: BTreeMap<&'static str, ProfilePart> = BTreeMap::new();
+    let mut parts: BTreeMap<PartKind, ProfilePart> = BTreeMap::new();
     for (function, count) in functions {
         let share = count as f64 / samples.max(1) as f64;
-        let part = parts.entry(part_of(&function)).or_insert(ProfilePart {
-            part: part_of(&function),
+        let kind = part_of(&function);
+        let part = parts.entry(kind).or_insert(ProfilePart {
+            kind,
+            part: kind.describe(),
             share: 0.0,
             functions: Vec::new(),
         });
