@@ -38,7 +38,9 @@ use geosteer::{
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer},
 };
-use geosteer_common::{FlowKey, PROTO_TCP, ServiceKey, program_names};
+use geosteer_common::{
+    DIR_ORIGINAL, FlowKey, PROTO_TCP, ServiceKey, TCP_ESTABLISHED, program_names,
+};
 use serde::Serialize;
 
 const TC_ACT_OK: u32 = 0;
@@ -62,7 +64,7 @@ const BACKENDS: u8 = 64;
 const CLIENT_PORT: u16 = 40000;
 
 /// The batched established-flow cases, which the profile runs again (one name, one packet each).
-const ESTABLISHED_CASE: &str = "TC ingress: established flow (conntrack hit, DNAT)";
+const ESTABLISHED_CASE: &str = "TC ingress: established flow, a client ACK (conntrack hit, DNAT)";
 const REPLY_CASE: &str = "TC egress: reply data (reverse NAT; no response start awaited)";
 
 const SYN: u8 = 0x02;
@@ -350,6 +352,19 @@ impl Rig {
     }
 
     /// Empties conntrack, so every repetition of the new-flow cases starts from the same state.
+    /// The TCP state of the original entry of the flow from `port` to VIP:`vport`.
+    fn tcp_state(&self, port: u16, vport: u16) -> Result<u8> {
+        let key = FlowKey::new(
+            u32::from(CLIENT).to_be(),
+            u32::from(VIP).to_be(),
+            port.to_be(),
+            vport.to_be(),
+            PROTO_TCP,
+            DIR_ORIGINAL,
+        );
+        Ok(self.maps.conntrack.get(&key, 0)?.tcp_state)
+    }
+
     fn clear_conntrack(&mut self) -> Result<()> {
         let keys: Vec<FlowKey> = self.maps.conntrack.keys().collect::<Result<_, _>>()?;
         for key in keys {
@@ -467,14 +482,59 @@ fn test_run(fd: RawFd, data: &[u8], repeat: u32) -> Result<Run> {
 
 // -------------------------------------------------------------------------- packets ---
 
-/// A request on the self-NAT flow (see [`SELF_PORT`]): DNATed into the same bytes.
-fn established_request() -> Vec<u8> {
-    tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, PSH_ACK, REQUEST)
+/// The handshake's sequence numbers: the client's ISN is 1000, the backend's 1999.
+const CLIENT_NEXT: u32 = 1001;
+const BACKEND_NEXT: u32 = 2000;
+
+/// The client's acknowledgement of a backend's data on an established flow from `port` to
+/// VIP:`vport`: the commonest client packet (a download's), no payload.
+fn client_ack(port: u16, vport: u16) -> Vec<u8> {
+    tcp_at(
+        CLIENT,
+        port,
+        VIP,
+        vport,
+        ACK,
+        (CLIENT_NEXT, BACKEND_NEXT),
+        &[],
+    )
 }
 
-/// A reply on the self-NAT flow: reverse-NATed into the same bytes.
+/// The backend's SYN-ACK to a client's SYN (seq 1000) from `port`.
+fn syn_ack(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
+    tcp_at(
+        backend,
+        backend_port,
+        CLIENT,
+        port,
+        SYN | ACK,
+        (BACKEND_NEXT - 1, CLIENT_NEXT),
+        &[],
+    )
+}
+
+/// Data from a backend on an established flow: the first segment after its SYN-ACK.
+fn backend_data(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
+    tcp_at(
+        backend,
+        backend_port,
+        CLIENT,
+        port,
+        PSH_ACK,
+        (BACKEND_NEXT, CLIENT_NEXT),
+        RESPONSE,
+    )
+}
+
+/// The client's ACK on the established self-NAT flow (see [`SELF_PORT`]): DNATed into the
+/// same bytes.
+fn established_ack() -> Vec<u8> {
+    client_ack(CLIENT_PORT, SELF_PORT)
+}
+
+/// Data from the backend on the self-NAT flow: reverse-NATed into the same bytes.
 fn reply_data() -> Vec<u8> {
-    tcp(VIP, SELF_PORT, CLIENT, CLIENT_PORT, PSH_ACK, RESPONSE)
+    backend_data(VIP, SELF_PORT, CLIENT_PORT)
 }
 
 /// Ethernet + IPv4 + TCP with valid checksums, sequence number 1000 and (with ACK) 2000
@@ -601,12 +661,19 @@ fn batched(
     repeat: u32,
     reps: u32,
 ) -> Result<Vec<Case>> {
-    // The self-NAT flow's SYN creates its conntrack entries (original and reply).
+    // The self-NAT flow's handshake: its SYN creates its conntrack entries (original and
+    // reply), the SYN-ACK and the ACK establish it.
     let syn = tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, SYN, &[]);
     let first = test_run(rig.tc_ingress, &syn, 1)?;
     ensure!(
         first.retval == TC_ACT_OK && first.out == syn,
         "self-NAT SYN was not steered to itself"
+    );
+    test_run(rig.tc_egress, &syn_ack(VIP, SELF_PORT, CLIENT_PORT), 1)?;
+    test_run(rig.tc_ingress, &established_ack(), 1)?;
+    ensure!(
+        rig.tcp_state(CLIENT_PORT, SELF_PORT)? == TCP_ESTABLISHED,
+        "the self-NAT flow is not established"
     );
 
     let specs = [
@@ -623,7 +690,7 @@ fn batched(
             name: ESTABLISHED_CASE,
             program: program_names::TC_INGRESS,
             fd: rig.tc_ingress,
-            packet: established_request(),
+            packet: established_ack(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Requests,
@@ -823,7 +890,7 @@ fn single(
         Ok((d, v, o))
     };
     let syn = |p| tcp(CLIENT, p, VIP, VPORT, SYN, &[]);
-    let request = |p| tcp(CLIENT, p, VIP, VPORT, PSH_ACK, REQUEST);
+    let ack = |p| client_ack(p, VPORT);
 
     // One more repetition than recorded: the first runs on a conntrack map that has never held
     // an entry, whose free entries are handed out in memory order, which makes it faster than
@@ -840,8 +907,15 @@ fn single(
             "a new flow was not DNATed to a backend"
         );
         series[TC_NEW].add(&new, names[TC_NEW].0)?;
+        // The backends' SYN-ACKs establish the flows (not measured).
+        let backend_of = |p: u16| chosen[usize::from(p - ports[0])];
+        run_all(rig.tc_egress, &|p| syn_ack(backend_of(p), TPORT, p))?;
+        ensure!(
+            rig.tcp_state(ports[0], VPORT)? == TCP_ESTABLISHED,
+            "the SYN-ACK did not establish the flow"
+        );
 
-        let est = run_all(rig.tc_ingress, &request)?;
+        let est = run_all(rig.tc_ingress, &ack)?;
         ensure!(
             est.2.iter().zip(&chosen).all(|(o, b)| dst_of(o) == *b),
             "an established flow changed backend"
@@ -850,18 +924,14 @@ fn single(
 
         // The same calls on one flow: what remains of the difference to the batched method is
         // the harness; what this adds over it is touching a different flow every time.
-        let one = run_all(rig.tc_ingress, &|_| request(ports[0]))?;
+        let one = run_all(rig.tc_ingress, &|_| ack(ports[0]))?;
         ensure!(
             one.2.iter().all(|o| dst_of(o) == chosen[0]),
             "the one established flow changed backend"
         );
         series[TC_EST_ONE].add(&one, names[TC_EST_ONE].0)?;
 
-        let reply_to = |p: u16| {
-            let backend = chosen[usize::from(p - ports[0])];
-            tcp(backend, TPORT, CLIENT, p, PSH_ACK, RESPONSE)
-        };
-        let replies = run_all(rig.tc_egress, &reply_to)?;
+        let replies = run_all(rig.tc_egress, &|p| backend_data(backend_of(p), TPORT, p))?;
         ensure!(
             replies
                 .2
@@ -878,17 +948,9 @@ fn single(
             tcp(CLIENT, http_port(p), VIP, VPORT, SYN, &[])
         })?;
         let http_backends: Vec<Ipv4Addr> = opened.2.iter().map(|o| dst_of(o)).collect();
-        let backend_of = |p: u16| http_backends[usize::from(p - ports[0])];
+        let http_backend_of = |p: u16| http_backends[usize::from(p - ports[0])];
         run_all(rig.tc_egress, &|p| {
-            tcp_at(
-                backend_of(p),
-                TPORT,
-                CLIENT,
-                http_port(p),
-                SYN | ACK,
-                (1999, 1001),
-                &[],
-            )
+            syn_ack(http_backend_of(p), TPORT, http_port(p))
         })?;
         let requests = run_all(rig.tc_ingress, &|p| {
             tcp_at(
@@ -897,21 +959,21 @@ fn single(
                 VIP,
                 VPORT,
                 PSH_ACK,
-                (1001, 2000),
+                (CLIENT_NEXT, BACKEND_NEXT),
                 REQUEST,
             )
         })?;
         series[TC_REQUEST_START].add(&requests, names[TC_REQUEST_START].0)?;
         let read_before = rig.responses_2xx()?;
         let starts = run_all(rig.tc_egress, &|p| {
-            let ack = 1001 + REQUEST.len() as u32;
+            let ack = CLIENT_NEXT + REQUEST.len() as u32;
             tcp_at(
-                backend_of(p),
+                http_backend_of(p),
                 TPORT,
                 CLIENT,
                 http_port(p),
                 PSH_ACK,
-                (2000, ack),
+                (BACKEND_NEXT, ack),
                 RESPONSE_START,
             )
         })?;
@@ -930,7 +992,14 @@ fn single(
             "an XDP new flow was not DNATed to a backend"
         );
         series[XDP_NEW].add(&new, names[XDP_NEW].0)?;
-        let est = run_all(rig.xdp, &request)?;
+        run_all(rig.tc_egress, &|p| {
+            syn_ack(dst_of(&new.2[usize::from(p - ports[0])]), TPORT, p)
+        })?;
+        ensure!(
+            rig.tcp_state(ports[0], VPORT)? == TCP_ESTABLISHED,
+            "the SYN-ACK did not establish the XDP flow"
+        );
+        let est = run_all(rig.xdp, &ack)?;
         ensure!(
             est.2
                 .iter()
@@ -941,7 +1010,7 @@ fn single(
         series[XDP_EST].add(&est, names[XDP_EST].0)?;
         // As at TC: the same calls on one flow, its conntrack entries warm. (The TTL XDP
         // decrements is fresh in every call's packet, so the flow is forwarded every time.)
-        let one = run_all(rig.xdp, &|_| request(ports[0]))?;
+        let one = run_all(rig.xdp, &|_| ack(ports[0]))?;
         ensure!(
             one.2.iter().all(|o| dst_of(o) == dst_of(&new.2[0])),
             "the one XDP established flow changed backend"
@@ -1017,7 +1086,7 @@ fn profile(rig: &Rig) -> Result<Vec<Profile>> {
             ESTABLISHED_CASE,
             program_names::TC_INGRESS,
             rig.tc_ingress,
-            established_request(),
+            established_ack(),
         ),
         (
             REPLY_CASE,
