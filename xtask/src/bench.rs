@@ -894,7 +894,7 @@ fn render_kernel(w: &mut String, k: &KernelReport) {
          syscall and a fresh skb between executions, then also a different conntrack entry each \
          time); a node interleaving many flows is likely nearer the last figure. A new flow \
          (Maglev selection, two conntrack inserts) costs {:.0} ns, a packet for no VIP {:.0} ns, \
-         and a reply (reverse NAT and status-line parse) {:.0} ns batched, {:.0} ns over distinct \
+         and a reply (reverse NAT; no response start awaited) {:.0} ns batched, {:.0} ns over distinct \
          flows. XDP does the request work before an skb exists: {:.0} ns for a new flow and \
          {:.0} ns for an established one ({:.0} ns on one flow), FIB lookup and redirect \
          included. These are the \
