@@ -351,7 +351,6 @@ impl Rig {
         Ok(total)
     }
 
-    /// Empties conntrack, so every repetition of the new-flow cases starts from the same state.
     /// The TCP state of the original entry of the flow from `port` to VIP:`vport`.
     fn tcp_state(&self, port: u16, vport: u16) -> Result<u8> {
         let key = FlowKey::new(
@@ -365,6 +364,7 @@ impl Rig {
         Ok(self.maps.conntrack.get(&key, 0)?.tcp_state)
     }
 
+    /// Empties conntrack, so every repetition of the new-flow cases starts from the same state.
     fn clear_conntrack(&mut self) -> Result<()> {
         let keys: Vec<FlowKey> = self.maps.conntrack.keys().collect::<Result<_, _>>()?;
         for key in keys {
@@ -485,9 +485,11 @@ fn test_run(fd: RawFd, data: &[u8], repeat: u32) -> Result<Run> {
 /// The handshake's sequence numbers: the client's ISN is 1000, the backend's 1999.
 const CLIENT_NEXT: u32 = 1001;
 const BACKEND_NEXT: u32 = 2000;
+/// The backend's next sequence number after its first data segment ([`RESPONSE`]).
+const BACKEND_DATA_END: u32 = BACKEND_NEXT + RESPONSE.len() as u32;
 
-/// The client's acknowledgement of a backend's data on an established flow from `port` to
-/// VIP:`vport`: the commonest client packet (a download's), no payload.
+/// The client's acknowledgement of the backend's first data segment on an established flow
+/// from `port` to VIP:`vport`: the commonest client packet (a download's), no payload.
 fn client_ack(port: u16, vport: u16) -> Vec<u8> {
     tcp_at(
         CLIENT,
@@ -495,7 +497,7 @@ fn client_ack(port: u16, vport: u16) -> Vec<u8> {
         VIP,
         vport,
         ACK,
-        (CLIENT_NEXT, BACKEND_NEXT),
+        (CLIENT_NEXT, BACKEND_DATA_END),
         &[],
     )
 }
@@ -513,15 +515,18 @@ fn syn_ack(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
     )
 }
 
-/// Data from a backend on an established flow: the first segment after its SYN-ACK.
-fn backend_data(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
+/// Data from a backend on an established flow, starting at `seq`: [`BACKEND_NEXT`] for the
+/// first segment after its SYN-ACK (which also settles the flow's protocol: the server spoke
+/// first, so it is opaque), [`BACKEND_DATA_END`] for the next one (the measured one: data of a
+/// flow whose protocol is known).
+fn backend_data(backend: Ipv4Addr, backend_port: u16, port: u16, seq: u32) -> Vec<u8> {
     tcp_at(
         backend,
         backend_port,
         CLIENT,
         port,
         PSH_ACK,
-        (BACKEND_NEXT, CLIENT_NEXT),
+        (seq, CLIENT_NEXT),
         RESPONSE,
     )
 }
@@ -532,9 +537,50 @@ fn established_ack() -> Vec<u8> {
     client_ack(CLIENT_PORT, SELF_PORT)
 }
 
-/// Data from the backend on the self-NAT flow: reverse-NATed into the same bytes.
+/// The backend's second data segment on the self-NAT flow: reverse-NATed into the same bytes.
 fn reply_data() -> Vec<u8> {
-    backend_data(VIP, SELF_PORT, CLIENT_PORT)
+    backend_data(VIP, SELF_PORT, CLIENT_PORT, BACKEND_DATA_END)
+}
+
+/// Opens the self-NAT flow and brings it to the state its measured packets find: its SYN
+/// creates its conntrack entries (original and reply), the SYN-ACK and the ACK establish it,
+/// the backend's first data settles its protocol. Every packet comes out unchanged.
+fn establish_self_nat(rig: &Rig) -> Result<()> {
+    let steps = [
+        (
+            rig.tc_ingress,
+            tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, SYN, &[]),
+        ),
+        (rig.tc_egress, syn_ack(VIP, SELF_PORT, CLIENT_PORT)),
+        (
+            rig.tc_ingress,
+            tcp_at(
+                CLIENT,
+                CLIENT_PORT,
+                VIP,
+                SELF_PORT,
+                ACK,
+                (CLIENT_NEXT, BACKEND_NEXT),
+                &[],
+            ),
+        ),
+        (
+            rig.tc_egress,
+            backend_data(VIP, SELF_PORT, CLIENT_PORT, BACKEND_NEXT),
+        ),
+    ];
+    for (fd, packet) in steps {
+        let run = test_run(fd, &packet, 1)?;
+        ensure!(
+            run.retval == TC_ACT_OK && run.out == packet,
+            "a packet opening the self-NAT flow was not translated into itself"
+        );
+    }
+    ensure!(
+        rig.tcp_state(CLIENT_PORT, SELF_PORT)? == TCP_ESTABLISHED,
+        "the self-NAT flow is not established"
+    );
+    Ok(())
 }
 
 /// Ethernet + IPv4 + TCP with valid checksums, sequence number 1000 and (with ACK) 2000
@@ -661,20 +707,7 @@ fn batched(
     repeat: u32,
     reps: u32,
 ) -> Result<Vec<Case>> {
-    // The self-NAT flow's handshake: its SYN creates its conntrack entries (original and
-    // reply), the SYN-ACK and the ACK establish it.
-    let syn = tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, SYN, &[]);
-    let first = test_run(rig.tc_ingress, &syn, 1)?;
-    ensure!(
-        first.retval == TC_ACT_OK && first.out == syn,
-        "self-NAT SYN was not steered to itself"
-    );
-    test_run(rig.tc_egress, &syn_ack(VIP, SELF_PORT, CLIENT_PORT), 1)?;
-    test_run(rig.tc_ingress, &established_ack(), 1)?;
-    ensure!(
-        rig.tcp_state(CLIENT_PORT, SELF_PORT)? == TCP_ESTABLISHED,
-        "the self-NAT flow is not established"
-    );
+    establish_self_nat(rig)?;
 
     let specs = [
         Batched {
@@ -820,6 +853,9 @@ impl Series {
 /// Durations, verdicts and output packets of a series of single calls.
 type Calls = (Vec<u32>, Vec<u32>, Vec<Vec<u8>>);
 
+/// Runs a packet per port of the series (its argument) through a program, one call each.
+type RunAll<'a> = dyn Fn(RawFd, &dyn Fn(u16) -> Vec<u8>) -> Result<Calls> + 'a;
+
 // The single-call cases, by index.
 const NOOP_TC: usize = 0;
 const TC_NEW: usize = 1;
@@ -907,13 +943,10 @@ fn single(
             "a new flow was not DNATed to a backend"
         );
         series[TC_NEW].add(&new, names[TC_NEW].0)?;
-        // The backends' SYN-ACKs establish the flows (not measured).
+        // The backends' SYN-ACKs establish the flows and their first data settles the flows'
+        // protocol (not measured).
         let backend_of = |p: u16| chosen[usize::from(p - ports[0])];
-        run_all(rig.tc_egress, &|p| syn_ack(backend_of(p), TPORT, p))?;
-        ensure!(
-            rig.tcp_state(ports[0], VPORT)? == TCP_ESTABLISHED,
-            "the SYN-ACK did not establish the flow"
-        );
+        establish(rig, &run_all, &|p| backend_of(p))?;
 
         let est = run_all(rig.tc_ingress, &ack)?;
         ensure!(
@@ -931,7 +964,9 @@ fn single(
         );
         series[TC_EST_ONE].add(&one, names[TC_EST_ONE].0)?;
 
-        let replies = run_all(rig.tc_egress, &|p| backend_data(backend_of(p), TPORT, p))?;
+        let replies = run_all(rig.tc_egress, &|p| {
+            backend_data(backend_of(p), TPORT, p, BACKEND_DATA_END)
+        })?;
         ensure!(
             replies
                 .2
@@ -992,13 +1027,9 @@ fn single(
             "an XDP new flow was not DNATed to a backend"
         );
         series[XDP_NEW].add(&new, names[XDP_NEW].0)?;
-        run_all(rig.tc_egress, &|p| {
-            syn_ack(dst_of(&new.2[usize::from(p - ports[0])]), TPORT, p)
+        establish(rig, &run_all, &|p| {
+            dst_of(&new.2[usize::from(p - ports[0])])
         })?;
-        ensure!(
-            rig.tcp_state(ports[0], VPORT)? == TCP_ESTABLISHED,
-            "the SYN-ACK did not establish the XDP flow"
-        );
         let est = run_all(rig.xdp, &ack)?;
         ensure!(
             est.2
@@ -1073,6 +1104,32 @@ fn single(
         .collect())
 }
 
+/// Establishes each flow of a single-call series, whose SYN went to `backend_of(port)`: the
+/// backend's SYN-ACK, then its first data (which settles the flow's protocol), through TC
+/// egress, each reverse-NATed; every flow must then be established.
+fn establish(
+    rig: &Rig,
+    run_all: &RunAll<'_>,
+    backend_of: &dyn Fn(u16) -> Ipv4Addr,
+) -> Result<()> {
+    let src_is_vip = |calls: &Calls| {
+        calls.1.iter().all(|&v| v == TC_ACT_OK)
+            && calls
+                .2
+                .iter()
+                .all(|o| Ipv4Addr::new(o[26], o[27], o[28], o[29]) == VIP)
+    };
+    let syn_acks = run_all(rig.tc_egress, &|p| syn_ack(backend_of(p), TPORT, p))?;
+    let data = run_all(rig.tc_egress, &|p| {
+        backend_data(backend_of(p), TPORT, p, BACKEND_NEXT)
+    })?;
+    ensure!(
+        src_is_vip(&syn_acks) && src_is_vip(&data),
+        "a SYN-ACK or a first data segment was not reverse-NATed"
+    );
+    Ok(())
+}
+
 // -------------------------------------------------------------------------- profile ---
 
 /// Seconds each profiled case runs under perf.
@@ -1081,6 +1138,8 @@ const PROFILE_SECONDS: u64 = 4;
 /// Runs each batched established-flow case alone for [`PROFILE_SECONDS`] under `perf record`
 /// and sorts the samples that fell inside its program.
 fn profile(rig: &Rig) -> Result<Vec<Profile>> {
+    // The single-call cases emptied conntrack.
+    establish_self_nat(rig)?;
     let cases = [
         (
             ESTABLISHED_CASE,

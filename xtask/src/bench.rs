@@ -1308,8 +1308,9 @@ fn render_http(w: &mut String, kernel: &KernelReport, http: &[HttpBench], second
         "**Summary**, geosteer against kube-proxy's two methods, by the ranges of the rounds: \
          {}. {failed} of {} wrk runs had errors. For scale: with keep-alive at {} backends a \
          request costs the machine {keepalive_cpu:.0} µs of CPU in all (geosteer), wrk and \
-         backends included, while a request and its response cost the programs about \
-         {programs_us:.1} µs (section 1, one call at a time over distinct flows).\n",
+         backends included, while a client packet and a backend's packet of an established \
+         flow cost the programs about {programs_us:.1} µs (section 1, one call at a time over \
+         distinct flows).\n",
         tally.join("; "),
         runs.len(),
         http.first().map_or(0, |b| b.backends),
