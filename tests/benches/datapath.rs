@@ -41,6 +41,7 @@ use geosteer::{
 use geosteer_common::{
     DIR_ORIGINAL, FlowKey, PROTO_TCP, ServiceKey, TCP_ESTABLISHED, program_names,
 };
+use geosteer_tests::profile::PartKind;
 use serde::Serialize;
 
 const TC_ACT_OK: u32 = 0;
@@ -632,6 +633,10 @@ fn tcp_at(
     frame
 }
 
+fn src_of(frame: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29])
+}
+
 fn dst_of(frame: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])
 }
@@ -968,10 +973,7 @@ fn single(
             backend_data(backend_of(p), TPORT, p, BACKEND_DATA_END)
         })?;
         ensure!(
-            replies
-                .2
-                .iter()
-                .all(|o| Ipv4Addr::new(o[26], o[27], o[28], o[29]) == VIP),
+            replies.2.iter().all(|o| src_of(o) == VIP),
             "a reply was not reverse-NATed to the VIP"
         );
         series[TC_REPLY].add(&replies, names[TC_REPLY].0)?;
@@ -1106,18 +1108,11 @@ fn single(
 
 /// Establishes each flow of a single-call series, whose SYN went to `backend_of(port)`: the
 /// backend's SYN-ACK, then its first data (which settles the flow's protocol), through TC
-/// egress, each reverse-NATed; every flow must then be established.
-fn establish(
-    rig: &Rig,
-    run_all: &RunAll<'_>,
-    backend_of: &dyn Fn(u16) -> Ipv4Addr,
-) -> Result<()> {
+/// egress. Each must come out reverse-NATed: its reply half matched, so the SYN-ACK
+/// established the flow.
+fn establish(rig: &Rig, run_all: &RunAll<'_>, backend_of: &dyn Fn(u16) -> Ipv4Addr) -> Result<()> {
     let src_is_vip = |calls: &Calls| {
-        calls.1.iter().all(|&v| v == TC_ACT_OK)
-            && calls
-                .2
-                .iter()
-                .all(|o| Ipv4Addr::new(o[26], o[27], o[28], o[29]) == VIP)
+        calls.1.iter().all(|&v| v == TC_ACT_OK) && calls.2.iter().all(|o| src_of(o) == VIP)
     };
     let syn_acks = run_all(rig.tc_egress, &|p| syn_ack(backend_of(p), TPORT, p))?;
     let data = run_all(rig.tc_egress, &|p| {
@@ -1328,31 +1323,7 @@ fn object_info<T>(fd: RawFd, info: &mut T) -> Result<()> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
 }
 
-/// What a kernel function is, for a per-packet cost: the parts a reader can weigh.
-#[derive(Serialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-enum PartKind {
-    Program,
-    HashLookups,
-    Rewrite,
-    Clock,
-    Other,
-}
-
-impl PartKind {
-    fn describe(self) -> &'static str {
-        match self {
-            PartKind::Program => {
-                "the program's own instructions (incl. inlined array and per-CPU map lookups)"
-            }
-            PartKind::HashLookups => "hash map lookups (service, conntrack entries)",
-            PartKind::Rewrite => "packet rewrite helpers (store, checksum updates)",
-            PartKind::Clock => "clock reads",
-            PartKind::Other => "other kernel functions",
-        }
-    }
-}
-
+/// Which part of a per-packet cost a kernel function is.
 fn part_of(function: &str) -> PartKind {
     const HASH: &[&str] = &[
         "htab",

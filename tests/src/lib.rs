@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod http;
+pub mod profile;
 
 pub use geosteer::bpf_run::{TestRunOutcome, prog_test_run, prog_test_run_repeat};
 

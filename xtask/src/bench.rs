@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use geosteer_tests::agent::{Agent, PinDir};
+use geosteer_tests::profile::PartKind;
 use geosteer_tests::{Lab, LabSpec};
 use serde::Deserialize;
 
@@ -110,20 +111,6 @@ struct KernelProfilePart {
     part: String,
     share: f64,
     functions: Vec<(String, f64)>,
-}
-
-/// What a profile part is (the datapath bench's `PartKind`).
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "snake_case")]
-enum PartKind {
-    Program,
-    HashLookups,
-    Rewrite,
-    Clock,
-    Other,
-    /// A kind a later bench added: counted in no named part.
-    #[serde(other)]
-    Unknown,
 }
 
 #[derive(Deserialize)]
@@ -1419,6 +1406,13 @@ mod tests {
         KernelReport, TARGETS, median, micros, parse_wrk, render_against_target, round_order,
     };
 
+    /// The target paragraph of `k`'s only profile, the case `over` ns over the floor.
+    fn rendered(k: &KernelReport, over: f64) -> String {
+        let mut w = String::new();
+        render_against_target(&mut w, k, &k.profiles[0], over);
+        w
+    }
+
     /// A report with one batched passthrough case and the profile of `case` (`over` ns over
     /// a 30 ns floor), its parts as (kind, share).
     fn report(case: &str, over: f64, parts: &[(&str, f64)]) -> KernelReport {
@@ -1454,8 +1448,7 @@ mod tests {
                 ("clock", 0.05),
             ],
         );
-        let mut w = String::new();
-        render_against_target(&mut w, &k, &k.profiles[0], 200.0);
+        let w = rendered(&k, 200.0);
         // 50 (passthrough) + 2/3 × 60 (conntrack) + 30 (rewrite) + 10 (clock) = 130; 70 remain.
         assert!(w.contains("target of 150 ns"), "{w}");
         assert!(w.contains("takes 200 ns, 50 ns over"), "{w}");
@@ -1468,31 +1461,25 @@ mod tests {
     fn reply_target_and_reports_without_kinds() {
         let case = "TC egress: reply data (reverse NAT; no response start awaited)";
         let k = report(case, 100.0, &[("program", 0.5), ("hash_lookups", 0.5)]);
-        let mut w = String::new();
-        render_against_target(&mut w, &k, &k.profiles[0], 100.0);
+        let w = rendered(&k, 100.0);
         assert!(w.contains("target of 120 ns"), "{w}");
         assert!(w.contains("takes 100 ns, 20 ns under"), "{w}");
         assert!(w.contains("take 50 ns"), "{w}");
         assert!(w.contains("remaining 50 ns"), "{w}");
-        // An earlier bench's report has no part kinds: nothing to weigh.
         // A kind a later bench added is read, and counted in no named part.
         let later = report(case, 100.0, &[("hash_lookups", 0.5), ("tail_calls", 0.5)]);
-        let mut w = String::new();
-        render_against_target(&mut w, &later, &later.profiles[0], 100.0);
+        let w = rendered(&later, 100.0);
         assert!(w.contains("take 50 ns"), "{w}");
         // Only the two profiled cases have targets.
         let other = report("XDP: established flow", 100.0, &[("hash_lookups", 1.0)]);
-        let mut w = String::new();
-        render_against_target(&mut w, &other, &other.profiles[0], 100.0);
-        assert_eq!(w, "");
+        assert_eq!(rendered(&other, 100.0), "");
+        // An earlier bench's report has no part kinds: nothing to weigh.
         let mut old: KernelReport = report(case, 100.0, &[]);
         old.profiles[0].parts = serde_json::from_value(
             serde_json::json!([{"part": "x", "share": 1.0, "functions": []}]),
         )
         .unwrap();
-        let mut w = String::new();
-        render_against_target(&mut w, &old, &old.profiles[0], 100.0);
-        assert_eq!(w, "");
+        assert_eq!(rendered(&old, 100.0), "");
     }
 
     #[test]
