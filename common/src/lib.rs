@@ -30,12 +30,20 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "GS_FRAGMENTS";
     pub const XDP_TARGETS: &str = "GS_XDP_TARGETS";
     pub const AFFINITY: &str = "GS_AFFINITY";
+    /// The IPv6 counterparts of `SERVICES`, `VIPS`, `CONNTRACK` and `AFFINITY` (their keys
+    /// hold 16-byte addresses; the IPv4 keys stay small), and each IPv6 backend's address by
+    /// backend id (`BACKENDS` holds the rest of every backend, of either family).
+    pub const SERVICES6: &str = "GS_SERVICES6";
+    pub const VIPS6: &str = "GS_VIPS6";
+    pub const CONNTRACK6: &str = "GS_CONNTRACK6";
+    pub const AFFINITY6: &str = "GS_AFFINITY6";
+    pub const BACKEND_ADDRS6: &str = "GS_BACKEND_ADDRS6";
     /// aya-log's ring of kernel log records (the name is aya-log's). Pinned with the others
     /// (its memory counted, `geosteer uninstall` removes it), but made anew with every load.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 24] = [
         SERVICES,
         VIPS,
         TABLE_CHUNKS,
@@ -54,6 +62,11 @@ pub mod map_names {
         FRAGMENTS,
         XDP_TARGETS,
         AFFINITY,
+        SERVICES6,
+        VIPS6,
+        CONNTRACK6,
+        AFFINITY6,
+        BACKEND_ADDRS6,
         LOGS,
     ];
 
@@ -93,24 +106,100 @@ pub const MAX_EJECTED_PROBE: u32 = 16;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
+/// An address as the kernel reads it from a packet: IPv4's four bytes as one `u32`, IPv6's
+/// sixteen as an [`Addr6`] (network byte order in memory either way). The map keys and values
+/// that hold addresses are generic over it, so the IPv4 ones keep their small layout and the
+/// kernel's steering code is written once for both families (monomorphised per family).
+pub trait Addr: Copy + Default + PartialEq + Eq + PartialOrd + Ord + core::hash::Hash {
+    /// Padding after a [`FlowValueOf`]'s address and port that keeps its 8-byte fields aligned
+    /// without hidden bytes: none for IPv4, four bytes for IPv6.
+    type Pad: Copy + Default + PartialEq + Eq + core::fmt::Debug;
+    /// Mixes the address into a [`flow_hash`] state.
+    fn mix_into(self, h: u32) -> u32;
+}
+
+impl Addr for u32 {
+    type Pad = ();
+    #[inline(always)]
+    fn mix_into(self, h: u32) -> u32 {
+        mix(h ^ self)
+    }
+}
+
+/// An IPv6 address as it is on the wire: its sixteen bytes as four words in memory order (each
+/// read with `from_ne_bytes`, as the IPv4 `u32` is), so the kernel loads and compares it four
+/// bytes at a time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Addr6(pub [u32; 4]);
+const _: () = assert!(core::mem::size_of::<Addr6>() == 16);
+
+impl Addr6 {
+    pub const fn from_octets(o: [u8; 16]) -> Self {
+        let mut words = [0u32; 4];
+        let mut i = 0;
+        while i < 4 {
+            words[i] = u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]);
+            i += 1;
+        }
+        Addr6(words)
+    }
+
+    pub const fn octets(self) -> [u8; 16] {
+        let mut o = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = self.0[i].to_ne_bytes();
+            o[i * 4] = b[0];
+            o[i * 4 + 1] = b[1];
+            o[i * 4 + 2] = b[2];
+            o[i * 4 + 3] = b[3];
+            i += 1;
+        }
+        o
+    }
+
+    pub const fn from_ip(ip: core::net::Ipv6Addr) -> Self {
+        Self::from_octets(ip.octets())
+    }
+
+    pub const fn to_ip(self) -> core::net::Ipv6Addr {
+        core::net::Ipv6Addr::from_bits(u128::from_be_bytes(self.octets()))
+    }
+}
+
+impl Addr for Addr6 {
+    type Pad = [u8; 4];
+    #[inline(always)]
+    fn mix_into(self, h: u32) -> u32 {
+        let [a, b, c, d] = self.0;
+        mix(mix(mix(mix(h ^ a) ^ b) ^ c) ^ d)
+    }
+}
+
 /// A service: virtual IP, port and protocol. Address and port in network byte order, as they
 /// appear in the packet, so the kernel compares without conversions.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct ServiceKey {
-    pub addr: u32,
+pub struct ServiceKeyOf<A> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
 }
+/// An IPv4 service (`GS_SERVICES`).
+pub type ServiceKey = ServiceKeyOf<u32>;
+/// An IPv6 service (`GS_SERVICES6`).
+pub type ServiceKey6 = ServiceKeyOf<Addr6>;
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
 
-impl ServiceKey {
+impl<A: Copy> ServiceKeyOf<A> {
     /// The key of a service as the kernel looks it up: address and port as they are on the
     /// wire (network byte order).
     #[inline(always)]
-    pub const fn new(addr: u32, port: u16, proto: u8) -> Self {
-        ServiceKey {
+    pub const fn new(addr: A, port: u16, proto: u8) -> Self {
+        ServiceKeyOf {
             addr,
             port,
             proto,
@@ -118,9 +207,19 @@ impl ServiceKey {
         }
     }
 
+}
+
+impl ServiceKey {
     /// The key of `vip:port` given in host terms.
     pub const fn for_vip(vip: core::net::Ipv4Addr, port: u16, proto: u8) -> Self {
         Self::new(vip.to_bits().to_be(), port.to_be(), proto)
+    }
+}
+
+impl ServiceKey6 {
+    /// The key of `[vip]:port` given in host terms.
+    pub const fn for_vip(vip: core::net::Ipv6Addr, port: u16, proto: u8) -> Self {
+        Self::new(Addr6::from_ip(vip), port.to_be(), proto)
     }
 }
 
@@ -303,12 +402,17 @@ pub const BACKEND_FLAG_NO_SHARE: u8 = 8;
 /// Session affinity: a client of a service (`GS_AFFINITY`, an LRU map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct AffinityKey {
+pub struct AffinityKeyOf<A> {
     pub service_id: u32,
     /// Network byte order.
-    pub client: u32,
+    pub client: A,
 }
+/// An IPv4 client (`GS_AFFINITY`).
+pub type AffinityKey = AffinityKeyOf<u32>;
+/// An IPv6 client (`GS_AFFINITY6`).
+pub type AffinityKey6 = AffinityKeyOf<Addr6>;
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 20);
 
 /// The backend a client's last new flow went to, and when.
 #[repr(C)]
@@ -409,29 +513,27 @@ pub const DIR_REPLY: u8 = 1;
 /// never rewritten.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct FlowKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub direction: u8,
     pub _pad: u16,
 }
+/// An IPv4 flow's key (`GS_CONNTRACK`).
+pub type FlowKey = FlowKeyOf<u32>;
+/// An IPv6 flow's key (`GS_CONNTRACK6`).
+pub type FlowKey6 = FlowKeyOf<Addr6>;
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
 
-impl FlowKey {
+impl<A: Addr> FlowKeyOf<A> {
     /// The key of a tuple as seen on the wire (network byte order), in `direction`.
     #[inline(always)]
-    pub const fn new(
-        saddr: u32,
-        daddr: u32,
-        sport: u16,
-        dport: u16,
-        proto: u8,
-        direction: u8,
-    ) -> Self {
-        FlowKey {
+    pub const fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8, direction: u8) -> Self {
+        FlowKeyOf {
             saddr,
             daddr,
             sport,
@@ -444,8 +546,8 @@ impl FlowKey {
 
     /// The key of the reply half of the flow whose original half is (`self`, `original`): the
     /// backend's answers to the client, as `original`'s translation makes them.
-    pub const fn reply_half(&self, original: &FlowValue) -> FlowKey {
-        FlowKey::new(
+    pub const fn reply_half(&self, original: &FlowValueOf<A>) -> Self {
+        Self::new(
             original.nat_addr,
             self.saddr,
             original.nat_port,
@@ -456,8 +558,8 @@ impl FlowKey {
     }
 
     /// The key of the original half of the flow whose reply half is (`self`, `reply`).
-    pub const fn original_half(&self, reply: &FlowValue) -> FlowKey {
-        FlowKey::new(
+    pub const fn original_half(&self, reply: &FlowValueOf<A>) -> Self {
+        Self::new(
             self.daddr,
             reply.nat_addr,
             self.dport,
@@ -528,15 +630,17 @@ pub const HTTP_FRAMED: u8 = 2;
 /// each direction's common case is one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowValue {
+pub struct FlowValueOf<A: Addr> {
     pub backend_id: u32,
     pub service_id: u32,
-    pub nat_addr: u32,
+    pub nat_addr: A,
     pub nat_port: u16,
     /// `TCP_*` (original entry).
     pub tcp_state: u8,
     /// `FLOW_FLAG_*`.
     pub flags: u8,
+    /// Nothing for IPv4; keeps IPv6's `created_ns` aligned.
+    pub _pad: A::Pad,
     /// When the flow's first SYN (or first packet) was seen (ns, CLOCK_MONOTONIC/boot).
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -565,7 +669,13 @@ pub struct FlowValue {
     /// of the last request start seen — the armed request's while its requests are followed.
     pub req_seq: u32,
 }
+/// An IPv4 flow's entry (`GS_CONNTRACK`).
+pub type FlowValue = FlowValueOf<u32>;
+/// An IPv6 flow's entry (`GS_CONNTRACK6`): the same fields, a 16-byte NAT address.
+pub type FlowValue6 = FlowValueOf<Addr6>;
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowValue6>() == 64);
+const _: () = assert!(core::mem::offset_of!(FlowValue, created_ns) == 16);
 
 /// Per-CPU traffic counters (services and backends).
 #[repr(C)]
@@ -791,10 +901,10 @@ const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 /// (murmur3 fmix32) so that neighbouring source ports land on unrelated slots; the seed enters
 /// first and last, so without it the slot of a tuple cannot be computed.
 #[inline(always)]
-pub fn flow_hash(seed: u64, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+pub fn flow_hash<A: Addr>(seed: u64, saddr: A, daddr: A, sport: u16, dport: u16, proto: u8) -> u32 {
     let mut h = 0x9e37_79b9u32 ^ (seed as u32) ^ (proto as u32);
-    h = mix(h ^ saddr);
-    h = mix(h ^ daddr);
+    h = saddr.mix_into(h);
+    h = daddr.mix_into(h);
     h = mix(h ^ (((sport as u32) << 16) | dport as u32));
     h = mix(h ^ ((seed >> 32) as u32));
     fmix32(h)
@@ -850,6 +960,13 @@ mod pod {
         FragmentValue,
         Settings,
         ServiceConfig,
+        Addr6,
+        ServiceKey6,
+        FlowKey6,
+        FlowValue6,
+        AffinityKey,
+        AffinityKey6,
+        AffinityValue,
     );
 }
 

@@ -30,17 +30,24 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use geosteer_common::{
-    DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats, http::HEAD_MAX,
+    Addr6, DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats,
+    http::HEAD_MAX,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use steer::{Flow, Nat, PacketBytes, Quoted, Verdict};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+use steer::{Family, Flow, Nat, PacketBytes, Quoted, Verdict};
 
 const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6_BE: u16 = 0x86ddu16.to_be();
 const ETH_HLEN: usize = EthHdr::LEN;
 const IP_CHECK_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
@@ -57,8 +64,10 @@ const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// What the parser found in the first headers of a packet.
 enum Parsed {
-    /// Not IPv4 TCP/UDP or an ICMP error (ARP, IPv6, echo, …): never touched.
+    /// Not IPv4 TCP/UDP or an ICMP error (ARP, echo, …): never touched.
     Other,
+    /// An IPv6 frame: see [`parse6`].
+    Ipv6,
     /// An IPv4 fragment other than the first: no ports; it follows its first fragment's
     /// translation (the fragment map).
     Fragment {
@@ -81,7 +90,11 @@ enum Parsed {
 
 #[classifier]
 pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
-    match tc_ingress(&ctx) {
+    let result = match tc_ingress(&ctx) {
+        Ok(IPV6_FRAME) => tc_ingress6(&ctx),
+        result => result,
+    };
+    match result {
         Ok(action) => action,
         Err(()) => {
             steer::count_drop(DropReason::Internal);
@@ -92,7 +105,11 @@ pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub(crate) fn geosteer_tc_egress(ctx: TcContext) -> i32 {
-    match tc_egress(&ctx) {
+    let result = match tc_egress(&ctx) {
+        Ok(IPV6_FRAME) => tc_egress6(&ctx),
+        result => result,
+    };
+    match result {
         Ok(action) => action,
         // A reply we could not rewrite would reach the client from the backend's address and be
         // answered with a RST; dropping it lets TCP retransmit instead.
@@ -168,11 +185,15 @@ fn count_vlan_bypass(ether_type: u16, inner_daddr: Option<u32>) {
 /// frame's linear part holds them, through the load helper where it does not. With
 /// `ports_of_first_fragments` false (XDP, which hands every fragment to TC) a first fragment is
 /// a [`Parsed::Fragment`] too, whatever its L4 header holds.
+#[inline(always)]
 fn parse(bytes: &impl PacketBytes, len: u32, ports_of_first_fragments: bool) -> Parsed {
     let Some(ether_type) = bytes.read::<u16>(core::mem::offset_of!(EthHdr, ether_type)) else {
         return Parsed::Other;
     };
     if ether_type != ETH_P_IP_BE {
+        if ether_type == ETH_P_IPV6_BE {
+            return Parsed::Ipv6;
+        }
         count_vlan_bypass(ether_type, bytes.read::<u32>(VLAN_IP_DST_OFF));
         return Parsed::Other;
     }
@@ -209,7 +230,7 @@ fn parse(bytes: &impl PacketBytes, len: u32, ports_of_first_fragments: bool) -> 
         let Some(tcp) = bytes.read::<[u8; TcpHdr::LEN]>(l4_off) else {
             return Parsed::Truncated { daddr };
         };
-        set_tcp(&mut flow, &ip, &tcp);
+        set_tcp(&mut flow, ETH_HLEN as u32 + u32::from(ip.tot_len()), &tcp);
     } else {
         let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
             return Parsed::Truncated { daddr };
@@ -284,8 +305,9 @@ fn new_flow(ip: &Ipv4Hdr, daddr: u32, l4_off: usize, len: u32) -> Flow {
     }
 }
 
-/// Fills in the TCP fields from the header's bytes.
-fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &[u8; TcpHdr::LEN]) {
+/// Fills in the TCP fields from the header's bytes; `ip_end` is where the IP packet ends (from
+/// its length field: frames shorter than 60 bytes carry Ethernet padding, which is no payload).
+fn set_tcp<A>(flow: &mut Flow<A>, ip_end: u32, tcp: &[u8; TcpHdr::LEN]) {
     flow.sport = u16::from_ne_bytes([tcp[0], tcp[1]]);
     flow.dport = u16::from_ne_bytes([tcp[2], tcp[3]]);
     flow.seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -293,10 +315,8 @@ fn set_tcp(flow: &mut Flow, ip: &Ipv4Hdr, tcp: &[u8; TcpHdr::LEN]) {
     // Byte 12's high nibble is the data offset; byte 13 holds the flags (CWR..FIN).
     flow.tcp_flags = tcp[13];
     let header_len = ((tcp[12] >> 4) as u32) * 4;
-    let ip_header_len = flow.l4_off - ETH_HLEN as u32;
     flow.payload_off = flow.l4_off + header_len;
-    // From the IP total length: frames shorter than 60 bytes carry Ethernet padding.
-    flow.payload_len = u32::from(ip.tot_len()).saturating_sub(ip_header_len + header_len);
+    flow.payload_len = ip_end.saturating_sub(flow.payload_off);
 }
 
 /// Reads a `T` at `offset` in place when the bytes lie inside `start..end` (a frame's linear
@@ -385,9 +405,16 @@ impl PacketBytes for XdpBytes<'_> {
     }
 }
 
+/// What [`tc_ingress`] and [`tc_egress`] (IPv4) return for an IPv6 frame: the program then runs
+/// its IPv6 path. Each path is a BPF function of its own, so the stack holds one path's frame
+/// at a time (512 bytes in all; the IPv4 path alone is close to it).
+const IPV6_FRAME: i32 = i32::MIN;
+
+#[inline(never)]
 fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Other => return Ok(TC_ACT_OK as i32),
+        Parsed::Ipv6 => return Ok(IPV6_FRAME),
         Parsed::Fragment {
             saddr,
             daddr,
@@ -446,6 +473,7 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     }
 }
 
+#[inline(never)]
 fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Flow(flow) => (flow, None),
@@ -466,6 +494,7 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
             return Ok(TC_ACT_OK as i32);
         }
         Parsed::Other | Parsed::Truncated { .. } => return Ok(TC_ACT_OK as i32),
+        Parsed::Ipv6 => return Ok(IPV6_FRAME),
     };
     let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
         if let Some(id) = fragment_id {
@@ -566,7 +595,7 @@ fn tc_rewrite_quoted(
         .map_err(|_| ())
 }
 
-fn drop_if_vip(daddr: u32, reason: DropReason) -> i32 {
+fn drop_if_vip<A: Family>(daddr: A, reason: DropReason) -> i32 {
     if steer::is_vip(daddr) {
         steer::count_drop(reason);
         TC_ACT_SHOT as i32
@@ -653,6 +682,181 @@ struct NatRun {
 }
 
 // ---------------------------------------------------------------------------------------------
+// IPv6 (TC only: XDP passes IPv6 to the stack, and so to TC ingress). The same steering code as
+// IPv4 (steer.rs, over the `Family` of the address), with its own maps.
+
+const IP6_SRC_OFF: usize = ETH_HLEN + 8;
+const IP6_DST_OFF: usize = ETH_HLEN + 24;
+/// Extension headers walked before the L4 header (Cilium's `IPV6_MAX_HEADERS`): more is a
+/// counted drop when addressed to a VIP, never a pass — padding headers must not carry a
+/// client to a backend unsteered.
+const IPV6_MAX_EXT_HEADERS: usize = 4;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// `BPF_F_IPV6` (Linux 6.16): tells bpf_l4_csum_replace that a pseudo-header change belongs to
+/// IPv6, whose header has no checksum to absorb it in a CHECKSUM_COMPLETE skb's sum. Older
+/// kernels refuse the flag; the rewrite then goes on without it (as every IPv6 NAT did there).
+const BPF_F_IPV6: u64 = 1 << 7;
+
+/// What [`parse6`] found.
+enum Parsed6 {
+    /// Not TCP/UDP (ICMPv6 — neighbour discovery, echo, errors —, AH, ESP, …): never touched.
+    Other,
+    /// A packet that cannot be steered: dropped with `reason` when addressed to a VIP, else
+    /// left alone.
+    Unsteerable { daddr: Addr6, reason: DropReason },
+    Flow(Flow<Addr6>),
+}
+
+/// Reads an IPv6 TCP or UDP packet's headers, through up to [`IPV6_MAX_EXT_HEADERS`] extension
+/// headers (hop-by-hop, routing, destination options).
+#[inline(always)]
+fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
+    let Some(ip) = bytes.read::<Ipv6Hdr>(ETH_HLEN) else {
+        return Parsed6::Other; // too short to hold an address: cannot be for a VIP
+    };
+    let daddr = Addr6::from_octets(ip.dst_addr);
+    let truncated = Parsed6::Unsteerable {
+        daddr,
+        reason: DropReason::Truncated,
+    };
+    if ip.version() != 6 {
+        return truncated;
+    }
+    let mut next = ip.next_hdr;
+    let mut l4_off = ETH_HLEN + Ipv6Hdr::LEN;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let Some([next_hdr, ext_len]) = bytes.read::<[u8; 2]>(l4_off) else {
+                    return truncated;
+                };
+                next = next_hdr;
+                l4_off += (usize::from(ext_len) + 1) * 8;
+            }
+            _ => break,
+        }
+    }
+    match next {
+        PROTO_TCP | PROTO_UDP => {}
+        // Its ports are in the first fragment only: not followed yet (IPv4's fragment map has no
+        // IPv6 counterpart), so no fragment of a datagram to a VIP is steered.
+        NEXTHDR_FRAGMENT => {
+            return Parsed6::Unsteerable {
+                daddr,
+                reason: DropReason::Fragment,
+            };
+        }
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return truncated,
+        _ => return Parsed6::Other,
+    }
+    let ip_end = (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes(ip.payload_len));
+    let mut flow = Flow {
+        saddr: Addr6::from_octets(ip.src_addr),
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: next,
+        tcp_flags: 0,
+        l4_off: l4_off as u32,
+        payload_off: 0,
+        payload_len: 0,
+        seq: 0,
+        ack: 0,
+        len,
+        fragmented: false,
+    };
+    if next == PROTO_TCP {
+        let Some(tcp) = bytes.read::<[u8; TcpHdr::LEN]>(l4_off) else {
+            return truncated;
+        };
+        set_tcp(&mut flow, ip_end, &tcp);
+    } else {
+        let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
+            return truncated;
+        };
+        // A UDP checksum is mandatory over IPv6 (RFC 8200 8.1): a 0 is a malformed datagram,
+        // which the incremental update cannot keep (IPv4's "no checksum" stays 0 there).
+        if udp.check == [0, 0] {
+            return truncated;
+        }
+        flow.sport = u16::from_ne_bytes(udp.src);
+        flow.dport = u16::from_ne_bytes(udp.dst);
+    }
+    Parsed6::Flow(flow)
+}
+
+#[inline(never)]
+fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
+    let flow = match parse6(&TcBytes(ctx), ctx.len()) {
+        Parsed6::Other => return Ok(TC_ACT_OK as i32),
+        Parsed6::Unsteerable { daddr, reason } => return Ok(drop_if_vip(daddr, reason)),
+        Parsed6::Flow(flow) => flow,
+    };
+    match steer::request(&flow, &TcBytes(ctx)) {
+        Verdict::Pass => Ok(TC_ACT_OK as i32),
+        Verdict::Drop(reason) => {
+            steer::note_drop(&flow, reason);
+            Ok(TC_ACT_SHOT as i32)
+        }
+        Verdict::Nat(nat) => {
+            tc_rewrite6(ctx, &flow, Side::Destination, &nat)?;
+            Ok(TC_ACT_OK as i32)
+        }
+    }
+}
+
+#[inline(never)]
+fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
+    let Parsed6::Flow(flow) = parse6(&TcBytes(ctx), ctx.len()) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    tc_rewrite6(ctx, &flow, Side::Source, &nat)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Rewrites one IPv6 address and its port, with the L4 checksum (IPv6 has no header checksum):
+/// the address's change as one `bpf_csum_diff` of the 16 bytes, into the pseudo-header part
+/// (Cilium `lib/lb.h` `lb6_xlate`).
+fn tc_rewrite6(ctx: &TcContext, flow: &Flow<Addr6>, side: Side, nat: &Nat<Addr6>) -> Result<(), ()> {
+    let l4_off = flow.l4_off as usize;
+    let (old_addr, old_port, addr_off, port_field) = match side {
+        Side::Source => (flow.saddr, flow.sport, IP6_SRC_OFF, 0),
+        Side::Destination => (flow.daddr, flow.dport, IP6_DST_OFF, 2),
+    };
+    let (check_off, mangled) = if flow.proto == PROTO_TCP {
+        (l4_off + TCP_CHECK_OFF, 0)
+    } else {
+        // A computed 0 is written as 0xffff (a 0 checksum never reaches here: see parse6).
+        (l4_off + UDP_CHECK_OFF, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let (mut from, mut to) = (old_addr.0, nat.addr.0);
+    // SAFETY: both buffers are 16 bytes on this stack frame, as the sizes say.
+    let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+    if diff < 0 {
+        return Err(());
+    }
+    let flags = BPF_F_PSEUDO_HDR as u64 | mangled;
+    if ctx
+        .l4_csum_replace(check_off, 0, diff as u64, flags | BPF_F_IPV6)
+        .is_err()
+    {
+        ctx.l4_csum_replace(check_off, 0, diff as u64, flags)
+            .map_err(|_| ())?;
+    }
+    ctx.l4_csum_replace(check_off, old_port as u64, nat.port as u64, mangled | 2)
+        .map_err(|_| ())?;
+    ctx.store(addr_off, &nat.addr, 0).map_err(|_| ())?;
+    ctx.store(l4_off + port_field, &nat.port, 0)
+        .map_err(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------------
 // XDP: direct packet access; checksums are updated incrementally here (no skb, no helpers).
 // Packets reaching XDP from a wire carry complete checksums. (A veth peer with TX checksum
 // offload hands over CHECKSUM_PARTIAL packets whose L4 checksum field is only the pseudo-header
@@ -671,8 +875,8 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let flow = match parse(&XdpBytes(ctx), len, false) {
-        // ICMP errors are translated in TC.
-        Parsed::Other | Parsed::IcmpError(_) => return Ok(xdp_action::XDP_PASS),
+        // ICMP errors are translated in TC, IPv6 is steered there.
+        Parsed::Other | Parsed::IcmpError(_) | Parsed::Ipv6 => return Ok(xdp_action::XDP_PASS),
         // Fragments follow their first fragment through the fragment map, in TC: XDP leaves the
         // whole datagram to it.
         Parsed::FirstFragment(..) | Parsed::Fragment { .. } => return Ok(xdp_action::XDP_PASS),

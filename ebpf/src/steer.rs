@@ -13,7 +13,7 @@
 //! - nothing is counted while the backend is ejected.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 /// Adds one to a backend's shared signal counter `$field` (see [`BackendSignals`]).
 macro_rules! count_signal {
@@ -71,7 +71,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
-    AFFINITY_SIZE, APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, AffinityKey,
+    AFFINITY_SIZE, APP_PROTOCOL_DETECT, Addr, Addr6, AffinityKey6, AffinityKeyOf, FlowKey6,
+    FlowKeyOf, FlowValue6, FlowValueOf, ServiceKey6, ServiceKeyOf, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, AffinityKey,
     AffinityValue, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC,
     BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
@@ -148,6 +149,96 @@ pub(crate) static XDP_TARGETS: DevMapHash = DevMapHash::with_max_entries(XDP_TAR
 #[map(name = "GS_AFFINITY")]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
+/// The IPv6 counterparts of the maps above whose keys hold addresses (see
+/// `map_names::SERVICES6`); everything keyed by service or backend id is shared.
+#[map(name = "GS_SERVICES6")]
+static SERVICES6: HashMap<ServiceKey6, ServiceValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map(name = "GS_VIPS6")]
+static VIPS6: HashMap<Addr6, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map(name = "GS_CONNTRACK6")]
+static CONNTRACK6: LruHashMap<FlowKey6, FlowValue6> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+#[map(name = "GS_AFFINITY6")]
+static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> =
+    LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
+/// An IPv6 backend's address, by backend id (its `GS_BACKENDS` entry holds the rest).
+#[map(name = "GS_BACKEND_ADDRS6")]
+static BACKEND_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// An address family as the steering code sees it: its address type and the maps keyed by it.
+/// The request and reply paths are written once over it; each family gets its own compiled
+/// copy, so the IPv4 copy is what it was before IPv6 existed.
+pub(crate) trait Family: Addr + 'static {
+    fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue>;
+    fn vips() -> &'static HashMap<Self, u32>;
+    fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, FlowValueOf<Self>>;
+    fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
+    /// The address new flows to backend `id` are translated to (`backend` is its entry).
+    fn backend_addr(id: u32, backend: &Backend) -> Self;
+    /// The address as the kernel log prints it.
+    type Ip: aya_log_ebpf::macro_support::Argument + aya_log_ebpf::macro_support::DefaultFormatter;
+    fn ip(self) -> Self::Ip;
+}
+
+impl Family for u32 {
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey, ServiceValue> {
+        &SERVICES
+    }
+    #[inline(always)]
+    fn vips() -> &'static HashMap<u32, u32> {
+        &VIPS
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static LruHashMap<FlowKey, FlowValue> {
+        &CONNTRACK
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKey, AffinityValue> {
+        &AFFINITY
+    }
+    #[inline(always)]
+    fn backend_addr(_id: u32, backend: &Backend) -> u32 {
+        backend.addr
+    }
+    type Ip = Ipv4Addr;
+    #[inline(always)]
+    fn ip(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from_be(self))
+    }
+}
+
+impl Family for Addr6 {
+    #[inline(always)]
+    fn services() -> &'static HashMap<ServiceKey6, ServiceValue> {
+        &SERVICES6
+    }
+    #[inline(always)]
+    fn vips() -> &'static HashMap<Addr6, u32> {
+        &VIPS6
+    }
+    #[inline(always)]
+    fn conntrack() -> &'static LruHashMap<FlowKey6, FlowValue6> {
+        &CONNTRACK6
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<AffinityKey6, AffinityValue> {
+        &AFFINITY6
+    }
+    /// The unspecified address (never a flow's) when the agent wrote none: a flow to it is
+    /// then re-steered, like one whose backend left.
+    #[inline(always)]
+    fn backend_addr(id: u32, _backend: &Backend) -> Addr6 {
+        BACKEND_ADDRS6.get(id).copied().unwrap_or_default()
+    }
+    type Ip = Ipv6Addr;
+    #[inline(always)]
+    fn ip(self) -> Ipv6Addr {
+        Ipv6Addr::from(self.octets())
+    }
+}
+
 /// Per-CPU room for a message head and its scan (the stack has 512 bytes in all). Every program
 /// that uses it (TC egress for responses, TC ingress and XDP for requests) runs with bottom
 /// halves off, so none interrupts another on its CPU: one slot per CPU is enough.
@@ -177,9 +268,9 @@ const TCP_URG: u8 = 0x20;
 
 /// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
 /// host order.
-pub(crate) struct Flow {
-    pub saddr: u32,
-    pub daddr: u32,
+pub(crate) struct Flow<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -205,21 +296,21 @@ pub(crate) trait PacketBytes {
 }
 
 /// The address and port to write (destination on requests, source on replies).
-pub(crate) struct Nat {
-    pub addr: u32,
+pub(crate) struct Nat<A = u32> {
+    pub addr: A,
     pub port: u16,
 }
 
-pub(crate) enum Verdict {
+pub(crate) enum Verdict<A = u32> {
     /// Not a service packet: leave it alone.
     Pass,
     Drop(DropReason),
-    Nat(Nat),
+    Nat(Nat<A>),
 }
 
-pub(crate) fn is_vip(addr: u32) -> bool {
+pub(crate) fn is_vip<A: Family>(addr: A) -> bool {
     // SAFETY: read-only lookup of a plain value.
-    unsafe { VIPS.get(&addr).is_some() }
+    unsafe { A::vips().get(&addr).is_some() }
 }
 
 pub(crate) fn count_drop(reason: DropReason) {
@@ -235,13 +326,12 @@ pub(crate) fn count_drop(reason: DropReason) {
 /// worth a warning; at most [`LOG_RECORDS_PER_SECOND`] lines per CPU. Not inlined, so that the
 /// record is built in a frame of its own.
 #[inline(never)]
-pub(crate) fn note_drop(flow: &Flow, reason: DropReason) {
+pub(crate) fn note_drop<A: Family>(flow: &Flow<A>, reason: DropReason) {
     count_drop(reason);
     if !may_log() {
         return;
     }
-    let client = Ipv4Addr::from(u32::from_be(flow.saddr));
-    let vip = Ipv4Addr::from(u32::from_be(flow.daddr));
+    let (client, vip) = (flow.saddr.ip(), flow.daddr.ip());
     let (client_port, vip_port) = (u16::from_be(flow.sport), u16::from_be(flow.dport));
     let proto = flow.proto;
     // The context argument of aya-log's macros is unused (kept for later versions).
@@ -348,8 +438,8 @@ fn is_pure_syn(flags: u8) -> bool {
 
 /// The key of the packet's own tuple in `direction`.
 #[inline(always)]
-fn packet_key(flow: &Flow, direction: u8) -> FlowKey {
-    FlowKey::new(
+fn packet_key<A: Family>(flow: &Flow<A>, direction: u8) -> FlowKeyOf<A> {
+    FlowKeyOf::new(
         flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto, direction,
     )
 }
@@ -357,22 +447,28 @@ fn packet_key(flow: &Flow, direction: u8) -> FlowKey {
 /// The reply-direction key of a flow from `client:client_port` translated to
 /// `backend:backend_port`.
 #[inline(always)]
-fn reply_key(backend: u32, backend_port: u16, client: u32, client_port: u16, proto: u8) -> FlowKey {
-    FlowKey::new(backend, client, backend_port, client_port, proto, DIR_REPLY)
+fn reply_key<A: Family>(
+    backend: A,
+    backend_port: u16,
+    client: A,
+    client_port: u16,
+    proto: u8,
+) -> FlowKeyOf<A> {
+    FlowKeyOf::new(backend, client, backend_port, client_port, proto, DIR_REPLY)
 }
 
 /// Request direction: client → VIP:port. A packet of a tracked flow follows its entry
 /// ([`follow_tracked`]); a new flow, or one that must move, is steered ([`steer_new`]).
-pub(crate) fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
-    let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto);
+pub(crate) fn request<A: Family>(flow: &Flow<A>, bytes: &impl PacketBytes) -> Verdict<A> {
+    let key = ServiceKeyOf::new(flow.daddr, flow.dport, flow.proto);
     // SAFETY: read-only lookup; the value is copied out.
-    let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let Some(service) = (unsafe { A::services().get(&key) }).copied() else {
         forget_superseded_nat(flow);
         return Verdict::Pass;
     };
     let ct_key = packet_key(flow, DIR_ORIGINAL);
     // Whether an entry is under the tuple: the one a new connection on it replaces.
-    let tracked = match CONNTRACK.get_ptr_mut(&ct_key) {
+    let tracked = match A::conntrack().get_ptr_mut(&ct_key) {
         Some(entry) => {
             // SAFETY: LRU map values stay valid during the program run; fields are plain data.
             if let Some(nat) = follow_tracked(flow, &service, unsafe { &mut *entry }, bytes) {
@@ -388,12 +484,12 @@ pub(crate) fn request(flow: &Flow, bytes: &impl PacketBytes) -> Verdict {
 /// A packet of a tracked flow: its translation, with the flow's bookkeeping done — or `None`
 /// when the flow must be steered anew (its own old reply half then already removed).
 #[inline(always)]
-fn follow_tracked(
-    flow: &Flow,
+fn follow_tracked<A: Family>(
+    flow: &Flow<A>,
     service: &ServiceValue,
-    entry: &mut FlowValue,
+    entry: &mut FlowValueOf<A>,
     bytes: &impl PacketBytes,
-) -> Option<Nat> {
+) -> Option<Nat<A>> {
     // UDP's idle timeout is judged per datagram against this time: the exact clock there.
     let seen = if flow.proto == PROTO_UDP {
         now_ns()
@@ -433,17 +529,20 @@ fn follow_tracked(
 }
 
 /// A new flow, or one steered anew (`tracked`: an entry is under its tuple, which the new one
-/// replaces): choose a backend, record both halves, translate.
-#[inline(always)]
-fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: bool) -> Verdict {
+/// replaces): choose a backend, record both halves, translate. Not inlined: its two keys and
+/// entry are the largest locals of the request path, and an IPv6 flow's would not fit the
+/// callers' frame beside the parser's.
+#[inline(never)]
+fn steer_new<A: Family>(flow: &Flow<A>, service: &ServiceValue, ct_key: &FlowKeyOf<A>, tracked: bool) -> Verdict<A> {
     let now = now_ns();
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let Some((backend_id, backend)) = choose(service, flow, config.affinity_timeout_s, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
         // replies no longer reverse-NATed.
-        let _ = CONNTRACK.remove(ct_key);
+        let _ = A::conntrack().remove(ct_key);
         return Verdict::Drop(DropReason::NoBackend);
     };
+    let backend_addr = A::backend_addr(backend_id, &backend);
     let tcp_state = if flow.proto != PROTO_TCP {
         0
     } else if is_pure_syn(flow.tcp_flags) {
@@ -463,11 +562,14 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
     } else {
         APP_PROTOCOL_OPAQUE
     };
-    let original = FlowValue {
+    // One value on the stack, written as the reply half, then completed into the original half
+    // (two would not fit an IPv6 flow's frame).
+    let mut entry = FlowValueOf {
         backend_id,
         service_id: service.id,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
+        // Reply half: the VIP:port replies leave from.
+        nat_addr: flow.daddr,
+        nat_port: flow.dport,
         tcp_state,
         // Whether it replaces an entry on the tuple (the first lookup's answer), and whether
         // the client's requests can be followed from here (a plain SYN, no data on it).
@@ -480,27 +582,11 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
         created_ns: now,
         last_seen_ns: now,
         app_protocol,
-        // Original entry: the client's initial sequence number (a RST that answers this SYN
-        // acknowledges it; a retransmission repeats it).
-        req_seq: flow.seq,
-        seq_nxt: segment_end(flow),
-        seq_nxt_known: (flow.proto == PROTO_TCP) as u8,
-        // Original entry: where the client's first request starts (after a plain SYN).
-        resp_seq: segment_end(flow),
-        ..FlowValue::default()
-    };
-    let reply = FlowValue {
-        nat_addr: flow.daddr,
-        nat_port: flow.dport,
-        resp_seq: 0,
-        req_seq: 0,
-        seq_nxt: 0,
-        seq_nxt_known: 0,
-        ..original
+        ..FlowValueOf::default()
     };
     // Reply entry first: a reply can never arrive before the request is forwarded.
     let reply_key = reply_key(
-        backend.addr,
+        backend_addr,
         backend.port,
         flow.saddr,
         flow.sport,
@@ -509,16 +595,25 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
     if flow.proto == PROTO_TCP && translated_tuple_in_use(flow, &reply_key) {
         return Verdict::Drop(DropReason::TupleInUse);
     }
-    if CONNTRACK.insert(&reply_key, &reply, 0).is_err() {
+    if A::conntrack().insert(&reply_key, &entry, 0).is_err() {
         return Verdict::Drop(DropReason::Internal);
     }
-    if CONNTRACK.insert(ct_key, &original, 0).is_err() {
-        let _ = CONNTRACK.remove(&reply_key);
+    entry.nat_addr = backend_addr;
+    entry.nat_port = backend.port;
+    // Original entry: the client's initial sequence number (a RST that answers this SYN
+    // acknowledges it; a retransmission repeats it), its next one, and where its first request
+    // starts (after a plain SYN).
+    entry.req_seq = flow.seq;
+    entry.seq_nxt = segment_end(flow);
+    entry.seq_nxt_known = (flow.proto == PROTO_TCP) as u8;
+    entry.resp_seq = segment_end(flow);
+    if A::conntrack().insert(ct_key, &entry, 0).is_err() {
+        let _ = A::conntrack().remove(&reply_key);
         return Verdict::Drop(DropReason::Internal);
     }
     count_request(service.id, backend_id, flow.len, true);
     Verdict::Nat(Nat {
-        addr: backend.addr,
+        addr: backend_addr,
         port: backend.port,
     })
 }
@@ -528,19 +623,19 @@ fn steer_new(flow: &Flow, service: &ServiceValue, ct_key: &FlowKey, tracked: boo
 /// closed by a RST, or closed both ways is stale and may be taken over. Not inlined: its key
 /// would otherwise take stack from the request path's frame, which has none to spare.
 #[inline(never)]
-fn translated_tuple_in_use(flow: &Flow, reply_key: &FlowKey) -> bool {
+fn translated_tuple_in_use<A: Family>(flow: &Flow<A>, reply_key: &FlowKeyOf<A>) -> bool {
     // SAFETY: read-only lookup of plain data, fields read in place (no copy on the stack,
     // which the callers have little of left).
-    let Some(other) = (unsafe { CONNTRACK.get(reply_key) }) else {
+    let Some(other) = (unsafe { A::conntrack().get(reply_key) }) else {
         return false;
     };
     if reply_half_of(other, flow) {
         return false; // this flow's own (a SYN on a closed tuple, steered anew)
     }
     let (vip, vport, reply_fin) = (other.nat_addr, other.nat_port, other.fin_seen);
-    let other_key = FlowKey::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
+    let other_key = FlowKeyOf::new(flow.saddr, vip, flow.sport, vport, flow.proto, DIR_ORIGINAL);
     // SAFETY: as above.
-    let Some(original) = (unsafe { CONNTRACK.get(&other_key) }) else {
+    let Some(original) = (unsafe { A::conntrack().get(&other_key) }) else {
         return false;
     };
     // Its partner (an original re-steered elsewhere leaves an orphan), and still open.
@@ -668,13 +763,13 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
 /// The entry under the reply key of a tracked flow (its own reply half, or another VIP's that
 /// took the translated tuple over: see [`reply_half_of`]).
 #[inline(always)]
-fn lookup_reply_half(flow: &Flow, original: &FlowValue) -> Option<*mut FlowValue> {
-    CONNTRACK.get_ptr_mut(&translated_reply_key(flow, original))
+fn lookup_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>) -> Option<*mut FlowValueOf<A>> {
+    A::conntrack().get_ptr_mut(&translated_reply_key(flow, original))
 }
 
 /// The reply-direction key of a tracked flow: its client's tuple as translated by `original`.
 #[inline(always)]
-fn translated_reply_key(flow: &Flow, original: &FlowValue) -> FlowKey {
+fn translated_reply_key<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>) -> FlowKeyOf<A> {
     reply_key(
         original.nat_addr,
         original.nat_port,
@@ -689,11 +784,12 @@ fn translated_reply_key(flow: &Flow, original: &FlowValue) -> FlowKey {
 /// so an established flow never loses its reverse NAT (replies leaving with the backend's
 /// address) nor its backend (re-steered mid-stream). The rebuilt reply half does not know where
 /// the next response starts (`HTTP_UNFRAMED`): no status is read on the connection again. Called when no entry is under the reply
-/// key ([`lookup_reply_half`]).
-#[inline(always)]
-fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
+/// key ([`lookup_reply_half`]). Not inlined (a rare path): its key and entry would take stack
+/// from the request path.
+#[inline(never)]
+fn restore_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>, now: u64) {
     let key = translated_reply_key(flow, original);
-    let reply = FlowValue {
+    let reply = FlowValueOf {
         backend_id: original.backend_id,
         service_id: original.service_id,
         nat_addr: flow.daddr,
@@ -702,10 +798,10 @@ fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
         created_ns: original.created_ns,
         last_seen_ns: now,
         app_protocol: original.app_protocol,
-        ..FlowValue::default()
+        ..FlowValueOf::default()
     };
     // Only where still nothing is: another CPU may have made this half since the lookup.
-    if CONNTRACK.insert(&key, &reply, BPF_NOEXIST as u64).is_ok() {
+    if A::conntrack().insert(&key, &reply, BPF_NOEXIST as u64).is_ok() {
         count_ct(ct_stats::PARTNER_RESTORED);
     }
 }
@@ -713,8 +809,8 @@ fn restore_reply_half(flow: &Flow, original: &FlowValue, now: u64) {
 /// The original entry's key of a flow, from one of its reply packets and its reply entry (which
 /// holds the VIP:port the client addressed).
 #[inline(always)]
-fn original_key_of(flow: &Flow, reply: &FlowValue) -> FlowKey {
-    FlowKey::new(
+fn original_key_of<A: Family>(flow: &Flow<A>, reply: &FlowValueOf<A>) -> FlowKeyOf<A> {
+    FlowKeyOf::new(
         flow.daddr,
         reply.nat_addr,
         flow.dport,
@@ -727,13 +823,13 @@ fn original_key_of(flow: &Flow, reply: &FlowValue) -> FlowKey {
 /// The reply half's counterpart of [`restore_reply_half`]: the original half is rebuilt in the
 /// mid-stream state (its TCP state went with it), pinned to the backend that answered.
 #[inline(always)]
-fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
+fn restore_original_half<A: Family>(flow: &Flow<A>, reply: &FlowValueOf<A>, now: u64) {
     let key = original_key_of(flow, reply);
     // SAFETY: read-only lookup.
-    if unsafe { CONNTRACK.get(&key) }.is_some() {
+    if unsafe { A::conntrack().get(&key) }.is_some() {
         return;
     }
-    let original = FlowValue {
+    let original = FlowValueOf {
         backend_id: reply.backend_id,
         service_id: reply.service_id,
         nat_addr: flow.saddr,
@@ -746,10 +842,10 @@ fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
         created_ns: reply.created_ns,
         last_seen_ns: now,
         app_protocol: reply.app_protocol,
-        ..FlowValue::default()
+        ..FlowValueOf::default()
     };
     // Only where still nothing is: another CPU may have made this half since the lookup.
-    if CONNTRACK
+    if A::conntrack()
         .insert(&key, &original, BPF_NOEXIST as u64)
         .is_ok()
     {
@@ -763,16 +859,16 @@ fn restore_original_half(flow: &Flow, reply: &FlowValue, now: u64) {
 /// the earlier flow is over (the client reused its port), so its reply entry goes — unless this
 /// SYN *is* that flow's own (a first SYN or a retransmission, in any state of the flow: same
 /// backend, same initial sequence number), already translated by XDP on its way here.
-fn forget_superseded_nat(flow: &Flow) {
+fn forget_superseded_nat<A: Family>(flow: &Flow<A>) {
     if flow.proto != PROTO_TCP || !is_pure_syn(flow.tcp_flags) {
         return;
     }
     let key = reply_key(flow.daddr, flow.dport, flow.saddr, flow.sport, flow.proto);
     // SAFETY: read-only lookups; values copied out.
-    let Some(reply) = (unsafe { CONNTRACK.get(&key) }).copied() else {
+    let Some(reply) = (unsafe { A::conntrack().get(&key) }).copied() else {
         return;
     };
-    let original_key = FlowKey::new(
+    let original_key = FlowKeyOf::new(
         flow.saddr,
         reply.nat_addr,
         flow.sport,
@@ -781,11 +877,11 @@ fn forget_superseded_nat(flow: &Flow) {
         DIR_ORIGINAL,
     );
     // SAFETY: as above.
-    let translated_here = unsafe { CONNTRACK.get(&original_key) }.is_some_and(|o| {
+    let translated_here = unsafe { A::conntrack().get(&original_key) }.is_some_and(|o| {
         o.nat_addr == flow.daddr && o.nat_port == flow.dport && o.req_seq == flow.seq
     });
     if !translated_here {
-        let _ = CONNTRACK.remove(&key);
+        let _ = A::conntrack().remove(&key);
     }
 }
 
@@ -814,7 +910,7 @@ fn out_of_rotation(backend_id: u32, backend: &Backend) -> bool {
 ///   awaited moves only if its backend left rotation since (nothing is established there);
 ///   a SYN on an established tuple is not a new connection (the backend answers it with a
 ///   challenge ACK), so it can neither move nor reset the flow.
-fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
+fn must_resteer<A: Family>(flow: &Flow<A>, entry: &FlowValueOf<A>, now: u64) -> bool {
     let Some(backend) = BACKENDS.get(entry.backend_id) else {
         return true;
     };
@@ -822,7 +918,7 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
     // a grace period; conntrack entries live for hours).
     if backend.flags & BACKEND_FLAG_ACTIVE == 0
         || backend.service_id != entry.service_id
-        || backend.addr != entry.nat_addr
+        || A::backend_addr(entry.backend_id, backend) != entry.nat_addr
         || backend.port != entry.nat_port
     {
         return true;
@@ -848,7 +944,7 @@ fn must_resteer(flow: &Flow, entry: &FlowValue, now: u64) -> bool {
 /// tuple over): the connection is over and its tuple free for reuse. Not inlined: its key
 /// would take stack from the request path.
 #[inline(never)]
-fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
+fn closed_both_ways<A: Family>(flow: &Flow<A>, entry: &FlowValueOf<A>) -> bool {
     if entry.fin_seen == 0 {
         return false;
     }
@@ -860,7 +956,7 @@ fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
         flow.proto,
     );
     // SAFETY: read-only lookup of a plain value.
-    match unsafe { CONNTRACK.get(&key) } {
+    match unsafe { A::conntrack().get(&key) } {
         // Taken over by the same client port through another VIP: this flow is over.
         Some(reply) if !reply_half_of(reply, flow) => true,
         Some(reply) => reply.fin_seen != 0,
@@ -872,18 +968,18 @@ fn closed_both_ways(flow: &Flow, entry: &FlowValue) -> bool {
 /// the VIP:port the flow was sent to. The key can be another flow's: one of the same client
 /// port through another VIP that took the tuple over after this one ended.
 #[inline(always)]
-fn reply_half_of(reply: &FlowValue, flow: &Flow) -> bool {
+fn reply_half_of<A: Family>(reply: &FlowValueOf<A>, flow: &Flow<A>) -> bool {
     reply.nat_addr == flow.daddr && reply.nat_port == flow.dport
 }
 
 /// Removes this flow's reply half, and only its own (see [`reply_half_of`]): a live flow of
 /// another VIP may own the key. Not inlined: its key would take stack from the request path.
 #[inline(never)]
-fn remove_own_reply_half(flow: &Flow, original: &FlowValue) {
+fn remove_own_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>) {
     let key = translated_reply_key(flow, original);
     // SAFETY: read-only lookup of a plain value.
-    if unsafe { CONNTRACK.get(&key) }.is_some_and(|reply| reply_half_of(reply, flow)) {
-        let _ = CONNTRACK.remove(&key);
+    if unsafe { A::conntrack().get(&key) }.is_some_and(|reply| reply_half_of(reply, flow)) {
+        let _ = A::conntrack().remove(&key);
     }
 }
 
@@ -891,10 +987,10 @@ fn remove_own_reply_half(flow: &Flow, original: &FlowValue) {
 /// request starts that tell the reply path where a response begins. Returns true when this
 /// packet starts a request on an HTTP/1.x flow that must drain (its backend left rotation):
 /// the previous response is complete, so the connection ends here.
-fn track_request(
-    flow: &Flow,
-    entry: &mut FlowValue,
-    reply: Option<*mut FlowValue>,
+fn track_request<A: Family>(
+    flow: &Flow<A>,
+    entry: &mut FlowValueOf<A>,
+    reply: Option<*mut FlowValueOf<A>>,
     bytes: &impl PacketBytes,
 ) -> bool {
     let flags = flow.tcp_flags;
@@ -956,7 +1052,7 @@ fn track_request(
 
 /// One past the last sequence number of this segment (SYN and FIN count one).
 #[inline(always)]
-fn segment_end(flow: &Flow) -> u32 {
+fn segment_end<A: Family>(flow: &Flow<A>) -> u32 {
     let control = (flow.tcp_flags & TCP_SYN != 0) as u32 + (flow.tcp_flags & TCP_FIN != 0) as u32;
     flow.seq
         .wrapping_add(flow.payload_len)
@@ -969,7 +1065,7 @@ fn segment_end(flow: &Flow) -> u32 {
 /// [`RST_WINDOW`], the backend's the looser [`REPLY_JUMP_LIMIT`]).
 /// False for a segment ending more than `limit` ahead (ignored).
 #[inline(always)]
-fn advance_seq_nxt(end: u32, entry: &mut FlowValue, limit: u32) -> bool {
+fn advance_seq_nxt<A: Family>(end: u32, entry: &mut FlowValueOf<A>, limit: u32) -> bool {
     if entry.seq_nxt_known == 0 {
         entry.seq_nxt = end;
         entry.seq_nxt_known = 1;
@@ -999,7 +1095,7 @@ const REPLY_JUMP_LIMIT: u32 = 64 << 20;
 
 /// Whether a client RST is plausibly the client's (RFC 5961 makes endpoints check the same; a
 /// RST the backend would ignore must not end our flow either). Unknown position: accepted.
-fn rst_in_window(flow: &Flow, entry: &FlowValue) -> bool {
+fn rst_in_window<A: Family>(flow: &Flow<A>, entry: &FlowValueOf<A>) -> bool {
     if entry.seq_nxt_known == 0 {
         return true;
     }
@@ -1015,7 +1111,7 @@ fn rst_in_window(flow: &Flow, entry: &FlowValue) -> bool {
 
 /// Whether a request start on this HTTP/1.x flow ends it: its backend left rotation and the
 /// service drains (the default for HTTP/1.x).
-fn drains(entry: &FlowValue) -> bool {
+fn drains<A: Family>(entry: &FlowValueOf<A>) -> bool {
     let Some(backend) = BACKENDS.get(entry.backend_id) else {
         return false;
     };
@@ -1033,7 +1129,7 @@ fn drains(entry: &FlowValue) -> bool {
 /// connect timeout, once the agent confirms it). A retransmission before the timeout is no
 /// failure: networks lose SYNs and a busy backend drops them from a full accept queue.
 /// Reported once per flow.
-fn check_syn_retransmit(entry: &mut FlowValue, now: u64) {
+fn check_syn_retransmit<A: Family>(entry: &mut FlowValueOf<A>, now: u64) {
     if entry.flags & FLOW_FLAG_CONNECT_FAILURE_COUNTED != 0 {
         return;
     }
@@ -1102,10 +1198,10 @@ pub(crate) fn count_confirmed_timeout(request: &TimeoutCount) -> i32 {
 /// its locals and the head scan's stay off the main frame (the stack is 512 bytes in all,
 /// callees included; five arguments at most, hence the raw pointer).
 #[inline(never)]
-fn request_payload(
-    flow: &Flow,
-    entry: &mut FlowValue,
-    reply: *mut FlowValue,
+fn request_payload<A: Family>(
+    flow: &Flow<A>,
+    entry: &mut FlowValueOf<A>,
+    reply: *mut FlowValueOf<A>,
     bytes: &impl PacketBytes,
     new_data: bool,
 ) -> bool {
@@ -1190,10 +1286,10 @@ fn request_payload(
 /// arriving, one whose end is unknown) the boundary is unknown: skipped and counted, never
 /// guessed. The request's own length is read too (the original entry keeps where it ends): the
 /// response's end is trusted only if the client sent nothing past it before the response came.
-fn arm_response(
-    flow: &Flow,
-    entry: &mut FlowValue,
-    reply: &mut FlowValue,
+fn arm_response<A: Family>(
+    flow: &Flow<A>,
+    entry: &mut FlowValueOf<A>,
+    reply: &mut FlowValueOf<A>,
     bytes: &impl PacketBytes,
     request: &[u8; METHOD_PREFIX_LEN],
 ) {
@@ -1255,10 +1351,10 @@ fn request_kind(request: &[u8; METHOD_PREFIX_LEN]) -> u8 {
 /// (HEAD, CONNECT, other) and the same length (to its `resp_seq`). The backend kept one version
 /// of those bytes — the first, unless that one was dropped on the way (a bad checksum) — so
 /// only then does the agent still know what it answers.
-fn is_copy_of_armed_request(
-    flow: &Flow,
-    entry: &FlowValue,
-    reply: *mut FlowValue,
+fn is_copy_of_armed_request<A: Family>(
+    flow: &Flow<A>,
+    entry: &FlowValueOf<A>,
+    reply: *mut FlowValueOf<A>,
     bytes: &impl PacketBytes,
 ) -> bool {
     // SAFETY: null or an LRU map value valid for this run; plain data.
@@ -1288,16 +1384,16 @@ fn is_copy_of_armed_request(
 /// The client's requests are no longer followed (see [`FLOW_FLAG_REQUESTS_FOLLOWED`]): no
 /// response start is armed on this connection again.
 #[inline(always)]
-fn unfollow(entry: &mut FlowValue) {
+fn unfollow<A: Family>(entry: &mut FlowValueOf<A>) {
     entry.flags &= !FLOW_FLAG_REQUESTS_FOLLOWED;
 }
 
 /// The backend of a new flow: the client's affine one (session affinity on when
 /// `affinity_timeout_s` is not 0), else Maglev's pick.
 #[inline(always)]
-fn choose(
+fn choose<A: Family>(
     service: &ServiceValue,
-    flow: &Flow,
+    flow: &Flow<A>,
     affinity_timeout_s: u32,
     now: u64,
 ) -> Option<(u32, Backend)> {
@@ -1313,32 +1409,32 @@ fn choose(
 }
 
 /// Remembers the backend of a client's new flow, and when.
-fn remember_affinity(service_id: u32, client: u32, backend_id: u32, now: u64) {
-    let key = AffinityKey { service_id, client };
+fn remember_affinity<A: Family>(service_id: u32, client: A, backend_id: u32, now: u64) {
+    let key = AffinityKeyOf { service_id, client };
     let value = AffinityValue {
         backend_id,
         _pad: 0,
         last_used_ns: now,
     };
-    let _ = AFFINITY.insert(&key, &value, 0);
+    let _ = A::affinity().insert(&key, &value, 0);
 }
 
 /// The backend a client's last new flow of this service went to, if that was within the
 /// affinity timeout and the backend still takes new flows (kube-proxy's `ClientIP` affinity;
 /// unlike kube-proxy, an ejected, failing, draining or no-longer-preferred backend ends it).
 #[inline(always)]
-fn affine_backend(
+fn affine_backend<A: Family>(
     service: &ServiceValue,
-    client: u32,
+    client: A,
     timeout_s: u32,
     now: u64,
 ) -> Option<(u32, Backend)> {
-    let key = AffinityKey {
+    let key = AffinityKeyOf {
         service_id: service.id,
         client,
     };
     // SAFETY: read-only lookup; the value is copied out.
-    let value = (unsafe { AFFINITY.get(&key) }).copied()?;
+    let value = (unsafe { A::affinity().get(&key) }).copied()?;
     if now.saturating_sub(value.last_used_ns) > u64::from(timeout_s) * 1_000_000_000 {
         return None;
     }
@@ -1353,7 +1449,7 @@ fn affine_backend(
 /// Maglev lookup. An out-of-rotation backend's slot falls through to the next slots (bounded),
 /// so the kernel can take a backend out at once, before the agent rebuilds the table without it.
 #[inline(always)]
-fn select(service: &ServiceValue, flow: &Flow, seed: u64) -> Option<(u32, Backend)> {
+fn select<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> Option<(u32, Backend)> {
     let id = select_id(service, flow, seed);
     if id == NO_BACKEND {
         return None;
@@ -1368,7 +1464,7 @@ const NO_BACKEND: u32 = u32::MAX;
 /// is returned in a register), so its locals live in its own stack frame, not in the
 /// request path's, which is at the 512-byte limit with the packet parser's.
 #[inline(never)]
-fn select_id(service: &ServiceValue, flow: &Flow, seed: u64) -> u32 {
+fn select_id<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> u32 {
     let size = service.table_size;
     let count = service.backend_count;
     if size == 0 || count == 0 {
@@ -1470,9 +1566,9 @@ fn count_request(service_id: u32, backend_id: u32, len: u32, new_flow: bool) {
 ///
 /// The common case — an ACK or a data segment of a flow with no response awaited — costs one
 /// conntrack lookup and no payload read.
-pub(crate) fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
+pub(crate) fn reply<A: Family>(flow: &Flow<A>, bytes: &impl PacketBytes) -> Option<Nat<A>> {
     let key = packet_key(flow, DIR_REPLY);
-    let entry = CONNTRACK.get_ptr_mut(&key)?;
+    let entry = A::conntrack().get_ptr_mut(&key)?;
     // SAFETY: LRU map value valid for this run; plain data.
     let entry = unsafe { &mut *entry };
     // Both halves' activity decides when the agent's GC may end the flow: a server that
@@ -1507,9 +1603,9 @@ pub(crate) fn reply(flow: &Flow, bytes: &impl PacketBytes) -> Option<Nat> {
 
 /// SYN-ACK and RST from the backend: the connection's state and its connect result. (A FIN
 /// only marks the reply entry, which the caller holds.)
-fn reply_control(flow: &Flow, reply: &mut FlowValue) {
+fn reply_control<A: Family>(flow: &Flow<A>, reply: &mut FlowValueOf<A>) {
     let original_key = original_key_of(flow, reply);
-    let Some(original) = CONNTRACK.get_ptr_mut(&original_key) else {
+    let Some(original) = A::conntrack().get_ptr_mut(&original_key) else {
         return;
     };
     // SAFETY: LRU value valid for this run; plain data.
@@ -1573,7 +1669,7 @@ fn reply_control(flow: &Flow, reply: &mut FlowValue) {
 
 /// Backend payload: track the backend's next sequence number, and read the status line if this
 /// segment holds the awaited response start.
-fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
+fn reply_data<A: Family>(flow: &Flow<A>, reply: &mut FlowValueOf<A>, bytes: &impl PacketBytes) {
     let end = flow.seq.wrapping_add(flow.payload_len);
     let _ = advance_seq_nxt(end, reply, REPLY_JUMP_LIMIT);
     if reply.app_protocol == APP_PROTOCOL_DETECT {
@@ -1661,10 +1757,10 @@ fn reply_data(flow: &Flow, reply: &mut FlowValue, bytes: &impl PacketBytes) {
 
 /// Whether the client has sent exactly the armed request: its requests are still followed and
 /// its next byte is where the original entry says that request ends.
-fn client_sent_only_the_request(flow: &Flow, reply: &FlowValue) -> bool {
+fn client_sent_only_the_request<A: Family>(flow: &Flow<A>, reply: &FlowValueOf<A>) -> bool {
     let key = original_key_of(flow, reply);
     // SAFETY: read-only lookup.
-    unsafe { CONNTRACK.get(&key) }.is_some_and(|original| {
+    unsafe { A::conntrack().get(&key) }.is_some_and(|original| {
         original.flags & FLOW_FLAG_REQUESTS_FOLLOWED != 0
             && original.seq_nxt_known != 0
             && original.seq_nxt == original.resp_seq
@@ -1721,17 +1817,17 @@ extern "C" fn head_step(_: u64, _: *mut c_void) -> i64 {
 }
 
 /// The awaited response's start or end was missed: nothing more is read on this connection.
-fn unframe(reply: &mut FlowValue) {
+fn unframe<A: Family>(reply: &mut FlowValueOf<A>) {
     reply.http_state = HTTP_UNFRAMED;
     count_http_skipped(reply.backend_id);
 }
 
 /// The flow turns out not to be (or no longer be) HTTP/1.x: both entries say so, so the
 /// request path stops looking for requests and the agent treats the flow as one.
-fn set_opaque(flow: &Flow, reply: &mut FlowValue) {
+fn set_opaque<A: Family>(flow: &Flow<A>, reply: &mut FlowValueOf<A>) {
     reply.app_protocol = APP_PROTOCOL_OPAQUE;
     let original_key = original_key_of(flow, reply);
-    if let Some(original) = CONNTRACK.get_ptr_mut(&original_key) {
+    if let Some(original) = A::conntrack().get_ptr_mut(&original_key) {
         // SAFETY: LRU value valid for this run; plain data.
         unsafe { (*original).app_protocol = APP_PROTOCOL_OPAQUE };
     }
