@@ -165,6 +165,7 @@ pub fn load_logging(
                 crate::memory::Kind::PerCpuArray
                     | crate::memory::Kind::RingBuf
                     | crate::memory::Kind::DevMapHash
+                    | crate::memory::Kind::ProgArray
             );
             if spec.kind != crate::memory::Kind::RingBuf
                 && let Some(migration) = migrate::prepare(
@@ -200,11 +201,14 @@ pub fn load_logging(
         program_names::TC_INGRESS,
         program_names::TC_EGRESS,
         program_names::COUNT_TIMEOUTS,
+        program_names::TC_INGRESS6,
+        program_names::TC_EGRESS6,
     ] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
+    fill_tail_calls(&mut ebpf)?;
     let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP)?.try_into()?;
     xdp.load()
         .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
@@ -222,6 +226,35 @@ pub fn load_logging(
         }
     }
     Ok((ebpf, migrations))
+}
+
+/// Puts the IPv6 programs into the slots the attached programs tail-call (a pinned array from
+/// an earlier run gets this run's programs: the old attached ones then tail-call the new ones,
+/// which share their maps).
+fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::new();
+    for (slot, name) in [
+        (program_names::TAIL_TC_INGRESS6, program_names::TC_INGRESS6),
+        (program_names::TAIL_TC_EGRESS6, program_names::TC_EGRESS6),
+    ] {
+        let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+        let fd = prog
+            .fd()
+            .with_context(|| format!("{name} is not loaded"))?
+            .try_clone()
+            .context("duplicating a program fd")?;
+        fds.push((slot, fd));
+    }
+    let map = ebpf
+        .map_mut(map_names::TAIL_CALLS)
+        .with_context(|| format!("the kernel object has no {}", map_names::TAIL_CALLS))?;
+    let mut tails = aya::maps::ProgramArray::try_from(map)?;
+    for (slot, fd) in &fds {
+        tails
+            .set(*slot, fd, 0)
+            .with_context(|| format!("filling {} slot {slot}", map_names::TAIL_CALLS))?;
+    }
+    Ok(())
 }
 
 /// Where [`pin_programs`] pins each program: `<pinPath>/progs/<program name>`.

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    AFFINITY_SIZE, AffinityKey, AffinityValue, Backend, BackendSignals, BackendState,
-    BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters,
+    AFFINITY_SIZE, AFFINITY6_SIZE, Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend,
+    BackendSignals, BackendState, BackendTraffic, CONNTRACK6_SIZE, DropReason, FRAGMENTS_SIZE,
+    FlowKey, FlowKey6, FlowValue, FlowValue6, FragmentKey, FragmentValue, ServiceConfig,
+    ServiceKey, ServiceKey6, ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters,
     XDP_TARGETS_SIZE, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,8 @@ pub enum Kind {
     LruHash,
     RingBuf,
     DevMapHash,
+    /// A program array (tail calls).
+    ProgArray,
 }
 
 /// One map as created.
@@ -184,6 +187,40 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             false,
         ),
         spec(
+            map_names::SERVICES6,
+            Hash,
+            size_of::<ServiceKey6>(),
+            size_of::<ServiceValue>(),
+            services,
+            true,
+        ),
+        spec(map_names::VIPS6, Hash, 16, 4, services, true),
+        spec(
+            map_names::BACKEND_ADDRS6,
+            Array,
+            4,
+            size_of::<Addr6>(),
+            backends,
+            true,
+        ),
+        spec(
+            map_names::CONNTRACK6,
+            LruHash,
+            size_of::<FlowKey6>(),
+            size_of::<FlowValue6>(),
+            CONNTRACK6_SIZE,
+            false,
+        ),
+        spec(
+            map_names::AFFINITY6,
+            LruHash,
+            size_of::<AffinityKey6>(),
+            size_of::<AffinityValue>(),
+            AFFINITY6_SIZE,
+            false,
+        ),
+        spec(map_names::TAIL_CALLS, ProgArray, 4, 4, 2, false),
+        spec(
             map_names::XDP_TARGETS,
             DevMapHash,
             4,
@@ -268,6 +305,7 @@ pub fn bytes(spec: &MapSpec, cpus: u32) -> u64 {
         }
         // Buckets; an element (~64 B) only per interface present.
         Kind::DevMapHash => MAP_HEADER + 8 * entries.next_power_of_two(),
+        Kind::ProgArray => MAP_HEADER + 8 * entries,
         Kind::RingBuf => {
             // The data pages, the consumer/producer/header pages, and a page pointer per page
             // (the data is mapped twice).

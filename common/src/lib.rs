@@ -38,12 +38,17 @@ pub mod map_names {
     pub const CONNTRACK6: &str = "GS_CONNTRACK6";
     pub const AFFINITY6: &str = "GS_AFFINITY6";
     pub const BACKEND_ADDRS6: &str = "GS_BACKEND_ADDRS6";
+    /// The IPv6 programs the attached TC programs tail-call for IPv6 frames (a program array,
+    /// slot 0 ingress, 1 egress; the agent fills it). Pinned with the others: a program array
+    /// whose last user reference closes is emptied, which would leave IPv6 unsteered between
+    /// an agent's exit and its successor's start.
+    pub const TAIL_CALLS: &str = "GS_TAIL_CALLS";
     /// aya-log's ring of kernel log records (the name is aya-log's). Pinned with the others
     /// (its memory counted, `geosteer uninstall` removes it), but made anew with every load.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 25] = [
         SERVICES,
         VIPS,
         TABLE_CHUNKS,
@@ -67,6 +72,7 @@ pub mod map_names {
         CONNTRACK6,
         AFFINITY6,
         BACKEND_ADDRS6,
+        TAIL_CALLS,
         LOGS,
     ];
 
@@ -84,6 +90,12 @@ pub mod program_names {
     /// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to count connect timeouts it has
     /// confirmed, so they go through the kernel's own atomic bookkeeping.
     pub const COUNT_TIMEOUTS: &str = "geosteer_count_timeouts";
+    /// Never attached: tail-called by `TC_INGRESS` / `TC_EGRESS` for IPv6 frames, from slots
+    /// [`TAIL_TC_INGRESS6`] / [`TAIL_TC_EGRESS6`] of `GS_TAIL_CALLS`.
+    pub const TC_INGRESS6: &str = "geosteer_tc_ingress6";
+    pub const TC_EGRESS6: &str = "geosteer_tc_egress6";
+    pub const TAIL_TC_INGRESS6: u32 = 0;
+    pub const TAIL_TC_EGRESS6: u32 = 1;
 }
 
 /// Most backends one service may have.
@@ -206,7 +218,6 @@ impl<A: Copy> ServiceKeyOf<A> {
             _pad: 0,
         }
     }
-
 }
 
 impl ServiceKey {
@@ -423,6 +434,13 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// IPv6 flows tracked at once (`GS_CONNTRACK6`, an LRU map) and IPv6 clients remembered for
+/// session affinity (`GS_AFFINITY6`). Fixed and small while IPv6 services are programmed only
+/// directly (the config file and Kubernetes give IPv4 services so far): the maps are
+/// preallocated, and at the IPv4 sizes would cost every node tens of MiB for nothing.
+pub const CONNTRACK6_SIZE: u32 = 16384;
+pub const AFFINITY6_SIZE: u32 = 4096;
 
 /// Clients remembered for session affinity, over all services (an LRU map: the least recently
 /// seen client goes first when it is full, as in Cilium's `LB4_AFFINITY_MAP`).
@@ -868,7 +886,10 @@ pub mod ct_stats {
     /// A RST whose sequence number is nowhere near what its sender has sent: it closes
     /// nothing (an off-path spoofer must guess the sequence; RFC 5961 asks endpoints the same).
     pub const RST_IGNORED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// IPv6 frames that passed unsteered because the IPv6 program was not in its tail-call
+    /// slot (an agent that did not fill `GS_TAIL_CALLS`).
+    pub const IPV6_UNSTEERED: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every counter with its name (metrics label, `geosteer status`).
     pub const NAMES: [(u32, &str); COUNT as usize] = [
         (PARTNER_RESTORED, "partner_restored"),
@@ -879,6 +900,7 @@ pub mod ct_stats {
         (VLAN_BYPASSED, "vlan_bypassed"),
         (XDP_PASSED_TO_STACK, "xdp_passed_to_stack"),
         (RST_IGNORED, "rst_ignored"),
+        (IPV6_UNSTEERED, "ipv6_unsteered"),
     ];
 }
 

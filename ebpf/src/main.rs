@@ -30,13 +30,16 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup, xdp_action,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes,
+    },
     macros::{classifier, xdp},
+    maps::ProgramArray,
     programs::{TcContext, XdpContext},
 };
 use geosteer_common::{
     Addr6, DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats,
-    http::HEAD_MAX,
+    http::HEAD_MAX, program_names,
 };
 use network_types::{
     eth::EthHdr,
@@ -91,7 +94,7 @@ enum Parsed {
 #[classifier]
 pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
     let result = match tc_ingress(&ctx) {
-        Ok(IPV6_FRAME) => tc_ingress6(&ctx),
+        Ok(IPV6_FRAME) => Ok(to_ipv6_program(&ctx, program_names::TAIL_TC_INGRESS6)),
         result => result,
     };
     match result {
@@ -106,7 +109,7 @@ pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub(crate) fn geosteer_tc_egress(ctx: TcContext) -> i32 {
     let result = match tc_egress(&ctx) {
-        Ok(IPV6_FRAME) => tc_egress6(&ctx),
+        Ok(IPV6_FRAME) => Ok(to_ipv6_program(&ctx, program_names::TAIL_TC_EGRESS6)),
         result => result,
     };
     match result {
@@ -405,12 +408,10 @@ impl PacketBytes for XdpBytes<'_> {
     }
 }
 
-/// What [`tc_ingress`] and [`tc_egress`] (IPv4) return for an IPv6 frame: the program then runs
-/// its IPv6 path. Each path is a BPF function of its own, so the stack holds one path's frame
-/// at a time (512 bytes in all; the IPv4 path alone is close to it).
+/// What [`tc_ingress`] and [`tc_egress`] (IPv4) return for an IPv6 frame: the program then
+/// tail-calls its IPv6 counterpart.
 const IPV6_FRAME: i32 = i32::MIN;
 
-#[inline(never)]
 fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Other => return Ok(TC_ACT_OK as i32),
@@ -473,7 +474,6 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     }
 }
 
-#[inline(never)]
 fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let (flow, fragment_id) = match parse(&TcBytes(ctx), ctx.len(), true) {
         Parsed::Flow(flow) => (flow, None),
@@ -683,7 +683,45 @@ struct NatRun {
 
 // ---------------------------------------------------------------------------------------------
 // IPv6 (TC only: XDP passes IPv6 to the stack, and so to TC ingress). The same steering code as
-// IPv4 (steer.rs, over the `Family` of the address), with its own maps.
+// IPv4 (steer.rs, over the `Family` of the address), with its own maps, compiled into programs
+// of their own that the attached ones tail-call for IPv6 frames (Cilium's layout): each
+// program gets the verifier's whole budget and stack, and the IPv4 path stays as it was.
+
+/// The IPv6 programs, by slot (the agent fills the map after loading them).
+#[aya_ebpf::macros::map(name = "GS_TAIL_CALLS")]
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+/// Runs the IPv6 program in `slot`, which does not return here. If the slot is empty (an agent
+/// that never filled it), the frame passes unsteered and is counted.
+#[inline(always)]
+fn to_ipv6_program(ctx: &TcContext, slot: u32) -> i32 {
+    // SAFETY: a tail call replaces this program; on failure execution continues here.
+    unsafe { TAIL_CALLS.tail_call(ctx, slot) };
+    steer::count_ct(ct_stats::IPV6_UNSTEERED);
+    TC_ACT_OK as i32
+}
+
+#[classifier]
+pub(crate) fn geosteer_tc_ingress6(ctx: TcContext) -> i32 {
+    match tc_ingress6(&ctx) {
+        Ok(action) => action,
+        Err(()) => {
+            steer::count_drop(DropReason::Internal);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[classifier]
+pub(crate) fn geosteer_tc_egress6(ctx: TcContext) -> i32 {
+    match tc_egress6(&ctx) {
+        Ok(action) => action,
+        Err(()) => {
+            steer::count_drop(DropReason::Internal);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
 
 const IP6_SRC_OFF: usize = ETH_HLEN + 8;
 const IP6_DST_OFF: usize = ETH_HLEN + 24;
@@ -706,26 +744,37 @@ enum Parsed6 {
     Other,
     /// A packet that cannot be steered: dropped with `reason` when addressed to a VIP, else
     /// left alone.
-    Unsteerable { daddr: Addr6, reason: DropReason },
+    Unsteerable {
+        daddr: Addr6,
+        reason: DropReason,
+    },
     Flow(Flow<Addr6>),
 }
 
 /// Reads an IPv6 TCP or UDP packet's headers, through up to [`IPV6_MAX_EXT_HEADERS`] extension
 /// headers (hop-by-hop, routing, destination options).
-#[inline(always)]
+/// Not inlined: its header copies stay out of the program's main frame.
+#[inline(never)]
 fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
-    let Some(ip) = bytes.read::<Ipv6Hdr>(ETH_HLEN) else {
+    // The fixed header in three reads (version to hop limit, source, destination): one copy of
+    // it would take stack the rest of the path needs.
+    let Some(daddr) = bytes.read::<Addr6>(IP6_DST_OFF) else {
         return Parsed6::Other; // too short to hold an address: cannot be for a VIP
     };
-    let daddr = Addr6::from_octets(ip.dst_addr);
+    let Some(head) = bytes.read::<[u8; 8]>(ETH_HLEN) else {
+        return Parsed6::Other;
+    };
+    let Some(saddr) = bytes.read::<Addr6>(IP6_SRC_OFF) else {
+        return Parsed6::Other;
+    };
     let truncated = Parsed6::Unsteerable {
         daddr,
         reason: DropReason::Truncated,
     };
-    if ip.version() != 6 {
+    if head[0] >> 4 != 6 {
         return truncated;
     }
-    let mut next = ip.next_hdr;
+    let mut next = head[6];
     let mut l4_off = ETH_HLEN + Ipv6Hdr::LEN;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
@@ -752,9 +801,10 @@ fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return truncated,
         _ => return Parsed6::Other,
     }
-    let ip_end = (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes(ip.payload_len));
+    let ip_end =
+        (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes([head[4], head[5]]));
     let mut flow = Flow {
-        saddr: Addr6::from_octets(ip.src_addr),
+        saddr,
         daddr,
         sport: 0,
         dport: 0,
@@ -788,7 +838,6 @@ fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
     Parsed6::Flow(flow)
 }
 
-#[inline(never)]
 fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
     let flow = match parse6(&TcBytes(ctx), ctx.len()) {
         Parsed6::Other => return Ok(TC_ACT_OK as i32),
@@ -808,7 +857,6 @@ fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
     }
 }
 
-#[inline(never)]
 fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
     let Parsed6::Flow(flow) = parse6(&TcBytes(ctx), ctx.len()) else {
         return Ok(TC_ACT_OK as i32);
@@ -823,7 +871,12 @@ fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
 /// Rewrites one IPv6 address and its port, with the L4 checksum (IPv6 has no header checksum):
 /// the address's change as one `bpf_csum_diff` of the 16 bytes, into the pseudo-header part
 /// (Cilium `lib/lb.h` `lb6_xlate`).
-fn tc_rewrite6(ctx: &TcContext, flow: &Flow<Addr6>, side: Side, nat: &Nat<Addr6>) -> Result<(), ()> {
+fn tc_rewrite6(
+    ctx: &TcContext,
+    flow: &Flow<Addr6>,
+    side: Side,
+    nat: &Nat<Addr6>,
+) -> Result<(), ()> {
     let l4_off = flow.l4_off as usize;
     let (old_addr, old_port, addr_off, port_field) = match side {
         Side::Source => (flow.saddr, flow.sport, IP6_SRC_OFF, 0),
@@ -852,8 +905,7 @@ fn tc_rewrite6(ctx: &TcContext, flow: &Flow<Addr6>, side: Side, nat: &Nat<Addr6>
     ctx.l4_csum_replace(check_off, old_port as u64, nat.port as u64, mangled | 2)
         .map_err(|_| ())?;
     ctx.store(addr_off, &nat.addr, 0).map_err(|_| ())?;
-    ctx.store(l4_off + port_field, &nat.port, 0)
-        .map_err(|_| ())
+    ctx.store(l4_off + port_field, &nat.port, 0).map_err(|_| ())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -71,18 +71,18 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use geosteer_common::{
-    AFFINITY_SIZE, APP_PROTOCOL_DETECT, Addr, Addr6, AffinityKey6, AffinityKeyOf, FlowKey6,
-    FlowKeyOf, FlowValue6, FlowValueOf, ServiceKey6, ServiceKeyOf, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE, AffinityKey,
-    AffinityValue, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC,
-    BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals, BackendState, BackendTraffic,
-    DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES,
-    DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason, EVENT_CONNECT_TIMEOUT,
-    EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED, FLOW_FLAG_CONNECT_OK_PENDING,
-    FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST, FLOW_FLAG_REQUESTS_FOLLOWED,
-    FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE, FlowKey, FlowValue, FragmentKey,
-    FragmentValue, HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE,
-    ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceState,
-    ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    AFFINITY_SIZE, AFFINITY6_SIZE, APP_PROTOCOL_DETECT, APP_PROTOCOL_HTTP1, APP_PROTOCOL_OPAQUE,
+    Addr, Addr6, AffinityKey, AffinityKey6, AffinityKeyOf, AffinityValue, BACKEND_FLAG_ACTIVE,
+    BACKEND_FLAG_NO_SHARE, BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, Backend, BackendSignals,
+    BackendState, BackendTraffic, CONNTRACK6_SIZE, DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_SERVICES, DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason,
+    EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
+    FLOW_FLAG_CONNECT_OK_PENDING, FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST,
+    FLOW_FLAG_REQUESTS_FOLLOWED, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE,
+    FlowKey, FlowKey6, FlowKeyOf, FlowValue, FlowValue6, FlowValueOf, FragmentKey, FragmentValue,
+    HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO,
+    ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceKey6, ServiceKeyOf,
+    ServiceState, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
     TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters,
     XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
@@ -158,10 +158,10 @@ static SERVICES6: HashMap<ServiceKey6, ServiceValue> =
 static VIPS6: HashMap<Addr6, u32> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 #[map(name = "GS_CONNTRACK6")]
 static CONNTRACK6: LruHashMap<FlowKey6, FlowValue6> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_SIZE, 0);
+    LruHashMap::with_max_entries(CONNTRACK6_SIZE, 0);
 #[map(name = "GS_AFFINITY6")]
 static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> =
-    LruHashMap::with_max_entries(AFFINITY_SIZE, 0);
+    LruHashMap::with_max_entries(AFFINITY6_SIZE, 0);
 /// An IPv6 backend's address, by backend id (its `GS_BACKENDS` entry holds the rest).
 #[map(name = "GS_BACKEND_ADDRS6")]
 static BACKEND_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
@@ -170,6 +170,14 @@ static BACKEND_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 /// The request and reply paths are written once over it; each family gets its own compiled
 /// copy, so the IPv4 copy is what it was before IPv6 existed.
 pub(crate) trait Family: Addr + 'static {
+    /// Whether a new flow is steered, and an evicted reply half rebuilt, in BPF functions of
+    /// their own: their keys and entries are the request path's largest locals, and IPv6's do
+    /// not fit the program's 512-byte stack beside the rest of the path. (IPv4's fit; the
+    /// calls are saved there.)
+    const OUTLINE_NEW_FLOWS: bool;
+    /// Whether a drop's log line names the addresses: an IPv6 one's record takes more stack
+    /// than the IPv6 path has left, so it names the ports (the drop is counted either way).
+    const LOG_ADDRESSES: bool;
     fn services() -> &'static HashMap<ServiceKeyOf<Self>, ServiceValue>;
     fn vips() -> &'static HashMap<Self, u32>;
     fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, FlowValueOf<Self>>;
@@ -182,6 +190,8 @@ pub(crate) trait Family: Addr + 'static {
 }
 
 impl Family for u32 {
+    const OUTLINE_NEW_FLOWS: bool = false;
+    const LOG_ADDRESSES: bool = true;
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKey, ServiceValue> {
         &SERVICES
@@ -210,6 +220,8 @@ impl Family for u32 {
 }
 
 impl Family for Addr6 {
+    const OUTLINE_NEW_FLOWS: bool = true;
+    const LOG_ADDRESSES: bool = false;
     #[inline(always)]
     fn services() -> &'static HashMap<ServiceKey6, ServiceValue> {
         &SERVICES6
@@ -331,9 +343,21 @@ pub(crate) fn note_drop<A: Family>(flow: &Flow<A>, reason: DropReason) {
     if !may_log() {
         return;
     }
-    let (client, vip) = (flow.saddr.ip(), flow.daddr.ip());
     let (client_port, vip_port) = (u16::from_be(flow.sport), u16::from_be(flow.dport));
     let proto = flow.proto;
+    if !A::LOG_ADDRESSES {
+        aya_log_ebpf::debug!(
+            &(),
+            target: "geosteer::kernel",
+            "dropped an IPv6 packet from port {} to port {} (proto {}): {}",
+            client_port,
+            vip_port,
+            proto,
+            reason.name()
+        );
+        return;
+    }
+    let (client, vip) = (flow.saddr.ip(), flow.daddr.ip());
     // The context argument of aya-log's macros is unused (kept for later versions).
     match reason {
         DropReason::Internal => aya_log_ebpf::warn!(
@@ -478,7 +502,22 @@ pub(crate) fn request<A: Family>(flow: &Flow<A>, bytes: &impl PacketBytes) -> Ve
         }
         None => false,
     };
-    steer_new(flow, &service, &ct_key, tracked)
+    if A::OUTLINE_NEW_FLOWS {
+        steer_new_outlined(flow, &service, &ct_key, tracked)
+    } else {
+        steer_new(flow, &service, &ct_key, tracked)
+    }
+}
+
+/// [`steer_new`] in a frame of its own: see [`Family::OUTLINE_NEW_FLOWS`].
+#[inline(never)]
+fn steer_new_outlined<A: Family>(
+    flow: &Flow<A>,
+    service: &ServiceValue,
+    ct_key: &FlowKeyOf<A>,
+    tracked: bool,
+) -> Verdict<A> {
+    steer_new(flow, service, ct_key, tracked)
 }
 
 /// A packet of a tracked flow: its translation, with the flow's bookkeeping done — or `None`
@@ -509,7 +548,11 @@ fn follow_tracked<A: Family>(
         let drained = flow.proto == PROTO_TCP && track_request(flow, entry, reply, bytes);
         if !drained {
             if reply.is_none() {
-                restore_reply_half(flow, entry, seen);
+                if A::OUTLINE_NEW_FLOWS {
+                    restore_reply_half_outlined(flow, entry, seen);
+                } else {
+                    restore_reply_half(flow, entry, seen);
+                }
             }
             count_request(service.id, entry.backend_id, flow.len, false);
             return Some(Nat {
@@ -529,11 +572,14 @@ fn follow_tracked<A: Family>(
 }
 
 /// A new flow, or one steered anew (`tracked`: an entry is under its tuple, which the new one
-/// replaces): choose a backend, record both halves, translate. Not inlined: its two keys and
-/// entry are the largest locals of the request path, and an IPv6 flow's would not fit the
-/// callers' frame beside the parser's.
-#[inline(never)]
-fn steer_new<A: Family>(flow: &Flow<A>, service: &ServiceValue, ct_key: &FlowKeyOf<A>, tracked: bool) -> Verdict<A> {
+/// replaces): choose a backend, record both halves, translate.
+#[inline(always)]
+fn steer_new<A: Family>(
+    flow: &Flow<A>,
+    service: &ServiceValue,
+    ct_key: &FlowKeyOf<A>,
+    tracked: bool,
+) -> Verdict<A> {
     let now = now_ns();
     let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
     let Some((backend_id, backend)) = choose(service, flow, config.affinity_timeout_s, now) else {
@@ -763,7 +809,10 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
 /// The entry under the reply key of a tracked flow (its own reply half, or another VIP's that
 /// took the translated tuple over: see [`reply_half_of`]).
 #[inline(always)]
-fn lookup_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>) -> Option<*mut FlowValueOf<A>> {
+fn lookup_reply_half<A: Family>(
+    flow: &Flow<A>,
+    original: &FlowValueOf<A>,
+) -> Option<*mut FlowValueOf<A>> {
     A::conntrack().get_ptr_mut(&translated_reply_key(flow, original))
 }
 
@@ -784,9 +833,8 @@ fn translated_reply_key<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>) ->
 /// so an established flow never loses its reverse NAT (replies leaving with the backend's
 /// address) nor its backend (re-steered mid-stream). The rebuilt reply half does not know where
 /// the next response starts (`HTTP_UNFRAMED`): no status is read on the connection again. Called when no entry is under the reply
-/// key ([`lookup_reply_half`]). Not inlined (a rare path): its key and entry would take stack
-/// from the request path.
-#[inline(never)]
+/// key ([`lookup_reply_half`]).
+#[inline(always)]
 fn restore_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>, now: u64) {
     let key = translated_reply_key(flow, original);
     let reply = FlowValueOf {
@@ -801,9 +849,18 @@ fn restore_reply_half<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>, now:
         ..FlowValueOf::default()
     };
     // Only where still nothing is: another CPU may have made this half since the lookup.
-    if A::conntrack().insert(&key, &reply, BPF_NOEXIST as u64).is_ok() {
+    if A::conntrack()
+        .insert(&key, &reply, BPF_NOEXIST as u64)
+        .is_ok()
+    {
         count_ct(ct_stats::PARTNER_RESTORED);
     }
+}
+
+/// [`restore_reply_half`] in a frame of its own (see [`Family::OUTLINE_NEW_FLOWS`]).
+#[inline(never)]
+fn restore_reply_half_outlined<A: Family>(flow: &Flow<A>, original: &FlowValueOf<A>, now: u64) {
+    restore_reply_half(flow, original, now);
 }
 
 /// The original entry's key of a flow, from one of its reply packets and its reply entry (which
