@@ -34,7 +34,7 @@ use aya_ebpf::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_skb_load_bytes, bpf_xdp_load_bytes,
     },
     macros::{classifier, xdp},
-    maps::ProgramArray,
+    maps::{PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use geosteer_common::{
@@ -740,37 +740,34 @@ const BPF_F_IPV6: u64 = 1 << 7;
 
 /// What [`parse6`] found.
 enum Parsed6 {
+    /// A TCP or UDP packet: the flow is filled in.
+    Flow,
     /// Not TCP/UDP (ICMPv6 — neighbour discovery, echo, errors —, AH, ESP, …): never touched.
     Other,
-    /// A packet that cannot be steered: dropped with `reason` when addressed to a VIP, else
-    /// left alone.
-    Unsteerable {
-        daddr: Addr6,
-        reason: DropReason,
-    },
-    Flow(Flow<Addr6>),
+    /// A packet that cannot be steered: dropped for this reason when addressed to a VIP (the
+    /// flow's `daddr`), else left alone.
+    Unsteerable(DropReason),
 }
 
-/// Reads an IPv6 TCP or UDP packet's headers, through up to [`IPV6_MAX_EXT_HEADERS`] extension
-/// headers (hop-by-hop, routing, destination options).
-/// Not inlined: its header copies stay out of the program's main frame.
+/// Reads an IPv6 TCP or UDP packet's headers into `flow`, through up to
+/// [`IPV6_MAX_EXT_HEADERS`] extension headers (hop-by-hop, routing, destination options). Not
+/// inlined, and writing into the caller's flow: the IPv6 path's stack has no room for a second
+/// copy of the flow or for the header copies made here.
 #[inline(never)]
-fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
-    // The fixed header in three reads (version to hop limit, source, destination): one copy of
-    // it would take stack the rest of the path needs.
+fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
+    // The fixed header in three reads (version to hop limit, source, destination).
     let Some(daddr) = bytes.read::<Addr6>(IP6_DST_OFF) else {
         return Parsed6::Other; // too short to hold an address: cannot be for a VIP
     };
+    flow.daddr = daddr;
     let Some(head) = bytes.read::<[u8; 8]>(ETH_HLEN) else {
         return Parsed6::Other;
     };
     let Some(saddr) = bytes.read::<Addr6>(IP6_SRC_OFF) else {
         return Parsed6::Other;
     };
-    let truncated = Parsed6::Unsteerable {
-        daddr,
-        reason: DropReason::Truncated,
-    };
+    flow.saddr = saddr;
+    let truncated = Parsed6::Unsteerable(DropReason::Truncated);
     if head[0] >> 4 != 6 {
         return truncated;
     }
@@ -792,37 +789,20 @@ fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
         PROTO_TCP | PROTO_UDP => {}
         // Its ports are in the first fragment only: not followed yet (IPv4's fragment map has no
         // IPv6 counterpart), so no fragment of a datagram to a VIP is steered.
-        NEXTHDR_FRAGMENT => {
-            return Parsed6::Unsteerable {
-                daddr,
-                reason: DropReason::Fragment,
-            };
-        }
+        NEXTHDR_FRAGMENT => return Parsed6::Unsteerable(DropReason::Fragment),
+        // More extension headers than the walk takes.
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return truncated,
         _ => return Parsed6::Other,
     }
-    let ip_end =
-        (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes([head[4], head[5]]));
-    let mut flow = Flow {
-        saddr,
-        daddr,
-        sport: 0,
-        dport: 0,
-        proto: next,
-        tcp_flags: 0,
-        l4_off: l4_off as u32,
-        payload_off: 0,
-        payload_len: 0,
-        seq: 0,
-        ack: 0,
-        len,
-        fragmented: false,
-    };
+    flow.proto = next;
+    flow.l4_off = l4_off as u32;
     if next == PROTO_TCP {
         let Some(tcp) = bytes.read::<[u8; TcpHdr::LEN]>(l4_off) else {
             return truncated;
         };
-        set_tcp(&mut flow, ip_end, &tcp);
+        let ip_end =
+            (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes([head[4], head[5]]));
+        set_tcp(flow, ip_end, &tcp);
     } else {
         let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
             return truncated;
@@ -835,42 +815,76 @@ fn parse6(bytes: &impl PacketBytes, len: u32) -> Parsed6 {
         flow.sport = u16::from_ne_bytes(udp.src);
         flow.dport = u16::from_ne_bytes(udp.dst);
     }
-    Parsed6::Flow(flow)
+    Parsed6::Flow
+}
+
+/// Per-CPU room for the IPv6 flow being handled (slot 0 ingress, 1 egress): on the stack it
+/// would not leave the rest of the path enough of the program's 512 bytes. Both programs run
+/// with bottom halves off, so nothing else uses a CPU's slot meanwhile (as `HEAD_SCRATCH`).
+#[aya_ebpf::macros::map(name = "GS_FLOW6_SCRATCH")]
+static FLOW6_SCRATCH: PerCpuArray<Flow<Addr6>> = PerCpuArray::with_max_entries(2, 0);
+
+/// This CPU's IPv6 flow slot, reset for a packet of `len` bytes (every other field is written
+/// by [`parse6`] or stays 0).
+#[inline(always)]
+fn flow6_slot(slot: u32, len: u32) -> Result<&'static mut Flow<Addr6>, ()> {
+    let flow = FLOW6_SCRATCH.get_ptr_mut(slot).ok_or(())?;
+    // SAFETY: this CPU's slot, used by one program run at a time (see FLOW6_SCRATCH).
+    let flow = unsafe { &mut *flow };
+    *flow = Flow {
+        saddr: Addr6::default(),
+        daddr: Addr6::default(),
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+        l4_off: 0,
+        payload_off: 0,
+        payload_len: 0,
+        seq: 0,
+        ack: 0,
+        len,
+        fragmented: false,
+    };
+    Ok(flow)
 }
 
 fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
-    let flow = match parse6(&TcBytes(ctx), ctx.len()) {
+    let flow = flow6_slot(0, ctx.len())?;
+    match parse6(&TcBytes(ctx), flow) {
+        Parsed6::Flow => {}
         Parsed6::Other => return Ok(TC_ACT_OK as i32),
-        Parsed6::Unsteerable { daddr, reason } => return Ok(drop_if_vip(daddr, reason)),
-        Parsed6::Flow(flow) => flow,
-    };
-    match steer::request(&flow, &TcBytes(ctx)) {
+        Parsed6::Unsteerable(reason) => return Ok(drop_if_vip(flow.daddr, reason)),
+    }
+    match steer::request(flow, &TcBytes(ctx)) {
         Verdict::Pass => Ok(TC_ACT_OK as i32),
         Verdict::Drop(reason) => {
-            steer::note_drop(&flow, reason);
+            steer::note_drop(flow, reason);
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Nat(nat) => {
-            tc_rewrite6(ctx, &flow, Side::Destination, &nat)?;
+            tc_rewrite6(ctx, flow, Side::Destination, &nat)?;
             Ok(TC_ACT_OK as i32)
         }
     }
 }
 
 fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
-    let Parsed6::Flow(flow) = parse6(&TcBytes(ctx), ctx.len()) else {
+    let flow = flow6_slot(1, ctx.len())?;
+    let Parsed6::Flow = parse6(&TcBytes(ctx), flow) else {
         return Ok(TC_ACT_OK as i32);
     };
-    let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
+    let Some(nat) = steer::reply(flow, &TcBytes(ctx)) else {
         return Ok(TC_ACT_OK as i32);
     };
-    tc_rewrite6(ctx, &flow, Side::Source, &nat)?;
+    tc_rewrite6(ctx, flow, Side::Source, &nat)?;
     Ok(TC_ACT_OK as i32)
 }
 
 /// Rewrites one IPv6 address and its port, with the L4 checksum (IPv6 has no header checksum):
 /// the address's change as one `bpf_csum_diff` of the 16 bytes, into the pseudo-header part
 /// (Cilium `lib/lb.h` `lb6_xlate`).
+#[inline(never)]
 fn tc_rewrite6(
     ctx: &TcContext,
     flow: &Flow<Addr6>,

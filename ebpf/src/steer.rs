@@ -581,8 +581,13 @@ fn steer_new<A: Family>(
     tracked: bool,
 ) -> Verdict<A> {
     let now = now_ns();
-    let config = SERVICE_CONFIG.get(service.id).copied().unwrap_or_default();
-    let Some((backend_id, backend)) = choose(service, flow, config.affinity_timeout_s, now) else {
+    // The two fields it needs, not a copy of the whole value (stack).
+    let (affinity_timeout_s, service_app_protocol) = SERVICE_CONFIG
+        .get(service.id)
+        .map_or((0, APP_PROTOCOL_DETECT), |c| {
+            (c.affinity_timeout_s, c.app_protocol)
+        });
+    let Some((backend_id, backend)) = choose(service, flow, affinity_timeout_s, now) else {
         // Nowhere to go: a flow being moved must not stay behind on its old backend with its
         // replies no longer reverse-NATed.
         let _ = A::conntrack().remove(ct_key);
@@ -604,7 +609,7 @@ fn steer_new<A: Family>(
         TCP_MIDSTREAM
     };
     let app_protocol = if flow.proto == PROTO_TCP {
-        config.app_protocol
+        service_app_protocol
     } else {
         APP_PROTOCOL_OPAQUE
     };
