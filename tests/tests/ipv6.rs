@@ -1,0 +1,422 @@
+//! The IPv6 programs on synthetic packets through BPF_PROG_TEST_RUN: the attached TC programs
+//! tail-call them for IPv6 frames, they steer through the IPv6 maps with the same code as IPv4,
+//! and every output checksum is verified by an independent parser (etherparse).
+//!
+//! The agent does not program IPv6 services yet: each case writes the IPv6 front of the rig's
+//! IPv4 services by hand (`GS_SERVICES6`, `GS_VIPS6`, `GS_BACKEND_ADDRS6`), sharing their
+//! Maglev tables and backend ids, as the agent will.
+//!
+//! Needs root (CAP_BPF); run through `cargo xtask test`.
+
+mod packets;
+
+use std::net::Ipv6Addr;
+
+use aya::maps::{Array, HashMap};
+use etherparse::{Ipv6Header, TcpHeader, UdpHeader};
+use geosteer_common::{
+    Addr6, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, map_names,
+    program_names,
+};
+use packets::{ACK, BACKENDS, PSH_ACK, Rig, SYN, TC_ACT_OK, TC_ACT_SHOT, TPORT, VIP, VPORT};
+
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x10);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 9);
+/// The IPv6 address of each of the rig's backends (`BACKENDS[i]`).
+const BACKENDS6: [Ipv6Addr; 3] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0x11, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x12, 0, 0, 0, 0, 2),
+    Ipv6Addr::new(0x2001, 0xdb8, 0x21, 0, 0, 0, 0, 2),
+];
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+const NEXTHDR_ICMPV6: u8 = 58;
+
+/// A hand-built Ethernet + IPv6 (+ extension headers) + TCP/UDP/ICMPv6 frame.
+#[derive(Clone)]
+struct Pkt6 {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: Vec<u8>,
+    /// Extension headers before the L4 header, by type (8 bytes each; a fragment header is
+    /// one with offset 0 and more fragments set).
+    ext: Vec<u8>,
+    udp_zero_checksum: bool,
+}
+
+impl Pkt6 {
+    fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Self {
+        Pkt6 {
+            src,
+            dst,
+            sport,
+            dport,
+            proto: PROTO_TCP,
+            tcp_flags: flags,
+            seq: 1000,
+            ack: 0,
+            payload: Vec::new(),
+            ext: Vec::new(),
+            udp_zero_checksum: false,
+        }
+    }
+
+    fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Self {
+        Pkt6 {
+            proto: PROTO_UDP,
+            payload: payload.to_vec(),
+            ..Self::tcp(src, sport, dst, dport, 0)
+        }
+    }
+
+    fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    fn with_seq(mut self, seq: u32, ack: u32) -> Self {
+        self.seq = seq;
+        self.ack = ack;
+        self
+    }
+
+    fn with_ext(mut self, ext: &[u8]) -> Self {
+        self.ext = ext.to_vec();
+        self
+    }
+
+    fn build(&self) -> Vec<u8> {
+        let mut l4 = Vec::new();
+        if self.proto == NEXTHDR_ICMPV6 {
+            // Neighbour solicitation for the destination (type 135): its body is the target.
+            l4.extend([135, 0, 0, 0, 0, 0, 0, 0]);
+            l4.extend(self.dst.octets());
+        } else {
+            l4.extend(self.sport.to_be_bytes());
+            l4.extend(self.dport.to_be_bytes());
+            if self.proto == PROTO_TCP {
+                l4.extend(self.seq.to_be_bytes());
+                l4.extend(self.ack.to_be_bytes());
+                l4.push(5 << 4);
+                l4.push(self.tcp_flags);
+                l4.extend(64240u16.to_be_bytes());
+                l4.extend([0, 0, 0, 0]);
+            } else {
+                l4.extend(((8 + self.payload.len()) as u16).to_be_bytes());
+                l4.extend([0, 0]);
+            }
+            l4.extend(&self.payload);
+        }
+        let check_at = match self.proto {
+            PROTO_TCP => 16,
+            PROTO_UDP => 6,
+            _ => 2,
+        };
+        let mut pseudo = Vec::new();
+        pseudo.extend(self.src.octets());
+        pseudo.extend(self.dst.octets());
+        pseudo.extend((l4.len() as u32).to_be_bytes());
+        pseudo.extend([0, 0, 0, self.proto]);
+        pseudo.extend(&l4);
+        let c = geosteer_common::csum::checksum(&pseudo);
+        if !(self.proto == PROTO_UDP && self.udp_zero_checksum) {
+            let c = if self.proto == PROTO_UDP && c == 0 {
+                0xffff
+            } else {
+                c
+            };
+            l4[check_at..check_at + 2].copy_from_slice(&c.to_ne_bytes());
+        }
+        // The chain: each extension header names the next one; the last names the L4 protocol.
+        let mut chain = Vec::new();
+        for (i, kind) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).copied().unwrap_or(self.proto);
+            if *kind == NEXTHDR_FRAGMENT {
+                // Offset 0, more fragments: a first fragment.
+                chain.extend([next, 0, 0, 1, 0, 0, 0x12, 0x34]);
+            } else {
+                // Length 0 (8 bytes): next header, length, a PadN option of 4 bytes.
+                chain.extend([next, 0, 1, 4, 0, 0, 0, 0]);
+            }
+        }
+        let first = self.ext.first().copied().unwrap_or(self.proto);
+        let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+        frame.extend([0x60, 0, 0, 0]);
+        frame.extend(((chain.len() + l4.len()) as u16).to_be_bytes());
+        frame.extend([first, 64]);
+        frame.extend(self.src.octets());
+        frame.extend(self.dst.octets());
+        frame.extend(chain);
+        frame.extend(l4);
+        frame
+    }
+}
+
+/// What an output frame says, after checksum verification.
+#[derive(Debug, PartialEq)]
+struct Seen6 {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+}
+
+/// Parses an output frame (IPv6, through its extension headers) and asserts that its L4
+/// checksum is right for its addresses.
+fn verify6(frame: &[u8]) -> Seen6 {
+    let (ip, _) = Ipv6Header::from_slice(&frame[14..]).expect("ipv6 header parses");
+    let (proto, l4_off) = l4_of(frame);
+    let l4 = &frame[l4_off..14 + 40 + ip.payload_length as usize];
+    let (src, dst) = (Ipv6Addr::from(ip.source), Ipv6Addr::from(ip.destination));
+    if proto == PROTO_TCP {
+        let (tcp, data) = TcpHeader::from_slice(l4).expect("tcp header parses");
+        let expected = tcp
+            .calc_checksum_ipv6_raw(ip.source, ip.destination, data)
+            .expect("tcp checksum");
+        assert_eq!(tcp.checksum, expected, "TCP checksum");
+        Seen6 {
+            src,
+            dst,
+            sport: tcp.source_port,
+            dport: tcp.destination_port,
+        }
+    } else {
+        assert_eq!(proto, PROTO_UDP);
+        let (udp, data) = UdpHeader::from_slice(l4).expect("udp header parses");
+        let expected = udp
+            .calc_checksum_ipv6_raw(ip.source, ip.destination, data)
+            .expect("udp checksum");
+        assert_eq!(udp.checksum, expected, "UDP checksum");
+        Seen6 {
+            src,
+            dst,
+            sport: udp.source_port,
+            dport: udp.destination_port,
+        }
+    }
+}
+
+/// The L4 protocol of a frame and where its header starts (the frames here have 8-byte
+/// extension headers).
+fn l4_of(frame: &[u8]) -> (u8, usize) {
+    let mut next = frame[14 + 6];
+    let mut off = 14 + 40;
+    while matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | 43 | NEXTHDR_FRAGMENT) {
+        next = frame[off];
+        off += 8;
+    }
+    (next, off)
+}
+
+/// The rig, with the IPv6 front of its IPv4 services written: `VIP6` serves what `VIP` does,
+/// over the same backends (ids), each at its `BACKENDS6` address.
+fn rig6() -> Rig {
+    let mut rig = Rig::new();
+    write_front6(&mut rig);
+    rig
+}
+
+fn write_front6(rig: &mut Rig) {
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        let value: ServiceValue = rig
+            .maps
+            .services
+            .get(&ServiceKey::for_vip(VIP, VPORT, proto), 0)
+            .expect("the IPv4 service is live");
+        let mut services: HashMap<_, ServiceKey6, ServiceValue> =
+            HashMap::try_from(rig.ebpf.map_mut(map_names::SERVICES6).unwrap()).unwrap();
+        services
+            .insert(ServiceKey6::for_vip(VIP6, VPORT, proto), value, 0)
+            .unwrap();
+        let ids: Vec<u32> = BACKENDS
+            .iter()
+            .map(|ip| rig.backend_id(*ip, proto))
+            .collect();
+        let mut addrs: Array<_, Addr6> =
+            Array::try_from(rig.ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap()).unwrap();
+        for (id, addr) in ids.iter().zip(BACKENDS6) {
+            addrs.set(*id, Addr6::from_ip(addr), 0).unwrap();
+        }
+    }
+    let mut vips: HashMap<_, Addr6, u32> =
+        HashMap::try_from(rig.ebpf.map_mut(map_names::VIPS6).unwrap()).unwrap();
+    vips.insert(Addr6::from_ip(VIP6), 2, 0).unwrap();
+}
+
+fn ingress(rig: &mut Rig, pkt: &Pkt6) -> (u32, Vec<u8>) {
+    rig.run_tc(program_names::TC_INGRESS, &pkt.build())
+}
+
+fn egress(rig: &mut Rig, pkt: &Pkt6) -> (u32, Vec<u8>) {
+    rig.run_tc(program_names::TC_EGRESS, &pkt.build())
+}
+
+fn backend_index(addr: Ipv6Addr) -> usize {
+    BACKENDS6
+        .iter()
+        .position(|b| *b == addr)
+        .unwrap_or_else(|| panic!("{addr} is no backend"))
+}
+
+#[test]
+fn tcp_to_an_ipv6_vip_is_dnated_and_its_replies_reverse_natted() {
+    let mut rig = rig6();
+    let (verdict, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, 40000, VIP6, VPORT, SYN));
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = verify6(&out);
+    let backend = seen.dst;
+    backend_index(backend);
+    assert_eq!((seen.src, seen.sport, seen.dport), (CLIENT6, 40000, TPORT));
+
+    let syn_ack = Pkt6::tcp(backend, TPORT, CLIENT6, 40000, SYN | ACK).with_seq(5000, 1001);
+    let (verdict, out) = egress(&mut rig, &syn_ack);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        verify6(&out),
+        Seen6 {
+            src: VIP6,
+            dst: CLIENT6,
+            sport: VPORT,
+            dport: 40000
+        }
+    );
+    // The rest of the flow keeps its backend, and the same signals are read: a 503 from it is
+    // counted against its backend id (shared with the IPv4 address).
+    let ack = Pkt6::tcp(CLIENT6, 40000, VIP6, VPORT, ACK).with_seq(1001, 5001);
+    assert_eq!(verify6(&ingress(&mut rig, &ack).1).dst, backend);
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let get = Pkt6::tcp(CLIENT6, 40000, VIP6, VPORT, PSH_ACK)
+        .with_seq(1001, 5001)
+        .with_payload(request);
+    assert_eq!(verify6(&ingress(&mut rig, &get).1).dst, backend);
+    let response = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+    let reply = Pkt6::tcp(backend, TPORT, CLIENT6, 40000, PSH_ACK)
+        .with_seq(5001, 1001 + request.len() as u32)
+        .with_payload(response);
+    let (verdict, out) = egress(&mut rig, &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verify6(&out).src, VIP6);
+    let counters = rig.counters(BACKENDS[backend_index(backend)]);
+    assert_eq!(counters.responses[4], 1, "one 5xx: {counters:?}");
+    assert_eq!(counters.new_flows, 1);
+}
+
+#[test]
+fn udp_to_an_ipv6_vip_is_steered_and_a_zero_checksum_is_dropped() {
+    let mut rig = rig6();
+    let (verdict, out) = ingress(&mut rig, &Pkt6::udp(CLIENT6, 5353, VIP6, VPORT, b"query"));
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = verify6(&out);
+    let backend = seen.dst;
+    backend_index(backend);
+    assert_eq!(seen.dport, TPORT);
+    let answer = Pkt6::udp(backend, TPORT, CLIENT6, 5353, b"answer");
+    let (verdict, out) = egress(&mut rig, &answer);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        verify6(&out),
+        Seen6 {
+            src: VIP6,
+            dst: CLIENT6,
+            sport: VPORT,
+            dport: 5353
+        }
+    );
+
+    // A 0 checksum is invalid over IPv6: a VIP's is dropped and counted, not forwarded with a
+    // checksum the update cannot keep right.
+    let before = rig.drops(DropReason::Truncated);
+    let mut zero = Pkt6::udp(CLIENT6, 5354, VIP6, VPORT, b"query");
+    zero.udp_zero_checksum = true;
+    assert_eq!(ingress(&mut rig, &zero).0, TC_ACT_SHOT);
+    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
+}
+
+#[test]
+fn ipv6_packets_not_for_a_vip_pass_untouched() {
+    let mut rig = rig6();
+    let mut solicitation = Pkt6::tcp(CLIENT6, 0, VIP6, 0, 0);
+    solicitation.proto = NEXTHDR_ICMPV6;
+    let cases = [
+        (
+            "other address",
+            Pkt6::tcp(CLIENT6, 40001, OTHER6, VPORT, SYN),
+        ),
+        ("VIP, other port", Pkt6::tcp(CLIENT6, 40001, VIP6, 81, SYN)),
+        (
+            "direct to a backend",
+            Pkt6::tcp(CLIENT6, 40001, BACKENDS6[0], TPORT, SYN),
+        ),
+        // Neighbour discovery for the VIP's own address is never touched.
+        ("neighbour solicitation", solicitation),
+        // The IPv4-mapped form of the IPv4 VIP is not the IPv4 service.
+        (
+            "IPv4-mapped VIP",
+            Pkt6::tcp(CLIENT6, 40001, VIP.to_ipv6_mapped(), VPORT, SYN),
+        ),
+    ];
+    for (name, pkt) in cases {
+        let input = pkt.build();
+        let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &input);
+        assert_eq!((verdict, &out), (TC_ACT_OK, &input), "ingress: {name}");
+    }
+    // A direct client → backend connection's reply is not reverse-NATed.
+    let direct = Pkt6::tcp(BACKENDS6[0], TPORT, CLIENT6, 40002, SYN | ACK).build();
+    let (verdict, out) = rig.run_tc(program_names::TC_EGRESS, &direct);
+    assert_eq!((verdict, out), (TC_ACT_OK, direct));
+}
+
+#[test]
+fn extension_headers_are_walked_to_a_bound_and_fragments_are_not_steered() {
+    let mut rig = rig6();
+    // Hop-by-hop and destination options before TCP: steered, the ports found behind them.
+    let padded = Pkt6::tcp(CLIENT6, 40010, VIP6, VPORT, SYN).with_ext(&[NEXTHDR_HOP, NEXTHDR_DEST]);
+    let (verdict, out) = ingress(&mut rig, &padded);
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = verify6(&out);
+    backend_index(seen.dst);
+    assert_eq!(seen.dport, TPORT);
+
+    // Four are walked; a fifth hides the ports: dropped and counted, never passed unsteered.
+    let four = Pkt6::tcp(CLIENT6, 40011, VIP6, VPORT, SYN).with_ext(&[NEXTHDR_DEST; 4]);
+    let (verdict, out) = ingress(&mut rig, &four);
+    assert_eq!(verdict, TC_ACT_OK);
+    backend_index(verify6(&out).dst);
+    let before = rig.drops(DropReason::Truncated);
+    let five = Pkt6::tcp(CLIENT6, 40012, VIP6, VPORT, SYN).with_ext(&[NEXTHDR_DEST; 5]);
+    assert_eq!(ingress(&mut rig, &five).0, TC_ACT_SHOT);
+    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
+    // The same chain to another address is none of ours.
+    let elsewhere = Pkt6::tcp(CLIENT6, 40012, OTHER6, VPORT, SYN)
+        .with_ext(&[NEXTHDR_DEST; 5])
+        .build();
+    let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &elsewhere);
+    assert_eq!((verdict, out), (TC_ACT_OK, elsewhere));
+
+    // Fragments are not followed over IPv6 yet: one to a VIP is dropped and counted.
+    let before = rig.drops(DropReason::Fragment);
+    let fragment = Pkt6::udp(CLIENT6, 5355, VIP6, VPORT, b"part").with_ext(&[NEXTHDR_FRAGMENT]);
+    assert_eq!(ingress(&mut rig, &fragment).0, TC_ACT_SHOT);
+    assert_eq!(rig.drops(DropReason::Fragment), before + 1);
+}
+
+#[test]
+fn an_ejected_backend_takes_no_new_ipv6_flows() {
+    let mut rig = rig6();
+    // Health is per backend id, shared by the families: ejected through its IPv4 identity,
+    // the backend gets no IPv6 flow either.
+    rig.eject(BACKENDS[0], PROTO_TCP);
+    for port in 41000..41064 {
+        let (_, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, port, VIP6, VPORT, SYN));
+        assert_ne!(verify6(&out).dst, BACKENDS6[0], "port {port}");
+    }
+}
