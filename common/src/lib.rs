@@ -1061,6 +1061,40 @@ mod tests {
         assert_ne!(base, flow_hash(7 | (1 << 40), 1, 2, 3, 4, 6));
     }
 
+    #[test]
+    fn an_ipv6_address_keeps_its_wire_bytes_and_hashes_by_every_word() {
+        let ip = core::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6);
+        let addr = Addr6::from_ip(ip);
+        assert_eq!(addr.octets(), ip.octets());
+        assert_eq!(addr.to_ip(), ip);
+        // In memory as on the wire, as the kernel reads it.
+        assert_eq!(addr.0[0].to_ne_bytes(), [0x20, 0x01, 0x0d, 0xb8]);
+        let base = flow_hash(7, addr, addr, 3, 4, 6);
+        for word in 0..4 {
+            let mut other = addr;
+            other.0[word] ^= 1;
+            assert_ne!(
+                base,
+                flow_hash(7, other, addr, 3, 4, 6),
+                "source word {word}"
+            );
+            assert_ne!(
+                base,
+                flow_hash(7, addr, other, 3, 4, 6),
+                "destination word {word}"
+            );
+        }
+        // The IPv4 hash is what it was (the agent's `explain` computes the same).
+        assert_eq!(flow_hash(7, 1u32, 2u32, 3, 4, 6), {
+            let mut h = 0x9e37_79b9u32 ^ 7 ^ 6;
+            h = mix(h ^ 1);
+            h = mix(h ^ 2);
+            h = mix(h ^ ((3 << 16) | 4));
+            h = mix(h ^ 0);
+            fmix32(h)
+        });
+    }
+
     /// Ports a client picked to land on one slot under one seed scatter under another.
     #[test]
     fn flow_hash_aiming_does_not_survive_another_seed() {

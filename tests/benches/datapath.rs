@@ -27,7 +27,7 @@
 //! through the same syscall path, interleaved with the real cases: that floor is the cost of
 //! the test-run harness itself, and "over floor" is what geosteer adds to it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, RawFd};
 use std::process::Command;
 
@@ -39,7 +39,8 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, Programmer},
 };
 use geosteer_common::{
-    DIR_ORIGINAL, FlowKey, PROTO_TCP, ServiceKey, TCP_ESTABLISHED, program_names,
+    Addr6, DIR_ORIGINAL, FlowKey, FlowKey6, FlowValue6, PROTO_TCP, ServiceKey, ServiceKey6,
+    ServiceValue, TCP_ESTABLISHED, map_names, program_names,
 };
 use geosteer_tests::profile::PartKind;
 use serde::Serialize;
@@ -52,6 +53,11 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 9);
 /// The service port whose backends are real addresses.
+/// The IPv6 twins of the client and VIP (the IPv6 cases: the same programs tail-call their
+/// IPv6 counterparts).
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0, 0, 0, 0, 0x10);
+const OTHER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 9);
 const VPORT: u16 = 80;
 const TPORT: u16 = 8080;
 /// A second service port whose only backend is VIP:SELF_PORT itself. Its DNAT rewrites a packet
@@ -67,6 +73,8 @@ const CLIENT_PORT: u16 = 40000;
 /// The batched established-flow cases, which the profile runs again (one name, one packet each).
 const ESTABLISHED_CASE: &str = "TC ingress: established flow, a client ACK (conntrack hit, DNAT)";
 const REPLY_CASE: &str = "TC egress: reply data (reverse NAT; no response start awaited)";
+const ESTABLISHED_CASE6: &str = "TC ingress: IPv6 established flow, a client ACK (tail call)";
+const REPLY_CASE6: &str = "TC egress: IPv6 reply data (tail call, reverse NAT)";
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -314,7 +322,42 @@ impl Rig {
                 service(SELF_PORT, vec![(VIP, SELF_PORT)]),
             ],
         )?;
+        rig.write_self_nat6()?;
         Ok(rig)
+    }
+
+    /// The IPv6 front of the self-NAT service, written as the agent will write IPv6 services:
+    /// `[VIP6]:SELF_PORT` shares the service's table, and its one backend's IPv6 address is
+    /// `VIP6` (so its flows are translated into themselves, as the IPv4 self-NAT flow is).
+    fn write_self_nat6(&mut self) -> Result<()> {
+        let live = self
+            .programmer
+            .service(&service_key(SELF_PORT))
+            .expect("service is live");
+        let backend = live.backends[&(u32::from(VIP).to_be(), SELF_PORT.to_be())].0;
+        let value = self.maps.services.get(&service_key(SELF_PORT), 0)?;
+        let mut services: aya::maps::HashMap<_, ServiceKey6, ServiceValue> =
+            aya::maps::HashMap::try_from(self._ebpf.map_mut(map_names::SERVICES6).unwrap())?;
+        services.insert(ServiceKey6::for_vip(VIP6, SELF_PORT, PROTO_TCP), value, 0)?;
+        let mut addrs: aya::maps::Array<_, Addr6> =
+            aya::maps::Array::try_from(self._ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap())?;
+        addrs.set(backend, Addr6::from_ip(VIP6), 0)?;
+        Ok(())
+    }
+
+    /// The TCP state of the original entry of the IPv6 self-NAT flow.
+    fn tcp_state6(&self) -> Result<u8> {
+        let conntrack: aya::maps::HashMap<_, FlowKey6, FlowValue6> =
+            aya::maps::HashMap::try_from(self._ebpf.map(map_names::CONNTRACK6).unwrap())?;
+        let key = FlowKey6::new(
+            Addr6::from_ip(CLIENT6),
+            Addr6::from_ip(VIP6),
+            CLIENT_PORT.to_be(),
+            SELF_PORT.to_be(),
+            PROTO_TCP,
+            DIR_ORIGINAL,
+        );
+        Ok(conntrack.get(&key, 0)?.tcp_state)
     }
 
     fn service_id(&self, port: u16) -> u32 {
@@ -546,6 +589,89 @@ fn reply_data() -> Vec<u8> {
 /// Opens the self-NAT flow and brings it to the state its measured packets find: its SYN
 /// creates its conntrack entries (original and reply), the SYN-ACK and the ACK establish it,
 /// the backend's first data settles its protocol. Every packet comes out unchanged.
+/// The IPv6 self-NAT flow's client ACK and backend data (see [`established_ack`]).
+fn established_ack6() -> Vec<u8> {
+    tcp_at(
+        CLIENT6,
+        CLIENT_PORT,
+        VIP6,
+        SELF_PORT,
+        ACK,
+        (CLIENT_NEXT, BACKEND_DATA_END),
+        &[],
+    )
+}
+
+fn reply_data6() -> Vec<u8> {
+    tcp_at(
+        VIP6,
+        SELF_PORT,
+        CLIENT6,
+        CLIENT_PORT,
+        PSH_ACK,
+        (BACKEND_DATA_END, CLIENT_NEXT),
+        RESPONSE,
+    )
+}
+
+/// [`establish_self_nat`] for the IPv6 self-NAT flow.
+fn establish_self_nat6(rig: &Rig) -> Result<()> {
+    let steps = [
+        (
+            rig.tc_ingress,
+            tcp_at(CLIENT6, CLIENT_PORT, VIP6, SELF_PORT, SYN, (1000, 0), &[]),
+        ),
+        (
+            rig.tc_egress,
+            tcp_at(
+                VIP6,
+                SELF_PORT,
+                CLIENT6,
+                CLIENT_PORT,
+                SYN | ACK,
+                (BACKEND_NEXT - 1, CLIENT_NEXT),
+                &[],
+            ),
+        ),
+        (
+            rig.tc_ingress,
+            tcp_at(
+                CLIENT6,
+                CLIENT_PORT,
+                VIP6,
+                SELF_PORT,
+                ACK,
+                (CLIENT_NEXT, BACKEND_NEXT),
+                &[],
+            ),
+        ),
+        (
+            rig.tc_egress,
+            tcp_at(
+                VIP6,
+                SELF_PORT,
+                CLIENT6,
+                CLIENT_PORT,
+                PSH_ACK,
+                (BACKEND_NEXT, CLIENT_NEXT),
+                RESPONSE,
+            ),
+        ),
+    ];
+    for (fd, packet) in steps {
+        let run = test_run(fd, &packet, 1)?;
+        ensure!(
+            run.retval == TC_ACT_OK && run.out == packet,
+            "a packet opening the IPv6 self-NAT flow was not translated into itself"
+        );
+    }
+    ensure!(
+        rig.tcp_state6()? == TCP_ESTABLISHED,
+        "the IPv6 self-NAT flow is not established"
+    );
+    Ok(())
+}
+
 fn establish_self_nat(rig: &Rig) -> Result<()> {
     let steps = [
         (
@@ -591,11 +717,12 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8, payload:
     tcp_at(src, sport, dst, dport, flags, (1000, ack), payload)
 }
 
-/// Ethernet + IPv4 + TCP with valid checksums and the given (sequence, acknowledgement).
+/// Ethernet + IPv4 or IPv6 (the addresses' family) + TCP with valid checksums and the given
+/// (sequence, acknowledgement).
 fn tcp_at(
-    src: Ipv4Addr,
+    src: impl Into<IpAddr>,
     sport: u16,
-    dst: Ipv4Addr,
+    dst: impl Into<IpAddr>,
     dport: u16,
     flags: u8,
     (seq, ack): (u32, u32),
@@ -610,6 +737,11 @@ fn tcp_at(
     l4.extend(64240u16.to_be_bytes());
     l4.extend([0, 0, 0, 0]); // checksum, urgent pointer
     l4.extend(payload);
+    let (src, dst) = match (src.into(), dst.into()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => (src, dst),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => return tcp6_frame(src, dst, l4),
+        _ => panic!("a frame's addresses are of one family"),
+    };
     let mut pseudo = Vec::new();
     pseudo.extend(src.octets());
     pseudo.extend(dst.octets());
@@ -629,6 +761,26 @@ fn tcp_at(
 
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     frame.extend(ip);
+    frame.extend(l4);
+    frame
+}
+
+/// Ethernet + IPv6 around a TCP segment whose checksum is still 0.
+fn tcp6_frame(src: Ipv6Addr, dst: Ipv6Addr, mut l4: Vec<u8>) -> Vec<u8> {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((l4.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, PROTO_TCP]);
+    pseudo.extend(&l4);
+    let check = geosteer_common::csum::checksum(&pseudo);
+    l4[16..18].copy_from_slice(&check.to_ne_bytes());
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    frame.extend([0x60, 0, 0, 0]);
+    frame.extend((l4.len() as u16).to_be_bytes());
+    frame.extend([PROTO_TCP, 64]);
+    frame.extend(src.octets());
+    frame.extend(dst.octets());
     frame.extend(l4);
     frame
 }
@@ -713,6 +865,7 @@ fn batched(
     reps: u32,
 ) -> Result<Vec<Case>> {
     establish_self_nat(rig)?;
+    establish_self_nat6(rig)?;
 
     let specs = [
         Batched {
@@ -747,6 +900,41 @@ fn batched(
             program: program_names::TC_EGRESS,
             fd: rig.tc_egress,
             packet: reply_data(),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Replies,
+        },
+        Batched {
+            name: ESTABLISHED_CASE6,
+            program: program_names::TC_INGRESS,
+            fd: rig.tc_ingress,
+            packet: established_ack6(),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Requests,
+        },
+        Batched {
+            name: "TC ingress: IPv6, not for a VIP (passthrough)",
+            program: program_names::TC_INGRESS,
+            fd: rig.tc_ingress,
+            packet: tcp_at(
+                CLIENT6,
+                CLIENT_PORT,
+                OTHER6,
+                VPORT,
+                PSH_ACK,
+                (1000, 2000),
+                REQUEST,
+            ),
+            verdict: TC_ACT_OK,
+            xdp: false,
+            counted: Counted::Nothing,
+        },
+        Batched {
+            name: REPLY_CASE6,
+            program: program_names::TC_EGRESS,
+            fd: rig.tc_egress,
+            packet: reply_data6(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Replies,
