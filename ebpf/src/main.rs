@@ -93,10 +93,17 @@ enum Parsed {
 
 #[classifier]
 pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
-    let result = match tc_ingress(&ctx) {
-        Ok(IPV6_FRAME) => Ok(to_ipv6_program(&ctx, program_names::TAIL_TC_INGRESS6)),
-        result => result,
-    };
+    match tc_ingress(&ctx) {
+        Ok(IPV6_FRAME) => to_ipv6_program(&ctx, program_names::TAIL_TC_INGRESS6),
+        result => tc_action(result),
+    }
+}
+
+/// A TC path's action; a path that failed (a map or helper error) drops the packet, counted.
+/// On the reply path this matters most: a reply we could not rewrite would reach the client
+/// from the backend's address and be answered with a RST; dropping it lets TCP retransmit.
+#[inline(always)]
+fn tc_action(result: Result<i32, ()>) -> i32 {
     match result {
         Ok(action) => action,
         Err(()) => {
@@ -108,18 +115,9 @@ pub(crate) fn geosteer_tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub(crate) fn geosteer_tc_egress(ctx: TcContext) -> i32 {
-    let result = match tc_egress(&ctx) {
-        Ok(IPV6_FRAME) => Ok(to_ipv6_program(&ctx, program_names::TAIL_TC_EGRESS6)),
-        result => result,
-    };
-    match result {
-        Ok(action) => action,
-        // A reply we could not rewrite would reach the client from the backend's address and be
-        // answered with a RST; dropping it lets TCP retransmit instead.
-        Err(()) => {
-            steer::count_drop(DropReason::Internal);
-            TC_ACT_SHOT as i32
-        }
+    match tc_egress(&ctx) {
+        Ok(IPV6_FRAME) => to_ipv6_program(&ctx, program_names::TAIL_TC_EGRESS6),
+        result => tc_action(result),
     }
 }
 
@@ -703,24 +701,12 @@ fn to_ipv6_program(ctx: &TcContext, slot: u32) -> i32 {
 
 #[classifier]
 pub(crate) fn geosteer_tc_ingress6(ctx: TcContext) -> i32 {
-    match tc_ingress6(&ctx) {
-        Ok(action) => action,
-        Err(()) => {
-            steer::count_drop(DropReason::Internal);
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_action(tc_ingress6(&ctx))
 }
 
 #[classifier]
 pub(crate) fn geosteer_tc_egress6(ctx: TcContext) -> i32 {
-    match tc_egress6(&ctx) {
-        Ok(action) => action,
-        Err(()) => {
-            steer::count_drop(DropReason::Internal);
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_action(tc_egress6(&ctx))
 }
 
 const IP6_SRC_OFF: usize = ETH_HLEN + 8;
