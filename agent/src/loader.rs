@@ -208,7 +208,6 @@ pub fn load_logging(
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    fill_tail_calls(&mut ebpf)?;
     let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP)?.try_into()?;
     xdp.load()
         .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
@@ -228,10 +227,11 @@ pub fn load_logging(
     Ok((ebpf, migrations))
 }
 
-/// Puts the IPv6 programs into the slots the attached programs tail-call (a pinned array from
-/// an earlier run gets this run's programs: the old attached ones then tail-call the new ones,
-/// which share their maps).
-fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
+/// Puts the IPv6 programs into the slots the attached programs tail-call. The array is pinned
+/// and shared with the previous agent's attached programs, which tail-call whatever it holds:
+/// so it is filled only by [`attach`], just before this run's programs take over the links —
+/// after a migration's first copy, so the new IPv6 programs never run on maps still empty.
+pub fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
     let mut fds = Vec::new();
     for (slot, name) in [
         (program_names::TAIL_TC_INGRESS6, program_names::TC_INGRESS6),
@@ -426,6 +426,7 @@ pub fn attach(
 ) -> Result<Attachments> {
     std::fs::create_dir_all(links_dir)
         .with_context(|| format!("creating {}", links_dir.display()))?;
+    fill_tail_calls(ebpf)?;
     let mut out = Attachments {
         items: Vec::new(),
         links: Vec::new(),

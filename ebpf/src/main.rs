@@ -786,8 +786,14 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
         let Some(tcp) = bytes.read::<[u8; TcpHdr::LEN]>(l4_off) else {
             return truncated;
         };
-        let ip_end =
-            (ETH_HLEN + Ipv6Hdr::LEN) as u32 + u32::from(u16::from_be_bytes([head[4], head[5]]));
+        // A payload length of 0 with TCP behind it is a GRO packet past 64 KiB (BIG TCP, which
+        // leaves the field 0): it ends with the frame.
+        let payload_len = u32::from(u16::from_be_bytes([head[4], head[5]]));
+        let ip_end = if payload_len == 0 {
+            flow.len
+        } else {
+            (ETH_HLEN + Ipv6Hdr::LEN) as u32 + payload_len
+        };
         set_tcp(flow, ip_end, &tcp);
     } else {
         let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
@@ -894,17 +900,25 @@ fn tc_rewrite6(
     if diff < 0 {
         return Err(());
     }
+    // A CHECKSUM_COMPLETE skb's sum covers the address and the L4 checksum, whose changes
+    // cancel: with BPF_F_IPV6 the helper leaves the sum alone. A kernel without the flag (the
+    // helper refuses it before touching anything) folds the checksum's change into the sum, so
+    // the address is then stored with BPF_F_RECOMPUTE_CSUM, which adds the address's change.
     let flags = BPF_F_PSEUDO_HDR as u64 | mangled;
-    if ctx
+    let store_flags = if ctx
         .l4_csum_replace(check_off, 0, diff as u64, flags | BPF_F_IPV6)
-        .is_err()
+        .is_ok()
     {
+        0
+    } else {
         ctx.l4_csum_replace(check_off, 0, diff as u64, flags)
             .map_err(|_| ())?;
-    }
+        BPF_F_RECOMPUTE_CSUM as u64
+    };
     ctx.l4_csum_replace(check_off, old_port as u64, nat.port as u64, mangled | 2)
         .map_err(|_| ())?;
-    ctx.store(addr_off, &nat.addr, 0).map_err(|_| ())?;
+    ctx.store(addr_off, &nat.addr, store_flags)
+        .map_err(|_| ())?;
     ctx.store(l4_off + port_field, &nat.port, 0).map_err(|_| ())
 }
 

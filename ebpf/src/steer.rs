@@ -184,6 +184,8 @@ pub(crate) trait Family: Addr + 'static {
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
     /// The address new flows to backend `id` are translated to (`backend` is its entry).
     fn backend_addr(id: u32, backend: &Backend) -> Self;
+    /// Whether backend `id` has an address of this family (IPv4's always has).
+    fn reachable(id: u32, backend: &Backend) -> bool;
     /// The address as the kernel log prints it.
     type Ip: aya_log_ebpf::macro_support::Argument + aya_log_ebpf::macro_support::DefaultFormatter;
     fn ip(self) -> Self::Ip;
@@ -212,6 +214,10 @@ impl Family for u32 {
     fn backend_addr(_id: u32, backend: &Backend) -> u32 {
         backend.addr
     }
+    #[inline(always)]
+    fn reachable(_id: u32, _backend: &Backend) -> bool {
+        true
+    }
     type Ip = Ipv4Addr;
     #[inline(always)]
     fn ip(self) -> Ipv4Addr {
@@ -238,11 +244,15 @@ impl Family for Addr6 {
     fn affinity() -> &'static LruHashMap<AffinityKey6, AffinityValue> {
         &AFFINITY6
     }
-    /// The unspecified address (never a flow's) when the agent wrote none: a flow to it is
-    /// then re-steered, like one whose backend left.
+    /// The unspecified address when the agent wrote none (an endpoint without an IPv6
+    /// address): [`Family::reachable`] keeps new flows off it.
     #[inline(always)]
     fn backend_addr(id: u32, _backend: &Backend) -> Addr6 {
         BACKEND_ADDRS6.get(id).copied().unwrap_or_default()
+    }
+    #[inline(always)]
+    fn reachable(id: u32, backend: &Backend) -> bool {
+        Self::backend_addr(id, backend) != Addr6::default()
     }
     type Ip = Ipv6Addr;
     #[inline(always)]
@@ -594,6 +604,11 @@ fn steer_new<A: Family>(
         return Verdict::Drop(DropReason::NoBackend);
     };
     let backend_addr = A::backend_addr(backend_id, &backend);
+    if !A::reachable(backend_id, &backend) {
+        // Every backend the table offers lacks an address of this family.
+        let _ = A::conntrack().remove(ct_key);
+        return Verdict::Drop(DropReason::NoBackend);
+    }
     let tcp_state = if flow.proto != PROTO_TCP {
         0
     } else if is_pure_syn(flow.tcp_flags) {
@@ -1504,6 +1519,7 @@ fn affine_backend<A: Family>(
     let takes_new_flows = backend.flags & BACKEND_FLAG_ACTIVE != 0
         && backend.flags & BACKEND_FLAG_NO_SHARE == 0
         && backend.service_id == service.id
+        && A::reachable(value.backend_id, backend)
         && !out_of_rotation(value.backend_id, backend);
     takes_new_flows.then_some((value.backend_id, *backend))
 }
@@ -1556,6 +1572,13 @@ fn select_id<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> u3
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
+        if !A::reachable(id, backend) {
+            // No address of this family: not even a fallback.
+            if fallback == id {
+                fallback = NO_BACKEND;
+            }
+            continue;
+        }
         if !out_of_rotation(id, backend) {
             return id;
         }
@@ -1579,7 +1602,7 @@ fn select_id<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> u3
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
-        if !out_of_rotation(id, backend) {
+        if A::reachable(id, backend) && !out_of_rotation(id, backend) {
             return id;
         }
     }

@@ -290,6 +290,7 @@ impl Rig {
             Err(_) => loader::LevelFilter::INFO,
         };
         let (mut ebpf, _) = loader::load_logging(sizes, None, level)?;
+        loader::fill_tail_calls(&mut ebpf)?;
         let maps = BpfMaps::take(&mut ebpf)?;
         let fd = |name: &str| -> Result<RawFd> {
             let prog = ebpf

@@ -15,8 +15,8 @@ use std::net::Ipv6Addr;
 use aya::maps::{Array, HashMap};
 use etherparse::{Ipv6Header, TcpHeader, UdpHeader};
 use geosteer_common::{
-    Addr6, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, map_names,
-    program_names,
+    Addr6, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, ct_stats,
+    map_names, program_names,
 };
 use packets::{ACK, BACKENDS, PSH_ACK, Rig, SYN, TC_ACT_OK, TC_ACT_SHOT, TPORT, VIP, VPORT};
 
@@ -31,6 +31,7 @@ const BACKENDS6: [Ipv6Addr; 3] = [
 ];
 
 const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
 const NEXTHDR_ICMPV6: u8 = 58;
@@ -47,9 +48,9 @@ struct Pkt6 {
     seq: u32,
     ack: u32,
     payload: Vec<u8>,
-    /// Extension headers before the L4 header, by type (8 bytes each; a fragment header is
-    /// one with offset 0 and more fragments set).
-    ext: Vec<u8>,
+    /// Extension headers before the L4 header: type and length field (8-byte units past the
+    /// first 8; a fragment header is 8 bytes, offset 0, more fragments set).
+    ext: Vec<(u8, u8)>,
     udp_zero_checksum: bool,
 }
 
@@ -89,7 +90,13 @@ impl Pkt6 {
         self
     }
 
+    /// 8-byte extension headers of these types.
     fn with_ext(mut self, ext: &[u8]) -> Self {
+        self.ext = ext.iter().map(|kind| (*kind, 0)).collect();
+        self
+    }
+
+    fn with_sized_ext(mut self, ext: &[(u8, u8)]) -> Self {
         self.ext = ext.to_vec();
         self
     }
@@ -138,17 +145,19 @@ impl Pkt6 {
         }
         // The chain: each extension header names the next one; the last names the L4 protocol.
         let mut chain = Vec::new();
-        for (i, kind) in self.ext.iter().enumerate() {
-            let next = self.ext.get(i + 1).copied().unwrap_or(self.proto);
+        for (i, (kind, len)) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(self.proto, |(k, _)| *k);
             if *kind == NEXTHDR_FRAGMENT {
                 // Offset 0, more fragments: a first fragment.
                 chain.extend([next, 0, 0, 1, 0, 0, 0x12, 0x34]);
             } else {
-                // Length 0 (8 bytes): next header, length, a PadN option of 4 bytes.
-                chain.extend([next, 0, 1, 4, 0, 0, 0, 0]);
+                // Next header, length, then one PadN option filling the rest.
+                let size = (usize::from(*len) + 1) * 8;
+                chain.extend([next, *len, 1, (size - 4) as u8]);
+                chain.extend(std::iter::repeat_n(0, size - 4));
             }
         }
-        let first = self.ext.first().copied().unwrap_or(self.proto);
+        let first = self.ext.first().map_or(self.proto, |(k, _)| *k);
         let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
         frame.extend([0x60, 0, 0, 0]);
         frame.extend(((chain.len() + l4.len()) as u16).to_be_bytes());
@@ -205,14 +214,21 @@ fn verify6(frame: &[u8]) -> Seen6 {
     }
 }
 
-/// The L4 protocol of a frame and where its header starts (the frames here have 8-byte
-/// extension headers).
+/// The L4 protocol of a frame and where its header starts.
 fn l4_of(frame: &[u8]) -> (u8, usize) {
     let mut next = frame[14 + 6];
     let mut off = 14 + 40;
-    while matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | 43 | NEXTHDR_FRAGMENT) {
+    while matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT
+    ) {
+        let len = if next == NEXTHDR_FRAGMENT {
+            8
+        } else {
+            (usize::from(frame[off + 1]) + 1) * 8
+        };
         next = frame[off];
-        off += 8;
+        off += len;
     }
     (next, off)
 }
@@ -402,6 +418,28 @@ fn extension_headers_are_walked_to_a_bound_and_fragments_are_not_steered() {
     let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &elsewhere);
     assert_eq!((verdict, out), (TC_ACT_OK, elsewhere));
 
+    // Longer headers and a routing header: their lengths are followed.
+    let sized = Pkt6::tcp(CLIENT6, 40013, VIP6, VPORT, SYN).with_sized_ext(&[
+        (NEXTHDR_HOP, 1),
+        (NEXTHDR_ROUTING, 2),
+        (NEXTHDR_DEST, 0),
+    ]);
+    let (verdict, out) = ingress(&mut rig, &sized);
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = verify6(&out);
+    backend_index(seen.dst);
+    assert_eq!((seen.sport, seen.dport), (40013, TPORT));
+
+    // A header that is not IPv6's to a VIP: dropped as malformed.
+    let before = rig.drops(DropReason::Truncated);
+    let mut wrong_version = Pkt6::tcp(CLIENT6, 40014, VIP6, VPORT, SYN).build();
+    wrong_version[14] = 0x40;
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &wrong_version).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
+
     // Fragments are not followed over IPv6 yet: one to a VIP is dropped and counted.
     let before = rig.drops(DropReason::Fragment);
     let fragment = Pkt6::udp(CLIENT6, 5355, VIP6, VPORT, b"part").with_ext(&[NEXTHDR_FRAGMENT]);
@@ -415,8 +453,59 @@ fn an_ejected_backend_takes_no_new_ipv6_flows() {
     // Health is per backend id, shared by the families: ejected through its IPv4 identity,
     // the backend gets no IPv6 flow either.
     rig.eject(BACKENDS[0], PROTO_TCP);
+    let mut used = std::collections::BTreeSet::new();
     for port in 41000..41064 {
-        let (_, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, port, VIP6, VPORT, SYN));
-        assert_ne!(verify6(&out).dst, BACKENDS6[0], "port {port}");
+        let (verdict, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, port, VIP6, VPORT, SYN));
+        assert_eq!(verdict, TC_ACT_OK, "port {port}");
+        used.insert(backend_index(verify6(&out).dst));
     }
+    assert_eq!(
+        used,
+        [1, 2].into(),
+        "the two backends in rotation, never the ejected one"
+    );
+}
+
+#[test]
+fn a_backend_without_an_ipv6_address_gets_no_ipv6_flows() {
+    let mut rig = rig6();
+    // The first backend has no IPv6 address (an IPv4-only endpoint of a dual-stack service).
+    unaddress(&mut rig, BACKENDS[0]);
+    let mut used = std::collections::BTreeSet::new();
+    for port in 42000..42064 {
+        let (verdict, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, port, VIP6, VPORT, SYN));
+        assert_eq!(verdict, TC_ACT_OK, "port {port}");
+        used.insert(backend_index(verify6(&out).dst));
+    }
+    assert_eq!(used, [1, 2].into());
+    // With none addressed, nothing to steer to: dropped, counted, never sent to [::].
+    unaddress(&mut rig, BACKENDS[1]);
+    unaddress(&mut rig, BACKENDS[2]);
+    let before = rig.drops(DropReason::NoBackend);
+    let (verdict, _) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, 42100, VIP6, VPORT, SYN));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(rig.drops(DropReason::NoBackend), before + 1);
+}
+
+/// Removes the IPv6 address of the rig's TCP backend `ip`.
+fn unaddress(rig: &mut Rig, ip: std::net::Ipv4Addr) {
+    let id = rig.backend_id(ip, PROTO_TCP);
+    let mut addrs: Array<_, Addr6> =
+        Array::try_from(rig.ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap()).unwrap();
+    addrs.set(id, Addr6::default(), 0).unwrap();
+}
+
+#[test]
+fn without_the_ipv6_programs_in_their_slots_ipv6_passes_and_is_counted() {
+    let mut rig = rig6();
+    let mut tails =
+        aya::maps::ProgramArray::try_from(rig.ebpf.map_mut(map_names::TAIL_CALLS).unwrap())
+            .unwrap();
+    tails.clear_index(&program_names::TAIL_TC_INGRESS6).unwrap();
+    let before = rig.maps.ct_stat(ct_stats::IPV6_UNSTEERED).unwrap();
+    let input = Pkt6::tcp(CLIENT6, 43000, VIP6, VPORT, SYN).build();
+    let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &input);
+    assert_eq!((verdict, out), (TC_ACT_OK, input));
+    let after = rig.maps.ct_stat(ct_stats::IPV6_UNSTEERED).unwrap();
+    assert_eq!(after, before + 1);
 }

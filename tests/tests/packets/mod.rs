@@ -222,6 +222,8 @@ impl Rig {
         };
         let (mut ebpf, _) =
             loader::load_logging(sizes, None, level).expect("kernel object loads and verifies");
+        // As the agent does when it attaches: the IPv6 programs into their tail-call slots.
+        loader::fill_tail_calls(&mut ebpf).expect("tail calls");
         let maps = BpfMaps::take(&mut ebpf).expect("maps");
         let mut rig = Self {
             ebpf,
