@@ -288,8 +288,8 @@ const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const TCP_URG: u8 = 0x20;
 
-/// A parsed IPv4 TCP/UDP packet. Addresses and ports in network byte order, sequence numbers in
-/// host order.
+/// A parsed TCP/UDP packet of either family (`A`: its address type). Addresses and ports in
+/// network byte order, sequence numbers in host order.
 pub(crate) struct Flow<A = u32> {
     pub saddr: A,
     pub daddr: A,
