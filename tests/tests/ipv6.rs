@@ -509,3 +509,137 @@ fn without_the_ipv6_programs_in_their_slots_ipv6_passes_and_is_counted() {
     let after = rig.maps.ct_stat(ct_stats::IPV6_UNSTEERED).unwrap();
     assert_eq!(after, before + 1);
 }
+
+/// Random and mutated IPv6 frames (TCP and UDP, random flags and payloads, extension chains up
+/// to past the bound, fragments, zero UDP checksums, truncations, flipped bytes) through both
+/// programs, holding what must be true of any of them: a verdict of pass or drop; a drop only
+/// for a VIP; a frame not for a VIP untouched; a rewritten frame changed only in the
+/// translated address, its port and the L4 checksum, translated to a backend (requests) or to
+/// the VIP (replies), with a checksum still valid where it was valid. `GEOSTEER_FUZZ_SEED`
+/// reproduces a run, `GEOSTEER_FUZZ_PACKETS` sizes it (default 20,000).
+#[test]
+fn random_and_mutated_ipv6_frames_keep_the_invariants() {
+    let packets: u64 = std::env::var("GEOSTEER_FUZZ_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("GEOSTEER_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("ipv6 fuzz: {packets} frames, seed {seed} (GEOSTEER_FUZZ_SEED={seed} reproduces)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut rig = rig6();
+    // Flows the programs translated: (client port, protocol, backend).
+    let mut flows: Vec<(u16, u8, Ipv6Addr)> = Vec::new();
+    let (mut rewritten, mut dropped) = (0u64, 0u64);
+    for index in 0..packets {
+        let egress = !flows.is_empty() && rng.u8(..3) == 0;
+        let proto = if rng.bool() { PROTO_TCP } else { PROTO_UDP };
+        let payload: Vec<u8> = (0..rng.usize(..40)).map(|_| rng.u8(..)).collect();
+        let mut pkt = if egress {
+            let (port, proto, backend) = flows[rng.usize(..flows.len())];
+            let src = if rng.u8(..8) == 0 { OTHER6 } else { backend };
+            Pkt6 {
+                proto,
+                ..Pkt6::tcp(src, TPORT, CLIENT6, port, rng.u8(..))
+            }
+        } else {
+            let dst = match rng.u8(..8) {
+                0 => OTHER6,
+                1 => BACKENDS6[rng.usize(..3)],
+                _ => VIP6,
+            };
+            let dport = if rng.u8(..8) == 0 { rng.u16(..) } else { VPORT };
+            Pkt6 {
+                proto,
+                ..Pkt6::tcp(CLIENT6, 40000 + rng.u16(..2000), dst, dport, rng.u8(..))
+            }
+        };
+        pkt = pkt
+            .with_seq(rng.u32(..), rng.u32(..))
+            .with_payload(&payload);
+        if rng.u8(..4) == 0 {
+            let kinds = [NEXTHDR_HOP, NEXTHDR_DEST, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT];
+            let chain: Vec<(u8, u8)> = (0..rng.usize(..=5))
+                .map(|_| (kinds[rng.usize(..4)], rng.u8(..3)))
+                .collect();
+            pkt = pkt.with_sized_ext(&chain);
+        }
+        pkt.udp_zero_checksum = proto == PROTO_UDP && rng.u8(..16) == 0;
+        let mut frame = pkt.build();
+        let mutated = rng.u8(..6) == 0;
+        if mutated {
+            if rng.bool() {
+                frame.truncate(rng.usize(54..=frame.len()));
+            } else {
+                let at = rng.usize(14..frame.len());
+                frame[at] ^= 1 << rng.u8(..8);
+            }
+        }
+        let program = if egress {
+            program_names::TC_EGRESS
+        } else {
+            program_names::TC_INGRESS
+        };
+        let context = || format!("frame {index} (seed {seed}): {frame:02x?}");
+        let Ok((verdict, out)) = rig.try_run_tc(program, &frame) else {
+            continue; // shorter than the kernel's test run takes
+        };
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap());
+        match verdict {
+            TC_ACT_SHOT => {
+                assert!(!egress, "a reply dropped: {}", context());
+                assert_eq!(dst, VIP6, "a drop not for the VIP: {}", context());
+                dropped += 1;
+                continue;
+            }
+            TC_ACT_OK => {}
+            other => panic!("verdict {other}: {}", context()),
+        }
+        if out == frame {
+            continue;
+        }
+        rewritten += 1;
+        assert!(
+            egress || dst == VIP6,
+            "a frame not for the VIP rewritten: {}",
+            context()
+        );
+        assert_eq!(out.len(), frame.len(), "{}", context());
+        let (l4_proto, l4_off) = l4_of(&frame);
+        let (addr, port) = if egress {
+            (22, l4_off)
+        } else {
+            (38, l4_off + 2)
+        };
+        let check = l4_off + if l4_proto == PROTO_TCP { 16 } else { 6 };
+        for (at, (a, b)) in frame.iter().zip(&out).enumerate() {
+            let allowed = (addr..addr + 16).contains(&at)
+                || (port..port + 2).contains(&at)
+                || (check..check + 2).contains(&at);
+            assert!(a == b || allowed, "byte {at} changed: {}", context());
+        }
+        let moved = Ipv6Addr::from(<[u8; 16]>::try_from(&out[addr..addr + 16]).unwrap());
+        let moved_port = u16::from_be_bytes([out[port], out[port + 1]]);
+        if egress {
+            assert_eq!((moved, moved_port), (VIP6, VPORT), "{}", context());
+        } else {
+            backend_index(moved);
+            assert_eq!(moved_port, TPORT, "{}", context());
+        }
+        if !mutated {
+            // Built with a valid checksum: it stays valid.
+            verify6(&out);
+            if !egress {
+                let sport = u16::from_be_bytes([frame[l4_off], frame[l4_off + 1]]);
+                flows.push((sport, l4_proto, moved));
+            }
+        }
+    }
+    eprintln!("ipv6 fuzz: {rewritten} rewritten, {dropped} dropped");
+    assert!(
+        rewritten > packets / 10,
+        "too few frames were steered to mean much"
+    );
+}
