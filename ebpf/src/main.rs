@@ -721,7 +721,7 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
 /// `BPF_F_IPV6` (Linux 6.16): tells bpf_l4_csum_replace that a pseudo-header change belongs to
 /// IPv6, whose header has no checksum to absorb it in a CHECKSUM_COMPLETE skb's sum. Older
-/// kernels refuse the flag; the rewrite then goes on without it (as every IPv6 NAT did there).
+/// kernels refuse the flag; the rewrite then fixes the sum another way (see [`tc_rewrite6`]).
 const BPF_F_IPV6: u64 = 1 << 7;
 
 /// What [`parse6`] found.

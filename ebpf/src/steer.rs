@@ -182,10 +182,9 @@ pub(crate) trait Family: Addr + 'static {
     fn vips() -> &'static HashMap<Self, u32>;
     fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, FlowValueOf<Self>>;
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
-    /// The address new flows to backend `id` are translated to (`backend` is its entry).
-    fn backend_addr(id: u32, backend: &Backend) -> Self;
-    /// Whether backend `id` has an address of this family (IPv4's always has).
-    fn reachable(id: u32, backend: &Backend) -> bool;
+    /// The address new flows to backend `id` are translated to (`backend` is its entry), or
+    /// `None` when it has none of this family (IPv4's always has one).
+    fn backend_addr(id: u32, backend: &Backend) -> Option<Self>;
     /// The address as the kernel log prints it.
     type Ip: aya_log_ebpf::macro_support::Argument + aya_log_ebpf::macro_support::DefaultFormatter;
     fn ip(self) -> Self::Ip;
@@ -211,12 +210,8 @@ impl Family for u32 {
         &AFFINITY
     }
     #[inline(always)]
-    fn backend_addr(_id: u32, backend: &Backend) -> u32 {
-        backend.addr
-    }
-    #[inline(always)]
-    fn reachable(_id: u32, _backend: &Backend) -> bool {
-        true
+    fn backend_addr(_id: u32, backend: &Backend) -> Option<u32> {
+        Some(backend.addr)
     }
     type Ip = Ipv4Addr;
     #[inline(always)]
@@ -244,15 +239,14 @@ impl Family for Addr6 {
     fn affinity() -> &'static LruHashMap<AffinityKey6, AffinityValue> {
         &AFFINITY6
     }
-    /// The unspecified address when the agent wrote none (an endpoint without an IPv6
-    /// address): [`Family::reachable`] keeps new flows off it.
+    /// `None` where the agent wrote the unspecified address or nothing (an endpoint without
+    /// an IPv6 address).
     #[inline(always)]
-    fn backend_addr(id: u32, _backend: &Backend) -> Addr6 {
-        BACKEND_ADDRS6.get(id).copied().unwrap_or_default()
-    }
-    #[inline(always)]
-    fn reachable(id: u32, backend: &Backend) -> bool {
-        Self::backend_addr(id, backend) != Addr6::default()
+    fn backend_addr(id: u32, _backend: &Backend) -> Option<Addr6> {
+        BACKEND_ADDRS6
+            .get(id)
+            .copied()
+            .filter(|addr| *addr != Addr6::default())
     }
     type Ip = Ipv6Addr;
     #[inline(always)]
@@ -603,12 +597,11 @@ fn steer_new<A: Family>(
         let _ = A::conntrack().remove(ct_key);
         return Verdict::Drop(DropReason::NoBackend);
     };
-    let backend_addr = A::backend_addr(backend_id, &backend);
-    if !A::reachable(backend_id, &backend) {
+    let Some(backend_addr) = A::backend_addr(backend_id, &backend) else {
         // Every backend the table offers lacks an address of this family.
         let _ = A::conntrack().remove(ct_key);
         return Verdict::Drop(DropReason::NoBackend);
-    }
+    };
     let tcp_state = if flow.proto != PROTO_TCP {
         0
     } else if is_pure_syn(flow.tcp_flags) {
@@ -995,7 +988,7 @@ fn must_resteer<A: Family>(flow: &Flow<A>, entry: &FlowValueOf<A>, now: u64) -> 
     // a grace period; conntrack entries live for hours).
     if backend.flags & BACKEND_FLAG_ACTIVE == 0
         || backend.service_id != entry.service_id
-        || A::backend_addr(entry.backend_id, backend) != entry.nat_addr
+        || A::backend_addr(entry.backend_id, backend) != Some(entry.nat_addr)
         || backend.port != entry.nat_port
     {
         return true;
@@ -1519,7 +1512,7 @@ fn affine_backend<A: Family>(
     let takes_new_flows = backend.flags & BACKEND_FLAG_ACTIVE != 0
         && backend.flags & BACKEND_FLAG_NO_SHARE == 0
         && backend.service_id == service.id
-        && A::reachable(value.backend_id, backend)
+        && A::backend_addr(value.backend_id, backend).is_some()
         && !out_of_rotation(value.backend_id, backend);
     takes_new_flows.then_some((value.backend_id, *backend))
 }
@@ -1572,7 +1565,7 @@ fn select_id<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> u3
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
-        if !A::reachable(id, backend) {
+        if A::backend_addr(id, backend).is_none() {
             // No address of this family: not even a fallback.
             if fallback == id {
                 fallback = NO_BACKEND;
@@ -1602,7 +1595,7 @@ fn select_id<A: Family>(service: &ServiceValue, flow: &Flow<A>, seed: u64) -> u3
         let Some(backend) = BACKENDS.get(id) else {
             continue;
         };
-        if A::reachable(id, backend) && !out_of_rotation(id, backend) {
+        if A::backend_addr(id, backend).is_some() && !out_of_rotation(id, backend) {
             return id;
         }
     }

@@ -576,137 +576,96 @@ fn backend_data(backend: Ipv4Addr, backend_port: u16, port: u16, seq: u32) -> Ve
     )
 }
 
-/// The client's ACK on the established self-NAT flow (see [`SELF_PORT`]): DNATed into the
-/// same bytes.
-fn established_ack() -> Vec<u8> {
-    client_ack(CLIENT_PORT, SELF_PORT)
+/// The ends of a self-NAT flow (see [`SELF_PORT`]) of one family: its client, and the VIP that
+/// is also its backend.
+#[derive(Clone, Copy)]
+struct SelfNat {
+    client: IpAddr,
+    vip: IpAddr,
 }
 
-/// The backend's second data segment on the self-NAT flow: reverse-NATed into the same bytes.
-fn reply_data() -> Vec<u8> {
-    backend_data(VIP, SELF_PORT, CLIENT_PORT, BACKEND_DATA_END)
+const SELF_NAT: SelfNat = SelfNat {
+    client: IpAddr::V4(CLIENT),
+    vip: IpAddr::V4(VIP),
+};
+const SELF_NAT6: SelfNat = SelfNat {
+    client: IpAddr::V6(CLIENT6),
+    vip: IpAddr::V6(VIP6),
+};
+
+impl SelfNat {
+    /// A client packet to VIP:`SELF_PORT`.
+    fn request(self, flags: u8, seq_ack: (u32, u32), payload: &[u8]) -> Vec<u8> {
+        tcp_at(
+            self.client,
+            CLIENT_PORT,
+            self.vip,
+            SELF_PORT,
+            flags,
+            seq_ack,
+            payload,
+        )
+    }
+
+    /// A backend (VIP:`SELF_PORT`) packet to the client.
+    fn reply(self, flags: u8, seq_ack: (u32, u32), payload: &[u8]) -> Vec<u8> {
+        tcp_at(
+            self.vip,
+            SELF_PORT,
+            self.client,
+            CLIENT_PORT,
+            flags,
+            seq_ack,
+            payload,
+        )
+    }
+
+    /// The client's ACK on the established flow: DNATed into the same bytes.
+    fn established_ack(self) -> Vec<u8> {
+        self.request(ACK, (CLIENT_NEXT, BACKEND_DATA_END), &[])
+    }
+
+    /// The backend's second data segment: reverse-NATed into the same bytes.
+    fn reply_data(self) -> Vec<u8> {
+        self.reply(PSH_ACK, (BACKEND_DATA_END, CLIENT_NEXT), RESPONSE)
+    }
 }
 
-/// Opens the self-NAT flow and brings it to the state its measured packets find: its SYN
-/// creates its conntrack entries (original and reply), the SYN-ACK and the ACK establish it,
-/// the backend's first data settles its protocol. Every packet comes out unchanged.
-/// The IPv6 self-NAT flow's client ACK and backend data (see [`established_ack`]).
-fn established_ack6() -> Vec<u8> {
-    tcp_at(
-        CLIENT6,
-        CLIENT_PORT,
-        VIP6,
-        SELF_PORT,
-        ACK,
-        (CLIENT_NEXT, BACKEND_DATA_END),
-        &[],
-    )
-}
-
-fn reply_data6() -> Vec<u8> {
-    tcp_at(
-        VIP6,
-        SELF_PORT,
-        CLIENT6,
-        CLIENT_PORT,
-        PSH_ACK,
-        (BACKEND_DATA_END, CLIENT_NEXT),
-        RESPONSE,
-    )
-}
-
-/// [`establish_self_nat`] for the IPv6 self-NAT flow.
-fn establish_self_nat6(rig: &Rig) -> Result<()> {
+/// Opens the self-NAT flow of `ends` and brings it to the state its measured packets find: its
+/// SYN creates its conntrack entries (original and reply), the SYN-ACK and the ACK establish
+/// it, the backend's first data settles its protocol. Every packet comes out unchanged.
+fn establish_self_nat(rig: &Rig, ends: SelfNat) -> Result<()> {
     let steps = [
-        (
-            rig.tc_ingress,
-            tcp_at(CLIENT6, CLIENT_PORT, VIP6, SELF_PORT, SYN, (1000, 0), &[]),
-        ),
+        (rig.tc_ingress, ends.request(SYN, (1000, 0), &[])),
         (
             rig.tc_egress,
-            tcp_at(
-                VIP6,
-                SELF_PORT,
-                CLIENT6,
-                CLIENT_PORT,
-                SYN | ACK,
-                (BACKEND_NEXT - 1, CLIENT_NEXT),
-                &[],
-            ),
+            ends.reply(SYN | ACK, (BACKEND_NEXT - 1, CLIENT_NEXT), &[]),
         ),
         (
             rig.tc_ingress,
-            tcp_at(
-                CLIENT6,
-                CLIENT_PORT,
-                VIP6,
-                SELF_PORT,
-                ACK,
-                (CLIENT_NEXT, BACKEND_NEXT),
-                &[],
-            ),
+            ends.request(ACK, (CLIENT_NEXT, BACKEND_NEXT), &[]),
         ),
         (
             rig.tc_egress,
-            tcp_at(
-                VIP6,
-                SELF_PORT,
-                CLIENT6,
-                CLIENT_PORT,
-                PSH_ACK,
-                (BACKEND_NEXT, CLIENT_NEXT),
-                RESPONSE,
-            ),
+            ends.reply(PSH_ACK, (BACKEND_NEXT, CLIENT_NEXT), RESPONSE),
         ),
     ];
     for (fd, packet) in steps {
         let run = test_run(fd, &packet, 1)?;
         ensure!(
             run.retval == TC_ACT_OK && run.out == packet,
-            "a packet opening the IPv6 self-NAT flow was not translated into itself"
+            "a packet opening the self-NAT flow from {} was not translated into itself",
+            ends.client
         );
     }
+    let state = match ends.client {
+        IpAddr::V4(_) => rig.tcp_state(CLIENT_PORT, SELF_PORT)?,
+        IpAddr::V6(_) => rig.tcp_state6()?,
+    };
     ensure!(
-        rig.tcp_state6()? == TCP_ESTABLISHED,
-        "the IPv6 self-NAT flow is not established"
-    );
-    Ok(())
-}
-
-fn establish_self_nat(rig: &Rig) -> Result<()> {
-    let steps = [
-        (
-            rig.tc_ingress,
-            tcp(CLIENT, CLIENT_PORT, VIP, SELF_PORT, SYN, &[]),
-        ),
-        (rig.tc_egress, syn_ack(VIP, SELF_PORT, CLIENT_PORT)),
-        (
-            rig.tc_ingress,
-            tcp_at(
-                CLIENT,
-                CLIENT_PORT,
-                VIP,
-                SELF_PORT,
-                ACK,
-                (CLIENT_NEXT, BACKEND_NEXT),
-                &[],
-            ),
-        ),
-        (
-            rig.tc_egress,
-            backend_data(VIP, SELF_PORT, CLIENT_PORT, BACKEND_NEXT),
-        ),
-    ];
-    for (fd, packet) in steps {
-        let run = test_run(fd, &packet, 1)?;
-        ensure!(
-            run.retval == TC_ACT_OK && run.out == packet,
-            "a packet opening the self-NAT flow was not translated into itself"
-        );
-    }
-    ensure!(
-        rig.tcp_state(CLIENT_PORT, SELF_PORT)? == TCP_ESTABLISHED,
-        "the self-NAT flow is not established"
+        state == TCP_ESTABLISHED,
+        "the self-NAT flow from {} is not established",
+        ends.client
     );
     Ok(())
 }
@@ -865,8 +824,8 @@ fn batched(
     repeat: u32,
     reps: u32,
 ) -> Result<Vec<Case>> {
-    establish_self_nat(rig)?;
-    establish_self_nat6(rig)?;
+    establish_self_nat(rig, SELF_NAT)?;
+    establish_self_nat(rig, SELF_NAT6)?;
 
     let specs = [
         Batched {
@@ -882,7 +841,7 @@ fn batched(
             name: ESTABLISHED_CASE,
             program: program_names::TC_INGRESS,
             fd: rig.tc_ingress,
-            packet: established_ack(),
+            packet: SELF_NAT.established_ack(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Requests,
@@ -900,7 +859,7 @@ fn batched(
             name: REPLY_CASE,
             program: program_names::TC_EGRESS,
             fd: rig.tc_egress,
-            packet: reply_data(),
+            packet: SELF_NAT.reply_data(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Replies,
@@ -909,7 +868,7 @@ fn batched(
             name: ESTABLISHED_CASE6,
             program: program_names::TC_INGRESS,
             fd: rig.tc_ingress,
-            packet: established_ack6(),
+            packet: SELF_NAT6.established_ack(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Requests,
@@ -935,7 +894,7 @@ fn batched(
             name: REPLY_CASE6,
             program: program_names::TC_EGRESS,
             fd: rig.tc_egress,
-            packet: reply_data6(),
+            packet: SELF_NAT6.reply_data(),
             verdict: TC_ACT_OK,
             xdp: false,
             counted: Counted::Replies,
@@ -1323,19 +1282,19 @@ const PROFILE_SECONDS: u64 = 4;
 /// and sorts the samples that fell inside its program.
 fn profile(rig: &Rig) -> Result<Vec<Profile>> {
     // The single-call cases emptied conntrack.
-    establish_self_nat(rig)?;
+    establish_self_nat(rig, SELF_NAT)?;
     let cases = [
         (
             ESTABLISHED_CASE,
             program_names::TC_INGRESS,
             rig.tc_ingress,
-            established_ack(),
+            SELF_NAT.established_ack(),
         ),
         (
             REPLY_CASE,
             program_names::TC_EGRESS,
             rig.tc_egress,
-            reply_data(),
+            SELF_NAT.reply_data(),
         ),
     ];
     let dir = std::env::temp_dir().join(format!("geosteer-bench-perf-{}", std::process::id()));
