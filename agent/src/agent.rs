@@ -11,7 +11,7 @@
 //! endpoint (see `admin` and `metrics`), which serve the last one without waiting for the loop.
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -487,7 +487,7 @@ async fn control_loop(
         probers,
     };
     // The agent's own connections that confirm or dismiss suspected connect timeouts.
-    let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddrV4, probe::ConnectResult)>(1024);
+    let (check_tx, mut check_rx) = mpsc::channel::<(u32, SocketAddr, probe::ConnectResult)>(1024);
     let mut kube_status = kube.as_ref().map(|k| k.status.clone());
 
     loop {

@@ -19,7 +19,8 @@ use std::{
 
 use anyhow::Result;
 use geosteer_common::{
-    APP_PROTOCOL_HTTP1, DIR_ORIGINAL, FlowKey, FlowValue, PROTO_TCP, TCP_CLOSED, TCP_SYN_SENT,
+    APP_PROTOCOL_HTTP1, Addr, Addr6, DIR_ORIGINAL, FlowKeyOf, FlowValueOf, PROTO_TCP, TCP_CLOSED,
+    TCP_SYN_SENT,
 };
 
 use crate::config::ConntrackTimeouts;
@@ -67,10 +68,10 @@ impl Default for Timeouts {
 
 /// How long the flow of `original` (with its reply half, if present) lives after its last
 /// packet in either direction.
-pub fn lifetime(
+pub fn lifetime<A: Addr>(
     proto: u8,
-    original: &FlowValue,
-    reply: Option<&FlowValue>,
+    original: &FlowValueOf<A>,
+    reply: Option<&FlowValueOf<A>>,
     t: &Timeouts,
 ) -> Duration {
     if proto != PROTO_TCP {
@@ -86,11 +87,11 @@ pub fn lifetime(
 }
 
 /// Whether the flow has been idle past its lifetime at `now_ns` (the kernel's clock).
-pub fn is_expired(
+pub fn is_expired<A: Addr>(
     now_ns: u64,
     proto: u8,
-    original: &FlowValue,
-    reply: Option<&FlowValue>,
+    original: &FlowValueOf<A>,
+    reply: Option<&FlowValueOf<A>>,
     t: &Timeouts,
 ) -> bool {
     let last = original
@@ -102,24 +103,49 @@ pub fn is_expired(
 
 /// Whether `reply` is the reply half of the flow whose original half is (`key`, `original`), not
 /// another flow's that shares its key (one client port to two VIPs with the same backend).
-fn is_partner(key: &FlowKey, original: &FlowValue, reply: &FlowValue) -> bool {
+fn is_partner<A: Addr>(
+    key: &FlowKeyOf<A>,
+    original: &FlowValueOf<A>,
+    reply: &FlowValueOf<A>,
+) -> bool {
     reply.nat_addr == key.daddr
         && reply.nat_port == key.dport
         && reply.backend_id == original.backend_id
 }
 
 /// Entries of one batch, and the cursor of the next (`None`: the walk is complete).
-pub type Batch = (Vec<(FlowKey, FlowValue)>, Option<u32>);
+pub type Batch<A = u32> = (Vec<(FlowKeyOf<A>, FlowValueOf<A>)>, Option<u32>);
 
-/// Conntrack as the GC reads it: batches that survive concurrent deletes, point lookups and
-/// deletes.
-pub trait FlowTable {
+/// Conntrack of one family (`GS_CONNTRACK`, `GS_CONNTRACK6`) as the GC reads it: batches that
+/// survive concurrent deletes, point lookups and deletes.
+pub trait FlowTable<A: Addr = u32> {
     /// Up to `max` entries from `cursor` (`None`: the start); the cursor of the next batch, or
     /// `None` when the walk is complete.
-    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch>;
-    fn get(&self, key: &FlowKey) -> Option<FlowValue>;
+    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch<A>>;
+    fn get(&self, key: &FlowKeyOf<A>) -> Option<FlowValueOf<A>>;
     /// Whether the entry was there.
-    fn remove(&mut self, key: &FlowKey) -> bool;
+    fn remove(&mut self, key: &FlowKeyOf<A>) -> bool;
+}
+
+/// Both families' conntrack: a pass walks the IPv4 table, then the IPv6 one.
+pub struct FlowTables<'a> {
+    pub v4: &'a mut dyn FlowTable<u32>,
+    pub v6: &'a mut dyn FlowTable<Addr6>,
+}
+
+/// An IPv6 conntrack with no flows (for callers that have none).
+pub struct NoFlows6;
+
+impl FlowTable<Addr6> for NoFlows6 {
+    fn batch(&mut self, _: Option<u32>, _: usize) -> Result<Batch<Addr6>> {
+        Ok((Vec::new(), None))
+    }
+    fn get(&self, _: &FlowKeyOf<Addr6>) -> Option<FlowValueOf<Addr6>> {
+        None
+    }
+    fn remove(&mut self, _: &FlowKeyOf<Addr6>) -> bool {
+        false
+    }
 }
 
 /// A request to end the flows pinned to one backend.
@@ -160,6 +186,8 @@ pub struct SweepTotals {
 }
 
 struct Pass {
+    /// Walking the IPv6 table (the IPv4 one is done).
+    in_v6: bool,
     cursor: Option<u32>,
     started: Instant,
     report: PassReport,
@@ -225,7 +253,7 @@ impl Sweeper {
     /// completed.
     pub fn step(
         &mut self,
-        table: &mut dyn FlowTable,
+        tables: FlowTables<'_>,
         now_ns: u64,
         budget: Duration,
     ) -> Result<Option<PassReport>> {
@@ -242,6 +270,7 @@ impl Sweeper {
             // A pass that only collects garbage gives way to one that also forgets: what it
             // removed so far stays removed.
             self.pass = Some(Pass {
+                in_v6: false,
                 cursor: None,
                 started: Instant::now(),
                 report: PassReport {
@@ -254,12 +283,20 @@ impl Sweeper {
         let timeouts = self.timeouts;
         let pass = self.pass.as_mut().expect("a pass runs");
         loop {
-            let (batch, next) = table.batch(pass.cursor, BATCH)?;
-            for (key, value) in &batch {
-                visit(table, &mut pass.report, key, value, now_ns, &timeouts);
-            }
+            let next = if pass.in_v6 {
+                walk_batch(&mut *tables.v6, pass, now_ns, &timeouts)?
+            } else {
+                walk_batch(&mut *tables.v4, pass, now_ns, &timeouts)?
+            };
             match next {
                 Some(cursor) => pass.cursor = Some(cursor),
+                // On to the IPv6 table in the same step: its first batch (usually its only
+                // one: few nodes carry IPv6 flows) adds no step to a pass.
+                None if !pass.in_v6 => {
+                    pass.in_v6 = true;
+                    pass.cursor = None;
+                    continue;
+                }
                 None => {
                     let mut pass = self.pass.take().expect("a pass runs");
                     pass.report.took = pass.started.elapsed();
@@ -285,9 +322,13 @@ impl Sweeper {
 
     /// Runs passes until the forget requests queued now are served (tests and tools; the
     /// agent steps from its control loop instead).
-    pub fn run_forget(&mut self, table: &mut dyn FlowTable, now_ns: u64) -> Result<Vec<Forget>> {
+    pub fn run_forget(&mut self, tables: FlowTables<'_>, now_ns: u64) -> Result<Vec<Forget>> {
         loop {
-            if let Some(report) = self.step(table, now_ns, Duration::from_secs(3600))?
+            let tables = FlowTables {
+                v4: &mut *tables.v4,
+                v6: &mut *tables.v6,
+            };
+            if let Some(report) = self.step(tables, now_ns, Duration::from_secs(3600))?
                 && !report.forgotten.is_empty()
             {
                 return Ok(report.forgotten);
@@ -299,12 +340,26 @@ impl Sweeper {
     }
 }
 
+/// One batch of `table` from the pass's cursor; the cursor of the next batch.
+fn walk_batch<A: Addr>(
+    table: &mut dyn FlowTable<A>,
+    pass: &mut Pass,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> Result<Option<u32>> {
+    let (batch, next) = table.batch(pass.cursor, BATCH)?;
+    for (key, value) in &batch {
+        visit(table, &mut pass.report, key, value, now_ns, timeouts);
+    }
+    Ok(next)
+}
+
 /// One entry of a pass.
-fn visit(
-    table: &mut dyn FlowTable,
+fn visit<A: Addr>(
+    table: &mut dyn FlowTable<A>,
     report: &mut PassReport,
-    key: &FlowKey,
-    value: &FlowValue,
+    key: &FlowKeyOf<A>,
+    value: &FlowValueOf<A>,
     now_ns: u64,
     t: &Timeouts,
 ) {
@@ -356,8 +411,12 @@ fn visit(
 
 /// One batch of conntrack entries (see [`crate::bpf_batch`]); the cursor is the kernel's
 /// bucket index.
-pub fn lookup_batch(fd: BorrowedFd<'_>, cursor: Option<u32>, max: usize) -> Result<Batch> {
-    let (key_size, value_size) = (size_of::<FlowKey>(), size_of::<FlowValue>());
+pub fn lookup_batch<A: Addr>(
+    fd: BorrowedFd<'_>,
+    cursor: Option<u32>,
+    max: usize,
+) -> Result<Batch<A>> {
+    let (key_size, value_size) = (size_of::<FlowKeyOf<A>>(), size_of::<FlowValueOf<A>>());
     let cursor = cursor.map(|c| c.to_ne_bytes().to_vec());
     let (raw, next) = crate::bpf_batch::lookup(fd, key_size, value_size, &cursor, max)?;
     let entries = raw
@@ -366,8 +425,8 @@ pub fn lookup_batch(fd: BorrowedFd<'_>, cursor: Option<u32>, max: usize) -> Resu
             // SAFETY: the kernel wrote whole keys and values of exactly these plain types.
             unsafe {
                 (
-                    std::ptr::read_unaligned(key.as_ptr().cast::<FlowKey>()),
-                    std::ptr::read_unaligned(value.as_ptr().cast::<FlowValue>()),
+                    std::ptr::read_unaligned(key.as_ptr().cast::<FlowKeyOf<A>>()),
+                    std::ptr::read_unaligned(value.as_ptr().cast::<FlowValueOf<A>>()),
                 )
             }
         })

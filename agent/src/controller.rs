@@ -12,14 +12,14 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap, VecDeque},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use geosteer_common::{
     BACKEND_FLAG_PANIC, BACKEND_FLAG_UNROUTABLE, BackendState, KernelEvent, ON_EJECT_AUTO,
-    ON_EJECT_RESET, ServiceKey,
+    ON_EJECT_RESET,
 };
 use tracing::{info, warn};
 
@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use crate::{
     config::{self, Config},
     dataplane::Dataplane,
+    frontend::Frontend,
     outlier, policy,
     probe::{ActiveHealth, ProbeKind, ProbeSpec},
     programmer::{Applied, DesiredBackend, DesiredService, Programmer, ServiceSettings},
@@ -40,7 +41,7 @@ pub struct ServiceModel {
     pub name: String,
     /// `ON_EJECT_*`.
     pub on_eject: u8,
-    pub key: ServiceKey,
+    pub key: Frontend,
     pub endpoints: Vec<EndpointModel>,
     pub policy: config::EffectivePolicy,
     /// How the kernel reads the port's flows (Istio protocol selection).
@@ -58,7 +59,7 @@ pub struct ServiceModel {
 
 #[derive(Clone, Debug)]
 pub struct EndpointModel {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub locality: policy::Locality,
     /// What failoverPriority matches besides the topology (a pod's labels, its node).
@@ -82,15 +83,15 @@ fn endpoint_model(e: &config::Endpoint, port: u16) -> EndpointModel {
 }
 
 impl EndpointModel {
-    fn health_key(&self, service: &ServiceKey) -> HealthKey {
-        (*service, u32::from(self.ip).to_be(), self.port.to_be())
+    fn health_key(&self, service: &Frontend) -> HealthKey {
+        (*service, self.ip, self.port.to_be())
     }
 }
 
 impl ServiceModel {
     /// Whether `addr:port` (network byte order) is one of its endpoints — in the host set, not
     /// leaving.
-    fn has_endpoint(&self, addr: u32, port: u16) -> bool {
+    fn has_endpoint(&self, addr: IpAddr, port: u16) -> bool {
         self.endpoints
             .iter()
             .any(|e| e.health_key(&self.key) == (self.key, addr, port))
@@ -98,7 +99,7 @@ impl ServiceModel {
 }
 
 /// (service, backend address, backend port), the last two in network byte order.
-pub type HealthKey = (ServiceKey, u32, u16);
+pub type HealthKey = (Frontend, IpAddr, u16);
 
 /// The kernel's outlier books of some services as [`Controller::reconcile`] compares them, read
 /// in this order: their ejection counts, their backends' states, then the counts again (a count
@@ -214,8 +215,9 @@ fn read_by_share<T: Copy + Default>(
 
 /// The health keys of one service's endpoints: a range of the health map, which is ordered by
 /// service first (a sweep visits one service's endpoints, not every endpoint of the node).
-fn endpoints_of(key: &ServiceKey) -> std::ops::RangeInclusive<HealthKey> {
-    (*key, 0, 0)..=(*key, u32::MAX, u16::MAX)
+fn endpoints_of(key: &Frontend) -> std::ops::RangeInclusive<HealthKey> {
+    (*key, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        ..=(*key, IpAddr::V6(Ipv6Addr::from_bits(u128::MAX)), u16::MAX)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -307,12 +309,12 @@ pub struct Controller {
     client: Client,
     pub services: Vec<ServiceModel>,
     /// Position of each service in `services`: lookups by key stay O(log n) at 10k services.
-    by_key: BTreeMap<ServiceKey, usize>,
+    by_key: BTreeMap<Frontend, usize>,
     pub programmer: Programmer,
     /// Health of the endpoints that have any: an endpoint without an entry is healthy and was
     /// never ejected (a million entries at 100,000 services were a tenth of a full apply).
     pub health: BTreeMap<HealthKey, BackendHealth>,
-    pub views: BTreeMap<ServiceKey, ServiceView>,
+    pub views: BTreeMap<Frontend, ServiceView>,
     pub events: VecDeque<Event>,
     pub swaps: SwapStats,
     /// Bumped by every change an operator could see (a recompute, an event), so the agent
@@ -325,11 +327,11 @@ pub struct Controller {
     /// node with 100,000 quiet services sweeps none of them. A service enters at an ejection
     /// (the kernel's report, or one the reconcile pass adopts) and leaves when its last
     /// endpoint's state has decayed.
-    outlier_active: BTreeMap<ServiceKey, Duration>,
+    outlier_active: BTreeMap<Frontend, Duration>,
     /// Where the reconcile pass goes on from: it walks every service with outlierDetection in
     /// key order, [`RECONCILE_PER_PASS`] at a time, whether or not any is active (a lost ring
     /// event is exactly an ejection the agent does not know of).
-    reconcile_cursor: Option<ServiceKey>,
+    reconcile_cursor: Option<Frontend>,
     /// Services one reconcile pass reads at most ([`RECONCILE_PER_PASS`]; tests make it small).
     reconcile_budget: usize,
     /// Whether the reconcile pass has gone round every service since the agent began: until it
@@ -365,7 +367,7 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                     service.namespace, service.name, port.port, port.protocol
                 ),
                 on_eject: service.on_eject_value(),
-                key: ServiceKey::for_vip(service.vip, port.port, port.protocol.number()),
+                key: Frontend::new(service.vip, port.port, port.protocol.number()),
                 protocol: config::app_protocol(port),
                 cluster_local: service.cluster_local.clone(),
                 affinity_timeout: service.session_affinity.map(|a| a.timeout),
@@ -494,10 +496,10 @@ fn shortest_outlier_interval(services: &[ServiceModel]) -> Option<Duration> {
 /// ceil(n / budget) passes, and one a reload adds is reached within one round.
 fn next_to_reconcile(
     services: &[ServiceModel],
-    by_key: &BTreeMap<ServiceKey, usize>,
-    cursor: Option<ServiceKey>,
+    by_key: &BTreeMap<Frontend, usize>,
+    cursor: Option<Frontend>,
     budget: usize,
-) -> Vec<ServiceKey> {
+) -> Vec<Frontend> {
     use std::ops::Bound::{Excluded, Unbounded};
     let after = match cursor {
         Some(c) => by_key.range((Excluded(c), Unbounded)),
@@ -517,7 +519,7 @@ fn next_to_reconcile(
 const SERVICES_PER_APPLY: usize = 4096;
 const ENDPOINTS_PER_APPLY: u64 = 65_536;
 
-fn index_by_key(services: &[ServiceModel]) -> BTreeMap<ServiceKey, usize> {
+fn index_by_key(services: &[ServiceModel]) -> BTreeMap<Frontend, usize> {
     services
         .iter()
         .enumerate()
@@ -574,7 +576,7 @@ impl Controller {
         self.revision += 1;
     }
 
-    fn model(&self, key: &ServiceKey) -> Option<&ServiceModel> {
+    fn model(&self, key: &Frontend) -> Option<&ServiceModel> {
         self.by_key.get(key).map(|&i| &self.services[i])
     }
 
@@ -639,7 +641,7 @@ impl Controller {
             }
         }
         let backend = |e: &EndpointModel, weight: u32, flags: u8, group: u32| DesiredBackend {
-            addr: u32::from(e.ip).to_be(),
+            addr: e.ip,
             port: e.port.to_be(),
             weight,
             eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
@@ -681,7 +683,7 @@ impl Controller {
 
     /// Recomputes one service and applies it (one swap if anything changed), then brings the
     /// kernel's ejected flags and ejection budget in line.
-    pub fn refresh(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<bool> {
+    pub fn refresh(&mut self, dp: &mut dyn Dataplane, key: &Frontend) -> Result<bool> {
         let Some(&index) = self.by_key.get(key) else {
             return Ok(false);
         };
@@ -719,9 +721,9 @@ impl Controller {
 
     /// Full apply: every service (used at start and on reload).
     pub fn apply_all(&mut self, dp: &mut dyn Dataplane) -> Result<usize> {
-        let wanted: Vec<ServiceKey> = self.services.iter().map(|s| s.key).collect();
-        let wanted_set: std::collections::BTreeSet<ServiceKey> = wanted.iter().copied().collect();
-        let stale: Vec<ServiceKey> = self
+        let wanted: Vec<Frontend> = self.services.iter().map(|s| s.key).collect();
+        let wanted_set: std::collections::BTreeSet<Frontend> = wanted.iter().copied().collect();
+        let stale: Vec<Frontend> = self
             .programmer
             .live_keys()
             .into_iter()
@@ -820,9 +822,9 @@ impl Controller {
 
     /// The kernel suspects a connect timeout of `backend_id` (see [`crate::timeouts`]).
     /// Returns the endpoint to connect to when a check must start.
-    pub fn on_connect_timeout(&mut self, backend_id: u32) -> Option<SocketAddrV4> {
+    pub fn on_connect_timeout(&mut self, backend_id: u32) -> Option<SocketAddr> {
         let (_, addr, port) = self.programmer.backend_by_id(backend_id)?;
-        let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+        let endpoint = SocketAddr::new(addr, u16::from_be(port));
         self.connect_timeouts
             .suspect(backend_id, endpoint)
             .then_some(endpoint)
@@ -835,7 +837,7 @@ impl Controller {
         &mut self,
         dp: &mut dyn Dataplane,
         backend_id: u32,
-        endpoint: SocketAddrV4,
+        endpoint: SocketAddr,
         result: ConnectResult,
     ) -> Result<()> {
         let Some(verdict) = self.connect_timeouts.checked(backend_id, endpoint, result) else {
@@ -846,7 +848,7 @@ impl Controller {
             .backend_by_id(backend_id)
             .and_then(|(key, _, _)| self.model(&key))
             .map_or_else(|| format!("backend id {backend_id}"), |m| m.name.clone());
-        let (addr, port) = (u32::from(*endpoint.ip()).to_be(), endpoint.port().to_be());
+        let (addr, port) = (endpoint.ip(), endpoint.port().to_be());
         match verdict {
             Verdict::Dismiss(n) => {
                 dp.dismiss_connect_timeouts(backend_id, addr, port)?;
@@ -922,7 +924,7 @@ impl Controller {
         // The kernel has already reset the consecutive counters (Envoy does on ejection).
         let length = health.outlier.eject(now, &outlier_settings(&od));
         self.outlier_state_began(key, now);
-        let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+        let endpoint = SocketAddr::new(addr, u16::from_be(port));
         let reason = if event.consecutive_5xx >= od.consecutive_5xx_errors as u64
             && od.consecutive_5xx_errors != 0
         {
@@ -951,7 +953,7 @@ impl Controller {
         dp: &mut dyn Dataplane,
         service: &ServiceModel,
         backend_id: u32,
-        endpoint: SocketAddrV4,
+        endpoint: SocketAddr,
     ) -> Result<()> {
         let keep_http = match service.on_eject {
             ON_EJECT_RESET => false,
@@ -1012,13 +1014,13 @@ impl Controller {
         swept
     }
 
-    fn outlier_settings_of(&self, key: &ServiceKey) -> Option<&config::OutlierDetection> {
+    fn outlier_settings_of(&self, key: &Frontend) -> Option<&config::OutlierDetection> {
         self.model(key)?.policy.outlier_detection.as_ref()
     }
 
     /// A service now has outlier state to time (an endpoint was ejected); one that had already
     /// keeps the phase of its timer.
-    fn outlier_state_began(&mut self, key: ServiceKey, now: Duration) {
+    fn outlier_state_began(&mut self, key: Frontend, now: Duration) {
         self.outlier_active.entry(key).or_insert(now);
         // Its first sweep may come before the one planned (a reload shortened the interval).
         self.sweep_not_before = self.sweep_not_before.min(now);
@@ -1079,7 +1081,7 @@ impl Controller {
     /// `OutlierDetectorImpl::onIntervalTimer`): un-eject the hosts whose time is over, decay
     /// the backoff of the others; a service whose state has all decayed leaves the set.
     fn sweep_pass(&mut self, dp: &mut dyn Dataplane, now: Duration) -> Result<()> {
-        let due: Vec<ServiceKey> = self
+        let due: Vec<Frontend> = self
             .outlier_active
             .iter()
             .filter(|(key, last)| {
@@ -1126,8 +1128,7 @@ impl Controller {
                     }
                 }
                 let name = self.model(&key).map(|s| s.name.clone()).unwrap_or_default();
-                let endpoint =
-                    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(*addr)), u16::from_be(*port));
+                let endpoint = SocketAddr::new(*addr, u16::from_be(*port));
                 self.event(
                     EventKind::Unejection,
                     format!("{name}: un-ejected {endpoint} (ejection time over)"),
@@ -1139,7 +1140,7 @@ impl Controller {
     }
 
     /// A service that lost its outlierDetection (a reload) keeps no ejection.
-    fn drop_orphaned_ejections(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+    fn drop_orphaned_ejections(&mut self, dp: &mut dyn Dataplane, key: &Frontend) -> Result<()> {
         for (_, health) in self.health.range_mut(endpoints_of(key)) {
             health.outlier = outlier::Host {
                 ejections_total: health.outlier.ejections_total,
@@ -1174,7 +1175,7 @@ impl Controller {
     pub fn reconcile(
         &mut self,
         dp: &mut dyn Dataplane,
-        key: &ServiceKey,
+        key: &Frontend,
         od: &config::OutlierDetection,
         now: Duration,
         kernel: &KernelHealth,
@@ -1215,7 +1216,7 @@ impl Controller {
             };
             let state = kernel.backend(id);
             let health = self.health.entry(health_key).or_default();
-            let endpoint = SocketAddrV4::new(e.ip, e.port);
+            let endpoint = SocketAddr::new(e.ip, e.port);
             match (state.ejected != 0, health.outlier.is_ejected()) {
                 (true, false) => {
                     let length = health.outlier.eject(now, &outlier_settings(od));
@@ -1242,7 +1243,7 @@ impl Controller {
         }
         // A leaving (draining) endpoint is out of the host set: a flag on it is cleared and its
         // slot given back with the books below (if it comes back it is a new host, Envoy).
-        let leaving: Vec<(u32, u16, u32)> = self
+        let leaving: Vec<(IpAddr, u16, u32)> = self
             .programmer
             .service(key)
             .into_iter()
@@ -1253,8 +1254,7 @@ impl Controller {
         for (addr, port, id) in leaving {
             if kernel.backend(id).ejected != 0 {
                 dp.write_backend_state(id, &BackendState::default())?;
-                let endpoint =
-                    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+                let endpoint = SocketAddr::new(addr, u16::from_be(port));
                 repairs.push(format!(
                     "kernel had ejected leaving {endpoint}: flag cleared"
                 ));
@@ -1316,7 +1316,7 @@ impl Controller {
         ) else {
             return Ok(());
         };
-        let endpoint = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(key.1)), u16::from_be(key.2));
+        let endpoint = SocketAddr::new(key.1, u16::from_be(key.2));
         match (healthy, result) {
             (true, _) => self.event(
                 EventKind::Health,
@@ -1353,7 +1353,7 @@ impl Controller {
                     e.health_key(&service.key),
                     ProbeSpec {
                         kind,
-                        target: SocketAddrV4::new(e.ip, check.port.unwrap_or(e.port)),
+                        target: SocketAddr::new(e.ip, check.port.unwrap_or(e.port)),
                         timeout: check.timeout,
                     },
                     check.interval,
@@ -1365,7 +1365,7 @@ impl Controller {
 
     /// Replaces the desired state; health of endpoints that stay is kept.
     pub fn reload(&mut self, dp: &mut dyn Dataplane, config: Config) -> Result<usize> {
-        let had_outlier_detection: Vec<ServiceKey> = self
+        let had_outlier_detection: Vec<Frontend> = self
             .services
             .iter()
             .filter(|s| s.policy.outlier_detection.is_some())

@@ -2,6 +2,7 @@
 //! [`Dataplane`] trait. [`BpfMaps`] is the real implementation over the loaded (and pinned) maps.
 
 use std::{
+    net::IpAddr,
     os::fd::AsFd as _,
     path::Path,
     sync::{
@@ -13,13 +14,15 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use geosteer_common::{
-    Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic, DropReason, FlowKey,
-    FlowValue, ServiceConfig, ServiceKey, ServiceState, ServiceValue, Settings, TIMEOUT_CONFIRMED,
-    TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters, map_names, program_names,
+    Addr, Addr6, Backend, BackendCounters, BackendSignals, BackendState, BackendTraffic,
+    DropReason, FlowKey6, FlowKeyOf, FlowValue6, FlowValueOf, ServiceConfig, ServiceKey,
+    ServiceKey6, ServiceState, ServiceValue, Settings, TIMEOUT_CONFIRMED, TIMEOUT_DISMISSED,
+    TableChunk, TimeoutCount, TrafficCounters, map_names, program_names,
 };
 
 pub use crate::bpf_batch::PartlyWritten;
-use crate::conntrack::{Batch, FlowTable, Sweeper};
+use crate::conntrack::{Batch, FlowTable, FlowTables, Sweeper};
+use crate::frontend::{Frontend, KernelKey};
 use crate::mapped::MappedArray;
 
 pub mod memory;
@@ -56,13 +59,16 @@ pub trait Dataplane {
         }
         Ok(())
     }
+    /// IPv6 backends' addresses (`GS_BACKEND_ADDRS6`), by backend id: written before the
+    /// backend entries and the table that name them.
+    fn write_backend_addrs6(&mut self, entries: &[(u32, Addr6)]) -> Result<()>;
     /// The one update that makes a service (or its new table) live.
-    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn write_service(&mut self, key: &Frontend, value: &ServiceValue) -> Result<()>;
     /// [`Dataplane::write_service`] for each entry, in order (one batch where it can); on an
     /// error, how many of them (the first) were written.
     fn write_services(
         &mut self,
-        entries: &[(ServiceKey, ServiceValue)],
+        entries: &[(Frontend, ServiceValue)],
     ) -> std::result::Result<(), PartlyWritten> {
         for (written, (key, value)) in entries.iter().enumerate() {
             self.write_service(key, value)
@@ -70,17 +76,17 @@ pub trait Dataplane {
         }
         Ok(())
     }
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()>;
+    fn remove_service(&mut self, key: &Frontend) -> Result<()>;
+    fn write_vip(&mut self, addr: IpAddr, ports: u32) -> Result<()>;
     /// [`Dataplane::write_vip`] for each (address, ports) entry (one batch where it can; an
     /// error may leave some of them written).
-    fn write_vips(&mut self, entries: &[(u32, u32)]) -> Result<()> {
+    fn write_vips(&mut self, entries: &[(IpAddr, u32)]) -> Result<()> {
         for (addr, ports) in entries {
             self.write_vip(*addr, *ports)?;
         }
         Ok(())
     }
-    fn remove_vip(&mut self, addr: u32) -> Result<()>;
+    fn remove_vip(&mut self, addr: IpAddr) -> Result<()>;
     fn write_settings(&mut self, settings: &Settings) -> Result<()>;
     /// Kernel-owned: written only to zero a newly allocated service id.
     fn write_service_state(&mut self, id: u32, state: &ServiceState) -> Result<()>;
@@ -124,7 +130,7 @@ pub trait Dataplane {
     fn count_connect_timeouts(
         &mut self,
         backend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         port: u16,
         count: u32,
     ) -> Result<bool>;
@@ -132,7 +138,12 @@ pub trait Dataplane {
     /// The backend accepted the agent's own connection: its suspected connect timeouts are
     /// dismissed, and the kernel takes it as an accepted connection, so SYNs sent before now
     /// raise no more suspicions. Returns false when `backend_id` no longer names `addr:port`.
-    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool>;
+    fn dismiss_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<bool>;
 
     /// One bounded step of the conntrack GC (and of queued [`Dataplane::forget_flows`]); the
     /// report of a pass it completed.
@@ -143,7 +154,10 @@ pub trait Dataplane {
     ) -> Result<Option<crate::conntrack::PassReport>>;
 
     // Reads, for re-adopting the state a previous agent left in pinned maps.
-    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    /// Both families' service maps.
+    fn read_services(&self) -> Result<Vec<(Frontend, ServiceValue)>>;
+    /// Every `GS_BACKEND_ADDRS6` slot, indexed by backend id.
+    fn read_backend_addrs6(&self) -> Result<Vec<Addr6>>;
     /// `len` chunks of the table map from `start` on.
     fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>>;
     fn read_backend(&self, id: u32) -> Result<Backend>;
@@ -267,6 +281,9 @@ impl BackgroundGrace {
 pub struct BpfMaps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub vips: HashMap<MapData, u32, u32>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub vips6: HashMap<MapData, Addr6, u32>,
+    pub backend_addrs6: Array<MapData, Addr6>,
     pub table_chunks: Array<MapData, TableChunk>,
     /// The table map's memory, where the agent writes tables (`None` in a reader that opened
     /// the pins, or where the map cannot be mapped: then through batched syscalls).
@@ -275,6 +292,7 @@ pub struct BpfMaps {
     pub backend_state: Array<MapData, BackendState>,
     pub conntrack:
         aya::maps::HashMap<MapData, geosteer_common::FlowKey, geosteer_common::FlowValue>,
+    pub conntrack6: aya::maps::HashMap<MapData, FlowKey6, FlowValue6>,
     pub service_stats: PerCpuArray<MapData, TrafficCounters>,
     pub backend_stats: PerCpuArray<MapData, BackendTraffic>,
     pub backend_signals: Array<MapData, BackendSignals>,
@@ -293,19 +311,23 @@ pub struct BpfMaps {
     pub sweeper: Sweeper,
 }
 
-/// The conntrack map as the GC reads it.
-struct ConntrackTable<'a>(&'a mut HashMap<MapData, FlowKey, FlowValue>);
+/// A conntrack map (either family's) as the GC reads it.
+struct ConntrackTable<'a, A: Addr>(&'a mut HashMap<MapData, FlowKeyOf<A>, FlowValueOf<A>>);
 
-impl FlowTable for ConntrackTable<'_> {
-    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch> {
+impl<A: Addr> FlowTable<A> for ConntrackTable<'_, A>
+where
+    FlowKeyOf<A>: aya::Pod,
+    FlowValueOf<A>: aya::Pod,
+{
+    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch<A>> {
         crate::conntrack::lookup_batch(self.0.map().fd().as_fd(), cursor, max)
     }
 
-    fn get(&self, key: &FlowKey) -> Option<FlowValue> {
+    fn get(&self, key: &FlowKeyOf<A>) -> Option<FlowValueOf<A>> {
         self.0.get(key, 0).ok()
     }
 
-    fn remove(&mut self, key: &FlowKey) -> bool {
+    fn remove(&mut self, key: &FlowKeyOf<A>) -> bool {
         self.0.remove(key).is_ok()
     }
 }
@@ -333,11 +355,15 @@ impl BpfMaps {
         Ok(Self {
             services: HashMap::try_from(take(map_names::SERVICES)?)?,
             vips: HashMap::try_from(take(map_names::VIPS)?)?,
+            services6: HashMap::try_from(take(map_names::SERVICES6)?)?,
+            vips6: HashMap::try_from(take(map_names::VIPS6)?)?,
+            backend_addrs6: Array::try_from(take(map_names::BACKEND_ADDRS6)?)?,
             table_chunks,
             table_memory,
             backends: Array::try_from(take(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(take(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(take(map_names::CONNTRACK)?)?,
+            conntrack6: HashMap::try_from(take(map_names::CONNTRACK6)?)?,
             service_stats: PerCpuArray::try_from(take(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(map_names::BACKEND_STATS)?)?,
             backend_signals: Array::try_from(take(map_names::BACKEND_SIGNALS)?)?,
@@ -372,11 +398,15 @@ impl BpfMaps {
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
             Ok(match name {
-                map_names::CONNTRACK | map_names::FRAGMENTS | map_names::AFFINITY => {
-                    Map::LruHashMap(data)
-                }
+                map_names::CONNTRACK
+                | map_names::FRAGMENTS
+                | map_names::AFFINITY
+                | map_names::CONNTRACK6
+                | map_names::AFFINITY6 => Map::LruHashMap(data),
                 map_names::XDP_TARGETS => Map::DevMapHash(data),
-                map_names::SERVICES | map_names::VIPS => Map::HashMap(data),
+                map_names::SERVICES | map_names::VIPS | map_names::SERVICES6 | map_names::VIPS6 => {
+                    Map::HashMap(data)
+                }
                 map_names::SERVICE_STATS
                 | map_names::BACKEND_STATS
                 | map_names::DROPS
@@ -387,11 +417,15 @@ impl BpfMaps {
         Ok(Self {
             services: HashMap::try_from(open(map_names::SERVICES)?)?,
             vips: HashMap::try_from(open(map_names::VIPS)?)?,
+            services6: HashMap::try_from(open(map_names::SERVICES6)?)?,
+            vips6: HashMap::try_from(open(map_names::VIPS6)?)?,
+            backend_addrs6: Array::try_from(open(map_names::BACKEND_ADDRS6)?)?,
             table_chunks: Array::try_from(open(map_names::TABLE_CHUNKS)?)?,
             table_memory: None,
             backends: Array::try_from(open(map_names::BACKENDS)?)?,
             backend_state: Array::try_from(open(map_names::BACKEND_STATE)?)?,
             conntrack: HashMap::try_from(open(map_names::CONNTRACK)?)?,
+            conntrack6: HashMap::try_from(open(map_names::CONNTRACK6)?)?,
             service_stats: PerCpuArray::try_from(open(map_names::SERVICE_STATS)?)?,
             backend_stats: PerCpuArray::try_from(open(map_names::BACKEND_STATS)?)?,
             backend_signals: Array::try_from(open(map_names::BACKEND_SIGNALS)?)?,
@@ -413,14 +447,27 @@ impl BpfMaps {
 
     /// Runs [`program_names::COUNT_TIMEOUTS`] `repeat` times with the agent's verdict on a
     /// backend's suspected connect timeouts; whether the backend id still names `addr:port`.
+    ///
+    /// The program compares the IPv4 address of the backend entry, which is 0 for an IPv6
+    /// backend: its address is compared here first, in `GS_BACKEND_ADDRS6`.
     fn run_timeout_program(
         &self,
         backend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         port: u16,
         verdict: u16,
         repeat: u32,
     ) -> Result<bool> {
+        let addr = match addr {
+            IpAddr::V4(ip) => ip.to_bits().to_be(),
+            IpAddr::V6(ip) => {
+                let slot = self.backend_addrs6.get(&backend_id, 0);
+                if slot.ok() != Some(Addr6::from_ip(ip)) {
+                    return Ok(false);
+                }
+                0
+            }
+        };
         let request = TimeoutCount {
             backend_id,
             addr,
@@ -478,9 +525,11 @@ impl BpfMaps {
     pub fn forget_flows_now(&mut self, backend_id: u32, keep_http: bool) -> Result<usize> {
         self.sweeper.forget(backend_id, keep_http);
         let now = crate::agent::monotonic_now().as_nanos() as u64;
-        let served = self
-            .sweeper
-            .run_forget(&mut ConntrackTable(&mut self.conntrack), now)?;
+        let tables = FlowTables {
+            v4: &mut ConntrackTable(&mut self.conntrack),
+            v6: &mut ConntrackTable(&mut self.conntrack6),
+        };
+        let served = self.sweeper.run_forget(tables, now)?;
         Ok(served.iter().map(|f| f.flows).sum())
     }
 
@@ -516,7 +565,7 @@ impl BpfMaps {
         let mut cursor = None;
         let mut entries = 0;
         loop {
-            match crate::conntrack::lookup_batch(fd, cursor, 1024) {
+            match crate::conntrack::lookup_batch::<u32>(fd, cursor, 1024) {
                 Ok((batch, next)) => {
                     entries += batch.len();
                     match next {
@@ -613,39 +662,104 @@ impl Dataplane for BpfMaps {
             .with_context(|| format!("writing {} tables ({} chunks)", tables.len(), entries.len()))
     }
 
-    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        self.services
-            .insert(key, value, 0)
-            .context("writing service entry")
+    fn write_backend_addrs6(&mut self, entries: &[(u32, Addr6)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        crate::bpf_batch::write_entries(self.backend_addrs6.map().fd().as_fd(), entries)
+            .with_context(|| format!("writing {} IPv6 backend addresses", entries.len()))
     }
 
+    fn write_service(&mut self, key: &Frontend, value: &ServiceValue) -> Result<()> {
+        match key.kernel_key() {
+            KernelKey::V4(key) => self.services.insert(key, value, 0),
+            KernelKey::V6(key) => self.services6.insert(key, value, 0),
+        }
+        .with_context(|| format!("writing the service entry of {key}"))
+    }
+
+    /// One batch per run of services of one family (one batch on an IPv4-only node).
     fn write_services(
         &mut self,
-        entries: &[(ServiceKey, ServiceValue)],
+        entries: &[(Frontend, ServiceValue)],
     ) -> std::result::Result<(), PartlyWritten> {
-        crate::bpf_batch::write_entries_reporting(self.services.map().fd().as_fd(), entries)
+        let mut done = 0;
+        for run in entries.chunk_by(|a, b| a.0.vip.is_ipv4() == b.0.vip.is_ipv4()) {
+            let written = if run[0].0.vip.is_ipv4() {
+                let keyed: Vec<(ServiceKey, ServiceValue)> = run
+                    .iter()
+                    .filter_map(|(key, value)| match key.kernel_key() {
+                        KernelKey::V4(key) => Some((key, *value)),
+                        KernelKey::V6(_) => None,
+                    })
+                    .collect();
+                crate::bpf_batch::write_entries_reporting(self.services.map().fd().as_fd(), &keyed)
+            } else {
+                let keyed: Vec<(ServiceKey6, ServiceValue)> = run
+                    .iter()
+                    .filter_map(|(key, value)| match key.kernel_key() {
+                        KernelKey::V6(key) => Some((key, *value)),
+                        KernelKey::V4(_) => None,
+                    })
+                    .collect();
+                crate::bpf_batch::write_entries_reporting(self.services6.map().fd().as_fd(), &keyed)
+            };
+            written.map_err(|partly| PartlyWritten {
+                written: done + partly.written,
+                error: partly.error,
+            })?;
+            done += run.len();
+        }
+        Ok(())
     }
 
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        match self.services.remove(key) {
+    fn remove_service(&mut self, key: &Frontend) -> Result<()> {
+        let removed = match key.kernel_key() {
+            KernelKey::V4(key) => self.services.remove(&key),
+            KernelKey::V6(key) => self.services6.remove(&key),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing service entry"),
+            Err(e) => Err(e).with_context(|| format!("removing the service entry of {key}")),
         }
     }
 
-    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
-        self.vips.insert(addr, ports, 0).context("writing VIP")
+    fn write_vip(&mut self, addr: IpAddr, ports: u32) -> Result<()> {
+        match addr {
+            IpAddr::V4(ip) => self.vips.insert(ip.to_bits().to_be(), ports, 0),
+            IpAddr::V6(ip) => self.vips6.insert(Addr6::from_ip(ip), ports, 0),
+        }
+        .with_context(|| format!("writing VIP {addr}"))
     }
 
-    fn write_vips(&mut self, entries: &[(u32, u32)]) -> Result<()> {
-        crate::bpf_batch::write_entries(self.vips.map().fd().as_fd(), entries)
-            .with_context(|| format!("writing {} VIPs", entries.len()))
+    fn write_vips(&mut self, entries: &[(IpAddr, u32)]) -> Result<()> {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for &(addr, ports) in entries {
+            match addr {
+                IpAddr::V4(ip) => v4.push((ip.to_bits().to_be(), ports)),
+                IpAddr::V6(ip) => v6.push((Addr6::from_ip(ip), ports)),
+            }
+        }
+        if !v4.is_empty() {
+            crate::bpf_batch::write_entries(self.vips.map().fd().as_fd(), &v4)
+                .with_context(|| format!("writing {} VIPs", v4.len()))?;
+        }
+        if !v6.is_empty() {
+            crate::bpf_batch::write_entries(self.vips6.map().fd().as_fd(), &v6)
+                .with_context(|| format!("writing {} IPv6 VIPs", v6.len()))?;
+        }
+        Ok(())
     }
 
-    fn remove_vip(&mut self, addr: u32) -> Result<()> {
-        match self.vips.remove(&addr) {
+    fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
+        let removed = match addr {
+            IpAddr::V4(ip) => self.vips.remove(&ip.to_bits().to_be()),
+            IpAddr::V6(ip) => self.vips6.remove(&Addr6::from_ip(ip)),
+        };
+        match removed {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(e).context("removing VIP"),
+            Err(e) => Err(e).with_context(|| format!("removing VIP {addr}")),
         }
     }
 
@@ -710,7 +824,7 @@ impl Dataplane for BpfMaps {
     fn count_connect_timeouts(
         &mut self,
         backend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         port: u16,
         count: u32,
     ) -> Result<bool> {
@@ -718,7 +832,12 @@ impl Dataplane for BpfMaps {
             .with_context(|| format!("counting connect timeouts of backend {backend_id}"))
     }
 
-    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+    fn dismiss_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<bool> {
         self.run_timeout_program(backend_id, addr, port, TIMEOUT_DISMISSED, 1)
             .with_context(|| format!("dismissing connect timeouts of backend {backend_id}"))
     }
@@ -728,15 +847,30 @@ impl Dataplane for BpfMaps {
         now_ns: u64,
         budget: std::time::Duration,
     ) -> Result<Option<crate::conntrack::PassReport>> {
-        self.sweeper
-            .step(&mut ConntrackTable(&mut self.conntrack), now_ns, budget)
+        let tables = FlowTables {
+            v4: &mut ConntrackTable(&mut self.conntrack),
+            v6: &mut ConntrackTable(&mut self.conntrack6),
+        };
+        self.sweeper.step(tables, now_ns, budget)
     }
 
-    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
-        self.services
+    fn read_services(&self) -> Result<Vec<(Frontend, ServiceValue)>> {
+        let mut services: Vec<(Frontend, ServiceValue)> = self
+            .services
             .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the service map")
+            .map(|entry| entry.map(|(key, value)| (Frontend::from_key(&key), value)))
+            .collect::<Result<_, _>>()
+            .context("reading the service map")?;
+        for entry in self.services6.iter() {
+            let (key, value) = entry.context("reading the IPv6 service map")?;
+            services.push((Frontend::from_key6(&key), value));
+        }
+        Ok(services)
+    }
+
+    fn read_backend_addrs6(&self) -> Result<Vec<Addr6>> {
+        let fd = self.backend_addrs6.map().fd().as_fd();
+        read_array(fd, self.backend_addrs6.len()).context("reading the IPv6 backend addresses")
     }
 
     fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod conntrack;
 pub mod controller;
 pub mod dataplane;
+pub mod frontend;
 pub mod kube;
 pub mod links;
 pub mod loader;

@@ -2,7 +2,7 @@
 //! Envoy-style thresholds (a host changes state only after `healthyThreshold` consecutive
 //! successes or `unhealthyThreshold` consecutive failures).
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -18,7 +18,7 @@ pub enum ProbeKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub kind: ProbeKind,
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub timeout: Duration,
 }
 
@@ -69,7 +69,7 @@ pub enum ConnectResult {
 
 /// Connects to `endpoint` within `deadline`, and closes at once with a RST (SO_LINGER 0), so
 /// checks leave no TIME_WAIT behind to use up this node's ports toward the backend.
-pub async fn try_connect(endpoint: SocketAddrV4, deadline: Duration) -> ConnectResult {
+pub async fn try_connect(endpoint: SocketAddr, deadline: Duration) -> ConnectResult {
     match tokio::time::timeout(deadline, TcpStream::connect(endpoint)).await {
         Ok(Ok(stream)) => {
             #[allow(
@@ -164,10 +164,7 @@ mod tests {
     #[tokio::test]
     async fn probes_real_listeners_on_loopback() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
+        let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             for status in ["200 OK", "503 Service Unavailable"] {
                 let (mut s, _) = listener.accept().await.unwrap();

@@ -10,13 +10,14 @@
 //!   packet or conntrack entry holding the id never reads a different backend through it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, Backend, BackendState, MAX_BACKENDS_PER_SERVICE,
-    ServiceConfig, ServiceKey, ServiceState, ServiceValue, TABLE_CHUNK_IDS, TABLE_CHUNK_SLOTS,
-    TableChunk, table_chunks,
+    Addr6, BACKEND_FLAG_ACTIVE, BACKEND_FLAG_NO_SHARE, Backend, BackendState,
+    MAX_BACKENDS_PER_SERVICE, ServiceConfig, ServiceState, ServiceValue, TABLE_CHUNK_IDS,
+    TABLE_CHUNK_SLOTS, TableChunk, table_chunks,
 };
 use range_alloc::RangeAllocator;
 use rayon::prelude::*;
@@ -25,6 +26,7 @@ use tracing::debug;
 
 use crate::{
     dataplane::Dataplane,
+    frontend::Frontend,
     maglev::{MaglevBackend, build_table, table_size},
 };
 
@@ -33,7 +35,7 @@ use crate::{
 pub struct DesiredService {
     /// Human name, e.g. `default/reviews:80/TCP` (logs and diagnostics).
     pub name: String,
-    pub key: ServiceKey,
+    pub key: Frontend,
     pub backends: Vec<DesiredBackend>,
     pub settings: ServiceSettings,
 }
@@ -54,10 +56,10 @@ pub struct ServiceSettings {
     pub affinity_timeout_s: u32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredBackend {
-    /// Network byte order.
-    pub addr: u32,
+    /// Of the service's VIP's family.
+    pub addr: IpAddr,
     /// Network byte order.
     pub port: u16,
     /// Relative weight for new flows; 0 = no new flows (existing ones keep going).
@@ -72,19 +74,29 @@ pub struct DesiredBackend {
     pub group: u32,
 }
 
+impl Default for DesiredBackend {
+    fn default() -> Self {
+        DesiredBackend {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+            weight: 0,
+            eject_after_5xx: 0,
+            eject_after_gateway: 0,
+            flags: 0,
+            group: 0,
+        }
+    }
+}
+
 impl DesiredBackend {
     /// The stable identity Maglev hashes: the same endpoint keeps its slots across rebuilds.
     fn identity(&self) -> String {
-        format!(
-            "{}:{}",
-            std::net::Ipv4Addr::from(u32::from_be(self.addr)),
-            u16::from_be(self.port)
-        )
+        SocketAddr::new(self.addr, u16::from_be(self.port)).to_string()
     }
 }
 
 /// A live service's backends: kernel id and what was last written, by (addr, port).
-pub type LiveBackends = BTreeMap<(u32, u16), (u32, DesiredBackend)>;
+pub type LiveBackends = BTreeMap<(IpAddr, u16), (u32, DesiredBackend)>;
 
 /// What the programmer knows about one live service.
 #[derive(Clone, Debug)]
@@ -191,6 +203,10 @@ struct Plan {
     fresh_states: Vec<(u32, BackendState)>,
     /// Backend entries that are new or changed.
     entries: Vec<(u32, Backend)>,
+    /// The IPv6 address of each of `entries` of an IPv6 service, written before them. Every
+    /// backend an IPv6 service's table names has its address written this way, so a slot an
+    /// earlier owner of the id left is never read.
+    addrs6: Vec<(u32, Addr6)>,
     /// The update that makes the change live; `None` when the live table already is what
     /// this state builds (a restarted agent adopting its predecessor's tables): no swap.
     flip: Option<ServiceValue>,
@@ -212,7 +228,7 @@ impl Plan {
 
     /// The writes one by one, in the order the kernel relies on: settings, backend states and
     /// entries, the table, the service entry.
-    fn write(&self, dp: &mut dyn Dataplane, key: &ServiceKey, taken: &Taken) -> Result<()> {
+    fn write(&self, dp: &mut dyn Dataplane, key: &Frontend, taken: &Taken) -> Result<()> {
         if let Some(id) = self.service_state {
             dp.write_service_state(id, &ServiceState::default())?;
         }
@@ -220,6 +236,7 @@ impl Plan {
             dp.write_service_config(*id, config)?;
         }
         dp.write_backend_states(&self.fresh_states)?;
+        dp.write_backend_addrs6(&self.addrs6)?;
         dp.write_backends(&self.entries)?;
         if let Some((start, chunks)) = self.table(taken) {
             dp.write_table(start, chunks)?;
@@ -244,6 +261,7 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
         .map(|&id| (id, BackendState::default()))
         .collect();
     let mut entries = Vec::new();
+    let mut addrs6 = Vec::new();
     let mut backends = BTreeMap::new();
     for (b, &backend_id) in desired.backends.iter().zip(&taken.ids) {
         match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
@@ -255,7 +273,12 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
                     before.eject_after_gateway,
                     before.flags,
                 ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
-            _ => entries.push((backend_id, backend_entry(desired, b, id))),
+            _ => {
+                entries.push((backend_id, backend_entry(desired, b, id)));
+                if let IpAddr::V6(ip) = b.addr {
+                    addrs6.push((backend_id, Addr6::from_ip(ip)));
+                }
+            }
         }
         let written = DesiredBackend {
             flags: kernel_flags(b),
@@ -280,6 +303,7 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
         config,
         fresh_states,
         entries,
+        addrs6,
         flip,
         entry,
         backends,
@@ -311,9 +335,9 @@ impl ApplyReport {
 pub struct Programmer {
     max_services: u32,
     max_backends: u32,
-    live: BTreeMap<ServiceKey, LiveService>,
+    live: BTreeMap<Frontend, LiveService>,
     /// The service and endpoint of every live backend id (kernel events name only the id).
-    backend_owners: BTreeMap<u32, (ServiceKey, u32, u16)>,
+    backend_owners: BTreeMap<u32, (Frontend, IpAddr, u16)>,
     free_service_ids: VecDeque<u32>,
     next_service_id: u32,
     free_backend_ids: VecDeque<u32>,
@@ -328,10 +352,10 @@ pub struct Programmer {
     retired_tables: Vec<(u64, Range<u32>)>,
     flip_seq: u64,
     grace_seq: u64,
-    vips: BTreeMap<u32, u32>,
+    vips: BTreeMap<IpAddr, u32>,
     /// VIPs whose kernel entry may differ from `vips` (not written yet, or a write failed):
     /// the next change writes them, whatever it is.
-    vips_pending: BTreeSet<u32>,
+    vips_pending: BTreeSet<IpAddr>,
 }
 
 impl Programmer {
@@ -383,12 +407,23 @@ impl Programmer {
         let mut used_services = std::collections::BTreeSet::new();
         let mut used_backends = std::collections::BTreeSet::new();
         let mut used_tables = Vec::new();
+        let addrs6 = if services.iter().any(|(key, _)| key.vip.is_ipv6()) {
+            dp.read_backend_addrs6()?
+        } else {
+            Vec::new()
+        };
         for (key, value) in services {
             let mut backends = BTreeMap::new();
             for (id, b) in by_service.remove(&value.id).unwrap_or_default() {
                 used_backends.insert(id);
+                let addr = match key.vip {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::from_be(b.addr))),
+                    IpAddr::V6(_) => {
+                        IpAddr::V6(addrs6.get(id as usize).copied().unwrap_or_default().to_ip())
+                    }
+                };
                 let desired = DesiredBackend {
-                    addr: b.addr,
+                    addr,
                     port: b.port,
                     weight: 0,
                     eject_after_5xx: b.eject_after_5xx,
@@ -396,7 +431,7 @@ impl Programmer {
                     flags: b.flags & !BACKEND_FLAG_ACTIVE,
                     group: 0,
                 };
-                backends.insert((b.addr, b.port), (id, desired));
+                backends.insert((addr, b.port), (id, desired));
             }
             used_services.insert(value.id);
             let end = u64::from(value.table_start) + u64::from(value.table_chunks());
@@ -435,7 +470,7 @@ impl Programmer {
                     desired,
                 },
             );
-            *p.vips.entry(key.addr).or_default() += 1;
+            *p.vips.entry(key.vip).or_default() += 1;
         }
         // What the VIP map holds is not checked: the first change writes every VIP again.
         p.vips_pending = p.vips.keys().copied().collect();
@@ -487,7 +522,7 @@ impl Programmer {
         self.live.values()
     }
 
-    pub fn service(&self, key: &ServiceKey) -> Option<&LiveService> {
+    pub fn service(&self, key: &Frontend) -> Option<&LiveService> {
         self.live.get(key)
     }
 
@@ -506,7 +541,7 @@ impl Programmer {
         self.upsert(dp, desired)?;
         // Only a new service changes the port count of its VIP.
         if added {
-            self.count_vip_port(desired.key.addr, 1);
+            self.count_vip_port(desired.key.vip, 1);
         }
         self.write_pending_vips(dp)?;
         Ok(true)
@@ -514,7 +549,7 @@ impl Programmer {
 
     /// A service port on `addr` came (`+1`) or went (`-1`); the kernel entry is written by
     /// [`Self::write_pending_vips`].
-    fn count_vip_port(&mut self, addr: u32, change: i32) {
+    fn count_vip_port(&mut self, addr: IpAddr, change: i32) {
         let ports = self.vips.entry(addr).or_default();
         *ports = ports.saturating_add_signed(change);
         if *ports == 0 {
@@ -528,7 +563,7 @@ impl Programmer {
     fn write_pending_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
         // Those with services in one batch (a full apply has a VIP per service); if that
         // fails, each alone below, so that only those that fail stay pending.
-        let writes: Vec<(u32, u32)> = self
+        let writes: Vec<(IpAddr, u32)> = self
             .vips_pending
             .iter()
             .filter_map(|addr| Some((*addr, *self.vips.get(addr)?)))
@@ -565,17 +600,17 @@ impl Programmer {
         (self.max_services, self.max_backends)
     }
 
-    pub fn live_keys(&self) -> Vec<ServiceKey> {
+    pub fn live_keys(&self) -> Vec<Frontend> {
         self.live.keys().copied().collect()
     }
 
     /// Takes one service out of the data path.
-    pub fn remove_one(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+    pub fn remove_one(&mut self, dp: &mut dyn Dataplane, key: &Frontend) -> Result<()> {
         if !self.live.contains_key(key) {
             return Ok(());
         }
         self.remove(dp, key)?;
-        self.count_vip_port(key.addr, -1);
+        self.count_vip_port(key.vip, -1);
         self.write_pending_vips(dp)
     }
 
@@ -584,7 +619,7 @@ impl Programmer {
     pub fn release_ejections(
         &mut self,
         dp: &mut dyn Dataplane,
-        key: &ServiceKey,
+        key: &Frontend,
         count: i64,
     ) -> Result<()> {
         let Some(live) = self.live.get_mut(key) else {
@@ -598,7 +633,7 @@ impl Programmer {
     pub fn set_ejections_released(
         &mut self,
         dp: &mut dyn Dataplane,
-        key: &ServiceKey,
+        key: &Frontend,
         released: i64,
     ) -> Result<()> {
         let Some(live) = self.live.get_mut(key) else {
@@ -609,12 +644,12 @@ impl Programmer {
     }
 
     /// The service and endpoint behind a kernel backend id.
-    pub fn backend_by_id(&self, backend_id: u32) -> Option<(ServiceKey, u32, u16)> {
+    pub fn backend_by_id(&self, backend_id: u32) -> Option<(Frontend, IpAddr, u16)> {
         self.backend_owners.get(&backend_id).copied()
     }
 
     /// A live backend's kernel id.
-    pub fn backend_id(&self, key: &ServiceKey, addr: u32, port: u16) -> Option<u32> {
+    pub fn backend_id(&self, key: &Frontend, addr: IpAddr, port: u16) -> Option<u32> {
         self.live
             .get(key)?
             .backends
@@ -630,12 +665,12 @@ impl Programmer {
         desired: &[DesiredService],
     ) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let wanted: BTreeMap<ServiceKey, &DesiredService> =
+        let wanted: BTreeMap<Frontend, &DesiredService> =
             desired.iter().map(|s| (s.key, s)).collect();
         if wanted.len() != desired.len() {
             bail!("two desired services share one VIP:port/protocol");
         }
-        let removed: Vec<ServiceKey> = self
+        let removed: Vec<Frontend> = self
             .live
             .keys()
             .filter(|k| !wanted.contains_key(k))
@@ -715,7 +750,7 @@ impl Programmer {
             for (&i, result) in group.iter().zip(self.insert_new(dp, &services)) {
                 if result.is_ok() {
                     // Only a new service changes the port count of its VIP.
-                    self.count_vip_port(desired[i].key.addr, 1);
+                    self.count_vip_port(desired[i].key.vip, 1);
                 }
                 results[i] = Some(result.map(|waits| Applied::Written { waits }));
             }
@@ -724,7 +759,7 @@ impl Programmer {
         // but reported as failed (and the VIP is written again by the next change).
         if let Err(e) = self.write_pending_vips(dp) {
             for (service, result) in desired.iter().zip(&mut results) {
-                if self.vips_pending.contains(&service.key.addr)
+                if self.vips_pending.contains(&service.key.vip)
                     && matches!(result, Some(Ok(Applied::Written { .. })))
                 {
                     *result = Some(Err(anyhow::anyhow!("{e:#}").context(format!(
@@ -782,6 +817,8 @@ impl Programmer {
                 .collect();
             let entries: Vec<(u32, Backend)> =
                 plans().flat_map(|p| p.entries.iter().copied()).collect();
+            let addrs6: Vec<(u32, Addr6)> =
+                plans().flat_map(|p| p.addrs6.iter().copied()).collect();
             let tables: Vec<(u32, &[TableChunk])> = ready
                 .iter()
                 .filter_map(|(_, taken, plan, _)| plan.table(taken))
@@ -789,16 +826,17 @@ impl Programmer {
             dp.write_service_states(&states)
                 .and_then(|()| dp.write_service_configs(&configs))
                 .and_then(|()| dp.write_backend_states(&fresh))
+                .and_then(|()| dp.write_backend_addrs6(&addrs6))
                 .and_then(|()| dp.write_backends(&entries))
                 .and_then(|()| dp.write_tables(&tables))
         };
         // Every flip in one batch once every table is in; those the batch did not write (it
         // stops at the first failure), one at a time, so that each service gets its own answer.
-        let flips: Vec<(ServiceKey, ServiceValue)> = ready
+        let flips: Vec<(Frontend, ServiceValue)> = ready
             .iter()
             .filter_map(|(i, _, plan, _)| Some((services[*i].key, plan.flip?)))
             .collect();
-        let flipped_together: BTreeSet<ServiceKey> = match &written {
+        let flipped_together: BTreeSet<Frontend> = match &written {
             Err(_) => BTreeSet::new(),
             Ok(()) => {
                 let written = match dp.write_services(&flips) {
@@ -1095,7 +1133,7 @@ impl Programmer {
         Ok(Some((range, content)))
     }
 
-    fn remove(&mut self, dp: &mut dyn Dataplane, key: &ServiceKey) -> Result<()> {
+    fn remove(&mut self, dp: &mut dyn Dataplane, key: &Frontend) -> Result<()> {
         let Some(live) = self.live.remove(key) else {
             return Ok(());
         };
@@ -1114,9 +1152,9 @@ impl Programmer {
 
     /// The VIP map as the live services make it (see [`Self::write_pending_vips`]).
     fn sync_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
-        let mut wanted: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut wanted: BTreeMap<IpAddr, u32> = BTreeMap::new();
         for key in self.live.keys() {
-            *wanted.entry(key.addr).or_default() += 1;
+            *wanted.entry(key.vip).or_default() += 1;
         }
         for addr in self.vips.keys().chain(wanted.keys()) {
             if self.vips.get(addr) != wanted.get(addr) {
@@ -1236,9 +1274,14 @@ fn kernel_flags(b: &DesiredBackend) -> u8 {
     }
 }
 
+/// An IPv6 backend's entry has address 0: its address is in `GS_BACKEND_ADDRS6` (see
+/// [`Plan::addrs6`]).
 fn backend_entry(service: &DesiredService, b: &DesiredBackend, service_id: u32) -> Backend {
     Backend {
-        addr: b.addr,
+        addr: match b.addr {
+            IpAddr::V4(ip) => ip.to_bits().to_be(),
+            IpAddr::V6(_) => 0,
+        },
         port: b.port,
         proto: service.key.proto,
         flags: BACKEND_FLAG_ACTIVE | kernel_flags(b),

@@ -5,7 +5,7 @@
 //! them, so fields are only ever added.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -144,7 +144,7 @@ pub struct AttachmentInfo {
 pub struct ServiceStatus {
     /// `namespace/name:port/PROTOCOL`.
     pub name: String,
-    pub vip: Ipv4Addr,
+    pub vip: IpAddr,
     pub port: u16,
     pub protocol: String,
     /// Index of the service in the kernel maps (counters); None if not programmed.
@@ -186,7 +186,7 @@ impl Default for ServiceStatus {
     fn default() -> Self {
         ServiceStatus {
             name: String::new(),
-            vip: Ipv4Addr::UNSPECIFIED,
+            vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 0,
             protocol: String::new(),
             service_id: None,
@@ -405,14 +405,14 @@ fn service_status(
         .iter()
         .enumerate()
         .map(|(index, e)| {
-            let addr = u32::from(e.ip).to_be();
+            let addr = e.ip;
             let port = e.port.to_be();
             let health = controller.health.get(&(key, addr, port));
             let ejected_until = health
                 .and_then(|h| h.outlier.ejected_until)
                 .map(|until| wall_now + until.saturating_sub(monotonic_now));
             BackendStatus {
-                address: SocketAddrV4::new(e.ip, e.port).to_string(),
+                address: SocketAddr::new(e.ip, e.port).to_string(),
                 backend_id: controller.programmer.backend_id(&key, addr, port),
                 locality: e.locality.label(),
                 cluster: e.locality.cluster.clone(),
@@ -443,9 +443,9 @@ fn service_status(
                 .iter()
                 .filter(|d| !service.endpoints.iter().any(|e| e.ip == d.ip))
                 .map(|e| {
-                    let (addr, port) = (u32::from(e.ip).to_be(), e.port.to_be());
+                    let (addr, port) = (e.ip, e.port.to_be());
                     BackendStatus {
-                        address: SocketAddrV4::new(e.ip, e.port).to_string(),
+                        address: SocketAddr::new(e.ip, e.port).to_string(),
                         backend_id: controller.programmer.backend_id(&key, addr, port),
                         locality: e.locality.label(),
                         cluster: e.locality.cluster.clone(),
@@ -464,8 +464,8 @@ fn service_status(
         .collect();
     ServiceStatus {
         name: service.name.clone(),
-        vip: Ipv4Addr::from(u32::from_be(key.addr)),
-        port: u16::from_be(key.port),
+        vip: key.vip,
+        port: key.port,
         protocol: match key.proto {
             geosteer_common::PROTO_UDP => "UDP".to_string(),
             _ => "TCP".to_string(),
@@ -536,11 +536,17 @@ impl ServiceStatus {
     pub fn matches(&self, query: &str) -> bool {
         let base = self.name.split(':').next().unwrap_or_default();
         let short = base.rsplit('/').next().unwrap_or_default();
+        let address = SocketAddr::new(self.vip, self.port).to_string();
         query == self.name
             || query == base
             || query == short
-            || query == format!("{}:{}", self.vip, self.port)
-            || query == format!("{}:{}/{}", self.vip, self.port, self.protocol)
+            || query == address
+            || query == self.frontend()
+    }
+
+    /// `vip:port/PROTOCOL` (`[vip]:port/PROTOCOL` for IPv6).
+    pub fn frontend(&self) -> String {
+        format!("{}/{}", SocketAddr::new(self.vip, self.port), self.protocol)
     }
 }
 
@@ -552,7 +558,7 @@ mod tests {
     fn service_queries() {
         let service = ServiceStatus {
             name: "default/reviews:80/TCP".into(),
-            vip: Ipv4Addr::new(198, 19, 0, 10),
+            vip: Ipv4Addr::new(198, 19, 0, 10).into(),
             port: 80,
             protocol: "TCP".into(),
             ..Default::default()

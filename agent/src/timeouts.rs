@@ -12,7 +12,7 @@
 //! One check runs per backend at a time; suspicions that arrive while it runs share its verdict
 //! (they are all older than its answer).
 
-use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 pub use crate::probe::ConnectResult;
 
@@ -36,7 +36,7 @@ pub struct ConnectTimeouts {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Check {
-    endpoint: SocketAddrV4,
+    endpoint: SocketAddr,
     suspected: u32,
 }
 
@@ -55,7 +55,7 @@ pub enum Verdict {
 impl ConnectTimeouts {
     /// The kernel suspects a connect timeout of `backend_id` (now `endpoint`). Returns true
     /// when the agent must start a check: none runs for this backend yet.
-    pub fn suspect(&mut self, backend_id: u32, endpoint: SocketAddrV4) -> bool {
+    pub fn suspect(&mut self, backend_id: u32, endpoint: SocketAddr) -> bool {
         match self.running.get_mut(&backend_id) {
             Some(check) if check.endpoint == endpoint => {
                 check.suspected = check.suspected.saturating_add(1);
@@ -80,7 +80,7 @@ impl ConnectTimeouts {
     pub fn checked(
         &mut self,
         backend_id: u32,
-        endpoint: SocketAddrV4,
+        endpoint: SocketAddr,
         result: ConnectResult,
     ) -> Option<Verdict> {
         if self.running.get(&backend_id)?.endpoint != endpoint {
@@ -118,8 +118,8 @@ mod tests {
 
     use super::*;
 
-    fn at(last: u8) -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 8080)
+    fn at(last: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), 8080))
     }
 
     #[test]

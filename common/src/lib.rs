@@ -128,6 +128,8 @@ pub trait Addr: Copy + Default + PartialEq + Eq + PartialOrd + Ord + core::hash:
     type Pad: Copy + Default + PartialEq + Eq + core::fmt::Debug;
     /// Mixes the address into a [`flow_hash`] state.
     fn mix_into(self, h: u32) -> u32;
+    /// The address as the standard library has it.
+    fn to_ip_addr(self) -> core::net::IpAddr;
 }
 
 impl Addr for u32 {
@@ -135,6 +137,9 @@ impl Addr for u32 {
     #[inline(always)]
     fn mix_into(self, h: u32) -> u32 {
         mix(h ^ self)
+    }
+    fn to_ip_addr(self) -> core::net::IpAddr {
+        core::net::IpAddr::V4(core::net::Ipv4Addr::from_bits(u32::from_be(self)))
     }
 }
 
@@ -186,6 +191,9 @@ impl Addr for Addr6 {
     fn mix_into(self, h: u32) -> u32 {
         let [a, b, c, d] = self.0;
         mix(mix(mix(mix(h ^ a) ^ b) ^ c) ^ d)
+    }
+    fn to_ip_addr(self) -> core::net::IpAddr {
+        core::net::IpAddr::V6(self.to_ip())
     }
 }
 

@@ -26,7 +26,7 @@
 //! Map memory is compared with Cilium's design, computed: one 16,381-slot table of `u32`
 //! backend ids per service (its default M), the rest of the maps as here.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
@@ -35,11 +35,12 @@ use geosteer::{
     config,
     controller::Controller,
     dataplane::{BpfMaps, Dataplane},
+    frontend::Frontend,
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer, build_table_chunks, table_size_for},
 };
 use geosteer_common::{
-    Backend, BackendState, KernelEvent, PROTO_TCP, ServiceConfig, ServiceKey, ServiceState,
+    Addr6, Backend, BackendState, KernelEvent, PROTO_TCP, ServiceConfig, ServiceState,
     ServiceValue, Settings, TableChunk,
 };
 use geosteer_tests::{
@@ -271,7 +272,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
         let index = (i as u64 * STRIDE as u64 % services as u64) as u32;
         let endpoint = (i / services as usize) % 2;
         let key = service_key(index);
-        let addr = u32::from(backend_ip(index, endpoint as u32)).to_be();
+        let addr = backend_ip(index, endpoint as u32).into();
         let backend_id = controller
             .programmer
             .backend_id(&key, addr, TPORT.to_be())
@@ -391,7 +392,7 @@ fn service(i: u32) -> DesiredService {
         key: service_key(i),
         backends: (0..BACKENDS_PER_SERVICE)
             .map(|b| DesiredBackend {
-                addr: u32::from(backend_ip(i, b)).to_be(),
+                addr: backend_ip(i, b).into(),
                 port: TPORT.to_be(),
                 weight: 1,
                 eject_after_5xx: 1,
@@ -413,8 +414,8 @@ fn backend_ip(service: u32, backend: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + service * BACKENDS_PER_SERVICE + backend)
 }
 
-fn service_key(i: u32) -> ServiceKey {
-    ServiceKey::for_vip(vip(i), VPORT, PROTO_TCP)
+fn service_key(i: u32) -> Frontend {
+    Frontend::new(vip(i), VPORT, PROTO_TCP)
 }
 
 /// The same services as [`service`] as an agent config: two endpoints in cn-hangzhou (the
@@ -564,16 +565,19 @@ impl Dataplane for Counting {
     fn write_service_configs(&mut self, entries: &[(u32, ServiceConfig)]) -> Result<()> {
         self.maps.write_service_configs(entries)
     }
-    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+    fn write_backend_addrs6(&mut self, entries: &[(u32, Addr6)]) -> Result<()> {
+        self.maps.write_backend_addrs6(entries)
+    }
+    fn write_service(&mut self, key: &Frontend, value: &ServiceValue) -> Result<()> {
         self.maps.write_service(key, value)
     }
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+    fn remove_service(&mut self, key: &Frontend) -> Result<()> {
         self.maps.remove_service(key)
     }
-    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+    fn write_vip(&mut self, addr: IpAddr, ports: u32) -> Result<()> {
         self.maps.write_vip(addr, ports)
     }
-    fn remove_vip(&mut self, addr: u32) -> Result<()> {
+    fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
         self.maps.remove_vip(addr)
     }
     fn write_settings(&mut self, settings: &Settings) -> Result<()> {
@@ -597,14 +601,19 @@ impl Dataplane for Counting {
     fn count_connect_timeouts(
         &mut self,
         backend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         port: u16,
         count: u32,
     ) -> Result<bool> {
         self.maps
             .count_connect_timeouts(backend_id, addr, port, count)
     }
-    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+    fn dismiss_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<bool> {
         self.maps.dismiss_connect_timeouts(backend_id, addr, port)
     }
     fn sweep_flows(
@@ -614,8 +623,11 @@ impl Dataplane for Counting {
     ) -> Result<Option<geosteer::conntrack::PassReport>> {
         self.maps.sweep_flows(now_ns, budget)
     }
-    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+    fn read_services(&self) -> Result<Vec<(Frontend, ServiceValue)>> {
         self.maps.read_services()
+    }
+    fn read_backend_addrs6(&self) -> Result<Vec<Addr6>> {
+        self.maps.read_backend_addrs6()
     }
     fn read_table(&self, start: u32, len: u32) -> Result<Vec<TableChunk>> {
         self.maps.read_table(start, len)

@@ -35,12 +35,13 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::Ebpf;
 use geosteer::{
     dataplane::BpfMaps,
+    frontend::Frontend,
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer},
 };
 use geosteer_common::{
-    Addr6, DIR_ORIGINAL, FlowKey, FlowKey6, FlowValue6, PROTO_TCP, ServiceKey, ServiceKey6,
-    ServiceValue, TCP_ESTABLISHED, map_names, program_names,
+    Addr6, DIR_ORIGINAL, FlowKey, FlowKey6, PROTO_TCP, ServiceKey, ServiceKey6, TCP_ESTABLISHED,
+    program_names,
 };
 use geosteer_tests::profile::PartKind;
 use serde::Serialize;
@@ -335,21 +336,22 @@ impl Rig {
             .programmer
             .service(&service_key(SELF_PORT))
             .expect("service is live");
-        let backend = live.backends[&(u32::from(VIP).to_be(), SELF_PORT.to_be())].0;
-        let value = self.maps.services.get(&service_key(SELF_PORT), 0)?;
-        let mut services: aya::maps::HashMap<_, ServiceKey6, ServiceValue> =
-            aya::maps::HashMap::try_from(self._ebpf.map_mut(map_names::SERVICES6).unwrap())?;
-        services.insert(ServiceKey6::for_vip(VIP6, SELF_PORT, PROTO_TCP), value, 0)?;
-        let mut addrs: aya::maps::Array<_, Addr6> =
-            aya::maps::Array::try_from(self._ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap())?;
-        addrs.set(backend, Addr6::from_ip(VIP6), 0)?;
+        let backend = live.backends[&(VIP.into(), SELF_PORT.to_be())].0;
+        let value = self
+            .maps
+            .services
+            .get(&ServiceKey::for_vip(VIP, SELF_PORT, PROTO_TCP), 0)?;
+        self.maps
+            .services6
+            .insert(ServiceKey6::for_vip(VIP6, SELF_PORT, PROTO_TCP), value, 0)?;
+        self.maps
+            .backend_addrs6
+            .set(backend, Addr6::from_ip(VIP6), 0)?;
         Ok(())
     }
 
     /// The TCP state of the original entry of the IPv6 self-NAT flow.
     fn tcp_state6(&self) -> Result<u8> {
-        let conntrack: aya::maps::HashMap<_, FlowKey6, FlowValue6> =
-            aya::maps::HashMap::try_from(self._ebpf.map(map_names::CONNTRACK6).unwrap())?;
         let key = FlowKey6::new(
             Addr6::from_ip(CLIENT6),
             Addr6::from_ip(VIP6),
@@ -358,7 +360,7 @@ impl Rig {
             PROTO_TCP,
             DIR_ORIGINAL,
         );
-        Ok(conntrack.get(&key, 0)?.tcp_state)
+        Ok(self.maps.conntrack6.get(&key, 0)?.tcp_state)
     }
 
     fn service_id(&self, port: u16) -> u32 {
@@ -379,7 +381,7 @@ impl Rig {
             .programmer
             .service(&service_key(SELF_PORT))
             .expect("service is live");
-        let id = live.backends[&(u32::from(VIP).to_be(), SELF_PORT.to_be())].0;
+        let id = live.backends[&(VIP.into(), SELF_PORT.to_be())].0;
         Ok(self.maps.backend_counters(id)?.reply_packets)
     }
 
@@ -419,8 +421,8 @@ impl Rig {
     }
 }
 
-fn service_key(port: u16) -> ServiceKey {
-    ServiceKey::for_vip(VIP, port, PROTO_TCP)
+fn service_key(port: u16) -> Frontend {
+    Frontend::new(VIP, port, PROTO_TCP)
 }
 
 fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
@@ -430,7 +432,7 @@ fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
         backends: backends
             .into_iter()
             .map(|(ip, port)| DesiredBackend {
-                addr: u32::from(ip).to_be(),
+                addr: ip.into(),
                 port: port.to_be(),
                 weight: 1,
                 ..Default::default()

@@ -12,7 +12,6 @@ mod packets;
 
 use std::net::Ipv6Addr;
 
-use aya::maps::{Array, HashMap};
 use etherparse::{Ipv6Header, TcpHeader, UdpHeader};
 use geosteer_common::{
     Addr6, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceKey6, ServiceValue, ct_stats,
@@ -248,24 +247,22 @@ fn write_front6(rig: &mut Rig) {
             .services
             .get(&ServiceKey::for_vip(VIP, VPORT, proto), 0)
             .expect("the IPv4 service is live");
-        let mut services: HashMap<_, ServiceKey6, ServiceValue> =
-            HashMap::try_from(rig.ebpf.map_mut(map_names::SERVICES6).unwrap()).unwrap();
-        services
+        rig.maps
+            .services6
             .insert(ServiceKey6::for_vip(VIP6, VPORT, proto), value, 0)
             .unwrap();
         let ids: Vec<u32> = BACKENDS
             .iter()
             .map(|ip| rig.backend_id(*ip, proto))
             .collect();
-        let mut addrs: Array<_, Addr6> =
-            Array::try_from(rig.ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap()).unwrap();
         for (id, addr) in ids.iter().zip(BACKENDS6) {
-            addrs.set(*id, Addr6::from_ip(addr), 0).unwrap();
+            rig.maps
+                .backend_addrs6
+                .set(*id, Addr6::from_ip(addr), 0)
+                .unwrap();
         }
     }
-    let mut vips: HashMap<_, Addr6, u32> =
-        HashMap::try_from(rig.ebpf.map_mut(map_names::VIPS6).unwrap()).unwrap();
-    vips.insert(Addr6::from_ip(VIP6), 2, 0).unwrap();
+    rig.maps.vips6.insert(Addr6::from_ip(VIP6), 2, 0).unwrap();
 }
 
 fn ingress(rig: &mut Rig, pkt: &Pkt6) -> (u32, Vec<u8>) {
@@ -490,9 +487,10 @@ fn a_backend_without_an_ipv6_address_gets_no_ipv6_flows() {
 /// Removes the IPv6 address of the rig's TCP backend `ip`.
 fn unaddress(rig: &mut Rig, ip: std::net::Ipv4Addr) {
     let id = rig.backend_id(ip, PROTO_TCP);
-    let mut addrs: Array<_, Addr6> =
-        Array::try_from(rig.ebpf.map_mut(map_names::BACKEND_ADDRS6).unwrap()).unwrap();
-    addrs.set(id, Addr6::default(), 0).unwrap();
+    rig.maps
+        .backend_addrs6
+        .set(id, Addr6::default(), 0)
+        .unwrap();
 }
 
 #[test]

@@ -10,10 +10,9 @@ use std::net::Ipv4Addr;
 
 use aya::programs::SchedClassifier;
 use etherparse::{Ipv4Header, UdpHeader};
+use geosteer::frontend::Frontend;
 use geosteer::programmer::{DesiredBackend, DesiredService, ServiceSettings};
-use geosteer_common::{
-    APP_PROTOCOL_HTTP1, DropReason, PROTO_TCP, PROTO_UDP, ServiceKey, program_names,
-};
+use geosteer_common::{APP_PROTOCOL_HTTP1, DropReason, PROTO_TCP, PROTO_UDP, program_names};
 use packets::*;
 
 #[test]
@@ -486,11 +485,11 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     let mut rig = Rig::new();
     let desired = DesiredService {
         name: "limits".into(),
-        key: ServiceKey::for_vip(VIP, VPORT, PROTO_TCP),
+        key: Frontend::new(VIP, VPORT, PROTO_TCP),
         backends: BACKENDS
             .iter()
             .map(|ip| DesiredBackend {
-                addr: u32::from(*ip).to_be(),
+                addr: (*ip).into(),
                 port: TPORT.to_be(),
                 weight: 1,
                 eject_after_5xx: 2,
@@ -566,8 +565,8 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     );
 }
 
-fn desired_key() -> ServiceKey {
-    ServiceKey::for_vip(VIP, VPORT, PROTO_TCP)
+fn desired_key() -> Frontend {
+    Frontend::new(VIP, VPORT, PROTO_TCP)
 }
 
 /// resetOnEject: the agent forgets an ejected backend's flows; their next packet is steered

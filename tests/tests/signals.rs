@@ -274,12 +274,12 @@ fn a_suspected_connect_timeout_counts_only_when_confirmed() {
     let other = Ipv4Addr::new(198, 51, 100, 99);
     assert!(
         !rig.maps
-            .count_connect_timeouts(id, u32::from(other).to_be(), TPORT.to_be(), 1)
+            .count_connect_timeouts(id, other.into(), TPORT.to_be(), 1)
             .unwrap()
     );
     assert!(
         !rig.maps
-            .count_connect_timeouts(9999, u32::from(backend).to_be(), TPORT.to_be(), 1)
+            .count_connect_timeouts(9999, backend.into(), TPORT.to_be(), 1)
             .unwrap()
     );
     assert_eq!(rig.counters(backend).connect_failures, 3);
@@ -294,7 +294,7 @@ fn a_suspected_connect_timeout_counts_only_when_confirmed() {
         .unwrap();
     assert!(
         rig.maps
-            .dismiss_connect_timeouts(id, u32::from(backend).to_be(), TPORT.to_be())
+            .dismiss_connect_timeouts(id, backend.into(), TPORT.to_be())
             .unwrap()
     );
     assert!(rig.state(backend).last_accept_ns > 0);

@@ -24,10 +24,14 @@ use geosteer_common::{
 
 use super::{
     Context,
-    gather::{endpoint, frontend, open_maps, protocol_name},
+    gather::{endpoint, open_maps},
     report::{ExplainReport, ExplainVerdict},
 };
-use crate::{dataplane::Dataplane as _, loader};
+use crate::{
+    dataplane::Dataplane as _,
+    frontend::{Frontend, protocol_name},
+    loader,
+};
 
 /// TC verdict of a dropped packet (`TC_ACT_SHOT`).
 const TC_ACT_SHOT: u32 = 2;
@@ -173,14 +177,18 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     let status = ctx.state().and_then(|state| {
         state.services.iter().find(|s| {
             (s.vip, s.port, s.protocol.as_str())
-                == (*args.dst.ip(), args.dst.port(), protocol_name(proto))
+                == (
+                    args.dst.ip().to_owned().into(),
+                    args.dst.port(),
+                    protocol_name(proto),
+                )
         })
     });
     let mut report = ExplainReport {
         agent: ctx.agent_line(),
         source: source.to_string(),
         source_port_random: random,
-        frontend: frontend(&key),
+        frontend: Frontend::from_key(&key).to_string(),
         service: status.map(|s| s.name.clone()),
         ..Default::default()
     };

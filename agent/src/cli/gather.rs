@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, Instant, SystemTime},
 };
@@ -10,8 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
 use geosteer_common::{
-    Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, PROTO_TCP, PROTO_UDP,
-    ServiceKey, ServiceValue, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
+    Addr, Backend, BackendCounters, BackendState, DIR_ORIGINAL, DropReason, FlowKeyOf, FlowValueOf,
+    PROTO_TCP, PROTO_UDP, ServiceValue, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
     program_names,
 };
 
@@ -28,13 +28,14 @@ use crate::{
     admin::{self, Request},
     agent::monotonic_now,
     dataplane::{BpfMaps, Dataplane as _},
+    frontend::Frontend,
     loader,
     state::{self, BackendStatus, ServiceStatus},
 };
 
 /// A service as the kernel maps hold it.
 pub struct KernelService {
-    pub key: ServiceKey,
+    pub key: Frontend,
     pub value: ServiceValue,
     pub backends: Vec<KernelBackend>,
 }
@@ -42,29 +43,22 @@ pub struct KernelService {
 pub struct KernelBackend {
     pub id: u32,
     pub backend: Backend,
+    /// The backend's address in its service's family (an IPv6 one is not in `backend`).
+    pub addr: IpAddr,
     pub state: BackendState,
     pub counters: BackendCounters,
 }
 
-pub fn frontend(key: &ServiceKey) -> String {
-    format!(
-        "{}:{}/{}",
-        Ipv4Addr::from(u32::from_be(key.addr)),
-        u16::from_be(key.port),
-        protocol_name(key.proto)
-    )
+/// `addr:port` (`[addr]:port` for IPv6) of an address and port in network byte order.
+pub fn endpoint<A: Addr>(addr: A, port: u16) -> String {
+    SocketAddr::new(addr.to_ip_addr(), u16::from_be(port)).to_string()
 }
 
-pub fn protocol_name(proto: u8) -> &'static str {
-    match proto {
-        PROTO_TCP => "TCP",
-        PROTO_UDP => "UDP",
-        _ => "?",
+impl KernelBackend {
+    /// `addr:port` of the backend.
+    pub fn endpoint(&self) -> String {
+        SocketAddr::new(self.addr, u16::from_be(self.backend.port)).to_string()
     }
-}
-
-pub fn endpoint(addr: u32, port: u16) -> String {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port)).to_string()
 }
 
 pub(super) fn open_maps(ctx: &Context) -> Result<BpfMaps> {
@@ -86,7 +80,7 @@ pub fn kernel_services(maps: &BpfMaps) -> Result<Vec<KernelService>> {
         let table = crate::dataplane::KernelTable::read(maps, &value)?;
         let mut backends = Vec::new();
         for &id in &table.backends {
-            backends.push(kernel_backend(maps, id)?);
+            backends.push(kernel_backend(maps, id, key.vip.is_ipv6())?);
         }
         out.push(KernelService {
             key,
@@ -97,10 +91,22 @@ pub fn kernel_services(maps: &BpfMaps) -> Result<Vec<KernelService>> {
     Ok(out)
 }
 
-pub fn kernel_backend(maps: &BpfMaps, id: u32) -> Result<KernelBackend> {
+/// Backend `id` as the kernel has it; `ipv6`: its address is in `GS_BACKEND_ADDRS6`.
+pub fn kernel_backend(maps: &BpfMaps, id: u32, ipv6: bool) -> Result<KernelBackend> {
+    let backend = maps.read_backend(id)?;
+    let addr = if ipv6 {
+        let addr = maps
+            .backend_addrs6
+            .get(&id, 0)
+            .with_context(|| format!("reading the IPv6 address of backend {id}"))?;
+        IpAddr::V6(addr.to_ip())
+    } else {
+        IpAddr::V4(Ipv4Addr::from(u32::from_be(backend.addr)))
+    };
     Ok(KernelBackend {
         id,
-        backend: maps.read_backend(id)?,
+        backend,
+        addr,
         state: maps
             .backend_state
             .get(&id, 0)
@@ -127,13 +133,13 @@ fn counter_row(c: &BackendCounters) -> CounterRow {
     }
 }
 
-fn service_key(s: &ServiceStatus) -> ServiceKey {
+fn service_key(s: &ServiceStatus) -> Frontend {
     let proto = if s.protocol == "UDP" {
         PROTO_UDP
     } else {
         PROTO_TCP
     };
-    ServiceKey::for_vip(s.vip, s.port, proto)
+    Frontend::new(s.vip, s.port, proto)
 }
 
 // ------------------------------------------------------------------------------- status ---
@@ -287,7 +293,7 @@ pub fn services(ctx: &Context) -> Result<ServicesReport> {
                 let c = maps.service_counters(s.value.id)?;
                 report.services.push(ServiceRow {
                     name: None,
-                    frontend: frontend(&s.key),
+                    frontend: s.key.to_string(),
                     service_id: Some(s.value.id),
                     healthy: s.backends.iter().filter(|b| b.state.ejected == 0).count(),
                     total: s.backends.len(),
@@ -346,7 +352,7 @@ pub fn service_row(s: &ServiceStatus, counters: Option<TrafficRow>) -> ServiceRo
         session_affinity: s.session_affinity.clone(),
         connect_timeout: Some(s.connect_timeout.clone()).filter(|v| !v.is_empty()),
         name: Some(s.name.clone()),
-        frontend: format!("{}:{}/{}", s.vip, s.port, s.protocol),
+        frontend: s.frontend(),
         service_id: s.service_id,
         mode: Some(s.mode.clone()),
         load: Some(s.load.clone()),
@@ -377,21 +383,21 @@ pub fn backends(ctx: &Context, service: Option<&str>) -> Result<BackendsReport> 
                 let mut rows = Vec::new();
                 for b in &s.backends {
                     let kernel = match (&maps, b.backend_id) {
-                        (Ok(maps), Some(id)) => Some(kernel_backend(maps, id)?),
+                        (Ok(maps), Some(id)) => Some(kernel_backend(maps, id, s.vip.is_ipv6())?),
                         _ => None,
                     };
                     rows.push(backend_row(b, kernel.as_ref()));
                 }
                 report.services.push(ServiceBackends {
                     service: Some(s.name.clone()),
-                    frontend: format!("{}:{}/{}", s.vip, s.port, s.protocol),
+                    frontend: s.frontend(),
                     backends: rows,
                 });
             }
         }
         None => {
             for s in kernel_services(&maps?)? {
-                let front = frontend(&s.key);
+                let front = s.key.to_string();
                 if service.is_some_and(|q| front != q && !front.starts_with(&format!("{q}/"))) {
                     continue;
                 }
@@ -438,7 +444,7 @@ pub fn backend_row(b: &BackendStatus, kernel: Option<&KernelBackend>) -> Backend
 /// One backend from the maps alone (agent down).
 pub fn kernel_backend_row(k: &KernelBackend) -> BackendRow {
     BackendRow {
-        address: endpoint(k.backend.addr, k.backend.port),
+        address: k.endpoint(),
         backend_id: Some(k.id),
         health: if k.state.ejected != 0 {
             "ejected"
@@ -458,50 +464,105 @@ pub fn kernel_backend_row(k: &KernelBackend) -> BackendRow {
 
 pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Result<FlowsReport> {
     let maps = open_maps(ctx)?;
-    let names: BTreeMap<ServiceKey, &ServiceStatus> = ctx
+    let names: BTreeMap<Frontend, &ServiceStatus> = ctx
         .state()
         .map(|s| s.services.iter().map(|s| (service_key(s), s)).collect())
         .unwrap_or_default();
-    let now = monotonic_now().as_nanos() as u64;
+    let query = FlowQuery {
+        names: &names,
+        service,
+        backend,
+        now: monotonic_now().as_nanos() as u64,
+    };
     let mut flows = Vec::new();
-    for entry in maps.conntrack.iter() {
-        // An entry may vanish during the walk (LRU eviction, flow end): skip it.
-        let Ok((key, value)) = entry else { continue };
-        if key.direction != DIR_ORIGINAL {
-            continue;
+    query.collect(&maps.conntrack, &mut flows);
+    query.collect(&maps.conntrack6, &mut flows);
+    flows.sort_by(|a, b| {
+        (&a.frontend, &a.backend, &a.client).cmp(&(&b.frontend, &b.backend, &b.client))
+    });
+    Ok(FlowsReport {
+        agent: ctx.agent_line(),
+        flows,
+    })
+}
+
+/// What `geosteer flows` asks of each conntrack map.
+struct FlowQuery<'a> {
+    names: &'a BTreeMap<Frontend, &'a ServiceStatus>,
+    service: Option<&'a str>,
+    backend: Option<&'a str>,
+    now: u64,
+}
+
+impl FlowQuery<'_> {
+    /// The flows of one family's conntrack map that the query selects.
+    fn collect<A: Addr>(
+        &self,
+        conntrack: &aya::maps::HashMap<aya::maps::MapData, FlowKeyOf<A>, FlowValueOf<A>>,
+        flows: &mut Vec<FlowRow>,
+    ) where
+        FlowKeyOf<A>: aya::Pod,
+        FlowValueOf<A>: aya::Pod,
+    {
+        for entry in conntrack.iter() {
+            // An entry may vanish during the walk (LRU eviction, flow end): skip it.
+            let Ok((key, value)) = entry else { continue };
+            if key.direction != DIR_ORIGINAL {
+                continue;
+            }
+            let service_key =
+                Frontend::new(key.daddr.to_ip_addr(), u16::from_be(key.dport), key.proto);
+            // The backend's FIN is recorded on the reply entry.
+            let backend_fin = || {
+                let reply = key.reply_half(&value);
+                conntrack.get(&reply, 0).is_ok_and(|r| r.fin_seen != 0)
+            };
+            if let Some(row) = self.row(
+                service_key,
+                endpoint(key.saddr, key.sport),
+                endpoint(value.nat_addr, value.nat_port),
+                &value,
+                backend_fin,
+            ) {
+                flows.push(row);
+            }
         }
-        let service_key = ServiceKey::new(key.daddr, key.dport, key.proto);
-        let front = frontend(&service_key);
-        let status = names.get(&service_key);
-        if let Some(q) = service {
+    }
+
+    fn row<A: Addr>(
+        &self,
+        service_key: Frontend,
+        client: String,
+        target: String,
+        value: &FlowValueOf<A>,
+        backend_fin: impl FnOnce() -> bool,
+    ) -> Option<FlowRow> {
+        let front = service_key.to_string();
+        let status = self.names.get(&service_key);
+        if let Some(q) = self.service {
             let matched = match status {
                 Some(s) => s.matches(q),
                 None => front == q || front.starts_with(&format!("{q}/")),
             };
             if !matched {
-                continue;
+                return None;
             }
         }
-        let target = endpoint(value.nat_addr, value.nat_port);
-        // The backend's FIN is recorded on the reply entry.
-        let backend_fin = || {
-            let reply = key.reply_half(&value);
-            maps.conntrack.get(&reply, 0).is_ok_and(|r| r.fin_seen != 0)
-        };
-        let closed_both_ways = value.fin_seen != 0 && backend_fin();
-        if let Some(b) = backend
+        if let Some(b) = self.backend
             && target != b
-            && target.split(':').next() != Some(b)
+            && endpoint_host(&target) != b
         {
-            continue;
+            return None;
         }
-        flows.push(FlowRow {
-            client: endpoint(key.saddr, key.sport),
+        let now = self.now;
+        let closed_both_ways = value.fin_seen != 0 && backend_fin();
+        Some(FlowRow {
+            client,
             frontend: front,
             service: status.map(|s| s.name.clone()),
             backend: target,
             backend_id: value.backend_id,
-            state: match (key.proto, value.tcp_state) {
+            state: match (service_key.proto, value.tcp_state) {
                 (PROTO_TCP, TCP_SYN_SENT) => "syn-sent",
                 (PROTO_TCP, TCP_ESTABLISHED) if closed_both_ways => "closed",
                 (PROTO_TCP, TCP_ESTABLISHED) if value.fin_seen != 0 => "closing",
@@ -513,15 +574,19 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
             .to_string(),
             age_seconds: millis(now.saturating_sub(value.created_ns)),
             idle_seconds: millis(now.saturating_sub(value.last_seen_ns)),
-        });
+        })
     }
-    flows.sort_by(|a, b| {
-        (&a.frontend, &a.backend, &a.client).cmp(&(&b.frontend, &b.backend, &b.client))
-    });
-    Ok(FlowsReport {
-        agent: ctx.agent_line(),
-        flows,
-    })
+}
+
+/// The address of `addr:port` or `[addr]:port`, without brackets.
+fn endpoint_host(endpoint: &str) -> &str {
+    match endpoint.parse::<SocketAddr>() {
+        Ok(_) => {
+            let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
+            host.trim_start_matches('[').trim_end_matches(']')
+        }
+        Err(_) => endpoint,
+    }
 }
 
 /// Nanoseconds as seconds rounded to the millisecond.
@@ -614,12 +679,7 @@ fn sample(ctx: &Context, maps: &BpfMaps) -> Result<Sample> {
         None => {
             for s in kernel_services(maps)? {
                 for b in &s.backends {
-                    rows.push((
-                        frontend(&s.key),
-                        endpoint(b.backend.addr, b.backend.port),
-                        None,
-                        b.counters,
-                    ));
+                    rows.push((s.key.to_string(), b.endpoint(), None, b.counters));
                 }
             }
         }

@@ -71,7 +71,7 @@ const SH: &str = "cn-shanghai/cn-shanghai-a/";
 fn agent_state() -> AgentState {
     let reviews = ServiceStatus {
         name: "default/reviews:80/TCP".into(),
-        vip: Ipv4Addr::new(198, 19, 0, 10),
+        vip: Ipv4Addr::new(198, 19, 0, 10).into(),
         port: 80,
         protocol: "TCP".into(),
         service_id: Some(0),
@@ -136,7 +136,7 @@ fn agent_state() -> AgentState {
     };
     let dns = ServiceStatus {
         name: "kube-system/dns:53/UDP".into(),
-        vip: Ipv4Addr::new(198, 19, 0, 53),
+        vip: Ipv4Addr::new(198, 19, 0, 53).into(),
         port: 53,
         protocol: "UDP".into(),
         service_id: Some(1),
@@ -305,6 +305,7 @@ fn counters(new_flows: u64, fives: u64) -> BackendCounters {
 fn kernel(id: u32, addr: [u8; 4], port: u16, ejected: bool, c: BackendCounters) -> KernelBackend {
     KernelBackend {
         id,
+        addr: Ipv4Addr::from(addr).into(),
         backend: Backend {
             addr: u32::from(Ipv4Addr::from(addr)).to_be(),
             port: port.to_be(),

@@ -1,6 +1,12 @@
 //! The configuration file's data model: what the YAML deserializes into, with its defaults.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use geosteer_common::{
     DEFAULT_CONNTRACK_SIZE, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_SERVICES, PROTO_TCP, PROTO_UDP,
@@ -271,8 +277,9 @@ pub struct Service {
     pub name: String,
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    #[serde(deserialize_with = "deserialize_ipv4")]
-    pub vip: Ipv4Addr,
+    /// IPv4 or IPv6; the endpoints are of the same family.
+    #[serde(deserialize_with = "deserialize_ip")]
+    pub vip: IpAddr,
     // Missing ports are left to validation, which explains the problem better than serde's
     // "missing field".
     #[serde(default)]
@@ -572,8 +579,8 @@ impl<'de> Deserialize<'de> for Protocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Endpoint {
-    #[serde(deserialize_with = "deserialize_ipv4")]
-    pub ip: Ipv4Addr,
+    #[serde(deserialize_with = "deserialize_ip")]
+    pub ip: IpAddr,
     #[serde(default)]
     pub region: String,
     #[serde(default)]
@@ -604,7 +611,7 @@ impl Default for Endpoint {
     /// What the file's defaults give an endpoint with only an address (here 0.0.0.0).
     fn default() -> Self {
         Endpoint {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             region: String::new(),
             zone: String::new(),
             subzone: String::new(),
@@ -630,6 +637,6 @@ where
     parse(&text).map_err(|error| D::Error::custom(format!("invalid value {text:?}: {error}")))
 }
 
-fn deserialize_ipv4<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
-    parse_text(deserializer, str::parse::<Ipv4Addr>)
+fn deserialize_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    parse_text(deserializer, str::parse::<IpAddr>)
 }

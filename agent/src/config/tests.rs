@@ -93,7 +93,7 @@ fn parses_the_example() {
         services: vec![Service {
             name: "reviews".into(),
             namespace: "default".into(),
-            vip: Ipv4Addr::new(10, 96, 0, 10),
+            vip: Ipv4Addr::new(10, 96, 0, 10).into(),
             ports: vec![ServicePort {
                 name: None,
                 app_protocol: None,
@@ -102,7 +102,7 @@ fn parses_the_example() {
                 protocol: Protocol::Tcp,
             }],
             endpoints: vec![Endpoint {
-                ip: Ipv4Addr::new(10, 1, 0, 11),
+                ip: Ipv4Addr::new(10, 1, 0, 11).into(),
                 region: "cn-hangzhou".into(),
                 zone: "cn-hangzhou-b".into(),
                 cluster: "ack-hangzhou".into(),
@@ -157,7 +157,7 @@ fn fills_in_defaults() {
     assert_eq!(
         service.endpoints[0],
         Endpoint {
-            ip: Ipv4Addr::new(10, 1, 0, 1),
+            ip: Ipv4Addr::new(10, 1, 0, 1).into(),
             region: String::new(),
             zone: String::new(),
             cluster: String::new(),
@@ -271,6 +271,14 @@ fn accepts_what_the_rules_allow() {
             "metrics disabled",
             base_with("dataplane:", "admin: {metrics: \"\"}\ndataplane:"),
         ),
+        (
+            "an IPv6 service",
+            base_with(
+                "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+                "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      \
+                 - {ip: \"2001:db8:1::21\"}\n      - {ip: \"fd00::22\"}",
+            ),
+        ),
     ];
     for (case, yaml) in cases {
         if let Err(error) = parse(&yaml) {
@@ -317,7 +325,7 @@ fn parse_errors_name_the_field_and_value() {
             "bad vip",
             base_with("10.96.0.10", "10.96.0.999"),
             "services[0].vip: ",
-            "invalid value \"10.96.0.999\": invalid IPv4 address syntax",
+            "invalid value \"10.96.0.999\": invalid IP address syntax",
         ),
         (
             "bad endpoint ip",
@@ -423,6 +431,42 @@ fn validation_errors_name_the_field_and_value() {
             "vip: 10.96.0.10",
             "services[1].ports[0]",
             "10.96.0.10:80/TCP is already used by services[0] (default/reviews)",
+        ),
+        (
+            "an IPv6 endpoint of an IPv4 VIP",
+            "{ip: 10.1.0.21}",
+            "{ip: \"2001:db8::21\"}",
+            "services[1].endpoints[0].ip",
+            "2001:db8::21 is an IPv6 address and the service's vip 10.96.0.11 is IPv4",
+        ),
+        (
+            "an IPv4 endpoint of an IPv6 VIP",
+            "vip: 10.96.0.11",
+            "vip: \"2001:db8:96::11\"",
+            "services[1].endpoints[0].ip",
+            "10.1.0.21 is an IPv4 address and the service's vip 2001:db8:96::11 is IPv6",
+        ),
+        (
+            "an IPv4-mapped VIP",
+            "vip: 10.96.0.11",
+            "vip: \"::ffff:10.96.0.11\"",
+            "services[1].vip",
+            "::ffff:10.96.0.11 is an IPv4-mapped address: write 10.96.0.11",
+        ),
+        (
+            "an IPv6 multicast endpoint",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"ff02::1\"}",
+            "services[1].endpoints[0].ip",
+            "ff02::1 is a multicast address",
+        ),
+        (
+            "duplicate IPv6 frontend",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}, {port: 80, targetPort: 81}]\n    \
+             endpoints:\n      - {ip: \"2001:db8::21\"}",
+            "services[1].ports[1]",
+            "[2001:db8:96::11]:80/TCP is already used by services[1].ports[0]",
         ),
         (
             "duplicate frontend within a service",

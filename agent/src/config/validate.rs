@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::Duration,
 };
 
@@ -329,7 +329,7 @@ fn validate_services(config: &Config, errors: &mut Vec<FieldError>) {
 }
 
 /// The frontends claimed so far: which service port first claimed each VIP:port/protocol.
-type Frontends = HashMap<(Ipv4Addr, u16, Protocol), (usize, usize)>;
+type Frontends = HashMap<(IpAddr, u16, Protocol), (usize, usize)>;
 
 /// Checks `config.services[s]` itself (not its policy parts); `names` and `frontends` hold
 /// what the services before it claimed.
@@ -510,8 +510,9 @@ fn validate_ports(
             errors.push(FieldError::new(
                 at,
                 format!(
-                    "{}:{}/{} is already used by {owner}",
-                    service.vip, port.port, port.protocol
+                    "{}/{} is already used by {owner}",
+                    std::net::SocketAddr::new(service.vip, port.port),
+                    port.protocol
                 ),
             ));
         } else {
@@ -530,11 +531,27 @@ fn validate_endpoints(service: &Service, at: &str, errors: &mut Vec<FieldError>)
             ),
         ));
     }
-    let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
+    let mut ips: HashMap<IpAddr, usize> = HashMap::new();
     for (e, endpoint) in service.endpoints.iter().enumerate() {
         let at = format!("{at}.endpoints[{e}]");
         if let Some(message) = address_problem(endpoint.ip) {
             errors.push(FieldError::new(format!("{at}.ip"), message));
+        } else if endpoint.ip.is_ipv4() != service.vip.is_ipv4()
+            && address_problem(service.vip).is_none()
+        {
+            // A dual-stack service (one VIP per family sharing endpoints) is not built yet;
+            // an endpoint of the other family would never be steered to.
+            errors.push(FieldError::new(
+                format!("{at}.ip"),
+                format!(
+                    "{} is an {} address and the service's vip {} is {}: a service's \
+                     endpoints are of its VIP's family",
+                    endpoint.ip,
+                    family_name(endpoint.ip),
+                    service.vip,
+                    family_name(service.vip)
+                ),
+            ));
         }
         if let Some(first) = ips.insert(endpoint.ip, e) {
             ips.insert(endpoint.ip, first);
@@ -576,15 +593,24 @@ pub(super) fn dns_label_problem(value: &str) -> Option<String> {
     None
 }
 
-/// Addresses that can never be a single host's unicast address.
-fn address_problem(ip: Ipv4Addr) -> Option<String> {
+/// Addresses that can never be a single host's unicast address, and IPv4 written as IPv6
+/// (`::ffff:a.b.c.d` never appears on an IPv6 wire: such a VIP would be silently unsteered).
+fn address_problem(ip: IpAddr) -> Option<String> {
     if ip.is_unspecified() {
         Some(format!("{ip} is the unspecified address"))
-    } else if ip.is_broadcast() {
-        Some(format!("{ip} is the broadcast address"))
     } else if ip.is_multicast() {
         Some(format!("{ip} is a multicast address"))
+    } else if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some(format!("{ip} is the broadcast address"))
+    } else if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        Some(format!("{ip} is an IPv4-mapped address: write {v4}"))
     } else {
         None
     }
+}
+
+fn family_name(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }

@@ -1,27 +1,45 @@
 use std::collections::BTreeMap;
 
-use geosteer_common::{APP_PROTOCOL_OPAQUE, PROTO_UDP, TCP_ESTABLISHED, TCP_MIDSTREAM};
+use geosteer_common::{
+    APP_PROTOCOL_OPAQUE, FlowKey, FlowKey6, FlowValue, FlowValue6, PROTO_UDP, TCP_ESTABLISHED,
+    TCP_MIDSTREAM,
+};
 
 use super::*;
 
 const S: u64 = 1_000_000_000;
 
-type SortKey = (u8, u32, u32, u16, u16, u8);
+type SortKey<A> = (u8, A, A, u16, u16, u8);
 
-/// An in-memory table. A walk reads the keys as they were when it started (the cursor an
-/// index into them), skipping those removed since: like the kernel's bucket cursor, deletes
-/// during a walk neither restart it nor make it skip.
-#[derive(Default)]
-struct Table(BTreeMap<SortKey, (FlowKey, FlowValue)>, Vec<SortKey>);
+/// An in-memory table of one family. A walk reads the keys as they were when it started (the
+/// cursor an index into them), skipping those removed since: like the kernel's bucket cursor,
+/// deletes during a walk neither restart it nor make it skip.
+struct Table<A: Addr = u32>(Entries<A>, Vec<SortKey<A>>);
 
-fn sort_key(k: &FlowKey) -> (u8, u32, u32, u16, u16, u8) {
+type Entries<A> = BTreeMap<SortKey<A>, (FlowKeyOf<A>, FlowValueOf<A>)>;
+
+impl<A: Addr> Default for Table<A> {
+    fn default() -> Self {
+        Table(BTreeMap::new(), Vec::new())
+    }
+}
+
+fn sort_key<A: Addr>(k: &FlowKeyOf<A>) -> SortKey<A> {
     (k.direction, k.saddr, k.daddr, k.sport, k.dport, k.proto)
 }
 
-impl Table {
-    fn insert(&mut self, k: FlowKey, v: FlowValue) {
+/// Both families' tables for one step.
+fn tables<'a>(v4: &'a mut Table, v6: &'a mut Table<Addr6>) -> FlowTables<'a> {
+    FlowTables { v4, v6 }
+}
+
+impl<A: Addr> Table<A> {
+    fn insert(&mut self, k: FlowKeyOf<A>, v: FlowValueOf<A>) {
         self.0.insert(sort_key(&k), (k, v));
     }
+}
+
+impl Table {
     /// A flow client:port → VIP:80 on backend `id` (10.0.0.id:8080), both halves; the reply
     /// half last seen at `reply_seen_s`.
     fn flow(&mut self, port: u16, id: u32, proto: u8, original: FlowValue, reply_seen_s: u64) {
@@ -51,8 +69,8 @@ impl Table {
     }
 }
 
-impl FlowTable for Table {
-    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch> {
+impl<A: Addr> FlowTable<A> for Table<A> {
+    fn batch(&mut self, cursor: Option<u32>, max: usize) -> Result<Batch<A>> {
         if cursor.is_none() {
             self.1 = self.0.keys().copied().collect();
         }
@@ -65,10 +83,10 @@ impl FlowTable for Table {
             .collect();
         Ok((batch, next))
     }
-    fn get(&self, key: &FlowKey) -> Option<FlowValue> {
+    fn get(&self, key: &FlowKeyOf<A>) -> Option<FlowValueOf<A>> {
         self.0.get(&sort_key(key)).map(|(_, v)| *v)
     }
-    fn remove(&mut self, key: &FlowKey) -> bool {
+    fn remove(&mut self, key: &FlowKeyOf<A>) -> bool {
         self.0.remove(&sort_key(key)).is_some()
     }
 }
@@ -176,7 +194,11 @@ fn a_pass_removes_expired_flows_with_both_halves_and_keeps_the_rest() {
     table.flow(5, 2, PROTO_UDP, value(0, 100_000 - 61), 0); // udp, expired
     let mut sweeper = Sweeper::default();
     let report = sweeper
-        .step(&mut table, now, Duration::from_secs(1))
+        .step(
+            tables(&mut table, &mut Table::default()),
+            now,
+            Duration::from_secs(1),
+        )
         .unwrap()
         .expect("a small table is one step");
     assert_eq!(table.ports(), [2, 4]);
@@ -185,13 +207,21 @@ fn a_pass_removes_expired_flows_with_both_halves_and_keeps_the_rest() {
     // The next pass waits for the interval.
     assert_eq!(
         sweeper
-            .step(&mut table, now + S, Duration::from_secs(1))
+            .step(
+                tables(&mut table, &mut Table::default()),
+                now + S,
+                Duration::from_secs(1)
+            )
             .unwrap(),
         None
     );
     assert!(
         sweeper
-            .step(&mut table, now + 31 * S, Duration::from_secs(1))
+            .step(
+                tables(&mut table, &mut Table::default()),
+                now + 31 * S,
+                Duration::from_secs(1)
+            )
             .unwrap()
             .is_some()
     );
@@ -209,13 +239,21 @@ fn orphans_wait_for_their_partner_then_go() {
     table.remove(&original_2.reply_half(&value_2));
     let mut sweeper = Sweeper::default();
     let report = sweeper
-        .step(&mut table, 1030 * S, Duration::from_secs(1))
+        .step(
+            tables(&mut table, &mut Table::default()),
+            1030 * S,
+            Duration::from_secs(1),
+        )
         .unwrap()
         .unwrap();
     assert_eq!((report.orphans, table.0.len()), (0, 2), "idle 30 s: kept");
     sweeper.next_gc_ns = 0;
     let report = sweeper
-        .step(&mut table, 1061 * S, Duration::from_secs(1))
+        .step(
+            tables(&mut table, &mut Table::default()),
+            1061 * S,
+            Duration::from_secs(1),
+        )
         .unwrap()
         .unwrap();
     // The lone reply half goes after the orphan timeout; the lone original half is a flow
@@ -249,7 +287,13 @@ fn forgetting_ends_a_backends_flows_in_bounded_steps_and_spares_http_when_asked(
         ..Sweeper::default()
     };
     assert_eq!(
-        sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap(),
+        sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO
+            )
+            .unwrap(),
         None
     );
     sweeper.forget(1, true);
@@ -258,7 +302,14 @@ fn forgetting_ends_a_backends_flows_in_bounded_steps_and_spares_http_when_asked(
     let mut steps = 0;
     let report = loop {
         steps += 1;
-        if let Some(report) = sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap() {
+        if let Some(report) = sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO,
+            )
+            .unwrap()
+        {
             break report;
         }
     };
@@ -278,7 +329,10 @@ fn forgetting_ends_a_backends_flows_in_bounded_steps_and_spares_http_when_asked(
     // Without keep_http, the rest of backend 1 goes too.
     sweeper.forget(1, false);
     assert_eq!(
-        sweeper.run_forget(&mut table, 1001 * S).unwrap()[0].flows,
+        sweeper
+            .run_forget(tables(&mut table, &mut Table::default()), 1001 * S)
+            .unwrap()[0]
+            .flows,
         750
     );
     assert!(table.ports().iter().all(|p| p % 2 == 1));
@@ -303,13 +357,26 @@ fn a_forget_request_restarts_a_garbage_pass_but_waits_for_another_forget() {
     }
     let mut sweeper = Sweeper::default();
     assert_eq!(
-        sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap(),
+        sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO
+            )
+            .unwrap(),
         None
     );
     sweeper.forget(1, false);
     // The garbage pass gives way: the forget pass covers the whole table.
     let report = loop {
-        if let Some(r) = sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap() {
+        if let Some(r) = sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO,
+            )
+            .unwrap()
+        {
             break r;
         }
     };
@@ -318,13 +385,26 @@ fn a_forget_request_restarts_a_garbage_pass_but_waits_for_another_forget() {
     // A request during a forget pass waits for the next one.
     sweeper.forget(2, false);
     assert_eq!(
-        sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap(),
+        sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO
+            )
+            .unwrap(),
         None
     );
     sweeper.forget(3, false);
     let mut served = Vec::new();
     while served.len() < 2 {
-        if let Some(r) = sweeper.step(&mut table, 1001 * S, Duration::ZERO).unwrap() {
+        if let Some(r) = sweeper
+            .step(
+                tables(&mut table, &mut Table::default()),
+                1001 * S,
+                Duration::ZERO,
+            )
+            .unwrap()
+        {
             served.push(
                 r.forgotten
                     .iter()
@@ -336,4 +416,89 @@ fn a_forget_request_restarts_a_garbage_pass_but_waits_for_another_forget() {
     assert_eq!(served, [vec![(2, 1000)], vec![(3, 1000)]]);
     assert_eq!(sweeper.totals.forgotten, 3000);
     assert!(table.0.is_empty());
+}
+
+/// A flow [2001:db8::1]:port → [2001:db8::100]:80 on backend `id` ([2001:db8::10:id]:8080),
+/// both halves, last seen at `seen_s`.
+fn flow6(table: &mut Table<Addr6>, port: u16, id: u32, seen_s: u64) -> FlowKey6 {
+    let ip = |text: &str| Addr6::from_ip(text.parse().unwrap());
+    let key = FlowKey6::new(
+        ip("2001:db8::1"),
+        ip("2001:db8::100"),
+        port,
+        80,
+        PROTO_TCP,
+        DIR_ORIGINAL,
+    );
+    let original = FlowValue6 {
+        backend_id: id,
+        nat_addr: ip(&format!("2001:db8::10:{id}")),
+        nat_port: 8080,
+        tcp_state: TCP_ESTABLISHED,
+        last_seen_ns: seen_s * S,
+        ..FlowValue6::default()
+    };
+    let reply = FlowValue6 {
+        nat_addr: ip("2001:db8::100"),
+        nat_port: 80,
+        ..original
+    };
+    table.insert(key.reply_half(&original), reply);
+    table.insert(key, original);
+    key
+}
+
+fn original_ports(table: &Table<Addr6>) -> Vec<u16> {
+    table
+        .0
+        .values()
+        .filter(|(k, _)| k.direction == DIR_ORIGINAL)
+        .map(|(k, _)| k.sport)
+        .collect()
+}
+
+#[test]
+fn a_pass_walks_the_ipv6_table_after_the_ipv4_one() {
+    let mut v4 = Table::default();
+    let mut v6: Table<Addr6> = Table::default();
+    let t = Timeouts::default();
+    let idle = t.tcp_established.as_secs();
+    v4.flow(1, 1, PROTO_TCP, value(TCP_ESTABLISHED, 1000), 1000);
+    flow6(&mut v6, 1, 1, 1000);
+    flow6(&mut v6, 2, 1, 1000 + idle);
+    let mut sweeper = Sweeper::default();
+    let report = sweeper
+        .step(
+            tables(&mut v4, &mut v6),
+            1001 * S + idle * S,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+        .expect("one step completes both small tables");
+    // The IPv4 flow and the first IPv6 flow were idle past the established timeout.
+    assert_eq!((report.entries, report.flows, report.expired), (6, 3, 2));
+    assert_eq!(v4.0.len(), 0);
+    assert_eq!(
+        (v6.0.len(), original_ports(&v6)),
+        (2, vec![2]),
+        "the live IPv6 flow keeps both halves"
+    );
+
+    // Forgetting a backend ends its flows in both tables, in one pass.
+    v4.flow(3, 1, PROTO_TCP, value(TCP_ESTABLISHED, 5000), 5000);
+    flow6(&mut v6, 4, 2, 5000);
+    sweeper.forget(1, false);
+    let served = sweeper
+        .run_forget(tables(&mut v4, &mut v6), 5001 * S)
+        .unwrap();
+    assert_eq!(
+        served[0].flows, 2,
+        "one IPv4 and one IPv6 flow of backend 1"
+    );
+    assert_eq!(v4.0.len(), 0);
+    assert_eq!(
+        (v6.0.len(), original_ports(&v6)),
+        (2, vec![4]),
+        "backend 2's flow stays, both halves"
+    );
 }

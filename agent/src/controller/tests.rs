@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use geosteer_common::{EVENT_EJECTED, KernelEvent, PROTO_TCP, ServiceKey};
+use geosteer_common::{EVENT_EJECTED, KernelEvent, PROTO_TCP};
 
 use super::*;
 use crate::dataplane::memory::{MemoryDataplane, Write};
@@ -34,13 +34,13 @@ services:
     config::parse(&yaml).expect("test config parses")
 }
 
-fn key() -> ServiceKey {
-    ServiceKey::for_vip(Ipv4Addr::new(198, 19, 0, 10), 80u16, PROTO_TCP)
+fn key() -> Frontend {
+    Frontend::new(Ipv4Addr::new(198, 19, 0, 10), 80, PROTO_TCP)
 }
 
-/// `198.18.<a>.<b>`'s address, network byte order.
-fn endpoint_addr(a: u8, b: u8) -> u32 {
-    u32::from(Ipv4Addr::new(198, 18, a, b)).to_be()
+/// `198.18.<a>.<b>`.
+fn endpoint_addr(a: u8, b: u8) -> IpAddr {
+    Ipv4Addr::new(198, 18, a, b).into()
 }
 
 fn started(port_name: &str) -> (Controller, MemoryDataplane) {
@@ -59,7 +59,7 @@ fn backend_id(controller: &Controller, a: u8) -> u32 {
 }
 
 /// The kernel id of endpoint 198.18.`a`.2:8080 of service `key`.
-fn backend_of(controller: &Controller, key: &ServiceKey, a: u8) -> u32 {
+fn backend_of(controller: &Controller, key: &Frontend, a: u8) -> u32 {
     controller
         .programmer
         .backend_id(key, endpoint_addr(a, 2), 8080u16.to_be())
@@ -88,7 +88,7 @@ fn events(controller: &Controller, kind: EventKind) -> Vec<String> {
 
 /// The kernel's flag and count for backend `id` of service `key`, as the kernel sets them when
 /// it ejects (the ring event is the caller's business).
-fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &ServiceKey, id: u32) {
+fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &Frontend, id: u32) {
     dp.backend_state.insert(
         id,
         BackendState {
@@ -104,7 +104,7 @@ fn kernel_ejects(controller: &Controller, dp: &mut MemoryDataplane, key: &Servic
 fn kernel_ejects_and_reports(
     controller: &mut Controller,
     dp: &mut MemoryDataplane,
-    key: &ServiceKey,
+    key: &Frontend,
     id: u32,
     at: u64,
 ) {
@@ -178,7 +178,7 @@ fn a_kernel_ejection_moves_new_flows_and_ends_only_opaque_flows() {
 fn suspected_connect_timeouts_count_only_when_the_agents_connect_fails_too() {
     let (mut controller, mut dp) = started("http");
     let hz1 = backend_id(&controller, 11);
-    let endpoint = SocketAddrV4::new(Ipv4Addr::new(198, 18, 11, 2), 8080);
+    let endpoint = SocketAddr::from((Ipv4Addr::new(198, 18, 11, 2), 8080));
     assert_eq!(controller.on_connect_timeout(hz1), Some(endpoint));
     assert_eq!(
         controller.on_connect_timeout(hz1),
@@ -272,11 +272,8 @@ fn services_on_ports(count: u16, without: &[u16]) -> Config {
     config
 }
 
-fn service_on(port: u16) -> ServiceKey {
-    ServiceKey {
-        port: port.to_be(),
-        ..key()
-    }
+fn service_on(port: u16) -> Frontend {
+    Frontend { port, ..key() }
 }
 
 /// Reconcile goes round every service with outlierDetection in key order, a slice at a time,
@@ -296,7 +293,7 @@ fn reconcile_goes_round_every_service_with_outlier_detection() {
         seen.extend(chosen);
     }
     // Eight services with outlierDetection, eighteen picks: the round twice, then two more.
-    let ports: Vec<u16> = seen.iter().map(|k| u16::from_be(k.port)).collect();
+    let ports: Vec<u16> = seen.iter().map(|k| k.port).collect();
     let round = [80, 81, 83, 84, 86, 87, 88, 89];
     let expected: Vec<u16> = round
         .iter()
@@ -418,10 +415,7 @@ fn the_sweep_unejects_each_services_endpoints_when_their_time_is_over() {
     let mut dp = MemoryDataplane::new();
     let mut controller = Controller::new(config, Programmer::new(16, 64, 1 << 16));
     controller.apply_all(&mut dp).expect("apply");
-    let service = |port: u16| ServiceKey {
-        port: port.to_be(),
-        ..key()
-    };
+    let service = |port: u16| Frontend { port, ..key() };
     let eject = |controller: &mut Controller, dp: &mut MemoryDataplane, port: u16, at: u64| {
         let id = controller
             .programmer

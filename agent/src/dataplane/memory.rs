@@ -2,15 +2,16 @@
 //! order the kernel would observe it. For unit tests of the controller and the programmer
 //! (no root, no kernel) and for benches of the agent's own cost.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::Result;
 use geosteer_common::{
-    BACKEND_FLAG_ACTIVE, Backend, BackendState, ServiceConfig, ServiceKey, ServiceState,
-    ServiceValue, Settings, TableChunk,
+    Addr6, BACKEND_FLAG_ACTIVE, Backend, BackendState, ServiceConfig, ServiceState, ServiceValue,
+    Settings, TableChunk,
 };
 
 use super::Dataplane;
+use crate::frontend::Frontend;
 
 /// One map operation, as [`MemoryDataplane::log`] records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,10 +19,11 @@ pub enum Write {
     Backend(u32),
     BackendState(u32),
     Table(u32),
-    Service(ServiceKey),
-    RemoveService(ServiceKey),
-    Vip(u32),
-    RemoveVip(u32),
+    BackendAddr6(u32),
+    Service(Frontend),
+    RemoveService(Frontend),
+    Vip(IpAddr),
+    RemoveVip(IpAddr),
     Settings,
     ServiceState(u32),
     ServiceConfig(u32),
@@ -46,8 +48,9 @@ pub struct MemoryDataplane {
     pub backend_state: BTreeMap<u32, BackendState>,
     /// The table map's chunks, by index (unwritten ones read as zeros, as in the kernel).
     pub table_chunks: BTreeMap<u32, TableChunk>,
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub vips: BTreeMap<u32, u32>,
+    pub backend_addrs6: BTreeMap<u32, Addr6>,
+    pub services: BTreeMap<Frontend, ServiceValue>,
+    pub vips: BTreeMap<IpAddr, u32>,
     pub settings: Settings,
     pub service_state: BTreeMap<u32, ServiceState>,
     pub service_config: BTreeMap<u32, ServiceConfig>,
@@ -59,10 +62,10 @@ pub struct MemoryDataplane {
     requested_grace: u64,
     /// Table writes fail while true (a map write the kernel refuses).
     pub fail_table_writes: bool,
-    /// VIPs (network byte order) whose writes fail.
-    pub fail_vip_writes: std::collections::BTreeSet<u32>,
+    /// VIPs whose writes fail.
+    pub fail_vip_writes: std::collections::BTreeSet<IpAddr>,
     /// Services whose entry writes fail (a batch of them stops there, as the kernel's does).
-    pub fail_service_writes: std::collections::BTreeSet<ServiceKey>,
+    pub fail_service_writes: std::collections::BTreeSet<Frontend>,
 }
 
 impl MemoryDataplane {
@@ -73,11 +76,18 @@ impl MemoryDataplane {
         }
     }
 
-    /// Whether `backend_id` is active and names `addr:port`, as the timeout program checks.
-    fn names(&self, backend_id: u32, addr: u32, port: u16) -> bool {
-        self.backends
-            .get(&backend_id)
-            .is_some_and(|b| b.flags & BACKEND_FLAG_ACTIVE != 0 && b.addr == addr && b.port == port)
+    /// Whether `backend_id` is active and names `addr:port`, as [`super::BpfMaps`] and the
+    /// timeout program check.
+    fn names(&self, backend_id: u32, addr: IpAddr, port: u16) -> bool {
+        let addr_matches = |b: &Backend| match addr {
+            IpAddr::V4(ip) => b.addr == ip.to_bits().to_be(),
+            IpAddr::V6(ip) => {
+                b.addr == 0 && self.backend_addrs6.get(&backend_id) == Some(&Addr6::from_ip(ip))
+            }
+        };
+        self.backends.get(&backend_id).is_some_and(|b| {
+            b.flags & BACKEND_FLAG_ACTIVE != 0 && addr_matches(b) && b.port == port
+        })
     }
 
     /// The log so far, emptied.
@@ -110,31 +120,39 @@ impl Dataplane for MemoryDataplane {
         Ok(())
     }
 
-    fn write_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+    fn write_backend_addrs6(&mut self, entries: &[(u32, Addr6)]) -> Result<()> {
+        for &(id, addr) in entries {
+            self.backend_addrs6.insert(id, addr);
+            self.log.push(Write::BackendAddr6(id));
+        }
+        Ok(())
+    }
+
+    fn write_service(&mut self, key: &Frontend, value: &ServiceValue) -> Result<()> {
         if self.fail_service_writes.contains(key) {
-            anyhow::bail!("writing service entry {key:?}: refused");
+            anyhow::bail!("writing service entry {key}: refused");
         }
         self.services.insert(*key, *value);
         self.log.push(Write::Service(*key));
         Ok(())
     }
 
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+    fn remove_service(&mut self, key: &Frontend) -> Result<()> {
         self.services.remove(key);
         self.log.push(Write::RemoveService(*key));
         Ok(())
     }
 
-    fn write_vip(&mut self, addr: u32, ports: u32) -> Result<()> {
+    fn write_vip(&mut self, addr: IpAddr, ports: u32) -> Result<()> {
         if self.fail_vip_writes.contains(&addr) {
-            anyhow::bail!("writing VIP {addr:#x}: refused");
+            anyhow::bail!("writing VIP {addr}: refused");
         }
         self.vips.insert(addr, ports);
         self.log.push(Write::Vip(addr));
         Ok(())
     }
 
-    fn remove_vip(&mut self, addr: u32) -> Result<()> {
+    fn remove_vip(&mut self, addr: IpAddr) -> Result<()> {
         self.vips.remove(&addr);
         self.log.push(Write::RemoveVip(addr));
         Ok(())
@@ -192,7 +210,7 @@ impl Dataplane for MemoryDataplane {
     fn count_connect_timeouts(
         &mut self,
         backend_id: u32,
-        addr: u32,
+        addr: IpAddr,
         port: u16,
         count: u32,
     ) -> Result<bool> {
@@ -204,7 +222,12 @@ impl Dataplane for MemoryDataplane {
         Ok(matches)
     }
 
-    fn dismiss_connect_timeouts(&mut self, backend_id: u32, addr: u32, port: u16) -> Result<bool> {
+    fn dismiss_connect_timeouts(
+        &mut self,
+        backend_id: u32,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<bool> {
         let matches = self.names(backend_id, addr, port);
         if matches {
             self.log.push(Write::DismissConnectTimeouts { backend_id });
@@ -220,8 +243,15 @@ impl Dataplane for MemoryDataplane {
         Ok(None)
     }
 
-    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+    fn read_services(&self) -> Result<Vec<(Frontend, ServiceValue)>> {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn read_backend_addrs6(&self) -> Result<Vec<Addr6>> {
+        let len = self.backend_addrs6.keys().last().map_or(0, |id| id + 1);
+        Ok((0..len)
+            .map(|id| self.backend_addrs6.get(&id).copied().unwrap_or_default())
+            .collect())
     }
 
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>> {

@@ -750,7 +750,7 @@ impl Index {
         Some(Service {
             name,
             namespace,
-            vip,
+            vip: vip.into(),
             ports: service_ports,
             endpoints,
             traffic_policy: None,

@@ -9,8 +9,8 @@ use geosteer_common::PROTO_TCP;
 use super::*;
 use crate::dataplane::memory::{MemoryDataplane, Write};
 
-fn key(port: u16) -> ServiceKey {
-    ServiceKey::for_vip(Ipv4Addr::new(198, 19, 0, 10), port, PROTO_TCP)
+fn key(port: u16) -> Frontend {
+    Frontend::new(Ipv4Addr::new(198, 19, 0, 10), port, PROTO_TCP)
 }
 
 /// A service on `port` with one backend per weight, at 198.18.0.<i + 1>:8080.
@@ -22,7 +22,7 @@ fn service(port: u16, weights: &[u32]) -> DesiredService {
             .iter()
             .enumerate()
             .map(|(i, &weight)| DesiredBackend {
-                addr: u32::from(Ipv4Addr::new(198, 18, 0, i as u8 + 1)).to_be(),
+                addr: Ipv4Addr::new(198, 18, 0, i as u8 + 1).into(),
                 port: 8080u16.to_be(),
                 weight,
                 ..Default::default()
@@ -300,7 +300,7 @@ fn a_backend_id_names_its_service_and_endpoint_while_it_is_live() {
     programmer
         .apply(&mut dp, &[service(80, &[1, 1]), service(81, &[1])])
         .unwrap();
-    let endpoint = |i: u8| u32::from(Ipv4Addr::new(198, 18, 0, i)).to_be();
+    let endpoint = |i: u8| IpAddr::from(Ipv4Addr::new(198, 18, 0, i));
     let second = programmer
         .backend_id(&key(80), endpoint(2), 8080u16.to_be())
         .unwrap();
@@ -343,7 +343,7 @@ fn a_write_that_fails_before_the_flip_loses_nothing() {
         "the new chunks are free again"
     );
     // The third endpoint's id may have been written: it is out of use, not live.
-    let third = u32::from(Ipv4Addr::new(198, 18, 0, 3)).to_be();
+    let third = IpAddr::from(Ipv4Addr::new(198, 18, 0, 3));
     assert_eq!(
         programmer.backend_id(&key(80), third, 8080u16.to_be()),
         None
@@ -533,7 +533,7 @@ fn a_service_entry_refused_in_the_batch_costs_only_that_service() {
 /// `service(port, weights)` on VIP 198.19.0.`vip` instead.
 fn on_vip(vip: u8, port: u16, weights: &[u32]) -> DesiredService {
     let mut s = service(port, weights);
-    s.key.addr = u32::from(Ipv4Addr::new(198, 19, 0, vip)).to_be();
+    s.key.vip = Ipv4Addr::new(198, 19, 0, vip).into();
     s.name = format!("vip{vip}:{port}");
     s
 }
@@ -546,7 +546,7 @@ fn a_vip_write_that_fails_is_written_by_the_next_change() {
     let mut dp = MemoryDataplane::new();
     let mut programmer = Programmer::new(8, 32, 1024);
     let (a, b) = (on_vip(1, 80, &[1]), on_vip(2, 80, &[1]));
-    dp.fail_vip_writes.insert(a.key.addr);
+    dp.fail_vip_writes.insert(a.key.vip);
     let results = programmer.apply_each(&mut dp, &[&a, &b]);
     let error = results[0].as_ref().unwrap_err();
     assert!(
@@ -555,11 +555,11 @@ fn a_vip_write_that_fails_is_written_by_the_next_change() {
     );
     assert_eq!(results[1].as_ref().unwrap(), &Applied::Written { waits: 0 });
     assert_eq!(
-        dp.vips.get(&b.key.addr),
+        dp.vips.get(&b.key.vip),
         Some(&1),
         "the other VIP is written"
     );
-    assert_eq!(dp.vips.get(&a.key.addr), None);
+    assert_eq!(dp.vips.get(&a.key.vip), None);
     assert!(
         dp.services.contains_key(&a.key),
         "the service itself is live"
@@ -568,10 +568,10 @@ fn a_vip_write_that_fails_is_written_by_the_next_change() {
     dp.fail_vip_writes.clear();
     // Another service's change (here: none at all) writes the pending VIP.
     assert!(!programmer.apply_one(&mut dp, &b).unwrap());
-    assert_eq!(dp.vips.get(&a.key.addr), Some(&1));
+    assert_eq!(dp.vips.get(&a.key.vip), Some(&1));
     // And `apply` of the same state repairs it as well, from a fresh failure.
     dp.vips.clear();
-    dp.fail_vip_writes.insert(a.key.addr);
+    dp.fail_vip_writes.insert(a.key.vip);
     let c = on_vip(1, 81, &[1]);
     assert!(
         programmer
@@ -582,7 +582,7 @@ fn a_vip_write_that_fails_is_written_by_the_next_change() {
     programmer
         .apply(&mut dp, &[a.clone(), b.clone(), c])
         .unwrap();
-    assert_eq!(dp.vips.get(&a.key.addr), Some(&2), "two ports on it now");
+    assert_eq!(dp.vips.get(&a.key.vip), Some(&2), "two ports on it now");
 }
 
 /// A restarted programmer writes every VIP of the services it re-adopts again: a VIP its
@@ -593,10 +593,10 @@ fn a_restarted_programmer_writes_every_vip_again() {
     let mut programmer = Programmer::new(8, 32, 1024);
     let (a, b) = (on_vip(1, 80, &[1]), on_vip(2, 80, &[1]));
     programmer.apply(&mut dp, &[a.clone(), b.clone()]).unwrap();
-    dp.vips.remove(&a.key.addr);
+    dp.vips.remove(&a.key.vip);
     let mut restarted = Programmer::recover(&dp, 8, 32, 1024).unwrap();
     restarted.apply(&mut dp, &[a.clone(), b]).unwrap();
-    assert_eq!(dp.vips.get(&a.key.addr), Some(&1));
+    assert_eq!(dp.vips.get(&a.key.vip), Some(&1));
 }
 
 #[test]
@@ -608,4 +608,102 @@ fn groups_end_at_their_count_or_weight() {
         vec![&[3, 3][..], &[3][..], &[10][..], &[1, 1, 1][..], &[1][..]]
     );
     assert!(bounded_groups(&[] as &[u64], 3, 6, |&w| w).is_empty());
+}
+
+/// `service(port, weights)` on VIP 2001:db8:19::10, its backends at 2001:db8:18::<i + 1>.
+fn service6(port: u16, weights: &[u32]) -> DesiredService {
+    let mut s = service(port, weights);
+    s.key.vip = key6(port).vip;
+    s.name = format!("v6:{port}");
+    for (i, b) in s.backends.iter_mut().enumerate() {
+        b.addr = backend6(i as u16 + 1);
+    }
+    s
+}
+
+fn key6(port: u16) -> Frontend {
+    Frontend::new(
+        "2001:db8:19::10".parse::<IpAddr>().unwrap(),
+        port,
+        PROTO_TCP,
+    )
+}
+
+fn backend6(n: u16) -> IpAddr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, n).into()
+}
+
+/// An IPv6 service: each backend's address goes to the IPv6 address map before its entry (whose
+/// IPv4 address is 0) and before the table that names it; its VIP to the VIP map; a restarted
+/// programmer reads the addresses back and keeps the live table.
+#[test]
+fn an_ipv6_service_writes_its_backend_addresses_first_and_a_restart_reads_them_back() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    // New services together (one batch), an IPv4 one beside.
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1]), service6(80, &[1, 1])])
+        .unwrap();
+    let log = dp.take_log();
+    let entry = dp.services[&key6(80)];
+    for n in 1..=2 {
+        let id = programmer
+            .backend_id(&key6(80), backend6(n), 8080u16.to_be())
+            .expect("live");
+        assert_eq!(dp.backends[&id].addr, 0);
+        assert_eq!(
+            dp.backend_addrs6[&id].to_ip(),
+            backend6(n),
+            "{:?}",
+            dp.backend_addrs6
+        );
+        let addr = position(&log, &Write::BackendAddr6(id));
+        assert!(addr < position(&log, &Write::Backend(id)), "{log:?}");
+        assert!(addr < position(&log, &Write::Table(entry.table_start)));
+    }
+    assert!(
+        position(&log, &Write::Table(entry.table_start))
+            < position(&log, &Write::Service(key6(80)))
+    );
+    assert_eq!(dp.vips[&key6(80).vip], 1);
+    assert_eq!(dp.vips[&key(80).vip], 1);
+    // The IPv4 service's backends have no IPv6 address written.
+    let v4_id = programmer
+        .backend_id(
+            &key(80),
+            Ipv4Addr::new(198, 18, 0, 1).into(),
+            8080u16.to_be(),
+        )
+        .unwrap();
+    assert!(!dp.backend_addrs6.contains_key(&v4_id));
+
+    // A change one at a time: the new backend's address before its entry.
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1]), service6(80, &[1, 1, 1])])
+        .unwrap();
+    let log = dp.take_log();
+    let third = programmer
+        .backend_id(&key6(80), backend6(3), 8080u16.to_be())
+        .unwrap();
+    assert!(position(&log, &Write::BackendAddr6(third)) < position(&log, &Write::Backend(third)));
+
+    // Restarted: the same state builds the same tables, so nothing is rewritten.
+    let state = [service(80, &[1, 1]), service6(80, &[1, 1, 1])];
+    let mut recovered = Programmer::recover(&dp, 4, 16, 4096).unwrap();
+    assert_eq!(
+        recovered.backend_id(&key6(80), backend6(3), 8080u16.to_be()),
+        Some(third)
+    );
+    recovered.apply(&mut dp, &state).unwrap();
+    let log = dp.take_log();
+    assert!(
+        !log.iter()
+            .any(|w| matches!(w, Write::Table(_) | Write::Service(_))),
+        "{log:?}"
+    );
+    // Removed: its entry and its VIP go, the IPv4 one stays.
+    recovered.apply(&mut dp, &[service(80, &[1, 1])]).unwrap();
+    assert!(!dp.services.contains_key(&key6(80)));
+    assert!(!dp.vips.contains_key(&key6(80).vip));
+    assert_eq!(dp.vips[&key(80).vip], 1);
 }

@@ -10,13 +10,13 @@ use aya::{Ebpf, TestRunOptions};
 use etherparse::{Ipv4Header, TcpHeader, UdpHeader};
 use geosteer::{
     dataplane::{BpfMaps, Dataplane as _},
+    frontend::Frontend,
     loader::{self, MapSizes},
     programmer::{DesiredBackend, DesiredService, Programmer, ServiceSettings},
 };
 use geosteer_common::csum;
 use geosteer_common::{
-    BackendState, DIR_ORIGINAL, DropReason, FlowKey, PROTO_TCP, PROTO_UDP, ServiceKey,
-    program_names,
+    BackendState, DIR_ORIGINAL, DropReason, FlowKey, PROTO_TCP, PROTO_UDP, program_names,
 };
 use geosteer_tests::require_root;
 
@@ -243,12 +243,12 @@ impl Rig {
             .iter()
             .map(|(vip, port, proto, weights)| DesiredService {
                 name: format!("{vip}:{port}/{proto}"),
-                key: ServiceKey::for_vip(*vip, *port, *proto),
+                key: Frontend::new(*vip, *port, *proto),
                 backends: weights
                     .iter()
                     .zip(BACKENDS)
                     .map(|(w, ip)| DesiredBackend {
-                        addr: u32::from(ip).to_be(),
+                        addr: ip.into(),
                         port: TPORT.to_be(),
                         weight: *w,
                         ..Default::default()
@@ -317,7 +317,7 @@ impl Rig {
     pub(crate) fn confirm_timeouts(&mut self, ip: Ipv4Addr, n: u32) -> bool {
         let id = self.backend_id(ip, PROTO_TCP);
         self.maps
-            .count_connect_timeouts(id, u32::from(ip).to_be(), TPORT.to_be(), n)
+            .count_connect_timeouts(id, ip.into(), TPORT.to_be(), n)
             .expect("counting program runs")
     }
 
@@ -382,9 +382,9 @@ impl Rig {
     }
 
     pub(crate) fn backend_id(&self, ip: Ipv4Addr, proto: u8) -> u32 {
-        let key = ServiceKey::for_vip(VIP, VPORT, proto);
+        let key = Frontend::new(VIP, VPORT, proto);
         let live = self.programmer.service(&key).expect("service live");
-        live.backends[&(u32::from(ip).to_be(), TPORT.to_be())].0
+        live.backends[&(ip.into(), TPORT.to_be())].0
     }
 
     pub(crate) fn drops(&self, reason: DropReason) -> u64 {

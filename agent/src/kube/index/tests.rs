@@ -1123,8 +1123,8 @@ fn remote_clusters_expire_and_seed() {
     let mut index = reviews_in_two_clusters();
     index.clusters[1].slices = Store::default();
     let mut seeded = desired(&reviews_in_two_clusters()).config.services[0].clone();
-    seeded.endpoints[0].ip = Ipv4Addr::new(10, 0, 9, 9); // a Hangzhou pod that has gone
-    seeded.endpoints[2].ip = Ipv4Addr::new(10, 1, 9, 9);
+    seeded.endpoints[0].ip = Ipv4Addr::new(10, 0, 9, 9).into(); // a Hangzhou pod that has gone
+    seeded.endpoints[2].ip = Ipv4Addr::new(10, 1, 9, 9).into();
     index
         .seed
         .insert(("default".into(), "reviews".into()), seeded);
