@@ -9,7 +9,10 @@
 //!
 //! Addresses: all lab traffic stays inside 198.18.0.0/15 (RFC 2544
 //! benchmarking space) within the lab's own namespaces. VIPs are expected in
-//! 198.19.0.0/16 and are reached through the client's default route.
+//! 198.19.0.0/16 and are reached through the client's default route. A lab
+//! built with [`LabSpec::ipv6`] is dual-stack: every link also carries
+//! 2001:db8:18:N::/64 (documentation space, [`lab_ipv6`]), and IPv6 VIPs are
+//! expected in 2001:db8:19::/48.
 
 pub mod agent;
 pub mod http;
@@ -19,7 +22,7 @@ pub use geosteer::bpf_run::{TestRunOutcome, prog_test_run, prog_test_run_repeat}
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -453,6 +456,15 @@ pub struct LabSpec {
     pub backends: Vec<BackendSpec>,
     /// Adds a second client namespace, `{prefix}-up`, on its own link.
     pub with_uplink: bool,
+    /// Dual-stack: every link also gets IPv6 (see [`lab_ipv6`]), the node forwards IPv6, and
+    /// the backends listen on both families.
+    pub ipv6: bool,
+}
+
+/// The IPv6 address `host` (1: the node side, 2: the leaf) of lab subnet `net`:
+/// `2001:db8:18:<net>::<host>`, the IPv6 twin of `198.18.<net>.<host>`.
+pub fn lab_ipv6(net: u8, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x18, u16::from(net), 0, 0, 0, host)
 }
 
 /// A backend on subnet 198.18.<subnet_index>.0/24: the backend is `.2`, the
@@ -476,6 +488,7 @@ impl LabSpec {
                 })
                 .collect(),
             with_uplink: false,
+            ipv6: false,
         }
     }
 
@@ -492,6 +505,7 @@ impl LabSpec {
                 })
                 .collect(),
             with_uplink: false,
+            ipv6: false,
         }
     }
 }
@@ -501,6 +515,8 @@ pub struct LabBackend {
     pub ns: Netns,
     /// The backend's address, 198.18.<subnet_index>.2.
     pub ip: Ipv4Addr,
+    /// In a dual-stack lab, 2001:db8:18:<subnet_index>::2.
+    pub ip6: Option<Ipv6Addr>,
     /// The node-side interface towards this backend, `bk<subnet_index>`.
     pub node_if: String,
     /// Holds the HTTP status the backend answers with (see [`Lab::set_status`]).
@@ -520,6 +536,7 @@ pub struct Lab {
     status_dir: PathBuf,
     /// Ports from the last [`Lab::start_backends`], for [`Lab::start_backend`].
     ports: Option<(u16, Option<u16>)>,
+    ipv6: bool,
 }
 
 impl Lab {
@@ -549,6 +566,7 @@ impl Lab {
                 name: b.name.clone(),
                 ns,
                 ip: Ipv4Addr::new(198, 18, b.subnet_index, 2),
+                ip6: spec.ipv6.then(|| lab_ipv6(b.subnet_index, 2)),
                 node_if: format!("bk{}", b.subnet_index),
                 status_file: PathBuf::new(),
                 process: None,
@@ -569,6 +587,7 @@ impl Lab {
             children: Vec::new(),
             status_dir,
             ports: None,
+            ipv6: spec.ipv6,
         };
 
         // `default` covers interfaces created afterwards; `all` is combined
@@ -611,9 +630,34 @@ impl Lab {
                 "-w",
                 &format!("net.ipv4.conf.{node_if}.rp_filter=0"),
             ])?;
+            if spec.ipv6 {
+                lab.add_ipv6(leaf, &node_if, net)?;
+            }
         }
         lab.set_tx_checksum_offload(false)?;
         Ok(lab)
+    }
+
+    /// IPv6 on one link: both ends addressed (without duplicate address detection, so the
+    /// addresses are usable at once), the leaf's default route via the node, and the node
+    /// forwarding.
+    fn add_ipv6(&self, leaf: &Netns, node_if: &str, net: u8) -> Result<()> {
+        self.node
+            .exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])?;
+        for (ns, dev, host) in [(leaf, "eth0", 2), (&self.node, node_if, 1)] {
+            let addr = format!("{}/64", lab_ipv6(net, host));
+            ns.exec(&["ip", "-6", "addr", "add", &addr, "dev", dev, "nodad"])?;
+        }
+        leaf.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &lab_ipv6(net, 1).to_string(),
+        ])?;
+        Ok(())
     }
 
     /// Turns TX checksum offload on every lab veth end on or off. The lab
@@ -684,6 +728,8 @@ impl Lab {
             .ports
             .ok_or_else(|| anyhow!("start_backends has not been called"))?;
         let bin = bin_arg("lab-backend")?;
+        // `[::]` takes both families (net.ipv6.bindv6only is 0).
+        let any = if self.ipv6 { "[::]" } else { "0.0.0.0" };
         self.stop_backend(name)?;
         let b = self.backend_mut(name)?;
         match std::fs::remove_file(&b.status_file) {
@@ -691,7 +737,7 @@ impl Lab {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).context(format!("resetting {}", b.status_file.display())),
         }
-        let listen = format!("0.0.0.0:{port}");
+        let listen = format!("{any}:{port}");
         let status_file = b
             .status_file
             .to_str()
@@ -707,7 +753,7 @@ impl Lab {
             &status_file,
             "--exit-with-parent",
         ];
-        let udp = udp_port.map(|u| format!("0.0.0.0:{u}"));
+        let udp = udp_port.map(|u| format!("{any}:{u}"));
         if let Some(udp) = &udp {
             args.extend(["--udp", udp.as_str()]);
         }

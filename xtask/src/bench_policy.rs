@@ -234,6 +234,7 @@ fn failover_bench(reps: usize, logs: &Path) -> Result<Vec<Failover>> {
             })
             .collect(),
         with_uplink: false,
+        ipv6: false,
     })?;
     // As in section 2: a real deployment has TX checksum offload on.
     lab.set_tx_checksum_offload(true)?;

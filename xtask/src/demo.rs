@@ -58,6 +58,7 @@ pub(crate) fn run(seconds: u64) -> Result<()> {
         prefix: "gsdemo".into(),
         backends: backends(),
         with_uplink: false,
+        ipv6: false,
     })?;
     lab.start_backends(8080, None)?;
     let _pins = BpffsMount::new(PIN_PATH)?;
