@@ -1,5 +1,5 @@
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -63,13 +63,13 @@ enum Command {
     /// (BPF_PROG_TEST_RUN) against the live maps; the conntrack entries it creates are removed
     /// again, so the only lasting trace is one packet and one new flow counted on that backend.
     Explain {
-        /// Client address, IP or IP:PORT (without a port, a random ephemeral one is used and
-        /// printed).
+        /// Client address, IP or IP:PORT ([IPv6]:PORT; without a port, a random ephemeral one
+        /// is used and printed).
         #[arg(long, value_parser = parse_source)]
-        src: (Ipv4Addr, Option<u16>),
-        /// Service frontend, VIP:PORT.
+        src: (IpAddr, Option<u16>),
+        /// Service frontend, VIP:PORT ([VIP]:PORT for IPv6).
         #[arg(long)]
-        dst: SocketAddrV4,
+        dst: SocketAddr,
         /// The frontend's protocol.
         #[arg(long, value_enum, default_value_t = Proto::Tcp)]
         proto: Proto,

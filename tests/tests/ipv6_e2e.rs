@@ -326,3 +326,64 @@ fn ipv6_receivers_verify_every_checksum_with_and_without_partial_checksums() {
         }
     }
 }
+
+/// `geosteer explain` for an IPv6 client: the program's verdict for a source port is the
+/// backend a real connection from that port gets.
+#[test]
+fn explain_over_ipv6_agrees_with_real_connections() {
+    let lab = dual_stack_lab("gs6d");
+    let pins = PinDir::new("gs6d").unwrap();
+    let _agent = Agent::start(&lab.node, &pins, &config(&lab, &pins, "")).expect("agent starts");
+    let names: BTreeMap<String, &str> = lab
+        .backends
+        .iter()
+        .map(|b| (format!("[{}]:{HTTP_PORT}", b.ip6.unwrap()), b.name.as_str()))
+        .collect();
+    let client = "2001:db8:18::2";
+    let mut ports = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    while ports.len() < 40 {
+        let explained = geosteer_json(
+            &lab.node,
+            &pins,
+            &["explain", "--src", client, "--dst", &target6(80)],
+        )
+        .unwrap();
+        let source = explained["source"].as_str().unwrap();
+        assert!(source.starts_with("[2001:db8:18::2]:"), "{explained}");
+        let port: u16 = source.rsplit_once(':').unwrap().1.parse().unwrap();
+        if !ports.insert(port) {
+            continue;
+        }
+        assert_eq!(explained["verdict"], "backend", "{explained}");
+        assert_eq!(explained["frontend"], "[2001:db8:19::10]:80/TCP");
+        assert_eq!(explained["service"], "default/reviews6:80/TCP");
+        assert_eq!(explained["conntrack_entries_removed"], 2, "{explained}");
+        let predicted = explained["backend"].as_str().unwrap().to_string();
+        assert!(explained["slot_backend"].is_string(), "{explained}");
+
+        let mut opts = HttpOptions::new(1, 1);
+        opts.source_port = Some(port);
+        let report = http_from(&lab.client, &target6(80), &opts).unwrap();
+        assert_eq!(report.ok, 1, "port {port}: {report:?}");
+        let got = report.backends.keys().next().unwrap();
+        assert_eq!(
+            names.get(&predicted).copied(),
+            Some(got.as_str()),
+            "source port {port}: explain said {predicted}, the connection got {got}"
+        );
+        seen.insert(got.clone());
+    }
+    assert!(seen.len() >= 3, "{seen:?}");
+    // A client of the other family is refused, naming both.
+    let error = geosteer_json(
+        &lab.node,
+        &pins,
+        &["explain", "--src", "198.18.0.2", "--dst", &target6(80)],
+    )
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("different families"),
+        "{error:#}"
+    );
+}

@@ -10,16 +10,17 @@
 //! table (and how many ejected backends selection probed past), and from the agent's policy
 //! state the backend's priority level and its load, its locality weight, health and panic.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap, MapData};
 use aya::{
     TestRunOptions,
     programs::{SchedClassifier, TestRun as _},
 };
 use geosteer_common::{
-    DIR_ORIGINAL, FlowKey, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP, ServiceKey, csum, flow_hash,
-    program_names,
+    Addr, Addr6, DIR_ORIGINAL, FlowKeyOf, FlowValueOf, MAX_EJECTED_PROBE, PROTO_TCP, PROTO_UDP,
+    csum, flow_hash, program_names,
 };
 
 use super::{
@@ -28,8 +29,8 @@ use super::{
     report::{ExplainReport, ExplainVerdict},
 };
 use crate::{
-    dataplane::Dataplane as _,
-    frontend::{Frontend, protocol_name},
+    dataplane::BpfMaps,
+    frontend::{Frontend, KernelKey, protocol_name},
     loader,
 };
 
@@ -57,24 +58,61 @@ impl Proto {
 
 #[derive(Clone, Debug)]
 pub struct ExplainArgs {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// None: a random ephemeral port (printed in the report).
     pub sport: Option<u16>,
-    pub dst: SocketAddrV4,
+    /// Of `src`'s family.
+    pub dst: SocketAddr,
     pub proto: Proto,
 }
 
-/// Parses `IP` or `IP:PORT`.
-pub fn parse_source(text: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
-    if let Ok(addr) = text.parse::<SocketAddrV4>() {
+/// Parses `IP`, `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_source(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
         if addr.port() == 0 {
             return Err(format!("--src {text:?}: port 0 is not a source port"));
         }
-        return Ok((*addr.ip(), Some(addr.port())));
+        return Ok((addr.ip(), Some(addr.port())));
     }
-    text.parse::<Ipv4Addr>()
+    text.parse::<IpAddr>()
         .map(|ip| (ip, None))
-        .map_err(|e| format!("--src {text:?}: expected IPv4 or IPv4:PORT ({e})"))
+        .map_err(|e| format!("--src {text:?}: expected IP, IP:PORT or [IPv6]:PORT ({e})"))
+}
+
+/// How explain reaches one family's conntrack and addresses.
+trait Family: Addr
+where
+    FlowKeyOf<Self>: aya::Pod,
+    FlowValueOf<Self>: aya::Pod,
+{
+    fn of(ip: IpAddr) -> Option<Self>;
+    fn conntrack(maps: &mut BpfMaps) -> &mut HashMap<MapData, FlowKeyOf<Self>, FlowValueOf<Self>>;
+}
+
+impl Family for u32 {
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(ip) => Some(ip.to_bits().to_be()),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn conntrack(maps: &mut BpfMaps) -> &mut HashMap<MapData, FlowKeyOf<u32>, FlowValueOf<u32>> {
+        &mut maps.conntrack
+    }
+}
+
+impl Family for Addr6 {
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(ip) => Some(Addr6::from_ip(ip)),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn conntrack(
+        maps: &mut BpfMaps,
+    ) -> &mut HashMap<MapData, FlowKeyOf<Addr6>, FlowValueOf<Addr6>> {
+        &mut maps.conntrack6
+    }
 }
 
 fn random_ephemeral_port() -> Result<u16> {
@@ -88,8 +126,9 @@ fn random_ephemeral_port() -> Result<u16> {
     Ok(EPHEMERAL_PORTS.0 + (u32::from(u16::from_ne_bytes(bytes)) % span) as u16)
 }
 
-/// Ethernet + IPv4 + TCP SYN (or UDP with a short payload), checksums filled in.
-pub fn synthetic_packet(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Vec<u8> {
+/// Ethernet + IPv4 or IPv6 (the family of both addresses) + TCP SYN (or UDP with a short
+/// payload), checksums filled in.
+pub fn synthetic_packet(src: SocketAddr, dst: SocketAddr, proto: u8) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend(src.port().to_be_bytes());
     l4.extend(dst.port().to_be_bytes());
@@ -108,9 +147,16 @@ pub fn synthetic_packet(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Vec<
         l4.extend(payload);
         6
     };
+    let octets = |ip: IpAddr| match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    let (saddr, daddr) = (octets(src.ip()), octets(dst.ip()));
+    // The pseudo-header: RFC 793 (IPv4), RFC 8200 section 8.1 (IPv6); the sum is the same over
+    // a 16-bit length and zero byte as over IPv6's 32-bit length and three zero bytes.
     let mut pseudo = Vec::new();
-    pseudo.extend(src.ip().octets());
-    pseudo.extend(dst.ip().octets());
+    pseudo.extend(&saddr);
+    pseudo.extend(&daddr);
     pseudo.extend([0, proto]);
     pseudo.extend((l4.len() as u16).to_be_bytes());
     pseudo.extend(&l4);
@@ -120,40 +166,91 @@ pub fn synthetic_packet(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> Vec<
     }
     l4[check_at..check_at + 2].copy_from_slice(&check.to_ne_bytes());
 
-    let mut ip = vec![0x45, 0];
-    ip.extend(((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend([0, 0, 0x40, 0, 64, proto, 0, 0]); // id, DF, ttl, protocol, checksum
-    ip.extend(src.ip().octets());
-    ip.extend(dst.ip().octets());
-    let check = csum::checksum(&ip);
-    ip[10..12].copy_from_slice(&check.to_ne_bytes());
+    let (ethertype, ip) = if src.is_ipv4() {
+        let mut ip = vec![0x45, 0];
+        ip.extend(((20 + l4.len()) as u16).to_be_bytes());
+        ip.extend([0, 0, 0x40, 0, 64, proto, 0, 0]); // id, DF, ttl, protocol, checksum
+        ip.extend(&saddr);
+        ip.extend(&daddr);
+        let check = csum::checksum(&ip);
+        ip[10..12].copy_from_slice(&check.to_ne_bytes());
+        (0x0800u16, ip)
+    } else {
+        let mut ip = vec![0x60, 0, 0, 0]; // version, traffic class, flow label
+        ip.extend((l4.len() as u16).to_be_bytes());
+        ip.extend([proto, 64]); // next header, hop limit
+        ip.extend(&saddr);
+        ip.extend(&daddr);
+        (0x86dd, ip)
+    };
 
     // Locally administered MACs; the program does not look at them.
-    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    frame.extend(ethertype.to_be_bytes());
     frame.extend(ip);
     frame.extend(l4);
     frame
 }
 
-/// The destination of an output frame (after DNAT, if any).
-pub fn destination(frame: &[u8]) -> Option<SocketAddrV4> {
+/// The destination of an output frame (after DNAT, if any), IPv4 or IPv6 (without extension
+/// headers, as [`synthetic_packet`] makes them).
+pub fn destination(frame: &[u8]) -> Option<SocketAddr> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    let daddr = Ipv4Addr::new(*ip.get(16)?, *ip.get(17)?, *ip.get(18)?, *ip.get(19)?);
-    let dport = u16::from_be_bytes([*ip.get(ihl + 2)?, *ip.get(ihl + 3)?]);
-    Some(SocketAddrV4::new(daddr, dport))
+    let (daddr, l4): (IpAddr, usize) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let daddr: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (daddr.into(), ihl)
+        }
+        0x86dd => {
+            let daddr: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (daddr.into(), 40)
+        }
+        _ => return None,
+    };
+    let dport = u16::from_be_bytes([*ip.get(l4 + 2)?, *ip.get(l4 + 3)?]);
+    Some(SocketAddr::new(daddr, dport))
 }
 
 pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
+    if args.src.is_ipv4() != args.dst.is_ipv4() {
+        bail!(
+            "--src {} and --dst {} are of different families: a connection has one",
+            args.src,
+            args.dst
+        );
+    }
     let mut maps = open_maps(ctx)?;
+    if args.dst.is_ipv4() {
+        explain_in::<u32>(ctx, args, &mut maps)
+    } else {
+        explain_in::<Addr6>(ctx, args, &mut maps)
+    }
+}
+
+/// [`explain`] over family `A`'s maps.
+fn explain_in<A: Family>(
+    ctx: &Context,
+    args: &ExplainArgs,
+    maps: &mut BpfMaps,
+) -> Result<ExplainReport>
+where
+    FlowKeyOf<A>: aya::Pod,
+    FlowValueOf<A>: aya::Pod,
+{
     let proto = args.proto.number();
-    let key = ServiceKey::for_vip(*args.dst.ip(), args.dst.port(), proto);
+    let front = Frontend::new(args.dst.ip(), args.dst.port(), proto);
+    let (src, vip) = (
+        A::of(args.src).context("--src is of the frontend's family")?,
+        A::of(args.dst.ip()).context("--dst is of its own family")?,
+    );
     let flow_key = |sport: u16| {
-        FlowKey::new(
-            u32::from(args.src).to_be(),
-            key.addr,
+        FlowKeyOf::<A>::new(
+            src,
+            vip,
             sport.to_be(),
-            key.port,
+            args.dst.port().to_be(),
             proto,
             DIR_ORIGINAL,
         )
@@ -165,7 +262,7 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
         None => {
             let mut port = random_ephemeral_port()?;
             for _ in 0..64 {
-                if maps.conntrack.get(&flow_key(port), 0).is_err() {
+                if A::conntrack(maps).get(&flow_key(port), 0).is_err() {
                     break;
                 }
                 port = random_ephemeral_port()?;
@@ -173,35 +270,35 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
             (port, true)
         }
     };
-    let source = SocketAddrV4::new(args.src, sport);
+    let source = SocketAddr::new(args.src, sport);
     let status = ctx.state().and_then(|state| {
         state.services.iter().find(|s| {
             (s.vip, s.port, s.protocol.as_str())
-                == (
-                    args.dst.ip().to_owned().into(),
-                    args.dst.port(),
-                    protocol_name(proto),
-                )
+                == (args.dst.ip(), args.dst.port(), protocol_name(proto))
         })
     });
     let mut report = ExplainReport {
         agent: ctx.agent_line(),
         source: source.to_string(),
         source_port_random: random,
-        frontend: Frontend::from_key(&key).to_string(),
+        frontend: front.to_string(),
         service: status.map(|s| s.name.clone()),
         ..Default::default()
     };
     // The program's own first step: a packet to no service is passed on untouched. Running it
     // anyway could only have side effects (a SYN to a backend forgets a stale reverse NAT).
-    let Ok(service) = maps.services.get(&key, 0) else {
+    let service = match front.kernel_key() {
+        KernelKey::V4(key) => maps.services.get(&key, 0),
+        KernelKey::V6(key) => maps.services6.get(&key, 0),
+    };
+    let Ok(service) = service else {
         report.verdict = ExplainVerdict::NotAService;
         return Ok(report);
     };
     let original_key = flow_key(sport);
     // A live flow on this 5-tuple keeps its backend; running the program would only touch
     // (and explain's cleanup would then delete) that flow's entries.
-    if let Ok(existing) = maps.conntrack.get(&original_key, 0) {
+    if let Ok(existing) = A::conntrack(maps).get(&original_key, 0) {
         report.verdict = ExplainVerdict::ExistingFlow;
         report.backend = Some(endpoint(existing.nat_addr, existing.nat_port));
         report.backend_id = Some(existing.backend_id);
@@ -230,17 +327,18 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     report.return_code = Some(run.return_value);
 
     // Undo the run's conntrack entries before anything else can fail.
-    let created = maps.conntrack.get(&original_key, 0).ok();
+    let conntrack = A::conntrack(maps);
+    let created = conntrack.get(&original_key, 0).ok();
     if let Some(created) = created {
-        if maps.conntrack.remove(&original_key).is_ok() {
+        if conntrack.remove(&original_key).is_ok() {
             report.conntrack_entries_removed += 1;
         }
         let reply_key = original_key.reply_half(&created);
         // Only the entry this run wrote (same backend, same creation time).
-        if let Ok(reply) = maps.conntrack.get(&reply_key, 0)
+        if let Ok(reply) = conntrack.get(&reply_key, 0)
             && reply.backend_id == created.backend_id
             && reply.created_ns == created.created_ns
-            && maps.conntrack.remove(&reply_key).is_ok()
+            && conntrack.remove(&reply_key).is_ok()
         {
             report.conntrack_entries_removed += 1;
         }
@@ -279,13 +377,13 @@ pub fn explain(ctx: &Context, args: &ExplainArgs) -> Result<ExplainReport> {
     );
     report.flow_hash = Some(hash);
     report.table_size = service.table_size;
-    let table = crate::dataplane::KernelTable::read(&maps, &service)?;
+    let table = crate::dataplane::KernelTable::read(maps, &service)?;
     if service.table_size > 0 {
         let slot = hash % service.table_size;
         report.slot = Some(slot);
         if let Some(id) = table.slot(slot) {
-            let b = maps.read_backend(id)?;
-            report.slot_backend = Some(endpoint(b.addr, b.port));
+            let b = super::gather::kernel_backend(maps, id, args.dst.is_ipv6())?;
+            report.slot_backend = Some(b.endpoint());
         }
         if let Some(chosen) = report.backend_id {
             let probes = (0..MAX_EJECTED_PROBE).find(|&p| table.slot(slot + p) == Some(chosen));
@@ -339,7 +437,8 @@ mod tests {
 
     #[test]
     fn parses_sources() {
-        let ip = Ipv4Addr::new(198, 18, 0, 2);
+        let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        let ip6: IpAddr = "2001:db8:18::2".parse().unwrap();
         let cases = [
             ("198.18.0.2", Ok((ip, None))),
             ("198.18.0.2:40000", Ok((ip, Some(40000)))),
@@ -347,11 +446,18 @@ mod tests {
                 "198.18.0.2:0",
                 Err("--src \"198.18.0.2:0\": port 0 is not a source port".to_string()),
             ),
+            ("2001:db8:18::2", Ok((ip6, None))),
+            ("[2001:db8:18::2]:40000", Ok((ip6, Some(40000)))),
         ];
         for (text, expected) in cases {
             assert_eq!(parse_source(text), expected, "{text}");
         }
-        for bad in ["client", "198.18.0.2:http", "::1"] {
+        for bad in [
+            "client",
+            "198.18.0.2:http",
+            "[2001:db8::2]",
+            "2001:db8::2:40000:x",
+        ] {
             let error = parse_source(bad).unwrap_err();
             assert!(error.contains(&format!("{bad:?}")), "{error}");
         }
@@ -360,7 +466,7 @@ mod tests {
     #[test]
     fn synthetic_packets_parse_back() {
         let src = "198.18.0.2:40000".parse().unwrap();
-        let dst: SocketAddrV4 = "198.19.0.10:80".parse().unwrap();
+        let dst: SocketAddr = "198.19.0.10:80".parse().unwrap();
         for (proto, len) in [(PROTO_TCP, 14 + 20 + 20), (PROTO_UDP, 14 + 20 + 8 + 16)] {
             let frame = synthetic_packet(src, dst, proto);
             assert_eq!(frame.len(), len);
@@ -370,6 +476,26 @@ mod tests {
             assert_eq!(csum::checksum(&frame[14..34]), 0);
         }
         assert_eq!(destination(&[0; 20]), None);
+
+        let src = "[2001:db8:18::2]:40000".parse().unwrap();
+        let dst: SocketAddr = "[2001:db8:19::10]:80".parse().unwrap();
+        for (proto, l4_len) in [(PROTO_TCP, 20), (PROTO_UDP, 8 + 16)] {
+            let frame = synthetic_packet(src, dst, proto);
+            assert_eq!(frame.len(), 14 + 40 + l4_len);
+            assert_eq!(frame[12..14], [0x86, 0xdd]);
+            assert_eq!(destination(&frame), Some(dst));
+            assert_eq!((frame[14] >> 4, frame[14 + 6]), (6, proto));
+            assert_eq!(
+                usize::from(u16::from_be_bytes([frame[18], frame[19]])),
+                l4_len
+            );
+            // A correct L4 checksum sums to zero with the IPv6 pseudo-header (RFC 8200 8.1).
+            let mut pseudo = frame[14 + 8..14 + 40].to_vec();
+            pseudo.extend((l4_len as u32).to_be_bytes());
+            pseudo.extend([0, 0, 0, proto]);
+            pseudo.extend(&frame[14 + 40..]);
+            assert_eq!(csum::checksum(&pseudo), 0, "proto {proto}");
+        }
     }
 
     #[test]
