@@ -555,26 +555,36 @@ impl BpfMaps {
             services: max_entries(self.services.map(), map_names::SERVICES)?,
             backends: max_entries(self.backends.map(), map_names::BACKENDS)?,
             conntrack: max_entries(self.conntrack.map(), map_names::CONNTRACK)?,
+            conntrack6: max_entries(self.conntrack6.map(), map_names::CONNTRACK6)?,
         })
     }
 
-    /// Conntrack entries in use (both directions): a batched walk (a few syscalls per
+    /// IPv4 conntrack entries in use (both directions): a batched walk (a few syscalls per
     /// thousand entries), which neither restarts nor loops when entries come and go meanwhile.
     pub fn conntrack_entries(&self) -> usize {
-        let fd = self.conntrack.map().fd().as_fd();
-        let mut cursor = None;
-        let mut entries = 0;
-        loop {
-            match crate::conntrack::lookup_batch::<u32>(fd, cursor, 1024) {
-                Ok((batch, next)) => {
-                    entries += batch.len();
-                    match next {
-                        Some(next) => cursor = Some(next),
-                        None => return entries,
-                    }
+        entries_in::<u32>(self.conntrack.map().fd().as_fd())
+    }
+
+    /// IPv6 conntrack entries in use, as [`Self::conntrack_entries`].
+    pub fn conntrack6_entries(&self) -> usize {
+        entries_in::<Addr6>(self.conntrack6.map().fd().as_fd())
+    }
+}
+
+/// Entries of a conntrack map of family `A`.
+fn entries_in<A: Addr>(fd: std::os::fd::BorrowedFd<'_>) -> usize {
+    let mut cursor = None;
+    let mut entries = 0;
+    loop {
+        match crate::conntrack::lookup_batch::<A>(fd, cursor, 1024) {
+            Ok((batch, next)) => {
+                entries += batch.len();
+                match next {
+                    Some(next) => cursor = Some(next),
+                    None => return entries,
                 }
-                Err(_) => return entries,
             }
+            Err(_) => return entries,
         }
     }
 }
@@ -618,6 +628,7 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub conntrack: u32,
+    pub conntrack6: u32,
 }
 
 impl Dataplane for BpfMaps {

@@ -46,9 +46,9 @@ pub struct Readings {
     /// By backend id.
     pub backends: BTreeMap<u32, BackendCounters>,
     pub drops: Vec<(DropReason, u64)>,
-    /// None when the maps could not be read.
-    pub conntrack_entries: Option<u64>,
-    pub conntrack_capacity: Option<u64>,
+    /// (IPv4, IPv6); None when the maps could not be read.
+    pub conntrack_entries: Option<(u64, u64)>,
+    pub conntrack_capacity: Option<(u64, u64)>,
     /// `ct_stats` counters by name.
     pub ct_events: Vec<(&'static str, u64)>,
 }
@@ -70,8 +70,15 @@ pub fn read_maps(pin_path: &Path, state: &AgentState) -> Result<Readings> {
     for reason in DropReason::ALL {
         readings.drops.push((reason, maps.drops(reason)?));
     }
-    readings.conntrack_entries = Some(maps.conntrack_entries() as u64);
-    readings.conntrack_capacity = Some(maps.capacities()?.conntrack as u64);
+    readings.conntrack_entries = Some((
+        maps.conntrack_entries() as u64,
+        maps.conntrack6_entries() as u64,
+    ));
+    let capacities = maps.capacities()?;
+    readings.conntrack_capacity = Some((
+        u64::from(capacities.conntrack),
+        u64::from(capacities.conntrack6),
+    ));
     for (index, name) in geosteer_common::ct_stats::NAMES {
         readings.ct_events.push((name, maps.ct_stat(index)?));
     }
@@ -387,21 +394,25 @@ impl Exposition {
             vec![("verdict", "inconclusive".to_string())],
             state.connect_timeouts.inconclusive as f64,
         );
+        // One map per family (Cilium's ct4/ct6), so one series per family.
+        let family = |name: &str| vec![("family", name.to_string())];
         let mut conntrack = Family::new(
             "geosteer_conntrack_entries",
-            "Conntrack entries in use (two per flow)",
+            "Conntrack entries in use (two per flow), by address family",
             GAUGE,
         );
-        if let Some(entries) = readings.conntrack_entries {
-            conntrack.add(vec![], entries as f64);
+        if let Some((v4, v6)) = readings.conntrack_entries {
+            conntrack.add(family("ipv4"), v4 as f64);
+            conntrack.add(family("ipv6"), v6 as f64);
         }
         let mut conntrack_capacity = Family::new(
             "geosteer_conntrack_capacity",
-            "Conntrack entries available (dataplane.conntrackSize)",
+            "Conntrack entries available, by address family (IPv4: dataplane.conntrackSize)",
             GAUGE,
         );
-        if let Some(capacity) = readings.conntrack_capacity {
-            conntrack_capacity.add(vec![], capacity as f64);
+        if let Some((v4, v6)) = readings.conntrack_capacity {
+            conntrack_capacity.add(family("ipv4"), v4 as f64);
+            conntrack_capacity.add(family("ipv6"), v6 as f64);
         }
         let mut drops = Family::new(
             "geosteer_drops",

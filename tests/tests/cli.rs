@@ -241,6 +241,7 @@ fn every_command_describes_the_running_agent() {
     assert_eq!(fill["backends"], (8, 1024));
     // Two entries per flow, for the 240 flows just made (LRU keeps them).
     assert_eq!(fill["conntrack"], (480, 65536));
+    assert_eq!(fill["conntrack6"], (0, 16384));
 
     // services: policy mode, the priority load and locality weights after the ejection.
     let services = run(&pins, &["services"]);
@@ -603,8 +604,19 @@ fn metrics_count_the_traffic_sent_and_pass_promtool() {
         ),
         1.0
     );
-    assert_eq!(sample(&after, "geosteer_conntrack_capacity", &[]), 65536.0);
-    assert!(sample(&after, "geosteer_conntrack_entries", &[]) >= 700.0);
+    let ipv4 = [("family", "ipv4")];
+    let ipv6 = [("family", "ipv6")];
+    assert_eq!(
+        sample(&after, "geosteer_conntrack_capacity", &ipv4),
+        65536.0
+    );
+    assert!(sample(&after, "geosteer_conntrack_entries", &ipv4) >= 700.0);
+    // No IPv6 service: its conntrack is there, and empty.
+    assert_eq!(
+        sample(&after, "geosteer_conntrack_capacity", &ipv6),
+        16384.0
+    );
+    assert_eq!(sample(&after, "geosteer_conntrack_entries", &ipv6), 0.0);
     assert!(sample(&after, "geosteer_map_swaps_total", &[]) >= 2.0);
     assert_eq!(
         sample(&after, "geosteer_map_swap_duration_seconds_count", &[]),
@@ -665,7 +677,12 @@ fn commands_read_the_pinned_maps_while_the_agent_is_down() {
     );
     assert!(status.contains("programs pinned: yes"), "{status}");
     assert!(status.contains("cl0        tc-ingress  tcx"), "{status}");
-    assert!(status.contains("services   2"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["services", "2"])),
+        "{status}"
+    );
     let services = run(&pins, &["services"]);
     assert!(services.starts_with("agent: down ("), "{services}");
     assert!(

@@ -165,6 +165,14 @@ fn an_ipv6_service_splits_fails_over_and_leaves_direct_access_alone() {
     ] {
         assert!(frontends.contains(&expected), "{frontends:?}");
     }
+    let status = geosteer_json(&lab.node, &pins, &["status"]).unwrap();
+    let conntrack6 = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["map"] == "conntrack6")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(conntrack6["used"].as_u64().unwrap() > 0, "{conntrack6}");
     let backends =
         geosteer_json(&lab.node, &pins, &["backends", "[2001:db8:19::10]:80/TCP"]).unwrap();
     let addresses: Vec<&str> = backends["services"][0]["backends"]

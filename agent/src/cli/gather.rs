@@ -213,6 +213,11 @@ fn map_fill(ctx: &Context) -> Result<Fill> {
             used: maps.conntrack_entries() as u64,
             capacity: capacities.conntrack as u64,
         },
+        MapFill {
+            map: "conntrack6".into(),
+            used: maps.conntrack6_entries() as u64,
+            capacity: capacities.conntrack6 as u64,
+        },
     ];
     let mut drops = BTreeMap::new();
     for reason in DropReason::ALL {

@@ -687,8 +687,8 @@ fn metrics() -> String {
             ])
             .collect(),
         drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
-        conntrack_entries: Some(340),
-        conntrack_capacity: Some(262_144),
+        conntrack_entries: Some((340, 12)),
+        conntrack_capacity: Some((262_144, 16_384)),
         ct_events: vec![("partner_restored", 2), ("midstream", 5)],
     };
     encode(&agent_state(), &readings)
