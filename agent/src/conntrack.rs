@@ -133,21 +133,6 @@ pub struct FlowTables<'a> {
     pub v6: &'a mut dyn FlowTable<Addr6>,
 }
 
-/// An IPv6 conntrack with no flows (for callers that have none).
-pub struct NoFlows6;
-
-impl FlowTable<Addr6> for NoFlows6 {
-    fn batch(&mut self, _: Option<u32>, _: usize) -> Result<Batch<Addr6>> {
-        Ok((Vec::new(), None))
-    }
-    fn get(&self, _: &FlowKeyOf<Addr6>) -> Option<FlowValueOf<Addr6>> {
-        None
-    }
-    fn remove(&mut self, _: &FlowKeyOf<Addr6>) -> bool {
-        false
-    }
-}
-
 /// A request to end the flows pinned to one backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Forget {
@@ -249,8 +234,8 @@ impl Sweeper {
                 .is_some_and(|p| !p.report.forgotten.is_empty())
     }
 
-    /// Works for at most `budget` (at least one batch); returns the report of a pass it
-    /// completed.
+    /// Works for at most `budget` (at least one batch, and the first IPv6 batch after the last
+    /// IPv4 one); returns the report of a pass it completed.
     pub fn step(
         &mut self,
         tables: FlowTables<'_>,

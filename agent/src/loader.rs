@@ -32,6 +32,8 @@ pub struct MapSizes {
     pub max_services: u32,
     pub max_backends: u32,
     pub conntrack: u32,
+    /// `GS_CONNTRACK6` (`dataplane.conntrackSize6`).
+    pub conntrack6: u32,
     /// Chunks of the Maglev table map (`dataplane.tableChunks`).
     pub table_chunks: u32,
 }
@@ -42,6 +44,7 @@ impl From<&DataplaneConfig> for MapSizes {
             max_services: d.max_services,
             max_backends: d.max_backends,
             conntrack: d.conntrack_size,
+            conntrack6: d.conntrack_size6,
             table_chunks: d.table_chunks(),
         }
     }

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
     AFFINITY_SIZE, AFFINITY6_SIZE, Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend,
-    BackendSignals, BackendState, BackendTraffic, CONNTRACK6_SIZE, DropReason, FRAGMENTS_SIZE,
-    FlowKey, FlowKey6, FlowValue, FlowValue6, FragmentKey, FragmentValue, ServiceConfig,
-    ServiceKey, ServiceKey6, ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters,
-    XDP_TARGETS_SIZE, ct_stats, map_names,
+    BackendSignals, BackendState, BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey, FlowKey6,
+    FlowValue, FlowValue6, FragmentKey, FragmentValue, ServiceConfig, ServiceKey, ServiceKey6,
+    ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters, XDP_TARGETS_SIZE, ct_stats,
+    map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -208,8 +208,8 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             LruHash,
             size_of::<FlowKey6>(),
             size_of::<FlowValue6>(),
-            CONNTRACK6_SIZE,
-            false,
+            sizes.conntrack6,
+            true,
         ),
         spec(
             map_names::AFFINITY6,
@@ -476,7 +476,8 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
         "the maps need {} of kernel memory on this node ({} possible CPUs; largest: {}), plus \
          {} for the agent itself: over the limit of {} ({source}). Lower dataplane.maxBackends \
          ({}; each slot costs {per_slot} B here, most of it per CPU), dataplane.maxServices ({}), \
-         dataplane.tableChunks ({}; 64 B each) or dataplane.conntrackSize ({}), or raise the limit",
+         dataplane.tableChunks ({}; 64 B each), dataplane.conntrackSize ({}) or \
+         dataplane.conntrackSize6 ({}), or raise the limit",
         mib(plan.total),
         plan.possible_cpus,
         largest.join(", "),
@@ -485,7 +486,8 @@ pub fn check(plan: &mut MemoryPlan, configured: Option<u64>, sizes: &MapSizes) -
         sizes.max_backends,
         sizes.max_services,
         sizes.table_chunks,
-        sizes.conntrack
+        sizes.conntrack,
+        sizes.conntrack6
     )
 }
 
@@ -497,6 +499,7 @@ mod tests {
         max_services: geosteer_common::DEFAULT_MAX_SERVICES,
         max_backends: geosteer_common::DEFAULT_MAX_BACKENDS,
         conntrack: geosteer_common::DEFAULT_CONNTRACK_SIZE,
+        conntrack6: geosteer_common::CONNTRACK6_SIZE,
         table_chunks: geosteer_common::DEFAULT_MAX_SERVICES
             * geosteer_common::DEFAULT_TABLE_CHUNKS_PER_SERVICE,
     };

@@ -407,7 +407,7 @@ impl Exposition {
         }
         let mut conntrack_capacity = Family::new(
             "geosteer_conntrack_capacity",
-            "Conntrack entries available, by address family (IPv4: dataplane.conntrackSize)",
+            "Conntrack entries available, by address family (dataplane.conntrackSize, conntrackSize6)",
             GAUGE,
         );
         if let Some((v4, v6)) = readings.conntrack_capacity {

@@ -22,6 +22,15 @@ pub struct ProbeSpec {
     pub timeout: Duration,
 }
 
+/// The Host header of a probe to `ip`: an IPv6 address in brackets (RFC 9110 section 7.2, as
+/// the URI's host is), which servers otherwise read as host and port and refuse.
+fn host_header(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    }
+}
+
 /// One probe: TCP connects, or HTTP answers with a 2xx/3xx status line, within the timeout.
 pub async fn probe_once(spec: &ProbeSpec) -> Result<(), String> {
     let attempt = async {
@@ -33,7 +42,7 @@ pub async fn probe_once(spec: &ProbeSpec) -> Result<(), String> {
         };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: geosteer-health\r\nConnection: close\r\n\r\n",
-            spec.target.ip()
+            host_header(spec.target.ip())
         );
         stream
             .write_all(request.as_bytes())
@@ -190,5 +199,37 @@ mod tests {
             ..http
         };
         assert!(probe_once(&tcp).await.unwrap_err().starts_with("connect"));
+    }
+
+    /// An IPv6 endpoint gets a Host header a server accepts: the address in brackets.
+    #[tokio::test]
+    async fn http_probes_of_an_ipv6_endpoint_bracket_the_host() {
+        let listener = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let status = if request.contains("\r\nHost: [::1]\r\n") {
+                "200 OK"
+            } else {
+                "400 Bad Request"
+            };
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            s.write_all(reply.as_bytes()).await.unwrap();
+            request
+        });
+        let http = ProbeSpec {
+            kind: ProbeKind::Http {
+                path: "/healthz".into(),
+            },
+            target: addr,
+            timeout: Duration::from_secs(2),
+        };
+        let result = probe_once(&http).await;
+        let request = server.await.unwrap();
+        assert_eq!(result, Ok(()), "{request:?}");
+        assert_eq!(host_header("198.18.0.2".parse().unwrap()), "198.18.0.2");
     }
 }

@@ -345,6 +345,9 @@ pub struct Programmer {
     /// Ids retired since the last grace period: reusable after the next one.
     quarantined_services: Vec<u32>,
     quarantined_backends: Vec<u32>,
+    /// Backend ids whose `GS_BACKEND_ADDRS6` slot may hold an address: zeroed when the id is
+    /// free again, so a slot never outlives its backend.
+    addressed6: BTreeSet<u32>,
     /// Chunks of the table map not holding a live or retired table.
     table_chunks: RangeAllocator<u32>,
     /// Tables no service points at any more, with the flip that retired them: their chunks are
@@ -371,6 +374,7 @@ impl Programmer {
             next_backend_id: 0,
             quarantined_services: Vec::new(),
             quarantined_backends: Vec::new(),
+            addressed6: BTreeSet::new(),
             table_chunks: RangeAllocator::new(0..table_chunks),
             retired_tables: Vec::new(),
             flip_seq: 0,
@@ -819,6 +823,7 @@ impl Programmer {
                 plans().flat_map(|p| p.entries.iter().copied()).collect();
             let addrs6: Vec<(u32, Addr6)> =
                 plans().flat_map(|p| p.addrs6.iter().copied()).collect();
+            self.addressed6.extend(addrs6.iter().map(|(id, _)| *id));
             let tables: Vec<(u32, &[TableChunk])> = ready
                 .iter()
                 .filter_map(|(_, taken, plan, _)| plan.table(taken))
@@ -911,6 +916,8 @@ impl Programmer {
             }
         };
         let plan = plan(desired, &taken, existing.as_ref());
+        self.addressed6
+            .extend(plan.addrs6.iter().map(|(id, _)| *id));
         if let Err(e) = plan.write(dp, &desired.key, &taken) {
             self.abandon(dp, desired, existing, taken);
             return Err(not_changed(e, desired));
@@ -1056,6 +1063,20 @@ impl Programmer {
                 desired.name,
                 desired.backends.len(),
                 MAX_BACKENDS_PER_SERVICE
+            );
+        }
+        // The kernel reads an IPv6 table's backends' addresses from GS_BACKEND_ADDRS6 alone:
+        // an IPv4 backend there would be unaddressed, an IPv6 one in an IPv4 table sent to 0.
+        if let Some(b) = desired
+            .backends
+            .iter()
+            .find(|b| b.addr.is_ipv4() != desired.key.vip.is_ipv4())
+        {
+            bail!(
+                "{}: backend {} is not of the family of its frontend {}",
+                desired.name,
+                b.addr,
+                desired.key
             );
         }
         let (id, new_service) = match live {
@@ -1221,6 +1242,17 @@ impl Programmer {
         dp.grace_period()?;
         self.grace_seq = self.flip_seq;
         self.release_retired_tables();
+        // No packet reads the retired ids any more: their IPv6 addresses go with them.
+        let zeroed: Vec<(u32, Addr6)> = self
+            .quarantined_backends
+            .iter()
+            .filter(|id| self.addressed6.contains(id))
+            .map(|&id| (id, Addr6::default()))
+            .collect();
+        dp.write_backend_addrs6(&zeroed)?;
+        for (id, _) in &zeroed {
+            self.addressed6.remove(id);
+        }
         self.free_backend_ids
             .extend(self.quarantined_backends.drain(..));
         self.free_service_ids

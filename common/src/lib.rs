@@ -443,10 +443,10 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
-/// IPv6 flows tracked at once (`GS_CONNTRACK6`, an LRU map) and IPv6 clients remembered for
-/// session affinity (`GS_AFFINITY6`). Fixed and small while IPv6 services are programmed only
-/// directly (the config file and Kubernetes give IPv4 services so far): the maps are
-/// preallocated, and at the IPv4 sizes would cost every node tens of MiB for nothing.
+/// Default IPv6 conntrack capacity (`GS_CONNTRACK6`, an LRU map; `dataplane.conntrackSize6`)
+/// and the IPv6 clients remembered for session affinity (`GS_AFFINITY6`, fixed). Small by
+/// default: the maps are preallocated, and at the IPv4 sizes would cost every node without
+/// IPv6 services tens of MiB for nothing.
 pub const CONNTRACK6_SIZE: u32 = 16384;
 pub const AFFINITY6_SIZE: u32 = 4096;
 

@@ -202,6 +202,7 @@ fn measure(services: u32, changes: usize) -> Result<Scale> {
         max_services: services,
         max_backends: backends,
         conntrack: CONNTRACK_SIZE,
+        conntrack6: geosteer_common::CONNTRACK6_SIZE,
         table_chunks,
     };
 

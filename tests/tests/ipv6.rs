@@ -641,3 +641,69 @@ fn random_and_mutated_ipv6_frames_keep_the_invariants() {
         "too few frames were steered to mean much"
     );
 }
+
+/// An IPv6-only service as the agent programs it (the programmer, not the hand-written front of
+/// the tests above): new flows go to its backends' IPv6 addresses, and the connect-timeout
+/// program counts a backend's timeouts only when asked with the address its slot holds.
+#[test]
+fn an_ipv6_service_the_agent_programs_steers_and_counts_connect_timeouts_by_address() {
+    use geosteer::{
+        dataplane::Dataplane as _,
+        frontend::Frontend,
+        programmer::{DesiredBackend, DesiredService},
+    };
+    let mut rig = Rig::new();
+    let key = Frontend::new(VIP6, VPORT, PROTO_TCP);
+    let desired = DesiredService {
+        name: "v6-only".into(),
+        key,
+        backends: BACKENDS6
+            .iter()
+            .map(|ip| DesiredBackend {
+                addr: (*ip).into(),
+                port: TPORT.to_be(),
+                weight: 1,
+                ..Default::default()
+            })
+            .collect(),
+        settings: Default::default(),
+    };
+    rig.programmer
+        .apply_one(&mut rig.maps, &desired)
+        .expect("programmed");
+    let mut used = std::collections::BTreeSet::new();
+    for port in 44000..44060u16 {
+        let (verdict, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, port, VIP6, VPORT, SYN));
+        assert_eq!(verdict, TC_ACT_OK);
+        used.insert(backend_index(verify6(&out).dst));
+    }
+    assert_eq!(used.len(), 3, "{used:?}");
+
+    let (ip, other) = (BACKENDS6[0], BACKENDS6[1]);
+    let id = rig
+        .programmer
+        .backend_id(&key, ip.into(), TPORT.to_be())
+        .unwrap();
+    let failures = |rig: &Rig| rig.maps.backend_counters(id).unwrap().connect_failures;
+    assert!(
+        rig.maps
+            .count_connect_timeouts(id, ip.into(), TPORT.to_be(), 2)
+            .unwrap()
+    );
+    assert_eq!(failures(&rig), 2);
+    // Another backend's address, or an IPv4 one (the entry's own address is 0): not counted.
+    for wrong in [std::net::IpAddr::from(other), BACKENDS[0].into()] {
+        assert!(
+            !rig.maps
+                .count_connect_timeouts(id, wrong, TPORT.to_be(), 1)
+                .unwrap(),
+            "{wrong}"
+        );
+    }
+    assert_eq!(failures(&rig), 2);
+    assert!(
+        rig.maps
+            .dismiss_connect_timeouts(id, ip.into(), TPORT.to_be())
+            .unwrap()
+    );
+}

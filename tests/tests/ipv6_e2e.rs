@@ -65,7 +65,7 @@ fn config(lab: &Lab, pins: &PinDir, policy: &str) -> String {
     }
     format!(
         "node: {{name: lab-node, region: cn-hangzhou, cluster: c-cn-hangzhou}}\n\
-         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n  conntrackSize6: 65536\n\
          services:\n\
          \x20 - name: reviews6\n    vip: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n      - {{name: dns, port: 53, targetPort: {UDP_PORT}, protocol: UDP}}\n    endpoints:\n{v6}{policy}\
          \x20 - name: reviews\n    vip: {VIP4}\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{v4}{policy}",
@@ -173,6 +173,7 @@ fn an_ipv6_service_splits_fails_over_and_leaves_direct_access_alone() {
         .find(|m| m["map"] == "conntrack6")
         .unwrap_or_else(|| panic!("{status}"));
     assert!(conntrack6["used"].as_u64().unwrap() > 0, "{conntrack6}");
+    assert_eq!(conntrack6["capacity"], 65536, "dataplane.conntrackSize6");
     let backends =
         geosteer_json(&lab.node, &pins, &["backends", "[2001:db8:19::10]:80/TCP"]).unwrap();
     let addresses: Vec<&str> = backends["services"][0]["backends"]
@@ -244,6 +245,20 @@ fn kill_9_and_restart_under_ipv6_load_loses_no_request() {
     let pins = PinDir::new("gs6b").unwrap();
     let yaml = config(&lab, &pins, "");
     let agent = Agent::start(&lab.node, &pins, &yaml).expect("agent starts");
+    let ids = || -> BTreeMap<String, u64> {
+        let backends = geosteer_json(&lab.node, &pins, &["backends", &target6(80)]).unwrap();
+        backends["services"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let address = b["address"].as_str().unwrap().to_string();
+                (address, b["backend_id"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    let before = ids();
+    assert_eq!(before.len(), 4, "{before:?}");
     let report = std::thread::scope(|scope| {
         let runner = scope.spawn(|| {
             let mut opts = HttpOptions::new(1000, 3);
@@ -257,13 +272,17 @@ fn kill_9_and_restart_under_ipv6_load_loses_no_request() {
         drop(agent);
         std::thread::sleep(Duration::from_millis(300));
         let restarted = Agent::start(&lab.node, &pins, &yaml).expect("agent restarts");
+        // Three service ports: both of the IPv6 service and the IPv4 one.
         assert!(
-            restarted.log_contains("re-adopted"),
+            restarted.log().iter().any(
+                |l| l.contains("re-adopted state from pinned maps") && l.contains("services=3")
+            ),
             "{:?}",
             restarted.log()
         );
         let report = runner.join().unwrap();
-        // The re-adopted table was kept: the same backends still take new flows.
+        // The IPv6 backends were read back: each kept its id.
+        assert_eq!(ids(), before);
         let after = parallel(&lab, &target6(80), 100);
         assert_eq!(after.ok, 100, "{after:?}");
         drop(restarted);

@@ -32,12 +32,14 @@ fn the_memory_plan_matches_the_kernels_accounting_for_every_map() {
             max_services: 64,
             max_backends: 1024,
             conntrack: 4096,
+            conntrack6: 1024,
             table_chunks: 64 * 36,
         },
         MapSizes {
             max_services: 1024,
             max_backends: 16384,
             conntrack: 262_144,
+            conntrack6: geosteer_common::CONNTRACK6_SIZE,
             table_chunks: 1024 * 36,
         },
     ]
@@ -87,6 +89,7 @@ fn tables_written_through_the_mapping_are_what_the_map_holds() {
         max_services: 64,
         max_backends: 1024,
         conntrack: 4096,
+        conntrack6: 1024,
         table_chunks: 64 * 36,
     };
     let pins = PinDir::new("gsmap").unwrap();
@@ -154,6 +157,7 @@ fn loads_with_every_kernel_log_statement_on() {
         max_services: 16,
         max_backends: 256,
         conntrack: 4096,
+        conntrack6: 1024,
         table_chunks: 16 * 36,
     };
     for level in [loader::LevelFilter::TRACE, loader::LevelFilter::OFF] {

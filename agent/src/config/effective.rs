@@ -255,6 +255,20 @@ pub fn warnings(config: &Config) -> Vec<FieldError> {
     for s in 0..config.services.len() {
         service_warnings(config, s, &mut warnings);
     }
+    let dataplane = &config.dataplane;
+    let ipv6_services = config.services.iter().filter(|s| s.vip.is_ipv6()).count();
+    if ipv6_services > 0 && dataplane.conntrack_size6 < dataplane.conntrack_size {
+        warnings.push(FieldError::new(
+            "dataplane.conntrackSize6",
+            format!(
+                "{} with {ipv6_services} IPv6 service(s), below conntrackSize ({}): past {} \
+                 IPv6 flows at once the oldest are evicted and re-steered",
+                dataplane.conntrack_size6,
+                dataplane.conntrack_size,
+                dataplane.conntrack_size6 / 2
+            ),
+        ));
+    }
     warnings
 }
 

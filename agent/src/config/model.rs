@@ -94,6 +94,9 @@ pub struct Dataplane {
     pub xdp_redirect_to: Vec<String>,
     pub xdp_mode: XdpMode,
     pub conntrack_size: u32,
+    /// Capacity of the IPv6 conntrack (two entries per flow). Small by default, since the map
+    /// is preallocated on every node; raise it where IPv6 services carry many flows.
+    pub conntrack_size6: u32,
     /// Capacity of the service map; every port of every service takes one entry.
     pub max_services: u32,
     /// Capacity of the global backend arrays; every (endpoint, service port) takes one slot.
@@ -210,6 +213,7 @@ impl Default for Dataplane {
             xdp_redirect_to: Vec::new(),
             xdp_mode: XdpMode::default(),
             conntrack_size: DEFAULT_CONNTRACK_SIZE,
+            conntrack_size6: geosteer_common::CONNTRACK6_SIZE,
             max_services: DEFAULT_MAX_SERVICES,
             max_backends: DEFAULT_MAX_BACKENDS,
             table_chunks: None,

@@ -79,6 +79,7 @@ fn parses_the_example() {
             xdp_redirect_to: vec![],
             xdp_mode: XdpMode::Auto,
             conntrack_size: 262_144,
+            conntrack_size6: geosteer_common::CONNTRACK6_SIZE,
             max_services: 1024,
             max_backends: 65_536,
             table_chunks: None,
@@ -461,6 +462,20 @@ fn validation_errors_name_the_field_and_value() {
             "ff02::1 is a multicast address",
         ),
         (
+            "an IPv6 link-local endpoint",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"fe80::21\"}",
+            "services[1].endpoints[0].ip",
+            "fe80::21 is a link-local address (fe80::/10): not routable through the node",
+        ),
+        (
+            "the IPv6 loopback VIP",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: \"::1\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"2001:db8::21\"}",
+            "services[1].vip",
+            "::1 is the loopback address",
+        ),
+        (
             "duplicate IPv6 frontend",
             "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
             "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}, {port: 80, targetPort: 81}]\n    \
@@ -661,6 +676,42 @@ fn validation_errors_name_the_field_and_value() {
             errors[0].message
         );
     }
+}
+
+/// IPv6 services on the small default IPv6 conntrack get a warning naming the field; one sized
+/// like the IPv4 conntrack (or no IPv6 service) gets none.
+#[test]
+fn ipv6_services_on_a_small_ipv6_conntrack_warn() {
+    let ipv6 = base_with(
+        "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+        "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"2001:db8::21\"}",
+    );
+    let conntrack6 = |yaml: &str| -> Vec<String> {
+        warnings(&parse(yaml).unwrap())
+            .into_iter()
+            .filter(|w| w.path == "dataplane.conntrackSize6")
+            .map(|w| w.message)
+            .collect()
+    };
+    assert_eq!(
+        conntrack6(&ipv6),
+        [
+            "16384 with 1 IPv6 service(s), below conntrackSize (262144): past 8192 IPv6 flows at \
+          once the oldest are evicted and re-steered"
+        ]
+    );
+    let sized = ipv6.replace("tc: [cl0]", "tc: [cl0]\n  conntrackSize6: 262144");
+    assert_eq!(conntrack6(&sized), Vec::<String>::new());
+    assert_eq!(parse(&sized).unwrap().dataplane.conntrack_size6, 262_144);
+    assert_eq!(conntrack6(BASE_YAML), Vec::<String>::new());
+    let out_of_range = ipv6.replace("tc: [cl0]", "tc: [cl0]\n  conntrackSize6: 100");
+    assert_eq!(
+        field_errors(&out_of_range)
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect::<Vec<_>>(),
+        [("dataplane.conntrackSize6", "100 is below the minimum 1024")]
+    );
 }
 
 #[test]

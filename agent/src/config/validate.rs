@@ -229,6 +229,11 @@ fn validate_dataplane(dataplane: &Dataplane, errors: &mut Vec<FieldError>) {
             dataplane.conntrack_size,
             CONNTRACK_SIZE_RANGE,
         ),
+        (
+            "conntrackSize6",
+            dataplane.conntrack_size6,
+            CONNTRACK_SIZE_RANGE,
+        ),
         ("maxServices", dataplane.max_services, MAX_SERVICES_RANGE),
         ("maxBackends", dataplane.max_backends, MAX_BACKENDS_RANGE),
         ("tableChunks", dataplane.table_chunks(), TABLE_CHUNKS_RANGE),
@@ -593,8 +598,10 @@ pub(super) fn dns_label_problem(value: &str) -> Option<String> {
     None
 }
 
-/// Addresses that can never be a single host's unicast address, and IPv4 written as IPv6
-/// (`::ffff:a.b.c.d` never appears on an IPv6 wire: such a VIP would be silently unsteered).
+/// Addresses that can never be a single host's unicast address; IPv4 written as IPv6
+/// (`::ffff:a.b.c.d` never appears on an IPv6 wire: such a VIP would be silently unsteered);
+/// IPv6 loopback and link-local addresses, which a packet forwarded through the node cannot
+/// reach (and the agent's own probes of a link-local endpoint, without a zone, cannot either).
 fn address_problem(ip: IpAddr) -> Option<String> {
     if ip.is_unspecified() {
         Some(format!("{ip} is the unspecified address"))
@@ -606,6 +613,16 @@ fn address_problem(ip: IpAddr) -> Option<String> {
         && let Some(v4) = v6.to_ipv4_mapped()
     {
         Some(format!("{ip} is an IPv4-mapped address: write {v4}"))
+    } else if let IpAddr::V6(v6) = ip
+        && v6.is_loopback()
+    {
+        Some(format!("{ip} is the loopback address"))
+    } else if let IpAddr::V6(v6) = ip
+        && v6.is_unicast_link_local()
+    {
+        Some(format!(
+            "{ip} is a link-local address (fe80::/10): not routable through the node"
+        ))
     } else {
         None
     }

@@ -484,12 +484,14 @@ fn a_pass_walks_the_ipv6_table_after_the_ipv4_one() {
         "the live IPv6 flow keeps both halves"
     );
 
-    // Forgetting a backend ends its flows in both tables, in one pass.
-    v4.flow(3, 1, PROTO_TCP, value(TCP_ESTABLISHED, 5000), 5000);
-    flow6(&mut v6, 4, 2, 5000);
+    // Forgetting a backend ends its flows in both tables, in one pass (later, and all of them
+    // fresh: none expires meanwhile).
+    let later = 1001 + idle + 10;
+    v4.flow(3, 1, PROTO_TCP, value(TCP_ESTABLISHED, later), later);
+    flow6(&mut v6, 4, 2, later);
     sweeper.forget(1, false);
     let served = sweeper
-        .run_forget(tables(&mut v4, &mut v6), 5001 * S)
+        .run_forget(tables(&mut v4, &mut v6), (later + 1) * S)
         .unwrap();
     assert_eq!(
         served[0].flows, 2,
@@ -501,4 +503,43 @@ fn a_pass_walks_the_ipv6_table_after_the_ipv4_one() {
         (2, vec![4]),
         "backend 2's flow stays, both halves"
     );
+}
+
+/// A walk of the IPv6 table starts at its own beginning, whatever cursor the IPv4 walk ended
+/// with: with more IPv4 entries than one batch, in zero-budget steps, every IPv6 flow is still
+/// visited.
+#[test]
+fn the_ipv6_walk_starts_from_its_own_beginning() {
+    let mut v4 = Table::default();
+    let mut v6: Table<Addr6> = Table::default();
+    // 1,500 flows: 3,000 entries, three batches.
+    for port in 0..1500u16 {
+        v4.flow(port, 1, PROTO_TCP, value(TCP_ESTABLISHED, 1000), 1000);
+    }
+    for port in 0..700u16 {
+        flow6(&mut v6, port, 2, 1000);
+    }
+    let mut sweeper = Sweeper::default();
+    sweeper.forget(2, false);
+    let mut steps = 0;
+    let report = loop {
+        steps += 1;
+        if let Some(report) = sweeper
+            .step(tables(&mut v4, &mut v6), 1001 * S, Duration::ZERO)
+            .unwrap()
+        {
+            break report;
+        }
+    };
+    // Three IPv4 batches, the last with the first IPv6 batch (1,024 of its 1,400 entries: the
+    // 700 original halves first, whose ends take their reply halves with them), then the rest
+    // (gone by then).
+    assert_eq!(steps, 4);
+    assert_eq!((report.entries, report.flows), (3000 + 1024, 1500 + 700));
+    assert_eq!(
+        report.forgotten[0].flows, 700,
+        "every IPv6 flow of backend 2"
+    );
+    assert_eq!(v6.0.len(), 0);
+    assert_eq!(v4.0.len(), 3000);
 }

@@ -625,3 +625,80 @@ fn a_reload_that_moves_the_node_moves_its_traffic() {
     let shanghai = BTreeSet::from([backend_id(&controller, 21), backend_id(&controller, 22)]);
     assert_eq!(steered_to(&dp), shanghai);
 }
+
+/// The test config with the service on IPv6: VIP 2001:db8:19::10, endpoints
+/// 2001:db8:18:<a>::2.
+fn ipv6_config() -> Config {
+    let mut config = config("http");
+    let service = &mut config.services[0];
+    service.vip = "2001:db8:19::10".parse().unwrap();
+    for e in &mut service.endpoints {
+        let IpAddr::V4(v4) = e.ip else {
+            panic!("IPv4 test config")
+        };
+        e.ip = ipv6_endpoint(v4.octets()[2]);
+    }
+    config
+}
+
+fn ipv6_endpoint(a: u8) -> IpAddr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, u16::from(a), 0, 0, 0, 2).into()
+}
+
+/// An IPv6 service through the controller: its endpoints' health is kept by IPv6 address, a
+/// kernel ejection names the IPv6 endpoint, and a suspected connect timeout is checked against
+/// that endpoint and counted through its address.
+#[test]
+fn an_ipv6_services_endpoints_are_checked_ejected_and_timed_by_address() {
+    let (mut controller, mut dp) = started_with(ipv6_config());
+    let key6 = Frontend::new("2001:db8:19::10".parse::<IpAddr>().unwrap(), 80, PROTO_TCP);
+    assert!(dp.services.contains_key(&key6));
+    let id = controller
+        .programmer
+        .backend_id(&key6, ipv6_endpoint(11), 8080u16.to_be())
+        .expect("backend live");
+    assert_eq!(dp.backends[&id].addr, 0);
+    assert_eq!(
+        IpAddr::V6(dp.backend_addrs6[&id].to_ip()),
+        ipv6_endpoint(11)
+    );
+
+    let endpoint = SocketAddr::new(ipv6_endpoint(11), 8080);
+    assert_eq!(controller.on_connect_timeout(id), Some(endpoint));
+    dp.take_log();
+    controller
+        .on_connect_check(&mut dp, id, endpoint, ConnectResult::Failed)
+        .unwrap();
+    assert_eq!(
+        dp.take_log(),
+        [Write::CountConnectTimeouts {
+            backend_id: id,
+            count: 1
+        }]
+    );
+    // The id no longer naming that address (another backend's slot): nothing counted.
+    dp.backend_addrs6.insert(
+        id,
+        geosteer_common::Addr6::from_ip("2001:db8::99".parse().unwrap()),
+    );
+    assert_eq!(controller.on_connect_timeout(id), Some(endpoint));
+    controller
+        .on_connect_check(&mut dp, id, endpoint, ConnectResult::Failed)
+        .unwrap();
+    assert_eq!(dp.take_log(), []);
+
+    kernel_ejects_and_reports(&mut controller, &mut dp, &key6, id, 100);
+    let said = events(&controller, EventKind::Ejection);
+    assert!(
+        said.iter().any(|e| e.contains("[2001:db8:18:b::2]:8080")),
+        "{said:?}"
+    );
+    // Its health is kept under its IPv6 address, in the service's range of the health map.
+    let in_range: Vec<&HealthKey> = controller
+        .health
+        .range(endpoints_of(&key6))
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(in_range, [&(key6, ipv6_endpoint(11), 8080u16.to_be())]);
+    assert!(controller.health[in_range[0]].outlier.is_ejected());
+}

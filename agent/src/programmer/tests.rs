@@ -685,7 +685,14 @@ fn an_ipv6_service_writes_its_backend_addresses_first_and_a_restart_reads_them_b
     let third = programmer
         .backend_id(&key6(80), backend6(3), 8080u16.to_be())
         .unwrap();
-    assert!(position(&log, &Write::BackendAddr6(third)) < position(&log, &Write::Backend(third)));
+    let entry = dp.services[&key6(80)];
+    let addr = position(&log, &Write::BackendAddr6(third));
+    assert!(addr < position(&log, &Write::Backend(third)), "{log:?}");
+    assert!(
+        addr < position(&log, &Write::Table(entry.table_start)),
+        "{log:?}"
+    );
+    assert!(addr < position(&log, &Write::Service(key6(80))), "{log:?}");
 
     // Restarted: the same state builds the same tables, so nothing is rewritten.
     let state = [service(80, &[1, 1]), service6(80, &[1, 1, 1])];
@@ -706,4 +713,65 @@ fn an_ipv6_service_writes_its_backend_addresses_first_and_a_restart_reads_them_b
     assert!(!dp.services.contains_key(&key6(80)));
     assert!(!dp.vips.contains_key(&key6(80).vip));
     assert_eq!(dp.vips[&key(80).vip], 1);
+}
+
+/// A backend of the other family than its frontend is refused (the kernel would find an IPv4
+/// backend of an IPv6 table unaddressed): the service stays as it was.
+#[test]
+fn a_backend_of_the_other_family_is_refused() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    let mut mixed = service6(80, &[1, 1]);
+    mixed.backends[1].addr = Ipv4Addr::new(198, 18, 0, 2).into();
+    let error = programmer.apply(&mut dp, &[mixed]).unwrap_err();
+    assert!(
+        format!("{error:#}").contains(
+            "backend 198.18.0.2 is not of the family of its frontend [2001:db8:19::10]:80/TCP"
+        ),
+        "{error:#}"
+    );
+    assert!(dp.services.is_empty());
+    let mut mixed = service(81, &[1]);
+    mixed.backends[0].addr = backend6(1);
+    assert!(programmer.apply(&mut dp, &[mixed]).is_err());
+}
+
+/// A retired IPv6 backend's address slot is zeroed once its id is free again (after a grace
+/// period), before any other backend can take the id.
+#[test]
+fn a_retired_ipv6_backends_address_goes_when_its_id_is_free() {
+    let mut dp = MemoryDataplane::new();
+    // Two backend ids in all: the third backend below needs a retired one.
+    let mut programmer = Programmer::new(4, 2, 4096);
+    programmer.apply(&mut dp, &[service6(80, &[1, 1])]).unwrap();
+    let second = programmer
+        .backend_id(&key6(80), backend6(2), 8080u16.to_be())
+        .unwrap();
+    programmer.apply(&mut dp, &[service6(80, &[1])]).unwrap();
+    assert_eq!(
+        dp.backend_addrs6[&second].to_ip(),
+        backend6(2),
+        "in quarantine: still readable by a packet that read the old table"
+    );
+    dp.take_log();
+    // An IPv4 service takes the id: after the grace period, and after the slot is zeroed.
+    programmer
+        .apply(&mut dp, &[service6(80, &[1]), service(81, &[1])])
+        .unwrap();
+    let log = dp.take_log();
+    let v4 = programmer
+        .backend_id(
+            &key(81),
+            Ipv4Addr::new(198, 18, 0, 1).into(),
+            8080u16.to_be(),
+        )
+        .unwrap();
+    assert_eq!(v4, second, "the retired id is reused");
+    assert_eq!(dp.backend_addrs6[&second], Addr6::default());
+    let grace = position(&log, &Write::GracePeriod);
+    let zeroed = position(&log, &Write::BackendAddr6(second));
+    assert!(
+        grace < zeroed && zeroed < position(&log, &Write::Backend(second)),
+        "{log:?}"
+    );
 }

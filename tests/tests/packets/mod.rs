@@ -218,6 +218,7 @@ impl Rig {
             max_services: 16,
             max_backends: 256,
             conntrack: 65536,
+            conntrack6: geosteer_common::CONNTRACK6_SIZE,
             table_chunks: 1 << 12,
         };
         let (mut ebpf, _) =
