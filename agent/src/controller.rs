@@ -42,6 +42,8 @@ pub struct ServiceModel {
     /// `ON_EJECT_*`.
     pub on_eject: u8,
     pub key: Frontend,
+    /// A dual-stack service's IPv6 frontend (`vip6`): the same service, table and health.
+    pub key6: Option<Frontend>,
     pub endpoints: Vec<EndpointModel>,
     pub policy: config::EffectivePolicy,
     /// How the kernel reads the port's flows (Istio protocol selection).
@@ -60,6 +62,8 @@ pub struct ServiceModel {
 #[derive(Clone, Debug)]
 pub struct EndpointModel {
     pub ip: IpAddr,
+    /// Its IPv6 address in a dual-stack service (`ip6`).
+    pub ip6: Option<Ipv6Addr>,
     pub port: u16,
     pub locality: policy::Locality,
     /// What failoverPriority matches besides the topology (a pod's labels, its node).
@@ -70,6 +74,10 @@ pub struct EndpointModel {
 fn endpoint_model(e: &config::Endpoint, port: u16) -> EndpointModel {
     EndpointModel {
         ip: e.ip,
+        ip6: match e.ip6 {
+            Some(IpAddr::V6(ip6)) => Some(ip6),
+            _ => None,
+        },
         port,
         locality: policy::Locality {
             region: e.region.clone(),
@@ -368,6 +376,9 @@ pub fn service_models(config: &Config) -> Vec<ServiceModel> {
                 ),
                 on_eject: service.on_eject_value(),
                 key: Frontend::new(service.vip, port.port, port.protocol.number()),
+                key6: service
+                    .vip6
+                    .map(|vip6| Frontend::new(vip6, port.port, port.protocol.number())),
                 protocol: config::app_protocol(port),
                 cluster_local: service.cluster_local.clone(),
                 affinity_timeout: service.session_affinity.map(|a| a.timeout),
@@ -642,6 +653,7 @@ impl Controller {
         }
         let backend = |e: &EndpointModel, weight: u32, flags: u8, group: u32| DesiredBackend {
             addr: e.ip,
+            addr6: e.ip6,
             port: e.port.to_be(),
             weight,
             eject_after_5xx: od.map_or(0, |od| limit(od.consecutive_5xx_errors)),
@@ -652,6 +664,7 @@ impl Controller {
         DesiredService {
             name: service.name.clone(),
             key: service.key,
+            key6: service.key6,
             backends: service
                 .endpoints
                 .iter()

@@ -10,7 +10,7 @@
 //!   packet or conntrack entry holding the id never reads a different backend through it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 
 use anyhow::{Context as _, Result, bail};
@@ -36,8 +36,32 @@ pub struct DesiredService {
     /// Human name, e.g. `default/reviews:80/TCP` (logs and diagnostics).
     pub name: String,
     pub key: Frontend,
+    /// A dual-stack service's IPv6 frontend (`key` is then IPv4): a second service entry for
+    /// the same table, so both families share the backends, their ids and health.
+    pub key6: Option<Frontend>,
     pub backends: Vec<DesiredBackend>,
     pub settings: ServiceSettings,
+}
+
+impl DesiredService {
+    /// Its frontends: `key`, then `key6`.
+    pub fn frontends(&self) -> impl Iterator<Item = Frontend> + '_ {
+        std::iter::once(self.key).chain(self.key6)
+    }
+
+    /// The IPv6 address its IPv6 table gives backend `b` (None: it has no IPv6 table).
+    fn ipv6_addr_of(&self, b: &DesiredBackend) -> Option<Addr6> {
+        match (self.key.vip, self.key6) {
+            (IpAddr::V6(_), _) => match b.addr {
+                IpAddr::V6(ip) => Some(Addr6::from_ip(ip)),
+                IpAddr::V4(_) => Some(Addr6::default()),
+            },
+            // Unset for an endpoint without an IPv6 address: the kernel skips it for IPv6
+            // flows.
+            (IpAddr::V4(_), Some(_)) => Some(b.addr6.map(Addr6::from_ip).unwrap_or_default()),
+            (IpAddr::V4(_), None) => None,
+        }
+    }
 }
 
 /// The per-service settings the kernel reads ([`ServiceConfig`] without the agent's runtime
@@ -58,8 +82,10 @@ pub struct ServiceSettings {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredBackend {
-    /// Of the service's VIP's family.
+    /// Of the service's VIP's family (`key`'s).
     pub addr: IpAddr,
+    /// Its IPv6 address in a dual-stack service (for `key6`).
+    pub addr6: Option<Ipv6Addr>,
     /// Network byte order.
     pub port: u16,
     /// Relative weight for new flows; 0 = no new flows (existing ones keep going).
@@ -78,6 +104,7 @@ impl Default for DesiredBackend {
     fn default() -> Self {
         DesiredBackend {
             addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            addr6: None,
             port: 0,
             weight: 0,
             eject_after_5xx: 0,
@@ -210,6 +237,9 @@ struct Plan {
     /// The update that makes the change live; `None` when the live table already is what
     /// this state builds (a restarted agent adopting its predecessor's tables): no swap.
     flip: Option<ServiceValue>,
+    /// The IPv6 frontend's entry of a dual-stack service, written after `flip`: with every
+    /// flip, and when the frontend is new.
+    flip6: Option<(Frontend, ServiceValue)>,
     /// The service entry live after the change, and its backends as written.
     entry: ServiceValue,
     backends: LiveBackends,
@@ -244,6 +274,9 @@ impl Plan {
         if let Some(entry) = &self.flip {
             dp.write_service(key, entry)?;
         }
+        if let Some((key6, entry)) = &self.flip6 {
+            dp.write_service(key6, entry)?;
+        }
         Ok(())
     }
 }
@@ -272,11 +305,17 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
                     before.eject_after_5xx,
                     before.eject_after_gateway,
                     before.flags,
-                ) == (b.eject_after_5xx, b.eject_after_gateway, kernel_flags(b)) => {}
+                    before.addr6,
+                ) == (
+                    b.eject_after_5xx,
+                    b.eject_after_gateway,
+                    kernel_flags(b),
+                    b.addr6,
+                ) => {}
             _ => {
                 entries.push((backend_id, backend_entry(desired, b, id)));
-                if let IpAddr::V6(ip) = b.addr {
-                    addrs6.push((backend_id, Addr6::from_ip(ip)));
+                if let Some(addr6) = desired.ipv6_addr_of(b) {
+                    addrs6.push((backend_id, addr6));
                 }
             }
         }
@@ -298,6 +337,11 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
         Some(entry) => entry,
         None => live.expect("only a live table is kept").entry,
     };
+    let key6_is_new = live.is_none_or(|l| l.desired.key6 != desired.key6);
+    let flip6 = desired
+        .key6
+        .filter(|_| flip.is_some() || key6_is_new)
+        .map(|key6| (key6, entry));
     Plan {
         service_state: taken.new_service.then_some(id),
         config,
@@ -305,6 +349,7 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
         entries,
         addrs6,
         flip,
+        flip6,
         entry,
         backends,
     }
@@ -416,18 +461,47 @@ impl Programmer {
         } else {
             Vec::new()
         };
+        // A dual-stack service is two entries of one service id: its IPv4 frontend is the
+        // service's key, the IPv6 one its key6.
+        let mut key6_of: BTreeMap<u32, Frontend> = BTreeMap::new();
+        let ids_with_ipv4: BTreeSet<u32> = services
+            .iter()
+            .filter(|(key, _)| key.vip.is_ipv4())
+            .map(|(_, value)| value.id)
+            .collect();
+        let services: Vec<(Frontend, ServiceValue)> = services
+            .into_iter()
+            .filter(|(key, value)| {
+                let alias = key.vip.is_ipv6() && ids_with_ipv4.contains(&value.id);
+                if alias {
+                    key6_of.entry(value.id).or_insert(*key);
+                }
+                !alias
+            })
+            .collect();
         for (key, value) in services {
+            let key6 = key6_of.get(&value.id).copied();
             let mut backends = BTreeMap::new();
             for (id, b) in by_service.remove(&value.id).unwrap_or_default() {
                 used_backends.insert(id);
-                let addr = match key.vip {
-                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::from_be(b.addr))),
-                    IpAddr::V6(_) => {
-                        IpAddr::V6(addrs6.get(id as usize).copied().unwrap_or_default().to_ip())
-                    }
+                let slot6 = addrs6
+                    .get(id as usize)
+                    .copied()
+                    .filter(|a| *a != Addr6::default())
+                    .map(Addr6::to_ip);
+                let (addr, addr6) = match key.vip {
+                    IpAddr::V4(_) => (
+                        IpAddr::V4(Ipv4Addr::from(u32::from_be(b.addr))),
+                        slot6.filter(|_| key6.is_some()),
+                    ),
+                    IpAddr::V6(_) => (IpAddr::V6(slot6.unwrap_or(Ipv6Addr::UNSPECIFIED)), None),
                 };
+                if slot6.is_some() {
+                    p.addressed6.insert(id);
+                }
                 let desired = DesiredBackend {
                     addr,
+                    addr6,
                     port: b.port,
                     weight: 0,
                     eject_after_5xx: b.eject_after_5xx,
@@ -449,6 +523,7 @@ impl Programmer {
             let desired = DesiredService {
                 name: String::new(),
                 key,
+                key6,
                 backends: backends.values().map(|(_, b)| b.clone()).collect(),
                 settings: ServiceSettings {
                     app_protocol: config.app_protocol,
@@ -474,7 +549,9 @@ impl Programmer {
                     desired,
                 },
             );
-            *p.vips.entry(key.vip).or_default() += 1;
+            for front in std::iter::once(key).chain(key6) {
+                *p.vips.entry(front.vip).or_default() += 1;
+            }
         }
         // What the VIP map holds is not checked: the first change writes every VIP again.
         p.vips_pending = p.vips.keys().copied().collect();
@@ -543,9 +620,11 @@ impl Programmer {
         }
         let added = !self.live.contains_key(&desired.key);
         self.upsert(dp, desired)?;
-        // Only a new service changes the port count of its VIP.
+        // Only a new service changes the port count of its VIPs (a changed key6, `commit`).
         if added {
-            self.count_vip_port(desired.key.vip, 1);
+            for front in desired.frontends() {
+                self.count_vip_port(front.vip, 1);
+            }
         }
         self.write_pending_vips(dp)?;
         Ok(true)
@@ -610,11 +689,14 @@ impl Programmer {
 
     /// Takes one service out of the data path.
     pub fn remove_one(&mut self, dp: &mut dyn Dataplane, key: &Frontend) -> Result<()> {
-        if !self.live.contains_key(key) {
+        let Some(live) = self.live.get(key) else {
             return Ok(());
-        }
+        };
+        let frontends: Vec<Frontend> = live.desired.frontends().collect();
         self.remove(dp, key)?;
-        self.count_vip_port(key.vip, -1);
+        for front in frontends {
+            self.count_vip_port(front.vip, -1);
+        }
         self.write_pending_vips(dp)
     }
 
@@ -753,8 +835,10 @@ impl Programmer {
             let services: Vec<&DesiredService> = group.iter().map(|&i| desired[i]).collect();
             for (&i, result) in group.iter().zip(self.insert_new(dp, &services)) {
                 if result.is_ok() {
-                    // Only a new service changes the port count of its VIP.
-                    self.count_vip_port(desired[i].key.vip, 1);
+                    // Only a new service changes the port count of its VIPs.
+                    for front in desired[i].frontends() {
+                        self.count_vip_port(front.vip, 1);
+                    }
                 }
                 results[i] = Some(result.map(|waits| Applied::Written { waits }));
             }
@@ -763,7 +847,9 @@ impl Programmer {
         // but reported as failed (and the VIP is written again by the next change).
         if let Err(e) = self.write_pending_vips(dp) {
             for (service, result) in desired.iter().zip(&mut results) {
-                if self.vips_pending.contains(&service.key.vip)
+                if service
+                    .frontends()
+                    .any(|front| self.vips_pending.contains(&front.vip))
                     && matches!(result, Some(Ok(Applied::Written { .. })))
                 {
                     *result = Some(Err(anyhow::anyhow!("{e:#}").context(format!(
@@ -839,7 +925,10 @@ impl Programmer {
         // stops at the first failure), one at a time, so that each service gets its own answer.
         let flips: Vec<(Frontend, ServiceValue)> = ready
             .iter()
-            .filter_map(|(i, _, plan, _)| Some((services[*i].key, plan.flip?)))
+            .flat_map(|(i, _, plan, _)| {
+                let flip = plan.flip.map(|flip| (services[*i].key, flip));
+                flip.into_iter().chain(plan.flip6)
+            })
             .collect();
         let flipped_together: BTreeSet<Frontend> = match &written {
             Err(_) => BTreeSet::new(),
@@ -866,7 +955,12 @@ impl Programmer {
                 (Ok(()), Some(_)) if flipped_together.contains(&desired.key) => Ok(()),
                 (Ok(()), Some(entry)) => dp.write_service(&desired.key, entry),
                 (Ok(()), None) => Ok(()),
-            };
+            }
+            .and_then(|()| match &plan.flip6 {
+                Some((key6, _)) if flipped_together.contains(key6) => Ok(()),
+                Some((key6, entry)) => dp.write_service(key6, entry),
+                None => Ok(()),
+            });
             results[i] = Some(match flipped {
                 Ok(()) => self.commit(dp, desired, &taken, plan, None).map(|()| grace),
                 Err(e) => {
@@ -950,6 +1044,19 @@ impl Programmer {
         existing: Option<LiveService>,
     ) -> Result<()> {
         let id = taken.id;
+        // A dual-stack service whose IPv6 frontend changed: the old one goes (the new one was
+        // written with the flips), and the VIP map counts the change.
+        if let Some(live) = &existing
+            && live.desired.key6 != desired.key6
+        {
+            if let Some(old6) = live.desired.key6 {
+                dp.remove_service(&old6)?;
+                self.count_vip_port(old6.vip, -1);
+            }
+            if let Some(new6) = desired.key6 {
+                self.count_vip_port(new6.vip, 1);
+            }
+        }
         let (old_entry, mut old_backends, mut ejections_released) = match existing {
             Some(live) => (Some(live.entry), live.backends, live.ejections_released),
             None => (None, BTreeMap::new(), 0),
@@ -1079,6 +1186,15 @@ impl Programmer {
                 desired.key
             );
         }
+        if let Some(key6) = desired.key6
+            && (key6.vip.is_ipv4() || desired.key.vip.is_ipv6())
+        {
+            bail!(
+                "{}: a dual-stack service's frontends are IPv4 ({}) and IPv6 ({key6})",
+                desired.name,
+                desired.key
+            );
+        }
         let (id, new_service) = match live {
             Some(live) => (live.id, false),
             None => (self.allocate_service_id(dp, grace)?, true),
@@ -1158,6 +1274,9 @@ impl Programmer {
         let Some(live) = self.live.remove(key) else {
             return Ok(());
         };
+        if let Some(key6) = live.desired.key6 {
+            dp.remove_service(&key6)?;
+        }
         dp.remove_service(key)?;
         self.flip_seq += 1;
         self.retire_table(&live.entry);
@@ -1174,8 +1293,8 @@ impl Programmer {
     /// The VIP map as the live services make it (see [`Self::write_pending_vips`]).
     fn sync_vips(&mut self, dp: &mut dyn Dataplane) -> Result<()> {
         let mut wanted: BTreeMap<IpAddr, u32> = BTreeMap::new();
-        for key in self.live.keys() {
-            *wanted.entry(key.vip).or_default() += 1;
+        for front in self.live.values().flat_map(|l| l.desired.frontends()) {
+            *wanted.entry(front.vip).or_default() += 1;
         }
         for addr in self.vips.keys().chain(wanted.keys()) {
             if self.vips.get(addr) != wanted.get(addr) {

@@ -145,6 +145,9 @@ pub struct ServiceStatus {
     /// `namespace/name:port/PROTOCOL`.
     pub name: String,
     pub vip: IpAddr,
+    /// A dual-stack service's IPv6 VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<IpAddr>,
     pub port: u16,
     pub protocol: String,
     /// Index of the service in the kernel maps (counters); None if not programmed.
@@ -187,6 +190,7 @@ impl Default for ServiceStatus {
         ServiceStatus {
             name: String::new(),
             vip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            vip6: None,
             port: 0,
             protocol: String::new(),
             service_id: None,
@@ -465,6 +469,7 @@ fn service_status(
     ServiceStatus {
         name: service.name.clone(),
         vip: key.vip,
+        vip6: service.key6.map(|key6| key6.vip),
         port: key.port,
         protocol: match key.proto {
             geosteer_common::PROTO_UDP => "UDP".to_string(),
@@ -536,17 +541,27 @@ impl ServiceStatus {
     pub fn matches(&self, query: &str) -> bool {
         let base = self.name.split(':').next().unwrap_or_default();
         let short = base.rsplit('/').next().unwrap_or_default();
-        let address = SocketAddr::new(self.vip, self.port).to_string();
         query == self.name
             || query == base
             || query == short
-            || query == address
-            || query == self.frontend()
+            || self.vips().any(|vip| {
+                let address = SocketAddr::new(vip, self.port);
+                query == address.to_string() || query == format!("{address}/{}", self.protocol)
+            })
     }
 
-    /// `vip:port/PROTOCOL` (`[vip]:port/PROTOCOL` for IPv6).
+    /// Its VIPs: `vip`, then a dual-stack service's `vip6`.
+    pub fn vips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.vip).chain(self.vip6)
+    }
+
+    /// `vip:port/PROTOCOL` (`[vip]:port/PROTOCOL` for IPv6), both joined by ` + ` for a
+    /// dual-stack service.
     pub fn frontend(&self) -> String {
-        format!("{}/{}", SocketAddr::new(self.vip, self.port), self.protocol)
+        self.vips()
+            .map(|vip| format!("{}/{}", SocketAddr::new(vip, self.port), self.protocol))
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 }
 

@@ -391,9 +391,11 @@ fn service(i: u32) -> DesiredService {
     DesiredService {
         name: format!("bench/svc-{i}:80/TCP"),
         key: service_key(i),
+        key6: None,
         backends: (0..BACKENDS_PER_SERVICE)
             .map(|b| DesiredBackend {
                 addr: backend_ip(i, b).into(),
+                addr6: None,
                 port: TPORT.to_be(),
                 weight: 1,
                 eject_after_5xx: 1,

@@ -430,6 +430,7 @@ fn service(port: u16, backends: Vec<(Ipv4Addr, u16)>) -> DesiredService {
     DesiredService {
         name: format!("bench:{port}"),
         key: service_key(port),
+        key6: None,
         backends: backends
             .into_iter()
             .map(|(ip, port)| DesiredBackend {

@@ -657,6 +657,7 @@ fn an_ipv6_service_the_agent_programs_steers_and_counts_connect_timeouts_by_addr
     let desired = DesiredService {
         name: "v6-only".into(),
         key,
+        key6: None,
         backends: BACKENDS6
             .iter()
             .map(|ip| DesiredBackend {

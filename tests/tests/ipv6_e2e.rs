@@ -414,3 +414,81 @@ fn explain_over_ipv6_agrees_with_real_connections() {
         "{error:#}"
     );
 }
+
+/// `reviews` dual stack: `VIP4:80` and `[VIP6]:80`, over every backend's IPv4 address and, but
+/// for sh2's, its IPv6 one.
+fn dual_stack_config(lab: &Lab, pins: &PinDir, policy: &str) -> String {
+    let mut endpoints = String::new();
+    for b in &lab.backends {
+        let region = if b.name.starts_with("hz") {
+            "cn-hangzhou"
+        } else {
+            "cn-shanghai"
+        };
+        let ip6 = match b.name.as_str() {
+            "sh2" => String::new(),
+            _ => format!(", ip6: \"{}\"", b.ip6.unwrap()),
+        };
+        endpoints.push_str(&format!(
+            "      - {{ip: {}{ip6}, region: {region}, cluster: c-{region}}}\n",
+            b.ip
+        ));
+    }
+    format!(
+        "node: {{name: lab-node, region: cn-hangzhou, cluster: c-cn-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n  conntrackSize6: 65536\n\
+         services:\n\
+         \x20 - name: reviews\n    vip: {VIP4}\n    vip6: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{endpoints}{policy}",
+        pins.pin_path().display()
+    )
+}
+
+/// A dual-stack service is one service: one table and one health state per endpoint, so 503s
+/// seen over IPv6 eject the local region for IPv4 clients too; an endpoint without an IPv6
+/// address takes IPv4 connections only.
+#[test]
+fn a_dual_stack_service_shares_its_endpoints_health_across_families() {
+    let lab = dual_stack_lab("gs6e");
+    let pins = PinDir::new("gs6e").unwrap();
+    let _agent = Agent::start(&lab.node, &pins, &dual_stack_config(&lab, &pins, FAILOVER))
+        .expect("agent starts");
+    let target4 = format!("{VIP4}:80");
+    for target in [target4.as_str(), &target6(80)] {
+        let report = parallel(&lab, target, 200);
+        assert_eq!(report.ok, 200, "{target}: {report:?}");
+        assert_eq!(
+            region_share(&report.backends, "hz"),
+            1.0,
+            "{target}: {report:?}"
+        );
+    }
+    let services = geosteer_json(&lab.node, &pins, &["services"]).unwrap();
+    let rows = services["services"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "one service: {services}");
+    assert_eq!(
+        rows[0]["frontend"],
+        "198.19.0.10:80/TCP + [2001:db8:19::10]:80/TCP"
+    );
+
+    // The local region fails, seen over IPv6 only.
+    lab.set_status("hz1", 503).unwrap();
+    lab.set_status("hz2", 503).unwrap();
+    let during = sequential(&lab, &target6(80), 50);
+    let errors = during.status.get("503").copied().unwrap_or(0);
+    assert!(errors <= 2, "{errors} 503s: {during:?}");
+    // IPv4 clients never meet the failing backends: they were ejected for the service.
+    let v4 = sequential(&lab, &target4, 50);
+    assert_eq!(v4.ok, 50, "{v4:?}");
+    assert_eq!(region_share(&v4.backends, "sh"), 1.0, "{v4:?}");
+    let v4 = parallel(&lab, &target4, 200);
+    assert_eq!(
+        (v4.ok, region_share(&v4.backends, "sh")),
+        (200, 1.0),
+        "{v4:?}"
+    );
+    assert!(v4.backends.contains_key("sh2"), "{v4:?}");
+    // IPv6 clients go to the one cn-shanghai endpoint with an IPv6 address.
+    let v6 = parallel(&lab, &target6(80), 200);
+    assert_eq!(v6.ok, 200, "{v6:?}");
+    assert_eq!(v6.backends.keys().collect::<Vec<_>>(), ["sh1"], "{v6:?}");
+}

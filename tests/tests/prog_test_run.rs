@@ -486,10 +486,12 @@ fn consecutive_5xx_eject_in_the_kernel_within_the_budget() {
     let desired = DesiredService {
         name: "limits".into(),
         key: Frontend::new(VIP, VPORT, PROTO_TCP),
+        key6: None,
         backends: BACKENDS
             .iter()
             .map(|ip| DesiredBackend {
                 addr: (*ip).into(),
+                addr6: None,
                 port: TPORT.to_be(),
                 weight: 1,
                 eject_after_5xx: 2,

@@ -273,8 +273,8 @@ where
     let source = SocketAddr::new(args.src, sport);
     let status = ctx.state().and_then(|state| {
         state.services.iter().find(|s| {
-            (s.vip, s.port, s.protocol.as_str())
-                == (args.dst.ip(), args.dst.port(), protocol_name(proto))
+            s.vips().any(|vip| vip == args.dst.ip())
+                && (s.port, s.protocol.as_str()) == (args.dst.port(), protocol_name(proto))
         })
     });
     let mut report = ExplainReport {

@@ -133,13 +133,14 @@ fn counter_row(c: &BackendCounters) -> CounterRow {
     }
 }
 
-fn service_key(s: &ServiceStatus) -> Frontend {
+/// A service's frontends (two for a dual-stack one).
+fn service_keys(s: &ServiceStatus) -> impl Iterator<Item = Frontend> + '_ {
     let proto = if s.protocol == "UDP" {
         PROTO_UDP
     } else {
         PROTO_TCP
     };
-    Frontend::new(s.vip, s.port, proto)
+    s.vips().map(move |vip| Frontend::new(vip, s.port, proto))
 }
 
 // ------------------------------------------------------------------------------- status ---
@@ -471,7 +472,12 @@ pub fn flows(ctx: &Context, service: Option<&str>, backend: Option<&str>) -> Res
     let maps = open_maps(ctx)?;
     let names: BTreeMap<Frontend, &ServiceStatus> = ctx
         .state()
-        .map(|s| s.services.iter().map(|s| (service_key(s), s)).collect())
+        .map(|s| {
+            s.services
+                .iter()
+                .flat_map(|s| service_keys(s).map(move |key| (key, s)))
+                .collect()
+        })
         .unwrap_or_default();
     let query = FlowQuery {
         names: &names,

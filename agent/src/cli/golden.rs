@@ -72,6 +72,7 @@ fn agent_state() -> AgentState {
     let reviews = ServiceStatus {
         name: "default/reviews:80/TCP".into(),
         vip: Ipv4Addr::new(198, 19, 0, 10).into(),
+        vip6: None,
         port: 80,
         protocol: "TCP".into(),
         service_id: Some(0),

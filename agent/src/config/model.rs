@@ -284,6 +284,16 @@ pub struct Service {
     /// IPv4 or IPv6; the endpoints are of the same family.
     #[serde(deserialize_with = "deserialize_ip")]
     pub vip: IpAddr,
+    /// Dual stack: the service's IPv6 VIP beside its IPv4 `vip` (Kubernetes' second
+    /// `clusterIPs` entry). One service on both: the same ports, policy and endpoints, whose
+    /// `ip6` addresses it steers to, and one health state per endpoint whichever family its
+    /// errors come from.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_some_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vip6: Option<IpAddr>,
     // Missing ports are left to validation, which explains the problem better than serde's
     // "missing field".
     #[serde(default)]
@@ -585,6 +595,14 @@ impl<'de> Deserialize<'de> for Protocol {
 pub struct Endpoint {
     #[serde(deserialize_with = "deserialize_ip")]
     pub ip: IpAddr,
+    /// A dual-stack service's endpoint's IPv6 address (its `ip` is the IPv4 one); an endpoint
+    /// without one takes the service's IPv4 connections only.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_some_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ip6: Option<IpAddr>,
     #[serde(default)]
     pub region: String,
     #[serde(default)]
@@ -616,6 +634,7 @@ impl Default for Endpoint {
     fn default() -> Self {
         Endpoint {
             ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ip6: None,
             region: String::new(),
             zone: String::new(),
             subzone: String::new(),
@@ -643,4 +662,10 @@ where
 
 fn deserialize_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
     parse_text(deserializer, str::parse::<IpAddr>)
+}
+
+fn deserialize_some_ip<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IpAddr>, D::Error> {
+    deserialize_ip(deserializer).map(Some)
 }

@@ -95,6 +95,7 @@ fn parses_the_example() {
             name: "reviews".into(),
             namespace: "default".into(),
             vip: Ipv4Addr::new(10, 96, 0, 10).into(),
+            vip6: None,
             ports: vec![ServicePort {
                 name: None,
                 app_protocol: None,
@@ -271,6 +272,14 @@ fn accepts_what_the_rules_allow() {
         (
             "metrics disabled",
             base_with("dataplane:", "admin: {metrics: \"\"}\ndataplane:"),
+        ),
+        (
+            "a dual-stack service, one endpoint without IPv6",
+            base_with(
+                "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+                "vip: 10.96.0.11\n    vip6: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    \
+                 endpoints:\n      - {ip: 10.1.0.21, ip6: \"2001:db8:1::21\"}\n      - {ip: 10.1.0.22}",
+            ),
         ),
         (
             "an IPv6 service",
@@ -460,6 +469,41 @@ fn validation_errors_name_the_field_and_value() {
             "vip: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"ff02::1\"}",
             "services[1].endpoints[0].ip",
             "ff02::1 is a multicast address",
+        ),
+        (
+            "an IPv4 vip6",
+            "vip: 10.96.0.11",
+            "vip: 10.96.0.11\n    vip6: 10.96.0.12",
+            "services[1].vip6",
+            "10.96.0.12 is not an IPv6 address",
+        ),
+        (
+            "a dual-stack service with an IPv6 vip",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: \"2001:db8:96::11\"\n    vip6: \"2001:db8:96::12\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"2001:db8::21\"}",
+            "services[1].vip",
+            "2001:db8:96::11 is IPv6: a dual-stack service's vip is its IPv4 address, vip6 its IPv6 one",
+        ),
+        (
+            "an ip6 without a vip6",
+            "{ip: 10.1.0.21}",
+            "{ip: 10.1.0.21, ip6: \"2001:db8::21\"}",
+            "services[1].endpoints[0].ip6",
+            "2001:db8::21: the service has no vip6 to steer to it",
+        ),
+        (
+            "an IPv4 ip6",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: 10.96.0.11\n    vip6: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21, ip6: 10.1.0.22}",
+            "services[1].endpoints[0].ip6",
+            "10.1.0.22 is not an IPv6 address",
+        ),
+        (
+            "a vip6 frontend taken by another service",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: 10.96.0.11\n    vip6: \"2001:db8:96::10\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}\n  - name: other6\n    vip: \"2001:db8:96::10\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"2001:db8::31\"}",
+            "services[2].ports[0]",
+            "[2001:db8:96::10]:80/TCP is already used by services[1] (default/ratings)",
         ),
         (
             "an IPv6 link-local endpoint",

@@ -366,6 +366,24 @@ fn validate_service<'a>(
         if let Some(message) = address_problem(service.vip) {
             errors.push(FieldError::new(format!("{at}.vip"), message));
         }
+        if let Some(vip6) = service.vip6 {
+            let problem = address_problem(vip6).or_else(|| {
+                vip6.is_ipv4()
+                    .then(|| format!("{vip6} is not an IPv6 address"))
+            });
+            if let Some(message) = problem {
+                errors.push(FieldError::new(format!("{at}.vip6"), message));
+            } else if service.vip.is_ipv6() {
+                errors.push(FieldError::new(
+                    format!("{at}.vip"),
+                    format!(
+                        "{} is IPv6: a dual-stack service's vip is its IPv4 address, vip6 its \
+                         IPv6 one",
+                        service.vip
+                    ),
+                ));
+            }
+        }
         validate_ports(config, s, frontends, errors);
         validate_endpoints(service, &at, errors);
         if let Some(affinity) = service.session_affinity
@@ -504,24 +522,26 @@ fn validate_ports(
                 "0 is not a valid port",
             ));
         }
-        let frontend = (service.vip, port.port, port.protocol);
-        if let Some(&(first_s, first_p)) = frontends.get(&frontend) {
-            let owner = if first_s == s {
-                format!("services[{s}].ports[{first_p}]")
+        for vip in std::iter::once(service.vip).chain(service.vip6) {
+            let frontend = (vip, port.port, port.protocol);
+            if let Some(&(first_s, first_p)) = frontends.get(&frontend) {
+                let owner = if first_s == s {
+                    format!("services[{s}].ports[{first_p}]")
+                } else {
+                    let first = &config.services[first_s];
+                    format!("services[{first_s}] ({}/{})", first.namespace, first.name)
+                };
+                errors.push(FieldError::new(
+                    at.clone(),
+                    format!(
+                        "{}/{} is already used by {owner}",
+                        std::net::SocketAddr::new(vip, port.port),
+                        port.protocol
+                    ),
+                ));
             } else {
-                let first = &config.services[first_s];
-                format!("services[{first_s}] ({}/{})", first.namespace, first.name)
-            };
-            errors.push(FieldError::new(
-                at,
-                format!(
-                    "{}/{} is already used by {owner}",
-                    std::net::SocketAddr::new(service.vip, port.port),
-                    port.protocol
-                ),
-            ));
-        } else {
-            frontends.insert(frontend, (s, p));
+                frontends.insert(frontend, (s, p));
+            }
         }
     }
 }
@@ -564,6 +584,30 @@ fn validate_endpoints(service: &Service, at: &str, errors: &mut Vec<FieldError>)
                 format!("{at}.ip"),
                 format!("{} is already listed at endpoints[{first}]", endpoint.ip),
             ));
+        }
+        if let Some(ip6) = endpoint.ip6 {
+            let problem = address_problem(ip6)
+                .or_else(|| {
+                    ip6.is_ipv4()
+                        .then(|| format!("{ip6} is not an IPv6 address"))
+                })
+                .or_else(|| {
+                    service.vip6.is_none().then(|| {
+                        format!(
+                            "{ip6}: the service has no vip6 to steer to it (ip6 is a \
+                             dual-stack service's)"
+                        )
+                    })
+                });
+            if let Some(message) = problem {
+                errors.push(FieldError::new(format!("{at}.ip6"), message));
+            } else if let Some(first) = ips.insert(ip6, e) {
+                ips.insert(ip6, first);
+                errors.push(FieldError::new(
+                    format!("{at}.ip6"),
+                    format!("{ip6} is already listed at endpoints[{first}]"),
+                ));
+            }
         }
         if endpoint.weight > MAX_ENDPOINT_WEIGHT {
             errors.push(FieldError::new(

@@ -751,6 +751,7 @@ impl Index {
             name,
             namespace,
             vip: vip.into(),
+            vip6: None,
             ports: service_ports,
             endpoints,
             traffic_policy: None,
@@ -948,7 +949,10 @@ fn slice_candidates<'a>(
                 Some(Candidate {
                     node: e.node_name.clone(),
                     endpoint: Endpoint {
-                        ip: address.parse().ok()?,
+                        // IPv4 slices only (see `slices_of`): an address of another family
+                        // there is skipped, as one that does not parse.
+                        ip: address.parse::<Ipv4Addr>().ok()?.into(),
+                        ip6: None,
                         region: region.clone(),
                         zone: zone.clone(),
                         subzone: subzone.clone(),

@@ -18,6 +18,7 @@ fn service(port: u16, weights: &[u32]) -> DesiredService {
     DesiredService {
         name: format!("svc:{port}"),
         key: key(port),
+        key6: None,
         backends: weights
             .iter()
             .enumerate()
@@ -774,4 +775,100 @@ fn a_retired_ipv6_backends_address_goes_when_its_id_is_free() {
         grace < zeroed && zeroed < position(&log, &Write::Backend(second)),
         "{log:?}"
     );
+}
+
+/// `service(port, weights)` dual-stack: key6 [2001:db8:19::10]:port, and each backend but the
+/// last with an IPv6 address 2001:db8:18::<i + 1>.
+fn dual(port: u16, weights: &[u32]) -> DesiredService {
+    let mut s = service(port, weights);
+    s.key6 = Some(key6(port));
+    let last = s.backends.len() - 1;
+    for (i, b) in s.backends.iter_mut().enumerate() {
+        if i < last {
+            b.addr6 = Some(match backend6(i as u16 + 1) {
+                IpAddr::V6(ip) => ip,
+                IpAddr::V4(_) => unreachable!(),
+            });
+        }
+    }
+    s
+}
+
+/// A dual-stack service: both frontends name one table (one service id, one set of backend
+/// ids), an endpoint without IPv6 gets a zero address for the IPv6 path, both VIPs are in the
+/// VIP map; a restarted programmer recovers it as one service; a change of its IPv6 frontend
+/// retires the old one; removing it removes both.
+#[test]
+fn a_dual_stack_service_is_one_table_under_two_frontends() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    programmer.apply(&mut dp, &[dual(80, &[1, 1, 1])]).unwrap();
+    let log = dp.take_log();
+    assert_eq!(dp.services[&key(80)], dp.services[&key6(80)]);
+    let entry = dp.services[&key(80)];
+    assert!(
+        position(&log, &Write::Table(entry.table_start))
+            < position(&log, &Write::Service(key6(80)))
+    );
+    let ids: Vec<u32> = (1..=3)
+        .map(|i| {
+            programmer
+                .backend_id(
+                    &key(80),
+                    Ipv4Addr::new(198, 18, 0, i).into(),
+                    8080u16.to_be(),
+                )
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(dp.backend_addrs6[&ids[0]].to_ip(), backend6(1));
+    assert_eq!(dp.backend_addrs6[&ids[1]].to_ip(), backend6(2));
+    assert_eq!(
+        dp.backend_addrs6[&ids[2]],
+        Addr6::default(),
+        "no IPv6 address: written as none, whatever the id held before"
+    );
+    assert_eq!(
+        dp.backends[&ids[0]].addr,
+        u32::from(Ipv4Addr::new(198, 18, 0, 1)).to_be()
+    );
+    assert_eq!((dp.vips[&key(80).vip], dp.vips[&key6(80).vip]), (1, 1));
+
+    // Restarted: one service again, the same table kept.
+    let mut recovered = Programmer::recover(&dp, 4, 16, 4096).unwrap();
+    assert_eq!(recovered.live_keys(), [key(80)]);
+    dp.take_log();
+    recovered.apply(&mut dp, &[dual(80, &[1, 1, 1])]).unwrap();
+    let log = dp.take_log();
+    assert!(
+        !log.iter()
+            .any(|w| matches!(w, Write::Table(_) | Write::Service(_))),
+        "{log:?}"
+    );
+
+    // Another IPv6 frontend: the old entry goes, the VIP map follows.
+    let mut moved = dual(80, &[1, 1, 1]);
+    moved.key6 = Some(Frontend::new(
+        "2001:db8:19::20".parse::<IpAddr>().unwrap(),
+        80,
+        PROTO_TCP,
+    ));
+    recovered.apply(&mut dp, &[moved.clone()]).unwrap();
+    assert!(!dp.services.contains_key(&key6(80)));
+    assert_eq!(dp.services[&moved.key6.unwrap()], dp.services[&key(80)]);
+    assert!(!dp.vips.contains_key(&key6(80).vip));
+    assert_eq!(dp.vips[&moved.key6.unwrap().vip], 1);
+
+    // An endpoint's IPv6 address changes: its slot is rewritten.
+    let mut readdressed = moved.clone();
+    readdressed.backends[2].addr6 = Some("2001:db8:18::33".parse().unwrap());
+    recovered.apply(&mut dp, &[readdressed]).unwrap();
+    assert_eq!(
+        dp.backend_addrs6[&ids[2]].to_ip(),
+        "2001:db8:18::33".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+
+    recovered.apply(&mut dp, &[]).unwrap();
+    assert!(dp.services.is_empty(), "{:?}", dp.services);
+    assert!(dp.vips.is_empty(), "{:?}", dp.vips);
 }

@@ -245,6 +245,7 @@ impl Rig {
             .map(|(vip, port, proto, weights)| DesiredService {
                 name: format!("{vip}:{port}/{proto}"),
                 key: Frontend::new(*vip, *port, *proto),
+                key6: None,
                 backends: weights
                     .iter()
                     .zip(BACKENDS)

@@ -1183,3 +1183,31 @@ fn local_sync_needs_every_kind() {
         ("hz-node-1", "cn-hangzhou")
     );
 }
+
+/// An IPv6 address in an IPv4 EndpointSlice is skipped (as an address that does not parse),
+/// never put among an IPv4 service's endpoints, where validation would refuse the whole
+/// desired state.
+#[test]
+fn an_ipv6_address_in_an_ipv4_slice_is_skipped() {
+    let mut index = index();
+    load(
+        &mut index.clusters[0].services,
+        vec![service("reviews", "172.16.0.10")],
+    );
+    load(
+        &mut index.clusters[0].slices,
+        vec![slice(
+            "reviews",
+            "reviews-0",
+            9080,
+            &[
+                ("10.0.0.11", "hz-node-1", true),
+                ("2001:db8::11", "hz-node-1", true),
+            ],
+        )],
+    );
+    assert_eq!(
+        endpoints(&desired(&index)),
+        ["10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b"]
+    );
+}
