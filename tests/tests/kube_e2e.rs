@@ -622,3 +622,116 @@ fn traffic_policies_steer_live_traffic_with_one_status_and_node_facts_apart() {
     drop(remote);
     drop(local);
 }
+
+/// A dual-stack Service (`clusterIPs` of both families, EndpointSlices of both address types,
+/// one pod per endpoint through `targetRef`) from the stand-in API servers, in a dual-stack lab:
+/// one service steered over IPv4 and IPv6, its remote cluster's pods included, and sh2, whose
+/// pod has no IPv6 address, taking IPv4 connections only.
+#[test]
+fn a_dual_stack_service_from_kubernetes_is_steered_over_both_families() {
+    require_root();
+    let mut spec = LabSpec::two_regions("gsk3");
+    spec.ipv6 = true;
+    let mut lab = Lab::build(&spec).expect("lab builds");
+    lab.start_backends(8080, None).expect("backends start");
+    let local = FakeApiServer::start(&lab.node, 16447);
+    let remote = FakeApiServer::start(&lab.node, 16448);
+    let pins = PinDir::new("gsk3").unwrap();
+    let ns = &lab.node;
+    local.apply(ns, node("lab-node", "cn-hangzhou", "cn-hangzhou-b"));
+    remote.apply(ns, node("sh-node", "cn-shanghai", "cn-shanghai-a"));
+    let dual = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"clusterIP": "198.19.0.10", "clusterIPs": ["198.19.0.10", "2001:db8:19::10"],
+            "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}});
+    let family_slice = |suffix: &str, family: &str, node: &str, pods: &[(String, String)]| {
+        let endpoints: Vec<Value> = pods
+            .iter()
+            .map(|(pod, ip)| {
+                json!({"addresses": [ip], "nodeName": node,
+                    "targetRef": {"kind": "Pod", "namespace": "default", "name": pod},
+                    "conditions": {"ready": true, "serving": true, "terminating": false}})
+            })
+            .collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("reviews-{suffix}"), "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "reviews"}},
+            "addressType": family,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints})
+    };
+    // (pod, address) of the lab's backends `names`.
+    let addresses = |names: &[&str], v6: bool| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|name| {
+                let b = lab.backend(name).unwrap();
+                let ip = if v6 {
+                    b.ip6.unwrap().to_string()
+                } else {
+                    b.ip.to_string()
+                };
+                (name.to_string(), ip)
+            })
+            .collect()
+    };
+    for (server, suffix, node, names, names6) in [
+        (
+            &local,
+            "hz",
+            "lab-node",
+            &["hz1", "hz2"][..],
+            &["hz1", "hz2"][..],
+        ),
+        (&remote, "sh", "sh-node", &["sh1", "sh2"][..], &["sh1"][..]),
+    ] {
+        server.apply(ns, dual.clone());
+        server.apply(
+            ns,
+            family_slice(
+                &format!("{suffix}-4"),
+                "IPv4",
+                node,
+                &addresses(names, false),
+            ),
+        );
+        server.apply(
+            ns,
+            family_slice(
+                &format!("{suffix}-6"),
+                "IPv6",
+                node,
+                &addresses(names6, true),
+            ),
+        );
+    }
+    let _agent = start_agent(ns, &pins, &local, &remote);
+
+    // Both clusters' endpoints, over both families: every backend answers IPv4, all but sh2
+    // answer IPv6.
+    let target6 = "[2001:db8:19::10]:80";
+    let backends = |target: &str| -> Result<Vec<String>, String> {
+        let report = http_from(&lab.client, target, &HttpOptions::new(200, 1))
+            .map_err(|e| format!("{e:#}"))?;
+        if report.ok != 200 {
+            return Err(format!("{target}: {report:?}"));
+        }
+        Ok(report.backends.keys().cloned().collect())
+    };
+    wait_for("both clusters over both families", || {
+        let (v4, v6) = (backends(REVIEWS)?, backends(target6)?);
+        if v4 == ["hz1", "hz2", "sh1", "sh2"] && v6 == ["hz1", "hz2", "sh1"] {
+            Ok(())
+        } else {
+            Err(format!("IPv4 {v4:?}, IPv6 {v6:?}"))
+        }
+    });
+    let services = geosteer_tests::agent::geosteer_json(ns, &pins, &["services"]).unwrap();
+    let rows = services["services"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "one service: {services}");
+    assert_eq!(
+        rows[0]["frontend"],
+        "198.19.0.10:80/TCP + [2001:db8:19::10]:80/TCP"
+    );
+}

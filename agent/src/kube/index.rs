@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ::kube::{
@@ -251,16 +251,18 @@ impl ClusterState {
         (label(&REGION_LABELS), label(&ZONE_LABELS))
     }
 
-    /// IPv4 EndpointSlices of Service `namespace/name`, in name order.
+    /// EndpointSlices of Service `namespace/name` of one family (`addressType` `IPv4` or
+    /// `IPv6`), in name order.
     fn slices_of<'a>(
         &'a self,
         namespace: &'a str,
         name: &'a str,
+        family: Family,
     ) -> impl Iterator<Item = &'a EndpointSlice> {
         self.slices.values().filter(move |slice| {
             slice.metadata.namespace.as_deref() == Some(namespace)
                 && slice.labels().get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
-                && slice.address_type == "IPv4"
+                && slice.address_type == family.address_type()
         })
     }
 }
@@ -349,6 +351,8 @@ enum WeightsFrom {
 /// An endpoint before deduplication, with what topology-aware routing needs.
 struct Candidate {
     endpoint: Endpoint,
+    /// The endpoint's `targetRef` (the pod), which names it across the two families' slices.
+    target: Option<(Option<String>, Option<String>, Option<String>)>,
     /// From this cluster's EndpointSlices.
     local: bool,
     /// The endpoint's `nodeName`.
@@ -582,8 +586,12 @@ impl Index {
         })
     }
 
-    /// A config Service for a Service of this cluster with an IPv4 cluster IP, or `None` for
-    /// those geosteer cannot steer (headless, ExternalName, IPv6-only, no TCP/UDP port).
+    /// A config Service for a Service of this cluster with a cluster IP, or `None` for those
+    /// geosteer cannot steer (headless, ExternalName, no TCP/UDP port). A dual-stack Service
+    /// (`clusterIPs` of both families) is one service: its IPv4 cluster IP is the `vip`, its
+    /// IPv6 one the `vip6`, its endpoints those of its IPv4 EndpointSlices, each with the IPv6
+    /// address its pod (`targetRef`) has in the IPv6 slices. kube-proxy runs a proxier per
+    /// family instead; one service keeps one health state per pod whichever family fails.
     fn build_service(
         &self,
         k8s: &K8sService,
@@ -607,12 +615,20 @@ impl Index {
         {
             return None;
         }
-        let vip = spec
+        let cluster_ips: Vec<IpAddr> = spec
             .cluster_ips
             .iter()
             .flatten()
             .chain(spec.cluster_ip.iter())
-            .find_map(|ip| ip.parse::<Ipv4Addr>().ok())?;
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+            .collect();
+        let vip4 = cluster_ips.iter().copied().find(IpAddr::is_ipv4);
+        let vip6 = cluster_ips.iter().copied().find(IpAddr::is_ipv6);
+        let (vip, vip6, family) = match (vip4, vip6) {
+            (Some(vip4), vip6) => (vip4, vip6, Family::V4),
+            (None, Some(vip6)) => (vip6, None, Family::V6),
+            (None, None) => return None,
+        };
         let seed = self.seed.get(&(namespace.clone(), name.clone()));
         let scope = super::cluster_local::scope(
             &namespace,
@@ -661,7 +677,7 @@ impl Index {
             .filter(|cluster| !cluster.expired)
             .flat_map(|cluster| {
                 cluster
-                    .slices_of(&namespace, &name)
+                    .slices_of(&namespace, &name, family)
                     .map(move |slice| (cluster, slice))
             })
             .collect();
@@ -704,6 +720,7 @@ impl Index {
                         .filter(|e| e.cluster == cluster.name && c > 0)
                         .map(|e| Candidate {
                             endpoint: e.clone(),
+                            target: None,
                             local: false,
                             node: None,
                             zone_hints: None,
@@ -711,7 +728,8 @@ impl Index {
                 );
                 continue;
             }
-            for slice in cluster.slices_of(&namespace, &name) {
+            let this_cluster = candidates.len();
+            for slice in cluster.slices_of(&namespace, &name, family) {
                 if let Some(problem) = port_mismatch(slice, &service_ports) {
                     warnings.push(format!(
                         "EndpointSlice {namespace}/{} (cluster {:?}): {problem}; its endpoints \
@@ -721,7 +739,23 @@ impl Index {
                     ));
                     continue;
                 }
-                candidates.extend(slice_candidates(cluster, slice, c == 0));
+                candidates.extend(slice_candidates(cluster, slice, c == 0, family));
+            }
+            // A dual-stack Service: each pod's IPv6 address, from the IPv6 slices.
+            if vip6.is_some() {
+                let ipv6_of: BTreeMap<_, IpAddr> = cluster
+                    .slices_of(&namespace, &name, Family::V6)
+                    .filter(|slice| port_mismatch(slice, &service_ports).is_none())
+                    .flat_map(|slice| slice_candidates(cluster, slice, c == 0, Family::V6))
+                    .filter_map(|v6| Some((v6.target?, v6.endpoint.ip)))
+                    .collect();
+                for candidate in &mut candidates[this_cluster..] {
+                    candidate.endpoint.ip6 = candidate
+                        .target
+                        .as_ref()
+                        .and_then(|target| ipv6_of.get(target))
+                        .copied();
+                }
             }
         }
         if spec.internal_traffic_policy.as_deref() == Some("Local") {
@@ -750,8 +784,8 @@ impl Index {
         Some(Service {
             name,
             namespace,
-            vip: vip.into(),
-            vip6: None,
+            vip,
+            vip6,
             ports: service_ports,
             endpoints,
             traffic_policy: None,
@@ -910,10 +944,36 @@ pub fn is_draining(conditions: Option<&EndpointConditions>) -> bool {
     conditions.is_some_and(|c| c.terminating == Some(true))
 }
 
+/// An address family of a Service's cluster IPs and EndpointSlices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn address_type(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// `text` as an address of this family (an address of the other family in a slice of
+    /// this one is skipped, as one that does not parse).
+    fn parse(self, text: &str) -> Option<IpAddr> {
+        match self {
+            Family::V4 => text.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+            Family::V6 => text.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        }
+    }
+}
+
 fn slice_candidates<'a>(
     cluster: &'a ClusterState,
     slice: &'a EndpointSlice,
     local: bool,
+    family: Family,
 ) -> impl Iterator<Item = Candidate> + 'a {
     slice
         .endpoints
@@ -948,10 +1008,12 @@ fn slice_candidates<'a>(
             e.addresses.iter().filter_map(move |address| {
                 Some(Candidate {
                     node: e.node_name.clone(),
+                    target: e
+                        .target_ref
+                        .as_ref()
+                        .map(|t| (t.kind.clone(), t.namespace.clone(), t.name.clone())),
                     endpoint: Endpoint {
-                        // IPv4 slices only (see `slices_of`): an address of another family
-                        // there is skipped, as one that does not parse.
-                        ip: address.parse::<Ipv4Addr>().ok()?.into(),
+                        ip: family.parse(address)?,
                         ip6: None,
                         region: region.clone(),
                         zone: zone.clone(),

@@ -267,10 +267,6 @@ fn services_it_cannot_steer_are_skipped() {
             json!({"type": "ExternalName", "externalName": "example.com"}),
         ),
         (
-            "IPv6 only",
-            json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10"], "ports": [{"port": 80}]}),
-        ),
-        (
             "SCTP only",
             json!({"clusterIP": "172.16.0.10", "ports": [{"port": 80, "protocol": "SCTP"}]}),
         ),
@@ -316,6 +312,11 @@ fn ports_map_by_name_and_dual_stack_takes_the_ipv4_address() {
     let desired = desired(&index);
     let service = &desired.config.services[0];
     assert_eq!(service.vip, Ipv4Addr::new(172, 16, 0, 20));
+    assert_eq!(
+        service.vip6,
+        Some("fd00::10".parse().unwrap()),
+        "dual stack"
+    );
     let ports: Vec<(u16, u16, Protocol)> = service
         .ports
         .iter()
@@ -1209,5 +1210,106 @@ fn an_ipv6_address_in_an_ipv4_slice_is_skipped() {
     assert_eq!(
         endpoints(&desired(&index)),
         ["10.0.0.11@ack-hangzhou/cn-hangzhou/cn-hangzhou-b"]
+    );
+}
+
+/// A slice of `family` for Service `multi` with endpoints (address, pod).
+fn family_slice(name: &str, family: &str, endpoints: &[(&str, &str)]) -> EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(address, pod)| {
+            json!({
+                "addresses": [address],
+                "targetRef": {"kind": "Pod", "namespace": "default", "name": pod},
+            })
+        })
+        .collect();
+    from_json(json!({
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "multi"}},
+        "addressType": family,
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }))
+}
+
+fn multi(cluster_ips: &[&str]) -> K8sService {
+    from_json(json!({
+        "metadata": {"name": "multi", "namespace": "default"},
+        "spec": {
+            "clusterIP": cluster_ips[0],
+            "clusterIPs": cluster_ips,
+            "ports": [{"name": "http", "port": 80, "targetPort": "web"}],
+        },
+    }))
+}
+
+/// An IPv6-only Service: its IPv6 cluster IP and the endpoints of its IPv6 slices.
+#[test]
+fn an_ipv6_only_service_takes_its_ipv6_slices() {
+    let mut index = index();
+    load(&mut index.clusters[0].services, vec![multi(&["fd00::10"])]);
+    load(
+        &mut index.clusters[0].slices,
+        vec![
+            family_slice(
+                "multi-6",
+                "IPv6",
+                &[("fd00:1::41", "a"), ("fd00:1::42", "b")],
+            ),
+            family_slice("multi-4", "IPv4", &[("10.0.0.41", "a")]),
+        ],
+    );
+    let desired = desired(&index);
+    let service = &desired.config.services[0];
+    assert_eq!(
+        (service.vip, service.vip6),
+        ("fd00::10".parse().unwrap(), None)
+    );
+    let ips: Vec<String> = service.endpoints.iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(ips, ["fd00:1::41", "fd00:1::42"]);
+}
+
+/// A dual-stack Service is one service: the IPv4 slices' endpoints, each with the IPv6 address
+/// its pod has in the IPv6 slices (none for a pod without one); a pod in the IPv6 slices only
+/// is left out (an endpoint of a dual-stack service has an IPv4 address).
+#[test]
+fn a_dual_stack_service_pairs_each_pods_addresses() {
+    let mut index = index();
+    load(
+        &mut index.clusters[0].services,
+        vec![multi(&["172.16.0.20", "fd00::10"])],
+    );
+    load(
+        &mut index.clusters[0].slices,
+        vec![
+            family_slice("multi-4", "IPv4", &[("10.0.0.41", "a"), ("10.0.0.42", "b")]),
+            family_slice(
+                "multi-6",
+                "IPv6",
+                &[("fd00:1::41", "a"), ("fd00:1::43", "c")],
+            ),
+        ],
+    );
+    let desired = desired(&index);
+    let service = &desired.config.services[0];
+    assert_eq!(
+        (service.vip, service.vip6),
+        (
+            "172.16.0.20".parse().unwrap(),
+            Some("fd00::10".parse().unwrap())
+        )
+    );
+    let pairs: Vec<(String, Option<String>)> = service
+        .endpoints
+        .iter()
+        .map(|e| (e.ip.to_string(), e.ip6.map(|ip| ip.to_string())))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("10.0.0.41".to_string(), Some("fd00:1::41".to_string())),
+            ("10.0.0.42".to_string(), None),
+        ]
     );
 }
