@@ -140,10 +140,18 @@ pub struct LiveService {
     /// Outlier ejections of this service id that the agent has ended (the kernel counts the
     /// ones it made; the difference is how many are ejected now).
     pub ejections_released: i64,
+    /// The IPv6 frontend's entry (`desired.key6`) names `entry`'s table; false after a failed
+    /// write, or when a restarted agent found it naming another: the next change writes it.
+    key6_written: bool,
     desired: DesiredService,
 }
 
 impl LiveService {
+    /// Whether it is live as `desired` says, in every entry (nothing left to write).
+    fn is_as(&self, desired: &DesiredService) -> bool {
+        self.desired == *desired && self.key6_written
+    }
+
     /// The kernel ids of its backends, leaving ones included.
     pub fn backend_ids(&self) -> Vec<u32> {
         self.backends.values().map(|(id, _)| *id).collect()
@@ -237,8 +245,9 @@ struct Plan {
     /// The update that makes the change live; `None` when the live table already is what
     /// this state builds (a restarted agent adopting its predecessor's tables): no swap.
     flip: Option<ServiceValue>,
-    /// The IPv6 frontend's entry of a dual-stack service, written after `flip`: with every
-    /// flip, and when the frontend is new.
+    /// The IPv6 frontend's entry of a dual-stack service, written after `flip`, once the
+    /// change is on the books (see [`Programmer::write_flip6`]): with every flip, and when the
+    /// frontend is new or its entry was not written.
     flip6: Option<(Frontend, ServiceValue)>,
     /// The service entry live after the change, and its backends as written.
     entry: ServiceValue,
@@ -274,9 +283,6 @@ impl Plan {
         if let Some(entry) = &self.flip {
             dp.write_service(key, entry)?;
         }
-        if let Some((key6, entry)) = &self.flip6 {
-            dp.write_service(key6, entry)?;
-        }
         Ok(())
     }
 }
@@ -296,12 +302,17 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
     let mut entries = Vec::new();
     let mut addrs6 = Vec::new();
     let mut backends = BTreeMap::new();
+    // A service that gains its IPv6 table (vip6 added): every backend's slot is written, an
+    // unchanged entry's too — its id's slot may hold what an earlier table gave it.
+    let ipv6_table_is_new = desired.key6.is_some()
+        && live.is_none_or(|l| l.desired.key6.is_none() && l.desired.key.vip.is_ipv4());
     for (b, &backend_id) in desired.backends.iter().zip(&taken.ids) {
-        match live.and_then(|l| l.backends.get(&(b.addr, b.port))) {
-            // `before.flags` are the kernel's (as written, or as read back from the pins by a
-            // new agent, whose predecessor may not have set every flag).
-            Some((_, before))
-                if (
+        // `before.flags` are the kernel's (as written, or as read back from the pins by a
+        // new agent, whose predecessor may not have set every flag).
+        let unchanged = live
+            .and_then(|l| l.backends.get(&(b.addr, b.port)))
+            .is_some_and(|(_, before)| {
+                (
                     before.eject_after_5xx,
                     before.eject_after_gateway,
                     before.flags,
@@ -311,13 +322,15 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
                     b.eject_after_gateway,
                     kernel_flags(b),
                     b.addr6,
-                ) => {}
-            _ => {
-                entries.push((backend_id, backend_entry(desired, b, id)));
-                if let Some(addr6) = desired.ipv6_addr_of(b) {
-                    addrs6.push((backend_id, addr6));
-                }
-            }
+                )
+            });
+        if !unchanged {
+            entries.push((backend_id, backend_entry(desired, b, id)));
+        }
+        if (!unchanged || ipv6_table_is_new)
+            && let Some(addr6) = desired.ipv6_addr_of(b)
+        {
+            addrs6.push((backend_id, addr6));
         }
         let written = DesiredBackend {
             flags: kernel_flags(b),
@@ -337,7 +350,7 @@ fn plan(desired: &DesiredService, taken: &Taken, live: Option<&LiveService>) -> 
         Some(entry) => entry,
         None => live.expect("only a live table is kept").entry,
     };
-    let key6_is_new = live.is_none_or(|l| l.desired.key6 != desired.key6);
+    let key6_is_new = live.is_none_or(|l| l.desired.key6 != desired.key6 || !l.key6_written);
     let flip6 = desired
         .key6
         .filter(|_| flip.is_some() || key6_is_new)
@@ -463,7 +476,7 @@ impl Programmer {
         };
         // A dual-stack service is two entries of one service id: its IPv4 frontend is the
         // service's key, the IPv6 one its key6.
-        let mut key6_of: BTreeMap<u32, Frontend> = BTreeMap::new();
+        let mut key6_of: BTreeMap<u32, (Frontend, ServiceValue)> = BTreeMap::new();
         let ids_with_ipv4: BTreeSet<u32> = services
             .iter()
             .filter(|(key, _)| key.vip.is_ipv4())
@@ -474,13 +487,16 @@ impl Programmer {
             .filter(|(key, value)| {
                 let alias = key.vip.is_ipv6() && ids_with_ipv4.contains(&value.id);
                 if alias {
-                    key6_of.entry(value.id).or_insert(*key);
+                    key6_of.entry(value.id).or_insert((*key, *value));
                 }
                 !alias
             })
             .collect();
         for (key, value) in services {
-            let key6 = key6_of.get(&value.id).copied();
+            let key6 = key6_of.get(&value.id).map(|(key6, _)| *key6);
+            // An agent stopped between a dual-stack service's two entries left the IPv6 one on
+            // the old table: the first change writes it again.
+            let key6_written = key6_of.get(&value.id).is_none_or(|(_, v6)| *v6 == value);
             let mut backends = BTreeMap::new();
             for (id, b) in by_service.remove(&value.id).unwrap_or_default() {
                 used_backends.insert(id);
@@ -546,6 +562,7 @@ impl Programmer {
                     recovered: false,
                     backends,
                     ejections_released: config.ejections_released,
+                    key6_written,
                     desired,
                 },
             );
@@ -613,7 +630,7 @@ impl Programmer {
         if self
             .live
             .get(&desired.key)
-            .is_some_and(|live| live.desired == *desired)
+            .is_some_and(|live| live.is_as(desired))
         {
             self.write_pending_vips(dp)?;
             return Ok(false);
@@ -753,7 +770,11 @@ impl Programmer {
         let mut report = ApplyReport::default();
         let wanted: BTreeMap<Frontend, &DesiredService> =
             desired.iter().map(|s| (s.key, s)).collect();
-        if wanted.len() != desired.len() {
+        let frontends: BTreeSet<Frontend> =
+            desired.iter().flat_map(DesiredService::frontends).collect();
+        if wanted.len() != desired.len()
+            || frontends.len() != desired.iter().flat_map(DesiredService::frontends).count()
+        {
             bail!("two desired services share one VIP:port/protocol");
         }
         let removed: Vec<Frontend> = self
@@ -812,9 +833,7 @@ impl Programmer {
         let mut new = Vec::new();
         for (i, service) in desired.iter().enumerate() {
             match self.live.get(&service.key) {
-                Some(live) if live.desired == **service => {
-                    results[i] = Some(Ok(Applied::Unchanged))
-                }
+                Some(live) if live.is_as(service) => results[i] = Some(Ok(Applied::Unchanged)),
                 Some(_) => {
                     results[i] = Some(
                         self.upsert(dp, service)
@@ -923,12 +942,12 @@ impl Programmer {
         };
         // Every flip in one batch once every table is in; those the batch did not write (it
         // stops at the first failure), one at a time, so that each service gets its own answer.
+        // Every primary entry, then every IPv6 one of a dual-stack service (one batch per
+        // family, and no IPv6 entry before its service's primary one).
         let flips: Vec<(Frontend, ServiceValue)> = ready
             .iter()
-            .flat_map(|(i, _, plan, _)| {
-                let flip = plan.flip.map(|flip| (services[*i].key, flip));
-                flip.into_iter().chain(plan.flip6)
-            })
+            .filter_map(|(i, _, plan, _)| Some((services[*i].key, plan.flip?)))
+            .chain(ready.iter().filter_map(|(_, _, plan, _)| plan.flip6))
             .collect();
         let flipped_together: BTreeSet<Frontend> = match &written {
             Err(_) => BTreeSet::new(),
@@ -955,14 +974,17 @@ impl Programmer {
                 (Ok(()), Some(_)) if flipped_together.contains(&desired.key) => Ok(()),
                 (Ok(()), Some(entry)) => dp.write_service(&desired.key, entry),
                 (Ok(()), None) => Ok(()),
-            }
-            .and_then(|()| match &plan.flip6 {
-                Some((key6, _)) if flipped_together.contains(key6) => Ok(()),
-                Some((key6, entry)) => dp.write_service(key6, entry),
-                None => Ok(()),
-            });
+            };
+            let flip6 = plan
+                .flip6
+                .filter(|(key6, _)| !flipped_together.contains(key6));
             results[i] = Some(match flipped {
-                Ok(()) => self.commit(dp, desired, &taken, plan, None).map(|()| grace),
+                // Live from here on (the table and its entry are in): an IPv6 entry that
+                // fails to go in is written by the next change, never undone with the rest.
+                Ok(()) => self
+                    .commit(dp, desired, &taken, plan, None)
+                    .and_then(|()| self.write_flip6(dp, desired, flip6))
+                    .map(|()| grace),
                 Err(e) => {
                     self.abandon(dp, desired, None, taken);
                     Err(not_changed(e, desired))
@@ -1016,8 +1038,34 @@ impl Programmer {
             self.abandon(dp, desired, existing, taken);
             return Err(not_changed(e, desired));
         }
+        let flip6 = plan.flip6;
         self.commit(dp, desired, &taken, plan, existing)?;
+        self.write_flip6(dp, desired, flip6)?;
         Ok(grace)
+    }
+
+    /// Writes a dual-stack service's IPv6 entry after its change is live and on the books: a
+    /// failure leaves the IPv4 side live (its table is never undone under it), and marks the
+    /// entry for the next change to write.
+    fn write_flip6(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        desired: &DesiredService,
+        flip6: Option<(Frontend, ServiceValue)>,
+    ) -> Result<()> {
+        let written = match flip6 {
+            Some((key6, entry)) => dp.write_service(&key6, &entry),
+            None => Ok(()),
+        };
+        if let Some(live) = self.live.get_mut(&desired.key) {
+            live.key6_written = written.is_ok();
+        }
+        written.with_context(|| {
+            format!(
+                "{}: live over IPv4, its IPv6 frontend not yet (written with the next change)",
+                desired.name
+            )
+        })
     }
 
     /// Before a change takes anything: tables a completed grace period covers are free again.
@@ -1044,13 +1092,17 @@ impl Programmer {
         existing: Option<LiveService>,
     ) -> Result<()> {
         let id = taken.id;
-        // A dual-stack service whose IPv6 frontend changed: the old one goes (the new one was
-        // written with the flips), and the VIP map counts the change.
-        if let Some(live) = &existing
-            && live.desired.key6 != desired.key6
+        // A dual-stack service whose IPv6 frontend changed: the VIP map counts the change, and
+        // the old entry goes below, once the books are updated.
+        let departed6 = existing
+            .as_ref()
+            .and_then(|live| live.desired.key6)
+            .filter(|old6| Some(*old6) != desired.key6);
+        if existing
+            .as_ref()
+            .is_some_and(|live| live.desired.key6 != desired.key6)
         {
-            if let Some(old6) = live.desired.key6 {
-                dp.remove_service(&old6)?;
+            if let Some(old6) = departed6 {
                 self.count_vip_port(old6.vip, -1);
             }
             if let Some(new6) = desired.key6 {
@@ -1093,11 +1145,22 @@ impl Programmer {
                 recovered: false,
                 backends: plan.backends,
                 ejections_released,
+                key6_written: true,
                 desired: desired.clone(),
             },
         );
         let released_before = ejections_released;
         let mut first_error = None;
+        // Unless another service took that frontend in the same apply (a swap of vip6s).
+        if let Some(old6) = departed6
+            && !self
+                .live
+                .values()
+                .any(|l| l.desired.frontends().any(|front| front == old6))
+            && let Err(e) = dp.remove_service(&old6)
+        {
+            first_error.get_or_insert(e);
+        }
         for (backend_id, _) in old_backends.into_values() {
             // No longer in the table: taken out of use, and its id waits out a grace period
             // whatever happens to these writes.

@@ -450,7 +450,9 @@ fn dual_stack_config(lab: &Lab, pins: &PinDir, policy: &str) -> String {
 fn a_dual_stack_service_shares_its_endpoints_health_across_families() {
     let lab = dual_stack_lab("gs6e");
     let pins = PinDir::new("gs6e").unwrap();
-    let _agent = Agent::start(&lab.node, &pins, &dual_stack_config(&lab, &pins, FAILOVER))
+    // Ejected for 30 s: longer than the whole check after the ejection takes.
+    let policy = FAILOVER.replace("baseEjectionTime: 3s", "baseEjectionTime: 30s");
+    let _agent = Agent::start(&lab.node, &pins, &dual_stack_config(&lab, &pins, &policy))
         .expect("agent starts");
     let target4 = format!("{VIP4}:80");
     for target in [target4.as_str(), &target6(80)] {

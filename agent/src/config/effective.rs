@@ -256,7 +256,11 @@ pub fn warnings(config: &Config) -> Vec<FieldError> {
         service_warnings(config, s, &mut warnings);
     }
     let dataplane = &config.dataplane;
-    let ipv6_services = config.services.iter().filter(|s| s.vip.is_ipv6()).count();
+    let ipv6_services = config
+        .services
+        .iter()
+        .filter(|s| s.vip.is_ipv6() || s.vip6.is_some())
+        .count();
     if ipv6_services > 0 && dataplane.conntrack_size6 < dataplane.conntrack_size {
         warnings.push(FieldError::new(
             "dataplane.conntrackSize6",

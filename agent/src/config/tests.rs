@@ -492,6 +492,20 @@ fn validation_errors_name_the_field_and_value() {
             "2001:db8::21: the service has no vip6 to steer to it",
         ),
         (
+            "a duplicate ip6",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: 10.96.0.11\n    vip6: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21, ip6: \"2001:db8::21\"}\n      - {ip: 10.1.0.22, ip6: \"2001:db8::21\"}",
+            "services[1].endpoints[1].ip6",
+            "2001:db8::21 is already listed at endpoints[0]",
+        ),
+        (
+            "an IPv6 ip in a dual-stack service",
+            "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
+            "vip: 10.96.0.11\n    vip6: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: \"2001:db8::21\"}",
+            "services[1].endpoints[0].ip",
+            "(an endpoint's IPv6 address is its ip6)",
+        ),
+        (
             "an IPv4 ip6",
             "vip: 10.96.0.11\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21}",
             "vip: 10.96.0.11\n    vip6: \"2001:db8:96::11\"\n    ports: [{port: 80}]\n    endpoints:\n      - {ip: 10.1.0.21, ip6: 10.1.0.22}",

@@ -564,13 +564,18 @@ fn validate_endpoints(service: &Service, at: &str, errors: &mut Vec<FieldError>)
         } else if endpoint.ip.is_ipv4() != service.vip.is_ipv4()
             && address_problem(service.vip).is_none()
         {
-            // A dual-stack service (one VIP per family sharing endpoints) is not built yet;
-            // an endpoint of the other family would never be steered to.
+            // An endpoint of the other family would never be steered to; a dual-stack
+            // service's endpoints give their IPv6 address as `ip6`.
+            let hint = if service.vip6.is_some() {
+                " (an endpoint's IPv6 address is its ip6)"
+            } else {
+                ""
+            };
             errors.push(FieldError::new(
                 format!("{at}.ip"),
                 format!(
                     "{} is an {} address and the service's vip {} is {}: a service's \
-                     endpoints are of its VIP's family",
+                     endpoints are of its VIP's family{hint}",
                     endpoint.ip,
                     family_name(endpoint.ip),
                     service.vip,

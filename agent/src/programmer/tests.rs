@@ -872,3 +872,83 @@ fn a_dual_stack_service_is_one_table_under_two_frontends() {
     assert!(dp.services.is_empty(), "{:?}", dp.services);
     assert!(dp.vips.is_empty(), "{:?}", dp.vips);
 }
+
+/// A service that stops and starts being dual-stack: when its IPv6 table comes back, every
+/// backend's slot is written again — one whose `ip6` went meanwhile reads as none, not as the
+/// address it had the first time.
+#[test]
+fn a_service_that_becomes_dual_stack_again_rewrites_every_slot() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    let first = dual(80, &[1, 1, 1]);
+    programmer
+        .apply(&mut dp, std::slice::from_ref(&first))
+        .unwrap();
+    let b1 = programmer
+        .backend_id(
+            &key(80),
+            Ipv4Addr::new(198, 18, 0, 1).into(),
+            8080u16.to_be(),
+        )
+        .unwrap();
+    assert_eq!(dp.backend_addrs6[&b1].to_ip(), backend6(1));
+    // IPv4 only: no ip6 anywhere.
+    programmer
+        .apply(&mut dp, &[service(80, &[1, 1, 1])])
+        .unwrap();
+    assert!(!dp.services.contains_key(&key6(80)));
+    // Dual-stack again, the first backend without an IPv6 address now.
+    let mut again = first;
+    again.backends[0].addr6 = None;
+    programmer.apply(&mut dp, &[again]).unwrap();
+    assert_eq!(
+        dp.backend_addrs6[&b1],
+        Addr6::default(),
+        "not {}",
+        dp.backend_addrs6[&b1].to_ip()
+    );
+    assert_eq!(dp.services[&key6(80)], dp.services[&key(80)]);
+}
+
+/// Two services swap their IPv6 frontends in one apply: neither removes the entry the other
+/// now has.
+#[test]
+fn two_services_swapping_their_ipv6_frontends_keep_both() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    let (x, y) = (key6(80), key6(81));
+    let (mut a, mut b) = (dual(80, &[1, 1]), dual(81, &[1, 1]));
+    programmer.apply(&mut dp, &[a.clone(), b.clone()]).unwrap();
+    assert_eq!(dp.services[&x], dp.services[&key(80)]);
+    (a.key6, b.key6) = (Some(y), Some(x));
+    programmer.apply(&mut dp, &[a, b]).unwrap();
+    assert_eq!(dp.services.get(&y), dp.services.get(&key(80)), "a's now");
+    assert_eq!(dp.services.get(&x), dp.services.get(&key(81)), "b's now");
+}
+
+/// The IPv6 entry of a dual-stack service refused by the kernel: the IPv4 side stays live on
+/// its new table (never freed under it), the error says so, and the next apply writes the
+/// IPv6 entry.
+#[test]
+fn a_refused_ipv6_entry_leaves_the_ipv4_side_live_and_is_written_next_time() {
+    let mut dp = MemoryDataplane::new();
+    let mut programmer = Programmer::new(4, 16, 4096);
+    dp.fail_service_writes.insert(key6(80));
+    // New service (the batched path), then a change (one at a time).
+    for weights in [&[1, 1][..], &[1, 2][..]] {
+        let error = programmer.apply(&mut dp, &[dual(80, weights)]).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("live over IPv4, its IPv6 frontend not yet"),
+            "{error:#}"
+        );
+        let live = programmer.service(&key(80)).expect("live");
+        assert_eq!(dp.services[&key(80)], live.entry);
+        let table = crate::dataplane::KernelTable::read(&dp, &live.entry).unwrap();
+        assert_eq!(table.backends.len(), 2);
+        let (used, _) = programmer.table_chunks_used();
+        assert!(used >= live.entry.table_chunks(), "its table is not freed");
+    }
+    dp.fail_service_writes.clear();
+    programmer.apply(&mut dp, &[dual(80, &[1, 2])]).unwrap();
+    assert_eq!(dp.services[&key6(80)], dp.services[&key(80)]);
+}
