@@ -902,6 +902,30 @@ fn wait_ready(stdout: Option<std::process::ChildStdout>, name: &str) -> Result<(
 }
 
 /// True if a namespace called `name` exists (handy in assertions).
+/// The share of `backends` (answers by backend name) whose name starts with `prefix` (a
+/// region's: `hz`, `sh`).
+pub fn region_share(backends: &BTreeMap<String, u64>, prefix: &str) -> f64 {
+    let total: u64 = backends.values().sum();
+    let region: u64 = backends
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum();
+    region as f64 / total.max(1) as f64
+}
+
+/// Polls `check` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
 pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }

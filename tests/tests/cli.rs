@@ -15,7 +15,7 @@ use std::{
 use geosteer_tests::{
     HttpOptions, Lab, LabSpec,
     agent::{Agent, METRICS_ADDRESS, PinDir},
-    bin_path, http_from, require_root,
+    bin_path, http_from, require_root, wait_until,
 };
 use serde_json::Value;
 
@@ -103,17 +103,6 @@ fn json(pins: &PinDir, args: &[&str]) -> Value {
     args.extend(["-o", "json"]);
     let out = run(pins, &args);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 /// `GET path` on the agent's HTTP endpoint, from inside the node namespace: (status, body).

@@ -13,7 +13,7 @@ use std::{
 use geosteer_tests::{
     HttpOptions, HttpReport, Lab, LabSpec,
     agent::{Agent, PinDir, geosteer_json},
-    http_from, require_root, udp_from,
+    http_from, region_share, require_root, udp_from, wait_until,
 };
 
 const VIP6: &str = "2001:db8:19::10";
@@ -82,27 +82,6 @@ fn sequential(lab: &Lab, target: &str, connections: u32) -> HttpReport {
     let mut opts = HttpOptions::new(connections, 1);
     opts.concurrency = 1;
     http_from(&lab.client, target, &opts).expect("client runs")
-}
-
-fn region_share(backends: &BTreeMap<String, u64>, prefix: &str) -> f64 {
-    let total: u64 = backends.values().sum();
-    let region: u64 = backends
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum();
-    region as f64 / total.max(1) as f64
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 #[test]

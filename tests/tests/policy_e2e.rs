@@ -12,7 +12,7 @@ use std::{
 use geosteer_tests::{
     HttpOptions, HttpReport, Lab, LabSpec,
     agent::{Agent, PinDir, pin_in_older_layout, two_region_config as config},
-    http_from, require_root,
+    http_from, region_share, require_root, wait_until,
 };
 
 const VIP: &str = "198.19.0.10:80";
@@ -43,28 +43,6 @@ fn parallel(lab: &Lab, connections: u32) -> HttpReport {
     lab.client_http(VIP, connections, 1).expect("client runs")
 }
 
-fn region_share(report: &HttpReport, prefix: &str) -> f64 {
-    let total: u64 = report.backends.values().sum();
-    let region: u64 = report
-        .backends
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum();
-    region as f64 / total.max(1) as f64
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
 #[test]
 fn seed_failover_on_503_and_recovery_after_base_ejection_time() {
     let lab = two_region_lab("gsp1");
@@ -79,7 +57,7 @@ fn seed_failover_on_503_and_recovery_after_base_ejection_time() {
     let before = parallel(&lab, 200);
     assert_eq!(before.ok, 200, "{before:?}");
     assert_eq!(
-        region_share(&before, "hz"),
+        region_share(&before.backends, "hz"),
         1.0,
         "all traffic stays local: {:?}",
         before.backends
@@ -100,7 +78,7 @@ fn seed_failover_on_503_and_recovery_after_base_ejection_time() {
     let after = parallel(&lab, 200);
     assert_eq!(after.ok, 200, "{after:?}");
     assert_eq!(
-        region_share(&after, "sh"),
+        region_share(&after.backends, "sh"),
         1.0,
         "everything failed over: {:?}",
         after.backends
@@ -112,7 +90,7 @@ fn seed_failover_on_503_and_recovery_after_base_ejection_time() {
     wait_until(
         "traffic back in cn-hangzhou",
         Duration::from_secs(15),
-        || region_share(&parallel(&lab, 20), "hz") == 1.0,
+        || region_share(&parallel(&lab, 20).backends, "hz") == 1.0,
     );
     assert!(
         failing_at.elapsed() >= Duration::from_secs(3),
@@ -139,7 +117,7 @@ fn distribute_90_10_over_a_thousand_connections() {
     .expect("agent starts");
     let report = parallel(&lab, 1200);
     assert_eq!(report.ok, 1200, "{report:?}");
-    let hz = region_share(&report, "hz");
+    let hz = region_share(&report.backends, "hz");
     assert!(
         (hz - 0.90).abs() <= 0.03,
         "cn-hangzhou share {hz:.3}: {:?}",
@@ -166,7 +144,7 @@ fn half_the_local_region_failing_spills_about_30_percent() {
     // P0 50% healthy → health 70 → 70% local, 30% to the failover region (Envoy, factor 1.4).
     let report = parallel(&lab, 1200);
     assert_eq!(report.ok, 1200, "{report:?}");
-    let hz = region_share(&report, "hz");
+    let hz = region_share(&report.backends, "hz");
     assert!(
         (hz - 0.70).abs() <= 0.04,
         "local share {hz:.3}: {:?}",
@@ -195,7 +173,7 @@ fn cluster_weights_20_80_and_the_shift_when_a_cluster_fails() {
     .expect("agent starts");
     let report = parallel(&lab, 1200);
     assert_eq!(report.ok, 1200, "{report:?}");
-    let hz = region_share(&report, "hz");
+    let hz = region_share(&report.backends, "hz");
     assert!(
         (hz - 0.20).abs() <= 0.03,
         "ack-hangzhou share {hz:.3}: {:?}",
@@ -212,7 +190,7 @@ fn cluster_weights_20_80_and_the_shift_when_a_cluster_fails() {
     let after = parallel(&lab, 300);
     assert_eq!(after.ok, 300, "{after:?}");
     assert_eq!(
-        region_share(&after, "hz"),
+        region_share(&after.backends, "hz"),
         1.0,
         "ack-shanghai's share moved: {:?}",
         after.backends
@@ -229,13 +207,13 @@ fn removing_a_regions_endpoints_fails_over_and_a_bad_reload_keeps_serving() {
         &config(&pins, &["hz1", "hz2", "sh1", "sh2"], FAILOVER),
     )
     .expect("agent starts");
-    assert_eq!(region_share(&parallel(&lab, 100), "hz"), 1.0);
+    assert_eq!(region_share(&parallel(&lab, 100).backends, "hz"), 1.0);
 
     // The local region's endpoints disappear from the config (file change → reload).
     std::fs::write(&agent.config_path, config(&pins, &["sh1", "sh2"], FAILOVER)).unwrap();
     wait_until("traffic in cn-shanghai", Duration::from_secs(10), || {
         let r = parallel(&lab, 20);
-        r.ok == 20 && region_share(&r, "sh") == 1.0
+        r.ok == 20 && region_share(&r.backends, "sh") == 1.0
     });
 
     // An invalid config under traffic: rejected with the field path, traffic unaffected.
@@ -256,7 +234,7 @@ fn removing_a_regions_endpoints_fails_over_and_a_bad_reload_keeps_serving() {
     assert!(agent.log_contains("keeping the running state"));
     let after = parallel(&lab, 100);
     assert_eq!(
-        (after.ok, region_share(&after, "sh")),
+        (after.ok, region_share(&after.backends, "sh")),
         (100, 1.0),
         "{after:?}"
     );
