@@ -236,6 +236,9 @@ pub struct LocalityStatus {
 pub struct BackendStatus {
     /// `ip:port` (the DNAT target).
     pub address: String,
+    /// A dual-stack service's endpoint's `[ip6]:port` (the IPv6 flows' DNAT target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     /// Kernel backend id (counters); None if not programmed.
     pub backend_id: Option<u32>,
     /// `region/zone/subzone`.
@@ -417,6 +420,7 @@ fn service_status(
                 .map(|until| wall_now + until.saturating_sub(monotonic_now));
             BackendStatus {
                 address: SocketAddr::new(e.ip, e.port).to_string(),
+                address6: e.ip6.map(|ip6| SocketAddr::from((ip6, e.port)).to_string()),
                 backend_id: controller.programmer.backend_id(&key, addr, port),
                 locality: e.locality.label(),
                 cluster: e.locality.cluster.clone(),
@@ -450,6 +454,7 @@ fn service_status(
                     let (addr, port) = (e.ip, e.port.to_be());
                     BackendStatus {
                         address: SocketAddr::new(e.ip, e.port).to_string(),
+                        address6: e.ip6.map(|ip6| SocketAddr::from((ip6, e.port)).to_string()),
                         backend_id: controller.programmer.backend_id(&key, addr, port),
                         locality: e.locality.label(),
                         cluster: e.locality.cluster.clone(),

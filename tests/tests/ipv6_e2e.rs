@@ -450,6 +450,28 @@ fn a_dual_stack_service_shares_its_endpoints_health_across_families() {
         rows[0]["frontend"],
         "198.19.0.10:80/TCP + [2001:db8:19::10]:80/TCP"
     );
+    // Each endpoint with both its addresses; sh2 has an IPv4 one only.
+    let backends = geosteer_json(&lab.node, &pins, &["backends", "reviews"]).unwrap();
+    let pairs: Vec<(String, Option<String>)> = backends["services"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let address = b["address"].as_str().unwrap().to_string();
+            (address, b["address6"].as_str().map(str::to_string))
+        })
+        .collect();
+    assert!(
+        pairs.contains(&(
+            "198.18.11.2:8080".to_string(),
+            Some("[2001:db8:18:b::2]:8080".to_string())
+        )),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&("198.18.22.2:8080".to_string(), None)),
+        "{pairs:?}"
+    );
 
     // The local region fails, seen over IPv6 only.
     lab.set_status("hz1", 503).unwrap();

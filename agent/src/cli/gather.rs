@@ -428,6 +428,7 @@ pub fn backends(ctx: &Context, service: Option<&str>) -> Result<BackendsReport> 
 pub fn backend_row(b: &BackendStatus, kernel: Option<&KernelBackend>) -> BackendRow {
     BackendRow {
         address: b.address.clone(),
+        address6: b.address6.clone(),
         backend_id: b.backend_id,
         locality: Some(b.locality.clone()),
         cluster: Some(b.cluster.clone()),

@@ -49,6 +49,7 @@ fn backend(
 ) -> BackendStatus {
     BackendStatus {
         address: address.into(),
+        address6: None,
         backend_id: Some(id),
         locality: locality.into(),
         cluster: cluster.into(),

@@ -513,6 +513,9 @@ pub struct ServiceBackends {
 pub struct BackendRow {
     /// `ip:port`.
     pub address: String,
+    /// A dual-stack endpoint's `[ip6]:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address6: Option<String>,
     pub backend_id: Option<u32>,
     pub locality: Option<String>,
     pub cluster: Option<String>,
@@ -592,7 +595,10 @@ impl Render for BackendsReport {
                         )
                     };
                     vec![
-                        b.address.clone(),
+                        match &b.address6 {
+                            Some(address6) => format!("{} {address6}", b.address),
+                            None => b.address.clone(),
+                        },
                         or_dash(&b.locality),
                         or_dash(&b.cluster),
                         or_dash(&b.weight),
