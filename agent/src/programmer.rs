@@ -49,13 +49,11 @@ impl DesiredService {
         std::iter::once(self.key).chain(self.key6)
     }
 
-    /// The IPv6 address its IPv6 table gives backend `b` (None: it has no IPv6 table).
+    /// The IPv6 address its IPv6 table gives backend `b` (of `key`'s family, as
+    /// [`Programmer`] checks), or None when it has no IPv6 table.
     fn ipv6_addr_of(&self, b: &DesiredBackend) -> Option<Addr6> {
-        match (self.key.vip, self.key6) {
-            (IpAddr::V6(_), _) => match b.addr {
-                IpAddr::V6(ip) => Some(Addr6::from_ip(ip)),
-                IpAddr::V4(_) => Some(Addr6::default()),
-            },
+        match (b.addr, self.key6) {
+            (IpAddr::V6(ip), _) => Some(Addr6::from_ip(ip)),
             // Unset for an endpoint without an IPv6 address: the kernel skips it for IPv6
             // flows.
             (IpAddr::V4(_), Some(_)) => Some(b.addr6.map(Addr6::from_ip).unwrap_or_default()),
@@ -770,11 +768,8 @@ impl Programmer {
         let mut report = ApplyReport::default();
         let wanted: BTreeMap<Frontend, &DesiredService> =
             desired.iter().map(|s| (s.key, s)).collect();
-        let frontends: BTreeSet<Frontend> =
-            desired.iter().flat_map(DesiredService::frontends).collect();
-        if wanted.len() != desired.len()
-            || frontends.len() != desired.iter().flat_map(DesiredService::frontends).count()
-        {
+        let frontends: Vec<Frontend> = desired.iter().flat_map(DesiredService::frontends).collect();
+        if frontends.iter().collect::<BTreeSet<_>>().len() != frontends.len() {
             bail!("two desired services share one VIP:port/protocol");
         }
         let removed: Vec<Frontend> = self

@@ -11,7 +11,7 @@ use std::{
 };
 
 use geosteer_tests::{
-    HttpOptions, HttpReport, Lab, LabSpec,
+    HttpOptions, HttpReport, Lab, LabBackend, LabSpec,
     agent::{Agent, PinDir, geosteer_json},
     http_from, region_share, require_root, udp_from, wait_until,
 };
@@ -46,31 +46,43 @@ const FAILOVER: &str = "    trafficPolicy:
 /// `reviews6` on `[VIP6]:80` (HTTP) and `:53` (UDP) over the lab's IPv6 backend addresses,
 /// and `reviews` on `VIP4:80` over their IPv4 ones, both with `policy`.
 fn config(lab: &Lab, pins: &PinDir, policy: &str) -> String {
-    let mut v6 = String::new();
-    let mut v4 = String::new();
+    let v6 = endpoints(lab, |b| format!("\"{}\"", b.ip6.expect("a dual-stack lab")));
+    let v4 = endpoints(lab, |b| b.ip.to_string());
+    lab_config(
+        pins,
+        &format!(
+            "  - name: reviews6\n    vip: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n      - {{name: dns, port: 53, targetPort: {UDP_PORT}, protocol: UDP}}\n    endpoints:\n{v6}{policy}\
+             \x20 - name: reviews\n    vip: {VIP4}\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{v4}{policy}"
+        ),
+    )
+}
+
+/// The agent's config in the lab (this node in cn-hangzhou) with `services` (YAML list items).
+fn lab_config(pins: &PinDir, services: &str) -> String {
+    format!(
+        "node: {{name: lab-node, region: cn-hangzhou, cluster: c-cn-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n  conntrackSize6: 65536\n\
+         services:\n{services}",
+        pins.pin_path().display()
+    )
+}
+
+/// An endpoint line per lab backend, its address as `address` writes it, in its backend's
+/// region (hz: cn-hangzhou, sh: cn-shanghai).
+fn endpoints(lab: &Lab, address: impl Fn(&LabBackend) -> String) -> String {
+    let mut lines = String::new();
     for b in &lab.backends {
         let region = if b.name.starts_with("hz") {
             "cn-hangzhou"
         } else {
             "cn-shanghai"
         };
-        let ip6 = b.ip6.expect("a dual-stack lab");
-        v6.push_str(&format!(
-            "      - {{ip: \"{ip6}\", region: {region}, cluster: c-{region}}}\n"
-        ));
-        v4.push_str(&format!(
+        lines.push_str(&format!(
             "      - {{ip: {}, region: {region}, cluster: c-{region}}}\n",
-            b.ip
+            address(b)
         ));
     }
-    format!(
-        "node: {{name: lab-node, region: cn-hangzhou, cluster: c-cn-hangzhou}}\n\
-         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n  conntrackSize6: 65536\n\
-         services:\n\
-         \x20 - name: reviews6\n    vip: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n      - {{name: dns, port: 53, targetPort: {UDP_PORT}, protocol: UDP}}\n    endpoints:\n{v6}{policy}\
-         \x20 - name: reviews\n    vip: {VIP4}\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{v4}{policy}",
-        pins.pin_path().display()
-    )
+    lines
 }
 
 fn parallel(lab: &Lab, target: &str, connections: u32) -> HttpReport {
@@ -397,28 +409,15 @@ fn explain_over_ipv6_agrees_with_real_connections() {
 /// `reviews` dual stack: `VIP4:80` and `[VIP6]:80`, over every backend's IPv4 address and, but
 /// for sh2's, its IPv6 one.
 fn dual_stack_config(lab: &Lab, pins: &PinDir, policy: &str) -> String {
-    let mut endpoints = String::new();
-    for b in &lab.backends {
-        let region = if b.name.starts_with("hz") {
-            "cn-hangzhou"
-        } else {
-            "cn-shanghai"
-        };
-        let ip6 = match b.name.as_str() {
-            "sh2" => String::new(),
-            _ => format!(", ip6: \"{}\"", b.ip6.unwrap()),
-        };
-        endpoints.push_str(&format!(
-            "      - {{ip: {}{ip6}, region: {region}, cluster: c-{region}}}\n",
-            b.ip
-        ));
-    }
-    format!(
-        "node: {{name: lab-node, region: cn-hangzhou, cluster: c-cn-hangzhou}}\n\
-         dataplane:\n  tc: [cl0]\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize: 65536\n  conntrackSize6: 65536\n\
-         services:\n\
-         \x20 - name: reviews\n    vip: {VIP4}\n    vip6: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{endpoints}{policy}",
-        pins.pin_path().display()
+    let endpoints = endpoints(lab, |b| match b.name.as_str() {
+        "sh2" => b.ip.to_string(),
+        _ => format!("{}, ip6: \"{}\"", b.ip, b.ip6.unwrap()),
+    });
+    lab_config(
+        pins,
+        &format!(
+            "  - name: reviews\n    vip: {VIP4}\n    vip6: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{endpoints}{policy}"
+        ),
     )
 }
 

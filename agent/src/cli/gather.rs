@@ -562,7 +562,9 @@ impl FlowQuery<'_> {
         }
         if let Some(b) = self.backend
             && target != b
-            && endpoint_host(&target) != b
+            && !target
+                .parse::<SocketAddr>()
+                .is_ok_and(|target| target.ip().to_string() == b)
         {
             return None;
         }
@@ -587,17 +589,6 @@ impl FlowQuery<'_> {
             age_seconds: millis(now.saturating_sub(value.created_ns)),
             idle_seconds: millis(now.saturating_sub(value.last_seen_ns)),
         })
-    }
-}
-
-/// The address of `addr:port` or `[addr]:port`, without brackets.
-fn endpoint_host(endpoint: &str) -> &str {
-    match endpoint.parse::<SocketAddr>() {
-        Ok(_) => {
-            let host = endpoint.rsplit_once(':').map_or(endpoint, |(host, _)| host);
-            host.trim_start_matches('[').trim_end_matches(']')
-        }
-        Err(_) => endpoint,
     }
 }
 

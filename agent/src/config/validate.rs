@@ -367,11 +367,7 @@ fn validate_service<'a>(
             errors.push(FieldError::new(format!("{at}.vip"), message));
         }
         if let Some(vip6) = service.vip6 {
-            let problem = address_problem(vip6).or_else(|| {
-                vip6.is_ipv4()
-                    .then(|| format!("{vip6} is not an IPv6 address"))
-            });
-            if let Some(message) = problem {
+            if let Some(message) = ipv6_problem(vip6) {
                 errors.push(FieldError::new(format!("{at}.vip6"), message));
             } else if service.vip.is_ipv6() {
                 errors.push(FieldError::new(
@@ -591,19 +587,14 @@ fn validate_endpoints(service: &Service, at: &str, errors: &mut Vec<FieldError>)
             ));
         }
         if let Some(ip6) = endpoint.ip6 {
-            let problem = address_problem(ip6)
-                .or_else(|| {
-                    ip6.is_ipv4()
-                        .then(|| format!("{ip6} is not an IPv6 address"))
-                })
-                .or_else(|| {
-                    service.vip6.is_none().then(|| {
-                        format!(
-                            "{ip6}: the service has no vip6 to steer to it (ip6 is a \
+            let problem = ipv6_problem(ip6).or_else(|| {
+                service.vip6.is_none().then(|| {
+                    format!(
+                        "{ip6}: the service has no vip6 to steer to it (ip6 is a \
                              dual-stack service's)"
-                        )
-                    })
-                });
+                    )
+                })
+            });
             if let Some(message) = problem {
                 errors.push(FieldError::new(format!("{at}.ip6"), message));
             } else if let Some(first) = ips.insert(ip6, e) {
@@ -675,6 +666,11 @@ fn address_problem(ip: IpAddr) -> Option<String> {
     } else {
         None
     }
+}
+
+/// [`address_problem`] of a field that holds an IPv6 address (`vip6`, `ip6`).
+fn ipv6_problem(ip: IpAddr) -> Option<String> {
+    address_problem(ip).or_else(|| ip.is_ipv4().then(|| format!("{ip} is not an IPv6 address")))
 }
 
 fn family_name(ip: IpAddr) -> &'static str {
