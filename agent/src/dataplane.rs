@@ -400,6 +400,7 @@ impl BpfMaps {
             Ok(match name {
                 map_names::CONNTRACK
                 | map_names::FRAGMENTS
+                | map_names::FRAGMENTS6
                 | map_names::AFFINITY
                 | map_names::CONNTRACK6
                 | map_names::AFFINITY6 => Map::LruHashMap(data),

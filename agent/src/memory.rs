@@ -14,9 +14,9 @@ use anyhow::{Context as _, Result, bail};
 use geosteer_common::{
     AFFINITY_SIZE, AFFINITY6_SIZE, Addr6, AffinityKey, AffinityKey6, AffinityValue, Backend,
     BackendSignals, BackendState, BackendTraffic, DropReason, FRAGMENTS_SIZE, FlowKey, FlowKey6,
-    FlowValue, FlowValue6, FragmentKey, FragmentValue, ServiceConfig, ServiceKey, ServiceKey6,
-    ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters, XDP_TARGETS_SIZE, ct_stats,
-    map_names,
+    FlowValue, FlowValue6, FragmentKey, FragmentKey6, FragmentValue, FragmentValue6, ServiceConfig,
+    ServiceKey, ServiceKey6, ServiceState, ServiceValue, Settings, TableChunk, TrafficCounters,
+    XDP_TARGETS_SIZE, ct_stats, map_names,
 };
 use serde::{Deserialize, Serialize};
 
@@ -210,6 +210,14 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             size_of::<FlowValue6>(),
             sizes.conntrack6,
             true,
+        ),
+        spec(
+            map_names::FRAGMENTS6,
+            LruHash,
+            size_of::<FragmentKey6>(),
+            size_of::<FragmentValue6>(),
+            FRAGMENTS_SIZE,
+            false,
         ),
         spec(
             map_names::AFFINITY6,

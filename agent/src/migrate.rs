@@ -186,6 +186,9 @@ impl Migration {
             geosteer_common::map_names::CONNTRACK
                 | geosteer_common::map_names::FRAGMENTS
                 | geosteer_common::map_names::AFFINITY
+                | geosteer_common::map_names::CONNTRACK6
+                | geosteer_common::map_names::FRAGMENTS6
+                | geosteer_common::map_names::AFFINITY6
         )
     }
 

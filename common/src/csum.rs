@@ -24,6 +24,17 @@ pub fn replace32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// New checksum after a 128-bit field (an IPv6 address, as its four words) changed from `old`
+/// to `new`.
+#[inline(always)]
+pub fn replace128(check: u16, old: [u32; 4], new: [u32; 4]) -> u16 {
+    let mut check = check;
+    for i in 0..4 {
+        check = replace32(check, old[i], new[i]);
+    }
+    check
+}
+
 /// UDP's "no checksum" is 0; a computed 0 is sent as 0xffff (RFC 768).
 #[inline(always)]
 pub fn udp_mangled(check: u16) -> u16 {
@@ -78,6 +89,30 @@ mod tests {
             after[10..12].copy_from_slice(&check.to_ne_bytes());
             assert_eq!(checksum(&after), 0, "{a0:?}->{a1:?}: header must verify");
             assert_eq!(after, expected, "{a0:?}->{a1:?}: same as full recompute");
+        }
+    }
+
+    #[test]
+    fn a_sixteen_byte_field_updates_as_a_full_recompute_does() {
+        let words = |o: [u8; 16]| crate::Addr6::from_octets(o).0;
+        let cases = [
+            (
+                [0x20, 1, 0xd, 0xb8, 0, 0x19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10],
+                [0xfe; 16],
+            ),
+            ([0; 16], [0xff; 16]),
+            ([0xff; 16], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        ];
+        for (old, new) in cases {
+            let mut data = [0x5au8; 40];
+            data[8..24].copy_from_slice(&old);
+            data[2..4].copy_from_slice(&[0, 0]);
+            let c = checksum(&data);
+            data[2..4].copy_from_slice(&c.to_ne_bytes());
+            let check = replace128(c, words(old), words(new));
+            data[8..24].copy_from_slice(&new);
+            data[2..4].copy_from_slice(&check.to_ne_bytes());
+            assert_eq!(checksum(&data), 0, "{old:?} -> {new:?}");
         }
     }
 

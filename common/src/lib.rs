@@ -38,6 +38,8 @@ pub mod map_names {
     pub const CONNTRACK6: &str = "GS_CONNTRACK6";
     pub const AFFINITY6: &str = "GS_AFFINITY6";
     pub const BACKEND_ADDRS6: &str = "GS_BACKEND_ADDRS6";
+    /// IPv6's `FRAGMENTS`: its datagram ids are 32 bits, in a fragment header.
+    pub const FRAGMENTS6: &str = "GS_FRAGMENTS6";
     /// The IPv6 programs the attached TC programs tail-call for IPv6 frames (a program array,
     /// slot 0 ingress, 1 egress; the agent fills it). Pinned with the others: a program array
     /// whose last user reference closes is emptied, which would leave IPv6 unsteered between
@@ -48,7 +50,7 @@ pub mod map_names {
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 26] = [
         SERVICES,
         VIPS,
         TABLE_CHUNKS,
@@ -72,6 +74,7 @@ pub mod map_names {
         CONNTRACK6,
         AFFINITY6,
         BACKEND_ADDRS6,
+        FRAGMENTS6,
         TAIL_CALLS,
         LOGS,
     ];
@@ -861,6 +864,29 @@ pub struct FragmentValue {
 }
 const _: () = assert!(core::mem::size_of::<FragmentValue>() == 16);
 
+/// An IPv6 datagram being fragmented ([`FragmentKey`]'s counterpart): its fragment header's
+/// 32-bit identification, unique per source and destination while the datagram is in flight
+/// (RFC 8200 4.5), so no protocol is needed beside it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey6 {
+    pub saddr: Addr6,
+    pub daddr: Addr6,
+    pub id: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FragmentKey6>() == 40);
+
+/// [`FragmentValue`]'s IPv6 counterpart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentValue6 {
+    pub addr: Addr6,
+    pub first_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<FragmentValue6>() == 24);
+
 /// Linux's `ipfrag_time` default.
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Datagrams being fragmented at once (an LRU map).
@@ -988,6 +1014,8 @@ mod pod {
         BackendSignals,
         FragmentKey,
         FragmentValue,
+        FragmentKey6,
+        FragmentValue6,
         Settings,
         ServiceConfig,
         Addr6,

@@ -38,7 +38,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use geosteer_common::{
-    Addr6, DIR_ORIGINAL, DIR_REPLY, DropReason, PROTO_TCP, PROTO_UDP, csum, ct_stats,
+    Addr6, DIR_ORIGINAL, DIR_REPLY, DropReason, FragmentKey6, PROTO_TCP, PROTO_UDP, csum, ct_stats,
     http::HEAD_MAX, program_names,
 };
 use network_types::{
@@ -423,7 +423,13 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
             if !steer::is_vip(daddr) {
                 return Ok(TC_ACT_OK as i32);
             }
-            return match steer::fragment_translation(saddr, daddr, id, proto, DIR_ORIGINAL) {
+            return match steer::fragment_translation(&steer::fragment_key(
+                saddr,
+                daddr,
+                id,
+                proto,
+                DIR_ORIGINAL,
+            )) {
                 Some(backend) => {
                     tc_rewrite_addr(ctx, IP_DST_OFF, daddr, backend)?;
                     Ok(TC_ACT_OK as i32)
@@ -444,13 +450,25 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     match steer::request(&flow, &TcBytes(ctx)) {
         Verdict::Pass => {
             if let Some(id) = fragment_id {
-                steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+                steer::forget_fragment(&steer::fragment_key(
+                    flow.saddr,
+                    flow.daddr,
+                    id,
+                    flow.proto,
+                    DIR_ORIGINAL,
+                ));
             }
             Ok(TC_ACT_OK as i32)
         }
         Verdict::Drop(reason) => {
             if let Some(id) = fragment_id {
-                steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+                steer::forget_fragment(&steer::fragment_key(
+                    flow.saddr,
+                    flow.daddr,
+                    id,
+                    flow.proto,
+                    DIR_ORIGINAL,
+                ));
             }
             steer::note_drop(&flow, reason);
             Ok(TC_ACT_SHOT as i32)
@@ -458,14 +476,8 @@ fn tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
         Verdict::Nat(nat) => {
             tc_rewrite(ctx, &flow, Side::Destination, &nat)?;
             if let Some(id) = fragment_id {
-                steer::remember_fragment(
-                    flow.saddr,
-                    flow.daddr,
-                    id,
-                    flow.proto,
-                    DIR_ORIGINAL,
-                    nat.addr,
-                );
+                let key = steer::fragment_key(flow.saddr, flow.daddr, id, flow.proto, DIR_ORIGINAL);
+                steer::remember_fragment(&key, nat.addr);
             }
             Ok(TC_ACT_OK as i32)
         }
@@ -482,7 +494,9 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
             id,
             proto,
         } => {
-            if let Some(vip) = steer::fragment_translation(saddr, daddr, id, proto, DIR_REPLY) {
+            if let Some(vip) = steer::fragment_translation(&steer::fragment_key(
+                saddr, daddr, id, proto, DIR_REPLY,
+            )) {
                 tc_rewrite_addr(ctx, IP_SRC_OFF, saddr, vip)?;
             }
             return Ok(TC_ACT_OK as i32);
@@ -496,13 +510,16 @@ fn tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     };
     let Some(nat) = steer::reply(&flow, &TcBytes(ctx)) else {
         if let Some(id) = fragment_id {
-            steer::forget_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY);
+            steer::forget_fragment(&steer::fragment_key(
+                flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY,
+            ));
         }
         return Ok(TC_ACT_OK as i32);
     };
     tc_rewrite(ctx, &flow, Side::Source, &nat)?;
     if let Some(id) = fragment_id {
-        steer::remember_fragment(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY, nat.addr);
+        let key = steer::fragment_key(flow.saddr, flow.daddr, id, flow.proto, DIR_REPLY);
+        steer::remember_fragment(&key, nat.addr);
     }
     Ok(TC_ACT_OK as i32)
 }
@@ -724,11 +741,25 @@ const NEXTHDR_DEST: u8 = 60;
 /// kernels refuse the flag; the rewrite then fixes the sum another way (see [`tc_rewrite6`]).
 const BPF_F_IPV6: u64 = 1 << 7;
 
+const PROTO_ICMPV6: u8 = 58;
+/// ICMPv6 errors (RFC 4443: destination unreachable, packet too big, time exceeded, parameter
+/// problem): types 1 to 4, each quoting the packet that caused it.
+const ICMPV6_ERRORS: core::ops::RangeInclusive<u8> = 1..=4;
+
 /// What [`parse6`] found.
 enum Parsed6 {
     /// A TCP or UDP packet: the flow is filled in.
     Flow,
-    /// Not TCP/UDP (ICMPv6 — neighbour discovery, echo, errors —, AH, ESP, …): never touched.
+    /// The first fragment of a datagram (its 32-bit id): ports, so steered like any packet,
+    /// and remembered for the fragments that follow (`flow.fragmented` is set).
+    FirstFragment { id: u32 },
+    /// A fragment other than the first: no ports; it follows its first fragment's translation.
+    /// The flow's addresses are filled in.
+    Fragment { id: u32 },
+    /// An ICMPv6 error whose header starts at this offset; the flow's addresses are the
+    /// error's own.
+    IcmpError { icmp_off: u32 },
+    /// Not TCP/UDP (neighbour discovery, echo, AH, ESP, …): never touched.
     Other,
     /// A packet that cannot be steered: dropped for this reason when addressed to a VIP (the
     /// flow's `daddr`), else left alone.
@@ -736,9 +767,9 @@ enum Parsed6 {
 }
 
 /// Reads an IPv6 TCP or UDP packet's headers into `flow`, through up to
-/// [`IPV6_MAX_EXT_HEADERS`] extension headers (hop-by-hop, routing, destination options). Not
-/// inlined, and writing into the caller's flow: the IPv6 path's stack has no room for a second
-/// copy of the flow or for the header copies made here.
+/// [`IPV6_MAX_EXT_HEADERS`] extension headers (hop-by-hop, routing, fragment, destination
+/// options). Not inlined, and writing into the caller's flow: the IPv6 path's stack has no room
+/// for a second copy of the flow or for the header copies made here.
 #[inline(never)]
 fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
     // The fixed header in three reads (version to hop limit, source, destination).
@@ -757,27 +788,33 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
     if head[0] >> 4 != 6 {
         return truncated;
     }
-    let mut next = head[6];
-    let mut l4_off = ETH_HLEN + Ipv6Hdr::LEN;
-    for _ in 0..IPV6_MAX_EXT_HEADERS {
-        match next {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let Some([next_hdr, ext_len]) = bytes.read::<[u8; 2]>(l4_off) else {
-                    return truncated;
-                };
-                next = next_hdr;
-                l4_off += (usize::from(ext_len) + 1) * 8;
-            }
-            _ => break,
-        }
-    }
+    let Some((next, l4_off, first_fragment)) =
+        walk_ext_headers(bytes, head[6], ETH_HLEN + Ipv6Hdr::LEN)
+    else {
+        return truncated;
+    };
+    let first_fragment = match first_fragment {
+        Fragmentation::Whole => None,
+        Fragmentation::First(id) => Some(id),
+        Fragmentation::Later(id) => return Parsed6::Fragment { id },
+    };
     match next {
         PROTO_TCP | PROTO_UDP => {}
-        // Its ports are in the first fragment only: not followed yet (IPv4's fragment map has no
-        // IPv6 counterpart), so no fragment of a datagram to a VIP is steered.
-        NEXTHDR_FRAGMENT => return Parsed6::Unsteerable(DropReason::Fragment),
+        PROTO_ICMPV6 if first_fragment.is_none() => {
+            // Type and code (a one-byte read's bounds check compiles to a form the verifier
+            // does not follow).
+            let Some([icmp_type, _code]) = bytes.read::<[u8; 2]>(l4_off) else {
+                return Parsed6::Other;
+            };
+            if !ICMPV6_ERRORS.contains(&icmp_type) {
+                return Parsed6::Other;
+            }
+            return Parsed6::IcmpError {
+                icmp_off: l4_off as u32,
+            };
+        }
         // More extension headers than the walk takes.
-        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return truncated,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT => return truncated,
         _ => return Parsed6::Other,
     }
     flow.proto = next;
@@ -807,7 +844,61 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
         flow.sport = u16::from_ne_bytes(udp.src);
         flow.dport = u16::from_ne_bytes(udp.dst);
     }
-    Parsed6::Flow
+    match first_fragment {
+        Some(id) => {
+            flow.fragmented = true;
+            Parsed6::FirstFragment { id }
+        }
+        None => Parsed6::Flow,
+    }
+}
+
+/// Whether an IPv6 packet is a fragment, and which (by its datagram's id).
+enum Fragmentation {
+    /// No fragment header, or an atomic fragment (offset 0, no more fragments: RFC 6946 has
+    /// it handled as the whole datagram it is).
+    Whole,
+    First(u32),
+    /// Offset past 0: the L4 header is in another fragment.
+    Later(u32),
+}
+
+/// Walks up to [`IPV6_MAX_EXT_HEADERS`] extension headers from `off`, where a header of type
+/// `next` starts: the type of the header it stops at (the L4 protocol, unless the chain is
+/// longer), where that starts, and what a fragment header on the way said. `None` when the
+/// packet ends inside the chain. Stops at a later fragment's fragment header (nothing after it
+/// is a header).
+#[inline(always)]
+fn walk_ext_headers(
+    bytes: &impl PacketBytes,
+    mut next: u8,
+    mut off: usize,
+) -> Option<(u8, usize, Fragmentation)> {
+    let mut fragmentation = Fragmentation::Whole;
+    for _ in 0..IPV6_MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let [next_hdr, ext_len] = bytes.read::<[u8; 2]>(off)?;
+                next = next_hdr;
+                off += (usize::from(ext_len) + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                // Next header, reserved, offset (13 bits) and flags (M is the lowest), id.
+                let header = bytes.read::<[u8; 8]>(off)?;
+                let id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+                if u16::from_be_bytes([header[2], header[3]]) & !7 != 0 {
+                    return Some((header[0], off + 8, Fragmentation::Later(id)));
+                }
+                if header[3] & 1 != 0 {
+                    fragmentation = Fragmentation::First(id);
+                }
+                next = header[0];
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    Some((next, off, fragmentation))
 }
 
 /// Per-CPU room for the IPv6 flow being handled (slot 0 ingress, 1 egress): on the stack it
@@ -843,18 +934,37 @@ fn flow6_slot(slot: u32, len: u32) -> Result<&'static mut Flow<Addr6>, ()> {
 
 fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
     let flow = flow6_slot(0, ctx.len())?;
-    match parse6(&TcBytes(ctx), flow) {
-        Parsed6::Flow => {}
+    let first_fragment = match parse6(&TcBytes(ctx), flow) {
+        Parsed6::Flow => None,
+        Parsed6::FirstFragment { id } => Some(id),
+        Parsed6::Fragment { id } => return tc_fragment6(ctx, id, DIR_ORIGINAL),
+        Parsed6::IcmpError { icmp_off } => {
+            tc_icmp6(ctx, icmp_off, DIR_ORIGINAL)?;
+            return Ok(TC_ACT_OK as i32);
+        }
         Parsed6::Other => return Ok(TC_ACT_OK as i32),
         Parsed6::Unsteerable(reason) => return Ok(drop_if_vip(flow.daddr, reason)),
-    }
+    };
+    // Each arm deals with the fragment itself, as on the IPv4 path.
     match steer::request(flow, &TcBytes(ctx)) {
-        Verdict::Pass => Ok(TC_ACT_OK as i32),
+        Verdict::Pass => {
+            if let Some(id) = first_fragment {
+                forget_fragment6(ctx, id, DIR_ORIGINAL);
+            }
+            Ok(TC_ACT_OK as i32)
+        }
         Verdict::Drop(reason) => {
+            if let Some(id) = first_fragment {
+                forget_fragment6(ctx, id, DIR_ORIGINAL);
+            }
             steer::note_drop(flow, reason);
             Ok(TC_ACT_SHOT as i32)
         }
         Verdict::Nat(nat) => {
+            // Remembered first: the key is read from the packet before it is rewritten.
+            if let Some(id) = first_fragment {
+                remember_fragment6(ctx, id, DIR_ORIGINAL, &nat.addr);
+            }
             tc_rewrite6(ctx, flow, Side::Destination, &nat)?;
             Ok(TC_ACT_OK as i32)
         }
@@ -863,14 +973,173 @@ fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
 
 fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
     let flow = flow6_slot(1, ctx.len())?;
-    let Parsed6::Flow = parse6(&TcBytes(ctx), flow) else {
-        return Ok(TC_ACT_OK as i32);
+    let first_fragment = match parse6(&TcBytes(ctx), flow) {
+        Parsed6::Flow => None,
+        Parsed6::FirstFragment { id } => Some(id),
+        Parsed6::Fragment { id } => return tc_fragment6(ctx, id, DIR_REPLY),
+        Parsed6::IcmpError { icmp_off } => {
+            tc_icmp6(ctx, icmp_off, DIR_REPLY)?;
+            return Ok(TC_ACT_OK as i32);
+        }
+        Parsed6::Other | Parsed6::Unsteerable(_) => return Ok(TC_ACT_OK as i32),
     };
     let Some(nat) = steer::reply(flow, &TcBytes(ctx)) else {
+        if let Some(id) = first_fragment {
+            forget_fragment6(ctx, id, DIR_REPLY);
+        }
         return Ok(TC_ACT_OK as i32);
     };
+    if let Some(id) = first_fragment {
+        remember_fragment6(ctx, id, DIR_REPLY, &nat.addr);
+    }
     tc_rewrite6(ctx, flow, Side::Source, &nat)?;
     Ok(TC_ACT_OK as i32)
+}
+
+/// The fragment map's key for the packet's datagram, its addresses as they are in the packet
+/// (before any rewrite). These functions read the packet rather than take the flow: handed a
+/// flow, LLVM passes its addresses by value, more arguments than a BPF call takes; and they
+/// are not inlined, as the IPv6 path's stack has no room for a 40-byte key beside the rest.
+#[inline(always)]
+fn fragment_key6(ctx: &TcContext, id: u32, direction: u8) -> Option<FragmentKey6> {
+    Some(FragmentKey6 {
+        saddr: TcBytes(ctx).read(IP6_SRC_OFF)?,
+        daddr: TcBytes(ctx).read(IP6_DST_OFF)?,
+        id,
+        direction,
+        _pad: [0; 3],
+    })
+}
+
+#[inline(never)]
+fn remember_fragment6(ctx: &TcContext, id: u32, direction: u8, to: &Addr6) {
+    if let Some(key) = fragment_key6(ctx, id, direction) {
+        steer::remember_fragment(&key, *to);
+    }
+}
+
+#[inline(never)]
+fn forget_fragment6(ctx: &TcContext, id: u32, direction: u8) {
+    if let Some(key) = fragment_key6(ctx, id, direction) {
+        steer::forget_fragment(&key);
+    }
+}
+
+/// A fragment other than the first: it gets its first fragment's translation (the backend as
+/// destination, the VIP as source). With none, one to a VIP is dropped, counted (it cannot be
+/// steered); a reply's passes. IPv6 has no header checksum and a later fragment no L4
+/// header: the address is all there is to change.
+#[inline(never)]
+fn tc_fragment6(ctx: &TcContext, id: u32, direction: u8) -> Result<i32, ()> {
+    let key = fragment_key6(ctx, id, direction).ok_or(())?;
+    let flags = BPF_F_RECOMPUTE_CSUM as u64;
+    if direction == DIR_REPLY {
+        if let Some(vip) = steer::fragment_translation(&key) {
+            ctx.store(IP6_SRC_OFF, &vip, flags).map_err(|_| ())?;
+        }
+        return Ok(TC_ACT_OK as i32);
+    }
+    if !steer::is_vip(key.daddr) {
+        return Ok(TC_ACT_OK as i32);
+    }
+    match steer::fragment_translation(&key) {
+        Some(backend) => {
+            ctx.store(IP6_DST_OFF, &backend, flags).map_err(|_| ())?;
+            Ok(TC_ACT_OK as i32)
+        }
+        None => {
+            steer::count_drop(DropReason::Fragment);
+            Ok(TC_ACT_SHOT as i32)
+        }
+    }
+}
+
+/// Translates an ICMPv6 error about a steered flow, as [`tc_icmp_toward_client`] (`direction`
+/// reply) and [`tc_icmp_toward_backend`] (original) do for IPv4: the quoted packet's translated
+/// end (address, port, its L4 checksum) and, where the backend sent the error or the VIP is to
+/// receive it, the outer address. The ICMPv6 checksum covers all of it and the outer addresses
+/// (a pseudo-header, unlike ICMPv4's), and is updated incrementally: an error is a whole
+/// packet with a complete checksum. Every store keeps a CHECKSUM_COMPLETE skb's sum in step.
+#[inline(never)]
+fn tc_icmp6(ctx: &TcContext, icmp_off: u32, direction: u8) -> Result<(), ()> {
+    let bytes = TcBytes(ctx);
+    // A no-op (the header chain before it is at most 4 × 2 KiB long) that bounds the offsets
+    // below for the verifier, which otherwise loses the bound of a read's check here.
+    let icmp_off = (icmp_off & 0x3fff) as usize;
+    let inner_ip_off = icmp_off + 8;
+    let Some(head) = bytes.read::<[u8; 8]>(inner_ip_off) else {
+        return Ok(());
+    };
+    let (Some(saddr), Some(daddr)) = (
+        bytes.read::<Addr6>(inner_ip_off + 8),
+        bytes.read::<Addr6>(inner_ip_off + 24),
+    ) else {
+        return Ok(());
+    };
+    if head[0] >> 4 != 6 {
+        return Ok(());
+    }
+    // A quoted later fragment has no ports: nothing to match it with.
+    let Some((proto, l4_off, Fragmentation::Whole | Fragmentation::First(_))) =
+        walk_ext_headers(&bytes, head[6], inner_ip_off + Ipv6Hdr::LEN)
+    else {
+        return Ok(());
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(());
+    }
+    let Some([sport, dport]) = bytes.read::<[u16; 2]>(l4_off) else {
+        return Ok(());
+    };
+    let quoted = Quoted {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+    };
+    // The translation, the quoted end it replaces (address and port, and their offsets in the
+    // quoted headers), and the outer address that may be the same end.
+    let (nat, old_addr, old_port, addr_field, port_field, outer_off) = if direction == DIR_REPLY {
+        let Some(nat) = steer::icmp_toward_client(&quoted) else {
+            return Ok(());
+        };
+        (nat, daddr, dport, 24, 2, IP6_SRC_OFF)
+    } else {
+        let Some(nat) = steer::icmp_toward_backend(&quoted) else {
+            return Ok(());
+        };
+        (nat, saddr, sport, 8, 0, IP6_DST_OFF)
+    };
+    let flags = BPF_F_RECOMPUTE_CSUM as u64;
+    let icmp_check_off = icmp_off + 2;
+    let mut icmp_check: u16 = ctx.load(icmp_check_off).map_err(|_| ())?;
+    let udp = proto == PROTO_UDP;
+    let l4_check_off = l4_off + if udp { UDP_CHECK_OFF } else { TCP_CHECK_OFF };
+    if let Ok(old) = ctx.load::<u16>(l4_check_off)
+        && !(udp && old == 0)
+    {
+        let new = csum::replace16(
+            csum::replace128(old, old_addr.0, nat.addr.0),
+            old_port,
+            nat.port,
+        );
+        let new = if udp { csum::udp_mangled(new) } else { new };
+        ctx.store(l4_check_off, &new, flags).map_err(|_| ())?;
+        icmp_check = csum::replace16(icmp_check, old, new);
+    }
+    ctx.store(inner_ip_off + addr_field, &nat.addr, flags)
+        .map_err(|_| ())?;
+    icmp_check = csum::replace128(icmp_check, old_addr.0, nat.addr.0);
+    ctx.store(l4_off + port_field, &nat.port, flags)
+        .map_err(|_| ())?;
+    icmp_check = csum::replace16(icmp_check, old_port, nat.port);
+    if bytes.read::<Addr6>(outer_off) == Some(old_addr) {
+        ctx.store(outer_off, &nat.addr, flags).map_err(|_| ())?;
+        icmp_check = csum::replace128(icmp_check, old_addr.0, nat.addr.0);
+    }
+    ctx.store(icmp_check_off, &icmp_check, flags)
+        .map_err(|_| ())
 }
 
 /// Rewrites one IPv6 address and its port, with the L4 checksum (IPv6 has no header checksum):

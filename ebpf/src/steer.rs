@@ -79,12 +79,12 @@ use geosteer_common::{
     EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
     FLOW_FLAG_CONNECT_OK_PENDING, FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST,
     FLOW_FLAG_REQUESTS_FOLLOWED, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE,
-    FlowKey, FlowKey6, FlowKeyOf, FlowValue, FlowValue6, FlowValueOf, FragmentKey, FragmentValue,
-    HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO,
-    ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig, ServiceKey, ServiceKey6, ServiceKeyOf,
-    ServiceState, ServiceValue, Settings, TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT,
-    TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk, TimeoutCount, TrafficCounters,
-    XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    FlowKey, FlowKey6, FlowKeyOf, FlowValue, FlowValue6, FlowValueOf, FragmentKey, FragmentKey6,
+    FragmentValue, FragmentValue6, HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent,
+    MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig,
+    ServiceKey, ServiceKey6, ServiceKeyOf, ServiceState, ServiceValue, Settings, TCP_CLOSED,
+    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk,
+    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         HEAD_MAX, HeadScan, METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_connect_request, is_final,
         is_gateway_error, is_head_request, is_request_start, parse_status,
@@ -165,6 +165,9 @@ static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> =
 /// An IPv6 backend's address, by backend id (its `GS_BACKENDS` entry holds the rest).
 #[map(name = "GS_BACKEND_ADDRS6")]
 static BACKEND_ADDRS6: Array<Addr6> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+#[map(name = "GS_FRAGMENTS6")]
+static FRAGMENTS6: LruHashMap<FragmentKey6, FragmentValue6> =
+    LruHashMap::with_max_entries(FRAGMENTS_SIZE, 0);
 
 /// An address family as the steering code sees it: its address type and the maps keyed by it.
 /// The request and reply paths are written once over it; each family gets its own compiled
@@ -704,81 +707,121 @@ fn translated_tuple_in_use<A: Family>(flow: &Flow<A>, reply_key: &FlowKeyOf<A>) 
     original.tcp_state != TCP_CLOSED && !(original.fin_seen != 0 && reply_fin != 0)
 }
 
-/// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
-/// other fragments (which carry no ports) get the same. `saddr`, `daddr` as the first fragment
-/// arrived.
-pub(crate) fn remember_fragment(
+/// A fragment map's key (`GS_FRAGMENTS`, `GS_FRAGMENTS6`): its map, and the value it holds.
+pub(crate) trait FragmentKeyed: Sized + 'static {
+    type Addr: Copy;
+    type Value: Copy;
+    fn map() -> &'static LruHashMap<Self, Self::Value>;
+    fn value(addr: Self::Addr, first_seen_ns: u64) -> Self::Value;
+    /// The translated address and when the first fragment was seen.
+    fn entry(value: &Self::Value) -> (Self::Addr, u64);
+    fn direction(&self) -> u8;
+}
+
+impl FragmentKeyed for FragmentKey {
+    type Addr = u32;
+    type Value = FragmentValue;
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<FragmentKey, FragmentValue> {
+        &FRAGMENTS
+    }
+    #[inline(always)]
+    fn value(addr: u32, first_seen_ns: u64) -> FragmentValue {
+        FragmentValue {
+            addr,
+            _pad: 0,
+            first_seen_ns,
+        }
+    }
+    #[inline(always)]
+    fn entry(value: &FragmentValue) -> (u32, u64) {
+        (value.addr, value.first_seen_ns)
+    }
+    #[inline(always)]
+    fn direction(&self) -> u8 {
+        self.direction
+    }
+}
+
+impl FragmentKeyed for FragmentKey6 {
+    type Addr = Addr6;
+    type Value = FragmentValue6;
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<FragmentKey6, FragmentValue6> {
+        &FRAGMENTS6
+    }
+    #[inline(always)]
+    fn value(addr: Addr6, first_seen_ns: u64) -> FragmentValue6 {
+        FragmentValue6 {
+            addr,
+            first_seen_ns,
+        }
+    }
+    #[inline(always)]
+    fn entry(value: &FragmentValue6) -> (Addr6, u64) {
+        (value.addr, value.first_seen_ns)
+    }
+    #[inline(always)]
+    fn direction(&self) -> u8 {
+        self.direction
+    }
+}
+
+/// An IPv4 datagram's fragment key, as its fragments arrive (`direction`: of the flow they
+/// belong to).
+#[inline(always)]
+pub(crate) fn fragment_key(
     saddr: u32,
     daddr: u32,
     id: u16,
     proto: u8,
     direction: u8,
-    to: u32,
-) {
-    let key = FragmentKey {
+) -> FragmentKey {
+    FragmentKey {
         saddr,
         daddr,
         id,
         proto,
         direction,
-    };
-    let value = FragmentValue {
-        addr: to,
-        _pad: 0,
-        first_seen_ns: now_ns(),
-    };
-    let _ = FRAGMENTS.insert(&key, &value, 0);
+    }
+}
+
+/// The first fragment of a datagram was translated, its address becoming `to`: the datagram's
+/// other fragments (which carry no ports) get the same.
+pub(crate) fn remember_fragment<K: FragmentKeyed>(key: &K, to: K::Addr) {
+    let _ = K::map().insert(key, &K::value(to, now_ns()), 0);
 }
 
 /// A first fragment that was not translated: a translation an earlier datagram with the same
 /// id left must not apply to this one's later fragments.
-pub(crate) fn forget_fragment(saddr: u32, daddr: u32, id: u16, proto: u8, direction: u8) {
-    let key = FragmentKey {
-        saddr,
-        daddr,
-        id,
-        proto,
-        direction,
-    };
-    let _ = FRAGMENTS.remove(&key);
+pub(crate) fn forget_fragment<K: FragmentKeyed>(key: &K) {
+    let _ = K::map().remove(key);
 }
 
 /// The address a later fragment gets, if its datagram's first fragment was translated (within
 /// the reassembly timeout: IP ids repeat).
-pub(crate) fn fragment_translation(
-    saddr: u32,
-    daddr: u32,
-    id: u16,
-    proto: u8,
-    direction: u8,
-) -> Option<u32> {
-    let key = FragmentKey {
-        saddr,
-        daddr,
-        id,
-        proto,
-        direction,
-    };
+pub(crate) fn fragment_translation<K: FragmentKeyed>(key: &K) -> Option<K::Addr> {
     // SAFETY: read-only lookup; the value is copied out.
-    let Some(value) = (unsafe { FRAGMENTS.get(&key) }).copied() else {
-        if direction == DIR_ORIGINAL {
+    let Some(value) = (unsafe { K::map().get(key) }).copied() else {
+        if key.direction() == DIR_ORIGINAL {
             count_ct(ct_stats::FRAGMENT_UNKNOWN);
         }
         return None;
     };
-    if now_ns().saturating_sub(value.first_seen_ns) > FRAGMENT_TIMEOUT_NS {
+    let (addr, first_seen_ns) = K::entry(&value);
+    if now_ns().saturating_sub(first_seen_ns) > FRAGMENT_TIMEOUT_NS {
         count_ct(ct_stats::FRAGMENT_UNKNOWN);
         return None;
     }
     count_ct(ct_stats::FRAGMENT_TRANSLATED);
-    Some(value.addr)
+    Some(addr)
 }
 
 /// The packet quoted inside an ICMP error (RFC 792: its IP header and at least 8 bytes of its
 /// L4 header), as it was sent. Addresses and ports in network byte order.
-pub(crate) struct Quoted {
-    pub saddr: u32,
-    pub daddr: u32,
+pub(crate) struct Quoted<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -787,7 +830,7 @@ pub(crate) struct Quoted {
 /// Reply direction: an ICMP error about a request that was steered (the quoted packet went
 /// client → backend after DNAT), sent by the backend or a router on the way, on its way to the
 /// client. The client knows that packet as client → VIP: returns the VIP:port to put back.
-pub(crate) fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
+pub(crate) fn icmp_toward_client<A: Family>(quoted: &Quoted<A>) -> Option<Nat<A>> {
     icmp_translation(quoted, DIR_REPLY)
 }
 
@@ -795,14 +838,14 @@ pub(crate) fn icmp_toward_client(quoted: &Quoted) -> Option<Nat> {
 /// VIP → client), sent by the client or a router on its side (e.g. fragmentation needed: path
 /// MTU discovery), addressed to the VIP. The backend that sent the reply must get it: returns
 /// the backend's address and port.
-pub(crate) fn icmp_toward_backend(quoted: &Quoted) -> Option<Nat> {
+pub(crate) fn icmp_toward_backend<A: Family>(quoted: &Quoted<A>) -> Option<Nat<A>> {
     icmp_translation(quoted, DIR_ORIGINAL)
 }
 
 /// The quoted packet is the flow's packet seen from the other direction: its reversed tuple is
 /// the key of the entry (in `direction`) that holds the translation.
-fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
-    let key = FlowKey::new(
+fn icmp_translation<A: Family>(quoted: &Quoted<A>, direction: u8) -> Option<Nat<A>> {
+    let key = FlowKeyOf::new(
         quoted.daddr,
         quoted.saddr,
         quoted.dport,
@@ -811,7 +854,7 @@ fn icmp_translation(quoted: &Quoted, direction: u8) -> Option<Nat> {
         direction,
     );
     // SAFETY: read-only lookup; the value is copied out.
-    let entry = unsafe { CONNTRACK.get(&key) }?;
+    let entry = unsafe { A::conntrack().get(&key) }?;
     count_ct(ct_stats::ICMP_TRANSLATED);
     Some(Nat {
         addr: entry.nat_addr,

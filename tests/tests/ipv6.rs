@@ -2,9 +2,10 @@
 //! tail-call them for IPv6 frames, they steer through the IPv6 maps with the same code as IPv4,
 //! and every output checksum is verified by an independent parser (etherparse).
 //!
-//! The agent does not program IPv6 services yet: each case writes the IPv6 front of the rig's
-//! IPv4 services by hand (`GS_SERVICES6`, `GS_VIPS6`, `GS_BACKEND_ADDRS6`), sharing their
-//! Maglev tables and backend ids, as the agent will.
+//! Most cases write the IPv6 front of the rig's IPv4 services by hand (`GS_SERVICES6`,
+//! `GS_VIPS6`, `GS_BACKEND_ADDRS6`), sharing their Maglev tables and backend ids as the agent
+//! does for a dual-stack service; the last has the agent's programmer write an IPv6 service.
+//! Fragments and ICMPv6 errors of steered flows are translated as IPv4's are (`icmp.rs`).
 //!
 //! Needs root (CAP_BPF); run through `cargo xtask test`.
 
@@ -215,6 +216,13 @@ fn verify6(frame: &[u8]) -> Seen6 {
 
 /// The L4 protocol of a frame and where its header starts.
 fn l4_of(frame: &[u8]) -> (u8, usize) {
+    let (next, off, _) = walk(frame);
+    (next, off)
+}
+
+/// `l4_of`, and whether a fragment header on the way says the frame is a fragment other than
+/// the first (what follows is data, not a header). Only for frames whose chain is whole.
+fn walk(frame: &[u8]) -> (u8, usize, bool) {
     let mut next = frame[14 + 6];
     let mut off = 14 + 40;
     while matches!(
@@ -222,6 +230,9 @@ fn l4_of(frame: &[u8]) -> (u8, usize) {
         NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT
     ) {
         let len = if next == NEXTHDR_FRAGMENT {
+            if u16::from_be_bytes([frame[off + 2], frame[off + 3]]) >> 3 != 0 {
+                return (frame[off], off + 8, true);
+            }
             8
         } else {
             (usize::from(frame[off + 1]) + 1) * 8
@@ -229,7 +240,7 @@ fn l4_of(frame: &[u8]) -> (u8, usize) {
         next = frame[off];
         off += len;
     }
-    (next, off)
+    (next, off, false)
 }
 
 /// The rig, with the IPv6 front of its IPv4 services written: `VIP6` serves what `VIP` does,
@@ -389,7 +400,7 @@ fn ipv6_packets_not_for_a_vip_pass_untouched() {
 }
 
 #[test]
-fn extension_headers_are_walked_to_a_bound_and_fragments_are_not_steered() {
+fn extension_headers_are_walked_to_a_bound() {
     let mut rig = rig6();
     // Hop-by-hop and destination options before TCP: steered, the ports found behind them.
     let padded = Pkt6::tcp(CLIENT6, 40010, VIP6, VPORT, SYN).with_ext(&[NEXTHDR_HOP, NEXTHDR_DEST]);
@@ -437,11 +448,11 @@ fn extension_headers_are_walked_to_a_bound_and_fragments_are_not_steered() {
     );
     assert_eq!(rig.drops(DropReason::Truncated), before + 1);
 
-    // Fragments are not followed over IPv6 yet: one to a VIP is dropped and counted.
-    let before = rig.drops(DropReason::Fragment);
+    // A first fragment's ports are behind its fragment header: steered.
     let fragment = Pkt6::udp(CLIENT6, 5355, VIP6, VPORT, b"part").with_ext(&[NEXTHDR_FRAGMENT]);
-    assert_eq!(ingress(&mut rig, &fragment).0, TC_ACT_SHOT);
-    assert_eq!(rig.drops(DropReason::Fragment), before + 1);
+    let (verdict, out) = ingress(&mut rig, &fragment);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verify6(&out).dport, TPORT);
 }
 
 #[test]
@@ -605,7 +616,9 @@ fn random_and_mutated_ipv6_frames_keep_the_invariants() {
             context()
         );
         assert_eq!(out.len(), frame.len(), "{}", context());
-        let (l4_proto, l4_off) = l4_of(&frame);
+        // A fragment other than the first (a mutated offset) gets its address alone: it follows
+        // its datagram's first fragment, whose translation the fragment map remembers.
+        let (l4_proto, l4_off, later_fragment) = walk(&frame);
         let (addr, port) = if egress {
             (22, l4_off)
         } else {
@@ -614,18 +627,22 @@ fn random_and_mutated_ipv6_frames_keep_the_invariants() {
         let check = l4_off + if l4_proto == PROTO_TCP { 16 } else { 6 };
         for (at, (a, b)) in frame.iter().zip(&out).enumerate() {
             let allowed = (addr..addr + 16).contains(&at)
-                || (port..port + 2).contains(&at)
-                || (check..check + 2).contains(&at);
+                || !later_fragment
+                    && ((port..port + 2).contains(&at) || (check..check + 2).contains(&at));
             assert!(a == b || allowed, "byte {at} changed: {}", context());
         }
         let moved = Ipv6Addr::from(<[u8; 16]>::try_from(&out[addr..addr + 16]).unwrap());
-        let moved_port = u16::from_be_bytes([out[port], out[port + 1]]);
         if egress {
-            assert_eq!((moved, moved_port), (VIP6, VPORT), "{}", context());
+            assert_eq!(moved, VIP6, "{}", context());
         } else {
             backend_index(moved);
-            assert_eq!(moved_port, TPORT, "{}", context());
         }
+        if later_fragment {
+            continue;
+        }
+        let moved_port = u16::from_be_bytes([out[port], out[port + 1]]);
+        let expected_port = if egress { VPORT } else { TPORT };
+        assert_eq!(moved_port, expected_port, "{}", context());
         if !mutated {
             // Built with a valid checksum: it stays valid.
             verify6(&out);
@@ -706,5 +723,332 @@ fn an_ipv6_service_the_agent_programs_steers_and_counts_connect_timeouts_by_addr
         rig.maps
             .dismiss_connect_timeouts(id, ip.into(), TPORT.to_be())
             .unwrap()
+    );
+}
+
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0xff, 0, 0, 0, 1);
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_TIME_EXCEEDED: u8 = 3;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// An Ethernet frame with an ICMPv6 message from `src` to `dst`: its type, code and 32-bit
+/// word (a Packet Too Big's MTU), quoting as much of `about` (an Ethernet frame) after its
+/// Ethernet header as fits the minimum MTU (RFC 4443 2.4 (c)), with a correct checksum.
+fn icmp6_error(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    (kind, code, word): (u8, u8, u32),
+    about: &[u8],
+) -> Vec<u8> {
+    let quoted = &about[14..about.len().min(14 + 1280 - 40 - 8)];
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend(word.to_be_bytes());
+    icmp.extend(quoted);
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, NEXTHDR_ICMPV6]);
+    pseudo.extend(&icmp);
+    let c = geosteer_common::csum::checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+    let mut frame = vec![
+        0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0,
+    ];
+    frame.extend((icmp.len() as u16).to_be_bytes());
+    frame.extend([NEXTHDR_ICMPV6, 64]);
+    frame.extend(src.octets());
+    frame.extend(dst.octets());
+    frame.extend(icmp);
+    frame
+}
+
+/// What a translated ICMPv6 error says, after its checksum and (when the error quotes all of
+/// it) its quoted packet's L4 checksum were verified.
+#[derive(Debug, PartialEq)]
+struct SeenIcmp6 {
+    outer: (Ipv6Addr, Ipv6Addr),
+    /// Type, code and the 32-bit word (MTU, pointer).
+    message: (u8, u8, u32),
+    quoted_src: (Ipv6Addr, u16),
+    quoted_dst: (Ipv6Addr, u16),
+}
+
+fn verify_icmp6(frame: &[u8]) -> SeenIcmp6 {
+    let addr = |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap());
+    let (src, dst) = (addr(&frame[22..38]), addr(&frame[38..54]));
+    assert_eq!(frame[20], NEXTHDR_ICMPV6);
+    let icmp = &frame[54..];
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, NEXTHDR_ICMPV6]);
+    pseudo.extend(icmp);
+    assert_eq!(
+        geosteer_common::csum::checksum(&pseudo),
+        0,
+        "ICMPv6 checksum"
+    );
+    // The quoted packet as a frame of its own: when whole, its L4 checksum must verify.
+    let mut quoted = frame[..14].to_vec();
+    quoted.extend(&icmp[8..]);
+    let whole = 14 + 40 + usize::from(u16::from_be_bytes([quoted[18], quoted[19]])) == quoted.len();
+    let seen = if whole {
+        verify6(&quoted)
+    } else {
+        let (_, l4) = l4_of(&quoted);
+        let port = |at: usize| u16::from_be_bytes([quoted[at], quoted[at + 1]]);
+        Seen6 {
+            src: addr(&quoted[22..38]),
+            dst: addr(&quoted[38..54]),
+            sport: port(l4),
+            dport: port(l4 + 2),
+        }
+    };
+    SeenIcmp6 {
+        outer: (src, dst),
+        message: (
+            icmp[0],
+            icmp[1],
+            u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+        ),
+        quoted_src: (seen.src, seen.sport),
+        quoted_dst: (seen.dst, seen.dport),
+    }
+}
+
+#[test]
+fn port_unreachable_from_an_ipv6_backend_reaches_the_client_from_the_vip() {
+    let mut rig = rig6();
+    let (_, out) = ingress(&mut rig, &Pkt6::udp(CLIENT6, 5353, VIP6, VPORT, b"query"));
+    let backend = verify6(&out).dst;
+    // The backend has no listener: its kernel answers the query as it received it.
+    let error = icmp6_error(backend, CLIENT6, (ICMPV6_DEST_UNREACH, 4, 0), &out);
+    let (verdict, out) = rig.run_tc(program_names::TC_EGRESS, &error);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        verify_icmp6(&out),
+        SeenIcmp6 {
+            outer: (VIP6, CLIENT6),
+            message: (ICMPV6_DEST_UNREACH, 4, 0),
+            quoted_src: (CLIENT6, 5353),
+            quoted_dst: (VIP6, VPORT),
+        },
+        "what the client's socket (connected to the VIP) can match"
+    );
+    assert_eq!(rig.maps.ct_stat(ct_stats::ICMP_TRANSLATED).unwrap(), 1);
+}
+
+#[test]
+fn an_icmpv6_error_from_a_router_on_the_backends_side_keeps_its_source() {
+    let mut rig = rig6();
+    let (_, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, 42000, VIP6, VPORT, SYN));
+    let backend = verify6(&out).dst;
+    let error = icmp6_error(ROUTER6, CLIENT6, (ICMPV6_TIME_EXCEEDED, 0, 0), &out);
+    let (_, out) = rig.run_tc(program_names::TC_EGRESS, &error);
+    assert_eq!(
+        verify_icmp6(&out),
+        SeenIcmp6 {
+            outer: (ROUTER6, CLIENT6),
+            message: (ICMPV6_TIME_EXCEEDED, 0, 0),
+            quoted_src: (CLIENT6, 42000),
+            quoted_dst: (VIP6, VPORT),
+        },
+        "about the SYN the client sent to the VIP, not to {backend}"
+    );
+}
+
+/// Path MTU discovery through the VIP: a hop on the client's side answers a reply that is too
+/// big with Packet Too Big, sent to the VIP; the backend that sent the reply must get it, or
+/// its TCP never lowers its segment size and the transfer stalls.
+#[test]
+fn packet_too_big_for_an_ipv6_reply_goes_to_the_backend_that_sent_it() {
+    let mut rig = rig6();
+    let (_, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, 42100, VIP6, VPORT, SYN));
+    let backend = verify6(&out).dst;
+    let syn_ack = Pkt6::tcp(backend, TPORT, CLIENT6, 42100, SYN | ACK).with_seq(5000, 1001);
+    egress(&mut rig, &syn_ack);
+    // A large response segment as the client's side saw it (from the VIP); once plain, once
+    // behind a destination options header (the quoted chain is walked as the packet's is).
+    for ext in [&[][..], &[NEXTHDR_DEST][..]] {
+        let sent = Pkt6::tcp(backend, TPORT, CLIENT6, 42100, ACK)
+            .with_seq(5001, 1001)
+            .with_payload(&[b'x'; 1400])
+            .with_ext(ext);
+        let reply = Pkt6 {
+            src: VIP6,
+            sport: VPORT,
+            ..sent.clone()
+        }
+        .build();
+        for sender in [ROUTER6, CLIENT6] {
+            let error = icmp6_error(sender, VIP6, (ICMPV6_PACKET_TOO_BIG, 0, 1280), &reply);
+            let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &error);
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(out.len(), error.len());
+            assert_eq!(
+                verify_icmp6(&out),
+                SeenIcmp6 {
+                    outer: (sender, backend),
+                    message: (ICMPV6_PACKET_TOO_BIG, 0, 1280),
+                    quoted_src: (backend, TPORT),
+                    quoted_dst: (CLIENT6, 42100),
+                },
+                "the backend's TCP finds its connection (ext {ext:?})"
+            );
+            // The error quotes the segment's first 1232 bytes, so its checksum cannot be
+            // verified alone: the quote must be, byte for byte, what the backend sent.
+            let quoted = &out[54 + 8..];
+            assert_eq!(quoted, &sent.build()[14..14 + quoted.len()]);
+        }
+    }
+    assert_eq!(rig.maps.ct_stat(ct_stats::ICMP_TRANSLATED).unwrap(), 4);
+}
+
+#[test]
+fn icmpv6_about_other_traffic_and_informational_messages_pass_untouched() {
+    let mut rig = rig6();
+    let stranger = Pkt6::udp(CLIENT6, 6000, OTHER6, 53, b"x").build();
+    for program in [program_names::TC_EGRESS, program_names::TC_INGRESS] {
+        let error = icmp6_error(OTHER6, CLIENT6, (ICMPV6_DEST_UNREACH, 4, 0), &stranger);
+        assert_eq!(rig.run_tc(program, &error), (TC_ACT_OK, error.clone()));
+    }
+    // An echo request to the VIP is no error; nor is a too-big whose quoted packet is a later
+    // fragment (no ports to match).
+    let echo = icmp6_error(CLIENT6, VIP6, (ICMPV6_ECHO_REQUEST, 0, 7), &stranger[..14]);
+    let later = fragment6(VIP6, CLIENT6, (PROTO_TCP, 185, false), 7, &[0; 64]);
+    let too_big = icmp6_error(ROUTER6, VIP6, (ICMPV6_PACKET_TOO_BIG, 0, 1280), &later);
+    for frame in [echo, too_big] {
+        assert_eq!(
+            rig.run_tc(program_names::TC_INGRESS, &frame),
+            (TC_ACT_OK, frame.clone())
+        );
+    }
+    assert_eq!(rig.maps.ct_stat(ct_stats::ICMP_TRANSLATED).unwrap(), 0);
+}
+
+/// A fragment of an IPv6 datagram: a fragment header (next header, offset in 8-byte units,
+/// more fragments) with id `id`, then `data`.
+fn fragment6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    (next, offset, more): (u8, u16, bool),
+    id: u32,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut frame = vec![
+        0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0,
+    ];
+    frame.extend(((8 + data.len()) as u16).to_be_bytes());
+    frame.extend([NEXTHDR_FRAGMENT, 64]);
+    frame.extend(src.octets());
+    frame.extend(dst.octets());
+    frame.extend([next, 0]);
+    frame.extend((offset << 3 | u16::from(more)).to_be_bytes());
+    frame.extend(id.to_be_bytes());
+    frame.extend(data);
+    frame
+}
+
+/// (source, destination) of an output frame.
+fn addrs6(frame: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+    let addr = |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).unwrap());
+    (addr(&frame[22..38]), addr(&frame[38..54]))
+}
+
+/// `Pkt6` builds a first fragment (offset 0, more fragments) with this id.
+const FIRST_FRAGMENT_ID: u32 = 0x1234;
+
+#[test]
+fn a_fragmented_ipv6_request_follows_its_first_fragment_and_strays_are_dropped() {
+    let mut rig = rig6();
+    let first = Pkt6::udp(CLIENT6, 5500, VIP6, VPORT, &[1; 64]).with_ext(&[NEXTHDR_FRAGMENT]);
+    let (verdict, out) = ingress(&mut rig, &first);
+    assert_eq!(verdict, TC_ACT_OK);
+    let backend = verify6(&out).dst;
+    backend_index(backend);
+    let second = fragment6(
+        CLIENT6,
+        VIP6,
+        (PROTO_UDP, 9, false),
+        FIRST_FRAGMENT_ID,
+        &[2; 40],
+    );
+    let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &second);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs6(&out), (CLIENT6, backend));
+    assert_eq!(
+        &out[54..],
+        &second[54..],
+        "fragment header and data untouched"
+    );
+    assert_eq!(rig.maps.ct_stat(ct_stats::FRAGMENT_TRANSLATED).unwrap(), 1);
+    // A later fragment whose first was never seen (another id, another source) cannot be
+    // steered: dropped and counted. One to another address is none of ours.
+    for (src, id) in [
+        (CLIENT6, FIRST_FRAGMENT_ID + 1),
+        (OTHER6, FIRST_FRAGMENT_ID),
+    ] {
+        let stray = fragment6(src, VIP6, (PROTO_UDP, 9, false), id, &[3; 40]);
+        assert_eq!(rig.run_tc(program_names::TC_INGRESS, &stray).0, TC_ACT_SHOT);
+    }
+    assert_eq!(rig.drops(DropReason::Fragment), 2);
+    assert_eq!(rig.maps.ct_stat(ct_stats::FRAGMENT_UNKNOWN).unwrap(), 2);
+    let elsewhere = fragment6(CLIENT6, OTHER6, (PROTO_UDP, 9, false), 77, &[3; 40]);
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &elsewhere),
+        (TC_ACT_OK, elsewhere.clone())
+    );
+}
+
+#[test]
+fn a_fragmented_ipv6_reply_leaves_from_the_vip_fragment_by_fragment() {
+    let mut rig = rig6();
+    let (_, out) = ingress(
+        &mut rig,
+        &Pkt6::udp(CLIENT6, 5400, VIP6, VPORT, b"big please"),
+    );
+    let backend = verify6(&out).dst;
+    let first = Pkt6::udp(backend, TPORT, CLIENT6, 5400, &[7; 64]).with_ext(&[NEXTHDR_FRAGMENT]);
+    let (_, out) = egress(&mut rig, &first);
+    let seen = verify6(&out);
+    assert_eq!((seen.src, seen.sport), (VIP6, VPORT));
+    let second = fragment6(
+        backend,
+        CLIENT6,
+        (PROTO_UDP, 9, false),
+        FIRST_FRAGMENT_ID,
+        &[8; 40],
+    );
+    let (verdict, out) = rig.run_tc(program_names::TC_EGRESS, &second);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs6(&out), (VIP6, CLIENT6));
+    assert_eq!(&out[54..], &second[54..]);
+    // Another datagram's fragment (another id) is not ours to change.
+    let other = fragment6(backend, CLIENT6, (PROTO_UDP, 9, false), 99, &[8; 40]);
+    assert_eq!(
+        rig.run_tc(program_names::TC_EGRESS, &other),
+        (TC_ACT_OK, other.clone())
+    );
+}
+
+#[test]
+fn an_atomic_fragment_is_steered_as_the_whole_datagram_it_is() {
+    // Offset 0 and no more fragments (RFC 6946): the UDP header and all its data are here.
+    let mut rig = rig6();
+    let udp = Pkt6::udp(CLIENT6, 5600, VIP6, VPORT, b"whole").build();
+    let mut atomic = fragment6(CLIENT6, VIP6, (PROTO_UDP, 0, false), 5, &udp[54..]);
+    let (verdict, out) = rig.run_tc(program_names::TC_INGRESS, &atomic);
+    assert_eq!(verdict, TC_ACT_OK);
+    let seen = verify6(&out);
+    backend_index(seen.dst);
+    assert_eq!(seen.dport, TPORT);
+    // Nothing was remembered for later fragments: there are none.
+    atomic[14 + 40 + 3] = 9 << 3;
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &atomic).0,
+        TC_ACT_SHOT
     );
 }
