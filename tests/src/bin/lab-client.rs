@@ -486,12 +486,7 @@ fn udp_ping(
     timeout: Duration,
     open: &mut Vec<UdpSocket>,
 ) -> io::Result<String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    let sock = UdpSocket::bind(bind)?;
+    let sock = UdpSocket::bind(any_of_family(target))?;
     sock.set_read_timeout(Some(timeout))?;
     // `--size`: padded (a large datagram leaves in fragments, and so does its echo).
     let mut payload = format!("ping-{i}");
@@ -520,6 +515,15 @@ fn udp_ping(
         .ok_or_else(|| io::Error::other(format!("unexpected reply {reply:?}")))
 }
 
+/// The unspecified address of `target`'s family, any port: what a client socket binds.
+fn any_of_family(target: SocketAddr) -> SocketAddr {
+    if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 // ------------------------------------------------------- udp-connected ---
 
 /// One datagram from a connected UDP socket: what the application sees — a reply, the
@@ -528,7 +532,7 @@ fn run_udp_connected(flags: &Flags) -> Result<(), String> {
     let target = flags.target()?;
     let timeout = flags.timeout()?;
     let outcome = (|| -> io::Result<String> {
-        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        let sock = UdpSocket::bind(any_of_family(target))?;
         sock.connect(target)?;
         sock.set_read_timeout(Some(timeout))?;
         sock.send(b"anyone there?")?;
