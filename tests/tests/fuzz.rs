@@ -2,8 +2,11 @@
 //! (BPF_PROG_TEST_RUN), each compared with a reference model of the data path written from the
 //! README's rules — not from the kernel code:
 //!
-//! - only IPv4 TCP/UDP to a service VIP:port is steered; everything else passes untouched,
-//!   except malformed IPv4 or a stray later fragment addressed to a VIP, which is dropped;
+//! - only TCP/UDP to a service VIP:port is steered, over IPv4 or IPv6 (the rig's IPv6 front:
+//!   `VIP6` serves what `VIP` does, over the same backends); everything else passes untouched,
+//!   except a malformed packet or a stray later fragment addressed to a VIP, which is dropped
+//!   (IPv6: a wrong version, a frame that ends in its extension chain or a chain longer than
+//!   the four headers walked, a short L4 header, a zero UDP checksum);
 //! - a flow (client:port → VIP:port) keeps one backend (Maglev, keyed hash: while the table does
 //!   not change, a tuple always lands on the same backend), DNAT rewrites only the destination
 //!   address and port and their checksums;
@@ -12,12 +15,15 @@
 //!   through the VIP brings it back;
 //! - an ICMP error about a steered flow is translated (quoted packet, outer address when the
 //!   backend or the VIP is an end); a later fragment follows its datagram's first fragment;
-//! - XDP does what TC ingress does, except that it hands ICMP and fragments to the stack
-//!   untouched (and passes translated packets on when no redirect target is vouched for).
+//! - XDP does what TC ingress does, except that it hands ICMP, fragments and all IPv6 to the
+//!   stack untouched (and passes translated packets on when no redirect target is vouched for).
+//! - IPv6 fragments are keyed by their fragment header's 32-bit id; ICMPv6 errors (types 1–4)
+//!   are translated as ICMP's, their checksum covering the outer addresses.
 //!
 //! For every packet: the verdict, every byte of the output (only the fields a rule rewrites may
 //! change), every checksum (recomputed here: a valid one stays valid, a broken one stays
-//! broken), and periodically the kernel's conntrack pairs against the model's flows.
+//! broken), and periodically the kernel's conntrack pairs (both families) against the model's
+//! flows. A third of the packets are IPv6, and every outcome must be reached in each family.
 //!
 //! `GEOSTEER_FUZZ_PACKETS` (default 50,000) and `GEOSTEER_FUZZ_SEED` (default: random, printed)
 //! make a run reproducible; `cargo xtask fuzz` runs 1,000,000. A mismatch panics with the seed,
@@ -33,10 +39,19 @@
 
 mod packets;
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use geosteer_common::{DIR_ORIGINAL, DIR_REPLY, PROTO_TCP, PROTO_UDP, csum, program_names};
-use packets::*;
+use packets::{
+    v6::{
+        self, BACKENDS6, CLIENT6, FIRST_FRAGMENT_ID, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP,
+        NEXTHDR_ICMPV6, NEXTHDR_ROUTING, OTHER6, Pkt6, ROUTER6, VIP6, icmp6_error,
+    },
+    *,
+};
 
 const CLIENTS: [Ipv4Addr; 3] = [
     CLIENT,
@@ -44,19 +59,25 @@ const CLIENTS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 0, 4),
 ];
 const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const CLIENTS6: [Ipv6Addr; 3] = [
+    CLIENT6,
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 3),
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 4),
+];
 const FIRST_PORT: u16 = 30_000;
 const PORTS: u16 = 600;
 const PROTO_ICMP: u8 = 1;
 
-/// A flow as the model knows it: (proto, client, client port).
-type Tuple = (u8, Ipv4Addr, u16);
+/// A flow as the model knows it: (proto, client, client port), of either family.
+type Tuple = (u8, IpAddr, u16);
 
 #[derive(Default)]
 struct Model {
     /// The backend each tuple was steered to, and whether its reply half (reverse NAT) is there.
-    flows: HashMap<Tuple, (Ipv4Addr, bool)>,
-    /// Later fragments follow the first: (src, dst, id, proto, direction) → new address.
-    fragments: HashMap<(Ipv4Addr, Ipv4Addr, u16, u8, u8), Ipv4Addr>,
+    flows: HashMap<Tuple, (IpAddr, bool)>,
+    /// Later fragments follow the first: (src, dst, id, proto, direction) → new address. (An
+    /// IPv6 datagram's id is 32 bits and unique per source and destination: its proto is 0.)
+    fragments: HashMap<(IpAddr, IpAddr, u32, u8, u8), IpAddr>,
 }
 
 /// The IPv4 header of a frame as the model reads it (None: no complete IPv4 header).
@@ -108,22 +129,22 @@ enum Expect {
     /// Destination (ingress) or source (egress) address and port rewritten; `to` None: any
     /// backend (a new flow).
     Nat {
-        to: Option<Ipv4Addr>,
+        to: Option<IpAddr>,
         port: u16,
         source: bool,
     },
     /// A later fragment: the address alone.
     Address {
-        to: Ipv4Addr,
+        to: IpAddr,
         source: bool,
     },
     /// An ICMP error: the quoted packet's source (toward the backend) or destination (toward
     /// the client) becomes `to:port`; the outer address where it was the translated end.
     Icmp {
-        to: Ipv4Addr,
+        to: IpAddr,
         port: u16,
         quoted_source: bool,
-        outer: Option<Ipv4Addr>,
+        outer: Option<IpAddr>,
     },
 }
 
@@ -136,6 +157,9 @@ enum Path {
 
 impl Model {
     fn expect(&self, path: Path, frame: &[u8]) -> Expect {
+        if is_ipv6(frame) {
+            return self.expect6(path, frame);
+        }
         let Some(ip) = parse_ip(frame) else {
             return Expect::Unchanged;
         };
@@ -163,9 +187,13 @@ impl Model {
                 return Expect::Unchanged;
             }
             let direction = if ingress { DIR_ORIGINAL } else { DIR_REPLY };
-            let known = self
-                .fragments
-                .get(&(ip.src, ip.dst, ip.id, ip.proto, direction));
+            let known = self.fragments.get(&(
+                ip.src.into(),
+                ip.dst.into(),
+                ip.id.into(),
+                ip.proto,
+                direction,
+            ));
             return match (known, ingress) {
                 (Some(to), true) if to_vip => Expect::Address {
                     to: *to,
@@ -195,16 +223,19 @@ impl Model {
             if !(to_vip && dport == VPORT) {
                 return Expect::Unchanged;
             }
-            let to = self.flows.get(&(ip.proto, ip.src, sport)).map(|f| f.0);
+            let to = self
+                .flows
+                .get(&(ip.proto, ip.src.into(), sport))
+                .map(|f| f.0);
             Expect::Nat {
                 to,
                 port: TPORT,
                 source: false,
             }
         } else {
-            match self.flows.get(&(ip.proto, ip.dst, dport)) {
+            match self.flows.get(&(ip.proto, ip.dst.into(), dport)) {
                 Some((backend, true)) if *backend == ip.src && sport == TPORT => Expect::Nat {
-                    to: Some(VIP),
+                    to: Some(VIP.into()),
                     port: VPORT,
                     source: true,
                 },
@@ -237,7 +268,7 @@ impl Model {
         let (qsport, qdport) = (be16(&frame[ql4..]), be16(&frame[ql4 + 2..]));
         if path == Path::TcIngress {
             // About a reply VIP:port → client: to the backend that sent it.
-            match self.flows.get(&(proto, qdst, qdport)) {
+            match self.flows.get(&(proto, qdst.into(), qdport)) {
                 Some((backend, _)) if qsrc == VIP && qsport == VPORT => Expect::Icmp {
                     to: *backend,
                     port: TPORT,
@@ -248,12 +279,12 @@ impl Model {
             }
         } else {
             // About a request client → backend:port: to the client, from the VIP.
-            match self.flows.get(&(proto, qsrc, qsport)) {
-                Some((backend, true)) if qdst == *backend && qdport == TPORT => Expect::Icmp {
-                    to: VIP,
+            match self.flows.get(&(proto, qsrc.into(), qsport)) {
+                Some((backend, true)) if *backend == qdst && qdport == TPORT => Expect::Icmp {
+                    to: VIP.into(),
                     port: VPORT,
                     quoted_source: false,
-                    outer: (outer.src == *backend).then_some(VIP),
+                    outer: (*backend == outer.src).then_some(VIP.into()),
                 },
                 _ => Expect::Unchanged,
             }
@@ -262,6 +293,9 @@ impl Model {
 
     /// What the packet did to the model's state (after the kernel's output matched).
     fn update(&mut self, path: Path, frame: &[u8], out: &[u8], expect: &Expect) {
+        if is_ipv6(frame) {
+            return self.update6(path, frame, out, expect);
+        }
         let Some(ip) = parse_ip(frame) else { return };
         if ip.ihl < 20 || ip.version != 4 {
             return;
@@ -280,23 +314,30 @@ impl Model {
             } else {
                 DIR_ORIGINAL
             };
-            self.fragments
-                .remove(&(ip.src, ip.dst, ip.id, ip.proto, direction));
+            self.fragments.remove(&(
+                ip.src.into(),
+                ip.dst.into(),
+                ip.id.into(),
+                ip.proto,
+                direction,
+            ));
         }
         match (path, expect) {
             (Path::TcIngress | Path::Xdp, Expect::Nat { .. }) => {
-                let backend = parse_ip(out).expect("NAT output is IPv4").dst;
+                let backend = parse_ip(out).expect("NAT output is IPv4").dst.into();
                 let sport = be16(&frame[l4..]);
                 self.flows
-                    .insert((ip.proto, ip.src, sport), (backend, true));
+                    .insert((ip.proto, ip.src.into(), sport), (backend, true));
                 if ip.more {
+                    let key = (ip.src.into(), ip.dst.into(), ip.id.into(), ip.proto);
                     self.fragments
-                        .insert((ip.src, ip.dst, ip.id, ip.proto, DIR_ORIGINAL), backend);
+                        .insert((key.0, key.1, key.2, key.3, DIR_ORIGINAL), backend);
                 }
             }
             (Path::TcEgress, Expect::Nat { .. }) if ip.more => {
+                let key = (ip.src.into(), ip.dst.into(), ip.id.into(), ip.proto);
                 self.fragments
-                    .insert((ip.src, ip.dst, ip.id, ip.proto, DIR_REPLY), VIP);
+                    .insert((key.0, key.1, key.2, key.3, DIR_REPLY), VIP.into());
             }
             (Path::TcIngress | Path::Xdp, Expect::Unchanged)
                 if ip.proto == PROTO_TCP
@@ -309,7 +350,8 @@ impl Model {
                 // connection; the flow's reverse NAT from that backend ends. (A first fragment
                 // has the flags too; XDP hands fragments on without looking.)
                 let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
-                if let Some((backend, reply)) = self.flows.get_mut(&(PROTO_TCP, ip.src, sport))
+                if let Some((backend, reply)) =
+                    self.flows.get_mut(&(PROTO_TCP, ip.src.into(), sport))
                     && *backend == ip.dst
                     && dport == TPORT
                 {
@@ -319,6 +361,389 @@ impl Model {
             _ => {}
         }
     }
+}
+
+// ------------------------------------------------------------------------ IPv6 ---
+//
+// The same rules over IPv6, with its own: at most four extension headers are walked (a longer
+// chain, a frame that ends inside it, a wrong version, a short L4 header or a zero UDP
+// checksum make a packet unsteerable: dropped when addressed to the VIP); fragments are
+// announced by a fragment header and keyed by its 32-bit id; ICMPv6 errors are types 1 to 4;
+// XDP hands every IPv6 frame to TC.
+
+fn is_ipv6(frame: &[u8]) -> bool {
+    frame.len() >= 14 && frame[12..14] == [0x86, 0xdd]
+}
+
+fn addr6(b: &[u8]) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(&b[..16]).expect("16 bytes"))
+}
+
+/// What a fragment header on the chain said.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Frag6 {
+    Whole,
+    First(u32),
+    /// Offset past 0: what follows is data.
+    Later(u32),
+}
+
+/// Walks the extension chain starting at `off` with a header of type `next`: (the header it
+/// stops at, where that starts, the fragment header's word). None: the frame ends inside the
+/// chain.
+fn walk6(frame: &[u8], mut next: u8, mut off: usize) -> Option<(u8, usize, Frag6)> {
+    let mut frag = Frag6::Whole;
+    for _ in 0..4 {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                if frame.len() < off + 2 {
+                    return None;
+                }
+                next = frame[off];
+                off += (usize::from(frame[off + 1]) + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                if frame.len() < off + 8 {
+                    return None;
+                }
+                let id = u32::from_be_bytes(frame[off + 4..off + 8].try_into().unwrap());
+                if be16(&frame[off + 2..]) >> 3 != 0 {
+                    return Some((frame[off], off + 8, Frag6::Later(id)));
+                }
+                if frame[off + 3] & 1 != 0 {
+                    frag = Frag6::First(id);
+                }
+                next = frame[off];
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    Some((next, off, frag))
+}
+
+/// An IPv6 frame's fixed header and its walked chain (None: no complete fixed header).
+struct Ip6 {
+    version: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    payload_len: usize,
+    chain: Option<(u8, usize, Frag6)>,
+}
+
+fn parse_ip6(frame: &[u8]) -> Option<Ip6> {
+    if !is_ipv6(frame) || frame.len() < 54 {
+        return None;
+    }
+    Some(Ip6 {
+        version: frame[14] >> 4,
+        src: addr6(&frame[22..]),
+        dst: addr6(&frame[38..]),
+        payload_len: usize::from(be16(&frame[18..])),
+        chain: walk6(frame, frame[20], 54),
+    })
+}
+
+/// The fragment map's key of an IPv6 datagram.
+fn fragment_key6(ip: &Ip6, id: u32, direction: u8) -> (IpAddr, IpAddr, u32, u8, u8) {
+    (ip.src.into(), ip.dst.into(), id, 0, direction)
+}
+
+/// Whether TC reads the frame as a TCP/UDP packet it can steer (`Some(first fragment id)`):
+/// a whole chain, version 6, a complete L4 header, a UDP checksum.
+fn steerable6(frame: &[u8], ip: &Ip6) -> Option<Option<u32>> {
+    let (next, l4, frag) = ip.chain?;
+    let header = match next {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        _ => return None,
+    };
+    let first = match frag {
+        Frag6::Whole => None,
+        Frag6::First(id) => Some(id),
+        Frag6::Later(_) => return None,
+    };
+    (ip.version == 6
+        && frame.len() >= l4 + header
+        && !(next == PROTO_UDP && be16(&frame[l4 + 6..]) == 0))
+        .then_some(first)
+}
+
+impl Model {
+    fn expect6(&self, path: Path, frame: &[u8]) -> Expect {
+        let Some(ip) = parse_ip6(frame) else {
+            return Expect::Unchanged;
+        };
+        if path == Path::Xdp {
+            return Expect::Unchanged;
+        }
+        let ingress = path == Path::TcIngress;
+        let to_vip = ip.dst == VIP6;
+        let unsteerable = if ingress && to_vip {
+            Expect::Drop
+        } else {
+            Expect::Unchanged
+        };
+        if ip.version != 6 {
+            return unsteerable;
+        }
+        let Some((next, l4, frag)) = ip.chain else {
+            return unsteerable;
+        };
+        if let Frag6::Later(id) = frag {
+            let direction = if ingress { DIR_ORIGINAL } else { DIR_REPLY };
+            let known = self.fragments.get(&fragment_key6(&ip, id, direction));
+            return match (known, ingress) {
+                (Some(to), true) if to_vip => Expect::Address {
+                    to: *to,
+                    source: false,
+                },
+                (Some(to), false) => Expect::Address {
+                    to: *to,
+                    source: true,
+                },
+                (None, true) if to_vip => Expect::Drop,
+                _ => Expect::Unchanged,
+            };
+        }
+        match next {
+            PROTO_TCP | PROTO_UDP => {}
+            NEXTHDR_ICMPV6 if frag == Frag6::Whole => {
+                return self.expect_icmp6(path, frame, &ip, l4);
+            }
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT => return unsteerable,
+            _ => return Expect::Unchanged,
+        }
+        if steerable6(frame, &ip).is_none() {
+            return unsteerable;
+        }
+        let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
+        if ingress {
+            if !(to_vip && dport == VPORT) {
+                return Expect::Unchanged;
+            }
+            let to = self.flows.get(&(next, ip.src.into(), sport)).map(|f| f.0);
+            Expect::Nat {
+                to,
+                port: TPORT,
+                source: false,
+            }
+        } else {
+            match self.flows.get(&(next, ip.dst.into(), dport)) {
+                Some((backend, true)) if *backend == ip.src && sport == TPORT => Expect::Nat {
+                    to: Some(VIP6.into()),
+                    port: VPORT,
+                    source: true,
+                },
+                _ => Expect::Unchanged,
+            }
+        }
+    }
+
+    fn expect_icmp6(&self, path: Path, frame: &[u8], outer: &Ip6, icmp: usize) -> Expect {
+        if frame.len() < icmp + 2 || !(1..=4).contains(&frame[icmp]) {
+            return Expect::Unchanged;
+        }
+        let q = icmp + 8;
+        if frame.len() < q + 40 || frame[q] >> 4 != 6 {
+            return Expect::Unchanged;
+        }
+        let Some((proto, ql4, Frag6::Whole | Frag6::First(_))) = walk6(frame, frame[q + 6], q + 40)
+        else {
+            return Expect::Unchanged;
+        };
+        if (proto != PROTO_TCP && proto != PROTO_UDP) || frame.len() < ql4 + 4 {
+            return Expect::Unchanged;
+        }
+        let (qsrc, qdst) = (addr6(&frame[q + 8..]), addr6(&frame[q + 24..]));
+        let (qsport, qdport) = (be16(&frame[ql4..]), be16(&frame[ql4 + 2..]));
+        if path == Path::TcIngress {
+            match self.flows.get(&(proto, qdst.into(), qdport)) {
+                Some((backend, _)) if qsrc == VIP6 && qsport == VPORT => Expect::Icmp {
+                    to: *backend,
+                    port: TPORT,
+                    quoted_source: true,
+                    outer: (outer.dst == VIP6).then_some(*backend),
+                },
+                _ => Expect::Unchanged,
+            }
+        } else {
+            match self.flows.get(&(proto, qsrc.into(), qsport)) {
+                Some((backend, true)) if *backend == qdst && qdport == TPORT => Expect::Icmp {
+                    to: VIP6.into(),
+                    port: VPORT,
+                    quoted_source: false,
+                    outer: (*backend == outer.src).then_some(VIP6.into()),
+                },
+                _ => Expect::Unchanged,
+            }
+        }
+    }
+
+    fn update6(&mut self, path: Path, frame: &[u8], out: &[u8], expect: &Expect) {
+        let Some(ip) = parse_ip6(frame) else { return };
+        if path == Path::Xdp {
+            return;
+        }
+        let Some(first) = steerable6(frame, &ip) else {
+            return;
+        };
+        let (next, l4, _) = ip.chain.expect("steerable");
+        let direction = if path == Path::TcEgress {
+            DIR_REPLY
+        } else {
+            DIR_ORIGINAL
+        };
+        match (first, expect) {
+            (Some(id), Expect::Nat { .. }) => {
+                let to = if path == Path::TcEgress {
+                    VIP6
+                } else {
+                    addr6(&out[38..])
+                };
+                self.fragments
+                    .insert(fragment_key6(&ip, id, direction), to.into());
+            }
+            // A first fragment TC did not translate: an older datagram's translation with the
+            // same id must not apply to this one's later fragments.
+            (Some(id), _) => {
+                self.fragments.remove(&fragment_key6(&ip, id, direction));
+            }
+            (None, _) => {}
+        }
+        let sport = be16(&frame[l4..]);
+        match (path, expect) {
+            (Path::TcIngress, Expect::Nat { .. }) => {
+                let backend = addr6(&out[38..]);
+                self.flows
+                    .insert((next, ip.src.into(), sport), (backend.into(), true));
+            }
+            (Path::TcIngress, Expect::Unchanged)
+                if next == PROTO_TCP && frame[l4 + 13] & 0x17 == SYN =>
+            {
+                // A direct SYN to a backend from a steered flow's port (as over IPv4).
+                let dport = be16(&frame[l4 + 2..]);
+                if let Some((backend, reply)) =
+                    self.flows.get_mut(&(PROTO_TCP, ip.src.into(), sport))
+                    && *backend == ip.dst
+                    && dport == TPORT
+                {
+                    *reply = false;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The L4 (or ICMPv6) checksum of a whole, unfragmented IPv6 packet starting at `l4` with
+/// protocol `proto`: Some(valid), or None when it cannot be judged.
+fn l4_check6(frame: &[u8], proto: u8, l4: usize) -> Option<bool> {
+    let ip = parse_ip6(frame)?;
+    if frame.len() != 54 + ip.payload_len || l4 > frame.len() {
+        return None;
+    }
+    let segment = &frame[l4..];
+    let mut pseudo = Vec::with_capacity(40 + segment.len());
+    pseudo.extend(ip.src.octets());
+    pseudo.extend(ip.dst.octets());
+    pseudo.extend((segment.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, proto]);
+    pseudo.extend(segment);
+    Some(ones_sum_ok(&pseudo))
+}
+
+fn check6(expect: &Expect, input: &[u8], out: &[u8]) -> Result<(), String> {
+    let ip = parse_ip6(input).expect("rewritten packets are IPv6");
+    let (next, l4, frag) = ip.chain.expect("rewritten packets have a whole chain");
+    match *expect {
+        Expect::Nat { to, port, source } => {
+            let (addr_at, port_at) = if source { (22, l4) } else { (38, l4 + 2) };
+            let check_at = l4 + if next == PROTO_UDP { 6 } else { 16 };
+            assert_only_changed(input, out, &[(addr_at, 16), (port_at, 2), (check_at, 2)])?;
+            let got = addr6(&out[addr_at..]);
+            match to {
+                Some(to) if got != to => return Err(format!("translated to {got}, expected {to}")),
+                None if !BACKENDS6.contains(&got) => {
+                    return Err(format!("new flow to {got}, not a backend"));
+                }
+                _ => {}
+            }
+            if be16(&out[port_at..]) != port {
+                return Err(format!("port {}, expected {port}", be16(&out[port_at..])));
+            }
+            let whole = |f| {
+                (frag == Frag6::Whole)
+                    .then(|| l4_check6(f, next, l4))
+                    .flatten()
+            };
+            if whole(input) != whole(out) {
+                return Err(format!(
+                    "L4 checksum validity {:?} became {:?}",
+                    whole(input),
+                    whole(out)
+                ));
+            }
+        }
+        Expect::Address { to, source } => {
+            let addr_at = if source { 22 } else { 38 };
+            assert_only_changed(input, out, &[(addr_at, 16)])?;
+            let got = addr6(&out[addr_at..]);
+            if got != to {
+                return Err(format!("fragment to {got}, expected {to}"));
+            }
+        }
+        Expect::Icmp {
+            to,
+            port,
+            quoted_source,
+            outer,
+        } => {
+            let icmp = l4;
+            let q = icmp + 8;
+            let (qproto, ql4, _) = walk6(input, input[q + 6], q + 40).expect("a whole quote");
+            let (qaddr, qport) = if quoted_source {
+                (q + 8, ql4)
+            } else {
+                (q + 24, ql4 + 2)
+            };
+            let qcheck = ql4 + if qproto == PROTO_UDP { 6 } else { 16 };
+            let outer_at = if quoted_source { 38 } else { 22 };
+            assert_only_changed(
+                input,
+                out,
+                &[
+                    (outer_at, 16),
+                    (icmp + 2, 2),
+                    (qaddr, 16),
+                    (qport, 2),
+                    (qcheck, 2),
+                ],
+            )?;
+            if addr6(&out[qaddr..]) != to || be16(&out[qport..]) != port {
+                return Err(format!(
+                    "quoted end {}:{}, expected {to}:{port}",
+                    addr6(&out[qaddr..]),
+                    be16(&out[qport..])
+                ));
+            }
+            let outer_got = IpAddr::from(addr6(&out[outer_at..]));
+            let outer_expected = outer.unwrap_or(addr6(&input[outer_at..]).into());
+            if outer_got != outer_expected {
+                return Err(format!("outer {outer_got}, expected {outer_expected}"));
+            }
+            let valid = |f| l4_check6(f, NEXTHDR_ICMPV6, icmp);
+            if valid(input) != valid(out) {
+                return Err(format!(
+                    "ICMPv6 checksum validity {:?} became {:?}",
+                    valid(input),
+                    valid(out)
+                ));
+            }
+        }
+        Expect::Unchanged | Expect::Drop => unreachable!(),
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------ checking ---
@@ -393,6 +818,9 @@ fn check(
         } else {
             assert_only_changed(input, out, &[]).and(Err("changed".into()))
         };
+    }
+    if is_ipv6(input) {
+        return check6(expect, input, out);
     }
     let ip = parse_ip(input).expect("rewritten packets are IPv4");
     let l4 = 14 + ip.ihl;
@@ -479,8 +907,8 @@ fn check(
                     be16(&out[qport..])
                 ));
             }
-            let outer_got = addr(&out[outer_at..]);
-            let outer_expected = outer.unwrap_or(addr(&input[outer_at..]));
+            let outer_got = IpAddr::from(addr(&out[outer_at..]));
+            let outer_expected = outer.unwrap_or(addr(&input[outer_at..]).into());
             if outer_got != outer_expected {
                 return Err(format!("outer {outer_got}, expected {outer_expected}"));
             }
@@ -614,8 +1042,8 @@ impl Gen {
     /// A packet for the reply direction (TC egress).
     fn reply(&mut self, model: &Model) -> Vec<u8> {
         let (client, port, proto) = self.known_or_random(model);
-        let backend = match model.flows.get(&(proto, client, port)) {
-            Some((b, _)) if self.rng.u8(..5) != 0 => *b,
+        let backend = match model.flows.get(&(proto, client.into(), port)) {
+            Some((IpAddr::V4(b), _)) if self.rng.u8(..5) != 0 => *b,
             _ => self.backend(),
         };
         let mut frame = match self.rng.u8(..100) {
@@ -640,13 +1068,24 @@ impl Gen {
     }
 
     fn known_or_random(&mut self, model: &Model) -> (Ipv4Addr, u16, u8) {
-        if !model.flows.is_empty() && self.rng.u8(..4) != 0 {
-            let n = self.rng.usize(..model.flows.len());
-            let (proto, client, port) = *model.flows.keys().nth(n).expect("in range");
+        if let Some((proto, IpAddr::V4(client), port)) = self.known(model, false) {
             return (client, port, proto);
         }
         let (client, port) = self.client();
         (client, port, self.proto())
+    }
+
+    /// Mostly one of the model's flows of the family, when it has any.
+    fn known(&mut self, model: &Model, v6: bool) -> Option<Tuple> {
+        let of_family: Vec<&Tuple> = model
+            .flows
+            .keys()
+            .filter(|(_, client, _)| client.is_ipv6() == v6)
+            .collect();
+        if of_family.is_empty() || self.rng.u8(..4) == 0 {
+            return None;
+        }
+        Some(*of_family[self.rng.usize(..of_family.len())])
     }
 
     /// A first fragment (with ports) or a later one (without), of one of a few datagram ids.
@@ -728,6 +1167,169 @@ impl Gen {
     }
 }
 
+/// IPv6 frames, as `request` and `reply` make IPv4 ones.
+impl Gen {
+    fn client6(&mut self) -> (Ipv6Addr, u16) {
+        (
+            CLIENTS6[self.rng.usize(..CLIENTS6.len())],
+            FIRST_PORT + self.rng.u16(..PORTS),
+        )
+    }
+
+    fn backend6(&mut self) -> Ipv6Addr {
+        BACKENDS6[self.rng.usize(..BACKENDS6.len())]
+    }
+
+    fn l4_6(&mut self, proto: u8, src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Pkt6 {
+        let payload = self.payload();
+        if proto == PROTO_UDP {
+            let mut p = Pkt6::udp(src, sport, dst, dport, &payload);
+            p.udp_zero_checksum = self.rng.u8(..16) == 0;
+            return p;
+        }
+        let flags = self.tcp_flags();
+        let mut seq = self.rng.u32(..);
+        if flags & SYN != 0 {
+            seq &= !1; // through the VIP: even (see the module docs)
+        }
+        Pkt6::tcp(src, sport, dst, dport, flags)
+            .with_payload(&payload)
+            .with_seq(seq, self.rng.u32(..))
+    }
+
+    /// Now and then an extension chain (hop-by-hop, routing, destination options, a first
+    /// fragment's header), up to one past the walked bound.
+    fn chain6(&mut self, pkt: Pkt6) -> Vec<u8> {
+        if self.rng.u8(..3) != 0 {
+            return pkt.build();
+        }
+        let kinds = [NEXTHDR_HOP, NEXTHDR_DEST, NEXTHDR_ROUTING, NEXTHDR_FRAGMENT];
+        let chain: Vec<(u8, u8)> = (0..self.rng.usize(1..=5))
+            .map(|_| (kinds[self.rng.usize(..4)], self.rng.u8(..3)))
+            .collect();
+        let mut frame = pkt.with_sized_ext(&chain).build();
+        self.fragment_id6(&mut frame);
+        frame
+    }
+
+    /// Gives the frame's first fragment header (if any) one of a few datagram ids.
+    fn fragment_id6(&mut self, frame: &mut [u8]) {
+        let (mut next, mut off) = (frame[20], 54);
+        while matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING) {
+            (next, off) = (frame[off], off + (usize::from(frame[off + 1]) + 1) * 8);
+        }
+        if next == NEXTHDR_FRAGMENT {
+            let id = FIRST_FRAGMENT_ID + u32::from(self.rng.u8(..4));
+            frame[off + 4..off + 8].copy_from_slice(&id.to_be_bytes());
+        }
+    }
+
+    /// A first fragment (with ports) or a later one (without), of one of a few datagram ids.
+    fn fragment6(
+        &mut self,
+        (src, sport): (Ipv6Addr, u16),
+        (dst, dport): (Ipv6Addr, u16),
+        proto: u8,
+    ) -> Vec<u8> {
+        if self.rng.bool() {
+            let pkt = self.l4_6(proto, src, sport, dst, dport);
+            let mut frame = pkt.with_ext(&[NEXTHDR_FRAGMENT]).build();
+            self.fragment_id6(&mut frame);
+            return frame;
+        }
+        let data: Vec<u8> = (0..self.rng.usize(8..64))
+            .map(|_| self.rng.u8(..))
+            .collect();
+        let id = FIRST_FRAGMENT_ID + u32::from(self.rng.u8(..4));
+        let offset = 1 + self.rng.u16(..100);
+        v6::fragment6(src, dst, (proto, offset, self.rng.bool()), id, &data)
+    }
+
+    fn request6(&mut self, model: &Model) -> Vec<u8> {
+        let (client, port) = self.client6();
+        let proto = self.proto();
+        let mut frame = match self.rng.u8(..100) {
+            0..=44 => {
+                let pkt = self.l4_6(proto, client, port, VIP6, VPORT);
+                self.chain6(pkt)
+            }
+            45..=49 => self.l4_6(proto, client, port, VIP6, VPORT + 1).build(),
+            50..=54 => {
+                let seq = self.rng.u32(..) | 1;
+                Pkt6::tcp(client, port, self.backend6(), TPORT, SYN)
+                    .with_seq(seq, 0)
+                    .build()
+            }
+            55..=64 => {
+                // An ICMPv6 message about a reply VIP → client, from the client or a router.
+                let (client, port, proto) = self.known6_or_random(model);
+                let reply = self.l4_6(proto, VIP6, VPORT, client, port);
+                let reply = self.chain6(reply);
+                let sender = if self.rng.bool() { client } else { ROUTER6 };
+                let dst = if self.rng.u8(..4) == 0 { OTHER6 } else { VIP6 };
+                let kind = [1, 2, 3, 4, 128][self.rng.usize(..5)];
+                icmp6_error(sender, dst, (kind, self.rng.u8(..4), 1280), &reply)
+            }
+            65..=74 => self.fragment6((client, port), (VIP6, VPORT), proto),
+            _ => self.l4_6(proto, client, port, OTHER6, VPORT).build(),
+        };
+        self.mutate6(&mut frame);
+        frame
+    }
+
+    fn reply6(&mut self, model: &Model) -> Vec<u8> {
+        let (client, port, proto) = self.known6_or_random(model);
+        let backend = match model.flows.get(&(proto, client.into(), port)) {
+            Some((IpAddr::V6(b), _)) if self.rng.u8(..5) != 0 => *b,
+            _ => self.backend6(),
+        };
+        let mut frame = match self.rng.u8(..100) {
+            0..=59 => {
+                let pkt = self.l4_6(proto, backend, TPORT, client, port);
+                self.chain6(pkt)
+            }
+            60..=79 => {
+                // An ICMPv6 error about a request client → backend, from it or a router.
+                let request = self.l4_6(proto, client, port, backend, TPORT);
+                let request = self.chain6(request);
+                let sender = if self.rng.bool() { backend } else { ROUTER6 };
+                let kind = [1, 2, 3, 4, 129][self.rng.usize(..5)];
+                icmp6_error(sender, client, (kind, self.rng.u8(..4), 0), &request)
+            }
+            _ => self.fragment6((backend, TPORT), (client, port), proto),
+        };
+        self.mutate6(&mut frame);
+        frame
+    }
+
+    fn known6_or_random(&mut self, model: &Model) -> (Ipv6Addr, u16, u8) {
+        if let Some((proto, IpAddr::V6(client), port)) = self.known(model, true) {
+            return (client, port, proto);
+        }
+        let (client, port) = self.client6();
+        (client, port, self.proto())
+    }
+
+    /// Now and then: cut short, a flipped bit, a wrong version, a wrong payload length.
+    fn mutate6(&mut self, frame: &mut Vec<u8>) {
+        if self.rng.u8(..5) != 0 {
+            return;
+        }
+        match self.rng.u8(..4) {
+            0 => frame.truncate(self.rng.usize(54..=frame.len())),
+            1 => {
+                let at = self.rng.usize(14..frame.len());
+                frame[at] ^= 1 << self.rng.u8(..8);
+            }
+            2 => frame[14] = (frame[14] & 0x0f) | (self.rng.u8(..16) << 4),
+            _ => {
+                let len = self.rng.u16(..);
+                frame[18..20].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+    }
+}
+
 fn fix_ip_checksum(frame: &mut [u8]) {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     if ihl < 20 || frame.len() < 14 + ihl {
@@ -752,52 +1354,72 @@ fn hex(frame: &[u8]) -> String {
     frame.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The kernel's conntrack against the model: every original half belongs to a flow the model
-/// knows, on its backend, and has its reply half exactly when the model says so.
+/// A conntrack entry of either family, as the pair check reads it.
+struct Entry {
+    tuple: Tuple,
+    daddr: IpAddr,
+    dport: u16,
+    direction: u8,
+    nat_addr: IpAddr,
+    nat_port: u16,
+}
+
+/// The kernel's conntrack (both families) against the model: every original half belongs to a
+/// flow the model knows, on its backend, and has its reply half exactly when the model says so.
 fn check_pairs(rig: &Rig, model: &Model) -> Result<(), String> {
-    let entries: HashMap<_, _> = rig
-        .maps
-        .conntrack
-        .iter()
-        .map(|e| e.expect("conntrack entry"))
-        .collect();
-    for (key, value) in &entries {
-        if key.direction != DIR_ORIGINAL {
-            continue;
+    let port = u16::from_be;
+    let v4 = rig.maps.conntrack.iter().map(|e| {
+        let (k, v) = e.expect("conntrack entry");
+        let ip = |a: u32| IpAddr::from(Ipv4Addr::from(u32::from_be(a)));
+        Entry {
+            tuple: (k.proto, ip(k.saddr), port(k.sport)),
+            daddr: ip(k.daddr),
+            dport: port(k.dport),
+            direction: k.direction,
+            nat_addr: ip(v.nat_addr),
+            nat_port: port(v.nat_port),
         }
-        let tuple = (
-            key.proto,
-            Ipv4Addr::from(u32::from_be(key.saddr)),
-            u16::from_be(key.sport),
-        );
-        let backend = Ipv4Addr::from(u32::from_be(value.nat_addr));
+    });
+    let v6 = rig.maps.conntrack6.iter().map(|e| {
+        let (k, v) = e.expect("conntrack6 entry");
+        let ip = |a: geosteer_common::Addr6| IpAddr::from(a.to_ip());
+        Entry {
+            tuple: (k.proto, ip(k.saddr), port(k.sport)),
+            daddr: ip(k.daddr),
+            dport: port(k.dport),
+            direction: k.direction,
+            nat_addr: ip(v.nat_addr),
+            nat_port: port(v.nat_port),
+        }
+    });
+    let entries: Vec<Entry> = v4.chain(v6).collect();
+    // Reply halves by their key: (proto, backend, backend port, client, client port).
+    let replies: std::collections::HashSet<(u8, IpAddr, u16, IpAddr, u16)> = entries
+        .iter()
+        .filter(|e| e.direction == DIR_REPLY)
+        .map(|e| (e.tuple.0, e.tuple.1, e.tuple.2, e.daddr, e.dport))
+        .collect();
+    let mut originals = 0;
+    for e in entries.iter().filter(|e| e.direction == DIR_ORIGINAL) {
+        originals += 1;
+        let tuple = e.tuple;
         let Some((expected, reply)) = model.flows.get(&tuple) else {
             return Err(format!("kernel flow {tuple:?} unknown to the model"));
         };
-        if backend != *expected {
+        if e.nat_addr != *expected {
             return Err(format!(
-                "{tuple:?}: kernel backend {backend}, model {expected}"
+                "{tuple:?}: kernel backend {}, model {expected}",
+                e.nat_addr
             ));
         }
-        let reply_key = geosteer_common::FlowKey::new(
-            value.nat_addr,
-            key.saddr,
-            value.nat_port,
-            key.sport,
-            key.proto,
-            DIR_REPLY,
-        );
-        if entries.contains_key(&reply_key) != *reply {
+        let reply_key = (tuple.0, e.nat_addr, e.nat_port, tuple.1, tuple.2);
+        if replies.contains(&reply_key) != *reply {
             return Err(format!(
                 "{tuple:?}: reply half present {}, model {reply}",
                 !reply
             ));
         }
     }
-    let originals = entries
-        .keys()
-        .filter(|k| k.direction == DIR_ORIGINAL)
-        .count();
     if originals != model.flows.len() {
         return Err(format!(
             "{originals} flows in the kernel, {} in the model",
@@ -818,12 +1440,13 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     eprintln!("fuzz: {packets} packets, seed {seed} (GEOSTEER_FUZZ_SEED={seed} reproduces)");
-    let mut rig = Rig::new();
+    let mut rig = v6::rig6();
     let mut model = Model::default();
     let mut generator = Gen {
         rng: fastrand::Rng::with_seed(seed),
     };
     let mut by_expect: HashMap<&'static str, u64> = HashMap::new();
+    let mut by_expect6: HashMap<&'static str, u64> = HashMap::new();
     // Debugging a mismatch: every packet that carries this port (either end) is printed.
     let trace_port: Option<u16> = std::env::var("GEOSTEER_FUZZ_TRACE_PORT")
         .ok()
@@ -834,9 +1457,12 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
             4 => Path::Xdp,
             _ => Path::TcEgress,
         };
-        let frame = match path {
-            Path::TcEgress => generator.reply(&model),
-            _ => generator.request(&model),
+        let ipv6 = generator.rng.u8(..3) == 0;
+        let frame = match (path, ipv6) {
+            (Path::TcEgress, false) => generator.reply(&model),
+            (_, false) => generator.request(&model),
+            (Path::TcEgress, true) => generator.reply6(&model),
+            (_, true) => generator.request6(&model),
         };
         let expect = model.expect(path, &frame);
         let ran = match path {
@@ -874,15 +1500,17 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
             );
         }
         model.update(path, &frame, &out, &expect);
-        *by_expect
-            .entry(match expect {
-                Expect::Unchanged => "unchanged",
-                Expect::Drop => "dropped",
-                Expect::Nat { .. } => "translated",
-                Expect::Address { .. } => "fragment translated",
-                Expect::Icmp { .. } => "icmp translated",
-            })
-            .or_default() += 1;
+        let outcome = match expect {
+            Expect::Unchanged => "unchanged",
+            Expect::Drop => "dropped",
+            Expect::Nat { .. } => "translated",
+            Expect::Address { .. } => "fragment translated",
+            Expect::Icmp { .. } => "icmp translated",
+        };
+        *by_expect.entry(outcome).or_default() += 1;
+        if ipv6 {
+            *by_expect6.entry(outcome).or_default() += 1;
+        }
         if index % 5_000 == 4_999
             && let Err(why) = check_pairs(&rig, &model)
         {
@@ -892,7 +1520,9 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
     check_pairs(&rig, &model).unwrap_or_else(|why| panic!("at the end (seed {seed}): {why}"));
     let mut kinds: Vec<_> = by_expect.into_iter().collect();
     kinds.sort();
-    eprintln!("fuzz: all {packets} agree; by outcome: {kinds:?}");
+    let mut kinds6: Vec<_> = by_expect6.into_iter().collect();
+    kinds6.sort();
+    eprintln!("fuzz: all {packets} agree; by outcome: {kinds:?}; of them IPv6: {kinds6:?}");
     for kind in [
         "unchanged",
         "dropped",
@@ -900,9 +1530,11 @@ fn the_programs_agree_with_the_model_on_random_and_mutated_packets() {
         "fragment translated",
         "icmp translated",
     ] {
-        assert!(
-            kinds.iter().any(|(k, n)| *k == kind && *n > 0) || packets < 1_000,
-            "no packet was {kind}: the generator does not reach that rule"
-        );
+        for (family, kinds) in [("", &kinds), (" IPv6", &kinds6)] {
+            assert!(
+                kinds.iter().any(|(k, n)| *k == kind && *n > 0) || packets < 1_000,
+                "no{family} packet was {kind}: the generator does not reach that rule"
+            );
+        }
     }
 }

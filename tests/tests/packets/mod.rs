@@ -20,6 +20,8 @@ use geosteer_common::{
 };
 use geosteer_tests::require_root;
 
+pub(crate) mod v6;
+
 pub(crate) const TC_ACT_OK: u32 = 0;
 pub(crate) const TC_ACT_SHOT: u32 = 2;
 pub(crate) const XDP_DROP: u32 = 1;
