@@ -211,9 +211,11 @@ pub fn load_logging(
         prog.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    let xdp: &mut Xdp = program(&mut ebpf, program_names::XDP)?.try_into()?;
-    xdp.load()
-        .with_context(|| format!("verifier rejected {}", program_names::XDP))?;
+    for name in [program_names::XDP, program_names::XDP6] {
+        let xdp: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
+        xdp.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
     // The first copy, before any new program runs on the new maps.
     if let Some(dir) = pin_dir {
         for migration in &mut migrations {
@@ -235,27 +237,37 @@ pub fn load_logging(
 /// so it is filled only by [`attach`], just before this run's programs take over the links —
 /// after a migration's first copy, so the new IPv6 programs never run on maps still empty.
 pub fn fill_tail_calls(ebpf: &mut Ebpf) -> Result<()> {
-    let mut fds = Vec::new();
-    for (slot, name) in [
-        (program_names::TAIL_TC_INGRESS6, program_names::TC_INGRESS6),
-        (program_names::TAIL_TC_EGRESS6, program_names::TC_EGRESS6),
+    for (map_name, slot, name) in [
+        (
+            map_names::TAIL_CALLS,
+            program_names::TAIL_TC_INGRESS6,
+            program_names::TC_INGRESS6,
+        ),
+        (
+            map_names::TAIL_CALLS,
+            program_names::TAIL_TC_EGRESS6,
+            program_names::TC_EGRESS6,
+        ),
+        (
+            map_names::XDP_TAIL_CALLS,
+            program_names::TAIL_XDP6,
+            program_names::XDP6,
+        ),
     ] {
-        let prog: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-        let fd = prog
-            .fd()
-            .with_context(|| format!("{name} is not loaded"))?
-            .try_clone()
-            .context("duplicating a program fd")?;
-        fds.push((slot, fd));
-    }
-    let map = ebpf
-        .map_mut(map_names::TAIL_CALLS)
-        .with_context(|| format!("the kernel object has no {}", map_names::TAIL_CALLS))?;
-    let mut tails = aya::maps::ProgramArray::try_from(map)?;
-    for (slot, fd) in &fds {
-        tails
-            .set(*slot, fd, 0)
-            .with_context(|| format!("filling {} slot {slot}", map_names::TAIL_CALLS))?;
+        let fd = match program(ebpf, name)? {
+            aya::programs::Program::SchedClassifier(p) => p.fd(),
+            aya::programs::Program::Xdp(p) => p.fd(),
+            _ => bail!("program {name} has an unexpected type"),
+        }
+        .with_context(|| format!("{name} is not loaded"))?
+        .try_clone()
+        .context("duplicating a program fd")?;
+        let map = ebpf
+            .map_mut(map_name)
+            .with_context(|| format!("the kernel object has no {map_name}"))?;
+        aya::maps::ProgramArray::try_from(map)?
+            .set(slot, &fd, 0)
+            .with_context(|| format!("filling {map_name} slot {slot}"))?;
     }
     Ok(())
 }

@@ -228,6 +228,7 @@ pub fn maps(sizes: &MapSizes) -> Vec<MapSpec> {
             false,
         ),
         spec(map_names::TAIL_CALLS, ProgArray, 4, 4, 2, false),
+        spec(map_names::XDP_TAIL_CALLS, ProgArray, 4, 4, 1, false),
         spec(
             map_names::XDP_TARGETS,
             DevMapHash,

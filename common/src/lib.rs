@@ -45,12 +45,14 @@ pub mod map_names {
     /// whose last user reference closes is emptied, which would leave IPv6 unsteered between
     /// an agent's exit and its successor's start.
     pub const TAIL_CALLS: &str = "GS_TAIL_CALLS";
+    /// `TAIL_CALLS` for XDP: the IPv6 XDP program, in slot 0.
+    pub const XDP_TAIL_CALLS: &str = "GS_XDP_TAIL_CALLS";
     /// aya-log's ring of kernel log records (the name is aya-log's). Pinned with the others
     /// (its memory counted, `geosteer uninstall` removes it), but made anew with every load.
     pub const LOGS: &str = "AYA_LOGS";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 27] = [
         SERVICES,
         VIPS,
         TABLE_CHUNKS,
@@ -76,6 +78,7 @@ pub mod map_names {
         BACKEND_ADDRS6,
         FRAGMENTS6,
         TAIL_CALLS,
+        XDP_TAIL_CALLS,
         LOGS,
     ];
 
@@ -99,6 +102,10 @@ pub mod program_names {
     pub const TC_EGRESS6: &str = "geosteer_tc_egress6";
     pub const TAIL_TC_INGRESS6: u32 = 0;
     pub const TAIL_TC_EGRESS6: u32 = 1;
+    /// Never attached: tail-called by `XDP` for IPv6 frames, from slot [`TAIL_XDP6`] of
+    /// `GS_XDP_TAIL_CALLS` (a program array holds programs of one type).
+    pub const XDP6: &str = "geosteer_xdp6";
+    pub const TAIL_XDP6: u32 = 0;
 }
 
 /// Most backends one service may have.

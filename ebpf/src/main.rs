@@ -58,6 +58,7 @@ const IP_DST_OFF: usize = ETH_HLEN + 16;
 const TCP_CHECK_OFF: usize = 16;
 const UDP_CHECK_OFF: usize = 6;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const PROTO_ICMP: u8 = 1;
 /// ICMP errors that quote the packet that caused them: destination unreachable (incl.
 /// fragmentation needed), time exceeded, parameter problem.
@@ -135,6 +136,12 @@ pub(crate) fn geosteer_count_timeouts(ctx: TcContext) -> i32 {
 #[xdp]
 pub(crate) fn geosteer_xdp(ctx: XdpContext) -> u32 {
     match xdp_request(&ctx) {
+        Ok(XDP_IPV6_FRAME) => {
+            // SAFETY: a tail call replaces this program; on failure execution continues here.
+            unsafe { XDP_TAIL_CALLS.tail_call(&ctx, program_names::TAIL_XDP6) };
+            // No IPv6 program in the slot: TC ingress steers the frame instead.
+            xdp_action::XDP_PASS
+        }
         Ok(action) => action,
         Err(()) => {
             steer::count_drop(DropReason::Internal);
@@ -901,11 +908,13 @@ fn walk_ext_headers(
     Some((next, off, fragmentation))
 }
 
-/// Per-CPU room for the IPv6 flow being handled (slot 0 ingress, 1 egress): on the stack it
-/// would not leave the rest of the path enough of the program's 512 bytes. Both programs run
-/// with bottom halves off, so nothing else uses a CPU's slot meanwhile (as `HEAD_SCRATCH`).
+/// Per-CPU room for the IPv6 flow being handled (slot 0 TC ingress, 1 TC egress, 2 XDP): on
+/// the stack it would not leave the rest of the path enough of the program's 512 bytes. Every
+/// program runs with bottom halves off, so nothing else uses a CPU's slot meanwhile (as
+/// `HEAD_SCRATCH`).
 #[aya_ebpf::macros::map(name = "GS_FLOW6_SCRATCH")]
-static FLOW6_SCRATCH: PerCpuArray<Flow<Addr6>> = PerCpuArray::with_max_entries(2, 0);
+static FLOW6_SCRATCH: PerCpuArray<Flow<Addr6>> = PerCpuArray::with_max_entries(3, 0);
+const FLOW6_XDP: u32 = 2;
 
 /// This CPU's IPv6 flow slot, reset for a packet of `len` bytes (every other field is written
 /// by [`parse6`] or stays 0).
@@ -1210,8 +1219,9 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
     let len = (ctx.data_end() - ctx.data()) as u32;
     let flow = match parse(&XdpBytes(ctx), len, false) {
-        // ICMP errors are translated in TC, IPv6 is steered there.
-        Parsed::Other | Parsed::IcmpError(_) | Parsed::Ipv6 => return Ok(xdp_action::XDP_PASS),
+        Parsed::Ipv6 => return Ok(XDP_IPV6_FRAME),
+        // ICMP errors are translated in TC.
+        Parsed::Other | Parsed::IcmpError(_) => return Ok(xdp_action::XDP_PASS),
         // Fragments follow their first fragment through the fragment map, in TC: XDP leaves the
         // whole datagram to it.
         Parsed::FirstFragment(..) | Parsed::Fragment { .. } => return Ok(xdp_action::XDP_PASS),
@@ -1308,7 +1318,140 @@ fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
         .unwrap_or(xdp_action::XDP_DROP)
 }
 
-fn xdp_drop_if_vip(daddr: u32, reason: DropReason) -> u32 {
+/// What [`xdp_request`] returns for an IPv6 frame: the program then tail-calls its IPv6
+/// counterpart.
+const XDP_IPV6_FRAME: u32 = u32::MAX;
+
+/// The IPv6 XDP program, in slot [`program_names::TAIL_XDP6`].
+#[aya_ebpf::macros::map(name = "GS_XDP_TAIL_CALLS")]
+static XDP_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[xdp]
+pub(crate) fn geosteer_xdp6(ctx: XdpContext) -> u32 {
+    match xdp_request6(&ctx) {
+        Ok(action) => action,
+        Err(()) => {
+            steer::count_drop(DropReason::Internal);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// IPv6 requests at the driver, as [`xdp_request`] does IPv4's: a TCP or UDP packet to a VIP
+/// is translated here and forwarded; fragments and ICMPv6 go on to TC, which follows and
+/// translates them.
+fn xdp_request6(ctx: &XdpContext) -> Result<u32, ()> {
+    let flow = flow6_slot(FLOW6_XDP, (ctx.data_end() - ctx.data()) as u32)?;
+    match parse6(&XdpBytes(ctx), flow) {
+        Parsed6::Flow => {}
+        Parsed6::FirstFragment { .. }
+        | Parsed6::Fragment { .. }
+        | Parsed6::IcmpError { .. }
+        | Parsed6::Other => return Ok(xdp_action::XDP_PASS),
+        Parsed6::Unsteerable(reason) => return Ok(xdp_drop_if_vip(flow.daddr, reason)),
+    }
+    let nat = match steer::request(flow, &XdpBytes(ctx)) {
+        Verdict::Pass => return Ok(xdp_action::XDP_PASS),
+        Verdict::Drop(reason) => {
+            steer::note_drop(flow, reason);
+            return Ok(xdp_action::XDP_DROP);
+        }
+        Verdict::Nat(nat) => nat,
+    };
+    Ok(xdp_translate6(ctx, &nat))
+}
+
+/// Translates a request (its flow in this CPU's XDP slot) to `nat` and forwards it as
+/// [`xdp_forward`] does IPv4's: the FIB's next hop, the hop limit lowered (no header checksum
+/// to mend), redirected only to a vouched target. A call of its own: its locals (the lookup's
+/// 64 bytes) beside the request path's frames would pass the 512-byte stack.
+#[inline(never)]
+fn xdp_translate6(ctx: &XdpContext, nat: &Nat<Addr6>) -> u32 {
+    let Some(flow) = FLOW6_SCRATCH.get(FLOW6_XDP) else {
+        return xdp_action::XDP_PASS;
+    };
+    if xdp_rewrite6(ctx, flow, nat).is_err() {
+        steer::count_drop(DropReason::Internal);
+        return xdp_action::XDP_DROP;
+    }
+
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = flow.proto;
+    params.sport = flow.sport;
+    params.dport = 0;
+    // SAFETY: ctx.ctx is the xdp_md the program was called with.
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    params.__bindgen_anon_1.tot_len = (flow.len as usize - ETH_HLEN) as u16;
+    params.__bindgen_anon_3.ipv6_src = flow.saddr.0;
+    params.__bindgen_anon_4.ipv6_dst = nat.addr.0;
+    // SAFETY: params lives on this stack frame for the duration of the call.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return xdp_action::XDP_PASS;
+    }
+    if steer::XDP_TARGETS.get(params.ifindex).is_none() {
+        steer::count_ct(ct_stats::XDP_PASSED_TO_STACK);
+        return xdp_action::XDP_PASS;
+    }
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked above.
+    unsafe {
+        if (*ip).hop_limit <= 1 {
+            return xdp_action::XDP_PASS; // let the stack send ICMPv6 time exceeded
+        }
+        (*ip).hop_limit -= 1;
+        (*eth).dst_addr = params.dmac;
+        (*eth).src_addr = params.smac;
+    }
+    steer::XDP_TARGETS
+        .redirect(params.ifindex, 0)
+        .unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// The destination address and port and the L4 checksum, in place.
+#[inline(always)]
+fn xdp_rewrite6(ctx: &XdpContext, flow: &Flow<Addr6>, nat: &Nat<Addr6>) -> Result<(), ()> {
+    // A no-op (the chain is at most 4 × 2 KiB long) that bounds the offset for the verifier:
+    // the flow is in a map, whose contents it knows nothing of.
+    let l4_off = (flow.l4_off & 0x3fff) as usize;
+    let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).ok_or(())?;
+    // SAFETY: every pointer below was bounds-checked by ptr_at against data_end.
+    unsafe {
+        // The L4 checksum covers the address (pseudo-header) and the port; a UDP checksum of
+        // 0 never gets here (parse6).
+        let (check, port) = if flow.proto == PROTO_TCP {
+            let tcp = ptr_at::<TcpHdr>(ctx, l4_off).ok_or(())?;
+            (&mut (*tcp).check, &mut (*tcp).dest)
+        } else {
+            let udp = ptr_at::<UdpHdr>(ctx, l4_off).ok_or(())?;
+            (&mut (*udp).check, &mut (*udp).dst)
+        };
+        let sum = csum::replace128(u16::from_ne_bytes(*check), flow.daddr.0, nat.addr.0);
+        let sum = csum::replace16(sum, flow.dport, nat.port);
+        *check = if flow.proto == PROTO_TCP {
+            sum
+        } else {
+            csum::udp_mangled(sum)
+        }
+        .to_ne_bytes();
+        *port = nat.port.to_ne_bytes();
+        (*ip).dst_addr = nat.addr.octets();
+    }
+    Ok(())
+}
+
+fn xdp_drop_if_vip<A: Family>(daddr: A, reason: DropReason) -> u32 {
     if steer::is_vip(daddr) {
         steer::count_drop(reason);
         xdp_action::XDP_DROP

@@ -15,8 +15,8 @@
 //!   through the VIP brings it back;
 //! - an ICMP error about a steered flow is translated (quoted packet, outer address when the
 //!   backend or the VIP is an end); a later fragment follows its datagram's first fragment;
-//! - XDP does what TC ingress does, except that it hands ICMP, fragments and all IPv6 to the
-//!   stack untouched (and passes translated packets on when no redirect target is vouched for).
+//! - XDP does what TC ingress does, except that it hands ICMP errors and fragments to the stack
+//!   untouched (and passes translated packets on when no redirect target is vouched for).
 //! - IPv6 fragments are keyed by their fragment header's 32-bit id; ICMPv6 errors (types 1–4)
 //!   are translated as ICMP's, their checksum covering the outer addresses.
 //!
@@ -368,8 +368,7 @@ impl Model {
 // The same rules over IPv6, with its own: at most four extension headers are walked (a longer
 // chain, a frame that ends inside it, a wrong version, a short L4 header or a zero UDP
 // checksum make a packet unsteerable: dropped when addressed to the VIP); fragments are
-// announced by a fragment header and keyed by its 32-bit id; ICMPv6 errors are types 1 to 4;
-// XDP hands every IPv6 frame to TC.
+// announced by a fragment header and keyed by its 32-bit id; ICMPv6 errors are types 1 to 4.
 
 fn is_ipv6(frame: &[u8]) -> bool {
     frame.len() >= 14 && frame[12..14] == [0x86, 0xdd]
@@ -474,10 +473,7 @@ impl Model {
         let Some(ip) = parse_ip6(frame) else {
             return Expect::Unchanged;
         };
-        if path == Path::Xdp {
-            return Expect::Unchanged;
-        }
-        let ingress = path == Path::TcIngress;
+        let ingress = path != Path::TcEgress;
         let to_vip = ip.dst == VIP6;
         let unsteerable = if ingress && to_vip {
             Expect::Drop
@@ -491,6 +487,9 @@ impl Model {
             return unsteerable;
         };
         if let Frag6::Later(id) = frag {
+            if path == Path::Xdp {
+                return Expect::Unchanged; // XDP leaves fragments to TC
+            }
             let direction = if ingress { DIR_ORIGINAL } else { DIR_REPLY };
             let known = self.fragments.get(&fragment_key6(&ip, id, direction));
             return match (known, ingress) {
@@ -509,6 +508,9 @@ impl Model {
         match next {
             PROTO_TCP | PROTO_UDP => {}
             NEXTHDR_ICMPV6 if frag == Frag6::Whole => {
+                if path == Path::Xdp {
+                    return Expect::Unchanged; // translated in TC
+                }
                 return self.expect_icmp6(path, frame, &ip, l4);
             }
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT => return unsteerable,
@@ -516,6 +518,9 @@ impl Model {
         }
         if steerable6(frame, &ip).is_none() {
             return unsteerable;
+        }
+        if path == Path::Xdp && frag != Frag6::Whole {
+            return Expect::Unchanged; // a first fragment, left to TC as its datagram's rest
         }
         let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
         if ingress {
@@ -582,12 +587,12 @@ impl Model {
 
     fn update6(&mut self, path: Path, frame: &[u8], out: &[u8], expect: &Expect) {
         let Some(ip) = parse_ip6(frame) else { return };
-        if path == Path::Xdp {
-            return;
-        }
         let Some(first) = steerable6(frame, &ip) else {
             return;
         };
+        if path == Path::Xdp && first.is_some() {
+            return; // passed to TC untouched
+        }
         let (next, l4, _) = ip.chain.expect("steerable");
         let direction = if path == Path::TcEgress {
             DIR_REPLY
@@ -613,12 +618,12 @@ impl Model {
         }
         let sport = be16(&frame[l4..]);
         match (path, expect) {
-            (Path::TcIngress, Expect::Nat { .. }) => {
+            (Path::TcIngress | Path::Xdp, Expect::Nat { .. }) => {
                 let backend = addr6(&out[38..]);
                 self.flows
                     .insert((next, ip.src.into(), sport), (backend.into(), true));
             }
-            (Path::TcIngress, Expect::Unchanged)
+            (Path::TcIngress | Path::Xdp, Expect::Unchanged)
                 if next == PROTO_TCP && frame[l4 + 13] & 0x17 == SYN =>
             {
                 // A direct SYN to a backend from a steered flow's port (as over IPv4).

@@ -16,7 +16,10 @@ use std::net::Ipv6Addr;
 use geosteer_common::{
     Addr6, DropReason, PROTO_TCP, PROTO_UDP, ct_stats, map_names, program_names,
 };
-use packets::{ACK, BACKENDS, PSH_ACK, Rig, SYN, TC_ACT_OK, TC_ACT_SHOT, TPORT, VIP, VPORT, v6::*};
+use packets::{
+    ACK, BACKENDS, PSH_ACK, Rig, SYN, TC_ACT_OK, TC_ACT_SHOT, TPORT, VIP, VPORT, XDP_DROP,
+    XDP_PASS, v6::*,
+};
 
 #[test]
 fn tcp_to_an_ipv6_vip_is_dnated_and_its_replies_reverse_natted() {
@@ -574,4 +577,51 @@ fn an_atomic_fragment_is_steered_as_the_whole_datagram_it_is() {
         rig.run_tc(program_names::TC_INGRESS, &atomic).0,
         TC_ACT_SHOT
     );
+}
+
+#[test]
+fn xdp_steers_ipv6_requests_and_leaves_fragments_and_icmpv6_to_tc() {
+    let mut rig = rig6();
+    // No FIB route in a test run (no ingress device): the translated packet is passed to the
+    // stack, which routes it.
+    let (verdict, out) = rig.run_xdp(&Pkt6::tcp(CLIENT6, 43100, VIP6, VPORT, SYN).build());
+    assert_eq!(verdict, XDP_PASS);
+    let seen = verify6(&out);
+    backend_index(seen.dst);
+    assert_eq!((seen.src, seen.sport, seen.dport), (CLIENT6, 43100, TPORT));
+    // The same flow through TC afterwards agrees (shared conntrack).
+    let (_, out) = ingress(&mut rig, &Pkt6::tcp(CLIENT6, 43100, VIP6, VPORT, ACK));
+    assert_eq!(verify6(&out).dst, seen.dst);
+    // UDP behind an extension header.
+    let udp = Pkt6::udp(CLIENT6, 5700, VIP6, VPORT, b"hi").with_ext(&[NEXTHDR_DEST]);
+    let (verdict, out) = rig.run_xdp(&udp.build());
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(verify6(&out).dport, TPORT);
+
+    // Fragments and ICMPv6 errors go on to TC untouched, as does what is not for a VIP.
+    let reply = Pkt6::tcp(VIP6, VPORT, CLIENT6, 43100, ACK).build();
+    for frame in [
+        Pkt6::udp(CLIENT6, 5701, VIP6, VPORT, &[1; 64])
+            .with_ext(&[NEXTHDR_FRAGMENT])
+            .build(),
+        fragment6(CLIENT6, VIP6, (PROTO_UDP, 9, false), 7, &[2; 40]),
+        icmp6_error(ROUTER6, VIP6, (ICMPV6_PACKET_TOO_BIG, 0, 1280), &reply),
+        Pkt6::tcp(CLIENT6, 43101, OTHER6, VPORT, SYN).build(),
+    ] {
+        assert_eq!(rig.run_xdp(&frame), (XDP_PASS, frame.clone()));
+    }
+    // A malformed packet to a VIP is dropped, counted.
+    let before = rig.drops(DropReason::Truncated);
+    let mut zero = Pkt6::udp(CLIENT6, 5702, VIP6, VPORT, b"x");
+    zero.udp_zero_checksum = true;
+    assert_eq!(rig.run_xdp(&zero.build()).0, XDP_DROP);
+    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
+
+    // Without the IPv6 program in its slot, XDP passes IPv6 on untouched: TC steers it.
+    let mut tails =
+        aya::maps::ProgramArray::try_from(rig.ebpf.map_mut(map_names::XDP_TAIL_CALLS).unwrap())
+            .unwrap();
+    tails.clear_index(&program_names::TAIL_XDP6).unwrap();
+    let syn = Pkt6::tcp(CLIENT6, 43102, VIP6, VPORT, SYN).build();
+    assert_eq!(rig.run_xdp(&syn), (XDP_PASS, syn.clone()));
 }

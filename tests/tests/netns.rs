@@ -12,6 +12,7 @@ use geosteer_tests::{
 };
 
 const VIP: &str = "198.19.0.10";
+const VIP6: &str = "2001:db8:19::10";
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 
@@ -221,6 +222,66 @@ fn xdp_native_redirects_only_to_vouched_targets_and_never_blackholes() {
         agent.log()
     );
     let report = http_from(uplink, &format!("{VIP}:80"), &HttpOptions::new(100, 2)).unwrap();
+    assert_eq!(report.ok, 200, "{report:?}");
+    assert_eq!(report.backends.len(), 2, "{report:?}");
+    assert_eq!(passed(&pins), handed_over, "every request redirected");
+}
+
+/// The same over IPv6 (a dual-stack lab, an IPv6 VIP): native XDP translates IPv6 requests
+/// itself — handed to the stack without a vouched target, redirected with one — and every
+/// connection works either way.
+#[test]
+fn xdp_native_steers_ipv6_and_redirects_only_to_vouched_targets() {
+    require_root();
+    let mut spec = LabSpec::simple("gsn9", 2);
+    spec.with_uplink = true;
+    spec.ipv6 = true;
+    let mut lab = Lab::build(&spec).expect("lab builds");
+    lab.start_backends(HTTP_PORT, None).expect("backends start");
+    let pins = PinDir::new("gsn9").unwrap();
+    let uplink = lab.uplink_client.as_ref().unwrap();
+    let endpoints: String = lab
+        .backends
+        .iter()
+        .map(|b| {
+            format!(
+                "      - {{ip: \"{}\", region: cn-hangzhou}}\n",
+                b.ip6.unwrap()
+            )
+        })
+        .collect();
+    let native = format!(
+        "node: {{name: lab-node, region: cn-hangzhou}}\n\
+         dataplane:\n  tc: [cl0]\n  xdp: [up0]\n  xdpMode: native\n  pinPath: {}\n  maxServices: 16\n  maxBackends: 1024\n  conntrackSize6: 65536\n\
+         services:\n  - name: reviews6\n    vip: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{endpoints}",
+        pins.pin_path().display()
+    );
+    let passed = |pins: &PinDir| {
+        let status = geosteer_tests::agent::geosteer_json(&lab.node, pins, &["status"]).unwrap();
+        status["conntrack_events"]["xdp_passed_to_stack"]
+            .as_u64()
+            .unwrap()
+    };
+    let target = format!("[{VIP6}]:80");
+
+    let mut agent = Agent::start(&lab.node, &pins, &native).expect("agent starts");
+    assert!(agent.log_contains("xdp-native"), "{:?}", agent.log());
+    let report = http_from(uplink, &target, &HttpOptions::new(100, 2)).unwrap();
+    assert_eq!(report.ok, 200, "{report:?}");
+    assert_eq!(report.backends.len(), 2, "{report:?}");
+    let handed_over = passed(&pins);
+    assert!(handed_over >= 100, "translated in XDP: {handed_over}");
+    assert!(agent.terminate().unwrap().success());
+
+    for b in &lab.backends {
+        b.ns.exec(&["ethtool", "-K", "eth0", "gro", "on"]).unwrap();
+    }
+    let vouched = native.replace(
+        "  xdpMode: native\n",
+        "  xdpMode: native\n  xdpRedirectTo: [\"bk*\"]\n",
+    );
+    let _agent = Agent::start(&lab.node, &pins, &vouched).expect("agent starts");
+    let report = http_from(uplink, &target, &HttpOptions::new(100, 2)).unwrap();
     assert_eq!(report.ok, 200, "{report:?}");
     assert_eq!(report.backends.len(), 2, "{report:?}");
     assert_eq!(passed(&pins), handed_over, "every request redirected");
