@@ -220,20 +220,23 @@ fn private_network() -> Result<()> {
         "ip addr add 198.18.0.1/16 dev gsb0",
         // The test run's packets arrive on lo; bpf_fib_lookup wants forwarding on there.
         "sysctl -q -w net.ipv4.conf.all.forwarding=1",
+        "sysctl -q -w net.ipv6.conf.all.forwarding=1",
+        "ip -6 addr add 2001:db8:18::1/48 dev gsb0 nodad",
     ]
     .iter()
     .map(|c| c.split(' ').map(str::to_string).collect())
     .collect();
     for i in 1..=BACKENDS {
-        cmds.push(
-            format!(
-                "ip neigh replace {} lladdr 02:00:00:00:00:{i:02x} dev gsb0 nud permanent",
-                backend_ip(i)
-            )
-            .split(' ')
-            .map(str::to_string)
-            .collect(),
-        );
+        for ip in [IpAddr::from(backend_ip(i)), backend_ip6(i).into()] {
+            cmds.push(
+                format!(
+                    "ip neigh replace {ip} lladdr 02:00:00:00:00:{i:02x} dev gsb0 nud permanent"
+                )
+                .split(' ')
+                .map(str::to_string)
+                .collect(),
+            );
+        }
     }
     for cmd in cmds {
         let status = Command::new(&cmd[0]).args(&cmd[1..]).status()?;
@@ -259,6 +262,11 @@ fn pin_to_one_cpu() -> Result<()> {
 
 fn backend_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 10 + i, 2)
+}
+
+/// Backend `i`'s IPv6 address (the VPORT service is dual-stack: see [`Rig::write_front6`]).
+fn backend_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x18, 10 + u16::from(i), 0, 0, 0, 2)
 }
 
 // ------------------------------------------------------------------------- programs ---
@@ -326,7 +334,31 @@ impl Rig {
             ],
         )?;
         rig.write_self_nat6()?;
+        rig.write_front6()?;
         Ok(rig)
+    }
+
+    /// The IPv6 front of the VPORT service, as the agent writes a dual-stack service:
+    /// `[VIP6]:VPORT` shares its table, backend `i` at [`backend_ip6`].
+    fn write_front6(&mut self) -> Result<()> {
+        let live = self
+            .programmer
+            .service(&service_key(VPORT))
+            .expect("service is live");
+        for i in 1..=BACKENDS {
+            let id = live.backends[&(backend_ip(i).into(), TPORT.to_be())].0;
+            self.maps
+                .backend_addrs6
+                .set(id, Addr6::from_ip(backend_ip6(i)), 0)?;
+        }
+        let value = self
+            .maps
+            .services
+            .get(&ServiceKey::for_vip(VIP, VPORT, PROTO_TCP), 0)?;
+        self.maps
+            .services6
+            .insert(ServiceKey6::for_vip(VIP6, VPORT, PROTO_TCP), value, 0)?;
+        Ok(())
     }
 
     /// The IPv6 front of the self-NAT service, written as the agent will write IPv6 services:
@@ -417,6 +449,10 @@ impl Rig {
         let keys: Vec<FlowKey> = self.maps.conntrack.keys().collect::<Result<_, _>>()?;
         for key in keys {
             self.maps.conntrack.remove(&key)?;
+        }
+        let keys: Vec<FlowKey6> = self.maps.conntrack6.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            self.maps.conntrack6.remove(&key)?;
         }
         Ok(())
     }
@@ -551,12 +587,21 @@ fn client_ack(port: u16, vport: u16) -> Vec<u8> {
     )
 }
 
-/// The backend's SYN-ACK to a client's SYN (seq 1000) from `port`.
-fn syn_ack(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
+/// The client of the backend's family.
+fn client_of(backend: IpAddr) -> IpAddr {
+    match backend {
+        IpAddr::V4(_) => CLIENT.into(),
+        IpAddr::V6(_) => CLIENT6.into(),
+    }
+}
+
+/// The backend's SYN-ACK to a client's SYN (seq 1000) from `port` (the client of its family).
+fn syn_ack(backend: impl Into<IpAddr>, backend_port: u16, port: u16) -> Vec<u8> {
+    let backend = backend.into();
     tcp_at(
         backend,
         backend_port,
-        CLIENT,
+        client_of(backend),
         port,
         SYN | ACK,
         (BACKEND_NEXT - 1, CLIENT_NEXT),
@@ -568,11 +613,12 @@ fn syn_ack(backend: Ipv4Addr, backend_port: u16, port: u16) -> Vec<u8> {
 /// first segment after its SYN-ACK (which also settles the flow's protocol: the server spoke
 /// first, so it is opaque), [`BACKEND_DATA_END`] for the next one (the measured one: data of a
 /// flow whose protocol is known).
-fn backend_data(backend: Ipv4Addr, backend_port: u16, port: u16, seq: u32) -> Vec<u8> {
+fn backend_data(backend: impl Into<IpAddr>, backend_port: u16, port: u16, seq: u32) -> Vec<u8> {
+    let backend = backend.into();
     tcp_at(
         backend,
         backend_port,
-        CLIENT,
+        client_of(backend),
         port,
         PSH_ACK,
         (seq, CLIENT_NEXT),
@@ -755,6 +801,24 @@ fn src_of(frame: &[u8]) -> Ipv4Addr {
 
 fn dst_of(frame: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33])
+}
+
+/// The source address of an IPv4 or IPv6 frame.
+fn src_ip(frame: &[u8]) -> IpAddr {
+    if frame[12..14] == [0x86, 0xdd] {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).unwrap()).into()
+    } else {
+        src_of(frame).into()
+    }
+}
+
+/// The destination address of an IPv4 or IPv6 frame.
+fn dst_ip(frame: &[u8]) -> IpAddr {
+    if frame[12..14] == [0x86, 0xdd] {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).unwrap()).into()
+    } else {
+        dst_of(frame).into()
+    }
 }
 
 fn tc_verdict(v: u32) -> String {
@@ -1025,6 +1089,8 @@ const NOOP_XDP: usize = 7;
 const XDP_NEW: usize = 8;
 const XDP_EST: usize = 9;
 const XDP_EST_ONE: usize = 10;
+const XDP6_NEW: usize = 11;
+const XDP6_EST: usize = 12;
 
 fn single(
     rig: &mut Rig,
@@ -1068,6 +1134,14 @@ fn single(
             "XDP: established, one flow (same packet every call)",
             program_names::XDP,
         ),
+        (
+            "XDP: IPv6 new flow (tail call, Maglev, conntrack insert, DNAT, FIB, redirect)",
+            program_names::XDP,
+        ),
+        (
+            "XDP: IPv6 established flow (tail call, conntrack hit, DNAT, FIB, redirect)",
+            program_names::XDP,
+        ),
     ];
     let mut series: Vec<Series> = names.iter().map(|_| Series::default()).collect();
 
@@ -1103,7 +1177,7 @@ fn single(
         // The backends' SYN-ACKs establish the flows and their first data settles the flows'
         // protocol (not measured).
         let backend_of = |p: u16| chosen[usize::from(p - ports[0])];
-        establish(rig, &run_all, &|p| backend_of(p))?;
+        establish(rig, &run_all, &|p| backend_of(p).into())?;
 
         let est = run_all(rig.tc_ingress, &ack)?;
         ensure!(
@@ -1182,7 +1256,7 @@ fn single(
         );
         series[XDP_NEW].add(&new, names[XDP_NEW].0)?;
         establish(rig, &run_all, &|p| {
-            dst_of(&new.2[usize::from(p - ports[0])])
+            dst_ip(&new.2[usize::from(p - ports[0])])
         })?;
         let est = run_all(rig.xdp, &ack)?;
         ensure!(
@@ -1201,6 +1275,40 @@ fn single(
             "the one XDP established flow changed backend"
         );
         series[XDP_EST_ONE].add(&one, names[XDP_EST_ONE].0)?;
+
+        // XDP over IPv6 (the IPv6 program, tail-called), from an empty conntrack again.
+        rig.clear_conntrack()?;
+        let syn6 = |p| tcp_at(CLIENT6, p, VIP6, VPORT, SYN, (1000, 0), &[]);
+        let new6 = run_all(rig.xdp, &syn6)?;
+        let backends6: Vec<IpAddr> = (1..=BACKENDS).map(|i| backend_ip6(i).into()).collect();
+        ensure!(
+            new6.2.iter().all(|o| backends6.contains(&dst_ip(o))),
+            "an XDP IPv6 new flow was not DNATed to a backend"
+        );
+        series[XDP6_NEW].add(&new6, names[XDP6_NEW].0)?;
+        establish(rig, &run_all, &|p| {
+            dst_ip(&new6.2[usize::from(p - ports[0])])
+        })?;
+        let ack6 = |p| {
+            tcp_at(
+                CLIENT6,
+                p,
+                VIP6,
+                VPORT,
+                ACK,
+                (CLIENT_NEXT, BACKEND_DATA_END),
+                &[],
+            )
+        };
+        let est6 = run_all(rig.xdp, &ack6)?;
+        ensure!(
+            est6.2
+                .iter()
+                .zip(&new6.2)
+                .all(|(o, n)| dst_ip(o) == dst_ip(n)),
+            "an XDP IPv6 established flow changed backend"
+        );
+        series[XDP6_EST].add(&est6, names[XDP6_EST].0)?;
     }
     rig.clear_conntrack()?;
     for s in &mut series {
@@ -1217,6 +1325,8 @@ fn single(
         (XDP_NEW, XDP_REDIRECT),
         (XDP_EST, XDP_REDIRECT),
         (XDP_EST_ONE, XDP_REDIRECT),
+        (XDP6_NEW, XDP_REDIRECT),
+        (XDP6_EST, XDP_REDIRECT),
     ] {
         ensure!(
             series[i].verdict == Some(expected),
@@ -1262,9 +1372,13 @@ fn single(
 /// backend's SYN-ACK, then its first data (which settles the flow's protocol), through TC
 /// egress. Each must come out reverse-NATed: its reply half matched, so the SYN-ACK
 /// established the flow.
-fn establish(rig: &Rig, run_all: &RunAll<'_>, backend_of: &dyn Fn(u16) -> Ipv4Addr) -> Result<()> {
+fn establish(rig: &Rig, run_all: &RunAll<'_>, backend_of: &dyn Fn(u16) -> IpAddr) -> Result<()> {
     let src_is_vip = |calls: &Calls| {
-        calls.1.iter().all(|&v| v == TC_ACT_OK) && calls.2.iter().all(|o| src_of(o) == VIP)
+        calls.1.iter().all(|&v| v == TC_ACT_OK)
+            && calls
+                .2
+                .iter()
+                .all(|o| matches!(src_ip(o), ip if ip == VIP || ip == VIP6))
     };
     let syn_acks = run_all(rig.tc_egress, &|p| syn_ack(backend_of(p), TPORT, p))?;
     let data = run_all(rig.tc_egress, &|p| {
