@@ -811,7 +811,9 @@ pub enum DropReason {
     NoBackend = 0,
     /// An IPv4 fragment addressed to a VIP: ports are unknown, so it cannot be steered.
     Fragment = 1,
-    /// A packet addressed to a VIP whose headers are cut short.
+    /// A packet addressed to a VIP whose headers are cut short or cannot be steered (IPv6: a
+    /// chain longer than the four extension headers walked, a routing header with segments
+    /// left, a wrong version).
     Truncated = 2,
     /// A map or helper failed (e.g. conntrack insert, checksum helper).
     Internal = 3,
@@ -896,6 +898,8 @@ const _: () = assert!(core::mem::size_of::<FragmentValue6>() == 24);
 
 /// Linux's `ipfrag_time` default.
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Linux's `ip6frag_time` default (IPv6 reassembly waits twice as long).
+pub const FRAGMENT6_TIMEOUT_NS: u64 = 60_000_000_000;
 /// Datagrams being fragmented at once (an LRU map).
 pub const FRAGMENTS_SIZE: u32 = 8192;
 /// Interfaces XDP may redirect to (`dataplane.xdpRedirectTo`).

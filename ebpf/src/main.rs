@@ -803,7 +803,14 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
     let first_fragment = match first_fragment {
         Fragmentation::Whole => None,
         Fragmentation::First(id) => Some(id),
-        Fragmentation::Later(id) => return Parsed6::Fragment { id },
+        // Only a TCP or UDP datagram's fragments are ours (as over IPv4), whose first fragment's
+        // chain may go on with a routing or destination options header; a ping's or ESP's pass.
+        Fragmentation::Later(id) => {
+            return match next {
+                PROTO_TCP | PROTO_UDP | NEXTHDR_ROUTING | NEXTHDR_DEST => Parsed6::Fragment { id },
+                _ => Parsed6::Other,
+            };
+        }
     };
     match next {
         PROTO_TCP | PROTO_UDP => {}
@@ -843,11 +850,6 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
         let Some(udp) = bytes.read::<UdpHdr>(l4_off) else {
             return truncated;
         };
-        // A UDP checksum is mandatory over IPv6 (RFC 8200 8.1): a 0 is a malformed datagram,
-        // which the incremental update cannot keep (IPv4's "no checksum" stays 0 there).
-        if udp.check == [0, 0] {
-            return truncated;
-        }
         flow.sport = u16::from_ne_bytes(udp.src);
         flow.dport = u16::from_ne_bytes(udp.dst);
     }
@@ -873,8 +875,8 @@ enum Fragmentation {
 /// Walks up to [`IPV6_MAX_EXT_HEADERS`] extension headers from `off`, where a header of type
 /// `next` starts: the type of the header it stops at (the L4 protocol, unless the chain is
 /// longer), where that starts, and what a fragment header on the way said. `None` when the
-/// packet ends inside the chain. Stops at a later fragment's fragment header (nothing after it
-/// is a header).
+/// packet ends inside the chain or a routing header has segments left. Stops at a later
+/// fragment's fragment header (nothing after it is a header).
 #[inline(always)]
 fn walk_ext_headers(
     bytes: &impl PacketBytes,
@@ -885,7 +887,13 @@ fn walk_ext_headers(
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let [next_hdr, ext_len] = bytes.read::<[u8; 2]>(off)?;
+                // Next header, length; a routing header's type and segments left.
+                let [next_hdr, ext_len, _, segments_left] = bytes.read::<[u8; 4]>(off)?;
+                if next == NEXTHDR_ROUTING && segments_left != 0 {
+                    // The destination is a waypoint, not where the packet ends: its L4
+                    // checksum is over the final one (RFC 8200 8.1), and a VIP is no router.
+                    return None;
+                }
                 next = next_hdr;
                 off += (usize::from(ext_len) + 1) * 8;
             }
@@ -1169,9 +1177,19 @@ fn tc_rewrite6(
     let (check_off, mangled) = if flow.proto == PROTO_TCP {
         (l4_off + TCP_CHECK_OFF, 0)
     } else {
-        // A computed 0 is written as 0xffff (a 0 checksum never reaches here: see parse6).
+        // UDP checksum 0 (RFC 6935's zero-checksum UDP, a tunnel's): the helpers leave it 0,
+        // as over IPv4, and a computed 0 is written as 0xffff.
         (l4_off + UDP_CHECK_OFF, BPF_F_MARK_MANGLED_0 as u64)
     };
+    if mangled != 0 && ctx.load::<u16>(check_off) == Ok(0) {
+        // No checksum to carry the change: a CHECKSUM_COMPLETE skb's sum takes the address's
+        // and the port's.
+        let flags = BPF_F_RECOMPUTE_CSUM as u64;
+        ctx.store(addr_off, &nat.addr, flags).map_err(|_| ())?;
+        return ctx
+            .store(l4_off + port_field, &nat.port, flags)
+            .map_err(|_| ());
+    }
     let (mut from, mut to) = (old_addr.0, nat.addr.0);
     // SAFETY: both buffers are 16 bytes on this stack frame, as the sizes say.
     let diff = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
@@ -1267,33 +1285,10 @@ fn xdp_request(ctx: &XdpContext) -> Result<u32, ()> {
 /// Forwards a DNATed packet straight to the next hop's interface when the FIB knows it; otherwise
 /// hands it to the stack (which routes it, resolving the neighbour if needed).
 fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
-    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting state.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = flow.proto;
-    params.sport = flow.sport;
-    params.dport = 0;
-    // SAFETY: ctx.ctx is the xdp_md the program was called with.
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    params.__bindgen_anon_1.tot_len = (flow.len as usize - ETH_HLEN) as u16;
+    let mut params = fib_params(ctx, AF_INET, flow);
     params.__bindgen_anon_3.ipv4_src = flow.saddr;
     params.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: params lives on this stack frame for the duration of the call.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return xdp_action::XDP_PASS;
-    }
-    // Only to a device vouched for: the packet is translated either way, and the stack
-    // forwards what XDP does not.
-    if steer::XDP_TARGETS.get(params.ifindex).is_none() {
-        steer::count_ct(ct_stats::XDP_PASSED_TO_STACK);
+    if !vouched_next_hop(ctx, &mut params) {
         return xdp_action::XDP_PASS;
     }
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
@@ -1310,6 +1305,55 @@ fn xdp_forward(ctx: &XdpContext, flow: &Flow, daddr: u32) -> u32 {
         let new = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
         let check = u16::from_ne_bytes((*ip).check);
         (*ip).check = csum::replace16(check, old, new).to_ne_bytes();
+    }
+    redirect(eth, &params)
+}
+
+/// The FIB lookup's parameters for a translated request of `flow` (family `family`) arriving
+/// on this device, but for its addresses.
+#[inline(always)]
+fn fib_params<A>(ctx: &XdpContext, family: u8, flow: &Flow<A>) -> bpf_fib_lookup {
+    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting state.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = family;
+    params.l4_protocol = flow.proto;
+    params.sport = flow.sport;
+    params.dport = 0;
+    // SAFETY: ctx.ctx is the xdp_md the program was called with.
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    params.__bindgen_anon_1.tot_len = (flow.len as usize - ETH_HLEN) as u16;
+    params
+}
+
+/// Looks the next hop up in the FIB: whether there is one XDP may redirect to. Only to a
+/// device vouched for: the packet is translated either way, and the stack forwards what XDP
+/// does not.
+#[inline(always)]
+fn vouched_next_hop(ctx: &XdpContext, params: &mut bpf_fib_lookup) -> bool {
+    // SAFETY: params lives on the caller's stack frame for the duration of the call.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return false;
+    }
+    if steer::XDP_TARGETS.get(params.ifindex).is_none() {
+        steer::count_ct(ct_stats::XDP_PASSED_TO_STACK);
+        return false;
+    }
+    true
+}
+
+/// Sends the frame to the next hop [`vouched_next_hop`] found.
+#[inline(always)]
+fn redirect(eth: *mut EthHdr, params: &bpf_fib_lookup) -> u32 {
+    // SAFETY: the caller bounds-checked the Ethernet header.
+    unsafe {
         (*eth).dst_addr = params.dmac;
         (*eth).src_addr = params.smac;
     }
@@ -1374,32 +1418,10 @@ fn xdp_translate6(ctx: &XdpContext, nat: &Nat<Addr6>) -> u32 {
         steer::count_drop(DropReason::Internal);
         return xdp_action::XDP_DROP;
     }
-
-    // SAFETY: bpf_fib_lookup is plain old data; all-zero is a valid starting state.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET6;
-    params.l4_protocol = flow.proto;
-    params.sport = flow.sport;
-    params.dport = 0;
-    // SAFETY: ctx.ctx is the xdp_md the program was called with.
-    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    params.__bindgen_anon_1.tot_len = (flow.len as usize - ETH_HLEN) as u16;
+    let mut params = fib_params(ctx, AF_INET6, flow);
     params.__bindgen_anon_3.ipv6_src = flow.saddr.0;
     params.__bindgen_anon_4.ipv6_dst = nat.addr.0;
-    // SAFETY: params lives on this stack frame for the duration of the call.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx as *mut _,
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return xdp_action::XDP_PASS;
-    }
-    if steer::XDP_TARGETS.get(params.ifindex).is_none() {
-        steer::count_ct(ct_stats::XDP_PASSED_TO_STACK);
+    if !vouched_next_hop(ctx, &mut params) {
         return xdp_action::XDP_PASS;
     }
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)) else {
@@ -1411,12 +1433,8 @@ fn xdp_translate6(ctx: &XdpContext, nat: &Nat<Addr6>) -> u32 {
             return xdp_action::XDP_PASS; // let the stack send ICMPv6 time exceeded
         }
         (*ip).hop_limit -= 1;
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
     }
-    steer::XDP_TARGETS
-        .redirect(params.ifindex, 0)
-        .unwrap_or(xdp_action::XDP_DROP)
+    redirect(eth, &params)
 }
 
 /// The destination address and port and the L4 checksum, in place.
@@ -1429,7 +1447,7 @@ fn xdp_rewrite6(ctx: &XdpContext, flow: &Flow<Addr6>, nat: &Nat<Addr6>) -> Resul
     // SAFETY: every pointer below was bounds-checked by ptr_at against data_end.
     unsafe {
         // The L4 checksum covers the address (pseudo-header) and the port; a UDP checksum of
-        // 0 never gets here (parse6).
+        // 0 (none) stays 0.
         let (check, port) = if flow.proto == PROTO_TCP {
             let tcp = ptr_at::<TcpHdr>(ctx, l4_off).ok_or(())?;
             (&mut (*tcp).check, &mut (*tcp).dest)
@@ -1437,14 +1455,16 @@ fn xdp_rewrite6(ctx: &XdpContext, flow: &Flow<Addr6>, nat: &Nat<Addr6>) -> Resul
             let udp = ptr_at::<UdpHdr>(ctx, l4_off).ok_or(())?;
             (&mut (*udp).check, &mut (*udp).dst)
         };
-        let sum = csum::replace128(u16::from_ne_bytes(*check), flow.daddr.0, nat.addr.0);
-        let sum = csum::replace16(sum, flow.dport, nat.port);
-        *check = if flow.proto == PROTO_TCP {
-            sum
-        } else {
-            csum::udp_mangled(sum)
+        if flow.proto == PROTO_TCP || *check != [0, 0] {
+            let sum = csum::replace128(u16::from_ne_bytes(*check), flow.daddr.0, nat.addr.0);
+            let sum = csum::replace16(sum, flow.dport, nat.port);
+            *check = if flow.proto == PROTO_TCP {
+                sum
+            } else {
+                csum::udp_mangled(sum)
+            }
+            .to_ne_bytes();
         }
-        .to_ne_bytes();
         *port = nat.port.to_ne_bytes();
         (*ip).dst_addr = nat.addr.octets();
     }

@@ -78,13 +78,13 @@ use geosteer_common::{
     DEFAULT_MAX_SERVICES, DEFAULT_TABLE_CHUNKS_PER_SERVICE, DIR_ORIGINAL, DIR_REPLY, DropReason,
     EVENT_CONNECT_TIMEOUT, EVENT_EJECTED, FLOW_FLAG_CONNECT_FAILURE_COUNTED,
     FLOW_FLAG_CONNECT_OK_PENDING, FLOW_FLAG_CONNECT_REQUEST, FLOW_FLAG_HEAD_REQUEST,
-    FLOW_FLAG_REQUESTS_FOLLOWED, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENTS_SIZE,
-    FlowKey, FlowKey6, FlowKeyOf, FlowValue, FlowValue6, FlowValueOf, FragmentKey, FragmentKey6,
-    FragmentValue, FragmentValue6, HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED, KernelEvent,
-    MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP, ServiceConfig,
-    ServiceKey, ServiceKey6, ServiceKeyOf, ServiceState, ServiceValue, Settings, TCP_CLOSED,
-    TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED, TableChunk,
-    TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
+    FLOW_FLAG_REQUESTS_FOLLOWED, FLOW_FLAG_REUSED_TUPLE, FRAGMENT_TIMEOUT_NS, FRAGMENT6_TIMEOUT_NS,
+    FRAGMENTS_SIZE, FlowKey, FlowKey6, FlowKeyOf, FlowValue, FlowValue6, FlowValueOf, FragmentKey,
+    FragmentKey6, FragmentValue, FragmentValue6, HTTP_AWAITING, HTTP_FRAMED, HTTP_UNFRAMED,
+    KernelEvent, MAX_EJECTED_PROBE, ON_EJECT_AUTO, ON_EJECT_DRAIN, PROTO_TCP, PROTO_UDP,
+    ServiceConfig, ServiceKey, ServiceKey6, ServiceKeyOf, ServiceState, ServiceValue, Settings,
+    TCP_CLOSED, TCP_ESTABLISHED, TCP_MIDSTREAM, TCP_SYN_SENT, TIMEOUT_COUNTED, TIMEOUT_DISMISSED,
+    TableChunk, TimeoutCount, TrafficCounters, XDP_TARGETS_SIZE, ct_stats, flow_hash,
     http::{
         HEAD_MAX, HeadScan, METHOD_PREFIX_LEN, STATUS_PREFIX_LEN, is_connect_request, is_final,
         is_gateway_error, is_head_request, is_request_start, parse_status,
@@ -716,11 +716,14 @@ pub(crate) trait FragmentKeyed: Sized + 'static {
     /// The translated address and when the first fragment was seen.
     fn entry(value: &Self::Value) -> (Self::Addr, u64);
     fn direction(&self) -> u8;
+    /// How long after its first fragment a later one is trusted to be the same datagram.
+    const TIMEOUT_NS: u64;
 }
 
 impl FragmentKeyed for FragmentKey {
     type Addr = u32;
     type Value = FragmentValue;
+    const TIMEOUT_NS: u64 = FRAGMENT_TIMEOUT_NS;
     #[inline(always)]
     fn map() -> &'static LruHashMap<FragmentKey, FragmentValue> {
         &FRAGMENTS
@@ -746,6 +749,7 @@ impl FragmentKeyed for FragmentKey {
 impl FragmentKeyed for FragmentKey6 {
     type Addr = Addr6;
     type Value = FragmentValue6;
+    const TIMEOUT_NS: u64 = FRAGMENT6_TIMEOUT_NS;
     #[inline(always)]
     fn map() -> &'static LruHashMap<FragmentKey6, FragmentValue6> {
         &FRAGMENTS6
@@ -809,7 +813,7 @@ pub(crate) fn fragment_translation<K: FragmentKeyed>(key: &K) -> Option<K::Addr>
         return None;
     };
     let (addr, first_seen_ns) = K::entry(&value);
-    if now_ns().saturating_sub(first_seen_ns) > FRAGMENT_TIMEOUT_NS {
+    if now_ns().saturating_sub(first_seen_ns) > K::TIMEOUT_NS {
         count_ct(ct_stats::FRAGMENT_UNKNOWN);
         return None;
     }

@@ -6,7 +6,8 @@
 //!   `VIP6` serves what `VIP` does, over the same backends); everything else passes untouched,
 //!   except a malformed packet or a stray later fragment addressed to a VIP, which is dropped
 //!   (IPv6: a wrong version, a frame that ends in its extension chain or a chain longer than
-//!   the four headers walked, a short L4 header, a zero UDP checksum);
+//!   the four headers walked, a routing header with segments left, a short L4 header); a UDP
+//!   datagram without checksum (0) keeps none, over either family;
 //! - a flow (client:port → VIP:port) keeps one backend (Maglev, keyed hash: while the table does
 //!   not change, a tuple always lands on the same backend), DNAT rewrites only the destination
 //!   address and port and their checksums;
@@ -219,23 +220,40 @@ impl Model {
             };
         }
         let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
+        self.expect_flow(
+            ingress,
+            ip.proto,
+            (ip.src.into(), sport),
+            (ip.dst.into(), dport),
+            VIP.into(),
+        )
+    }
+
+    /// A steerable TCP/UDP packet of either family (its VIP `vip`): to the VIP's port, a
+    /// request, DNATed (to its flow's backend, if it has one); from a flow's backend to its
+    /// client while the reverse NAT is there, a reply, from the VIP.
+    fn expect_flow(
+        &self,
+        ingress: bool,
+        proto: u8,
+        (src, sport): (IpAddr, u16),
+        (dst, dport): (IpAddr, u16),
+        vip: IpAddr,
+    ) -> Expect {
         if ingress {
-            if !(to_vip && dport == VPORT) {
+            if !(dst == vip && dport == VPORT) {
                 return Expect::Unchanged;
             }
-            let to = self
-                .flows
-                .get(&(ip.proto, ip.src.into(), sport))
-                .map(|f| f.0);
+            let to = self.flows.get(&(proto, src, sport)).map(|f| f.0);
             Expect::Nat {
                 to,
                 port: TPORT,
                 source: false,
             }
         } else {
-            match self.flows.get(&(ip.proto, ip.dst.into(), dport)) {
-                Some((backend, true)) if *backend == ip.src && sport == TPORT => Expect::Nat {
-                    to: Some(VIP.into()),
+            match self.flows.get(&(proto, dst, dport)) {
+                Some((backend, true)) if *backend == src && sport == TPORT => Expect::Nat {
+                    to: Some(vip),
                     port: VPORT,
                     source: true,
                 },
@@ -266,25 +284,44 @@ impl Model {
         }
         let (qsrc, qdst) = (addr(&frame[q + 12..]), addr(&frame[q + 16..]));
         let (qsport, qdport) = (be16(&frame[ql4..]), be16(&frame[ql4 + 2..]));
+        self.expect_quoted(
+            path,
+            proto,
+            [(qsrc.into(), qsport), (qdst.into(), qdport)],
+            (outer.src.into(), outer.dst.into()),
+            VIP.into(),
+        )
+    }
+
+    /// An ICMP error of either family quoting `[source, destination]` (addresses and ports)
+    /// of protocol `proto`, its own addresses `outer`.
+    fn expect_quoted(
+        &self,
+        path: Path,
+        proto: u8,
+        [(qsrc, qsport), (qdst, qdport)]: [(IpAddr, u16); 2],
+        (outer_src, outer_dst): (IpAddr, IpAddr),
+        vip: IpAddr,
+    ) -> Expect {
         if path == Path::TcIngress {
             // About a reply VIP:port → client: to the backend that sent it.
-            match self.flows.get(&(proto, qdst.into(), qdport)) {
-                Some((backend, _)) if qsrc == VIP && qsport == VPORT => Expect::Icmp {
+            match self.flows.get(&(proto, qdst, qdport)) {
+                Some((backend, _)) if qsrc == vip && qsport == VPORT => Expect::Icmp {
                     to: *backend,
                     port: TPORT,
                     quoted_source: true,
-                    outer: (outer.dst == VIP).then_some(*backend),
+                    outer: (outer_dst == vip).then_some(*backend),
                 },
                 _ => Expect::Unchanged,
             }
         } else {
             // About a request client → backend:port: to the client, from the VIP.
-            match self.flows.get(&(proto, qsrc.into(), qsport)) {
+            match self.flows.get(&(proto, qsrc, qsport)) {
                 Some((backend, true)) if *backend == qdst && qdport == TPORT => Expect::Icmp {
-                    to: VIP.into(),
+                    to: vip,
                     port: VPORT,
                     quoted_source: false,
-                    outer: (*backend == outer.src).then_some(VIP.into()),
+                    outer: (*backend == outer_src).then_some(vip),
                 },
                 _ => Expect::Unchanged,
             }
@@ -366,9 +403,10 @@ impl Model {
 // ------------------------------------------------------------------------ IPv6 ---
 //
 // The same rules over IPv6, with its own: at most four extension headers are walked (a longer
-// chain, a frame that ends inside it, a wrong version, a short L4 header or a zero UDP
-// checksum make a packet unsteerable: dropped when addressed to the VIP); fragments are
-// announced by a fragment header and keyed by its 32-bit id; ICMPv6 errors are types 1 to 4.
+// chain, a frame that ends inside it, a routing header with segments left, a wrong version or
+// a short L4 header make a packet unsteerable: dropped when addressed to the VIP); a zero UDP
+// checksum stays zero; fragments are announced by a fragment header and keyed by its 32-bit
+// id; ICMPv6 errors are types 1 to 4.
 
 fn is_ipv6(frame: &[u8]) -> bool {
     frame.len() >= 14 && frame[12..14] == [0x86, 0xdd]
@@ -387,38 +425,60 @@ enum Frag6 {
     Later(u32),
 }
 
-/// Walks the extension chain starting at `off` with a header of type `next`: (the header it
-/// stops at, where that starts, the fragment header's word). None: the frame ends inside the
-/// chain.
-fn walk6(frame: &[u8], mut next: u8, mut off: usize) -> Option<(u8, usize, Frag6)> {
-    let mut frag = Frag6::Whole;
-    for _ in 0..4 {
-        match next {
-            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                if frame.len() < off + 2 {
-                    return None;
-                }
-                next = frame[off];
-                off += (usize::from(frame[off + 1]) + 1) * 8;
-            }
-            NEXTHDR_FRAGMENT => {
-                if frame.len() < off + 8 {
-                    return None;
-                }
-                let id = u32::from_be_bytes(frame[off + 4..off + 8].try_into().unwrap());
-                if be16(&frame[off + 2..]) >> 3 != 0 {
-                    return Some((frame[off], off + 8, Frag6::Later(id)));
-                }
-                if frame[off + 3] & 1 != 0 {
-                    frag = Frag6::First(id);
-                }
-                next = frame[off];
-                off += 8;
-            }
-            _ => break,
+/// Reads the extension chain starting at `off` with a header of type `next`: (the header it
+/// stops at, where that starts, the fragment header's word). The rules: at most four extension
+/// headers are read; a later fragment's fragment header ends the chain (what follows is data);
+/// None — unsteerable — when the frame ends inside one of them, a fifth would be needed, or a
+/// routing header has segments left (its destination is a waypoint).
+fn walk6(frame: &[u8], next: u8, off: usize) -> Option<(u8, usize, Frag6)> {
+    let is_ext = |kind: u8| {
+        matches!(
+            kind,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
+        )
+    };
+    // First the chain as the frame has it, up to four headers: (type, offset) of each.
+    let mut chain: Vec<(u8, usize)> = Vec::new();
+    let (mut kind, mut at) = (next, off);
+    let mut later = None;
+    while is_ext(kind) && chain.len() < 4 {
+        let size = if kind == NEXTHDR_FRAGMENT { 8 } else { 4 };
+        if frame.len() < at + size {
+            return None;
         }
+        chain.push((kind, at));
+        if kind == NEXTHDR_FRAGMENT && be16(&frame[at + 2..]) >> 3 != 0 {
+            later = Some(at);
+            break;
+        }
+        let len = if kind == NEXTHDR_FRAGMENT {
+            8
+        } else {
+            (usize::from(frame[at + 1]) + 1) * 8
+        };
+        (kind, at) = (frame[at], at + len);
     }
-    Some((next, off, frag))
+    // Then what it says.
+    if chain
+        .iter()
+        .any(|&(k, o)| k == NEXTHDR_ROUTING && frame[o + 3] != 0)
+    {
+        return None;
+    }
+    if let Some(at) = later {
+        return Some((frame[at], at + 8, Frag6::Later(id_at(frame, at))));
+    }
+    let frag = chain
+        .iter()
+        .rev()
+        .find(|&&(k, o)| k == NEXTHDR_FRAGMENT && frame[o + 3] & 1 == 1)
+        .map_or(Frag6::Whole, |&(_, o)| Frag6::First(id_at(frame, o)));
+    Some((kind, at, frag))
+}
+
+/// The 32-bit id of the fragment header at `at`.
+fn id_at(frame: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(frame[at + 4..at + 8].try_into().expect("4 bytes"))
 }
 
 /// An IPv6 frame's fixed header and its walked chain (None: no complete fixed header).
@@ -449,7 +509,7 @@ fn fragment_key6(ip: &Ip6, id: u32, direction: u8) -> (IpAddr, IpAddr, u32, u8, 
 }
 
 /// Whether TC reads the frame as a TCP/UDP packet it can steer (`Some(first fragment id)`):
-/// a whole chain, version 6, a complete L4 header, a UDP checksum.
+/// a whole chain, version 6, a complete L4 header.
 fn steerable6(frame: &[u8], ip: &Ip6) -> Option<Option<u32>> {
     let (next, l4, frag) = ip.chain?;
     let header = match next {
@@ -462,10 +522,7 @@ fn steerable6(frame: &[u8], ip: &Ip6) -> Option<Option<u32>> {
         Frag6::First(id) => Some(id),
         Frag6::Later(_) => return None,
     };
-    (ip.version == 6
-        && frame.len() >= l4 + header
-        && !(next == PROTO_UDP && be16(&frame[l4 + 6..]) == 0))
-        .then_some(first)
+    (ip.version == 6 && frame.len() >= l4 + header).then_some(first)
 }
 
 impl Model {
@@ -487,8 +544,11 @@ impl Model {
             return unsteerable;
         };
         if let Frag6::Later(id) = frag {
-            if path == Path::Xdp {
-                return Expect::Unchanged; // XDP leaves fragments to TC
+            // Only a TCP or UDP datagram's fragments are steered (its fragmentable part may
+            // start with a routing or destination options header); XDP leaves them to TC.
+            let ours = matches!(next, PROTO_TCP | PROTO_UDP | NEXTHDR_ROUTING | NEXTHDR_DEST);
+            if path == Path::Xdp || !ours {
+                return Expect::Unchanged;
             }
             let direction = if ingress { DIR_ORIGINAL } else { DIR_REPLY };
             let known = self.fragments.get(&fragment_key6(&ip, id, direction));
@@ -523,26 +583,13 @@ impl Model {
             return Expect::Unchanged; // a first fragment, left to TC as its datagram's rest
         }
         let (sport, dport) = (be16(&frame[l4..]), be16(&frame[l4 + 2..]));
-        if ingress {
-            if !(to_vip && dport == VPORT) {
-                return Expect::Unchanged;
-            }
-            let to = self.flows.get(&(next, ip.src.into(), sport)).map(|f| f.0);
-            Expect::Nat {
-                to,
-                port: TPORT,
-                source: false,
-            }
-        } else {
-            match self.flows.get(&(next, ip.dst.into(), dport)) {
-                Some((backend, true)) if *backend == ip.src && sport == TPORT => Expect::Nat {
-                    to: Some(VIP6.into()),
-                    port: VPORT,
-                    source: true,
-                },
-                _ => Expect::Unchanged,
-            }
-        }
+        self.expect_flow(
+            ingress,
+            next,
+            (ip.src.into(), sport),
+            (ip.dst.into(), dport),
+            VIP6.into(),
+        )
     }
 
     fn expect_icmp6(&self, path: Path, frame: &[u8], outer: &Ip6, icmp: usize) -> Expect {
@@ -562,27 +609,13 @@ impl Model {
         }
         let (qsrc, qdst) = (addr6(&frame[q + 8..]), addr6(&frame[q + 24..]));
         let (qsport, qdport) = (be16(&frame[ql4..]), be16(&frame[ql4 + 2..]));
-        if path == Path::TcIngress {
-            match self.flows.get(&(proto, qdst.into(), qdport)) {
-                Some((backend, _)) if qsrc == VIP6 && qsport == VPORT => Expect::Icmp {
-                    to: *backend,
-                    port: TPORT,
-                    quoted_source: true,
-                    outer: (outer.dst == VIP6).then_some(*backend),
-                },
-                _ => Expect::Unchanged,
-            }
-        } else {
-            match self.flows.get(&(proto, qsrc.into(), qsport)) {
-                Some((backend, true)) if *backend == qdst && qdport == TPORT => Expect::Icmp {
-                    to: VIP6.into(),
-                    port: VPORT,
-                    quoted_source: false,
-                    outer: (*backend == outer.src).then_some(VIP6.into()),
-                },
-                _ => Expect::Unchanged,
-            }
-        }
+        self.expect_quoted(
+            path,
+            proto,
+            [(qsrc.into(), qsport), (qdst.into(), qdport)],
+            (outer.src.into(), outer.dst.into()),
+            VIP6.into(),
+        )
     }
 
     fn update6(&mut self, path: Path, frame: &[u8], out: &[u8], expect: &Expect) {
@@ -649,6 +682,9 @@ fn l4_check6(frame: &[u8], proto: u8, l4: usize) -> Option<bool> {
         return None;
     }
     let segment = &frame[l4..];
+    if proto == PROTO_UDP && (segment.len() < 8 || be16(&segment[6..]) == 0) {
+        return None; // no checksum to judge
+    }
     let mut pseudo = Vec::with_capacity(40 + segment.len());
     pseudo.extend(ip.src.octets());
     pseudo.extend(ip.dst.octets());
@@ -667,15 +703,10 @@ fn check6(expect: &Expect, input: &[u8], out: &[u8]) -> Result<(), String> {
             let check_at = l4 + if next == PROTO_UDP { 6 } else { 16 };
             assert_only_changed(input, out, &[(addr_at, 16), (port_at, 2), (check_at, 2)])?;
             let got = addr6(&out[addr_at..]);
-            match to {
-                Some(to) if got != to => return Err(format!("translated to {got}, expected {to}")),
-                None if !BACKENDS6.contains(&got) => {
-                    return Err(format!("new flow to {got}, not a backend"));
-                }
-                _ => {}
-            }
-            if be16(&out[port_at..]) != port {
-                return Err(format!("port {}, expected {port}", be16(&out[port_at..])));
+            let backends = BACKENDS6.map(IpAddr::from);
+            check_end(got.into(), be16(&out[port_at..]), (to, port), &backends)?;
+            if next == PROTO_UDP && be16(&input[check_at..]) == 0 && be16(&out[check_at..]) != 0 {
+                return Err("a UDP datagram without checksum got one".into());
             }
             let whole = |f| {
                 (frag == Frag6::Whole)
@@ -725,18 +756,10 @@ fn check6(expect: &Expect, input: &[u8], out: &[u8]) -> Result<(), String> {
                     (qcheck, 2),
                 ],
             )?;
-            if addr6(&out[qaddr..]) != to || be16(&out[qport..]) != port {
-                return Err(format!(
-                    "quoted end {}:{}, expected {to}:{port}",
-                    addr6(&out[qaddr..]),
-                    be16(&out[qport..])
-                ));
-            }
-            let outer_got = IpAddr::from(addr6(&out[outer_at..]));
-            let outer_expected = outer.unwrap_or(addr6(&input[outer_at..]).into());
-            if outer_got != outer_expected {
-                return Err(format!("outer {outer_got}, expected {outer_expected}"));
-            }
+            let quoted = addr6(&out[qaddr..]).into();
+            check_end(quoted, be16(&out[qport..]), (Some(to), port), &[])?;
+            let (outer_in, outer_out) = (addr6(&input[outer_at..]), addr6(&out[outer_at..]));
+            check_outer(outer_in.into(), outer_out.into(), outer)?;
             let valid = |f| l4_check6(f, NEXTHDR_ICMPV6, icmp);
             if valid(input) != valid(out) {
                 return Err(format!(
@@ -744,6 +767,22 @@ fn check6(expect: &Expect, input: &[u8], out: &[u8]) -> Result<(), String> {
                     valid(input),
                     valid(out)
                 ));
+            }
+            // The quoted packet, as a frame of its own: where the error quotes all of it, its
+            // L4 checksum's validity is kept too (over its rewritten addresses); a UDP one
+            // without checksum keeps none.
+            let quoted = |f: &[u8]| [&f[..14], &f[q..]].concat();
+            let quoted_valid = |f: &[u8]| l4_check6(&quoted(f), qproto, ql4 - q + 14);
+            if quoted_valid(input) != quoted_valid(out) {
+                return Err(format!(
+                    "quoted L4 checksum validity {:?} became {:?}",
+                    quoted_valid(input),
+                    quoted_valid(out)
+                ));
+            }
+            let zero = |f: &[u8]| f.len() >= qcheck + 2 && be16(&f[qcheck..]) == 0;
+            if qproto == PROTO_UDP && zero(input) && !zero(out) {
+                return Err("a quoted UDP datagram without checksum got one".into());
             }
         }
         Expect::Unchanged | Expect::Drop => unreachable!(),
@@ -792,6 +831,37 @@ fn assert_only_changed(input: &[u8], out: &[u8], allowed: &[(usize, usize)]) -> 
         if a != b && !allowed.iter().any(|(at, len)| i >= *at && i < at + len) {
             return Err(format!("byte {i} changed ({a:#04x} → {b:#04x})"));
         }
+    }
+    Ok(())
+}
+
+/// A translated end (address and port) against the rule's: its address (any of `backends`
+/// for a new flow's `None`) and port.
+fn check_end(
+    got: IpAddr,
+    got_port: u16,
+    (to, port): (Option<IpAddr>, u16),
+    backends: &[IpAddr],
+) -> Result<(), String> {
+    match to {
+        Some(to) if got != to => return Err(format!("translated to {got}, expected {to}")),
+        None if !backends.contains(&got) => {
+            return Err(format!("new flow to {got}, not a backend"));
+        }
+        _ => {}
+    }
+    if got_port != port {
+        return Err(format!("port {got_port}, expected {port}"));
+    }
+    Ok(())
+}
+
+/// An ICMP error's outer address on the translated side: `to` where the rule rewrites it,
+/// else as it came.
+fn check_outer(input: IpAddr, out: IpAddr, to: Option<IpAddr>) -> Result<(), String> {
+    let expected = to.unwrap_or(input);
+    if out != expected {
+        return Err(format!("outer {out}, expected {expected}"));
     }
     Ok(())
 }
@@ -845,16 +915,8 @@ fn check(
                 &[(24, 2), (addr_at, 4), (port_at, 2), (check_at, 2)],
             )?;
             let got = if source { out_ip.src } else { out_ip.dst };
-            match to {
-                Some(to) if got != to => return Err(format!("translated to {got}, expected {to}")),
-                None if !BACKENDS.contains(&got) => {
-                    return Err(format!("new flow to {got}, not a backend"));
-                }
-                _ => {}
-            }
-            if be16(&out[port_at..]) != port {
-                return Err(format!("port {}, expected {port}", be16(&out[port_at..])));
-            }
+            let backends = BACKENDS.map(IpAddr::from);
+            check_end(got.into(), be16(&out[port_at..]), (to, port), &backends)?;
             if udp && be16(&input[check_at..]) == 0 && be16(&out[check_at..]) != 0 {
                 return Err("a UDP datagram without checksum got one".into());
             }
@@ -905,18 +967,10 @@ fn check(
                     (qcheck, 2),
                 ],
             )?;
-            if addr(&out[qaddr..]) != to || be16(&out[qport..]) != port {
-                return Err(format!(
-                    "quoted end {}:{}, expected {to}:{port}",
-                    addr(&out[qaddr..]),
-                    be16(&out[qport..])
-                ));
-            }
-            let outer_got = IpAddr::from(addr(&out[outer_at..]));
-            let outer_expected = outer.unwrap_or(addr(&input[outer_at..]).into());
-            if outer_got != outer_expected {
-                return Err(format!("outer {outer_got}, expected {outer_expected}"));
-            }
+            let quoted = addr(&out[qaddr..]).into();
+            check_end(quoted, be16(&out[qport..]), (Some(to), port), &[])?;
+            let (outer_in, outer_out) = (addr(&input[outer_at..]), addr(&out[outer_at..]));
+            check_outer(outer_in.into(), outer_out.into(), outer)?;
             let icmp_len = ip.tot_len.min(input.len() - 14).saturating_sub(ip.ihl);
             let icmp_valid = |f: &[u8]| ones_sum_ok(&f[icmp..icmp + icmp_len]);
             if ip.tot_len + 14 == input.len() && icmp_valid(input) != icmp_valid(out) {
@@ -1214,6 +1268,14 @@ impl Gen {
             .collect();
         let mut frame = pkt.with_sized_ext(&chain).build();
         self.fragment_id6(&mut frame);
+        // Now and then a routing header with segments left (its destination a waypoint).
+        let (mut next, mut off) = (frame[20], 54);
+        while matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING) {
+            if next == NEXTHDR_ROUTING && self.rng.u8(..4) == 0 {
+                frame[off + 3] = 1 + self.rng.u8(..3);
+            }
+            (next, off) = (frame[off], off + (usize::from(frame[off + 1]) + 1) * 8);
+        }
         frame
     }
 

@@ -65,7 +65,7 @@ fn tcp_to_an_ipv6_vip_is_dnated_and_its_replies_reverse_natted() {
 }
 
 #[test]
-fn udp_to_an_ipv6_vip_is_steered_and_a_zero_checksum_is_dropped() {
+fn udp_to_an_ipv6_vip_is_steered_and_a_zero_checksum_stays_zero() {
     let mut rig = rig6();
     let (verdict, out) = ingress(&mut rig, &Pkt6::udp(CLIENT6, 5353, VIP6, VPORT, b"query"));
     assert_eq!(verdict, TC_ACT_OK);
@@ -86,13 +86,32 @@ fn udp_to_an_ipv6_vip_is_steered_and_a_zero_checksum_is_dropped() {
         }
     );
 
-    // A 0 checksum is invalid over IPv6: a VIP's is dropped and counted, not forwarded with a
-    // checksum the update cannot keep right.
-    let before = rig.drops(DropReason::Truncated);
+    // A 0 checksum (RFC 6935: a tunnel's UDP may carry none; a receiver that does not allow
+    // it drops the datagram) is steered both ways and stays 0, as over IPv4: not dropped by
+    // the balancer, and never given a checksum computed from nothing.
     let mut zero = Pkt6::udp(CLIENT6, 5354, VIP6, VPORT, b"query");
     zero.udp_zero_checksum = true;
-    assert_eq!(ingress(&mut rig, &zero).0, TC_ACT_SHOT);
-    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
+    let (verdict, out) = ingress(&mut rig, &zero);
+    assert_eq!(verdict, TC_ACT_OK);
+    let backend = addrs6(&out).1;
+    backend_index(backend);
+    assert_eq!((udp_ports(&out), udp_check(&out)), ((5354, TPORT), 0));
+    let mut answer = Pkt6::udp(backend, TPORT, CLIENT6, 5354, b"answer");
+    answer.udp_zero_checksum = true;
+    let (verdict, out) = egress(&mut rig, &answer);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs6(&out), (VIP6, CLIENT6));
+    assert_eq!((udp_ports(&out), udp_check(&out)), ((VPORT, 5354), 0));
+}
+
+/// (source port, destination port) of a frame's UDP header right after the fixed header.
+fn udp_ports(frame: &[u8]) -> (u16, u16) {
+    let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+    (port(54), port(56))
+}
+
+fn udp_check(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[60], frame[61]])
 }
 
 #[test]
@@ -167,6 +186,19 @@ fn extension_headers_are_walked_to_a_bound() {
     let seen = verify6(&out);
     backend_index(seen.dst);
     assert_eq!((seen.sport, seen.dport), (40013, TPORT));
+
+    // A routing header with segments left: the VIP would be a waypoint, not the destination
+    // (and the L4 checksum is over the final one): dropped, counted, not steered.
+    let before = rig.drops(DropReason::Truncated);
+    let mut waypoint = Pkt6::tcp(CLIENT6, 40015, VIP6, VPORT, SYN)
+        .with_ext(&[NEXTHDR_ROUTING])
+        .build();
+    waypoint[14 + 40 + 3] = 1;
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &waypoint).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(rig.drops(DropReason::Truncated), before + 1);
 
     // A header that is not IPv6's to a VIP: dropped as malformed.
     let before = rig.drops(DropReason::Truncated);
@@ -522,6 +554,12 @@ fn a_fragmented_ipv6_request_follows_its_first_fragment_and_strays_are_dropped()
     }
     assert_eq!(rig.drops(DropReason::Fragment), 2);
     assert_eq!(rig.maps.ct_stat(ct_stats::FRAGMENT_UNKNOWN).unwrap(), 2);
+    // Only TCP and UDP fragments are ours: a large ping's later fragment to the VIP passes.
+    let ping = fragment6(CLIENT6, VIP6, (NEXTHDR_ICMPV6, 9, false), 78, &[4; 40]);
+    assert_eq!(
+        rig.run_tc(program_names::TC_INGRESS, &ping),
+        (TC_ACT_OK, ping.clone())
+    );
     let elsewhere = fragment6(CLIENT6, OTHER6, (PROTO_UDP, 9, false), 77, &[3; 40]);
     assert_eq!(
         rig.run_tc(program_names::TC_INGRESS, &elsewhere),
@@ -610,11 +648,19 @@ fn xdp_steers_ipv6_requests_and_leaves_fragments_and_icmpv6_to_tc() {
     ] {
         assert_eq!(rig.run_xdp(&frame), (XDP_PASS, frame.clone()));
     }
-    // A malformed packet to a VIP is dropped, counted.
-    let before = rig.drops(DropReason::Truncated);
+    // A zero UDP checksum stays 0; a packet to a VIP that cannot be steered is dropped,
+    // counted.
     let mut zero = Pkt6::udp(CLIENT6, 5702, VIP6, VPORT, b"x");
     zero.udp_zero_checksum = true;
-    assert_eq!(rig.run_xdp(&zero.build()).0, XDP_DROP);
+    let (verdict, out) = rig.run_xdp(&zero.build());
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!((udp_ports(&out), udp_check(&out)), ((5702, TPORT), 0));
+    let before = rig.drops(DropReason::Truncated);
+    let mut waypoint = Pkt6::tcp(CLIENT6, 43103, VIP6, VPORT, SYN)
+        .with_ext(&[NEXTHDR_ROUTING])
+        .build();
+    waypoint[14 + 40 + 3] = 2;
+    assert_eq!(rig.run_xdp(&waypoint).0, XDP_DROP);
     assert_eq!(rig.drops(DropReason::Truncated), before + 1);
 
     // Without the IPv6 program in its slot, XDP passes IPv6 on untouched: TC steers it.

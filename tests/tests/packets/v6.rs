@@ -146,6 +146,12 @@ impl Pkt6 {
             if *kind == NEXTHDR_FRAGMENT {
                 // Offset 0, more fragments: a first fragment.
                 chain.extend([next, 0, 0, 1, 0, 0, 0x12, 0x34]);
+            } else if *kind == NEXTHDR_ROUTING {
+                // Next header, length, routing type 0, no segments left: the destination is
+                // the packet's last.
+                let size = (usize::from(*len) + 1) * 8;
+                chain.extend([next, *len, 0, 0]);
+                chain.extend(std::iter::repeat_n(0, size - 4));
             } else {
                 // Next header, length, then one PadN option filling the rest.
                 let size = (usize::from(*len) + 1) * 8;
