@@ -648,6 +648,13 @@ fn tc_rewrite(ctx: &TcContext, flow: &Flow, side: Side, nat: &Nat) -> Result<(),
         (l4_off + UDP_CHECK_OFF, BPF_F_MARK_MANGLED_0 as u64)
     };
     let (new_addr, new_port) = (nat.addr, nat.port);
+    // A UDP datagram without checksum (0): the helpers below leave it 0, and nothing cancels
+    // the port's change in a CHECKSUM_COMPLETE skb's sum, so its store adds it.
+    let store_flags = if mangled != 0 && ctx.load::<u16>(check_off) == Ok(0) {
+        BPF_F_RECOMPUTE_CSUM as u64
+    } else {
+        0
+    };
     // The L4 checksum through the helper: it knows how the skb's checksum is kept (a
     // CHECKSUM_PARTIAL one holds only the pseudo-header sum, which the port is not part of).
     ctx.l4_csum_replace(
@@ -677,7 +684,7 @@ fn tc_rewrite(ctx: &TcContext, flow: &Flow, side: Side, nat: &Nat) -> Result<(),
             sport: sport.to_ne_bytes(),
             dport: dport.to_ne_bytes(),
         };
-        return ctx.store(IP_CHECK_OFF, &run, 0).map_err(|_| ());
+        return ctx.store(IP_CHECK_OFF, &run, store_flags).map_err(|_| ());
     }
     let (addr_off, port_field) = match side {
         Side::Source => (IP_SRC_OFF, 0),
@@ -686,7 +693,7 @@ fn tc_rewrite(ctx: &TcContext, flow: &Flow, side: Side, nat: &Nat) -> Result<(),
     ctx.l3_csum_replace(IP_CHECK_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(|_| ())?;
     ctx.store(addr_off, &new_addr, 0).map_err(|_| ())?;
-    ctx.store(l4_off + port_field, &new_port, 0)
+    ctx.store(l4_off + port_field, &new_port, store_flags)
         .map_err(|_| ())?;
     Ok(())
 }
@@ -761,8 +768,9 @@ enum Parsed6 {
     /// and remembered for the fragments that follow (`flow.fragmented` is set).
     FirstFragment { id: u32 },
     /// A fragment other than the first: no ports; it follows its first fragment's translation.
-    /// The flow's addresses are filled in.
-    Fragment { id: u32 },
+    /// Without one, a TCP or UDP datagram's (`tcp_udp`, its fragment header's next header) to a
+    /// VIP cannot be steered; another protocol's passes. The flow's addresses are filled in.
+    Fragment { id: u32, tcp_udp: bool },
     /// An ICMPv6 error whose header starts at this offset; the flow's addresses are the
     /// error's own.
     IcmpError { icmp_off: u32 },
@@ -803,12 +811,10 @@ fn parse6(bytes: &impl PacketBytes, flow: &mut Flow<Addr6>) -> Parsed6 {
     let first_fragment = match first_fragment {
         Fragmentation::Whole => None,
         Fragmentation::First(id) => Some(id),
-        // Only a TCP or UDP datagram's fragments are ours (as over IPv4), whose first fragment's
-        // chain may go on with a routing or destination options header; a ping's or ESP's pass.
         Fragmentation::Later(id) => {
-            return match next {
-                PROTO_TCP | PROTO_UDP | NEXTHDR_ROUTING | NEXTHDR_DEST => Parsed6::Fragment { id },
-                _ => Parsed6::Other,
+            return Parsed6::Fragment {
+                id,
+                tcp_udp: next == PROTO_TCP || next == PROTO_UDP,
             };
         }
     };
@@ -954,7 +960,7 @@ fn tc_ingress6(ctx: &TcContext) -> Result<i32, ()> {
     let first_fragment = match parse6(&TcBytes(ctx), flow) {
         Parsed6::Flow => None,
         Parsed6::FirstFragment { id } => Some(id),
-        Parsed6::Fragment { id } => return tc_fragment6(ctx, id, DIR_ORIGINAL),
+        Parsed6::Fragment { id, tcp_udp } => return tc_fragment6(ctx, id, DIR_ORIGINAL, tcp_udp),
         Parsed6::IcmpError { icmp_off } => {
             tc_icmp6(ctx, icmp_off, DIR_ORIGINAL)?;
             return Ok(TC_ACT_OK as i32);
@@ -993,7 +999,7 @@ fn tc_egress6(ctx: &TcContext) -> Result<i32, ()> {
     let first_fragment = match parse6(&TcBytes(ctx), flow) {
         Parsed6::Flow => None,
         Parsed6::FirstFragment { id } => Some(id),
-        Parsed6::Fragment { id } => return tc_fragment6(ctx, id, DIR_REPLY),
+        Parsed6::Fragment { id, .. } => return tc_fragment6(ctx, id, DIR_REPLY, false),
         Parsed6::IcmpError { icmp_off } => {
             tc_icmp6(ctx, icmp_off, DIR_REPLY)?;
             return Ok(TC_ACT_OK as i32);
@@ -1043,11 +1049,13 @@ fn forget_fragment6(ctx: &TcContext, id: u32, direction: u8) {
 }
 
 /// A fragment other than the first: it gets its first fragment's translation (the backend as
-/// destination, the VIP as source). With none, one to a VIP is dropped, counted (it cannot be
-/// steered); a reply's passes. IPv6 has no header checksum and a later fragment no L4
+/// destination, the VIP as source), whatever follows its fragment header (the first
+/// fragment's chain decided). With none, a TCP or UDP datagram's to a VIP is dropped, counted
+/// (it cannot be steered); another protocol's (a large ping's, as over IPv4) and a reply's
+/// pass. IPv6 has no header checksum and a later fragment no L4
 /// header: the address is all there is to change.
 #[inline(never)]
-fn tc_fragment6(ctx: &TcContext, id: u32, direction: u8) -> Result<i32, ()> {
+fn tc_fragment6(ctx: &TcContext, id: u32, direction: u8, tcp_udp: bool) -> Result<i32, ()> {
     let key = fragment_key6(ctx, id, direction).ok_or(())?;
     let flags = BPF_F_RECOMPUTE_CSUM as u64;
     if direction == DIR_REPLY {
@@ -1064,10 +1072,11 @@ fn tc_fragment6(ctx: &TcContext, id: u32, direction: u8) -> Result<i32, ()> {
             ctx.store(IP6_DST_OFF, &backend, flags).map_err(|_| ())?;
             Ok(TC_ACT_OK as i32)
         }
-        None => {
+        None if tcp_udp => {
             steer::count_drop(DropReason::Fragment);
             Ok(TC_ACT_SHOT as i32)
         }
+        None => Ok(TC_ACT_OK as i32),
     }
 }
 

@@ -544,14 +544,15 @@ impl Model {
             return unsteerable;
         };
         if let Frag6::Later(id) = frag {
-            // Only a TCP or UDP datagram's fragments are steered (its fragmentable part may
-            // start with a routing or destination options header); XDP leaves them to TC.
-            let ours = matches!(next, PROTO_TCP | PROTO_UDP | NEXTHDR_ROUTING | NEXTHDR_DEST);
-            if path == Path::Xdp || !ours {
+            // A later fragment follows its datagram's translation, whatever follows its
+            // fragment header; without one, a TCP or UDP datagram's to the VIP is dropped and
+            // any other passes. XDP leaves fragments to TC.
+            if path == Path::Xdp {
                 return Expect::Unchanged;
             }
             let direction = if ingress { DIR_ORIGINAL } else { DIR_REPLY };
             let known = self.fragments.get(&fragment_key6(&ip, id, direction));
+            let tcp_udp = next == PROTO_TCP || next == PROTO_UDP;
             return match (known, ingress) {
                 (Some(to), true) if to_vip => Expect::Address {
                     to: *to,
@@ -561,7 +562,7 @@ impl Model {
                     to: *to,
                     source: true,
                 },
-                (None, true) if to_vip => Expect::Drop,
+                (None, true) if to_vip && tcp_udp => Expect::Drop,
                 _ => Expect::Unchanged,
             };
         }
@@ -1309,7 +1310,13 @@ impl Gen {
             .collect();
         let id = FIRST_FRAGMENT_ID + u32::from(self.rng.u8(..4));
         let offset = 1 + self.rng.u16(..100);
-        v6::fragment6(src, dst, (proto, offset, self.rng.bool()), id, &data)
+        // Mostly the datagram's protocol; now and then a ping's, ESP's, or an extension
+        // header that began the first fragment's fragmentable part.
+        let next = match self.rng.u8(..8) {
+            0 => [NEXTHDR_ICMPV6, 50, NEXTHDR_DEST, NEXTHDR_ROUTING][self.rng.usize(..4)],
+            _ => proto,
+        };
+        v6::fragment6(src, dst, (next, offset, self.rng.bool()), id, &data)
     }
 
     fn request6(&mut self, model: &Model) -> Vec<u8> {
