@@ -40,8 +40,8 @@ use geosteer::{
     programmer::{DesiredBackend, DesiredService, Programmer},
 };
 use geosteer_common::{
-    Addr6, CONNTRACK6_SIZE, DIR_ORIGINAL, FlowKey, FlowKey6, PROTO_TCP, ServiceKey, ServiceKey6,
-    TCP_ESTABLISHED, program_names,
+    Addr6, DIR_ORIGINAL, FlowKey, FlowKey6, PROTO_TCP, ServiceKey, ServiceKey6, TCP_ESTABLISHED,
+    program_names,
 };
 use geosteer_tests::profile::PartKind;
 use serde::Serialize;
@@ -288,7 +288,7 @@ impl Rig {
             max_backends: 256,
             // Room for every flow of a repetition (two entries each) without LRU eviction.
             conntrack: 262_144,
-            conntrack6: CONNTRACK6_SIZE,
+            conntrack6: 262_144, // the IPv6 XDP cases hold a repetition's flows too
             table_chunks: 1 << 12,
         };
         // At the agent's default log level, so the programs are the ones a node runs
