@@ -650,7 +650,7 @@ fn tc_rewrite(ctx: &TcContext, flow: &Flow, side: Side, nat: &Nat) -> Result<(),
     let (new_addr, new_port) = (nat.addr, nat.port);
     // A UDP datagram without checksum (0): the helpers below leave it 0, and nothing cancels
     // the port's change in a CHECKSUM_COMPLETE skb's sum, so its store adds it.
-    let store_flags = if mangled != 0 && ctx.load::<u16>(check_off) == Ok(0) {
+    let store_flags = if mangled != 0 && TcBytes(ctx).read::<u16>(check_off) == Some(0) {
         BPF_F_RECOMPUTE_CSUM as u64
     } else {
         0
@@ -1190,7 +1190,7 @@ fn tc_rewrite6(
         // as over IPv4, and a computed 0 is written as 0xffff.
         (l4_off + UDP_CHECK_OFF, BPF_F_MARK_MANGLED_0 as u64)
     };
-    if mangled != 0 && ctx.load::<u16>(check_off) == Ok(0) {
+    if mangled != 0 && TcBytes(ctx).read::<u16>(check_off) == Some(0) {
         // No checksum to carry the change: a CHECKSUM_COMPLETE skb's sum takes the address's
         // and the port's.
         let flags = BPF_F_RECOMPUTE_CSUM as u64;

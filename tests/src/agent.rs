@@ -313,6 +313,15 @@ pub fn geosteer_json(ns: &Netns, pins: &PinDir, args: &[&str]) -> Result<serde_j
     serde_json::from_str(out.trim()).with_context(|| format!("geosteer printed {out:?}"))
 }
 
+/// One of `geosteer status`'s conntrack event counters (`icmp_translated`,
+/// `xdp_passed_to_stack`, …) of the agent pinned under `pins`.
+pub fn ct_event(ns: &Netns, pins: &PinDir, name: &str) -> u64 {
+    let status = geosteer_json(ns, pins, &["status"]).expect("geosteer status");
+    status["conntrack_events"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
 /// Replaces the pinned map `name` under `pins` by a copy in an older layout whose values are
 /// `value_size` bytes (each entry's first bytes), created with `map_flags`: what an agent of a
 /// release before the value grew (or the flags changed) left pinned. The programs attached meanwhile keep the map they hold. Returns how many

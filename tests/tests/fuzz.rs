@@ -1034,14 +1034,20 @@ impl Gen {
             p.udp_no_checksum = self.rng.u8(..10) == 0;
             return p;
         }
+        let (flags, seq, ack) = self.tcp_fields();
+        Pkt::tcp(src, sport, dst, dport, flags)
+            .with_payload(&payload)
+            .with_seq(seq, ack)
+    }
+
+    /// Random flags and sequence numbers; a SYN's even (through the VIP: see the module docs).
+    fn tcp_fields(&mut self) -> (u8, u32, u32) {
         let flags = self.tcp_flags();
         let mut seq = self.rng.u32(..);
         if flags & SYN != 0 {
-            seq &= !1; // through the VIP: even (see the module docs)
+            seq &= !1;
         }
-        Pkt::tcp(src, sport, dst, dport, flags)
-            .with_payload(&payload)
-            .with_seq(seq, self.rng.u32(..))
+        (flags, seq, self.rng.u32(..))
     }
 
     fn proto(&mut self) -> u8 {
@@ -1247,14 +1253,10 @@ impl Gen {
             p.udp_zero_checksum = self.rng.u8(..16) == 0;
             return p;
         }
-        let flags = self.tcp_flags();
-        let mut seq = self.rng.u32(..);
-        if flags & SYN != 0 {
-            seq &= !1; // through the VIP: even (see the module docs)
-        }
+        let (flags, seq, ack) = self.tcp_fields();
         Pkt6::tcp(src, sport, dst, dport, flags)
             .with_payload(&payload)
-            .with_seq(seq, self.rng.u32(..))
+            .with_seq(seq, ack)
     }
 
     /// Now and then an extension chain (hop-by-hop, routing, destination options, a first

@@ -10,7 +10,7 @@
 
 use geosteer_tests::{
     Lab, LabSpec, Netns,
-    agent::{Agent, PinDir},
+    agent::{Agent, PinDir, ct_event},
     lab_client_json, lab_ipv6, require_root, veth,
 };
 
@@ -57,39 +57,27 @@ fn config_of(pins: &PinDir, vip: &str, addresses: impl Iterator<Item = String>) 
     )
 }
 
-fn ct_event(ns: &Netns, pins: &PinDir, name: &str) -> u64 {
-    let status = geosteer_tests::agent::geosteer_json(ns, pins, &["status"]).unwrap();
-    status["conntrack_events"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no {name} in {status}"))
-}
-
 #[test]
 fn a_connected_udp_socket_to_a_port_without_listener_gets_econnrefused() {
     let lab = lab("gsi1");
     let pins = PinDir::new("gsi1").unwrap();
     let _agent = Agent::start(&lab.node, &pins, &config(&lab, &pins)).expect("agent starts");
-    let answered = lab_client_json(
-        &lab.client,
-        &["udp-connected", "--target", &format!("{VIP}:53")],
-    )
-    .unwrap();
+    answered_then_refused(&lab.client, &format!("{VIP}:53"), &format!("{VIP}:54"));
+    assert!(ct_event(&lab.node, &pins, "icmp_translated") >= 1);
+}
+
+/// A connected UDP socket to `open` gets its answer; one to `closed`, whose backend has no
+/// listener, gets ECONNREFUSED: the backend's kernel answers port unreachable about the query
+/// it received (client → backend:5999), and translated, the client's socket matches it.
+fn answered_then_refused(client: &Netns, open: &str, closed: &str) {
+    let answered = lab_client_json(client, &["udp-connected", "--target", open]).unwrap();
     assert_eq!(answered["outcome"], "reply", "{answered}");
-    // The backend's kernel answers port unreachable about the query it received
-    // (client → backend:5999); translated, the client's socket (connected to VIP:54) matches it.
     let refused = lab_client_json(
-        &lab.client,
-        &[
-            "udp-connected",
-            "--target",
-            &format!("{VIP}:54"),
-            "--timeout-ms",
-            "1500",
-        ],
+        client,
+        &["udp-connected", "--target", closed, "--timeout-ms", "1500"],
     )
     .unwrap();
     assert_eq!(refused["outcome"], "refused", "{refused}");
-    assert!(ct_event(&lab.node, &pins, "icmp_translated") >= 1);
 }
 
 #[test]
@@ -97,29 +85,49 @@ fn a_fragmented_udp_exchange_through_the_vip_arrives_whole_from_the_vip() {
     let lab = lab("gsi2");
     let pins = PinDir::new("gsi2").unwrap();
     let _agent = Agent::start(&lab.node, &pins, &config(&lab, &pins)).expect("agent starts");
-    // 3000-byte queries and echoes: three fragments each way on 1500-byte links. lab-client
-    // counts a reply from any address but the VIP as an error.
-    let report = lab_client_json(
-        &lab.client,
-        &[
-            "udp",
-            "--target",
-            &format!("{VIP}:53"),
-            "--count",
-            "20",
-            "--size",
-            "3000",
-        ],
-    )
-    .unwrap();
-    assert_eq!(report["ok"], 20, "{report}");
-    assert_eq!(report["backends"].as_object().unwrap().len(), 2, "{report}");
+    large_datagrams_arrive_whole(&lab.client, &format!("{VIP}:53"));
     // Two later fragments per datagram, each way.
     assert!(
         ct_event(&lab.node, &pins, "fragment_translated") >= 80,
         "{}",
         ct_event(&lab.node, &pins, "fragment_translated")
     );
+}
+
+/// 20 queries of 3000 bytes and their echoes: three fragments each way on 1500-byte links.
+/// lab-client counts a reply from any address but the VIP as an error.
+fn large_datagrams_arrive_whole(client: &Netns, target: &str) {
+    let report = lab_client_json(
+        client,
+        &["udp", "--target", target, "--count", "20", "--size", "3000"],
+    )
+    .unwrap();
+    assert_eq!(report["ok"], 20, "{report}");
+    assert_eq!(report["backends"].as_object().unwrap().len(), 2, "{report}");
+}
+
+/// Three downloads of 300 kB from `target`, each whole.
+fn downloads_complete(client: &Netns, target: &str) {
+    for round in 0..3 {
+        let fetched = lab_client_json(
+            client,
+            &[
+                "fetch",
+                "--target",
+                target,
+                "--path",
+                "/bytes/300000",
+                "--timeout-ms",
+                "5000",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (fetched["status"].as_u64(), fetched["bytes"].as_u64()),
+            (Some(200), Some(300_000)),
+            "round {round}: {fetched}"
+        );
+    }
 }
 
 /// The client namespace becomes a router: a second client (`far`) sits behind it on a link
@@ -154,26 +162,7 @@ fn path_mtu_discovery_works_through_a_smaller_mtu_hop_behind_the_vip() {
     let pins = PinDir::new("gsi3").unwrap();
     let _agent = Agent::start(&lab.node, &pins, &config(&lab, &pins)).expect("agent starts");
 
-    for round in 0..3 {
-        let fetched = lab_client_json(
-            &far,
-            &[
-                "fetch",
-                "--target",
-                &format!("{VIP}:80"),
-                "--path",
-                "/bytes/300000",
-                "--timeout-ms",
-                "5000",
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            (fetched["status"].as_u64(), fetched["bytes"].as_u64()),
-            (Some(200), Some(300_000)),
-            "round {round}: {fetched}"
-        );
-    }
+    downloads_complete(&far, &format!("{VIP}:80"));
     assert!(ct_event(&lab.node, &pins, "icmp_translated") >= 1);
 }
 
@@ -247,61 +236,14 @@ fn over_ipv6_icmpv6_errors_fragments_and_path_mtu_discovery_work_through_the_vip
     let _agent = Agent::start(&lab.node, &pins, &config6(&lab, &pins)).expect("agent starts");
     let target = |port: u16| format!("[{VIP6}]:{port}");
 
-    let answered =
-        lab_client_json(&lab.client, &["udp-connected", "--target", &target(53)]).unwrap();
-    assert_eq!(answered["outcome"], "reply", "{answered}");
-    let refused = lab_client_json(
-        &lab.client,
-        &[
-            "udp-connected",
-            "--target",
-            &target(54),
-            "--timeout-ms",
-            "1500",
-        ],
-    )
-    .unwrap();
-    assert_eq!(refused["outcome"], "refused", "{refused}");
+    answered_then_refused(&lab.client, &target(53), &target(54));
     let translated = ct_event(&lab.node, &pins, "icmp_translated");
     assert!(translated >= 1);
 
-    let report = lab_client_json(
-        &lab.client,
-        &[
-            "udp",
-            "--target",
-            &target(53),
-            "--count",
-            "20",
-            "--size",
-            "3000",
-        ],
-    )
-    .unwrap();
-    assert_eq!(report["ok"], 20, "{report}");
-    assert_eq!(report["backends"].as_object().unwrap().len(), 2, "{report}");
+    large_datagrams_arrive_whole(&lab.client, &target(53));
     let fragments = ct_event(&lab.node, &pins, "fragment_translated");
     assert!(fragments >= 80, "{fragments}");
 
-    for round in 0..3 {
-        let fetched = lab_client_json(
-            &far,
-            &[
-                "fetch",
-                "--target",
-                &target(80),
-                "--path",
-                "/bytes/300000",
-                "--timeout-ms",
-                "5000",
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            (fetched["status"].as_u64(), fetched["bytes"].as_u64()),
-            (Some(200), Some(300_000)),
-            "round {round}: {fetched}"
-        );
-    }
+    downloads_complete(&far, &target(80));
     assert!(ct_event(&lab.node, &pins, "icmp_translated") > translated);
 }

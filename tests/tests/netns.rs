@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use geosteer_tests::{
     HttpOptions, Lab, LabSpec,
-    agent::{Agent, PinDir},
+    agent::{Agent, PinDir, ct_event},
     http_from, require_root,
 };
 
@@ -190,12 +190,7 @@ fn xdp_native_redirects_only_to_vouched_targets_and_never_blackholes() {
     let uplink = lab.uplink_client.as_ref().unwrap();
     let native = config(&lab, &pins, &[("b1", 1), ("b2", 1)], "cl0", "up0")
         .replace("  xdp: [up0]\n", "  xdp: [up0]\n  xdpMode: native\n");
-    let passed = |pins: &PinDir| {
-        let status = geosteer_tests::agent::geosteer_json(&lab.node, pins, &["status"]).unwrap();
-        status["conntrack_events"]["xdp_passed_to_stack"]
-            .as_u64()
-            .unwrap()
-    };
+    let passed = |pins: &PinDir| ct_event(&lab.node, pins, "xdp_passed_to_stack");
 
     // No target vouched for, backends' GRO off: translated in XDP, forwarded by the stack.
     let mut agent = Agent::start(&lab.node, &pins, &native).expect("agent starts");
@@ -256,12 +251,7 @@ fn xdp_native_steers_ipv6_and_redirects_only_to_vouched_targets() {
          services:\n  - name: reviews6\n    vip: \"{VIP6}\"\n    ports:\n      - {{name: http, port: 80, targetPort: {HTTP_PORT}}}\n    endpoints:\n{endpoints}",
         pins.pin_path().display()
     );
-    let passed = |pins: &PinDir| {
-        let status = geosteer_tests::agent::geosteer_json(&lab.node, pins, &["status"]).unwrap();
-        status["conntrack_events"]["xdp_passed_to_stack"]
-            .as_u64()
-            .unwrap()
-    };
+    let passed = |pins: &PinDir| ct_event(&lab.node, pins, "xdp_passed_to_stack");
     let target = format!("[{VIP6}]:80");
 
     let mut agent = Agent::start(&lab.node, &pins, &native).expect("agent starts");

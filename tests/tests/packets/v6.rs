@@ -216,15 +216,8 @@ pub(crate) fn verify6(frame: &[u8]) -> Seen6 {
     }
 }
 
-/// The L4 protocol of a frame and where its header starts.
+/// The L4 protocol of a frame and where its header starts (a first fragment's too).
 pub(crate) fn l4_of(frame: &[u8]) -> (u8, usize) {
-    let (next, off, _) = walk(frame);
-    (next, off)
-}
-
-/// `l4_of`, and whether a fragment header on the way says the frame is a fragment other than
-/// the first (what follows is data, not a header). Only for frames whose chain is whole.
-pub(crate) fn walk(frame: &[u8]) -> (u8, usize, bool) {
     let mut next = frame[14 + 6];
     let mut off = 14 + 40;
     while matches!(
@@ -232,9 +225,6 @@ pub(crate) fn walk(frame: &[u8]) -> (u8, usize, bool) {
         NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT
     ) {
         let len = if next == NEXTHDR_FRAGMENT {
-            if u16::from_be_bytes([frame[off + 2], frame[off + 3]]) >> 3 != 0 {
-                return (frame[off], off + 8, true);
-            }
             8
         } else {
             (usize::from(frame[off + 1]) + 1) * 8
@@ -242,7 +232,7 @@ pub(crate) fn walk(frame: &[u8]) -> (u8, usize, bool) {
         next = frame[off];
         off += len;
     }
-    (next, off, false)
+    (next, off)
 }
 
 /// The rig, with the IPv6 front of its IPv4 services written: `VIP6` serves what `VIP` does,
